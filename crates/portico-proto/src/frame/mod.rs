@@ -1,0 +1,296 @@
+//! The frame set of the backbone.
+//!
+//! [`Frame`]'s variant index is its wire tag (bincode writes it as a varint
+//! before the variant's fields). **Never reorder, remove or insert
+//! variants; add new ones only at the end**, give them a
+//! [`FrameKind::since_version`] above the current maximum, and bump
+//! [`crate::PROTOCOL_VERSION_MAX`]. Changing the fields of an existing
+//! variant is a new variant, not an edit: bincode has no field names, so a
+//! layout change is invisible to old peers until it corrupts them.
+
+mod control;
+mod request;
+mod ws;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use control::{
+    ConfigDelta, ConfigSnapshot, GoAway, Hello, HelloAck, Ping, Pong, Purge, PurgeAck, PurgeScope,
+    QuotaLease, QuotaLeaseRequest, QuotaReturn, RateShare, Role, UsageEntry, UsageReport,
+};
+pub use request::{
+    ClientAddr, End, Headers, Principal, RequestHead, Reset, ResetCode, ResponseHead, TlsInfo,
+};
+pub use ws::{AuthorizerDecision, WsClose, WsKind, WsMessage, WsOpen};
+
+use crate::preface::StreamKind;
+
+/// One unit on the wire. Variant order is the wire tag: append only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// 0
+    Hello(Hello),
+    /// 1
+    HelloAck(HelloAck),
+    /// 2
+    RequestHead(Box<RequestHead>),
+    /// 3: a piece of a request or response body (any size up to the frame
+    /// limit; see [`crate::Codec::split_body`]).
+    BodyChunk(#[serde(with = "request::bytes_serde")] Bytes),
+    /// 4
+    End(End),
+    /// 5
+    Reset(Reset),
+    /// 6
+    ResponseHead(ResponseHead),
+    /// 7
+    ConfigSnapshot(ConfigSnapshot),
+    /// 8
+    ConfigDelta(ConfigDelta),
+    /// 9
+    Purge(Purge),
+    /// 10
+    PurgeAck(PurgeAck),
+    /// 11
+    UsageReport(UsageReport),
+    /// 12
+    QuotaLeaseRequest(QuotaLeaseRequest),
+    /// 13
+    QuotaLease(QuotaLease),
+    /// 14
+    QuotaReturn(QuotaReturn),
+    /// 15
+    RateShare(RateShare),
+    /// 16
+    Ping(Ping),
+    /// 17
+    Pong(Pong),
+    /// 18
+    GoAway(GoAway),
+    /// 19
+    WsOpen(Box<WsOpen>),
+    /// 20
+    WsMessage(WsMessage),
+    /// 21
+    WsClose(WsClose),
+    /// 22
+    AuthorizerDecision(AuthorizerDecision),
+}
+
+/// The variant of a [`Frame`] without its data: for logs, errors and
+/// ordering checks. Same order as [`Frame`], so `kind as u32` is the tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    Hello,
+    HelloAck,
+    RequestHead,
+    BodyChunk,
+    End,
+    Reset,
+    ResponseHead,
+    ConfigSnapshot,
+    ConfigDelta,
+    Purge,
+    PurgeAck,
+    UsageReport,
+    QuotaLeaseRequest,
+    QuotaLease,
+    QuotaReturn,
+    RateShare,
+    Ping,
+    Pong,
+    GoAway,
+    WsOpen,
+    WsMessage,
+    WsClose,
+    AuthorizerDecision,
+}
+
+impl Frame {
+    /// Which variant this is.
+    pub fn kind(&self) -> FrameKind {
+        use FrameKind as K;
+        match self {
+            Self::Hello(_) => K::Hello,
+            Self::HelloAck(_) => K::HelloAck,
+            Self::RequestHead(_) => K::RequestHead,
+            Self::BodyChunk(_) => K::BodyChunk,
+            Self::End(_) => K::End,
+            Self::Reset(_) => K::Reset,
+            Self::ResponseHead(_) => K::ResponseHead,
+            Self::ConfigSnapshot(_) => K::ConfigSnapshot,
+            Self::ConfigDelta(_) => K::ConfigDelta,
+            Self::Purge(_) => K::Purge,
+            Self::PurgeAck(_) => K::PurgeAck,
+            Self::UsageReport(_) => K::UsageReport,
+            Self::QuotaLeaseRequest(_) => K::QuotaLeaseRequest,
+            Self::QuotaLease(_) => K::QuotaLease,
+            Self::QuotaReturn(_) => K::QuotaReturn,
+            Self::RateShare(_) => K::RateShare,
+            Self::Ping(_) => K::Ping,
+            Self::Pong(_) => K::Pong,
+            Self::GoAway(_) => K::GoAway,
+            Self::WsOpen(_) => K::WsOpen,
+            Self::WsMessage(_) => K::WsMessage,
+            Self::WsClose(_) => K::WsClose,
+            Self::AuthorizerDecision(_) => K::AuthorizerDecision,
+        }
+    }
+}
+
+impl FrameKind {
+    /// Every kind, in tag order.
+    pub const ALL: [FrameKind; 23] = {
+        use FrameKind::*;
+        [
+            Hello,
+            HelloAck,
+            RequestHead,
+            BodyChunk,
+            End,
+            Reset,
+            ResponseHead,
+            ConfigSnapshot,
+            ConfigDelta,
+            Purge,
+            PurgeAck,
+            UsageReport,
+            QuotaLeaseRequest,
+            QuotaLease,
+            QuotaReturn,
+            RateShare,
+            Ping,
+            Pong,
+            GoAway,
+            WsOpen,
+            WsMessage,
+            WsClose,
+            AuthorizerDecision,
+        ]
+    };
+
+    /// The wire tag (variant index).
+    pub fn tag(self) -> u32 {
+        self as u32
+    }
+
+    /// The kind for a wire tag, `None` for a tag this build does not know.
+    pub fn from_tag(tag: u32) -> Option<FrameKind> {
+        usize::try_from(tag)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// First protocol version in which this kind may be sent.
+    pub fn since_version(self) -> u16 {
+        // Everything so far is version 1; new kinds get a higher number here.
+        1
+    }
+
+    /// Whether this kind may appear on a stream of `stream` kind. Ordering
+    /// within a stream is checked by [`crate::stream`].
+    pub fn allowed_on(self, stream: StreamKind) -> bool {
+        use FrameKind as K;
+        match stream {
+            StreamKind::Request => matches!(
+                self,
+                K::RequestHead | K::BodyChunk | K::End | K::Reset | K::ResponseHead
+            ),
+            StreamKind::WebSocket => matches!(
+                self,
+                K::WsOpen | K::ResponseHead | K::WsMessage | K::WsClose | K::Reset
+            ),
+            StreamKind::Control => self.is_control(),
+        }
+    }
+
+    fn is_control(self) -> bool {
+        use FrameKind as K;
+        !matches!(
+            self,
+            K::RequestHead
+                | K::BodyChunk
+                | K::End
+                | K::Reset
+                | K::ResponseHead
+                | K::WsOpen
+                | K::WsMessage
+                | K::WsClose
+        )
+    }
+
+    /// A stable word for logs.
+    pub fn as_str(self) -> &'static str {
+        use FrameKind as K;
+        match self {
+            K::Hello => "hello",
+            K::HelloAck => "hello_ack",
+            K::RequestHead => "request_head",
+            K::BodyChunk => "body_chunk",
+            K::End => "end",
+            K::Reset => "reset",
+            K::ResponseHead => "response_head",
+            K::ConfigSnapshot => "config_snapshot",
+            K::ConfigDelta => "config_delta",
+            K::Purge => "purge",
+            K::PurgeAck => "purge_ack",
+            K::UsageReport => "usage_report",
+            K::QuotaLeaseRequest => "quota_lease_request",
+            K::QuotaLease => "quota_lease",
+            K::QuotaReturn => "quota_return",
+            K::RateShare => "rate_share",
+            K::Ping => "ping",
+            K::Pong => "pong",
+            K::GoAway => "go_away",
+            K::WsOpen => "ws_open",
+            K::WsMessage => "ws_message",
+            K::WsClose => "ws_close",
+            K::AuthorizerDecision => "authorizer_decision",
+        }
+    }
+}
+
+impl std::fmt::Display for FrameKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_tag_order() {
+        for (i, kind) in FrameKind::ALL.iter().enumerate() {
+            assert_eq!(kind.tag() as usize, i);
+            assert_eq!(FrameKind::from_tag(i as u32), Some(*kind));
+        }
+        assert_eq!(FrameKind::from_tag(FrameKind::ALL.len() as u32), None);
+        assert_eq!(FrameKind::from_tag(u32::MAX), None);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = FrameKind::ALL.iter().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FrameKind::ALL.len());
+    }
+
+    #[test]
+    fn every_kind_belongs_to_some_stream() {
+        let streams = [
+            StreamKind::Control,
+            StreamKind::Request,
+            StreamKind::WebSocket,
+        ];
+        for kind in FrameKind::ALL {
+            assert!(streams.iter().any(|s| kind.allowed_on(*s)), "{kind}");
+        }
+        assert!(FrameKind::Ping.allowed_on(StreamKind::Control));
+        assert!(!FrameKind::Ping.allowed_on(StreamKind::Request));
+        assert!(!FrameKind::BodyChunk.allowed_on(StreamKind::Control));
+    }
+}
