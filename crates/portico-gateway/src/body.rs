@@ -1,0 +1,138 @@
+//! The one body type every protocol adapter and upstream speaks, and the
+//! streaming wrappers the pipeline puts around it.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+
+/// Error type carried by bodies: the adapters erase protocol-specific errors.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming HTTP body shared by h1/h2/h3 adapters, integrations and the backbone.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A body with all its bytes in hand.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Wraps any body whose error converts into [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// The error a [`Limited`] body yields once more than its limit has passed.
+///
+/// The pipeline finds it in an upstream error's source chain and answers 413.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+pin_project_lite::pin_project! {
+    /// Enforces a byte limit while the body streams, never buffering it.
+    pub struct Limited<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        limit: u64,
+    }
+}
+
+impl<B> Limited<B> {
+    pub fn new(inner: B, limit: u64) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+        }
+    }
+}
+
+impl<B> http_body::Body for Limited<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            other => return Poll::Ready(other),
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > *this.remaining {
+                *this.remaining = 0;
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *this.limit }))));
+            }
+            *this.remaining -= len;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Finds an error of type `E` anywhere in `err`'s source chain.
+pub fn find_cause<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn limited_passes_bodies_within_the_limit() {
+        let body = Limited::new(full("hello"), 5);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn limited_fails_once_over_the_limit() {
+        let err = Limited::new(full("hello!"), 5)
+            .collect()
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.to_string(), "request body exceeds the limit of 5 bytes");
+        assert!(find_cause::<BodyTooLarge>(err.as_ref()).is_some());
+    }
+}

@@ -1,0 +1,281 @@
+//! The request pipeline: one orchestrator, the same in PoPs and origins.
+//!
+//! A PoP is a gateway whose upstream is the backbone; an origin is a gateway
+//! whose upstream runs integrations. Routing, limits, response shaping and the
+//! access log are this code in both roles.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{HeaderValue, Request, Response, Uri, header};
+use portico_config::Definitions;
+
+use crate::body::{Body, BodyTooLarge, Limited, find_cause};
+use crate::context::{ConnInfo, RequestCtx};
+use crate::error::{ErrorKind, ErrorSource, GatewayError};
+use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
+use crate::log::{AccessRecord, Logged};
+use crate::router::{RoutingTable, ServedModes};
+use crate::upstream::Upstream;
+
+/// Node-wide settings of the pipeline.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// This node's id, named in `Via` and in logs.
+    pub node_id: Arc<str>,
+    /// Request bodies over this many bytes are refused with 413 (checked while streaming).
+    pub max_body_bytes: u64,
+    /// Request header sections over this many bytes (names + values) get 431.
+    pub max_header_bytes: usize,
+}
+
+/// The request pipeline of one node.
+pub struct Gateway<U> {
+    settings: GatewaySettings,
+    via: HeaderValue,
+    table: ArcSwap<RoutingTable>,
+    upstream: U,
+}
+
+impl<U: Upstream> Gateway<U> {
+    pub fn new(settings: GatewaySettings, definitions: Arc<Definitions>, upstream: U) -> Self {
+        let via = HeaderValue::from_str(&format!("1.1 {}", settings.node_id))
+            .unwrap_or_else(|_| HeaderValue::from_static("1.1 portico"));
+        let table = ArcSwap::from_pointee(RoutingTable::new(definitions));
+        Self {
+            settings,
+            via,
+            table,
+            upstream,
+        }
+    }
+
+    /// Installs a new configuration snapshot. Requests in flight finish on the old one.
+    pub fn swap(&self, definitions: Arc<Definitions>) {
+        self.table.store(Arc::new(RoutingTable::new(definitions)));
+    }
+
+    /// The snapshot new requests are routed with.
+    pub fn definitions(&self) -> Arc<Definitions> {
+        Arc::clone(self.table.load().definitions())
+    }
+
+    pub fn settings(&self) -> &GatewaySettings {
+        &self.settings
+    }
+
+    pub fn upstream(&self) -> &U {
+        &self.upstream
+    }
+
+    /// Serves one request from any protocol adapter. Never fails: errors become responses.
+    pub async fn handle(
+        &self,
+        req: Request<Body>,
+        conn: &Arc<ConnInfo>,
+        modes: ServedModes,
+    ) -> Response<Body> {
+        // 1. Identify the request and start its access record.
+        let mut record = AccessRecord {
+            request_id: request_id(req.headers()),
+            node: Arc::clone(&self.settings.node_id),
+            protocol: conn.protocol.as_str(),
+            client: conn.client_addr.to_string(),
+            method: req.method().as_str().to_owned(),
+            host: host_of(&req).to_owned(),
+            path: req.uri().path().to_owned(),
+            started: Some(Instant::now()),
+            ..AccessRecord::default()
+        };
+        // 2. Run the phases; any error goes to the one error sink.
+        let result = self.process(req, conn, modes, &mut record).await;
+        let mut resp = result.unwrap_or_else(|err| {
+            record.error = err.kind.as_str();
+            log_error(&record, &err);
+            err.to_response()
+        });
+        // 3. Shape the response and attach the access log to its body.
+        self.shape_response(&mut resp, &record.request_id);
+        record.status = resp.status().as_u16();
+        resp.map(|body| Body::new(Logged::new(body, record)))
+    }
+
+    async fn process(
+        &self,
+        req: Request<Body>,
+        conn: &Arc<ConnInfo>,
+        modes: ServedModes,
+        record: &mut AccessRecord,
+    ) -> Result<Response<Body>, GatewayError> {
+        check_header_size(&req, self.settings.max_header_bytes)?;
+        check_path(&record.path)?;
+        // Route with the snapshot current now; the request keeps it to the end.
+        let table = self.table.load_full();
+        let default_api = conn.default_api.as_deref();
+        let resolved = table.resolve(
+            &record.host,
+            &record.method,
+            &record.path,
+            default_api,
+            modes,
+        )?;
+        record.api.clone_from(&resolved.api.name);
+        record.stage.clone_from(&resolved.stage.name);
+        let ctx = RequestCtx {
+            request_id: record.request_id.clone(),
+            started: record.started.unwrap_or_else(Instant::now),
+            conn: Arc::clone(conn),
+            definitions: Arc::clone(table.definitions()),
+            host: crate::router::strip_port(&record.host).to_owned(),
+            api: resolved.api,
+            stage: resolved.stage,
+            route_index: resolved.route_index,
+            path_params: resolved.path_params,
+        };
+        record.route.clone_from(&ctx.route().key);
+        let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
+        self.forward(&ctx, req, record).await
+    }
+
+    /// Checks the declared length, streams the body through the limit and
+    /// rewrites the URI to the path inside the stage.
+    fn prepare_request(
+        &self,
+        req: Request<Body>,
+        inner_path: &str,
+        ctx: &RequestCtx,
+    ) -> Result<Request<Body>, GatewayError> {
+        let limit = self.settings.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+        match declared {
+            Some(None) => {
+                return Err(GatewayError::client(ErrorKind::BadRequest)
+                    .with_cause("invalid content-length"));
+            }
+            Some(Some(len)) if len > limit => {
+                return Err(GatewayError::client(ErrorKind::PayloadTooLarge));
+            }
+            _ => {}
+        }
+        let (mut parts, body) = req.into_parts();
+        let inner_uri = match parts.uri.query() {
+            Some(q) => format!("{inner_path}?{q}"),
+            None => inner_path.to_owned(),
+        };
+        parts.uri = inner_uri
+            .parse::<Uri>()
+            .map_err(|e| GatewayError::client(ErrorKind::BadRequest).with_cause(e))?;
+        strip_hop_by_hop(&mut parts.headers);
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            parts.headers.insert(&REQUEST_ID, v);
+        }
+        Ok(Request::from_parts(
+            parts,
+            Body::new(Limited::new(body, limit)),
+        ))
+    }
+
+    /// Calls the upstream under the route's timeout.
+    async fn forward(
+        &self,
+        ctx: &RequestCtx,
+        req: Request<Body>,
+        record: &mut AccessRecord,
+    ) -> Result<Response<Body>, GatewayError> {
+        let timeout: Duration = ctx.settings().timeout;
+        let started = Instant::now();
+        let result = tokio::time::timeout(timeout, self.upstream.forward(ctx, req)).await;
+        record.integration_latency = Some(started.elapsed());
+        match result {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(err)) => Err(reclassify(err)),
+            Err(_) => Err(GatewayError::new(
+                ErrorKind::GatewayTimeout,
+                ErrorSource::Integration,
+            )),
+        }
+    }
+
+    fn shape_response(&self, resp: &mut Response<Body>, request_id: &str) {
+        let headers = resp.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(&REQUEST_ID, v);
+        }
+        headers.append(header::VIA, self.via.clone());
+    }
+}
+
+/// An upstream failure caused by our own request-body limit is the client's 413.
+fn reclassify(err: GatewayError) -> GatewayError {
+    let too_large = err
+        .cause
+        .as_deref()
+        .is_some_and(|c| find_cause::<BodyTooLarge>(c).is_some());
+    if too_large {
+        GatewayError::client(ErrorKind::PayloadTooLarge).with_cause(err)
+    } else {
+        err
+    }
+}
+
+fn check_header_size<B>(req: &Request<B>, limit: usize) -> Result<(), GatewayError> {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > limit {
+        return Err(GatewayError::client(ErrorKind::HeaderTooLarge));
+    }
+    Ok(())
+}
+
+/// A path must be absolute and its percent-escapes well formed.
+fn check_path(path: &str) -> Result<(), GatewayError> {
+    let bytes = path.as_bytes();
+    let escapes_ok = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'%')
+        .all(|(i, _)| {
+            bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        });
+    if !path.starts_with('/') || !escapes_ok {
+        return Err(GatewayError::client(ErrorKind::BadRequest)
+            .with_cause(format!("malformed path {path:?}")));
+    }
+    Ok(())
+}
+
+fn host_of<B>(req: &Request<B>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or("")
+}
+
+fn log_error(record: &AccessRecord, err: &GatewayError) {
+    match err.source_of {
+        ErrorSource::Client => {
+            tracing::debug!(request_id = %record.request_id, error = %err, "request refused")
+        }
+        ErrorSource::Backbone | ErrorSource::Integration => {
+            tracing::warn!(request_id = %record.request_id, error = %err, "upstream failed")
+        }
+        ErrorSource::Internal => {
+            tracing::error!(request_id = %record.request_id, error = %err, "internal error")
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The access log: one structured line per request, emitted when the response
+//! body has been sent (or abandoned), so bytes and total latency are real.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use http_body::Body as _;
+
+use crate::body::{Body, BoxError};
+
+/// Everything the access log line says about one request.
+#[derive(Debug, Default)]
+pub struct AccessRecord {
+    pub request_id: String,
+    pub node: std::sync::Arc<str>,
+    pub protocol: &'static str,
+    pub client: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub api: String,
+    pub stage: String,
+    pub route: String,
+    pub status: u16,
+    pub error: &'static str,
+    pub integration_latency: Option<Duration>,
+    pub started: Option<Instant>,
+}
+
+impl AccessRecord {
+    fn emit(&self, bytes: u64, outcome: &'static str) {
+        let total_ms = self
+            .started
+            .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
+        let integration_ms = self
+            .integration_latency
+            .map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "access",
+            request_id = %self.request_id,
+            node = %self.node,
+            protocol = self.protocol,
+            client = %self.client,
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            api = %self.api,
+            stage = %self.stage,
+            route = %self.route,
+            status = self.status,
+            error = self.error,
+            bytes,
+            total_ms,
+            integration_ms,
+            outcome,
+        );
+    }
+}
+
+/// A response body that counts bytes and writes the access log line when done.
+///
+/// The line is written when the body ends, fails, or is dropped unfinished (the
+/// client went away); a body that was empty from the start counts as complete.
+pub struct Logged {
+    inner: Body,
+    record: AccessRecord,
+    bytes: u64,
+    done: bool,
+}
+
+impl Logged {
+    pub fn new(inner: Body, record: AccessRecord) -> Self {
+        Self {
+            inner,
+            record,
+            bytes: 0,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        if !self.done {
+            self.done = true;
+            self.record.emit(self.bytes, outcome);
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let outcome = if self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "aborted"
+        };
+        self.finish(outcome);
+    }
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => self.bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(_)) => self.finish("upstream_error"),
+            None => self.finish("complete"),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

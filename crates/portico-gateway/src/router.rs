@@ -1,0 +1,280 @@
+//! Addressing as API Gateway does it: Host and path select API, stage and route.
+//!
+//! * A custom domain (`[[domains]]`) maps its first path segment (the base
+//!   path) or the root to an API and stage.
+//! * Otherwise the Host selects the API: one of its `hosts`, or
+//!   `{api}.execute-api.{anything}`, or the listener's `default_api`; the first
+//!   path segment is then the stage.
+//! * The rest of the path is matched against the stage's deployment
+//!   (matchit: static segments beat `{param}` beat `{proxy+}`), then the method.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use portico_config::{Api, Definitions, Domain, EndpointMode, Stage};
+
+use crate::error::{ErrorKind, GatewayError};
+
+/// Which endpoint modes a node serves on a given entry path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServedModes {
+    pub edge: bool,
+    pub regional: bool,
+}
+
+impl ServedModes {
+    /// A PoP's public listeners, and an origin's backbone: edge APIs only.
+    pub const EDGE: ServedModes = ServedModes {
+        edge: true,
+        regional: false,
+    };
+    /// An origin's public listeners: regional APIs only.
+    pub const REGIONAL: ServedModes = ServedModes {
+        edge: false,
+        regional: true,
+    };
+
+    fn allows(self, mode: EndpointMode) -> bool {
+        match mode {
+            EndpointMode::Edge => self.edge,
+            EndpointMode::Regional => self.regional,
+        }
+    }
+}
+
+/// Lookup tables built once per configuration snapshot.
+#[derive(Debug)]
+pub struct RoutingTable {
+    definitions: Arc<Definitions>,
+    by_name: HashMap<String, Arc<Api>>,
+    by_host: HashMap<String, Arc<Api>>,
+    domains: HashMap<String, Domain>,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug)]
+pub struct Resolved {
+    pub api: Arc<Api>,
+    pub stage: Arc<Stage>,
+    pub route_index: usize,
+    /// Path parameters, still percent-encoded as received.
+    pub path_params: Vec<(String, String)>,
+    /// The path inside the stage (what the route template matched).
+    pub inner_path: String,
+}
+
+impl RoutingTable {
+    pub fn new(definitions: Arc<Definitions>) -> Self {
+        let by_name = definitions
+            .apis
+            .iter()
+            .map(|a| (a.name.clone(), Arc::clone(a)))
+            .collect();
+        let by_host = definitions
+            .apis
+            .iter()
+            .flat_map(|a| {
+                a.hosts
+                    .iter()
+                    .map(move |h| (h.to_ascii_lowercase(), Arc::clone(a)))
+            })
+            .collect();
+        let domains = definitions
+            .domains
+            .iter()
+            .map(|d| (d.name.to_ascii_lowercase(), d.clone()))
+            .collect();
+        Self {
+            definitions,
+            by_name,
+            by_host,
+            domains,
+        }
+    }
+
+    pub fn definitions(&self) -> &Arc<Definitions> {
+        &self.definitions
+    }
+
+    pub fn api(&self, name: &str) -> Option<&Arc<Api>> {
+        self.by_name.get(name)
+    }
+
+    /// Routes a request. `host` may carry a port; `path` is the raw request path.
+    pub fn resolve(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        default_api: Option<&str>,
+        modes: ServedModes,
+    ) -> Result<Resolved, GatewayError> {
+        let host = strip_port(host);
+        let (api, stage, inner) = match self.lookup_domain(host) {
+            Some(domain) => self.via_domain(domain, path)?,
+            None => self.via_host(host, path, default_api)?,
+        };
+        if !modes.allows(api.endpoint) {
+            return Err(not_found());
+        }
+        self.match_route(api, stage, method, inner)
+    }
+
+    /// Routes a request whose API and stage were already chosen (by a PoP, for a
+    /// request that arrived over the backbone). `path` is the path inside the stage.
+    pub fn resolve_in(
+        &self,
+        api: &str,
+        stage: &str,
+        method: &str,
+        path: &str,
+        modes: ServedModes,
+    ) -> Result<Resolved, GatewayError> {
+        let api = self.by_name.get(api).ok_or_else(not_found)?;
+        let stage = api.stage(stage).ok_or_else(not_found)?;
+        if !modes.allows(api.endpoint) {
+            return Err(not_found());
+        }
+        self.match_route(Arc::clone(api), Arc::clone(stage), method, path)
+    }
+
+    fn lookup_domain(&self, host: &str) -> Option<&Domain> {
+        if self.domains.is_empty() {
+            return None;
+        }
+        self.domains
+            .get(host)
+            .or_else(|| self.domains.get(&host.to_ascii_lowercase()))
+    }
+
+    fn via_domain<'p>(
+        &self,
+        domain: &Domain,
+        path: &'p str,
+    ) -> Result<(Arc<Api>, Arc<Stage>, &'p str), GatewayError> {
+        let (first, rest) = split_first_segment(path);
+        let mapping = domain
+            .mappings
+            .iter()
+            .find(|m| !m.base_path.is_empty() && m.base_path == first)
+            .map(|m| (m, rest))
+            .or_else(|| {
+                domain
+                    .mappings
+                    .iter()
+                    .find(|m| m.base_path.is_empty())
+                    .map(|m| (m, path))
+            });
+        let (mapping, inner) = mapping.ok_or_else(not_found)?;
+        let api = self.by_name.get(&mapping.api).ok_or_else(not_found)?;
+        let stage = api.stage(&mapping.stage).ok_or_else(not_found)?;
+        Ok((Arc::clone(api), Arc::clone(stage), inner))
+    }
+
+    fn via_host<'p>(
+        &self,
+        host: &str,
+        path: &'p str,
+        default_api: Option<&str>,
+    ) -> Result<(Arc<Api>, Arc<Stage>, &'p str), GatewayError> {
+        let api = self
+            .by_host
+            .get(host)
+            .or_else(|| self.by_host.get(&host.to_ascii_lowercase()))
+            .or_else(|| execute_api_name(host).and_then(|name| self.by_name.get(name)))
+            .or_else(|| default_api.and_then(|name| self.by_name.get(name)))
+            .ok_or_else(not_found)?;
+        let (stage_name, rest) = split_first_segment(path);
+        let stage = api.stage(stage_name).ok_or_else(not_found)?;
+        Ok((Arc::clone(api), Arc::clone(stage), rest))
+    }
+
+    fn match_route(
+        &self,
+        api: Arc<Api>,
+        stage: Arc<Stage>,
+        method: &str,
+        inner: &str,
+    ) -> Result<Resolved, GatewayError> {
+        let inner = if inner.is_empty() { "/" } else { inner };
+        let deployment = &stage.deployment;
+        let matched = deployment.router.at(inner).map_err(|_| not_found())?;
+        let resource = deployment
+            .resources
+            .get(*matched.value)
+            .ok_or_else(not_found)?;
+        let Some(route_index) = resource.route_for(method) else {
+            return Err(GatewayError::client(ErrorKind::MethodNotAllowed {
+                allow: resource.allow(),
+            }));
+        };
+        let path_params = matched
+            .params
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok(Resolved {
+            route_index,
+            path_params,
+            inner_path: inner.to_owned(),
+            api,
+            stage,
+        })
+    }
+}
+
+fn not_found() -> GatewayError {
+    GatewayError::client(ErrorKind::NotFound)
+}
+
+/// `"/prod/items/1"` → `("prod", "/items/1")`; `"/prod"` → `("prod", "")`.
+fn split_first_segment(path: &str) -> (&str, &str) {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    match trimmed.find('/') {
+        Some(i) => (&trimmed[..i], &trimmed[i..]),
+        None => (trimmed, ""),
+    }
+}
+
+/// The API name in an `{api}.execute-api.{region}.{domain}` host.
+fn execute_api_name(host: &str) -> Option<&str> {
+    let (name, rest) = host.split_once('.')?;
+    rest.starts_with("execute-api.").then_some(name)
+}
+
+/// Removes a `:port` suffix, keeping IPv6 literals intact.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        return &host[..end + 2];
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_the_first_segment() {
+        assert_eq!(split_first_segment("/prod/items/1"), ("prod", "/items/1"));
+        assert_eq!(split_first_segment("/prod"), ("prod", ""));
+        assert_eq!(split_first_segment("/"), ("", ""));
+    }
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(strip_port("example.com:8443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn finds_execute_api_names() {
+        assert_eq!(execute_api_name("pets.execute-api.local"), Some("pets"));
+        assert_eq!(execute_api_name("pets.example.com"), None);
+    }
+}

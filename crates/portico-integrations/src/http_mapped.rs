@@ -1,0 +1,193 @@
+//! `http`: API Gateway's non-proxy HTTP integration. Only what is mapped
+//! reaches the backend (path, query, headers from the method request, static
+//! values, stage variables), and only mapped response headers come back.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use portico_config::{HttpIntegration, ParamSource, ParamTarget, ResponseSource};
+use portico_gateway::headers::set_forwarded;
+use portico_gateway::{Body, GatewayError, RequestCtx, body};
+
+use crate::client::BackendClient;
+use crate::{backend_failed, misconfigured};
+
+/// Response headers that describe the body and always pass.
+const BODY_HEADERS: [HeaderName; 3] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+];
+
+pub(crate) async fn forward(
+    client: &BackendClient,
+    ctx: &RequestCtx,
+    mapping: &HttpIntegration,
+    req: Request<Body>,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let backend_req = build_request(ctx, mapping, &parts, body)?;
+    let resp = client.send(backend_req).await.map_err(backend_failed)?;
+    let (resp_parts, resp_body) = resp.into_parts();
+    let mut out = Response::new(body::boxed(resp_body));
+    *out.status_mut() = resp_parts.status;
+    *out.headers_mut() = map_response_headers(mapping, &resp_parts.headers);
+    Ok(out)
+}
+
+fn build_request(
+    ctx: &RequestCtx,
+    mapping: &HttpIntegration,
+    parts: &http::request::Parts,
+    body: Body,
+) -> Result<Request<Body>, GatewayError> {
+    let source = |src: &ParamSource| lookup(ctx, parts, src);
+    let mut path_values: Vec<(&str, String)> = Vec::new();
+    let mut query = String::new();
+    let mut headers = HeaderMap::new();
+    for (target, src) in &mapping.request_parameters {
+        let Some(value) = source(src) else { continue };
+        match target {
+            ParamTarget::Path(name) => path_values.push((
+                name,
+                utf8_percent_encode(&value, NON_ALPHANUMERIC).to_string(),
+            )),
+            ParamTarget::Query(name) => append_query(&mut query, name, &value),
+            ParamTarget::Header(name) => insert_header(&mut headers, name, &value)?,
+        }
+    }
+    let params = |name: &str| {
+        path_values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .or_else(|| ctx.path_param(name))
+    };
+    let mut uri = mapping.uri.render(&params, &ctx.stage.variables);
+    if !query.is_empty() {
+        uri.push(if uri.contains('?') { '&' } else { '?' });
+        uri.push_str(&query);
+    }
+    let uri: Uri = uri
+        .parse()
+        .map_err(|e| misconfigured(format!("integration URI {uri:?}: {e}")))?;
+    let method = mapping.method.map_or_else(
+        || parts.method.clone(),
+        |m| Method::from_bytes(m.as_str().as_bytes()).unwrap_or(Method::GET),
+    );
+    set_forwarded(
+        &mut headers,
+        ctx.conn.client_addr,
+        ctx.conn.scheme(),
+        &ctx.host,
+    );
+    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+        if let (true, Some(v)) = (mapping.pass_request_body, parts.headers.get(&name)) {
+            headers.insert(name, v.clone());
+        }
+    }
+    if let Some(v) = parts.headers.get(&portico_gateway::headers::REQUEST_ID) {
+        headers.insert(&portico_gateway::headers::REQUEST_ID, v.clone());
+    }
+    let body = if mapping.pass_request_body {
+        body
+    } else {
+        body::empty()
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// The value of a mapping source; `None` when the client did not send it.
+fn lookup(ctx: &RequestCtx, parts: &http::request::Parts, src: &ParamSource) -> Option<String> {
+    match src {
+        ParamSource::Path(name) => ctx
+            .path_param(name)
+            .map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned()),
+        ParamSource::Query(name) => query_param(parts.uri.query().unwrap_or(""), name),
+        ParamSource::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        ParamSource::Static(value) => Some(value.clone()),
+        ParamSource::StageVariable(name) => ctx.stage.variables.get(name).cloned(),
+    }
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode_str(k).decode_utf8_lossy();
+        (key == name).then(|| {
+            percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+fn append_query(query: &mut String, name: &str, value: &str) {
+    if !query.is_empty() {
+        query.push('&');
+    }
+    query.extend(utf8_percent_encode(name, NON_ALPHANUMERIC).map(str::to_owned));
+    query.push('=');
+    query.extend(utf8_percent_encode(value, NON_ALPHANUMERIC).map(str::to_owned));
+}
+
+fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), GatewayError> {
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| misconfigured(e.to_string()))?;
+    // A client value that is not a legal header value is dropped, not fatal.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+    Ok(())
+}
+
+fn map_response_headers(mapping: &HttpIntegration, backend: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in &BODY_HEADERS {
+        if let Some(v) = backend.get(name) {
+            out.insert(name.clone(), v.clone());
+        }
+    }
+    for (name, src) in &mapping.response_parameters {
+        let value = match src {
+            ResponseSource::Header(from) => backend.get(from.as_str()).cloned(),
+            ResponseSource::Static(value) => HeaderValue::from_str(value).ok(),
+        };
+        if let (Ok(name), Some(value)) = (HeaderName::from_bytes(name.as_bytes()), value) {
+            out.insert(name, value);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(
+            query_param("a=1&search=hello%20world", "search").as_deref(),
+            Some("hello world")
+        );
+        assert_eq!(query_param("a=1&b=x+y", "b").as_deref(), Some("x y"));
+        assert_eq!(query_param("a=1", "b"), None);
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        let mut q = String::new();
+        append_query(&mut q, "q", "a b&c");
+        append_query(&mut q, "n", "1");
+        assert_eq!(q, "q=a%20b%26c&n=1");
+    }
+}

@@ -1,0 +1,90 @@
+//! Portico's integrations: what an origin does with a routed request.
+//!
+//! * `http_proxy` forwards method, path, query, headers and body to a URI
+//!   template and passes the response through.
+//! * `http` maps request parameters explicitly (API Gateway's non-proxy HTTP
+//!   integration) and passes only mapped response headers.
+//! * `mock` answers from configuration.
+//!
+//! Bodies stream both ways; nothing here buffers a whole body.
+#![forbid(unsafe_code)]
+
+mod client;
+mod dns;
+mod http_mapped;
+mod http_proxy;
+
+use std::path::PathBuf;
+
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use portico_config::{Integration, MockIntegration};
+use portico_gateway::{Body, ErrorKind, ErrorSource, GatewayError, RequestCtx, Upstream, body};
+
+pub use client::{BackendClient, ClientSettings};
+pub use dns::{DnsSettings, Resolver};
+
+/// Errors building the backend client.
+#[derive(Debug, thiserror::Error)]
+pub enum IntegrationError {
+    #[error("DNS resolver: {0}")]
+    Dns(String),
+    #[error("backend CA file {path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
+    #[error("backend TLS: {0}")]
+    Tls(String),
+}
+
+/// An origin's upstream: runs the route's integration.
+#[derive(Clone, Debug)]
+pub struct Integrations {
+    client: BackendClient,
+}
+
+impl Integrations {
+    pub fn new(client: BackendClient) -> Self {
+        Self { client }
+    }
+}
+
+impl Upstream for Integrations {
+    async fn forward(
+        &self,
+        ctx: &RequestCtx,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        match &ctx.route().integration {
+            Integration::HttpProxy { uri } => {
+                http_proxy::forward(&self.client, ctx, uri, req).await
+            }
+            Integration::Http(mapping) => {
+                http_mapped::forward(&self.client, ctx, mapping, req).await
+            }
+            Integration::Mock(mock) => mock_response(mock),
+        }
+    }
+}
+
+/// A response built from a `mock` integration.
+fn mock_response(mock: &MockIntegration) -> Result<Response<Body>, GatewayError> {
+    let mut resp = Response::new(body::full(mock.body.clone()));
+    *resp.status_mut() =
+        StatusCode::from_u16(mock.status).map_err(|e| misconfigured(e.to_string()))?;
+    for (name, value) in &mock.headers {
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| misconfigured(e.to_string()))?;
+        let value = HeaderValue::from_str(value).map_err(|e| misconfigured(e.to_string()))?;
+        resp.headers_mut().append(name, value);
+    }
+    Ok(resp)
+}
+
+/// A configuration that validated but cannot produce a request (e.g. a
+/// rendered URI that does not parse): API Gateway answers 500.
+fn misconfigured(reason: impl Into<String>) -> GatewayError {
+    GatewayError::new(ErrorKind::Internal, ErrorSource::Integration).with_cause(reason.into())
+}
+
+/// The backend failed: refused, reset, TLS, DNS, or a broken response.
+fn backend_failed(err: impl Into<portico_gateway::BoxError>) -> GatewayError {
+    GatewayError::new(ErrorKind::BadGateway, ErrorSource::Integration).with_cause(err)
+}

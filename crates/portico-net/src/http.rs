@@ -1,0 +1,203 @@
+//! The TCP listener: TLS (or plain for development), then HTTP/1.1 and HTTP/2
+//! from one hyper-util service. Requests become `Request<Body>` and go to a
+//! [`Handler`]; this module knows nothing of APIs.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use portico_gateway::{Body, ConnInfo, Protocol, TlsInfo, body};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// What serves requests once a protocol adapter has decoded them.
+pub trait Handler: Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Request<Body>,
+        conn: Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Protocol limits of a listener.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Hard cap of the request header section hyper will buffer. The gateway
+    /// answers 431 with a JSON body below this; hyper's own bare 431 is the
+    /// backstop for anything larger.
+    pub max_header_bytes: usize,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long (HTTP/1.1 header read timeout).
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// How long shutdown waits for connections to finish their requests.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 256,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One public TCP listener.
+pub struct TcpServer<H> {
+    pub listener: TcpListener,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub default_api: Option<Arc<str>>,
+    pub limits: HttpLimits,
+    pub handler: Arc<H>,
+}
+
+impl<H: Handler> TcpServer<H> {
+    /// Accepts connections until `shutdown` completes, then lets open
+    /// connections finish (up to the drain timeout).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let graceful = GracefulShutdown::new();
+        let acceptor = self.tls.clone().map(TlsAcceptor::from);
+        let shared = Arc::new(self);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = shared.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(%err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let conn =
+                shared
+                    .clone()
+                    .connection(stream, peer, acceptor.clone(), graceful.watcher());
+            tokio::spawn(conn);
+        }
+        let drain = shared.limits.drain_timeout;
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain timeout; closing them");
+        }
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        acceptor: Option<TlsAcceptor>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let local_addr = stream.local_addr().unwrap_or(peer);
+        let Some(acceptor) = acceptor else {
+            let info = self.conn_info(peer, local_addr, None);
+            return self.serve(stream, info, watcher).await;
+        };
+        let tls = match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(stream))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
+            Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+        };
+        let info = {
+            let (_, session) = tls.get_ref();
+            let tls_info = TlsInfo {
+                sni: session.server_name().map(str::to_owned),
+                alpn: session
+                    .alpn_protocol()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                version: session
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+            };
+            self.conn_info(peer, local_addr, Some(tls_info))
+        };
+        self.serve(tls, info, watcher).await;
+    }
+
+    fn conn_info(
+        &self,
+        peer: SocketAddr,
+        local_addr: SocketAddr,
+        tls: Option<TlsInfo>,
+    ) -> ConnInfo {
+        let protocol = match tls.as_ref().and_then(|t| t.alpn.as_deref()) {
+            Some("h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        ConnInfo {
+            client_addr: peer,
+            local_addr,
+            tls,
+            protocol,
+            default_api: self.default_api.clone(),
+        }
+    }
+
+    async fn serve<S>(&self, io: S, info: ConnInfo, watcher: hyper_util::server::graceful::Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = Arc::clone(&self.handler);
+        let info = Arc::new(info);
+        let info_h2 = Arc::new(ConnInfo {
+            protocol: Protocol::Http2,
+            ..(*info).clone()
+        });
+        let service = service_fn(move |req: Request<Incoming>| {
+            let handler = Arc::clone(&handler);
+            // Prior-knowledge h2c on a plain listener is detected per request.
+            let info = if req.version() == http::Version::HTTP_2 {
+                Arc::clone(&info_h2)
+            } else {
+                Arc::clone(&info)
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(handler.call(req.map(body::boxed), info).await)
+            }
+        });
+        let builder = self.builder();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(err) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(%err, "connection ended with an error");
+        }
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(self.limits.max_concurrent_streams);
+        builder
+    }
+}

@@ -1,0 +1,35 @@
+//! Portico's public listeners: TCP with TLS (HTTP/1.1 and HTTP/2 on one port,
+//! ALPN, SNI) and the TLS material they need. Protocol adapters here only
+//! translate to `http::Request<Body>` and enforce their protocol's limits.
+#![forbid(unsafe_code)]
+
+mod http;
+pub mod tls;
+
+use std::path::PathBuf;
+
+pub use crate::http::{Handler, HttpLimits, TcpServer};
+pub use tls::{CertFiles, SniResolver, server_config};
+
+/// Errors setting up listeners and their TLS material.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Pem { path: PathBuf, reason: String },
+    #[error("generating a self-signed certificate: {0}")]
+    SelfSigned(String),
+    #[error("a TLS listener needs at least one certificate")]
+    NoCertificate,
+    #[error("TLS configuration: {0}")]
+    Tls(rustls::Error),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,166 @@
+//! TLS material for public listeners: PEM loading, SNI selection, self-signed
+//! fallback.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::NetError;
+
+/// The ring provider, used explicitly everywhere (no process-wide default needed).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads a certificate chain and its private key from PEM files.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, NetError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| NetError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| NetError::Pem {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(NetError::Pem {
+            path: cert.to_owned(),
+            reason: "no CERTIFICATE block".into(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|e| NetError::Pem {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map_err(|e| NetError::Pem {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A fresh self-signed certificate for `names` (used when none is configured).
+pub fn self_signed(names: &[String]) -> Result<CertifiedKey, NetError> {
+    let generated = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| NetError::SelfSigned(e.to_string()))?;
+    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+        .map_err(|e| NetError::SelfSigned(e.to_string()))?;
+    CertifiedKey::from_der(vec![generated.cert.der().clone()], key, &provider())
+        .map_err(|e| NetError::SelfSigned(e.to_string()))
+}
+
+/// Picks a certificate by SNI: the first one valid for the name, else the first one.
+///
+/// Names are matched with webpki's own rules (SANs, wildcards), so what we
+/// pick is exactly what a client will accept.
+pub struct SniResolver {
+    keys: Vec<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("certificates", &self.keys.len())
+            .finish()
+    }
+}
+
+impl SniResolver {
+    /// `keys` must not be empty; the first is the default.
+    pub fn new(keys: Vec<Arc<CertifiedKey>>) -> Result<Self, NetError> {
+        if keys.is_empty() {
+            return Err(NetError::NoCertificate);
+        }
+        Ok(Self { keys })
+    }
+
+    fn valid_for(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
+        key.cert
+            .first()
+            .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+            .is_some_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let by_name = hello
+            .server_name()
+            .and_then(|sni| ServerName::try_from(sni).ok())
+            .and_then(|name| self.keys.iter().find(|k| Self::valid_for(k, &name)));
+        by_name.or_else(|| self.keys.first()).cloned()
+    }
+}
+
+/// Certificate files for one listener, as configured.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Builds the server config of a public TLS listener: TLS 1.2 and 1.3, ALPN
+/// `h2` and `http/1.1`, SNI over `files` (a self-signed certificate for
+/// `fallback_names` when `files` is empty).
+pub fn server_config(
+    files: &[CertFiles],
+    fallback_names: &[String],
+) -> Result<rustls::ServerConfig, NetError> {
+    let keys = if files.is_empty() {
+        tracing::warn!(names = ?fallback_names, "no certificate configured: using a self-signed certificate generated at start");
+        vec![Arc::new(self_signed(fallback_names)?)]
+    } else {
+        files
+            .iter()
+            .map(|f| load_certified_key(&f.cert, &f.key).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(NetError::Tls)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver::new(keys)?));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_is_valid_for_its_names() {
+        let key = self_signed(&["a.example".into()]).unwrap();
+        assert!(SniResolver::valid_for(
+            &key,
+            &ServerName::try_from("a.example").unwrap()
+        ));
+        assert!(!SniResolver::valid_for(
+            &key,
+            &ServerName::try_from("b.example").unwrap()
+        ));
+    }
+
+    #[test]
+    fn missing_files_are_clear_errors() {
+        let err = load_certified_key(
+            Path::new("/nonexistent/c.pem"),
+            Path::new("/nonexistent/k.pem"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("reading /nonexistent/c.pem:"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! The `portico` command: argument parsing and wiring of the library crates.
+#![forbid(unsafe_code)]
+
+mod backend;
+mod check;
+mod cli;
+mod logging;
+mod origin;
+mod settings;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use cli::{Cli, Command};
+
+/// Errors that stop a `portico` command.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] portico_config::ConfigErrors),
+    #[error(transparent)]
+    Net(#[from] portico_net::NetError),
+    #[error(transparent)]
+    Integration(#[from] portico_integrations::IntegrationError),
+    #[error(transparent)]
+    Demo(#[from] portico_demo::DemoError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Parses the command line, runs the command, and maps failure to exit status 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(&AppError::Runtime(err)),
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(err) => fail(&err),
+    }
+}
+
+fn fail(err: &AppError) -> ExitCode {
+    eprintln!("portico: {err}");
+    ExitCode::from(1)
+}
+
+/// Runs one command to completion.
+pub async fn run(command: Command) -> Result<ExitCode, AppError> {
+    match command {
+        Command::Origin { config } => origin::run(&config, signals::shutdown())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Check { file } => Ok(check::run(&file)),
+        Command::Backend {
+            listen,
+            tls_cert,
+            tls_key,
+        } => backend::run(listen, tls_cert, tls_key)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    }
+}

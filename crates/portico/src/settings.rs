@@ -1,0 +1,45 @@
+//! Translation of compiled configuration into each library crate's own settings.
+
+use std::sync::Arc;
+
+use portico_config::NodeConfig;
+use portico_gateway::GatewaySettings;
+use portico_integrations::{ClientSettings, DnsSettings};
+use portico_net::HttpLimits;
+
+pub fn gateway(config: &NodeConfig) -> GatewaySettings {
+    GatewaySettings {
+        node_id: Arc::from(config.node.id.as_str()),
+        max_body_bytes: config.limits.max_body_bytes,
+        max_header_bytes: config.limits.max_header_bytes,
+    }
+}
+
+pub fn http_limits(config: &NodeConfig) -> HttpLimits {
+    // hyper's own cap sits well above ours so that the gateway, not hyper,
+    // answers most oversized header sections (with a JSON 431).
+    HttpLimits {
+        max_header_bytes: config.limits.max_header_bytes * 2 + 16 * 1024,
+        ..HttpLimits::default()
+    }
+}
+
+pub fn client(config: &NodeConfig) -> ClientSettings {
+    let c = &config.backend_client;
+    ClientSettings {
+        ca_file: c.ca_file.clone(),
+        use_webpki_roots: c.use_webpki_roots,
+        pool_idle_timeout: c.pool_idle_timeout,
+        pool_max_idle_per_host: c.pool_max_idle_per_host,
+        connect_timeout: c.connect_timeout,
+        http2_only: c.http2_only,
+    }
+}
+
+pub fn dns(config: &NodeConfig) -> DnsSettings {
+    DnsSettings {
+        nameservers: config.dns.nameservers.clone(),
+        use_hosts_file: config.dns.use_hosts_file,
+        cache_size: config.dns.cache_size as u64,
+    }
+}

@@ -1,0 +1,260 @@
+//! Shared helpers of the end-to-end tests: real `portico` processes on port 0,
+//! real TLS, real HTTP clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+
+/// The `portico` binary, built on demand when this test target runs alone.
+pub fn portico_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("portico");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "portico", "--bin", "portico"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the portico binary failed");
+    });
+    bin
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Vec<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Starts `portico ARGS` and reads its stdout until a line starting with `ready_prefix`.
+    pub fn start(args: &[&str], ready_prefix: &str) -> Proc {
+        Self::start_logging(args, ready_prefix, None)
+    }
+
+    /// As [`Proc::start`], with stderr (the log) written to `log` when given.
+    pub fn start_logging(args: &[&str], ready_prefix: &str, log: Option<&Path>) -> Proc {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => Stdio::inherit(),
+        };
+        let mut child = Command::new(portico_bin())
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn portico");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read stdout");
+            assert!(
+                n > 0,
+                "portico {args:?} exited before `{ready_prefix}`; output: {lines:?}"
+            );
+            let line = line.trim_end().to_owned();
+            let ready = line.starts_with(ready_prefix);
+            lines.push(line);
+            if ready {
+                break;
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Proc { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (e.g. "HUP") to the process.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kb * 1024
+    }
+
+    /// Addresses from `listening <kind> <addr>` lines, in order.
+    pub fn addrs(&self, kind: &str) -> Vec<SocketAddr> {
+        self.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("listening "))
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, a)| a.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+}
+
+/// Starts the demo backend on port 0.
+pub fn backend() -> (Proc, SocketAddr) {
+    let proc = Proc::start(&["backend", "--listen", "127.0.0.1:0"], "listening on");
+    let addr = proc
+        .lines
+        .last()
+        .and_then(|l| l.strip_prefix("listening on "))
+        .and_then(|a| a.parse().ok())
+        .expect("backend addr");
+    (proc, addr)
+}
+
+/// A self-signed certificate for `localhost`/127.0.0.1 written to `dir`.
+pub struct TestCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+pub fn test_cert(dir: &Path, name: &str, sans: &[&str]) -> TestCert {
+    let generated =
+        rcgen::generate_simple_self_signed(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("rcgen");
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
+    std::fs::write(&key, generated.signing_key.serialize_pem()).expect("write key");
+    TestCert {
+        cert,
+        key,
+        der: generated.cert.der().clone(),
+    }
+}
+
+/// Starts `portico origin` with `config` (written to `dir/origin.toml`).
+pub fn origin(dir: &Path, config: &str) -> Proc {
+    let path = dir.join("origin.toml");
+    std::fs::write(&path, config).expect("write config");
+    Proc::start(
+        &["origin", "--config", path.to_str().expect("utf-8 path")],
+        "ready",
+    )
+}
+
+/// Request bodies of the test clients: in memory or streamed.
+pub type ReqBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ReqBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
+
+fn client_tls(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// An HTTPS client trusting `roots`, speaking HTTP/1.1 only or HTTP/2 only.
+pub fn https_client(roots: &[CertificateDer<'static>], h2: bool) -> HttpsClient {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(
+            roots,
+            if h2 { &[b"h2"] } else { &[b"http/1.1"] },
+        ))
+        .https_or_http();
+    let connector = if h2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build(connector)
+}
+
+/// A response with its body collected.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+pub async fn send(client: &HttpsClient, req: http::Request<ReqBody>) -> Reply {
+    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
+}
+
+pub async fn get(client: &HttpsClient, url: &str) -> Reply {
+    send(
+        client,
+        http::Request::get(url)
+            .body(full(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+}
