@@ -1,0 +1,352 @@
+//! Compiling `[[apis]]` and `[[domains]]` into a [`Definitions`] snapshot, checking
+//! every name and cross-reference.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Diag;
+use crate::file::{
+    ApiFile, DefinitionsFile, DeploymentFile, DomainFile, MappingFile, S, StageFile,
+};
+use crate::model::{Api, BasePathMapping, CURRENT_DEPLOYMENT, CertPaths, Definitions, Domain};
+use crate::route::{BuiltDeployment, build_deployment};
+use crate::stage::{compile_stage, is_stage_name};
+
+/// Values the definitions take from the node that compiles them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionDefaults {
+    /// Integration timeout of routes that set none (the node's `limits.default_timeout_ms`).
+    pub timeout: Duration,
+}
+
+impl Default for DefinitionDefaults {
+    fn default() -> Self {
+        DefinitionDefaults {
+            timeout: Duration::from_millis(29_000),
+        }
+    }
+}
+
+/// Compiles the definitions and renders their canonical source; `None` on any error
+/// (all reported to `diag`).
+pub(crate) fn build_definitions(
+    file: &DefinitionsFile,
+    defaults: &DefinitionDefaults,
+    diag: &mut Diag<'_>,
+) -> Option<Definitions> {
+    let apis = compile_apis(&file.apis, defaults, diag);
+    let domains = compile_domains(&file.domains, &file.apis, diag);
+    if diag.has_errors() {
+        return None;
+    }
+    match toml::to_string(file) {
+        Ok(source) => Some(Definitions::index(apis, domains, source)),
+        Err(e) => {
+            diag.at(0..0, format!("cannot serialize the definitions: {e}"));
+            None
+        }
+    }
+}
+
+/// Reports a repeated name at its second occurrence.
+fn unique(
+    seen: &mut HashMap<String, Range<usize>>,
+    name: &S<String>,
+    what: &str,
+    diag: &mut Diag<'_>,
+) -> bool {
+    let key = name.get_ref().to_ascii_lowercase();
+    if let Some(first) = seen.get(&key) {
+        let line = diag.line_of(first);
+        let message = format!(
+            "duplicate {what} `{}` (first at line {line})",
+            name.get_ref()
+        );
+        diag.at(name.span(), message);
+        return false;
+    }
+    seen.insert(key, name.span());
+    true
+}
+
+fn compile_apis(
+    files: &[ApiFile],
+    defaults: &DefinitionDefaults,
+    diag: &mut Diag<'_>,
+) -> Vec<Arc<Api>> {
+    let mut names = HashMap::new();
+    let mut hosts = HashMap::new();
+    let mut apis = Vec::new();
+    for f in files {
+        let name = f.name.get_ref();
+        if !is_api_name(name) {
+            let message = format!("invalid API name `{name}`");
+            diag.expect(f.name.span(), message, "[A-Za-z0-9][A-Za-z0-9_-]*");
+        }
+        unique(&mut names, &f.name, "API name", diag);
+        for h in &f.hosts {
+            if check_host(h, diag) {
+                unique(&mut hosts, h, "host", diag);
+            }
+        }
+        if let Some(api) = compile_api(f, defaults, diag) {
+            apis.push(Arc::new(api));
+        }
+    }
+    apis
+}
+
+fn compile_api(f: &ApiFile, defaults: &DefinitionDefaults, diag: &mut Diag<'_>) -> Option<Api> {
+    if let Some(r) = &f.region {
+        check_region(r, diag);
+    }
+    let current = build_deployment(CURRENT_DEPLOYMENT, None, &f.routes, defaults.timeout, diag);
+    let deployments = compile_deployments(&f.deployments, defaults.timeout, diag);
+    let mut names = HashMap::new();
+    let mut stages = Vec::new();
+    for s in &f.stages {
+        if !is_stage_name(s.name.get_ref()) {
+            let message = format!("invalid stage name `{}`", s.name.get_ref());
+            diag.expect(s.name.span(), message, "letters, digits, `_` and `-`");
+        }
+        unique(&mut names, &s.name, "stage", diag);
+        let Some(deployment) = served_deployment(s, &current, &deployments, diag) else {
+            continue;
+        };
+        if let Some(stage) = compile_stage(s, deployment, defaults.timeout, diag) {
+            stages.push(Arc::new(stage));
+        }
+    }
+    Some(Api {
+        name: f.name.get_ref().clone(),
+        endpoint: *f.endpoint.get_ref(),
+        region: f.region.as_ref().map(|r| r.get_ref().clone()),
+        hosts: f
+            .hosts
+            .iter()
+            .map(|h| h.get_ref().to_ascii_lowercase())
+            .collect(),
+        description: f.description.clone(),
+        current: current.deployment,
+        deployments: deployments.into_iter().map(|d| d.deployment).collect(),
+        stages,
+    })
+}
+
+fn compile_deployments(
+    files: &[DeploymentFile],
+    timeout: Duration,
+    diag: &mut Diag<'_>,
+) -> Vec<BuiltDeployment> {
+    let mut ids = HashMap::new();
+    let mut out = Vec::new();
+    for d in files {
+        let id = d.id.get_ref();
+        if id == CURRENT_DEPLOYMENT {
+            let message = "deployment id `current` is reserved for the API's top-level routes";
+            diag.at(d.id.span(), message);
+        } else if !is_stage_name(id) {
+            let message = format!("invalid deployment id `{id}`");
+            diag.expect(d.id.span(), message, "letters, digits, `_` and `-`");
+        }
+        unique(&mut ids, &d.id, "deployment", diag);
+        out.push(build_deployment(
+            id,
+            d.description.clone(),
+            &d.routes,
+            timeout,
+            diag,
+        ));
+    }
+    out
+}
+
+/// The deployment a stage pins, or the API's top-level routes.
+fn served_deployment<'a>(
+    stage: &StageFile,
+    current: &'a BuiltDeployment,
+    deployments: &'a [BuiltDeployment],
+    diag: &mut Diag<'_>,
+) -> Option<&'a BuiltDeployment> {
+    let Some(id) = &stage.deployment else {
+        return Some(current);
+    };
+    let found = deployments
+        .iter()
+        .find(|d| d.deployment.id == *id.get_ref());
+    if found.is_none() && !diag.is_broken(&format!("deployment:{}", id.get_ref())) {
+        let known: Vec<String> = deployments
+            .iter()
+            .map(|d| format!("`{}`", d.deployment.id))
+            .collect();
+        let expected = if known.is_empty() {
+            "no `deployment` (this API declares no deployments)".to_owned()
+        } else {
+            format!("one of {}", known.join(", "))
+        };
+        diag.expect(
+            id.span(),
+            format!("unknown deployment `{}`", id.get_ref()),
+            expected,
+        );
+    }
+    found
+}
+
+fn compile_domains(files: &[DomainFile], apis: &[ApiFile], diag: &mut Diag<'_>) -> Vec<Domain> {
+    let mut names = HashMap::new();
+    let hosts: HashMap<String, &str> = apis
+        .iter()
+        .flat_map(|a| {
+            a.hosts
+                .iter()
+                .map(move |h| (h.get_ref().to_ascii_lowercase(), a.name.get_ref().as_str()))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for f in files {
+        let name = f.name.get_ref().to_ascii_lowercase();
+        let fresh = check_host(&f.name, diag) && unique(&mut names, &f.name, "domain", diag);
+        if let Some(api) = hosts.get(&name).filter(|_| fresh) {
+            let message = format!("domain `{name}` is also a host of API `{api}`");
+            diag.at(f.name.span(), message);
+        }
+        let mappings = compile_mappings(&f.mappings, apis, diag);
+        out.push(Domain {
+            name,
+            certificate: f.certificate.as_ref().map(|c| CertPaths {
+                cert: c.cert.get_ref().into(),
+                key: c.key.get_ref().into(),
+            }),
+            mappings,
+        });
+    }
+    out
+}
+
+fn compile_mappings(
+    files: &[MappingFile],
+    apis: &[ApiFile],
+    diag: &mut Diag<'_>,
+) -> Vec<BasePathMapping> {
+    let mut seen = HashMap::new();
+    let mut out = Vec::new();
+    for m in files {
+        let base_path = m.base_path.as_ref().map_or("", |b| b.get_ref().as_str());
+        if let Some(b) = &m.base_path {
+            if !is_base_path(base_path) {
+                let message = format!("invalid base path `{base_path}`");
+                diag.expect(b.span(), message, "\"\" or one path segment without `/`");
+            } else {
+                unique(&mut seen, b, "base path", diag);
+            }
+        } else if seen.contains_key("") {
+            diag.at(m.api.span(), "duplicate root mapping (base_path \"\")");
+        } else {
+            seen.insert(String::new(), m.api.span());
+        }
+        check_mapping_target(m, apis, diag);
+        out.push(BasePathMapping {
+            base_path: base_path.to_owned(),
+            api: m.api.get_ref().clone(),
+            stage: m.stage.get_ref().clone(),
+        });
+    }
+    out
+}
+
+fn check_mapping_target(m: &MappingFile, apis: &[ApiFile], diag: &mut Diag<'_>) {
+    let api_name = m.api.get_ref();
+    let Some(api) = apis.iter().find(|a| a.name.get_ref() == api_name) else {
+        if !diag.is_broken(&format!("api:{api_name}")) {
+            let known: Vec<String> = apis
+                .iter()
+                .map(|a| format!("`{}`", a.name.get_ref()))
+                .collect();
+            diag.expect(
+                m.api.span(),
+                format!("unknown API `{api_name}`"),
+                format!("one of {}", known.join(", ")),
+            );
+        }
+        return;
+    };
+    let stage = m.stage.get_ref();
+    let exists = api.stages.iter().any(|s| s.name.get_ref() == stage);
+    if !exists && !diag.is_broken(&format!("stage:{stage}")) {
+        let known: Vec<String> = api
+            .stages
+            .iter()
+            .map(|s| format!("`{}`", s.name.get_ref()))
+            .collect();
+        diag.expect(
+            m.stage.span(),
+            format!("API `{api_name}` has no stage `{stage}`"),
+            format!("one of {}", known.join(", ")),
+        );
+    }
+}
+
+fn is_api_name(name: &str) -> bool {
+    name.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_base_path(p: &str) -> bool {
+    p.is_empty()
+        || p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+/// `[a-z0-9][a-z0-9-]{0,62}`: node ids and region names.
+pub(crate) fn is_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+pub(crate) fn check_region(r: &S<String>, diag: &mut Diag<'_>) -> bool {
+    let ok = is_label(r.get_ref());
+    if !ok {
+        diag.expect(
+            r.span(),
+            format!("invalid region `{}`", r.get_ref()),
+            "[a-z0-9][a-z0-9-]{0,62}",
+        );
+    }
+    ok
+}
+
+/// A DNS host name (letters, digits, `-`, dots), without port.
+pub(crate) fn is_hostname(h: &str) -> bool {
+    h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn check_host(h: &S<String>, diag: &mut Diag<'_>) -> bool {
+    let ok = is_hostname(h.get_ref());
+    if !ok {
+        let message = format!("invalid host name `{}`", h.get_ref());
+        diag.expect(
+            h.span(),
+            message,
+            "a DNS name such as api.example.com, without port",
+        );
+    }
+    ok
+}

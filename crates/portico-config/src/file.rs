@@ -1,0 +1,242 @@
+//! The file format: serde structs mirroring the TOML, with spans on every value that
+//! validation may need to point at. Only this module and `load` know TOML's shape.
+//!
+//! Arrays of tables that may hold many elements (`routes`, `deployments`, `stages`)
+//! and the internally tagged `integration` are skipped by serde here and filled in by
+//! `load`, which deserializes each element on its own so that every element's errors
+//! are reported, not only the first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::method::EndpointMode;
+
+pub(crate) type S<T> = Spanned<T>;
+pub(crate) type SpannedMap = BTreeMap<S<String>, S<String>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeFile {
+    pub id: S<String>,
+    pub region: Option<S<String>>,
+    pub location: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerFile {
+    pub address: S<SocketAddr>,
+    #[serde(default = "yes")]
+    pub tls: bool,
+    pub default_api: Option<S<String>>,
+    #[serde(default)]
+    pub certificates: Vec<CertFile>,
+    pub http3: Option<S<bool>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertFile {
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminFile {
+    pub address: S<SocketAddr>,
+    pub token: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    pub max_body_bytes: Option<S<u64>>,
+    pub max_header_bytes: Option<S<u64>>,
+    pub default_timeout_ms: Option<S<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackendClientFile {
+    pub ca_file: Option<S<String>>,
+    pub use_webpki_roots: Option<bool>,
+    pub pool_idle_timeout_ms: Option<u64>,
+    pub pool_max_idle_per_host: Option<usize>,
+    pub connect_timeout_ms: Option<S<u64>>,
+    #[serde(default)]
+    pub http2_only: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnsFile {
+    pub nameservers: Option<Vec<SocketAddr>>,
+    pub use_hosts_file: Option<bool>,
+    pub cache_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackboneFile {
+    pub listen: Option<S<SocketAddr>>,
+    pub ca: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub max_concurrent_streams: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OriginFile {
+    pub region: S<String>,
+    pub address: S<SocketAddr>,
+    pub server_name: S<String>,
+}
+
+/// The part of a node file that PoPs receive: serialized as `Definitions::source`.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct DefinitionsFile {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub apis: Vec<ApiFile>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<DomainFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiFile {
+    pub name: S<String>,
+    pub endpoint: S<EndpointMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<S<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<S<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteFile>,
+    #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<DeploymentFile>,
+    #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageFile>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<S<String>>,
+    pub path: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<S<u64>>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub api_key_required: bool,
+    /// Filled by `load`; `None` only when the route's integration failed to load.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub integration: Option<IntegrationFile>,
+}
+
+/// Serialized with serde's internal tagging; deserialized by `load` (serde's internally
+/// tagged enums lose the spans of their fields).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum IntegrationFile {
+    HttpProxy(HttpProxyFile),
+    Http(HttpFile),
+    Mock(MockFile),
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpProxyFile {
+    pub uri: S<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<S<String>>,
+    pub uri: S<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub request_parameters: SpannedMap,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub response_parameters: SpannedMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_request_body: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MockFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<S<u16>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: SpannedMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeploymentFile {
+    pub id: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StageFile {
+    pub name: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<S<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: SpannedMap,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_overrides: Vec<RouteOverrideFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteOverrideFile {
+    pub route: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<S<u64>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DomainFile {
+    pub name: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mappings: Vec<MappingFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MappingFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_path: Option<S<String>>,
+    pub api: S<String>,
+    pub stage: S<String>,
+}

@@ -1,0 +1,412 @@
+//! Compiling a node file's own settings, and the role rules that tie them to the
+//! API definitions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::compile::{DefinitionDefaults, build_definitions, check_region, is_hostname, is_label};
+use crate::error::Diag;
+use crate::file::{
+    AdminFile, BackboneFile, BackendClientFile, CertFile, DnsFile, LimitsFile, ListenerFile,
+    NodeFile, OriginFile, S,
+};
+use crate::load::RawNode;
+use crate::method::Role;
+use crate::model::CertPaths;
+use crate::route::check_timeout;
+use crate::settings::{
+    AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
+    NodeConfig, NodeSettings, OriginLink,
+};
+
+/// Resolves file paths against the config file's directory and checks they exist.
+pub(crate) struct Paths<'a> {
+    pub base_dir: &'a Path,
+}
+
+impl Paths<'_> {
+    fn file(&self, p: &S<String>, diag: &mut Diag<'_>) -> PathBuf {
+        let path = self.base_dir.join(p.get_ref());
+        if !path.is_file() {
+            let message = format!(
+                "file `{}` not found (looked at {})",
+                p.get_ref(),
+                path.display()
+            );
+            diag.expect(
+                p.span(),
+                message,
+                "a path relative to the config file's directory",
+            );
+        }
+        path
+    }
+
+    fn cert(&self, c: &CertFile, diag: &mut Diag<'_>) -> CertPaths {
+        CertPaths {
+            cert: self.file(&c.cert, diag),
+            key: self.file(&c.key, diag),
+        }
+    }
+}
+
+/// Compiles a node file; `None` when anything failed (all reported to `diag`).
+pub(crate) fn compile_node(
+    mut raw: RawNode,
+    paths: &Paths<'_>,
+    role: Option<Role>,
+    diag: &mut Diag<'_>,
+) -> Option<NodeConfig> {
+    let role = role.unwrap_or(if raw.has_origins {
+        Role::Pop
+    } else {
+        Role::Origin
+    });
+    let node = compile_node_settings(raw.node.as_ref(), raw.has_node, role, diag);
+    let limits = compile_limits(&raw.limits, diag);
+    let listeners = compile_listeners(&raw.listeners, paths, diag);
+    let admin = raw
+        .admin
+        .as_ref()
+        .and_then(|a| compile_admin(a, paths, diag));
+    let backend_client = compile_backend_client(&raw.backend_client, paths, diag);
+    let backbone = raw
+        .backbone
+        .as_ref()
+        .map(|b| compile_backbone(b, role, paths, diag));
+    let origins = compile_origins(&raw.origins, diag);
+    check_role(&raw, role, diag);
+    prepare_definitions(&mut raw, paths, diag);
+    let defaults = DefinitionDefaults {
+        timeout: limits
+            .as_ref()
+            .map_or(Limits::default().default_timeout, |l| l.default_timeout),
+    };
+    let definitions = build_definitions(&raw.defs, &defaults, diag);
+    if role == Role::Origin {
+        check_default_apis(&raw, diag);
+    }
+    if diag.has_errors() {
+        return None;
+    }
+    Some(NodeConfig {
+        node: node?,
+        listeners,
+        admin,
+        limits: limits?,
+        backend_client: backend_client?,
+        dns: compile_dns(&raw.dns),
+        backbone: backbone.flatten(),
+        origins,
+        definitions: Arc::new(definitions?),
+    })
+}
+
+fn compile_node_settings(
+    file: Option<&NodeFile>,
+    present: bool,
+    role: Role,
+    diag: &mut Diag<'_>,
+) -> Option<NodeSettings> {
+    let Some(f) = file else {
+        if !present {
+            diag.expect(
+                0..0,
+                "missing section `[node]`",
+                "[node] with at least `id`",
+            );
+        }
+        return None;
+    };
+    if !is_label(f.id.get_ref()) {
+        let message = format!("invalid node id `{}`", f.id.get_ref());
+        diag.expect(f.id.span(), message, "[a-z0-9][a-z0-9-]{0,62}");
+    }
+    if let Some(r) = &f.region {
+        check_region(r, diag);
+    } else if role == Role::Origin {
+        diag.expect(
+            f.id.span(),
+            "an origin's `[node]` needs a `region`",
+            "region = \"us-east-1\" or similar",
+        );
+    }
+    Some(NodeSettings {
+        id: f.id.get_ref().clone(),
+        region: f.region.as_ref().map(|r| r.get_ref().clone()),
+        location: f.location.clone(),
+    })
+}
+
+fn in_range(
+    v: &S<u64>,
+    range: std::ops::RangeInclusive<u64>,
+    what: &str,
+    diag: &mut Diag<'_>,
+) -> bool {
+    let ok = range.contains(v.get_ref());
+    if !ok {
+        let message = format!("{what} {} is out of range", v.get_ref());
+        diag.expect(
+            v.span(),
+            message,
+            format!("{}..={}", range.start(), range.end()),
+        );
+    }
+    ok
+}
+
+fn compile_limits(f: &LimitsFile, diag: &mut Diag<'_>) -> Option<Limits> {
+    let mut limits = Limits::default();
+    let mut ok = true;
+    if let Some(v) = &f.max_body_bytes {
+        ok &= in_range(v, 1..=u64::MAX, "max_body_bytes", diag);
+        limits.max_body_bytes = *v.get_ref();
+    }
+    if let Some(v) = &f.max_header_bytes {
+        ok &= in_range(v, 1024..=1024 * 1024, "max_header_bytes", diag);
+        limits.max_header_bytes = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
+    }
+    if let Some(v) = &f.default_timeout_ms {
+        match check_timeout(v, diag) {
+            Some(t) => limits.default_timeout = t,
+            None => ok = false,
+        }
+    }
+    ok.then_some(limits)
+}
+
+fn compile_listeners(
+    files: &[ListenerFile],
+    paths: &Paths<'_>,
+    diag: &mut Diag<'_>,
+) -> Vec<ListenerConfig> {
+    let mut seen: HashMap<std::net::SocketAddr, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for f in files {
+        let address = *f.address.get_ref();
+        if let Some(first) = seen.get(&address) {
+            let message = format!("duplicate listener address {address} (first at line {first})");
+            diag.at(f.address.span(), message);
+        }
+        seen.insert(address, diag.line_of(&f.address.span()));
+        let http3 = f.http3.as_ref().is_some_and(|h| *h.get_ref());
+        if let (Some(h), false, true) = (&f.http3, f.tls, http3) {
+            diag.expect(h.span(), "http3 needs TLS", "tls = true, or http3 = false");
+        }
+        if let (false, Some(c)) = (f.tls, f.certificates.first()) {
+            diag.expect(
+                c.cert.span(),
+                "certificates given for a listener with tls = false",
+                "tls = true",
+            );
+        }
+        out.push(ListenerConfig {
+            address,
+            tls: f.tls,
+            default_api: f.default_api.as_ref().map(|a| a.get_ref().clone()),
+            certificates: f.certificates.iter().map(|c| paths.cert(c, diag)).collect(),
+            http3,
+        });
+    }
+    out
+}
+
+fn compile_admin(f: &AdminFile, paths: &Paths<'_>, diag: &mut Diag<'_>) -> Option<AdminConfig> {
+    let (token, token_file) = match (&f.token, &f.token_file) {
+        (Some(t), None) => (t.get_ref().clone(), None),
+        (None, Some(p)) => {
+            let path = paths.file(p, diag);
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            (text.trim().to_owned(), Some(path))
+        }
+        (Some(_), Some(p)) => {
+            diag.expect(
+                p.span(),
+                "give either `token` or `token_file`, not both",
+                "one of them",
+            );
+            return None;
+        }
+        (None, None) => {
+            diag.expect(
+                f.address.span(),
+                "`[admin]` needs a token",
+                "`token` or `token_file`",
+            );
+            return None;
+        }
+    };
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        let span = f
+            .token
+            .as_ref()
+            .or(f.token_file.as_ref())
+            .map_or(0..0, |s| s.span());
+        diag.expect(
+            span,
+            "invalid admin token",
+            "a non-empty token of visible ASCII characters",
+        );
+        return None;
+    }
+    Some(AdminConfig {
+        address: *f.address.get_ref(),
+        token,
+        token_file,
+    })
+}
+
+fn compile_backend_client(
+    f: &BackendClientFile,
+    paths: &Paths<'_>,
+    diag: &mut Diag<'_>,
+) -> Option<BackendClientConfig> {
+    let d = BackendClientConfig::default();
+    let mut ok = true;
+    let connect_timeout = match &f.connect_timeout_ms {
+        Some(v) => {
+            ok &= in_range(v, 1..=120_000, "connect_timeout_ms", diag);
+            Duration::from_millis(*v.get_ref())
+        }
+        None => d.connect_timeout,
+    };
+    let config = BackendClientConfig {
+        ca_file: f.ca_file.as_ref().map(|p| paths.file(p, diag)),
+        use_webpki_roots: f.use_webpki_roots.unwrap_or(d.use_webpki_roots),
+        pool_idle_timeout: f
+            .pool_idle_timeout_ms
+            .map_or(d.pool_idle_timeout, Duration::from_millis),
+        pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(d.pool_max_idle_per_host),
+        connect_timeout,
+        http2_only: f.http2_only,
+    };
+    ok.then_some(config)
+}
+
+fn compile_dns(f: &DnsFile) -> DnsConfig {
+    let d = DnsConfig::default();
+    DnsConfig {
+        nameservers: f.nameservers.clone(),
+        use_hosts_file: f.use_hosts_file.unwrap_or(d.use_hosts_file),
+        cache_size: f.cache_size.unwrap_or(d.cache_size),
+    }
+}
+
+fn compile_backbone(
+    f: &BackboneFile,
+    role: Role,
+    paths: &Paths<'_>,
+    diag: &mut Diag<'_>,
+) -> Option<BackboneConfig> {
+    let mut ok = true;
+    if let (Role::Pop, Some(l)) = (role, &f.listen) {
+        diag.expect(
+            l.span(),
+            "a PoP does not listen on the backbone",
+            "`listen` only in an origin's file",
+        );
+        ok = false;
+    }
+    match (&f.cert, &f.key) {
+        (Some(c), None) => diag.expect(c.span(), "`cert` given without `key`", "both or neither"),
+        (None, Some(k)) => diag.expect(k.span(), "`key` given without `cert`", "both or neither"),
+        _ => {}
+    }
+    ok &= f.cert.is_some() == f.key.is_some();
+    let streams = f.max_concurrent_streams.as_ref();
+    ok &= streams.is_none_or(|s| in_range(s, 1..=1_000_000, "max_concurrent_streams", diag));
+    let config = BackboneConfig {
+        listen: f.listen.as_ref().map(|l| *l.get_ref()),
+        ca: f.ca.as_ref().map(|p| paths.file(p, diag)),
+        cert: f.cert.as_ref().map(|p| paths.file(p, diag)),
+        key: f.key.as_ref().map(|p| paths.file(p, diag)),
+        max_concurrent_streams: streams
+            .map_or(1000, |s| u32::try_from(*s.get_ref()).unwrap_or(u32::MAX)),
+    };
+    ok.then_some(config)
+}
+
+fn compile_origins(files: &[OriginFile], diag: &mut Diag<'_>) -> Vec<OriginLink> {
+    let mut seen = HashMap::new();
+    let mut out = Vec::new();
+    for f in files {
+        check_region(&f.region, diag);
+        if !is_hostname(f.server_name.get_ref()) {
+            let message = format!("invalid server_name `{}`", f.server_name.get_ref());
+            diag.expect(
+                f.server_name.span(),
+                message,
+                "the DNS name in the origin's backbone certificate",
+            );
+        }
+        let key = (f.region.get_ref().clone(), *f.address.get_ref());
+        if let Some(line) = seen.insert(key, diag.line_of(&f.address.span())) {
+            diag.at(
+                f.address.span(),
+                format!("duplicate origin (first at line {line})"),
+            );
+        }
+        out.push(OriginLink {
+            region: f.region.get_ref().clone(),
+            address: *f.address.get_ref(),
+            server_name: f.server_name.get_ref().clone(),
+        });
+    }
+    out
+}
+
+/// API definitions live in the origin's file; `[[origins]]` in a PoP's.
+fn check_role(raw: &RawNode, role: Role, diag: &mut Diag<'_>) {
+    if role == Role::Pop {
+        for span in &raw.defs_spans {
+            diag.expect(
+                span.clone(),
+                "API definitions are not allowed in a PoP's file",
+                "them in the origin's file (a PoP receives them over the backbone)",
+            );
+        }
+    }
+    if role == Role::Origin && raw.has_origins {
+        let message = "`[[origins]]` is only allowed in a PoP's file";
+        diag.expect(0..0, message, "no [[origins]] in an origin's file");
+    }
+}
+
+/// Makes origin-dependent values explicit before the definitions are serialized for
+/// PoPs: each API's home region and resolved certificate paths.
+fn prepare_definitions(raw: &mut RawNode, paths: &Paths<'_>, diag: &mut Diag<'_>) {
+    let region = raw.node.as_ref().and_then(|n| n.region.clone());
+    for api in &mut raw.defs.apis {
+        if api.region.is_none() {
+            api.region = region.clone();
+        }
+    }
+    for domain in &mut raw.defs.domains {
+        if let Some(c) = &mut domain.certificate {
+            let resolved = paths.cert(c, diag);
+            *c.cert.get_mut() = resolved.cert.to_string_lossy().into_owned();
+            *c.key.get_mut() = resolved.key.to_string_lossy().into_owned();
+        }
+    }
+}
+
+fn check_default_apis(raw: &RawNode, diag: &mut Diag<'_>) {
+    let names: Vec<&str> = raw
+        .defs
+        .apis
+        .iter()
+        .map(|a| a.name.get_ref().as_str())
+        .collect();
+    for l in &raw.listeners {
+        let Some(name) = &l.default_api else { continue };
+        let name_str = name.get_ref().as_str();
+        if !names.contains(&name_str) && !diag.is_broken(&format!("api:{name_str}")) {
+            let known: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            let message = format!("default_api names unknown API `{name_str}`");
+            diag.expect(name.span(), message, format!("one of {}", known.join(", ")));
+        }
+    }
+}

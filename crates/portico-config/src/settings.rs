@@ -1,0 +1,148 @@
+//! The compiled node settings: everything in a node file except API definitions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::method::Role;
+use crate::model::{CertPaths, Definitions};
+
+/// One node's whole configuration. `definitions` is the origin's API snapshot (empty
+/// on a PoP, which receives its snapshot over the backbone).
+#[derive(Debug)]
+pub struct NodeConfig {
+    pub node: NodeSettings,
+    pub listeners: Vec<ListenerConfig>,
+    pub admin: Option<AdminConfig>,
+    pub limits: Limits,
+    pub backend_client: BackendClientConfig,
+    pub dns: DnsConfig,
+    pub backbone: Option<BackboneConfig>,
+    pub origins: Vec<OriginLink>,
+    pub definitions: Arc<Definitions>,
+}
+
+impl NodeConfig {
+    /// A file with `[[origins]]` is a PoP's; any other is an origin's.
+    pub fn role(&self) -> Role {
+        if self.origins.is_empty() {
+            Role::Origin
+        } else {
+            Role::Pop
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// `[a-z0-9][a-z0-9-]{0,62}`; names the node in logs, `Via` and `Cache-Status`.
+    pub id: String,
+    /// Required on an origin: the region whose APIs it serves.
+    pub region: Option<String>,
+    pub location: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// `false`: plain HTTP, for development.
+    pub tls: bool,
+    /// The API served when the Host matches no API or custom domain.
+    pub default_api: Option<String>,
+    /// Empty with `tls`: a self-signed certificate is generated at start.
+    pub certificates: Vec<CertPaths>,
+    /// HTTP/3 on the same port over UDP (requires `tls`).
+    pub http3: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+    /// The bearer token, read from `token_file` at load when that was given.
+    pub token: String,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    /// Total size of a request's header section.
+    pub max_header_bytes: usize,
+    /// Integration timeout of routes that set none.
+    pub default_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            default_timeout: Duration::from_millis(29_000),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendClientConfig {
+    /// Extra CA (PEM) trusted for https backends, besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    pub use_webpki_roots: bool,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub connect_timeout: Duration,
+    /// `false`: ALPN h2 + http/1.1 for https, HTTP/1.1 for http.
+    pub http2_only: bool,
+}
+
+impl Default for BackendClientConfig {
+    fn default() -> Self {
+        BackendClientConfig {
+            ca_file: None,
+            use_webpki_roots: true,
+            pool_idle_timeout: Duration::from_millis(90_000),
+            pool_max_idle_per_host: 256,
+            connect_timeout: Duration::from_millis(5_000),
+            http2_only: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// `None`: the system's resolv.conf if readable, else the hosts file only.
+    /// `Some(vec![])`: the hosts file only.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    pub use_hosts_file: bool,
+    pub cache_size: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: None,
+            use_hosts_file: true,
+            cache_size: 1024,
+        }
+    }
+}
+
+/// The QUIC backbone (issue 3). `listen` is the origin's; PoPs dial `origins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackboneConfig {
+    pub listen: Option<SocketAddr>,
+    /// The private CA both ends verify each other against.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub max_concurrent_streams: u32,
+}
+
+/// An origin a PoP dials over the backbone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginLink {
+    pub region: String,
+    pub address: SocketAddr,
+    /// The name the origin's backbone certificate is verified against.
+    pub server_name: String,
+}

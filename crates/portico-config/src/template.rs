@@ -1,0 +1,281 @@
+//! Integration URI templates: `http://${stageVariables.host}/items/{id}`.
+
+use std::collections::BTreeMap;
+
+/// A problem found while parsing a template or expression, at a byte offset inside
+/// the string value (the caller maps it to a line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub offset: usize,
+    pub message: String,
+    pub expected: Option<String>,
+}
+
+impl Problem {
+    pub(crate) fn new(offset: usize, message: impl Into<String>) -> Self {
+        Problem {
+            offset,
+            message: message.into(),
+            expected: None,
+        }
+    }
+
+    pub(crate) fn expecting(mut self, expected: impl Into<String>) -> Self {
+        self.expected = Some(expected.into());
+        self
+    }
+}
+
+/// A parsed integration URI. Rendering never fails: a missing parameter or variable
+/// renders as the empty string (validation has already proved every reference can be
+/// resolved for the stages that serve the route).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriTemplate {
+    pub parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    /// `{name}` or `{name+}`; the name is stored without the `+`.
+    PathParam(String),
+    /// `${stageVariables.name}`; the name is stored without the prefix.
+    StageVariable(String),
+}
+
+impl UriTemplate {
+    /// Renders the URI. `params` yields path parameter values exactly as received
+    /// (still percent-encoded); they are inserted verbatim.
+    pub fn render<'v>(
+        &self,
+        params: &impl Fn(&str) -> Option<&'v str>,
+        vars: &BTreeMap<String, String>,
+    ) -> String {
+        let mut out = String::with_capacity(self.len_hint());
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(s) => out.push_str(s),
+                TemplatePart::PathParam(name) => out.push_str(params(name).unwrap_or("")),
+                TemplatePart::StageVariable(name) => {
+                    out.push_str(vars.get(name).map_or("", String::as_str))
+                }
+            }
+        }
+        out
+    }
+
+    /// Names of the path parameters the template uses.
+    pub fn path_params(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            TemplatePart::PathParam(n) => Some(n.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Names of the stage variables the template uses.
+    pub fn stage_variables(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            TemplatePart::StageVariable(n) => Some(n.as_str()),
+            _ => None,
+        })
+    }
+
+    fn len_hint(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                TemplatePart::Literal(s) => s.len(),
+                _ => 16,
+            })
+            .sum()
+    }
+
+    /// Parses an absolute `http://` or `https://` template.
+    pub(crate) fn parse(s: &str) -> Result<UriTemplate, Problem> {
+        let parts = parse_parts(s)?;
+        let scheme_ok = matches!(parts.first(), Some(TemplatePart::Literal(l))
+            if starts_with_ignore_case(l, "http://") || starts_with_ignore_case(l, "https://"));
+        if !scheme_ok {
+            return Err(Problem::new(0, "integration uri must be an absolute URL")
+                .expecting("http://... or https://..."));
+        }
+        Ok(UriTemplate { parts })
+    }
+
+    /// Positions (byte offsets) of each reference, for locating validation errors.
+    pub(crate) fn reference_offsets(s: &str) -> Vec<(usize, TemplatePart)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(rel) = s[i..].find('{') {
+            let at = i + rel;
+            let start = if at > 0 && s.as_bytes()[at - 1] == b'$' {
+                at - 1
+            } else {
+                at
+            };
+            let end = s[at..].find('}').map_or(s.len(), |e| at + e + 1);
+            if let Some(part) = parse_parts(&s[start..end]).ok().and_then(|mut p| p.pop()) {
+                out.push((start, part));
+            }
+            i = end.max(at + 1);
+        }
+        out
+    }
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn parse_parts(s: &str) -> Result<Vec<TemplatePart>, Problem> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut i = 0;
+    while i < s.len() {
+        let rest = &s[i..];
+        let reference = rest.starts_with("${") || rest.starts_with('{');
+        if reference {
+            let (part, len) = parse_reference(rest).map_err(|p| Problem {
+                offset: p.offset + i,
+                ..p
+            })?;
+            if !literal.is_empty() {
+                parts.push(TemplatePart::Literal(std::mem::take(&mut literal)));
+            }
+            parts.push(part);
+            i += len;
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or('\0');
+        if c == '}' {
+            return Err(Problem::new(i, "unmatched `}` in template"));
+        }
+        if c.is_whitespace() || c.is_control() {
+            return Err(Problem::new(i, "whitespace or control character in uri"));
+        }
+        literal.push(c);
+        i += c.len_utf8();
+    }
+    if !literal.is_empty() {
+        parts.push(TemplatePart::Literal(literal));
+    }
+    Ok(parts)
+}
+
+/// Parses `${stageVariables.x}` or `{name}` / `{name+}` at the start of `s`,
+/// returning the part and its length in bytes.
+fn parse_reference(s: &str) -> Result<(TemplatePart, usize), Problem> {
+    let Some(close) = s.find('}') else {
+        return Err(Problem::new(0, "unclosed `{` in template").expecting("`}`"));
+    };
+    if let Some(inner) = s[..close].strip_prefix("${") {
+        let Some(name) = inner.strip_prefix("stageVariables.") else {
+            return Err(Problem::new(0, format!("unknown variable `${{{inner}}}`"))
+                .expecting("${stageVariables.NAME}"));
+        };
+        if !is_stage_variable_name(name) {
+            return Err(
+                Problem::new(0, format!("invalid stage variable name `{name}`"))
+                    .expecting("a name of letters, digits and `_`"),
+            );
+        }
+        return Ok((TemplatePart::StageVariable(name.to_owned()), close + 1));
+    }
+    let inner = &s[1..close];
+    let name = inner.strip_suffix('+').unwrap_or(inner);
+    if !is_param_name(name) {
+        return Err(Problem::new(0, format!("invalid parameter `{{{inner}}}`"))
+            .expecting("{name} with letters, digits, `_`, `-` or `.`"));
+    }
+    Ok((TemplatePart::PathParam(name.to_owned()), close + 1))
+}
+
+/// AWS's rule for stage variable names.
+pub(crate) fn is_stage_variable_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// AWS's rule for stage variable values.
+pub(crate) fn is_stage_variable_value(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#&=,".contains(&b))
+}
+
+/// Path parameter names: letters, digits, `_`, `-`, `.`.
+pub(crate) fn is_param_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_params_and_stage_variables() {
+        let t =
+            UriTemplate::parse("http://${stageVariables.backend}/items/{id}/x/{proxy+}").unwrap();
+        assert_eq!(t.path_params().collect::<Vec<_>>(), ["id", "proxy"]);
+        assert_eq!(t.stage_variables().collect::<Vec<_>>(), ["backend"]);
+        let params = |n: &str| match n {
+            "id" => Some("a%2Fb"),
+            "proxy" => Some("deep/path"),
+            _ => None,
+        };
+        let out = t.render(&params, &vars(&[("backend", "127.0.0.1:9000")]));
+        assert_eq!(out, "http://127.0.0.1:9000/items/a%2Fb/x/deep/path");
+    }
+
+    #[test]
+    fn missing_values_render_empty() {
+        let t = UriTemplate::parse("https://h/{id}?v=${stageVariables.v}").unwrap();
+        assert_eq!(t.render(&|_| None, &BTreeMap::new()), "https://h/?v=");
+    }
+
+    #[test]
+    fn rejects_bad_templates_with_offsets() {
+        let err = |s: &str| UriTemplate::parse(s).unwrap_err();
+        assert_eq!(err("http://h/{id").offset, 9);
+        assert_eq!(
+            err("http://h/${env.x}").message,
+            "unknown variable `${env.x}`"
+        );
+        assert_eq!(err("http://h/${env.x}").offset, 9);
+        assert_eq!(err("http://h/}").offset, 9);
+        assert_eq!(err("http://h/{a b}").offset, 9);
+        assert_eq!(err("ftp://h/").offset, 0);
+        assert_eq!(err("/relative").offset, 0);
+    }
+
+    #[test]
+    fn reference_offsets_locate_each_reference() {
+        let refs = UriTemplate::reference_offsets("http://${stageVariables.b}/x/{id}");
+        assert_eq!(
+            refs,
+            vec![
+                (7, TemplatePart::StageVariable("b".into())),
+                (29, TemplatePart::PathParam("id".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn stage_variable_rules() {
+        assert!(is_stage_variable_name("backend_1"));
+        assert!(!is_stage_variable_name("back-end"));
+        assert!(is_stage_variable_value("127.0.0.1:9000/a?b=c&d=e,f#g~h"));
+        assert!(!is_stage_variable_value("has space"));
+        assert!(!is_stage_variable_value(""));
+    }
+}
