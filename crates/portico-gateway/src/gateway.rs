@@ -30,6 +30,20 @@ pub struct GatewaySettings {
     pub max_header_bytes: usize,
 }
 
+/// How a request entered the node, which decides how it is routed.
+#[derive(Debug, Clone, Copy)]
+pub enum Entry<'a> {
+    /// From a client on a public listener: Host and path select API and stage.
+    Public(ServedModes),
+    /// Over the backbone: the PoP already chose API and stage; the request's
+    /// path is the path inside the stage.
+    Routed {
+        api: &'a str,
+        stage: &'a str,
+        modes: ServedModes,
+    },
+}
+
 /// The request pipeline of one node.
 pub struct Gateway<U> {
     settings: GatewaySettings,
@@ -74,7 +88,7 @@ impl<U: Upstream> Gateway<U> {
         &self,
         req: Request<Body>,
         conn: &Arc<ConnInfo>,
-        modes: ServedModes,
+        entry: Entry<'_>,
     ) -> Response<Body> {
         // 1. Identify the request and start its access record.
         let mut record = AccessRecord {
@@ -89,7 +103,7 @@ impl<U: Upstream> Gateway<U> {
             ..AccessRecord::default()
         };
         // 2. Run the phases; any error goes to the one error sink.
-        let result = self.process(req, conn, modes, &mut record).await;
+        let result = self.process(req, conn, entry, &mut record).await;
         let mut resp = result.unwrap_or_else(|err| {
             record.error = err.kind.as_str();
             log_error(&record, &err);
@@ -105,21 +119,28 @@ impl<U: Upstream> Gateway<U> {
         &self,
         req: Request<Body>,
         conn: &Arc<ConnInfo>,
-        modes: ServedModes,
+        entry: Entry<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
         check_header_size(&req, self.settings.max_header_bytes)?;
         check_path(&record.path)?;
         // Route with the snapshot current now; the request keeps it to the end.
         let table = self.table.load_full();
-        let default_api = conn.default_api.as_deref();
-        let resolved = table.resolve(
-            &record.host,
-            &record.method,
-            &record.path,
-            default_api,
-            modes,
-        )?;
+        let resolved = match entry {
+            Entry::Public(modes) => {
+                let default_api = conn.default_api.as_deref();
+                table.resolve(
+                    &record.host,
+                    &record.method,
+                    &record.path,
+                    default_api,
+                    modes,
+                )?
+            }
+            Entry::Routed { api, stage, modes } => {
+                table.resolve_in(api, stage, &record.method, &record.path, modes)?
+            }
+        };
         record.api.clone_from(&resolved.api.name);
         record.stage.clone_from(&resolved.stage.name);
         let ctx = RequestCtx {

@@ -18,6 +18,6 @@ pub mod upstream;
 pub use body::{Body, BoxError};
 pub use context::{ConnInfo, Protocol, RequestCtx, TlsInfo};
 pub use error::{ErrorKind, ErrorSource, GatewayError};
-pub use gateway::{Gateway, GatewaySettings};
+pub use gateway::{Entry, Gateway, GatewaySettings};
 pub use router::{Resolved, RoutingTable, ServedModes};
 pub use upstream::Upstream;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use portico_config::NodeConfig;
-use portico_gateway::{Body, ConnInfo, Gateway, ServedModes};
+use portico_gateway::{Body, ConnInfo, Entry, Gateway, ServedModes};
 use portico_integrations::{BackendClient, Integrations, Resolver};
 use portico_net::{CertFiles, Handler, TcpServer};
 use tokio::net::TcpListener;
@@ -21,7 +21,9 @@ struct PublicHandler {
 
 impl Handler for PublicHandler {
     async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
-        self.gateway.handle(req, &conn, ServedModes::REGIONAL).await
+        self.gateway
+            .handle(req, &conn, Entry::Public(ServedModes::REGIONAL))
+            .await
     }
 }
 
