@@ -416,12 +416,20 @@ name = "prod"
 variables = { backend = "127.0.0.1:1" }
 "#;
     let f = start(extra);
-    // Declared too long: refused before anything is read.
-    let big = vec![b'x'; 100 * 1024 * 1024 + 1];
-    let req = Request::post(f.url("/prod/upload"))
-        .body(full(big))
-        .unwrap();
-    assert_error(&send(&f.h1(), req).await, 413, "Request Too Long");
+    // Declared too long: refused before any of the body is read.
+    let reply = raw_exchange(
+        &f,
+        b"POST /prod/upload HTTP/1.1\r\nHost: small.test\r\nContent-Length: 104857601\r\n\r\n",
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+        "{reply}"
+    );
+    assert!(
+        reply.ends_with("{\"message\":\"Request Too Long\"}"),
+        "{reply}"
+    );
     // Chunked, no length: refused while streaming, once past the limit.
     let chunks = futures_util::stream::iter((0..101).map(|_| {
         Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'y'; 1 << 20])))
@@ -483,16 +491,22 @@ async fn malformed_requests_are_400() {
 
 #[tokio::test]
 async fn client_going_away_cancels_the_backend_request() {
-    // A backend that never answers and reports when its connection closes.
+    // A backend that never answers and reports when the request arrived and
+    // when its connection closed.
     let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hang_addr = hang.local_addr().unwrap();
+    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel();
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut s, _) = hang.accept().await.unwrap();
         let mut buf = vec![0u8; 4096];
+        let mut arrived = Some(arrived_tx);
         while let Ok(n) = s.read(&mut buf).await {
             if n == 0 {
                 break;
+            }
+            if let Some(tx) = arrived.take() {
+                let _ = tx.send(());
             }
         }
         let _ = closed_tx.send(());
@@ -512,13 +526,16 @@ name = "prod"
 "#
     );
     let f = start(&extra);
-    let client = f.h2();
+    let client = f.h1();
     let req = Request::get(f.url("/prod/"))
         .header("host", "hang.test")
         .body(full(""))
         .unwrap();
     let pending = tokio::spawn(async move { client.request(req).await.map(|r| r.status()) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(Duration::from_secs(30), arrived_rx)
+        .await
+        .expect("the request never reached the backend")
+        .unwrap();
     pending.abort();
     tokio::time::timeout(Duration::from_secs(20), closed_rx)
         .await

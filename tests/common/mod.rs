@@ -182,28 +182,23 @@ pub fn full(bytes: impl Into<Bytes>) -> ReqBody {
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
 
-fn client_tls(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> rustls::ClientConfig {
+pub fn client_tls(roots: &[CertificateDer<'static>]) -> rustls::ClientConfig {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone()).expect("root");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(store)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    config
+        .with_no_client_auth()
 }
 
 /// An HTTPS client trusting `roots`, speaking HTTP/1.1 only or HTTP/2 only.
 pub fn https_client(roots: &[CertificateDer<'static>], h2: bool) -> HttpsClient {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(client_tls(
-            roots,
-            if h2 { &[b"h2"] } else { &[b"http/1.1"] },
-        ))
+        .with_tls_config(client_tls(roots))
         .https_or_http();
     let connector = if h2 {
         builder.enable_http2().build()

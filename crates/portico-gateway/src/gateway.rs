@@ -97,7 +97,6 @@ impl<U: Upstream> Gateway<U> {
             protocol: conn.protocol.as_str(),
             client: conn.client_addr.to_string(),
             method: req.method().as_str().to_owned(),
-            host: host_of(&req).to_owned(),
             path: req.uri().path().to_owned(),
             started: Some(Instant::now()),
             ..AccessRecord::default()
@@ -123,6 +122,7 @@ impl<U: Upstream> Gateway<U> {
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
         check_header_size(&req, self.settings.max_header_bytes)?;
+        record.host = host_of(&req)?.to_owned();
         check_path(&record.path)?;
         // Route with the snapshot current now; the request keeps it to the end.
         let table = self.table.load_full();
@@ -275,16 +275,23 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
-fn host_of<B>(req: &Request<B>) -> &str {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .unwrap_or("")
+/// The host the client addressed: HTTP/2's `:authority` or HTTP/1.1's `Host`.
+/// Both present and different is malformed (RFC 9113 §8.3.1).
+fn host_of<B>(req: &Request<B>) -> Result<&str, GatewayError> {
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let host = req.headers().get(header::HOST).map(|h| h.to_str());
+    match (authority, host) {
+        (_, Some(Err(_))) => Err(bad_host()),
+        (Some(a), Some(Ok(h))) if !a.eq_ignore_ascii_case(h) => Err(bad_host()),
+        (Some(a), _) => Ok(a),
+        (None, Some(Ok(h))) => Ok(h),
+        (None, None) => Ok(""),
+    }
+}
+
+fn bad_host() -> GatewayError {
+    GatewayError::client(ErrorKind::BadRequest)
+        .with_cause("Host and :authority disagree or Host is not text")
 }
 
 fn log_error(record: &AccessRecord, err: &GatewayError) {
