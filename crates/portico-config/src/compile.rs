@@ -350,3 +350,144 @@ fn check_host(h: &S<String>, diag: &mut Diag<'_>) -> bool {
     }
     ok
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testdata::*;
+
+    #[test]
+    fn duplicate_and_invalid_api_names() {
+        let text = format!(
+            "{NODE}[[apis]]\nname = \"a\"\nendpoint = \"edge\"\n[[apis]]\nname = \"a\"\nendpoint = \"edge\"\n\
+             [[apis]]\nname = \"-b\"\nendpoint = \"edge\"\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "8:8: duplicate API name `a` (first at line 5)",
+                "11:8: invalid API name `-b`"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_and_invalid_hosts() {
+        let text = format!(
+            "{NODE}[[apis]]\nname = \"a\"\nendpoint = \"edge\"\nhosts = [\"x.example.com\", \"bad host\"]\n\
+             [[apis]]\nname = \"b\"\nendpoint = \"edge\"\nhosts = [\"X.example.com\"]\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "7:27: invalid host name `bad host`",
+                "11:10: duplicate host `X.example.com` (first at line 7)"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_routes() {
+        let text = api(&(mock_route("GET", "/x") + &mock_route("GET", "/x")));
+        assert_eq!(
+            errors(&text),
+            ["14:8: duplicate route `GET /x` (first defined at line 9)"]
+        );
+    }
+
+    #[test]
+    fn route_conflicts_that_matchit_rejects() {
+        let routes = [
+            mock_route("GET", "/items/{id}"),
+            mock_route("POST", "/items/{x}"),
+            mock_route("ANY", "/{p+}"),
+            mock_route("ANY", "/{q}"),
+        ];
+        assert_eq!(
+            errors(&api(&routes.concat())),
+            [
+                "14:8: route path `/items/{x}` conflicts with `/items/{id}`",
+                "24:8: route path `/{q}` conflicts with `/{p+}`",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_path_templates_point_inside_the_path() {
+        let routes = [
+            mock_route("GET", "/a//b"),
+            mock_route("GET", "/{p+}/x"),
+            mock_route("GET", "items"),
+            mock_route("GET", "/a/{id}/{id}"),
+        ];
+        assert_eq!(
+            errors(&api(&routes.concat())),
+            [
+                "9:12: empty path segment",
+                "14:10: greedy parameter `{p+}` must be the last segment",
+                "19:9: route path must start with `/`",
+                "24:17: duplicate path parameter `id`",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_method_and_timeout_range() {
+        let text = api(
+            "[[apis.routes]]\nmethod = \"get\"\npath = \"/\"\ntimeout_ms = 30000\n\
+             [apis.routes.integration]\ntype = \"mock\"\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "8:10: unknown method `get`",
+                "10:14: timeout_ms 30000 is out of range"
+            ]
+        );
+    }
+
+    #[test]
+    fn deployments_and_stage_references() {
+        let text = api(
+            "[[apis.deployments]]\nid = \"current\"\n[[apis.deployments]]\nid = \"v1\"\n\
+             [[apis.deployments]]\nid = \"v1\"\n\
+             [[apis.stages]]\nname = \"prod\"\ndeployment = \"v9\"\n\
+             [[apis.stages]]\nname = \"prod\"\n[[apis.stages]]\nname = \"a b\"\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "8:6: deployment id `current` is reserved for the API's top-level routes",
+                "12:6: duplicate deployment `v1` (first at line 10)",
+                "15:14: unknown deployment `v9`",
+                "17:8: duplicate stage `prod` (first at line 14)",
+                "19:8: invalid stage name `a b`",
+            ]
+        );
+    }
+
+    #[test]
+    fn domain_mappings() {
+        let text = api(
+            "hosts = [\"h.example.com\"]\n[[apis.stages]]\nname = \"prod\"\n\
+             [[domains]]\nname = \"d.example.com\"\n\
+             [[domains.mappings]]\napi = \"b\"\nstage = \"prod\"\n\
+             [[domains.mappings]]\napi = \"a\"\nstage = \"dev\"\n\
+             [[domains.mappings]]\nbase_path = \"v1\"\napi = \"a\"\nstage = \"prod\"\n\
+             [[domains.mappings]]\nbase_path = \"v1\"\napi = \"a\"\nstage = \"prod\"\n\
+             [[domains.mappings]]\nbase_path = \"a/b\"\napi = \"a\"\nstage = \"prod\"\n\
+             [[domains]]\nname = \"H.example.com\"\n[[domains]]\nname = \"d.example.com\"\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "13:7: unknown API `b`",
+                "16:7: duplicate root mapping (base_path \"\")",
+                "17:9: API `a` has no stage `dev`",
+                "23:13: duplicate base path `v1` (first at line 19)",
+                "27:13: invalid base path `a/b`",
+                "31:8: domain `h.example.com` is also a host of API `a`",
+                "33:8: duplicate domain `d.example.com` (first at line 11)",
+            ]
+        );
+    }
+}

@@ -95,33 +95,21 @@ fn http(
     params: &[String],
     diag: &mut Diag<'_>,
 ) -> Option<(Integration, Vec<VarRef>)> {
-    let method = match &f.method {
-        None => Some(None),
-        Some(m) => match m.get_ref().parse::<Method>() {
-            Ok(Method::Any) | Err(_) => {
-                let message = format!("invalid integration method `{}`", m.get_ref());
-                diag.expect(
-                    m.span(),
-                    message,
-                    "GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS",
-                );
-                None
-            }
-            Ok(method) => Some(Some(method)),
-        },
-    };
+    let method = integration_method(f.method.as_ref(), diag);
     let mut refs = Vec::new();
     let request = request_parameters(&f.request_parameters, params, &mut refs, diag);
     let response = response_parameters(&f.response_parameters, diag);
-    let mapped: Vec<&str> = request
-        .iter()
-        .flatten()
-        .filter_map(|(t, _)| match t {
-            ParamTarget::Path(n) => Some(n.as_str()),
+    // Targets are read from the keys directly so that one bad mapping does not turn
+    // every `{name}` of the uri into a second error.
+    let mapped: Vec<String> = f
+        .request_parameters
+        .keys()
+        .filter_map(|k| match parse_target(k.get_ref()) {
+            Ok(ParamTarget::Path(n)) => Some(n),
             _ => None,
         })
         .collect();
-    let known = |n: &str| params.iter().any(|p| p == n) || mapped.contains(&n);
+    let known = |n: &str| params.iter().chain(&mapped).any(|p| p == n);
     let uri = uri_template(&f.uri, &known, params, diag);
     let (method, request, response, (uri, uri_refs)) = (method?, request?, response?, uri?);
     refs.extend(uri_refs);
@@ -133,6 +121,23 @@ fn http(
         pass_request_body: f.pass_request_body.unwrap_or(true),
     };
     Some((Integration::Http(integration), refs))
+}
+
+/// `Some(None)`: no method given (the client's is used); `None`: invalid.
+fn integration_method(m: Option<&S<String>>, diag: &mut Diag<'_>) -> Option<Option<Method>> {
+    let Some(m) = m else { return Some(None) };
+    match m.get_ref().parse::<Method>() {
+        Ok(Method::Any) | Err(_) => {
+            let message = format!("invalid integration method `{}`", m.get_ref());
+            diag.expect(
+                m.span(),
+                message,
+                "GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS",
+            );
+            None
+        }
+        Ok(method) => Some(Some(method)),
+    }
 }
 
 const TARGET_FORMS: &str = "integration.request.path.NAME, integration.request.querystring.NAME \
@@ -149,22 +154,8 @@ fn request_parameters(
     let mut out = Vec::new();
     let mut ok = true;
     for (key, value) in map {
-        let target = parse_target(key.get_ref());
-        let source = parse_source(value.get_ref(), params);
-        if let Err(p) = &target {
-            diag.expect(
-                key.span(),
-                p.message.clone(),
-                p.expected.clone().unwrap_or_default(),
-            );
-        }
-        if let Err(p) = &source {
-            diag.expect(
-                value.span(),
-                p.message.clone(),
-                p.expected.clone().unwrap_or_default(),
-            );
-        }
+        let target = parse_target(key.get_ref()).map_err(|p| report(key, p, diag));
+        let source = parse_source(value.get_ref(), params).map_err(|p| report(value, p, diag));
         let (Ok(target), Ok(source)) = (target, source) else {
             ok = false;
             continue;
@@ -176,14 +167,20 @@ fn request_parameters(
             continue;
         }
         if let ParamSource::StageVariable(name) = &source {
+            let at = value.span();
             refs.push(VarRef {
                 name: name.clone(),
-                at: value.span(),
+                at,
             });
         }
         out.push((target, source));
     }
     ok.then_some(out)
+}
+
+/// Reports a problem with a whole key or value.
+fn report(at: &S<String>, p: Problem, diag: &mut Diag<'_>) {
+    diag.expect(at.span(), p.message, p.expected.unwrap_or_default());
 }
 
 fn check_static_for_header(
@@ -309,26 +306,34 @@ fn response_parameters(
 }
 
 fn mock(f: &MockFile, diag: &mut Diag<'_>) -> Option<MockIntegration> {
-    let mut ok = true;
     let status = f.status.as_ref().map_or(200, |s| *s.get_ref());
-    if let Some(s) = f
+    let bad_status = f
         .status
         .as_ref()
-        .filter(|s| !(100..=599).contains(s.get_ref()))
-    {
+        .filter(|s| !(100..=599).contains(s.get_ref()));
+    if let Some(s) = bad_status {
         let message = format!("status {} is out of range", s.get_ref());
         diag.expect(s.span(), message, "100..=599");
-        ok = false;
     }
+    let headers = mock_headers(&f.headers, diag);
+    let body = f.body.clone().unwrap_or_default();
+    let headers = headers.filter(|_| bad_status.is_none())?;
+    Some(MockIntegration {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Lower-cased, checked header names and values; `None` on any error.
+fn mock_headers(map: &SpannedMap, diag: &mut Diag<'_>) -> Option<Vec<(String, String)>> {
+    let mut ok = true;
     let mut headers: Vec<(String, String)> = Vec::new();
-    for (name, value) in &f.headers {
+    for (name, value) in map {
         let lower = name.get_ref().to_ascii_lowercase();
         if !is_header_name(&lower) {
-            diag.expect(
-                name.span(),
-                format!("invalid header name `{}`", name.get_ref()),
-                "an HTTP token",
-            );
+            let message = format!("invalid header name `{}`", name.get_ref());
+            diag.expect(name.span(), message, "an HTTP token");
             ok = false;
         } else if headers.iter().any(|(n, _)| *n == lower) {
             diag.at(
@@ -347,12 +352,7 @@ fn mock(f: &MockFile, diag: &mut Diag<'_>) -> Option<MockIntegration> {
         }
         headers.push((lower, value.get_ref().clone()));
     }
-    let body = f.body.clone().unwrap_or_default();
-    ok.then_some(MockIntegration {
-        status,
-        headers,
-        body,
-    })
+    ok.then_some(headers)
 }
 
 /// RFC 9110 `token`.
@@ -376,6 +376,79 @@ fn is_query_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::*;
+
+    #[test]
+    fn http_integration_errors() {
+        let text = api(
+            "[[apis.routes]]\npath = \"/p/{petId}\"\n[apis.routes.integration]\ntype = \"http\"\n\
+             method = \"ANY\"\nuri = \"http://h/{id}/{nope}\"\n\
+             [apis.routes.integration.request_parameters]\n\
+             \"integration.request.path.id\" = \"method.request.path.petId\"\n\
+             \"integration.request.body.x\" = \"method.request.path.petId\"\n\
+             \"integration.request.header.x\" = \"method.request.path.zz\"\n\
+             \"integration.request.header.y\" = \"'bad\\u0001'\"\n\
+             \"integration.request.header.A\" = \"'1'\"\n\
+             \"integration.request.header.a\" = \"stageVariables.v\"\n\
+             [apis.routes.integration.response_parameters]\n\
+             \"method.response.x\" = \"integration.response.header.a\"\n\
+             \"method.response.header.b\" = \"integration.request.header.a\"\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "11:10: invalid integration method `ANY`",
+                "12:22: uri references unknown path parameter `nope`",
+                "15:1: invalid mapping target `integration.request.body.x`",
+                "16:34: unknown path parameter `zz`",
+                "17:34: invalid header value",
+                "19:1: `integration.request.header.a` is mapped twice (header names ignore case)",
+                "21:1: invalid mapping target `method.response.x`",
+                "22:30: invalid mapping expression `integration.request.header.a`",
+            ]
+        );
+    }
+
+    #[test]
+    fn mock_integration_errors() {
+        let text = api(
+            "[[apis.routes]]\npath = \"/\"\n[apis.routes.integration]\ntype = \"mock\"\nstatus = 700\n\
+             headers = { \"bad name\" = \"v\", \"X-A\" = \"1\", \"x-a\" = \"2\", ok = \"a\\nb\" }\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "11:10: status 700 is out of range",
+                "12:13: invalid header name `bad name`",
+                "12:44: header `x-a` is given twice (names ignore case)",
+                "12:62: invalid header value",
+            ]
+        );
+    }
+
+    #[test]
+    fn http_proxy_template_errors() {
+        let route = |uri: &str| {
+            format!(
+                "[[apis.routes]]\npath = \"/{{id}}\"\n[apis.routes.integration]\n\
+                 type = \"http_proxy\"\nuri = \"{uri}\"\n"
+            )
+        };
+        let text = api(&[
+            route("http://h/{idd}"),
+            route("http://${env.x}/"),
+            route("h/x"),
+        ]
+        .concat());
+        assert_eq!(
+            errors(&text),
+            [
+                "11:17: uri references unknown path parameter `idd`",
+                "16:15: unknown variable `${env.x}`",
+                "21:8: integration uri must be an absolute URL",
+            ]
+        );
+    }
 
     #[test]
     fn mapping_expressions() {

@@ -372,4 +372,23 @@ mod tests {
         let errs = errors(&format!("{NODE}bogus = 1\n"));
         assert_eq!(errs, ["4:1: unknown field `bogus`"]);
     }
+
+    #[test]
+    fn reference_example_in_docs_is_valid() {
+        let doc = include_str!("../../../docs/CONFIG.md");
+        let start = doc.find("```toml\n").unwrap() + 8;
+        let text = &doc[start..start + doc[start..].find("```").unwrap()];
+        let dir = fixture_dir();
+        for f in [
+            "ca.pem",
+            "node.pem",
+            "node.key",
+            "certs/api.pem",
+            "certs/api.key",
+        ] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let c = parse_node(text, "CONFIG.md", &dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.definitions.apis[0].current.routes.len(), 3);
+    }
 }

@@ -282,3 +282,89 @@ fn read_integration(value: Value<'_>, diag: &mut Diag<'_>) -> Option<Integration
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testdata::*;
+
+    #[test]
+    fn syntax_errors_are_located() {
+        assert_eq!(errors("[node\nid = 1\n"), ["1:6: unclosed table"]);
+        let e = errors("[node]\nid = \"o\nregion = \"r\"\n");
+        assert_eq!(e, ["2:8: invalid basic string"]);
+    }
+
+    #[test]
+    fn unknown_sections_and_fields_are_rejected_with_location() {
+        let text = format!("{NODE}[cache]\nsize = 1\n[limits]\nmax_bodybytes = 1\n");
+        assert_eq!(
+            errors(&text),
+            [
+                "4:2: unknown section `cache`",
+                "7:1: unknown field `max_bodybytes`"
+            ]
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.0[1].expected.as_deref(),
+            Some("one of `max_body_bytes`, `max_header_bytes`, `default_timeout_ms`")
+        );
+    }
+
+    #[test]
+    fn errors_in_several_apis_are_all_reported() {
+        let text = format!(
+            "{NODE}[[apis]]\nname = \"a\"\nendpoint = \"edge\"\nbogus = 1\n\
+             [[apis]]\nname = \"b\"\nendpoint = \"edge\"\n\
+             [[apis]]\nname = \"c\"\nendpoint = \"middle\"\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "7:1: unknown field `bogus`",
+                "13:12: unknown variant `middle`"
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_in_several_routes_are_all_reported() {
+        let text = api(
+            "[[apis.routes]]\npath = \"/y\"\nfoo = 1\n[apis.routes.integration]\ntype = \"mocky\"\n\
+             [[apis.routes]]\npath = \"/z\"\n\
+             [[apis.routes]]\npath = \"/w\"\n[apis.routes.integration]\nuri = \"http://h/\"\n\
+             [[apis.routes]]\npath = \"/v\"\n[apis.routes.integration]\ntype = \"mock\"\nstatus = \"ok\"\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "9:1: unknown field `foo`",
+                "11:8: unknown integration type `mocky`",
+                "12:1: missing field `integration`",
+                "16:1: missing field `type`",
+                "22:10: invalid type: string \"ok\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn sections_of_the_wrong_shape() {
+        let text = format!("{NODE}[listeners]\naddress = \"127.0.0.1:1\"\n");
+        assert_eq!(
+            errors(&text),
+            ["4:1: `listeners` must be an array of tables"]
+        );
+        let text = format!("apis = 3\n{NODE}");
+        assert_eq!(errors(&text), ["1:8: `apis` must be an array of tables"]);
+    }
+
+    #[test]
+    fn broken_elements_are_not_reported_again_as_unknown() {
+        let text = format!(
+            "{NODE}[[apis]]\nname = \"a\"\nendpoint = \"edgy\"\n\
+             [[domains]]\nname = \"d.example.com\"\n\
+             [[domains.mappings]]\napi = \"a\"\nstage = \"prod\"\n"
+        );
+        assert_eq!(errors(&text), ["6:12: unknown variant `edgy`"]);
+    }
+}

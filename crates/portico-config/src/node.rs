@@ -215,38 +215,15 @@ fn compile_listeners(
 }
 
 fn compile_admin(f: &AdminFile, paths: &Paths<'_>, diag: &mut Diag<'_>) -> Option<AdminConfig> {
-    let (token, token_file) = match (&f.token, &f.token_file) {
-        (Some(t), None) => (t.get_ref().clone(), None),
-        (None, Some(p)) => {
-            let path = paths.file(p, diag);
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            (text.trim().to_owned(), Some(path))
-        }
-        (Some(_), Some(p)) => {
-            diag.expect(
-                p.span(),
-                "give either `token` or `token_file`, not both",
-                "one of them",
-            );
-            return None;
-        }
-        (None, None) => {
-            diag.expect(
-                f.address.span(),
-                "`[admin]` needs a token",
-                "`token` or `token_file`",
-            );
-            return None;
-        }
-    };
+    let (token, token_file) = admin_token(f, paths, diag)?;
     if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        let span = f
+        let at = f
             .token
             .as_ref()
             .or(f.token_file.as_ref())
             .map_or(0..0, |s| s.span());
         diag.expect(
-            span,
+            at,
             "invalid admin token",
             "a non-empty token of visible ASCII characters",
         );
@@ -257,6 +234,45 @@ fn compile_admin(f: &AdminFile, paths: &Paths<'_>, diag: &mut Diag<'_>) -> Optio
         token,
         token_file,
     })
+}
+
+/// The token, from `token` or read from `token_file` (exactly one of them).
+fn admin_token(
+    f: &AdminFile,
+    paths: &Paths<'_>,
+    diag: &mut Diag<'_>,
+) -> Option<(String, Option<PathBuf>)> {
+    match (&f.token, &f.token_file) {
+        (Some(t), None) => Some((t.get_ref().clone(), None)),
+        (None, Some(p)) => {
+            let path = paths.file(p, diag);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Some((text.trim().to_owned(), Some(path))),
+                Err(e) => {
+                    if path.is_file() {
+                        diag.at(p.span(), format!("cannot read `{}`: {e}", p.get_ref()));
+                    }
+                    None
+                }
+            }
+        }
+        (Some(_), Some(p)) => {
+            diag.expect(
+                p.span(),
+                "give either `token` or `token_file`, not both",
+                "one of them",
+            );
+            None
+        }
+        (None, None) => {
+            diag.expect(
+                f.address.span(),
+                "`[admin]` needs a token",
+                "`token` or `token_file`",
+            );
+            None
+        }
+    }
 }
 
 fn compile_backend_client(
@@ -408,5 +424,116 @@ fn check_default_apis(raw: &RawNode, diag: &mut Diag<'_>) {
             let message = format!("default_api names unknown API `{name_str}`");
             diag.expect(name.span(), message, format!("one of {}", known.join(", ")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Role;
+    use crate::testdata::*;
+
+    #[test]
+    fn node_section_rules() {
+        assert_eq!(errors(""), ["1:1: missing section `[node]`"]);
+        assert_eq!(
+            errors("[node]\nid = \"Bad_Id\"\n"),
+            [
+                "2:6: invalid node id `Bad_Id`",
+                "2:6: an origin's `[node]` needs a `region`"
+            ]
+        );
+        let pop = "[node]\nid = \"pop\"\n[[origins]]\nregion = \"us\"\naddress = \"127.0.0.1:1\"\n\
+                   server_name = \"o\"\n[[origins]]\nregion = \"US\"\naddress = \"127.0.0.1:1\"\n\
+                   server_name = \"o o\"\n[[origins]]\nregion = \"us\"\naddress = \"127.0.0.1:1\"\n\
+                   server_name = \"o\"\n";
+        assert_eq!(
+            errors(pop),
+            [
+                "8:10: invalid region `US`",
+                "10:15: invalid server_name `o o`",
+                "13:11: duplicate origin (first at line 5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_rules() {
+        let text = format!(
+            "{NODE}[[listeners]]\naddress = \"127.0.0.1:1\"\ndefault_api = \"nope\"\nhttp3 = true\n\
+             tls = false\ncertificates = [ {{ cert = \"certs/a.pem\", key = \"missing.key\" }} ]\n\
+             [[listeners]]\naddress = \"127.0.0.1:1\"\n"
+        );
+        let e = errors(&text);
+        assert_eq!(e.len(), 5, "{e:?}");
+        assert_eq!(e[0], "6:15: default_api names unknown API `nope`");
+        assert_eq!(e[1], "7:9: http3 needs TLS");
+        assert_eq!(
+            e[2],
+            "9:27: certificates given for a listener with tls = false"
+        );
+        assert!(
+            e[3].starts_with("9:48: file `missing.key` not found (looked at /"),
+            "{}",
+            e[3]
+        );
+        assert_eq!(
+            e[4],
+            "11:11: duplicate listener address 127.0.0.1:1 (first at line 5)"
+        );
+    }
+
+    #[test]
+    fn admin_token_rules() {
+        let admin = |rest: &str| format!("{NODE}[admin]\naddress = \"127.0.0.1:9\"\n{rest}");
+        let c = parse(&admin("token_file = \"token\"\n")).unwrap_or_else(|e| panic!("{e}"));
+        let a = c.admin.unwrap();
+        assert_eq!(a.token, "s3cret");
+        assert!(a.token_file.unwrap().ends_with("token"));
+        assert_eq!(
+            errors(&admin("token = \"a\"\ntoken_file = \"token\"\n")),
+            ["7:14: give either `token` or `token_file`, not both"]
+        );
+        assert_eq!(errors(&admin("")), ["5:11: `[admin]` needs a token"]);
+        assert_eq!(
+            errors(&admin("token = \"a b\"\n")),
+            ["6:9: invalid admin token"]
+        );
+    }
+
+    #[test]
+    fn limits_and_backbone_ranges() {
+        let text = format!(
+            "{NODE}[limits]\nmax_body_bytes = 0\nmax_header_bytes = 10\ndefault_timeout_ms = 30000\n\
+             [backend_client]\nconnect_timeout_ms = 0\n\
+             [backbone]\ncert = \"certs/a.pem\"\nmax_concurrent_streams = 0\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "5:18: max_body_bytes 0 is out of range",
+                "6:20: max_header_bytes 10 is out of range",
+                "7:22: timeout_ms 30000 is out of range",
+                "9:22: connect_timeout_ms 0 is out of range",
+                "11:8: `cert` given without `key`",
+                "12:26: max_concurrent_streams 0 is out of range",
+            ]
+        );
+    }
+
+    #[test]
+    fn role_rules() {
+        let pop = "[node]\nid = \"pop\"\n[backbone]\nlisten = \"127.0.0.1:7\"\n";
+        assert_eq!(
+            parse_role(pop, Role::Pop).unwrap_err().to_string(),
+            "t.toml:4:10: a PoP does not listen on the backbone (expected `listen` only in an origin's file)"
+        );
+        let origin = format!(
+            "{NODE}[[origins]]\nregion = \"r\"\naddress = \"127.0.0.1:7\"\nserver_name = \"o\"\n"
+        );
+        let e = parse_role(&origin, Role::Origin).unwrap_err();
+        assert_eq!(
+            e.0[0].message,
+            "`[[origins]]` is only allowed in a PoP's file"
+        );
     }
 }

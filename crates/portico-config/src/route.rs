@@ -260,7 +260,7 @@ fn report_insert_error(
             diag.expect(
                 span,
                 format!("route path `{path}` conflicts with `{other}`"),
-                "parameters at the same position to have the same name",
+                "no other route with a differently named {param} or a {param+} at the same position",
             );
         }
         other => diag.at(

@@ -1,6 +1,6 @@
 //! Compiling stages: variables, the deployment they serve, and per-route overrides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -19,9 +19,12 @@ pub(crate) fn compile_stage(
 ) -> Option<Stage> {
     let variables = variables(&file.variables, diag);
     let settings = overrides(&file.route_overrides, deployment, default_timeout, diag);
-    if let Some(vars) = &variables {
-        check_references(file.name.get_ref(), vars, deployment, diag);
-    }
+    let defined: BTreeSet<&str> = file
+        .variables
+        .keys()
+        .map(|k| k.get_ref().as_str())
+        .collect();
+    check_references(file.name.get_ref(), &defined, deployment, diag);
     let (variables, (settings, fallback)) = (variables?, settings?);
     Some(Stage {
         name: file.name.get_ref().clone(),
@@ -69,12 +72,12 @@ fn variables(map: &SpannedMap, diag: &mut Diag<'_>) -> Option<BTreeMap<String, S
 /// at the reference.
 fn check_references(
     stage: &str,
-    vars: &BTreeMap<String, String>,
+    defined: &BTreeSet<&str>,
     built: &BuiltDeployment,
     diag: &mut Diag<'_>,
 ) {
     for (route, r) in &built.var_refs {
-        if !vars.contains_key(&r.name) {
+        if !defined.contains(r.name.as_str()) {
             let key = &built.deployment.routes[*route].key;
             diag.expect(
                 r.at.clone(),
@@ -95,19 +98,45 @@ fn overrides(
     default_timeout: Duration,
     diag: &mut Diag<'_>,
 ) -> Option<(Vec<RouteSettings>, RouteSettings)> {
-    let routes = &deployment.deployment.routes;
-    let mut star: Option<&RouteOverrideFile> = None;
-    let mut specific: HashMap<usize, &RouteOverrideFile> = HashMap::new();
+    let (star, specific) = resolve_overrides(files, deployment, diag)?;
+    let settings = deployment
+        .deployment
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| apply(specific.get(&i).copied(), apply(star, r.settings.clone())))
+        .collect();
+    let fallback = apply(
+        star,
+        RouteSettings {
+            timeout: default_timeout,
+        },
+    );
+    Some((settings, fallback))
+}
+
+type Resolved<'f> = (
+    Option<&'f RouteOverrideFile>,
+    HashMap<usize, &'f RouteOverrideFile>,
+);
+
+/// The `*` override and the overrides per route index; `None` on any error.
+fn resolve_overrides<'f>(
+    files: &'f [RouteOverrideFile],
+    deployment: &BuiltDeployment,
+    diag: &mut Diag<'_>,
+) -> Option<Resolved<'f>> {
+    let (mut star, mut specific) = (None, HashMap::new());
     let mut seen: HashMap<&str, Range<usize>> = HashMap::new();
     let mut ok = true;
     for o in files {
         let key = o.route.get_ref().as_str();
         if let Some(first) = seen.get(key) {
-            let line = diag.line_of(first);
-            diag.at(
-                o.route.span(),
-                format!("duplicate override for `{key}` (first at line {line})"),
+            let message = format!(
+                "duplicate override for `{key}` (first at line {})",
+                diag.line_of(first)
             );
+            diag.at(o.route.span(), message);
             ok = false;
             continue;
         }
@@ -125,19 +154,7 @@ fn overrides(
             ok = false;
         }
     }
-    let base = |own: &RouteSettings| apply(star, own.clone());
-    let settings = routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| apply(specific.get(&i).copied(), base(&r.settings)))
-        .collect();
-    let fallback = apply(
-        star,
-        RouteSettings {
-            timeout: default_timeout,
-        },
-    );
-    ok.then_some((settings, fallback))
+    ok.then_some((star, specific))
 }
 
 fn unknown_route(route: &S<String>, deployment: &str, diag: &mut Diag<'_>) {
@@ -156,4 +173,69 @@ fn apply(o: Option<&RouteOverrideFile>, mut settings: RouteSettings) -> RouteSet
         }
     }
     settings
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testdata::*;
+
+    const ROUTE: &str = "[[apis.routes]]\npath = \"/i/{id}\"\n[apis.routes.integration]\n\
+                         type = \"http_proxy\"\nuri = \"http://${stageVariables.host}/{id}\"\n";
+
+    #[test]
+    fn stage_variables_and_overrides() {
+        let text = api(&format!(
+            "{ROUTE}[[apis.stages]]\nname = \"prod\"\n\
+             variables = {{ \"bad-name\" = \"x\", ok = \"has space\" }}\n\
+             [[apis.stages.route_overrides]]\nroute = \"GET /nope\"\n\
+             [[apis.stages.route_overrides]]\nroute = \"*\"\ntimeout_ms = 10\n\
+             [[apis.stages.route_overrides]]\nroute = \"*\"\n"
+        ));
+        assert_eq!(
+            errors(&text),
+            [
+                "11:15: stage variable `host` is not defined in stage `prod`, which serves route `ANY /i/{id}`",
+                "14:15: invalid stage variable name `bad-name`",
+                "14:38: invalid stage variable value `has space`",
+                "16:9: override names unknown route `GET /nope`",
+                "19:14: timeout_ms 10 is out of range",
+                "21:9: duplicate override for `*` (first at line 18)",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_stage_serving_a_route_must_define_its_variables() {
+        let text = api(&format!(
+            "{ROUTE}[[apis.stages]]\nname = \"prod\"\nvariables = {{ host = \"h:1\" }}\n\
+             [[apis.stages]]\nname = \"dev\"\n\
+             [[apis.deployments]]\nid = \"v1\"\n[[apis.stages]]\nname = \"old\"\ndeployment = \"v1\"\n"
+        ));
+        assert_eq!(
+            errors(&text),
+            [
+                "11:15: stage variable `host` is not defined in stage `dev`, which serves route `ANY /i/{id}`"
+            ]
+        );
+    }
+
+    #[test]
+    fn override_precedence() {
+        let text = api(&format!(
+            "{ROUTE}{}[[apis.stages]]\nname = \"prod\"\nvariables = {{ host = \"h:1\" }}\n\
+             [[apis.stages.route_overrides]]\nroute = \"*\"\ntimeout_ms = 3000\n\
+             [[apis.stages.route_overrides]]\nroute = \"GET /m\"\ntimeout_ms = 100\n",
+            mock_route("GET", "/m")
+        ));
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let stage = c
+            .definitions
+            .api("a")
+            .unwrap()
+            .stage("prod")
+            .unwrap()
+            .clone();
+        let ms = |i| stage.route_settings(i).timeout.as_millis();
+        assert_eq!((ms(0), ms(1), ms(99)), (3000, 100, 3000));
+    }
 }

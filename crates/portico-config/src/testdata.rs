@@ -137,15 +137,30 @@ certificate = { cert = "certs/a.pem", key = "certs/a.key" }
   stage = "prod"
 "#;
 
-/// A directory holding the files `FULL` refers to.
+/// A directory holding the files `FULL` and docs/CONFIG.md refer to, created once per
+/// test process (tests run in parallel and must not rewrite it under each other).
 pub(crate) fn fixture_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portico-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("certs")).unwrap();
-    for f in ["a.pem", "a.key", "ca.pem"] {
-        std::fs::write(dir.join("certs").join(f), "x").unwrap();
-    }
-    std::fs::write(dir.join("token"), "s3cret\n").unwrap();
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("portico-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("certs")).unwrap();
+        let files = [
+            "certs/a.pem",
+            "certs/a.key",
+            "certs/ca.pem",
+            "certs/api.pem",
+            "certs/api.key",
+            "ca.pem",
+            "node.pem",
+            "node.key",
+        ];
+        for f in files {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+        dir
+    })
+    .clone()
 }
 
 pub(crate) fn parse(text: &str) -> Result<NodeConfig, ConfigErrors> {
@@ -169,3 +184,15 @@ pub(crate) fn errors(text: &str) -> Vec<String> {
 
 /// A minimal valid origin prefix for error tests.
 pub(crate) const NODE: &str = "[node]\nid = \"o\"\nregion = \"r\"\n";
+
+/// `NODE` plus an API `a` (lines 4-6); `body` starts on line 7.
+pub(crate) fn api(body: &str) -> String {
+    format!("{NODE}[[apis]]\nname = \"a\"\nendpoint = \"edge\"\n{body}")
+}
+
+/// A route with a mock integration (3 lines, path on the first).
+pub(crate) fn mock_route(method: &str, path: &str) -> String {
+    format!(
+        "[[apis.routes]]\nmethod = \"{method}\"\npath = \"{path}\"\n[apis.routes.integration]\ntype = \"mock\"\n"
+    )
+}
