@@ -627,3 +627,215 @@ async fn sni_selects_the_certificate() {
         assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], cert.der);
     }
 }
+
+fn mock_config(cert: &TestCert, body: &str) -> String {
+    format!(
+        r#"
+[node]
+id = "origin-reload"
+region = "local"
+
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "m"
+certificates = [{{ cert = "{}", key = "{}" }}]
+
+[[apis]]
+name = "m"
+endpoint = "regional"
+[[apis.routes]]
+method = "GET"
+path = "/v"
+integration = {{ type = "mock", status = 200, body = "{body}" }}
+[[apis.routes]]
+method = "GET"
+path = "/slow"
+integration = {{ type = "http_proxy", uri = "http://${{stageVariables.backend}}/delay/1500" }}
+[[apis.stages]]
+name = "prod"
+variables = {{ backend = "BACKEND" }}
+"#,
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+#[tokio::test]
+async fn sighup_reloads_without_disruption_and_keeps_the_old_config_on_errors() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let (_backend, backend_addr) = backend();
+    let text = |body: &str| mock_config(&cert, body).replace("BACKEND", &backend_addr.to_string());
+    let (origin, log) = origin_logging(dir.path(), &text("one"));
+    let base = format!("https://localhost:{}/prod", origin.addrs("https")[0].port());
+    let client = https_client(&[cert.der.clone()], false);
+    assert_eq!(get(&client, &format!("{base}/v")).await.text(), "one");
+    // A request in flight across the reload finishes normally.
+    let slow = {
+        let (client, url) = (client.clone(), format!("{base}/slow"));
+        tokio::spawn(async move { get(&client, &url).await.status })
+    };
+    std::fs::write(dir.path().join("origin.toml"), text("two")).unwrap();
+    origin.signal("HUP");
+    eventually(10, || async {
+        (get(&client, &format!("{base}/v")).await.text() == "two").then_some(())
+    })
+    .await;
+    assert_eq!(slow.await.unwrap(), 200);
+    // An invalid file is rejected, logged, and the last good config keeps serving.
+    std::fs::write(
+        dir.path().join("origin.toml"),
+        text("three").replace("endpoint = \"regional\"", "endpoint = \"sideways\""),
+    )
+    .unwrap();
+    origin.signal("HUP");
+    eventually(10, || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("configuration reload rejected")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(get(&client, &format!("{base}/v")).await.text(), "two");
+}
+
+#[tokio::test]
+async fn access_log_has_one_json_line_per_request() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let (_backend, backend_addr) = backend();
+    let (origin, log) = origin_logging(dir.path(), &config(&cert, backend_addr, ""));
+    let url = format!(
+        "https://localhost:{}/prod/bytes/1234",
+        origin.addrs("https")[0].port()
+    );
+    let req = Request::get(url)
+        .header("x-request-id", "log-line-1")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(
+        send(&https_client(&[cert.der.clone()], false), req)
+            .await
+            .status,
+        200
+    );
+    let line: serde_json::Value = eventually(10, || async {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines()
+            .find(|l| l.contains("log-line-1") && l.contains("\"target\":\"access\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+    })
+    .await;
+    assert_eq!(line["request_id"], "log-line-1");
+    assert_eq!(line["api"], "echo");
+    assert_eq!(line["stage"], "prod");
+    assert_eq!(line["route"], "ANY /{proxy+}");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["bytes"], 1234);
+    assert_eq!(line["outcome"], "complete");
+    assert!(line["total_ms"].as_f64().unwrap() >= line["integration_ms"].as_f64().unwrap());
+}
+
+#[tokio::test]
+async fn http2_and_https_backends() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let backend_cert = test_cert(dir.path(), "backend", &["localhost"]);
+    let tls_backend = Proc::start(
+        &[
+            "backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            backend_cert.cert.to_str().unwrap(),
+            "--tls-key",
+            backend_cert.key.to_str().unwrap(),
+        ],
+        "listening on",
+    );
+    let tls_addr: SocketAddr = tls_backend
+        .lines
+        .last()
+        .unwrap()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_backend, backend_addr) = backend();
+    // https with ALPN h2, verified against the configured CA; cleartext with prior-knowledge h2.
+    let text = config(&cert, backend_addr, "").replace(
+        "[limits]",
+        &format!(
+            "[backend_client]\nca_file = \"{}\"\nuse_webpki_roots = false\n\n[limits]",
+            backend_cert.cert.display()
+        ),
+    ) + &format!(
+        r#"
+[[apis]]
+name = "tls"
+endpoint = "regional"
+hosts = ["tls.test"]
+[[apis.routes]]
+method = "GET"
+path = "/{{proxy+}}"
+integration = {{ type = "http_proxy", uri = "https://localhost:{}/{{proxy}}" }}
+[[apis.stages]]
+name = "prod"
+"#,
+        tls_addr.port()
+    );
+    let origin = origin(dir.path(), &text);
+    let url = format!(
+        "https://localhost:{}/prod/x",
+        origin.addrs("https")[0].port()
+    );
+    let req = Request::get(url)
+        .header("host", "tls.test")
+        .body(full(""))
+        .unwrap();
+    let reply = send(&https_client(&[cert.der.clone()], false), req).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["version"], "HTTP/2.0");
+}
+
+#[tokio::test]
+async fn untrusted_https_backend_is_502() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let backend_cert = test_cert(dir.path(), "backend", &["localhost"]);
+    let tls_backend = Proc::start(
+        &[
+            "backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            backend_cert.cert.to_str().unwrap(),
+            "--tls-key",
+            backend_cert.key.to_str().unwrap(),
+        ],
+        "listening on",
+    );
+    let tls_addr: SocketAddr = tls_backend
+        .lines
+        .last()
+        .unwrap()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_backend, backend_addr) = backend();
+    let text = config(&cert, backend_addr, "")
+        .replace("${stageVariables.backend}", "localhost:PORT")
+        .replace("http://localhost", "https://localhost")
+        .replace("PORT", &tls_addr.port().to_string());
+    let origin = origin(dir.path(), &text);
+    let url = format!(
+        "https://localhost:{}/prod/x",
+        origin.addrs("https")[0].port()
+    );
+    assert_error(
+        &get(&https_client(&[cert.der.clone()], false), &url).await,
+        502,
+        "Bad Gateway",
+    );
+}

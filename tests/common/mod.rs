@@ -58,12 +58,14 @@ impl Proc {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
             None => Stdio::inherit(),
         };
+        // A test that reads the log wants the access lines (info).
+        let level = match log {
+            Some(_) => "info".to_owned(),
+            None => std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        };
         let mut child = Command::new(portico_bin())
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
@@ -178,6 +180,40 @@ pub fn full(bytes: impl Into<Bytes>) -> ReqBody {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// Starts `portico --log-format json origin` with its log written to `dir/origin.log`.
+pub fn origin_logging(dir: &Path, config: &str) -> (Proc, PathBuf) {
+    let path = dir.join("origin.toml");
+    let log = dir.join("origin.log");
+    std::fs::write(&path, config).expect("write config");
+    let args = [
+        "--log-format",
+        "json",
+        "origin",
+        "--config",
+        path.to_str().expect("utf-8 path"),
+    ];
+    (Proc::start_logging(&args, "ready", Some(&log)), log)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;

@@ -1,0 +1,74 @@
+//! The `portico` command's behaviour on bad configuration.
+
+mod common;
+
+use std::process::Command;
+
+use common::portico_bin;
+
+#[test]
+fn check_reports_every_error_with_its_location_and_exits_1() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[node]\nid = \"o\"\nregion = \"r\"\n\n[[apis]]\nname = \"a\"\nendpoint = \"sideways\"\n\n[[apis]]\nname = \"b\"\nendpoint = \"edge\"\ncolour = \"blue\"\n",
+    )
+    .unwrap();
+    let out = Command::new(portico_bin())
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let file = path.display().to_string();
+    assert!(stdout.contains(&format!("{file}:7:12:")), "{stdout}");
+    assert!(stdout.contains(&format!("{file}:12:1:")), "{stdout}");
+    assert!(stdout.contains("sideways"), "{stdout}");
+    assert!(stdout.contains("colour"), "{stdout}");
+}
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        "[node]\nid = \"o\"\nregion = \"r\"\n\n[[apis]]\nname = \"a\"\nendpoint = \"regional\"\n[[apis.routes]]\npath = \"/x\"\nintegration = { type = \"mock\", status = 200 }\n[[apis.stages]]\nname = \"prod\"\n",
+    )
+    .unwrap();
+    let out = Command::new(portico_bin())
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn origin_with_invalid_config_exits_1_with_the_errors() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[node]\nid = \"o\"\nregion = \"r\"\n[[listeners]]\naddress = \"not an address\"\n",
+    )
+    .unwrap();
+    let out = Command::new(portico_bin())
+        .args(["origin", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:5:11:", path.display())),
+        "{stderr}"
+    );
+}
