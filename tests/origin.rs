@@ -28,11 +28,11 @@ impl Fixture {
     }
 
     fn h1(&self) -> HttpsClient {
-        https_client(&[self.cert.der.clone()], false)
+        https_client(&self.cert.der, false)
     }
 
     fn h2(&self) -> HttpsClient {
-        https_client(&[self.cert.der.clone()], true)
+        https_client(&self.cert.der, true)
     }
 }
 
@@ -332,7 +332,7 @@ name = "prod"
         .header("x-unmapped", "no")
         .body(full(""))
         .unwrap();
-    let reply = send(&https_client(&[cert.der.clone()], false), req).await;
+    let reply = send(&https_client(&cert.der, false), req).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.headers["x-out"], "mapped");
     let echo = reply.json();
@@ -668,7 +668,7 @@ async fn sighup_reloads_without_disruption_and_keeps_the_old_config_on_errors() 
     let text = |body: &str| mock_config(&cert, body).replace("BACKEND", &backend_addr.to_string());
     let (origin, log) = origin_logging(dir.path(), &text("one"));
     let base = format!("https://localhost:{}/prod", origin.addrs("https")[0].port());
-    let client = https_client(&[cert.der.clone()], false);
+    let client = https_client(&cert.der, false);
     assert_eq!(get(&client, &format!("{base}/v")).await.text(), "one");
     // A request in flight across the reload finishes normally.
     let slow = {
@@ -713,12 +713,7 @@ async fn access_log_has_one_json_line_per_request() {
         .header("x-request-id", "log-line-1")
         .body(full(""))
         .unwrap();
-    assert_eq!(
-        send(&https_client(&[cert.der.clone()], false), req)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(send(&https_client(&cert.der, false), req).await.status, 200);
     let line: serde_json::Value = eventually(10, || async {
         let text = std::fs::read_to_string(&log).unwrap();
         text.lines()
@@ -793,7 +788,7 @@ name = "prod"
         .header("host", "tls.test")
         .body(full(""))
         .unwrap();
-    let reply = send(&https_client(&[cert.der.clone()], false), req).await;
+    let reply = send(&https_client(&cert.der, false), req).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["version"], "HTTP/2.0");
 }
@@ -834,7 +829,7 @@ async fn untrusted_https_backend_is_502() {
         origin.addrs("https")[0].port()
     );
     assert_error(
-        &get(&https_client(&[cert.der.clone()], false), &url).await,
+        &get(&https_client(&cert.der, false), &url).await,
         502,
         "Bad Gateway",
     );

@@ -232,7 +232,8 @@ pub fn client_tls(roots: &[CertificateDer<'static>]) -> rustls::ClientConfig {
 }
 
 /// An HTTPS client trusting `roots`, speaking HTTP/1.1 only or HTTP/2 only.
-pub fn https_client(roots: &[CertificateDer<'static>], h2: bool) -> HttpsClient {
+pub fn https_client(root: &CertificateDer<'static>, h2: bool) -> HttpsClient {
+    let roots = std::slice::from_ref(root);
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(client_tls(roots))
         .https_or_http();

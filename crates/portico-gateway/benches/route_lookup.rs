@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
 use portico_config::Definitions;
 use portico_gateway::{RoutingTable, ServedModes};
 

@@ -1,0 +1,82 @@
+# Shared helpers of Portico's benchmark scripts (sourced, not run).
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PORTICO="$ROOT/target/release/portico"
+WORK="$(mktemp -d /tmp/portico-bench.XXXXXX)"
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+# ensure_pkg CMD PACKAGE: installs a Debian package when CMD is missing.
+ensure_pkg() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "installing $2 (for $1)..." >&2
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2") >/dev/null
+  else
+    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2") >/dev/null
+  fi
+}
+
+# free_port: a TCP port nothing listens on right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_port PORT: waits up to 10 s for something to listen on PORT.
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+build_release() {
+  (cd "$ROOT" && cargo build --release -p portico --quiet)
+}
+
+# start_backend PORT: the demo backend (release build).
+start_backend() {
+  "$PORTICO" backend --listen "127.0.0.1:$1" >/dev/null 2>"$WORK/backend.log" &
+  PIDS+=($!)
+  wait_port "$1"
+}
+
+# wrk_run URL CONNS SECONDS: prints "RPS P99_MS".
+wrk_run() {
+  local out
+  out=$(wrk -t2 -c"$2" -d"$3"s --latency "$1" 2>&1)
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  echo "$rps $(to_ms "$p99")"
+}
+
+# to_ms "1.23ms" | "512.00us" | "1.02s" -> milliseconds.
+to_ms() {
+  python3 -c '
+import sys, re
+v = sys.argv[1]
+m = re.match(r"([0-9.]+)(us|ms|s)$", v)
+if not m: print("nan"); sys.exit()
+n, u = float(m.group(1)), m.group(2)
+print(round(n / 1000 if u == "us" else n * 1000 if u == "s" else n, 3))' "$1"
+}
+
+# median of the arguments.
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# machine: one line describing where the numbers came from.
+machine() {
+  echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), release build, loopback, load generator on the same machine"
+}
