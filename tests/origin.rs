@@ -834,3 +834,86 @@ async fn untrusted_https_backend_is_502() {
         "Bad Gateway",
     );
 }
+
+#[tokio::test]
+async fn tls12_and_tls13_are_both_served() {
+    let f = start("");
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(f.cert.der.clone()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+    }
+}
+
+#[tokio::test]
+async fn without_certificates_a_self_signed_one_is_generated_and_logged() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "unused", &["localhost"]);
+    let (_backend, backend_addr) = backend();
+    let text = config(&cert, backend_addr, "").replace(
+        &format!(
+            "certificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+            cert.cert.display(),
+            cert.key.display()
+        ),
+        "",
+    );
+    let (origin, log) = origin_logging(dir.path(), &text);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("self-signed certificate generated at start"),
+        "{log_text}"
+    );
+    // The listener serves TLS with that certificate, which our client does not trust.
+    let url = format!(
+        "https://localhost:{}/prod/x",
+        origin.addrs("https")[0].port()
+    );
+    let req = Request::get(url).body(full("")).unwrap();
+    let err = https_client(&cert.der, false)
+        .request(req)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("InvalidCertificate"), "{err:?}");
+}
+
+#[tokio::test]
+async fn plain_http_listener_serves_http1_and_h2c() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "unused", &["localhost"]);
+    let (_backend, backend_addr) = backend();
+    let text = config(&cert, backend_addr, "").replace(
+        &format!(
+            "certificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+            cert.cert.display(),
+            cert.key.display()
+        ),
+        "tls = false",
+    );
+    let origin = origin(dir.path(), &text);
+    let url = format!("http://127.0.0.1:{}/prod/x", origin.addrs("http")[0].port());
+    for h2 in [false, true] {
+        let client = https_client(&cert.der, h2);
+        let reply = get(&client, &url).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "http");
+        assert_eq!(
+            reply.version,
+            if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            }
+        );
+    }
+}
