@@ -1,0 +1,234 @@
+//! One PoP → origin link: dial, handshake, control stream, reconnect.
+
+use std::sync::Arc;
+
+use portico_proto::stream::{ControlSide, ControlStream};
+use portico_proto::{
+    Capabilities, Frame, GoAway, Hello, HelloAck, Pong, Role, StreamKind, VersionRange,
+};
+use quinn::Connection;
+use tokio::sync::watch;
+
+use super::{Inner, LinkState, Session};
+use crate::framed::{FrameReader, FrameWriter};
+use crate::settings::Backoff;
+use crate::{BackboneError, close};
+
+/// The control stream of a link, as the PoP holds it.
+struct Control {
+    reader: FrameReader,
+    writer: FrameWriter,
+    checker: ControlStream,
+    ack: HelloAck,
+}
+
+/// Keeps origin `index`'s link up until `stop`: dial, serve the session
+/// until it dies, back off, dial again.
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    endpoint: quinn::Endpoint,
+    index: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let link = &inner.links[index];
+    let s = &inner.settings;
+    let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
+    loop {
+        link.state.send_replace(LinkState::Connecting);
+        let dialed = tokio::select! {
+            dialed = tokio::time::timeout(s.handshake_timeout, dial(&inner, &endpoint, index)) => dialed,
+            () = crate::settings::stopped(&mut stop) => return,
+        };
+        match dialed.unwrap_or(Err(BackboneError::Timeout("the backbone handshake"))) {
+            Ok((conn, control)) => {
+                backoff.reset();
+                let reason = session(&inner, index, conn, control, &mut stop).await;
+                tracing::warn!(origin = %link.spec.address, %reason, "backbone link down");
+                link.state.send_replace(LinkState::Down(reason));
+            }
+            Err(err) => {
+                tracing::warn!(origin = %link.spec.address, %err, "backbone dial failed");
+                link.state.send_replace(LinkState::Down(err.to_string()));
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let delay = backoff.next_delay(rand::random::<f64>());
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = crate::settings::stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// QUIC handshake (mutual TLS), then `Hello` → `HelloAck` on the control stream.
+async fn dial(
+    inner: &Inner,
+    endpoint: &quinn::Endpoint,
+    index: usize,
+) -> Result<(Connection, Control), BackboneError> {
+    let spec = &inner.links[index].spec;
+    let connect_err = |reason: String| BackboneError::Connect {
+        addr: spec.address,
+        reason,
+    };
+    let connecting = endpoint
+        .connect_with(inner.client_config.clone(), spec.address, &spec.server_name)
+        .map_err(|e| connect_err(e.to_string()))?;
+    let conn = connecting.await.map_err(|e| connect_err(e.to_string()))?;
+    let (send, recv) = conn.open_bi().await?;
+    let codec = inner.settings.control_codec();
+    let mut writer = FrameWriter::new(send, codec);
+    writer.preface(StreamKind::Control);
+    writer.push(&Frame::Hello(Hello {
+        node_id: inner.identity.node_id.clone(),
+        role: Role::Pop,
+        region: inner.identity.region.clone(),
+        versions: VersionRange::CURRENT,
+        capabilities: Capabilities(0),
+    }))?;
+    writer.flush().await?;
+    let mut reader = FrameReader::new(recv, codec);
+    let ack = read_ack(&mut reader, &conn).await?;
+    reader.set_version(ack.chosen_version);
+    writer.set_version(ack.chosen_version);
+    let control = Control {
+        reader,
+        writer,
+        checker: handshaken(),
+        ack,
+    };
+    Ok((conn, control))
+}
+
+async fn read_ack(reader: &mut FrameReader, conn: &Connection) -> Result<HelloAck, BackboneError> {
+    // The origin closes the link instead of answering when it refuses us;
+    // its close reason is the useful error then.
+    let refused = |err: BackboneError| match conn.close_reason() {
+        Some(reason) => BackboneError::Connection(reason),
+        None => err,
+    };
+    if reader.preface().await.map_err(refused)? != StreamKind::Control {
+        return Err(BackboneError::Handshake(
+            "origin answered on another stream kind".into(),
+        ));
+    }
+    let mut checker = ControlStream::new(ControlSide::Opener);
+    let frame = reader.next().await.map_err(refused)?;
+    let frame = frame.ok_or(BackboneError::Truncated("before HelloAck"))?;
+    checker.on_frame(frame.kind())?;
+    let Frame::HelloAck(ack) = frame else {
+        return Err(BackboneError::Handshake("expected HelloAck".into()));
+    };
+    if ack.role != Role::Origin || !VersionRange::CURRENT.contains(ack.chosen_version) {
+        return Err(BackboneError::Handshake(format!(
+            "origin chose version {} as {}",
+            ack.chosen_version,
+            ack.role.as_str()
+        )));
+    }
+    Ok(ack)
+}
+
+fn handshaken() -> ControlStream {
+    let mut checker = ControlStream::new(ControlSide::Opener);
+    // Cannot fail: a fresh opener checker accepts HelloAck.
+    let _ = checker.on_frame(portico_proto::FrameKind::HelloAck);
+    checker
+}
+
+/// Serves an established link until it dies or `stop`; returns why it ended.
+async fn session(
+    inner: &Inner,
+    index: usize,
+    conn: Connection,
+    mut control: Control,
+    stop: &mut watch::Receiver<bool>,
+) -> String {
+    let link = &inner.links[index];
+    let origin_id = control.ack.node_id.clone();
+    let session = Arc::new(Session {
+        conn: conn.clone(),
+        codec: inner
+            .settings
+            .request_codec()
+            .with_version(control.ack.chosen_version),
+        origin_id: origin_id.clone(),
+    });
+    link.state.send_replace(LinkState::Up(session));
+    tracing::info!(origin = %origin_id, address = %link.spec.address, region = %link.spec.region, "backbone link up");
+    let mut open = true;
+    loop {
+        if let Err(err) = control.writer.flush().await {
+            return err.to_string();
+        }
+        tokio::select! {
+            err = conn.closed() => return err.to_string(),
+            () = crate::settings::stopped(stop) => return goodbye(&conn, &mut control).await,
+            frame = control.reader.next(), if open => {
+                match on_frame(inner, index, &mut control, frame) {
+                    Ok(still_open) => open = still_open,
+                    Err(err) => {
+                        conn.close(close::PROTOCOL, err.to_string().as_bytes());
+                        return err.to_string();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Handles one control frame from the origin; `Ok(false)` once the origin
+/// has finished its control stream.
+fn on_frame(
+    inner: &Inner,
+    index: usize,
+    c: &mut Control,
+    frame: Result<Option<Frame>, BackboneError>,
+) -> Result<bool, BackboneError> {
+    let link = &inner.links[index];
+    let Some(frame) = frame? else {
+        // The origin finished its control stream (after GoAway): no new requests.
+        link.state.send_replace(LinkState::Draining);
+        return Ok(false);
+    };
+    c.checker.on_frame(frame.kind())?;
+    match frame {
+        Frame::ConfigSnapshot(snapshot) => {
+            let version = snapshot.version;
+            match inner
+                .sync
+                .apply(index, &link.spec.region, &c.ack.node_id, snapshot)
+            {
+                Ok(true) => {
+                    tracing::info!(origin = %c.ack.node_id, version = format_args!("{version:016x}"), "configuration applied")
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::error!(%err, "configuration snapshot rejected; keeping the previous one")
+                }
+            }
+        }
+        Frame::Ping(p) => c.writer.push(&Frame::Pong(Pong { nonce: p.nonce }))?,
+        Frame::GoAway(g) => {
+            tracing::info!(origin = %c.ack.node_id, reason = %g.reason, "origin going away");
+            link.state.send_replace(LinkState::Draining);
+        }
+        other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+    }
+    Ok(true)
+}
+
+/// PoP shutdown: `GoAway`, then close the link.
+async fn goodbye(conn: &Connection, c: &mut Control) -> String {
+    let frame = Frame::GoAway(GoAway {
+        reason: "pop shutting down".into(),
+        last_stream_hint: 0,
+    });
+    if c.writer.push(&frame).is_ok() {
+        let _ = c.writer.finish().await;
+    }
+    conn.close(close::NORMAL, b"pop shutting down");
+    "shutting down".into()
+}

@@ -1,0 +1,242 @@
+//! The PoP side of the backbone.
+//!
+//! [`Backbone::start`] dials every origin at once and keeps one link per
+//! origin: QUIC keep-alives while idle, a reconnect with exponential
+//! back-off and jitter when the link dies, a full configuration snapshot
+//! after every (re)connect. Each link's state is a watch channel, so a
+//! request never waits for a link: [`BackboneUpstream`] takes a live link of
+//! the API's home region or fails at once with 503.
+
+mod link;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use portico_config::DefinitionDefaults;
+use portico_proto::Codec;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::settings::{Identity, LinkSettings};
+use crate::sync::{ConfigSync, SyncedConfig};
+use crate::tls::TlsMaterial;
+use crate::{BackboneError, close};
+
+pub use upstream::BackboneUpstream;
+
+/// An origin a PoP dials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginSpec {
+    /// The region whose APIs this origin serves.
+    pub region: String,
+    pub address: SocketAddr,
+    /// The name the origin's certificate must carry.
+    pub server_name: String,
+}
+
+/// An established link, shared by the requests that use it.
+#[derive(Debug)]
+pub struct Session {
+    conn: quinn::Connection,
+    codec: Codec,
+    origin_id: String,
+}
+
+impl Session {
+    /// The origin's node id, from its `HelloAck`.
+    pub fn origin_id(&self) -> &str {
+        &self.origin_id
+    }
+
+    /// The link's current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+}
+
+/// Where one link stands.
+#[derive(Debug, Clone)]
+pub enum LinkState {
+    /// Dialing (first attempt or after a failure).
+    Connecting,
+    /// Handshake done: requests may use it.
+    Up(Arc<Session>),
+    /// The origin said `GoAway`: in-flight requests finish, new ones go elsewhere.
+    Draining,
+    /// The last attempt failed or the link died; a retry is scheduled.
+    Down(String),
+}
+
+impl LinkState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LinkState::Connecting => "connecting",
+            LinkState::Up(_) => "up",
+            LinkState::Draining => "draining",
+            LinkState::Down(_) => "down",
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        matches!(self, LinkState::Up(_))
+    }
+}
+
+pub(crate) struct Link {
+    spec: OriginSpec,
+    state: watch::Sender<LinkState>,
+}
+
+/// Everything the link tasks and the upstream share.
+pub(crate) struct Inner {
+    identity: Identity,
+    settings: LinkSettings,
+    client_config: quinn::ClientConfig,
+    links: Vec<Link>,
+    sync: ConfigSync,
+    next: AtomicUsize,
+}
+
+impl Inner {
+    /// A live session to `region`, rotating among several origins there.
+    fn live_session(&self, region: &str) -> Option<Arc<Session>> {
+        let live: Vec<Arc<Session>> = self
+            .links
+            .iter()
+            .filter(|l| l.spec.region == region)
+            .filter_map(|l| match &*l.state.borrow() {
+                LinkState::Up(s) => Some(Arc::clone(s)),
+                _ => None,
+            })
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
+        live.into_iter().nth(i)
+    }
+}
+
+/// The PoP's links to its origins.
+pub struct Backbone {
+    inner: Arc<Inner>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: TaskTracker,
+}
+
+impl Backbone {
+    /// Binds a client endpoint and starts dialing every origin. Returns at
+    /// once: links come up in the background.
+    pub fn start(
+        identity: Identity,
+        origins: Vec<OriginSpec>,
+        tls: &TlsMaterial,
+        settings: LinkSettings,
+        defaults: DefinitionDefaults,
+    ) -> Result<Backbone, BackboneError> {
+        let client_config = tls.client_config(&settings)?;
+        let v6 = origins.iter().any(|o| o.address.is_ipv6());
+        let bind: SocketAddr = if v6 {
+            "[::]:0".parse().unwrap_or(SocketAddr::from(([0u16; 8], 0)))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(BackboneError::Endpoint)?;
+        let links = origins
+            .into_iter()
+            .map(|spec| Link {
+                spec,
+                state: watch::channel(LinkState::Connecting).0,
+            })
+            .collect::<Vec<_>>();
+        let inner = Arc::new(Inner {
+            identity,
+            settings,
+            client_config,
+            sync: ConfigSync::new(links.len(), defaults),
+            links,
+            next: AtomicUsize::new(0),
+        });
+        let (stop, _) = watch::channel(false);
+        let tasks = TaskTracker::new();
+        for index in 0..inner.links.len() {
+            let task = link::run(
+                Arc::clone(&inner),
+                endpoint.clone(),
+                index,
+                stop.subscribe(),
+            );
+            tasks.spawn(task);
+        }
+        Ok(Backbone {
+            inner,
+            endpoint,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The gateway upstream forwarding over these links.
+    pub fn upstream(&self) -> BackboneUpstream {
+        BackboneUpstream::new(Arc::clone(&self.inner))
+    }
+
+    /// The merged configuration; changes whenever an origin's snapshot does.
+    pub fn config(&self) -> watch::Receiver<Arc<SyncedConfig>> {
+        self.inner.sync.subscribe()
+    }
+
+    /// Each origin and the state of its link.
+    pub fn links(&self) -> Vec<(OriginSpec, LinkState)> {
+        self.inner
+            .links
+            .iter()
+            .map(|l| (l.spec.clone(), l.state.borrow().clone()))
+            .collect()
+    }
+
+    /// Watches the state of origin `index`'s link (in `start`'s order).
+    pub fn watch_link(&self, index: usize) -> Option<watch::Receiver<LinkState>> {
+        self.inner.links.get(index).map(|l| l.state.subscribe())
+    }
+
+    /// Waits until some link to `region` is up, or `timeout` passes.
+    pub async fn wait_up(&self, region: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut states: Vec<_> = self
+            .inner
+            .links
+            .iter()
+            .filter(|l| l.spec.region == region)
+            .map(|l| l.state.subscribe())
+            .collect();
+        if states.is_empty() {
+            return false;
+        }
+        loop {
+            if states.iter().any(|rx| rx.borrow().is_up()) {
+                return true;
+            }
+            let changed = futures_util::future::select_all(
+                states.iter_mut().map(|rx| Box::pin(rx.changed())),
+            );
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Closes every link (after telling origins `GoAway`) and stops dialing.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.tasks.close();
+        let grace = Duration::from_secs(2);
+        let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        self.endpoint.close(close::NORMAL, b"pop shutting down");
+        let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+    }
+}

@@ -1,0 +1,212 @@
+//! The PoP's gateway upstream: one request, one backbone stream.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use portico_gateway::{Body, BoxError, ErrorKind, ErrorSource, GatewayError, RequestCtx, Upstream};
+use portico_proto::stream::{Direction, HalfStream};
+use portico_proto::{End, Frame, ResetCode, ResponseHead, StreamKind};
+use tokio::sync::oneshot;
+
+use super::{Inner, Session};
+use crate::BackboneError;
+use crate::body::{SendBodyError, recv_body, send_body};
+use crate::framed::{FrameReader, FrameWriter};
+use crate::wire;
+
+/// Forwards routed requests to the home region of their API over the backbone.
+///
+/// Never waits for a link: with none up in the region the request fails at
+/// once with 503. Dropping the returned future or the response body resets
+/// the stream both ways, which cancels the request at the origin.
+#[derive(Clone)]
+pub struct BackboneUpstream {
+    inner: Arc<Inner>,
+}
+
+impl BackboneUpstream {
+    pub(super) fn new(inner: Arc<Inner>) -> Self {
+        BackboneUpstream { inner }
+    }
+
+    /// The home region of `ctx`'s API: its `region`, else the region of the
+    /// origin that sent it, else the only region this PoP knows.
+    fn home_region(&self, ctx: &RequestCtx) -> Option<String> {
+        if let Some(region) = &ctx.api.region {
+            return Some(region.clone());
+        }
+        if let Some(region) = self.inner.sync.current().homes.get(&ctx.api.name) {
+            return Some(region.clone());
+        }
+        let mut regions = self.inner.links.iter().map(|l| &l.spec.region);
+        let first = regions.next()?;
+        regions.all(|r| r == first).then(|| first.clone())
+    }
+
+    /// Whether a link to `region` is up now.
+    pub fn is_up(&self, region: &str) -> bool {
+        self.inner.live_session(region).is_some()
+    }
+}
+
+impl Upstream for BackboneUpstream {
+    async fn forward(
+        &self,
+        ctx: &RequestCtx,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let region = self.home_region(ctx).unwrap_or_default();
+        let Some(session) = self.inner.live_session(&region) else {
+            return Err(unavailable(BackboneError::NoLink(region)));
+        };
+        exchange(&session, ctx, req, &self.inner.identity.node_id).await
+    }
+}
+
+fn unavailable(err: impl Into<BoxError>) -> GatewayError {
+    GatewayError::new(ErrorKind::ServiceUnavailable, ErrorSource::Backbone).with_cause(err)
+}
+
+/// What a failed exchange means for the client.
+fn classify(err: BackboneError) -> GatewayError {
+    if err.is_connection_lost() {
+        return unavailable(err);
+    }
+    let code = match &err {
+        BackboneError::PeerReset { code, .. } | BackboneError::StreamAborted { code } => {
+            Some(*code)
+        }
+        _ => None,
+    };
+    let kind = match code {
+        Some(ResetCode::Timeout) => ErrorKind::GatewayTimeout,
+        Some(ResetCode::Refused) => ErrorKind::ServiceUnavailable,
+        Some(ResetCode::TooLarge) => ErrorKind::PayloadTooLarge,
+        _ => ErrorKind::BadGateway,
+    };
+    GatewayError::new(kind, ErrorSource::Backbone).with_cause(err)
+}
+
+/// The task streaming the request body, aborted (which resets the request
+/// half) when the response is dropped.
+struct Pump {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Streams `body` in the background; the receiver learns whether the body
+/// itself failed (a client error, e.g. over the size limit).
+fn spawn_pump(mut writer: FrameWriter, body: Body) -> (Pump, oneshot::Receiver<BoxError>) {
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        match send_body(&mut writer, body, ResetCode::Cancelled).await {
+            Ok(()) => {}
+            Err(SendBodyError::Body(err)) => {
+                let _ = tx.send(err);
+            }
+            // The origin stopped reading (it answered early) or the link
+            // died: the response side reports what matters.
+            Err(SendBodyError::Stream(err)) => {
+                tracing::debug!(%err, "request body not fully sent");
+                writer.abort(ResetCode::Cancelled);
+            }
+        }
+    });
+    (Pump { task }, rx)
+}
+
+/// Sends the request on a new stream and returns the response once its head
+/// arrived; the body streams afterwards.
+async fn exchange(
+    session: &Session,
+    ctx: &RequestCtx,
+    req: Request<Body>,
+    pop_id: &str,
+) -> Result<Response<Body>, GatewayError> {
+    let (parts, body) = req.into_parts();
+    let head = wire::request_head(ctx, &parts, pop_id);
+    let (send, recv) = session.conn.open_bi().await.map_err(unavailable)?;
+    let mut writer = FrameWriter::new(send, session.codec);
+    writer.preface(StreamKind::Request);
+    writer
+        .push(&Frame::RequestHead(Box::new(head)))
+        .map_err(classify)?;
+    let mut pump = None;
+    if http_body::Body::is_end_stream(&body) {
+        writer.push(&Frame::End(End::default())).map_err(classify)?;
+        writer.finish().await.map_err(classify)?;
+    } else {
+        writer.flush().await.map_err(classify)?;
+        pump = Some(spawn_pump(writer, body));
+    }
+    let mut reader = FrameReader::new(recv, session.codec);
+    let (pump, failed) = pump.unzip();
+    let head = await_head(&mut reader, failed).await?;
+    let parts = wire::response_from_head(head).map_err(classify)?;
+    let mut half = HalfStream::request(Direction::Response);
+    // Cannot fail: a fresh response half accepts its head.
+    let _ = half.on_frame(portico_proto::FrameKind::ResponseHead);
+    let guard = pump.map(|p| Box::new(p) as crate::body::Guard);
+    Ok(Response::from_parts(parts, recv_body(reader, half, guard)))
+}
+
+/// Waits for the response head, unless the request body fails first.
+async fn await_head(
+    reader: &mut FrameReader,
+    mut failed: Option<oneshot::Receiver<BoxError>>,
+) -> Result<ResponseHead, GatewayError> {
+    let read = read_head(reader);
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            head = &mut read => return head.map_err(classify),
+            body_err = recv_failure(&mut failed), if failed.is_some() => match body_err {
+                // Our own request body failed: the client's error (the
+                // gateway turns a size-limit failure into 413).
+                Some(err) => {
+                    let gw = GatewayError::new(ErrorKind::BadGateway, ErrorSource::Client);
+                    return Err(gw.with_cause(err));
+                }
+                None => failed = None,
+            },
+        }
+    }
+}
+
+/// The request body's failure, or `None` once the pump ended without one.
+async fn recv_failure(failed: &mut Option<oneshot::Receiver<BoxError>>) -> Option<BoxError> {
+    match failed {
+        Some(rx) => rx.await.ok(),
+        None => None,
+    }
+}
+
+async fn read_head(reader: &mut FrameReader) -> Result<ResponseHead, BackboneError> {
+    if reader.preface().await? != StreamKind::Request {
+        return Err(BackboneError::Handshake(
+            "response on another stream kind".into(),
+        ));
+    }
+    let mut half = HalfStream::request(Direction::Response);
+    let frame = reader
+        .next()
+        .await?
+        .ok_or(BackboneError::Truncated("before the response head"))?;
+    half.on_frame(frame.kind())?;
+    match frame {
+        Frame::ResponseHead(head) => Ok(head),
+        Frame::Reset(r) => Err(BackboneError::PeerReset {
+            code: r.code,
+            reason: r.reason,
+        }),
+        other => Err(BackboneError::Handshake(format!(
+            "unexpected {} frame",
+            other.kind()
+        ))),
+    }
+}

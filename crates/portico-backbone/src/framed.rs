@@ -1,0 +1,197 @@
+//! Frames over one quinn stream half: the sans-IO codec driven by reads and
+//! writes, with bounded buffering.
+//!
+//! A reader holds at most one frame (the codec checks the length prefix
+//! before reserving) plus one read chunk; it reads only when asked for the
+//! next frame, so an unread stream stalls the peer through QUIC flow control
+//! instead of growing memory here.
+
+use bytes::{Bytes, BytesMut};
+use portico_proto::{
+    Codec, Frame, PREFACE_LEN, Reset, ResetCode, StreamKind, decode_preface, encode_preface,
+};
+use quinn::{ReadError, RecvStream, SendStream};
+
+use crate::{BackboneError, reset_code, stream_code};
+
+/// Largest piece read from quinn at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Writes are flushed once this much is buffered.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Receiving half of a stream, decoding frames.
+pub(crate) struct FrameReader {
+    recv: RecvStream,
+    buf: BytesMut,
+    codec: Codec,
+}
+
+impl FrameReader {
+    pub(crate) fn new(recv: RecvStream, codec: Codec) -> Self {
+        FrameReader {
+            recv,
+            buf: BytesMut::new(),
+            codec,
+        }
+    }
+
+    /// Restricts the codec to the link's negotiated protocol version.
+    pub(crate) fn set_version(&mut self, version: u16) {
+        self.codec = self.codec.with_version(version);
+    }
+
+    /// Reads and checks the 7-byte preface; a bad one is a protocol error.
+    pub(crate) async fn preface(&mut self) -> Result<StreamKind, BackboneError> {
+        loop {
+            if let Some(p) = decode_preface(&mut self.buf)? {
+                return Ok(p.kind);
+            }
+            let want = PREFACE_LEN - self.buf.len();
+            if !self.fill(want).await? {
+                return Err(BackboneError::Truncated("inside the preface"));
+            }
+        }
+    }
+
+    /// The next frame, or `None` at a clean FIN between frames.
+    ///
+    /// Cancel-safe: the only await is quinn's cancel-safe `read_chunk`, and
+    /// what it returns is buffered before the next await.
+    pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BackboneError> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if !self.fill(READ_CHUNK).await? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(BackboneError::Truncated("inside a frame"))
+                };
+            }
+        }
+    }
+
+    /// Appends up to `max` bytes; `false` at FIN.
+    async fn fill(&mut self, max: usize) -> Result<bool, BackboneError> {
+        match self.recv.read_chunk(max.max(1), true).await {
+            Ok(Some(chunk)) => {
+                self.buf.extend_from_slice(&chunk.bytes);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(ReadError::Reset(code)) => Err(BackboneError::StreamAborted {
+                code: reset_code(code),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Tells the peer to stop sending (QUIC `STOP_SENDING`).
+    pub(crate) fn stop(&mut self, code: ResetCode) {
+        let _ = self.recv.stop(stream_code(code));
+    }
+}
+
+/// Sending half of a stream, encoding frames.
+///
+/// Dropped before [`FrameWriter::finish`] or [`FrameWriter::abort`], it
+/// resets the stream with `cancelled`: quinn's own drop would *finish* it,
+/// which the peer would read as a complete (if truncated) message.
+pub(crate) struct FrameWriter {
+    send: SendStream,
+    buf: BytesMut,
+    codec: Codec,
+    closed: bool,
+}
+
+impl FrameWriter {
+    pub(crate) fn new(send: SendStream, codec: Codec) -> Self {
+        FrameWriter {
+            send,
+            buf: BytesMut::new(),
+            codec,
+            closed: false,
+        }
+    }
+
+    /// Restricts the codec to the link's negotiated protocol version.
+    pub(crate) fn set_version(&mut self, version: u16) {
+        self.codec = self.codec.with_version(version);
+    }
+
+    pub(crate) fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    /// Buffers this half's preface.
+    pub(crate) fn preface(&mut self, kind: StreamKind) {
+        encode_preface(kind, &mut self.buf);
+    }
+
+    /// Buffers a frame; nothing is sent until [`FrameWriter::flush`].
+    pub(crate) fn push(&mut self, frame: &Frame) -> Result<(), BackboneError> {
+        self.codec.encode(frame, &mut self.buf)?;
+        Ok(())
+    }
+
+    /// Whether enough is buffered that holding it back any longer would
+    /// only add latency.
+    pub(crate) fn should_flush(&self) -> bool {
+        self.buf.len() >= FLUSH_AT
+    }
+
+    /// Sends everything buffered, waiting for flow-control credit.
+    pub(crate) async fn flush(&mut self) -> Result<(), BackboneError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data: Bytes = self.buf.split().freeze();
+        self.send.write_chunk(data).await?;
+        Ok(())
+    }
+
+    /// Flushes, then ends the half with FIN.
+    pub(crate) async fn finish(&mut self) -> Result<(), BackboneError> {
+        self.flush().await?;
+        self.closed = true;
+        // Already reset by the peer's STOP_SENDING: nothing left to finish.
+        let _ = self.send.finish();
+        Ok(())
+    }
+
+    /// Sends a `Reset` frame and FIN: the peer learns why the half ended
+    /// early. Best effort; the stream is closed either way.
+    pub(crate) async fn send_reset(&mut self, code: ResetCode, reason: String) {
+        let frame = Frame::Reset(Reset { code, reason });
+        if self.push(&frame).is_err() || self.finish().await.is_err() {
+            self.abort(code);
+        }
+    }
+
+    /// Aborts the half at once (QUIC `RESET_STREAM`), discarding unsent data.
+    pub(crate) fn abort(&mut self, code: ResetCode) {
+        self.closed = true;
+        self.buf.clear();
+        let _ = self.send.reset(stream_code(code));
+    }
+
+    /// Completes when the peer sends `STOP_SENDING` (it no longer wants the
+    /// response) or the connection is lost. `'static`, so it can be raced
+    /// against work that borrows the writer.
+    pub(crate) fn stopped(&self) -> impl Future<Output = ()> + Send + Sync + 'static + use<> {
+        let stopped = self.send.stopped();
+        async move {
+            let _ = stopped.await;
+        }
+    }
+}
+
+impl Drop for FrameWriter {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.send.reset(stream_code(ResetCode::Cancelled));
+        }
+    }
+}

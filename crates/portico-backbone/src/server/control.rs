@@ -1,0 +1,203 @@
+//! One link at the origin: handshake, control stream, request streams.
+
+use std::sync::Arc;
+
+use portico_config::Definitions;
+use portico_proto::stream::{ControlSide, ControlStream};
+use portico_proto::{
+    Capabilities, ConfigSnapshot, Frame, GoAway, Hello, HelloAck, Pong, ResetCode, Role,
+    StreamKind, VersionRange, negotiate,
+};
+use quinn::{Connection, VarInt};
+use sha2::{Digest, Sha256};
+
+use super::{RequestHandler, Shared, request};
+use crate::framed::{FrameReader, FrameWriter};
+use crate::{BackboneError, close, tls};
+
+/// The control stream of an established link.
+pub(crate) struct Control {
+    reader: FrameReader,
+    writer: FrameWriter,
+    checker: ControlStream,
+    pop_id: String,
+    version: u16,
+}
+
+/// Serves one PoP connection from the TLS handshake to its close.
+pub(crate) async fn serve_link<H: RequestHandler>(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared<H>>,
+) {
+    let peer = incoming.remote_address();
+    let timeout = shared.settings.handshake_timeout;
+    let conn = match tokio::time::timeout(timeout, incoming).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => return tracing::info!(%peer, %err, "backbone TLS handshake refused"),
+        Err(_) => return tracing::info!(%peer, "backbone TLS handshake timed out"),
+    };
+    if tls::negotiated_alpn(&conn).as_deref() != Some(crate::ALPN) {
+        conn.close(close::PROTOCOL, b"wrong ALPN");
+        return;
+    }
+    let control = match tokio::time::timeout(timeout, handshake(&conn, &shared)).await {
+        Ok(Ok(control)) => control,
+        Ok(Err((code, err))) => {
+            tracing::warn!(%peer, %err, "backbone handshake failed");
+            conn.close(code, err.to_string().as_bytes());
+            return;
+        }
+        Err(_) => {
+            conn.close(close::HANDSHAKE_TIMEOUT, b"handshake timed out");
+            return;
+        }
+    };
+    let pop_id = control.pop_id.clone();
+    tracing::info!(%peer, pop = %pop_id, version = control.version, "backbone link up");
+    let codec = shared
+        .settings
+        .request_codec()
+        .with_version(control.version);
+    let mut control_task = tokio::spawn(control_loop(control, Arc::clone(&shared), conn.clone()));
+    request::accept_streams(&conn, &shared, codec).await;
+    // Let the control loop say GoAway before the link closes.
+    let grace = std::time::Duration::from_millis(500);
+    if tokio::time::timeout(grace, &mut control_task)
+        .await
+        .is_err()
+    {
+        control_task.abort();
+    }
+    conn.close(close::NORMAL, b"origin shutting down");
+    tracing::info!(%peer, pop = %pop_id, "backbone link closed");
+}
+
+type HandshakeError = (VarInt, BackboneError);
+
+fn protocol(err: impl Into<BackboneError>) -> HandshakeError {
+    (close::PROTOCOL, err.into())
+}
+
+/// Reads `Hello` on the first stream, checks version and identity, and
+/// buffers `HelloAck` (sent with the first snapshot).
+async fn handshake<H>(conn: &Connection, shared: &Shared<H>) -> Result<Control, HandshakeError> {
+    let (send, recv) = conn.accept_bi().await.map_err(protocol)?;
+    let codec = shared.settings.control_codec();
+    let mut reader = FrameReader::new(recv, codec);
+    let mut writer = FrameWriter::new(send, codec);
+    if reader.preface().await.map_err(protocol)? != StreamKind::Control {
+        let err = BackboneError::Handshake("the first stream is not the control stream".into());
+        return Err(protocol(err));
+    }
+    let mut checker = ControlStream::new(ControlSide::Acceptor);
+    let frame = reader.next().await.map_err(protocol)?;
+    let frame = frame.ok_or_else(|| protocol(BackboneError::Truncated("before Hello")))?;
+    checker.on_frame(frame.kind()).map_err(protocol)?;
+    let Frame::Hello(hello) = frame else {
+        return Err(protocol(BackboneError::Handshake("expected Hello".into())));
+    };
+    let version = check_hello(conn, &hello)?;
+    writer.preface(StreamKind::Control);
+    let ack = HelloAck {
+        chosen_version: version,
+        node_id: shared.identity.node_id.clone(),
+        role: Role::Origin,
+        region: shared.identity.region.clone(),
+        capabilities: Capabilities(0).intersect(hello.capabilities),
+    };
+    writer.push(&Frame::HelloAck(ack)).map_err(protocol)?;
+    reader.set_version(version);
+    writer.set_version(version);
+    Ok(Control {
+        reader,
+        writer,
+        checker,
+        pop_id: hello.node_id,
+        version,
+    })
+}
+
+fn check_hello(conn: &Connection, hello: &Hello) -> Result<u16, HandshakeError> {
+    if hello.role != Role::Pop {
+        let err = BackboneError::Handshake(format!("peer role is {}", hello.role.as_str()));
+        return Err(protocol(err));
+    }
+    let version = negotiate(VersionRange::CURRENT, hello.versions)
+        .map_err(|e| (close::NO_COMMON_VERSION, e.into()))?;
+    if !tls::peer_names(conn, &hello.node_id) {
+        let reason = format!("certificate does not name node `{}`", hello.node_id);
+        return Err((close::IDENTITY, BackboneError::Handshake(reason)));
+    }
+    Ok(version)
+}
+
+/// Pushes snapshots, answers pings, and says `GoAway` on shutdown. A broken
+/// control stream closes the whole link (the protocol's rule).
+async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connection) {
+    let mut defs = shared.definitions.clone();
+    let mut stop = shared.stop.clone();
+    let mut sent: Option<u64> = None;
+    loop {
+        let current = Arc::clone(&defs.borrow_and_update());
+        if sent != Some(current.version) {
+            if let Err(err) = push_snapshot(&mut c.writer, &current) {
+                tracing::error!(%err, "configuration snapshot not sent");
+            }
+            sent = Some(current.version);
+        }
+        if let Err(err) = c.writer.flush().await {
+            return tracing::debug!(%err, "control stream closed");
+        }
+        tokio::select! {
+            changed = defs.changed() => if changed.is_err() { return },
+            () = crate::settings::stopped(&mut stop) => return say_goaway(&mut c.writer).await,
+            frame = c.reader.next() => match on_frame(&mut c, frame) {
+                Ok(true) => {}
+                // The PoP finished its control stream: it is closing the link.
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(pop = %c.pop_id, %err, "control stream failed; closing the link");
+                    conn.close(close::PROTOCOL, err.to_string().as_bytes());
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Handles one frame from the PoP; `Ok(false)` when its control stream ended.
+fn on_frame(
+    c: &mut Control,
+    frame: Result<Option<Frame>, BackboneError>,
+) -> Result<bool, BackboneError> {
+    let Some(frame) = frame? else {
+        return Ok(false);
+    };
+    c.checker.on_frame(frame.kind())?;
+    match frame {
+        Frame::Ping(p) => c.writer.push(&Frame::Pong(Pong { nonce: p.nonce }))?,
+        Frame::GoAway(g) => tracing::info!(pop = %c.pop_id, reason = %g.reason, "PoP going away"),
+        other => tracing::debug!(pop = %c.pop_id, frame = %other.kind(), "control frame ignored"),
+    }
+    Ok(true)
+}
+
+fn push_snapshot(w: &mut FrameWriter, defs: &Definitions) -> Result<(), BackboneError> {
+    let snapshot = ConfigSnapshot {
+        version: defs.version,
+        hash: Sha256::digest(defs.source.as_bytes()).into(),
+        definitions: defs.source.clone(),
+    };
+    w.push(&Frame::ConfigSnapshot(snapshot))
+}
+
+async fn say_goaway(w: &mut FrameWriter) {
+    let frame = Frame::GoAway(GoAway {
+        reason: "origin shutting down".into(),
+        last_stream_hint: 0,
+    });
+    if w.push(&frame).is_ok() && w.finish().await.is_ok() {
+        return;
+    }
+    w.abort(ResetCode::Cancelled);
+}

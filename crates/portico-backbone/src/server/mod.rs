@@ -1,0 +1,142 @@
+//! The origin side of the backbone.
+//!
+//! [`BackboneServer::run`] accepts links from PoPs (mutual TLS is checked by
+//! rustls before anything else), answers the handshake on the control
+//! stream, pushes a configuration snapshot at once and again whenever the
+//! definitions watch changes, and serves every request stream with a
+//! [`RequestHandler`]. On shutdown each link gets `GoAway`; requests in flight
+//! may finish (up to the drain timeout), new streams are refused, then the
+//! link closes.
+
+mod control;
+mod request;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use portico_config::Definitions;
+use portico_gateway::{Body, ConnInfo};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::settings::{Identity, LinkSettings};
+use crate::tls::TlsMaterial;
+use crate::{BackboneError, close};
+
+pub use crate::wire::Routed;
+
+/// What serves a request that arrived over the backbone (the origin's
+/// gateway with `Entry::Routed`).
+///
+/// The future is dropped when the PoP cancels the stream (its client went
+/// away): implementations must stop their work when dropped, as the
+/// gateway's integrations do.
+pub trait RequestHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        req: Request<Body>,
+        conn: Arc<ConnInfo>,
+        routed: Routed,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// A bound backbone listener (one UDP socket).
+pub struct BackboneServer {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    settings: LinkSettings,
+}
+
+/// What every link of one server shares.
+pub(crate) struct Shared<H> {
+    pub(crate) handler: Arc<H>,
+    pub(crate) identity: Identity,
+    pub(crate) settings: LinkSettings,
+    pub(crate) definitions: watch::Receiver<Arc<Definitions>>,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) local_addr: SocketAddr,
+}
+
+impl BackboneServer {
+    /// Binds `addr` (UDP) and prepares mutual TLS.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: &TlsMaterial,
+        identity: Identity,
+        settings: LinkSettings,
+    ) -> Result<Self, BackboneError> {
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|source| BackboneError::Bind { addr, source })?;
+        Self::from_socket(socket, tls, identity, settings)
+    }
+
+    /// Serves on an already-bound socket (tests bind port 0 themselves).
+    pub fn from_socket(
+        socket: std::net::UdpSocket,
+        tls: &TlsMaterial,
+        identity: Identity,
+        settings: LinkSettings,
+    ) -> Result<Self, BackboneError> {
+        let config = tls.server_config(&settings)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(BackboneError::Endpoint)?;
+        Ok(BackboneServer {
+            endpoint,
+            identity,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, BackboneError> {
+        self.endpoint.local_addr().map_err(BackboneError::Endpoint)
+    }
+
+    /// Serves links until `shutdown` completes, then drains them.
+    /// `definitions` is the origin's current snapshot; every change is
+    /// pushed to every connected PoP.
+    pub async fn run<H: RequestHandler>(
+        self,
+        handler: Arc<H>,
+        definitions: watch::Receiver<Arc<Definitions>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let (stop_tx, stop) = watch::channel(false);
+        let local_addr = self
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let shared = Arc::new(Shared {
+            handler,
+            identity: self.identity,
+            settings: self.settings,
+            definitions,
+            stop,
+            local_addr,
+        });
+        let links = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                () = &mut shutdown => break,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            links.spawn(control::serve_link(incoming, Arc::clone(&shared)));
+        }
+        let _ = stop_tx.send(true);
+        links.close();
+        let drain = shared.settings.drain_timeout + shared.settings.handshake_timeout;
+        if tokio::time::timeout(drain, links.wait()).await.is_err() {
+            tracing::warn!("backbone links still busy after the drain timeout; closing them");
+        }
+        self.endpoint.close(close::NORMAL, b"origin shutting down");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.endpoint.wait_idle())
+            .await;
+    }
+}

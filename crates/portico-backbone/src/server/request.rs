@@ -1,0 +1,217 @@
+//! Request streams at the origin: one bidirectional stream per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use portico_gateway::Body;
+use portico_proto::stream::{Direction, HalfStream};
+use portico_proto::{Codec, End, Frame, RequestHead, Reset, ResetCode, StreamKind};
+use quinn::{Connection, RecvStream, SendStream};
+use tokio_util::task::TaskTracker;
+
+use super::{RequestHandler, Shared};
+use crate::BackboneError;
+use crate::body::{SendBodyError, recv_body, send_body};
+use crate::framed::{FrameReader, FrameWriter};
+use crate::wire;
+
+/// Extra time the origin gives a request beyond the PoP's deadline before
+/// it gives up itself (normally the PoP's own timeout cancels first).
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// Accepts request streams until the link closes or the server stops; then
+/// refuses new streams while those in flight finish (up to the drain timeout).
+pub(super) async fn accept_streams<H: RequestHandler>(
+    conn: &Connection,
+    shared: &Arc<Shared<H>>,
+    codec: Codec,
+) {
+    let streams = TaskTracker::new();
+    let mut stop = shared.stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            () = crate::settings::stopped(&mut stop) => break,
+            accepted = conn.accept_bi() => accepted,
+        };
+        let Ok((send, recv)) = accepted else { return };
+        let peer = conn.remote_address();
+        streams.spawn(serve_stream(send, recv, Arc::clone(shared), codec, peer));
+    }
+    streams.close();
+    let drain = tokio::time::sleep(shared.settings.drain_timeout);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = streams.wait() => return,
+            () = &mut drain => return tracing::warn!("requests still in flight after the drain timeout"),
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => refuse(send, recv),
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+/// A stream opened after `GoAway`: the PoP may retry it elsewhere.
+fn refuse(mut send: SendStream, mut recv: RecvStream) {
+    let code = crate::stream_code(ResetCode::Refused);
+    let _ = send.reset(code);
+    let _ = recv.stop(code);
+}
+
+/// Serves one request stream: head, handler, response. The handler future
+/// is raced against the PoP's `STOP_SENDING`, so a client that went away
+/// cancels the backend request.
+async fn serve_stream<H: RequestHandler>(
+    send: SendStream,
+    recv: RecvStream,
+    shared: Arc<Shared<H>>,
+    codec: Codec,
+    peer: std::net::SocketAddr,
+) {
+    let mut reader = FrameReader::new(recv, codec);
+    let mut writer = FrameWriter::new(send, codec);
+    let stopped = writer.stopped();
+    // 1. Preface and head, within the head timeout.
+    let head = tokio::time::timeout(shared.settings.head_timeout, read_head(&mut reader)).await;
+    let head = match head.unwrap_or(Err((
+        ResetCode::Timeout,
+        BackboneError::Timeout("request head"),
+    ))) {
+        Ok(head) => head,
+        Err((code, err)) => return reject(reader, writer, code, &err),
+    };
+    // 2. The HTTP request, as the origin's pipeline will see it.
+    let (parts, conn, routed) = match wire::request_from_head(*head, peer, shared.local_addr) {
+        Ok(split) => split,
+        Err(err) => return reject(reader, writer, ResetCode::Protocol, &err),
+    };
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let half = started_request_half();
+    let req = Request::from_parts(parts, recv_body(reader, half, None));
+    let deadline = routed.deadline.map(|d| d + DEADLINE_GRACE);
+    let handler = Arc::clone(&shared.handler);
+    let served_by = shared.identity.node_id.clone();
+    // 3. Handler and response, unless the PoP cancels first.
+    let work = async {
+        let call = handler.handle(req, Arc::new(conn), routed);
+        let resp = match deadline {
+            Some(d) => tokio::time::timeout(d, call).await.ok(),
+            None => Some(call.await),
+        };
+        match resp {
+            Some(resp) => respond(&mut writer, resp, &served_by).await,
+            None => Err(SendBodyError::Stream(BackboneError::Timeout("the handler"))),
+        }
+    };
+    let outcome = tokio::select! {
+        biased;
+        () = stopped => None,
+        result = work => Some(result),
+    };
+    finish(writer, outcome, &request_id).await;
+}
+
+/// The request half after its head: bodies follow.
+fn started_request_half() -> HalfStream {
+    let mut half = HalfStream::request(Direction::Request);
+    // Cannot fail: a fresh request half accepts its head.
+    let _ = half.on_frame(portico_proto::FrameKind::RequestHead);
+    half
+}
+
+type Rejection = (ResetCode, BackboneError);
+
+async fn read_head(reader: &mut FrameReader) -> Result<Box<RequestHead>, Rejection> {
+    let proto = |e: BackboneError| (e.reset_code(), e);
+    match reader.preface().await.map_err(proto)? {
+        StreamKind::Request => {}
+        StreamKind::WebSocket => {
+            let err = BackboneError::Handshake("WebSocket streams are not served yet".into());
+            return Err((ResetCode::Refused, err));
+        }
+        StreamKind::Control => {
+            let err = BackboneError::Handshake("a second control stream".into());
+            return Err((ResetCode::Protocol, err));
+        }
+    }
+    let mut half = HalfStream::request(Direction::Request);
+    let frame = reader.next().await.map_err(proto)?;
+    let frame = frame.ok_or_else(|| proto(BackboneError::Truncated("before the request head")))?;
+    half.on_frame(frame.kind())
+        .map_err(|e| proto(BackboneError::from(e)))?;
+    match frame {
+        Frame::RequestHead(head) => Ok(head),
+        Frame::Reset(Reset { code, reason }) => Err((
+            ResetCode::Cancelled,
+            BackboneError::PeerReset { code, reason },
+        )),
+        other => Err(proto(BackboneError::Handshake(format!(
+            "unexpected {} frame",
+            other.kind()
+        )))),
+    }
+}
+
+/// Resets both halves: the peer learns the stream failed and why.
+fn reject(mut reader: FrameReader, mut writer: FrameWriter, code: ResetCode, err: &BackboneError) {
+    if code == ResetCode::Protocol {
+        tracing::warn!(%err, "backbone request stream refused");
+    } else {
+        tracing::debug!(%err, code = code.as_str(), "backbone request stream ended");
+    }
+    reader.stop(code);
+    writer.abort(code);
+}
+
+/// Writes the response head, then streams its body.
+async fn respond(
+    w: &mut FrameWriter,
+    resp: Response<Body>,
+    served_by: &str,
+) -> Result<(), SendBodyError> {
+    let (parts, body) = resp.into_parts();
+    w.preface(StreamKind::Request);
+    w.push(&Frame::ResponseHead(wire::response_head(&parts, served_by)))?;
+    if http_body::Body::is_end_stream(&body) {
+        w.push(&Frame::End(End::default()))?;
+        w.finish().await?;
+        return Ok(());
+    }
+    w.flush().await?;
+    send_body(w, body, ResetCode::UpstreamFailed).await
+}
+
+/// Logs how the stream ended and makes sure an unfinished half is reset.
+async fn finish(
+    mut writer: FrameWriter,
+    outcome: Option<Result<(), SendBodyError>>,
+    request_id: &str,
+) {
+    match outcome {
+        None => {
+            tracing::debug!(request_id, "PoP cancelled the request");
+            writer.abort(ResetCode::Cancelled);
+        }
+        Some(Ok(())) => {}
+        Some(Err(SendBodyError::Body(err))) => {
+            tracing::warn!(request_id, %err, "response body failed mid-way; stream reset");
+        }
+        Some(Err(SendBodyError::Stream(BackboneError::Timeout(what)))) => {
+            tracing::warn!(request_id, what, "deadline passed at the origin");
+            writer
+                .send_reset(ResetCode::Timeout, "deadline passed".into())
+                .await;
+        }
+        Some(Err(SendBodyError::Stream(err))) => {
+            tracing::debug!(request_id, %err, "response stream failed");
+            writer.abort(err.reset_code());
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Translation between HTTP messages and the backbone's heads.
+//!
+//! Everything read from a peer is validated here (method, URI, header names
+//! and values, status); a head that cannot become an HTTP message is a
+//! [`BackboneError::BadHead`], answered with a protocol reset, never a panic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri};
+use portico_gateway::headers::REQUEST_ID;
+use portico_gateway::{ConnInfo, Protocol, RequestCtx};
+use portico_proto::{ClientAddr, Headers, RequestHead, ResponseHead};
+
+use crate::BackboneError;
+
+/// W3C trace context header, carried in `RequestHead::trace_context` too.
+const TRACEPARENT: &str = "traceparent";
+
+fn bad(what: &'static str, reason: impl ToString) -> BackboneError {
+    BackboneError::BadHead {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+/// Header map → wire list (lowercase names, raw values, repeats kept).
+pub(crate) fn headers_vec(map: &HeaderMap) -> Headers {
+    map.iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Wire list → header map, refusing invalid names or values.
+pub(crate) fn header_map(list: Headers, what: &'static str) -> Result<HeaderMap, BackboneError> {
+    let mut map = HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(what, e))?;
+        let value = HeaderValue::from_bytes(&value).map_err(|e| bad(what, e))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The head a PoP sends for a routed request: the prepared request's
+/// method, inner URI and headers, plus everything the PoP already decided.
+pub(crate) fn request_head(
+    ctx: &RequestCtx,
+    parts: &http::request::Parts,
+    pop_id: &str,
+) -> RequestHead {
+    let mut headers = parts.headers.clone();
+    // HTTP/2 clients name the host in :authority, which the inner URI lost.
+    if !headers.contains_key(http::header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&ctx.host)
+    {
+        headers.insert(http::header::HOST, host);
+    }
+    let remaining = ctx.settings().timeout.saturating_sub(ctx.started.elapsed());
+    RequestHead {
+        request_id: ctx.request_id.clone(),
+        method: parts.method.as_str().to_owned(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        trace_context: headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        headers: headers_vec(&headers),
+        client_addr: Some(ClientAddr::from(ctx.conn.client_addr)),
+        tls: ctx.conn.tls.as_ref().map(|t| portico_proto::TlsInfo {
+            version: t.version.clone().unwrap_or_default(),
+            cipher: String::new(),
+            sni: t.sni.clone(),
+            alpn: t.alpn.clone(),
+        }),
+        api: ctx.api.name.clone(),
+        stage: ctx.stage.name.clone(),
+        route_key: ctx.route().key.clone(),
+        path_params: ctx.path_params.clone(),
+        principal: None,
+        pop_id: pop_id.to_owned(),
+        // At least 1 ms: 0 would mean "no deadline".
+        deadline_ms: u32::try_from(remaining.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1),
+    }
+}
+
+/// What the origin needs besides the HTTP request: the PoP's routing
+/// decision and identity.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub api: String,
+    pub stage: String,
+    /// The route the PoP matched (informational: the origin routes again
+    /// within `api`/`stage` with its own snapshot).
+    pub route_key: String,
+    pub path_params: Vec<(String, String)>,
+    pub pop_id: String,
+    pub principal: Option<portico_proto::Principal>,
+    /// Time budget the PoP had left when it sent the head.
+    pub deadline: Option<Duration>,
+}
+
+/// Splits a received head into the HTTP request parts, the connection the
+/// origin's pipeline sees (the PoP's client, not the PoP) and the routing.
+pub(crate) fn request_from_head(
+    head: RequestHead,
+    pop_addr: SocketAddr,
+    local_addr: SocketAddr,
+) -> Result<(http::request::Parts, ConnInfo, Routed), BackboneError> {
+    let method = Method::from_bytes(head.method.as_bytes()).map_err(|e| bad("method", e))?;
+    let uri: Uri = head.uri.parse().map_err(|e| bad("uri", e))?;
+    if uri.scheme().is_some() || !head.uri.starts_with('/') {
+        return Err(bad("uri", "expected an origin-form path"));
+    }
+    let mut headers = header_map(head.headers, "headers")?;
+    set_if_absent(&mut headers, &REQUEST_ID, &head.request_id);
+    if let Some(tp) = &head.trace_context {
+        set_if_absent(&mut headers, &HeaderName::from_static(TRACEPARENT), tp);
+    }
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    let (parts, ()) = builder
+        .body(())
+        .map_err(|e| bad("request", e))?
+        .into_parts();
+    let conn = ConnInfo {
+        client_addr: head.client_addr.map_or(pop_addr, SocketAddr::from),
+        local_addr,
+        tls: head.tls.map(|t| portico_gateway::TlsInfo {
+            sni: t.sni,
+            alpn: t.alpn,
+            version: Some(t.version).filter(|v| !v.is_empty()),
+        }),
+        protocol: Protocol::Backbone,
+        default_api: None,
+    };
+    let routed = Routed {
+        api: head.api,
+        stage: head.stage,
+        route_key: head.route_key,
+        path_params: head.path_params,
+        pop_id: head.pop_id,
+        principal: head.principal,
+        deadline: (head.deadline_ms > 0).then(|| Duration::from_millis(head.deadline_ms.into())),
+    };
+    Ok((parts, conn, routed))
+}
+
+fn set_if_absent(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if headers.contains_key(name) {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), v);
+    }
+}
+
+/// The head the origin sends back.
+pub(crate) fn response_head(parts: &http::response::Parts, served_by: &str) -> ResponseHead {
+    ResponseHead {
+        status: parts.status.as_u16(),
+        headers: headers_vec(&parts.headers),
+        served_by: served_by.to_owned(),
+    }
+}
+
+/// A received response head as HTTP response parts.
+pub(crate) fn response_from_head(
+    head: ResponseHead,
+) -> Result<http::response::Parts, BackboneError> {
+    let status = StatusCode::from_u16(head.status).map_err(|e| bad("status", e))?;
+    let headers = header_map(head.headers, "response headers")?;
+    let mut builder = http::Response::builder().status(status);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    Ok(builder
+        .body(())
+        .map_err(|e| bad("response", e))?
+        .into_parts()
+        .0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head() -> RequestHead {
+        RequestHead {
+            request_id: "rid-1".into(),
+            method: "POST".into(),
+            uri: "/items/7?x=1".into(),
+            headers: vec![
+                ("host".into(), b"api.example".to_vec()),
+                ("x-multi".into(), b"a".to_vec()),
+                ("x-multi".into(), b"b".to_vec()),
+            ],
+            client_addr: Some(ClientAddr::from(
+                "192.0.2.9:5555".parse::<SocketAddr>().unwrap(),
+            )),
+            tls: Some(portico_proto::TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: String::new(),
+                sni: Some("api.example".into()),
+                alpn: Some("h2".into()),
+            }),
+            trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            api: "echo".into(),
+            stage: "prod".into(),
+            route_key: "POST /items/{id}".into(),
+            path_params: vec![("id".into(), "7".into())],
+            principal: None,
+            pop_id: "pop-fra".into(),
+            deadline_ms: 1500,
+        }
+    }
+
+    #[test]
+    fn request_head_becomes_parts_conn_and_routing() {
+        let pop: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let (parts, conn, routed) = request_from_head(head(), pop, pop).unwrap();
+        assert_eq!(parts.method, Method::POST);
+        assert_eq!(parts.uri, "/items/7?x=1");
+        assert_eq!(parts.headers.get_all("x-multi").iter().count(), 2);
+        assert_eq!(parts.headers["x-request-id"], "rid-1");
+        assert!(parts.headers.contains_key("traceparent"));
+        assert_eq!(conn.client_addr.to_string(), "192.0.2.9:5555");
+        assert_eq!(conn.protocol, Protocol::Backbone);
+        assert_eq!(conn.tls.unwrap().version.as_deref(), Some("TLSv1.3"));
+        assert_eq!(
+            (routed.api.as_str(), routed.stage.as_str()),
+            ("echo", "prod")
+        );
+        assert_eq!(routed.deadline, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn bad_heads_are_errors_not_panics() {
+        let pop: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let cases: [fn(&mut RequestHead); 5] = [
+            |h| h.method = "GE T".into(),
+            |h| h.uri = "http://evil/".into(),
+            |h| h.uri = "no-slash".into(),
+            |h| h.headers.push(("Bad Name".into(), b"v".to_vec())),
+            |h| h.headers.push(("x".into(), b"a\nb".to_vec())),
+        ];
+        for mutate in cases {
+            let mut h = head();
+            mutate(&mut h);
+            let err = request_from_head(h, pop, pop).unwrap_err();
+            assert_eq!(err.as_str(), "bad_head");
+        }
+        let resp = ResponseHead {
+            status: 42,
+            headers: vec![],
+            served_by: "o".into(),
+        };
+        assert!(response_from_head(resp).is_err());
+    }
+
+    #[test]
+    fn response_heads_round_trip() {
+        let resp = http::Response::builder()
+            .status(201)
+            .header("a", "1")
+            .header("a", "2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = resp.into_parts();
+        let head = response_head(&parts, "origin-a");
+        let back = response_from_head(head).unwrap();
+        assert_eq!(back.status, 201);
+        assert_eq!(back.headers.get_all("a").iter().count(), 2);
+    }
+}
