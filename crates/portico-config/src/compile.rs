@@ -289,7 +289,7 @@ fn check_mapping_target(m: &MappingFile, apis: &[ApiFile], diag: &mut Diag<'_>) 
     }
 }
 
-fn is_api_name(name: &str) -> bool {
+pub(crate) fn is_api_name(name: &str) -> bool {
     name.bytes()
         .next()
         .is_some_and(|b| b.is_ascii_alphanumeric())

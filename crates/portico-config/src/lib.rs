@@ -6,6 +6,8 @@
 //! * [`Definitions::from_toml_str`]: a definitions snapshot shipped to PoPs as
 //!   [`Definitions::source`].
 //! * [`check_file`]: `portico check FILE`.
+//! * [`load_topology_file`] / [`parse_topology`]: a topology for `portico up` and
+//!   `portico probe` (module [`topology`]).
 //!
 //! Every error that can be found is reported, not only the first: each top-level
 //! section and each element of `[[apis]]`, `[[apis.routes]]`, `[[apis.deployments]]`,
@@ -27,6 +29,7 @@ mod route;
 mod settings;
 mod stage;
 mod template;
+pub mod topology;
 
 use std::fmt;
 use std::path::Path;
@@ -44,6 +47,7 @@ pub use settings::{
     NodeConfig, NodeSettings, OriginLink,
 };
 pub use template::{TemplatePart, UriTemplate};
+pub use topology::{Topology, TopologySummary, is_topology, load_topology_file, parse_topology};
 
 use error::Diag;
 

@@ -16,7 +16,7 @@ use crate::file::{
     StageFile,
 };
 
-type Value<'t> = Spanned<DeValue<'t>>;
+pub(crate) type Value<'t> = Spanned<DeValue<'t>>;
 
 const NODE_SECTIONS: &str = "one of `node`, `listeners`, `admin`, `limits`, `backend_client`, \
                              `dns`, `backbone`, `origins`, `apis`, `domains`";
@@ -41,7 +41,7 @@ pub(crate) struct RawNode {
 }
 
 /// Parses the TOML syntax, reporting every syntax error the parser recovers from.
-fn parse_document<'t>(text: &'t str, diag: &mut Diag<'_>) -> Option<DeTable<'t>> {
+pub(crate) fn parse_document<'t>(text: &'t str, diag: &mut Diag<'_>) -> Option<DeTable<'t>> {
     let (root, errors) = DeTable::parse_recoverable(text);
     if errors.is_empty() {
         return Some(root.into_inner());
@@ -117,14 +117,14 @@ fn definitions_section(
 }
 
 /// Deserializes one value on its own; its errors go to `diag`.
-fn de<T: DeserializeOwned>(value: Value<'_>, diag: &mut Diag<'_>) -> Option<T> {
+pub(crate) fn de<T: DeserializeOwned>(value: Value<'_>, diag: &mut Diag<'_>) -> Option<T> {
     T::deserialize(ValueDeserializer::from(value))
         .map_err(|e| diag.toml(&e))
         .ok()
 }
 
 /// Reads each element of an array of tables with `read`, keeping the good ones.
-fn each<'t, T>(
+pub(crate) fn each<'t, T>(
     value: Value<'t>,
     name: &str,
     diag: &mut Diag<'_>,
