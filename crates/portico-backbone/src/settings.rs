@@ -69,8 +69,9 @@ impl LinkSettings {
     /// which accepts request streams; a PoP accepts none.
     pub(crate) fn transport(&self, accepts_streams: bool) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();
+        // One more than the request limit: the control stream is a stream too.
         let streams = if accepts_streams {
-            self.max_concurrent_streams
+            self.max_concurrent_streams.saturating_add(1)
         } else {
             0
         };

@@ -8,6 +8,7 @@ use portico_gateway::Body;
 use portico_proto::stream::{Direction, HalfStream};
 use portico_proto::{Codec, End, Frame, RequestHead, Reset, ResetCode, StreamKind};
 use quinn::{Connection, RecvStream, SendStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{RequestHandler, Shared};
@@ -21,13 +22,15 @@ use crate::wire;
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 /// Accepts request streams until the link closes or the server stops; then
-/// refuses new streams while those in flight finish (up to the drain timeout).
+/// refuses new streams while those in flight finish. Streams still open at
+/// the drain timeout are reset.
 pub(super) async fn accept_streams<H: RequestHandler>(
     conn: &Connection,
     shared: &Arc<Shared<H>>,
     codec: Codec,
 ) {
     let streams = TaskTracker::new();
+    let cancel = CancellationToken::new();
     let mut stop = shared.stop.clone();
     loop {
         let accepted = tokio::select! {
@@ -35,19 +38,39 @@ pub(super) async fn accept_streams<H: RequestHandler>(
             accepted = conn.accept_bi() => accepted,
         };
         let Ok((send, recv)) = accepted else { return };
-        let peer = conn.remote_address();
-        streams.spawn(serve_stream(send, recv, Arc::clone(shared), codec, peer));
+        let stream = Stream {
+            peer: conn.remote_address(),
+            codec,
+            cancel: cancel.child_token(),
+        };
+        streams.spawn(serve_stream(send, recv, Arc::clone(shared), stream));
     }
     streams.close();
-    let drain = tokio::time::sleep(shared.settings.drain_timeout);
-    tokio::pin!(drain);
+    if !drain(conn, &streams, shared.settings.drain_timeout).await {
+        tracing::warn!("requests still in flight after the drain timeout; resetting them");
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), streams.wait()).await;
+        // Let the RESET_STREAMs leave before the link closes: quinn 0.11
+        // holds CONNECTION_CLOSE back while stream data is pending and the
+        // congestion window is full (quinn-rs/quinn#2785), and the PoP
+        // would then only learn of the close from its idle timeout.
+        let rtt = conn.rtt().saturating_mul(3);
+        tokio::time::sleep(rtt.clamp(Duration::from_millis(20), Duration::from_millis(500))).await;
+    }
+}
+
+/// Refuses new streams until those in flight finish (`true`) or `timeout`
+/// passes (`false`).
+async fn drain(conn: &Connection, streams: &TaskTracker, timeout: Duration) -> bool {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
-            () = streams.wait() => return,
-            () = &mut drain => return tracing::warn!("requests still in flight after the drain timeout"),
+            () = streams.wait() => return true,
+            () = &mut deadline => return false,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => refuse(send, recv),
-                Err(_) => return,
+                Err(_) => return true,
             },
         }
     }
@@ -63,13 +86,25 @@ fn refuse(mut send: SendStream, mut recv: RecvStream) {
 /// Serves one request stream: head, handler, response. The handler future
 /// is raced against the PoP's `STOP_SENDING`, so a client that went away
 /// cancels the backend request.
+/// Per-stream context from the link.
+struct Stream {
+    peer: std::net::SocketAddr,
+    codec: Codec,
+    /// Cancelled when the origin gives up draining.
+    cancel: CancellationToken,
+}
+
 async fn serve_stream<H: RequestHandler>(
     send: SendStream,
     recv: RecvStream,
     shared: Arc<Shared<H>>,
-    codec: Codec,
-    peer: std::net::SocketAddr,
+    stream: Stream,
 ) {
+    let Stream {
+        peer,
+        codec,
+        cancel,
+    } = stream;
     let mut reader = FrameReader::new(recv, codec);
     let mut writer = FrameWriter::new(send, codec);
     let stopped = writer.stopped();
@@ -113,6 +148,7 @@ async fn serve_stream<H: RequestHandler>(
     let outcome = tokio::select! {
         biased;
         () = stopped => None,
+        () = cancel.cancelled() => None,
         result = work => Some(result),
     };
     finish(writer, outcome, &request_id).await;

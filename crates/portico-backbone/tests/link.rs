@@ -1,0 +1,196 @@
+//! Link management: mutual TLS, configuration push, down links, reconnects.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use portico_backbone::LinkState;
+use portico_backbone::pki::Ca;
+
+#[tokio::test]
+async fn mutual_tls_link_comes_up_and_pushes_the_snapshot() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    assert!(pop.backbone.wait_up(REGION, Duration::from_secs(20)).await);
+    pop.wait_for_api("echo").await;
+    let (spec, state) = &pop.backbone.links()[0];
+    assert_eq!(spec.address, origin.addr);
+    let LinkState::Up(session) = state else {
+        panic!("link is {}", state.as_str())
+    };
+    assert_eq!(session.origin_id(), "origin-a");
+    let (status, body) = pop.get("/prod/info").await;
+    assert_eq!(status, 200, "{body:?}");
+    let info: String = String::from_utf8(body.to_vec()).unwrap();
+    assert!(info.contains("\"protocol\":\"backbone\""), "{info}");
+    assert!(info.contains("\"pop\":\"pop-a\""), "{info}");
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}
+
+/// Waits until link 0 reports `Down` and returns its reason.
+async fn down_reason(pop: &Pop) -> String {
+    let mut state = pop.backbone.watch_link(0).unwrap();
+    let down = tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| matches!(s, LinkState::Down(_))),
+    )
+    .await
+    .expect("link went down")
+    .unwrap()
+    .clone();
+    match down {
+        LinkState::Down(reason) => reason,
+        other => panic!("{}", other.as_str()),
+    }
+}
+
+#[tokio::test]
+async fn rogue_pop_with_a_self_made_certificate_is_refused() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    // A rogue CA that also signs "pop-a", and trusts the real CA so that it
+    // can verify the origin: only the origin's check can refuse it.
+    let rogue = Ca::generate().unwrap();
+    let cert = rogue.issue("pop-a").unwrap();
+    let ca_pems = format!("{}{}", pki.ca.cert_pem(), rogue.cert_pem());
+    let tls =
+        portico_backbone::TlsMaterial::from_pem(&ca_pems, &cert.cert_pem, &cert.key_pem).unwrap();
+    let pop = Pop::start(&tls, vec![origin_spec(origin.addr)]);
+    let reason = down_reason(&pop).await;
+    assert!(
+        reason.contains("certificate") || reason.contains("TLS") || reason.contains("closed"),
+        "{reason}"
+    );
+    assert!(
+        !pop.backbone
+            .wait_up(REGION, Duration::from_millis(300))
+            .await
+    );
+    assert!(
+        pop.gateway.definitions().apis.is_empty(),
+        "no configuration leaked"
+    );
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_pop_whose_certificate_names_another_node_is_refused() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    // Valid for the CA, but issued to pop-b while claiming pop-a in Hello.
+    let pop = Pop::start(&pki.material("pop-b"), vec![origin_spec(origin.addr)]);
+    let reason = down_reason(&pop).await;
+    assert!(reason.contains("does not name node"), "{reason}");
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn an_origin_the_pop_cannot_verify_is_refused() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    // Signed by another CA.
+    let origin = Origin::start(&other.material("origin-a"), localhost0(), definitions(""));
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    let reason = down_reason(&pop).await;
+    assert!(reason.contains("certificate"), "{reason}");
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+    // Right CA, wrong name: the PoP expects "origin-a".
+    let origin = Origin::start(&pki.material("origin-z"), localhost0(), definitions(""));
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    let reason = down_reason(&pop).await;
+    assert!(reason.contains("certificate"), "{reason}");
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_down_link_answers_503_at_once() {
+    let pki = Pki::new();
+    // Nothing listens there: the link never comes up.
+    let dead = std::net::UdpSocket::bind(localhost0()).unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let pop = Pop::start_with(
+        &pki.material("pop-a"),
+        vec![origin_spec(addr)],
+        definitions(""),
+    );
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = pop.get("/prod/info").await;
+        assert_eq!(status, 503);
+        assert_eq!(&body[..], br#"{"message":"Service Unavailable"}"#);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn reconnects_after_the_origin_restarts_on_the_same_port() {
+    let pki = Pki::new();
+    let origin_tls = pki.material("origin-a");
+    let origin = Origin::start(&origin_tls, localhost0(), definitions(""));
+    let addr = origin.addr;
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(addr)]);
+    pop.wait_for_api("echo").await;
+    assert_eq!(pop.get("/prod/info").await.0, 200);
+    origin.stop().await;
+    // While it is down: 503 at once, the API stays known (not 404).
+    eventually(20, "503 while the origin is down", || async {
+        pop.get("/prod/info").await.0 == 503
+    })
+    .await;
+    let origin = Origin::start(&origin_tls, addr, definitions(""));
+    eventually(20, "served again after the restart", || async {
+        pop.get("/prod/info").await.0 == 200
+    })
+    .await;
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn configuration_changes_reach_the_pop_and_regional_apis_are_404() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    pop.wait_for_api("echo").await;
+    // A regional API is known to the PoP but not served there.
+    let req = http::Request::get("/prod/")
+        .header("host", "inside.execute-api.test")
+        .body(portico_gateway::body::empty())
+        .unwrap();
+    let (status, body) = collect(pop.handle(req).await).await;
+    assert_eq!(
+        (status, &body[..]),
+        (404, &br#"{"message":"Not Found"}"#[..])
+    );
+    let post = || {
+        http::Request::post("/prod/only-get")
+            .body(portico_gateway::body::empty())
+            .unwrap()
+    };
+    // Before the change, POST reaches the origin (whose test handler has no such path).
+    assert_eq!(pop.handle(post()).await.status(), 404);
+    // Reload at the origin: a route that refuses POST.
+    let route = "[[apis.routes]]\nmethod = \"GET\"\npath = \"/only-get\"\nintegration = { type = \"mock\", status = 200 }\n";
+    let started = Instant::now();
+    origin.defs.send_replace(definitions(route));
+    eventually(10, "new snapshot applied", || async {
+        pop.handle(post()).await.status() == 405
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}

@@ -1,0 +1,327 @@
+//! Bad input on real quinn streams: the origin resets the offending stream
+//! with a protocol error and keeps serving the others; the PoP turns a
+//! truncated response into a body error.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use common::*;
+use http_body_util::BodyExt;
+use portico_backbone::TlsMaterial;
+use portico_proto::{
+    Capabilities, Codec, ConfigSnapshot, End, Frame, Hello, HelloAck, MAX_FRAME_LIMIT, RequestHead,
+    ResetCode, ResponseHead, Role, StreamKind, VersionRange, decode_preface, encode_preface,
+};
+use quinn::{Connection, ReadError, RecvStream};
+
+fn control_codec() -> Codec {
+    Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap()
+}
+
+fn hello(versions: VersionRange) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode_preface(StreamKind::Control, &mut buf);
+    let frame = Frame::Hello(Hello {
+        node_id: "pop-a".into(),
+        role: Role::Pop,
+        region: String::new(),
+        versions,
+        capabilities: Capabilities(0),
+    });
+    control_codec().encode(&frame, &mut buf).unwrap();
+    buf
+}
+
+/// A hand-driven PoP connection that completed the handshake.
+async fn raw_link(
+    tls: &TlsMaterial,
+    origin: std::net::SocketAddr,
+) -> (quinn::Endpoint, Connection, RecvStream) {
+    let endpoint = quinn::Endpoint::client(localhost0()).unwrap();
+    let config = tls.client_config(&settings()).unwrap();
+    let conn = endpoint
+        .connect_with(config, origin, "origin-a")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello(VersionRange::CURRENT)).await.unwrap();
+    let mut buf = BytesMut::new();
+    let ack = loop {
+        let chunk = recv.read_chunk(4096, true).await.unwrap().unwrap();
+        buf.extend_from_slice(&chunk.bytes);
+        if buf.len() >= 7 && decode_preface(&mut buf).unwrap().is_none() {
+            continue;
+        }
+        if let Some(frame) = control_codec().decode(&mut buf).unwrap() {
+            break frame;
+        }
+    };
+    assert!(
+        matches!(
+            ack,
+            Frame::HelloAck(HelloAck {
+                chosen_version: 1,
+                ..
+            })
+        ),
+        "{ack:?}"
+    );
+    // Keep the control stream open for the life of the test.
+    std::mem::forget(send);
+    (endpoint, conn, recv)
+}
+
+fn request_head(method: &str, path: &str) -> Frame {
+    Frame::RequestHead(Box::new(RequestHead {
+        request_id: "raw-1".into(),
+        method: method.into(),
+        uri: path.into(),
+        headers: vec![("host".into(), b"raw.test".to_vec())],
+        client_addr: None,
+        tls: None,
+        trace_context: None,
+        api: "echo".into(),
+        stage: "prod".into(),
+        route_key: "ANY /{proxy+}".into(),
+        path_params: vec![],
+        principal: None,
+        pop_id: "pop-a".into(),
+        deadline_ms: 0,
+    }))
+}
+
+fn request_stream(frames: &[Frame]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    encode_preface(StreamKind::Request, &mut buf);
+    for f in frames {
+        Codec::new().encode(f, &mut buf).unwrap();
+    }
+    buf
+}
+
+/// Sends `bytes` on a new stream and returns the code the origin reset it with.
+async fn reset_code_for(conn: &Connection, bytes: &[u8]) -> u64 {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(bytes).await;
+    let read = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20))
+        .await
+        .expect("origin answered");
+    match read {
+        Err(quinn::ReadToEndError::Read(ReadError::Reset(code))) => code.into_inner(),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+}
+
+/// Reads every frame of a response half until FIN.
+async fn response_frames(recv: &mut RecvStream) -> Vec<Frame> {
+    let data = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(16 << 20))
+        .await
+        .expect("response in time")
+        .expect("response complete");
+    let mut buf = BytesMut::from(&data[..]);
+    assert!(decode_preface(&mut buf).unwrap().is_some());
+    let mut frames = Vec::new();
+    while let Some(f) = Codec::new().decode(&mut buf).unwrap() {
+        frames.push(f);
+    }
+    frames
+}
+
+#[tokio::test]
+async fn malformed_streams_are_reset_and_the_link_keeps_serving() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let (_endpoint, conn, _control) = raw_link(&pki.material("pop-a"), origin.addr).await;
+    let protocol = ResetCode::Protocol as u64;
+    let mut oversized = BytesMut::new();
+    encode_preface(StreamKind::Request, &mut oversized);
+    oversized.put_u32(64 << 20);
+    oversized.put_slice(b"whatever");
+    let mut unknown_tag = BytesMut::new();
+    encode_preface(StreamKind::Request, &mut unknown_tag);
+    unknown_tag.put_slice(&[0, 0, 0, 1, 200]);
+    let cases: Vec<(&str, BytesMut)> = vec![
+        (
+            "not a preface",
+            BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]),
+        ),
+        (
+            "framing version 2",
+            BytesMut::from(&b"PRTC\x00\x02\x01"[..]),
+        ),
+        ("oversized frame", oversized),
+        ("unknown frame tag", unknown_tag),
+        (
+            "body before head",
+            request_stream(&[Frame::BodyChunk("x".into())]),
+        ),
+        (
+            "bad method",
+            request_stream(&[request_head("G T", "/info")]),
+        ),
+        (
+            "response head from a PoP",
+            request_stream(&[Frame::ResponseHead(ResponseHead {
+                status: 200,
+                headers: vec![],
+                served_by: "me".into(),
+            })]),
+        ),
+    ];
+    for (what, bytes) in cases {
+        assert_eq!(reset_code_for(&conn, &bytes).await, protocol, "{what}");
+    }
+    // A well-formed request on the same link still works.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&request_stream(&[
+        request_head("GET", "/info"),
+        Frame::End(End::default()),
+    ]))
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    let frames = response_frames(&mut recv).await;
+    assert!(
+        matches!(&frames[0], Frame::ResponseHead(h) if h.status == 200 && h.served_by == "origin-a"),
+        "{frames:?}"
+    );
+    assert!(matches!(frames.last(), Some(Frame::End(_))), "{frames:?}");
+    assert!(conn.close_reason().is_none(), "the link survived");
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn a_truncated_request_body_resets_the_response() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let (_endpoint, conn, _control) = raw_link(&pki.material("pop-a"), origin.addr).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let bytes = request_stream(&[
+        request_head("POST", "/echo"),
+        Frame::BodyChunk("abc".into()),
+    ]);
+    send.write_all(&bytes).await.unwrap();
+    send.finish().unwrap(); // FIN without End
+    let frames = response_frames(&mut recv).await;
+    assert!(matches!(&frames[0], Frame::ResponseHead(_)), "{frames:?}");
+    assert!(
+        matches!(frames.last(), Some(Frame::Reset(r)) if r.code == ResetCode::UpstreamFailed),
+        "{frames:?}"
+    );
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn no_common_version_closes_the_link_with_a_clear_code() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let endpoint = quinn::Endpoint::client(localhost0()).unwrap();
+    let config = pki.material("pop-a").client_config(&settings()).unwrap();
+    let conn = endpoint
+        .connect_with(config, origin.addr, "origin-a")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello(VersionRange { min: 7, max: 9 }))
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    match err {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, portico_backbone::close::NO_COMMON_VERSION);
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            assert!(reason.contains("no common protocol version"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    origin.stop().await;
+}
+
+/// A hand-written origin: handshake, one snapshot, then a response that
+/// ends with FIN but without `End` — a truncated body.
+async fn truncating_origin(
+    tls: TlsMaterial,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let server = tls.server_config(&settings()).unwrap();
+    let endpoint = quinn::Endpoint::server(server, localhost0()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let _ = recv.read_chunk(4096, true).await.unwrap();
+        let defs = definitions("");
+        let mut buf = BytesMut::new();
+        encode_preface(StreamKind::Control, &mut buf);
+        let ack = Frame::HelloAck(HelloAck {
+            chosen_version: 1,
+            node_id: "origin-a".into(),
+            role: Role::Origin,
+            region: REGION.into(),
+            capabilities: Capabilities(0),
+        });
+        let snapshot = Frame::ConfigSnapshot(ConfigSnapshot {
+            version: defs.version,
+            hash: sha256(&defs.source),
+            definitions: defs.source.clone(),
+        });
+        control_codec().encode(&ack, &mut buf).unwrap();
+        control_codec().encode(&snapshot, &mut buf).unwrap();
+        send.write_all(&buf).await.unwrap();
+        while let Ok((mut s, _r)) = conn.accept_bi().await {
+            let mut out = BytesMut::new();
+            encode_preface(StreamKind::Request, &mut out);
+            let head = Frame::ResponseHead(ResponseHead {
+                status: 200,
+                headers: vec![],
+                served_by: "raw".into(),
+            });
+            Codec::new().encode(&head, &mut out).unwrap();
+            Codec::new()
+                .encode(&Frame::BodyChunk("partial".into()), &mut out)
+                .unwrap();
+            s.write_all(&out).await.unwrap();
+            s.finish().unwrap();
+            let _ = s.stopped().await;
+        }
+    });
+    (addr, task)
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+#[tokio::test]
+async fn fin_without_end_is_a_truncated_body_at_the_pop() {
+    let pki = Pki::new();
+    let (addr, task) = truncating_origin(pki.material("origin-a")).await;
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(addr)]);
+    pop.wait_for_api("echo").await;
+    let resp = pop
+        .handle(
+            http::Request::get("/prod/x")
+                .body(portico_gateway::body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(
+        body.frame().await.unwrap().unwrap().into_data().unwrap(),
+        "partial"
+    );
+    let err = body
+        .frame()
+        .await
+        .expect("an error, not a clean end")
+        .unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    task.abort();
+}
