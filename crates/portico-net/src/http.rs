@@ -102,6 +102,84 @@ impl<H: Handler> TcpServer<H> {
         }
     }
 
+    /// Serves on `workers` dedicated threads, each running its own
+    /// current-thread runtime that accepts from a clone of the same socket.
+    ///
+    /// A connection then lives on one thread for its whole life, with the
+    /// tasks it spawns (backend connections included): no cross-thread wakeups
+    /// on the request path, which on small machines costs more than the work
+    /// itself (nginx's model; pingora's "no steal" runtime). `workers == 0`
+    /// serves on the caller's runtime instead.
+    pub async fn run_on_workers(self, workers: usize, shutdown: impl Future<Output = ()>) {
+        if workers == 0 {
+            return self.run(shutdown).await;
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let threads = match self.spawn_workers(workers, &stop_rx) {
+            Ok(threads) => threads,
+            Err(err) => return tracing::error!(%err, "starting listener worker threads failed"),
+        };
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
+    }
+
+    fn spawn_workers(
+        self,
+        workers: usize,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let TcpServer {
+            listener,
+            tls,
+            default_api,
+            limits,
+            handler,
+        } = self;
+        let listener = listener.into_std()?;
+        let mut threads = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let listener = listener.try_clone()?;
+            let (tls, default_api, limits, handler) = (
+                tls.clone(),
+                default_api.clone(),
+                limits.clone(),
+                Arc::clone(&handler),
+            );
+            let mut stop = stop.clone();
+            let worker = move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(rt) => rt,
+                    Err(err) => {
+                        return tracing::error!(%err, index, "worker runtime failed to start");
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(err) => return tracing::error!(%err, index, "worker cannot register the listener"),
+                    };
+                    let server = TcpServer { listener, tls, default_api, limits, handler };
+                    server.run(async move { let _ = stop.wait_for(|s| *s).await; }).await;
+                });
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("portico-worker-{index}"))
+                    .spawn(worker)?,
+            );
+        }
+        Ok(threads)
+    }
+
     async fn connection(
         self: Arc<Self>,
         stream: TcpStream,

@@ -43,3 +43,12 @@ pub fn dns(config: &NodeConfig) -> DnsSettings {
         cache_size: config.dns.cache_size as u64,
     }
 }
+
+/// Listener worker threads: `PORTICO_WORKERS` if set (0 = serve on the shared
+/// work-stealing runtime), else one per core.
+pub fn workers(_config: &NodeConfig) -> usize {
+    std::env::var("PORTICO_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
