@@ -95,9 +95,9 @@ impl<U: Upstream> Gateway<U> {
             request_id: request_id(req.headers()),
             node: Arc::clone(&self.settings.node_id),
             protocol: conn.protocol.as_str(),
-            client: conn.client_addr.to_string(),
-            method: req.method().as_str().to_owned(),
-            path: req.uri().path().to_owned(),
+            client: Some(conn.client_addr),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             started: Some(Instant::now()),
             ..AccessRecord::default()
         };
@@ -123,7 +123,8 @@ impl<U: Upstream> Gateway<U> {
     ) -> Result<Response<Body>, GatewayError> {
         check_header_size(&req, self.settings.max_header_bytes)?;
         record.host = host_of(&req)?.to_owned();
-        check_path(&record.path)?;
+        let path = record.uri.path();
+        check_path(path)?;
         // Route with the snapshot current now; the request keeps it to the end.
         let table = self.table.load_full();
         let resolved = match entry {
@@ -131,18 +132,16 @@ impl<U: Upstream> Gateway<U> {
                 let default_api = conn.default_api.as_deref();
                 table.resolve(
                     &record.host,
-                    &record.method,
-                    &record.path,
+                    record.method.as_str(),
+                    path,
                     default_api,
                     modes,
                 )?
             }
             Entry::Routed { api, stage, modes } => {
-                table.resolve_in(api, stage, &record.method, &record.path, modes)?
+                table.resolve_in(api, stage, record.method.as_str(), path, modes)?
             }
         };
-        record.api.clone_from(&resolved.api.name);
-        record.stage.clone_from(&resolved.stage.name);
         let ctx = RequestCtx {
             request_id: record.request_id.clone(),
             started: record.started.unwrap_or_else(Instant::now),
@@ -154,7 +153,11 @@ impl<U: Upstream> Gateway<U> {
             route_index: resolved.route_index,
             path_params: resolved.path_params,
         };
-        record.route.clone_from(&ctx.route().key);
+        record.target = Some((
+            Arc::clone(&ctx.api),
+            Arc::clone(&ctx.stage),
+            ctx.route_index,
+        ));
         let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
         self.forward(&ctx, req, record).await
     }

@@ -1,7 +1,9 @@
 //! The access log: one structured line per request, emitted when the response
 //! body has been sent (or abandoned), so bytes and total latency are real.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -10,21 +12,25 @@ use http_body::{Frame, SizeHint};
 
 use http_body::Body as _;
 
+use portico_config::{Api, Stage};
+
 use crate::body::{Body, BoxError};
 
 /// Everything the access log line says about one request.
+///
+/// Fields are kept in the cheapest form (shared pointers, copies of
+/// refcounted `http` types) and only formatted if the line is written.
 #[derive(Debug, Default)]
 pub struct AccessRecord {
     pub request_id: String,
-    pub node: std::sync::Arc<str>,
+    pub node: Arc<str>,
     pub protocol: &'static str,
-    pub client: String,
-    pub method: String,
+    pub client: Option<SocketAddr>,
+    pub method: http::Method,
+    pub uri: http::Uri,
     pub host: String,
-    pub path: String,
-    pub api: String,
-    pub stage: String,
-    pub route: String,
+    /// API, stage and route index, once routed.
+    pub target: Option<(Arc<Api>, Arc<Stage>, usize)>,
     pub status: u16,
     pub error: &'static str,
     pub integration_latency: Option<Duration>,
@@ -32,7 +38,26 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
+    fn names(&self) -> (&str, &str, &str) {
+        match &self.target {
+            Some((api, stage, route)) => {
+                let key = stage
+                    .deployment
+                    .routes
+                    .get(*route)
+                    .map_or("", |r| r.key.as_str());
+                (api.name.as_str(), stage.name.as_str(), key)
+            }
+            None => ("", "", ""),
+        }
+    }
+
     fn emit(&self, bytes: u64, outcome: &'static str) {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return;
+        }
+        let (api, stage, route) = self.names();
+        let client = self.client.map(|c| c.to_string()).unwrap_or_default();
         let total_ms = self
             .started
             .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
@@ -44,13 +69,13 @@ impl AccessRecord {
             request_id = %self.request_id,
             node = %self.node,
             protocol = self.protocol,
-            client = %self.client,
+            client = %client,
             method = %self.method,
             host = %self.host,
-            path = %self.path,
-            api = %self.api,
-            stage = %self.stage,
-            route = %self.route,
+            path = %self.uri.path(),
+            api,
+            stage,
+            route,
             status = self.status,
             error = self.error,
             bytes,
