@@ -30,7 +30,35 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file; prints every error as file:line:column.
+    /// Run a whole topology (backends, origins, PoPs, simulated links) on this machine.
+    Up {
+        /// The topology file (e.g. topology/local.toml).
+        topology: PathBuf,
+        /// Once every entry serves, write the entry points here as JSON (atomically).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Keep the run directory (node files, certificates, logs) at exit.
+        #[arg(long)]
+        keep: bool,
+        /// Use this run directory (kept) instead of a temporary one.
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+    },
+    /// Measure time to first byte from every client site, edge against regional entry.
+    Probe {
+        /// The topology file (its links give the physical minimum).
+        topology: PathBuf,
+        /// Probe a topology already running (`portico up --json FILE`) instead of starting one.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Measurements of each kind per entry (the median is reported).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
+        /// Directory for probe.csv and probe.svg.
+        #[arg(long, default_value = "probe-results")]
+        out: PathBuf,
+    },
+    /// Validate a node configuration or a topology; prints every error as file:line:column.
     Check { file: PathBuf },
     /// Run the built-in demo backend (echo, /status, /delay, /bytes, /cache).
     Backend {

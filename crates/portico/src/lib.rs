@@ -6,8 +6,11 @@ mod check;
 mod cli;
 mod logging;
 mod origin;
+mod probe;
 mod settings;
 mod signals;
+mod topology;
+mod up;
 
 use std::process::ExitCode;
 
@@ -33,6 +36,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Up(#[from] topology::UpError),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -66,6 +71,25 @@ pub async fn run(command: Command) -> Result<ExitCode, AppError> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Check { file } => Ok(check::run(&file)),
+        Command::Up {
+            topology,
+            json,
+            keep,
+            run_dir,
+        } => {
+            let opts = topology::runner::Options { run_dir, keep };
+            up::run(&topology, json, opts, signals::shutdown())
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
+        Command::Probe {
+            topology,
+            json,
+            runs,
+            out,
+        } => probe::run(&topology, json.as_deref(), runs, &out, signals::shutdown())
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Backend {
             listen,
             tls_cert,

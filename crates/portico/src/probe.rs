@@ -1,0 +1,118 @@
+//! `portico probe TOPOLOGY`: from every client site, time to first byte through
+//! each API's entry (edge APIs at a PoP, regional APIs at the origin), cold and
+//! warm, against the physical minimum of the topology's links. Starts the
+//! topology itself, or measures one already running (`--json` of `portico up`).
+
+use std::future::Future;
+use std::path::Path;
+
+use portico_config::topology::Topology;
+
+use crate::AppError;
+use crate::topology::chart::{self, EntryResult};
+use crate::topology::client::Client;
+use crate::topology::manifest::Manifest;
+use crate::topology::measure;
+use crate::topology::runner::{Options, Running};
+use crate::topology::{UpError, file_error};
+
+pub async fn run(
+    topology: &Path,
+    json: Option<&Path>,
+    runs: u32,
+    out: &Path,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let topology = portico_config::load_topology_file(topology)?;
+    tokio::pin!(shutdown);
+    let (manifest, running) = match json {
+        Some(path) => (Manifest::read(path)?, None),
+        None => {
+            let opts = Options::default();
+            let running = tokio::select! {
+                r = Running::start(topology.clone(), &opts) => r?,
+                () = &mut shutdown => return Ok(()),
+            };
+            (running.manifest.clone(), Some(running))
+        }
+    };
+    let measured = tokio::select! {
+        r = measure_all(&topology, &manifest, runs) => Some(r),
+        () = &mut shutdown => None,
+    };
+    if let Some(running) = running {
+        running.stop().await;
+    }
+    let Some(results) = measured.transpose()? else {
+        return Ok(());
+    };
+    print!("{}", chart::table(&results, runs));
+    write_reports(&results, &topology, runs, out)?;
+    Ok(())
+}
+
+/// Measures every entry of the topology, one at a time (concurrent probes would
+/// measure each other).
+async fn measure_all(t: &Topology, m: &Manifest, runs: u32) -> Result<Vec<EntryResult>, UpError> {
+    let client = Client::from_ca_file(&m.ca)?;
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut results = Vec::new();
+    for e in &t.entries {
+        let (site, api) = (&t.sites[e.site].name, &t.apis[e.api]);
+        let info = m
+            .entries
+            .iter()
+            .find(|x| &x.site == site && x.api == api.name)
+            .ok_or_else(|| UpError::Manifest {
+                path: m.run_dir.clone(),
+                reason: format!(
+                    "the running topology has no entry for site `{site}`, API `{}`",
+                    api.name
+                ),
+            })?;
+        eprintln!(
+            "probing {site} → {} ({}) via {}",
+            api.name, info.mode, info.node
+        );
+        let samples = measure::entry(&client, info, runs, nonce)
+            .await
+            .map_err(|err| UpError::NotServing {
+                url: info.url.clone(),
+                site: site.clone(),
+                api: api.name.clone(),
+                secs: crate::topology::client::REQUEST_TIMEOUT.as_secs(),
+                reason: err.to_string(),
+            })?;
+        results.push(EntryResult {
+            site: site.clone(),
+            api: api.name.clone(),
+            mode: info.mode.clone(),
+            region: t.regions[api.region].name.clone(),
+            via: info.node.clone(),
+            minimum: measure::minimum(t, e),
+            samples,
+        });
+    }
+    Ok(results)
+}
+
+fn write_reports(
+    results: &[EntryResult],
+    t: &Topology,
+    runs: u32,
+    out: &Path,
+) -> Result<(), UpError> {
+    std::fs::create_dir_all(out).map_err(file_error("creating", out))?;
+    let csv = out.join("probe.csv");
+    std::fs::write(&csv, chart::csv(results, runs)).map_err(file_error("writing", &csv))?;
+    let svg = out.join("probe.svg");
+    let title = format!(
+        "portico probe: topology `{}`, median of {runs} run(s)",
+        t.name
+    );
+    std::fs::write(&svg, chart::svg(results, &title)).map_err(file_error("writing", &svg))?;
+    println!("wrote {} and {}", csv.display(), svg.display());
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The HTTPS client of `portico up` (readiness checks) and `portico probe`
+//! (measurements): HTTP/1.1 over rustls, trusting only the topology's CA, with
+//! each connection under the caller's control, so "cold" (a new TCP+TLS
+//! connection) and "warm" (a reused one) mean exactly that.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::UpError;
+
+/// Longest wait for any one step (connect, handshake, response, body).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why one request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("bad request line: {0}")]
+    Request(#[from] http::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One response: status, headers, body, and the time from the start of the
+/// measured operation to the response head (time to first byte).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub ttfb: Duration,
+}
+
+/// Connections trusting one CA.
+#[derive(Clone)]
+pub struct Client {
+    tls: TlsConnector,
+}
+
+impl Client {
+    /// A client trusting the CA certificates in `ca` (PEM).
+    pub fn from_ca_file(ca: &Path) -> Result<Client, UpError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| UpError::Tls(format!("reading {}: {e}", ca.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| UpError::Tls(format!("reading {}: {e}", ca.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| UpError::Tls(format!("{}: {e}", ca.display())))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Client {
+            tls: TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Opens a new TCP + TLS connection to `addr` (certificate checked for
+    /// `localhost`, a name every node certificate holds).
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, ClientError> {
+        let tcp = timed(TcpStream::connect(addr))
+            .await?
+            .map_err(ClientError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from("localhost").map_err(|e| {
+            ClientError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+        let tls = timed(self.tls.connect(name, tcp))
+            .await?
+            .map_err(ClientError::Tls)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn {
+            sender,
+            authority: addr.to_string(),
+            driver,
+        })
+    }
+
+    /// A request on a new connection; `ttfb` counts from before the TCP connect.
+    pub async fn cold_get(&self, addr: SocketAddr, path: &str) -> Result<Reply, ClientError> {
+        let start = Instant::now();
+        let mut conn = self.connect(addr).await?;
+        let handshakes = start.elapsed();
+        let mut reply = conn.get(path).await?;
+        reply.ttfb += handshakes;
+        Ok(reply)
+    }
+}
+
+/// An open HTTP/1.1 connection (keep-alive).
+pub struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    authority: String,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Conn {
+    /// `GET path`; `ttfb` counts from the call to the response head.
+    pub async fn get(&mut self, path: &str) -> Result<Reply, ClientError> {
+        timed(self.sender.ready()).await??;
+        let req = Request::get(path)
+            .header(http::header::HOST, &self.authority)
+            .body(Empty::new())?;
+        let start = Instant::now();
+        let resp = timed(self.sender.send_request(req)).await??;
+        let ttfb = start.elapsed();
+        let (parts, body) = resp.into_parts();
+        let body = timed(body.collect()).await??.to_bytes();
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+            ttfb,
+        })
+    }
+}
+
+async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, ClientError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, f)
+        .await
+        .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))
+}

@@ -1,0 +1,257 @@
+//! What `portico probe` measures for one entry, and the physical minimum the
+//! topology's links allow for it.
+//!
+//! * **cold**: a request on a new connection, timed from before the TCP connect
+//!   to the response head: TCP handshake, TLS 1.3 handshake, request.
+//! * **warm miss**: a request on an open connection that the entry node cannot
+//!   answer itself (`/delay/0` with a unique query).
+//! * **warm hit**: a request on an open connection for a cacheable resource
+//!   (`/cache/60`) after it was fetched once. Without a cache at the entry
+//!   node this is one more miss, and the report says so (`Cache-Status`).
+
+use std::time::Duration;
+
+use portico_config::topology::{Entry, Topology};
+
+use super::client::{Client, ClientError, Reply};
+use super::manifest::EntryInfo;
+
+/// The three measures, in report order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Cold,
+    WarmMiss,
+    WarmHit,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 3] = [Measure::Cold, Measure::WarmMiss, Measure::WarmHit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Cold => "cold",
+            Measure::WarmMiss => "warm_miss",
+            Measure::WarmHit => "warm_hit",
+        }
+    }
+}
+
+/// The lower bound of each measure over the topology's links: propagation
+/// only, no processing, no jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Minimum {
+    pub cold: Duration,
+    pub warm_miss: Duration,
+    pub warm_hit: Duration,
+}
+
+impl Minimum {
+    pub fn of(&self, m: Measure) -> Duration {
+        match m {
+            Measure::Cold => self.cold,
+            Measure::WarmMiss => self.warm_miss,
+            Measure::WarmHit => self.warm_hit,
+        }
+    }
+}
+
+/// With `entry` the round trip between the client site and the node it enters
+/// at, and `upstream` the round trips of the rest of the path (PoP ↔ origin over
+/// the open backbone, origin ↔ backend over a pooled connection):
+///
+/// * cold = 3 × entry (TCP handshake, TLS 1.3 handshake, request) + upstream;
+/// * warm miss = entry + upstream;
+/// * warm hit = entry (answered from the entry node's cache).
+pub fn minimum(t: &Topology, e: &Entry) -> Minimum {
+    let path = t.path(e);
+    let rtt = |(a, b)| t.params(a, b).rtt();
+    let entry = path.first().map_or(Duration::ZERO, |&hop| rtt(hop));
+    let upstream: Duration = path.iter().skip(1).map(|&hop| rtt(hop)).sum();
+    Minimum {
+        cold: entry * 3 + upstream,
+        warm_miss: entry + upstream,
+        warm_hit: entry,
+    }
+}
+
+/// The samples of one entry.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub cold: Vec<Duration>,
+    pub warm_miss: Vec<Duration>,
+    pub warm_hit: Vec<Duration>,
+    /// Whether every measured warm hit said `hit` in its `Cache-Status`.
+    pub cached: bool,
+}
+
+impl Samples {
+    pub fn of(&self, m: Measure) -> &[Duration] {
+        match m {
+            Measure::Cold => &self.cold,
+            Measure::WarmMiss => &self.warm_miss,
+            Measure::WarmHit => &self.warm_hit,
+        }
+    }
+}
+
+/// Why one entry could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("GET {path} answered {status}")]
+    Status { path: String, status: u16 },
+    #[error("bad entry URL `{0}`")]
+    Url(String),
+}
+
+fn ok(reply: Reply, path: &str) -> Result<Reply, ProbeError> {
+    if reply.status == 200 {
+        Ok(reply)
+    } else {
+        Err(ProbeError::Status {
+            path: path.to_owned(),
+            status: reply.status,
+        })
+    }
+}
+
+/// Measures `runs` samples of each kind through `entry`. `nonce` keeps the miss
+/// paths of this probe unique (no cache may answer them).
+pub async fn entry(
+    client: &Client,
+    entry: &EntryInfo,
+    runs: u32,
+    nonce: u64,
+) -> Result<Samples, ProbeError> {
+    let addr = entry
+        .addr()
+        .ok_or_else(|| ProbeError::Url(entry.url.clone()))?;
+    let stage = entry.stage_path();
+    let mut s = Samples::default();
+    for i in 0..runs {
+        let path = format!("{stage}/delay/0?probe={nonce}-cold-{i}");
+        s.cold
+            .push(ok(client.cold_get(addr, &path).await?, &path)?.ttfb);
+    }
+    let mut conn = client.connect(addr).await?;
+    // The first request on a connection may still pay for lazily set-up state.
+    let path = format!("{stage}/delay/0?probe={nonce}-warmup");
+    ok(conn.get(&path).await?, &path)?;
+    for i in 0..runs {
+        let path = format!("{stage}/delay/0?probe={nonce}-miss-{i}");
+        s.warm_miss.push(ok(conn.get(&path).await?, &path)?.ttfb);
+    }
+    let path = format!("{stage}/cache/60");
+    ok(conn.get(&path).await?, &path)?;
+    s.cached = true;
+    for _ in 0..runs {
+        let reply = ok(conn.get(&path).await?, &path)?;
+        s.cached &= is_hit(&reply);
+        s.warm_hit.push(reply.ttfb);
+    }
+    Ok(s)
+}
+
+/// RFC 9211: `Cache-Status: node; hit` (the first cache is the one the client
+/// talked to).
+fn is_hit(reply: &Reply) -> bool {
+    reply
+        .headers
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| first.split(';').skip(1).any(|p| p.trim() == "hit"))
+}
+
+/// The median of `samples` (the mean of the middle two for an even count).
+pub fn median(samples: &[Duration]) -> Option<Duration> {
+    let mut v = samples.to_vec();
+    v.sort();
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_SITES: &str = r#"
+[[regions]]
+name = "r"
+origin = "origin-r"
+backends = ["backend-r"]
+[[pops]]
+id = "pop-far"
+regions = ["r"]
+[[sites]]
+name = "far"
+[[links]]
+between = ["far", "pop-far"]
+delay_ms = 5
+[[links]]
+between = ["pop-far", "origin-r"]
+delay_ms = 40
+[[links]]
+between = ["far", "origin-r"]
+delay_ms = 45
+[[links]]
+between = ["origin-r", "backend-r"]
+delay_ms = 0.5
+[[apis]]
+name = "e"
+endpoint = "edge"
+[[apis]]
+name = "g"
+endpoint = "regional"
+"#;
+
+    #[test]
+    fn minimum_counts_handshakes_on_the_entry_hop_only() {
+        let t = portico_config::parse_topology(TWO_SITES, "t", "t").unwrap();
+        let ms = Duration::from_millis;
+        let edge = minimum(&t, t.entry(0, 0).unwrap());
+        assert_eq!(edge.cold, ms(3 * 10 + 80 + 1));
+        assert_eq!(edge.warm_miss, ms(10 + 80 + 1));
+        assert_eq!(edge.warm_hit, ms(10));
+        let regional = minimum(&t, t.entry(0, 1).unwrap());
+        assert_eq!(regional.cold, ms(3 * 90 + 1));
+        assert_eq!(regional.warm_miss, ms(90 + 1));
+        assert_eq!(regional.warm_hit, ms(90));
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&[ms(5), ms(1), ms(3)]), Some(ms(3)));
+        assert_eq!(
+            median(&[ms(4), ms(1), ms(3), ms(2)]),
+            Some(Duration::from_micros(2500))
+        );
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn cache_status_hit_is_read_from_the_first_cache() {
+        let reply = |v: &str| Reply {
+            status: 200,
+            headers: [(
+                http::header::HeaderName::from_static("cache-status"),
+                v.parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+            body: bytes::Bytes::new(),
+            ttfb: Duration::ZERO,
+        };
+        assert!(is_hit(&reply("portico-pop-fra; hit")));
+        assert!(!is_hit(&reply(
+            "portico-pop-fra; fwd=miss, portico-origin; hit"
+        )));
+        assert!(!is_hit(&reply("hit")));
+    }
+}

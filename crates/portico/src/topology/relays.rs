@@ -1,0 +1,77 @@
+//! The simulated links of a running topology: netsim relays, as tasks of the
+//! runner. TCP for HTTPS (client → entry, origin → backend), UDP for QUIC (the
+//! backbone, and HTTP/3 entries when the topology enables it).
+
+use std::net::SocketAddr;
+
+use portico_config::topology::LinkParams;
+use portico_netsim::{Link, LinkSpec, RelayHandle, TcpRelay, UdpRelay};
+use tokio::net::TcpListener;
+
+use super::UpError;
+
+/// The same characteristics in both directions, as topology links are.
+pub fn link(params: &LinkParams) -> Link {
+    Link::symmetric(LinkSpec {
+        delay: params.delay,
+        jitter: params.jitter,
+        loss: params.loss,
+        bandwidth_bps: params.bandwidth_bps,
+        ..LinkSpec::default()
+    })
+}
+
+/// Names of a link's ends, for errors.
+pub struct Ends<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+}
+
+impl Ends<'_> {
+    fn error(&self, source: portico_netsim::NetsimError) -> UpError {
+        UpError::Relay {
+            from: self.from.to_owned(),
+            to: self.to.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A TCP relay on a free loopback port.
+pub async fn tcp(
+    target: SocketAddr,
+    params: &LinkParams,
+    ends: Ends<'_>,
+) -> Result<RelayHandle, UpError> {
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let relay = TcpRelay::bind(any, target, link(params))
+        .await
+        .map_err(|e| ends.error(e))?;
+    Ok(relay.spawn())
+}
+
+/// A TCP relay on a listener bound earlier (entry points: bound before anything
+/// starts, so a port in use is refused first).
+pub fn tcp_on(
+    listener: TcpListener,
+    target: SocketAddr,
+    params: &LinkParams,
+    ends: Ends<'_>,
+) -> Result<RelayHandle, UpError> {
+    let relay =
+        TcpRelay::from_listener(listener, target, link(params)).map_err(|e| ends.error(e))?;
+    Ok(relay.spawn())
+}
+
+/// A UDP relay listening on `listen` (port 0: a free one).
+pub async fn udp(
+    listen: SocketAddr,
+    target: SocketAddr,
+    params: &LinkParams,
+    ends: Ends<'_>,
+) -> Result<RelayHandle, UpError> {
+    let relay = UdpRelay::bind(listen, target, link(params))
+        .await
+        .map_err(|e| ends.error(e))?;
+    Ok(relay.spawn())
+}
