@@ -60,6 +60,24 @@ pub enum Command {
     },
     /// Validate a node configuration or a topology; prints every error as file:line:column.
     Check { file: PathBuf },
+    /// Run a PoP: serves edge APIs, forwarding over the QUIC backbone to their origins.
+    Pop {
+        /// The PoP's TOML configuration (node, listeners, [backbone], [[origins]]).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create a private backbone CA and a certificate for each node.
+    Certs {
+        /// Directory for ca.pem, ca.key and NODE.pem/NODE.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Node ids, comma separated (e.g. origin-iad,pop-fra).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        /// Replace an existing CA in DIR (all its node certificates stop working).
+        #[arg(long)]
+        force: bool,
+    },
     /// Run the built-in demo backend (echo, /status, /delay, /bytes, /cache).
     Backend {
         /// Address to listen on, e.g. 127.0.0.1:9000 (port 0 picks one and prints it).

@@ -1,11 +1,15 @@
 //! The `portico` command: argument parsing and wiring of the library crates.
 #![forbid(unsafe_code)]
 
+mod backbone;
 mod backend;
+mod certs;
 mod check;
 mod cli;
+mod listeners;
 mod logging;
 mod origin;
+mod pop;
 mod probe;
 mod settings;
 mod signals;
@@ -38,6 +42,10 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Up(#[from] topology::UpError),
+    #[error(transparent)]
+    Backbone(#[from] portico_backbone::BackboneError),
+    #[error("{0}")]
+    Certs(String),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -71,6 +79,12 @@ pub async fn run(command: Command) -> Result<ExitCode, AppError> {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Check { file } => Ok(check::run(&file)),
+        Command::Pop { config } => pop::run(&config, signals::shutdown())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Certs { out, nodes, force } => {
+            certs::run(&out, &nodes, force).map(|()| ExitCode::SUCCESS)
+        }
         Command::Up {
             topology,
             json,

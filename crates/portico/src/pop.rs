@@ -1,0 +1,117 @@
+//! `portico pop`: a PoP. The same gateway pipeline as an origin, with the
+//! backbone as its upstream and the origins as the source of its API
+//! definitions.
+//!
+//! A PoP serves **edge** APIs only. A regional API is known to it (the
+//! snapshot carries all definitions) but answered `404 {"message":"Not Found"}`,
+//! exactly as an unknown API: a regional API is entered at its origin, and
+//! a PoP does not reveal which regional APIs exist. It starts with no APIs
+//! and serves each origin's APIs as soon as that origin's first snapshot
+//! arrives over the backbone.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use portico_backbone::{Backbone, BackboneError, BackboneUpstream, OriginSpec};
+use portico_config::{DefinitionDefaults, Definitions, NodeConfig, Role};
+use portico_gateway::{Body, ConnInfo, Entry, Gateway, ServedModes};
+use portico_net::Handler;
+use tokio::sync::watch;
+
+use crate::{AppError, backbone, listeners, settings};
+
+/// The PoP's public-listener handler: edge APIs only.
+struct EdgeHandler {
+    gateway: Arc<Gateway<BackboneUpstream>>,
+}
+
+impl Handler for EdgeHandler {
+    async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
+        self.gateway
+            .handle(req, &conn, Entry::Public(ServedModes::EDGE))
+            .await
+    }
+}
+
+/// Runs a PoP until `shutdown` completes.
+pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let config = portico_config::load_node_file_as(path, Some(Role::Pop))?;
+    let backbone = start_backbone(&config)?;
+    let gateway = Arc::new(Gateway::new(
+        settings::gateway(&config),
+        Arc::new(Definitions::empty()),
+        backbone.upstream(),
+    ));
+    let handler = Arc::new(EdgeHandler {
+        gateway: Arc::clone(&gateway),
+    });
+    let servers = listeners::bind(&config, &handler).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for server in servers {
+        let mut stop = stop_rx.clone();
+        tasks.spawn(server.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    tasks.spawn(apply_snapshots(backbone.config(), gateway, stop_rx));
+    tracing::info!(node = %config.node.id, origins = config.origins.len(), "pop ready");
+    println!("ready");
+    shutdown.await;
+    // Listeners drain first (their requests still need the links), then the links close.
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    backbone.shutdown().await;
+    Ok(())
+}
+
+/// Starts dialing every `[[origins]]` entry; links come up in the background.
+fn start_backbone(config: &NodeConfig) -> Result<Backbone, AppError> {
+    let Some(bb) = &config.backbone else {
+        let reason = "a PoP needs `[backbone]` with `ca`, `cert` and `key`".to_owned();
+        return Err(BackboneError::Tls(reason).into());
+    };
+    let origins = config
+        .origins
+        .iter()
+        .map(|o| OriginSpec {
+            region: o.region.clone(),
+            address: o.address,
+            server_name: o.server_name.clone(),
+        })
+        .collect();
+    let defaults = DefinitionDefaults {
+        timeout: config.limits.default_timeout,
+    };
+    Ok(Backbone::start(
+        backbone::identity(config),
+        origins,
+        &backbone::material(bb)?,
+        backbone::link_settings(bb),
+        defaults,
+    )?)
+}
+
+/// Installs every merged snapshot the origins send; requests in flight
+/// finish on the snapshot they started with.
+async fn apply_snapshots(
+    mut config: watch::Receiver<Arc<portico_backbone::SyncedConfig>>,
+    gateway: Arc<Gateway<BackboneUpstream>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = config.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let defs = Arc::clone(&config.borrow_and_update().definitions);
+        tracing::info!(
+            version = format_args!("{:016x}", defs.version),
+            apis = defs.apis.len(),
+            "definitions installed"
+        );
+        gateway.swap(defs);
+    }
+}
