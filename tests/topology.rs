@@ -1,0 +1,378 @@
+//! `portico up`, `portico probe` and `portico check` on topology files: real
+//! processes, real relays, port 0 only.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Proc, get, https_client, portico_bin};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+/// The repository's `topology/` directory.
+fn topology_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("topology")
+}
+
+/// Polls until `path` exists (the manifest appears only when everything serves).
+fn wait_for_file(path: &Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear within {secs} s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn manifest(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn pids(m: &serde_json::Value) -> Vec<u32> {
+    m["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Whether a process is alive (a zombie has exited: it only awaits its reaper).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Pids whose parent is `ppid`.
+fn children_of(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let parent = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if parent == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+fn wait_gone(pids: &[u32], secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {:?}",
+            pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ca_der(m: &serde_json::Value) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(m["ca"].as_str().unwrap()).unwrap()
+}
+
+fn url(m: &serde_json::Value, api: &str) -> String {
+    m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["api"] == api)
+        .and_then(|e| e["url"].as_str())
+        .unwrap_or_else(|| panic!("no entry for {api}: {m}"))
+        .to_owned()
+}
+
+/// Waits for the `up` process to exit and returns its status code.
+fn wait_exit(proc: &mut Proc, secs: u64) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "portico up did not exit within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("up.json");
+    let topology = topology_dir().join("local.toml");
+    let args = [
+        "up",
+        topology.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let mut up = Proc::start(&args, "ready:");
+    wait_for_file(&json, 5);
+    let m = manifest(&json);
+    assert_eq!(m["entries"].as_array().unwrap().len(), 2, "{m}");
+    let client = https_client(&ca_der(&m), false);
+    for (api, mode) in [("echo-edge", "edge"), ("echo-regional", "regional")] {
+        let entry = m["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["api"] == api)
+            .unwrap();
+        assert_eq!(entry["mode"], mode);
+        assert_eq!(entry["h3"], false);
+        let reply = get(&client, &format!("{}/hello?via={api}", url(&m, api))).await;
+        assert_eq!(reply.status, 200, "{api}: {}", reply.text());
+        assert_eq!(reply.json()["path"], "/hello", "{api}: {}", reply.text());
+    }
+    let started = pids(&m);
+    assert_eq!(started.len(), 3, "backend, origin, PoP: {m}");
+    assert_eq!(
+        children_of(up.pid()),
+        started,
+        "every process is a child of up"
+    );
+    up.signal("TERM");
+    assert_eq!(wait_exit(&mut up, 30), Some(0));
+    wait_gone(&started, 5);
+    assert!(
+        !json.exists(),
+        "the manifest of a stopped topology is removed"
+    );
+    let run_dir = m["run_dir"].as_str().unwrap();
+    assert!(
+        !Path::new(run_dir).exists(),
+        "run directory {run_dir} removed"
+    );
+}
+
+/// Regional only: no PoP, two processes.
+const REGIONAL: &str = r#"
+[[regions]]
+name = "r"
+origin = "origin-r"
+backends = ["backend-r"]
+[[sites]]
+name = "here"
+[[links]]
+between = ["here", "origin-r"]
+[[apis]]
+name = "echo"
+endpoint = "regional"
+"#;
+
+#[test]
+fn nodes_stop_when_up_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("regional.toml");
+    std::fs::write(&topology, REGIONAL).unwrap();
+    let json = dir.path().join("up.json");
+    let args = [
+        "up",
+        topology.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    let mut up = Proc::start(&args, "ready:");
+    wait_for_file(&json, 5);
+    let started = pids(&manifest(&json));
+    assert_eq!(started.len(), 2);
+    up.signal("KILL");
+    let _ = wait_exit(&mut up, 10);
+    // Their stdin pipe closed with the runner: they stop by themselves.
+    wait_gone(&started, 10);
+}
+
+/// Runs `portico up FILE` expecting a refusal; returns stderr.
+fn refused(text: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(portico_bin())
+        .args(["up", path.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing started: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let file = path.display().to_string();
+    (String::from_utf8_lossy(&out.stderr).into_owned(), file)
+}
+
+#[test]
+fn bad_topologies_are_refused_before_anything_starts() {
+    let base = REGIONAL.to_owned()
+        + "[[pops]]\nid = \"pop-a\"\nregions = [\"r\"]\n[[links]]\nbetween = [\"pop-a\", \"origin-r\"]\n";
+    let cases = [
+        (
+            base.replace("regions = [\"r\"]", "regions = [\"mars\"]"),
+            "15:12: PoP `pop-a` is homed in unknown region `mars` (expected one of `r`)",
+        ),
+        (
+            base.replace(
+                "between = [\"here\", \"origin-r\"]",
+                "between = [\"there\", \"origin-r\"]",
+            ),
+            "9:12: link between unknown place `there` (expected the name of a client site, PoP, \
+             origin or backend in this file)",
+        ),
+        (
+            format!("{base}delay_ms = -3\n"),
+            "18:12: delay_ms must be a non-negative number of milliseconds, got -3",
+        ),
+        (
+            format!("{base}loss = 1.01\n"),
+            "18:8: loss must be a probability within 0.0..=1.0, got 1.01",
+        ),
+    ];
+    for (text, message) in cases {
+        let (stderr, file) = refused(&text);
+        assert_eq!(stderr.trim_end(), format!("portico: {file}:{message}"));
+    }
+}
+
+#[test]
+fn a_port_in_use_is_refused_before_anything_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = format!("[topology]\nbase_port = {port}\n{REGIONAL}");
+    let (stderr, file) = refused(&text);
+    let expected = format!(
+        "portico: {file}:2:13: port {port} (entry of site `here` for API `echo`) is already in use: "
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+}
+
+#[test]
+fn check_validates_topology_files() {
+    for name in ["local.toml", "world.toml"] {
+        let out = Command::new(portico_bin())
+            .arg("check")
+            .arg(topology_dir().join(name))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert!(stdout.contains("valid topology"), "{stdout}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        REGIONAL.replace(
+            "endpoint = \"regional\"",
+            "endpoint = \"regional\"\nstage = \"a b\"",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(portico_bin())
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "{}:13:9: invalid stage name `a b` (expected [A-Za-z0-9_-]+)",
+        path.display()
+    );
+    assert!(stdout.contains(&line), "{stdout}");
+}
+
+/// A near and a far client; the far one is 40 ms (one way) from the origin, 2 ms
+/// from its PoP.
+const FAR: &str = r#"
+[[regions]]
+name = "r"
+origin = "origin-r"
+backends = ["backend-r"]
+[[pops]]
+id = "pop-far"
+regions = ["r"]
+[[sites]]
+name = "near"
+[[sites]]
+name = "far"
+[[links]]
+between = ["near", "origin-r"]
+[[links]]
+between = ["near", "pop-far"]
+[[links]]
+between = ["far", "pop-far"]
+delay_ms = 2
+[[links]]
+between = ["pop-far", "origin-r"]
+delay_ms = 40
+[[links]]
+between = ["far", "origin-r"]
+delay_ms = 42
+[[apis]]
+name = "echo-edge"
+endpoint = "edge"
+[[apis]]
+name = "echo-regional"
+endpoint = "regional"
+"#;
+
+#[test]
+fn probe_shows_edge_entry_beats_regional_entry_for_a_far_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("far.toml");
+    std::fs::write(&topology, FAR).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = Command::new(portico_bin())
+        .args([
+            "probe",
+            topology.to_str().unwrap(),
+            "--runs",
+            "3",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(out_dir.join("probe.csv")).unwrap();
+    let median = |api: &str, measure: &str| -> f64 {
+        csv.lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f[0] == "far" && f[1] == api && f[4] == measure)
+            .unwrap_or_else(|| panic!("no far/{api}/{measure} in {csv}"))[6]
+            .parse()
+            .unwrap()
+    };
+    let (edge, regional) = (median("echo-edge", "cold"), median("echo-regional", "cold"));
+    assert!(
+        edge < regional,
+        "cold: edge {edge} ms, regional {regional} ms\n{stdout}"
+    );
+    let svg = std::fs::read_to_string(out_dir.join("probe.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("echo-edge"));
+    assert!(stdout.contains("far: echo-edge via pop-far"), "{stdout}");
+}
