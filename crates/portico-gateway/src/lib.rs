@@ -13,6 +13,7 @@ mod gateway;
 pub mod headers;
 pub mod log;
 pub mod router;
+pub mod throttle;
 pub mod upstream;
 
 pub use body::{Body, BoxError};
