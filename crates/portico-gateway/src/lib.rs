@@ -11,6 +11,7 @@ pub mod context;
 pub mod error;
 mod gateway;
 pub mod headers;
+pub mod keys;
 pub mod log;
 pub mod router;
 pub mod throttle;
