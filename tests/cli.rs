@@ -72,3 +72,61 @@ fn origin_with_invalid_config_exits_1_with_the_errors() {
         "{stderr}"
     );
 }
+
+#[test]
+fn keys_create_prints_the_key_once_and_only_its_hash_for_config() {
+    let out = Command::new(portico_bin())
+        .args(["keys", "create", "--id", "demo", "--plan", "basic"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = stdout
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("# "))
+        .unwrap()
+        .to_owned();
+    assert_eq!(key.len(), 40);
+    let hash_line = stdout.lines().find(|l| l.starts_with("hash = ")).unwrap();
+    // The stored form is the SHA-256 of the key, as `portico keys hash` computes it.
+    let mut child = Command::new(portico_bin())
+        .args(["keys", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(key.as_bytes())
+        .unwrap();
+    let hashed = child.wait_with_output().unwrap();
+    assert_eq!(
+        hash_line,
+        format!(
+            "hash = \"{}\"",
+            String::from_utf8_lossy(&hashed.stdout).trim()
+        )
+    );
+    assert_eq!(
+        stdout.matches(&key).count(),
+        1,
+        "the clear key appears once"
+    );
+}
+
+#[test]
+fn keys_create_refuses_a_bad_id() {
+    let out = Command::new(portico_bin())
+        .args(["keys", "create", "--id", "bad id"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "portico: key id must be [A-Za-z0-9_-]+"
+    );
+}

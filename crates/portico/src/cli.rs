@@ -24,6 +24,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Manage API keys: create one (printed once) or compute a key's stored hash.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run an origin gateway: owns API definitions, runs integrations, serves regional APIs.
     Origin {
         /// The node's TOML configuration (node settings and API definitions).
@@ -90,4 +93,19 @@ pub enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key: prints it once, with the `[[api_keys]]` entry (its SHA-256) to paste into the origin's file.
+    Create {
+        /// Identifier of the key in configuration and usage reports.
+        #[arg(long)]
+        id: String,
+        /// Usage plans the key belongs to.
+        #[arg(long = "plan")]
+        plans: Vec<String>,
+    },
+    /// Print the stored form (`sha256:...`) of a key read from standard input.
+    Hash,
 }

@@ -6,6 +6,7 @@ mod backend;
 mod certs;
 mod check;
 mod cli;
+mod keys;
 mod listeners;
 mod logging;
 mod origin;
@@ -104,6 +105,7 @@ pub async fn run(command: Command) -> Result<ExitCode, AppError> {
         } => probe::run(&topology, json.as_deref(), runs, &out, signals::shutdown())
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Keys(command) => Ok(keys::run(command)),
         Command::Backend {
             listen,
             tls_cert,
