@@ -179,7 +179,7 @@ impl Started {
         std::fs::create_dir_all(&logs).map_err(file_error("creating", &logs))?;
         let mut ids: Vec<String> = t.regions.iter().map(|r| r.origin.clone()).collect();
         ids.extend(t.pops.iter().map(|p| p.id.clone()));
-        let certs = certs::generate(&dir.join("certs"), &ids)?;
+        let certs = certs::generate(&dir.join("certs"), &ids).await?;
         let mut addrs = Addrs::default();
         self.start_backends(t, &logs, &mut addrs).await?;
         self.start_origins(t, &certs, dir, &mut addrs).await?;
