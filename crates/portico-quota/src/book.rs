@@ -1,0 +1,358 @@
+//! The origin's authoritative quota book: counters per (plan, key, period)
+//! and the leases PoPs spend from, persisted in redb.
+//!
+//! The invariant that gives "never more accepted than the quota": a lease's
+//! requests are counted as used *when the lease is granted*, durably, before
+//! the grant is answered. A PoP may only accept requests it holds a lease for.
+//! Returning unspent requests only ever lowers the counter, so whatever
+//! happens to a PoP or to the link, accepted ≤ granted ≤ limit. What a PoP
+//! never returns (it vanished) stays counted: the cost of the guarantee is
+//! requests stranded in leases, never overshoot.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::QuotaError;
+use crate::period::{QuotaSpec, bounds};
+
+/// used, keyed by "plan\0key\0period_start".
+const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// lease id → (plan, key, period_start, granted, expires_ms, holder).
+const LEASES: TableDefinition<u64, (&str, &str, i64, u64, i64, &str)> =
+    TableDefinition::new("leases");
+/// "next_lease" → next lease id.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// What a holder asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest<'a> {
+    pub plan: &'a str,
+    pub key_id: &'a str,
+    pub spec: QuotaSpec,
+    pub want: u64,
+    /// Who holds the lease (a PoP's node id), for reconciliation and usage reports.
+    pub holder: &'a str,
+    /// How long the lease is valid at most (it also ends with the period).
+    pub ttl_ms: i64,
+}
+
+/// A block of requests deducted from a key's quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+    /// May be less than asked (0 when the quota is spent).
+    pub granted: u64,
+    pub expires_ms: i64,
+    pub period_end_ms: i64,
+    /// Nothing is left in this period after this grant.
+    pub exhausted: bool,
+}
+
+/// A key's standing in its current period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Counted as used: spent plus still held in leases.
+    pub used: u64,
+    pub remaining: u64,
+    pub period_start_ms: i64,
+    pub period_end_ms: i64,
+}
+
+/// The quota book of one origin.
+pub struct QuotaBook {
+    db: Database,
+}
+
+impl std::fmt::Debug for QuotaBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuotaBook")
+    }
+}
+
+fn usage_key(plan: &str, key_id: &str, period_start: i64) -> String {
+    format!("{plan}\0{key_id}\0{period_start}")
+}
+
+impl QuotaBook {
+    /// Opens (or creates) the book at `path`.
+    pub fn open(path: &Path) -> Result<Self, QuotaError> {
+        let db = Database::create(path).map_err(QuotaError::store)?;
+        let txn = db.begin_write().map_err(QuotaError::store)?;
+        {
+            txn.open_table(USAGE).map_err(QuotaError::store)?;
+            txn.open_table(LEASES).map_err(QuotaError::store)?;
+            txn.open_table(META).map_err(QuotaError::store)?;
+        }
+        txn.commit().map_err(QuotaError::store)?;
+        Ok(Self { db })
+    }
+
+    /// Grants up to `want` requests, counted as used durably before returning.
+    pub fn grant(&self, req: &LeaseRequest<'_>, now_ms: i64) -> Result<Lease, QuotaError> {
+        let (start, end) = bounds(req.spec.period, req.spec.offset, now_ms);
+        let ukey = usage_key(req.plan, req.key_id, start);
+        let txn = self.db.begin_write().map_err(QuotaError::store)?;
+        let lease = {
+            let mut usage = txn.open_table(USAGE).map_err(QuotaError::store)?;
+            let used = usage
+                .get(ukey.as_str())
+                .map_err(QuotaError::store)?
+                .map_or(0, |v| v.value());
+            let granted = req.want.min(req.spec.limit.saturating_sub(used));
+            usage
+                .insert(ukey.as_str(), used + granted)
+                .map_err(QuotaError::store)?;
+            let mut meta = txn.open_table(META).map_err(QuotaError::store)?;
+            let id = meta
+                .get("next_lease")
+                .map_err(QuotaError::store)?
+                .map_or(1, |v| v.value());
+            meta.insert("next_lease", id + 1)
+                .map_err(QuotaError::store)?;
+            let expires_ms = (now_ms + req.ttl_ms.max(1)).min(end);
+            let mut leases = txn.open_table(LEASES).map_err(QuotaError::store)?;
+            leases
+                .insert(
+                    id,
+                    (req.plan, req.key_id, start, granted, expires_ms, req.holder),
+                )
+                .map_err(QuotaError::store)?;
+            let exhausted = used + granted >= req.spec.limit;
+            Lease {
+                id,
+                granted,
+                expires_ms,
+                period_end_ms: end,
+                exhausted,
+            }
+        };
+        txn.commit().map_err(QuotaError::store)?;
+        Ok(lease)
+    }
+
+    /// Ends a lease, giving back `unused` requests if its period is still
+    /// counting. A holder may call this after the lease expired (reconciling
+    /// after a reconnect); an unknown lease or `unused` above what was granted
+    /// is refused and changes nothing.
+    pub fn release(&self, lease_id: u64, unused: u64, holder: &str) -> Result<u64, QuotaError> {
+        let txn = self.db.begin_write().map_err(QuotaError::store)?;
+        let returned = {
+            let mut leases = txn.open_table(LEASES).map_err(QuotaError::store)?;
+            let (plan, key_id, start, granted, owner) =
+                match leases.get(lease_id).map_err(QuotaError::store)? {
+                    Some(v) => {
+                        let (plan, key, start, granted, _, owner) = v.value();
+                        (
+                            plan.to_owned(),
+                            key.to_owned(),
+                            start,
+                            granted,
+                            owner.to_owned(),
+                        )
+                    }
+                    None => return Err(QuotaError::UnknownLease(lease_id)),
+                };
+            if owner != holder {
+                return Err(QuotaError::NotHolder {
+                    lease: lease_id,
+                    holder: holder.to_owned(),
+                });
+            }
+            if unused > granted {
+                return Err(QuotaError::ReturnTooLarge {
+                    lease: lease_id,
+                    unused,
+                    granted,
+                });
+            }
+            leases.remove(lease_id).map_err(QuotaError::store)?;
+            let mut usage = txn.open_table(USAGE).map_err(QuotaError::store)?;
+            let ukey = usage_key(&plan, &key_id, start);
+            let used = usage
+                .get(ukey.as_str())
+                .map_err(QuotaError::store)?
+                .map_or(0, |v| v.value());
+            usage
+                .insert(ukey.as_str(), used.saturating_sub(unused))
+                .map_err(QuotaError::store)?;
+            unused
+        };
+        txn.commit().map_err(QuotaError::store)?;
+        Ok(returned)
+    }
+
+    /// The key's usage in the period containing `now_ms`.
+    pub fn usage(
+        &self,
+        plan: &str,
+        key_id: &str,
+        spec: QuotaSpec,
+        now_ms: i64,
+    ) -> Result<Usage, QuotaError> {
+        let (start, end) = bounds(spec.period, spec.offset, now_ms);
+        let txn = self.db.begin_read().map_err(QuotaError::store)?;
+        let table = txn.open_table(USAGE).map_err(QuotaError::store)?;
+        let used = table
+            .get(usage_key(plan, key_id, start).as_str())
+            .map_err(QuotaError::store)?
+            .map_or(0, |v| v.value());
+        Ok(Usage {
+            used,
+            remaining: spec.limit.saturating_sub(used),
+            period_start_ms: start,
+            period_end_ms: end,
+        })
+    }
+
+    /// Leases a holder still has open (to reconcile after a reconnect).
+    pub fn leases_of(&self, holder: &str) -> Result<Vec<(u64, u64, i64)>, QuotaError> {
+        let txn = self.db.begin_read().map_err(QuotaError::store)?;
+        let table = txn.open_table(LEASES).map_err(QuotaError::store)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(QuotaError::store)? {
+            let (id, value) = row.map_err(QuotaError::store)?;
+            let (_, _, _, granted, expires, owner) = value.value();
+            if owner == holder {
+                out.push((id.value(), granted, expires));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::period::Period;
+    use crate::wallet::{Spend, Wallet};
+
+    const SPEC: QuotaSpec = QuotaSpec {
+        limit: 1_000,
+        period: Period::Day,
+        offset: 0,
+    };
+    const NOW: i64 = 1_795_000_000_000;
+
+    fn request<'a>(holder: &'a str, want: u64) -> LeaseRequest<'a> {
+        LeaseRequest {
+            plan: "basic",
+            key_id: "k1",
+            spec: SPEC,
+            want,
+            holder,
+            ttl_ms: 60_000,
+        }
+    }
+
+    fn book() -> (tempfile::TempDir, QuotaBook) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let book = QuotaBook::open(&dir.path().join("quota.redb")).unwrap();
+        (dir, book)
+    }
+
+    #[test]
+    fn grants_never_exceed_the_limit() {
+        let (_dir, book) = book();
+        let a = book.grant(&request("pop-a", 600), NOW).unwrap();
+        let b = book.grant(&request("pop-b", 600), NOW).unwrap();
+        assert_eq!((a.granted, a.exhausted), (600, false));
+        assert_eq!((b.granted, b.exhausted), (400, true));
+        assert_eq!(book.grant(&request("pop-c", 1), NOW).unwrap().granted, 0);
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn returned_requests_can_be_granted_again() {
+        let (_dir, book) = book();
+        let a = book.grant(&request("pop-a", 1_000), NOW).unwrap();
+        assert_eq!(book.release(a.id, 250, "pop-a").unwrap(), 250);
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 750);
+        assert_eq!(
+            book.grant(&request("pop-b", 500), NOW).unwrap().granted,
+            250
+        );
+    }
+
+    #[test]
+    fn bad_returns_change_nothing() {
+        let (_dir, book) = book();
+        let a = book.grant(&request("pop-a", 100), NOW).unwrap();
+        assert_eq!(
+            book.release(999, 1, "pop-a").unwrap_err().to_string(),
+            "unknown lease 999"
+        );
+        assert_eq!(
+            book.release(a.id, 101, "pop-a").unwrap_err().to_string(),
+            format!("lease {}: cannot return 101 of 100 granted", a.id)
+        );
+        assert_eq!(
+            book.release(a.id, 1, "pop-b").unwrap_err().to_string(),
+            format!("lease {} is not held by pop-b", a.id)
+        );
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 100);
+        assert_eq!(book.release(a.id, 100, "pop-a").unwrap(), 100);
+        assert!(
+            book.release(a.id, 0, "pop-a").is_err(),
+            "a lease is released once"
+        );
+    }
+
+    #[test]
+    fn counts_survive_a_reopen_and_periods_roll_over() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("quota.redb");
+        {
+            let book = QuotaBook::open(&path).unwrap();
+            book.grant(&request("pop-a", 300), NOW).unwrap();
+        }
+        let book = QuotaBook::open(&path).unwrap();
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 300);
+        assert_eq!(book.leases_of("pop-a").unwrap().len(), 1);
+        let tomorrow = NOW + 86_400_000;
+        assert_eq!(book.usage("basic", "k1", SPEC, tomorrow).unwrap().used, 0);
+        assert_eq!(
+            book.grant(&request("pop-a", 1_000), tomorrow)
+                .unwrap()
+                .granted,
+            1_000
+        );
+    }
+
+    #[test]
+    fn three_holders_hammering_one_key_accept_at_most_the_quota() {
+        let (_dir, book) = book();
+        let mut wallets: Vec<(String, Wallet)> = (0..3)
+            .map(|i| (format!("pop-{i}"), Wallet::new(NOW)))
+            .collect();
+        let mut accepted = 0u64;
+        for step in 0..5_000i64 {
+            let now = NOW + step;
+            for (holder, wallet) in &mut wallets {
+                if wallet.wants_refill(now) {
+                    let back = wallet.begin_refill();
+                    if let Some((id, unused)) = back {
+                        book.release(id, unused, holder).unwrap();
+                    }
+                    let want = wallet.next_size(&crate::wallet::Sizing::default()).max(10);
+                    let lease = book.grant(&request(holder, want), now).unwrap();
+                    wallet.install(lease.id, lease.granted, lease.expires_ms, lease.exhausted);
+                }
+                if wallet.spend(now) == Spend::Accepted {
+                    accepted += 1;
+                }
+            }
+        }
+        let stranded: u64 = wallets
+            .iter()
+            .filter_map(|(_, w)| w.in_hand())
+            .map(|(_, left)| left)
+            .sum();
+        assert!(accepted <= SPEC.limit, "accepted {accepted}");
+        assert_eq!(
+            accepted + stranded,
+            SPEC.limit,
+            "every granted request is spent or still in hand"
+        );
+    }
+}

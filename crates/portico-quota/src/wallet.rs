@@ -1,0 +1,178 @@
+//! A lease holder's side (a PoP, or the origin for its own listeners), sans-IO.
+//!
+//! The wallet spends from its current lease and says when to ask for the next
+//! one: at half spent, so in the steady state the next lease arrives before the
+//! current one runs out and no request waits on a round trip. Lease sizes
+//! follow recent demand: enough for `horizon` at the rate seen over the last
+//! window, at least 1, at most `max_lease`.
+
+/// The outcome of spending one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Accepted from the lease.
+    Accepted,
+    /// Nothing left in hand; the period's quota is spent (the origin said so).
+    Exhausted,
+    /// Nothing left in hand; a new lease is needed (or the origin is unreachable).
+    Empty,
+}
+
+/// One key's lease in a holder's hands.
+#[derive(Debug, Clone)]
+pub struct Wallet {
+    lease_id: Option<u64>,
+    left: u64,
+    granted: u64,
+    expires_ms: i64,
+    exhausted: bool,
+    requested: bool,
+    window_start_ms: i64,
+    window_count: u64,
+    rate_per_s: f64,
+}
+
+/// How demand becomes lease sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizing {
+    /// Seconds of demand a lease should cover.
+    pub horizon_s: f64,
+    pub max_lease: u64,
+    /// Length of the demand-measuring window.
+    pub window_ms: i64,
+}
+
+impl Default for Sizing {
+    fn default() -> Self {
+        Self {
+            horizon_s: 2.0,
+            max_lease: 10_000,
+            window_ms: 1_000,
+        }
+    }
+}
+
+impl Wallet {
+    pub fn new(now_ms: i64) -> Self {
+        Self {
+            lease_id: None,
+            left: 0,
+            granted: 0,
+            expires_ms: 0,
+            exhausted: false,
+            requested: false,
+            window_start_ms: now_ms,
+            window_count: 0,
+            rate_per_s: 0.0,
+        }
+    }
+
+    /// Spends one request if the lease in hand allows it.
+    pub fn spend(&mut self, now_ms: i64) -> Spend {
+        self.observe(now_ms);
+        if self.left > 0 && now_ms < self.expires_ms {
+            self.left -= 1;
+            return Spend::Accepted;
+        }
+        if self.exhausted {
+            Spend::Exhausted
+        } else {
+            Spend::Empty
+        }
+    }
+
+    /// Whether to ask the origin for the next lease now (at most one request in flight).
+    pub fn wants_refill(&self, now_ms: i64) -> bool {
+        let low = self.left * 2 <= self.granted || now_ms >= self.expires_ms;
+        !self.requested && !self.exhausted && low
+    }
+
+    /// The size to ask for, from recent demand.
+    pub fn next_size(&self, sizing: &Sizing) -> u64 {
+        let want = (self.rate_per_s * sizing.horizon_s).ceil() as u64;
+        want.clamp(1, sizing.max_lease)
+    }
+
+    /// Marks a refill request as sent; returns the lease to give back with it.
+    pub fn begin_refill(&mut self) -> Option<(u64, u64)> {
+        self.requested = true;
+        self.lease_id.map(|id| (id, self.left))
+    }
+
+    /// Installs a new lease; what was left of the old one was returned with the request.
+    pub fn install(&mut self, lease_id: u64, granted: u64, expires_ms: i64, exhausted: bool) {
+        self.lease_id = Some(lease_id);
+        self.left = granted;
+        self.granted = granted;
+        self.expires_ms = expires_ms;
+        self.exhausted = exhausted && granted == 0;
+        self.requested = false;
+    }
+
+    /// The refill failed (origin unreachable): keep spending only what is in hand.
+    pub fn refill_failed(&mut self) {
+        self.requested = false;
+    }
+
+    /// The lease in hand and its unspent count (to return on shutdown).
+    pub fn in_hand(&self) -> Option<(u64, u64)> {
+        self.lease_id.map(|id| (id, self.left))
+    }
+
+    fn observe(&mut self, now_ms: i64) {
+        self.window_count += 1;
+        let elapsed = now_ms - self.window_start_ms;
+        if elapsed >= 1_000 {
+            self.rate_per_s = self.window_count as f64 * 1000.0 / elapsed as f64;
+            self.window_start_ms = now_ms;
+            self.window_count = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spends_what_it_holds_and_asks_at_half() {
+        let mut w = Wallet::new(0);
+        assert_eq!(w.spend(0), Spend::Empty);
+        assert!(w.wants_refill(0));
+        assert_eq!(w.begin_refill(), None);
+        assert!(!w.wants_refill(0), "one refill in flight at a time");
+        w.install(7, 4, 10_000, false);
+        assert_eq!(w.spend(1), Spend::Accepted);
+        assert!(!w.wants_refill(1));
+        assert_eq!(w.spend(2), Spend::Accepted);
+        assert!(w.wants_refill(2));
+        assert_eq!(w.begin_refill(), Some((7, 2)));
+    }
+
+    #[test]
+    fn expired_leases_are_not_spent() {
+        let mut w = Wallet::new(0);
+        w.install(1, 10, 100, false);
+        assert_eq!(w.spend(100), Spend::Empty);
+        assert!(w.wants_refill(100));
+    }
+
+    #[test]
+    fn exhaustion_is_reported_and_stops_refills() {
+        let mut w = Wallet::new(0);
+        w.install(1, 0, 1_000, true);
+        assert_eq!(w.spend(1), Spend::Exhausted);
+        assert!(!w.wants_refill(1));
+    }
+
+    #[test]
+    fn lease_sizes_follow_demand() {
+        let mut w = Wallet::new(0);
+        w.install(1, 10_000, i64::MAX, false);
+        for t in 0..=1000 {
+            w.spend(t);
+        }
+        let size = w.next_size(&Sizing::default());
+        assert!((1900..=2100).contains(&size), "{size}");
+        assert_eq!(Wallet::new(0).next_size(&Sizing::default()), 1);
+    }
+}
