@@ -736,26 +736,7 @@ async fn http2_and_https_backends() {
     let dir = TempDir::new().unwrap();
     let cert = test_cert(dir.path(), "server", &["localhost"]);
     let backend_cert = test_cert(dir.path(), "backend", &["localhost"]);
-    let tls_backend = Proc::start(
-        &[
-            "backend",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            backend_cert.cert.to_str().unwrap(),
-            "--tls-key",
-            backend_cert.key.to_str().unwrap(),
-        ],
-        "listening on",
-    );
-    let tls_addr: SocketAddr = tls_backend
-        .lines
-        .last()
-        .unwrap()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (_tls_backend, tls_addr) = tls_backend(&backend_cert);
     let (_backend, backend_addr) = backend();
     // https with ALPN h2, verified against the configured CA; cleartext with prior-knowledge h2.
     let text = config(&cert, backend_addr, "").replace(
@@ -798,26 +779,7 @@ async fn untrusted_https_backend_is_502() {
     let dir = TempDir::new().unwrap();
     let cert = test_cert(dir.path(), "server", &["localhost"]);
     let backend_cert = test_cert(dir.path(), "backend", &["localhost"]);
-    let tls_backend = Proc::start(
-        &[
-            "backend",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            backend_cert.cert.to_str().unwrap(),
-            "--tls-key",
-            backend_cert.key.to_str().unwrap(),
-        ],
-        "listening on",
-    );
-    let tls_addr: SocketAddr = tls_backend
-        .lines
-        .last()
-        .unwrap()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (_tls_backend, tls_addr) = tls_backend(&backend_cert);
     let (_backend, backend_addr) = backend();
     let text = config(&cert, backend_addr, "")
         .replace("${stageVariables.backend}", "localhost:PORT")

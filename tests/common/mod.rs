@@ -141,6 +141,31 @@ pub fn backend() -> (Proc, SocketAddr) {
     (proc, addr)
 }
 
+/// Starts the demo backend serving HTTPS with `cert`, on port 0.
+pub fn tls_backend(cert: &TestCert) -> (Proc, SocketAddr) {
+    let (cert_path, key_path) = (
+        cert.cert.to_str().expect("utf-8"),
+        cert.key.to_str().expect("utf-8"),
+    );
+    let args = [
+        "backend",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert_path,
+        "--tls-key",
+        key_path,
+    ];
+    let proc = Proc::start(&args, "listening on");
+    let addr = proc
+        .lines
+        .last()
+        .and_then(|l| l.strip_prefix("listening on "))
+        .and_then(|a| a.parse().ok())
+        .expect("backend addr");
+    (proc, addr)
+}
+
 /// A self-signed certificate for `localhost`/127.0.0.1 written to `dir`.
 pub struct TestCert {
     pub cert: PathBuf,
