@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::cache::{CacheMode, ClientInvalidation};
 use crate::method::EndpointMode;
 
 pub(crate) type S<T> = Spanned<T>;
@@ -39,6 +40,8 @@ pub(crate) struct ListenerFile {
     #[serde(default)]
     pub certificates: Vec<CertFile>,
     pub http3: Option<S<bool>>,
+    /// `[listeners.quic]`, compiled by `crate::quic`.
+    pub quic: Option<S<crate::quic::QuicFile>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -144,6 +147,8 @@ pub(crate) struct RouteFile {
     pub timeout_ms: Option<S<u64>>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub api_key_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheFile>,
     /// Filled by `load`; `None` only when the route's integration failed to load.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub integration: Option<IntegrationFile>,
@@ -220,6 +225,8 @@ pub(crate) struct RouteOverrideFile {
     pub route: S<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<S<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheFile>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -239,4 +246,40 @@ pub(crate) struct MappingFile {
     pub base_path: Option<S<String>>,
     pub api: S<String>,
     pub stage: S<String>,
+}
+
+/// A route's (or a stage override's) `cache` table: only the keys written.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<S<CacheMode>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<S<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_query: Option<Vec<S<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_headers: Option<Vec<S<String>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statuses: Option<S<Vec<S<u16>>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub methods: Option<S<Vec<S<String>>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_object_bytes: Option<S<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_while_revalidate_seconds: Option<S<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_if_error_seconds: Option<S<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_invalidation: Option<S<ClientInvalidation>>,
+}
+
+/// The node's `[cache]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeCacheFile {
+    pub enabled: Option<bool>,
+    pub max_bytes: Option<S<u64>>,
 }

@@ -17,6 +17,7 @@
 //! This crate knows nothing of sockets, async runtimes or HTTP crates.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod compile;
 mod error;
 mod file;
@@ -25,6 +26,7 @@ mod load;
 mod method;
 mod model;
 mod node;
+mod quic;
 mod route;
 mod settings;
 mod stage;
@@ -34,6 +36,7 @@ pub mod topology;
 use std::fmt;
 use std::path::Path;
 
+pub use cache::{CacheMode, CacheSettings, ClientInvalidation, NodeCacheConfig};
 pub use compile::DefinitionDefaults;
 pub use error::{ConfigError, ConfigErrors};
 pub use method::{EndpointMode, Method, Role, UnknownMethod};
@@ -46,6 +49,7 @@ pub use settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
     NodeConfig, NodeSettings, OriginLink,
 };
+pub use quic::{Congestion, QuicConfig};
 pub use template::{TemplatePart, UriTemplate};
 pub use topology::{Topology, TopologySummary, is_topology, load_topology_file, parse_topology};
 

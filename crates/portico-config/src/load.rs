@@ -12,14 +12,14 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::error::Diag;
 use crate::file::{
     AdminFile, ApiFile, BackboneFile, BackendClientFile, DefinitionsFile, DeploymentFile, DnsFile,
-    DomainFile, IntegrationFile, LimitsFile, ListenerFile, NodeFile, OriginFile, RouteFile,
-    StageFile,
+    DomainFile, IntegrationFile, LimitsFile, ListenerFile, NodeCacheFile, NodeFile, OriginFile,
+    RouteFile, StageFile,
 };
 
 pub(crate) type Value<'t> = Spanned<DeValue<'t>>;
 
 const NODE_SECTIONS: &str = "one of `node`, `listeners`, `admin`, `limits`, `backend_client`, \
-                             `dns`, `backbone`, `origins`, `apis`, `domains`";
+                             `dns`, `backbone`, `cache`, `origins`, `apis`, `domains`";
 
 /// Everything in a node file, as written.
 #[derive(Debug, Default)]
@@ -33,6 +33,7 @@ pub(crate) struct RawNode {
     pub backend_client: BackendClientFile,
     pub dns: DnsFile,
     pub backbone: Option<BackboneFile>,
+    pub cache: NodeCacheFile,
     pub origins: Vec<OriginFile>,
     pub has_origins: bool,
     pub defs: DefinitionsFile,
@@ -73,6 +74,7 @@ fn node_section(raw: &mut RawNode, key: Spanned<Cow<'_, str>>, value: Value<'_>,
         "backend_client" => raw.backend_client = de(value, d).unwrap_or_default(),
         "dns" => raw.dns = de(value, d).unwrap_or_default(),
         "backbone" => raw.backbone = de(value, d),
+        "cache" => raw.cache = de(value, d).unwrap_or_default(),
         "origins" => {
             raw.has_origins = true;
             raw.origins = each(value, "origins", d, de);
@@ -296,11 +298,11 @@ mod tests {
 
     #[test]
     fn unknown_sections_and_fields_are_rejected_with_location() {
-        let text = format!("{NODE}[cache]\nsize = 1\n[limits]\nmax_bodybytes = 1\n");
+        let text = format!("{NODE}[caches]\nsize = 1\n[limits]\nmax_bodybytes = 1\n");
         assert_eq!(
             errors(&text),
             [
-                "4:2: unknown section `cache`",
+                "4:2: unknown section `caches`",
                 "7:1: unknown field `max_bodybytes`"
             ]
         );

@@ -200,12 +200,14 @@ pub struct Route {
     pub api_key_required: bool,
 }
 
-/// Settings that stages may override per route. Later issues add cache and throttle
-/// settings here as `Option` fields.
+/// Settings that stages may override per route. Later issues add throttle settings
+/// here as `Option` fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSettings {
     /// Integration timeout, 50 ms to 29 s.
     pub timeout: Duration,
+    /// Response caching; `None` when it is off for the route.
+    pub cache: Option<Arc<crate::cache::CacheSettings>>,
 }
 
 #[derive(Debug, Clone)]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::compile_node_cache;
 use crate::compile::{DefinitionDefaults, build_definitions, check_region, is_hostname, is_label};
 use crate::error::Diag;
 use crate::file::{
@@ -77,6 +78,7 @@ pub(crate) fn compile_node(
         .as_ref()
         .map(|b| compile_backbone(b, role, paths, diag));
     let origins = compile_origins(&raw.origins, diag);
+    let cache = compile_node_cache(&raw.cache, diag);
     check_role(&raw, role, diag);
     prepare_definitions(&mut raw, paths, diag);
     let defaults = DefinitionDefaults {
@@ -101,6 +103,7 @@ pub(crate) fn compile_node(
         backbone: backbone.flatten(),
         origins,
         definitions: Arc::new(definitions?),
+        cache: cache?,
     })
 }
 
@@ -209,6 +212,7 @@ fn compile_listeners(
             default_api: f.default_api.as_ref().map(|a| a.get_ref().clone()),
             certificates: f.certificates.iter().map(|c| paths.cert(c, diag)).collect(),
             http3,
+            quic: crate::quic::compile_quic(f.quic.as_ref(), http3, diag),
         });
     }
     out

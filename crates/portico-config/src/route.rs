@@ -6,6 +6,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::{CachePartial, compile_cache};
 use crate::error::Diag;
 use crate::file::RouteFile;
 use crate::integration::{VarRef, compile_integration};
@@ -145,6 +146,8 @@ pub(crate) struct BuiltDeployment {
     pub keys: HashMap<String, usize>,
     /// (route index, stage variable reference) for every reference in integrations.
     pub var_refs: Vec<(usize, VarRef)>,
+    /// Each route's own `cache` table, by route index, for stage overrides to merge into.
+    pub cache: Vec<CachePartial>,
 }
 
 /// Compiles routes into a deployment; a route with errors is reported and left out.
@@ -165,19 +168,21 @@ pub(crate) fn build_deployment(
         },
         keys: HashMap::new(),
         var_refs: Vec::new(),
+        cache: Vec::new(),
         first_seen: HashMap::new(),
         by_path: HashMap::new(),
         written: HashMap::new(),
     };
     for file in files {
-        if let Some((route, template, refs)) = compile_route(file, timeout, diag) {
-            b.add(route, &template, refs, file.path.span(), diag);
+        if let Some((route, template, refs, cache)) = compile_route(file, timeout, diag) {
+            b.add(route, &template, refs, cache, file.path.span(), diag);
         }
     }
     BuiltDeployment {
         deployment: Arc::new(b.deployment),
         keys: b.keys,
         var_refs: b.var_refs,
+        cache: b.cache,
     }
 }
 
@@ -185,6 +190,7 @@ struct Builder {
     deployment: Deployment,
     keys: HashMap<String, usize>,
     var_refs: Vec<(usize, VarRef)>,
+    cache: Vec<CachePartial>,
     first_seen: HashMap<String, Range<usize>>,
     /// Path as written -> resource index.
     by_path: HashMap<String, usize>,
@@ -198,6 +204,7 @@ impl Builder {
         route: Route,
         template: &PathTemplate,
         refs: Vec<VarRef>,
+        cache: CachePartial,
         span: Range<usize>,
         diag: &mut Diag<'_>,
     ) {
@@ -214,6 +221,7 @@ impl Builder {
         let index = self.deployment.routes.len();
         self.keys.insert(route.key.clone(), index);
         self.var_refs.extend(refs.into_iter().map(|r| (index, r)));
+        self.cache.push(cache);
         let resource = self.resource(&route.path, template, span, diag);
         self.deployment.resources[resource]
             .methods
@@ -270,12 +278,14 @@ fn report_insert_error(
     }
 }
 
+type CompiledRoute = (Route, PathTemplate, Vec<VarRef>, CachePartial);
+
 /// Compiles one route; `None` when it has errors (all reported).
 fn compile_route(
     file: &RouteFile,
     default_timeout: Duration,
     diag: &mut Diag<'_>,
-) -> Option<(Route, PathTemplate, Vec<VarRef>)> {
+) -> Option<CompiledRoute> {
     let method = match &file.method {
         None => Some(Method::Any),
         Some(m) => m.get_ref().parse::<Method>().ok().or_else(|| {
@@ -292,22 +302,29 @@ fn compile_route(
         Some(t) => check_timeout(t, diag),
         None => Some(default_timeout),
     };
+    let cache = match &file.cache {
+        Some(c) => compile_cache(c, true, diag),
+        None => Some(CachePartial::default()),
+    };
     let params = template.as_ref().map(PathTemplate::params);
     let integration = match (&file.integration, &params) {
         (Some(i), Some(params)) => compile_integration(i, params, diag),
         _ => None,
     };
-    let (method, template, timeout, (integration, refs)) =
-        (method?, template?, timeout?, integration?);
+    let (method, template, timeout, (integration, refs), cache) =
+        (method?, template?, timeout?, integration?, cache?);
     let route = Route {
         key: format!("{} {}", method.as_str(), path),
         method,
         path: path.clone(),
         integration,
-        settings: RouteSettings { timeout },
+        settings: RouteSettings {
+            timeout,
+            cache: cache.resolve(),
+        },
         api_key_required: file.api_key_required,
     };
-    Some((route, template, refs))
+    Some((route, template, refs, cache))
 }
 
 /// A `timeout_ms` value checked against [`TIMEOUT_MS`].

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::NodeCacheConfig;
 use crate::method::Role;
 use crate::model::{CertPaths, Definitions};
 
@@ -21,6 +22,8 @@ pub struct NodeConfig {
     pub backbone: Option<BackboneConfig>,
     pub origins: Vec<OriginLink>,
     pub definitions: Arc<Definitions>,
+    /// The `[cache]` section (defaults when absent).
+    pub cache: NodeCacheConfig,
 }
 
 impl NodeConfig {
@@ -54,6 +57,8 @@ pub struct ListenerConfig {
     pub certificates: Vec<CertPaths>,
     /// HTTP/3 on the same port over UDP (requires `tls`).
     pub http3: bool,
+    /// `[listeners.quic]`: the UDP side of an HTTP/3 listener (defaults when absent).
+    pub quic: crate::quic::QuicConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

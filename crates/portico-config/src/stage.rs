@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::time::Duration;
 
+use crate::cache::{CachePartial, compile_cache};
 use crate::error::Diag;
 use crate::file::{RouteOverrideFile, S, SpannedMap, StageFile};
 use crate::model::{RouteSettings, Stage};
@@ -91,6 +92,12 @@ fn check_references(
     }
 }
 
+/// One override, its `cache` table already checked.
+struct Override<'f> {
+    file: &'f RouteOverrideFile,
+    cache: CachePartial,
+}
+
 /// Effective settings per route: specific override, then `*`, then the route's own.
 fn overrides(
     files: &[RouteOverrideFile],
@@ -99,26 +106,29 @@ fn overrides(
     diag: &mut Diag<'_>,
 ) -> Option<(Vec<RouteSettings>, RouteSettings)> {
     let (star, specific) = resolve_overrides(files, deployment, diag)?;
+    let no_cache = CachePartial::default();
+    let star_cache = star.as_ref().map_or(&no_cache, |s| &s.cache);
     let settings = deployment
         .deployment
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| apply(specific.get(&i).copied(), apply(star, r.settings.clone())))
+        .map(|(i, r)| {
+            let own = deployment.cache.get(i).unwrap_or(&no_cache);
+            let both = apply(star.as_ref(), own, r.settings.clone());
+            let specific = specific.get(&i);
+            apply(specific, &own.overlay(star_cache), both)
+        })
         .collect();
-    let fallback = apply(
-        star,
-        RouteSettings {
-            timeout: default_timeout,
-        },
-    );
+    let fallback = RouteSettings {
+        timeout: default_timeout,
+        cache: None,
+    };
+    let fallback = apply(star.as_ref(), &no_cache, fallback);
     Some((settings, fallback))
 }
 
-type Resolved<'f> = (
-    Option<&'f RouteOverrideFile>,
-    HashMap<usize, &'f RouteOverrideFile>,
-);
+type Resolved<'f> = (Option<Override<'f>>, HashMap<usize, Override<'f>>);
 
 /// The `*` override and the overrides per route index; `None` on any error.
 fn resolve_overrides<'f>(
@@ -145,10 +155,19 @@ fn resolve_overrides<'f>(
             .timeout_ms
             .as_ref()
             .is_none_or(|t| check_timeout(t, diag).is_some());
+        let cache = match &o.cache {
+            Some(c) => compile_cache(c, false, diag),
+            None => Some(CachePartial::default()),
+        };
+        let Some(cache) = cache else {
+            ok = false;
+            continue;
+        };
+        let compiled = Override { file: o, cache };
         if key == "*" {
-            star = Some(o);
+            star = Some(compiled);
         } else if let Some(&i) = deployment.keys.get(key) {
-            specific.insert(i, o);
+            specific.insert(i, compiled);
         } else if !diag.is_broken(&format!("route:{key}")) {
             unknown_route(&o.route, &deployment.deployment.id, diag);
             ok = false;
@@ -165,12 +184,24 @@ fn unknown_route(route: &S<String>, deployment: &str, diag: &mut Diag<'_>) {
     );
 }
 
-fn apply(o: Option<&RouteOverrideFile>, mut settings: RouteSettings) -> RouteSettings {
-    if let Some(t) = o.and_then(|o| o.timeout_ms.as_ref()) {
+/// Applies override `o` to `settings`: its timeout, and its cache keys laid over `below`
+/// (the cache keys of every level under `o`).
+fn apply(
+    o: Option<&Override<'_>>,
+    below: &CachePartial,
+    mut settings: RouteSettings,
+) -> RouteSettings {
+    let Some(o) = o else {
+        return settings;
+    };
+    if let Some(t) = o.file.timeout_ms.as_ref() {
         let ms = *t.get_ref();
         if crate::route::TIMEOUT_MS.contains(&ms) {
             settings.timeout = Duration::from_millis(ms);
         }
+    }
+    if o.file.cache.is_some() {
+        settings.cache = below.overlay(&o.cache).resolve();
     }
     settings
 }
