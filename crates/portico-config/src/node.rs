@@ -190,7 +190,10 @@ fn compile_listeners(
     let mut out = Vec::new();
     for f in files {
         let address = *f.address.get_ref();
-        if let Some(first) = seen.get(&address) {
+        // Port 0 asks for any free port: two such listeners never collide.
+        if address.port() != 0
+            && let Some(first) = seen.get(&address)
+        {
             let message = format!("duplicate listener address {address} (first at line {first})");
             diag.at(f.address.span(), message);
         }
@@ -539,5 +542,14 @@ mod tests {
             e.0[0].message,
             "`[[origins]]` is only allowed in a PoP's file"
         );
+    }
+
+    #[test]
+    fn several_listeners_may_ask_for_any_port() {
+        let text = format!(
+            "{NODE}[[listeners]]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n"
+        );
+        let config = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.listeners.len(), 2);
     }
 }

@@ -95,9 +95,12 @@ mod clock {
         tokio::time::Instant::now().into_std()
     }
 
-    /// Sleeps until `at`, or forever if there is nothing to wait for.
+    /// Sleeps until `at`, or forever if there is nothing to wait for. A deadline that
+    /// has already passed returns at once: tokio's timer rounds deadlines up to its next
+    /// millisecond tick, which would add up to 1 ms to every packet of an ideal link.
     pub(crate) async fn wait_until(at: Option<Instant>) {
         match at {
+            Some(at) if at <= now() => {}
             Some(at) => tokio::time::sleep_until(at.into()).await,
             None => std::future::pending().await,
         }
