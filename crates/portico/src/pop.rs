@@ -95,23 +95,26 @@ fn start_backbone(config: &NodeConfig) -> Result<Backbone, AppError> {
 }
 
 /// Installs every merged snapshot the origins send; requests in flight
-/// finish on the snapshot they started with.
+/// finish on the snapshot they started with. A snapshot that arrived before
+/// this task started is installed first.
 async fn apply_snapshots(
     mut config: watch::Receiver<Arc<portico_backbone::SyncedConfig>>,
     gateway: Arc<Gateway<BackboneUpstream>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        let defs = Arc::clone(&config.borrow_and_update().definitions);
+        if defs.version != gateway.definitions().version {
+            tracing::info!(
+                version = format_args!("{:016x}", defs.version),
+                apis = defs.apis.len(),
+                "definitions installed"
+            );
+            gateway.swap(defs);
+        }
         tokio::select! {
             changed = config.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
         }
-        let defs = Arc::clone(&config.borrow_and_update().definitions);
-        tracing::info!(
-            version = format_args!("{:016x}", defs.version),
-            apis = defs.apis.len(),
-            "definitions installed"
-        );
-        gateway.swap(defs);
     }
 }

@@ -1,0 +1,547 @@
+//! End-to-end tests of `portico pop`: real processes, real TLS, the real QUIC
+//! backbone with certificates from `portico certs`, HTTP/1.1 and HTTP/2
+//! clients, the demo backend behind the origin.
+//!
+//! client → PoP (edge APIs) → backbone → origin → demo backend.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tempfile::TempDir;
+
+/// The origin's file: `echo` (edge) and `inside` (regional), both proxying
+/// to the demo backend; `extra` goes into `echo`'s routes.
+fn origin_config(dir: &Path, backend: SocketAddr, backbone_port: u16, extra: &str) -> String {
+    let certs = dir.join("certs");
+    format!(
+        r#"
+[node]
+id = "origin-a"
+region = "local"
+
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "inside"
+certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
+
+[limits]
+max_body_bytes = 104857600
+
+[backbone]
+listen = "127.0.0.1:{backbone_port}"
+ca = "{certs}/ca.pem"
+cert = "{certs}/origin-a.pem"
+key = "{certs}/origin-a.key"
+
+[[apis]]
+name = "echo"
+endpoint = "edge"
+hosts = ["echo.test"]
+[[apis.routes]]
+method = "ANY"
+path = "/{{proxy+}}"
+[apis.routes.integration]
+type = "http_proxy"
+uri = "http://${{stageVariables.backend}}/{{proxy}}"
+{extra}
+[[apis.stages]]
+name = "prod"
+variables = {{ backend = "{backend}" }}
+
+[[apis]]
+name = "inside"
+endpoint = "regional"
+hosts = ["inside.test"]
+[[apis.routes]]
+method = "ANY"
+path = "/{{proxy+}}"
+[apis.routes.integration]
+type = "http_proxy"
+uri = "http://${{stageVariables.backend}}/{{proxy}}"
+[[apis.stages]]
+name = "prod"
+variables = {{ backend = "{backend}" }}
+"#,
+        public = dir.join("public").display(),
+        certs = certs.display(),
+    )
+}
+
+fn pop_config(dir: &Path, id: &str, backbone: SocketAddr) -> String {
+    format!(
+        r#"
+[node]
+id = "{id}"
+location = "test bench"
+
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "echo"
+certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
+
+[limits]
+max_body_bytes = 104857600
+
+[backbone]
+ca = "{certs}/ca.pem"
+cert = "{certs}/{id}.pem"
+key = "{certs}/{id}.key"
+
+[[origins]]
+region = "local"
+address = "{backbone}"
+server_name = "origin-a"
+"#,
+        public = dir.join("public").display(),
+        certs = dir.join("certs").display(),
+    )
+}
+
+/// Runs `portico certs` for the origin and two PoPs.
+fn make_certs(dir: &Path) {
+    let out = dir.join("certs");
+    let status = Command::new(portico_bin())
+        .args([
+            "certs",
+            "--out",
+            out.to_str().unwrap(),
+            "--nodes",
+            "origin-a,pop-a,pop-b",
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run portico certs");
+    assert!(status.success());
+    // A second run must not replace the CA.
+    let again = Command::new(portico_bin())
+        .args(["certs", "--out", out.to_str().unwrap(), "--nodes", "x"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!again.success(), "an existing CA was overwritten");
+}
+
+/// Starts a node with its JSON log in `dir/NAME.log`.
+fn node(dir: &Path, kind: &str, name: &str, config: &str) -> (Proc, PathBuf) {
+    let path = dir.join(format!("{name}.toml"));
+    let log = dir.join(format!("{name}.log"));
+    std::fs::write(&path, config).unwrap();
+    let args = [
+        "--log-format",
+        "json",
+        kind,
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    (Proc::start_logging(&args, "ready", Some(&log)), log)
+}
+
+struct Fixture {
+    dir: TempDir,
+    backend: SocketAddr,
+    _backend_proc: Proc,
+    origin: Proc,
+    origin_log: PathBuf,
+    backbone: SocketAddr,
+    pop: Proc,
+    pop_log: PathBuf,
+    cert: TestCert,
+}
+
+impl Fixture {
+    fn start() -> Fixture {
+        let dir = TempDir::new().unwrap();
+        make_certs(dir.path());
+        let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+        let (backend_proc, backend) = backend();
+        let text = origin_config(dir.path(), backend, 0, "");
+        let (origin, origin_log) = node(dir.path(), "origin", "origin", &text);
+        let backbone = origin.addrs("backbone")[0];
+        let (pop, pop_log) = node(
+            dir.path(),
+            "pop",
+            "pop-a",
+            &pop_config(dir.path(), "pop-a", backbone),
+        );
+        Fixture {
+            dir,
+            backend,
+            _backend_proc: backend_proc,
+            origin,
+            origin_log,
+            backbone,
+            pop,
+            pop_log,
+            cert,
+        }
+    }
+
+    fn url(proc: &Proc, path: &str) -> String {
+        format!("https://localhost:{}{path}", proc.addrs("https")[0].port())
+    }
+
+    fn pop_url(&self, path: &str) -> String {
+        Self::url(&self.pop, path)
+    }
+
+    fn client(&self, h2: bool) -> HttpsClient {
+        https_client(&self.cert.der, h2)
+    }
+
+    /// Waits until `pop` serves the edge API (its first snapshot arrived);
+    /// on failure the panic shows the nodes' logs.
+    async fn wait_served(&self, pop: &Proc) {
+        let client = self.client(false);
+        let url = Self::url(pop, "/prod/ready");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = Err(String::new());
+        while Instant::now() < deadline {
+            last = try_get(&client, &url).await.map(|r| r.status);
+            if last == Ok(200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        panic!(
+            "{url} not served: {last:?}\n--- PoP log:\n{}\n--- origin log:\n{}",
+            log(&self.pop_log),
+            log(&self.origin_log)
+        );
+    }
+}
+
+/// A GET that reports failures instead of panicking (links may be down).
+async fn try_get(client: &HttpsClient, url: &str) -> Result<Reply, String> {
+    let req = Request::get(url).body(full(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    })
+}
+
+fn vias(reply: &Reply) -> String {
+    let all: Vec<&str> = reply
+        .headers
+        .get_all("via")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    all.join(", ")
+}
+
+#[tokio::test]
+async fn client_pop_origin_backend_over_http1_and_http2() {
+    let f = Fixture::start();
+    f.wait_served(&f.pop).await;
+    for (h2, version) in [
+        (false, http::Version::HTTP_11),
+        (true, http::Version::HTTP_2),
+    ] {
+        let body = Bytes::from(vec![b'q'; 100_000]);
+        let req = Request::post(f.pop_url("/prod/items/7?x=1"))
+            .body(full(body))
+            .unwrap();
+        let reply = send(&f.client(h2), req).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.version, version);
+        let json = reply.json();
+        assert_eq!(json["method"], "POST");
+        assert_eq!(json["path"], "/items/7");
+        assert_eq!(json["query"], "x=1");
+        assert_eq!(json["body_length"], 100_000);
+        let via = vias(&reply);
+        assert!(
+            via.contains("origin-a") && via.ends_with("1.1 pop-a"),
+            "{via}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn regional_apis_are_404_at_the_pop_and_served_at_the_origin() {
+    let f = Fixture::start();
+    f.wait_served(&f.pop).await;
+    let req = || {
+        Request::get("https://localhost/prod/x")
+            .header("host", "inside.test")
+            .body(full(""))
+            .unwrap()
+    };
+    let mut at_pop = req();
+    *at_pop.uri_mut() = f.pop_url("/prod/x").parse().unwrap();
+    let reply = send(&f.client(false), at_pop).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.text(), r#"{"message":"Not Found"}"#);
+    let mut at_origin = req();
+    *at_origin.uri_mut() = Fixture::url(&f.origin, "/prod/x").parse().unwrap();
+    assert_eq!(send(&f.client(false), at_origin).await.status, 200);
+    // And the edge API is not served on the origin's public listener.
+    let edge = Request::get(Fixture::url(&f.origin, "/prod/x"))
+        .header("host", "echo.test")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&f.client(false), edge).await.status, 404);
+}
+
+/// An HTTPS client whose connections come from 127.0.0.2, so the backend
+/// can tell the client's address from the PoP's (127.0.0.1).
+fn client_from(ip: &str, root: &rustls_pki_types::CertificateDer<'static>) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.set_local_address(Some(ip.parse().unwrap()));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(std::slice::from_ref(root)))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// The access line for `request_id` in a JSON log.
+async fn access_line(log: &Path, request_id: &str) -> serde_json::Value {
+    eventually(10, || async {
+        let text = std::fs::read_to_string(log).ok()?;
+        text.lines()
+            .find(|l| l.contains(request_id) && l.contains("\"target\":\"access\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn client_address_request_id_and_via_end_to_end() {
+    let f = Fixture::start();
+    f.wait_served(&f.pop).await;
+    let client = client_from("127.0.0.2", &f.cert.der);
+    let req = Request::get(f.pop_url("/prod/meta"))
+        .header("x-request-id", "e2e-rid-1")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .body(full(""))
+        .unwrap();
+    let reply = send(&client, req).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let headers = &reply.json()["headers"];
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.2");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(headers["x-request-id"], "e2e-rid-1");
+    assert!(
+        headers["traceparent"]
+            .as_str()
+            .unwrap()
+            .starts_with("00-0af7")
+    );
+    assert_eq!(reply.headers["x-request-id"], "e2e-rid-1");
+    assert!(vias(&reply).ends_with("1.1 pop-a"), "{}", vias(&reply));
+    // The same id in the PoP's and the origin's access logs.
+    let pop_line = access_line(&f.pop_log, "e2e-rid-1").await;
+    assert_eq!(pop_line["node"], "pop-a");
+    assert_eq!(pop_line["api"], "echo");
+    let origin_line = access_line(&f.origin_log, "e2e-rid-1").await;
+    assert_eq!(origin_line["node"], "origin-a");
+    assert_eq!(origin_line["protocol"], "backbone");
+    // Without a client id the PoP makes one, and everyone sees it.
+    let reply = send(
+        &client,
+        Request::get(f.pop_url("/prod/meta"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    let id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(reply.json()["headers"]["x-request-id"], id.as_str());
+    assert_eq!(
+        access_line(&f.origin_log, &id).await["request_id"],
+        id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn streams_50_mb_each_way_with_bounded_pop_memory() {
+    let f = Fixture::start();
+    f.wait_served(&f.pop).await;
+    const SIZE: u64 = 50 * 1024 * 1024;
+    let resp = f
+        .client(true)
+        .request(
+            Request::get(f.pop_url(&format!("/prod/bytes/{SIZE}")))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let (mut received, mut ok) = (0u64, true);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            ok &= data
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == portico_demo::pattern_byte(received + i as u64));
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, SIZE);
+    assert!(ok, "downloaded bytes differ from the pattern");
+    let chunks = futures_util::stream::iter((0..200).map(|_| {
+        Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'z'; 256 * 1024])))
+    }));
+    let body = BodyExt::boxed_unsync(http_body_util::StreamBody::new(chunks));
+    let reply = send(
+        &f.client(false),
+        Request::post(f.pop_url("/prod/upload")).body(body).unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["body_length"], SIZE);
+    // Neither body was held whole at the PoP.
+    let peak = f.pop.peak_rss();
+    assert!(peak < 48 * 1024 * 1024, "PoP peak RSS {peak} bytes");
+}
+
+/// Requests in a loop until told to stop; counts successes as it goes and
+/// returns every outcome.
+fn background_traffic(
+    client: HttpsClient,
+    url: String,
+    stop: Arc<tokio::sync::Notify>,
+    ok: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<Vec<Result<u16, String>>> {
+    tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        let stopped = stop.notified();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                () = &mut stopped => return outcomes,
+                r = try_get(&client, &url) => {
+                    let status = r.map(|r| r.status);
+                    if status == Ok(200) {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    outcomes.push(status);
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn origin_killed_mid_traffic_503_then_served_again_without_restarting_the_pop() {
+    let mut f = Fixture::start();
+    f.wait_served(&f.pop).await;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let ok = Arc::new(AtomicUsize::new(0));
+    let url = f.pop_url("/prod/delay/20");
+    let traffic = background_traffic(f.client(true), url, Arc::clone(&stop), Arc::clone(&ok));
+    eventually(30, || async {
+        (ok.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+    // Kill the origin outright: no GoAway, no close; the PoP finds out from
+    // QUIC's idle timeout.
+    let _ = f.origin.child.kill();
+    let _ = f.origin.child.wait();
+    let client = f.client(false);
+    let url = f.pop_url("/prod/down");
+    let reply = eventually(60, || async {
+        try_get(&client, &url)
+            .await
+            .ok()
+            .filter(|r| r.status == 503)
+    })
+    .await;
+    assert_eq!(reply.text(), r#"{"message":"Service Unavailable"}"#);
+    // Down means at once, not after a timeout.
+    let started = Instant::now();
+    assert_eq!(try_get(&client, &url).await.unwrap().status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // Restart the origin on the same backbone port; the PoP reconnects.
+    let text = origin_config(f.dir.path(), f.backend, f.backbone.port(), "");
+    let (origin, _log) = node(f.dir.path(), "origin", "origin-2", &text);
+    assert_eq!(origin.addrs("backbone")[0], f.backbone);
+    f.origin = origin;
+    eventually(60, || async {
+        (try_get(&client, &url).await.ok()?.status == 200).then_some(())
+    })
+    .await;
+    stop.notify_one();
+    let outcomes = traffic.await.unwrap();
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Ok(200 | 502 | 503)),
+            "unexpected outcome {outcome:?} in {outcomes:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_configuration_change_reaches_two_pops() {
+    let f = Fixture::start();
+    let text = pop_config(f.dir.path(), "pop-b", f.backbone);
+    let (pop_b, _log) = node(f.dir.path(), "pop", "pop-b", &text);
+    f.wait_served(&f.pop).await;
+    f.wait_served(&pop_b).await;
+    let client = f.client(true);
+    for pop in [&f.pop, &pop_b] {
+        let reply = send(
+            &client,
+            Request::get(Fixture::url(pop, "/prod/version"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            reply.json()["path"],
+            "/version",
+            "served by the backend before the change"
+        );
+    }
+    // Edit the origin's file and reload it.
+    let route = "[[apis.routes]]\nmethod = \"GET\"\npath = \"/version\"\nintegration = { type = \"mock\", status = 200, body = \"v2\" }\n";
+    let text = origin_config(f.dir.path(), f.backend, f.backbone.port(), route);
+    std::fs::write(f.dir.path().join("origin.toml"), text).unwrap();
+    let changed = Instant::now();
+    f.origin.signal("HUP");
+    for pop in [&f.pop, &pop_b] {
+        let url = Fixture::url(pop, "/prod/version");
+        eventually(20, || async {
+            let reply = try_get(&client, &url).await.ok()?;
+            (reply.text() == "v2").then_some(())
+        })
+        .await;
+    }
+    let took = changed.elapsed();
+    eprintln!("configuration change reached both PoPs in {took:?}");
+    // The issue's goal is 1 s; allow for a loaded test machine.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
