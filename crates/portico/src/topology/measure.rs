@@ -4,7 +4,9 @@
 //! * **cold**: a request on a new connection, timed from before the TCP connect
 //!   to the response head: TCP handshake, TLS 1.3 handshake, request.
 //! * **warm miss**: a request on an open connection that the entry node cannot
-//!   answer itself (`/delay/0` with a unique query).
+//!   answer itself: a path never asked before (`/probe/NONCE/miss-N`, echoed by
+//!   the demo backend). Unique paths, not unique queries: a cache key need not
+//!   hold the query string.
 //! * **warm hit**: a request on an open connection for a cacheable resource
 //!   (`/cache/60`) after it was fetched once. Without a cache at the entry
 //!   node this is one more miss, and the report says so (`Cache-Status`).
@@ -130,16 +132,16 @@ pub async fn entry(
     let stage = entry.stage_path();
     let mut s = Samples::default();
     for i in 0..runs {
-        let path = format!("{stage}/delay/0?probe={nonce}-cold-{i}");
+        let path = format!("{stage}/probe/{nonce}/cold-{i}");
         s.cold
             .push(ok(client.cold_get(addr, &path).await?, &path)?.ttfb);
     }
     let mut conn = client.connect(addr).await?;
     // The first request on a connection may still pay for lazily set-up state.
-    let path = format!("{stage}/delay/0?probe={nonce}-warmup");
+    let path = format!("{stage}/probe/{nonce}/warmup");
     ok(conn.get(&path).await?, &path)?;
     for i in 0..runs {
-        let path = format!("{stage}/delay/0?probe={nonce}-miss-{i}");
+        let path = format!("{stage}/probe/{nonce}/miss-{i}");
         s.warm_miss.push(ok(conn.get(&path).await?, &path)?.ttfb);
     }
     let path = format!("{stage}/cache/60");
