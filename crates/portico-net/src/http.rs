@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::header::ALT_SVC;
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -63,6 +64,10 @@ pub struct TcpServer<H> {
     pub default_api: Option<Arc<str>>,
     pub limits: HttpLimits,
     pub handler: Arc<H>,
+    /// `Alt-Svc` added to every response when this listener's port also
+    /// serves HTTP/3 (see [`crate::quic::alt_svc`]), so clients can switch.
+    /// It replaces a backend's own: the alternative offered is ours.
+    pub alt_svc: Option<HeaderValue>,
 }
 
 impl<H: Handler> TcpServer<H> {
@@ -140,16 +145,18 @@ impl<H: Handler> TcpServer<H> {
             default_api,
             limits,
             handler,
+            alt_svc,
         } = self;
         let listener = listener.into_std()?;
         let mut threads = Vec::with_capacity(workers);
         for index in 0..workers {
             let listener = listener.try_clone()?;
-            let (tls, default_api, limits, handler) = (
+            let (tls, default_api, limits, handler, alt_svc) = (
                 tls.clone(),
                 default_api.clone(),
                 limits.clone(),
                 Arc::clone(&handler),
+                alt_svc.clone(),
             );
             let mut stop = stop.clone();
             let worker = move || {
@@ -167,7 +174,7 @@ impl<H: Handler> TcpServer<H> {
                         Ok(l) => l,
                         Err(err) => return tracing::error!(%err, index, "worker cannot register the listener"),
                     };
-                    let server = TcpServer { listener, tls, default_api, limits, handler };
+                    let server = TcpServer { listener, tls, default_api, limits, handler, alt_svc };
                     server.run(async move { let _ = stop.wait_for(|s| *s).await; }).await;
                 });
             };
@@ -240,6 +247,7 @@ impl<H: Handler> TcpServer<H> {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let handler = Arc::clone(&self.handler);
+        let alt_svc = self.alt_svc.clone();
         let info = Arc::new(info);
         let info_h2 = Arc::new(ConnInfo {
             protocol: Protocol::Http2,
@@ -247,6 +255,7 @@ impl<H: Handler> TcpServer<H> {
         });
         let service = service_fn(move |req: Request<Incoming>| {
             let handler = Arc::clone(&handler);
+            let alt_svc = alt_svc.clone();
             // Prior-knowledge h2c on a plain listener is detected per request.
             let info = if req.version() == http::Version::HTTP_2 {
                 Arc::clone(&info_h2)
@@ -254,7 +263,11 @@ impl<H: Handler> TcpServer<H> {
                 Arc::clone(&info)
             };
             async move {
-                Ok::<_, std::convert::Infallible>(handler.call(req.map(body::boxed), info).await)
+                let mut resp = handler.call(req.map(body::boxed), info).await;
+                if let Some(value) = alt_svc {
+                    resp.headers_mut().insert(ALT_SVC, value);
+                }
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
         let builder = self.builder();

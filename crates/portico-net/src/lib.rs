@@ -1,14 +1,22 @@
 //! Portico's public listeners: TCP with TLS (HTTP/1.1 and HTTP/2 on one port,
-//! ALPN, SNI) and the TLS material they need. Protocol adapters here only
+//! ALPN, SNI), QUIC with HTTP/3 on the same port number over UDP, and the TLS
+//! material they need. Protocol adapters here only
 //! translate to `http::Request<Body>` and enforce their protocol's limits.
 #![forbid(unsafe_code)]
 
+mod h3;
+mod h3_body;
+mod h3_early;
 mod http;
+pub mod quic;
 pub mod tls;
 
 use std::path::PathBuf;
 
+pub use crate::h3::H3Server;
+pub use crate::h3_early::EARLY_DATA;
 pub use crate::http::{Handler, HttpLimits, TcpServer};
+pub use quic::{Congestion, QuicSettings};
 pub use tls::{CertFiles, SniResolver, server_config};
 
 /// Errors setting up listeners and their TLS material.
@@ -27,6 +35,8 @@ pub enum NetError {
     NoCertificate,
     #[error("TLS configuration: {0}")]
     Tls(rustls::Error),
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,

@@ -1,21 +1,49 @@
 //! Public listeners, shared by origins and PoPs: the same binding, the same
 //! TLS handling, the same machine-readable `listening` lines.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use portico_config::NodeConfig;
-use portico_net::{CertFiles, Handler, TcpServer};
+use portico_config::{ListenerConfig, NodeConfig};
+use portico_net::{CertFiles, H3Server, Handler, TcpServer};
 use tokio::net::TcpListener;
 
 use crate::{AppError, settings};
 
+/// A bound public listener: TCP (HTTP/1.1 and HTTP/2) or UDP (HTTP/3). Both
+/// serve the same handler.
+pub enum Server<H> {
+    Tcp(TcpServer<H>),
+    H3(H3Server<H>),
+}
+
+impl<H: Handler> Server<H> {
+    /// Serves until `shutdown`, then drains. TCP listeners spread over
+    /// `workers` threads; an HTTP/3 listener is one quinn endpoint, whose
+    /// connections run on the caller's runtime.
+    pub async fn run_on_workers(self, workers: usize, shutdown: impl Future<Output = ()>) {
+        match self {
+            Server::Tcp(server) => server.run_on_workers(workers, shutdown).await,
+            Server::H3(server) => server.run(shutdown).await,
+        }
+    }
+
+    /// Serves on the caller's runtime until `shutdown`, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_on_workers(0, shutdown).await;
+    }
+}
+
 /// Binds every listener of `config` before serving any, so a bad address
 /// fails the start. Each bound address is printed as
-/// `listening https|http ADDR` (ports may have been 0).
+/// `listening https|http|h3 ADDR` (ports may have been 0); an HTTP/3
+/// listener's UDP port is the TCP one unless `[listeners.quic] port` says
+/// otherwise.
 pub async fn bind<H: Handler>(
     config: &NodeConfig,
     handler: &Arc<H>,
-) -> Result<Vec<TcpServer<H>>, AppError> {
+) -> Result<Vec<Server<H>>, AppError> {
     let mut servers = Vec::new();
     for l in &config.listeners {
         let listener = TcpListener::bind(l.address)
@@ -33,15 +61,47 @@ pub async fn bind<H: Handler>(
         tracing::info!(address = %local, tls = l.tls, default_api = ?l.default_api, "listening");
         // Machine-readable for tests and `portico up` (ports may have been 0).
         println!("listening {} {local}", if l.tls { "https" } else { "http" });
-        servers.push(TcpServer {
+        let h3 = match (&tls, l.http3) {
+            (Some(tls), true) => Some(bind_h3(config, l, local, tls, handler)?),
+            _ => None,
+        };
+        servers.push(Server::Tcp(TcpServer {
             listener,
             tls,
             default_api: l.default_api.as_deref().map(Arc::from),
             limits: settings::http_limits(config),
             handler: Arc::clone(handler),
-        });
+            alt_svc: h3
+                .as_ref()
+                .map(|(_, port)| portico_net::quic::alt_svc(*port)),
+        }));
+        servers.extend(h3.map(|(server, _)| Server::H3(server)));
     }
     Ok(servers)
+}
+
+/// Binds the UDP side of an HTTP/3 listener (same certificates, same
+/// handler) and prints `listening h3 ADDR`. Returns the server and its port,
+/// which the TCP side advertises in `Alt-Svc`.
+fn bind_h3<H: Handler>(
+    config: &NodeConfig,
+    l: &ListenerConfig,
+    tcp: SocketAddr,
+    tls: &rustls::ServerConfig,
+    handler: &Arc<H>,
+) -> Result<(H3Server<H>, u16), AppError> {
+    let addr = SocketAddr::new(tcp.ip(), l.quic.port.unwrap_or(tcp.port()));
+    let endpoint = portico_net::quic::bind_endpoint(addr, tls.clone(), &settings::quic(&l.quic))?;
+    let local = endpoint.local_addr()?;
+    tracing::info!(address = %local, congestion = l.quic.congestion.as_str(), "listening (HTTP/3)");
+    println!("listening h3 {local}");
+    let server = H3Server {
+        endpoint,
+        default_api: l.default_api.as_deref().map(Arc::from),
+        limits: settings::http_limits(config),
+        handler: Arc::clone(handler),
+    };
+    Ok((server, local.port()))
 }
 
 /// TLS for a public listener: its own certificates plus custom domains' (SNI

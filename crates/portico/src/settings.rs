@@ -5,7 +5,7 @@ use std::sync::Arc;
 use portico_config::NodeConfig;
 use portico_gateway::GatewaySettings;
 use portico_integrations::{ClientSettings, DnsSettings};
-use portico_net::HttpLimits;
+use portico_net::{HttpLimits, QuicSettings};
 
 pub fn gateway(config: &NodeConfig) -> GatewaySettings {
     GatewaySettings {
@@ -21,6 +21,23 @@ pub fn http_limits(config: &NodeConfig) -> HttpLimits {
     HttpLimits {
         max_header_bytes: config.limits.max_header_bytes * 2 + 16 * 1024,
         ..HttpLimits::default()
+    }
+}
+
+/// A listener's QUIC transport settings (`[listeners.quic]`).
+pub fn quic(q: &portico_config::QuicConfig) -> QuicSettings {
+    use portico_config::Congestion as C;
+    QuicSettings {
+        congestion: match q.congestion {
+            C::Cubic => portico_net::Congestion::Cubic,
+            C::Bbr => portico_net::Congestion::Bbr,
+            C::NewReno => portico_net::Congestion::NewReno,
+        },
+        max_concurrent_streams: q.max_concurrent_streams,
+        idle_timeout: q.idle_timeout,
+        stream_receive_window: q.stream_receive_window,
+        receive_window: q.receive_window,
+        send_window: q.send_window,
     }
 }
 

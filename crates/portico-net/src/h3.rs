@@ -1,0 +1,263 @@
+//! The HTTP/3 listener: a quinn endpoint on UDP, h3 over it, and every
+//! request stream turned into the same `http::Request<Body>` that hyper gives
+//! the TCP listener, for the same [`Handler`]. This adapter only translates
+//! and enforces HTTP/3's limits; it knows nothing of APIs.
+//!
+//! Limits and their errors, as the protocol prescribes:
+//! * concurrent requests per connection: QUIC stream credit (`MAX_STREAMS`);
+//!   a client over it waits, nothing is refused;
+//! * header section: `SETTINGS_MAX_FIELD_SECTION_SIZE`; h3 answers a larger
+//!   one with a bare `431` (RFC 9114 §4.2.2) before we see the request;
+//! * idle connections: QUIC's idle timeout, a silent close;
+//! * early data: unsafe methods get `425 Too Early` (see `h3_early`);
+//! * shutdown: GOAWAY (h3 `shutdown`), then each connection closes with
+//!   `H3_NO_ERROR` when its last request has finished, within the drain timeout.
+
+use std::any::Any;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h3::error::Code;
+use portico_gateway::{ConnInfo, ErrorKind, GatewayError, Protocol, TlsInfo, body};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::h3_body::{RequestBody, send_response};
+use crate::h3_early::{Handshake, allowed_early, mark_early};
+use crate::http::{Handler, HttpLimits};
+
+type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+
+/// `H3_NO_ERROR` (RFC 9114 §8.1) as a QUIC application close code.
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+
+/// How long a closed endpoint may take to tell its peers (CONNECTION_CLOSE).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// One public HTTP/3 listener.
+pub struct H3Server<H> {
+    /// A bound server endpoint (see [`crate::quic::bind_endpoint`]).
+    pub endpoint: quinn::Endpoint,
+    pub default_api: Option<Arc<str>>,
+    /// `max_header_bytes` becomes the advertised field-section limit;
+    /// `handshake_timeout` bounds the wait for a ClientHello; `drain_timeout`
+    /// bounds shutdown. `max_concurrent_streams` is HTTP/2's: QUIC's own is
+    /// in the endpoint's transport config.
+    pub limits: HttpLimits,
+    pub handler: Arc<H>,
+}
+
+/// What every request task of a connection shares.
+struct ConnCtx<H> {
+    handler: Arc<H>,
+    info: Arc<ConnInfo>,
+    handshake: Handshake,
+}
+
+impl<H: Handler> H3Server<H> {
+    /// Accepts connections until `shutdown` completes, then drains them:
+    /// GOAWAY to every client, in-flight requests finish (up to the drain
+    /// timeout), and the endpoint closes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let shared = Arc::new(self);
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                incoming = shared.endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        conns.spawn(Arc::clone(&shared).connection(incoming, drain_rx.clone()));
+                    }
+                    None => break,
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        shared.drain(conns, &drain_tx).await;
+    }
+
+    async fn drain(&self, mut conns: JoinSet<()>, drain: &watch::Sender<bool>) {
+        // New handshakes are refused from here on.
+        self.endpoint.set_server_config(None);
+        let _ = drain.send(true);
+        let all_done = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.limits.drain_timeout, all_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP/3 connections still open after the drain timeout; closing them");
+        }
+        conns.shutdown().await;
+        self.endpoint.close(H3_NO_ERROR, b"shutdown");
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.endpoint.wait_idle()).await;
+    }
+
+    async fn connection(self: Arc<Self>, incoming: quinn::Incoming, drain: watch::Receiver<bool>) {
+        let Some((conn, ctx)) = self.accept(incoming).await else {
+            return;
+        };
+        let max_field_section = u64::try_from(self.limits.max_header_bytes).unwrap_or(u64::MAX);
+        let built = h3::server::builder()
+            .max_field_section_size(max_field_section)
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+            .await;
+        match built {
+            Ok(h3) => serve(h3, Arc::new(ctx), drain).await,
+            Err(err) => tracing::debug!(%err, "HTTP/3 connection setup failed"),
+        }
+    }
+
+    /// Accepts a QUIC connection and makes it usable at once, before its
+    /// handshake completes (0-RTT; 0.5-RTT for our answers).
+    async fn accept(&self, incoming: quinn::Incoming) -> Option<(quinn::Connection, ConnCtx<H>)> {
+        let peer = incoming.remote_address();
+        let mut connecting = incoming
+            .accept()
+            .map_err(|err| tracing::debug!(%peer, %err, "QUIC connection refused"))
+            .ok()?;
+        // 1. The ClientHello (SNI, ALPN); it may span several packets.
+        let hello =
+            tokio::time::timeout(self.limits.handshake_timeout, connecting.handshake_data());
+        let tls = match hello.await {
+            Ok(Ok(data)) => tls_info(data),
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, %err, "QUIC handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "QUIC handshake timed out");
+                return None;
+            }
+        };
+        // 2. Usable now: requests that arrive before completion are early data.
+        let (conn, handshake) = match connecting.into_0rtt() {
+            Ok((conn, completed)) => (conn, Handshake::new(Some(completed))),
+            Err(connecting) => {
+                let done = tokio::time::timeout(self.limits.handshake_timeout, connecting).await;
+                (done.ok()?.ok()?, Handshake::new(None))
+            }
+        };
+        let info = self.conn_info(&conn, tls);
+        let ctx = ConnCtx {
+            handler: Arc::clone(&self.handler),
+            info: Arc::new(info),
+            handshake,
+        };
+        Some((conn, ctx))
+    }
+
+    fn conn_info(&self, conn: &quinn::Connection, tls: TlsInfo) -> ConnInfo {
+        let bound = self.endpoint.local_addr().ok();
+        let port = bound.map_or(0, |a| a.port());
+        let ip = conn
+            .local_ip()
+            .or(bound.map(|a| a.ip()))
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        ConnInfo {
+            client_addr: conn.remote_address(),
+            local_addr: SocketAddr::new(ip, port),
+            tls: Some(tls),
+            protocol: Protocol::Http3,
+            default_api: self.default_api.clone(),
+        }
+    }
+}
+
+/// Serves one connection's requests, each on its own task, until the client
+/// leaves, the connection fails, or shutdown has drained it.
+///
+/// A connection that fails takes its requests with it: their futures (and
+/// the upstream work under them) are dropped, as hyper does for h1/h2.
+async fn serve<H: Handler>(
+    mut h3: H3Connection,
+    ctx: Arc<ConnCtx<H>>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let mut requests = JoinSet::new();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    requests.spawn(request(resolver, Arc::clone(&ctx)));
+                }
+                // The client's GOAWAY, and all its requests are done.
+                Ok(None) => break,
+                Err(err) => {
+                    if !err.is_h3_no_error() {
+                        tracing::debug!(%err, "HTTP/3 connection ended with an error");
+                    }
+                    requests.abort_all();
+                    break;
+                }
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                if draining && requests.is_empty() {
+                    break;
+                }
+            }
+            () = wait_drain(&mut drain), if !draining => {
+                draining = true;
+                // GOAWAY: requests already accepted finish, later ones are
+                // rejected (H3_REQUEST_REJECTED: safe for the client to retry).
+                if h3.shutdown(0).await.is_err() || requests.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    while requests.join_next().await.is_some() {}
+    // Dropping `h3` closes the connection with H3_NO_ERROR.
+}
+
+async fn wait_drain(drain: &mut watch::Receiver<bool>) {
+    let _ = drain.wait_for(|d| *d).await;
+}
+
+/// One request: read its head, apply the early-data rule, call the handler,
+/// write the response as its body streams.
+async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
+    // 1. The head. One over the field-section limit was answered 431 by h3.
+    let (req, stream) = match resolver.resolve_request().await {
+        Ok(pair) => pair,
+        Err(err) => return tracing::debug!(%err, "HTTP/3 request not read"),
+    };
+    let (mut send, mut recv) = stream.split();
+    // 2. Early data: safe methods only (RFC 8470).
+    let early = !ctx.handshake.is_confirmed();
+    let response = if early && !allowed_early(req.method()) {
+        tracing::debug!(method = %req.method(), path = req.uri().path(), "early data: 425 Too Early");
+        // The body will not be read: tell the client to stop sending it.
+        recv.stop_sending(Code::H3_NO_ERROR);
+        GatewayError::client(ErrorKind::TooEarly).to_response()
+    } else {
+        let mut req = req.map(|()| body::boxed(RequestBody::new(recv)));
+        if early {
+            mark_early(&mut req);
+        }
+        ctx.handler.call(req, Arc::clone(&ctx.info)).await
+    };
+    // 3. The response, frame by frame.
+    if let Err(err) = send_response(&mut send, response).await {
+        tracing::debug!(%err, "HTTP/3 response not completed");
+    }
+}
+
+/// TLS facts for logs and the backbone, from quinn's handshake data.
+fn tls_info(data: Box<dyn Any>) -> TlsInfo {
+    let data = data.downcast::<quinn::crypto::rustls::HandshakeData>().ok();
+    TlsInfo {
+        sni: data.as_ref().and_then(|d| d.server_name.clone()),
+        alpn: data
+            .and_then(|d| d.protocol)
+            .map(|p| String::from_utf8_lossy(&p).into_owned()),
+        // QUIC is TLS 1.3 only (RFC 9001 §4.2).
+        version: rustls::ProtocolVersion::TLSv1_3.as_str().map(str::to_owned),
+    }
+}

@@ -1,0 +1,154 @@
+//! Bodies between h3 request streams and `http_body`: the request body the
+//! handler reads, and the writer of the handler's response.
+//!
+//! Both directions stream under QUIC flow control: the request body reads
+//! from the stream only when the handler polls it (an unread body stops the
+//! client once the stream window is full), and the response is written frame
+//! by frame as the body yields them, each write waiting for send credit.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use h3::error::Code;
+use h3::server::RequestStream;
+use http::{HeaderMap, Response, header};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use portico_gateway::Body;
+
+/// The receiving half of an h3 request stream.
+pub(crate) type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+/// The sending half of an h3 request stream.
+pub(crate) type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// Errors writing a response to an h3 stream (logged, never shown to a client).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendError {
+    #[error("HTTP/3 stream: {0}")]
+    Stream(#[from] h3::error::StreamError),
+    #[error("response body: {0}")]
+    Body(portico_gateway::BoxError),
+}
+
+enum Phase {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// A request body streaming from an h3 request stream: DATA frames, then the
+/// trailing HEADERS frame if any.
+pub(crate) struct RequestBody {
+    stream: RecvHalf,
+    phase: Phase,
+}
+
+impl RequestBody {
+    pub(crate) fn new(stream: RecvHalf) -> Self {
+        Self {
+            stream,
+            phase: Phase::Data,
+        }
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = h3::error::StreamError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            match this.phase {
+                Phase::Data => match ready!(this.stream.poll_recv_data(cx)) {
+                    Ok(Some(mut buf)) => {
+                        let bytes = buf.copy_to_bytes(buf.remaining());
+                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    }
+                    Ok(None) => this.phase = Phase::Trailers,
+                    Err(err) => return this.fail(err),
+                },
+                Phase::Trailers => {
+                    let trailers = ready!(this.stream.poll_recv_trailers(cx));
+                    this.phase = Phase::Done;
+                    return match trailers {
+                        Ok(Some(map)) => Poll::Ready(Some(Ok(Frame::trailers(map)))),
+                        Ok(None) => Poll::Ready(None),
+                        Err(err) => Poll::Ready(Some(Err(err))),
+                    };
+                }
+                Phase::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+}
+
+impl RequestBody {
+    fn fail(
+        &mut self,
+        err: h3::error::StreamError,
+    ) -> Poll<Option<Result<Frame<Bytes>, h3::error::StreamError>>> {
+        self.phase = Phase::Done;
+        Poll::Ready(Some(Err(err)))
+    }
+}
+
+/// Headers HTTP/3 forbids in a message (RFC 9114 §4.2): connection-specific
+/// fields make a response malformed, and a strict client would reject it.
+const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HeaderName::from_static("keep-alive"),
+];
+
+/// Writes `response` to the stream: head, then each body frame as the body
+/// yields it, then trailers if any, then FIN.
+///
+/// A body that fails midway resets the stream (`H3_INTERNAL_ERROR`), so the
+/// client sees a broken response, never a short one that looks complete.
+pub(crate) async fn send_response(
+    send: &mut SendHalf,
+    response: Response<Body>,
+) -> Result<(), SendError> {
+    let (mut parts, mut body) = response.into_parts();
+    for name in &CONNECTION_SPECIFIC {
+        parts.headers.remove(name);
+    }
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => {
+                send.stop_stream(Code::H3_INTERNAL_ERROR);
+                return Err(SendError::Body(err));
+            }
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) => send.send_data(data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    return send_trailers(send, trailers).await;
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}
+
+/// Trailers end the message: nothing may follow them but FIN.
+async fn send_trailers(send: &mut SendHalf, trailers: HeaderMap) -> Result<(), SendError> {
+    send.send_trailers(trailers).await?;
+    send.finish().await?;
+    Ok(())
+}

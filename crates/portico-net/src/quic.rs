@@ -1,0 +1,182 @@
+//! QUIC for public HTTP/3 listeners: the transport settings of a listener and
+//! the quinn endpoint built from them and from the listener's TLS config.
+//!
+//! The TLS config is the one the TCP listener uses (same certificates, same
+//! SNI resolver), changed only where QUIC and HTTP/3 require it: ALPN `h3`,
+//! early data enabled (QUIC allows only `0` or `u32::MAX`), and a session
+//! cache so that a returning client can resume and send 0-RTT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::server::ServerSessionMemoryCache;
+
+use crate::NetError;
+
+/// The ALPN token of HTTP/3 (RFC 9114 §3.1).
+pub const ALPN_H3: &[u8] = b"h3";
+
+/// Tickets sent after each handshake. More than one lets a client open
+/// parallel resumed connections (rustls sends 2 by default; we say so).
+const TLS13_TICKETS: usize = 2;
+
+/// Resumable sessions kept per listener (a few hundred bytes each); the
+/// oldest are forgotten first, and those clients do a full handshake.
+const SESSION_CACHE: usize = 16 * 1024;
+
+/// quinn's congestion controllers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Congestion {
+    #[default]
+    Cubic,
+    Bbr,
+    NewReno,
+}
+
+impl Congestion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+            Congestion::NewReno => "new_reno",
+        }
+    }
+}
+
+/// Transport settings of one HTTP/3 listener.
+#[derive(Debug, Clone)]
+pub struct QuicSettings {
+    pub congestion: Congestion,
+    /// Concurrent request streams a client may open on one connection (QUIC
+    /// `MAX_STREAMS` for bidirectional streams). Beyond it the client waits
+    /// for credit: QUIC's own back-pressure, no error.
+    pub max_concurrent_streams: u32,
+    /// A connection with no traffic for this long is closed silently. Also
+    /// bounds how long an unfinished handshake may last.
+    pub idle_timeout: Duration,
+    /// Bytes a client may send on one stream ahead of our reads (per-stream
+    /// flow-control window): what an unread request body can cost us.
+    pub stream_receive_window: u32,
+    /// Bytes a client may send on all streams of a connection ahead of our reads.
+    pub receive_window: u32,
+    /// Bytes we buffer for sending on one connection before writes wait.
+    pub send_window: u64,
+}
+
+impl Default for QuicSettings {
+    fn default() -> Self {
+        Self {
+            congestion: Congestion::Cubic,
+            max_concurrent_streams: 256,
+            idle_timeout: Duration::from_secs(30),
+            stream_receive_window: 1024 * 1024,
+            receive_window: 8 * 1024 * 1024,
+            send_window: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl QuicSettings {
+    /// quinn's transport config for these settings.
+    pub fn transport(&self) -> Result<TransportConfig, NetError> {
+        let mut transport = TransportConfig::default();
+        let idle = IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            NetError::Quic(format!("idle timeout {:?} is too long", self.idle_timeout))
+        })?;
+        transport
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_streams))
+            // A client opens three (control, QPACK encoder and decoder) plus
+            // perhaps a grease stream; we never accept pushes or extensions.
+            .max_concurrent_uni_streams(VarInt::from_u32(16))
+            .max_idle_timeout(Some(idle))
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.receive_window))
+            .send_window(self.send_window);
+        match self.congestion {
+            Congestion::Cubic => {
+                transport.congestion_controller_factory(Arc::new(CubicConfig::default()))
+            }
+            Congestion::Bbr => {
+                transport.congestion_controller_factory(Arc::new(BbrConfig::default()))
+            }
+            Congestion::NewReno => {
+                transport.congestion_controller_factory(Arc::new(NewRenoConfig::default()))
+            }
+        };
+        Ok(transport)
+    }
+}
+
+/// Turns a public listener's TLS config into its HTTP/3 counterpart: ALPN
+/// `h3` only, 0-RTT accepted, resumption from a server-side session cache.
+///
+/// The cache is stateful on purpose: rustls allows early data only with
+/// stateful resumption (RFC 8446 §8.1), whose tickets are single-use, so a
+/// captured first flight cannot be replayed against this node. (A replay
+/// against another node, or a client's own retry, can still repeat early
+/// data, hence the adapter serves only safe methods from it, RFC 8470.) A
+/// resumed handshake gets fresh tickets, so a client never runs out.
+pub fn h3_tls_config(mut tls: rustls::ServerConfig) -> rustls::ServerConfig {
+    tls.alpn_protocols = vec![ALPN_H3.to_vec()];
+    tls.max_early_data_size = u32::MAX;
+    tls.send_tls13_tickets = TLS13_TICKETS;
+    tls.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    tls
+}
+
+/// Binds the UDP socket of an HTTP/3 listener and starts its quinn endpoint.
+///
+/// Must be called inside a tokio runtime: the endpoint's driver is spawned on it.
+pub fn bind_endpoint(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    settings: &QuicSettings,
+) -> Result<quinn::Endpoint, NetError> {
+    let crypto = QuicServerConfig::try_from(h3_tls_config(tls))
+        .map_err(|e| NetError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(settings.transport()?));
+    quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+}
+
+/// The `Alt-Svc` value HTTP/1.1 and HTTP/2 responses carry on a listener that
+/// also serves HTTP/3 on UDP `port` (RFC 7838; one day, as browsers cache it).
+pub fn alt_svc(port: u16) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("clear"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alt_svc_names_the_udp_port() {
+        assert_eq!(alt_svc(8443), "h3=\":8443\"; ma=86400");
+    }
+
+    #[test]
+    fn tls_config_speaks_h3_with_early_data() {
+        let base = crate::server_config(&[], &["localhost".into()]).unwrap();
+        let tls = h3_tls_config(base);
+        assert_eq!(tls.alpn_protocols, vec![b"h3".to_vec()]);
+        assert_eq!(tls.max_early_data_size, u32::MAX);
+        assert!(tls.session_storage.can_cache());
+        assert_eq!(tls.send_tls13_tickets, 2);
+    }
+
+    #[test]
+    fn every_congestion_controller_builds() {
+        for congestion in [Congestion::Cubic, Congestion::Bbr, Congestion::NewReno] {
+            let settings = QuicSettings {
+                congestion,
+                ..QuicSettings::default()
+            };
+            assert!(settings.transport().is_ok(), "{}", congestion.as_str());
+        }
+    }
+}
