@@ -63,7 +63,12 @@ struct FromPops<U> {
 }
 
 impl<U: Upstream> RequestHandler for FromPops<U> {
-    async fn handle(&self, req: Request<Body>, conn: Arc<ConnInfo>, routed: Routed) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Body>,
+        conn: Arc<ConnInfo>,
+        routed: Routed,
+    ) -> Response<Body> {
         let entry = Entry::Routed {
             api: &routed.api,
             stage: &routed.stage,

@@ -71,11 +71,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nodes = vec!["origin-iad".to_owned(), "pop-fra".to_owned()];
         run(dir.path(), &nodes, false).unwrap();
-        for f in ["ca.pem", "ca.key", "origin-iad.pem", "origin-iad.key", "pop-fra.pem", "pop-fra.key"] {
+        for f in [
+            "ca.pem",
+            "ca.key",
+            "origin-iad.pem",
+            "origin-iad.key",
+            "pop-fra.pem",
+            "pop-fra.key",
+        ] {
             assert!(dir.path().join(f).is_file(), "{f}");
         }
         let mode = std::fs::metadata(dir.path().join("pop-fra.key")).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
         let before = std::fs::read(dir.path().join("ca.pem")).unwrap();
         let err = run(dir.path(), &nodes, false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");

@@ -60,12 +60,8 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         stop_rx.clone(),
     ));
     if let Some(server) = backbone {
-        let serve = crate::backbone::serve_origin(
-            server,
-            Arc::clone(&gateway),
-            defs_rx,
-            stop_rx.clone(),
-        );
+        let serve =
+            crate::backbone::serve_origin(server, Arc::clone(&gateway), defs_rx, stop_rx.clone());
         tasks.spawn(serve);
     }
     tracing::info!(node = %config.node.id, apis = config.definitions.apis.len(), "origin ready");
