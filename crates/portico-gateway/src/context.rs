@@ -54,8 +54,9 @@ impl ConnInfo {
     }
 }
 
-/// A request after routing: everything an upstream needs to forward it.
-#[derive(Debug)]
+/// A request after routing: everything an upstream needs to forward it. Cloned
+/// (cheaply: shared pointers) for background cache refreshes.
+#[derive(Debug, Clone)]
 pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,

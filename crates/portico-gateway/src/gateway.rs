@@ -12,6 +12,7 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use portico_config::Definitions;
 
 use crate::body::{Body, BodyTooLarge, Limited, find_cause};
+use crate::cache::{PurgeScope, ResponseCache};
 use crate::context::{ConnInfo, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
 use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
@@ -49,7 +50,10 @@ pub struct Gateway<U> {
     settings: GatewaySettings,
     via: HeaderValue,
     table: ArcSwap<RoutingTable>,
-    upstream: U,
+    /// Shared with background cache refreshes, which outlive the request.
+    upstream: Arc<U>,
+    /// The node's response cache (`None`: `[cache] enabled = false`).
+    cache: Option<Arc<ResponseCache>>,
 }
 
 impl<U: Upstream> Gateway<U> {
@@ -61,7 +65,30 @@ impl<U: Upstream> Gateway<U> {
             settings,
             via,
             table,
-            upstream,
+            upstream: Arc::new(upstream),
+            cache: None,
+        }
+    }
+
+    /// Gives the gateway a response cache of `max_bytes` (routes opt in with their
+    /// `cache` settings). Without one, nothing is cached.
+    pub fn with_cache(mut self, max_bytes: u64) -> Self {
+        self.cache = Some(Arc::new(ResponseCache::new(
+            &self.settings.node_id,
+            max_bytes,
+        )));
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<ResponseCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Removes cached responses; effective for lookups when this returns. (At an
+    /// origin, the caller also sends the scope to the PoPs.)
+    pub async fn purge(&self, scope: &PurgeScope) {
+        if let Some(cache) = &self.cache {
+            cache.purge(scope).await;
         }
     }
 
@@ -159,7 +186,12 @@ impl<U: Upstream> Gateway<U> {
             ctx.route_index,
         ));
         let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
-        self.forward(&ctx, req, record).await
+        // ── Phases that must answer before the cache go here (issue 7: API keys,
+        // throttles, quotas), so that a refused request never gets a cached answer.
+        match &self.cache {
+            Some(cache) => cache.serve(&self.upstream, &ctx, req, record).await,
+            None => self.forward(&ctx, req, record).await,
+        }
     }
 
     /// Checks the declared length, streams the body through the limit and
@@ -210,18 +242,9 @@ impl<U: Upstream> Gateway<U> {
         req: Request<Body>,
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
-        let timeout: Duration = ctx.settings().timeout;
-        let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.upstream.forward(ctx, req)).await;
-        record.integration_latency = Some(started.elapsed());
-        match result {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(err)) => Err(reclassify(err)),
-            Err(_) => Err(GatewayError::new(
-                ErrorKind::GatewayTimeout,
-                ErrorSource::Integration,
-            )),
-        }
+        let (result, latency) = forward_timed(&*self.upstream, ctx, req).await;
+        record.integration_latency = Some(latency);
+        result
     }
 
     fn shape_response(&self, resp: &mut Response<Body>, request_id: &str) {
@@ -232,6 +255,27 @@ impl<U: Upstream> Gateway<U> {
         }
         headers.append(header::VIA, self.via.clone());
     }
+}
+
+/// Calls `upstream` under the route's timeout; also says how long it took. Used by
+/// the pipeline and by the cache (whose background refreshes have no record).
+pub(crate) async fn forward_timed<U: Upstream>(
+    upstream: &U,
+    ctx: &RequestCtx,
+    req: Request<Body>,
+) -> (Result<Response<Body>, GatewayError>, Duration) {
+    let timeout: Duration = ctx.settings().timeout;
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, upstream.forward(ctx, req)).await;
+    let result = match result {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(err)) => Err(reclassify(err)),
+        Err(_) => Err(GatewayError::new(
+            ErrorKind::GatewayTimeout,
+            ErrorSource::Integration,
+        )),
+    };
+    (result, started.elapsed())
 }
 
 /// An upstream failure caused by our own request-body limit is the client's 413.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod cache;
 pub mod context;
 pub mod error;
 mod gateway;

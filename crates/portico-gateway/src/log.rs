@@ -33,6 +33,8 @@ pub struct AccessRecord {
     pub target: Option<(Arc<Api>, Arc<Stage>, usize)>,
     pub status: u16,
     pub error: &'static str,
+    /// What the response cache did (`hit`, `miss`, `stale`, ...); empty when not involved.
+    pub cache: &'static str,
     pub integration_latency: Option<Duration>,
     pub started: Option<Instant>,
 }
@@ -81,6 +83,7 @@ impl AccessRecord {
             bytes,
             total_ms,
             integration_ms,
+            cache = self.cache,
             outcome,
         );
     }

@@ -1,0 +1,435 @@
+//! Request coalescing and streaming fills.
+//!
+//! * A [`Flight`] is one upstream fetch for one cache key. The first request to miss
+//!   leads it; requests that miss the same key meanwhile follow it and wait only for
+//!   the response *head*: then they are told what to do ([`Outcome`]).
+//! * A [`Fill`] is a response body being read from upstream by its own task, into a
+//!   shared, growing list of chunks. Every client of the flight (the leader too)
+//!   streams from that list as chunks arrive ([`reader`]), and the complete list
+//!   becomes the stored body. Clients that leave do not stop the fill while it can
+//!   still be stored; a body that breaks leaves no entry.
+//! * A body that outgrows the object limit stops being a candidate for storage. From
+//!   then on the list keeps only what its slowest reader has not read, and the task
+//!   reads ahead at most [`OVERFLOW_WINDOW`] bytes, so memory stays bounded.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, HeaderName, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use tokio::sync::Notify;
+
+use super::entry::Stored;
+use super::key::{KeyInput, KeyText};
+use crate::body::{Body, BoxError};
+use crate::error::{ErrorKind, ErrorSource};
+
+/// How far past its slowest reader an oversized fill may read.
+pub(crate) const OVERFLOW_WINDOW: u64 = 256 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `notify` until `check` returns `Some`, without missing a notification
+/// sent between the check and the wait.
+async fn wait_for<T>(notify: &Notify, mut check: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(v) = check() {
+            return v;
+        }
+        notified.await;
+    }
+}
+
+/// What followers of a flight do once its leader knows.
+#[derive(Clone)]
+pub(crate) enum Outcome {
+    /// Stream the body from this fill (if it still starts at byte 0 and the
+    /// response fits the follower's own `Vary` values).
+    Stream(Arc<Fill>),
+    /// The entry is fresh again (a 304 refreshed it): answer from it.
+    Entry(Arc<Stored>),
+    /// The response cannot be shared: fetch on your own.
+    Pass,
+    /// The upstream failed: serve stale if allowed, else this error.
+    Failed(ErrorKind, ErrorSource),
+    /// The leader went away before the head arrived: try again.
+    Abandoned,
+}
+
+/// One upstream fetch that concurrent requests for a key share.
+pub(crate) struct Flight {
+    outcome: Mutex<Option<Outcome>>,
+    notify: Notify,
+}
+
+impl Flight {
+    /// Waits for the leader's decision.
+    pub(crate) async fn wait(&self) -> Outcome {
+        wait_for(&self.notify, || lock(&self.outcome).clone()).await
+    }
+
+    fn publish(&self, outcome: Outcome) {
+        *lock(&self.outcome) = Some(outcome);
+        self.notify.notify_waiters();
+    }
+}
+
+/// The flights in progress, by cache key.
+#[derive(Default)]
+pub(crate) struct Flights {
+    map: Mutex<HashMap<u64, Arc<Flight>>>,
+}
+
+/// Whether a request leads a new flight or follows one.
+pub(crate) enum Role {
+    Lead(LeaderGuard),
+    Follow(Arc<Flight>),
+}
+
+impl Flights {
+    pub(crate) fn join(self: &Arc<Self>, key: u64) -> Role {
+        let mut map = lock(&self.map);
+        if let Some(f) = map.get(&key) {
+            return Role::Follow(Arc::clone(f));
+        }
+        let flight = Arc::new(Flight {
+            outcome: Mutex::new(None),
+            notify: Notify::new(),
+        });
+        map.insert(key, Arc::clone(&flight));
+        Role::Lead(LeaderGuard {
+            flights: Arc::clone(self),
+            key,
+            flight,
+            open: true,
+        })
+    }
+
+    fn finish(&self, key: u64, flight: &Arc<Flight>) {
+        let mut map = lock(&self.map);
+        if map.get(&key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            map.remove(&key);
+        }
+    }
+}
+
+/// The leader's duty to tell its followers; dropping it unfinished tells them
+/// [`Outcome::Abandoned`].
+pub(crate) struct LeaderGuard {
+    flights: Arc<Flights>,
+    key: u64,
+    flight: Arc<Flight>,
+    open: bool,
+}
+
+impl LeaderGuard {
+    /// Publishes a final outcome and ends the flight.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.flight.publish(outcome);
+        self.flights.finish(self.key, &self.flight);
+        self.open = false;
+    }
+
+    /// Publishes a streaming fill; the flight stays open (new requests join the
+    /// fill) until `done` is called by the fill's task.
+    pub(crate) fn stream(mut self, fill: &Arc<Fill>) -> FlightEnd {
+        self.flight.publish(Outcome::Stream(Arc::clone(fill)));
+        self.open = false;
+        FlightEnd {
+            flights: Arc::clone(&self.flights),
+            key: self.key,
+            flight: Arc::clone(&self.flight),
+        }
+    }
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        if self.open {
+            self.flight.publish(Outcome::Abandoned);
+            self.flights.finish(self.key, &self.flight);
+        }
+    }
+}
+
+/// Ends a streaming flight (after its entry is stored, or when it cannot be).
+pub(crate) struct FlightEnd {
+    flights: Arc<Flights>,
+    key: u64,
+    flight: Arc<Flight>,
+}
+
+impl Drop for FlightEnd {
+    fn drop(&mut self) {
+        self.flights.finish(self.key, &self.flight);
+    }
+}
+
+/// How a fill ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Complete,
+    Failed,
+}
+
+struct FillState {
+    chunks: VecDeque<Bytes>,
+    /// Index (in the whole body) of `chunks[0]`.
+    base: usize,
+    bytes: u64,
+    end: Option<End>,
+    /// Each reader's next chunk index; `None` for a slot freed by a dropped reader.
+    readers: Vec<Option<usize>>,
+    /// Still a candidate for storage (not over the object limit).
+    storable: bool,
+}
+
+/// A response whose body is being read from upstream into memory.
+pub(crate) struct Fill {
+    pub status: StatusCode,
+    /// The head as received.
+    pub headers: HeaderMap,
+    /// The key the response will be stored under (with its `Vary` values).
+    key: KeyText,
+    /// The response's `Vary` names (empty: none).
+    vary: Box<[HeaderName]>,
+    state: Mutex<FillState>,
+    /// Signalled when a chunk arrives or the fill ends.
+    progress: Notify,
+    /// Signalled when a reader advances or leaves (for the overflow window).
+    consumed: Notify,
+}
+
+/// The error a reader yields when the upstream body broke.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed while it was being cached")]
+pub(crate) struct FillFailed;
+
+impl Fill {
+    pub(crate) fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        key: KeyText,
+        vary: Box<[HeaderName]>,
+    ) -> Arc<Fill> {
+        Arc::new(Fill {
+            status,
+            headers,
+            key,
+            vary,
+            state: Mutex::new(FillState {
+                chunks: VecDeque::new(),
+                base: 0,
+                bytes: 0,
+                end: None,
+                readers: Vec::new(),
+                storable: true,
+            }),
+            progress: Notify::new(),
+            consumed: Notify::new(),
+        })
+    }
+
+    /// A body streaming this fill from its first byte; `None` when its start is
+    /// already gone (the fill overflowed).
+    pub(crate) fn reader(self: &Arc<Self>) -> Option<Body> {
+        let slot = {
+            let mut st = lock(&self.state);
+            if st.base != 0 {
+                return None;
+            }
+            match st.readers.iter().position(Option::is_none) {
+                Some(free) => {
+                    st.readers[free] = Some(0);
+                    free
+                }
+                None => {
+                    st.readers.push(Some(0));
+                    st.readers.len() - 1
+                }
+            }
+        };
+        let reader = Reader {
+            fill: Arc::clone(self),
+            slot,
+            next: 0,
+        };
+        let chunks = stream::unfold(reader, |mut r| async move {
+            let item = r.next().await?;
+            Some((item.map(http_body::Frame::data), r))
+        });
+        Some(StreamBody::new(chunks).boxed_unsync())
+    }
+
+    /// Whether the response may answer a request with this key (a follower whose
+    /// `Vary` header values differ from the leader's may not use it).
+    pub(crate) fn fits(&self, input: &KeyInput<'_>) -> bool {
+        if self.vary.is_empty() {
+            self.key.matches(|c| input.write(c))
+        } else {
+            self.key.matches(|c| input.write_variant(&self.vary, c))
+        }
+    }
+
+    fn live_readers(st: &FillState) -> usize {
+        st.readers.iter().flatten().count()
+    }
+}
+
+struct Reader {
+    fill: Arc<Fill>,
+    slot: usize,
+    next: usize,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Option<Result<Bytes, BoxError>> {
+        let fill = Arc::clone(&self.fill);
+        let next = self.next;
+        let item = wait_for(&fill.progress, || {
+            let st = lock(&fill.state);
+            if let Some(chunk) = next.checked_sub(st.base).and_then(|i| st.chunks.get(i)) {
+                return Some(Some(Ok(chunk.clone())));
+            }
+            match st.end {
+                Some(End::Complete) => Some(None),
+                Some(End::Failed) => Some(Some(Err(Box::new(FillFailed) as BoxError))),
+                None => None,
+            }
+        })
+        .await;
+        if matches!(item, Some(Ok(_))) {
+            self.next += 1;
+            let mut st = lock(&self.fill.state);
+            if let Some(pos) = st.readers.get_mut(self.slot) {
+                *pos = Some(self.next);
+            }
+            drop(st);
+            self.fill.consumed.notify_waiters();
+        }
+        item
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut st = lock(&self.fill.state);
+        if let Some(pos) = st.readers.get_mut(self.slot) {
+            *pos = None;
+        }
+        drop(st);
+        self.fill.consumed.notify_waiters();
+    }
+}
+
+/// What the fill task read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FillResult {
+    /// The whole body, ready to store. Readers see the end only when the task calls
+    /// [`Fill::close`], so a client that has read the whole body finds the entry.
+    Complete(Bytes),
+    /// The body was complete but larger than the object limit (readers have seen its end).
+    Oversized,
+    /// The upstream body failed or stalled, or nobody was left to read an oversized one.
+    Failed,
+}
+
+/// Reads `body` into `fill` until it ends. `limit` is the largest storable body;
+/// `idle` the longest wait for one chunk.
+pub(crate) async fn run_fill(
+    fill: &Fill,
+    mut body: Body,
+    limit: u64,
+    idle: Duration,
+) -> FillResult {
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(_))) | Err(_) => return fill.fail(),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not stored
+        };
+        if !fill.push(data, limit) || !fill.wait_for_readers().await {
+            return fill.fail();
+        }
+    }
+    let st = lock(&fill.state);
+    if st.storable {
+        return FillResult::Complete(concat(&st.chunks, st.bytes));
+    }
+    drop(st);
+    fill.close();
+    FillResult::Oversized
+}
+
+impl Fill {
+    /// Appends a chunk; `false` when an oversized fill has no reader left.
+    fn push(&self, data: Bytes, limit: u64) -> bool {
+        let mut st = lock(&self.state);
+        st.bytes += data.len() as u64;
+        if st.bytes > limit {
+            st.storable = false;
+        }
+        st.chunks.push_back(data);
+        let alive = st.storable || Self::live_readers(&st) > 0;
+        drop(st);
+        self.progress.notify_waiters();
+        alive
+    }
+
+    /// Once oversized: drops chunks every reader has read, and waits while the
+    /// slowest reader is more than the window behind. `false` when no reader is left.
+    async fn wait_for_readers(&self) -> bool {
+        wait_for(&self.consumed, || {
+            let mut st = lock(&self.state);
+            if st.storable {
+                return Some(true);
+            }
+            let Some(slowest) = st.readers.iter().flatten().min().copied() else {
+                return Some(false);
+            };
+            while st.base < slowest && !st.chunks.is_empty() {
+                st.chunks.pop_front();
+                st.base += 1;
+            }
+            let behind: u64 = st.chunks.iter().map(|c| c.len() as u64).sum();
+            (behind <= OVERFLOW_WINDOW).then_some(true)
+        })
+        .await
+    }
+
+    /// Readers see the body end (after the entry, if any, is stored).
+    pub(crate) fn close(&self) {
+        self.set_end(End::Complete);
+    }
+
+    fn fail(&self) -> FillResult {
+        self.set_end(End::Failed);
+        FillResult::Failed
+    }
+
+    fn set_end(&self, end: End) {
+        lock(&self.state).end = Some(end);
+        self.progress.notify_waiters();
+    }
+}
+
+/// One contiguous copy of the body: the chunks may be slices of larger receive
+/// buffers, which an entry must not keep alive.
+fn concat(chunks: &VecDeque<Bytes>, len: u64) -> Bytes {
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    for c in chunks {
+        out.extend_from_slice(c);
+    }
+    Bytes::from(out)
+}

@@ -1,0 +1,326 @@
+//! Cache keys: API, stage, method class, path, the chosen query parameters and
+//! request headers, and (for a resource whose response has `Vary`) the values of
+//! the varying headers.
+//!
+//! A key is written once through a [`KeySink`]: into a keyed hash (the lookup, with
+//! no allocation on the hit path), into a [`KeyText`] (stored with the entry on a
+//! miss), or into a comparator that checks a request against a stored key (so a
+//! 64-bit hash collision can never serve one resource for another).
+//!
+//! The text is `api \0 stage \0 G \0 path \0 query \0 headers [\0 \x1e vary]`, where
+//! `query` is the canonical chosen query (`a=1&b=2`, names sorted, values in request
+//! order, `name` alone for a parameter without `=`) and each header is
+//! `name \x1f value...`. No field can contain `\0` or `\x1f` (URIs and header
+//! values never hold control characters), so the encoding is unambiguous.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
+
+use http::{HeaderMap, HeaderName};
+use portico_config::CacheSettings;
+
+/// Receives the bytes of a key.
+pub(crate) trait KeySink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+/// What a request contributes to its key.
+pub(crate) struct KeyInput<'a> {
+    pub api: &'a str,
+    pub stage: &'a str,
+    /// The path inside the stage, as received.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub settings: &'a CacheSettings,
+}
+
+const SEP: &[u8] = b"\0";
+/// Starts the `Vary` part of a variant key (no field holds `\x1e`).
+const VARIANT: &[u8] = b"\0\x1e";
+/// Every cached exchange is a GET (HEAD is answered from GET entries).
+const METHOD_CLASS: &[u8] = b"G";
+
+impl KeyInput<'_> {
+    /// The primary key: everything but `Vary`.
+    pub(crate) fn write(&self, sink: &mut impl KeySink) {
+        for part in [self.api.as_bytes(), self.stage.as_bytes(), METHOD_CLASS] {
+            sink.put(part);
+            sink.put(SEP);
+        }
+        self.write_path(sink);
+        sink.put(SEP);
+        write_query(self.query, &self.settings.key_query, sink);
+        sink.put(SEP);
+        for name in &self.settings.key_headers {
+            write_header(self.headers, name, sink);
+        }
+    }
+
+    fn write_path(&self, sink: &mut impl KeySink) {
+        sink.put(self.path.as_bytes());
+    }
+
+    /// The primary key followed by the values of the `Vary` headers `names`.
+    pub(crate) fn write_variant(&self, names: &[HeaderName], sink: &mut impl KeySink) {
+        self.write(sink);
+        sink.put(VARIANT);
+        for name in names {
+            write_header(self.headers, name.as_str(), sink);
+        }
+    }
+}
+
+/// The chosen query parameters in canonical form (see the module docs).
+pub(crate) fn write_query(query: Option<&str>, chosen: &[String], sink: &mut impl KeySink) {
+    let mut first = true;
+    for name in chosen {
+        for pair in query.unwrap_or("").split('&') {
+            let (n, v) = match pair.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (pair, None),
+            };
+            if n != name {
+                continue;
+            }
+            if !first {
+                sink.put(b"&");
+            }
+            first = false;
+            sink.put(n.as_bytes());
+            if let Some(v) = v {
+                sink.put(b"=");
+                sink.put(v.as_bytes());
+            }
+        }
+    }
+}
+
+/// `name` and its values. Looked up by `&str`, which `http` does without allocating.
+fn write_header(headers: &HeaderMap, name: &str, sink: &mut impl KeySink) {
+    sink.put(name.as_bytes());
+    for v in headers.get_all(name) {
+        sink.put(b"\x1f");
+        sink.put(v.as_bytes());
+    }
+    sink.put(SEP);
+}
+
+/// The keyed hash a key is looked up by. The key is random per process, so a client
+/// cannot construct colliding keys.
+pub(crate) struct KeyHasher<H>(pub H);
+
+impl<H: Hasher> KeySink for KeyHasher<H> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
+}
+
+/// Hashes whatever `write` puts.
+pub(crate) fn hash_of(
+    state: &RandomState,
+    write: impl FnOnce(&mut KeyHasher<std::hash::DefaultHasher>),
+) -> u64 {
+    let mut h = KeyHasher(state.build_hasher());
+    write(&mut h);
+    h.0.finish()
+}
+
+/// A key as stored with its entry, with the positions purges select by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyText {
+    text: Box<[u8]>,
+}
+
+impl KeySink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl KeyText {
+    pub(crate) fn build(write: impl FnOnce(&mut Vec<u8>)) -> KeyText {
+        let mut text = Vec::with_capacity(96);
+        write(&mut text);
+        KeyText {
+            text: text.into_boxed_slice(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// The `n`th `\0`-separated field (0 api, 1 stage, 2 method class, 3 path, 4 query).
+    fn field(&self, n: usize) -> &[u8] {
+        self.text.split(|b| *b == 0).nth(n).unwrap_or(b"")
+    }
+
+    pub(crate) fn api(&self) -> &[u8] {
+        self.field(0)
+    }
+
+    pub(crate) fn stage(&self) -> &[u8] {
+        self.field(1)
+    }
+
+    pub(crate) fn path(&self) -> &[u8] {
+        self.field(3)
+    }
+
+    pub(crate) fn query(&self) -> &[u8] {
+        self.field(4)
+    }
+
+    /// The primary key of a variant key (itself when it has no `Vary` part).
+    pub(crate) fn without_variant(&self) -> KeyText {
+        let end = self
+            .text
+            .windows(VARIANT.len())
+            .position(|w| w == VARIANT)
+            .unwrap_or(self.text.len());
+        KeyText {
+            text: self.text[..end].into(),
+        }
+    }
+
+    /// Whether `write` produces exactly this key, without allocating.
+    pub(crate) fn matches(&self, write: impl FnOnce(&mut Compare<'_>)) -> bool {
+        let mut c = Compare {
+            rest: &self.text,
+            equal: true,
+        };
+        write(&mut c);
+        c.equal && c.rest.is_empty()
+    }
+}
+
+/// Compares what it is fed with a stored key, byte for byte.
+pub(crate) struct Compare<'a> {
+    rest: &'a [u8],
+    equal: bool,
+}
+
+impl KeySink for Compare<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        if !self.equal {
+            return;
+        }
+        match self.rest.strip_prefix(bytes) {
+            Some(rest) => self.rest = rest,
+            None => self.equal = false,
+        }
+    }
+}
+
+/// The key of everything stored for one path of one API stage: unsafe methods and
+/// URL purges find entries through it.
+pub(crate) fn path_hash(state: &RandomState, api: &[u8], stage: &[u8], path: &[u8]) -> u64 {
+    hash_of(state, |h| {
+        for part in [api, SEP, stage, SEP, path] {
+            h.put(part);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::HeaderValue;
+    use portico_config::{CacheMode, ClientInvalidation};
+
+    use super::*;
+
+    fn settings(query: &[&str], headers: &[&str]) -> CacheSettings {
+        CacheSettings {
+            mode: CacheMode::Http,
+            ttl: Duration::from_secs(1),
+            key_query: query.iter().map(|s| s.to_string()).collect(),
+            key_headers: headers.iter().map(|s| s.to_string()).collect(),
+            statuses: vec![200],
+            head: true,
+            max_object_bytes: 1,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            client_invalidation: ClientInvalidation::Ignore,
+        }
+    }
+
+    fn text(input: &KeyInput<'_>) -> String {
+        let k = KeyText::build(|t| input.write(t));
+        String::from_utf8(k.text.to_vec())
+            .unwrap()
+            .replace('\0', "|")
+            .replace('\x1f', "~")
+    }
+
+    #[test]
+    fn chosen_query_and_headers_are_canonical() {
+        let s = settings(&["a", "q"], &["accept-language"]);
+        let mut h = HeaderMap::new();
+        h.insert("accept-language", HeaderValue::from_static("de"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        let input = KeyInput {
+            api: "echo",
+            stage: "prod",
+            path: "/items/1",
+            query: Some("z=9&q=2&a=1&q=&a"),
+            headers: &h,
+            settings: &s,
+        };
+        assert_eq!(
+            text(&input),
+            "echo|prod|G|/items/1|a=1&a&q=2&q=|accept-language~de|"
+        );
+        let k = KeyText::build(|t| input.write(t));
+        assert_eq!(
+            (k.api(), k.stage(), k.path(), k.query()),
+            (
+                &b"echo"[..],
+                &b"prod"[..],
+                &b"/items/1"[..],
+                &b"a=1&a&q=2&q="[..]
+            )
+        );
+        // Unchosen parameters and headers do not change the key.
+        let same = KeyInput {
+            query: Some("a=1&a&q=2&q=&zz=1"),
+            ..input
+        };
+        assert!(k.matches(|c| same.write(c)));
+        let other = KeyInput {
+            query: Some("a=2"),
+            ..input
+        };
+        assert!(!k.matches(|c| other.write(c)));
+        let prefix = KeyInput {
+            path: "/items",
+            ..input
+        };
+        assert!(!k.matches(|c| prefix.write(c)));
+    }
+
+    #[test]
+    fn hashes_agree_with_text_and_variants_differ() {
+        let s = settings(&[], &[]);
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("text/html"));
+        let input = KeyInput {
+            api: "a",
+            stage: "s",
+            path: "/",
+            query: None,
+            headers: &h,
+            settings: &s,
+        };
+        let state = RandomState::new();
+        let primary = hash_of(&state, |k| input.write(k));
+        assert_eq!(primary, hash_of(&state, |k| input.write(k)));
+        let names = [http::header::ACCEPT];
+        let variant = hash_of(&state, |k| input.write_variant(&names, k));
+        assert_ne!(primary, variant);
+        let stored = KeyText::build(|t| input.write_variant(&names, t));
+        assert!(stored.matches(|c| input.write_variant(&names, c)));
+        assert!(!stored.matches(|c| input.write(c)));
+    }
+}

@@ -1,0 +1,362 @@
+//! The leader of a flight: fetches from upstream (conditionally when it holds a
+//! stale entry) and decides what becomes of the answer: a refreshed entry (304), a
+//! new entry streamed while it is stored, a stale answer on error, or a response
+//! that only passes through.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderName, Request, Response, StatusCode, header};
+use portico_config::CacheSettings;
+
+use super::ResponseCache;
+use super::entry::{Exchange, Freshness, Slot, Stored, VaryMarker};
+use super::fill::{Fill, FillResult, FlightEnd, LeaderGuard, Outcome, Role, run_fill};
+use super::key::{KeyText, hash_of, path_hash};
+use super::phase::{Found, Job, ttl_of};
+use super::respond::{Fwd, Member, from_entry, mark};
+use super::rules::{self, CacheControl, StoreContext};
+use crate::body::{Body, empty};
+use crate::error::{ErrorKind, ErrorSource, GatewayError};
+use crate::gateway::forward_timed;
+use crate::log::AccessRecord;
+use crate::upstream::Upstream;
+
+/// Closes the leader's flight with `outcome`, if it leads one.
+fn finish(guard: Option<LeaderGuard>, outcome: Outcome) {
+    if let Some(g) = guard {
+        g.finish(outcome);
+    }
+}
+
+impl<U: Upstream> Job<'_, U> {
+    /// Fetches for the cache. `store`: the response may be stored (the client did
+    /// not say `no-store`).
+    pub(crate) async fn lead(
+        &self,
+        found: &Found,
+        body: Body,
+        guard: Option<LeaderGuard>,
+        fwd: Fwd,
+        store: bool,
+        mut record: Option<&mut AccessRecord>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let stale = found.entry.as_deref();
+        let req = self.upstream_request(stale, body, true)?;
+        let request_time = SystemTime::now();
+        let (result, latency) = forward_timed(&**self.upstream, self.ctx, req).await;
+        if let Some(r) = record.as_deref_mut() {
+            r.integration_latency = Some(latency);
+        }
+        let failed = match &result {
+            Ok(resp) => {
+                let s = resp.status();
+                s.is_server_error() && !self.settings.statuses.contains(&s.as_u16())
+            }
+            Err(_) => true,
+        };
+        if failed {
+            let outcome = failure_outcome(&result);
+            finish(guard, outcome);
+            return self.stale_on_error(found.entry.as_ref(), result, Some(fwd), record);
+        }
+        let resp = result?;
+        match (resp.status(), found.entry.as_ref()) {
+            (StatusCode::NOT_MODIFIED, Some(e)) => {
+                self.refreshed(resp, e, found, guard, request_time, record)
+                    .await
+            }
+            _ => Ok(self.admit(resp, found, guard, fwd, store, request_time, record)),
+        }
+    }
+
+    /// Serves the stale entry when its stale-if-error window allows, else `result`.
+    pub(crate) fn stale_on_error(
+        &self,
+        stale: Option<&Arc<Stored>>,
+        result: Result<Response<Body>, GatewayError>,
+        fwd: Option<Fwd>,
+        record: Option<&mut AccessRecord>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let now = Instant::now();
+        let status = result.as_ref().ok().map(Response::status);
+        match stale.filter(|e| e.within(now, e.stale_if_error)) {
+            Some(e) => {
+                let mut m = Member::new(Fwd::Stale)
+                    .ttl(ttl_of(e, now))
+                    .detail("stale-if-error");
+                m.fwd_status = status;
+                let value = self.member(m, record);
+                Ok(from_entry(e, &self.parts.headers, self.head, value))
+            }
+            None => {
+                let mut resp = result?;
+                if let Some(fwd) = fwd {
+                    let value = self.member(Member::new(fwd).status(resp.status()), record);
+                    mark(&mut resp, value);
+                }
+                Ok(resp)
+            }
+        }
+    }
+
+    /// A 304 for our conditional request: the stored entry is fresh again.
+    async fn refreshed(
+        &self,
+        resp: Response<Body>,
+        stale: &Arc<Stored>,
+        found: &Found,
+        guard: Option<LeaderGuard>,
+        request_time: SystemTime,
+        record: Option<&mut AccessRecord>,
+    ) -> Result<Response<Body>, GatewayError> {
+        if !rules::validates(stale.etag.as_ref(), resp.headers()) {
+            finish(
+                guard,
+                Outcome::Failed(ErrorKind::BadGateway, ErrorSource::Integration),
+            );
+            return Err(
+                GatewayError::new(ErrorKind::BadGateway, ErrorSource::Integration)
+                    .with_cause("304 Not Modified for a different entity-tag"),
+            );
+        }
+        let ex = Exchange {
+            status: StatusCode::NOT_MODIFIED,
+            headers: resp.into_parts().0.headers,
+            request_time,
+            response_time: SystemTime::now(),
+            arrived: Instant::now(),
+        };
+        let entry = Arc::new(stale.freshened(ex, self.settings));
+        self.cache
+            .store
+            .insert(found.key, Slot::Entry(Arc::clone(&entry)))
+            .await;
+        finish(guard, Outcome::Entry(Arc::clone(&entry)));
+        let m = Member::new(Fwd::Stale).status(StatusCode::NOT_MODIFIED);
+        let value = self.member(m, record);
+        Ok(from_entry(&entry, &self.parts.headers, self.head, value))
+    }
+
+    /// A full response: stored while it streams when the rules allow, else passed on.
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        resp: Response<Body>,
+        found: &Found,
+        guard: Option<LeaderGuard>,
+        fwd: Fwd,
+        store: bool,
+        request_time: SystemTime,
+        record: Option<&mut AccessRecord>,
+    ) -> Response<Body> {
+        let (parts, body) = resp.into_parts();
+        let ex = Exchange {
+            status: parts.status,
+            headers: parts.headers,
+            request_time,
+            response_time: SystemTime::now(),
+            arrived: Instant::now(),
+        };
+        let verdict = if store {
+            self.storable(&ex)
+        } else {
+            Err("request-no-store")
+        };
+        let member = Member::new(fwd).status(ex.status);
+        let (body, member) = match verdict {
+            Ok(()) => (self.fill(found, &ex, body, guard), member.stored(true)),
+            Err(detail) => {
+                finish(guard, Outcome::Pass);
+                (body, member.detail(detail))
+            }
+        };
+        let body = if self.head { empty() } else { body };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = ex.status;
+        *resp.headers_mut() = ex.headers;
+        mark(&mut resp, self.member(member, record));
+        resp
+    }
+
+    /// `Ok` when the response may be stored; else the reason, for `Cache-Status`.
+    fn storable(&self, ex: &Exchange) -> Result<(), &'static str> {
+        let cc = CacheControl::parse(&ex.headers);
+        let ctx = StoreContext {
+            http_mode: self.settings.mode == portico_config::CacheMode::Http,
+            statuses: &self.settings.statuses,
+            authorization: self.parts.headers.contains_key(header::AUTHORIZATION),
+            authorization_in_key: self
+                .settings
+                .key_headers
+                .iter()
+                .any(|h| h == "authorization"),
+        };
+        rules::check_storable(ex.status, &ex.headers, &cc, &ctx).map_err(|r| r.as_str())?;
+        let declared = ex
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.settings.max_object_bytes) {
+            return Err(rules::NotStorable::TooLarge.as_str());
+        }
+        let fresh = Freshness::of(ex, &cc, self.settings);
+        let validators =
+            ex.headers.contains_key(header::ETAG) || ex.headers.contains_key(header::LAST_MODIFIED);
+        let windows = !fresh.stale_if_error.is_zero() || !fresh.stale_while_revalidate.is_zero();
+        if fresh.lifetime.is_zero() && !validators && !windows {
+            return Err(rules::NotStorable::NoFreshness.as_str());
+        }
+        Ok(())
+    }
+
+    /// Starts the fill task and returns the leader's own reader of it.
+    fn fill(&self, found: &Found, ex: &Exchange, body: Body, guard: Option<LeaderGuard>) -> Body {
+        let vary: Box<[HeaderName]> = rules::vary_names(&ex.headers).into_boxed_slice();
+        let input = self.input();
+        let hasher = &self.cache.store.hasher;
+        let (key, text) = if vary.is_empty() {
+            (found.primary, KeyText::build(|t| input.write(t)))
+        } else {
+            let key = hash_of(hasher, |h| input.write_variant(&vary, h));
+            (key, KeyText::build(|t| input.write_variant(&vary, t)))
+        };
+        let path = path_hash(hasher, text.api(), text.stage(), text.path());
+        let fill = Fill::new(ex.status, ex.headers.clone(), text.clone(), vary.clone());
+        let reader = if self.head { None } else { fill.reader() };
+        let task = FillTask {
+            cache: Arc::clone(self.cache),
+            settings: Arc::clone(self.settings),
+            fill: Arc::clone(&fill),
+            key,
+            primary: found.primary,
+            text,
+            path,
+            vary,
+            ex: ex.clone_head(),
+            end: guard.map(|g| g.stream(&fill)),
+            idle: self.ctx.settings().timeout,
+        };
+        tokio::spawn(task.run(body));
+        reader.unwrap_or_else(empty)
+    }
+
+    /// Starts a background revalidation of a stale entry unless one is running.
+    pub(crate) fn refresh_in_background(&self, found: &Found) {
+        let Role::Lead(guard) = self.cache.flights.join(found.key) else {
+            return;
+        };
+        let cache = Arc::clone(self.cache);
+        let upstream = Arc::clone(self.upstream);
+        let ctx = self.ctx.clone();
+        let settings = Arc::clone(self.settings);
+        let mut head = Request::new(());
+        *head.uri_mut() = self.parts.uri.clone();
+        *head.headers_mut() = self.parts.headers.clone();
+        let (parts, ()) = head.into_parts();
+        let found = found.clone();
+        tokio::spawn(async move {
+            let job = Job {
+                cache: &cache,
+                upstream: &upstream,
+                ctx: &ctx,
+                settings: &settings,
+                parts: &parts,
+                head: true,
+            };
+            if let Err(err) = job
+                .lead(&found, empty(), Some(guard), Fwd::Stale, true, None)
+                .await
+            {
+                tracing::debug!(%err, "background revalidation failed");
+            }
+        });
+    }
+}
+
+fn failure_outcome(result: &Result<Response<Body>, GatewayError>) -> Outcome {
+    match result {
+        Err(e) => Outcome::Failed(e.kind.clone(), e.source_of),
+        // A 5xx the route does not cache: followers fetch on their own.
+        Ok(_) => Outcome::Pass,
+    }
+}
+
+impl Exchange {
+    fn clone_head(&self) -> Exchange {
+        Exchange {
+            status: self.status,
+            headers: self.headers.clone(),
+            request_time: self.request_time,
+            response_time: self.response_time,
+            arrived: self.arrived,
+        }
+    }
+}
+
+/// Reads a response body into its fill and stores the result if it is complete.
+struct FillTask {
+    cache: Arc<ResponseCache>,
+    settings: Arc<CacheSettings>,
+    fill: Arc<Fill>,
+    key: u64,
+    primary: u64,
+    text: KeyText,
+    path: u64,
+    vary: Box<[HeaderName]>,
+    ex: Exchange,
+    /// Ends the flight when dropped: after the entry is stored.
+    end: Option<FlightEnd>,
+    idle: std::time::Duration,
+}
+
+impl FillTask {
+    async fn run(self, body: Body) {
+        let fill = Arc::clone(&self.fill);
+        let result = run_fill(&fill, body, self.settings.max_object_bytes, self.idle).await;
+        if let FillResult::Complete(bytes) = result {
+            self.store(bytes).await;
+            fill.close();
+        } else {
+            tracing::debug!(?result, "response not stored");
+        }
+    }
+
+    /// Stores a complete body (its readers are told it ended afterwards).
+    async fn store(self, bytes: bytes::Bytes) {
+        let FillTask {
+            cache,
+            settings,
+            key,
+            primary,
+            text,
+            path,
+            vary,
+            ex,
+            end,
+            ..
+        } = self;
+        let declared = ex
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|n| n != bytes.len()) {
+            tracing::debug!("response body shorter or longer than its Content-Length; not stored");
+            return;
+        }
+        let primary_text = text.without_variant();
+        let stored = match Stored::new(text, path, ex, bytes, &settings) {
+            Ok(s) => Arc::new(s),
+            Err(reason) => return tracing::debug!(reason = reason.as_str(), "response not stored"),
+        };
+        if !vary.is_empty() {
+            let marker = VaryMarker::new(primary_text, path, vary.into_vec(), stored.keep());
+            cache
+                .store
+                .insert(primary, Slot::Vary(Arc::new(marker)))
+                .await;
+        }
+        cache.store.insert(key, Slot::Entry(stored)).await;
+        drop(end);
+    }
+}

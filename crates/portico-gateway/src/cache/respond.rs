@@ -1,0 +1,208 @@
+//! Answers built from the cache, and the `Cache-Status` field (RFC 9211) that says
+//! what this node's cache did.
+//!
+//! Each node appends one member named `portico-{node id}`. It appends a new field
+//! line rather than rewriting the upstream's: lines combine in order, so the first
+//! member is the cache closest to the origin and the last the one closest to the
+//! client, as §2 requires, and a hit costs no string formatting.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use super::entry::Stored;
+use super::rules;
+use crate::body::{Body, empty, full};
+
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Fields a `304 Not Modified` repeats from the stored response (RFC 9110 §15.4.5).
+const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    header::LAST_MODIFIED,
+    header::VARY,
+];
+
+/// What the cache did, as the `Cache-Status` parameters say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fwd {
+    /// Not forwarded: answered from a fresh entry.
+    Hit,
+    /// Not forwarded: a stale entry served while a background request refreshes it.
+    HitStale,
+    /// Not forwarded by this request: it shared another request's fetch.
+    Coalesced,
+    /// `fwd=bypass`: the request may not use the cache (Range, preconditions, no-store).
+    Bypass,
+    /// `fwd=method`: the method is not cached.
+    Method,
+    /// `fwd=miss`: nothing stored for the key.
+    Miss,
+    /// `fwd=vary-miss`: stored, but not for these `Vary` header values.
+    VaryMiss,
+    /// `fwd=stale`: a stale entry was revalidated (or replaced, or served on error).
+    Stale,
+    /// `fwd=request`: the client asked for a fresh response and may.
+    Request,
+}
+
+impl Fwd {
+    /// The word in logs (`cache` field of the access line).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Fwd::Hit => "hit",
+            Fwd::HitStale => "hit-stale",
+            Fwd::Coalesced => "coalesced",
+            Fwd::Bypass => "bypass",
+            Fwd::Method => "method",
+            Fwd::Miss => "miss",
+            Fwd::VaryMiss => "vary-miss",
+            Fwd::Stale => "stale",
+            Fwd::Request => "request",
+        }
+    }
+}
+
+/// One `Cache-Status` member, built up as the request proceeds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member {
+    pub fwd: Fwd,
+    pub fwd_status: Option<StatusCode>,
+    pub stored: bool,
+    /// Remaining freshness in seconds; negative when stale.
+    pub ttl: Option<i64>,
+    pub detail: Option<&'static str>,
+}
+
+impl Member {
+    pub(crate) fn new(fwd: Fwd) -> Member {
+        Member {
+            fwd,
+            fwd_status: None,
+            stored: false,
+            ttl: None,
+            detail: None,
+        }
+    }
+
+    pub(crate) fn status(mut self, status: StatusCode) -> Member {
+        self.fwd_status = Some(status);
+        self
+    }
+
+    pub(crate) fn stored(mut self, stored: bool) -> Member {
+        self.stored = stored;
+        self
+    }
+
+    pub(crate) fn ttl(mut self, ttl: i64) -> Member {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    pub(crate) fn detail(mut self, detail: &'static str) -> Member {
+        self.detail = Some(detail);
+        self
+    }
+}
+
+/// The node's member name and the values that never change.
+pub(crate) struct StatusNames {
+    name: Box<str>,
+    hit: HeaderValue,
+    coalesced: HeaderValue,
+}
+
+impl StatusNames {
+    pub(crate) fn new(node_id: &str) -> StatusNames {
+        let name: Box<str> = format!("portico-{node_id}").into();
+        let value = |params: &str| {
+            HeaderValue::from_str(&format!("{name}; {params}"))
+                .unwrap_or_else(|_| HeaderValue::from_static("portico; hit"))
+        };
+        StatusNames {
+            hit: value("hit"),
+            coalesced: value("hit; detail=coalesced"),
+            name,
+        }
+    }
+
+    /// The field value of `m`. A plain hit is a shared, preformatted value.
+    pub(crate) fn value(&self, m: &Member) -> HeaderValue {
+        let plain = m.ttl.is_none() && m.detail.is_none();
+        match m.fwd {
+            Fwd::Hit if plain => return self.hit.clone(),
+            Fwd::Coalesced => return self.coalesced.clone(),
+            _ => {}
+        }
+        let mut s = String::with_capacity(80);
+        s.push_str(&self.name);
+        match m.fwd {
+            Fwd::Hit | Fwd::HitStale | Fwd::Coalesced => s.push_str("; hit"),
+            fwd => {
+                let _ = write!(s, "; fwd={}", fwd.as_str());
+            }
+        }
+        if let Some(status) = m.fwd_status {
+            let _ = write!(s, "; fwd-status={}", status.as_u16());
+        }
+        if m.stored {
+            s.push_str("; stored");
+        }
+        if let Some(ttl) = m.ttl {
+            let _ = write!(s, "; ttl={ttl}");
+        }
+        if let Some(detail) = m.detail {
+            let _ = write!(s, "; detail={detail}");
+        }
+        HeaderValue::from_str(&s).unwrap_or_else(|_| self.hit.clone())
+    }
+}
+
+/// Adds this node's `Cache-Status` member to a response.
+pub(crate) fn mark<B>(resp: &mut Response<B>, value: HeaderValue) {
+    resp.headers_mut().append(&CACHE_STATUS, value);
+}
+
+/// The answer from a stored entry: `304` for a matching conditional request, else
+/// the stored response (headers only for HEAD), with the current `Age`.
+pub(crate) fn from_entry(
+    entry: &Stored,
+    request: &HeaderMap,
+    head: bool,
+    status: HeaderValue,
+) -> Response<Body> {
+    let not_modified =
+        rules::not_modified(request, entry.etag.as_ref(), entry.last_modified.as_ref());
+    let mut resp = if not_modified {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in &NOT_MODIFIED_FIELDS {
+            for v in entry.headers.get_all(name) {
+                r.headers_mut().append(name, v.clone());
+            }
+        }
+        r
+    } else {
+        let body = if head {
+            empty()
+        } else {
+            full(entry.body.clone())
+        };
+        let mut r = Response::new(body);
+        *r.status_mut() = entry.status;
+        *r.headers_mut() = entry.headers.clone();
+        r
+    };
+    let age = entry.age(Instant::now()).as_secs();
+    resp.headers_mut()
+        .insert(header::AGE, HeaderValue::from(age));
+    mark(&mut resp, status);
+    resp
+}

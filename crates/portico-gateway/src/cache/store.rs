@@ -1,0 +1,154 @@
+//! The node's cache map: a moka cache sized in bytes (its weigher counts body,
+//! headers, key and a fixed overhead per entry), entries expiring when nothing could
+//! use them any more, and an index from (API, stage, path) to the keys stored for
+//! it, so that unsafe methods and URL purges find every variant without a scan.
+
+use std::collections::HashMap;
+use std::hash::RandomState;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+use moka::notification::RemovalCause;
+
+use super::entry::Slot;
+
+/// Keys stored per path: (cache key, generation of the slot inserted under it).
+type PathIndex = HashMap<u64, Vec<(u64, u64)>>;
+
+/// Numbers for the admin API and the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub entries: u64,
+    /// Sum of the entries' weights, in bytes.
+    pub weighted_bytes: u64,
+    pub max_bytes: u64,
+}
+
+pub(crate) struct Store {
+    map: Cache<u64, Slot>,
+    index: Arc<Mutex<PathIndex>>,
+    pub(crate) hasher: RandomState,
+    max_bytes: u64,
+}
+
+struct KeepFor;
+
+impl Expiry<u64, Slot> for KeepFor {
+    fn expire_after_create(&self, _: &u64, value: &Slot, _: Instant) -> Option<Duration> {
+        Some(value.keep())
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &u64,
+        value: &Slot,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep())
+    }
+}
+
+impl Store {
+    pub(crate) fn new(max_bytes: u64) -> Store {
+        let index: Arc<Mutex<PathIndex>> = Arc::default();
+        let on_removal = Arc::clone(&index);
+        let map = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_, slot: &Slot| slot.weight())
+            .expire_after(KeepFor)
+            .support_invalidation_closures()
+            .eviction_listener(move |key: Arc<u64>, slot: Slot, _: RemovalCause| {
+                unindex(&on_removal, slot.path_hash(), *key, slot.generation());
+            })
+            .build();
+        Store {
+            map,
+            index,
+            hasher: RandomState::new(),
+            max_bytes,
+        }
+    }
+
+    pub(crate) async fn get(&self, key: u64) -> Option<Slot> {
+        self.map.get(&key).await
+    }
+
+    /// Stores `slot` under `key` and indexes it by its path.
+    pub(crate) async fn insert(&self, key: u64, slot: Slot) {
+        {
+            let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            index
+                .entry(slot.path_hash())
+                .or_default()
+                .push((key, slot.generation()));
+        }
+        self.map.insert(key, slot).await;
+    }
+
+    /// Removes the slots stored for one path that `select` picks; returns how many.
+    pub(crate) async fn remove_path(
+        &self,
+        path_hash: u64,
+        select: impl Fn(&Slot) -> bool,
+    ) -> usize {
+        let keys: Vec<u64> = {
+            let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            index
+                .get(&path_hash)
+                .map(|v| v.iter().map(|(k, _)| *k).collect())
+                .unwrap_or_default()
+        };
+        let mut removed = 0;
+        for key in keys {
+            let selected = self
+                .map
+                .get(&key)
+                .await
+                .is_some_and(|slot| slot.path_hash() == path_hash && select(&slot));
+            if selected {
+                self.map.invalidate(&key).await;
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every slot `select` picks. Effective at once for lookups; moka drops
+    /// the memory in its maintenance.
+    pub(crate) fn remove_if(&self, select: impl Fn(&Slot) -> bool + Send + Sync + 'static) {
+        if let Err(err) = self.map.invalidate_entries_if(move |_, slot| select(slot)) {
+            // Only possible if invalidation closures were not enabled at build time.
+            tracing::error!(%err, "cache purge failed; flushing the whole cache instead");
+            self.map.invalidate_all();
+        }
+    }
+
+    pub(crate) fn remove_all(&self) {
+        self.map.invalidate_all();
+    }
+
+    /// Exact numbers: runs moka's pending maintenance first.
+    pub(crate) async fn stats(&self) -> CacheStats {
+        self.map.run_pending_tasks().await;
+        CacheStats {
+            entries: self.map.entry_count(),
+            weighted_bytes: self.map.weighted_size(),
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+/// Forgets one (key, generation) of a path; a successor under the same key keeps
+/// its own index slot.
+fn unindex(index: &Mutex<PathIndex>, path_hash: u64, key: u64, generation: u64) {
+    let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(keys) = index.get_mut(&path_hash) {
+        keys.retain(|&(k, g)| !(k == key && g == generation));
+        if keys.is_empty() {
+            index.remove(&path_hash);
+        }
+    }
+}

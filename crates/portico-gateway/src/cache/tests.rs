@@ -1,0 +1,545 @@
+//! The cache phase driven through `Gateway::handle` with a scripted upstream.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use portico_config::Definitions;
+
+use super::PurgeScope;
+use crate::body::{Body, BoxError, full};
+use crate::context::{ConnInfo, Protocol, RequestCtx};
+use crate::error::{ErrorKind, ErrorSource, GatewayError};
+use crate::{Entry, Gateway, GatewaySettings, ServedModes, Upstream};
+
+/// What the scripted upstream answers: status, headers, body chunks, and whether
+/// the body breaks after them.
+#[derive(Clone, Default)]
+struct Script {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    chunks: Vec<&'static str>,
+    chunk_delay: Duration,
+    breaks: bool,
+    error: bool,
+}
+
+fn ok(cc: &str, body: &'static str) -> Script {
+    Script {
+        status: 200,
+        headers: vec![("cache-control", cc.to_owned())],
+        chunks: vec![body],
+        ..Script::default()
+    }
+}
+
+type Handler = dyn Fn(&Request<Body>, usize) -> Script + Send + Sync;
+
+struct Scripted {
+    calls: AtomicUsize,
+    head_delay: Duration,
+    seen: Mutex<Vec<HeaderMap>>,
+    handler: Box<Handler>,
+}
+
+impl Upstream for Scripted {
+    async fn forward(
+        &self,
+        _: &RequestCtx,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.seen.lock().unwrap().push(req.headers().clone());
+        let script = (self.handler)(&req, n);
+        tokio::time::sleep(self.head_delay).await;
+        if script.error {
+            return Err(GatewayError::new(
+                ErrorKind::BadGateway,
+                ErrorSource::Integration,
+            ));
+        }
+        let mut resp = Response::new(body_of(&script));
+        *resp.status_mut() = StatusCode::from_u16(script.status).unwrap();
+        for (k, v) in &script.headers {
+            resp.headers_mut().append(*k, v.parse().unwrap());
+        }
+        Ok(resp)
+    }
+}
+
+fn body_of(script: &Script) -> Body {
+    let chunks: Vec<Result<http_body::Frame<Bytes>, BoxError>> = script
+        .chunks
+        .iter()
+        .map(|c| Ok(http_body::Frame::data(Bytes::from_static(c.as_bytes()))))
+        .chain(
+            script
+                .breaks
+                .then(|| Err::<http_body::Frame<Bytes>, BoxError>("broken".into())),
+        )
+        .collect();
+    let delay = script.chunk_delay;
+    let s = stream::unfold(chunks.into_iter(), move |mut it| async move {
+        let item = it.next()?;
+        tokio::time::sleep(delay).await;
+        Some((item, it))
+    });
+    StreamBody::new(s).boxed_unsync()
+}
+
+const DEFS: &str = r#"
+[[apis]]
+name = "a"
+endpoint = "regional"
+[[apis.routes]]
+method = "GET"
+path = "/{proxy+}"
+cache = { mode = "http", key_query = ["q"], max_object_bytes = 16, client_invalidation = "allow_with_key_else_forbid" }
+integration = { type = "mock" }
+[[apis.routes]]
+method = "GET"
+path = "/ttl/{proxy+}"
+cache = { ttl_seconds = 60, stale_if_error_seconds = 60 }
+integration = { type = "mock" }
+[[apis.routes]]
+method = "POST"
+path = "/{proxy+}"
+integration = { type = "mock" }
+[[apis.stages]]
+name = "prod"
+"#;
+
+fn gateway(
+    head_delay: Duration,
+    handler: impl Fn(&Request<Body>, usize) -> Script + Send + Sync + 'static,
+) -> Arc<Gateway<Scripted>> {
+    let defs = Arc::new(Definitions::from_toml_str(DEFS, "test").unwrap());
+    let settings = GatewaySettings {
+        node_id: Arc::from("n1"),
+        max_body_bytes: 1 << 20,
+        max_header_bytes: 16 * 1024,
+    };
+    let upstream = Scripted {
+        calls: AtomicUsize::new(0),
+        head_delay,
+        seen: Mutex::new(Vec::new()),
+        handler: Box::new(handler),
+    };
+    Arc::new(Gateway::new(settings, defs, upstream).with_cache(1 << 20))
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: Result<Bytes, BoxError>,
+}
+
+impl Reply {
+    fn body(&self) -> Bytes {
+        self.body.as_ref().expect("body").clone()
+    }
+
+    fn cache_status(&self) -> String {
+        let all: Vec<&str> = self
+            .headers
+            .get_all("cache-status")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        all.join(", ")
+    }
+}
+
+async fn send(g: &Gateway<Scripted>, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "h");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let conn = Arc::new(ConnInfo {
+        client_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+        local_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+        tls: None,
+        protocol: Protocol::Http1,
+        default_api: Some(Arc::from("a")),
+    });
+    let resp = g
+        .handle(
+            req.body(full("")).unwrap(),
+            &conn,
+            Entry::Public(ServedModes::REGIONAL),
+        )
+        .await;
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.map(|c| c.to_bytes()),
+    }
+}
+
+fn calls(g: &Gateway<Scripted>) -> usize {
+    g.upstream().calls.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_age_and_cache_status() {
+    let g = gateway(Duration::ZERO, |_, _| ok("max-age=60", "hello"));
+    let r = send(&g, "GET", "/prod/x", &[]).await;
+    assert_eq!(
+        (r.status, r.cache_status()),
+        (
+            200,
+            "portico-n1; fwd=miss; fwd-status=200; stored".to_owned()
+        )
+    );
+    assert_eq!(r.body(), "hello");
+    let r = send(&g, "GET", "/prod/x", &[]).await;
+    assert_eq!(r.cache_status(), "portico-n1; hit");
+    assert_eq!(r.headers["age"], "0");
+    assert_eq!(r.headers["content-length"], "5");
+    assert_eq!(r.body(), "hello");
+    assert_eq!(calls(&g), 1);
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_streamed_fetch() {
+    let g = gateway(Duration::from_millis(50), |_, _| Script {
+        chunks: vec!["ab", "cd", "ef"],
+        chunk_delay: Duration::from_millis(20),
+        ..ok("max-age=60", "")
+    });
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { send(&g, "GET", "/prod/c", &[]).await })
+        })
+        .collect();
+    let mut coalesced = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.body(), "abcdef");
+        coalesced += usize::from(r.cache_status().ends_with("hit; detail=coalesced"));
+    }
+    assert_eq!(calls(&g), 1);
+    assert_eq!(coalesced, 49);
+}
+
+#[tokio::test]
+async fn not_stored_no_store_private_set_cookie_and_too_large() {
+    let g = gateway(Duration::ZERO, |req, _| match req.uri().path() {
+        "/ns" => ok("no-store, max-age=60", "x"),
+        "/pv" => ok("private, max-age=60", "x"),
+        "/big" => Script {
+            headers: vec![
+                ("cache-control", "max-age=60".into()),
+                ("content-length", "19".into()),
+            ],
+            ..ok("", "0123456789abcdefXYZ")
+        },
+        "/big2" => ok("max-age=60", "0123456789abcdefXYZ"),
+        _ => Script {
+            headers: vec![
+                ("cache-control", "max-age=60".into()),
+                ("set-cookie", "a=b".into()),
+            ],
+            ..ok("", "x")
+        },
+    });
+    for (path, detail) in [
+        ("ns", "no-store"),
+        ("pv", "private"),
+        ("sc", "set-cookie"),
+        ("big", "too-large"),
+    ] {
+        for _ in 0..2 {
+            let r = send(&g, "GET", &format!("/prod/{path}"), &[]).await;
+            let status = r.cache_status();
+            assert!(
+                status.ends_with(&format!("fwd=miss; fwd-status=200; detail={detail}")),
+                "{status}"
+            );
+        }
+    }
+    // Without Content-Length the size shows only while streaming: the body passes
+    // in full, and nothing is stored.
+    for _ in 0..2 {
+        let r = send(&g, "GET", "/prod/big2", &[]).await;
+        assert_eq!(r.body(), "0123456789abcdefXYZ");
+        assert!(r.cache_status().contains("fwd=miss"));
+    }
+    assert_eq!(calls(&g), 10);
+}
+
+#[tokio::test]
+async fn a_broken_body_leaves_no_entry() {
+    let g = gateway(Duration::ZERO, |_, n| Script {
+        breaks: n == 0,
+        chunks: vec!["part"],
+        ..ok("max-age=60", "")
+    });
+    let r = send(&g, "GET", "/prod/b", &[]).await;
+    assert!(r.body.is_err());
+    let r = send(&g, "GET", "/prod/b", &[]).await;
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.body(), "part");
+    assert_eq!(
+        send(&g, "GET", "/prod/b", &[]).await.cache_status(),
+        "portico-n1; hit"
+    );
+}
+
+#[tokio::test]
+async fn stale_entries_are_revalidated_and_304_refreshes() {
+    let g = gateway(Duration::ZERO, |req, _| {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            return Script {
+                status: 304,
+                headers: vec![("cache-control", "max-age=60".into())],
+                ..Script::default()
+            };
+        }
+        Script {
+            headers: vec![
+                ("cache-control", "max-age=1".into()),
+                ("etag", "\"v1\"".into()),
+            ],
+            ..ok("", "body")
+        }
+    });
+    send(&g, "GET", "/prod/r", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = send(&g, "GET", "/prod/r", &[]).await;
+    assert_eq!(r.cache_status(), "portico-n1; fwd=stale; fwd-status=304");
+    assert_eq!((r.status, r.body()), (200, Bytes::from("body")));
+    assert_eq!(r.headers["cache-control"], "max-age=60");
+    let r = send(&g, "GET", "/prod/r", &[]).await;
+    assert_eq!(r.cache_status(), "portico-n1; hit");
+    assert_eq!(calls(&g), 2);
+    // The client's own conditional request is answered from the entry.
+    let r = send(&g, "GET", "/prod/r", &[("if-none-match", "W/\"v1\"")]).await;
+    assert_eq!(
+        (r.status, r.cache_status()),
+        (304, "portico-n1; hit".to_owned())
+    );
+    assert_eq!(r.headers["etag"], "\"v1\"");
+}
+
+#[tokio::test]
+async fn stale_if_error_and_stale_while_revalidate() {
+    let g = gateway(Duration::ZERO, |req, n| match (req.uri().path(), n) {
+        ("/sie", 0) => ok("max-age=1, stale-if-error=60", "old"),
+        ("/sie", _) => Script {
+            error: true,
+            ..Script::default()
+        },
+        (_, _) => ok(
+            "max-age=1, stale-while-revalidate=60",
+            if n <= 1 { "v0" } else { "v1" },
+        ),
+    });
+    send(&g, "GET", "/prod/sie", &[]).await;
+    send(&g, "GET", "/prod/swr", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = send(&g, "GET", "/prod/sie", &[]).await;
+    assert_eq!(r.body(), "old");
+    assert!(
+        r.cache_status().starts_with("portico-n1; fwd=stale; ttl=-"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.cache_status().ends_with("detail=stale-if-error"));
+    let r = send(&g, "GET", "/prod/swr", &[]).await;
+    assert_eq!(r.body(), "v0");
+    assert!(
+        r.cache_status().ends_with("detail=stale-while-revalidate"),
+        "{}",
+        r.cache_status()
+    );
+    for _ in 0..100 {
+        let r = send(&g, "GET", "/prod/swr", &[]).await;
+        if r.body() == "v1" {
+            assert_eq!(r.cache_status(), "portico-n1; hit");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the background refresh never landed");
+}
+
+#[tokio::test]
+async fn vary_and_key_parameters() {
+    let g = gateway(Duration::ZERO, |req, _| {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        let body: &'static str =
+            Box::leak(format!("{lang} {}", req.uri().query().unwrap_or("")).into_boxed_str());
+        Script {
+            headers: vec![
+                ("cache-control", "max-age=60".into()),
+                ("vary", "Accept-Language".into()),
+            ],
+            ..ok("", body)
+        }
+    });
+    let de = [("accept-language", "de")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(
+        send(&g, "GET", "/prod/v?q=1&z=1", &de).await.body(),
+        "de q=1&z=1"
+    );
+    let r = send(&g, "GET", "/prod/v?q=1&z=2", &fr).await;
+    assert!(
+        r.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.body(), "fr q=1&z=2");
+    let r = send(&g, "GET", "/prod/v?z=3&q=1", &de).await;
+    assert_eq!(
+        (r.cache_status(), r.body()),
+        ("portico-n1; hit".to_owned(), Bytes::from("de q=1&z=1"))
+    );
+    let r = send(&g, "GET", "/prod/v?q=2", &de).await;
+    assert!(r.cache_status().contains("fwd=miss"));
+    assert_eq!(calls(&g), 3);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_and_purges_remove() {
+    let g = gateway(Duration::ZERO, |_, _| Script {
+        headers: vec![
+            ("cache-control", "max-age=60".into()),
+            ("cache-tag", "t1, t2".into()),
+        ],
+        ..ok("", "x")
+    });
+    send(&g, "GET", "/prod/p?q=1", &[]).await;
+    send(&g, "GET", "/prod/p?q=2", &[]).await;
+    let r = send(&g, "POST", "/prod/p", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        send(&g, "GET", "/prod/p?q=1", &[])
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    );
+    let hit = |r: Reply| r.cache_status() == "portico-n1; hit";
+    let settings = g
+        .definitions()
+        .api("a")
+        .unwrap()
+        .stage("prod")
+        .unwrap()
+        .route_settings(0)
+        .cache
+        .clone()
+        .unwrap();
+    g.purge(&PurgeScope::url(
+        "a",
+        "prod",
+        "/p",
+        Some("z=1&q=1"),
+        &settings,
+    ))
+    .await;
+    assert!(!hit(send(&g, "GET", "/prod/p?q=1", &[]).await));
+    assert!(hit(send(&g, "GET", "/prod/p?q=1", &[]).await));
+    send(&g, "GET", "/prod/dir/a", &[]).await;
+    g.purge(&PurgeScope::Prefix {
+        api: "a".into(),
+        stage: "prod".into(),
+        path_prefix: "/dir/".into(),
+    })
+    .await;
+    assert!(!hit(send(&g, "GET", "/prod/dir/a", &[]).await));
+    assert!(hit(send(&g, "GET", "/prod/p?q=1", &[]).await));
+    g.purge(&PurgeScope::Tag {
+        api: "a".into(),
+        tags: vec!["t2".into()],
+    })
+    .await;
+    assert!(!hit(send(&g, "GET", "/prod/p?q=1", &[]).await));
+    g.purge(&PurgeScope::Stage {
+        api: "a".into(),
+        stage: "prod".into(),
+    })
+    .await;
+    assert!(!hit(send(&g, "GET", "/prod/p?q=1", &[]).await));
+}
+
+#[tokio::test]
+async fn client_invalidation_needs_a_key() {
+    let g = gateway(Duration::ZERO, |_, n| {
+        ok("max-age=60", if n == 0 { "a" } else { "b" })
+    });
+    send(&g, "GET", "/prod/i", &[]).await;
+    let r = send(&g, "GET", "/prod/i", &[("cache-control", "no-cache")]).await;
+    assert_eq!(
+        (r.status, r.body()),
+        (403, Bytes::from("{\"message\":\"Forbidden\"}"))
+    );
+    let r = send(
+        &g,
+        "GET",
+        "/prod/i",
+        &[("cache-control", "max-age=0"), ("x-api-key", "k")],
+    )
+    .await;
+    assert_eq!(
+        r.cache_status(),
+        "portico-n1; fwd=request; fwd-status=200; stored"
+    );
+    assert_eq!(send(&g, "GET", "/prod/i", &[]).await.body(), "b");
+}
+
+#[tokio::test]
+async fn ttl_mode_uses_the_route_ttl_and_head_uses_get_entries() {
+    let g = gateway(Duration::ZERO, |_, n| {
+        if n > 0 {
+            return Script {
+                error: true,
+                ..Script::default()
+            };
+        }
+        ok("max-age=0", "t")
+    });
+    let r = send(&g, "HEAD", "/prod/ttl/x", &[]).await;
+    assert_eq!((r.status, r.body().len()), (200, 0));
+    assert!(r.cache_status().ends_with("stored"), "{}", r.cache_status());
+    assert_eq!(g.upstream().seen.lock().unwrap().len(), 1);
+    // The HEAD's fill may still be finishing: then the GET shares it.
+    let r = send(&g, "GET", "/prod/ttl/x", &[]).await;
+    assert!(
+        r.cache_status().starts_with("portico-n1; hit"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(r.body(), "t");
+    let r = send(&g, "GET", "/prod/ttl/x", &[]).await;
+    assert_eq!(
+        (r.cache_status(), r.body()),
+        ("portico-n1; hit".to_owned(), Bytes::from("t"))
+    );
+    let r = send(&g, "GET", "/prod/ttl/x", &[("range", "bytes=0-1")]).await;
+    // Ranges bypass the cache (here into a failing upstream).
+    assert_eq!((r.status, r.cache_status()), (502, String::new()));
+}
