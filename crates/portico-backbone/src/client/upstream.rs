@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use portico_gateway::{Body, BoxError, ErrorKind, ErrorSource, GatewayError, RequestCtx, Upstream};
 use portico_proto::stream::{Direction, HalfStream};
-use portico_proto::{End, Frame, ResetCode, ResponseHead, StreamKind};
+use portico_proto::{End, Frame, RequestHead, ResetCode, ResponseHead, StreamKind};
 use tokio::sync::oneshot;
 
 use super::{Inner, Session};
@@ -47,6 +47,22 @@ impl BackboneUpstream {
     pub fn is_up(&self, region: &str) -> bool {
         self.inner.live_session(region).is_some()
     }
+
+    /// Sends an already-routed request to an origin of `region` and
+    /// returns its response once the head arrived (the body streams).
+    /// [`Upstream::forward`] is this with a head built from the gateway's
+    /// request context; benchmarks and tools call it directly.
+    pub async fn request(
+        &self,
+        region: &str,
+        head: RequestHead,
+        body: Body,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Some(session) = self.inner.live_session(region) else {
+            return Err(unavailable(BackboneError::NoLink(region.to_owned())));
+        };
+        exchange(&session, head, body).await
+    }
 }
 
 impl Upstream for BackboneUpstream {
@@ -56,10 +72,9 @@ impl Upstream for BackboneUpstream {
         req: Request<Body>,
     ) -> Result<Response<Body>, GatewayError> {
         let region = self.home_region(ctx).unwrap_or_default();
-        let Some(session) = self.inner.live_session(&region) else {
-            return Err(unavailable(BackboneError::NoLink(region)));
-        };
-        exchange(&session, ctx, req, &self.inner.identity.node_id).await
+        let (parts, body) = req.into_parts();
+        let head = wire::request_head(ctx, &parts, &self.inner.identity.node_id);
+        self.request(&region, head, body).await
     }
 }
 
@@ -124,12 +139,9 @@ fn spawn_pump(mut writer: FrameWriter, body: Body) -> (Pump, oneshot::Receiver<B
 /// arrived; the body streams afterwards.
 async fn exchange(
     session: &Session,
-    ctx: &RequestCtx,
-    req: Request<Body>,
-    pop_id: &str,
+    head: RequestHead,
+    body: Body,
 ) -> Result<Response<Body>, GatewayError> {
-    let (parts, body) = req.into_parts();
-    let head = wire::request_head(ctx, &parts, pop_id);
     let (send, recv) = session.conn.open_bi().await.map_err(unavailable)?;
     let mut writer = FrameWriter::new(send, session.codec);
     writer.preface(StreamKind::Request);
