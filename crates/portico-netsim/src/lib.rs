@@ -56,9 +56,11 @@
 //!
 //! # Accuracy and limits
 //!
-//! * Releases are never early. They are late by up to ~1 ms of tokio timer granularity,
-//!   plus loopback and scheduling latency (tens of microseconds idle, more on a loaded
-//!   machine). Sub-millisecond delays are therefore not meaningful.
+//! * Releases are never early. With [`Timing::Tokio`] (the default) they are late by up
+//!   to ~1 ms of tokio timer granularity, so sub-millisecond delays are not meaningful;
+//!   [`Timing::Precise`] (`with_timing`) finishes each wait on a high-resolution timer
+//!   thread and is late by tens of microseconds. Both add loopback and scheduling
+//!   latency (tens of microseconds idle, more on a loaded machine).
 //! * `queue_limit_bytes` counts everything a direction holds, queued and propagating, so
 //!   it should be at least the bandwidth-delay product; it also bounds the relay's memory.
 //!   The kernel socket buffers on both sides of a relay add buffering the model does not
@@ -71,6 +73,7 @@
 mod delay_line;
 mod error;
 mod handle;
+mod precise;
 mod spec;
 mod stats;
 mod tcp;
@@ -86,10 +89,25 @@ pub use stats::{DirectionSnapshot, DirectionStats, RelayStats, StatsSnapshot};
 pub use tcp::TcpRelay;
 pub use udp::{DEFAULT_MAX_SESSIONS, DEFAULT_UDP_IDLE_TIMEOUT, UdpRelay};
 
+/// How a relay waits for a packet's release time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Timing {
+    /// tokio's timer: releases are late by up to ~1 ms (its tick). Follows tokio's
+    /// clock, so tests can pause and advance it.
+    #[default]
+    Tokio,
+    /// tokio's timer until shortly before the release, then a dedicated thread with
+    /// the OS's high-resolution sleep: late by tens of microseconds. Real time only
+    /// (not for tests on a paused clock). For measurements on short links.
+    Precise,
+}
+
 /// Time as the relays see it: tokio's clock (so tests can pause it) as `std` instants (so
 /// [`DelayLine`] stays independent of tokio).
 mod clock {
     use std::time::Instant;
+
+    use crate::{Timing, precise};
 
     pub(crate) fn now() -> Instant {
         tokio::time::Instant::now().into_std()
@@ -98,11 +116,22 @@ mod clock {
     /// Sleeps until `at`, or forever if there is nothing to wait for. A deadline that
     /// has already passed returns at once: tokio's timer rounds deadlines up to its next
     /// millisecond tick, which would add up to 1 ms to every packet of an ideal link.
-    pub(crate) async fn wait_until(at: Option<Instant>) {
-        match at {
-            Some(at) if at <= now() => {}
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
+    pub(crate) async fn wait_until(timing: Timing, at: Option<Instant>) {
+        let Some(at) = at else {
+            return std::future::pending().await;
+        };
+        let now = now();
+        if at <= now {
+            return;
+        }
+        match timing {
+            Timing::Tokio => tokio::time::sleep_until(at.into()).await,
+            Timing::Precise => {
+                if at - now > precise::COARSE_MARGIN {
+                    tokio::time::sleep_until((at - precise::COARSE_MARGIN).into()).await;
+                }
+                precise::sleep_until(at).await;
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::clock::{now, wait_until};
 use crate::handle::stop_signal;
 use crate::{
     DelayLine, DirectionStats, Link, LinkClock, LinkSpec, NetsimError, RelayHandle, RelayStats,
+    Timing,
 };
 
 /// Most bytes taken from a socket in one read.
@@ -40,6 +41,7 @@ pub struct TcpRelay {
     target: SocketAddr,
     link: Link,
     seed: u64,
+    timing: Timing,
     stats: Arc<RelayStats>,
 }
 
@@ -77,8 +79,15 @@ impl TcpRelay {
             target,
             link,
             seed,
+            timing: Timing::default(),
             stats,
         })
+    }
+
+    /// How releases are timed (default [`Timing::Tokio`]).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// Seeds jitter so a run can be reproduced (default: random).
@@ -108,6 +117,7 @@ impl TcpRelay {
         let ctx = Arc::new(ConnContext {
             target: self.target,
             link: self.link,
+            timing: self.timing,
             up_clock: LinkClock::default(),
             down_clock: LinkClock::default(),
             stats: self.stats,
@@ -142,6 +152,7 @@ impl TcpRelay {
 struct ConnContext {
     target: SocketAddr,
     link: Link,
+    timing: Timing,
     up_clock: LinkClock,
     down_clock: LinkClock,
     stats: Arc<RelayStats>,
@@ -199,9 +210,10 @@ async fn relay_connection(
         handshake.client_data_floor,
         &ctx.stats.up,
     )
+    .timed(ctx.timing)
     .run(client_read, async { target_rx.await.ok() });
     let down = async {
-        let target = connect_target(ctx.target, handshake.connect_at).await?;
+        let target = connect_target(ctx.target, handshake.connect_at, ctx.timing).await?;
         let (target_read, target_write) = target.into_split();
         // If the up pump already failed, the error surfaces through `try_join!`.
         let _ = target_tx.send(target_write);
@@ -212,14 +224,19 @@ async fn relay_connection(
             handshake.connect_at,
             &ctx.stats.down,
         )
+        .timed(ctx.timing)
         .run(target_read, ready(Some(client_write)))
         .await
     };
     tokio::try_join!(up, down).map(|_| ())
 }
 
-async fn connect_target(target: SocketAddr, at: Instant) -> Result<TcpStream, NetsimError> {
-    wait_until(Some(at)).await;
+async fn connect_target(
+    target: SocketAddr,
+    at: Instant,
+    timing: Timing,
+) -> Result<TcpStream, NetsimError> {
+    wait_until(timing, Some(at)).await;
     let stream = TcpStream::connect(target)
         .await
         .map_err(NetsimError::io("connecting to the target"))?;
@@ -259,6 +276,7 @@ struct Pump<'a> {
     floor: Instant,
     segment_len: usize,
     stats: &'a DirectionStats,
+    timing: Timing,
 }
 
 impl<'a> Pump<'a> {
@@ -278,7 +296,13 @@ impl<'a> Pump<'a> {
             floor,
             segment_len,
             stats,
+            timing: Timing::default(),
         }
+    }
+
+    fn timed(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// Runs until this direction is done: `Ok` once the half-close has been delivered, the
@@ -307,7 +331,7 @@ impl<'a> Pump<'a> {
                     Some(w) => writer = Some(w),
                     None => return Ok(()),
                 },
-                () = wait_until(due), if writer.is_some() => {
+                () = wait_until(self.timing, due), if writer.is_some() => {
                     let Some(w) = writer.as_mut() else { continue };
                     match self.deliver(w).await? {
                         Delivery::Pending => {}

@@ -17,7 +17,7 @@ use tracing::{debug, trace};
 
 use crate::clock::{now, wait_until};
 use crate::handle::stop_signal;
-use crate::{DelayLine, DropReason, Link, NetsimError, RelayHandle, RelayStats};
+use crate::{DelayLine, DropReason, Link, NetsimError, RelayHandle, RelayStats, Timing};
 
 /// How long a client mapping lives without traffic in either direction.
 pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,6 +45,7 @@ pub struct UdpRelay {
     idle_timeout: Duration,
     max_sessions: usize,
     seed: u64,
+    timing: Timing,
     stats: Arc<RelayStats>,
 }
 
@@ -83,8 +84,15 @@ impl UdpRelay {
             idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             max_sessions: DEFAULT_MAX_SESSIONS,
             seed: rand::random(),
+            timing: Timing::default(),
             stats: Arc::default(),
         })
+    }
+
+    /// How releases are timed (default [`Timing::Tokio`]).
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// Sets how long an idle client mapping lives (default 60 s).
@@ -128,6 +136,7 @@ impl UdpRelay {
         let mut expiry =
             tokio::time::interval((self.idle_timeout / 4).max(Duration::from_millis(1)));
         expiry.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let timing = self.timing;
         let mut state = UdpState::new(self, inbound_tx);
         let mut shutdown = pin!(shutdown);
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -137,8 +146,8 @@ impl UdpRelay {
                 () = &mut shutdown => return Ok(()),
                 res = state.socket.recv_from(&mut buf) => state.on_client_datagram(res, &buf).await?,
                 Some(inbound) = inbound_rx.recv() => state.on_target_datagram(inbound),
-                () = wait_until(up_due) => state.flush_up().await,
-                () = wait_until(down_due) => state.flush_down().await,
+                () = wait_until(timing, up_due) => state.flush_up().await,
+                () = wait_until(timing, down_due) => state.flush_down().await,
                 _ = expiry.tick() => state.expire_idle(),
             }
         }

@@ -1,0 +1,155 @@
+//! Sub-millisecond waits for [`crate::Timing::Precise`].
+//!
+//! tokio's timer fires on a 1 ms tick at or after a deadline, so every packet of a
+//! relay is released up to 1 ms late. A path of ten relay hops (a cold HTTPS
+//! request through a PoP: six on the client's link, two on the backbone, two to
+//! the backend) then drifts by several milliseconds, which matters on short links.
+//! Precise timing lets tokio's timer wait until shortly before the deadline, and
+//! hands the last stretch to one thread that sleeps with the OS's high-resolution
+//! timers (`park_timeout`, tens of microseconds late) and wakes the waiting task.
+//!
+//! The thread serves every relay of the process. It holds one entry per pending
+//! poll (a re-polled wait registers again; a stale entry only causes a spurious
+//! wake-up), and only for the last [`COARSE_MARGIN`] of a wait, so it stays small.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+/// How early tokio's timer is aimed: more than its tick, so it never overshoots.
+pub(crate) const COARSE_MARGIN: Duration = Duration::from_micros(1500);
+
+/// Sleeps until `at` on the precise thread (or tokio's timer if the thread could
+/// not be started).
+pub(crate) async fn sleep_until(at: Instant) {
+    match service() {
+        Some(service) => PreciseSleep { at, service }.await,
+        None => tokio::time::sleep_until(at.into()).await,
+    }
+}
+
+struct Entry {
+    at: Instant,
+    waker: Waker,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+struct Service {
+    queue: Mutex<BinaryHeap<Reverse<Entry>>>,
+    thread: Thread,
+}
+
+fn service() -> Option<&'static Service> {
+    static SERVICE: OnceLock<Option<&'static Service>> = OnceLock::new();
+    *SERVICE.get_or_init(start)
+}
+
+/// Starts the timer thread; `None` if the OS refuses a thread.
+fn start() -> Option<&'static Service> {
+    let (tx, rx) = std::sync::mpsc::channel::<&'static Service>();
+    let spawned = std::thread::Builder::new()
+        .name("netsim-timer".into())
+        .spawn(move || {
+            if let Ok(service) = rx.recv() {
+                run(service);
+            }
+        });
+    let handle = spawned.ok()?;
+    // Leaked on purpose: the service lives as long as the process, like its thread.
+    let service: &'static Service = Box::leak(Box::new(Service {
+        queue: Mutex::new(BinaryHeap::new()),
+        thread: handle.thread().clone(),
+    }));
+    tx.send(service).ok()?;
+    Some(service)
+}
+
+impl Service {
+    fn register(&self, at: Instant, waker: Waker) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.push(Reverse(Entry { at, waker }));
+        drop(queue);
+        self.thread.unpark();
+    }
+
+    /// Removes and returns the wakers that are due, and the next deadline.
+    fn due(&self, now: Instant) -> (Vec<Waker>, Option<Instant>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut due = Vec::new();
+        while queue.peek().is_some_and(|Reverse(e)| e.at <= now) {
+            if let Some(Reverse(e)) = queue.pop() {
+                due.push(e.waker);
+            }
+        }
+        (due, queue.peek().map(|Reverse(e)| e.at))
+    }
+}
+
+fn run(service: &'static Service) {
+    loop {
+        let now = Instant::now();
+        let (due, next) = service.due(now);
+        due.into_iter().for_each(Waker::wake);
+        match next {
+            Some(at) => std::thread::park_timeout(at.saturating_duration_since(Instant::now())),
+            None => std::thread::park(),
+        }
+    }
+}
+
+struct PreciseSleep {
+    at: Instant,
+    service: &'static Service,
+}
+
+impl Future for PreciseSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.at {
+            return Poll::Ready(());
+        }
+        self.service.register(self.at, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wakes_within_a_fraction_of_a_millisecond() {
+        let mut worst = Duration::ZERO;
+        for i in 0..20u64 {
+            let at = Instant::now() + Duration::from_micros(300 + 50 * i);
+            sleep_until(at).await;
+            let late = Instant::now().saturating_duration_since(at);
+            worst = worst.max(late);
+            assert!(Instant::now() >= at, "never early");
+        }
+        // Generous for a loaded machine; tokio's own timer would be up to 1 ms late.
+        assert!(worst < Duration::from_millis(5), "worst lateness {worst:?}");
+    }
+}
