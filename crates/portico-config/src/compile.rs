@@ -11,6 +11,7 @@ use crate::file::{
     ApiFile, DefinitionsFile, DeploymentFile, DomainFile, MappingFile, S, StageFile,
 };
 use crate::model::{Api, BasePathMapping, CURRENT_DEPLOYMENT, CertPaths, Definitions, Domain};
+use crate::plans::compile_plans;
 use crate::route::{BuiltDeployment, build_deployment};
 use crate::stage::{compile_stage, is_stage_name};
 
@@ -38,11 +39,12 @@ pub(crate) fn build_definitions(
 ) -> Option<Definitions> {
     let apis = compile_apis(&file.apis, defaults, diag);
     let domains = compile_domains(&file.domains, &file.apis, diag);
+    let (plans, keys) = compile_plans(&file.usage_plans, &file.api_keys, &file.apis, diag);
     if diag.has_errors() {
         return None;
     }
     match toml::to_string(file) {
-        Ok(source) => Some(Definitions::index(apis, domains, source)),
+        Ok(source) => Some(Definitions::index(apis, domains, source).with_plans(plans, keys)),
         Err(e) => {
             diag.at(0..0, format!("cannot serialize the definitions: {e}"));
             None

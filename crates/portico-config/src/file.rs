@@ -24,6 +24,8 @@ pub(crate) struct NodeFile {
     pub id: S<String>,
     pub region: Option<S<String>>,
     pub location: Option<String>,
+    /// Directory of the node's persistent state (the quota book).
+    pub state_dir: Option<S<String>>,
 }
 
 fn yes() -> bool {
@@ -112,6 +114,10 @@ pub(crate) struct DefinitionsFile {
     pub apis: Vec<ApiFile>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub domains: Vec<DomainFile>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub usage_plans: Vec<UsagePlanFile>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKeyFile>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -149,6 +155,8 @@ pub(crate) struct RouteFile {
     pub api_key_required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<S<ThrottleFile>>,
     /// Filled by `load`; `None` only when the route's integration failed to load.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub integration: Option<IntegrationFile>,
@@ -215,6 +223,8 @@ pub(crate) struct StageFile {
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: SpannedMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<S<ThrottleFile>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub route_overrides: Vec<RouteOverrideFile>,
 }
@@ -227,6 +237,8 @@ pub(crate) struct RouteOverrideFile {
     pub timeout_ms: Option<S<u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<S<ThrottleFile>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -282,4 +294,63 @@ pub(crate) struct CacheFile {
 pub(crate) struct NodeCacheFile {
     pub enabled: Option<bool>,
     pub max_bytes: Option<S<u64>>,
+}
+
+/// `{ rate, burst }` of a node, stage, route, override or usage plan.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ThrottleFile {
+    pub rate: S<f64>,
+    pub burst: S<i64>,
+}
+
+/// The node's `[throttle]` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeThrottleFile {
+    pub enabled: Option<bool>,
+    pub rate: Option<S<f64>>,
+    pub burst: Option<S<i64>>,
+    pub per_client_ip: Option<S<ThrottleFile>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsagePlanFile {
+    pub name: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_origin_unreachable: Option<S<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<S<ThrottleFile>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<S<QuotaFile>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_stages: Vec<ApiStageFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuotaFile {
+    pub limit: S<i64>,
+    pub period: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiStageFile {
+    pub api: S<String>,
+    pub stage: S<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiKeyFile {
+    pub id: S<String>,
+    pub hash: S<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<S<String>>,
 }

@@ -26,6 +26,7 @@ mod load;
 mod method;
 mod model;
 mod node;
+mod plans;
 mod quic;
 mod route;
 mod settings;
@@ -45,10 +46,12 @@ pub use model::{
     HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, Resource,
     ResponseSource, Route, RouteSettings, Stage,
 };
+pub use plans::{ApiKey, Degraded, RateLimit, UsagePlan};
+pub use portico_quota::{Period as QuotaPeriod, QuotaSpec};
 pub use quic::{Congestion, QuicConfig};
 pub use settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
-    NodeConfig, NodeSettings, OriginLink,
+    NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink,
 };
 pub use template::{TemplatePart, UriTemplate};
 pub use topology::{Topology, TopologySummary, is_topology, load_topology_file, parse_topology};

@@ -12,14 +12,15 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::error::Diag;
 use crate::file::{
     AdminFile, ApiFile, BackboneFile, BackendClientFile, DefinitionsFile, DeploymentFile, DnsFile,
-    DomainFile, IntegrationFile, LimitsFile, ListenerFile, NodeCacheFile, NodeFile, OriginFile,
-    RouteFile, StageFile,
+    DomainFile, IntegrationFile, LimitsFile, ListenerFile, NodeCacheFile, NodeFile,
+    NodeThrottleFile, OriginFile, RouteFile, StageFile,
 };
 
 pub(crate) type Value<'t> = Spanned<DeValue<'t>>;
 
 const NODE_SECTIONS: &str = "one of `node`, `listeners`, `admin`, `limits`, `backend_client`, \
-                             `dns`, `backbone`, `cache`, `origins`, `apis`, `domains`";
+                             `dns`, `backbone`, `cache`, `throttle`, `origins`, `apis`, `domains`, \
+                             `usage_plans`, `api_keys`";
 
 /// Everything in a node file, as written.
 #[derive(Debug, Default)]
@@ -34,6 +35,7 @@ pub(crate) struct RawNode {
     pub dns: DnsFile,
     pub backbone: Option<BackboneFile>,
     pub cache: NodeCacheFile,
+    pub throttle: NodeThrottleFile,
     pub origins: Vec<OriginFile>,
     pub has_origins: bool,
     pub defs: DefinitionsFile,
@@ -75,11 +77,12 @@ fn node_section(raw: &mut RawNode, key: Spanned<Cow<'_, str>>, value: Value<'_>,
         "dns" => raw.dns = de(value, d).unwrap_or_default(),
         "backbone" => raw.backbone = de(value, d),
         "cache" => raw.cache = de(value, d).unwrap_or_default(),
+        "throttle" => raw.throttle = de(value, d).unwrap_or_default(),
         "origins" => {
             raw.has_origins = true;
             raw.origins = each(value, "origins", d, de);
         }
-        "apis" | "domains" => {
+        "apis" | "domains" | "usage_plans" | "api_keys" => {
             raw.defs_spans.push(key.span());
             definitions_section(&mut raw.defs, key, value, d);
         }
@@ -110,10 +113,12 @@ fn definitions_section(
     match key.get_ref().as_ref() {
         "apis" => defs.apis = each(value, "apis", d, read_api),
         "domains" => defs.domains = each(value, "domains", d, read_domain),
+        "usage_plans" => defs.usage_plans = each(value, "usage_plans", d, de),
+        "api_keys" => defs.api_keys = each(value, "api_keys", d, de),
         other => d.expect(
             key.span(),
             format!("unknown section `{other}`"),
-            "`apis` or `domains`",
+            "`apis`, `domains`, `usage_plans` or `api_keys`",
         ),
     }
 }

@@ -29,6 +29,12 @@ pub struct Definitions {
     /// explicit. PoPs rebuild the same snapshot from it with
     /// [`Definitions::from_toml_str`].
     pub source: String,
+    /// `[[usage_plans]]`, in file order.
+    pub usage_plans: Vec<Arc<crate::plans::UsagePlan>>,
+    /// `[[api_keys]]`, in file order.
+    pub api_keys: Vec<Arc<crate::plans::ApiKey>>,
+    pub(crate) plan_index: HashMap<String, usize>,
+    pub(crate) key_index: HashMap<[u8; 32], usize>,
     pub(crate) api_index: HashMap<String, usize>,
     pub(crate) host_index: HashMap<String, usize>,
     pub(crate) domain_index: HashMap<String, usize>,
@@ -47,6 +53,36 @@ impl Definitions {
     /// The custom domain named `host` (lower case, without port).
     pub fn domain(&self, host: &str) -> Option<&Domain> {
         self.domain_index.get(host).map(|&i| &self.domains[i])
+    }
+
+    pub fn usage_plan(&self, name: &str) -> Option<&Arc<crate::plans::UsagePlan>> {
+        self.plan_index.get(name).map(|&i| &self.usage_plans[i])
+    }
+
+    /// The API key whose SHA-256 is `hash`.
+    pub fn api_key_by_hash(&self, hash: &[u8; 32]) -> Option<&Arc<crate::plans::ApiKey>> {
+        self.key_index.get(hash).map(|&i| &self.api_keys[i])
+    }
+
+    pub fn api_key(&self, id: &str) -> Option<&Arc<crate::plans::ApiKey>> {
+        self.api_keys.iter().find(|k| k.id == id)
+    }
+
+    /// Adds usage plans and keys (their text is already part of `source`).
+    pub(crate) fn with_plans(
+        mut self,
+        plans: Vec<Arc<crate::plans::UsagePlan>>,
+        keys: Vec<Arc<crate::plans::ApiKey>>,
+    ) -> Self {
+        self.plan_index = plans
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        self.key_index = keys.iter().enumerate().map(|(i, k)| (k.hash, i)).collect();
+        self.usage_plans = plans;
+        self.api_keys = keys;
+        self
     }
 
     pub(crate) fn index(apis: Vec<Arc<Api>>, domains: Vec<Domain>, source: String) -> Self {
@@ -70,6 +106,10 @@ impl Definitions {
             apis,
             domains,
             source,
+            usage_plans: Vec::new(),
+            api_keys: Vec::new(),
+            plan_index: HashMap::new(),
+            key_index: HashMap::new(),
             api_index,
             host_index,
             domain_index,
@@ -125,6 +165,8 @@ pub struct Stage {
     pub description: Option<String>,
     pub variables: BTreeMap<String, String>,
     pub deployment: Arc<Deployment>,
+    /// The stage's own throttle (all routes of the stage together).
+    pub throttle: Option<crate::plans::RateLimit>,
     /// Effective settings per route index of `deployment`.
     pub(crate) settings: Vec<RouteSettings>,
     /// Settings for an index out of range (never happens for indexes from the router).
@@ -208,6 +250,8 @@ pub struct RouteSettings {
     pub timeout: Duration,
     /// Response caching; `None` when it is off for the route.
     pub cache: Option<Arc<crate::cache::CacheSettings>>,
+    /// The route's throttle in this stage (route's own, `*` override, route override).
+    pub throttle: Option<crate::plans::RateLimit>,
 }
 
 #[derive(Debug, Clone)]

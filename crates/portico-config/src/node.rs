@@ -11,15 +11,16 @@ use crate::compile::{DefinitionDefaults, build_definitions, check_region, is_hos
 use crate::error::Diag;
 use crate::file::{
     AdminFile, BackboneFile, BackendClientFile, CertFile, DnsFile, LimitsFile, ListenerFile,
-    NodeFile, OriginFile, S,
+    NodeFile, NodeThrottleFile, OriginFile, S, ThrottleFile,
 };
 use crate::load::RawNode;
 use crate::method::Role;
 use crate::model::CertPaths;
+use crate::plans::compile_throttle;
 use crate::route::check_timeout;
 use crate::settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
-    NodeConfig, NodeSettings, OriginLink,
+    NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink,
 };
 
 /// Resolves file paths against the config file's directory and checks they exist.
@@ -65,7 +66,11 @@ pub(crate) fn compile_node(
     } else {
         Role::Origin
     });
-    let node = compile_node_settings(raw.node.as_ref(), raw.has_node, role, diag);
+    let node = compile_node_settings(raw.node.as_ref(), raw.has_node, role, diag).map(|mut n| {
+        n.state_dir = state_dir(raw.node.as_ref(), paths);
+        n
+    });
+    let throttle = compile_node_throttle(&raw.throttle, diag);
     let limits = compile_limits(&raw.limits, diag);
     let listeners = compile_listeners(&raw.listeners, paths, diag);
     let admin = raw
@@ -104,7 +109,47 @@ pub(crate) fn compile_node(
         origins,
         definitions: Arc::new(definitions?),
         cache: cache?,
+        throttle: throttle?,
     })
+}
+
+/// `[node] state_dir`, relative to the config file's directory (need not exist yet).
+fn state_dir(f: Option<&NodeFile>, paths: &Paths<'_>) -> PathBuf {
+    let dir = f
+        .and_then(|f| f.state_dir.as_ref())
+        .map_or("portico-state", |d| d.get_ref().as_str());
+    paths.base_dir.join(dir)
+}
+
+fn compile_node_throttle(f: &NodeThrottleFile, diag: &mut Diag<'_>) -> Option<NodeThrottleConfig> {
+    let mut out = NodeThrottleConfig::default();
+    out.enabled = f.enabled.unwrap_or(true);
+    let mut ok = true;
+    if let Some(r) = &f.rate {
+        let t = ThrottleFile {
+            rate: r.clone(),
+            burst: toml::Spanned::new(r.span(), 1),
+        };
+        match compile_throttle(&toml::Spanned::new(r.span(), t), diag) {
+            Some(t) => out.node.rate = t.rate,
+            None => ok = false,
+        }
+    }
+    if let Some(b) = &f.burst {
+        let t = ThrottleFile {
+            rate: toml::Spanned::new(b.span(), 1.0),
+            burst: b.clone(),
+        };
+        match compile_throttle(&toml::Spanned::new(b.span(), t), diag) {
+            Some(t) => out.node.burst = t.burst,
+            None => ok = false,
+        }
+    }
+    if let Some(ip) = &f.per_client_ip {
+        out.per_client_ip = compile_throttle(ip, diag);
+        ok &= out.per_client_ip.is_some();
+    }
+    ok.then_some(out)
 }
 
 fn compile_node_settings(
@@ -140,6 +185,7 @@ fn compile_node_settings(
         id: f.id.get_ref().clone(),
         region: f.region.as_ref().map(|r| r.get_ref().clone()),
         location: f.location.clone(),
+        state_dir: PathBuf::new(),
     })
 }
 

@@ -12,6 +12,7 @@ use crate::file::RouteFile;
 use crate::integration::{VarRef, compile_integration};
 use crate::method::Method;
 use crate::model::{Deployment, Resource, Route, RouteSettings};
+use crate::plans::compile_throttle;
 use crate::template::{Problem, is_param_name};
 
 /// Integration timeouts allowed, in milliseconds (API Gateway's limits).
@@ -306,13 +307,23 @@ fn compile_route(
         Some(c) => compile_cache(c, true, diag),
         None => Some(CachePartial::default()),
     };
+    let throttle = match &file.throttle {
+        Some(t) => compile_throttle(t, diag).map(Some),
+        None => Some(None),
+    };
     let params = template.as_ref().map(PathTemplate::params);
     let integration = match (&file.integration, &params) {
         (Some(i), Some(params)) => compile_integration(i, params, diag),
         _ => None,
     };
-    let (method, template, timeout, (integration, refs), cache) =
-        (method?, template?, timeout?, integration?, cache?);
+    let (method, template, timeout, (integration, refs), cache, throttle) = (
+        method?,
+        template?,
+        timeout?,
+        integration?,
+        cache?,
+        throttle?,
+    );
     let route = Route {
         key: format!("{} {}", method.as_str(), path),
         method,
@@ -321,6 +332,7 @@ fn compile_route(
         settings: RouteSettings {
             timeout,
             cache: cache.resolve(),
+            throttle,
         },
         api_key_required: file.api_key_required,
     };

@@ -24,6 +24,32 @@ pub struct NodeConfig {
     pub definitions: Arc<Definitions>,
     /// The `[cache]` section (defaults when absent).
     pub cache: NodeCacheConfig,
+    /// The `[throttle]` section (defaults when absent).
+    pub throttle: NodeThrottleConfig,
+}
+
+/// The node's own throttles: all requests together, and per client IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeThrottleConfig {
+    /// `false` turns every throttle of this node off (stage, route and key ones too).
+    pub enabled: bool,
+    /// Every request this node serves.
+    pub node: crate::plans::RateLimit,
+    /// Each client IP address.
+    pub per_client_ip: Option<crate::plans::RateLimit>,
+}
+
+impl Default for NodeThrottleConfig {
+    fn default() -> Self {
+        NodeThrottleConfig {
+            enabled: true,
+            node: crate::plans::RateLimit {
+                rate: 10_000.0,
+                burst: 5_000,
+            },
+            per_client_ip: None,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -44,6 +70,8 @@ pub struct NodeSettings {
     /// Required on an origin: the region whose APIs it serves.
     pub region: Option<String>,
     pub location: Option<String>,
+    /// Persistent state (the quota book); default `portico-state/` beside the config file.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use crate::cache::{CachePartial, compile_cache};
 use crate::error::Diag;
 use crate::file::{RouteOverrideFile, S, SpannedMap, StageFile};
 use crate::model::{RouteSettings, Stage};
+use crate::plans::compile_throttle;
 use crate::route::{BuiltDeployment, check_timeout};
 use crate::template::{is_stage_variable_name, is_stage_variable_value};
 
@@ -19,6 +20,10 @@ pub(crate) fn compile_stage(
     diag: &mut Diag<'_>,
 ) -> Option<Stage> {
     let variables = variables(&file.variables, diag);
+    let throttle = match &file.throttle {
+        Some(t) => compile_throttle(t, diag).map(Some),
+        None => Some(None),
+    };
     let settings = overrides(&file.route_overrides, deployment, default_timeout, diag);
     let defined: BTreeSet<&str> = file
         .variables
@@ -26,12 +31,13 @@ pub(crate) fn compile_stage(
         .map(|k| k.get_ref().as_str())
         .collect();
     check_references(file.name.get_ref(), &defined, deployment, diag);
-    let (variables, (settings, fallback)) = (variables?, settings?);
+    let (variables, (settings, fallback), throttle) = (variables?, settings?, throttle?);
     Some(Stage {
         name: file.name.get_ref().clone(),
         description: file.description.clone(),
         variables,
         deployment: deployment.deployment.clone(),
+        throttle,
         settings,
         fallback,
     })
@@ -123,6 +129,7 @@ fn overrides(
     let fallback = RouteSettings {
         timeout: default_timeout,
         cache: None,
+        throttle: None,
     };
     let fallback = apply(star.as_ref(), &no_cache, fallback);
     Some((settings, fallback))
@@ -155,6 +162,10 @@ fn resolve_overrides<'f>(
             .timeout_ms
             .as_ref()
             .is_none_or(|t| check_timeout(t, diag).is_some());
+        ok &= o
+            .throttle
+            .as_ref()
+            .is_none_or(|t| compile_throttle(t, diag).is_some());
         let cache = match &o.cache {
             Some(c) => compile_cache(c, false, diag),
             None => Some(CachePartial::default()),
@@ -202,6 +213,14 @@ fn apply(
     }
     if o.file.cache.is_some() {
         settings.cache = below.overlay(&o.cache).resolve();
+    }
+    if let Some(t) = &o.file.throttle {
+        let t = t.get_ref();
+        let burst = u32::try_from(*t.burst.get_ref()).unwrap_or(1);
+        settings.throttle = Some(crate::plans::RateLimit {
+            rate: *t.rate.get_ref(),
+            burst,
+        });
     }
     settings
 }
