@@ -122,8 +122,10 @@ fn state_dir(f: Option<&NodeFile>, paths: &Paths<'_>) -> PathBuf {
 }
 
 fn compile_node_throttle(f: &NodeThrottleFile, diag: &mut Diag<'_>) -> Option<NodeThrottleConfig> {
-    let mut out = NodeThrottleConfig::default();
-    out.enabled = f.enabled.unwrap_or(true);
+    let mut out = NodeThrottleConfig {
+        enabled: f.enabled.unwrap_or(true),
+        ..NodeThrottleConfig::default()
+    };
     let mut ok = true;
     if let Some(r) = &f.rate {
         let t = ThrottleFile {

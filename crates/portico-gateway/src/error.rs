@@ -90,6 +90,8 @@ pub struct GatewayError {
     pub kind: ErrorKind,
     pub source_of: ErrorSource,
     pub cause: Option<BoxError>,
+    /// Headers the response carries besides those of its kind (`RateLimit` on a 429).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl GatewayError {
@@ -98,11 +100,17 @@ impl GatewayError {
             kind,
             source_of,
             cause: None,
+            headers: Vec::new(),
         }
     }
 
     pub fn client(kind: ErrorKind) -> Self {
         Self::new(kind, ErrorSource::Client)
+    }
+
+    pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn with_cause(mut self, cause: impl Into<BoxError>) -> Self {
@@ -178,6 +186,9 @@ impl GatewayError {
             | ErrorKind::ServiceUnavailable
             | ErrorKind::GatewayTimeout
             | ErrorKind::Internal => {}
+        }
+        for (name, value) in &self.headers {
+            headers.insert(name, value.clone());
         }
         resp
     }

@@ -16,6 +16,7 @@ use crate::cache::{PurgeScope, ResponseCache};
 use crate::context::{ConnInfo, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
 use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
+use crate::limits::Limits;
 use crate::log::{AccessRecord, Logged};
 use crate::router::{RoutingTable, ServedModes};
 use crate::upstream::Upstream;
@@ -50,6 +51,8 @@ pub struct Gateway<U> {
     settings: GatewaySettings,
     via: HeaderValue,
     table: ArcSwap<RoutingTable>,
+    /// API keys, throttles and quotas (node state, kept across reloads).
+    limits: Arc<Limits>,
     /// Shared with background cache refreshes, which outlive the request.
     upstream: Arc<U>,
     /// The node's response cache (`None`: `[cache] enabled = false`).
@@ -65,6 +68,7 @@ impl<U: Upstream> Gateway<U> {
             settings,
             via,
             table,
+            limits: Arc::new(Limits::none()),
             upstream: Arc::new(upstream),
             cache: None,
         }
@@ -92,8 +96,19 @@ impl<U: Upstream> Gateway<U> {
         }
     }
 
+    /// Gives the gateway its limits (without them: no keys checked, no throttles).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
     /// Installs a new configuration snapshot. Requests in flight finish on the old one.
     pub fn swap(&self, definitions: Arc<Definitions>) {
+        self.limits.rebuild(&definitions);
         self.table.store(Arc::new(RoutingTable::new(definitions)));
     }
 
@@ -186,12 +201,16 @@ impl<U: Upstream> Gateway<U> {
             ctx.route_index,
         ));
         let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
-        // ── Phases that must answer before the cache go here (issue 7: API keys,
-        // throttles, quotas), so that a refused request never gets a cached answer.
-        match &self.cache {
+        // API keys, throttles, quotas: before the cache, so that a refused request
+        // never gets a cached answer.
+        let routed = matches!(entry, Entry::Routed { .. });
+        let admitted = self.limits.admit(&ctx, req.headers(), routed).await?;
+        let mut resp = match &self.cache {
             Some(cache) => cache.serve(&self.upstream, &ctx, req, record).await,
             None => self.forward(&ctx, req, record).await,
-        }
+        }?;
+        admitted.decorate(resp.headers_mut());
+        Ok(resp)
     }
 
     /// Checks the declared length, streams the body through the limit and

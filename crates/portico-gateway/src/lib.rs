@@ -13,6 +13,7 @@ pub mod error;
 mod gateway;
 pub mod headers;
 pub mod keys;
+pub mod limits;
 pub mod log;
 pub mod router;
 pub mod throttle;

@@ -80,6 +80,10 @@ impl Throttle {
         })
     }
 
+    pub fn spec(&self) -> RateSpec {
+        self.spec
+    }
+
     pub fn check(&self) -> Decision {
         Decision {
             name: self.name,
@@ -106,6 +110,10 @@ impl<K: Hash + Eq + Clone> KeyedThrottle<K> {
             spec,
             limiter,
         })
+    }
+
+    pub fn spec(&self) -> RateSpec {
+        self.spec
     }
 
     pub fn check(&self, key: &K) -> Decision {
@@ -167,6 +175,11 @@ pub struct Verdict {
 impl Verdict {
     pub fn push(&mut self, decision: Decision) {
         self.decisions.push(decision);
+    }
+
+    /// Pushes each decision given (e.g. an `Option` of one).
+    pub fn extend(&mut self, decisions: impl IntoIterator<Item = Decision>) {
+        self.decisions.extend(decisions);
     }
 
     /// The longest wait among refusing buckets, if any refused.

@@ -7,6 +7,7 @@ mod certs;
 mod check;
 mod cli;
 mod keys;
+mod limits;
 mod listeners;
 mod logging;
 mod origin;

@@ -31,11 +31,15 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     let config = portico_config::load_node_file(path)?;
     let resolver = Resolver::new(&settings::dns(&config))?;
     let client = BackendClient::new(&settings::client(&config), resolver)?;
-    let gateway = Arc::new(Gateway::new(
-        settings::gateway(&config),
-        Arc::clone(&config.definitions),
-        Integrations::new(client),
-    ));
+    let quota = crate::limits::open_quota(&config)?;
+    let gateway = Arc::new(
+        Gateway::new(
+            settings::gateway(&config),
+            Arc::clone(&config.definitions),
+            Integrations::new(client),
+        )
+        .with_limits(crate::limits::limits(&config, Some(Arc::clone(&quota)))),
+    );
     let handler = Arc::new(PublicHandler {
         gateway: Arc::clone(&gateway),
     });
@@ -45,6 +49,10 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     let backbone = crate::backbone::bind_origin(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::limits::retain(
+        Arc::clone(gateway.limits()),
+        stop_rx.clone(),
+    ));
     for server in servers {
         let mut stop = stop_rx.clone();
         tasks.spawn(
@@ -69,6 +77,8 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     shutdown.await;
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    // What this origin holds of its own quota leases goes back to the book.
+    quota.close().await;
     Ok(())
 }
 

@@ -39,17 +39,24 @@ impl Handler for EdgeHandler {
 pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let config = portico_config::load_node_file_as(path, Some(Role::Pop))?;
     let backbone = start_backbone(&config)?;
-    let gateway = Arc::new(Gateway::new(
-        settings::gateway(&config),
-        Arc::new(Definitions::empty()),
-        backbone.upstream(),
-    ));
+    let gateway = Arc::new(
+        Gateway::new(
+            settings::gateway(&config),
+            Arc::new(Definitions::empty()),
+            backbone.upstream(),
+        )
+        .with_limits(crate::limits::limits(&config, None)),
+    );
     let handler = Arc::new(EdgeHandler {
         gateway: Arc::clone(&gateway),
     });
     let servers = listeners::bind(&config, &handler).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::limits::retain(
+        Arc::clone(gateway.limits()),
+        stop_rx.clone(),
+    ));
     for server in servers {
         let mut stop = stop_rx.clone();
         tasks.spawn(server.run(async move {

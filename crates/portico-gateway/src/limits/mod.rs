@@ -1,0 +1,269 @@
+//! The limits phase: API keys, throttles and quotas, in that order, before the
+//! response cache (a refused request never gets a cached answer).
+//!
+//! [`Limits`] is node state, built once and kept across reloads: [`Limits::rebuild`]
+//! makes the stage, route and plan buckets of a new snapshot, reusing every bucket
+//! whose spec did not change, so a reload neither resets nor forgets a client's
+//! budget. A request that started on the previous snapshot may meet the new
+//! buckets; that is harmless (same specs, or the new ones).
+//!
+//! Where each limit runs:
+//! * public requests (origin or PoP): key, throttles (node, client IP, stage, route,
+//!   key), then the quota when this node holds a quota book (origins);
+//! * requests arriving over the backbone (the PoP already authorized and throttled
+//!   them): key and quota only, so the origin's book stays the one authority and
+//!   accepted requests never exceed a quota, whichever PoPs they entered at.
+
+mod quota;
+mod set;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use portico_config::{ApiKey, Definitions, NodeThrottleConfig, RateLimit, UsagePlan};
+
+pub use quota::{LocalQuota, QuotaOutcome, UsageView};
+
+use crate::context::RequestCtx;
+use crate::error::{ErrorKind, ErrorSource, GatewayError};
+use crate::keys::{self, KeyError};
+use crate::throttle::{KeyedThrottle, RateSpec, Throttle, Verdict};
+use set::LimiterSet;
+
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// How long keyed buckets (client IPs, API keys) may sit idle before
+/// [`Limits::retain_recent`] may forget them.
+pub const RETAIN_INTERVAL: Duration = Duration::from_secs(10);
+
+pub(crate) fn spec(r: RateLimit) -> RateSpec {
+    RateSpec {
+        rate: r.rate,
+        burst: r.burst,
+    }
+}
+
+/// The node's limiters and quota wallets.
+pub struct Limits {
+    enabled: bool,
+    node: Option<Throttle>,
+    per_ip: Option<KeyedThrottle<IpAddr>>,
+    set: ArcSwap<LimiterSet>,
+    quota: Option<Arc<LocalQuota>>,
+    degraded: AtomicU64,
+}
+
+/// What an admitted request carries to its response.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// `RateLimit-Policy` and `RateLimit`, on routes with a stage, route or key throttle.
+    headers: Option<(HeaderValue, HeaderValue)>,
+}
+
+impl Admitted {
+    /// Adds the rate-limit headers to a response.
+    pub fn decorate(&self, headers: &mut HeaderMap) {
+        if let Some((policy, state)) = &self.headers {
+            headers.insert(&RATELIMIT_POLICY, policy.clone());
+            headers.insert(&RATELIMIT, state.clone());
+        }
+    }
+}
+
+impl Limits {
+    /// No limits at all (a gateway built without [`Limits::new`]).
+    pub fn none() -> Self {
+        Self {
+            enabled: false,
+            node: None,
+            per_ip: None,
+            set: ArcSwap::from_pointee(LimiterSet::default()),
+            quota: None,
+            degraded: AtomicU64::new(0),
+        }
+    }
+
+    /// The node's limiters for `config`; `quota` is the node's quota book (origins).
+    pub fn new(
+        config: &NodeThrottleConfig,
+        definitions: &Definitions,
+        quota: Option<Arc<LocalQuota>>,
+    ) -> Self {
+        let set = LimiterSet::build(definitions, None);
+        Self {
+            enabled: config.enabled,
+            node: Throttle::new("node", spec(config.node)),
+            per_ip: config
+                .per_client_ip
+                .and_then(|r| KeyedThrottle::new("ip", spec(r))),
+            set: ArcSwap::from_pointee(set),
+            quota,
+            degraded: AtomicU64::new(0),
+        }
+    }
+
+    /// Builds the buckets of a new snapshot, keeping those whose spec is unchanged.
+    pub fn rebuild(&self, definitions: &Definitions) {
+        let old = self.set.load();
+        self.set
+            .store(Arc::new(LimiterSet::build(definitions, Some(&old))));
+    }
+
+    /// Forgets idle keyed buckets; the node calls this every [`RETAIN_INTERVAL`].
+    pub fn retain_recent(&self) {
+        if let Some(ip) = &self.per_ip {
+            ip.retain_recent();
+        }
+        self.set.load().retain_recent();
+    }
+
+    pub fn quota(&self) -> Option<&Arc<LocalQuota>> {
+        self.quota.as_ref()
+    }
+
+    /// Requests let through by a `fail_open` plan while its quota could not be checked.
+    pub fn degraded_allowed(&self) -> u64 {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Runs the phase. `routed`: the request came over the backbone (see the module doc).
+    pub async fn admit(
+        &self,
+        ctx: &RequestCtx,
+        headers: &HeaderMap,
+        routed: bool,
+    ) -> Result<Admitted, GatewayError> {
+        // 1. Authorize: the key (if the route requires one) and its plan for this stage.
+        let plan = match ctx.route().api_key_required {
+            true => Some(authorize(ctx, headers)?),
+            false => None,
+        };
+        // 2. Throttles (the PoP that forwarded a routed request already applied them).
+        let admitted = match (routed, self.enabled) {
+            (false, true) => self.throttle(ctx, plan.as_ref())?,
+            _ => Admitted::default(),
+        };
+        // 3. Quota, counted only for requests every throttle let through.
+        if let (Some((key, plan)), Some(book)) = (&plan, &self.quota) {
+            self.spend(book, key, plan).await?;
+        }
+        Ok(admitted)
+    }
+
+    fn throttle(
+        &self,
+        ctx: &RequestCtx,
+        plan: Option<&(Arc<ApiKey>, Arc<UsagePlan>)>,
+    ) -> Result<Admitted, GatewayError> {
+        let set = self.set.load();
+        let stage = set.stage(&ctx.api.name, &ctx.stage.name);
+        let route = stage.and_then(|s| s.route(ctx.route_index));
+        let stage = stage.and_then(|s| s.stage.as_ref());
+        let key = plan.and_then(|(k, p)| Some((&k.hash, set.plan(&p.name)?)));
+        let ip = ctx.conn.client_addr.ip();
+        if stage.is_none() && route.is_none() && key.is_none() {
+            // Fast path, no headers: only the node's and the client IP's buckets.
+            return self.throttle_plain(ip);
+        }
+        let mut verdict = Verdict::default();
+        verdict.extend(self.node.as_ref().map(Throttle::check));
+        verdict.extend(self.per_ip.as_ref().map(|t| t.check(&ip)));
+        verdict.extend(stage.map(|t| t.check()));
+        verdict.extend(route.map(|t| t.check()));
+        verdict.extend(key.map(|(hash, t)| t.check(hash)));
+        let policy = HeaderValue::from_str(&verdict.policy_header());
+        let state = HeaderValue::from_str(&verdict.state_header());
+        let headers = policy.ok().zip(state.ok());
+        if let Some(retry_after) = verdict.refused() {
+            let mut err = too_many(retry_after);
+            if let Some((p, s)) = headers {
+                err = err
+                    .with_header(RATELIMIT_POLICY.clone(), p)
+                    .with_header(RATELIMIT.clone(), s);
+            }
+            return Err(err);
+        }
+        Ok(Admitted { headers })
+    }
+
+    fn throttle_plain(&self, ip: IpAddr) -> Result<Admitted, GatewayError> {
+        let node = self.node.as_ref().map(Throttle::check);
+        let ip = self.per_ip.as_ref().map(|t| t.check(&ip));
+        let mut verdict = Verdict::default();
+        if node.is_some_and(|d| d.is_refused()) || ip.is_some_and(|d| d.is_refused()) {
+            verdict.extend(node);
+            verdict.extend(ip);
+            return Err(too_many(verdict.refused().unwrap_or_default()));
+        }
+        Ok(Admitted::default())
+    }
+
+    async fn spend(
+        &self,
+        book: &Arc<LocalQuota>,
+        key: &ApiKey,
+        plan: &UsagePlan,
+    ) -> Result<(), GatewayError> {
+        let Some(spec) = plan.quota else {
+            return Ok(());
+        };
+        match book.spend(&plan.name, &key.id, spec).await {
+            QuotaOutcome::Accepted => Ok(()),
+            QuotaOutcome::Exhausted { retry_after } => {
+                Err(GatewayError::client(ErrorKind::LimitExceeded {
+                    retry_after,
+                }))
+            }
+            QuotaOutcome::Unavailable
+                if plan.on_origin_unreachable == portico_config::Degraded::FailOpen =>
+            {
+                self.degraded.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(plan = %plan.name, key = %key.id, "quota unavailable; allowed (fail_open)");
+                Ok(())
+            }
+            QuotaOutcome::Unavailable => Err(GatewayError::new(
+                ErrorKind::ServiceUnavailable,
+                ErrorSource::Internal,
+            )
+            .with_cause("quota book unavailable (fail_closed)")),
+        }
+    }
+}
+
+fn too_many(retry_after: Duration) -> GatewayError {
+    GatewayError::client(ErrorKind::TooManyRequests { retry_after })
+}
+
+fn forbidden(why: KeyError) -> GatewayError {
+    GatewayError::client(ErrorKind::Forbidden).with_cause(why)
+}
+
+/// The presented key, and the plan of it that covers the request's API stage.
+fn authorize(
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+) -> Result<(Arc<ApiKey>, Arc<UsagePlan>), GatewayError> {
+    let hash = keys::presented(headers).map_err(forbidden)?;
+    let defs = &ctx.definitions;
+    let key = defs
+        .api_key_by_hash(&hash)
+        .ok_or(forbidden(KeyError::Unknown))?;
+    if !key.enabled {
+        return Err(forbidden(KeyError::Disabled));
+    }
+    let plan = key
+        .plans
+        .iter()
+        .filter_map(|p| defs.usage_plan(p))
+        .find(|p| p.binds(&ctx.api.name, &ctx.stage.name))
+        .ok_or_else(|| {
+            GatewayError::client(ErrorKind::Forbidden)
+                .with_cause("API key has no usage plan covering this API stage")
+        })?;
+    Ok((Arc::clone(key), Arc::clone(plan)))
+}

@@ -1,0 +1,129 @@
+//! The stage, route and usage-plan buckets of one definitions snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use portico_config::{Definitions, RateLimit};
+
+use super::spec;
+use crate::keys::KeyHash;
+use crate::throttle::{KeyedThrottle, Throttle};
+
+/// Buckets by API name, stage name and route; plan buckets by plan name.
+#[derive(Debug, Default)]
+pub(crate) struct LimiterSet {
+    stages: HashMap<String, HashMap<String, StageLimiters>>,
+    plans: HashMap<String, Arc<KeyedThrottle<KeyHash>>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StageLimiters {
+    pub stage: Option<Arc<Throttle>>,
+    /// By route index of the stage's deployment.
+    routes: Vec<Option<Arc<Throttle>>>,
+    /// By route key, to carry buckets over a reload.
+    by_key: HashMap<String, Arc<Throttle>>,
+}
+
+impl StageLimiters {
+    pub fn route(&self, index: usize) -> Option<&Arc<Throttle>> {
+        self.routes.get(index)?.as_ref()
+    }
+}
+
+impl LimiterSet {
+    pub fn stage(&self, api: &str, stage: &str) -> Option<&StageLimiters> {
+        self.stages.get(api)?.get(stage)
+    }
+
+    pub fn plan(&self, name: &str) -> Option<&Arc<KeyedThrottle<KeyHash>>> {
+        self.plans.get(name)
+    }
+
+    pub fn retain_recent(&self) {
+        for p in self.plans.values() {
+            p.retain_recent();
+        }
+    }
+
+    /// The buckets `definitions` needs; those of `old` with an equal spec are reused.
+    pub fn build(definitions: &Definitions, old: Option<&LimiterSet>) -> LimiterSet {
+        let mut set = LimiterSet::default();
+        for api in &definitions.apis {
+            let mut stages = HashMap::new();
+            for stage in &api.stages {
+                let prev = old.and_then(|o| o.stage(&api.name, &stage.name));
+                let mut s = StageLimiters {
+                    stage: reuse("stage", stage.throttle, prev.and_then(|p| p.stage.as_ref())),
+                    ..StageLimiters::default()
+                };
+                for (i, route) in stage.deployment.routes.iter().enumerate() {
+                    let throttle = stage.route_settings(i).throttle;
+                    let before = prev.and_then(|p| p.by_key.get(&route.key));
+                    let t = reuse("route", throttle, before);
+                    if let Some(t) = &t {
+                        s.by_key.insert(route.key.clone(), Arc::clone(t));
+                    }
+                    s.routes.push(t);
+                }
+                stages.insert(stage.name.clone(), s);
+            }
+            set.stages.insert(api.name.clone(), stages);
+        }
+        for plan in &definitions.usage_plans {
+            let Some(rate) = plan.throttle else { continue };
+            let before = old.and_then(|o| o.plan(&plan.name));
+            let t = match before.filter(|t| t.spec() == spec(rate)) {
+                Some(t) => Some(Arc::clone(t)),
+                None => KeyedThrottle::new("key", spec(rate)).map(Arc::new),
+            };
+            if let Some(t) = t {
+                set.plans.insert(plan.name.clone(), t);
+            }
+        }
+        set
+    }
+}
+
+fn reuse(
+    name: &'static str,
+    rate: Option<RateLimit>,
+    before: Option<&Arc<Throttle>>,
+) -> Option<Arc<Throttle>> {
+    let rate = spec(rate?);
+    match before.filter(|t| t.spec() == rate) {
+        Some(t) => Some(Arc::clone(t)),
+        None => Throttle::new(name, rate).map(Arc::new),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defs(route_rate: u32) -> Definitions {
+        let text = format!(
+            "[[apis]]\nname = \"a\"\nendpoint = \"edge\"\n\
+             [[apis.routes]]\nmethod = \"GET\"\npath = \"/m\"\nthrottle = {{ rate = {route_rate}, burst = 1 }}\n\
+             [apis.routes.integration]\ntype = \"mock\"\n\
+             [[apis.stages]]\nname = \"prod\"\nthrottle = {{ rate = 10, burst = 10 }}\n"
+        );
+        Definitions::from_toml_str(&text, "t").unwrap()
+    }
+
+    #[test]
+    fn buckets_with_an_unchanged_spec_survive_a_rebuild() {
+        let first = LimiterSet::build(&defs(5), None);
+        let same = LimiterSet::build(&defs(5), Some(&first));
+        let changed = LimiterSet::build(&defs(6), Some(&same));
+        let route = |s: &LimiterSet| Arc::clone(s.stage("a", "prod").unwrap().route(0).unwrap());
+        let stage =
+            |s: &LimiterSet| Arc::clone(s.stage("a", "prod").unwrap().stage.as_ref().unwrap());
+        assert!(Arc::ptr_eq(&route(&first), &route(&same)));
+        assert!(!Arc::ptr_eq(&route(&same), &route(&changed)));
+        assert!(Arc::ptr_eq(&stage(&first), &stage(&changed)));
+        // The carried-over bucket keeps its state: burst 1 already spent.
+        assert!(!route(&first).check().is_refused());
+        assert!(route(&same).check().is_refused());
+    }
+}
