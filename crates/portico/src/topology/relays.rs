@@ -1,11 +1,15 @@
 //! The simulated links of a running topology: netsim relays, as tasks of the
 //! runner. TCP for HTTPS (client → entry, origin → backend), UDP for QUIC (the
 //! backbone, and HTTP/3 entries when the topology enables it).
+//!
+//! Every relay uses [`Timing::Precise`]: a cold request through a PoP crosses ten
+//! relay hops, and tokio's 1 ms timer tick would add several milliseconds to what
+//! the probe compares with the physical minimum.
 
 use std::net::SocketAddr;
 
 use portico_config::topology::LinkParams;
-use portico_netsim::{Link, LinkSpec, RelayHandle, TcpRelay, UdpRelay};
+use portico_netsim::{Link, LinkSpec, RelayHandle, TcpRelay, Timing, UdpRelay};
 use tokio::net::TcpListener;
 
 use super::UpError;
@@ -47,7 +51,7 @@ pub async fn tcp(
     let relay = TcpRelay::bind(any, target, link(params))
         .await
         .map_err(|e| ends.error(e))?;
-    Ok(relay.spawn())
+    Ok(relay.with_timing(Timing::Precise).spawn())
 }
 
 /// A TCP relay on a listener bound earlier (entry points: bound before anything
@@ -60,7 +64,7 @@ pub fn tcp_on(
 ) -> Result<RelayHandle, UpError> {
     let relay =
         TcpRelay::from_listener(listener, target, link(params)).map_err(|e| ends.error(e))?;
-    Ok(relay.spawn())
+    Ok(relay.with_timing(Timing::Precise).spawn())
 }
 
 /// A UDP relay listening on `listen` (port 0: a free one).
@@ -73,5 +77,5 @@ pub async fn udp(
     let relay = UdpRelay::bind(listen, target, link(params))
         .await
         .map_err(|e| ends.error(e))?;
-    Ok(relay.spawn())
+    Ok(relay.with_timing(Timing::Precise).spawn())
 }
