@@ -36,6 +36,12 @@ struct NodeSection {
     region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     location: Option<String>,
+    /// Each node its own (the default is shared by every file of a directory).
+    state_dir: String,
+}
+
+fn state_dir(node: &str) -> String {
+    format!("state/{node}")
 }
 
 #[derive(Serialize)]
@@ -169,6 +175,7 @@ pub fn write_origin(
             id: region.origin.clone(),
             region: Some(region.name.clone()),
             location: region.location.clone(),
+            state_dir: state_dir(&region.origin),
         },
         listeners,
         backbone,
@@ -237,6 +244,7 @@ pub fn write_pop(
             id: p.id.clone(),
             region: None,
             location: p.location.clone(),
+            state_dir: state_dir(&p.id),
         },
         listeners,
         backbone: Some(Backbone {
