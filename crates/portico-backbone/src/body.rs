@@ -10,6 +10,7 @@
 //! becomes a `Reset` frame.
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use portico_gateway::body::{BodyTooLarge, find_cause};
 use portico_gateway::{Body, BoxError};
@@ -79,6 +80,7 @@ impl RecvState {
             Frame::BodyChunk(data) => Ok(Some(http_body::Frame::data(data))),
             Frame::End(End { trailers }) => {
                 self.done = true;
+                self.reader.fin_if_ready();
                 if trailers.is_empty() {
                     return Ok(None);
                 }
@@ -122,6 +124,10 @@ impl From<BackboneError> for SendBodyError {
 
 /// Streams `body` then `End` and FIN. A body error is sent as
 /// `Reset { fail_code }` (`too_large` when it is our own body limit).
+///
+/// What is buffered (the head, earlier chunks) is flushed only before
+/// waiting for the body, or past 64 KiB: a small response leaves in one
+/// write with its head and `End`, a slow one never waits in our buffer.
 pub(crate) async fn send_body(
     w: &mut FrameWriter,
     mut body: Body,
@@ -129,7 +135,14 @@ pub(crate) async fn send_body(
 ) -> Result<(), SendBodyError> {
     let codec = w.codec();
     loop {
-        let frame = match body.frame().await {
+        let next = match body.frame().now_or_never() {
+            Some(next) => next,
+            None => {
+                w.flush().await?;
+                body.frame().await
+            }
+        };
+        let frame = match next {
             None => return end(w, End::default()).await,
             Some(Ok(frame)) => frame,
             Some(Err(err)) => {
@@ -153,7 +166,6 @@ pub(crate) async fn send_body(
                 if http_body::Body::is_end_stream(&body) {
                     return end(w, End::default()).await;
                 }
-                w.flush().await?;
             }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {

@@ -7,9 +7,8 @@
 //! instead of growing memory here.
 
 use bytes::{Bytes, BytesMut};
-use portico_proto::{
-    Codec, Frame, PREFACE_LEN, Reset, ResetCode, StreamKind, decode_preface, encode_preface,
-};
+use futures_util::FutureExt;
+use portico_proto::{Codec, Frame, Reset, ResetCode, StreamKind, decode_preface, encode_preface};
 use quinn::{ReadError, RecvStream, SendStream};
 
 use crate::{BackboneError, reset_code, stream_code};
@@ -25,6 +24,9 @@ pub(crate) struct FrameReader {
     recv: RecvStream,
     buf: BytesMut,
     codec: Codec,
+    /// A frame (or decoding error) taken from the buffer by
+    /// [`FrameReader::buffered_end`] and not yet returned by `next`.
+    pending: Option<Result<Frame, BackboneError>>,
 }
 
 impl FrameReader {
@@ -33,6 +35,7 @@ impl FrameReader {
             recv,
             buf: BytesMut::new(),
             codec,
+            pending: None,
         }
     }
 
@@ -47,8 +50,8 @@ impl FrameReader {
             if let Some(p) = decode_preface(&mut self.buf)? {
                 return Ok(p.kind);
             }
-            let want = PREFACE_LEN - self.buf.len();
-            if !self.fill(want).await? {
+            // Whatever follows the preface stays buffered for `next`.
+            if !self.fill(READ_CHUNK).await? {
                 return Err(BackboneError::Truncated("inside the preface"));
             }
         }
@@ -59,6 +62,9 @@ impl FrameReader {
     /// Cancel-safe: the only await is quinn's cancel-safe `read_chunk`, and
     /// what it returns is buffered before the next await.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BackboneError> {
+        if let Some(pending) = self.pending.take() {
+            return pending.map(Some);
+        }
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buf)? {
                 return Ok(Some(frame));
@@ -70,6 +76,39 @@ impl FrameReader {
                     Err(BackboneError::Truncated("inside a frame"))
                 };
             }
+        }
+    }
+
+    /// Whether the next frame, already buffered, is an `End` without
+    /// trailers; if so it is consumed along with the FIN when that arrived
+    /// too. No I/O wait: lets an empty body be handed on as known-empty
+    /// (so nobody sends it chunked) when the peer wrote head and `End`
+    /// together, which both ends of this crate do.
+    pub(crate) fn buffered_end(&mut self) -> bool {
+        if self.pending.is_none() {
+            self.pending = self
+                .codec
+                .decode(&mut self.buf)
+                .map_err(Into::into)
+                .transpose();
+        }
+        let is_end = matches!(&self.pending, Some(Ok(Frame::End(e))) if e.trailers.is_empty());
+        if is_end {
+            self.pending = None;
+            self.fin_if_ready();
+        }
+        is_end
+    }
+
+    /// After the terminating frame: reads the FIN if it is already there, so
+    /// dropping the stream does not send a needless `STOP_SENDING`.
+    pub(crate) fn fin_if_ready(&mut self) {
+        if !self.buf.is_empty() {
+            return;
+        }
+        if let Some(Ok(Some(chunk))) = self.recv.read_chunk(1, true).now_or_never() {
+            // Bytes after the end: a peer bug, left unread.
+            self.buf.extend_from_slice(&chunk.bytes);
         }
     }
 

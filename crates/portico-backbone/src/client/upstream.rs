@@ -160,6 +160,11 @@ async fn exchange(
     let (pump, failed) = pump.unzip();
     let head = await_head(&mut reader, failed).await?;
     let parts = wire::response_from_head(head).map_err(classify)?;
+    if reader.buffered_end() {
+        // Complete already: nothing left to stream (the pump, if any, is
+        // dropped: the origin answered without needing the rest).
+        return Ok(Response::from_parts(parts, portico_gateway::body::empty()));
+    }
     let mut half = HalfStream::request(Direction::Response);
     // Cannot fail: a fresh response half accepts its head.
     let _ = half.on_frame(portico_proto::FrameKind::ResponseHead);

@@ -128,8 +128,12 @@ async fn serve_stream<H: RequestHandler>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let half = started_request_half();
-    let req = Request::from_parts(parts, recv_body(reader, half, None));
+    let body = if reader.buffered_end() {
+        portico_gateway::body::empty()
+    } else {
+        recv_body(reader, started_request_half(), None)
+    };
+    let req = Request::from_parts(parts, body);
     let deadline = routed.deadline.map(|d| d + DEADLINE_GRACE);
     let handler = Arc::clone(&shared.handler);
     let served_by = shared.identity.node_id.clone();
@@ -220,7 +224,7 @@ async fn respond(
         w.finish().await?;
         return Ok(());
     }
-    w.flush().await?;
+    // The head leaves with the first chunk, or alone before waiting for it.
     send_body(w, body, ResetCode::UpstreamFailed).await
 }
 

@@ -161,7 +161,7 @@ fn info(req: &Request<Body>, conn: &ConnInfo, routed: &Routed) -> Response<Body>
             .to_owned()
     };
     let json = format!(
-        "{{\"client\":\"{}\",\"protocol\":\"{}\",\"request_id\":\"{}\",\"host\":\"{}\",\"api\":\"{}\",\"stage\":\"{}\",\"route\":\"{}\",\"pop\":\"{}\",\"tls\":{},\"query\":\"{}\"}}",
+        "{{\"client\":\"{}\",\"protocol\":\"{}\",\"request_id\":\"{}\",\"host\":\"{}\",\"api\":\"{}\",\"stage\":\"{}\",\"route\":\"{}\",\"pop\":\"{}\",\"tls\":{},\"query\":\"{}\",\"empty_body\":{}}}",
         conn.client_addr,
         conn.protocol.as_str(),
         header("x-request-id"),
@@ -172,6 +172,7 @@ fn info(req: &Request<Body>, conn: &ConnInfo, routed: &Routed) -> Response<Body>
         routed.pop_id,
         conn.tls.is_some(),
         req.uri().query().unwrap_or(""),
+        http_body::Body::is_end_stream(req.body()),
     );
     text(200, json)
 }
