@@ -190,12 +190,15 @@ fn nodes_stop_when_up_is_killed() {
     ];
     let mut up = Proc::start(&args, "ready:");
     wait_for_file(&json, 5);
-    let started = pids(&manifest(&json));
+    let m = manifest(&json);
+    let started = pids(&m);
     assert_eq!(started.len(), 2);
     up.signal("KILL");
     let _ = wait_exit(&mut up, 10);
     // Their stdin pipe closed with the runner: they stop by themselves.
     wait_gone(&started, 10);
+    // What a killed runner cannot clean up (documented): its run directory.
+    let _ = std::fs::remove_dir_all(m["run_dir"].as_str().unwrap());
 }
 
 /// Runs `portico up FILE` expecting a refusal; returns stderr.
