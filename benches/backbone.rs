@@ -26,8 +26,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portico_backbone::pki::Ca;
 use portico_backbone::{
-    Backbone, BackboneServer, BackboneUpstream, Identity, LinkSettings, OriginSpec,
-    RequestHandler, Routed, TlsMaterial,
+    Backbone, BackboneServer, BackboneUpstream, Identity, LinkSettings, OriginSpec, RequestHandler,
+    Routed, TlsMaterial,
 };
 use portico_config::{DefinitionDefaults, Definitions};
 use portico_gateway::{Body, ConnInfo};
@@ -171,7 +171,9 @@ async fn h2() -> SendRequest<Empty<Bytes>> {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let _ = tcp.set_nodelay(true);
-            let Ok(tls) = acceptor.accept(tcp).await else { continue };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
             let service = hyper::service::service_fn(|_req| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(PAYLOAD))))
             });
@@ -268,24 +270,36 @@ fn bench(c: &mut Criterion, peers: &Peers) {
 /// same machine state.
 fn summary(peers: &Peers) {
     eprintln!(
-        "\nbackbone vs hyper HTTP/2, {BATCH} requests per round, {} CPUs, {} build",
+        "\nbackbone vs hyper HTTP/2: medians of {ROUNDS} interleaved rounds of {} requests, {} CPUs, {} build",
+        BATCH as u64 * BATCHES_PER_ROUND,
         std::thread::available_parallelism().map_or(0, usize::from),
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
     );
-    eprintln!("{:>11} {:>14} {:>14} {:>7}", "concurrency", "backbone rt/s", "h2 rt/s", "ratio");
+    eprintln!(
+        "{:>11} {:>14} {:>14} {:>7}",
+        "concurrency", "backbone rt/s", "h2 rt/s", "ratio"
+    );
     for concurrency in [64, 512] {
         let (mut bb, mut h2) = (Vec::new(), Vec::new());
-        for _ in 0..9 {
-            bb.push(rate(peers.time(true, concurrency, 1)));
-            h2.push(rate(peers.time(false, concurrency, 1)));
+        for _ in 0..ROUNDS {
+            bb.push(rate(peers.time(true, concurrency, BATCHES_PER_ROUND)));
+            h2.push(rate(peers.time(false, concurrency, BATCHES_PER_ROUND)));
         }
         let (bb, h2) = (median(bb), median(h2));
         eprintln!("{concurrency:>11} {bb:>14.0} {h2:>14.0} {:>7.2}", bb / h2);
     }
 }
 
+/// Interleaved rounds of the summary, each of `BATCHES_PER_ROUND` batches.
+const ROUNDS: usize = 15;
+const BATCHES_PER_ROUND: u64 = 4;
+
 fn rate(elapsed: Duration) -> f64 {
-    BATCH as f64 / elapsed.as_secs_f64()
+    (BATCH as u64 * BATCHES_PER_ROUND) as f64 / elapsed.as_secs_f64()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -102,21 +102,20 @@ pub(crate) struct Inner {
 
 impl Inner {
     /// A live session to `region`, rotating among several origins there.
+    /// Allocation-free: it runs once per forwarded request.
     fn live_session(&self, region: &str) -> Option<Arc<Session>> {
-        let live: Vec<Arc<Session>> = self
-            .links
-            .iter()
-            .filter(|l| l.spec.region == region)
-            .filter_map(|l| match &*l.state.borrow() {
-                LinkState::Up(s) => Some(Arc::clone(s)),
-                _ => None,
-            })
-            .collect();
-        if live.is_empty() {
+        let live = |l: &Link| match &*l.state.borrow() {
+            LinkState::Up(s) => Some(Arc::clone(s)),
+            _ => None,
+        };
+        let in_region = || self.links.iter().filter(|l| l.spec.region == region);
+        let count = in_region().filter(|l| l.state.borrow().is_up()).count();
+        if count == 0 {
             return None;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % live.len();
-        live.into_iter().nth(i)
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        // States may change between the two passes: take the next live one.
+        in_region().filter_map(live).cycle().nth(start)
     }
 }
 

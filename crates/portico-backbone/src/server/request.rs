@@ -8,8 +8,7 @@ use portico_gateway::Body;
 use portico_proto::stream::{Direction, HalfStream};
 use portico_proto::{Codec, End, Frame, RequestHead, Reset, ResetCode, StreamKind};
 use quinn::{Connection, RecvStream, SendStream};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::task::JoinSet;
 
 use super::{RequestHandler, Shared};
 use crate::BackboneError;
@@ -17,39 +16,33 @@ use crate::body::{SendBodyError, recv_body, send_body};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::wire;
 
-/// Extra time the origin gives a request beyond the PoP's deadline before
-/// it gives up itself (normally the PoP's own timeout cancels first).
-const DEADLINE_GRACE: Duration = Duration::from_secs(1);
-
 /// Accepts request streams until the link closes or the server stops; then
 /// refuses new streams while those in flight finish. Streams still open at
-/// the drain timeout are reset.
+/// the drain timeout are aborted (their halves reset).
+///
+/// The tasks live in a `JoinSet` owned by this loop: spawning and reaping
+/// touch no state shared with other links or streams.
 pub(super) async fn accept_streams<H: RequestHandler>(
     conn: &Connection,
     shared: &Arc<Shared<H>>,
     codec: Codec,
 ) {
-    let streams = TaskTracker::new();
-    let cancel = CancellationToken::new();
+    let mut streams = JoinSet::new();
     let mut stop = shared.stop.clone();
+    let peer = conn.remote_address();
     loop {
         let accepted = tokio::select! {
             () = crate::settings::stopped(&mut stop) => break,
+            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
             accepted = conn.accept_bi() => accepted,
         };
         let Ok((send, recv)) = accepted else { return };
-        let stream = Stream {
-            peer: conn.remote_address(),
-            codec,
-            cancel: cancel.child_token(),
-        };
-        streams.spawn(serve_stream(send, recv, Arc::clone(shared), stream));
+        streams.spawn(serve_stream(send, recv, Arc::clone(shared), codec, peer));
     }
-    streams.close();
-    if !drain(conn, &streams, shared.settings.drain_timeout).await {
+    if !drain(conn, &mut streams, shared.settings.drain_timeout).await {
         tracing::warn!("requests still in flight after the drain timeout; resetting them");
-        cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), streams.wait()).await;
+        streams.abort_all();
+        while streams.join_next().await.is_some() {}
         // Let the RESET_STREAMs leave before the link closes: quinn 0.11
         // holds CONNECTION_CLOSE back while stream data is pending and the
         // congestion window is full (quinn-rs/quinn#2785), and the PoP
@@ -61,12 +54,12 @@ pub(super) async fn accept_streams<H: RequestHandler>(
 
 /// Refuses new streams until those in flight finish (`true`) or `timeout`
 /// passes (`false`).
-async fn drain(conn: &Connection, streams: &TaskTracker, timeout: Duration) -> bool {
+async fn drain(conn: &Connection, streams: &mut JoinSet<()>, timeout: Duration) -> bool {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            () = streams.wait() => return true,
+            joined = streams.join_next() => if joined.is_none() { return true },
             () = &mut deadline => return false,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => refuse(send, recv),
@@ -86,25 +79,17 @@ fn refuse(mut send: SendStream, mut recv: RecvStream) {
 /// Serves one request stream: head, handler, response. The handler future
 /// is raced against the PoP's `STOP_SENDING`, so a client that went away
 /// cancels the backend request.
-/// Per-stream context from the link.
-struct Stream {
-    peer: std::net::SocketAddr,
-    codec: Codec,
-    /// Cancelled when the origin gives up draining.
-    cancel: CancellationToken,
-}
-
+///
+/// The PoP's deadline is not enforced here: the route's own timeout applies
+/// in the origin's pipeline, and when the PoP's timeout fires first it
+/// resets the stream, which cancels the handler like any client that left.
 async fn serve_stream<H: RequestHandler>(
     send: SendStream,
     recv: RecvStream,
     shared: Arc<Shared<H>>,
-    stream: Stream,
+    codec: Codec,
+    peer: std::net::SocketAddr,
 ) {
-    let Stream {
-        peer,
-        codec,
-        cancel,
-    } = stream;
     let mut reader = FrameReader::new(recv, codec);
     let mut writer = FrameWriter::new(send, codec);
     let stopped = writer.stopped();
@@ -134,25 +119,16 @@ async fn serve_stream<H: RequestHandler>(
         recv_body(reader, started_request_half(), None)
     };
     let req = Request::from_parts(parts, body);
-    let deadline = routed.deadline.map(|d| d + DEADLINE_GRACE);
     let handler = Arc::clone(&shared.handler);
-    let served_by = shared.identity.node_id.clone();
+    let served_by = &shared.identity.node_id;
     // 3. Handler and response, unless the PoP cancels first.
     let work = async {
-        let call = handler.handle(req, Arc::new(conn), routed);
-        let resp = match deadline {
-            Some(d) => tokio::time::timeout(d, call).await.ok(),
-            None => Some(call.await),
-        };
-        match resp {
-            Some(resp) => respond(&mut writer, resp, &served_by).await,
-            None => Err(SendBodyError::Stream(BackboneError::Timeout("the handler"))),
-        }
+        let resp = handler.handle(req, Arc::new(conn), routed).await;
+        respond(&mut writer, resp, served_by).await
     };
     let outcome = tokio::select! {
         biased;
         () = stopped => None,
-        () = cancel.cancelled() => None,
         result = work => Some(result),
     };
     finish(writer, outcome, &request_id).await;
@@ -242,12 +218,6 @@ async fn finish(
         Some(Ok(())) => {}
         Some(Err(SendBodyError::Body(err))) => {
             tracing::warn!(request_id, %err, "response body failed mid-way; stream reset");
-        }
-        Some(Err(SendBodyError::Stream(BackboneError::Timeout(what)))) => {
-            tracing::warn!(request_id, what, "deadline passed at the origin");
-            writer
-                .send_reset(ResetCode::Timeout, "deadline passed".into())
-                .await;
         }
         Some(Err(SendBodyError::Stream(err))) => {
             tracing::debug!(request_id, %err, "response stream failed");
