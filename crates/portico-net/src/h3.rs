@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use crate::h3_body::{RequestBody, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
 use crate::http::{Handler, HttpLimits};
+use crate::quic::QuicSocket;
 
 type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
@@ -49,6 +50,62 @@ pub struct H3Server<H> {
     /// in the endpoint's transport config.
     pub limits: HttpLimits,
     pub handler: Arc<H>,
+}
+
+/// An HTTP/3 listener whose socket is bound but not yet served.
+pub struct H3Listener<H> {
+    pub socket: QuicSocket,
+    pub default_api: Option<Arc<str>>,
+    pub limits: HttpLimits,
+    pub handler: Arc<H>,
+}
+
+impl<H: Handler> H3Listener<H> {
+    /// Serves on the caller's runtime until `shutdown`, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        match self.start() {
+            Ok(server) => server.run(shutdown).await,
+            Err(err) => tracing::error!(%err, "starting the HTTP/3 endpoint failed"),
+        }
+    }
+
+    /// Serves on a dedicated thread running a current-thread runtime: the
+    /// endpoint's driver, every connection's driver and every request run
+    /// there, with no cross-thread wakeups on the request path (the TCP
+    /// listener's worker model; a QUIC endpoint is one socket, so one thread).
+    pub async fn run_on_thread(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let serve = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(self.run(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })),
+                Err(err) => tracing::error!(%err, "HTTP/3 runtime failed to start"),
+            }
+        };
+        let thread = match std::thread::Builder::new()
+            .name("portico-h3".into())
+            .spawn(serve)
+        {
+            Ok(thread) => thread,
+            Err(err) => return tracing::error!(%err, "starting the HTTP/3 thread failed"),
+        };
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+
+    fn start(self) -> Result<H3Server<H>, crate::NetError> {
+        Ok(H3Server {
+            endpoint: self.socket.start()?,
+            default_api: self.default_api,
+            limits: self.limits,
+            handler: self.handler,
+        })
+    }
 }
 
 /// What every request task of a connection shares.

@@ -13,10 +13,10 @@ pub mod tls;
 
 use std::path::PathBuf;
 
-pub use crate::h3::H3Server;
+pub use crate::h3::{H3Listener, H3Server};
 pub use crate::h3_early::EARLY_DATA;
 pub use crate::http::{Handler, HttpLimits, TcpServer};
-pub use quic::{Congestion, QuicSettings};
+pub use quic::{Congestion, QuicSettings, QuicSocket};
 pub use tls::{CertFiles, SniResolver, server_config};
 
 /// Errors setting up listeners and their TLS material.

@@ -128,19 +128,55 @@ pub fn h3_tls_config(mut tls: rustls::ServerConfig) -> rustls::ServerConfig {
     tls
 }
 
-/// Binds the UDP socket of an HTTP/3 listener and starts its quinn endpoint.
-///
-/// Must be called inside a tokio runtime: the endpoint's driver is spawned on it.
+/// The UDP socket of an HTTP/3 listener, bound but not yet served: binding
+/// early fails a start on a busy port and tells the port; the quinn endpoint
+/// is started later, on the runtime that will serve it (its driver task and
+/// every connection's run where it starts).
+pub struct QuicSocket {
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+}
+
+impl QuicSocket {
+    /// Binds `addr` for HTTP/3 with `tls` (the TCP listener's config; see
+    /// [`h3_tls_config`]) and `settings`.
+    pub fn bind(
+        addr: SocketAddr,
+        tls: rustls::ServerConfig,
+        settings: &QuicSettings,
+    ) -> Result<Self, NetError> {
+        let crypto = QuicServerConfig::try_from(h3_tls_config(tls))
+            .map_err(|e| NetError::Quic(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(Arc::new(settings.transport()?));
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+        Ok(Self { socket, config })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Starts the endpoint on the current tokio runtime.
+    pub fn start(self) -> Result<quinn::Endpoint, NetError> {
+        let addr = self
+            .local_addr()
+            .map_err(|e| NetError::Quic(e.to_string()))?;
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let config = quinn::EndpointConfig::default();
+        quinn::Endpoint::new(config, Some(self.config), self.socket, runtime)
+            .map_err(|source| NetError::Bind { addr, source })
+    }
+}
+
+/// Binds and starts an HTTP/3 endpoint on the current tokio runtime.
 pub fn bind_endpoint(
     addr: SocketAddr,
     tls: rustls::ServerConfig,
     settings: &QuicSettings,
 ) -> Result<quinn::Endpoint, NetError> {
-    let crypto = QuicServerConfig::try_from(h3_tls_config(tls))
-        .map_err(|e| NetError::Quic(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(settings.transport()?));
-    quinn::Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+    QuicSocket::bind(addr, tls, settings)?.start()
 }
 
 /// The `Alt-Svc` value HTTP/1.1 and HTTP/2 responses carry on a listener that

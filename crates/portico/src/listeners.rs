@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use portico_config::{ListenerConfig, NodeConfig};
-use portico_net::{CertFiles, H3Server, Handler, TcpServer};
+use portico_net::{CertFiles, H3Listener, Handler, TcpServer};
 use tokio::net::TcpListener;
 
 use crate::{AppError, settings};
@@ -15,16 +15,18 @@ use crate::{AppError, settings};
 /// serve the same handler.
 pub enum Server<H> {
     Tcp(TcpServer<H>),
-    H3(H3Server<H>),
+    H3(H3Listener<H>),
 }
 
 impl<H: Handler> Server<H> {
-    /// Serves until `shutdown`, then drains. TCP listeners spread over
-    /// `workers` threads; an HTTP/3 listener is one quinn endpoint, whose
-    /// connections run on the caller's runtime.
+    /// Serves until `shutdown`, then drains. With `workers > 0` a TCP
+    /// listener spreads over that many threads and an HTTP/3 listener (one
+    /// UDP socket, one quinn endpoint) gets a thread of its own; with 0 both
+    /// serve on the caller's runtime.
     pub async fn run_on_workers(self, workers: usize, shutdown: impl Future<Output = ()>) {
         match self {
             Server::Tcp(server) => server.run_on_workers(workers, shutdown).await,
+            Server::H3(server) if workers > 0 => server.run_on_thread(shutdown).await,
             Server::H3(server) => server.run(shutdown).await,
         }
     }
@@ -89,14 +91,14 @@ fn bind_h3<H: Handler>(
     tcp: SocketAddr,
     tls: &rustls::ServerConfig,
     handler: &Arc<H>,
-) -> Result<(H3Server<H>, u16), AppError> {
+) -> Result<(H3Listener<H>, u16), AppError> {
     let addr = SocketAddr::new(tcp.ip(), l.quic.port.unwrap_or(tcp.port()));
-    let endpoint = portico_net::quic::bind_endpoint(addr, tls.clone(), &settings::quic(&l.quic))?;
-    let local = endpoint.local_addr()?;
+    let socket = portico_net::QuicSocket::bind(addr, tls.clone(), &settings::quic(&l.quic))?;
+    let local = socket.local_addr()?;
     tracing::info!(address = %local, congestion = l.quic.congestion.as_str(), "listening (HTTP/3)");
     println!("listening h3 {local}");
-    let server = H3Server {
-        endpoint,
+    let server = H3Listener {
+        socket,
         default_api: l.default_api.as_deref().map(Arc::from),
         limits: settings::http_limits(config),
         handler: Arc::clone(handler),

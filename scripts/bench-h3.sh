@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# HTTP/3 against HTTP/2 on the same Portico listener, same work (issue 5).
+#
+# One origin with `http3 = true`: HTTP/2 over TLS/TCP and HTTP/3 over QUIC on
+# the same port number, the same certificate, the same pipeline. oha (built
+# with its `http3` feature, installed once into a cache) loads it with the
+# same shape for both: CONNS connections x STREAMS requests in flight each.
+# Rounds are interleaved (h2, h3, then h3, h2, ...); the table gives medians
+# and the h3/h2 ratios (goal: throughput >= 0.7x). Cases:
+#   * mock:  a mock integration (the protocol stacks and the pipeline only),
+#   * proxy: http_proxy to the demo backend, 1 KiB responses.
+#
+# Usage: scripts/bench-h3.sh [SECONDS_PER_RUN] [ROUNDS]
+#   PORTICO_BENCH_CACHE: where oha is installed (default ~/.cache/portico-bench)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SECS="${1:-10}"
+ROUNDS="${2:-3}"
+CONNS="${CONNS:-8}"
+STREAMS="${STREAMS:-8}"
+CACHE="${PORTICO_BENCH_CACHE:-$HOME/.cache/portico-bench}"
+OHA="$CACHE/bin/oha"
+
+# oha 1.16 from crates.io with HTTP/3; compiling it takes ~10 minutes on 2 cores, once.
+ensure_oha() {
+  if [ -x "$OHA" ] && "$OHA" --help | grep -q -- '--http-version'; then
+    return 0
+  fi
+  echo "installing oha 1.16 (features http3) into $CACHE; about 10 minutes, once..." >&2
+  cargo install oha --version '~1.16' --features http3 --locked --root "$CACHE" --quiet
+}
+
+# start_origin PORT BACKEND_PORT: an origin with h1/h2/h3 on PORT; waits for `ready`.
+start_origin() {
+  cat >"$WORK/origin.toml" <<TOML
+[node]
+id = "bench-h3"
+region = "local"
+
+[[listeners]]
+address = "127.0.0.1:$1"
+default_api = "bench"
+http3 = true
+
+# The node's default throttle (10 000 req/s) would measure 429s.
+[throttle]
+enabled = false
+
+[[apis]]
+name = "bench"
+endpoint = "regional"
+[[apis.routes]]
+method = "GET"
+path = "/mock"
+integration = { type = "mock", status = 200, headers = { "content-type" = "application/json" }, body = '{"ok":true}' }
+[[apis.routes]]
+method = "ANY"
+path = "/{proxy+}"
+integration = { type = "http_proxy", uri = "http://127.0.0.1:$2/{proxy}" }
+[[apis.stages]]
+name = "prod"
+TOML
+  # The access log is off (warn level): both protocols measure serving only.
+  RUST_LOG=warn "$PORTICO" origin --config "$WORK/origin.toml" >"$WORK/origin.out" 2>"$WORK/origin.log" &
+  PIDS+=($!)
+  for _ in $(seq 200); do
+    grep -q '^ready' "$WORK/origin.out" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "the origin did not start:" >&2
+  cat "$WORK/origin.log" >&2
+  return 1
+}
+
+# oha_run PROTO URL: prints "RPS P99_MS" (PROTO: h2 or h3).
+oha_run() {
+  local version
+  case "$1" in
+    h2) version=(--http2) ;;
+    h3) version=(--http-version 3) ;;
+  esac
+  "$OHA" --no-tui --insecure -z "${SECS}s" -c "$CONNS" -p "$STREAMS" "${version[@]}" \
+    --output-format json "$2" >"$WORK/oha.json" 2>"$WORK/oha.err" || {
+    cat "$WORK/oha.err" >&2
+    return 1
+  }
+  python3 - "$WORK/oha.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+codes = r.get("statusCodeDistribution", {})
+bad = sum(n for code, n in codes.items() if code != "200")
+if bad or not codes:
+    print(f"non-200 answers: {codes}", file=sys.stderr)
+    sys.exit(1)
+p99 = (r["latencyPercentiles"].get("p99") or float("nan")) * 1000
+print(f'{r["summary"]["requestsPerSec"]:.0f} {p99:.3f}')
+PY
+}
+
+ensure_oha
+build_release
+cd "$WORK"   # node state (e.g. the quota store) goes to the scratch directory
+BACKEND=$(free_port)
+start_backend "$BACKEND"
+PORT=$(free_port)
+start_origin "$PORT" "$BACKEND"
+
+declare -A RPS P99
+CASES=(mock proxy)
+declare -A PATHS=([mock]="/prod/mock" [proxy]="/prod/bytes/1024")
+for case in "${CASES[@]}"; do
+  url="https://127.0.0.1:$PORT${PATHS[$case]}"
+  for round in $(seq "$ROUNDS"); do
+    order=(h2 h3)
+    (( round % 2 == 0 )) && order=(h3 h2)
+    for proto in "${order[@]}"; do
+      read -r rps p99 < <(oha_run "$proto" "$url")
+      echo "round $round $case $proto: $rps req/s, p99 $p99 ms" >&2
+      RPS[$case,$proto]+="$rps "
+      P99[$case,$proto]+="$p99 "
+    done
+  done
+done
+
+echo
+echo "# scripts/bench-h3.sh: oha -c $CONNS -p $STREAMS, medians of $ROUNDS interleaved round(s) of ${SECS}s"
+echo "# $(machine)"
+printf '%-6s %-6s %12s %10s\n' case proto "req/s" "p99 ms"
+for case in "${CASES[@]}"; do
+  for proto in h2 h3; do
+    # shellcheck disable=SC2086
+    printf '%-6s %-6s %12s %10s\n' "$case" "$proto" \
+      "$(median ${RPS[$case,$proto]})" "$(median ${P99[$case,$proto]})"
+  done
+done
+echo
+printf '%-6s %-12s %12s %10s\n' case ratio throughput p99
+for case in "${CASES[@]}"; do
+  # shellcheck disable=SC2086
+  awk -v c="$case" -v r3="$(median ${RPS[$case,h3]})" -v r2="$(median ${RPS[$case,h2]})" \
+      -v p3="$(median ${P99[$case,h3]})" -v p2="$(median ${P99[$case,h2]})" \
+      'BEGIN { printf "%-6s %-12s %11.2fx %9.2fx\n", c, "h3/h2", r3 / r2, p3 / p2 }'
+done
