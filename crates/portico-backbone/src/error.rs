@@ -60,6 +60,16 @@ pub enum BackboneError {
     /// A head from the peer that cannot become an HTTP message.
     #[error("invalid {what} from the peer: {reason}")]
     BadHead { what: &'static str, reason: String },
+    /// A control frame could not be queued: the link's outbox is full.
+    #[error("the control stream's outbox is full")]
+    LinkBusy,
+    /// The link this frame was for is gone.
+    #[error("the backbone link is closed")]
+    LinkClosed,
+    /// Only control-stream frames (other than the handshake) may be sent on
+    /// a [`crate::ControlLink`].
+    #[error("{0} is not a frame a control subsystem may send")]
+    NotControl(&'static str),
     /// A configuration snapshot that failed verification or validation.
     #[error("configuration from {origin}: {reason}")]
     Config { origin: String, reason: String },
@@ -87,6 +97,9 @@ impl BackboneError {
             Self::Timeout(_) => "timeout",
             Self::NoLink(_) => "no_link",
             Self::BadHead { .. } => "bad_head",
+            Self::LinkBusy => "link_busy",
+            Self::LinkClosed => "link_closed",
+            Self::NotControl(_) => "not_control",
             Self::Config { .. } => "config",
         }
     }

@@ -11,6 +11,10 @@
 //!   keeps per-region link state, merges the origins' snapshots
 //!   ([`sync`]) and forwards requests as a gateway [`client::BackboneUpstream`].
 //!
+//! * [`ControlHandler`]: the hook through which other subsystems (purges,
+//!   usage, quota leases, rate shares) use the control stream of each link,
+//!   on both ends.
+//!
 //! Frames, preface and ordering rules are `portico-proto`'s (sans-IO); this
 //! crate only drives them over quinn streams. One request is one
 //! bidirectional stream; bodies stream both ways under QUIC flow control,
@@ -25,6 +29,7 @@
 
 mod body;
 pub mod client;
+mod control;
 mod error;
 mod framed;
 pub mod pki;
@@ -35,6 +40,7 @@ pub mod tls;
 mod wire;
 
 pub use client::{Backbone, BackboneUpstream, LinkState, OriginSpec};
+pub use control::{ControlHandler, ControlLink};
 pub use error::BackboneError;
 pub use server::{BackboneServer, RequestHandler, Routed};
 pub use settings::{Identity, LinkSettings};

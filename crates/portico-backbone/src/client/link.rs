@@ -3,13 +3,12 @@
 use std::sync::Arc;
 
 use portico_proto::stream::{ControlSide, ControlStream};
-use portico_proto::{
-    Capabilities, Frame, GoAway, Hello, HelloAck, Pong, Role, StreamKind, VersionRange,
-};
+use portico_proto::{Frame, GoAway, Hello, HelloAck, Pong, Role, StreamKind, VersionRange};
 use quinn::Connection;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::{Inner, LinkState, Session};
+use crate::control::ControlLink;
 use crate::framed::{FrameReader, FrameWriter};
 use crate::settings::Backoff;
 use crate::{BackboneError, close};
@@ -20,6 +19,9 @@ struct Control {
     writer: FrameWriter,
     checker: ControlStream,
     ack: HelloAck,
+    /// What control subsystems hold of this link, and what they queued.
+    link: ControlLink,
+    outbox: mpsc::Receiver<Frame>,
 }
 
 /// Keeps origin `index`'s link up until `stop`: dial, serve the session
@@ -44,7 +46,6 @@ pub(super) async fn run(
                 backoff.reset();
                 let reason = session(&inner, index, conn, control, &mut stop).await;
                 tracing::warn!(origin = %link.spec.address, %reason, "backbone link down");
-                link.state.send_replace(LinkState::Down(reason));
             }
             Err(err) => {
                 tracing::warn!(origin = %link.spec.address, %err, "backbone dial failed");
@@ -86,18 +87,21 @@ async fn dial(
         role: Role::Pop,
         region: inner.identity.region.clone(),
         versions: VersionRange::CURRENT,
-        capabilities: Capabilities(0),
+        capabilities: inner.control.capabilities(),
     }))?;
     writer.flush().await?;
     let mut reader = FrameReader::new(recv, codec);
     let ack = read_ack(&mut reader, &conn).await?;
     reader.set_version(ack.chosen_version);
     writer.set_version(ack.chosen_version);
+    let (link, outbox) = ControlLink::new(&ack.node_id, &ack.region, ack.capabilities);
     let control = Control {
         reader,
         writer,
         checker: handshaken(),
         ack,
+        link,
+        outbox,
     };
     Ok((conn, control))
 }
@@ -155,9 +159,26 @@ async fn session(
             .request_codec()
             .with_version(control.ack.chosen_version),
         origin_id: origin_id.clone(),
+        control: control.link.clone(),
     });
     link.state.send_replace(LinkState::Up(session));
     tracing::info!(origin = %origin_id, address = %link.spec.address, region = %link.spec.region, "backbone link up");
+    inner.control.link_up(&control.link);
+    let reason = serve_session(inner, index, &conn, &mut control, stop).await;
+    // Requests stop choosing the link before control subsystems hear it is gone.
+    link.state.send_replace(LinkState::Down(reason.clone()));
+    inner.control.link_down(&control.link);
+    reason
+}
+
+/// The control stream of an up link, until the link dies or `stop`.
+async fn serve_session(
+    inner: &Inner,
+    index: usize,
+    conn: &Connection,
+    control: &mut Control,
+    stop: &mut watch::Receiver<bool>,
+) -> String {
     let mut open = true;
     loop {
         if let Err(err) = control.writer.flush().await {
@@ -165,9 +186,14 @@ async fn session(
         }
         tokio::select! {
             err = conn.closed() => return err.to_string(),
-            () = crate::settings::stopped(stop) => return goodbye(&conn, &mut control).await,
+            () = crate::settings::stopped(stop) => return goodbye(conn, control).await,
+            Some(frame) = control.outbox.recv() => {
+                if let Err(err) = control.writer.push(&frame) {
+                    tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
+                }
+            }
             frame = control.reader.next(), if open => {
-                match on_frame(inner, index, &mut control, frame) {
+                match on_frame(inner, index, control, frame) {
                     Ok(still_open) => open = still_open,
                     Err(err) => {
                         conn.close(close::PROTOCOL, err.to_string().as_bytes());
@@ -215,7 +241,7 @@ fn on_frame(
             tracing::info!(origin = %c.ack.node_id, reason = %g.reason, "origin going away");
             link.state.send_replace(LinkState::Draining);
         }
-        other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+        other => inner.control.on_frame(&c.link, other),
     }
     Ok(true)
 }

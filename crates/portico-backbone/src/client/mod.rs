@@ -20,6 +20,7 @@ use portico_proto::Codec;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::control::{ControlHandler, ControlLink, Ignore};
 use crate::settings::{Identity, LinkSettings};
 use crate::sync::{ConfigSync, SyncedConfig};
 use crate::tls::TlsMaterial;
@@ -43,12 +44,18 @@ pub struct Session {
     conn: quinn::Connection,
     codec: Codec,
     origin_id: String,
+    control: ControlLink,
 }
 
 impl Session {
     /// The origin's node id, from its `HelloAck`.
     pub fn origin_id(&self) -> &str {
         &self.origin_id
+    }
+
+    /// The link's control stream, for control subsystems.
+    pub fn control(&self) -> &ControlLink {
+        &self.control
     }
 
     /// The link's current round-trip time estimate.
@@ -98,6 +105,7 @@ pub(crate) struct Inner {
     links: Vec<Link>,
     sync: ConfigSync,
     next: AtomicUsize,
+    control: Arc<dyn ControlHandler>,
 }
 
 impl Inner {
@@ -137,6 +145,21 @@ impl Backbone {
         settings: LinkSettings,
         defaults: DefinitionDefaults,
     ) -> Result<Backbone, BackboneError> {
+        let control: Arc<dyn ControlHandler> = Arc::new(Ignore);
+        Self::start_with_control(identity, origins, tls, settings, defaults, control)
+    }
+
+    /// [`Backbone::start`], handing the control frames the backbone does not
+    /// handle itself (purges, quota leases, rate shares...) to `control`,
+    /// which also learns of every origin link coming and going.
+    pub fn start_with_control(
+        identity: Identity,
+        origins: Vec<OriginSpec>,
+        tls: &TlsMaterial,
+        settings: LinkSettings,
+        defaults: DefinitionDefaults,
+        control: Arc<dyn ControlHandler>,
+    ) -> Result<Backbone, BackboneError> {
         let client_config = tls.client_config(&settings)?;
         let v6 = origins.iter().any(|o| o.address.is_ipv6());
         let bind: SocketAddr = if v6 {
@@ -159,6 +182,7 @@ impl Backbone {
             sync: ConfigSync::new(links.len(), defaults),
             links,
             next: AtomicUsize::new(0),
+            control,
         });
         let (stop, _) = watch::channel(false);
         let tasks = TaskTracker::new();
@@ -196,6 +220,14 @@ impl Backbone {
             .iter()
             .map(|l| (l.spec.clone(), l.state.borrow().clone()))
             .collect()
+    }
+
+    /// The control stream of origin `index`'s link while it is up.
+    pub fn control_link(&self, index: usize) -> Option<ControlLink> {
+        match &*self.inner.links.get(index)?.state.borrow() {
+            LinkState::Up(session) => Some(session.control.clone()),
+            _ => None,
+        }
     }
 
     /// Watches the state of origin `index`'s link (in `start`'s order).

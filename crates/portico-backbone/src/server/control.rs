@@ -5,13 +5,15 @@ use std::sync::Arc;
 use portico_config::Definitions;
 use portico_proto::stream::{ControlSide, ControlStream};
 use portico_proto::{
-    Capabilities, ConfigSnapshot, Frame, GoAway, Hello, HelloAck, Pong, ResetCode, Role,
-    StreamKind, VersionRange, negotiate,
+    ConfigSnapshot, Frame, GoAway, Hello, HelloAck, Pong, ResetCode, Role, StreamKind,
+    VersionRange, negotiate,
 };
 use quinn::{Connection, VarInt};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use super::{RequestHandler, Shared, request};
+use crate::control::{ControlHandler, ControlLink};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::{BackboneError, close, tls};
 
@@ -20,7 +22,10 @@ pub(crate) struct Control {
     reader: FrameReader,
     writer: FrameWriter,
     checker: ControlStream,
-    pop_id: String,
+    /// What control subsystems hold of this link.
+    link: ControlLink,
+    /// Frames they queued for the PoP.
+    outbox: mpsc::Receiver<Frame>,
     version: u16,
 }
 
@@ -52,8 +57,10 @@ pub(crate) async fn serve_link<H: RequestHandler>(
             return;
         }
     };
-    let pop_id = control.pop_id.clone();
+    let link = control.link.clone();
+    let pop_id = link.peer_id().to_owned();
     tracing::info!(%peer, pop = %pop_id, version = control.version, "backbone link up");
+    shared.control.link_up(&link);
     let codec = shared
         .settings
         .request_codec()
@@ -69,6 +76,7 @@ pub(crate) async fn serve_link<H: RequestHandler>(
         control_task.abort();
     }
     conn.close(close::NORMAL, b"origin shutting down");
+    shared.control.link_down(&link);
     tracing::info!(%peer, pop = %pop_id, "backbone link closed");
 }
 
@@ -98,21 +106,24 @@ async fn handshake<H>(conn: &Connection, shared: &Shared<H>) -> Result<Control, 
     };
     let version = check_hello(conn, &hello)?;
     writer.preface(StreamKind::Control);
+    let capabilities = shared.control.capabilities().intersect(hello.capabilities);
     let ack = HelloAck {
         chosen_version: version,
         node_id: shared.identity.node_id.clone(),
         role: Role::Origin,
         region: shared.identity.region.clone(),
-        capabilities: Capabilities(0).intersect(hello.capabilities),
+        capabilities,
     };
     writer.push(&Frame::HelloAck(ack)).map_err(protocol)?;
     reader.set_version(version);
     writer.set_version(version);
+    let (link, outbox) = ControlLink::new(&hello.node_id, &hello.region, capabilities);
     Ok(Control {
         reader,
         writer,
         checker,
-        pop_id: hello.node_id,
+        link,
+        outbox,
         version,
     })
 }
@@ -151,12 +162,13 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
         tokio::select! {
             changed = defs.changed() => if changed.is_err() { return },
             () = crate::settings::stopped(&mut stop) => return say_goaway(&mut c.writer).await,
-            frame = c.reader.next() => match on_frame(&mut c, frame) {
+            Some(frame) = c.outbox.recv() => push_queued(&mut c.writer, &frame),
+            frame = c.reader.next() => match on_frame(&mut c, shared.control.as_ref(), frame) {
                 Ok(true) => {}
                 // The PoP finished its control stream: it is closing the link.
                 Ok(false) => return,
                 Err(err) => {
-                    tracing::warn!(pop = %c.pop_id, %err, "control stream failed; closing the link");
+                    tracing::warn!(pop = %c.link.peer_id(), %err, "control stream failed; closing the link");
                     conn.close(close::PROTOCOL, err.to_string().as_bytes());
                     return;
                 }
@@ -168,6 +180,7 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
 /// Handles one frame from the PoP; `Ok(false)` when its control stream ended.
 fn on_frame(
     c: &mut Control,
+    handler: &dyn ControlHandler,
     frame: Result<Option<Frame>, BackboneError>,
 ) -> Result<bool, BackboneError> {
     let Some(frame) = frame? else {
@@ -176,10 +189,20 @@ fn on_frame(
     c.checker.on_frame(frame.kind())?;
     match frame {
         Frame::Ping(p) => c.writer.push(&Frame::Pong(Pong { nonce: p.nonce }))?,
-        Frame::GoAway(g) => tracing::info!(pop = %c.pop_id, reason = %g.reason, "PoP going away"),
-        other => tracing::debug!(pop = %c.pop_id, frame = %other.kind(), "control frame ignored"),
+        Frame::GoAway(g) => {
+            tracing::info!(pop = %c.link.peer_id(), reason = %g.reason, "PoP going away")
+        }
+        other => handler.on_frame(&c.link, other),
     }
     Ok(true)
+}
+
+/// A frame a control subsystem queued; one that cannot be encoded (too
+/// large) is logged and dropped, the link goes on.
+fn push_queued(w: &mut FrameWriter, frame: &Frame) {
+    if let Err(err) = w.push(frame) {
+        tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
+    }
 }
 
 fn push_snapshot(w: &mut FrameWriter, defs: &Definitions) -> Result<(), BackboneError> {

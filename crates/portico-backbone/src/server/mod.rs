@@ -21,6 +21,7 @@ use portico_gateway::{Body, ConnInfo};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::control::{ControlHandler, Ignore};
 use crate::settings::{Identity, LinkSettings};
 use crate::tls::TlsMaterial;
 use crate::{BackboneError, close};
@@ -47,6 +48,7 @@ pub struct BackboneServer {
     endpoint: quinn::Endpoint,
     identity: Identity,
     settings: LinkSettings,
+    control: Arc<dyn ControlHandler>,
 }
 
 /// What every link of one server shares.
@@ -57,6 +59,7 @@ pub(crate) struct Shared<H> {
     pub(crate) definitions: watch::Receiver<Arc<Definitions>>,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) local_addr: SocketAddr,
+    pub(crate) control: Arc<dyn ControlHandler>,
 }
 
 impl BackboneServer {
@@ -91,7 +94,16 @@ impl BackboneServer {
             endpoint,
             identity,
             settings,
+            control: Arc::new(Ignore),
         })
+    }
+
+    /// Hands the control frames the backbone does not handle itself (usage
+    /// reports, quota requests, purge acks...) to `control`, which also
+    /// learns of every PoP link coming and going.
+    pub fn with_control(mut self, control: Arc<dyn ControlHandler>) -> Self {
+        self.control = control;
+        self
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, BackboneError> {
@@ -118,6 +130,7 @@ impl BackboneServer {
             definitions,
             stop,
             local_addr,
+            control: self.control,
         });
         let links = TaskTracker::new();
         tokio::pin!(shutdown);

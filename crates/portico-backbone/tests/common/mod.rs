@@ -13,8 +13,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use portico_backbone::pki::Ca;
 use portico_backbone::{
-    Backbone, BackboneServer, BackboneUpstream, Identity, LinkSettings, OriginSpec, RequestHandler,
-    Routed, TlsMaterial,
+    Backbone, BackboneServer, BackboneUpstream, ControlHandler, Identity, LinkSettings, OriginSpec,
+    RequestHandler, Routed, TlsMaterial,
 };
 use portico_config::{DefinitionDefaults, Definitions};
 use portico_gateway::{
@@ -240,11 +240,35 @@ impl Origin {
         defs: Arc<Definitions>,
         link: LinkSettings,
     ) -> Origin {
+        Self::start_full(tls, bind, defs, link, None)
+    }
+
+    /// An origin whose control frames go to `control`.
+    pub fn start_control(tls: &TlsMaterial, control: Arc<dyn ControlHandler>) -> Origin {
+        Self::start_full(
+            tls,
+            localhost0(),
+            definitions(""),
+            settings(),
+            Some(control),
+        )
+    }
+
+    fn start_full(
+        tls: &TlsMaterial,
+        bind: SocketAddr,
+        defs: Arc<Definitions>,
+        link: LinkSettings,
+        control: Option<Arc<dyn ControlHandler>>,
+    ) -> Origin {
         let identity = Identity {
             node_id: "origin-a".into(),
             region: REGION.into(),
         };
-        let server = BackboneServer::bind(bind, tls, identity, link).unwrap();
+        let mut server = BackboneServer::bind(bind, tls, identity, link).unwrap();
+        if let Some(control) = control {
+            server = server.with_control(control);
+        }
         let addr = server.local_addr().unwrap();
         let seen = Arc::new(Observed::default());
         let (defs_tx, defs_rx) = watch::channel(defs);
@@ -278,6 +302,11 @@ impl Origin {
     }
 }
 
+/// A control handler that does nothing (the default behaviour).
+pub struct NoControl;
+
+impl ControlHandler for NoControl {}
+
 /// A PoP: the gateway pipeline with the backbone as its upstream.
 pub struct Pop {
     pub backbone: Backbone,
@@ -299,16 +328,35 @@ impl Pop {
 
     /// A PoP whose gateway starts with `defs` (before any snapshot).
     pub fn start_with(tls: &TlsMaterial, origins: Vec<OriginSpec>, defs: Arc<Definitions>) -> Pop {
+        Self::start_full(tls, origins, defs, Arc::new(NoControl))
+    }
+
+    /// A PoP whose control frames go to `control`.
+    pub fn start_control(
+        tls: &TlsMaterial,
+        origins: Vec<OriginSpec>,
+        control: Arc<dyn ControlHandler>,
+    ) -> Pop {
+        Self::start_full(tls, origins, Arc::new(Definitions::empty()), control)
+    }
+
+    fn start_full(
+        tls: &TlsMaterial,
+        origins: Vec<OriginSpec>,
+        defs: Arc<Definitions>,
+        control: Arc<dyn ControlHandler>,
+    ) -> Pop {
         let identity = Identity {
             node_id: "pop-a".into(),
             region: String::new(),
         };
-        let backbone = Backbone::start(
+        let backbone = Backbone::start_with_control(
             identity,
             origins,
             tls,
             settings(),
             DefinitionDefaults::default(),
+            control,
         )
         .unwrap();
         let settings = GatewaySettings {

@@ -1,0 +1,160 @@
+//! The control stream, opened to other subsystems.
+//!
+//! The backbone itself handles the handshake, configuration snapshots,
+//! `Ping`/`Pong` and `GoAway`. Every other control frame (purges, usage
+//! reports, quota leases and returns, rate shares, authorizer decisions,
+//! config deltas) goes to a [`ControlHandler`], on either end, together with
+//! a [`ControlLink`] to answer on. The same trait serves the origin (one link
+//! per PoP) and the PoP (one link per origin).
+
+use std::sync::Arc;
+
+use portico_proto::{Capabilities, Frame, FrameKind, StreamKind};
+use tokio::sync::mpsc;
+
+use crate::BackboneError;
+
+/// Frames waiting to be written on one control stream. Bounded, so a
+/// subsystem that floods a slow peer sees `try_send` fail instead of
+/// growing memory.
+const OUTBOX: usize = 1024;
+
+/// Receives the control frames the backbone does not handle itself.
+///
+/// Methods run on the link's control task: they must not block. Work that
+/// waits (storage, other links) belongs in a task of the handler's own,
+/// which answers later through the [`ControlLink`] it kept.
+pub trait ControlHandler: Send + Sync + 'static {
+    /// Features this node offers in the handshake; a link runs with the
+    /// intersection of both ends' ([`ControlLink::capabilities`]).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities(0)
+    }
+
+    /// A link finished its handshake. Keep `link` to send on it.
+    fn link_up(&self, link: &ControlLink) {
+        let _ = link;
+    }
+
+    /// The link is gone (closed, lost, or this node is shutting down).
+    /// Frames sent on it from now on fail.
+    fn link_down(&self, link: &ControlLink) {
+        let _ = link;
+    }
+
+    /// A control frame from the peer (already checked for order and kind).
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        let _ = (link, frame);
+    }
+}
+
+/// No subsystem listens: frames the backbone does not handle are logged
+/// and dropped.
+pub(crate) struct Ignore;
+
+impl ControlHandler for Ignore {
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        tracing::debug!(peer = %link.peer_id(), frame = %frame.kind(), "control frame ignored");
+    }
+}
+
+/// One established link, as a control subsystem sees it.
+#[derive(Debug, Clone)]
+pub struct ControlLink {
+    peer_id: Arc<str>,
+    region: Arc<str>,
+    capabilities: Capabilities,
+    outbox: mpsc::Sender<Frame>,
+}
+
+impl ControlLink {
+    /// A link and the receiving end of its outbox (drained by the control task).
+    pub(crate) fn new(
+        peer_id: &str,
+        region: &str,
+        capabilities: Capabilities,
+    ) -> (ControlLink, mpsc::Receiver<Frame>) {
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let link = ControlLink {
+            peer_id: Arc::from(peer_id),
+            region: Arc::from(region),
+            capabilities,
+            outbox,
+        };
+        (link, rx)
+    }
+
+    /// The peer's node id. On the origin it is verified: the PoP's
+    /// certificate names it.
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    /// The peer's region (an origin's; a PoP's may be empty).
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Features both ends offered.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// Whether the link is still up (its control task still runs).
+    pub fn is_open(&self) -> bool {
+        !self.outbox.is_closed()
+    }
+
+    /// Queues a frame for the peer without waiting. Fails when the frame is
+    /// not a control frame, the link is gone, or its outbox is full.
+    pub fn try_send(&self, frame: Frame) -> Result<(), BackboneError> {
+        check_sendable(frame.kind())?;
+        self.outbox.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => BackboneError::LinkBusy,
+            mpsc::error::TrySendError::Closed(_) => BackboneError::LinkClosed,
+        })
+    }
+
+    /// Queues a frame, waiting while the outbox is full.
+    pub async fn send(&self, frame: Frame) -> Result<(), BackboneError> {
+        check_sendable(frame.kind())?;
+        self.outbox
+            .send(frame)
+            .await
+            .map_err(|_| BackboneError::LinkClosed)
+    }
+}
+
+/// Only frames of the control stream, and never a second handshake.
+fn check_sendable(kind: FrameKind) -> Result<(), BackboneError> {
+    let handshake = matches!(kind, FrameKind::Hello | FrameKind::HelloAck);
+    if handshake || !kind.allowed_on(StreamKind::Control) {
+        return Err(BackboneError::NotControl(kind.as_str()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_proto::{Ping, PurgeAck};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn links_queue_control_frames_only() {
+        let (link, mut rx) = ControlLink::new("pop-a", "", Capabilities(0));
+        assert_eq!(link.peer_id(), "pop-a");
+        link.try_send(Frame::PurgeAck(PurgeAck { purge_id: 7 }))
+            .unwrap();
+        let err = link.try_send(Frame::End(Default::default())).unwrap_err();
+        assert_eq!(err.as_str(), "not_control");
+        assert_eq!(
+            rx.recv().await,
+            Some(Frame::PurgeAck(PurgeAck { purge_id: 7 }))
+        );
+        drop(rx);
+        assert!(!link.is_open());
+        let err = link.send(Frame::Ping(Ping { nonce: 1 })).await.unwrap_err();
+        assert_eq!(err.as_str(), "link_closed");
+    }
+}

@@ -1,0 +1,142 @@
+//! The control hook: subsystems exchange their own frames over each link's
+//! control stream, both ways, with the peer's verified identity.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use portico_backbone::{ControlHandler, ControlLink};
+use portico_proto::{
+    Capabilities, Frame, Purge, PurgeAck, PurgeScope, QuotaLease, UsageEntry, UsageReport,
+};
+use tokio::sync::mpsc;
+
+/// Records every event and keeps the links it saw come up.
+struct Recorder {
+    capabilities: Capabilities,
+    events: mpsc::UnboundedSender<String>,
+    links: Mutex<Vec<ControlLink>>,
+    /// The origin answers usage reports with a lease; the PoP acks purges.
+    origin: bool,
+}
+
+impl Recorder {
+    fn new(origin: bool, caps: u64) -> (Arc<Recorder>, mpsc::UnboundedReceiver<String>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let recorder = Recorder {
+            capabilities: Capabilities(caps),
+            events,
+            links: Mutex::new(Vec::new()),
+            origin,
+        };
+        (Arc::new(recorder), rx)
+    }
+
+    fn link(&self) -> ControlLink {
+        self.links.lock().unwrap()[0].clone()
+    }
+}
+
+impl ControlHandler for Recorder {
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    fn link_up(&self, link: &ControlLink) {
+        self.links.lock().unwrap().push(link.clone());
+        let caps = link.capabilities().0;
+        let _ = self
+            .events
+            .send(format!("up {} caps {caps}", link.peer_id()));
+    }
+
+    fn link_down(&self, link: &ControlLink) {
+        let _ = self.events.send(format!("down {}", link.peer_id()));
+    }
+
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        let _ = self
+            .events
+            .send(format!("{} from {}", frame.kind(), link.peer_id()));
+        let reply = match (&frame, self.origin) {
+            (Frame::UsageReport(_), true) => Frame::QuotaLease(QuotaLease {
+                lease_id: 1,
+                key_id: "k".into(),
+                plan: "gold".into(),
+                granted: 50,
+                expires_unix_ms: 0,
+                period_end_unix_ms: 0,
+                exhausted: false,
+            }),
+            (Frame::Purge(p), false) => Frame::PurgeAck(PurgeAck {
+                purge_id: p.purge_id,
+            }),
+            _ => return,
+        };
+        link.try_send(reply).unwrap();
+    }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("event in time")
+        .expect("handler alive")
+}
+
+#[tokio::test]
+async fn control_frames_flow_both_ways_with_verified_peers() {
+    let pki = Pki::new();
+    let (at_origin, mut origin_events) = Recorder::new(true, 0b11);
+    let origin = Origin::start_control(&pki.material("origin-a"), at_origin.clone());
+    let (at_pop, mut pop_events) = Recorder::new(false, 0b110);
+    let pop = Pop::start_control(
+        &pki.material("pop-a"),
+        vec![origin_spec(origin.addr)],
+        at_pop.clone(),
+    );
+    // Both ends see the link, with the intersection of the capabilities.
+    assert_eq!(next(&mut origin_events).await, "up pop-a caps 2");
+    assert_eq!(next(&mut pop_events).await, "up origin-a caps 2");
+    // PoP → origin → PoP: a usage report answered with a lease.
+    let report = Frame::UsageReport(UsageReport {
+        pop_id: "pop-a".into(),
+        window_start_unix_ms: 0,
+        entries: vec![UsageEntry {
+            key_id: "k".into(),
+            plan: "gold".into(),
+            api: "echo".into(),
+            stage: "prod".into(),
+            used: 3,
+        }],
+    });
+    pop.backbone
+        .control_link(0)
+        .unwrap()
+        .try_send(report)
+        .unwrap();
+    assert_eq!(next(&mut origin_events).await, "usage_report from pop-a");
+    assert_eq!(next(&mut pop_events).await, "quota_lease from origin-a");
+    // Origin → PoP → origin: a purge acknowledged.
+    let purge = Frame::Purge(Purge {
+        purge_id: 9,
+        scope: PurgeScope::All,
+    });
+    at_origin.link().send(purge).await.unwrap();
+    assert_eq!(next(&mut pop_events).await, "purge from origin-a");
+    assert_eq!(next(&mut origin_events).await, "purge_ack from pop-a");
+    // Only control frames may be sent.
+    let err = at_pop
+        .link()
+        .try_send(Frame::End(Default::default()))
+        .unwrap_err();
+    assert_eq!(err.as_str(), "not_control");
+    // The PoP leaves: both ends hear the link go down, and its handle is dead.
+    pop.backbone.shutdown().await;
+    assert_eq!(next(&mut pop_events).await, "down origin-a");
+    assert_eq!(next(&mut origin_events).await, "down pop-a");
+    assert!(!at_pop.link().is_open());
+    origin.stop().await;
+}
