@@ -404,7 +404,9 @@ mod tests {
 
     /// `ROUTE` with an inline `cache = ...` line (line 10).
     fn route_with(cache: &str) -> String {
-        format!("[[apis.routes]]\nmethod = \"GET\"\npath = \"/m\"\n{cache}\n[apis.routes.integration]\ntype = \"mock\"\n")
+        format!(
+            "[[apis.routes]]\nmethod = \"GET\"\npath = \"/m\"\n{cache}\n[apis.routes.integration]\ntype = \"mock\"\n"
+        )
     }
 
     fn settings(text: &str, stage: &str, route: usize) -> Option<Arc<CacheSettings>> {

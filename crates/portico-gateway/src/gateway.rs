@@ -112,6 +112,11 @@ impl<U: Upstream> Gateway<U> {
         self.table.store(Arc::new(RoutingTable::new(definitions)));
     }
 
+    /// The routing tables new requests use (purge scopes are checked against them).
+    pub fn routing(&self) -> Arc<RoutingTable> {
+        self.table.load_full()
+    }
+
     /// The snapshot new requests are routed with.
     pub fn definitions(&self) -> Arc<Definitions> {
         Arc::clone(self.table.load().definitions())

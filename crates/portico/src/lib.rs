@@ -1,6 +1,7 @@
 //! The `portico` command: argument parsing and wiring of the library crates.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod backbone;
 mod backend;
 mod certs;

@@ -32,14 +32,13 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     let resolver = Resolver::new(&settings::dns(&config))?;
     let client = BackendClient::new(&settings::client(&config), resolver)?;
     let quota = crate::limits::open_quota(&config)?;
-    let gateway = Arc::new(
-        Gateway::new(
-            settings::gateway(&config),
-            Arc::clone(&config.definitions),
-            Integrations::new(client),
-        )
-        .with_limits(crate::limits::limits(&config, Some(Arc::clone(&quota)))),
-    );
+    let gateway = Gateway::new(
+        settings::gateway(&config),
+        Arc::clone(&config.definitions),
+        Integrations::new(client),
+    )
+    .with_limits(crate::limits::limits(&config, Some(Arc::clone(&quota))));
+    let gateway = Arc::new(settings::with_cache(gateway, &config));
     let handler = Arc::new(PublicHandler {
         gateway: Arc::clone(&gateway),
     });
@@ -47,6 +46,9 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     // PoPs get the definitions at connect and again after every reload.
     let (defs_tx, defs_rx) = watch::channel(Arc::clone(&config.definitions));
     let backbone = crate::backbone::bind_origin(&config)?;
+    let admin = crate::admin::bind(&config).await?;
+    // Purges made at this origin; the backbone forwards them to PoPs (a subscriber).
+    let (purges, _) = tokio::sync::broadcast::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::limits::retain(
@@ -71,6 +73,14 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         let serve =
             crate::backbone::serve_origin(server, Arc::clone(&gateway), defs_rx, stop_rx.clone());
         tasks.spawn(serve);
+    }
+    if let (Some(listener), Some(a)) = (admin, &config.admin) {
+        let admin = crate::admin::Admin::new(Arc::clone(&gateway), &a.token, purges.clone());
+        tasks.spawn(crate::admin::serve(
+            listener,
+            Arc::new(admin),
+            stop_rx.clone(),
+        ));
     }
     tracing::info!(node = %config.node.id, apis = config.definitions.apis.len(), "origin ready");
     println!("ready");

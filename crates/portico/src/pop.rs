@@ -39,14 +39,13 @@ impl Handler for EdgeHandler {
 pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let config = portico_config::load_node_file_as(path, Some(Role::Pop))?;
     let backbone = start_backbone(&config)?;
-    let gateway = Arc::new(
-        Gateway::new(
-            settings::gateway(&config),
-            Arc::new(Definitions::empty()),
-            backbone.upstream(),
-        )
-        .with_limits(crate::limits::limits(&config, None)),
-    );
+    let gateway = Gateway::new(
+        settings::gateway(&config),
+        Arc::new(Definitions::empty()),
+        backbone.upstream(),
+    )
+    .with_limits(crate::limits::limits(&config, None));
+    let gateway = Arc::new(settings::with_cache(gateway, &config));
     let handler = Arc::new(EdgeHandler {
         gateway: Arc::clone(&gateway),
     });

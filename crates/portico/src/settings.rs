@@ -15,6 +15,18 @@ pub fn gateway(config: &NodeConfig) -> GatewaySettings {
     }
 }
 
+/// The node's response cache (`[cache]`): attached unless `enabled = false`.
+pub fn with_cache<U: portico_gateway::Upstream>(
+    gateway: portico_gateway::Gateway<U>,
+    config: &NodeConfig,
+) -> portico_gateway::Gateway<U> {
+    if config.cache.enabled {
+        gateway.with_cache(config.cache.max_bytes)
+    } else {
+        gateway
+    }
+}
+
 pub fn http_limits(config: &NodeConfig) -> HttpLimits {
     // hyper's own cap sits well above ours so that the gateway, not hyper,
     // answers most oversized header sections (with a JSON 431).

@@ -34,7 +34,10 @@ pub(crate) struct Stored {
     pub status: StatusCode,
     /// The response header section as received, minus hop-by-hop fields and `Age`.
     pub headers: HeaderMap,
-    pub body: Bytes,
+    /// The body as received, in pieces that share one allocation when the length
+    /// was announced (see `fill`): no copy is made to join them.
+    pub body: Box<[Bytes]>,
+    pub body_len: usize,
     /// When the response arrived (the resident time counts from here).
     pub stored_at: Instant,
     /// RFC 9111 `corrected_initial_age`.
@@ -108,14 +111,15 @@ impl Stored {
         key: KeyText,
         path_hash: u64,
         mut ex: Exchange,
-        body: Bytes,
+        body: Box<[Bytes]>,
         settings: &CacheSettings,
     ) -> Result<Stored, NotStorable> {
+        let body_len = body.iter().map(Bytes::len).sum();
         let cc = CacheControl::parse(&ex.headers);
         let fresh = Freshness::of(&ex, &cc, settings);
         clean_headers(&mut ex.headers, ex.response_time);
         ex.headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
         let etag = ex.headers.get(header::ETAG).cloned();
         let last_modified = ex.headers.get(header::LAST_MODIFIED).cloned();
         let useless = fresh.lifetime.is_zero()
@@ -134,6 +138,7 @@ impl Stored {
             status: ex.status,
             headers: ex.headers,
             body,
+            body_len,
             stored_at: ex.arrived,
             initial_age: fresh.initial_age,
             lifetime: fresh.lifetime,
@@ -180,6 +185,7 @@ impl Stored {
             last_modified: ex.headers.get(header::LAST_MODIFIED).cloned(),
             headers: ex.headers,
             body: self.body.clone(),
+            body_len: self.body_len,
             stored_at: ex.arrived,
             initial_age: fresh.initial_age,
             lifetime: fresh.lifetime,
@@ -232,7 +238,8 @@ impl Stored {
             .map(|(k, v)| k.as_str().len() + v.len() + FIELD_OVERHEAD)
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
-        let total = self.body.len() + headers + self.key.len() + tags + ENTRY_OVERHEAD;
+        let pieces = self.body.len() * std::mem::size_of::<Bytes>();
+        let total = self.body_len + pieces + headers + self.key.len() + tags + ENTRY_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use http::{HeaderMap, HeaderName, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -190,6 +190,10 @@ struct FillState {
     readers: Vec<Option<usize>>,
     /// Still a candidate for storage (not over the object limit).
     storable: bool,
+    /// Where chunks are copied as they arrive when the length is announced: the
+    /// pieces readers get share this one allocation, the stored body is exactly
+    /// its size, and the upstream's receive buffers are released at once.
+    buf: Option<BytesMut>,
 }
 
 /// A response whose body is being read from upstream into memory.
@@ -214,11 +218,13 @@ pub(crate) struct Fill {
 pub(crate) struct FillFailed;
 
 impl Fill {
+    /// `length`: the announced body length, when it fits the object limit.
     pub(crate) fn new(
         status: StatusCode,
         headers: HeaderMap,
         key: KeyText,
         vary: Box<[HeaderName]>,
+        length: Option<usize>,
     ) -> Arc<Fill> {
         Arc::new(Fill {
             status,
@@ -232,6 +238,7 @@ impl Fill {
                 end: None,
                 readers: Vec::new(),
                 storable: true,
+                buf: length.map(BytesMut::with_capacity),
             }),
             progress: Notify::new(),
             consumed: Notify::new(),
@@ -335,7 +342,7 @@ impl Drop for Reader {
 pub(crate) enum FillResult {
     /// The whole body, ready to store. Readers see the end only when the task calls
     /// [`Fill::close`], so a client that has read the whole body finds the entry.
-    Complete(Bytes),
+    Complete(Box<[Bytes]>),
     /// The body was complete but larger than the object limit (readers have seen its end).
     Oversized,
     /// The upstream body failed or stalled, or nobody was left to read an oversized one.
@@ -365,7 +372,7 @@ pub(crate) async fn run_fill(
     }
     let st = lock(&fill.state);
     if st.storable {
-        return FillResult::Complete(concat(&st.chunks, st.bytes));
+        return FillResult::Complete(st.chunks.iter().cloned().collect());
     }
     drop(st);
     fill.close();
@@ -379,8 +386,18 @@ impl Fill {
         st.bytes += data.len() as u64;
         if st.bytes > limit {
             st.storable = false;
+            st.buf = None;
         }
-        st.chunks.push_back(data);
+        let piece = match (st.storable, st.buf.as_mut()) {
+            (false, _) => data,
+            (true, Some(buf)) if buf.capacity() - buf.len() >= data.len() => {
+                buf.extend_from_slice(&data);
+                buf.split().freeze()
+            }
+            // A stored piece must not pin the upstream's (larger) receive buffer.
+            (true, _) => Bytes::copy_from_slice(&data),
+        };
+        st.chunks.push_back(piece);
         let alive = st.storable || Self::live_readers(&st) > 0;
         drop(st);
         self.progress.notify_waiters();
@@ -422,14 +439,4 @@ impl Fill {
         lock(&self.state).end = Some(end);
         self.progress.notify_waiters();
     }
-}
-
-/// One contiguous copy of the body: the chunks may be slices of larger receive
-/// buffers, which an entry must not keep alive.
-fn concat(chunks: &VecDeque<Bytes>, len: u64) -> Bytes {
-    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    for c in chunks {
-        out.extend_from_slice(c);
-    }
-    Bytes::from(out)
 }

@@ -222,7 +222,15 @@ impl<U: Upstream> Job<'_, U> {
             (key, KeyText::build(|t| input.write_variant(&vary, t)))
         };
         let path = path_hash(hasher, text.api(), text.stage(), text.path());
-        let fill = Fill::new(ex.status, ex.headers.clone(), text.clone(), vary.clone());
+        let max = self.settings.max_object_bytes;
+        let length = declared_length(&ex.headers).filter(|n| *n as u64 <= max);
+        let fill = Fill::new(
+            ex.status,
+            ex.headers.clone(),
+            text.clone(),
+            vary.clone(),
+            length,
+        );
         let reader = if self.head { None } else { fill.reader() };
         let task = FillTask {
             cache: Arc::clone(self.cache),
@@ -274,6 +282,12 @@ impl<U: Upstream> Job<'_, U> {
     }
 }
 
+fn declared_length(headers: &http::HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+}
+
 fn failure_outcome(result: &Result<Response<Body>, GatewayError>) -> Outcome {
     match result {
         Err(e) => Outcome::Failed(e.kind.clone(), e.source_of),
@@ -314,8 +328,8 @@ impl FillTask {
     async fn run(self, body: Body) {
         let fill = Arc::clone(&self.fill);
         let result = run_fill(&fill, body, self.settings.max_object_bytes, self.idle).await;
-        if let FillResult::Complete(bytes) = result {
-            self.store(bytes).await;
+        if let FillResult::Complete(body) = result {
+            self.store(body).await;
             fill.close();
         } else {
             tracing::debug!(?result, "response not stored");
@@ -323,7 +337,7 @@ impl FillTask {
     }
 
     /// Stores a complete body (its readers are told it ended afterwards).
-    async fn store(self, bytes: bytes::Bytes) {
+    async fn store(self, body: Box<[bytes::Bytes]>) {
         let FillTask {
             cache,
             settings,
@@ -336,16 +350,13 @@ impl FillTask {
             end,
             ..
         } = self;
-        let declared = ex
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|n| n != bytes.len()) {
+        let len: usize = body.iter().map(bytes::Bytes::len).sum();
+        if declared_length(&ex.headers).is_some_and(|n| n != len) {
             tracing::debug!("response body shorter or longer than its Content-Length; not stored");
             return;
         }
         let primary_text = text.without_variant();
-        let stored = match Stored::new(text, path, ex, bytes, &settings) {
+        let stored = match Stored::new(text, path, ex, body, &settings) {
             Ok(s) => Arc::new(s),
             Err(reason) => return tracing::debug!(reason = reason.as_str(), "response not stored"),
         };

@@ -23,6 +23,7 @@ mod fill;
 mod key;
 mod lead;
 mod phase;
+pub mod purge;
 mod respond;
 pub mod rules;
 mod store;

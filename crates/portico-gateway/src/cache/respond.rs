@@ -7,14 +7,18 @@
 //! client, as §2 requires, and a hit costs no string formatting.
 
 use std::fmt::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use super::entry::Stored;
 use super::rules;
-use crate::body::{Body, empty, full};
+use crate::body::{Body, BoxError, empty, full};
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -173,7 +177,7 @@ pub(crate) fn mark<B>(resp: &mut Response<B>, value: HeaderValue) {
 /// The answer from a stored entry: `304` for a matching conditional request, else
 /// the stored response (headers only for HEAD), with the current `Age`.
 pub(crate) fn from_entry(
-    entry: &Stored,
+    entry: &Arc<Stored>,
     request: &HeaderMap,
     head: bool,
     status: HeaderValue,
@@ -190,11 +194,7 @@ pub(crate) fn from_entry(
         }
         r
     } else {
-        let body = if head {
-            empty()
-        } else {
-            full(entry.body.clone())
-        };
+        let body = if head { empty() } else { pieces(entry) };
         let mut r = Response::new(body);
         *r.status_mut() = entry.status;
         *r.headers_mut() = entry.headers.clone();
@@ -205,4 +205,44 @@ pub(crate) fn from_entry(
         .insert(header::AGE, HeaderValue::from(age));
     mark(&mut resp, status);
     resp
+}
+
+/// The stored body: one piece as a plain full body, several as [`Pieces`].
+fn pieces(entry: &Arc<Stored>) -> Body {
+    match &*entry.body {
+        [one] => full(one.clone()),
+        _ => Body::new(Pieces {
+            entry: Arc::clone(entry),
+            next: 0,
+        }),
+    }
+}
+
+/// Streams an entry's pieces without copying them or allocating per piece.
+struct Pieces {
+    entry: Arc<Stored>,
+    next: usize,
+}
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let piece = self.entry.body.get(self.next).cloned();
+        self.next += 1;
+        Poll::Ready(piece.map(|p| Ok(http_body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next >= self.entry.body.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let rest: usize = self.entry.body.iter().skip(self.next).map(Bytes::len).sum();
+        http_body::SizeHint::with_exact(rest as u64)
+    }
 }

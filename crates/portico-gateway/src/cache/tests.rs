@@ -543,3 +543,41 @@ async fn ttl_mode_uses_the_route_ttl_and_head_uses_get_entries() {
     // Ranges bypass the cache (here into a failing upstream).
     assert_eq!((r.status, r.cache_status()), (502, String::new()));
 }
+
+#[tokio::test]
+async fn the_store_stays_within_its_bytes() {
+    let store = super::store::Store::new(4 << 20);
+    let settings = Definitions::from_toml_str(DEFS, "test").unwrap();
+    let settings = settings
+        .api("a")
+        .unwrap()
+        .stage("prod")
+        .unwrap()
+        .route_settings(0)
+        .cache
+        .clone()
+        .unwrap();
+    for i in 0..400u64 {
+        let key = super::key::KeyText::build(|t| {
+            t.extend_from_slice(format!("a\0prod\0G\0/p{i}\0\0").as_bytes())
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", "max-age=600".parse().unwrap());
+        let ex = super::entry::Exchange {
+            status: StatusCode::OK,
+            headers,
+            request_time: std::time::SystemTime::now(),
+            response_time: std::time::SystemTime::now(),
+            arrived: std::time::Instant::now(),
+        };
+        let body: Box<[Bytes]> = vec![Bytes::from(vec![b'x'; 65536])].into_boxed_slice();
+        let entry = super::entry::Stored::new(key, 1, ex, body, &settings).unwrap();
+        store
+            .insert(i, super::entry::Slot::Entry(Arc::new(entry)))
+            .await;
+    }
+    let stats = store.stats().await;
+    assert!(stats.weighted_bytes <= 4 << 20, "{stats:?}");
+    // 64 KiB bodies plus their overhead: about 63 of them fit.
+    assert!((55..=64).contains(&stats.entries), "{stats:?}");
+}

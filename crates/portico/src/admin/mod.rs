@@ -1,0 +1,193 @@
+//! The admin listener (`[admin] address`): HTTP/1.1 with JSON bodies, every
+//! request authenticated with `Authorization: Bearer TOKEN`.
+//!
+//! * missing or malformed credentials: `401 {"message":"Unauthorized"}` with
+//!   `WWW-Authenticate: Bearer`; a wrong token: `403 {"message":"Forbidden"}`
+//!   (checked before routing, so unauthenticated callers learn nothing of the routes);
+//! * a bad request: `400 {"message":"<reason>"}`; a body over 64 KiB: 413;
+//!   an unknown path: 404; a known path with another method: 405 with `Allow`.
+//!
+//! Routes live in submodules (`cache`: purges and statistics); [`Admin::route`]
+//! dispatches on the path prefix, so other areas add their own module and one arm.
+
+mod cache;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use portico_config::NodeConfig;
+use portico_gateway::cache::PurgeScope;
+use portico_gateway::{Gateway, Upstream};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+use crate::AppError;
+
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the admin API serves with.
+pub struct Admin<U> {
+    pub gateway: Arc<Gateway<U>>,
+    token: Box<[u8]>,
+    /// Every purge done here is sent on this channel too: the backbone forwards it
+    /// to the connected PoPs (a receiver subscribes; none yet means origin only).
+    pub purges: broadcast::Sender<PurgeScope>,
+    next_purge_id: AtomicU64,
+}
+
+impl<U: Upstream> Admin<U> {
+    pub fn new(
+        gateway: Arc<Gateway<U>>,
+        token: &str,
+        purges: broadcast::Sender<PurgeScope>,
+    ) -> Self {
+        Admin {
+            gateway,
+            token: token.as_bytes().into(),
+            purges,
+            next_purge_id: AtomicU64::new(1),
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match self.refusal(req.headers()) {
+            None => self.route(req).await,
+            Some(resp) => resp,
+        }
+    }
+
+    /// Bearer token check (constant time in the token's bytes): the answer to a
+    /// caller without the token, `None` for one with it.
+    fn refusal(&self, headers: &HeaderMap) -> Option<Response<Full<Bytes>>> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().as_bytes());
+        let Some(presented) = presented else {
+            let mut resp = message(StatusCode::UNAUTHORIZED, "Unauthorized");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return Some(resp);
+        };
+        let same_len = presented.len() == self.token.len();
+        let diff = presented
+            .iter()
+            .zip(self.token.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let ok = same_len && diff == 0;
+        (!ok).then(|| message(StatusCode::FORBIDDEN, "Forbidden"))
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        match path.strip_prefix("/cache/") {
+            Some(rest) => cache::route(self, rest, req).await,
+            None => message(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    }
+
+    fn purge_id(&self) -> u64 {
+        self.next_purge_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// `{"message": text}` with `status`.
+pub fn message(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "message": text }))
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// 405 with `Allow`.
+pub fn method_not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes into `T`; the error is the
+/// response to send.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Box<Response<Full<Bytes>>>> {
+    let refuse = |status, text: &str| Box::new(message(status, text));
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "Request Too Long"));
+        }
+        Err(_) => return Err(refuse(StatusCode::BAD_REQUEST, "the request body failed")),
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+}
+
+/// Binds `[admin] address` when configured and prints `listening admin ADDR`.
+pub async fn bind(config: &NodeConfig) -> Result<Option<TcpListener>, AppError> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(admin.address)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: admin.address,
+            source,
+        })?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "admin listening");
+    println!("listening admin {local}");
+    Ok(Some(listener))
+}
+
+/// Serves the admin API until `stop` turns true.
+pub async fn serve<U: Upstream>(
+    listener: TcpListener,
+    admin: Arc<Admin<U>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let admin = Arc::clone(&admin);
+        // Connections finish on their own; the process exits soon after `stop`.
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let admin = Arc::clone(&admin);
+                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, "admin connection ended");
+            }
+        });
+    }
+}
