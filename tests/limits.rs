@@ -250,11 +250,11 @@ async fn forbidden_keys_get_403() {
     let control = format!("{}\t{}", &KEY_A[..20], &KEY_A[..20]);
     let cases: [&[u8]; 6] = [
         b"EEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEEE", // unknown
-        KEY_OFF.as_bytes(),                         // disabled
-        b"short",                                   // malformed
-        &oversized,                                 // oversized
-        control.as_bytes(),                         // control character
-        KEY_ELSEWHERE.as_bytes(),                   // no plan for this stage
+        KEY_OFF.as_bytes(),                          // disabled
+        b"short",                                    // malformed
+        &oversized,                                  // oversized
+        control.as_bytes(),                          // control character
+        KEY_ELSEWHERE.as_bytes(),                    // no plan for this stage
     ];
     for key in cases {
         let r = with_key(&c, &url, key).await;
@@ -262,13 +262,18 @@ async fn forbidden_keys_get_403() {
         assert_eq!(r.headers["x-amzn-errortype"], "ForbiddenException");
     }
     let mut req = Request::get(&url).body(full(Bytes::new())).unwrap();
-    req.headers_mut().append("x-api-key", HeaderValue::from_static(KEY_A));
-    req.headers_mut().append("x-api-key", HeaderValue::from_static(KEY_B));
+    req.headers_mut()
+        .append("x-api-key", HeaderValue::from_static(KEY_A));
+    req.headers_mut()
+        .append("x-api-key", HeaderValue::from_static(KEY_B));
     assert_error(&send(&c, req).await, 403, "Forbidden");
     assert_eq!(with_key(&c, &url, KEY_A.as_bytes()).await.status, 200);
     // The same key works on the stage its other plan covers.
     let dev = f.url("/dev/keyed/x");
-    assert_eq!(with_key(&c, &dev, KEY_ELSEWHERE.as_bytes()).await.status, 200);
+    assert_eq!(
+        with_key(&c, &dev, KEY_ELSEWHERE.as_bytes()).await.status,
+        200
+    );
 }
 
 #[tokio::test]
