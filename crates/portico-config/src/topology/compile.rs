@@ -419,6 +419,7 @@ fn compile_api(
         region,
         stage: stage.to_owned(),
         backend,
+        cache: f.cache.as_ref().map(|c| *c.get_ref()),
     })
 }
 

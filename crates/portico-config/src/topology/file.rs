@@ -64,6 +64,8 @@ pub(crate) struct ApiFile {
     pub region: Option<S<String>>,
     pub stage: Option<S<String>>,
     pub backend: Option<S<String>>,
+    /// Response caching of the demo routes (GET and HEAD): `"http"` or `"ttl"`.
+    pub cache: Option<S<crate::cache::CacheMode>>,
 }
 
 /// Everything in a topology file, as written (elements that failed to load are

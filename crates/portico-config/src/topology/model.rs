@@ -133,6 +133,8 @@ pub struct DemoApi {
     pub stage: String,
     /// Index into the region's `backends`.
     pub backend: usize,
+    /// Caching of the demo routes, when the topology turns it on.
+    pub cache: Option<crate::cache::CacheMode>,
 }
 
 /// Where one client site enters one API: a PoP for edge APIs (the linked PoP of the

@@ -87,7 +87,15 @@ struct Api {
 struct Route {
     method: &'static str,
     path: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<RouteCache>,
     integration: Integration,
+}
+
+/// A demo route's `cache` table (GET and HEAD are cached; other methods pass).
+#[derive(Serialize)]
+struct RouteCache {
+    mode: portico_config::CacheMode,
 }
 
 #[derive(Serialize)]
@@ -194,6 +202,7 @@ fn demo_api(t: &Topology, a: usize, backends: &[SocketAddr]) -> Api {
     let route = |path, target: &str| Route {
         method: "ANY",
         path,
+        cache: api.cache.map(|mode| RouteCache { mode }),
         integration: Integration::HttpProxy {
             uri: format!("http://{backend}/{target}"),
         },
