@@ -2,6 +2,8 @@
 //! processes, real relays, port 0 only.
 
 mod common;
+#[path = "../crates/portico-net/tests/support/h3_client.rs"]
+mod h3_client;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -135,10 +137,23 @@ async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
             .find(|e| e["api"] == api)
             .unwrap();
         assert_eq!(entry["mode"], mode);
-        assert_eq!(entry["h3"], false);
+        assert_eq!(entry["h3"], true);
         let reply = get(&client, &format!("{}/hello?via={api}", url(&m, api))).await;
         assert_eq!(reply.status, 200, "{api}: {}", reply.text());
         assert_eq!(reply.json()["path"], "/hello", "{api}: {}", reply.text());
+        // The same entry over HTTP/3: QUIC through the UDP relay on the same port.
+        let addr = url(&m, api)[8..]
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let h3 = h3_client::H3Client::new(&[ca_der(&m)], "localhost");
+        let conn = h3.connect(addr).await;
+        let uri = format!("https://localhost:{}/prod/h3", addr.port());
+        let reply = conn.get(&uri).await;
+        assert_eq!(reply.status, 200, "{api} over h3: {}", reply.text());
+        assert_eq!(reply.json()["path"], "/h3", "{api} over h3");
     }
     let started = pids(&m);
     assert_eq!(started.len(), 3, "backend, origin, PoP: {m}");
@@ -304,6 +319,8 @@ fn check_validates_topology_files() {
 /// A near and a far client; the far one is 40 ms (one way) from the origin, 2 ms
 /// from its PoP.
 const FAR: &str = r#"
+[topology]
+http3 = true
 [[regions]]
 name = "r"
 origin = "origin-r"
@@ -374,6 +391,12 @@ fn probe_shows_edge_entry_beats_regional_entry_for_a_far_client() {
     assert!(
         edge < regional,
         "cold: edge {edge} ms, regional {regional} ms\n{stdout}"
+    );
+    // QUIC saves one round trip of the long path (84 ms) on a new connection.
+    let regional_h3 = median("echo-regional", "cold_h3");
+    assert!(
+        regional_h3 < regional,
+        "regional cold: h3 {regional_h3} ms, TCP+TLS {regional} ms\n{stdout}"
     );
     let svg = std::fs::read_to_string(out_dir.join("probe.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("echo-edge"));

@@ -11,6 +11,7 @@ use portico_config::topology::Topology;
 use crate::AppError;
 use crate::topology::chart::{self, EntryResult};
 use crate::topology::client::Client;
+use crate::topology::h3client::H3Client;
 use crate::topology::manifest::Manifest;
 use crate::topology::measure;
 use crate::topology::runner::{Options, Running};
@@ -55,6 +56,10 @@ pub async fn run(
 /// measure each other).
 async fn measure_all(t: &Topology, m: &Manifest, runs: u32) -> Result<Vec<EntryResult>, UpError> {
     let client = Client::from_ca_file(&m.ca)?;
+    let h3 = match m.entries.iter().any(|e| e.h3) {
+        true => Some(H3Client::from_ca_file(&m.ca)?),
+        false => None,
+    };
     let nonce = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
@@ -76,7 +81,7 @@ async fn measure_all(t: &Topology, m: &Manifest, runs: u32) -> Result<Vec<EntryR
             "probing {site} → {} ({}) via {}",
             api.name, info.mode, info.node
         );
-        let samples = measure::entry(&client, info, runs, nonce)
+        let samples = measure::entry(&client, h3.as_ref(), info, runs, nonce)
             .await
             .map_err(|err| UpError::NotServing {
                 url: info.url.clone(),

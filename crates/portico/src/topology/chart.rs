@@ -30,6 +30,15 @@ impl EntryResult {
     }
 }
 
+/// The measures any result has samples of (HTTP/3 ones only when the topology
+/// enables HTTP/3), in report order.
+fn present(results: &[EntryResult]) -> Vec<Measure> {
+    Measure::ALL
+        .into_iter()
+        .filter(|&m| results.iter().any(|r| !r.samples.of(m).is_empty()))
+        .collect()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -46,6 +55,7 @@ fn ratio_text(r: Option<f64>) -> String {
 /// The terminal table, with one line per entry and a footer comparing edge and
 /// regional entry for every site.
 pub fn table(results: &[EntryResult], runs: u32) -> String {
+    let measures = present(results);
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -70,7 +80,7 @@ pub fn table(results: &[EntryResult], runs: u32) -> String {
         "{:ws$}  {:wa$}  {:8}  {:wv$}",
         "site", "api", "mode", "via"
     );
-    for m in Measure::ALL {
+    for &m in &measures {
         let _ = write!(out, "  {:>24}", format!("{} ms (min, ratio)", m.as_str()));
     }
     out.push('\n');
@@ -81,7 +91,11 @@ pub fn table(results: &[EntryResult], runs: u32) -> String {
             "{:ws$}  {:wa$}  {:8}  {:wv$}",
             r.site, r.api, r.mode, r.via
         );
-        for m in Measure::ALL {
+        for &m in &measures {
+            if r.samples.of(m).is_empty() {
+                let _ = write!(out, "  {:>24}", "n/a ");
+                continue;
+            }
             let (measured, min) = (r.median(m), r.minimum.of(m));
             let mark = if r.unanswered_hit(m) { "*" } else { " " };
             unanswered |= r.unanswered_hit(m);
@@ -113,7 +127,10 @@ fn savings(results: &[EntryResult]) -> String {
             .iter()
             .find(|r| r.mode == "regional" && r.site == edge.site && r.region == edge.region);
         let Some(regional) = regional else { continue };
-        for m in [Measure::Cold, Measure::WarmMiss] {
+        let compared = [Measure::Cold, Measure::ColdH3, Measure::WarmMiss];
+        let both =
+            |m: &Measure| !edge.samples.of(*m).is_empty() && !regional.samples.of(*m).is_empty();
+        for m in compared.into_iter().filter(both) {
             let (e, g) = (ms(edge.median(m)), ms(regional.median(m)));
             let saved = g - e;
             let pct = if g > 0.0 { saved / g * 100.0 } else { 0.0 };
@@ -138,10 +155,11 @@ fn savings(results: &[EntryResult]) -> String {
 
 /// One line per (entry, measure).
 pub fn csv(results: &[EntryResult], runs: u32) -> String {
+    let measures = present(results);
     let mut out =
         String::from("site,api,mode,via,measure,runs,median_ms,minimum_ms,ratio,cache_hit\n");
     for r in results {
-        for m in Measure::ALL {
+        for &m in measures.iter().filter(|&&m| !r.samples.of(m).is_empty()) {
             let (measured, min) = (r.median(m), r.minimum.of(m));
             let ratio = ratio(measured, min).map_or_else(String::new, |x| format!("{x:.3}"));
             let hit = match m {
@@ -179,9 +197,14 @@ fn escape(s: &str) -> String {
 /// A horizontal bar chart: for each site, a bar per (measure, API) coloured by
 /// entry mode, with a black mark at the physical minimum.
 pub fn svg(results: &[EntryResult], title: &str) -> String {
+    let measures = present(results);
     let max = results
         .iter()
-        .flat_map(|r| Measure::ALL.map(|m| ms(r.median(m)).max(ms(r.minimum.of(m)))))
+        .flat_map(|r| {
+            measures
+                .iter()
+                .map(|&m| ms(r.median(m)).max(ms(r.minimum.of(m))))
+        })
         .fold(1.0_f64, f64::max);
     let mut body = String::new();
     let mut y = TOP;
@@ -195,8 +218,9 @@ pub fn svg(results: &[EntryResult], title: &str) -> String {
             escape(site)
         );
         y += ROW + 2.0;
-        for m in Measure::ALL {
-            for r in results.iter().filter(|r| r.site == site) {
+        for &m in &measures {
+            let measured = |r: &&EntryResult| r.site == site && !r.samples.of(m).is_empty();
+            for r in results.iter().filter(measured) {
                 bar(&mut body, r, m, y, max);
                 y += ROW;
             }
@@ -284,12 +308,14 @@ mod tests {
                 cold: d(min_ms),
                 warm_miss: d(min_ms / 3),
                 warm_hit: d(0),
+                ..Minimum::default()
             },
             samples: Samples {
                 cold: vec![d(cold_ms), d(cold_ms + 10), d(cold_ms - 10)],
                 warm_miss: vec![d(cold_ms / 3)],
                 warm_hit: vec![d(1)],
                 cached: false,
+                ..Samples::default()
             },
         }
     }
@@ -307,6 +333,33 @@ mod tests {
         assert!(
             t.contains("far: e via edge-node 110.0 ms vs g via regional-node 300.0 ms: edge saves 190.0 ms (63 %) [cold]"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn measures_without_samples_are_left_out_or_marked() {
+        let mut edge = result("edge", "e", 110, 100);
+        edge.samples.cold_h3 = vec![Duration::from_millis(80)];
+        edge.minimum.cold_h3 = Duration::from_millis(70);
+        let rs = [edge, result("regional", "g", 300, 270)];
+        let t = table(&rs, 3);
+        assert!(t.contains("cold_h3 ms (min, ratio)"), "{t}");
+        assert!(
+            t.contains("80.0  (70.0, 1.14x)") && t.contains("n/a "),
+            "{t}"
+        );
+        assert!(
+            !t.contains("0rtt_h3"),
+            "no samples anywhere: no column\n{t}"
+        );
+        assert!(
+            !t.contains("[cold_h3]"),
+            "no comparison without both sides\n{t}"
+        );
+        assert_eq!(csv(&rs, 3).matches(",cold_h3,").count(), 1);
+        assert_eq!(
+            csv(&[result("edge", "e", 20, 1)], 1).matches("h3").count(),
+            0
         );
     }
 

@@ -7,6 +7,9 @@
 //!   answer itself: a path never asked before (`/probe/NONCE/miss-N`, echoed by
 //!   the demo backend). Unique paths, not unique queries: a cache key need not
 //!   hold the query string.
+//! * **cold h3** (entries with HTTP/3): a request on a new QUIC connection
+//!   after a full handshake, timed from before the first packet.
+//! * **0-RTT h3**: a request sent in 0-RTT on a resumed QUIC connection.
 //! * **warm hit**: a request on an open connection for a cacheable resource
 //!   (`/cache/60`) after it was fetched once. Without a cache at the entry
 //!   node this is one more miss, and the report says so (`Cache-Status`).
@@ -16,22 +19,33 @@ use std::time::Duration;
 use portico_config::topology::{Entry, Topology};
 
 use super::client::{Client, ClientError, Reply};
+use super::h3client::{H3Client, H3Error, H3Reply};
 use super::manifest::EntryInfo;
 
 /// The three measures, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Measure {
     Cold,
+    ColdH3,
+    ZeroRttH3,
     WarmMiss,
     WarmHit,
 }
 
 impl Measure {
-    pub const ALL: [Measure; 3] = [Measure::Cold, Measure::WarmMiss, Measure::WarmHit];
+    pub const ALL: [Measure; 5] = [
+        Measure::Cold,
+        Measure::ColdH3,
+        Measure::ZeroRttH3,
+        Measure::WarmMiss,
+        Measure::WarmHit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Measure::Cold => "cold",
+            Measure::ColdH3 => "cold_h3",
+            Measure::ZeroRttH3 => "0rtt_h3",
             Measure::WarmMiss => "warm_miss",
             Measure::WarmHit => "warm_hit",
         }
@@ -43,6 +57,7 @@ impl Measure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Minimum {
     pub cold: Duration,
+    pub cold_h3: Duration,
     pub warm_miss: Duration,
     pub warm_hit: Duration,
 }
@@ -51,7 +66,9 @@ impl Minimum {
     pub fn of(&self, m: Measure) -> Duration {
         match m {
             Measure::Cold => self.cold,
-            Measure::WarmMiss => self.warm_miss,
+            Measure::ColdH3 => self.cold_h3,
+            // The request travels with the first flight: a round trip, as warm.
+            Measure::ZeroRttH3 | Measure::WarmMiss => self.warm_miss,
             Measure::WarmHit => self.warm_hit,
         }
     }
@@ -62,7 +79,8 @@ impl Minimum {
 /// the open backbone, origin ↔ backend over a pooled connection):
 ///
 /// * cold = 3 × entry (TCP handshake, TLS 1.3 handshake, request) + upstream;
-/// * warm miss = entry + upstream;
+/// * cold h3 = 2 × entry (QUIC handshake with TLS 1.3, request) + upstream;
+/// * warm miss = 0-RTT h3 = entry + upstream;
 /// * warm hit = entry (answered from the entry node's cache).
 pub fn minimum(t: &Topology, e: &Entry) -> Minimum {
     let path = t.path(e);
@@ -71,6 +89,7 @@ pub fn minimum(t: &Topology, e: &Entry) -> Minimum {
     let upstream: Duration = path.iter().skip(1).map(|&hop| rtt(hop)).sum();
     Minimum {
         cold: entry * 3 + upstream,
+        cold_h3: entry * 2 + upstream,
         warm_miss: entry + upstream,
         warm_hit: entry,
     }
@@ -80,6 +99,8 @@ pub fn minimum(t: &Topology, e: &Entry) -> Minimum {
 #[derive(Debug, Clone, Default)]
 pub struct Samples {
     pub cold: Vec<Duration>,
+    pub cold_h3: Vec<Duration>,
+    pub zero_rtt_h3: Vec<Duration>,
     pub warm_miss: Vec<Duration>,
     pub warm_hit: Vec<Duration>,
     /// Whether every measured warm hit said `hit` in its `Cache-Status`.
@@ -90,6 +111,8 @@ impl Samples {
     pub fn of(&self, m: Measure) -> &[Duration] {
         match m {
             Measure::Cold => &self.cold,
+            Measure::ColdH3 => &self.cold_h3,
+            Measure::ZeroRttH3 => &self.zero_rtt_h3,
             Measure::WarmMiss => &self.warm_miss,
             Measure::WarmHit => &self.warm_hit,
         }
@@ -101,27 +124,69 @@ impl Samples {
 pub enum ProbeError {
     #[error("{0}")]
     Client(#[from] ClientError),
+    #[error("{0}")]
+    H3(#[from] H3Error),
     #[error("GET {path} answered {status}")]
     Status { path: String, status: u16 },
     #[error("bad entry URL `{0}`")]
     Url(String),
 }
 
-fn ok(reply: Reply, path: &str) -> Result<Reply, ProbeError> {
-    if reply.status == 200 {
-        Ok(reply)
+fn check(status: u16, path: &str) -> Result<(), ProbeError> {
+    if status == 200 {
+        Ok(())
     } else {
         Err(ProbeError::Status {
             path: path.to_owned(),
-            status: reply.status,
+            status,
         })
     }
+}
+
+fn ok(reply: Reply, path: &str) -> Result<Reply, ProbeError> {
+    check(reply.status, path).map(|()| reply)
+}
+
+fn ok_h3(reply: H3Reply, path: &str) -> Result<Duration, ProbeError> {
+    check(reply.status, path).map(|()| reply.ttfb)
+}
+
+/// The HTTP/3 samples of an entry: cold (full handshake) and 0-RTT (after one
+/// connection that fetches a session ticket; a run whose early data the server
+/// refused is left out).
+async fn h3_samples(
+    h3: &H3Client,
+    entry: &EntryInfo,
+    runs: u32,
+    nonce: u64,
+    s: &mut Samples,
+) -> Result<(), ProbeError> {
+    let addr = entry
+        .addr()
+        .ok_or_else(|| ProbeError::Url(entry.url.clone()))?;
+    let stage = entry.stage_path();
+    for i in 0..runs {
+        let path = format!("{stage}/probe/{nonce}/h3-cold-{i}");
+        s.cold_h3
+            .push(ok_h3(h3.cold_get(addr, &path).await?, &path)?);
+    }
+    let resuming = h3.resuming()?;
+    let path = format!("{stage}/probe/{nonce}/h3-ticket");
+    resuming.zero_rtt_get(addr, &path).await?;
+    for i in 0..runs {
+        let path = format!("{stage}/probe/{nonce}/h3-0rtt-{i}");
+        if let Some(reply) = resuming.zero_rtt_get(addr, &path).await? {
+            s.zero_rtt_h3.push(ok_h3(reply, &path)?);
+        }
+    }
+    Ok(())
 }
 
 /// Measures `runs` samples of each kind through `entry`. `nonce` keeps the miss
 /// paths of this probe unique (no cache may answer them).
 pub async fn entry(
     client: &Client,
+    h3: Option<&H3Client>,
     entry: &EntryInfo,
     runs: u32,
     nonce: u64,
@@ -135,6 +200,9 @@ pub async fn entry(
         let path = format!("{stage}/probe/{nonce}/cold-{i}");
         s.cold
             .push(ok(client.cold_get(addr, &path).await?, &path)?.ttfb);
+    }
+    if let (Some(h3), true) = (h3, entry.h3) {
+        h3_samples(h3, entry, runs, nonce, &mut s).await?;
     }
     let mut conn = client.connect(addr).await?;
     // The first request on a connection may still pay for lazily set-up state.
@@ -218,6 +286,8 @@ endpoint = "regional"
         let ms = Duration::from_millis;
         let edge = minimum(&t, t.entry(0, 0).unwrap());
         assert_eq!(edge.cold, ms(3 * 10 + 80 + 1));
+        assert_eq!(edge.cold_h3, ms(2 * 10 + 80 + 1));
+        assert_eq!(edge.of(Measure::ZeroRttH3), ms(10 + 80 + 1));
         assert_eq!(edge.warm_miss, ms(10 + 80 + 1));
         assert_eq!(edge.warm_hit, ms(10));
         let regional = minimum(&t, t.entry(0, 1).unwrap());
