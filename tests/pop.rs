@@ -163,11 +163,16 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> Fixture {
+        Self::start_with("")
+    }
+
+    /// `extra` is added to the `echo` API's routes.
+    fn start_with(extra: &str) -> Fixture {
         let dir = TempDir::new().unwrap();
         make_certs(dir.path());
         let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
         let (backend_proc, backend) = backend();
-        let text = origin_config(dir.path(), backend, 0, "");
+        let text = origin_config(dir.path(), backend, 0, extra);
         let (origin, origin_log) = node(dir.path(), "origin", "origin", &text);
         let backbone = origin.addrs("backbone")[0];
         let (pop, pop_log) = node(
@@ -423,6 +428,48 @@ async fn streams_50_mb_each_way_with_bounded_pop_memory() {
     let peak = f.pop.peak_rss();
     eprintln!("PoP peak RSS after 50 MB each way: {} KiB", peak / 1024);
     assert!(peak < 40 * 1024 * 1024, "PoP peak RSS {peak} bytes");
+}
+
+#[tokio::test]
+async fn a_client_leaving_the_pop_cancels_the_backend_request_at_the_origin() {
+    use tokio::io::AsyncReadExt;
+    // A backend that never answers and reports when its connection closes.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = hang.accept().await.unwrap();
+        let _ = accepted_tx.send(());
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = closed_tx.send(());
+    });
+    let route = format!(
+        "[[apis.routes]]\nmethod = \"GET\"\npath = \"/hang\"\nintegration = {{ type = \"http_proxy\", uri = \"http://{hang_addr}/\" }}\n"
+    );
+    let f = Fixture::start_with(&route);
+    f.wait_served(&f.pop).await;
+    let client = f.client(true);
+    let req = Request::get(f.pop_url("/prod/hang"))
+        .body(full(""))
+        .unwrap();
+    let pending = tokio::spawn(async move { client.request(req).await.map(|r| r.status()) });
+    tokio::time::timeout(Duration::from_secs(30), accepted_rx)
+        .await
+        .expect("the request reached the backend")
+        .unwrap();
+    // The client gives up: HTTP/2 RST_STREAM to the PoP, a stream reset on
+    // the backbone, the origin drops the backend request.
+    pending.abort();
+    tokio::time::timeout(Duration::from_secs(20), closed_rx)
+        .await
+        .expect("backend connection was not closed after the client left")
+        .unwrap();
 }
 
 /// Requests in a loop until told to stop; counts successes as it goes and
