@@ -736,7 +736,7 @@ server_name = "origin-c"
 }
 
 #[tokio::test]
-async fn a_pop_miss_is_looked_up_in_the_origin_cache() {
+async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops() {
     let backend = Backend::start().await;
     let dir = TempDir::new().unwrap();
     make_certs(dir.path());
@@ -780,4 +780,28 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache() {
     );
     assert_eq!(r.text(), "/fresh/t #1");
     assert_eq!(backend.count("/fresh/t"), 1);
+
+    // A purge at the origin reaches both PoPs within a second.
+    let admin = format!("http://{}/cache/purge/url", origin.addrs("admin")[0]);
+    let auth = format!("Bearer {TOKEN}");
+    let body = r#"{"api":"c","stage":"prod","path":"/fresh/t"}"#;
+    let started = std::time::Instant::now();
+    let r = request(&client, "POST", &admin, &[("authorization", &auth)], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for p in [&a, &b] {
+        loop {
+            let r = request(&client, "GET", &url(p), &[], "").await;
+            if !cache_status(&r).ends_with("hit") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "purge not applied at a PoP within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    eprintln!("purge applied at the origin and both PoPs within {elapsed:?}");
 }

@@ -14,6 +14,7 @@ mod logging;
 mod origin;
 mod pop;
 mod probe;
+mod purges;
 mod settings;
 mod signals;
 mod topology;

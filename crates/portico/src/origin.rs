@@ -70,6 +70,10 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         stop_rx.clone(),
     ));
     if let Some(server) = backbone {
+        // Purges made on the admin API reach every connected PoP.
+        let to_pops = Arc::new(crate::purges::OriginPurges::default());
+        tasks.spawn(Arc::clone(&to_pops).forward(purges.subscribe(), stop_rx.clone()));
+        let server = server.with_control(to_pops);
         let serve =
             crate::backbone::serve_origin(server, Arc::clone(&gateway), defs_rx, stop_rx.clone());
         tasks.spawn(serve);

@@ -38,7 +38,8 @@ impl Handler for EdgeHandler {
 /// Runs a PoP until `shutdown` completes.
 pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let config = portico_config::load_node_file_as(path, Some(Role::Pop))?;
-    let backbone = start_backbone(&config)?;
+    let (purges, purge_queue) = crate::purges::PopPurges::new();
+    let backbone = start_backbone(&config, purges)?;
     let gateway = Gateway::new(
         settings::gateway(&config),
         Arc::new(Definitions::empty()),
@@ -62,6 +63,11 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
+    tasks.spawn(crate::purges::apply(
+        purge_queue,
+        Arc::clone(&gateway),
+        stop_rx.clone(),
+    ));
     tasks.spawn(apply_snapshots(backbone.config(), gateway, stop_rx));
     tracing::info!(node = %config.node.id, origins = config.origins.len(), "pop ready");
     println!("ready");
@@ -74,7 +80,10 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
 }
 
 /// Starts dialing every `[[origins]]` entry; links come up in the background.
-fn start_backbone(config: &NodeConfig) -> Result<Backbone, AppError> {
+fn start_backbone(
+    config: &NodeConfig,
+    control: Arc<dyn portico_backbone::ControlHandler>,
+) -> Result<Backbone, AppError> {
     let Some(bb) = &config.backbone else {
         let reason = "a PoP needs `[backbone]` with `ca`, `cert` and `key`".to_owned();
         return Err(BackboneError::Tls(reason).into());
@@ -91,12 +100,13 @@ fn start_backbone(config: &NodeConfig) -> Result<Backbone, AppError> {
     let defaults = DefinitionDefaults {
         timeout: config.limits.default_timeout,
     };
-    Ok(Backbone::start(
+    Ok(Backbone::start_with_control(
         backbone::identity(config),
         origins,
         &backbone::material(bb)?,
         backbone::link_settings(bb),
         defaults,
+        control,
     )?)
 }
 

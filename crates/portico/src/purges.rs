@@ -1,0 +1,246 @@
+//! Cache purges over the backbone. The origin sends every purge made on its admin
+//! API to every connected PoP as a `Purge` control frame; a PoP applies it to its
+//! own cache and answers `PurgeAck`. A PoP that is not connected when a purge is
+//! made misses it (its entries expire on their own): purges are not replayed.
+//!
+//! Both ends plug into the backbone's [`ControlHandler`] hook. Other subsystems
+//! that need control frames (quotas, usage) must share it: the backbone takes one
+//! handler per node, so they would be combined into one that dispatches by kind.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use portico_backbone::{ControlHandler, ControlLink};
+use portico_gateway::cache::PurgeScope;
+use portico_gateway::{Gateway, Upstream};
+use portico_proto::{Frame, Purge, PurgeAck};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// The wire form of a scope. A URL travels as `api/stage/path?query` (API and stage
+/// names never hold `/`).
+pub fn to_wire(scope: &PurgeScope) -> portico_proto::PurgeScope {
+    use portico_proto::PurgeScope as W;
+    match scope.clone() {
+        PurgeScope::Url {
+            api,
+            stage,
+            path,
+            query,
+        } => {
+            let query = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            };
+            W::Url(format!("{api}/{stage}{path}{query}"))
+        }
+        PurgeScope::Prefix {
+            api,
+            stage,
+            path_prefix,
+        } => W::Prefix {
+            api,
+            stage,
+            path_prefix,
+        },
+        PurgeScope::Tag { api, tags } => W::Tag { api, tags },
+        PurgeScope::Stage { api, stage } => W::Stage { api, stage },
+        PurgeScope::All => W::All,
+    }
+}
+
+/// The scope a peer sent; `None` for a URL that is not `api/stage/path[?query]`.
+pub fn from_wire(scope: portico_proto::PurgeScope) -> Option<PurgeScope> {
+    use portico_proto::PurgeScope as W;
+    Some(match scope {
+        W::Url(url) => {
+            let (api, rest) = url.split_once('/')?;
+            let slash = rest.find('/')?;
+            let (stage, path_query) = rest.split_at(slash);
+            let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+            PurgeScope::Url {
+                api: api.to_owned(),
+                stage: stage.to_owned(),
+                path: path.to_owned(),
+                query: query.to_owned(),
+            }
+        }
+        W::Prefix {
+            api,
+            stage,
+            path_prefix,
+        } => PurgeScope::Prefix {
+            api,
+            stage,
+            path_prefix,
+        },
+        W::Tag { api, tags } => PurgeScope::Tag { api, tags },
+        W::Stage { api, stage } => PurgeScope::Stage { api, stage },
+        W::All => PurgeScope::All,
+    })
+}
+
+/// The origin's side: the PoP links that are up.
+#[derive(Default)]
+pub struct OriginPurges {
+    links: Mutex<Vec<ControlLink>>,
+    next_id: AtomicU64,
+}
+
+impl OriginPurges {
+    /// Sends each purge made on the admin API to every PoP until `stop`.
+    pub async fn forward(
+        self: Arc<Self>,
+        mut purges: broadcast::Receiver<PurgeScope>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let scope = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                scope = purges.recv() => match scope {
+                    Ok(scope) => scope,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::error!(missed = n, "purges were made faster than they could be sent to PoPs");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            self.send(&scope);
+        }
+    }
+
+    fn send(&self, scope: &PurgeScope) {
+        let purge_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let frame = Frame::Purge(Purge {
+            purge_id,
+            scope: to_wire(scope),
+        });
+        let links = self
+            .links
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for link in links {
+            if let Err(err) = link.try_send(frame.clone()) {
+                tracing::warn!(pop = %link.peer_id(), %err, purge_id, "purge not sent to PoP");
+            }
+        }
+    }
+}
+
+impl ControlHandler for OriginPurges {
+    fn link_up(&self, link: &ControlLink) {
+        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        links.retain(ControlLink::is_open);
+        links.push(link.clone());
+    }
+
+    fn link_down(&self, link: &ControlLink) {
+        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
+        links.retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+    }
+
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        match frame {
+            Frame::PurgeAck(ack) => {
+                tracing::debug!(pop = %link.peer_id(), purge_id = ack.purge_id, "purge done at PoP");
+            }
+            other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+        }
+    }
+}
+
+/// The PoP's side: purges from origins, queued for the task that applies them
+/// (the handler may not wait; the gateway exists only after the backbone).
+pub struct PopPurges {
+    queue: mpsc::Sender<(ControlLink, Purge)>,
+}
+
+impl PopPurges {
+    pub fn new() -> (Arc<PopPurges>, mpsc::Receiver<(ControlLink, Purge)>) {
+        let (queue, rx) = mpsc::channel(1024);
+        (Arc::new(PopPurges { queue }), rx)
+    }
+}
+
+impl ControlHandler for PopPurges {
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        match frame {
+            Frame::Purge(p) => {
+                if self.queue.try_send((link.clone(), p)).is_err() {
+                    tracing::error!(origin = %link.peer_id(), "purge queue full; purge dropped");
+                }
+            }
+            other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+        }
+    }
+}
+
+/// Applies queued purges to the PoP's cache and acknowledges each.
+pub async fn apply<U: Upstream>(
+    mut queue: mpsc::Receiver<(ControlLink, Purge)>,
+    gateway: Arc<Gateway<U>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (link, purge) = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            next = queue.recv() => match next { Some(p) => p, None => return },
+        };
+        let id = purge.purge_id;
+        match from_wire(purge.scope) {
+            Some(scope) => gateway.purge(&scope).await,
+            None => {
+                tracing::warn!(origin = %link.peer_id(), purge_id = id, "malformed purge URL ignored")
+            }
+        }
+        if let Err(err) = link.try_send(Frame::PurgeAck(PurgeAck { purge_id: id })) {
+            tracing::debug!(%err, purge_id = id, "purge ack not sent");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_round_trip_over_the_wire() {
+        let scopes = [
+            PurgeScope::Url {
+                api: "a".into(),
+                stage: "prod".into(),
+                path: "/x/y".into(),
+                query: "q=1&q".into(),
+            },
+            PurgeScope::Url {
+                api: "a".into(),
+                stage: "prod".into(),
+                path: "/".into(),
+                query: String::new(),
+            },
+            PurgeScope::Prefix {
+                api: "a".into(),
+                stage: "s".into(),
+                path_prefix: "/p".into(),
+            },
+            PurgeScope::Tag {
+                api: "a".into(),
+                tags: vec!["t".into()],
+            },
+            PurgeScope::Stage {
+                api: "a".into(),
+                stage: "s".into(),
+            },
+            PurgeScope::All,
+        ];
+        for s in scopes {
+            assert_eq!(from_wire(to_wire(&s)), Some(s));
+        }
+        assert_eq!(
+            from_wire(portico_proto::PurgeScope::Url("nostage".into())),
+            None
+        );
+    }
+}
