@@ -48,6 +48,10 @@ token = "$TOKEN"
 [cache]
 max_bytes = 268435456
 
+# Hits only: the node's default throttle (10 000 rps) would answer 429s.
+[throttle]
+enabled = false
+
 [[apis]]
 name = "bench"
 endpoint = "regional"
@@ -93,7 +97,9 @@ NGINX
 nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
+# varnishd drops privileges: its files must be readable by its own user.
 mkdir -p "$WORK/varnish"
+chmod a+rx "$WORK" "$WORK/varnish"
 cat >"$WORK/varnish/bench.vcl" <<VCL
 vcl 4.1;
 backend default { .host = "127.0.0.1"; .port = "$BACKEND"; }
@@ -101,10 +107,23 @@ sub vcl_recv { set req.url = regsub(req.url, "^/prod", ""); }
 sub vcl_backend_response { set beresp.ttl = 1h; }
 sub vcl_deliver { if (obj.hits > 0) { set resp.http.X-Cache = "HIT"; } else { set resp.http.X-Cache = "MISS"; } }
 VCL
+chmod a+r "$WORK/varnish/bench.vcl"
 varnishd -F -a "127.0.0.1:$VARNISH_PORT" -f "$WORK/varnish/bench.vcl" -s malloc,256m \
   -n "$WORK/varnish/work" >"$WORK/varnish/log" 2>&1 &
 PIDS+=($!)
-wait_port "$PORTICO_PORT"; wait_port "$NGINX_PORT"; wait_port "$VARNISH_PORT"
+for port in "$PORTICO_PORT" "$NGINX_PORT" "$VARNISH_PORT"; do
+  wait_port "$port" || { tail -n 20 "$WORK/origin.log" "$WORK/nginx/error.log" "$WORK/varnish/log" >&2; exit 1; }
+done
+
+# wrk_hits URL: like wrk_run ("RPS P99_MS"), but fails when any answer was not 2xx.
+wrk_hits() {
+  local out
+  out=$(wrk -t2 -c"$CONNS" -d"$SECS"s --latency "$1" 2>&1)
+  if grep -q "Non-2xx" <<<"$out"; then
+    echo "non-2xx answers from $1:" >&2; echo "$out" >&2; exit 1
+  fi
+  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")"
+}
 
 url_of() { # TARGET SIZE
   case $1 in
@@ -127,7 +146,7 @@ declare -A RPS P99
 for size in 1024 102400; do
   for round in $(seq "$ROUNDS"); do
     for target in portico nginx varnish; do
-      read -r rps p99 < <(wrk_run "$(url_of $target $size)" "$CONNS" "$SECS")
+      read -r rps p99 < <(wrk_hits "$(url_of $target $size)")
       RPS[$target.$size]+="$rps "; P99[$target.$size]+="$p99 "
       echo "round $round size $size $target: $rps req/s, p99 $p99 ms" >&2
     done

@@ -157,6 +157,7 @@ impl Stored {
     /// stored ones (except `Content-Length`), and freshness starts again.
     pub(crate) fn freshened(&self, mut ex: Exchange, settings: &CacheSettings) -> Stored {
         let mut headers = self.headers.clone();
+        ex.headers = owned(&ex.headers);
         strip_hop_by_hop(&mut ex.headers);
         let mut replaced: Vec<HeaderName> = Vec::new();
         for (name, value) in &ex.headers {
@@ -247,6 +248,7 @@ impl Stored {
 /// Hop-by-hop fields and `Age` (recomputed on every hit) are not stored; a response
 /// without `Date` gets one (RFC 9110 §6.6.1: a cache with a clock adds it).
 fn clean_headers(headers: &mut HeaderMap, response_time: SystemTime) {
+    *headers = owned(headers);
     strip_hop_by_hop(headers);
     headers.remove(header::AGE);
     if !headers.contains_key(header::DATE)
@@ -254,6 +256,19 @@ fn clean_headers(headers: &mut HeaderMap, response_time: SystemTime) {
     {
         headers.insert(header::DATE, v);
     }
+}
+
+/// The same fields with values in allocations of their own: a parsed header value
+/// is a slice of the connection's receive buffer (kilobytes), which an entry
+/// would otherwise keep alive for its whole life.
+fn owned(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    out
 }
 
 /// Tags from `Cache-Tag` (comma separated) and `Surrogate-Key` (space separated).
