@@ -629,13 +629,11 @@ async fn load(o: &Origin, prefix: &str, rounds: usize) {
 #[tokio::test]
 async fn memory_stays_near_the_configured_bytes() {
     const MAX: u64 = 16 << 20;
-    // Beyond the cache's own bytes (the store alone stays within 1.3 times them):
-    // the read buffers of 50 pooled backend connections, which grow to hyper's
-    // maximum (~400 KiB each) when a fill reads ahead, and glibc's fragmentation
-    // of long-lived 64 KiB bodies among short-lived buffers. Once full, the
-    // cache must not grow: a second pass of 1500 objects adds little.
-    const SLACK: u64 = 48 << 20;
-    const STEADY: u64 = 12 << 20;
+    // Beyond the cache's own bytes: the read buffers of 50 pooled backend
+    // connections (they grow when fills read ahead) and glibc's fragmentation.
+    // Measured: about 10 MiB. Once full, the cache must not grow.
+    const SLACK: u64 = 24 << 20;
+    const STEADY: u64 = 8 << 20;
     let backend = Backend::start().await;
     let o = Origin::start(&backend, MAX).await;
     // The same load on a route that stores nothing (the objects exceed its limit):
