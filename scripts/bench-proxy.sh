@@ -27,6 +27,10 @@ cat >"$WORK/origin.toml" <<TOML
 id = "bench-origin"
 region = "local"
 
+# Throttling off: this measures proxying, not 429s from the node-wide default.
+[throttle]
+enabled = false
+
 [[listeners]]
 address = "127.0.0.1:$PORTICO_PORT"
 tls = false

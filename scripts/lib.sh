@@ -54,6 +54,12 @@ start_backend() {
 wrk_run() {
   local out
   out=$(wrk -t2 -c"$2" -d"$3"s --latency "$1" 2>&1)
+  # A run that measured error answers measures the wrong thing: stop.
+  if grep -q "Non-2xx or 3xx responses" <<<"$out"; then
+    echo "wrk saw non-2xx answers from $1:" >&2
+    grep "Non-2xx" <<<"$out" >&2
+    exit 1
+  fi
   local rps p99
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
