@@ -11,6 +11,7 @@ pub mod certs;
 pub mod chart;
 pub mod children;
 pub mod client;
+pub mod entries;
 pub mod h3client;
 pub mod manifest;
 pub mod measure;

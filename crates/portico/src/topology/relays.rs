@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use portico_config::topology::LinkParams;
 use portico_netsim::{Link, LinkSpec, RelayHandle, TcpRelay, Timing, UdpRelay};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 use super::UpError;
 
@@ -77,5 +77,17 @@ pub async fn udp(
     let relay = UdpRelay::bind(listen, target, link(params))
         .await
         .map_err(|e| ends.error(e))?;
+    Ok(relay.with_timing(Timing::Precise).spawn())
+}
+
+/// A UDP relay on a socket bound earlier (HTTP/3 entries: the port number of
+/// the entry's TCP relay).
+pub fn udp_on(
+    socket: UdpSocket,
+    target: SocketAddr,
+    params: &LinkParams,
+    ends: Ends<'_>,
+) -> Result<RelayHandle, UpError> {
+    let relay = UdpRelay::from_socket(socket, target, link(params)).map_err(|e| ends.error(e))?;
     Ok(relay.with_timing(Timing::Precise).spawn())
 }

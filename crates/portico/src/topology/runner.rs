@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use portico_config::topology::{Entry, Place, Topology};
 use portico_netsim::RelayHandle;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::children::{self, Exit, Node, Spec};
 use super::client::Client;
+use super::entries::{self, EntrySockets};
 use super::manifest::{EntryInfo, Manifest, ProcessInfo};
 use super::nodes::{self, OriginInputs};
 use super::relays::{self, Ends};
@@ -82,7 +82,7 @@ impl Running {
     /// and the first error returned.
     pub async fn start(topology: Topology, opts: &Options) -> Result<Running, UpError> {
         // Entry ports first: a port in use is refused before anything starts.
-        let listeners = bind_entries(&topology).await?;
+        let listeners = entries::bind(&topology).await?;
         let dir = RunDir::new(opts)?;
         let (tx, exits) = mpsc::channel(64);
         let mut started = Started {
@@ -130,32 +130,6 @@ impl Running {
     }
 }
 
-/// Binds every entry's port (fixed with `base_port`, else a free one).
-async fn bind_entries(t: &Topology) -> Result<Vec<TcpListener>, UpError> {
-    let mut out = Vec::new();
-    for e in &t.entries {
-        let addr: SocketAddr = ([127, 0, 0, 1], e.port.unwrap_or(0)).into();
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
-            let base = t.base_port.unwrap_or(portico_config::topology::BasePort {
-                port: 0,
-                line: 1,
-                column: 1,
-            });
-            UpError::PortInUse {
-                file: t.file.clone(),
-                line: base.line,
-                column: base.column,
-                port: addr.port(),
-                site: t.sites[e.site].name.clone(),
-                api: t.apis[e.api].name.clone(),
-                source,
-            }
-        })?;
-        out.push(listener);
-    }
-    Ok(out)
-}
-
 /// Addresses learnt from the nodes, by region / PoP.
 #[derive(Default)]
 struct Addrs {
@@ -172,7 +146,7 @@ impl Started {
     async fn launch(
         &mut self,
         t: &Topology,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<EntrySockets>,
         dir: &Path,
     ) -> Result<Manifest, UpError> {
         let logs = dir.join("logs");
@@ -335,17 +309,17 @@ impl Started {
     async fn start_entries(
         &mut self,
         t: &Topology,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<EntrySockets>,
         addrs: &Addrs,
     ) -> Result<Vec<EntryInfo>, UpError> {
         let mut out = Vec::new();
-        for (e, listener) in t.entries.iter().zip(listeners) {
+        for (e, sockets) in t.entries.iter().zip(listeners) {
             let target = entry_target(t, e, addrs)?;
             let site = &t.sites[e.site].name;
             let node = t.place_name(e.node);
             let params = t.params(Place::Site(e.site), e.node);
             let relay = relays::tcp_on(
-                listener,
+                sockets.tcp,
                 target,
                 &params,
                 Ends {
@@ -355,17 +329,16 @@ impl Started {
             )?;
             let local = relay.local_addr();
             self.relays.push(relay);
-            if t.http3 {
-                let relay = relays::udp(
-                    local,
+            if let Some(udp) = sockets.udp {
+                let relay = relays::udp_on(
+                    udp,
                     target,
                     &params,
                     Ends {
                         from: site,
                         to: node,
                     },
-                )
-                .await?;
+                )?;
                 self.relays.push(relay);
             }
             let api = &t.apis[e.api];
