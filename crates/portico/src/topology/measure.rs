@@ -223,15 +223,18 @@ pub async fn entry(
     Ok(s)
 }
 
-/// RFC 9211: `Cache-Status: node; hit` (the first cache is the one the client
-/// talked to).
+/// RFC 9211: `Cache-Status: node; hit`. Each cache appends its member, so
+/// the one the client talked to is the last member of the last field line.
 fn is_hit(reply: &Reply) -> bool {
-    reply
+    let members = reply
         .headers
-        .get("cache-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .is_some_and(|first| first.split(';').skip(1).any(|p| p.trim() == "hit"))
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','));
+    members
+        .last()
+        .is_some_and(|last| last.split(';').skip(1).any(|p| p.trim() == "hit"))
 }
 
 /// The median of `samples` (the mean of the middle two for an even count).
@@ -308,7 +311,7 @@ endpoint = "regional"
     }
 
     #[test]
-    fn cache_status_hit_is_read_from_the_first_cache() {
+    fn cache_status_hit_is_read_from_the_nearest_cache() {
         let reply = |v: &str| Reply {
             status: 200,
             headers: [(
@@ -321,9 +324,16 @@ endpoint = "regional"
             ttfb: Duration::ZERO,
         };
         assert!(is_hit(&reply("portico-pop-fra; hit")));
+        assert!(is_hit(&reply(
+            "portico-origin; fwd=miss; stored, portico-pop-fra; hit"
+        )));
         assert!(!is_hit(&reply(
-            "portico-pop-fra; fwd=miss, portico-origin; hit"
+            "portico-origin; hit, portico-pop-fra; fwd=miss"
         )));
         assert!(!is_hit(&reply("hit")));
+        let mut two = reply("portico-origin; fwd=miss; stored");
+        two.headers
+            .append("cache-status", "portico-pop-fra; hit".parse().unwrap());
+        assert!(is_hit(&two), "the last field line is the nearest cache");
     }
 }
