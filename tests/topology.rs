@@ -155,6 +155,19 @@ async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
         assert_eq!(reply.status, 200, "{api} over h3: {}", reply.text());
         assert_eq!(reply.json()["path"], "/h3", "{api} over h3");
     }
+    // The origin's admin API, with the token `up` made for it.
+    let admin = &m["admin"][0];
+    assert_eq!(admin["node"], "origin-local", "{m}");
+    let token = std::fs::read_to_string(admin["token_file"].as_str().unwrap()).unwrap();
+    let stats = format!("{}/cache/stats", admin["url"].as_str().unwrap());
+    let req = http::Request::get(&stats)
+        .header("authorization", format!("Bearer {token}"))
+        .body(common::full(bytes::Bytes::new()))
+        .unwrap();
+    let reply = common::send(&client, req).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.json()["entries"].is_u64(), "{}", reply.text());
+    assert_eq!(get(&client, &stats).await.status, 401);
     let started = pids(&m);
     assert_eq!(started.len(), 3, "backend, origin, PoP: {m}");
     assert_eq!(

@@ -41,7 +41,10 @@ pub struct EntryInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AdminInfo {
     pub node: String,
+    /// `http://127.0.0.1:PORT` (operator traffic: no simulated link).
     pub url: String,
+    /// The file holding the bearer token (`Authorization: Bearer TOKEN`).
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,7 +124,12 @@ impl Manifest {
             );
         }
         for a in &self.admin {
-            let _ = writeln!(out, "admin of {}: {}", a.node, a.url);
+            let token = a.token_file.display();
+            let _ = writeln!(
+                out,
+                "admin of {}: {} (bearer token in {token})",
+                a.node, a.url
+            );
         }
         let _ = writeln!(out, "clients trust the CA in {}", self.ca.display());
         out

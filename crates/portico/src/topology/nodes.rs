@@ -22,6 +22,8 @@ struct NodeFile {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     listeners: Vec<Listener>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    admin: Option<Admin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     backbone: Option<Backbone>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     origins: Vec<OriginLink>,
@@ -56,6 +58,12 @@ struct Listener {
 struct Cert {
     cert: PathBuf,
     key: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Admin {
+    address: String,
+    token_file: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -129,6 +137,8 @@ pub struct OriginInputs<'a> {
     pub backends: &'a [SocketAddr],
     /// Whether any PoP is homed in the region (the origin then listens on the backbone).
     pub backbone: bool,
+    /// The admin API's bearer token (the origin serves `[admin]` on a free port).
+    pub admin_token_file: &'a Path,
 }
 
 /// The regional APIs of a region, in file order: one public listener each.
@@ -186,6 +196,10 @@ pub fn write_origin(
             state_dir: state_dir(&region.origin),
         },
         listeners,
+        admin: Some(Admin {
+            address: ANY_PORT.to_owned(),
+            token_file: inputs.admin_token_file.to_owned(),
+        }),
         backbone,
         origins: Vec::new(),
         apis,
@@ -256,6 +270,7 @@ pub fn write_pop(
             state_dir: state_dir(&p.id),
         },
         listeners,
+        admin: None,
         backbone: Some(Backbone {
             listen: None,
             ca: certs.ca.clone(),

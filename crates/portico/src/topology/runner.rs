@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::children::{self, Exit, Node, Spec};
 use super::client::Client;
 use super::entries::{self, EntrySockets};
-use super::manifest::{EntryInfo, Manifest, ProcessInfo};
+use super::manifest::{AdminInfo, EntryInfo, Manifest, ProcessInfo};
 use super::nodes::{self, OriginInputs};
 use super::relays::{self, Ends};
 use super::{UpError, certs, file_error};
@@ -140,6 +140,8 @@ struct Addrs {
     origin_backbone: Vec<Option<SocketAddr>>,
     /// Each PoP's public listeners (one per edge API it serves).
     pop_https: Vec<Vec<SocketAddr>>,
+    /// The origins' admin APIs.
+    admin: Vec<AdminInfo>,
 }
 
 impl Started {
@@ -166,7 +168,7 @@ impl Started {
         Ok(Manifest {
             topology: t.name.clone(),
             entries,
-            admin: Vec::new(),
+            admin: addrs.admin,
             ca: certs.ca.clone(),
             processes: self.processes(),
             run_dir: dir.to_owned(),
@@ -244,10 +246,12 @@ impl Started {
     ) -> Result<(), UpError> {
         for (r, region) in t.regions.iter().enumerate() {
             let backbone = t.pops.iter().any(|p| p.regions.contains(&r));
+            let token_file = admin_token(&dir.join("admin"), &region.origin)?;
             let inputs = OriginInputs {
                 region: r,
                 backends: &addrs.backend_relays[r],
                 backbone,
+                admin_token_file: &token_file,
             };
             let file = nodes::write_origin(t, &inputs, certs, &dir.join("nodes"))?;
             let spec = node_spec("origin", &region.origin, &file, dir);
@@ -263,6 +267,13 @@ impl Started {
             }
             addrs.origin_https.push(https);
             addrs.origin_backbone.push(bb);
+            if let Some(admin) = node.addrs("admin").first() {
+                addrs.admin.push(AdminInfo {
+                    node: region.origin.clone(),
+                    url: format!("http://{admin}"),
+                    token_file,
+                });
+            }
         }
         Ok(())
     }
@@ -430,4 +441,28 @@ async fn verify(client: &Client, e: &EntryInfo) -> Result<(), UpError> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Writes a fresh random admin token for `node` (owner-readable only).
+fn admin_token(dir: &Path, node: &str) -> Result<PathBuf, UpError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = [0u8; 24];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| UpError::Certs("no randomness for the admin token".into()))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
+    let path = dir.join(format!("{node}.token"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(file_error("creating", &path))?;
+    file.write_all(token.as_bytes())
+        .map_err(file_error("writing", &path))?;
+    Ok(path)
 }
