@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use http::{HeaderValue, Request};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use portico_gateway::keys;
 use tempfile::TempDir;
 
@@ -327,4 +331,207 @@ async fn quota_is_exhausted_and_survives_a_restart() {
     assert_eq!(statuses, [200, 200, 429, 429]);
     // Another key of the same plan has its own quota.
     assert_eq!(with_key(&c, &url, KEY_B.as_bytes()).await.status, 200);
+}
+
+/// An origin with one edge API whose `/keyed` route needs a key of plan
+/// `shared` (quota `quota` per day, no throttle), a backbone on
+/// `backbone_port` and an admin API.
+fn edge_origin_config(dir: &std::path::Path, backbone_port: u16, quota: u64) -> String {
+    format!(
+        r#"
+[node]
+id = "origin-a"
+region = "local"
+state_dir = "state"
+
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "edge"
+certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
+
+[admin]
+address = "127.0.0.1:0"
+token = "t0ken"
+
+[backbone]
+listen = "127.0.0.1:{backbone_port}"
+ca = "{certs}/ca.pem"
+cert = "{certs}/origin-a.pem"
+key = "{certs}/origin-a.key"
+
+[[apis]]
+name = "edge"
+endpoint = "edge"
+
+[[apis.routes]]
+method = "GET"
+path = "/keyed/{{proxy+}}"
+api_key_required = true
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
+[[apis.routes]]
+method = "GET"
+path = "/ready"
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
+[[apis.stages]]
+name = "prod"
+
+[[usage_plans]]
+name = "shared"
+quota = {{ limit = {quota}, period = "DAY" }}
+api_stages = [{{ api = "edge", stage = "prod" }}]
+
+[[api_keys]]
+id = "a"
+hash = "{a}"
+plans = ["shared"]
+"#,
+        public = dir.join("public").display(),
+        certs = dir.join("certs").display(),
+        a = keys::stored_form(KEY_A),
+    )
+}
+
+/// `GET /usage?plan=shared` on the origin's admin API.
+async fn admin_usage(origin: &Proc, query: &str) -> (u16, serde_json::Value) {
+    let admin = origin.addrs("admin")[0];
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::get(format!("http://{admin}/usage{query}"))
+        .header("authorization", "Bearer t0ken")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// Sends keyed requests through `pop` until it answers `Limit Exceeded`;
+/// counts the 200s. Other answers (503 while the origin restarts) are retried.
+async fn hammer(client: HttpsClient, url: String, accepted: Arc<AtomicU64>, stop: Arc<AtomicU64>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && stop.load(Ordering::Relaxed) == 0 {
+        let mut req = Request::get(&url).body(full(Bytes::new())).unwrap();
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_static(KEY_A));
+        let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await
+        else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+        match status {
+            200 => {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            429 => {
+                let body = body.unwrap_or_default();
+                assert_eq!(&body[..], br#"{"message":"Limit Exceeded"}"#);
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_origin_restart() {
+    const QUOTA: u64 = 1000;
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "origin-a,pop-a,pop-b,pop-c");
+    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+    let text = edge_origin_config(dir.path(), 0, QUOTA);
+    let (mut origin, _) = node(dir.path(), "origin", "origin", &text);
+    let backbone = origin.addrs("backbone")[0];
+    // The restarted origin must listen where the PoPs dial.
+    let text = edge_origin_config(dir.path(), backbone.port(), QUOTA);
+    std::fs::write(dir.path().join("origin.toml"), &text).unwrap();
+    let mut pops = Vec::new();
+    for id in ["pop-a", "pop-b", "pop-c"] {
+        let text = pop_config(dir.path(), id, backbone, "edge");
+        pops.push(node(dir.path(), "pop", id, &text).0);
+    }
+    let urls: Vec<String> = pops
+        .iter()
+        .map(|p| format!("https://localhost:{}", p.addrs("https")[0].port()))
+        .collect();
+    let client = https_client(&cert.der, false);
+    for url in &urls {
+        let ready = format!("{url}/prod/ready");
+        eventually(60, || async {
+            (get(&client, &ready).await.status == 200).then_some(())
+        })
+        .await;
+    }
+    // Bad input: the usage API names what is missing or unknown.
+    let (status, body) = admin_usage(&origin, "").await;
+    assert_eq!(
+        (status, &body["message"]),
+        (400, &"query parameter `plan` is required".into())
+    );
+    let (status, body) = admin_usage(&origin, "?plan=nope").await;
+    assert_eq!(
+        (status, &body["message"]),
+        (404, &"unknown usage plan `nope`".into())
+    );
+
+    let accepted = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for url in &urls {
+        for _ in 0..4 {
+            let url = format!("{url}/prod/keyed/x");
+            let client = https_client(&cert.der, false);
+            tasks.push(tokio::spawn(hammer(
+                client,
+                url,
+                Arc::clone(&accepted),
+                Arc::clone(&stop),
+            )));
+        }
+    }
+    // Restart the origin once a third of the quota is spent.
+    eventually(60, || async {
+        (accepted.load(Ordering::Relaxed) >= QUOTA / 3).then_some(())
+    })
+    .await;
+    origin.signal("TERM");
+    assert!(origin.child.wait().unwrap().success());
+    let path = dir.path().join("origin.toml");
+    origin = Proc::start(&["origin", "--config", path.to_str().unwrap()], "ready");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = accepted.load(Ordering::Relaxed);
+    // The PoPs hand back what they hold when they stop.
+    for mut pop in pops {
+        pop.signal("TERM");
+        assert!(pop.child.wait().unwrap().success());
+    }
+    let (status, usage) = admin_usage(&origin, "?plan=shared&key=a").await;
+    assert_eq!(status, 200, "{usage}");
+    let used = usage["keys"][0]["used"].as_u64().unwrap();
+    eprintln!(
+        "quota {QUOTA}: {accepted} accepted through 3 PoPs; book counts {used} used; \
+         {} stranded ({:.1} %)",
+        QUOTA - accepted,
+        (QUOTA - accepted) as f64 * 100.0 / QUOTA as f64
+    );
+    assert!(accepted <= QUOTA, "{accepted} accepted > quota {QUOTA}");
+    assert!(
+        used <= QUOTA && used >= accepted,
+        "used {used}, accepted {accepted}"
+    );
+    assert!(
+        accepted >= QUOTA * 8 / 10,
+        "only {accepted} of {QUOTA} accepted"
+    );
+    assert_eq!(usage["limit"], QUOTA);
+    assert_eq!(usage["period"], "DAY");
 }

@@ -8,7 +8,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -80,75 +79,6 @@ variables = {{ backend = "{backend}" }}
     )
 }
 
-fn pop_config(dir: &Path, id: &str, backbone: SocketAddr) -> String {
-    format!(
-        r#"
-[node]
-id = "{id}"
-location = "test bench"
-
-[[listeners]]
-address = "127.0.0.1:0"
-default_api = "echo"
-certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
-
-[limits]
-max_body_bytes = 104857600
-
-[backbone]
-ca = "{certs}/ca.pem"
-cert = "{certs}/{id}.pem"
-key = "{certs}/{id}.key"
-
-[[origins]]
-region = "local"
-address = "{backbone}"
-server_name = "origin-a"
-"#,
-        public = dir.join("public").display(),
-        certs = dir.join("certs").display(),
-    )
-}
-
-/// Runs `portico certs` for the origin and two PoPs.
-fn make_certs(dir: &Path) {
-    let out = dir.join("certs");
-    let status = Command::new(portico_bin())
-        .args([
-            "certs",
-            "--out",
-            out.to_str().unwrap(),
-            "--nodes",
-            "origin-a,pop-a,pop-b",
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run portico certs");
-    assert!(status.success());
-    // A second run must not replace the CA.
-    let again = Command::new(portico_bin())
-        .args(["certs", "--out", out.to_str().unwrap(), "--nodes", "x"])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(!again.success(), "an existing CA was overwritten");
-}
-
-/// Starts a node with its JSON log in `dir/NAME.log`.
-fn node(dir: &Path, kind: &str, name: &str, config: &str) -> (Proc, PathBuf) {
-    let path = dir.join(format!("{name}.toml"));
-    let log = dir.join(format!("{name}.log"));
-    std::fs::write(&path, config).unwrap();
-    let args = [
-        "--log-format",
-        "json",
-        kind,
-        "--config",
-        path.to_str().unwrap(),
-    ];
-    (Proc::start_logging(&args, "ready", Some(&log)), log)
-}
-
 struct Fixture {
     dir: TempDir,
     backend: SocketAddr,
@@ -169,7 +99,7 @@ impl Fixture {
     /// `extra` is added to the `echo` API's routes.
     fn start_with(extra: &str) -> Fixture {
         let dir = TempDir::new().unwrap();
-        make_certs(dir.path());
+        make_certs(dir.path(), "origin-a,pop-a,pop-b");
         let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
         let (backend_proc, backend) = backend();
         let text = origin_config(dir.path(), backend, 0, extra);
@@ -179,7 +109,7 @@ impl Fixture {
             dir.path(),
             "pop",
             "pop-a",
-            &pop_config(dir.path(), "pop-a", backbone),
+            &pop_config(dir.path(), "pop-a", backbone, "echo"),
         );
         Fixture {
             dir,
@@ -555,7 +485,7 @@ async fn origin_killed_mid_traffic_503_then_served_again_without_restarting_the_
 #[tokio::test]
 async fn a_configuration_change_reaches_two_pops() {
     let f = Fixture::start();
-    let text = pop_config(f.dir.path(), "pop-b", f.backbone);
+    let text = pop_config(f.dir.path(), "pop-b", f.backbone, "echo");
     let (pop_b, _log) = node(f.dir.path(), "pop", "pop-b", &text);
     f.wait_served(&f.pop).await;
     f.wait_served(&pop_b).await;

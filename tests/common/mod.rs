@@ -315,3 +315,68 @@ pub async fn get(client: &HttpsClient, url: &str) -> Reply {
     )
     .await
 }
+
+/// A PoP of region `local` dialing `backbone` (an origin named `origin-a`),
+/// certificates from [`make_certs`] and `dir/public.{pem,key}`.
+pub fn pop_config(dir: &Path, id: &str, backbone: SocketAddr, default_api: &str) -> String {
+    format!(
+        r#"
+[node]
+id = "{id}"
+location = "test bench"
+
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "{default_api}"
+certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
+
+[limits]
+max_body_bytes = 104857600
+
+[backbone]
+ca = "{certs}/ca.pem"
+cert = "{certs}/{id}.pem"
+key = "{certs}/{id}.key"
+
+[[origins]]
+region = "local"
+address = "{backbone}"
+server_name = "origin-a"
+"#,
+        public = dir.join("public").display(),
+        certs = dir.join("certs").display(),
+    )
+}
+
+/// Runs `portico certs` for `nodes` (comma-separated) into `dir/certs`.
+pub fn make_certs(dir: &Path, nodes: &str) {
+    let out = dir.join("certs");
+    let status = Command::new(portico_bin())
+        .args(["certs", "--out", out.to_str().unwrap(), "--nodes", nodes])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run portico certs");
+    assert!(status.success());
+    // A second run must not replace the CA.
+    let again = Command::new(portico_bin())
+        .args(["certs", "--out", out.to_str().unwrap(), "--nodes", "x"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!again.success(), "an existing CA was overwritten");
+}
+
+/// Starts a node with its JSON log in `dir/NAME.log`.
+pub fn node(dir: &Path, kind: &str, name: &str, config: &str) -> (Proc, PathBuf) {
+    let path = dir.join(format!("{name}.toml"));
+    let log = dir.join(format!("{name}.log"));
+    std::fs::write(&path, config).unwrap();
+    let args = [
+        "--log-format",
+        "json",
+        kind,
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    (Proc::start_logging(&args, "ready", Some(&log)), log)
+}

@@ -6,6 +6,9 @@
 //! follow recent demand: enough for `horizon` at the rate seen over the last
 //! window, at least 1, at most `max_lease`.
 
+/// How long an exhausted key waits before asking the origin again.
+pub const EXHAUSTED_RECHECK_MS: i64 = 1_000;
+
 /// The outcome of spending one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spend {
@@ -25,6 +28,8 @@ pub struct Wallet {
     granted: u64,
     expires_ms: i64,
     exhausted: bool,
+    /// When the origin last said the quota was spent.
+    exhausted_at_ms: i64,
     requested: bool,
     window_start_ms: i64,
     window_count: u64,
@@ -59,6 +64,7 @@ impl Wallet {
             granted: 0,
             expires_ms: 0,
             exhausted: false,
+            exhausted_at_ms: 0,
             requested: false,
             window_start_ms: now_ms,
             window_count: 0,
@@ -80,10 +86,14 @@ impl Wallet {
         }
     }
 
-    /// Whether to ask the origin for the next lease now (at most one request in flight).
+    /// Whether to ask the origin for the next lease now (at most one request
+    /// in flight). An exhausted key asks again at most every
+    /// [`EXHAUSTED_RECHECK_MS`]: other holders may have returned what they did
+    /// not spend.
     pub fn wants_refill(&self, now_ms: i64) -> bool {
         let low = self.left * 2 <= self.granted || now_ms >= self.expires_ms;
-        !self.requested && !self.exhausted && low
+        let recheck = !self.exhausted || now_ms - self.exhausted_at_ms >= EXHAUSTED_RECHECK_MS;
+        !self.requested && recheck && low
     }
 
     /// The size to ask for, from recent demand.
@@ -100,6 +110,19 @@ impl Wallet {
 
     /// Installs a new lease; what was left of the old one was returned with the request.
     pub fn install(&mut self, lease_id: u64, granted: u64, expires_ms: i64, exhausted: bool) {
+        self.install_at(lease_id, granted, expires_ms, exhausted, 0);
+    }
+
+    /// [`Wallet::install`] at `now_ms` (when an exhausted answer was received).
+    pub fn install_at(
+        &mut self,
+        lease_id: u64,
+        granted: u64,
+        expires_ms: i64,
+        exhausted: bool,
+        now_ms: i64,
+    ) {
+        self.exhausted_at_ms = now_ms;
         self.lease_id = Some(lease_id);
         self.left = granted;
         self.granted = granted;
@@ -116,6 +139,22 @@ impl Wallet {
     /// The lease in hand and its unspent count (to return on shutdown).
     pub fn in_hand(&self) -> Option<(u64, u64)> {
         self.lease_id.map(|id| (id, self.left))
+    }
+
+    /// Gives up the lease in hand (it expired, or its link was lost): returns
+    /// its id and unspent count, to hand back, and leaves the wallet empty.
+    pub fn surrender(&mut self) -> Option<(u64, u64)> {
+        let held = self.in_hand();
+        self.lease_id = None;
+        self.left = 0;
+        self.granted = 0;
+        self.expires_ms = 0;
+        held
+    }
+
+    /// Whether the lease in hand can no longer be spent (none, or expired).
+    pub fn is_spent_or_expired(&self, now_ms: i64) -> bool {
+        self.lease_id.is_none() || now_ms >= self.expires_ms
     }
 
     fn observe(&mut self, now_ms: i64) {
@@ -157,11 +196,28 @@ mod tests {
     }
 
     #[test]
+    fn a_surrendered_lease_is_handed_back_once() {
+        let mut w = Wallet::new(0);
+        w.install(3, 10, 1_000, false);
+        assert_eq!(w.spend(1), Spend::Accepted);
+        assert!(!w.is_spent_or_expired(1));
+        assert_eq!(w.surrender(), Some((3, 9)));
+        assert_eq!(w.surrender(), None);
+        assert!(w.is_spent_or_expired(1));
+        assert_eq!(w.spend(2), Spend::Empty);
+    }
+
+    #[test]
     fn exhaustion_is_reported_and_stops_refills() {
         let mut w = Wallet::new(0);
-        w.install(1, 0, 1_000, true);
+        w.install_at(1, 0, 1_000, true, 1);
         assert_eq!(w.spend(1), Spend::Exhausted);
         assert!(!w.wants_refill(1));
+        // Others may return what they did not spend: ask again, now and then.
+        assert!(w.wants_refill(1 + EXHAUSTED_RECHECK_MS));
+        w.begin_refill();
+        w.install_at(2, 5, 10_000, false, 1_002);
+        assert_eq!(w.spend(1_003), Spend::Accepted);
     }
 
     #[test]

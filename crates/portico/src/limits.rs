@@ -5,34 +5,43 @@
 use std::sync::Arc;
 
 use portico_config::NodeConfig;
-use portico_gateway::limits::{Limits, LocalQuota, RETAIN_INTERVAL};
+use portico_gateway::limits::{Limits, Quotas, RETAIN_INTERVAL};
 use tokio::sync::watch;
 
 use crate::AppError;
 
 /// Opens the origin's quota book (creating the state directory).
-pub fn open_quota(config: &NodeConfig) -> Result<Arc<LocalQuota>, AppError> {
+pub fn open_quota(config: &NodeConfig) -> Result<Arc<Quotas>, AppError> {
     let dir = &config.node.state_dir;
     std::fs::create_dir_all(dir)?;
     let path = dir.join("quota.redb");
-    let quota = LocalQuota::open(&path, &config.node.id)
+    let quota = Quotas::open(&path, &config.node.id)
         .map_err(|e| std::io::Error::other(format!("quota book {}: {e}", path.display())))?;
     Ok(Arc::new(quota))
 }
 
-/// The node's limits; `quota` is the origin's book (PoPs have none: the origin
-/// counts their keyed requests when they arrive over the backbone).
-pub fn limits(config: &NodeConfig, quota: Option<Arc<LocalQuota>>) -> Limits {
-    Limits::new(&config.throttle, &config.definitions, quota)
+/// The node's limits; `quota` holds its usage-plan wallets (an origin's over
+/// its own book, a PoP's over leases from its origins).
+pub fn limits(config: &NodeConfig, quota: Arc<Quotas>) -> Limits {
+    Limits::new(&config.throttle, &config.definitions, Some(quota))
 }
 
-/// Forgets idle keyed buckets every [`RETAIN_INTERVAL`] until `stop`.
+/// How often expired quota leases are handed back.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Forgets idle keyed buckets every [`RETAIN_INTERVAL`] and hands back
+/// expired quota leases every second, until `stop`.
 pub async fn retain(limits: Arc<Limits>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(RETAIN_INTERVAL);
+    let mut forget = tokio::time::interval(RETAIN_INTERVAL);
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     loop {
-        tokio::select! {
-            _ = tick.tick() => limits.retain_recent(),
+        let swept = tokio::select! {
+            _ = forget.tick() => { limits.retain_recent(); false }
+            _ = sweep.tick() => true,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        if let (true, Some(q)) = (swept, limits.quota()) {
+            q.sweep().await;
         }
     }
 }

@@ -37,7 +37,7 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         Arc::clone(&config.definitions),
         Integrations::new(client),
     )
-    .with_limits(crate::limits::limits(&config, Some(Arc::clone(&quota))));
+    .with_limits(crate::limits::limits(&config, Arc::clone(&quota)));
     let gateway = Arc::new(settings::with_cache(gateway, &config));
     let handler = Arc::new(PublicHandler {
         gateway: Arc::clone(&gateway),
@@ -73,7 +73,18 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         // Purges made on the admin API reach every connected PoP.
         let to_pops = Arc::new(crate::purges::OriginPurges::default());
         tasks.spawn(Arc::clone(&to_pops).forward(purges.subscribe(), stop_rx.clone()));
-        let server = server.with_control(to_pops);
+        // PoPs lease quotas from this origin's book.
+        let leases = crate::quotas::OriginLeases::new(Arc::clone(&quota), defs_rx.clone());
+        let server = server.with_control(crate::control::Dispatch::new(vec![
+            crate::control::Route {
+                kinds: crate::purges::KINDS,
+                handler: to_pops,
+            },
+            crate::control::Route {
+                kinds: crate::quotas::KINDS,
+                handler: leases,
+            },
+        ]));
         let serve =
             crate::backbone::serve_origin(server, Arc::clone(&gateway), defs_rx, stop_rx.clone());
         tasks.spawn(serve);

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 use portico_backbone::{Backbone, BackboneError, BackboneUpstream, OriginSpec};
 use portico_config::{DefinitionDefaults, Definitions, NodeConfig, Role};
+use portico_gateway::limits::{LeaseSource, Quotas};
 use portico_gateway::{Body, ConnInfo, Entry, Gateway, ServedModes};
 use portico_net::Handler;
 use tokio::sync::watch;
@@ -39,13 +40,27 @@ impl Handler for EdgeHandler {
 pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let config = portico_config::load_node_file_as(path, Some(Role::Pop))?;
     let (purges, purge_queue) = crate::purges::PopPurges::new();
-    let backbone = start_backbone(&config, purges)?;
+    let leases = crate::quotas::PopLeases::new();
+    let control = crate::control::Dispatch::new(vec![
+        crate::control::Route {
+            kinds: crate::purges::KINDS,
+            handler: purges,
+        },
+        crate::control::Route {
+            kinds: crate::quotas::KINDS,
+            handler: Arc::clone(&leases) as Arc<dyn portico_backbone::ControlHandler>,
+        },
+    ]);
+    let backbone = start_backbone(&config, control)?;
+    // Quotas are spent from leases of each API's home origin.
+    let quota = Arc::new(Quotas::remote(Arc::clone(&leases) as Arc<dyn LeaseSource>));
+    leases.attach(backbone.config(), &quota);
     let gateway = Gateway::new(
         settings::gateway(&config),
         Arc::new(Definitions::empty()),
         backbone.upstream(),
     )
-    .with_limits(crate::limits::limits(&config, None));
+    .with_limits(crate::limits::limits(&config, Arc::clone(&quota)));
     let gateway = Arc::new(settings::with_cache(gateway, &config));
     let handler = Arc::new(EdgeHandler {
         gateway: Arc::clone(&gateway),
@@ -75,6 +90,8 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     // Listeners drain first (their requests still need the links), then the links close.
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    // Unspent quota goes back to the origins while the links are still up.
+    quota.close().await;
     backbone.shutdown().await;
     Ok(())
 }

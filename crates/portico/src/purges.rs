@@ -3,9 +3,8 @@
 //! own cache and answers `PurgeAck`. A PoP that is not connected when a purge is
 //! made misses it (its entries expire on their own): purges are not replayed.
 //!
-//! Both ends plug into the backbone's [`ControlHandler`] hook. Other subsystems
-//! that need control frames (quotas, usage) must share it: the backbone takes one
-//! handler per node, so they would be combined into one that dispatches by kind.
+//! Both ends plug into the backbone's [`ControlHandler`] hook through the node's
+//! [`crate::control::Dispatch`], which hands them the frames of [`KINDS`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,6 +14,12 @@ use portico_gateway::cache::PurgeScope;
 use portico_gateway::{Gateway, Upstream};
 use portico_proto::{Frame, Purge, PurgeAck};
 use tokio::sync::{broadcast, mpsc, watch};
+
+/// Control frames of purges.
+pub const KINDS: &[portico_proto::FrameKind] = &[
+    portico_proto::FrameKind::Purge,
+    portico_proto::FrameKind::PurgeAck,
+];
 
 /// The wire form of a scope. A URL travels as `api/stage/path?query` (API and stage
 /// names never hold `/`).

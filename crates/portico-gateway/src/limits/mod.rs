@@ -9,10 +9,12 @@
 //!
 //! Where each limit runs:
 //! * public requests (origin or PoP): key, throttles (node, client IP, stage, route,
-//!   key), then the quota when this node holds a quota book (origins);
-//! * requests arriving over the backbone (the PoP already authorized and throttled
-//!   them): key and quota only, so the origin's book stays the one authority and
-//!   accepted requests never exceed a quota, whichever PoPs they entered at.
+//!   key), then the quota, spent from a lease: an origin leases from its own
+//!   book, a PoP from its API's home origin over the backbone; every lease is
+//!   deducted from the book when granted, so accepted requests never exceed a
+//!   quota, whichever PoPs they entered at;
+//! * requests arriving over the backbone (the PoP already authorized, throttled
+//!   and counted them): the key only.
 
 mod quota;
 mod set;
@@ -26,7 +28,9 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use portico_config::{ApiKey, Definitions, NodeThrottleConfig, RateLimit, UsagePlan};
 
-pub use quota::{LocalQuota, QuotaOutcome, UsageView};
+pub use quota::{
+    BookSource, BoxFuture, LEASE_TTL_MS, LeaseAsk, LeaseSource, QuotaOutcome, Quotas, UsageView,
+};
 
 use crate::context::RequestCtx;
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
@@ -54,7 +58,7 @@ pub struct Limits {
     node: Option<Throttle>,
     per_ip: Option<KeyedThrottle<IpAddr>>,
     set: ArcSwap<LimiterSet>,
-    quota: Option<Arc<LocalQuota>>,
+    quota: Option<Arc<Quotas>>,
     degraded: AtomicU64,
 }
 
@@ -88,11 +92,11 @@ impl Limits {
         }
     }
 
-    /// The node's limiters for `config`; `quota` is the node's quota book (origins).
+    /// The node's limiters for `config`; `quota` spends usage-plan quotas.
     pub fn new(
         config: &NodeThrottleConfig,
         definitions: &Definitions,
-        quota: Option<Arc<LocalQuota>>,
+        quota: Option<Arc<Quotas>>,
     ) -> Self {
         let set = LimiterSet::build(definitions, None);
         Self {
@@ -122,7 +126,7 @@ impl Limits {
         self.set.load().retain_recent();
     }
 
-    pub fn quota(&self) -> Option<&Arc<LocalQuota>> {
+    pub fn quota(&self) -> Option<&Arc<Quotas>> {
         self.quota.as_ref()
     }
 
@@ -148,9 +152,10 @@ impl Limits {
             (false, true) => self.throttle(ctx, plan.as_ref())?,
             _ => Admitted::default(),
         };
-        // 3. Quota, counted only for requests every throttle let through.
-        if let (Some((key, plan)), Some(book)) = (&plan, &self.quota) {
-            self.spend(book, key, plan).await?;
+        // 3. Quota, counted only for requests every throttle let through, and
+        //    only where the request entered (a PoP spent it for a routed one).
+        if let (Some((key, plan)), Some(quotas), false) = (&plan, &self.quota, routed) {
+            self.spend(quotas, &ctx.api.name, key, plan).await?;
         }
         Ok(admitted)
     }
@@ -205,14 +210,15 @@ impl Limits {
 
     async fn spend(
         &self,
-        book: &Arc<LocalQuota>,
+        quotas: &Arc<Quotas>,
+        api: &str,
         key: &ApiKey,
         plan: &UsagePlan,
     ) -> Result<(), GatewayError> {
         let Some(spec) = plan.quota else {
             return Ok(());
         };
-        match book.spend(&plan.name, &key.id, spec).await {
+        match quotas.spend(api, &plan.name, &key.id, spec).await {
             QuotaOutcome::Accepted => Ok(()),
             QuotaOutcome::Exhausted { retry_after } => {
                 Err(GatewayError::client(ErrorKind::LimitExceeded {

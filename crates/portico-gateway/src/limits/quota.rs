@@ -1,20 +1,52 @@
-//! Quotas spent against this node's own [`QuotaBook`] (an origin's): one
-//! [`Wallet`] per (plan, key), refilled with leases granted by the book.
+//! Quotas spent from leases: one [`Wallet`] per (plan, key), refilled with
+//! leases from a [`LeaseSource`]: the node's own [`QuotaBook`] on an origin,
+//! the home origin over the backbone on a PoP.
 //!
 //! The book counts a lease as used when it grants it, so whatever this process
 //! does, accepted ≤ granted ≤ limit. In the steady state a request only takes a
 //! mutex for a few instructions: the wallet asks for the next lease at half
 //! spent and a background task fetches it; a request waits only when its wallet
 //! is empty (the first request of a key, or demand outran the lease).
+//!
+//! Unspent requests go back to the book when the next lease arrives, when a
+//! lease expires ([`Quotas::sweep`]), when the link to the book's origin comes
+//! back after a loss ([`Quotas::surrender_home`]) and at shutdown
+//! ([`Quotas::close`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portico_quota::wallet::Sizing;
-use portico_quota::{LeaseRequest, QuotaBook, QuotaError, QuotaSpec, Spend, Wallet, bounds};
+use portico_quota::{Lease, LeaseRequest, QuotaBook, QuotaError, QuotaSpec, Spend, Wallet, bounds};
 use tokio::sync::Notify;
+
+/// A boxed future, as [`LeaseSource`] returns them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a wallet asks its source for.
+#[derive(Debug, Clone)]
+pub struct LeaseAsk {
+    /// The API the request was for: where a PoP sends the ask (its home origin).
+    pub api: Arc<str>,
+    pub plan: Arc<str>,
+    pub key_id: Arc<str>,
+    pub spec: QuotaSpec,
+    pub want: u64,
+}
+
+/// Where leases come from.
+pub trait LeaseSource: Send + Sync + 'static {
+    /// Grants a lease, or fails (book error, link down, time-out): the
+    /// wallet then spends only what it holds.
+    fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>>;
+
+    /// Hands back the unspent part of a lease of `api`'s home.
+    fn give_back(&self, api: Arc<str>, lease_id: u64, unused: u64) -> BoxFuture<'_, ()>;
+}
 
 /// The outcome of spending one request of a quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +73,14 @@ pub struct UsageView {
 /// wallet has measured its rate) from taking the slow path on every request.
 const MIN_LEASE: u64 = 16;
 /// Leases end after this long at most (and at the period's end).
-const LEASE_TTL_MS: i64 = 60_000;
+pub const LEASE_TTL_MS: i64 = 60_000;
 /// A request waits this long at most for a lease.
 const WAIT: Duration = Duration::from_secs(2);
 
 struct Slot {
+    api: Arc<str>,
+    plan: Arc<str>,
+    key_id: Arc<str>,
     state: Mutex<SlotState>,
     refilled: Notify,
 }
@@ -55,16 +90,95 @@ struct SlotState {
     period_end_ms: i64,
 }
 
-/// Wallets of every (plan, key) this node spends for, over its quota book.
-pub struct LocalQuota {
+/// The node's own quota book as a lease source (an origin).
+pub struct BookSource {
     book: Arc<QuotaBook>,
     holder: String,
-    slots: Mutex<HashMap<String, HashMap<String, Arc<Slot>>>>,
 }
 
-impl std::fmt::Debug for LocalQuota {
+impl BookSource {
+    pub fn new(book: Arc<QuotaBook>, holder: &str) -> Self {
+        Self {
+            book,
+            holder: holder.to_owned(),
+        }
+    }
+
+    /// Grants `ask` to `holder` (this origin, or a PoP asking over the backbone).
+    pub async fn grant_to(
+        book: &Arc<QuotaBook>,
+        holder: &str,
+        plan: &str,
+        key_id: &str,
+        spec: QuotaSpec,
+        want: u64,
+    ) -> Result<Lease, QuotaError> {
+        let book = Arc::clone(book);
+        let (p, k, h) = (plan.to_owned(), key_id.to_owned(), holder.to_owned());
+        let done = tokio::task::spawn_blocking(move || {
+            let req = LeaseRequest {
+                plan: &p,
+                key_id: &k,
+                spec,
+                want,
+                holder: &h,
+                ttl_ms: LEASE_TTL_MS,
+            };
+            book.grant(&req, now_ms())
+        })
+        .await;
+        done.map_err(|e| QuotaError::Store(format!("lease task: {e}")))?
+    }
+
+    /// Takes back `unused` requests of lease `id` from `holder`.
+    pub async fn release_from(
+        book: &Arc<QuotaBook>,
+        holder: &str,
+        id: u64,
+        unused: u64,
+    ) -> Result<u64, QuotaError> {
+        let book = Arc::clone(book);
+        let holder = holder.to_owned();
+        let done = tokio::task::spawn_blocking(move || book.release(id, unused, &holder)).await;
+        done.map_err(|e| QuotaError::Store(format!("release task: {e}")))?
+    }
+}
+
+impl LeaseSource for BookSource {
+    fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+        Box::pin(async move {
+            let (plan, key) = (&ask.plan, &ask.key_id);
+            Self::grant_to(&self.book, &self.holder, plan, key, ask.spec, ask.want)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn give_back(&self, _api: Arc<str>, lease_id: u64, unused: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let done = Self::release_from(&self.book, &self.holder, lease_id, unused).await;
+            if let Err(err) = done {
+                tracing::warn!(%err, lease = lease_id, "could not return a quota lease");
+            }
+        })
+    }
+}
+
+/// Wallets by plan, then key id.
+type Slots = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Slot>>>;
+
+/// Wallets of every (plan, key) this node spends for, over a lease source.
+pub struct Quotas {
+    source: Arc<dyn LeaseSource>,
+    /// The book, on the origin that keeps it (usage reads).
+    book: Option<Arc<QuotaBook>>,
+    /// By plan, then key id.
+    slots: Mutex<Slots>,
+}
+
+impl std::fmt::Debug for Quotas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LocalQuota")
+        f.write_str("Quotas")
     }
 }
 
@@ -78,28 +192,51 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl LocalQuota {
-    /// Opens the book at `path`. Leases `holder` still held from a previous run
-    /// (a crash: nothing says how much of them was spent) are closed with nothing
-    /// returned, so their requests stay counted: never overshoot.
+impl Quotas {
+    /// An origin's wallets over its own book at `path`. Leases `holder` still
+    /// held from a previous run (a crash: nothing says how much of them was
+    /// spent) are closed with nothing returned, so their requests stay
+    /// counted: never overshoot.
     pub fn open(path: &Path, holder: &str) -> Result<Self, QuotaError> {
         let book = QuotaBook::open(path)?;
         for (id, _, _) in book.leases_of(holder)? {
             book.release(id, 0, holder)?;
         }
-        Ok(Self {
-            book: Arc::new(book),
+        let book = Arc::new(book);
+        let source = BookSource {
+            book: Arc::clone(&book),
             holder: holder.to_owned(),
+        };
+        Ok(Self {
+            source: Arc::new(source),
+            book: Some(book),
             slots: Mutex::new(HashMap::new()),
         })
     }
 
-    fn slot(&self, plan: &str, key_id: &str) -> Arc<Slot> {
+    /// A PoP's wallets, leased from elsewhere (its origins).
+    pub fn remote(source: Arc<dyn LeaseSource>) -> Self {
+        Self {
+            source,
+            book: None,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The book, on the node that keeps one.
+    pub fn book(&self) -> Option<&Arc<QuotaBook>> {
+        self.book.as_ref()
+    }
+
+    fn slot(&self, api: &str, plan: &str, key_id: &str) -> Arc<Slot> {
         let mut slots = lock(&self.slots);
         if let Some(s) = slots.get(plan).and_then(|p| p.get(key_id)) {
             return Arc::clone(s);
         }
         let slot = Arc::new(Slot {
+            api: Arc::from(api),
+            plan: Arc::from(plan),
+            key_id: Arc::from(key_id),
             state: Mutex::new(SlotState {
                 wallet: Wallet::new(now_ms()),
                 period_end_ms: i64::MAX,
@@ -107,20 +244,21 @@ impl LocalQuota {
             refilled: Notify::new(),
         });
         slots
-            .entry(plan.to_owned())
+            .entry(Arc::clone(&slot.plan))
             .or_default()
-            .insert(key_id.to_owned(), Arc::clone(&slot));
+            .insert(Arc::clone(&slot.key_id), Arc::clone(&slot));
         slot
     }
 
-    /// Spends one request of (plan, key)'s quota.
+    /// Spends one request of (plan, key)'s quota for a request to `api`.
     pub async fn spend(
         self: &Arc<Self>,
+        api: &str,
         plan: &str,
         key_id: &str,
         spec: QuotaSpec,
     ) -> QuotaOutcome {
-        let slot = self.slot(plan, key_id);
+        let slot = self.slot(api, plan, key_id);
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let notified = slot.refilled.notified();
@@ -144,14 +282,25 @@ impl LocalQuota {
             match (spend, refill) {
                 (Spend::Accepted, Some(want)) => {
                     let this = Arc::clone(self);
-                    let (plan, key) = (plan.to_owned(), key_id.to_owned());
                     let slot = Arc::clone(&slot);
-                    tokio::spawn(async move { this.refill(&slot, &plan, &key, spec, want).await });
+                    tokio::spawn(async move { this.refill(&slot, spec, want).await });
                     return QuotaOutcome::Accepted;
                 }
                 (Spend::Accepted, None) => return QuotaOutcome::Accepted,
-                (Spend::Exhausted, _) => return exhausted(spec),
-                (Spend::Empty, Some(want)) => self.refill(&slot, plan, key_id, spec, want).await,
+                (Spend::Exhausted, Some(want)) => {
+                    // Asks again in the background: others may have returned some.
+                    let this = Arc::clone(self);
+                    let slot = Arc::clone(&slot);
+                    tokio::spawn(async move { this.refill(&slot, spec, want).await });
+                    return exhausted(spec);
+                }
+                (Spend::Exhausted, None) => return exhausted(spec),
+                (Spend::Empty, Some(want)) => {
+                    if !self.refill(&slot, spec, want).await {
+                        // The source is unreachable: do not wait for it again.
+                        return QuotaOutcome::Unavailable;
+                    }
+                }
                 (Spend::Empty, None) => {
                     if tokio::time::timeout_at(deadline, notified).await.is_err() {
                         return QuotaOutcome::Unavailable;
@@ -164,83 +313,114 @@ impl LocalQuota {
         }
     }
 
-    /// Asks the book for a lease and installs it; the old lease's unspent part goes back.
-    async fn refill(&self, slot: &Slot, plan: &str, key_id: &str, spec: QuotaSpec, want: u64) {
-        let book = Arc::clone(&self.book);
-        let (p, k, h) = (plan.to_owned(), key_id.to_owned(), self.holder.clone());
-        let granted = tokio::task::spawn_blocking(move || {
-            let req = LeaseRequest {
-                plan: &p,
-                key_id: &k,
-                spec,
-                want,
-                holder: &h,
-                ttl_ms: LEASE_TTL_MS,
-            };
-            book.grant(&req, now_ms())
-        })
-        .await;
-        let old = {
+    /// Asks the source for a lease and installs it; the old lease's unspent
+    /// part goes back. False when no lease came.
+    async fn refill(&self, slot: &Slot, spec: QuotaSpec, want: u64) -> bool {
+        let ask = LeaseAsk {
+            api: Arc::clone(&slot.api),
+            plan: Arc::clone(&slot.plan),
+            key_id: Arc::clone(&slot.key_id),
+            spec,
+            want,
+        };
+        let granted = self.source.grant(ask).await;
+        let (old, ok) = {
             let mut st = lock(&slot.state);
             match granted {
-                Ok(Ok(lease)) => {
-                    let old = st.wallet.in_hand();
+                Ok(lease) => {
+                    let old = st.wallet.surrender();
+                    let (id, granted, expires) = (lease.id, lease.granted, lease.expires_ms);
                     st.wallet
-                        .install(lease.id, lease.granted, lease.expires_ms, lease.exhausted);
+                        .install_at(id, granted, expires, lease.exhausted, now_ms());
                     st.period_end_ms = lease.period_end_ms;
-                    old
-                }
-                Ok(Err(err)) => {
-                    tracing::error!(%err, plan, key = key_id, "quota lease refused by the book");
-                    st.wallet.refill_failed();
-                    None
+                    (old, true)
                 }
                 Err(err) => {
-                    tracing::error!(%err, "quota lease task failed");
+                    tracing::warn!(%err, plan = %slot.plan, key = %slot.key_id, "no quota lease");
                     st.wallet.refill_failed();
-                    None
+                    (None, false)
                 }
             }
         };
         slot.refilled.notify_waiters();
         if let Some((id, unused)) = old {
-            self.give_back(id, unused).await;
+            self.source
+                .give_back(Arc::clone(&slot.api), id, unused)
+                .await;
+        }
+        ok
+    }
+
+    /// Hands back leases that expired or sat unused for `idle` (the node
+    /// calls this periodically), so what a PoP did not spend returns to the
+    /// book before the lease ends.
+    pub async fn sweep(&self) {
+        let now = now_ms();
+        let held = self.take(|st| st.wallet.is_spent_or_expired(now) || now >= st.period_end_ms);
+        for (api, id, unused) in held {
+            self.source.give_back(api, id, unused).await;
         }
     }
 
-    async fn give_back(&self, id: u64, unused: u64) {
-        let book = Arc::clone(&self.book);
-        let holder = self.holder.clone();
-        let done = tokio::task::spawn_blocking(move || book.release(id, unused, &holder)).await;
-        if let Ok(Err(err)) = done {
-            tracing::warn!(%err, lease = id, "could not return a quota lease");
-        }
-    }
-
-    /// Returns every unspent lease to the book (at shutdown).
-    pub async fn close(&self) {
-        let held: Vec<(u64, u64)> = {
+    /// Surrenders every lease of `home` (a reconnected origin's APIs): the
+    /// unspent rest goes back, and the next requests ask afresh. `home`
+    /// decides by API name.
+    pub async fn surrender_home(&self, home: impl Fn(&str) -> bool) {
+        let held: Vec<_> = {
             let slots = lock(&self.slots);
             slots
                 .values()
-                .flat_map(|p| p.values())
-                .filter_map(|s| lock(&s.state).wallet.in_hand())
+                .flat_map(HashMap::values)
+                .filter(|s| home(&s.api))
+                .filter_map(|s| {
+                    let held = lock(&s.state).wallet.surrender();
+                    held.map(|(id, unused)| (Arc::clone(&s.api), id, unused))
+                })
                 .collect()
         };
-        for (id, unused) in held {
-            self.give_back(id, unused).await;
+        for (api, id, unused) in held {
+            self.source.give_back(api, id, unused).await;
         }
     }
 
-    /// A key's usage now: what the book counts minus what this node holds unspent.
+    /// Leases matching `pick` (and with something to return), surrendered.
+    fn take(&self, pick: impl Fn(&SlotState) -> bool) -> Vec<(Arc<str>, u64, u64)> {
+        let slots = lock(&self.slots);
+        slots
+            .values()
+            .flat_map(HashMap::values)
+            .filter_map(|s| {
+                let mut st = lock(&s.state);
+                if !pick(&st) {
+                    return None;
+                }
+                let held = st.wallet.surrender();
+                held.map(|(id, unused)| (Arc::clone(&s.api), id, unused))
+            })
+            .collect()
+    }
+
+    /// Returns every unspent lease (at shutdown).
+    pub async fn close(&self) {
+        let held = self.take(|_| true);
+        for (api, id, unused) in held {
+            self.source.give_back(api, id, unused).await;
+        }
+    }
+
+    /// A key's usage now (on the node with the book): what the book counts
+    /// minus what this node holds unspent. Leases PoPs hold count as used.
     pub fn usage(
         &self,
         plan: &str,
         key_id: &str,
         spec: QuotaSpec,
     ) -> Result<UsageView, QuotaError> {
+        let Some(book) = &self.book else {
+            return Err(QuotaError::Store("this node keeps no quota book".into()));
+        };
         let now = now_ms();
-        let u = self.book.usage(plan, key_id, spec, now)?;
+        let u = book.usage(plan, key_id, spec, now)?;
         let held = {
             let slots = lock(&self.slots);
             let slot = slots.get(plan).and_then(|p| p.get(key_id)).cloned();
@@ -291,14 +471,14 @@ mod tests {
     async fn never_more_than_the_limit_and_counts_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quota.redb");
-        let q = Arc::new(LocalQuota::open(&path, "origin").unwrap());
+        let q = Arc::new(Quotas::open(&path, "origin").unwrap());
         let mut tasks = Vec::new();
         for _ in 0..4 {
             let q = Arc::clone(&q);
             tasks.push(tokio::spawn(async move {
                 let mut ok = 0;
                 for _ in 0..30 {
-                    if q.spend("p", "k", SPEC).await == QuotaOutcome::Accepted {
+                    if q.spend("a", "p", "k", SPEC).await == QuotaOutcome::Accepted {
                         ok += 1;
                     }
                 }
@@ -311,17 +491,17 @@ mod tests {
         }
         assert_eq!(accepted, 50);
         assert!(matches!(
-            q.spend("p", "k", SPEC).await,
+            q.spend("a", "p", "k", SPEC).await,
             QuotaOutcome::Exhausted { .. }
         ));
         assert_eq!(q.usage("p", "k", SPEC).unwrap().used, 50);
         assert_eq!(q.usage("p", "other", SPEC).unwrap().used, 0);
         q.close().await;
         drop(q);
-        let again = Arc::new(LocalQuota::open(&path, "origin").unwrap());
+        let again = Arc::new(Quotas::open(&path, "origin").unwrap());
         assert_eq!(again.usage("p", "k", SPEC).unwrap().remaining, 0);
         assert!(matches!(
-            again.spend("p", "k", SPEC).await,
+            again.spend("a", "p", "k", SPEC).await,
             QuotaOutcome::Exhausted { .. }
         ));
     }
@@ -330,11 +510,92 @@ mod tests {
     async fn unspent_leases_go_back_at_close() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("quota.redb");
-        let q = Arc::new(LocalQuota::open(&path, "origin").unwrap());
-        assert_eq!(q.spend("p", "k", SPEC).await, QuotaOutcome::Accepted);
+        let q = Arc::new(Quotas::open(&path, "origin").unwrap());
+        assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
         q.close().await;
         drop(q);
-        let again = LocalQuota::open(&path, "origin").unwrap();
+        let again = Quotas::open(&path, "origin").unwrap();
         assert_eq!(again.usage("p", "k", SPEC).unwrap().used, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pops_leasing_from_one_book_never_exceed_it_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
+        let book = Arc::clone(origin.book().unwrap());
+        let pops: Vec<Arc<Quotas>> = ["pop-a", "pop-b", "pop-c"]
+            .iter()
+            .map(|id| {
+                let source = BookSource::new(Arc::clone(&book), id);
+                Arc::new(Quotas::remote(Arc::new(source)))
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for q in pops.iter().chain([&origin]) {
+            let q = Arc::clone(q);
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0u64;
+                for _ in 0..40 {
+                    if q.spend("a", "p", "k", SPEC).await == QuotaOutcome::Accepted {
+                        ok += 1;
+                    }
+                }
+                ok
+            }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += t.await.unwrap();
+        }
+        assert_eq!(accepted, 50, "every request of the quota, and no more");
+        for q in &pops {
+            q.close().await;
+        }
+        assert_eq!(origin.usage("p", "k", SPEC).unwrap().remaining, 0);
+    }
+
+    struct Down;
+
+    impl LeaseSource for Down {
+        fn grant(&self, _: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            Box::pin(async { Err("link down".to_owned()) })
+        }
+        fn give_back(&self, _: Arc<str>, _: u64, _: u64) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_source_fails_at_once() {
+        let q = Arc::new(Quotas::remote(Arc::new(Down)));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            q.spend("a", "p", "k", SPEC).await,
+            QuotaOutcome::Unavailable
+        );
+        assert!(started.elapsed() < WAIT, "no wait for a source that failed");
+    }
+
+    #[tokio::test]
+    async fn swept_and_surrendered_leases_go_back_to_the_book() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let book = Arc::clone(origin.book().unwrap());
+        let pop = Arc::new(Quotas::remote(Arc::new(BookSource::new(
+            Arc::clone(&book),
+            "pop",
+        ))));
+        assert_eq!(pop.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        let held = book.usage("p", "k", SPEC, now_ms()).unwrap().used;
+        assert!(held > 1, "the lease counts as used while held: {held}");
+        pop.sweep().await;
+        assert!(
+            book.usage("p", "k", SPEC, now_ms()).unwrap().used > 1,
+            "a live lease stays"
+        );
+        pop.surrender_home(|api| api == "other").await;
+        assert!(book.usage("p", "k", SPEC, now_ms()).unwrap().used > 1);
+        pop.surrender_home(|api| api == "a").await;
+        assert_eq!(book.usage("p", "k", SPEC, now_ms()).unwrap().used, 1);
     }
 }

@@ -7,10 +7,12 @@
 //! * a bad request: `400 {"message":"<reason>"}`; a body over 64 KiB: 413;
 //!   an unknown path: 404; a known path with another method: 405 with `Allow`.
 //!
-//! Routes live in submodules (`cache`: purges and statistics); [`Admin::route`]
+//! Routes live in submodules (`cache`: purges and statistics; `usage`: quota
+//! usage per key and the degraded-mode counter); [`Admin::route`]
 //! dispatches on the path prefix, so other areas add their own module and one arm.
 
 mod cache;
+mod usage;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -90,9 +92,13 @@ impl<U: Upstream> Admin<U> {
 
     async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path().to_owned();
-        match path.strip_prefix("/cache/") {
-            Some(rest) => cache::route(self, rest, req).await,
-            None => message(StatusCode::NOT_FOUND, "Not Found"),
+        if let Some(rest) = path.strip_prefix("/cache/") {
+            return cache::route(self, rest, req).await;
+        }
+        match path.as_str() {
+            "/usage" => usage::usage(self, &req),
+            "/limits/stats" => usage::stats(self, &req),
+            _ => message(StatusCode::NOT_FOUND, "Not Found"),
         }
     }
 

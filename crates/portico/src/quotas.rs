@@ -1,0 +1,306 @@
+//! Usage-plan quotas over the backbone.
+//!
+//! The origin's quota book is the one authority. A PoP spends from leases the
+//! book granted it ([`PopLeases`], a [`LeaseSource`]): it sends
+//! `QuotaLeaseRequest` on the control stream of its API's home origin and
+//! gets a `QuotaLease`; the origin ([`OriginLeases`]) deducts the lease from
+//! the book, durably, before answering. Unspent requests come back with the
+//! next request, in `QuotaReturn` when a lease expires or at shutdown, and
+//! after a reconnect (the PoP surrenders what it held from that origin).
+//!
+//! A region with several origins: a PoP leases from the one with the lowest
+//! node id among those it is connected to (each origin keeps its own book).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
+use portico_config::Definitions;
+use portico_gateway::limits::{BookSource, BoxFuture, LeaseAsk, LeaseSource, Quotas};
+use portico_proto::{Frame, FrameKind, QuotaLease, QuotaLeaseRequest, QuotaReturn};
+use portico_quota::Lease;
+use tokio::sync::{oneshot, watch};
+
+/// Control frames of quota leases.
+pub const KINDS: &[FrameKind] = &[
+    FrameKind::QuotaLeaseRequest,
+    FrameKind::QuotaLease,
+    FrameKind::QuotaReturn,
+];
+
+/// How long a PoP waits for a lease before spending only what it holds.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unix_ms(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+fn signed_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// The origin's side: grants leases from its book to PoPs.
+pub struct OriginLeases(Arc<Granter>);
+
+struct Granter {
+    quotas: Arc<Quotas>,
+    definitions: watch::Receiver<Arc<Definitions>>,
+}
+
+impl OriginLeases {
+    pub fn new(quotas: Arc<Quotas>, definitions: watch::Receiver<Arc<Definitions>>) -> Arc<Self> {
+        Arc::new(Self(Arc::new(Granter {
+            quotas,
+            definitions,
+        })))
+    }
+}
+
+impl Granter {
+    /// Answers one lease request: the returned lease first, then the grant.
+    async fn answer(&self, link: &ControlLink, req: QuotaLeaseRequest) {
+        let Some(book) = self.quotas.book() else {
+            return;
+        };
+        let pop = link.peer_id();
+        if let Some(id) = req.lease_id_to_return {
+            self.release(link, id, req.unused).await;
+        }
+        let refused = |why: &str| {
+            tracing::warn!(%pop, plan = %req.plan, key = %req.key_id, "quota lease refused: {why}");
+            QuotaLease {
+                lease_id: 0,
+                key_id: req.key_id.clone(),
+                plan: req.plan.clone(),
+                granted: 0,
+                expires_unix_ms: 0,
+                period_end_unix_ms: 0,
+                exhausted: false,
+            }
+        };
+        let spec = {
+            let defs = self.definitions.borrow();
+            match (defs.usage_plan(&req.plan), defs.api_key(&req.key_id)) {
+                (None, _) => Err("unknown usage plan"),
+                (_, None) => Err("unknown API key"),
+                (Some(plan), Some(key)) if !key.plans.contains(&plan.name) => {
+                    Err("the key is not in this plan")
+                }
+                (Some(plan), Some(_)) => plan.quota.ok_or("the plan has no quota"),
+            }
+        };
+        let answer = match spec {
+            Err(why) => refused(why),
+            Ok(spec) => {
+                let want = req.want.clamp(1, spec.limit.max(1));
+                match BookSource::grant_to(book, pop, &req.plan, &req.key_id, spec, want).await {
+                    Ok(lease) => lease_frame(&req, &lease),
+                    Err(err) => refused(&err.to_string()),
+                }
+            }
+        };
+        if let Err(err) = link.send(Frame::QuotaLease(answer)).await {
+            tracing::debug!(%pop, %err, "quota lease not sent");
+        }
+    }
+
+    async fn release(&self, link: &ControlLink, id: u64, unused: u64) {
+        let Some(book) = self.quotas.book() else {
+            return;
+        };
+        if let Err(err) = BookSource::release_from(book, link.peer_id(), id, unused).await {
+            tracing::warn!(pop = %link.peer_id(), lease = id, unused, %err, "quota return refused");
+        }
+    }
+}
+
+fn lease_frame(req: &QuotaLeaseRequest, lease: &Lease) -> QuotaLease {
+    QuotaLease {
+        lease_id: lease.id,
+        key_id: req.key_id.clone(),
+        plan: req.plan.clone(),
+        granted: lease.granted,
+        expires_unix_ms: unix_ms(lease.expires_ms),
+        period_end_unix_ms: unix_ms(lease.period_end_ms),
+        exhausted: lease.exhausted,
+    }
+}
+
+impl ControlHandler for OriginLeases {
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        let link = link.clone();
+        // The handler may not wait: book writes run on a task of their own.
+        let this = Arc::clone(&self.0);
+        match frame {
+            Frame::QuotaLeaseRequest(req) => {
+                tokio::spawn(async move { this.answer(&link, req).await });
+            }
+            Frame::QuotaReturn(r) => {
+                tokio::spawn(async move { this.release(&link, r.lease_id, r.unused).await });
+            }
+            other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+        }
+    }
+}
+
+type Pending = HashMap<(String, String), oneshot::Sender<QuotaLease>>;
+
+/// The PoP's side: leases from the home origin of each API.
+#[derive(Default)]
+pub struct PopLeases {
+    /// Open links by origin node id, with their region.
+    links: Mutex<Vec<ControlLink>>,
+    /// Asks in flight, by (plan, key id): a wallet has at most one at a time.
+    pending: Mutex<Pending>,
+    /// API name → home region, from the synced configuration.
+    homes: OnceLock<watch::Receiver<Arc<SyncedConfig>>>,
+    /// The wallets, to surrender a reconnected origin's leases.
+    quotas: OnceLock<std::sync::Weak<Quotas>>,
+}
+
+impl PopLeases {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Completes the wiring once the backbone and the wallets exist.
+    pub fn attach(&self, config: watch::Receiver<Arc<SyncedConfig>>, quotas: &Arc<Quotas>) {
+        let _ = self.homes.set(config);
+        let _ = self.quotas.set(Arc::downgrade(quotas));
+    }
+
+    fn home(&self, api: &str) -> Option<String> {
+        let config = self.homes.get()?.borrow();
+        if let Some(region) = config.definitions.api(api).and_then(|a| a.region.clone()) {
+            return Some(region);
+        }
+        config.homes.get(api).cloned()
+    }
+
+    /// The link that leases for `api`: the lowest node id of its home region.
+    fn link_for(&self, api: &str) -> Option<ControlLink> {
+        let region = self.home(api);
+        let links = lock(&self.links);
+        links
+            .iter()
+            .filter(|l| l.is_open() && region.as_deref().is_none_or(|r| l.region() == r))
+            .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
+            .cloned()
+    }
+}
+
+impl LeaseSource for PopLeases {
+    fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+        Box::pin(async move {
+            let link = self
+                .link_for(&ask.api)
+                .ok_or_else(|| format!("no backbone link to the home of API {}", ask.api))?;
+            let id = (ask.plan.to_string(), ask.key_id.to_string());
+            let (tx, rx) = oneshot::channel();
+            lock(&self.pending).insert(id.clone(), tx);
+            let frame = Frame::QuotaLeaseRequest(QuotaLeaseRequest {
+                key_id: id.1.clone(),
+                plan: id.0.clone(),
+                want: ask.want,
+                lease_id_to_return: None,
+                unused: 0,
+            });
+            if let Err(err) = link.try_send(frame) {
+                lock(&self.pending).remove(&id);
+                return Err(format!("lease request not sent: {err}"));
+            }
+            let answer = tokio::time::timeout(ASK_TIMEOUT, rx).await;
+            lock(&self.pending).remove(&id);
+            match answer {
+                Ok(Ok(lease)) if lease.lease_id == 0 => {
+                    Err("the origin refused the lease (see its log)".to_owned())
+                }
+                Ok(Ok(lease)) => Ok(Lease {
+                    id: lease.lease_id,
+                    granted: lease.granted,
+                    expires_ms: signed_ms(lease.expires_unix_ms),
+                    period_end_ms: signed_ms(lease.period_end_unix_ms),
+                    exhausted: lease.exhausted,
+                }),
+                Ok(Err(_)) => Err("lease request dropped".to_owned()),
+                Err(_) => Err("no lease within 2 s".to_owned()),
+            }
+        })
+    }
+
+    fn give_back(&self, api: Arc<str>, lease_id: u64, unused: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(link) = self.link_for(&api) else {
+                // Counted as used in the book: stranded, never overshot.
+                tracing::warn!(lease = lease_id, unused, "no link to return a quota lease");
+                return;
+            };
+            let frame = Frame::QuotaReturn(QuotaReturn { lease_id, unused });
+            if let Err(err) = link.send(frame).await {
+                tracing::warn!(lease = lease_id, unused, %err, "quota lease not returned");
+            }
+        })
+    }
+}
+
+impl ControlHandler for PopLeases {
+    fn link_up(&self, link: &ControlLink) {
+        {
+            let mut links = lock(&self.links);
+            links.retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+            links.push(link.clone());
+        }
+        // Reconcile: what this PoP held from that region goes back now (the
+        // origin may have restarted; it keeps the leases in its book).
+        let Some(quotas) = self.quotas.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let region = link.region().to_owned();
+        let homes = self.homes.get().cloned();
+        tokio::spawn(async move {
+            let home = |api: &str| {
+                homes.as_ref().is_none_or(|h| {
+                    let config = h.borrow();
+                    let declared = config.definitions.api(api).and_then(|a| a.region.clone());
+                    declared
+                        .or_else(|| config.homes.get(api).cloned())
+                        .as_deref()
+                        == Some(region.as_str())
+                })
+            };
+            quotas.surrender_home(home).await;
+        });
+    }
+
+    fn link_down(&self, link: &ControlLink) {
+        lock(&self.links).retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+    }
+
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        let Frame::QuotaLease(lease) = frame else {
+            tracing::debug!(frame = %frame.kind(), "control frame ignored");
+            return;
+        };
+        let id = (lease.plan.clone(), lease.key_id.clone());
+        let waiting = lock(&self.pending).remove(&id);
+        let late = match waiting {
+            Some(tx) => tx.send(lease).err(),
+            None => Some(lease),
+        };
+        // Nobody waits any more (timed out): hand the whole lease back.
+        if let Some(lease) = late.filter(|l| l.lease_id != 0) {
+            let frame = Frame::QuotaReturn(QuotaReturn {
+                lease_id: lease.lease_id,
+                unused: lease.granted,
+            });
+            if let Err(err) = link.try_send(frame) {
+                tracing::warn!(lease = lease.lease_id, %err, "late quota lease not returned");
+            }
+        }
+    }
+}
