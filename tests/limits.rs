@@ -378,6 +378,14 @@ path = "/ready"
 type = "mock"
 body = "ok"
 
+[[apis.routes]]
+method = "GET"
+path = "/rated/{{proxy+}}"
+throttle = {{ rate = 30, burst = 10 }}
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
 [[apis.stages]]
 name = "prod"
 
@@ -440,17 +448,24 @@ async fn hammer(client: HttpsClient, url: String, accepted: Arc<AtomicU64>, stop
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_origin_restart() {
-    const QUOTA: u64 = 1000;
+/// An origin ([`edge_origin_config`]) and three PoPs, all serving.
+struct ThreePops {
+    dir: TempDir,
+    cert: TestCert,
+    origin: Proc,
+    pops: Vec<Proc>,
+    urls: Vec<String>,
+}
+
+async fn three_pops(quota: u64) -> ThreePops {
     let dir = TempDir::new().unwrap();
     make_certs(dir.path(), "origin-a,pop-a,pop-b,pop-c");
     let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
-    let text = edge_origin_config(dir.path(), 0, QUOTA);
-    let (mut origin, _) = node(dir.path(), "origin", "origin", &text);
+    let text = edge_origin_config(dir.path(), 0, quota);
+    let (origin, _) = node(dir.path(), "origin", "origin", &text);
     let backbone = origin.addrs("backbone")[0];
-    // The restarted origin must listen where the PoPs dial.
-    let text = edge_origin_config(dir.path(), backbone.port(), QUOTA);
+    // A restarted origin must listen where the PoPs dial.
+    let text = edge_origin_config(dir.path(), backbone.port(), quota);
     std::fs::write(dir.path().join("origin.toml"), &text).unwrap();
     let mut pops = Vec::new();
     for id in ["pop-a", "pop-b", "pop-c"] {
@@ -469,6 +484,79 @@ async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_orig
         })
         .await;
     }
+    ThreePops {
+        dir,
+        cert,
+        origin,
+        pops,
+        urls,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_rate_is_shared_among_three_pops_by_demand() {
+    let (rate, burst, secs) = (30.0, 10.0, 5.0);
+    let f = three_pops(1000).await;
+    // Shares are sent once the links are up; give the first rebalance a moment.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let per_pop: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    // Uneven demand: 6, 2 and 1 clients.
+    for (i, clients) in [6, 2, 1].into_iter().enumerate() {
+        for _ in 0..clients {
+            let (c, url) = (
+                https_client(&f.cert.der, false),
+                format!("{}/prod/rated/x", f.urls[i]),
+            );
+            let (total, mine) = (Arc::clone(&accepted), Arc::clone(&per_pop[i]));
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let r = get(&c, &url).await;
+                    match r.status {
+                        200 => {
+                            total.fetch_add(1, Ordering::Relaxed);
+                            mine.fetch_add(1, Ordering::Relaxed);
+                        }
+                        429 => assert_error(&r, 429, "Too Many Requests"),
+                        other => panic!("unexpected {other}: {}", r.text()),
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let window = started.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::Relaxed) as f64;
+    let expected = rate * window + burst;
+    let unshared = 3.0 * expected;
+    let split: Vec<u64> = per_pop.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    eprintln!(
+        "shared rate {rate}/s over 3 PoPs: {accepted} accepted in {window:.2} s (per PoP {split:?}); \
+         limit {expected:.0} (rate x time + burst): error {:+.1} %; three unshared buckets would allow {unshared:.0}",
+        (accepted - expected) * 100.0 / expected
+    );
+    assert!(
+        accepted <= expected * 1.25,
+        "{accepted} accepted > {expected} + 25 %"
+    );
+    drop(f.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_origin_restart() {
+    const QUOTA: u64 = 1000;
+    let ThreePops {
+        dir,
+        cert,
+        mut origin,
+        pops,
+        urls,
+    } = three_pops(QUOTA).await;
     // Bad input: the usage API names what is missing or unknown.
     let (status, body) = admin_usage(&origin, "").await;
     assert_eq!(

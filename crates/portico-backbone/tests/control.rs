@@ -105,10 +105,7 @@ async fn control_frames_flow_both_ways_with_verified_peers() {
         pop_id: "pop-a".into(),
         window_start_unix_ms: 0,
         entries: vec![UsageEntry {
-            key_id: "k".into(),
-            plan: "gold".into(),
-            api: "echo".into(),
-            stage: "prod".into(),
+            scope: "key:gold/k".into(),
             used: 3,
         }],
     });

@@ -91,6 +91,22 @@ impl Throttle {
             outcome: outcome(self.limiter.check()),
         }
     }
+
+    /// Takes `n` tokens at once (as many as there are when fewer): a bucket
+    /// that replaces another starts as empty as that one was.
+    pub fn drain(&self, n: u32) {
+        let Some(n) = NonZeroU32::new(n.min(self.spec.burst)) else {
+            return;
+        };
+        if let Ok(Err(_)) = self.limiter.check_n(n) {
+            // Fewer tokens than `n`: take them one at a time until refused.
+            while self.limiter.check().is_ok() {}
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 /// One bucket per key (client IP, API key), all with the same rate.

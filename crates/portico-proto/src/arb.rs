@@ -123,15 +123,7 @@ fn ws_kind() -> impl Strategy<Value = WsKind> {
 }
 
 fn usage_entry() -> impl Strategy<Value = UsageEntry> {
-    (text(), text(), text(), text(), any::<u64>()).prop_map(|(key_id, plan, api, stage, used)| {
-        UsageEntry {
-            key_id,
-            plan,
-            api,
-            stage,
-            used,
-        }
-    })
+    (text(), any::<u64>()).prop_map(|(scope, used)| UsageEntry { scope, used })
 }
 
 fn link_frame() -> impl Strategy<Value = Frame> {

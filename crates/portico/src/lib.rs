@@ -17,6 +17,7 @@ mod pop;
 mod probe;
 mod purges;
 mod quotas;
+mod rates;
 mod settings;
 mod signals;
 mod topology;

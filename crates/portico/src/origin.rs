@@ -75,6 +75,9 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         tasks.spawn(Arc::clone(&to_pops).forward(purges.subscribe(), stop_rx.clone()));
         // PoPs lease quotas from this origin's book.
         let leases = crate::quotas::OriginLeases::new(Arc::clone(&quota), defs_rx.clone());
+        // Stage, route and key rates of edge APIs are shared among the PoPs.
+        let rates = crate::rates::OriginRates::new(defs_rx.clone());
+        tasks.spawn(Arc::clone(&rates).run(stop_rx.clone()));
         let server = server.with_control(crate::control::Dispatch::new(vec![
             crate::control::Route {
                 kinds: crate::purges::KINDS,
@@ -83,6 +86,10 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
             crate::control::Route {
                 kinds: crate::quotas::KINDS,
                 handler: leases,
+            },
+            crate::control::Route {
+                kinds: crate::rates::KINDS,
+                handler: rates,
             },
         ]));
         let serve =

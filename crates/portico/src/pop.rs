@@ -41,6 +41,7 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     let config = portico_config::load_node_file_as(path, Some(Role::Pop))?;
     let (purges, purge_queue) = crate::purges::PopPurges::new();
     let leases = crate::quotas::PopLeases::new();
+    let rates = crate::rates::PopRates::new();
     let control = crate::control::Dispatch::new(vec![
         crate::control::Route {
             kinds: crate::purges::KINDS,
@@ -49,6 +50,10 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         crate::control::Route {
             kinds: crate::quotas::KINDS,
             handler: Arc::clone(&leases) as Arc<dyn portico_backbone::ControlHandler>,
+        },
+        crate::control::Route {
+            kinds: crate::rates::KINDS,
+            handler: Arc::clone(&rates) as Arc<dyn portico_backbone::ControlHandler>,
         },
     ]);
     let backbone = start_backbone(&config, control)?;
@@ -60,7 +65,7 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         Arc::new(Definitions::empty()),
         backbone.upstream(),
     )
-    .with_limits(crate::limits::limits(&config, Arc::clone(&quota)));
+    .with_limits(crate::limits::limits(&config, Arc::clone(&quota)).with_shared_rates());
     let gateway = Arc::new(settings::with_cache(gateway, &config));
     let handler = Arc::new(EdgeHandler {
         gateway: Arc::clone(&gateway),
@@ -68,6 +73,12 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     let servers = listeners::bind(&config, &handler).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    rates.attach(
+        &config.node.id,
+        Arc::clone(gateway.limits()),
+        backbone.config(),
+    );
+    tasks.spawn(Arc::clone(&rates).run(stop_rx.clone()));
     tasks.spawn(crate::limits::retain(
         Arc::clone(gateway.limits()),
         stop_rx.clone(),

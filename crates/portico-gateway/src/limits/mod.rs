@@ -18,6 +18,7 @@
 
 mod quota;
 mod set;
+mod share;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ use crate::error::{ErrorKind, ErrorSource, GatewayError};
 use crate::keys::{self, KeyError};
 use crate::throttle::{KeyedThrottle, RateSpec, Throttle, Verdict};
 use set::LimiterSet;
+use share::KeyShares;
+pub use share::SharedThrottle;
 
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -60,6 +63,8 @@ pub struct Limits {
     set: ArcSwap<LimiterSet>,
     quota: Option<Arc<Quotas>>,
     degraded: AtomicU64,
+    /// A PoP's: key rates as per-key buckets sized to this PoP's share.
+    keys: Option<KeyShares>,
 }
 
 /// What an admitted request carries to its response.
@@ -89,6 +94,7 @@ impl Limits {
             set: ArcSwap::from_pointee(LimiterSet::default()),
             quota: None,
             degraded: AtomicU64::new(0),
+            keys: None,
         }
     }
 
@@ -108,6 +114,74 @@ impl Limits {
             set: ArcSwap::from_pointee(set),
             quota,
             degraded: AtomicU64::new(0),
+            keys: None,
+        }
+    }
+
+    /// Rates that span PoPs (stage, route, key) run at the share the origin
+    /// assigns this node ([`Limits::apply_share`]); a PoP's setting.
+    pub fn with_shared_rates(mut self) -> Self {
+        self.keys = Some(KeyShares::default());
+        self
+    }
+
+    /// Applies a share from the origin; false for a scope this node does not
+    /// know (yet: a key's bucket exists once the key was seen here).
+    pub fn apply_share(&self, scope: &str, share: RateSpec) -> bool {
+        let set = self.set.load();
+        let Some((kind, rest)) = scope.split_once(':') else {
+            return false;
+        };
+        match kind {
+            "stage" => {
+                let Some((api, stage)) = rest.split_once('/') else {
+                    return false;
+                };
+                let Some(t) = set.stage(api, stage).and_then(|s| s.stage.as_ref()) else {
+                    return false;
+                };
+                t.set_share(share);
+                true
+            }
+            "route" => {
+                let mut parts = rest.splitn(3, '/');
+                let (Some(api), Some(stage), Some(route)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return false;
+                };
+                let Some(t) = set.stage(api, stage).and_then(|s| s.route_by_key(route)) else {
+                    return false;
+                };
+                t.set_share(share);
+                true
+            }
+            "key" => match (rest.split_once('/'), &self.keys) {
+                (Some((plan, key)), Some(keys)) => keys.set_key(plan, key, share),
+                _ => false,
+            },
+            "plan" => match &self.keys {
+                Some(keys) => {
+                    keys.set_default(rest, share);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Each shared rate's demand since the last call (only those with some).
+    pub fn take_demand(&self, mut f: impl FnMut(&str, u64)) {
+        let mut each = |t: &SharedThrottle| {
+            let n = t.take_demand();
+            if n > 0 {
+                f(t.scope(), n);
+            }
+        };
+        self.set.load().each(&mut each);
+        if let Some(keys) = &self.keys {
+            keys.each(&mut each);
         }
     }
 
@@ -124,6 +198,9 @@ impl Limits {
             ip.retain_recent();
         }
         self.set.load().retain_recent();
+        if let Some(keys) = &self.keys {
+            keys.retain_recent();
+        }
     }
 
     pub fn quota(&self) -> Option<&Arc<Quotas>> {
@@ -169,7 +246,7 @@ impl Limits {
         let stage = set.stage(&ctx.api.name, &ctx.stage.name);
         let route = stage.and_then(|s| s.route(ctx.route_index));
         let stage = stage.and_then(|s| s.stage.as_ref());
-        let key = plan.and_then(|(k, p)| Some((&k.hash, set.plan(&p.name)?)));
+        let key = plan.and_then(|(k, p)| self.check_key(&set, k, p));
         let ip = ctx.conn.client_addr.ip();
         if stage.is_none() && route.is_none() && key.is_none() {
             // Fast path, no headers: only the node's and the client IP's buckets.
@@ -180,7 +257,7 @@ impl Limits {
         verdict.extend(self.per_ip.as_ref().map(|t| t.check(&ip)));
         verdict.extend(stage.map(|t| t.check()));
         verdict.extend(route.map(|t| t.check()));
-        verdict.extend(key.map(|(hash, t)| t.check(hash)));
+        verdict.extend(key);
         let policy = HeaderValue::from_str(&verdict.policy_header());
         let state = HeaderValue::from_str(&verdict.state_header());
         let headers = policy.ok().zip(state.ok());
@@ -194,6 +271,22 @@ impl Limits {
             return Err(err);
         }
         Ok(Admitted { headers })
+    }
+
+    /// The key's bucket of its plan: shared per key on a PoP, keyed otherwise.
+    fn check_key(
+        &self,
+        set: &LimiterSet,
+        key: &ApiKey,
+        plan: &UsagePlan,
+    ) -> Option<crate::throttle::Decision> {
+        match &self.keys {
+            Some(keys) => {
+                let configured = spec(plan.throttle?);
+                Some(keys.bucket(&plan.name, &key.id, configured)?.check())
+            }
+            None => Some(set.plan(&plan.name)?.check(&key.hash)),
+        }
     }
 
     fn throttle_plain(&self, ip: IpAddr) -> Result<Admitted, GatewayError> {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use portico_config::{Definitions, RateLimit};
 
+use super::share::SharedThrottle;
 use super::spec;
 use crate::keys::KeyHash;
-use crate::throttle::{KeyedThrottle, Throttle};
+use crate::throttle::KeyedThrottle;
 
 /// Buckets by API name, stage name and route; plan buckets by plan name.
 #[derive(Debug, Default)]
@@ -18,16 +19,20 @@ pub(crate) struct LimiterSet {
 
 #[derive(Debug, Default)]
 pub(crate) struct StageLimiters {
-    pub stage: Option<Arc<Throttle>>,
+    pub stage: Option<Arc<SharedThrottle>>,
     /// By route index of the stage's deployment.
-    routes: Vec<Option<Arc<Throttle>>>,
-    /// By route key, to carry buckets over a reload.
-    by_key: HashMap<String, Arc<Throttle>>,
+    routes: Vec<Option<Arc<SharedThrottle>>>,
+    /// By route key, to carry buckets over a reload and to apply shares.
+    by_key: HashMap<String, Arc<SharedThrottle>>,
 }
 
 impl StageLimiters {
-    pub fn route(&self, index: usize) -> Option<&Arc<Throttle>> {
+    pub fn route(&self, index: usize) -> Option<&Arc<SharedThrottle>> {
         self.routes.get(index)?.as_ref()
+    }
+
+    pub fn route_by_key(&self, key: &str) -> Option<&Arc<SharedThrottle>> {
+        self.by_key.get(key)
     }
 }
 
@@ -38,6 +43,14 @@ impl LimiterSet {
 
     pub fn plan(&self, name: &str) -> Option<&Arc<KeyedThrottle<KeyHash>>> {
         self.plans.get(name)
+    }
+
+    /// Every stage and route bucket.
+    pub fn each(&self, mut f: impl FnMut(&SharedThrottle)) {
+        for stage in self.stages.values().flat_map(HashMap::values) {
+            stage.stage.iter().for_each(|t| f(t));
+            stage.by_key.values().for_each(|t| f(t));
+        }
     }
 
     pub fn retain_recent(&self) {
@@ -53,14 +66,21 @@ impl LimiterSet {
             let mut stages = HashMap::new();
             for stage in &api.stages {
                 let prev = old.and_then(|o| o.stage(&api.name, &stage.name));
+                let scope = format!("{}/{}", api.name, stage.name);
                 let mut s = StageLimiters {
-                    stage: reuse("stage", stage.throttle, prev.and_then(|p| p.stage.as_ref())),
+                    stage: reuse(
+                        "stage",
+                        || format!("stage:{scope}"),
+                        stage.throttle,
+                        prev.and_then(|p| p.stage.as_ref()),
+                    ),
                     ..StageLimiters::default()
                 };
                 for (i, route) in stage.deployment.routes.iter().enumerate() {
                     let throttle = stage.route_settings(i).throttle;
                     let before = prev.and_then(|p| p.by_key.get(&route.key));
-                    let t = reuse("route", throttle, before);
+                    let name = || format!("route:{scope}/{}", route.key);
+                    let t = reuse("route", name, throttle, before);
                     if let Some(t) = &t {
                         s.by_key.insert(route.key.clone(), Arc::clone(t));
                     }
@@ -87,13 +107,14 @@ impl LimiterSet {
 
 fn reuse(
     name: &'static str,
+    scope: impl FnOnce() -> String,
     rate: Option<RateLimit>,
-    before: Option<&Arc<Throttle>>,
-) -> Option<Arc<Throttle>> {
+    before: Option<&Arc<SharedThrottle>>,
+) -> Option<Arc<SharedThrottle>> {
     let rate = spec(rate?);
     match before.filter(|t| t.spec() == rate) {
         Some(t) => Some(Arc::clone(t)),
-        None => Throttle::new(name, rate).map(Arc::new),
+        None => SharedThrottle::new(name, scope(), rate).map(Arc::new),
     }
 }
 

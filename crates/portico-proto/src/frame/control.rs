@@ -113,7 +113,8 @@ pub struct PurgeAck {
     pub purge_id: u64,
 }
 
-/// Requests a PoP counted per key since `window_start_unix_ms`.
+/// Requests a PoP saw per shared rate since `window_start_unix_ms` (its
+/// demand, accepted or not): the origin shares each rate out by demand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageReport {
     pub pop_id: String,
@@ -123,10 +124,8 @@ pub struct UsageReport {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEntry {
-    pub key_id: String,
-    pub plan: String,
-    pub api: String,
-    pub stage: String,
+    /// The rate's scope, as in [`RateShare::scope`].
+    pub scope: String,
     pub used: u64,
 }
 
@@ -167,7 +166,9 @@ pub struct QuotaReturn {
 /// The origin tells a PoP its share of a throttle limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateShare {
-    /// Throttle scope key, e.g. `plan:gold` or `key:abc` or `api:pets/prod`.
+    /// The rate: `stage:API/STAGE`, `route:API/STAGE/METHOD PATH`,
+    /// `key:PLAN/KEY_ID` (one key of a plan), or `plan:PLAN` (the share of
+    /// every key of the plan that has none of its own).
     pub scope: String,
     /// Requests per second in thousandths (integers keep encoding exact).
     pub rate_milli_per_sec: u64,

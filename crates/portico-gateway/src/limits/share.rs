@@ -1,0 +1,255 @@
+//! Rates that span PoPs: a stage's, a route's, a key's.
+//!
+//! Every PoP enforces such a rate with a [`SharedThrottle`]: a governor bucket
+//! sized to the PoP's **share** of the configured rate, which its origin
+//! assigns by recent demand (see `portico::rates`). Each bucket counts its
+//! demand (requests checked, accepted or not) for the PoP's periodic usage
+//! report. A new share replaces the bucket with one that starts as empty as
+//! the old one was, so rebalancing never hands out a fresh burst.
+//!
+//! Until its first share arrives, a bucket runs at the configured rate (the
+//! origin sends shares right after a link comes up).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use crate::throttle::{Decision, Outcome, RateSpec, Throttle};
+
+/// Shares within this fraction of the bucket's rate are not worth a swap.
+const SAME: f64 = 0.02;
+
+/// One rate shared across PoPs.
+#[derive(Debug)]
+pub struct SharedThrottle {
+    scope: Arc<str>,
+    configured: RateSpec,
+    current: ArcSwap<Throttle>,
+    demand: AtomicU64,
+    /// Tokens left after the last check, per mille of the burst.
+    fullness: AtomicU32,
+    /// A key's bucket with a share of its own (not its plan's default).
+    own: AtomicBool,
+    touched: AtomicBool,
+}
+
+impl SharedThrottle {
+    pub fn new(name: &'static str, scope: String, configured: RateSpec) -> Option<Self> {
+        Some(Self {
+            scope: Arc::from(scope),
+            configured,
+            current: ArcSwap::from_pointee(Throttle::new(name, configured)?),
+            demand: AtomicU64::new(0),
+            fullness: AtomicU32::new(1000),
+            own: AtomicBool::new(false),
+            touched: AtomicBool::new(false),
+        })
+    }
+
+    /// The configured rate (what headers announce; the share is this PoP's part).
+    pub fn spec(&self) -> RateSpec {
+        self.configured
+    }
+
+    /// The rate this node enforces now.
+    pub fn share(&self) -> RateSpec {
+        self.current.load().spec()
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    pub fn check(&self) -> Decision {
+        self.demand.fetch_add(1, Ordering::Relaxed);
+        self.touched.store(true, Ordering::Relaxed);
+        let current = self.current.load();
+        let mut decision = current.check();
+        let left = match decision.outcome {
+            Outcome::Allowed { remaining } => remaining,
+            Outcome::Refused { .. } => 0,
+        };
+        let burst = current.spec().burst.max(1);
+        let permille = u64::from(left) * 1000 / u64::from(burst);
+        self.fullness
+            .store(u32::try_from(permille).unwrap_or(1000), Ordering::Relaxed);
+        decision.spec = self.configured;
+        decision
+    }
+
+    /// Enforces `share` from now on (clamped to the configured rate and burst).
+    pub fn set_share(&self, share: RateSpec) {
+        let share = RateSpec {
+            rate: share.rate.min(self.configured.rate),
+            burst: share.burst.clamp(1, self.configured.burst),
+        };
+        let current = self.current.load();
+        let old = current.spec();
+        if old.burst == share.burst && (old.rate - share.rate).abs() <= old.rate * SAME {
+            return;
+        }
+        let Some(next) = Throttle::new(current.name(), share) else {
+            return;
+        };
+        let full = u64::from(self.fullness.load(Ordering::Relaxed).min(1000));
+        let keep = u64::from(share.burst) * full / 1000;
+        next.drain(u32::try_from(u64::from(share.burst) - keep).unwrap_or(0));
+        self.current.store(Arc::new(next));
+    }
+
+    /// Requests seen since the last call.
+    pub fn take_demand(&self) -> u64 {
+        self.demand.swap(0, Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+type KeyBuckets = HashMap<String, HashMap<String, Arc<SharedThrottle>>>;
+
+/// A PoP's per-key shared buckets and per-plan default shares.
+#[derive(Debug, Default)]
+pub(crate) struct KeyShares {
+    /// By plan, then key id.
+    buckets: Mutex<KeyBuckets>,
+    /// Plan → the share of each key without its own.
+    defaults: Mutex<HashMap<String, RateSpec>>,
+}
+
+impl KeyShares {
+    /// The bucket of (plan, key), created at the plan's default share.
+    pub fn bucket(
+        &self,
+        plan: &str,
+        key_id: &str,
+        configured: RateSpec,
+    ) -> Option<Arc<SharedThrottle>> {
+        let mut buckets = lock(&self.buckets);
+        if let Some(b) = buckets.get(plan).and_then(|p| p.get(key_id))
+            && b.spec() == configured
+        {
+            return Some(Arc::clone(b));
+        }
+        let scope = format!("key:{plan}/{key_id}");
+        let bucket = Arc::new(SharedThrottle::new("key", scope, configured)?);
+        if let Some(default) = lock(&self.defaults).get(plan) {
+            bucket.set_share(*default);
+        }
+        buckets
+            .entry(plan.to_owned())
+            .or_default()
+            .insert(key_id.to_owned(), Arc::clone(&bucket));
+        Some(bucket)
+    }
+
+    /// A key's own share (the origin saw its demand).
+    pub fn set_key(&self, plan: &str, key_id: &str, share: RateSpec) -> bool {
+        let buckets = lock(&self.buckets);
+        let Some(b) = buckets.get(plan).and_then(|p| p.get(key_id)) else {
+            return false;
+        };
+        b.own.store(true, Ordering::Relaxed);
+        b.set_share(share);
+        true
+    }
+
+    /// The share of every key of `plan` without its own.
+    pub fn set_default(&self, plan: &str, share: RateSpec) {
+        lock(&self.defaults).insert(plan.to_owned(), share);
+        let buckets = lock(&self.buckets);
+        for b in buckets.get(plan).into_iter().flat_map(HashMap::values) {
+            if !b.own.load(Ordering::Relaxed) {
+                b.set_share(share);
+            }
+        }
+    }
+
+    pub fn each(&self, mut f: impl FnMut(&SharedThrottle)) {
+        for b in lock(&self.buckets).values().flat_map(HashMap::values) {
+            f(b);
+        }
+    }
+
+    /// Forgets buckets not used since the last call.
+    pub fn retain_recent(&self) {
+        let mut buckets = lock(&self.buckets);
+        for plan in buckets.values_mut() {
+            plan.retain(|_, b| b.touched.swap(false, Ordering::Relaxed));
+        }
+        buckets.retain(|_, p| !p.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEN: RateSpec = RateSpec {
+        rate: 10.0,
+        burst: 10,
+    };
+
+    fn allowed(t: &SharedThrottle, n: usize) -> usize {
+        (0..n).filter(|_| !t.check().is_refused()).count()
+    }
+
+    #[test]
+    fn a_new_share_starts_as_empty_as_the_old_bucket() {
+        let t = SharedThrottle::new("stage", "stage:a/prod".into(), TEN).unwrap();
+        assert_eq!(allowed(&t, 8), 8);
+        // 2 of 10 tokens left; half the rate and burst keeps 1 of 5.
+        t.set_share(RateSpec {
+            rate: 5.0,
+            burst: 5,
+        });
+        assert_eq!(t.share().burst, 5);
+        assert_eq!(allowed(&t, 5), 1);
+        assert_eq!(t.take_demand(), 13);
+        assert_eq!(t.take_demand(), 0);
+        // Headers announce the configured rate, not the share.
+        assert_eq!(t.check().spec, TEN);
+    }
+
+    #[test]
+    fn shares_never_exceed_the_configured_rate() {
+        let t = SharedThrottle::new("route", "r".into(), TEN).unwrap();
+        t.set_share(RateSpec {
+            rate: 50.0,
+            burst: 50,
+        });
+        assert_eq!(t.share(), TEN);
+    }
+
+    #[test]
+    fn keys_take_their_plans_default_until_they_have_their_own() {
+        let k = KeyShares::default();
+        let half = RateSpec {
+            rate: 5.0,
+            burst: 5,
+        };
+        k.set_default("gold", half);
+        let a = k.bucket("gold", "a", TEN).unwrap();
+        assert_eq!(a.share(), half);
+        assert_eq!(a.scope(), "key:gold/a");
+        assert!(k.set_key("gold", "a", TEN));
+        k.set_default(
+            "gold",
+            RateSpec {
+                rate: 2.0,
+                burst: 2,
+            },
+        );
+        assert_eq!(a.share(), TEN, "a key's own share stays");
+        assert!(!k.set_key("gold", "unknown", TEN));
+        a.check();
+        k.retain_recent();
+        assert!(Arc::ptr_eq(&a, &k.bucket("gold", "a", TEN).unwrap()));
+        k.retain_recent();
+        k.retain_recent();
+        assert!(!Arc::ptr_eq(&a, &k.bucket("gold", "a", TEN).unwrap()));
+    }
+}

@@ -1,0 +1,423 @@
+//! Rates that span PoPs, shared out by demand.
+//!
+//! A stage's, a route's and a key's rate limit the sum of what every PoP
+//! accepts. Each PoP reports, every [`INTERVAL`], the demand it saw per shared
+//! rate (`UsageReport`); the origin ([`OriginRates`]) gives each connected PoP
+//! a share of every rate of its edge APIs (`RateShare`) in proportion to its
+//! recent demand, with a floor so an idle PoP can still admit its first
+//! requests, and the PoP ([`PopRates`]) enforces its share. Shares always sum
+//! to the configured rate (and bursts to the configured burst).
+//!
+//! The error: between two rebalances a PoP whose demand jumped keeps its old
+//! share, so the sum of accepted requests stays at or below the configured
+//! rate plus the bursts; measured in `tests/limits.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
+use portico_config::{Definitions, EndpointMode, RateLimit};
+use portico_gateway::limits::Limits;
+use portico_gateway::throttle::RateSpec;
+use portico_proto::{Frame, FrameKind, RateShare, UsageEntry, UsageReport};
+use tokio::sync::watch;
+
+/// Control frames of shared rates.
+pub const KINDS: &[FrameKind] = &[FrameKind::UsageReport, FrameKind::RateShare];
+
+/// How often PoPs report demand and the origin rebalances.
+pub const INTERVAL: Duration = Duration::from_millis(250);
+
+/// Demand older than this no longer counts.
+const FORGET: Duration = Duration::from_secs(2);
+
+/// Part of an equal split every connected PoP keeps whatever its demand.
+const FLOOR: f64 = 0.1;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Splits `total` by `weights` (sum > 0): every PoP gets its share of the
+/// rate and of the burst (at least 1 each, the burst never above the total).
+pub fn split(total: RateSpec, weights: &[f64]) -> Vec<RateSpec> {
+    let sum: f64 = weights.iter().sum();
+    let n = weights.len().max(1) as f64;
+    weights
+        .iter()
+        .map(|w| {
+            let part = if sum > 0.0 { w / sum } else { 1.0 / n };
+            let burst = (f64::from(total.burst) * part).round().max(1.0);
+            RateSpec {
+                rate: total.rate * part,
+                burst: (burst as u32).min(total.burst),
+            }
+        })
+        .collect()
+}
+
+/// One shared rate at the origin.
+struct Scope {
+    total: RateSpec,
+    /// PoP id → (requests per second, when reported).
+    demand: HashMap<String, (f64, Instant)>,
+    /// PoP id → the share last sent.
+    sent: HashMap<String, RateSpec>,
+}
+
+#[derive(Default)]
+struct Broker {
+    links: Vec<ControlLink>,
+    scopes: HashMap<String, Scope>,
+}
+
+/// The origin's side: shares every shared rate of its edge APIs among the
+/// connected PoPs.
+pub struct OriginRates {
+    broker: Mutex<Broker>,
+    definitions: watch::Receiver<Arc<Definitions>>,
+}
+
+/// The shared rates of `defs`' edge APIs, and each plan's key rate.
+fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
+    let spec = |r: RateLimit| RateSpec {
+        rate: r.rate,
+        burst: r.burst,
+    };
+    let mut out = HashMap::new();
+    for api in defs
+        .apis
+        .iter()
+        .filter(|a| a.endpoint == EndpointMode::Edge)
+    {
+        for stage in &api.stages {
+            let scope = format!("{}/{}", api.name, stage.name);
+            if let Some(r) = stage.throttle {
+                out.insert(format!("stage:{scope}"), spec(r));
+            }
+            for (i, route) in stage.deployment.routes.iter().enumerate() {
+                if let Some(r) = stage.route_settings(i).throttle {
+                    out.insert(format!("route:{scope}/{}", route.key), spec(r));
+                }
+            }
+        }
+    }
+    for plan in &defs.usage_plans {
+        if let Some(r) = plan.throttle {
+            out.insert(format!("plan:{}", plan.name), spec(r));
+        }
+    }
+    out
+}
+
+/// Whether `scope` names a key's rate of `defs` (`key:PLAN/KEY`).
+fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
+    let rest = scope.strip_prefix("key:").ok_or("not a key scope")?;
+    let (plan, key) = rest.split_once('/').ok_or("malformed key scope")?;
+    let plan = defs
+        .usage_plan(plan)
+        .ok_or_else(|| format!("unknown usage plan `{plan}`"))?;
+    let key = defs
+        .api_key(key)
+        .ok_or_else(|| format!("unknown API key `{key}`"))?;
+    if !key.plans.contains(&plan.name) {
+        return Err(format!("key `{}` is not in plan `{}`", key.id, plan.name));
+    }
+    let r = plan
+        .throttle
+        .ok_or_else(|| format!("plan `{}` has no throttle", plan.name))?;
+    Ok(RateSpec {
+        rate: r.rate,
+        burst: r.burst,
+    })
+}
+
+impl OriginRates {
+    pub fn new(definitions: watch::Receiver<Arc<Definitions>>) -> Arc<Self> {
+        Arc::new(Self {
+            broker: Mutex::new(Broker::default()),
+            definitions,
+        })
+    }
+
+    /// Takes a PoP's report; entries for rates this origin does not know are
+    /// refused with a log line and change nothing.
+    pub fn report(&self, pop: &str, report: &UsageReport, now: Instant) {
+        let defs = Arc::clone(&self.definitions.borrow());
+        let known = shared_rates(&defs);
+        let mut broker = lock(&self.broker);
+        for UsageEntry { scope, used } in &report.entries {
+            let total = match known.get(scope) {
+                Some(total) => Ok(*total),
+                None if scope.starts_with("key:") => key_rate(&defs, scope),
+                None => Err("unknown shared rate".to_owned()),
+            };
+            let total = match total {
+                Ok(t) => t,
+                Err(why) => {
+                    tracing::warn!(%pop, %scope, "usage report entry refused: {why}");
+                    continue;
+                }
+            };
+            let rate = *used as f64 / INTERVAL.as_secs_f64();
+            let s = broker.scopes.entry(scope.clone()).or_insert_with(|| Scope {
+                total,
+                demand: HashMap::new(),
+                sent: HashMap::new(),
+            });
+            s.total = total;
+            s.demand.insert(pop.to_owned(), (rate, now));
+        }
+    }
+
+    /// Recomputes every share and sends those that changed.
+    pub fn rebalance(&self, now: Instant) {
+        let defs = Arc::clone(&self.definitions.borrow());
+        let defined = shared_rates(&defs);
+        let mut broker = lock(&self.broker);
+        let Broker { links, scopes } = &mut *broker;
+        links.retain(ControlLink::is_open);
+        if links.is_empty() {
+            return;
+        }
+        // Rates of the definitions without demand still get an equal split.
+        for (scope, total) in &defined {
+            scopes.entry(scope.clone()).or_insert_with(|| Scope {
+                total: *total,
+                demand: HashMap::new(),
+                sent: HashMap::new(),
+            });
+        }
+        scopes.retain(|scope, s| {
+            s.demand
+                .retain(|_, (_, at)| now.duration_since(*at) < FORGET);
+            match defined.get(scope) {
+                Some(total) => {
+                    s.total = *total;
+                    true
+                }
+                // A key's rate lives while its PoPs report demand.
+                None => scope.starts_with("key:") && !s.demand.is_empty(),
+            }
+        });
+        for (scope, s) in scopes.iter_mut() {
+            let demand: Vec<f64> = links
+                .iter()
+                .map(|l| s.demand.get(l.peer_id()).map_or(0.0, |(r, _)| *r))
+                .collect();
+            let sum: f64 = demand.iter().sum();
+            let floor = FLOOR * sum.max(1.0) / links.len() as f64;
+            let weights: Vec<f64> = demand.iter().map(|d| d + floor).collect();
+            for (link, share) in links.iter().zip(split(s.total, &weights)) {
+                let last = s.sent.get(link.peer_id());
+                let same = last.is_some_and(|l| {
+                    l.burst == share.burst && (l.rate - share.rate).abs() <= l.rate * 0.02
+                });
+                if same {
+                    continue;
+                }
+                let frame = Frame::RateShare(RateShare {
+                    scope: scope.clone(),
+                    rate_milli_per_sec: (share.rate * 1000.0).round() as u64,
+                    burst: u64::from(share.burst),
+                });
+                if link.try_send(frame).is_ok() {
+                    s.sent.insert(link.peer_id().to_owned(), share);
+                }
+            }
+        }
+    }
+
+    /// Rebalances every [`INTERVAL`] until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.rebalance(Instant::now()),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+impl ControlHandler for OriginRates {
+    fn link_up(&self, link: &ControlLink) {
+        let mut broker = lock(&self.broker);
+        broker
+            .links
+            .retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+        broker.links.push(link.clone());
+        // Everyone's equal part changed: resend every share.
+        for s in broker.scopes.values_mut() {
+            s.sent.clear();
+        }
+    }
+
+    fn link_down(&self, link: &ControlLink) {
+        let mut broker = lock(&self.broker);
+        broker
+            .links
+            .retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+        for s in broker.scopes.values_mut() {
+            s.sent.clear();
+            s.demand.remove(link.peer_id());
+        }
+    }
+
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        match frame {
+            Frame::UsageReport(report) => self.report(link.peer_id(), &report, Instant::now()),
+            other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+        }
+    }
+}
+
+/// The PoP's side: applies shares, reports demand to the origins.
+#[derive(Default)]
+pub struct PopRates {
+    limits: OnceLock<Arc<Limits>>,
+    config: OnceLock<watch::Receiver<Arc<SyncedConfig>>>,
+    links: Mutex<Vec<ControlLink>>,
+    node_id: OnceLock<String>,
+}
+
+impl PopRates {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Completes the wiring once the gateway and the backbone exist.
+    pub fn attach(
+        &self,
+        node_id: &str,
+        limits: Arc<Limits>,
+        config: watch::Receiver<Arc<SyncedConfig>>,
+    ) {
+        let _ = self.node_id.set(node_id.to_owned());
+        let _ = self.limits.set(limits);
+        let _ = self.config.set(config);
+    }
+
+    /// The region whose origin shares `scope`: its API's home, or for a key
+    /// or plan, the home of the first API the plan covers.
+    fn region_of(&self, scope: &str) -> Option<String> {
+        let config = self.config.get()?.borrow();
+        let (kind, rest) = scope.split_once(':')?;
+        let api = match kind {
+            "stage" | "route" => rest.split('/').next()?.to_owned(),
+            _ => {
+                let plan = rest.split('/').next()?;
+                let plan = config.definitions.usage_plan(plan)?;
+                plan.api_stages.first()?.0.clone()
+            }
+        };
+        let declared = config.definitions.api(&api).and_then(|a| a.region.clone());
+        declared.or_else(|| config.homes.get(&api).cloned())
+    }
+
+    /// Sends this interval's demand, each rate to its home region's origins.
+    pub fn report(&self) {
+        let (Some(limits), Some(node_id)) = (self.limits.get(), self.node_id.get()) else {
+            return;
+        };
+        let mut by_region: HashMap<Option<String>, Vec<UsageEntry>> = HashMap::new();
+        limits.take_demand(|scope, used| {
+            by_region
+                .entry(self.region_of(scope))
+                .or_default()
+                .push(UsageEntry {
+                    scope: scope.to_owned(),
+                    used,
+                });
+        });
+        if by_region.is_empty() {
+            return;
+        }
+        let window_start_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+            .saturating_sub(INTERVAL.as_millis() as u64);
+        let links = lock(&self.links).clone();
+        for (region, entries) in by_region {
+            let frame = Frame::UsageReport(UsageReport {
+                pop_id: node_id.clone(),
+                window_start_unix_ms,
+                entries,
+            });
+            let to = links
+                .iter()
+                .filter(|l| region.as_deref().is_none_or(|r| l.region() == r));
+            for link in to {
+                if let Err(err) = link.try_send(frame.clone()) {
+                    tracing::debug!(origin = %link.peer_id(), %err, "usage report not sent");
+                }
+            }
+        }
+    }
+
+    /// Reports every [`INTERVAL`] until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.report(),
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+impl ControlHandler for PopRates {
+    fn link_up(&self, link: &ControlLink) {
+        let mut links = lock(&self.links);
+        links.retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+        links.push(link.clone());
+    }
+
+    fn link_down(&self, link: &ControlLink) {
+        lock(&self.links).retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+    }
+
+    fn on_frame(&self, link: &ControlLink, frame: Frame) {
+        let Frame::RateShare(share) = frame else {
+            tracing::debug!(frame = %frame.kind(), "control frame ignored");
+            return;
+        };
+        let Some(limits) = self.limits.get() else {
+            return;
+        };
+        let spec = RateSpec {
+            rate: share.rate_milli_per_sec as f64 / 1000.0,
+            burst: u32::try_from(share.burst).unwrap_or(u32::MAX),
+        };
+        if spec.rate <= 0.0 || spec.burst == 0 {
+            tracing::warn!(origin = %link.peer_id(), scope = %share.scope, "empty rate share ignored");
+            return;
+        }
+        if !limits.apply_share(&share.scope, spec) {
+            tracing::debug!(origin = %link.peer_id(), scope = %share.scope, "rate share for a rate not in use here");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_sum_to_the_configured_rate() {
+        let total = RateSpec {
+            rate: 30.0,
+            burst: 10,
+        };
+        let shares = split(total, &[6.0, 2.0, 1.0]);
+        let rate: f64 = shares.iter().map(|s| s.rate).sum();
+        assert!((rate - 30.0).abs() < 1e-6, "{rate}");
+        assert!((shares[0].rate - 20.0).abs() < 1e-9);
+        assert!(shares.iter().all(|s| s.burst >= 1));
+        let equal = split(total, &[0.0, 0.0]);
+        assert_eq!(equal[0].rate, 15.0);
+        assert_eq!(equal[0].burst, 5);
+    }
+}
