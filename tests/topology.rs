@@ -154,11 +154,57 @@ async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
         let reply = conn.get(&uri).await;
         assert_eq!(reply.status, 200, "{api} over h3: {}", reply.text());
         assert_eq!(reply.json()["path"], "/h3", "{api} over h3");
+        // `/limited`: 5 requests/s, burst 5; ten at once trip it.
+        let limited = format!("{}/limited/x", url(&m, api));
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            statuses.push(get(&client, &limited).await.status);
+        }
+        assert!(statuses.contains(&429), "{api}: {statuses:?}");
+        assert!(
+            statuses.iter().all(|&s| s == 200 || s == 429),
+            "{api}: {statuses:?}"
+        );
+        // `/keyed`: the demo key of this run, 403 without it.
+        let keyed = format!("{}/keyed/x", url(&m, api));
+        let reply = get(&client, &keyed).await;
+        assert_eq!(
+            (reply.status, reply.text()),
+            (403, r#"{"message":"Forbidden"}"#.to_owned())
+        );
+        let key = m["demo_key"].as_str().expect("demo_key in the manifest");
+        let req = http::Request::get(&keyed)
+            .header("x-api-key", key)
+            .body(common::full(bytes::Bytes::new()))
+            .unwrap();
+        let reply = common::send(&client, req).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{api} with the demo key: {}",
+            reply.text()
+        );
+    }
+    // The key's usage at the origin: one request on each API's plan.
+    let admin = &m["admin"][0];
+    let token = std::fs::read_to_string(admin["token_file"].as_str().unwrap()).unwrap();
+    for plan in ["demo-echo-edge", "demo-echo-regional"] {
+        let usage = format!(
+            "{}/usage?plan={plan}&key=demo",
+            admin["url"].as_str().unwrap()
+        );
+        let req = http::Request::get(&usage)
+            .header("authorization", format!("Bearer {token}"))
+            .body(common::full(bytes::Bytes::new()))
+            .unwrap();
+        let reply = common::send(&client, req).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let used = reply.json()["keys"][0]["used"].as_u64().unwrap();
+        assert!((1..=100).contains(&used), "{plan}: {}", reply.text());
+        assert_eq!(reply.json()["limit"], 100);
     }
     // The origin's admin API, with the token `up` made for it.
-    let admin = &m["admin"][0];
     assert_eq!(admin["node"], "origin-local", "{m}");
-    let token = std::fs::read_to_string(admin["token_file"].as_str().unwrap()).unwrap();
     let stats = format!("{}/cache/stats", admin["url"].as_str().unwrap());
     let req = http::Request::get(&stats)
         .header("authorization", format!("Bearer {token}"))

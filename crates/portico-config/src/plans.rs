@@ -169,7 +169,7 @@ fn compile_plan(p: &UsagePlanFile, apis: &[ApiFile], diag: &mut Diag<'_>) -> Opt
     })
 }
 
-fn compile_quota(q: &S<QuotaFile>, diag: &mut Diag<'_>) -> Option<QuotaSpec> {
+pub(crate) fn compile_quota(q: &S<QuotaFile>, diag: &mut Diag<'_>) -> Option<QuotaSpec> {
     let f = q.get_ref();
     let limit = *f.limit.get_ref();
     let limit_ok = limit >= 1;

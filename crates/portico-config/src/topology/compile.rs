@@ -413,7 +413,22 @@ fn compile_api(
             i
         }
     };
+    // Both checked (and reported) before giving up on the API.
+    let limited = f
+        .limited
+        .as_ref()
+        .map(|t| crate::plans::compile_throttle(t, diag));
+    let keyed = f
+        .keyed
+        .as_ref()
+        .map(|q| crate::plans::compile_quota(q, diag));
+    let (limited, keyed) = (
+        limited.map_or(Some(None), |t| t.map(Some))?,
+        keyed.map_or(Some(None), |q| q.map(Some))?,
+    );
     Some(DemoApi {
+        limited,
+        keyed,
         name: name.clone(),
         endpoint: *f.endpoint.get_ref(),
         region,

@@ -66,6 +66,11 @@ pub(crate) struct ApiFile {
     pub backend: Option<S<String>>,
     /// Response caching of the demo routes (GET and HEAD): `"http"` or `"ttl"`.
     pub cache: Option<S<crate::cache::CacheMode>>,
+    /// Adds `ANY /limited/{proxy+}` with this route throttle.
+    pub limited: Option<S<crate::file::ThrottleFile>>,
+    /// Adds `ANY /keyed/{proxy+}`, which needs the topology's demo API key,
+    /// under a usage plan with this quota.
+    pub keyed: Option<S<crate::file::QuotaFile>>,
 }
 
 /// Everything in a topology file, as written (elements that failed to load are

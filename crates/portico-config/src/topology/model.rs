@@ -135,6 +135,10 @@ pub struct DemoApi {
     pub backend: usize,
     /// Caching of the demo routes, when the topology turns it on.
     pub cache: Option<crate::cache::CacheMode>,
+    /// The route throttle of `/limited/{proxy+}`, when the API has that route.
+    pub limited: Option<crate::plans::RateLimit>,
+    /// The quota of `/keyed/{proxy+}` (demo key only), when the API has that route.
+    pub keyed: Option<crate::QuotaSpec>,
 }
 
 /// Where one client site enters one API: a PoP for edge APIs (the linked PoP of the

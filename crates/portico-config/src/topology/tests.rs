@@ -412,3 +412,29 @@ fn the_example_topologies_are_valid() {
         assert!(!t.entries.is_empty());
     }
 }
+
+#[test]
+fn demo_limits_are_checked_like_a_node_files() {
+    let text = TWO.replace(
+        "name = \"e1\"\nendpoint = \"edge\"\n",
+        "name = \"e1\"\nendpoint = \"edge\"\nlimited = { rate = -1, burst = 5 }\nkeyed = { limit = 100, period = \"YEAR\" }\n",
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!(
+        errs[0], "73:20: throttle rate -1 is out of range",
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("74:") && errs[1].contains("unknown quota period `YEAR`"),
+        "{errs:?}"
+    );
+    let good = TWO.replace(
+        "name = \"e1\"\nendpoint = \"edge\"\n",
+        "name = \"e1\"\nendpoint = \"edge\"\nlimited = { rate = 5, burst = 5 }\nkeyed = { limit = 100, period = \"DAY\" }\n",
+    );
+    let t = parse(&good).unwrap();
+    let e1 = t.apis.iter().find(|a| a.name == "e1").unwrap();
+    assert_eq!(e1.limited.map(|r| (r.rate, r.burst)), Some((5.0, 5)));
+    assert_eq!(e1.keyed.map(|q| q.limit), Some(100));
+}

@@ -18,6 +18,10 @@ pub struct Manifest {
     pub admin: Vec<AdminInfo>,
     /// The CA certificate clients should trust.
     pub ca: PathBuf,
+    /// An API key for the `/keyed` routes, made at start for this run only
+    /// (`x-api-key: KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo_key: Option<String>,
     /// Every process the topology runs (all children of the `up` process).
     pub processes: Vec<ProcessInfo>,
     /// Node files, certificates and logs (removed at exit unless `--keep`).
@@ -132,6 +136,9 @@ impl Manifest {
             );
         }
         let _ = writeln!(out, "clients trust the CA in {}", self.ca.display());
+        if let Some(key) = &self.demo_key {
+            let _ = writeln!(out, "demo API key (x-api-key) for /keyed routes: {key}");
+        }
         out
     }
 }
@@ -167,6 +174,7 @@ mod tests {
             entries: vec![entry()],
             admin: Vec::new(),
             ca: "/tmp/ca.pem".into(),
+            demo_key: Some("k".repeat(40)),
             processes: vec![ProcessInfo {
                 node: "pop-local".into(),
                 kind: "pop".into(),

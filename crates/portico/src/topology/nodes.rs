@@ -29,6 +29,39 @@ struct NodeFile {
     origins: Vec<OriginLink>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     apis: Vec<Api>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    usage_plans: Vec<UsagePlan>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    api_keys: Vec<ApiKey>,
+}
+
+/// `demo-API`: the quota of an API's `/keyed` route.
+#[derive(Serialize)]
+struct UsagePlan {
+    name: String,
+    quota: Quota,
+    api_stages: Vec<ApiStage>,
+}
+
+#[derive(Serialize)]
+struct Quota {
+    limit: u64,
+    period: &'static str,
+    offset: u32,
+}
+
+#[derive(Serialize)]
+struct ApiStage {
+    api: String,
+    stage: String,
+}
+
+/// The topology's demo key, in every demo plan of the region.
+#[derive(Serialize)]
+struct ApiKey {
+    id: &'static str,
+    hash: String,
+    plans: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -97,7 +130,17 @@ struct Route {
     path: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     cache: Option<RouteCache>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    throttle: Option<Throttle>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    api_key_required: bool,
     integration: Integration,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Throttle {
+    rate: f64,
+    burst: u32,
 }
 
 /// A demo route's `cache` table (GET and HEAD are cached; other methods pass).
@@ -139,6 +182,8 @@ pub struct OriginInputs<'a> {
     pub backbone: bool,
     /// The admin API's bearer token (the origin serves `[admin]` on a free port).
     pub admin_token_file: &'a Path,
+    /// The stored form (SHA-256) of the topology's demo key, for `/keyed` routes.
+    pub demo_key_hash: Option<&'a str>,
 }
 
 /// The regional APIs of a region, in file order: one public listener each.
@@ -178,10 +223,39 @@ pub fn write_origin(
             certificates: cert(files),
         })
         .collect();
-    let apis = (0..t.apis.len())
+    let in_region: Vec<usize> = (0..t.apis.len())
         .filter(|&a| t.apis[a].region == inputs.region)
-        .map(|a| demo_api(t, a, inputs.backends))
         .collect();
+    let apis = in_region
+        .iter()
+        .map(|&a| demo_api(t, a, inputs.backends))
+        .collect();
+    let usage_plans: Vec<UsagePlan> = in_region
+        .iter()
+        .filter_map(|&a| {
+            let (api, quota) = (&t.apis[a], t.apis[a].keyed?);
+            Some(UsagePlan {
+                name: format!("demo-{}", api.name),
+                quota: Quota {
+                    limit: quota.limit,
+                    period: quota.period.as_str(),
+                    offset: quota.offset,
+                },
+                api_stages: vec![ApiStage {
+                    api: api.name.clone(),
+                    stage: api.stage.clone(),
+                }],
+            })
+        })
+        .collect();
+    let api_keys = match (inputs.demo_key_hash, usage_plans.is_empty()) {
+        (Some(hash), false) => vec![ApiKey {
+            id: "demo",
+            hash: hash.to_owned(),
+            plans: usage_plans.iter().map(|p| p.name.clone()).collect(),
+        }],
+        _ => Vec::new(),
+    };
     let backbone = inputs.backbone.then(|| Backbone {
         listen: Some(ANY_PORT.to_owned()),
         ca: certs.ca.clone(),
@@ -203,6 +277,8 @@ pub fn write_origin(
         backbone,
         origins: Vec::new(),
         apis,
+        usage_plans,
+        api_keys,
     };
     write_checked(&file, &region.origin, Role::Origin, dir)
 }
@@ -217,15 +293,34 @@ fn demo_api(t: &Topology, a: usize, backends: &[SocketAddr]) -> Api {
         method: "ANY",
         path,
         cache: api.cache.map(|mode| RouteCache { mode }),
+        throttle: None,
+        api_key_required: false,
         integration: Integration::HttpProxy {
             uri: format!("http://{backend}/{target}"),
         },
     };
+    let mut routes = vec![route("/", ""), route("/{proxy+}", "{proxy}")];
+    if let Some(r) = api.limited {
+        let throttle = Some(Throttle {
+            rate: r.rate,
+            burst: r.burst,
+        });
+        routes.push(Route {
+            throttle,
+            ..route("/limited/{proxy+}", "{proxy}")
+        });
+    }
+    if api.keyed.is_some() {
+        routes.push(Route {
+            api_key_required: true,
+            ..route("/keyed/{proxy+}", "{proxy}")
+        });
+    }
     Api {
         name: api.name.clone(),
         endpoint: api.endpoint,
         region: t.regions[api.region].name.clone(),
-        routes: vec![route("/", ""), route("/{proxy+}", "{proxy}")],
+        routes,
         stages: vec![Stage {
             name: api.stage.clone(),
         }],
@@ -279,6 +374,8 @@ pub fn write_pop(
         }),
         origins,
         apis: Vec::new(),
+        usage_plans: Vec::new(),
+        api_keys: Vec::new(),
     };
     write_checked(&file, &p.id, Role::Pop, dir)
 }

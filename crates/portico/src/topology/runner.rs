@@ -142,6 +142,9 @@ struct Addrs {
     pop_https: Vec<Vec<SocketAddr>>,
     /// The origins' admin APIs.
     admin: Vec<AdminInfo>,
+    /// The demo API key, when an API has a `/keyed` route (made at start,
+    /// valid for this run only).
+    demo_key: Option<String>,
 }
 
 impl Started {
@@ -156,7 +159,14 @@ impl Started {
         let mut ids: Vec<String> = t.regions.iter().map(|r| r.origin.clone()).collect();
         ids.extend(t.pops.iter().map(|p| p.id.clone()));
         let certs = certs::generate(&dir.join("certs"), &ids).await?;
-        let mut addrs = Addrs::default();
+        let mut addrs = Addrs {
+            demo_key: t
+                .apis
+                .iter()
+                .any(|a| a.keyed.is_some())
+                .then(portico_gateway::keys::generate),
+            ..Addrs::default()
+        };
         self.start_backends(t, &logs, &mut addrs).await?;
         self.start_origins(t, &certs, dir, &mut addrs).await?;
         self.start_pops(t, &certs, dir, &mut addrs).await?;
@@ -170,6 +180,7 @@ impl Started {
             entries,
             admin: addrs.admin,
             ca: certs.ca.clone(),
+            demo_key: addrs.demo_key,
             processes: self.processes(),
             run_dir: dir.to_owned(),
         })
@@ -247,7 +258,12 @@ impl Started {
         for (r, region) in t.regions.iter().enumerate() {
             let backbone = t.pops.iter().any(|p| p.regions.contains(&r));
             let token_file = admin_token(&dir.join("admin"), &region.origin)?;
+            let key_hash = addrs
+                .demo_key
+                .as_deref()
+                .map(portico_gateway::keys::stored_form);
             let inputs = OriginInputs {
+                demo_key_hash: key_hash.as_deref(),
                 region: r,
                 backends: &addrs.backend_relays[r],
                 backbone,
