@@ -18,7 +18,7 @@ source "$(dirname "$0")/lib.sh"
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
 shift $(( $# > 2 ? 2 : $# ))
-BENCHES=(proxy h3)
+BENCHES=(proxy h3 limits)
 SELECTED=("${@:-${BENCHES[@]}}")
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
@@ -54,6 +54,16 @@ bench_h3() {
   "$ROOT/scripts/bench-h3.sh" "$SECS" "$ROUNDS" | tee "$out"
   awk '$1 ~ /^(mock|proxy)$/ && NF == 4 && $2 ~ /^h[23]$/ {
          printf "h3\t%s c8x8\t%s\t%s\t%s\n", $1, ($2 == "h3" ? "portico-h3" : "h2-portico"), $3, $4 }' \
+    "$out" >>"$RESULTS"
+}
+
+# Issue 7: the same PoP path with throttling on (nothing trips) and off
+# (scripts/bench-limits.sh); the ratio is 1 - overhead.
+bench_limits() {
+  local out="$WORK/bench-limits.out"
+  "$ROOT/scripts/bench-limits.sh" "$SECS" "$ROUNDS" | tee "$out"
+  awk '$1 ~ /^pop-(on|off)$/ && NF == 3 {
+         printf "limits\tmock via PoP h1 c64\t%s\t%s\t%s\n", ($1 == "pop-on" ? "portico-throttled" : "unthrottled"), $2, $3 }' \
     "$out" >>"$RESULTS"
 }
 

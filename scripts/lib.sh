@@ -2,7 +2,7 @@
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PORTICO="$ROOT/target/release/portico"
+PORTICO="${CARGO_TARGET_DIR:-$ROOT/target}/release/portico"
 WORK="$(mktemp -d /tmp/portico-bench.XXXXXX)"
 PIDS=()
 

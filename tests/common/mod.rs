@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,21 +16,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 
-/// The `portico` binary, built on demand when this test target runs alone.
+/// The `portico` command (the test package's `portico-e2e` binary, which
+/// cargo builds before the tests).
 pub fn portico_bin() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("portico");
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "portico", "--bin", "portico"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the portico binary failed");
-    });
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_portico-e2e"))
 }
 
 /// A child process killed when dropped.

@@ -182,26 +182,39 @@ impl Decision {
     }
 }
 
-/// The decisions of every bucket that applied to one request.
+/// Most buckets one request meets: node, client IP, stage, route, key.
+const MAX_DECISIONS: usize = 5;
+
+/// The decisions of every bucket that applied to one request (on the stack:
+/// no allocation per request).
 #[derive(Debug, Default, Clone)]
 pub struct Verdict {
-    decisions: Vec<Decision>,
+    decisions: [Option<Decision>; MAX_DECISIONS],
+    len: usize,
 }
 
 impl Verdict {
     pub fn push(&mut self, decision: Decision) {
-        self.decisions.push(decision);
+        if let Some(slot) = self.decisions.get_mut(self.len) {
+            *slot = Some(decision);
+            self.len += 1;
+        }
     }
 
     /// Pushes each decision given (e.g. an `Option` of one).
     pub fn extend(&mut self, decisions: impl IntoIterator<Item = Decision>) {
-        self.decisions.extend(decisions);
+        for d in decisions {
+            self.push(d);
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Decision> {
+        self.decisions.iter().flatten()
     }
 
     /// The longest wait among refusing buckets, if any refused.
     pub fn refused(&self) -> Option<Duration> {
-        self.decisions
-            .iter()
+        self.iter()
             .filter_map(|d| match d.outcome {
                 Outcome::Refused { retry_after } => Some(retry_after),
                 Outcome::Allowed { .. } => None,
@@ -210,13 +223,13 @@ impl Verdict {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.decisions.is_empty()
+        self.len == 0
     }
 
     /// `RateLimit-Policy: "route";q=5;w=1, "key";q=100;w=10` (draft-ietf-httpapi-ratelimit-headers).
     pub fn policy_header(&self) -> String {
-        let mut out = String::new();
-        for (i, d) in self.decisions.iter().enumerate() {
+        let mut out = String::with_capacity(24 * self.len);
+        for (i, d) in self.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let _ = write!(
                 out,
@@ -231,8 +244,8 @@ impl Verdict {
 
     /// `RateLimit: "route";r=3;t=0`: remaining requests and seconds until a token returns.
     pub fn state_header(&self) -> String {
-        let mut out = String::new();
-        for (i, d) in self.decisions.iter().enumerate() {
+        let mut out = String::with_capacity(20 * self.len);
+        for (i, d) in self.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let (r, t) = match d.outcome {
                 Outcome::Allowed { remaining } => (remaining, 0),

@@ -83,11 +83,14 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         Arc::clone(gateway.limits()),
         stop_rx.clone(),
     ));
+    // Listeners run on one current-thread runtime per core, as the origin's.
     for server in servers {
         let mut stop = stop_rx.clone();
-        tasks.spawn(server.run(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
+        tasks.spawn(
+            server.run_on_workers(settings::workers(&config), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }),
+        );
     }
     tasks.spawn(crate::purges::apply(
         purge_queue,

@@ -258,8 +258,9 @@ impl Limits {
         verdict.extend(stage.map(|t| t.check()));
         verdict.extend(route.map(|t| t.check()));
         verdict.extend(key);
-        let policy = HeaderValue::from_str(&verdict.policy_header());
-        let state = HeaderValue::from_str(&verdict.state_header());
+        // From the strings' own buffers: no copy.
+        let policy = HeaderValue::try_from(verdict.policy_header());
+        let state = HeaderValue::try_from(verdict.state_header());
         let headers = policy.ok().zip(state.ok());
         if let Some(retry_after) = verdict.refused() {
             let mut err = too_many(retry_after);
