@@ -30,11 +30,6 @@ impl<H: Handler> Server<H> {
             Server::H3(server) => server.run(shutdown).await,
         }
     }
-
-    /// Serves on the caller's runtime until `shutdown`, then drains.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        self.run_on_workers(0, shutdown).await;
-    }
 }
 
 /// Binds every listener of `config` before serving any, so a bad address
