@@ -623,3 +623,128 @@ async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_orig
     assert_eq!(usage["limit"], QUOTA);
     assert_eq!(usage["period"], "DAY");
 }
+
+/// An edge API with a cached keyed route on two stages: `prod` under a
+/// `fail_open` plan, `dev` under a `fail_closed` one.
+fn degraded_origin_config(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[node]
+id = "origin-a"
+region = "local"
+state_dir = "state"
+
+[backbone]
+listen = "127.0.0.1:0"
+ca = "{certs}/ca.pem"
+cert = "{certs}/origin-a.pem"
+key = "{certs}/origin-a.key"
+
+[[apis]]
+name = "edge"
+endpoint = "edge"
+
+[[apis.routes]]
+method = "GET"
+path = "/cached/{{proxy+}}"
+api_key_required = true
+cache = {{ mode = "ttl", ttl_seconds = 300 }}
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
+[[apis.stages]]
+name = "prod"
+
+[[apis.stages]]
+name = "dev"
+
+[[usage_plans]]
+name = "open"
+quota = {{ limit = 100000, period = "DAY" }}
+api_stages = [{{ api = "edge", stage = "prod" }}]
+on_origin_unreachable = "fail_open"
+
+[[usage_plans]]
+name = "closed"
+quota = {{ limit = 100000, period = "DAY" }}
+api_stages = [{{ api = "edge", stage = "dev" }}]
+
+[[api_keys]]
+id = "a"
+hash = "{a}"
+plans = ["open", "closed"]
+"#,
+        certs = dir.join("certs").display(),
+        a = keys::stored_form(KEY_A),
+    )
+}
+
+#[tokio::test]
+async fn a_pop_cut_off_from_its_origin_spends_what_it_holds_then_fails_closed_or_open() {
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "origin-a,pop-a");
+    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+    let (mut origin, _) = node(
+        dir.path(),
+        "origin",
+        "origin",
+        &degraded_origin_config(dir.path()),
+    );
+    let backbone = origin.addrs("backbone")[0];
+    let pop_text = pop_config(dir.path(), "pop-a", backbone, "edge")
+        + "\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n";
+    let (pop, _) = node(dir.path(), "pop", "pop-a", &pop_text);
+    let base = format!("https://localhost:{}", pop.addrs("https")[0].port());
+    let c = https_client(&cert.der, false);
+    for stage in ["prod", "dev"] {
+        let url = format!("{base}/{stage}/cached/x");
+        eventually(60, || async {
+            (with_key(&c, &url, KEY_A.as_bytes()).await.status == 200).then_some(())
+        })
+        .await;
+    }
+    // The origin goes away; cached answers are still at the PoP.
+    origin.child.kill().unwrap();
+    origin.child.wait().unwrap();
+    let mut statuses = |stage: &'static str| {
+        let (c, url) = (c.clone(), format!("{base}/{stage}/cached/x"));
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..60 {
+                let r = with_key(&c, &url, KEY_A.as_bytes()).await;
+                if r.status == 503 {
+                    assert_error(&r, 503, "Service Unavailable");
+                }
+                out.push(r.status);
+            }
+            out
+        }
+    };
+    let open = statuses("prod").await;
+    assert!(open.iter().all(|&s| s == 200), "fail_open: {open:?}");
+    let closed = statuses("dev").await;
+    let served = closed.iter().take_while(|&&s| s == 200).count();
+    assert!(
+        served >= 1 && served < 60,
+        "fail_closed spends its lease, then 503: {closed:?}"
+    );
+    assert!(closed[served..].iter().all(|&s| s == 503), "{closed:?}");
+    // The PoP counts what fail_open let through unchecked.
+    let admin = pop.addrs("admin")[0];
+    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::get(format!("http://{admin}/limits/stats"))
+        .header("authorization", "Bearer t0ken")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let body = client
+        .request(req)
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await;
+    let stats: serde_json::Value = serde_json::from_slice(&body.unwrap().to_bytes()).unwrap();
+    let degraded = stats["degraded_allowed"].as_u64().unwrap();
+    assert!(degraded >= 1 && degraded < 60, "{stats}");
+}

@@ -97,6 +97,18 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         Arc::clone(&gateway),
         stop_rx.clone(),
     ));
+    // `[admin]` on a PoP: its cache and limits statistics (`/limits/stats`
+    // counts requests a `fail_open` plan allowed while its origin was
+    // unreachable); purges made here clear this PoP's cache only.
+    if let (Some(listener), Some(a)) = (crate::admin::bind(&config).await?, &config.admin) {
+        let (local_purges, _) = tokio::sync::broadcast::channel(16);
+        let admin = crate::admin::Admin::new(Arc::clone(&gateway), &a.token, local_purges);
+        tasks.spawn(crate::admin::serve(
+            listener,
+            Arc::new(admin),
+            stop_rx.clone(),
+        ));
+    }
     tasks.spawn(apply_snapshots(backbone.config(), gateway, stop_rx));
     tracing::info!(node = %config.node.id, origins = config.origins.len(), "pop ready");
     println!("ready");

@@ -420,4 +420,61 @@ mod tests {
         assert_eq!(equal[0].rate, 15.0);
         assert_eq!(equal[0].burst, 5);
     }
+
+    fn defs() -> Arc<Definitions> {
+        let text = r#"
+[[apis]]
+name = "a"
+endpoint = "edge"
+[[apis.routes]]
+method = "GET"
+path = "/m"
+[apis.routes.integration]
+type = "mock"
+[[apis.stages]]
+name = "prod"
+throttle = { rate = 10, burst = 10 }
+
+[[usage_plans]]
+name = "gold"
+throttle = { rate = 4, burst = 4 }
+api_stages = [{ api = "a", stage = "prod" }]
+
+[[api_keys]]
+id = "k"
+hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+plans = ["gold"]
+"#;
+        Arc::new(Definitions::from_toml_str(text, "t").unwrap())
+    }
+
+    #[test]
+    fn reports_for_unknown_rates_keys_or_plans_change_nothing() {
+        let (_tx, rx) = watch::channel(defs());
+        let rates = OriginRates::new(rx);
+        let entry = |scope: &str| UsageEntry {
+            scope: scope.into(),
+            used: 5,
+        };
+        let report = UsageReport {
+            pop_id: "pop-a".into(),
+            window_start_unix_ms: 0,
+            entries: vec![
+                entry("key:nope/k"),
+                entry("key:gold/unknown"),
+                entry("key:gold"),
+                entry("stage:a/staging"),
+                entry("bogus"),
+                entry("stage:a/prod"),
+                entry("key:gold/k"),
+            ],
+        };
+        rates.report("pop-a", &report, Instant::now());
+        let broker = lock(&rates.broker);
+        let mut known: Vec<_> = broker.scopes.keys().cloned().collect();
+        known.sort();
+        assert_eq!(known, ["key:gold/k", "stage:a/prod"]);
+        let (rate, _) = broker.scopes["stage:a/prod"].demand["pop-a"];
+        assert!((rate - 20.0).abs() < 1e-9, "5 requests in 250 ms: {rate}");
+    }
 }
