@@ -461,3 +461,44 @@ fn probe_shows_edge_entry_beats_regional_entry_for_a_far_client() {
     assert!(svg.starts_with("<svg") && svg.contains("echo-edge"));
     assert!(stdout.contains("far: echo-edge via pop-far"), "{stdout}");
 }
+
+#[test]
+fn a_node_that_fails_to_start_stops_the_whole_topology_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // The origin's state directory is taken by a file: the origin cannot open
+    // its quota book and exits with that error, after the backend started.
+    for base in [run.join("state"), run.join("nodes").join("state")] {
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("origin-local"), "not a directory").unwrap();
+    }
+    let topology = topology_dir().join("local.toml");
+    let mut child = Command::new(portico_bin())
+        .args(["up", topology.to_str().unwrap(), "--run-dir"])
+        .arg(&run)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let status = loop {
+        seen.extend(children_of(pid));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "up did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("origin-local"), "names the node: {stderr}");
+    assert!(stderr.contains("state"), "gives its error: {stderr}");
+    seen.sort_unstable();
+    seen.dedup();
+    assert!(!seen.is_empty(), "the backend had started");
+    wait_gone(&seen, 10);
+}

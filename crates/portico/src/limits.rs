@@ -13,7 +13,9 @@ use crate::AppError;
 /// Opens the origin's quota book (creating the state directory).
 pub fn open_quota(config: &NodeConfig) -> Result<Arc<Quotas>, AppError> {
     let dir = &config.node.state_dir;
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("state directory {}: {e}", dir.display()))
+    })?;
     let path = dir.join("quota.redb");
     let quota = Quotas::open(&path, &config.node.id)
         .map_err(|e| std::io::Error::other(format!("quota book {}: {e}", path.display())))?;
