@@ -346,13 +346,19 @@ pub fn make_certs(dir: &Path, nodes: &str) {
         .status()
         .expect("run portico certs");
     assert!(status.success());
-    // A second run must not replace the CA.
+    // A second run adds a node under the same CA.
+    let ca = std::fs::read(out.join("ca.pem")).unwrap();
     let again = Command::new(portico_bin())
         .args(["certs", "--out", out.to_str().unwrap(), "--nodes", "x"])
-        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert!(!again.success(), "an existing CA was overwritten");
+    assert!(again.success(), "adding a node failed");
+    assert_eq!(
+        std::fs::read(out.join("ca.pem")).unwrap(),
+        ca,
+        "the CA was replaced"
+    );
 }
 
 /// Starts a node with its JSON log in `dir/NAME.log`.

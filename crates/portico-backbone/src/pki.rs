@@ -12,6 +12,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 use crate::BackboneError;
 
@@ -22,7 +23,8 @@ pub const CA_NAME: &str = "Portico backbone CA";
 pub struct Ca {
     params: CertificateParams,
     key: KeyPair,
-    cert: rcgen::Certificate,
+    cert_pem: String,
+    cert_der: CertificateDer<'static>,
 }
 
 /// A node certificate and its private key, in PEM.
@@ -51,6 +53,42 @@ impl Ca {
     /// A new self-signed CA (ECDSA P-256) that may sign end-entity
     /// certificates only (path length 0).
     pub fn generate() -> Result<Ca, BackboneError> {
+        let params = Self::params()?;
+        let key = KeyPair::generate().map_err(pki_err)?;
+        let cert = params.self_signed(&key).map_err(pki_err)?;
+        Ok(Ca {
+            params,
+            key,
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+        })
+    }
+
+    /// A CA that [`Ca::generate`] made earlier, from its PEM files, to issue
+    /// more node certificates. Refused when the key is not the certificate's.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, BackboneError> {
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| BackboneError::Pki(format!("CA certificate: {e}")))?;
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| BackboneError::Pki(format!("CA key: {e}")))?;
+        // The certificate holds its public key verbatim.
+        let spki = key.public_key_raw();
+        if spki.is_empty() || !cert_der.windows(spki.len()).any(|w| w == spki) {
+            return Err(BackboneError::Pki(
+                "the CA key does not belong to the CA certificate".into(),
+            ));
+        }
+        Ok(Ca {
+            params: Self::params()?,
+            key,
+            cert_pem: cert_pem.to_owned(),
+            cert_der,
+        })
+    }
+
+    /// The CA's name and constraints (the same for every CA made here, so a
+    /// loaded CA issues exactly as the one that was generated).
+    fn params() -> Result<CertificateParams, BackboneError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, CA_NAME);
@@ -62,13 +100,11 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let key = KeyPair::generate().map_err(pki_err)?;
-        let cert = params.self_signed(&key).map_err(pki_err)?;
-        Ok(Ca { params, key, cert })
+        Ok(params)
     }
 
     pub fn cert_pem(&self) -> String {
-        self.cert.pem()
+        self.cert_pem.clone()
     }
 
     pub fn key_pem(&self) -> String {
@@ -76,7 +112,7 @@ impl Ca {
     }
 
     pub fn cert_der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
+        self.cert_der.clone()
     }
 
     /// Signs a certificate for `node_id` (a DNS label such as `pop-fra`),
@@ -118,9 +154,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_loaded_ca_issues_certificates_that_chain_to_it() {
+        let ca = Ca::generate().unwrap();
+        let again = Ca::load(&ca.cert_pem(), &ca.key_pem()).unwrap();
+        assert_eq!(again.cert_der(), ca.cert_der());
+        chains_to(&ca, &again.issue("pop-new").unwrap(), "pop-new");
+        let other = Ca::generate().unwrap();
+        let err = Ca::load(&ca.cert_pem(), &other.key_pem()).err().unwrap();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        assert!(Ca::load("garbage", &ca.key_pem()).is_err());
+    }
+
+    #[test]
     fn issued_certificates_chain_to_the_ca_and_name_the_node() {
         let ca = Ca::generate().unwrap();
         let node = ca.issue("pop-fra").unwrap();
+        chains_to(&ca, &node, "pop-fra");
+        let other = rustls_pki_types::ServerName::try_from("pop-ams").unwrap();
+        let ee = webpki::EndEntityCert::try_from(&node.cert_der).unwrap();
+        assert!(ee.verify_is_valid_for_subject_name(&other).is_err());
+    }
+
+    fn chains_to(ca: &Ca, node: &NodeCert, id: &str) {
         assert!(node.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(node.key_pem.contains("PRIVATE KEY"));
         assert!(!format!("{node:?}").contains("PRIVATE"));
@@ -144,11 +199,9 @@ mod tests {
             )
             .unwrap();
         }
-        for name in ["pop-fra", "localhost", "127.0.0.1"] {
+        for name in [id, "localhost", "127.0.0.1"] {
             let name = rustls_pki_types::ServerName::try_from(name).unwrap();
             ee.verify_is_valid_for_subject_name(&name).unwrap();
         }
-        let other = rustls_pki_types::ServerName::try_from("pop-ams").unwrap();
-        assert!(ee.verify_is_valid_for_subject_name(&other).is_err());
     }
 }

@@ -2,9 +2,10 @@
 //! and one certificate per node, for local topologies.
 //!
 //! Writes `ca.pem`, `ca.key` and `NODE.pem`/`NODE.key` for every node; keys
-//! are readable by the owner only. An existing CA is never replaced unless
-//! `--force` is given: every node certificate signed by it would stop
-//! working.
+//! are readable by the owner only. When `DIR` already holds a CA, the nodes
+//! are issued by it (adding nodes to a running deployment); it is replaced
+//! only with `--force`, which every node certificate signed by it would not
+//! survive.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,16 +23,26 @@ pub fn run(out: &Path, nodes: &[String], force: bool) -> Result<(), AppError> {
     }
     std::fs::create_dir_all(out)?;
     let (ca_pem, ca_key) = (out.join("ca.pem"), out.join("ca.key"));
-    if !force && (ca_pem.exists() || ca_key.exists()) {
-        return Err(AppError::Certs(format!(
-            "{} already exists; pass --force to replace the CA (every node certificate must then be re-issued)",
-            ca_pem.display()
-        )));
-    }
-    let ca = Ca::generate()?;
-    write(&ca_pem, &ca.cert_pem(), 0o644)?;
-    write(&ca_key, &ca.key_pem(), 0o600)?;
-    println!("wrote {}", ca_pem.display());
+    let ca = if !force && (ca_pem.exists() || ca_key.exists()) {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| {
+                AppError::Certs(format!(
+                    "{}: {e} (pass --force to replace the CA)",
+                    p.display()
+                ))
+            })
+        };
+        let ca = Ca::load(&read(&ca_pem)?, &read(&ca_key)?)
+            .map_err(|e| AppError::Certs(format!("{}: {e}", ca_pem.display())))?;
+        println!("using the CA in {}", ca_pem.display());
+        ca
+    } else {
+        let ca = Ca::generate()?;
+        write(&ca_pem, &ca.cert_pem(), 0o644)?;
+        write(&ca_key, &ca.key_pem(), 0o600)?;
+        println!("wrote {}", ca_pem.display());
+        ca
+    };
     for node in nodes {
         let cert = ca.issue(node)?;
         let pem = out.join(format!("{node}.pem"));
@@ -87,9 +98,17 @@ mod tests {
             0o600
         );
         let before = std::fs::read(dir.path().join("ca.pem")).unwrap();
-        let err = run(dir.path(), &nodes, false).unwrap_err();
-        assert!(err.to_string().contains("--force"), "{err}");
+        // Another run adds nodes under the same CA.
+        run(dir.path(), &["pop-new".to_owned()], false).unwrap();
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
+        assert!(dir.path().join("pop-new.pem").is_file());
+        // A CA key that is not the certificate's is refused, and nothing is written.
+        let other = tempfile::tempdir().unwrap();
+        run(other.path(), &[], false).unwrap();
+        std::fs::copy(other.path().join("ca.key"), dir.path().join("ca.key")).unwrap();
+        let err = run(dir.path(), &["pop-x".to_owned()], false).unwrap_err();
+        assert!(err.to_string().contains("does not belong"), "{err}");
+        assert!(!dir.path().join("pop-x.pem").exists());
         run(dir.path(), &nodes, true).unwrap();
         assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
         let err = run(dir.path(), &["Bad_Name".to_owned()], true).unwrap_err();
