@@ -97,6 +97,10 @@ pub(crate) struct BackboneFile {
     pub cert: Option<S<String>>,
     pub key: Option<S<String>>,
     pub max_concurrent_streams: Option<S<u64>>,
+    pub keep_alive_ms: Option<S<u64>>,
+    pub idle_timeout_ms: Option<S<u64>>,
+    pub reconnect_min_ms: Option<S<u64>>,
+    pub reconnect_max_ms: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -389,7 +389,42 @@ fn compile_backbone(
     ok &= f.cert.is_some() == f.key.is_some();
     let streams = f.max_concurrent_streams.as_ref();
     ok &= streams.is_none_or(|s| in_range(s, 1..=1_000_000, "max_concurrent_streams", diag));
+    let ms = |v: &Option<S<u64>>, range, what, diag: &mut Diag<'_>| match v {
+        Some(v) if in_range(v, range, what, diag) => Ok(Some(Duration::from_millis(*v.get_ref()))),
+        Some(_) => Err(()),
+        None => Ok(None),
+    };
+    let keep_alive = ms(&f.keep_alive_ms, 100..=60_000, "keep_alive_ms", diag);
+    let idle_timeout = ms(&f.idle_timeout_ms, 500..=600_000, "idle_timeout_ms", diag);
+    let reconnect_min = ms(&f.reconnect_min_ms, 10..=60_000, "reconnect_min_ms", diag);
+    let reconnect_max = ms(&f.reconnect_max_ms, 100..=600_000, "reconnect_max_ms", diag);
+    let (Ok(keep_alive), Ok(idle_timeout), Ok(reconnect_min), Ok(reconnect_max)) =
+        (keep_alive, idle_timeout, reconnect_min, reconnect_max)
+    else {
+        return None;
+    };
+    // Against the documented defaults when only one of a pair is given.
+    let keep = keep_alive.unwrap_or(Duration::from_millis(1000));
+    if let Some(span) = f.idle_timeout_ms.as_ref()
+        && idle_timeout.is_some_and(|i| keep >= i)
+    {
+        let message = "idle_timeout_ms must be longer than keep_alive_ms";
+        diag.expect(span.span(), message, "a few keep-alives");
+        ok = false;
+    }
+    let lo = reconnect_min.unwrap_or(Duration::from_millis(100));
+    if let Some(span) = f.reconnect_max_ms.as_ref()
+        && reconnect_max.is_some_and(|hi| lo > hi)
+    {
+        let message = "reconnect_max_ms is below reconnect_min_ms";
+        diag.expect(span.span(), message, "at least reconnect_min_ms");
+        ok = false;
+    }
     let config = BackboneConfig {
+        keep_alive,
+        idle_timeout,
+        reconnect_min,
+        reconnect_max,
         listen: f.listen.as_ref().map(|l| *l.get_ref()),
         ca: f.ca.as_ref().map(|p| paths.file(p, diag)),
         cert: f.cert.as_ref().map(|p| paths.file(p, diag)),
@@ -560,7 +595,8 @@ mod tests {
         let text = format!(
             "{NODE}[limits]\nmax_body_bytes = 0\nmax_header_bytes = 10\ndefault_timeout_ms = 30000\n\
              [backend_client]\nconnect_timeout_ms = 0\n\
-             [backbone]\ncert = \"certs/a.pem\"\nmax_concurrent_streams = 0\n"
+             [backbone]\ncert = \"certs/a.pem\"\nmax_concurrent_streams = 0\n\
+             keep_alive_ms = 5\nidle_timeout_ms = 1000000\n"
         );
         assert_eq!(
             errors(&text),
@@ -571,6 +607,19 @@ mod tests {
                 "9:22: connect_timeout_ms 0 is out of range",
                 "11:8: `cert` given without `key`",
                 "12:26: max_concurrent_streams 0 is out of range",
+                "13:17: keep_alive_ms 5 is out of range",
+                "14:19: idle_timeout_ms 1000000 is out of range",
+            ]
+        );
+        let text = format!(
+            "{NODE}[backbone]\nkeep_alive_ms = 2000\nidle_timeout_ms = 1000\n\
+             reconnect_min_ms = 500\nreconnect_max_ms = 100\n"
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "6:19: idle_timeout_ms must be longer than keep_alive_ms",
+                "8:20: reconnect_max_ms is below reconnect_min_ms",
             ]
         );
     }

@@ -169,6 +169,11 @@ pub struct BackboneConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub max_concurrent_streams: u32,
+    /// Link timers; `None` keeps the backbone's defaults.
+    pub keep_alive: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub reconnect_min: Option<Duration>,
+    pub reconnect_max: Option<Duration>,
 }
 
 /// An origin a PoP dials over the backbone.

@@ -27,9 +27,14 @@ pub fn material(backbone: &BackboneConfig) -> Result<TlsMaterial, AppError> {
 
 /// Link tuning from the node file; the rest keeps the crate's defaults.
 pub fn link_settings(backbone: &BackboneConfig) -> LinkSettings {
+    let d = LinkSettings::default();
     LinkSettings {
         max_concurrent_streams: backbone.max_concurrent_streams,
-        ..LinkSettings::default()
+        keep_alive: backbone.keep_alive.unwrap_or(d.keep_alive),
+        idle_timeout: backbone.idle_timeout.unwrap_or(d.idle_timeout),
+        backoff_min: backbone.reconnect_min.unwrap_or(d.backoff_min),
+        backoff_max: backbone.reconnect_max.unwrap_or(d.backoff_max),
+        ..d
     }
 }
 
