@@ -158,7 +158,14 @@ impl<U: Upstream> Gateway<U> {
         // 3. Shape the response and attach the access log to its body.
         self.shape_response(&mut resp, &record.request_id);
         record.status = resp.status().as_u16();
-        resp.map(|body| Body::new(Logged::new(body, record)))
+        // A body of declared length is complete once that many bytes went
+        // out, whether or not its end was polled before the client left.
+        let length = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        resp.map(|body| Body::new(Logged::new(body, record).with_length(length)))
     }
 
     async fn process(

@@ -97,17 +97,31 @@ pub struct Logged {
     inner: Body,
     record: AccessRecord,
     bytes: u64,
+    /// The declared length (`Content-Length` or the body's exact size hint).
+    length: Option<u64>,
     done: bool,
 }
 
 impl Logged {
     pub fn new(inner: Body, record: AccessRecord) -> Self {
+        let length = inner.size_hint().exact();
         Self {
             inner,
             record,
             bytes: 0,
+            length,
             done: false,
         }
+    }
+
+    /// Sets the declared length when the headers know it and the body does not.
+    pub fn with_length(mut self, length: Option<u64>) -> Self {
+        self.length = self.length.or(length);
+        self
+    }
+
+    fn delivered(&self) -> bool {
+        self.inner.is_end_stream() || self.length.is_some_and(|n| self.bytes >= n)
     }
 
     fn finish(&mut self, outcome: &'static str) {
@@ -120,7 +134,7 @@ impl Logged {
 
 impl Drop for Logged {
     fn drop(&mut self) {
-        let outcome = if self.inner.is_end_stream() {
+        let outcome = if self.delivered() {
             "complete"
         } else {
             "aborted"
@@ -152,5 +166,40 @@ impl http_body::Body for Logged {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A body that sent `bytes` and never ends (its end frame is still on the way).
+    fn open_body(bytes: &'static [u8]) -> Body {
+        let chunks =
+            futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(bytes)))])
+                .chain(futures_util::stream::pending());
+        crate::body::boxed(StreamBody::new(chunks))
+    }
+
+    #[tokio::test]
+    async fn a_body_of_declared_length_is_delivered_once_its_bytes_went_out() {
+        let mut logged =
+            Logged::new(open_body(b"hello"), AccessRecord::default()).with_length(Some(5));
+        assert!(!logged.delivered());
+        let frame = logged.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "hello");
+        assert!(logged.delivered(), "all 5 declared bytes went out");
+        let mut short =
+            Logged::new(open_body(b"hel"), AccessRecord::default()).with_length(Some(5));
+        short.frame().await.unwrap().unwrap();
+        assert!(!short.delivered(), "2 bytes missing: aborted");
+        let mut unknown = Logged::new(open_body(b"hello"), AccessRecord::default());
+        unknown.frame().await.unwrap().unwrap();
+        assert!(
+            !unknown.delivered(),
+            "no declared length: only the end says"
+        );
     }
 }
