@@ -299,6 +299,23 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_that_jumps_never_resets_a_period_or_moves_its_counts() {
+        let (_dir, book) = book();
+        let today = book.grant(&request("pop-a", 1_000), NOW).unwrap();
+        assert!(today.exhausted);
+        // Forward a day: a new period with its own quota.
+        let tomorrow = NOW + 86_400_000;
+        let next = book.grant(&request("pop-a", 100), tomorrow).unwrap();
+        assert_eq!(next.granted, 100);
+        // Back again (a corrected clock): yesterday's count is still there.
+        assert_eq!(book.grant(&request("pop-b", 1), NOW).unwrap().granted, 0);
+        // A lease returned after the jump credits the period it came from.
+        book.release(today.id, 400, "pop-a").unwrap();
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 600);
+        assert_eq!(book.usage("basic", "k1", SPEC, tomorrow).unwrap().used, 100);
+    }
+
+    #[test]
     fn counts_survive_a_reopen_and_periods_roll_over() {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("quota.redb");
