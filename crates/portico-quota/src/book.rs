@@ -353,7 +353,13 @@ mod tests {
                     }
                     let want = wallet.next_size(&crate::wallet::Sizing::default()).max(10);
                     let lease = book.grant(&request(holder, want), now).unwrap();
-                    wallet.install(lease.id, lease.granted, lease.expires_ms, lease.exhausted);
+                    wallet.install_at(
+                        lease.id,
+                        lease.granted,
+                        lease.expires_ms,
+                        lease.exhausted,
+                        now,
+                    );
                 }
                 if wallet.spend(now) == Spend::Accepted {
                     accepted += 1;
