@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -30,6 +31,9 @@ pub struct SharedThrottle {
     demand: AtomicU64,
     /// Tokens left after the last check, per mille of the burst.
     fullness: AtomicU32,
+    /// When the last refused check said a token returns (ns after `epoch`).
+    next_token: AtomicU64,
+    epoch: Instant,
     /// A key's bucket with a share of its own (not its plan's default).
     own: AtomicBool,
     touched: AtomicBool,
@@ -43,6 +47,8 @@ impl SharedThrottle {
             current: ArcSwap::from_pointee(Throttle::new(name, configured)?),
             demand: AtomicU64::new(0),
             fullness: AtomicU32::new(1000),
+            next_token: AtomicU64::new(0),
+            epoch: Instant::now(),
             own: AtomicBool::new(false),
             touched: AtomicBool::new(false),
         })
@@ -69,7 +75,12 @@ impl SharedThrottle {
         let mut decision = current.check();
         let left = match decision.outcome {
             Outcome::Allowed { remaining } => remaining,
-            Outcome::Refused { .. } => 0,
+            Outcome::Refused { retry_after } => {
+                let at = self.epoch.elapsed() + retry_after;
+                let ns = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+                self.next_token.store(ns, Ordering::Relaxed);
+                0
+            }
         };
         let burst = current.spec().burst.max(1);
         let permille = u64::from(left) * 1000 / u64::from(burst);
@@ -94,7 +105,17 @@ impl SharedThrottle {
             return;
         };
         let full = u64::from(self.fullness.load(Ordering::Relaxed).min(1000));
-        let keep = u64::from(share.burst) * full / 1000;
+        let mut keep = u64::from(share.burst) * full / 1000;
+        if keep == 0 {
+            // An empty bucket: its next token may be nearly due. A drained
+            // bucket gives one only after a whole period, so let one through
+            // now when it was due within half a period (unbiased on average;
+            // otherwise every rebalance would cost the PoP part of a token).
+            let due = Duration::from_nanos(self.next_token.load(Ordering::Relaxed));
+            let wait = due.saturating_sub(self.epoch.elapsed());
+            let period = Duration::from_secs_f64(1.0 / share.rate);
+            keep = u64::from(wait < period / 2);
+        }
         next.drain(u32::try_from(u64::from(share.burst) - keep).unwrap_or(0));
         self.current.store(Arc::new(next));
     }
