@@ -18,7 +18,7 @@ source "$(dirname "$0")/lib.sh"
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
 shift $(( $# > 2 ? 2 : $# ))
-BENCHES=(proxy h3 limits)
+BENCHES=(proxy chain h3 limits)
 SELECTED=("${@:-${BENCHES[@]}}")
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
@@ -44,6 +44,16 @@ bench_proxy() {
   # Its table: "BODY TARGET RPS P99" lines.
   awk '$1 ~ /^[0-9]+$/ && NF == 4 && $2 ~ /^(backend|portico|nginx)$/ {
          printf "proxy\t%s B h1 c64\t%s\t%s\t%s\n", $1, $2, $3, $4 }' "$out" >>"$RESULTS"
+}
+
+# Issue 3: the whole miss path, client → PoP → backbone → origin → backend,
+# against client → nginx → nginx → backend (scripts/bench-chain.sh).
+bench_chain() {
+  local out="$WORK/bench-chain.out"
+  "$ROOT/scripts/bench-chain.sh" "$SECS" "$ROUNDS" | tee "$out"
+  # Its table: "BODY TARGET RPS P99" lines.
+  awk '$1 ~ /^[0-9]+$/ && NF == 4 && $2 ~ /^(backend|portico|nginx)$/ {
+         printf "chain\t%s B tls c64\t%s\t%s\t%s\n", $1, $2, $3, $4 }' "$out" >>"$RESULTS"
 }
 
 # Issue 5: HTTP/3 against HTTP/2 on the same Portico listener and work

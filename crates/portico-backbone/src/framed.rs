@@ -19,6 +19,11 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Writes are flushed once this much is buffered.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// First allocation of a write buffer: a preface, a typical head, a small
+/// body and `End` fit without the buffer growing piecemeal while bincode
+/// writes a head field by field.
+const WRITE_BUF: usize = 2 * 1024;
+
 /// Receiving half of a stream, decoding frames.
 pub(crate) struct FrameReader {
     recv: RecvStream,
@@ -149,7 +154,7 @@ impl FrameWriter {
     pub(crate) fn new(send: SendStream, codec: Codec) -> Self {
         FrameWriter {
             send,
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(WRITE_BUF),
             codec,
             closed: false,
         }

@@ -11,6 +11,10 @@
 //!   keeps per-region link state, merges the origins' snapshots
 //!   ([`sync`]) and forwards requests as a gateway [`client::BackboneUpstream`].
 //!
+//! * `runtime`: both ends drive quinn on tokio with connection drivers that
+//!   yield once per wake-up, so the writes of many concurrent streams leave
+//!   in a few packets instead of one `sendmsg` each.
+//!
 //! * [`ControlHandler`]: the hook through which other subsystems (purges,
 //!   usage, quota leases, rate shares) use the control stream of each link,
 //!   on both ends.
@@ -33,6 +37,7 @@ mod control;
 mod error;
 mod framed;
 pub mod pki;
+mod runtime;
 pub mod server;
 mod settings;
 pub mod sync;

@@ -27,9 +27,12 @@ fn bad(what: &'static str, reason: impl ToString) -> BackboneError {
 
 /// Header map → wire list (lowercase names, raw values, repeats kept).
 pub(crate) fn headers_vec(map: &HeaderMap) -> Headers {
+    pairs(map).collect()
+}
+
+fn pairs(map: &HeaderMap) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
     map.iter()
         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect()
 }
 
 /// Wire list → header map, refusing invalid names or values.
@@ -50,12 +53,15 @@ pub(crate) fn request_head(
     parts: &http::request::Parts,
     pop_id: &str,
 ) -> RequestHead {
-    let mut headers = parts.headers.clone();
     // HTTP/2 clients name the host in :authority, which the inner URI lost.
-    if !headers.contains_key(http::header::HOST)
-        && let Ok(host) = HeaderValue::from_str(&ctx.host)
-    {
-        headers.insert(http::header::HOST, host);
+    let host = (!parts.headers.contains_key(http::header::HOST))
+        .then(|| HeaderValue::from_str(&ctx.host).ok())
+        .flatten();
+    let mut headers = Headers::with_capacity(parts.headers.len() + 1);
+    headers.extend(pairs(&parts.headers));
+    if let Some(host) = host {
+        let name = http::header::HOST.as_str().to_owned();
+        headers.push((name, host.as_bytes().to_vec()));
     }
     let remaining = ctx.settings().timeout.saturating_sub(ctx.started.elapsed());
     RequestHead {
@@ -65,11 +71,12 @@ pub(crate) fn request_head(
             .uri
             .path_and_query()
             .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-        trace_context: headers
+        trace_context: parts
+            .headers
             .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
-        headers: headers_vec(&headers),
+        headers,
         client_addr: Some(ClientAddr::from(ctx.conn.client_addr)),
         tls: ctx.conn.tls.as_ref().map(|t| portico_proto::TlsInfo {
             version: t.version.clone().unwrap_or_default(),

@@ -62,6 +62,12 @@ impl Session {
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
     }
+
+    /// QUIC counters of the link (packets, frames, bytes, congestion), for
+    /// diagnostics and benchmarks.
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
 }
 
 /// Where one link stands.
@@ -167,7 +173,14 @@ impl Backbone {
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(BackboneError::Endpoint)?;
+        let socket = std::net::UdpSocket::bind(bind).map_err(BackboneError::Endpoint)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            crate::runtime::CoalescingRuntime::shared(),
+        )
+        .map_err(BackboneError::Endpoint)?;
         let links = origins
             .into_iter()
             .map(|spec| Link {

@@ -87,7 +87,7 @@ impl BackboneServer {
             quinn::EndpointConfig::default(),
             Some(config),
             socket,
-            Arc::new(quinn::TokioRuntime),
+            crate::runtime::CoalescingRuntime::shared(),
         )
         .map_err(BackboneError::Endpoint)?;
         Ok(BackboneServer {

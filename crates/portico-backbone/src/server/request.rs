@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{Request, Response};
 use portico_gateway::Body;
 use portico_proto::stream::{Direction, HalfStream};
@@ -94,11 +95,7 @@ async fn serve_stream<H: RequestHandler>(
     let mut writer = FrameWriter::new(send, codec);
     let stopped = writer.stopped();
     // 1. Preface and head, within the head timeout.
-    let head = tokio::time::timeout(shared.settings.head_timeout, read_head(&mut reader)).await;
-    let head = match head.unwrap_or(Err((
-        ResetCode::Timeout,
-        BackboneError::Timeout("request head"),
-    ))) {
+    let head = match read_head_within(&mut reader, shared.settings.head_timeout).await {
         Ok(head) => head,
         Err((code, err)) => return reject(reader, writer, code, &err),
     };
@@ -107,12 +104,8 @@ async fn serve_stream<H: RequestHandler>(
         Ok(split) => split,
         Err(err) => return reject(reader, writer, ResetCode::Protocol, &err),
     };
-    let request_id = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    // For logs only: a clone of the value is a reference count, not a copy.
+    let request_id = parts.headers.get("x-request-id").cloned();
     let body = if reader.buffered_end() {
         portico_gateway::body::empty()
     } else {
@@ -131,7 +124,8 @@ async fn serve_stream<H: RequestHandler>(
         () = stopped => None,
         result = work => Some(result),
     };
-    finish(writer, outcome, &request_id).await;
+    let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
+    finish(writer, outcome, request_id.unwrap_or("")).await;
 }
 
 /// The request half after its head: bodies follow.
@@ -143,6 +137,24 @@ fn started_request_half() -> HalfStream {
 }
 
 type Rejection = (ResetCode, BackboneError);
+
+/// [`read_head`] within `timeout`. The head has usually arrived with the
+/// stream (quinn announces a stream with its first bytes), so the timer is
+/// only armed when it has not.
+async fn read_head_within(
+    reader: &mut FrameReader,
+    timeout: Duration,
+) -> Result<Box<RequestHead>, Rejection> {
+    let read = read_head(reader);
+    tokio::pin!(read);
+    if let Some(head) = (&mut read).now_or_never() {
+        return head;
+    }
+    let timed_out = (ResetCode::Timeout, BackboneError::Timeout("request head"));
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(timed_out))
+}
 
 async fn read_head(reader: &mut FrameReader) -> Result<Box<RequestHead>, Rejection> {
     let proto = |e: BackboneError| (e.reset_code(), e);

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# The whole miss path (issue 3): wrk, HTTP/1.1 keep-alive over TLS, 64
+# connections, 1 KB and 100 KB responses, every request a miss through two
+# proxies to the demo backend, against
+#   * the demo backend directly (the ceiling),
+#   * portico: client -TLS-> PoP -QUIC backbone (mutual TLS)-> origin -HTTP-> backend,
+#   * nginx:   client -TLS-> nginx -HTTPS (mutual TLS, keep-alive)-> nginx -HTTP-> backend,
+# interleaved over ROUNDS rounds; prints medians and Portico/nginx ratios.
+#
+# What is compared: the same hops doing the same work. Both client-facing
+# proxies terminate TLS 1.3 with the same certificate; both middle hops are
+# encrypted and mutually authenticated with the same private CA and node
+# certificates (made by `portico certs`), over long-lived connections
+# (nginx: upstream keep-alive with no request cap; Portico: one QUIC link);
+# both last hops are plain HTTP/1.1 keep-alive to the same backend. No cache,
+# no throttle, no access log on either side. nginx runs two master/worker
+# sets (`worker_processes auto` each); Portico runs two processes with their
+# default runtimes.
+#
+# Usage: scripts/bench-chain.sh [SECONDS_PER_RUN] [ROUNDS]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SECS="${1:-10}"
+ROUNDS="${2:-3}"
+CONNS=64
+SIZES=(1024 102400)
+# The binary cargo builds: honour CARGO_TARGET_DIR (lib.sh assumes ./target).
+PORTICO="${CARGO_TARGET_DIR:-$ROOT/target}/release/portico"
+
+ensure_pkg wrk wrk
+ensure_pkg nginx nginx
+ensure_pkg curl curl
+build_release
+
+CERTS="$WORK/certs"
+"$PORTICO" certs --out "$CERTS" --nodes origin-a,pop-a,edge >/dev/null
+
+BACKEND=$(free_port); start_backend "$BACKEND"
+POP_PORT=$(free_port)
+FRONT_PORT=$(free_port)
+BACK_PORT=$(free_port)
+
+# start_node KIND NAME: `portico KIND --config $WORK/NAME.toml`, access log
+# off (warn level, as nginx's below); waits for `ready` on its stdout.
+start_node() {
+  RUST_LOG=warn "$PORTICO" "$1" --config "$WORK/$2.toml" >"$WORK/$2.out" 2>"$WORK/$2.log" &
+  PIDS+=($!)
+  for _ in $(seq 200); do
+    grep -q '^ready' "$WORK/$2.out" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "portico $1 did not start:" >&2
+  cat "$WORK/$2.log" >&2
+  return 1
+}
+
+# Cache and throttles are off on both nodes: every request is a miss that
+# crosses the backbone, and none is answered 429.
+cat >"$WORK/origin.toml" <<TOML
+[node]
+id = "origin-a"
+region = "local"
+
+[throttle]
+enabled = false
+
+[cache]
+enabled = false
+
+[backbone]
+listen = "127.0.0.1:0"
+ca = "$CERTS/ca.pem"
+cert = "$CERTS/origin-a.pem"
+key = "$CERTS/origin-a.key"
+
+[[apis]]
+name = "bench"
+endpoint = "edge"
+[[apis.routes]]
+method = "ANY"
+path = "/{proxy+}"
+integration = { type = "http_proxy", uri = "http://127.0.0.1:$BACKEND/{proxy}" }
+[[apis.stages]]
+name = "prod"
+TOML
+start_node origin origin
+BACKBONE=$(awk '$1 == "listening" && $2 == "backbone" {print $3; exit}' "$WORK/origin.out")
+
+cat >"$WORK/pop.toml" <<TOML
+[node]
+id = "pop-a"
+
+[throttle]
+enabled = false
+
+[cache]
+enabled = false
+
+[[listeners]]
+address = "127.0.0.1:$POP_PORT"
+default_api = "bench"
+certificates = [{ cert = "$CERTS/edge.pem", key = "$CERTS/edge.key" }]
+
+[backbone]
+ca = "$CERTS/ca.pem"
+cert = "$CERTS/pop-a.pem"
+key = "$CERTS/pop-a.key"
+
+[[origins]]
+region = "local"
+address = "$BACKBONE"
+server_name = "origin-a"
+TOML
+start_node pop pop
+
+# Two nginx instances, each with its own prefix (pid, temp paths, logs).
+# keepalive_requests is raised on both sides of both (default 1000 would
+# close connections, and redo TLS handshakes, that Portico keeps open).
+nginx_common() {
+  cat <<NGINX
+worker_processes auto;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+NGINX
+}
+nginx_http_common() {
+  cat <<NGINX
+  access_log off;
+  client_body_temp_path $WORK/$1/body;
+  proxy_temp_path $WORK/$1/proxy;
+  keepalive_requests 1000000;
+  ssl_protocols TLSv1.3;
+NGINX
+}
+mkdir -p "$WORK/nginx-front" "$WORK/nginx-back"
+cat >"$WORK/nginx-front/nginx.conf" <<NGINX
+$(nginx_common nginx-front)
+http {
+$(nginx_http_common nginx-front)
+  upstream back { server 127.0.0.1:$BACK_PORT; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$FRONT_PORT ssl;
+    ssl_certificate $CERTS/edge.pem;
+    ssl_certificate_key $CERTS/edge.key;
+    location / {
+      proxy_pass https://back;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate $CERTS/pop-a.pem;
+      proxy_ssl_certificate_key $CERTS/pop-a.key;
+      proxy_ssl_trusted_certificate $CERTS/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name origin-a;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+NGINX
+cat >"$WORK/nginx-back/nginx.conf" <<NGINX
+$(nginx_common nginx-back)
+http {
+$(nginx_http_common nginx-back)
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 256; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$BACK_PORT ssl;
+    ssl_certificate $CERTS/origin-a.pem;
+    ssl_certificate_key $CERTS/origin-a.key;
+    ssl_client_certificate $CERTS/ca.pem;
+    ssl_verify_client on;
+    location /prod/ {
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+for side in nginx-back nginx-front; do
+  nginx -p "$WORK/$side" -c "$WORK/$side/nginx.conf" -g 'daemon off;' 2>>"$WORK/$side/error.log" &
+  PIDS+=($!)
+done
+wait_port "$POP_PORT"; wait_port "$FRONT_PORT"; wait_port "$BACK_PORT"
+
+# The PoP serves the route once the link is up and the origin's snapshot
+# arrived; both chains must answer 200 before anything is measured.
+wait_ok() {
+  for _ in $(seq 200); do
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' "$1")" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "$1 never answered 200; logs in $WORK" >&2
+  curl -sk -i "$1" >&2 || true
+  return 1
+}
+wait_ok "https://127.0.0.1:$POP_PORT/prod/bytes/16"
+wait_ok "https://127.0.0.1:$FRONT_PORT/prod/bytes/16"
+
+declare -A RPS P99
+for size in "${SIZES[@]}"; do
+  for round in $(seq "$ROUNDS"); do
+    for target in backend portico nginx; do
+      case $target in
+        backend) url="http://127.0.0.1:$BACKEND/bytes/$size" ;;
+        portico) url="https://127.0.0.1:$POP_PORT/prod/bytes/$size" ;;
+        nginx) url="https://127.0.0.1:$FRONT_PORT/prod/bytes/$size" ;;
+      esac
+      read -r rps p99 < <(wrk_run "$url" "$CONNS" "$SECS")
+      RPS[$target.$size]+="$rps "; P99[$target.$size]+="$p99 "
+      echo "round $round size $size $target: $rps req/s, p99 $p99 ms" >&2
+    done
+  done
+done
+
+echo
+echo "# bench-chain: wrk -t2 -c$CONNS -d${SECS}s over TLS, two proxies deep, $ROUNDS interleaved rounds, medians"
+echo "# $(machine)"
+printf '%-8s %-8s %12s %10s\n' body target "req/s" "p99 ms"
+for size in "${SIZES[@]}"; do
+  for target in backend portico nginx; do
+    # shellcheck disable=SC2086
+    printf '%-8s %-8s %12s %10s\n' "$size" "$target" "$(median ${RPS[$target.$size]})" "$(median ${P99[$target.$size]})"
+  done
+  # shellcheck disable=SC2086
+  pr=$(median ${RPS[portico.$size]}); nr=$(median ${RPS[nginx.$size]})
+  # shellcheck disable=SC2086
+  pp=$(median ${P99[portico.$size]}); np=$(median ${P99[nginx.$size]})
+  printf '%-8s portico/nginx throughput %.2fx, p99 %.2fx\n' "$size" "$(echo "$pr / $nr" | bc -l)" "$(echo "$pp / $np" | bc -l)"
+done
