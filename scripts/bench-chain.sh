@@ -25,8 +25,6 @@ SECS="${1:-10}"
 ROUNDS="${2:-3}"
 CONNS=64
 SIZES=(1024 102400)
-# The binary cargo builds: honour CARGO_TARGET_DIR (lib.sh assumes ./target).
-PORTICO="${CARGO_TARGET_DIR:-$ROOT/target}/release/portico"
 
 ensure_pkg wrk wrk
 ensure_pkg nginx nginx
