@@ -12,8 +12,13 @@
 #
 # Usage: scripts/bench-h3.sh [SECONDS_PER_RUN] [ROUNDS]
 #   PORTICO_BENCH_CACHE: where oha is installed (default ~/.cache/portico-bench)
+#   PORTICO_BIN: a portico binary to measure instead of building this tree's
+#     release build (to compare two builds on the same machine state)
+#   CONNS, STREAMS: load shape, the same for both protocols (default 8 x 8)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# The binary `build_release` builds (CARGO_TARGET_DIR when set), or PORTICO_BIN.
+PORTICO="${PORTICO_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portico}"
 
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
@@ -99,7 +104,7 @@ PY
 }
 
 ensure_oha
-build_release
+[ -n "${PORTICO_BIN:-}" ] || build_release
 cd "$WORK"   # node state (e.g. the quota store) goes to the scratch directory
 BACKEND=$(free_port)
 start_backend "$BACKEND"
