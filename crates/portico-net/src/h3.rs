@@ -343,7 +343,10 @@ async fn serve<H: Handler>(
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    requests.spawn(request(resolver, Arc::clone(&ctx)));
+                    // Boxed: a task's future is copied whole when it is
+                    // spawned, finished and joined, and a request's (the
+                    // gateway's included) is large; a box is copied once.
+                    requests.spawn(Box::pin(request(resolver, Arc::clone(&ctx))));
                 }
                 // The client's GOAWAY, and all its requests are done.
                 Ok(None) => break,
