@@ -263,10 +263,10 @@ impl<H: Handler> H3Server<H> {
         let max_field_section = u64::try_from(self.limits.max_header_bytes).unwrap_or(u64::MAX);
         let built = h3::server::builder()
             .max_field_section_size(max_field_section)
-            .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
             .await;
         match built {
-            Ok(h3) => serve(h3, Arc::new(ctx), drain).await,
+            Ok(h3) => serve(h3, &conn, Arc::new(ctx), drain).await,
             Err(err) => tracing::debug!(%err, "HTTP/3 connection setup failed"),
         }
     }
@@ -334,6 +334,7 @@ impl<H: Handler> H3Server<H> {
 /// the upstream work under them) are dropped, as hyper does for h1/h2.
 async fn serve<H: Handler>(
     mut h3: H3Connection,
+    quic: &quinn::Connection,
     ctx: Arc<ConnCtx<H>>,
     mut drain: watch::Receiver<bool>,
 ) {
@@ -374,7 +375,16 @@ async fn serve<H: Handler>(
         }
     }
     while requests.join_next().await.is_some() {}
+    linger(quic).await;
     // Dropping `h3` closes the connection with H3_NO_ERROR.
+}
+
+/// Waits for the last responses to reach the client before we close: a QUIC
+/// close is immediate and discards what is still unsent or unacknowledged.
+/// Ends early when the client closes first; bounded by a few round trips.
+async fn linger(quic: &quinn::Connection) {
+    let wait = (quic.rtt() * 3 + Duration::from_millis(10)).min(CLOSE_GRACE);
+    let _ = tokio::time::timeout(wait, quic.closed()).await;
 }
 
 async fn wait_drain(drain: &mut watch::Receiver<bool>) {
