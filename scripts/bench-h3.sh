@@ -10,6 +10,13 @@
 #   * mock:  a mock integration (the protocol stacks and the pipeline only),
 #   * proxy: http_proxy to the demo backend, 1 KiB responses.
 #
+# Both sides get the same cores: the TCP listener one worker thread per core,
+# the HTTP/3 listener one thread per core too (the endpoint on the first,
+# connections round robin). oha runs on the same machine with the same
+# connection and stream counts for both protocols; on a shared machine run it
+# when nothing else is busy, and compare builds with PORTICO_BIN in the same
+# session (throughput follows whatever CPU share the run got).
+#
 # Usage: scripts/bench-h3.sh [SECONDS_PER_RUN] [ROUNDS]
 #   PORTICO_BENCH_CACHE: where oha is installed (default ~/.cache/portico-bench)
 #   PORTICO_BIN: a portico binary to measure instead of building this tree's
