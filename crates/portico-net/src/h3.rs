@@ -344,6 +344,9 @@ async fn serve<H: Handler>(
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    // Finished requests are reaped here, not joined as they
+                    // finish: that would wake this task once per request.
+                    while requests.try_join_next().is_some() {}
                     // Boxed: a task's future is copied whole when it is
                     // spawned, finished and joined, and a request's (the
                     // gateway's included) is large; a box is copied once.
@@ -359,8 +362,9 @@ async fn serve<H: Handler>(
                     break;
                 }
             },
-            Some(_) = requests.join_next(), if !requests.is_empty() => {
-                if draining && requests.is_empty() {
+            // Draining: the connection ends with its last request.
+            Some(_) = requests.join_next(), if draining && !requests.is_empty() => {
+                if requests.is_empty() {
                     break;
                 }
             }
@@ -368,6 +372,7 @@ async fn serve<H: Handler>(
                 draining = true;
                 // GOAWAY: requests already accepted finish, later ones are
                 // rejected (H3_REQUEST_REJECTED: safe for the client to retry).
+                while requests.try_join_next().is_some() {}
                 if h3.shutdown(0).await.is_err() || requests.is_empty() {
                     break;
                 }
