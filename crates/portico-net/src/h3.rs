@@ -106,18 +106,21 @@ impl<H: Handler> H3Listener<H> {
                 server.run_spread(&runtimes, stop).await;
             });
         };
-        let thread = std::thread::Builder::new()
+        let thread = match std::thread::Builder::new()
             .name("portico-h3-0".into())
-            .spawn(serve);
+            .spawn(serve)
+        {
+            Ok(thread) => thread,
+            Err(err) => {
+                tracing::error!(%err, "starting the HTTP/3 thread failed");
+                let _ = tokio::task::spawn_blocking(move || helpers.stop()).await;
+                return;
+            }
+        };
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = tokio::task::spawn_blocking(move || {
-            match thread {
-                Ok(thread) => {
-                    let _ = thread.join();
-                }
-                Err(err) => tracing::error!(%err, "starting the HTTP/3 thread failed"),
-            }
+            let _ = thread.join();
             // The helpers' runtimes hold connection drivers until the endpoint
             // is idle: they stop only once the serving thread is done.
             helpers.stop();
