@@ -10,10 +10,22 @@
 #   * mock:  a mock integration (the protocol stacks and the pipeline only),
 #   * proxy: http_proxy to the demo backend, 1 KiB responses.
 #
+# Both sides get the same cores: the TCP listener one worker thread per core,
+# the HTTP/3 listener one thread per core too (the endpoint on the first,
+# connections round robin). oha runs on the same machine with the same
+# connection and stream counts for both protocols; on a shared machine run it
+# when nothing else is busy, and compare builds with PORTICO_BIN in the same
+# session (throughput follows whatever CPU share the run got).
+#
 # Usage: scripts/bench-h3.sh [SECONDS_PER_RUN] [ROUNDS]
 #   PORTICO_BENCH_CACHE: where oha is installed (default ~/.cache/portico-bench)
+#   PORTICO_BIN: a portico binary to measure instead of building this tree's
+#     release build (to compare two builds on the same machine state)
+#   CONNS, STREAMS: load shape, the same for both protocols (default 8 x 8)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+# The binary `build_release` builds (CARGO_TARGET_DIR when set), or PORTICO_BIN.
+PORTICO="${PORTICO_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portico}"
 
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
@@ -99,7 +111,7 @@ PY
 }
 
 ensure_oha
-build_release
+[ -n "${PORTICO_BIN:-}" ] || build_release
 cd "$WORK"   # node state (e.g. the quota store) goes to the scratch directory
 BACKEND=$(free_port)
 start_backend "$BACKEND"

@@ -69,33 +69,63 @@ impl<H: Handler> H3Listener<H> {
         }
     }
 
-    /// Serves on a dedicated thread running a current-thread runtime: the
-    /// endpoint's driver, every connection's driver and every request run
-    /// there, with no cross-thread wakeups on the request path (the TCP
-    /// listener's worker model; a QUIC endpoint is one socket, so one thread).
+    /// Serves on one thread per core (see [`H3Listener::run_on_workers`]).
     pub async fn run_on_thread(self, shutdown: impl Future<Output = ()>) {
+        let workers = std::thread::available_parallelism().map_or(1, usize::from);
+        self.run_on_workers(workers, shutdown).await;
+    }
+
+    /// Serves on `workers` dedicated threads, each running a current-thread
+    /// runtime (the TCP listener's worker model). The first runs the quinn
+    /// endpoint (the UDP socket's receive side) and accepts; each connection
+    /// is then served by one worker, round robin: its quinn driver, its h3
+    /// connection and every request task run there, and it sends on the
+    /// shared socket from there. Only the datagrams a connection receives
+    /// cross threads, once, from the endpoint to its driver. `workers == 0`
+    /// serves on the caller's runtime.
+    pub async fn run_on_workers(self, workers: usize, shutdown: impl Future<Output = ()>) {
+        if workers == 0 {
+            return self.run(shutdown).await;
+        }
         let (stop_tx, mut stop_rx) = watch::channel(false);
+        let (helpers, mut runtimes) = spawn_helpers(workers - 1);
         let serve = move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match runtime {
-                Ok(rt) => rt.block_on(self.run(async move {
+            let runtime = match current_thread_runtime() {
+                Ok(rt) => rt,
+                Err(err) => return tracing::error!(%err, "HTTP/3 runtime failed to start"),
+            };
+            runtimes.insert(0, runtime.handle().clone());
+            runtime.block_on(async move {
+                let server = match self.start() {
+                    Ok(server) => server,
+                    Err(err) => return tracing::error!(%err, "starting the HTTP/3 endpoint failed"),
+                };
+                let stop = async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
-                })),
-                Err(err) => tracing::error!(%err, "HTTP/3 runtime failed to start"),
-            }
+                };
+                server.run_spread(&runtimes, stop).await;
+            });
         };
         let thread = match std::thread::Builder::new()
-            .name("portico-h3".into())
+            .name("portico-h3-0".into())
             .spawn(serve)
         {
             Ok(thread) => thread,
-            Err(err) => return tracing::error!(%err, "starting the HTTP/3 thread failed"),
+            Err(err) => {
+                tracing::error!(%err, "starting the HTTP/3 thread failed");
+                let _ = tokio::task::spawn_blocking(move || helpers.stop()).await;
+                return;
+            }
         };
         shutdown.await;
         let _ = stop_tx.send(true);
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+            // The helpers' runtimes hold connection drivers until the endpoint
+            // is idle: they stop only once the serving thread is done.
+            helpers.stop();
+        })
+        .await;
     }
 
     fn start(self) -> Result<H3Server<H>, crate::NetError> {
@@ -106,6 +136,64 @@ impl<H: Handler> H3Listener<H> {
             handler: self.handler,
         })
     }
+}
+
+/// Worker threads that only run what is spawned on their runtimes (HTTP/3
+/// connections), until [`Helpers::stop`].
+struct Helpers {
+    done: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Helpers {
+    /// Stops the helpers and waits for their threads (blocking).
+    fn stop(self) {
+        let _ = self.done.send(true);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Starts up to `count` helper threads; a helper that fails to start is
+/// logged and left out (its share goes to the others).
+fn spawn_helpers(count: usize) -> (Helpers, Vec<tokio::runtime::Handle>) {
+    let (done, done_rx) = watch::channel(false);
+    let mut threads = Vec::with_capacity(count);
+    let mut handles = Vec::with_capacity(count + 1);
+    for index in 1..=count {
+        let runtime = match current_thread_runtime() {
+            Ok(rt) => rt,
+            Err(err) => {
+                tracing::error!(%err, index, "HTTP/3 worker runtime failed to start");
+                continue;
+            }
+        };
+        let handle = runtime.handle().clone();
+        let mut done = done_rx.clone();
+        let run = move || {
+            runtime.block_on(async move {
+                let _ = done.wait_for(|d| *d).await;
+            });
+        };
+        match std::thread::Builder::new()
+            .name(format!("portico-h3-{index}"))
+            .spawn(run)
+        {
+            Ok(thread) => {
+                threads.push(thread);
+                handles.push(handle);
+            }
+            Err(err) => tracing::error!(%err, index, "starting an HTTP/3 worker thread failed"),
+        }
+    }
+    (Helpers { done, threads }, handles)
 }
 
 /// What every request task of a connection shares.
@@ -120,7 +208,19 @@ impl<H: Handler> H3Server<H> {
     /// GOAWAY to every client, in-flight requests finish (up to the drain
     /// timeout), and the endpoint closes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_spread(&[], shutdown).await;
+    }
+
+    /// [`H3Server::run`], with connections served on `runtimes` in turn
+    /// (none: on the caller's runtime). A connection's quinn driver and its
+    /// request tasks are spawned where the connection is accepted.
+    async fn run_spread(
+        self,
+        runtimes: &[tokio::runtime::Handle],
+        shutdown: impl Future<Output = ()>,
+    ) {
         let shared = Arc::new(self);
+        let mut turn = runtimes.iter().cycle();
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
@@ -129,7 +229,11 @@ impl<H: Handler> H3Server<H> {
                 () = &mut shutdown => break,
                 incoming = shared.endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        conns.spawn(Arc::clone(&shared).connection(incoming, drain_rx.clone()));
+                        let conn = Arc::clone(&shared).connection(incoming, drain_rx.clone());
+                        match turn.next() {
+                            Some(runtime) => conns.spawn_on(conn, runtime),
+                            None => conns.spawn(conn),
+                        };
                     }
                     None => break,
                 },
@@ -162,10 +266,10 @@ impl<H: Handler> H3Server<H> {
         let max_field_section = u64::try_from(self.limits.max_header_bytes).unwrap_or(u64::MAX);
         let built = h3::server::builder()
             .max_field_section_size(max_field_section)
-            .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
             .await;
         match built {
-            Ok(h3) => serve(h3, Arc::new(ctx), drain).await,
+            Ok(h3) => serve(h3, &conn, Arc::new(ctx), drain).await,
             Err(err) => tracing::debug!(%err, "HTTP/3 connection setup failed"),
         }
     }
@@ -233,6 +337,7 @@ impl<H: Handler> H3Server<H> {
 /// the upstream work under them) are dropped, as hyper does for h1/h2.
 async fn serve<H: Handler>(
     mut h3: H3Connection,
+    quic: &quinn::Connection,
     ctx: Arc<ConnCtx<H>>,
     mut drain: watch::Receiver<bool>,
 ) {
@@ -242,7 +347,13 @@ async fn serve<H: Handler>(
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    requests.spawn(request(resolver, Arc::clone(&ctx)));
+                    // Finished requests are reaped here, not joined as they
+                    // finish: that would wake this task once per request.
+                    while requests.try_join_next().is_some() {}
+                    // Boxed: a task's future is copied whole when it is
+                    // spawned, finished and joined, and a request's (the
+                    // gateway's included) is large; a box is copied once.
+                    requests.spawn(Box::pin(request(resolver, Arc::clone(&ctx))));
                 }
                 // The client's GOAWAY, and all its requests are done.
                 Ok(None) => break,
@@ -254,8 +365,9 @@ async fn serve<H: Handler>(
                     break;
                 }
             },
-            Some(_) = requests.join_next(), if !requests.is_empty() => {
-                if draining && requests.is_empty() {
+            // Draining: the connection ends with its last request.
+            Some(_) = requests.join_next(), if draining && !requests.is_empty() => {
+                if requests.is_empty() {
                     break;
                 }
             }
@@ -263,6 +375,7 @@ async fn serve<H: Handler>(
                 draining = true;
                 // GOAWAY: requests already accepted finish, later ones are
                 // rejected (H3_REQUEST_REJECTED: safe for the client to retry).
+                while requests.try_join_next().is_some() {}
                 if h3.shutdown(0).await.is_err() || requests.is_empty() {
                     break;
                 }
@@ -270,7 +383,16 @@ async fn serve<H: Handler>(
         }
     }
     while requests.join_next().await.is_some() {}
+    linger(quic).await;
     // Dropping `h3` closes the connection with H3_NO_ERROR.
+}
+
+/// Waits for the last responses to reach the client before we close: a QUIC
+/// close is immediate and discards what is still unsent or unacknowledged.
+/// Ends early when the client closes first; bounded by a few round trips.
+async fn linger(quic: &quinn::Connection) {
+    let wait = (quic.rtt() * 3 + Duration::from_millis(10)).min(CLOSE_GRACE);
+    let _ = tokio::time::timeout(wait, quic.closed()).await;
 }
 
 async fn wait_drain(drain: &mut watch::Receiver<bool>) {

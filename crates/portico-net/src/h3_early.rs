@@ -15,6 +15,7 @@
 //! whose head we read while that signal is still pending came in 0-RTT.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Method, Request};
@@ -24,6 +25,8 @@ pub static EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 
 /// Whether a connection's handshake has completed, checked without waiting.
 pub(crate) struct Handshake {
+    /// Set once completion was observed: every later request skips the lock.
+    confirmed: AtomicBool,
     /// `None` once completion was observed (or for a connection that only
     /// became usable after its handshake).
     pending: Mutex<Option<quinn::ZeroRttAccepted>>,
@@ -32,6 +35,7 @@ pub(crate) struct Handshake {
 impl Handshake {
     pub(crate) fn new(pending: Option<quinn::ZeroRttAccepted>) -> Self {
         Self {
+            confirmed: AtomicBool::new(pending.is_none()),
             pending: Mutex::new(pending),
         }
     }
@@ -42,6 +46,9 @@ impl Handshake {
     /// Polls the completion future once, without a waker that matters; the
     /// lock is held only for that poll, never across an await.
     pub(crate) fn is_confirmed(&self) -> bool {
+        if self.confirmed.load(Ordering::Acquire) {
+            return true;
+        }
         let Ok(mut pending) = self.pending.lock() else {
             // A panic while polling a oneshot cannot happen; be safe anyway.
             return false;
@@ -52,6 +59,7 @@ impl Handshake {
                 let done = future.now_or_never().is_some();
                 if done {
                     *pending = None;
+                    self.confirmed.store(true, Ordering::Release);
                 }
                 done
             }

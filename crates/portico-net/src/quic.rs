@@ -28,6 +28,13 @@ const TLS13_TICKETS: usize = 2;
 /// oldest are forgotten first, and those clients do a full handshake.
 const SESSION_CACHE: usize = 16 * 1024;
 
+/// Kernel buffer asked for each direction of a listener's UDP socket. One
+/// socket carries every connection of the listener: the default (about
+/// 200 KiB) overflows in bursts, and a datagram dropped there is a loss to
+/// QUIC (a retransmission, and a congestion window halved). Linux caps the
+/// request at `net.core.rmem_max` / `wmem_max`.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
 /// quinn's congestion controllers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
@@ -151,6 +158,7 @@ impl QuicSocket {
         config.transport_config(Arc::new(settings.transport()?));
         let socket =
             std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
+        grow_buffers(&socket);
         Ok(Self { socket, config })
     }
 
@@ -167,6 +175,18 @@ impl QuicSocket {
         let config = quinn::EndpointConfig::default();
         quinn::Endpoint::new(config, Some(self.config), self.socket, runtime)
             .map_err(|source| NetError::Bind { addr, source })
+    }
+}
+
+/// Asks for [`UDP_BUFFER`] bytes of socket buffer each way; the kernel may
+/// give less, which only costs throughput, so failures are logged only.
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(err) = sock.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::debug!(%err, "UDP receive buffer left at its default");
+    }
+    if let Err(err) = sock.set_send_buffer_size(UDP_BUFFER) {
+        tracing::debug!(%err, "UDP send buffer left at its default");
     }
 }
 

@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes};
 use h3_client::{H3Client, H3Conn, read_reply};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use portico_gateway::{Body, ConnInfo};
-use portico_net::{H3Server, Handler, HttpLimits, QuicSettings};
+use portico_net::{H3Listener, H3Server, Handler, HttpLimits, QuicSettings, QuicSocket};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Notify, oneshot};
 
@@ -102,6 +102,32 @@ fn start(settings: QuicSettings, limits: HttpLimits) -> TestServer {
     };
     let (stop, stopped) = oneshot::channel();
     let done = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        cert,
+        handler,
+        stop: Some(stop),
+        done,
+    }
+}
+
+/// A listener served on `workers` threads of its own (the node's model).
+fn start_on_workers(workers: usize) -> TestServer {
+    let (tls, cert) = tls_config();
+    let settings = QuicSettings::default();
+    let socket = QuicSocket::bind("127.0.0.1:0".parse().unwrap(), tls, &settings).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let handler = Arc::new(TestHandler::default());
+    let listener = H3Listener {
+        socket,
+        default_api: None,
+        limits: HttpLimits::default(),
+        handler: Arc::clone(&handler),
+    };
+    let (stop, stopped) = oneshot::channel();
+    let done = tokio::spawn(listener.run_on_workers(workers, async move {
         let _ = stopped.await;
     }));
     TestServer {
@@ -354,4 +380,49 @@ async fn resumed_0rtt(
         }
     }
     panic!("no session ticket after three connections");
+}
+
+/// Connections spread over worker threads are all served, and shutdown
+/// drains every one of them: GOAWAY, the request in flight completes, a clean
+/// close, and the listener stops.
+#[tokio::test]
+async fn worker_threads_serve_every_connection_and_drain_on_shutdown() {
+    let mut server = start_on_workers(3);
+    let client = server.client();
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let conn = client.connect(server.addr).await;
+        let req = Request::post(server.url("/echo")).body(()).unwrap();
+        let reply = conn.request(req, b"spread").await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, &b"spread"[..]);
+        conns.push(conn);
+    }
+    let pending = {
+        let req = Request::get(server.url("/wait")).body(()).unwrap();
+        let mut send = conns[4].send.clone();
+        tokio::spawn(async move {
+            let mut stream = send.send_request(req).await.unwrap();
+            stream.finish().await.unwrap();
+            read_reply(&mut stream).await
+        })
+    };
+    while server.handler.waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let _ = server.stop.take().unwrap().send(());
+    // The idle connections close at once; the busy one once its request is done.
+    for conn in &mut conns[..4] {
+        let closed = conn.closed.take().unwrap().await.unwrap();
+        assert!(closed.is_h3_no_error(), "{closed:?}");
+    }
+    server.handler.release.notify_waiters();
+    let reply = pending.await.unwrap().unwrap();
+    assert_eq!(reply.status, 200);
+    let closed = conns[4].closed.take().unwrap().await.unwrap();
+    assert!(closed.is_h3_no_error(), "{closed:?}");
+    tokio::time::timeout(Duration::from_secs(5), server.done)
+        .await
+        .expect("listener stopped")
+        .unwrap();
 }
