@@ -24,7 +24,6 @@
 #   CONNS, STREAMS: load shape, the same for both protocols (default 8 x 8)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-# The binary `build_release` builds (CARGO_TARGET_DIR when set), or PORTICO_BIN.
 PORTICO="${PORTICO_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portico}"
 
 SECS="${1:-10}"

@@ -2,7 +2,8 @@
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PORTICO="${CARGO_TARGET_DIR:-$ROOT/target}/release/portico"
+# PORTICO_BIN: run that binary instead of building (A/B runs of two builds).
+PORTICO="${PORTICO_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portico}"
 WORK="$(mktemp -d /tmp/portico-bench.XXXXXX)"
 PIDS=()
 
@@ -40,6 +41,7 @@ wait_port() {
 }
 
 build_release() {
+  [ -n "${PORTICO_BIN:-}" ] && return 0
   (cd "$ROOT" && cargo build --release -p portico --quiet)
 }
 

@@ -20,13 +20,13 @@ pub enum Server<H> {
 
 impl<H: Handler> Server<H> {
     /// Serves until `shutdown`, then drains. With `workers > 0` a TCP
-    /// listener spreads over that many threads and an HTTP/3 listener (one
-    /// UDP socket, one quinn endpoint) gets a thread of its own; with 0 both
-    /// serve on the caller's runtime.
+    /// listener spreads over that many threads, and so does an HTTP/3
+    /// listener (one UDP socket and quinn endpoint, each connection on one of
+    /// the threads); with 0 both serve on the caller's runtime.
     pub async fn run_on_workers(self, workers: usize, shutdown: impl Future<Output = ()>) {
         match self {
             Server::Tcp(server) => server.run_on_workers(workers, shutdown).await,
-            Server::H3(server) if workers > 0 => server.run_on_thread(shutdown).await,
+            Server::H3(server) if workers > 0 => server.run_on_workers(workers, shutdown).await,
             Server::H3(server) => server.run(shutdown).await,
         }
     }
