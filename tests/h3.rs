@@ -224,6 +224,12 @@ async fn early_data_serves_safe_methods_and_425s_the_rest() {
     assert_eq!(get.json()["headers"]["early-data"], "1", "{}", get.text());
     assert_eq!(post.status, 425);
     assert_eq!(post.json(), serde_json::json!({"message": "Too Early"}));
+    // Answered by the gateway like any refusal: a request id (and an access line).
+    assert!(
+        post.headers.contains_key("x-request-id"),
+        "{:?}",
+        post.headers
+    );
     // After the handshake the client retries, and the POST is served.
     conn.start_driver();
     let retry = Request::post(f.url("/prod/echo")).body(()).unwrap();

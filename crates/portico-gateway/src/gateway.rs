@@ -130,15 +130,8 @@ impl<U: Upstream> Gateway<U> {
         &self.upstream
     }
 
-    /// Serves one request from any protocol adapter. Never fails: errors become responses.
-    pub async fn handle(
-        &self,
-        req: Request<Body>,
-        conn: &Arc<ConnInfo>,
-        entry: Entry<'_>,
-    ) -> Response<Body> {
-        // 1. Identify the request and start its access record.
-        let mut record = AccessRecord {
+    fn record<B>(&self, req: &Request<B>, conn: &ConnInfo) -> AccessRecord {
+        AccessRecord {
             request_id: request_id(req.headers()),
             node: Arc::clone(&self.settings.node_id),
             protocol: conn.protocol.as_str(),
@@ -147,7 +140,34 @@ impl<U: Upstream> Gateway<U> {
             uri: req.uri().clone(),
             started: Some(Instant::now()),
             ..AccessRecord::default()
-        };
+        }
+    }
+
+    /// The answer to a request a protocol adapter refused before the
+    /// pipeline (HTTP/3 early data: 425), shaped and access-logged like any.
+    pub fn refuse<B>(
+        &self,
+        req: &Request<B>,
+        conn: &ConnInfo,
+        err: GatewayError,
+    ) -> Response<Body> {
+        let mut record = self.record(req, conn);
+        record.error = err.kind.as_str();
+        let mut resp = err.to_response();
+        self.shape_response(&mut resp, &record.request_id);
+        record.status = resp.status().as_u16();
+        resp.map(|body| Body::new(Logged::new(body, record)))
+    }
+
+    /// Serves one request from any protocol adapter. Never fails: errors become responses.
+    pub async fn handle(
+        &self,
+        req: Request<Body>,
+        conn: &Arc<ConnInfo>,
+        entry: Entry<'_>,
+    ) -> Response<Body> {
+        // 1. Identify the request and start its access record.
+        let mut record = self.record(&req, conn);
         // 2. Run the phases; any error goes to the one error sink.
         let result = self.process(req, conn, entry, &mut record).await;
         let mut resp = result.unwrap_or_else(|err| {

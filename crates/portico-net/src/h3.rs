@@ -414,7 +414,8 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
         tracing::debug!(method = %req.method(), path = req.uri().path(), "early data: 425 Too Early");
         // The body will not be read: tell the client to stop sending it.
         recv.stop_sending(Code::H3_NO_ERROR);
-        GatewayError::client(ErrorKind::TooEarly).to_response()
+        let err = GatewayError::client(ErrorKind::TooEarly);
+        ctx.handler.refuse(&req, &ctx.info, err)
     } else {
         let mut req = req.map(|()| body::boxed(RequestBody::new(recv)));
         if early {

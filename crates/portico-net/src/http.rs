@@ -26,6 +26,20 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Body>,
         conn: Arc<ConnInfo>,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// The answer to a request the adapter refuses itself, without calling
+    /// [`Handler::call`] (HTTP/3 early data with an unsafe method: 425). A
+    /// gateway overrides it to give the answer its request id and an access
+    /// log line like any other.
+    fn refuse(
+        &self,
+        req: &Request<()>,
+        conn: &Arc<ConnInfo>,
+        err: portico_gateway::GatewayError,
+    ) -> Response<Body> {
+        let _ = (req, conn);
+        err.to_response()
+    }
 }
 
 /// Protocol limits of a listener.

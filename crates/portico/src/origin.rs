@@ -24,6 +24,15 @@ impl Handler for PublicHandler {
             .handle(req, &conn, Entry::Public(ServedModes::REGIONAL))
             .await
     }
+
+    fn refuse(
+        &self,
+        req: &Request<()>,
+        conn: &Arc<ConnInfo>,
+        err: portico_gateway::GatewayError,
+    ) -> Response<Body> {
+        self.gateway.refuse(req, conn, err)
+    }
 }
 
 /// Runs an origin until `shutdown` completes.

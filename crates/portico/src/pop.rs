@@ -34,6 +34,15 @@ impl Handler for EdgeHandler {
             .handle(req, &conn, Entry::Public(ServedModes::EDGE))
             .await
     }
+
+    fn refuse(
+        &self,
+        req: &Request<()>,
+        conn: &Arc<ConnInfo>,
+        err: portico_gateway::GatewayError,
+    ) -> Response<Body> {
+        self.gateway.refuse(req, conn, err)
+    }
 }
 
 /// Runs a PoP until `shutdown` completes.
