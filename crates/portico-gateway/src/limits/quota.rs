@@ -442,9 +442,13 @@ impl Quotas {
     }
 }
 
+/// The next lease's size: the wallet's demand estimate, at least
+/// [`MIN_LEASE`] but never more than a sixteenth of a small quota at first
+/// (a quota of 100 a day is not handed out 16 at a time to an idle key).
 fn size(wallet: &Wallet, spec: QuotaSpec) -> u64 {
     let sizing = Sizing::default();
-    wallet.next_size(&sizing).max(MIN_LEASE).min(spec.limit)
+    let floor = (spec.limit / 16).clamp(1, MIN_LEASE);
+    wallet.next_size(&sizing).max(floor).min(spec.limit)
 }
 
 fn exhausted(spec: QuotaSpec) -> QuotaOutcome {
@@ -587,7 +591,8 @@ mod tests {
         ))));
         assert_eq!(pop.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
         let held = book.usage("p", "k", SPEC, now_ms()).unwrap().used;
-        assert!(held > 1, "the lease counts as used while held: {held}");
+        // A quota of 50: leases of 50 / 16 = 3 at first.
+        assert_eq!(held, 3, "the lease counts as used while held");
         pop.sweep().await;
         assert!(
             book.usage("p", "k", SPEC, now_ms()).unwrap().used > 1,
