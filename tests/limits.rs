@@ -333,10 +333,9 @@ async fn quota_is_exhausted_and_survives_a_restart() {
     assert_eq!(with_key(&c, &url, KEY_B.as_bytes()).await.status, 200);
 }
 
-/// An origin with one edge API whose `/keyed` route needs a key of plan
-/// `shared` (quota `quota` per day, no throttle), a backbone on
-/// `backbone_port` and an admin API.
-fn edge_origin_config(dir: &std::path::Path, backbone_port: u16, quota: u64) -> String {
+/// `[node]` and `[backbone]` of origin `origin-a` (certificates from
+/// `make_certs` in `dir/certs`), listening on the backbone at `backbone_port`.
+fn origin_head(dir: &std::path::Path, backbone_port: u16) -> String {
     format!(
         r#"
 [node]
@@ -344,6 +343,23 @@ id = "origin-a"
 region = "local"
 state_dir = "state"
 
+[backbone]
+listen = "127.0.0.1:{backbone_port}"
+ca = "{certs}/ca.pem"
+cert = "{certs}/origin-a.pem"
+key = "{certs}/origin-a.key"
+"#,
+        certs = dir.join("certs").display(),
+    )
+}
+
+/// An origin with one edge API whose `/keyed` route needs a key of plan
+/// `shared` (quota `quota` per day, no throttle), a backbone on
+/// `backbone_port` and an admin API.
+fn edge_origin_config(dir: &std::path::Path, backbone_port: u16, quota: u64) -> String {
+    let head = origin_head(dir, backbone_port);
+    format!(
+        r#"{head}
 [[listeners]]
 address = "127.0.0.1:0"
 default_api = "edge"
@@ -352,12 +368,6 @@ certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
 [admin]
 address = "127.0.0.1:0"
 token = "t0ken"
-
-[backbone]
-listen = "127.0.0.1:{backbone_port}"
-ca = "{certs}/ca.pem"
-cert = "{certs}/origin-a.pem"
-key = "{certs}/origin-a.key"
 
 [[apis]]
 name = "edge"
@@ -400,7 +410,6 @@ hash = "{a}"
 plans = ["shared"]
 "#,
         public = dir.join("public").display(),
-        certs = dir.join("certs").display(),
         a = keys::stored_form(KEY_A),
     )
 }
@@ -627,19 +636,9 @@ async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_orig
 /// An edge API with a cached keyed route on two stages: `prod` under a
 /// `fail_open` plan, `dev` under a `fail_closed` one.
 fn degraded_origin_config(dir: &std::path::Path) -> String {
+    let head = origin_head(dir, 0);
     format!(
-        r#"
-[node]
-id = "origin-a"
-region = "local"
-state_dir = "state"
-
-[backbone]
-listen = "127.0.0.1:0"
-ca = "{certs}/ca.pem"
-cert = "{certs}/origin-a.pem"
-key = "{certs}/origin-a.key"
-
+        r#"{head}
 [[apis]]
 name = "edge"
 endpoint = "edge"
@@ -675,7 +674,6 @@ id = "a"
 hash = "{a}"
 plans = ["open", "closed"]
 "#,
-        certs = dir.join("certs").display(),
         a = keys::stored_form(KEY_A),
     )
 }

@@ -32,6 +32,13 @@ pub struct SyncedConfig {
 }
 
 impl SyncedConfig {
+    /// The home region of API `api`: its declared `region`, else the region
+    /// of the origin that sent it.
+    pub fn home_of(&self, api: &str) -> Option<&str> {
+        let declared = self.definitions.api(api).and_then(|a| a.region.as_deref());
+        declared.or_else(|| self.homes.get(api).map(String::as_str))
+    }
+
     fn empty() -> Self {
         SyncedConfig {
             definitions: Arc::new(Definitions::empty()),

@@ -180,11 +180,14 @@ impl<U: Upstream> Gateway<U> {
         record.status = resp.status().as_u16();
         // A body of declared length is complete once that many bytes went
         // out, whether or not its end was polled before the client left.
-        let length = resp
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let length = match http_body::Body::size_hint(resp.body()).exact() {
+            Some(n) => Some(n),
+            None => resp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        };
         resp.map(|body| Body::new(Logged::new(body, record).with_length(length)))
     }
 

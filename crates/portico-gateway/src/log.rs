@@ -116,7 +116,7 @@ impl Logged {
 
     /// Sets the declared length when the headers know it and the body does not.
     pub fn with_length(mut self, length: Option<u64>) -> Self {
-        self.length = self.length.or(length);
+        self.length = length.or(self.length);
         self
     }
 

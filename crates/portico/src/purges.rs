@@ -6,8 +6,8 @@
 //! Both ends plug into the backbone's [`ControlHandler`] hook through the node's
 //! [`crate::control::Dispatch`], which hands them the frames of [`KINDS`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use portico_backbone::{ControlHandler, ControlLink};
 use portico_gateway::cache::PurgeScope;
@@ -88,7 +88,7 @@ pub fn from_wire(scope: portico_proto::PurgeScope) -> Option<PurgeScope> {
 /// The origin's side: the PoP links that are up.
 #[derive(Default)]
 pub struct OriginPurges {
-    links: Mutex<Vec<ControlLink>>,
+    links: crate::control::Links,
     next_id: AtomicU64,
 }
 
@@ -121,12 +121,7 @@ impl OriginPurges {
             purge_id,
             scope: to_wire(scope),
         });
-        let links = self
-            .links
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for link in links {
+        for link in self.links.open() {
             if let Err(err) = link.try_send(frame.clone()) {
                 tracing::warn!(pop = %link.peer_id(), %err, purge_id, "purge not sent to PoP");
             }
@@ -136,14 +131,11 @@ impl OriginPurges {
 
 impl ControlHandler for OriginPurges {
     fn link_up(&self, link: &ControlLink) {
-        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
-        links.retain(ControlLink::is_open);
-        links.push(link.clone());
+        self.links.up(link);
     }
 
     fn link_down(&self, link: &ControlLink) {
-        let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
-        links.retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+        self.links.down(link);
     }
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
-use portico_config::Definitions;
+use portico_config::{ApiKey, Definitions, UsagePlan};
 use portico_gateway::limits::{BookSource, BoxFuture, LeaseAsk, LeaseSource, Quotas};
 use portico_proto::{Frame, FrameKind, QuotaLease, QuotaLeaseRequest, QuotaReturn};
 use portico_quota::Lease;
@@ -42,6 +42,25 @@ fn unix_ms(ms: i64) -> u64 {
 
 fn signed_ms(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Usage plan `plan` of `defs` and its key `key_id`, as a PoP names them;
+/// otherwise why they are refused.
+pub fn plan_and_key<'a>(
+    defs: &'a Definitions,
+    plan: &str,
+    key_id: &str,
+) -> Result<(&'a UsagePlan, &'a ApiKey), String> {
+    let plan = defs
+        .usage_plan(plan)
+        .ok_or_else(|| format!("unknown usage plan `{plan}`"))?;
+    let key = defs
+        .api_key(key_id)
+        .ok_or_else(|| format!("unknown API key `{key_id}`"))?;
+    if !key.plans.contains(&plan.name) {
+        return Err(format!("key `{}` is not in plan `{}`", key.id, plan.name));
+    }
+    Ok((plan, key))
 }
 
 /// The origin's side: grants leases from its book to PoPs.
@@ -85,17 +104,11 @@ impl Granter {
         };
         let spec = {
             let defs = self.definitions.borrow();
-            match (defs.usage_plan(&req.plan), defs.api_key(&req.key_id)) {
-                (None, _) => Err("unknown usage plan"),
-                (_, None) => Err("unknown API key"),
-                (Some(plan), Some(key)) if !key.plans.contains(&plan.name) => {
-                    Err("the key is not in this plan")
-                }
-                (Some(plan), Some(_)) => plan.quota.ok_or("the plan has no quota"),
-            }
+            plan_and_key(&defs, &req.plan, &req.key_id)
+                .and_then(|(plan, _)| plan.quota.ok_or_else(|| "the plan has no quota".into()))
         };
         let answer = match spec {
-            Err(why) => refused(why),
+            Err(why) => refused(&why),
             Ok(spec) => {
                 let want = req.want.clamp(1, spec.limit.max(1));
                 match BookSource::grant_to(book, pop, &req.plan, &req.key_id, spec, want).await {
@@ -154,7 +167,7 @@ type Pending = HashMap<(String, String), oneshot::Sender<QuotaLease>>;
 #[derive(Default)]
 pub struct PopLeases {
     /// Open links by origin node id, with their region.
-    links: Mutex<Vec<ControlLink>>,
+    links: crate::control::Links,
     /// Asks in flight, by (plan, key id): a wallet has at most one at a time.
     pending: Mutex<Pending>,
     /// API name → home region, from the synced configuration.
@@ -175,22 +188,17 @@ impl PopLeases {
     }
 
     fn home(&self, api: &str) -> Option<String> {
-        let config = self.homes.get()?.borrow();
-        if let Some(region) = config.definitions.api(api).and_then(|a| a.region.clone()) {
-            return Some(region);
-        }
-        config.homes.get(api).cloned()
+        self.homes.get()?.borrow().home_of(api).map(str::to_owned)
     }
 
     /// The link that leases for `api`: the lowest node id of its home region.
     fn link_for(&self, api: &str) -> Option<ControlLink> {
         let region = self.home(api);
-        let links = lock(&self.links);
-        links
-            .iter()
+        self.links
+            .open()
+            .into_iter()
             .filter(|l| l.is_open() && region.as_deref().is_none_or(|r| l.region() == r))
             .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
-            .cloned()
     }
 }
 
@@ -250,11 +258,7 @@ impl LeaseSource for PopLeases {
 
 impl ControlHandler for PopLeases {
     fn link_up(&self, link: &ControlLink) {
-        {
-            let mut links = lock(&self.links);
-            links.retain(|l| l.is_open() && l.peer_id() != link.peer_id());
-            links.push(link.clone());
-        }
+        self.links.up(link);
         // Reconcile: what this PoP held from that region goes back now (the
         // origin may have restarted; it keeps the leases in its book).
         let Some(quotas) = self.quotas.get().and_then(std::sync::Weak::upgrade) else {
@@ -264,21 +268,16 @@ impl ControlHandler for PopLeases {
         let homes = self.homes.get().cloned();
         tokio::spawn(async move {
             let home = |api: &str| {
-                homes.as_ref().is_none_or(|h| {
-                    let config = h.borrow();
-                    let declared = config.definitions.api(api).and_then(|a| a.region.clone());
-                    declared
-                        .or_else(|| config.homes.get(api).cloned())
-                        .as_deref()
-                        == Some(region.as_str())
-                })
+                homes
+                    .as_ref()
+                    .is_none_or(|h| h.borrow().home_of(api) == Some(region.as_str()))
             };
             quotas.surrender_home(home).await;
         });
     }
 
     fn link_down(&self, link: &ControlLink) {
-        lock(&self.links).retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+        self.links.down(link);
     }
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {

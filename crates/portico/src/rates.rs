@@ -66,16 +66,22 @@ struct Scope {
     sent: HashMap<String, RateSpec>,
 }
 
-#[derive(Default)]
-struct Broker {
-    links: Vec<ControlLink>,
-    scopes: HashMap<String, Scope>,
+impl Scope {
+    fn new(total: RateSpec) -> Self {
+        Scope {
+            total,
+            demand: HashMap::new(),
+            sent: HashMap::new(),
+        }
+    }
 }
 
 /// The origin's side: shares every shared rate of its edge APIs among the
 /// connected PoPs.
 pub struct OriginRates {
-    broker: Mutex<Broker>,
+    links: crate::control::Links,
+    /// Shared rates by scope.
+    scopes: Mutex<HashMap<String, Scope>>,
     definitions: watch::Receiver<Arc<Definitions>>,
 }
 
@@ -115,15 +121,7 @@ fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
 fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
     let rest = scope.strip_prefix("key:").ok_or("not a key scope")?;
     let (plan, key) = rest.split_once('/').ok_or("malformed key scope")?;
-    let plan = defs
-        .usage_plan(plan)
-        .ok_or_else(|| format!("unknown usage plan `{plan}`"))?;
-    let key = defs
-        .api_key(key)
-        .ok_or_else(|| format!("unknown API key `{key}`"))?;
-    if !key.plans.contains(&plan.name) {
-        return Err(format!("key `{}` is not in plan `{}`", key.id, plan.name));
-    }
+    let (plan, _) = crate::quotas::plan_and_key(defs, plan, key)?;
     let r = plan
         .throttle
         .ok_or_else(|| format!("plan `{}` has no throttle", plan.name))?;
@@ -136,7 +134,8 @@ fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
 impl OriginRates {
     pub fn new(definitions: watch::Receiver<Arc<Definitions>>) -> Arc<Self> {
         Arc::new(Self {
-            broker: Mutex::new(Broker::default()),
+            links: crate::control::Links::default(),
+            scopes: Mutex::new(HashMap::new()),
             definitions,
         })
     }
@@ -146,7 +145,7 @@ impl OriginRates {
     pub fn report(&self, pop: &str, report: &UsageReport, now: Instant) {
         let defs = Arc::clone(&self.definitions.borrow());
         let known = shared_rates(&defs);
-        let mut broker = lock(&self.broker);
+        let mut scopes = lock(&self.scopes);
         for UsageEntry { scope, used } in &report.entries {
             let total = match known.get(scope) {
                 Some(total) => Ok(*total),
@@ -161,11 +160,9 @@ impl OriginRates {
                 }
             };
             let rate = *used as f64 / INTERVAL.as_secs_f64();
-            let s = broker.scopes.entry(scope.clone()).or_insert_with(|| Scope {
-                total,
-                demand: HashMap::new(),
-                sent: HashMap::new(),
-            });
+            let s = scopes
+                .entry(scope.clone())
+                .or_insert_with(|| Scope::new(total));
             s.total = total;
             s.demand.insert(pop.to_owned(), (rate, now));
         }
@@ -175,19 +172,16 @@ impl OriginRates {
     pub fn rebalance(&self, now: Instant) {
         let defs = Arc::clone(&self.definitions.borrow());
         let defined = shared_rates(&defs);
-        let mut broker = lock(&self.broker);
-        let Broker { links, scopes } = &mut *broker;
-        links.retain(ControlLink::is_open);
+        let links = self.links.open();
         if links.is_empty() {
             return;
         }
+        let mut scopes = lock(&self.scopes);
         // Rates of the definitions without demand still get an equal split.
         for (scope, total) in &defined {
-            scopes.entry(scope.clone()).or_insert_with(|| Scope {
-                total: *total,
-                demand: HashMap::new(),
-                sent: HashMap::new(),
-            });
+            scopes
+                .entry(scope.clone())
+                .or_insert_with(|| Scope::new(*total));
         }
         scopes.retain(|scope, s| {
             s.demand
@@ -243,23 +237,16 @@ impl OriginRates {
 
 impl ControlHandler for OriginRates {
     fn link_up(&self, link: &ControlLink) {
-        let mut broker = lock(&self.broker);
-        broker
-            .links
-            .retain(|l| l.is_open() && l.peer_id() != link.peer_id());
-        broker.links.push(link.clone());
+        self.links.up(link);
         // Everyone's equal part changed: resend every share.
-        for s in broker.scopes.values_mut() {
+        for s in lock(&self.scopes).values_mut() {
             s.sent.clear();
         }
     }
 
     fn link_down(&self, link: &ControlLink) {
-        let mut broker = lock(&self.broker);
-        broker
-            .links
-            .retain(|l| l.is_open() && l.peer_id() != link.peer_id());
-        for s in broker.scopes.values_mut() {
+        self.links.down(link);
+        for s in lock(&self.scopes).values_mut() {
             s.sent.clear();
             s.demand.remove(link.peer_id());
         }
@@ -278,7 +265,7 @@ impl ControlHandler for OriginRates {
 pub struct PopRates {
     limits: OnceLock<Arc<Limits>>,
     config: OnceLock<watch::Receiver<Arc<SyncedConfig>>>,
-    links: Mutex<Vec<ControlLink>>,
+    links: crate::control::Links,
     node_id: OnceLock<String>,
 }
 
@@ -312,8 +299,7 @@ impl PopRates {
                 plan.api_stages.first()?.0.clone()
             }
         };
-        let declared = config.definitions.api(&api).and_then(|a| a.region.clone());
-        declared.or_else(|| config.homes.get(&api).cloned())
+        config.home_of(&api).map(str::to_owned)
     }
 
     /// Sends this interval's demand, each rate to its home region's origins.
@@ -338,7 +324,7 @@ impl PopRates {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
             .saturating_sub(INTERVAL.as_millis() as u64);
-        let links = lock(&self.links).clone();
+        let links = self.links.open();
         for (region, entries) in by_region {
             let frame = Frame::UsageReport(UsageReport {
                 pop_id: node_id.clone(),
@@ -370,13 +356,11 @@ impl PopRates {
 
 impl ControlHandler for PopRates {
     fn link_up(&self, link: &ControlLink) {
-        let mut links = lock(&self.links);
-        links.retain(|l| l.is_open() && l.peer_id() != link.peer_id());
-        links.push(link.clone());
+        self.links.up(link);
     }
 
     fn link_down(&self, link: &ControlLink) {
-        lock(&self.links).retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+        self.links.down(link);
     }
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
@@ -470,11 +454,11 @@ plans = ["gold"]
             ],
         };
         rates.report("pop-a", &report, Instant::now());
-        let broker = lock(&rates.broker);
-        let mut known: Vec<_> = broker.scopes.keys().cloned().collect();
+        let scopes = lock(&rates.scopes);
+        let mut known: Vec<_> = scopes.keys().cloned().collect();
         known.sort();
         assert_eq!(known, ["key:gold/k", "stage:a/prod"]);
-        let (rate, _) = broker.scopes["stage:a/prod"].demand["pop-a"];
+        let (rate, _) = scopes["stage:a/prod"].demand["pop-a"];
         assert!((rate - 20.0).abs() < 1e-9, "5 requests in 250 ms: {rate}");
     }
 }

@@ -35,8 +35,8 @@ impl BackboneUpstream {
         if let Some(region) = &ctx.api.region {
             return Some(region.clone());
         }
-        if let Some(region) = self.inner.sync.current().homes.get(&ctx.api.name) {
-            return Some(region.clone());
+        if let Some(region) = self.inner.sync.current().home_of(&ctx.api.name) {
+            return Some(region.to_owned());
         }
         let mut regions = self.inner.links.iter().map(|l| &l.spec.region);
         let first = regions.next()?;

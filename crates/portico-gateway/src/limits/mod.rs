@@ -31,6 +31,7 @@ use portico_config::{ApiKey, Definitions, NodeThrottleConfig, RateLimit, UsagePl
 
 pub use quota::{
     BookSource, BoxFuture, LEASE_TTL_MS, LeaseAsk, LeaseSource, QuotaOutcome, Quotas, UsageView,
+    now_ms,
 };
 
 use crate::context::RequestCtx;

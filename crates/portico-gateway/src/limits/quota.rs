@@ -182,7 +182,8 @@ impl std::fmt::Debug for Quotas {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
+/// The wall clock in milliseconds since the epoch (quota periods are UTC).
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -280,21 +281,15 @@ impl Quotas {
                 (spend, refill)
             };
             match (spend, refill) {
-                (Spend::Accepted, Some(want)) => {
+                // The next lease is fetched in the background (for an
+                // exhausted key: others may have returned some).
+                (Spend::Accepted | Spend::Exhausted, Some(want)) => {
                     let this = Arc::clone(self);
-                    let slot = Arc::clone(&slot);
-                    tokio::spawn(async move { this.refill(&slot, spec, want).await });
-                    return QuotaOutcome::Accepted;
+                    let fill = Arc::clone(&slot);
+                    tokio::spawn(async move { this.refill(&fill, spec, want).await });
+                    return outcome(spend, spec);
                 }
-                (Spend::Accepted, None) => return QuotaOutcome::Accepted,
-                (Spend::Exhausted, Some(want)) => {
-                    // Asks again in the background: others may have returned some.
-                    let this = Arc::clone(self);
-                    let slot = Arc::clone(&slot);
-                    tokio::spawn(async move { this.refill(&slot, spec, want).await });
-                    return exhausted(spec);
-                }
-                (Spend::Exhausted, None) => return exhausted(spec),
+                (Spend::Accepted | Spend::Exhausted, None) => return outcome(spend, spec),
                 (Spend::Empty, Some(want)) => {
                     if !self.refill(&slot, spec, want).await {
                         // The source is unreachable: do not wait for it again.
@@ -356,53 +351,38 @@ impl Quotas {
     /// book before the lease ends.
     pub async fn sweep(&self) {
         let now = now_ms();
-        let held = self.take(|st| st.wallet.is_spent_or_expired(now) || now >= st.period_end_ms);
-        for (api, id, unused) in held {
-            self.source.give_back(api, id, unused).await;
-        }
+        self.give_back_where(|_, st| st.wallet.is_spent_or_expired(now) || now >= st.period_end_ms)
+            .await;
     }
 
     /// Surrenders every lease of `home` (a reconnected origin's APIs): the
     /// unspent rest goes back, and the next requests ask afresh. `home`
     /// decides by API name.
     pub async fn surrender_home(&self, home: impl Fn(&str) -> bool) {
+        self.give_back_where(|api, _| home(api)).await;
+    }
+
+    /// Returns every unspent lease (at shutdown).
+    pub async fn close(&self) {
+        self.give_back_where(|_, _| true).await;
+    }
+
+    /// Surrenders the leases of the slots `pick` chooses (by API and state)
+    /// and hands their unspent rest back to the source.
+    async fn give_back_where(&self, pick: impl Fn(&str, &SlotState) -> bool) {
         let held: Vec<_> = {
             let slots = lock(&self.slots);
             slots
                 .values()
                 .flat_map(HashMap::values)
-                .filter(|s| home(&s.api))
                 .filter_map(|s| {
-                    let held = lock(&s.state).wallet.surrender();
-                    held.map(|(id, unused)| (Arc::clone(&s.api), id, unused))
+                    let mut st = lock(&s.state);
+                    let held = pick(&s.api, &st).then(|| st.wallet.surrender());
+                    held.flatten()
+                        .map(|(id, unused)| (Arc::clone(&s.api), id, unused))
                 })
                 .collect()
         };
-        for (api, id, unused) in held {
-            self.source.give_back(api, id, unused).await;
-        }
-    }
-
-    /// Leases matching `pick` (and with something to return), surrendered.
-    fn take(&self, pick: impl Fn(&SlotState) -> bool) -> Vec<(Arc<str>, u64, u64)> {
-        let slots = lock(&self.slots);
-        slots
-            .values()
-            .flat_map(HashMap::values)
-            .filter_map(|s| {
-                let mut st = lock(&s.state);
-                if !pick(&st) {
-                    return None;
-                }
-                let held = st.wallet.surrender();
-                held.map(|(id, unused)| (Arc::clone(&s.api), id, unused))
-            })
-            .collect()
-    }
-
-    /// Returns every unspent lease (at shutdown).
-    pub async fn close(&self) {
-        let held = self.take(|_| true);
         for (api, id, unused) in held {
             self.source.give_back(api, id, unused).await;
         }
@@ -449,6 +429,14 @@ fn size(wallet: &Wallet, spec: QuotaSpec) -> u64 {
     let sizing = Sizing::default();
     let floor = (spec.limit / 16).clamp(1, MIN_LEASE);
     wallet.next_size(&sizing).max(floor).min(spec.limit)
+}
+
+/// What an accepted or exhausted spend answers.
+fn outcome(spend: Spend, spec: QuotaSpec) -> QuotaOutcome {
+    match spend {
+        Spend::Accepted => QuotaOutcome::Accepted,
+        _ => exhausted(spec),
+    }
 }
 
 fn exhausted(spec: QuotaSpec) -> QuotaOutcome {

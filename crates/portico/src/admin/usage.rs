@@ -34,12 +34,6 @@ fn rfc3339(ms: i64) -> String {
     )
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 pub(super) fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> Resp {
     if req.method() != Method::GET {
         return method_not_allowed("GET");
@@ -106,8 +100,9 @@ pub(super) fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> R
             }
         }
     }
-    let (start, end) =
-        period.unwrap_or_else(|| portico_quota::bounds(spec.period, spec.offset, now_ms()));
+    let (start, end) = period.unwrap_or_else(|| {
+        portico_quota::bounds(spec.period, spec.offset, portico_gateway::limits::now_ms())
+    });
     json(
         StatusCode::OK,
         &json!({
