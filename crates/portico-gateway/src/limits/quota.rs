@@ -174,6 +174,10 @@ pub struct Quotas {
     book: Option<Arc<QuotaBook>>,
     /// By plan, then key id.
     slots: Mutex<Slots>,
+    /// True once closed. Each refill holds a read guard while its lease is
+    /// asked for and installed, so [`Quotas::close`] (the writer) waits for
+    /// refills in flight and no lease is granted after it handed all back.
+    closed: tokio::sync::RwLock<bool>,
 }
 
 impl std::fmt::Debug for Quotas {
@@ -212,6 +216,7 @@ impl Quotas {
             source: Arc::new(source),
             book: Some(book),
             slots: Mutex::new(HashMap::new()),
+            closed: tokio::sync::RwLock::new(false),
         })
     }
 
@@ -221,6 +226,7 @@ impl Quotas {
             source,
             book: None,
             slots: Mutex::new(HashMap::new()),
+            closed: tokio::sync::RwLock::new(false),
         }
     }
 
@@ -311,6 +317,12 @@ impl Quotas {
     /// Asks the source for a lease and installs it; the old lease's unspent
     /// part goes back. False when no lease came.
     async fn refill(&self, slot: &Slot, spec: QuotaSpec, want: u64) -> bool {
+        let closed = self.closed.read().await;
+        if *closed {
+            lock(&slot.state).wallet.refill_failed();
+            slot.refilled.notify_waiters();
+            return false;
+        }
         let ask = LeaseAsk {
             api: Arc::clone(&slot.api),
             plan: Arc::clone(&slot.plan),
@@ -362,8 +374,10 @@ impl Quotas {
         self.give_back_where(|api, _| home(api)).await;
     }
 
-    /// Returns every unspent lease (at shutdown).
+    /// Returns every unspent lease (at shutdown), once the refills in flight
+    /// are installed; no lease is asked for afterwards.
     pub async fn close(&self) {
+        *self.closed.write().await = true;
         self.give_back_where(|_, _| true).await;
     }
 
@@ -590,5 +604,42 @@ mod tests {
         assert!(book.usage("p", "k", SPEC, now_ms()).unwrap().used > 1);
         pop.surrender_home(|api| api == "a").await;
         assert_eq!(book.usage("p", "k", SPEC, now_ms()).unwrap().used, 1);
+    }
+
+    /// A book reached over a slow link.
+    struct Slow(BookSource);
+
+    impl LeaseSource for Slow {
+        fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.0.grant(ask).await
+            })
+        }
+        fn give_back(&self, api: Arc<str>, id: u64, unused: u64) -> BoxFuture<'_, ()> {
+            self.0.give_back(api, id, unused)
+        }
+    }
+
+    #[tokio::test]
+    async fn close_waits_for_refills_in_flight_and_returns_them_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let book = Arc::clone(origin.book().unwrap());
+        let source = Slow(BookSource::new(Arc::clone(&book), "pop"));
+        let pop = Arc::new(Quotas::remote(Arc::new(source)));
+        // A first lease of 3; the second request leaves 1 and starts a refill.
+        for _ in 0..2 {
+            assert_eq!(pop.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        }
+        pop.close().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(book.usage("p", "k", SPEC, now_ms()).unwrap().used, 2);
+        // Closed: nothing more is asked for.
+        assert_eq!(
+            pop.spend("a", "p", "k", SPEC).await,
+            QuotaOutcome::Unavailable
+        );
+        assert_eq!(book.usage("p", "k", SPEC, now_ms()).unwrap().used, 2);
     }
 }
