@@ -18,6 +18,7 @@ pub mod log;
 pub mod router;
 pub mod throttle;
 pub mod upstream;
+pub mod workers;
 
 pub use body::{Body, BoxError};
 pub use context::{ConnInfo, Protocol, RequestCtx, TlsInfo};

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h3::error::Code;
+use portico_gateway::workers::{WorkerPool, current_thread_runtime};
 use portico_gateway::{ConnInfo, ErrorKind, GatewayError, Protocol, TlsInfo, body};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -88,7 +89,8 @@ impl<H: Handler> H3Listener<H> {
             return self.run(shutdown).await;
         }
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let (helpers, mut runtimes) = spawn_helpers(workers - 1);
+        let helpers = WorkerPool::start("portico-h3", 1, workers - 1);
+        let mut runtimes = helpers.handles().to_vec();
         let serve = move || {
             let runtime = match current_thread_runtime() {
                 Ok(rt) => rt,
@@ -136,64 +138,6 @@ impl<H: Handler> H3Listener<H> {
             handler: self.handler,
         })
     }
-}
-
-/// Worker threads that only run what is spawned on their runtimes (HTTP/3
-/// connections), until [`Helpers::stop`].
-struct Helpers {
-    done: watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Helpers {
-    /// Stops the helpers and waits for their threads (blocking).
-    fn stop(self) {
-        let _ = self.done.send(true);
-        for thread in self.threads {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-}
-
-/// Starts up to `count` helper threads; a helper that fails to start is
-/// logged and left out (its share goes to the others).
-fn spawn_helpers(count: usize) -> (Helpers, Vec<tokio::runtime::Handle>) {
-    let (done, done_rx) = watch::channel(false);
-    let mut threads = Vec::with_capacity(count);
-    let mut handles = Vec::with_capacity(count + 1);
-    for index in 1..=count {
-        let runtime = match current_thread_runtime() {
-            Ok(rt) => rt,
-            Err(err) => {
-                tracing::error!(%err, index, "HTTP/3 worker runtime failed to start");
-                continue;
-            }
-        };
-        let handle = runtime.handle().clone();
-        let mut done = done_rx.clone();
-        let run = move || {
-            runtime.block_on(async move {
-                let _ = done.wait_for(|d| *d).await;
-            });
-        };
-        match std::thread::Builder::new()
-            .name(format!("portico-h3-{index}"))
-            .spawn(run)
-        {
-            Ok(thread) => {
-                threads.push(thread);
-                handles.push(handle);
-            }
-            Err(err) => tracing::error!(%err, index, "starting an HTTP/3 worker thread failed"),
-        }
-    }
-    (Helpers { done, threads }, handles)
 }
 
 /// What every request task of a connection shares.

@@ -174,10 +174,7 @@ impl<H: Handler> TcpServer<H> {
             );
             let mut stop = stop.clone();
             let worker = move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                let runtime = match runtime {
+                let runtime = match portico_gateway::workers::current_thread_runtime() {
                     Ok(rt) => rt,
                     Err(err) => {
                         return tracing::error!(%err, index, "worker runtime failed to start");

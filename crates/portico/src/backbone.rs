@@ -83,17 +83,19 @@ impl<U: Upstream> RequestHandler for FromPops<U> {
     }
 }
 
-/// Serves the backbone until `stop`; every snapshot sent on `definitions`
-/// (initial and each reload) reaches every connected PoP.
+/// Serves the backbone until `stop`, its links spread over `workers`
+/// threads; every snapshot sent on `definitions` (initial and each reload)
+/// reaches every connected PoP.
 pub async fn serve_origin<U: Upstream>(
     server: BackboneServer,
+    workers: usize,
     gateway: Arc<Gateway<U>>,
     definitions: watch::Receiver<Arc<Definitions>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let handler = Arc::new(FromPops { gateway });
     server
-        .run(handler, definitions, async move {
+        .run_on_workers(workers, handler, definitions, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;

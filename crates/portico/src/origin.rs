@@ -64,13 +64,12 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         Arc::clone(gateway.limits()),
         stop_rx.clone(),
     ));
+    let workers = settings::workers(&config);
     for server in servers {
         let mut stop = stop_rx.clone();
-        tasks.spawn(
-            server.run_on_workers(settings::workers(&config), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }),
-        );
+        tasks.spawn(server.run_on_workers(workers, workers, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
     }
     tasks.spawn(reload_on_sighup(
         path.to_owned(),
@@ -101,8 +100,13 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
                 handler: rates,
             },
         ]));
-        let serve =
-            crate::backbone::serve_origin(server, Arc::clone(&gateway), defs_rx, stop_rx.clone());
+        let serve = crate::backbone::serve_origin(
+            server,
+            workers,
+            Arc::clone(&gateway),
+            defs_rx,
+            stop_rx.clone(),
+        );
         tasks.spawn(serve);
     }
     if let (Some(listener), Some(a)) = (admin, &config.admin) {

@@ -92,14 +92,15 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         Arc::clone(gateway.limits()),
         stop_rx.clone(),
     ));
-    // Listeners run on one current-thread runtime per core, as the origin's.
+    // TCP listeners share the runtime that drives the backbone links (see
+    // `settings::pop_tcp_workers`); HTTP/3 ones run one current-thread
+    // runtime per core, as the origin's.
+    let (tcp_workers, h3_workers) = (settings::pop_tcp_workers(), settings::workers(&config));
     for server in servers {
         let mut stop = stop_rx.clone();
-        tasks.spawn(
-            server.run_on_workers(settings::workers(&config), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }),
-        );
+        tasks.spawn(server.run_on_workers(tcp_workers, h3_workers, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
     }
     tasks.spawn(crate::purges::apply(
         purge_queue,

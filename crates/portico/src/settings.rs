@@ -76,8 +76,23 @@ pub fn dns(config: &NodeConfig) -> DnsSettings {
 /// Listener worker threads: `PORTICO_WORKERS` if set (0 = serve on the shared
 /// work-stealing runtime), else one per core.
 pub fn workers(_config: &NodeConfig) -> usize {
+    workers_override()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// Threads of a PoP's TCP listeners: `PORTICO_WORKERS` if set, else 0, the
+/// shared runtime. A PoP's misses cross to the backbone link, whose quinn
+/// driver runs on that runtime: a request served on a per-core worker would
+/// wake the driver on another thread and be woken back from it, which cost
+/// the miss path a third of the PoP's CPU (`scripts/bench-chain.sh`). On the
+/// shared runtime the driver is woken on the request's own thread. Hits cost
+/// the same either way.
+pub fn pop_tcp_workers() -> usize {
+    workers_override().unwrap_or(0)
+}
+
+fn workers_override() -> Option<usize> {
     std::env::var("PORTICO_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
