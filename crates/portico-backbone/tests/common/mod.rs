@@ -328,7 +328,13 @@ impl Pop {
 
     /// A PoP whose gateway starts with `defs` (before any snapshot).
     pub fn start_with(tls: &TlsMaterial, origins: Vec<OriginSpec>, defs: Arc<Definitions>) -> Pop {
-        Self::start_full(tls, origins, defs, Arc::new(NoControl))
+        Self::start_full(tls, origins, defs, Arc::new(NoControl), settings())
+    }
+
+    /// A PoP with its own link settings.
+    pub fn start_link(tls: &TlsMaterial, origins: Vec<OriginSpec>, link: LinkSettings) -> Pop {
+        let defs = Arc::new(Definitions::empty());
+        Self::start_full(tls, origins, defs, Arc::new(NoControl), link)
     }
 
     /// A PoP whose control frames go to `control`.
@@ -337,7 +343,8 @@ impl Pop {
         origins: Vec<OriginSpec>,
         control: Arc<dyn ControlHandler>,
     ) -> Pop {
-        Self::start_full(tls, origins, Arc::new(Definitions::empty()), control)
+        let defs = Arc::new(Definitions::empty());
+        Self::start_full(tls, origins, defs, control, settings())
     }
 
     fn start_full(
@@ -345,6 +352,7 @@ impl Pop {
         origins: Vec<OriginSpec>,
         defs: Arc<Definitions>,
         control: Arc<dyn ControlHandler>,
+        link: LinkSettings,
     ) -> Pop {
         let identity = Identity {
             node_id: "pop-a".into(),
@@ -354,7 +362,7 @@ impl Pop {
             identity,
             origins,
             tls,
-            settings(),
+            link,
             DefinitionDefaults::default(),
             control,
         )
