@@ -20,7 +20,7 @@ pub mod throttle;
 pub mod upstream;
 
 pub use body::{Body, BoxError};
-pub use context::{ConnInfo, Protocol, RequestCtx, TlsInfo};
+pub use context::{ConnInfo, Principal, PrincipalKind, Protocol, RequestCtx, TlsInfo};
 pub use error::{ErrorKind, ErrorSource, GatewayError};
 pub use gateway::{Entry, Gateway, GatewaySettings};
 pub use router::{Resolved, RoutingTable, ServedModes};

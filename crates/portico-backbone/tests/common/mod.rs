@@ -26,7 +26,13 @@ pub const REGION: &str = "test-1";
 
 /// Definitions the test origin serves: an edge API and a regional one.
 pub fn definitions(extra_route: &str) -> Arc<Definitions> {
-    let text = format!(
+    let text = definitions_text(extra_route);
+    Arc::new(Definitions::from_toml_str(&text, "test").unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The text of [`definitions`] (more top-level sections may follow it).
+pub fn definitions_text(extra_route: &str) -> String {
+    format!(
         r#"
 [[apis]]
 name = "echo"
@@ -51,8 +57,7 @@ integration = {{ type = "mock", status = 200 }}
 [[apis.stages]]
 name = "prod"
 "#
-    );
-    Arc::new(Definitions::from_toml_str(&text, "test").unwrap_or_else(|e| panic!("{e}")))
+    )
 }
 
 /// A CA and the TLS material of nodes it signed.
@@ -103,7 +108,8 @@ pub struct Observed {
 }
 
 /// The origin's scripted handler, by path inside the stage:
-/// `/echo` streams the request body back; `/info` reports what it saw;
+/// `/echo` streams the request body back; `/info` (and `/keyed/info`)
+/// reports what it saw;
 /// `/hang` never answers; `/infinite` streams forever; `/fail-mid` breaks
 /// after one chunk; `/gate` waits until `gate_size` requests are inside.
 pub struct Scripted {
@@ -139,7 +145,7 @@ impl RequestHandler for Scripted {
         let mut guard = CancelGuard(Arc::clone(&seen), false);
         let resp = match req.uri().path() {
             "/echo" => Response::new(req.into_body()),
-            "/info" => info(&req, &conn, &routed),
+            "/info" | "/keyed/info" => info(&req, &conn, &routed),
             "/hang" => std::future::pending().await,
             "/infinite" => infinite(seen),
             "/fail-mid" => fail_mid(),
@@ -161,7 +167,7 @@ fn info(req: &Request<Body>, conn: &ConnInfo, routed: &Routed) -> Response<Body>
             .to_owned()
     };
     let json = format!(
-        "{{\"client\":\"{}\",\"protocol\":\"{}\",\"request_id\":\"{}\",\"host\":\"{}\",\"api\":\"{}\",\"stage\":\"{}\",\"route\":\"{}\",\"pop\":\"{}\",\"tls\":{},\"query\":\"{}\",\"empty_body\":{}}}",
+        "{{\"client\":\"{}\",\"protocol\":\"{}\",\"request_id\":\"{}\",\"host\":\"{}\",\"api\":\"{}\",\"stage\":\"{}\",\"route\":\"{}\",\"pop\":\"{}\",\"tls\":{},\"query\":\"{}\",\"empty_body\":{},\"principal\":\"{}\"}}",
         conn.client_addr,
         conn.protocol.as_str(),
         header("x-request-id"),
@@ -173,6 +179,11 @@ fn info(req: &Request<Body>, conn: &ConnInfo, routed: &Routed) -> Response<Body>
         conn.tls.is_some(),
         req.uri().query().unwrap_or(""),
         http_body::Body::is_end_stream(req.body()),
+        routed
+            .principal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     );
     text(200, json)
 }
