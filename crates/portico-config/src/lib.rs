@@ -46,8 +46,8 @@ pub use delta::{ApiChange, NoDelta};
 pub use error::{ConfigError, ConfigErrors};
 pub use method::{EndpointMode, Method, Role, UnknownMethod};
 pub use model::{
-    Api, BasePathMapping, CURRENT_DEPLOYMENT, CertPaths, Definitions, Deployment, Domain,
-    HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, Resource,
+    Api, BasePathMapping, CURRENT_DEPLOYMENT, CertPaths, ContextVariable, Definitions, Deployment,
+    Domain, HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, Resource,
     ResponseSource, Route, RouteSettings, Stage,
 };
 pub use plans::{ApiKey, Degraded, RateLimit, UsagePlan};
