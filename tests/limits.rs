@@ -746,3 +746,142 @@ async fn a_pop_cut_off_from_its_origin_spends_what_it_holds_then_fails_closed_or
     let degraded = stats["degraded_allowed"].as_u64().unwrap();
     assert!((1..60).contains(&degraded), "{stats}");
 }
+
+/// An origin whose edge API `edge` and regional API `inside` both map the
+/// caller's key id into a backend header (`http` integration to the demo
+/// backend, which echoes its request headers).
+fn whoami_origin_config(dir: &std::path::Path, backend: SocketAddr) -> String {
+    let head = origin_head(dir, 0);
+    let api = |name: &str, endpoint: &str| {
+        format!(
+            r#"
+[[apis]]
+name = "{name}"
+endpoint = "{endpoint}"
+
+[[apis.routes]]
+method = "GET"
+path = "/whoami"
+api_key_required = true
+[apis.routes.integration]
+type = "http"
+uri = "http://{backend}/whoami"
+request_parameters = {{ "integration.request.header.x-key-id" = "context.identity.apiKeyId" }}
+
+[[apis.routes]]
+method = "GET"
+path = "/ready"
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
+[[apis.stages]]
+name = "prod"
+"#
+        )
+    };
+    format!(
+        r#"{head}
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "inside"
+certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
+{edge}{inside}
+[[usage_plans]]
+name = "basic"
+api_stages = [{{ api = "edge", stage = "prod" }}, {{ api = "inside", stage = "prod" }}]
+
+[[api_keys]]
+id = "a"
+hash = "{a}"
+plans = ["basic"]
+"#,
+        public = dir.join("public").display(),
+        edge = api("edge", "edge"),
+        inside = api("inside", "regional"),
+        a = keys::stored_form(KEY_A),
+    )
+}
+
+/// The access line of `request_id` in a node's JSON log.
+async fn access_line(log: &std::path::Path, request_id: &str) -> serde_json::Value {
+    eventually(10, || async {
+        let text = std::fs::read_to_string(log).ok()?;
+        text.lines()
+            .find(|l| l.contains(request_id) && l.contains("\"target\":\"access\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_key_a_pop_checked_is_the_callers_identity_at_the_origin() {
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "origin-a,pop-a");
+    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+    let (_backend, backend_addr) = backend();
+    let text = whoami_origin_config(dir.path(), backend_addr);
+    let (origin, origin_log) = node(dir.path(), "origin", "origin", &text);
+    let backbone = origin.addrs("backbone")[0];
+    let text = pop_config(dir.path(), "pop-a", backbone, "edge");
+    let (pop, pop_log) = node(dir.path(), "pop", "pop-a", &text);
+    let client = https_client(&cert.der, false);
+    let at = |node: &Proc, path: &str| {
+        format!("https://localhost:{}{path}", node.addrs("https")[0].port())
+    };
+    let ready = at(&pop, "/prod/ready");
+    eventually(60, || async {
+        (get(&client, &ready).await.status == 200).then_some(())
+    })
+    .await;
+    let whoami = |url: String, key: Option<&'static str>, id: &'static str| {
+        let mut req = Request::get(url).header("x-request-id", id);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.body(full(Bytes::new())).unwrap()
+    };
+    // Through the PoP: it checks the key; the origin's integration maps the
+    // key's id (never the key) from the request context.
+    let reply = send(
+        &client,
+        whoami(at(&pop, "/prod/whoami"), Some(KEY_A), "who-1"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let headers = &reply.json()["headers"];
+    assert_eq!(headers["x-key-id"], "a", "{headers}");
+    assert!(headers.get("x-api-key").is_none(), "{headers}");
+    let origin_line = access_line(&origin_log, "who-1").await;
+    assert_eq!(origin_line["protocol"], "backbone");
+    assert_eq!(origin_line["principal"], "api_key:a");
+    assert_eq!(
+        access_line(&pop_log, "who-1").await["principal"],
+        "api_key:a"
+    );
+    // The same as a request authenticated at the origin itself.
+    let reply = send(
+        &client,
+        whoami(at(&origin, "/prod/whoami"), Some(KEY_A), "who-2"),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["headers"]["x-key-id"], "a");
+    assert_eq!(
+        access_line(&origin_log, "who-2").await["principal"],
+        "api_key:a"
+    );
+    // No key or an unknown one: 403 at the PoP, as at the origin.
+    for key in [None, Some(KEY_B)] {
+        let reply = send(&client, whoami(at(&pop, "/prod/whoami"), key, "who-3")).await;
+        assert_error(&reply, 403, "Forbidden");
+    }
+    // A route that requires no key has no caller.
+    let reply = send(
+        &client,
+        whoami(at(&pop, "/prod/ready"), Some(KEY_A), "who-4"),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(access_line(&origin_log, "who-4").await["principal"], "");
+}

@@ -5,7 +5,7 @@
 //! * [`tls`]: the rustls/quinn configurations of both ends (mutual TLS, ALPN
 //!   [`ALPN`], the ring provider explicitly).
 //! * [`server`]: the origin side. Accepts links, answers the handshake, pushes
-//!   configuration snapshots, and turns every request stream into an
+//!   configuration snapshots and deltas, and turns every request stream into an
 //!   `http::Request<Body>` for a [`server::RequestHandler`].
 //! * [`client`]: the PoP side. Dials every origin, reconnects with back-off,
 //!   keeps per-region link state, merges the origins' snapshots
@@ -44,12 +44,12 @@ pub mod sync;
 pub mod tls;
 mod wire;
 
-pub use client::{Backbone, BackboneUpstream, LinkState, OriginSpec};
+pub use client::{Backbone, BackboneUpstream, ConfigStatus, LinkState, OriginSpec};
 pub use control::{ControlHandler, ControlLink};
 pub use error::BackboneError;
 pub use server::{BackboneServer, RequestHandler, Routed};
 pub use settings::{Identity, LinkSettings};
-pub use sync::SyncedConfig;
+pub use sync::{OriginConfig, Running, SyncedConfig};
 pub use tls::{ALPN, TlsMaterial};
 
 use portico_proto::ResetCode;

@@ -44,6 +44,10 @@ pub struct LinkSettings {
     pub backoff_max: Duration,
     /// On shutdown, how long in-flight requests may finish before the link closes.
     pub drain_timeout: Duration,
+    /// Offer configuration deltas (capability `CONFIG_DELTA`): an origin
+    /// sends one after a reload to each PoP that offered it too, instead of
+    /// a full snapshot. Off on either end: snapshots only.
+    pub config_deltas: bool,
 }
 
 impl Default for LinkSettings {
@@ -60,6 +64,7 @@ impl Default for LinkSettings {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            config_deltas: true,
         }
     }
 }

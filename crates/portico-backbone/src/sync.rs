@@ -3,20 +3,30 @@
 //!
 //! Nothing from a peer is trusted: every snapshot's SHA-256 is checked and
 //! its TOML re-parsed and re-validated with [`Definitions::from_toml_str_with`]
-//! (with this PoP's own defaults). Snapshots of several origins are merged
+//! (with this PoP's own defaults), and its version must be the one its text
+//! compiles to. Snapshots of several origins are merged
 //! by concatenating their canonical sources (TOML arrays of tables append)
 //! and validating the result, so an API defined twice is an error like in
 //! any file. A snapshot that fails verification, or a merge that fails
 //! validation, is logged and the last good merged snapshot keeps serving.
 //!
+//! A [`ConfigDelta`] applies only to an origin whose slot runs exactly its
+//! `from_version`: the slot's source is rebuilt with the changed APIs
+//! ([`Definitions::rebuild_source`]) and the result goes through the very
+//! path of a snapshot, whose version must be the delta's `to_version` (the
+//! rebuilt text is then byte for byte the origin's, and its SHA-256 the one
+//! the origin's snapshot would carry). Anything else leaves the slot as it
+//! was; the link asks the origin for a snapshot.
+//!
 //! An origin's last snapshot is kept while its link is down: its APIs stay
 //! routed, and their requests get 503 (no live link) rather than 404.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use portico_config::{DefinitionDefaults, Definitions};
-use portico_proto::ConfigSnapshot;
+use portico_proto::{ConfigDelta, ConfigRequest, ConfigSnapshot};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -47,15 +57,99 @@ impl SyncedConfig {
     }
 }
 
-/// The latest verified snapshot of one origin.
+/// What a PoP runs of one origin's definitions, and how they came.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginConfig {
+    /// The origin's node id, from its last configuration frame.
+    pub origin_id: String,
+    /// Version and SHA-256 of the definitions in force (`None`: none yet).
+    pub running: Option<Running>,
+    /// Snapshots verified (installed, or already running after a reconnect).
+    pub snapshots: u64,
+    /// Deltas applied.
+    pub deltas: u64,
+    /// Snapshots and deltas refused (wrong version, invalid, mismatch).
+    pub refused: u64,
+    /// Full snapshots asked for after a delta that could not be applied.
+    pub requests: u64,
+}
+
+/// A version of definitions and the SHA-256 of their canonical text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    pub version: u64,
+    pub hash: [u8; 32],
+}
+
+impl Running {
+    /// The version of `defs` and the SHA-256 of their canonical text (what
+    /// a snapshot of them carries).
+    pub fn of(defs: &Definitions) -> Running {
+        Running {
+            version: defs.version,
+            hash: Sha256::digest(defs.source.as_bytes()).into(),
+        }
+    }
+
+    /// The SHA-256 in lower-case hex, for logs and the admin API.
+    pub fn hash_hex(&self) -> String {
+        self.hash
+            .iter()
+            .fold(String::with_capacity(64), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+    }
+}
+
+/// What [`ConfigSync::apply`] or [`ConfigSync::apply_delta`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    /// The origin's slot now runs this.
+    Installed(Running),
+    /// That version was already running (a resend after a reconnect).
+    Unchanged,
+}
+
+/// How definitions arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    Snapshot,
+    Delta,
+}
+
+impl Via {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Via::Snapshot => "snapshot",
+            Via::Delta => "delta",
+        }
+    }
+}
+
+/// The latest verified definitions of one origin.
 struct Slot {
     region: String,
     defs: Arc<Definitions>,
+    running: Running,
 }
+
+/// One origin's slot and what happened to it.
+#[derive(Default)]
+struct Entry {
+    slot: Option<Slot>,
+    status: OriginConfig,
+    /// A snapshot was asked for and has not come yet: further deltas that
+    /// fail do not ask again.
+    awaiting_snapshot: bool,
+}
+
+/// Longest `ConfigRequest::reason` sent (the origin only logs it).
+const MAX_REASON: usize = 1024;
 
 pub(crate) struct ConfigSync {
     defaults: DefinitionDefaults,
-    slots: Mutex<Vec<Option<Slot>>>,
+    entries: Mutex<Vec<Entry>>,
     tx: watch::Sender<Arc<SyncedConfig>>,
 }
 
@@ -65,7 +159,7 @@ impl ConfigSync {
         let (tx, _) = watch::channel(Arc::new(SyncedConfig::empty()));
         ConfigSync {
             defaults,
-            slots: Mutex::new((0..origins).map(|_| None).collect()),
+            entries: Mutex::new((0..origins).map(|_| Entry::default()).collect()),
             tx,
         }
     }
@@ -78,55 +172,208 @@ impl ConfigSync {
         Arc::clone(&self.tx.borrow())
     }
 
-    /// Verifies and installs origin `index`'s snapshot. `Ok(false)`: the
-    /// same version was already installed (a resend after reconnect).
+    /// What runs of each origin's definitions, in link order.
+    pub(crate) fn status(&self) -> Vec<OriginConfig> {
+        self.lock().iter().map(|e| e.status.clone()).collect()
+    }
+
+    /// The version origin `index`'s slot runs.
+    #[cfg(test)]
+    pub(crate) fn version(&self, index: usize) -> Option<u64> {
+        let entries = self.lock();
+        entries.get(index)?.slot.as_ref().map(|s| s.running.version)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Verifies and installs origin `index`'s snapshot.
     pub(crate) fn apply(
         &self,
         index: usize,
         region: &str,
         origin_id: &str,
         snapshot: ConfigSnapshot,
-    ) -> Result<bool, BackboneError> {
-        let config_err = |reason: String| BackboneError::Config {
-            origin: origin_id.to_owned(),
-            reason,
-        };
+    ) -> Result<Applied, BackboneError> {
         let hash: [u8; 32] = Sha256::digest(snapshot.definitions.as_bytes()).into();
-        if hash != snapshot.hash {
-            return Err(config_err("SHA-256 does not match the definitions".into()));
-        }
-        let name = format!("snapshot from {origin_id}");
-        let defs = Definitions::from_toml_str_with(&snapshot.definitions, &name, &self.defaults)
-            .map_err(|e| config_err(e.to_string()))?;
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(slot) = slots.get_mut(index) else {
-            return Err(config_err(format!("no origin link #{index}")));
+        let result = if hash != snapshot.hash {
+            Err(config_err(
+                origin_id,
+                "SHA-256 does not match the definitions",
+            ))
+        } else {
+            let name = format!("snapshot from {origin_id}");
+            let text = &snapshot.definitions;
+            self.install(index, region, origin_id, &name, text, snapshot.version)
         };
-        if slot
-            .as_ref()
-            .is_some_and(|s| s.defs.version == defs.version)
-        {
-            return Ok(false);
+        self.count(index, origin_id, Via::Snapshot, &result);
+        if let Some(e) = self.lock().get_mut(index) {
+            // Whatever became of it, a snapshot answers any request.
+            e.awaiting_snapshot = false;
         }
-        *slot = Some(Slot {
+        result
+    }
+
+    /// Applies origin `index`'s delta if its slot runs exactly
+    /// `from_version`, validating the rebuilt definitions as a snapshot's.
+    /// When it fails and the slot does not run `to_version`, the second value
+    /// is the [`ConfigRequest`] the link sends (once, until a snapshot comes).
+    pub(crate) fn apply_delta(
+        &self,
+        index: usize,
+        region: &str,
+        origin_id: &str,
+        delta: &ConfigDelta,
+    ) -> (Result<Applied, BackboneError>, Option<ConfigRequest>) {
+        let result = self.rebuild(index, origin_id, delta).and_then(|text| {
+            let name = format!("delta from {origin_id}");
+            self.install(index, region, origin_id, &name, &text, delta.to_version)
+        });
+        self.count(index, origin_id, Via::Delta, &result);
+        let request = match &result {
+            Ok(_) => None,
+            Err(err) => self.want_snapshot(index, delta.to_version, err),
+        };
+        (result, request)
+    }
+
+    /// The request for a snapshot after a failed delta, unless the slot
+    /// runs `to_version` anyway (only the merge failed: a snapshot would not
+    /// help) or one was asked for already.
+    fn want_snapshot(
+        &self,
+        index: usize,
+        to_version: u64,
+        err: &BackboneError,
+    ) -> Option<ConfigRequest> {
+        let mut entries = self.lock();
+        let e = entries.get_mut(index)?;
+        let have = e.slot.as_ref().map(|s| s.running.version);
+        if have == Some(to_version) || e.awaiting_snapshot {
+            return None;
+        }
+        e.awaiting_snapshot = true;
+        e.status.requests += 1;
+        let mut reason = err.to_string();
+        if reason.len() > MAX_REASON {
+            let mut end = MAX_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Some(ConfigRequest {
+            have_version: have,
+            reason,
+        })
+    }
+
+    /// The source of `delta.to_version`, from the slot at `from_version`.
+    fn rebuild(
+        &self,
+        index: usize,
+        origin_id: &str,
+        delta: &ConfigDelta,
+    ) -> Result<String, BackboneError> {
+        let base = {
+            let entries = self.lock();
+            let slot = entries.get(index).and_then(|e| e.slot.as_ref());
+            match slot {
+                Some(s) if s.running.version == delta.from_version => Arc::clone(&s.defs),
+                other => {
+                    let have =
+                        other.map_or("none".into(), |s| format!("{:016x}", s.running.version));
+                    let reason = format!(
+                        "delta from version {:016x}, but this PoP runs {have}",
+                        delta.from_version
+                    );
+                    return Err(config_err(origin_id, reason));
+                }
+            }
+        };
+        let name = format!("delta from {origin_id}");
+        base.rebuild_source(&delta.changed, &name)
+            .map_err(|e| config_err(origin_id, e.to_string()))
+    }
+
+    /// Compiles `text` with this PoP's defaults, checks it is version
+    /// `version`, and installs it as origin `index`'s definitions.
+    fn install(
+        &self,
+        index: usize,
+        region: &str,
+        origin_id: &str,
+        name: &str,
+        text: &str,
+        version: u64,
+    ) -> Result<Applied, BackboneError> {
+        let defs = Definitions::from_toml_str_with(text, name, &self.defaults)
+            .map_err(|e| config_err(origin_id, e.to_string()))?;
+        if defs.version != version {
+            let reason = format!(
+                "the definitions are version {:016x}, the frame says {version:016x}",
+                defs.version
+            );
+            return Err(config_err(origin_id, reason));
+        }
+        let running = Running::of(&defs);
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(index) else {
+            return Err(config_err(origin_id, format!("no origin link #{index}")));
+        };
+        if entry.slot.as_ref().is_some_and(|s| s.running == running) {
+            return Ok(Applied::Unchanged);
+        }
+        entry.slot = Some(Slot {
             region: region.to_owned(),
             defs: Arc::new(defs),
+            running,
         });
+        entry.status.running = Some(running);
         // Published under the lock, so concurrent snapshots from two links
-        // cannot publish their merges out of order.
-        let merged = merge(&slots, &self.defaults).map_err(|e| config_err(e.to_string()))?;
+        // cannot publish their merges out of order. A merge that fails keeps
+        // the slot (it is what the origin runs) and the last good merge.
+        let slots: Vec<&Slot> = entries.iter().filter_map(|e| e.slot.as_ref()).collect();
+        let merged =
+            merge(&slots, &self.defaults).map_err(|e| config_err(origin_id, e.to_string()))?;
         self.tx.send_replace(Arc::new(merged));
-        Ok(true)
+        Ok(Applied::Installed(running))
+    }
+
+    fn count(
+        &self,
+        index: usize,
+        origin_id: &str,
+        via: Via,
+        result: &Result<Applied, BackboneError>,
+    ) {
+        let mut entries = self.lock();
+        let Some(e) = entries.get_mut(index) else {
+            return;
+        };
+        origin_id.clone_into(&mut e.status.origin_id);
+        match (via, result) {
+            (_, Err(_)) => e.status.refused += 1,
+            (Via::Snapshot, Ok(_)) => e.status.snapshots += 1,
+            (Via::Delta, Ok(_)) => e.status.deltas += 1,
+        }
+    }
+}
+
+fn config_err(origin_id: &str, reason: impl Into<String>) -> BackboneError {
+    BackboneError::Config {
+        origin: origin_id.to_owned(),
+        reason: reason.into(),
     }
 }
 
 /// Merges every origin's definitions into one validated snapshot.
 fn merge(
-    slots: &[Option<Slot>],
+    present: &[&Slot],
     defaults: &DefinitionDefaults,
 ) -> Result<SyncedConfig, portico_config::ConfigErrors> {
-    let present: Vec<&Slot> = slots.iter().flatten().collect();
-    let definitions = match present.as_slice() {
+    let definitions = match present {
         [] => Arc::new(Definitions::empty()),
         [one] => Arc::clone(&one.defs),
         many => {
@@ -137,7 +384,7 @@ fn merge(
         }
     };
     let mut homes = HashMap::new();
-    for slot in &present {
+    for slot in present {
         for api in &slot.defs.apis {
             let home = api.region.clone().unwrap_or_else(|| slot.region.clone());
             homes.entry(api.name.clone()).or_insert(home);
@@ -171,26 +418,30 @@ mod tests {
         }
     }
 
+    fn installed(result: Result<Applied, BackboneError>) -> bool {
+        match result.unwrap_or_else(|e| panic!("{e}")) {
+            Applied::Installed(_) => true,
+            Applied::Unchanged => false,
+        }
+    }
+
     #[test]
     fn merges_origins_and_records_home_regions() {
         let sync = ConfigSync::new(2, DefinitionDefaults::default());
         let rx = sync.subscribe();
         assert!(rx.borrow().definitions.apis.is_empty());
-        assert!(
-            sync.apply(0, "us-east-1", "o-iad", snapshot(&api("a", None)))
-                .unwrap()
-        );
-        assert!(
-            !sync
-                .apply(0, "us-east-1", "o-iad", snapshot(&api("a", None)))
-                .unwrap()
-        );
+        let a = || snapshot(&api("a", None));
+        assert!(installed(sync.apply(0, "us-east-1", "o-iad", a())));
+        assert!(!installed(sync.apply(0, "us-east-1", "o-iad", a())));
         let b = snapshot(&api("b", Some("eu-central-1")));
-        assert!(sync.apply(1, "eu-west-1", "o-dub", b).unwrap());
+        assert!(installed(sync.apply(1, "eu-west-1", "o-dub", b)));
         let cur = sync.current();
         assert_eq!(cur.definitions.apis.len(), 2);
         assert_eq!(cur.homes["a"], "us-east-1");
         assert_eq!(cur.homes["b"], "eu-central-1");
+        let status = sync.status();
+        assert_eq!((status[0].snapshots, status[0].refused), (2, 0));
+        assert_eq!(status[1].origin_id, "o-dub");
     }
 
     #[test]
@@ -207,6 +458,11 @@ mod tests {
         invalid.hash = Sha256::digest(invalid.definitions.as_bytes()).into();
         let err = sync.apply(0, "r1", "o1", invalid).unwrap_err();
         assert!(err.to_string().contains("snapshot from o1"), "{err}");
+        // A version that is not the one of its text.
+        let mut misnumbered = snapshot(&api("b", None));
+        misnumbered.version ^= 1;
+        let err = sync.apply(0, "r1", "o1", misnumbered).unwrap_err();
+        assert!(err.to_string().contains("the frame says"), "{err}");
         // The same API from a second origin: the merge is invalid.
         assert!(
             sync.apply(1, "r2", "o2", snapshot(&api("a", None)))
@@ -215,5 +471,113 @@ mod tests {
         let cur = sync.current();
         assert_eq!(cur.definitions.apis.len(), 1);
         assert_eq!(cur.homes["a"], "r1");
+        assert_eq!(sync.status()[0].refused, 3);
+    }
+
+    /// Two APIs from origin 0, then the delta that changes `b`'s body to `body`.
+    fn synced_with_delta(body: &str) -> (ConfigSync, ConfigDelta, Definitions) {
+        let sync = ConfigSync::new(2, DefinitionDefaults::default());
+        let text = |b: &str| format!("{}\n{}", api("a", None), api("b", None).replace("200", b));
+        let old = Definitions::from_toml_str(&text("200"), "test").unwrap();
+        let next = Definitions::from_toml_str(&text(body), "test").unwrap();
+        sync.apply(0, "r1", "o1", snapshot(&old.source)).unwrap();
+        let delta = ConfigDelta {
+            from_version: old.version,
+            to_version: next.version,
+            changed: old.delta_to(&next).unwrap(),
+        };
+        (sync, delta, next)
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_origins_definitions() {
+        let (sync, delta, next) = synced_with_delta("204");
+        let rx = sync.subscribe();
+        assert_eq!(delta.changed.len(), 1);
+        let (result, request) = sync.apply_delta(0, "r1", "o1", &delta);
+        let Applied::Installed(running) = result.unwrap() else {
+            panic!("not installed")
+        };
+        assert_eq!(request, None);
+        // Version and hash are the ones a snapshot of `next` would carry.
+        assert_eq!(running, Running::of(&next));
+        assert_eq!(running.version, delta.to_version);
+        assert_eq!(sync.version(0), Some(next.version));
+        let served = Arc::clone(&rx.borrow().definitions);
+        assert_eq!(served.source, next.source);
+        assert_eq!(served.apis.len(), 2);
+        let status = &sync.status()[0];
+        assert_eq!((status.snapshots, status.deltas, status.refused), (1, 1, 0));
+        assert_eq!(status.running, Some(running));
+        assert_eq!(running.hash_hex().len(), 64);
+    }
+
+    #[test]
+    fn a_delta_from_another_version_is_ignored_and_a_snapshot_asked_for() {
+        let (sync, mut delta, _) = synced_with_delta("204");
+        let before = sync.version(0);
+        delta.from_version ^= 1;
+        let (result, request) = sync.apply_delta(0, "r1", "o1", &delta);
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("but this PoP runs"), "{err}");
+        assert_eq!(sync.version(0), before);
+        let request = request.expect("a snapshot request");
+        assert_eq!(request.have_version, before);
+        // Asked once: the next failing delta waits for that snapshot.
+        assert_eq!(sync.apply_delta(0, "r1", "o1", &delta).1, None);
+        assert_eq!(sync.status()[0].requests, 1);
+        // A slot with nothing yet asks too.
+        let (result, request) = sync.apply_delta(1, "r2", "o2", &delta);
+        assert!(result.is_err());
+        assert_eq!(request.map(|r| r.have_version), Some(None));
+    }
+
+    #[test]
+    fn an_invalid_delta_is_ignored_and_a_snapshot_asked_for() {
+        let (sync, mut delta, _) = synced_with_delta("204");
+        let rx = sync.subscribe();
+        let before = Arc::clone(&rx.borrow().definitions);
+        // Well formed, but its stage serves a deployment that does not exist.
+        let bad =
+            api("b", None).replace("name = \"prod\"", "name = \"prod\"\ndeployment = \"nope\"");
+        delta.changed = vec![("b".into(), Some(bad))];
+        let (result, request) = sync.apply_delta(0, "r1", "o1", &delta);
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("delta from o1"), "{err}");
+        assert!(request.is_some());
+        // Not even the slot moved; the served snapshot is the same one.
+        assert_eq!(sync.version(0), Some(before.version));
+        assert!(Arc::ptr_eq(&before, &rx.borrow().definitions));
+        // A removal of an API the origin never sent is refused the same way.
+        delta.changed = vec![("zz".into(), None)];
+        assert!(sync.apply_delta(0, "r1", "o1", &delta).0.is_err());
+    }
+
+    #[test]
+    fn a_delta_that_rebuilds_another_version_asks_for_a_snapshot() {
+        let (sync, mut delta, next) = synced_with_delta("204");
+        // Valid changes, but they do not give the version the origin named
+        // (the PoP would run something the origin does not).
+        delta.to_version ^= 1;
+        let (result, request) = sync.apply_delta(0, "r1", "o1", &delta);
+        let err = result.unwrap_err();
+        assert!(err.to_string().contains("the frame says"), "{err}");
+        assert_ne!(sync.version(0), Some(next.version));
+        let request = request.expect("a snapshot request");
+        assert!(
+            request.reason.contains("the frame says"),
+            "{}",
+            request.reason
+        );
+        // The snapshot that answers it is applied and ends the wait.
+        let fixed = snapshot(&next.source);
+        assert!(installed(sync.apply(0, "r1", "o1", fixed)));
+        assert_eq!(sync.version(0), Some(next.version));
+        assert!(sync.apply_delta(0, "r1", "o1", &delta).1.is_some());
+        let status = &sync.status()[0];
+        assert_eq!(
+            (status.snapshots, status.deltas, status.requests),
+            (2, 0, 2)
+        );
     }
 }

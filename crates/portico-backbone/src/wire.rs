@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use portico_gateway::headers::REQUEST_ID;
-use portico_gateway::{ConnInfo, Protocol, RequestCtx};
+use portico_gateway::{ConnInfo, Principal, PrincipalKind, Protocol, RequestCtx};
 use portico_proto::{ClientAddr, Headers, RequestHead, ResponseHead};
 
 use crate::BackboneError;
@@ -88,13 +88,43 @@ pub(crate) fn request_head(
         stage: ctx.stage.name.clone(),
         route_key: ctx.route().key.clone(),
         path_params: ctx.path_params.clone(),
-        principal: None,
+        principal: ctx.principal.as_ref().map(principal_head),
         pop_id: pop_id.to_owned(),
         // At least 1 ms: 0 would mean "no deadline".
         deadline_ms: u32::try_from(remaining.as_millis())
             .unwrap_or(u32::MAX)
             .max(1),
     }
+}
+
+/// The wire form of the caller the PoP authenticated: kind and id only (an
+/// API key's id, never the key).
+fn principal_head(p: &Principal) -> portico_proto::Principal {
+    portico_proto::Principal {
+        kind: p.kind.as_str().to_owned(),
+        id: p.id.clone(),
+        claims: Vec::new(),
+    }
+}
+
+/// Longest principal id accepted from a PoP.
+const MAX_PRINCIPAL_ID: usize = 128;
+
+/// A principal from a PoP: a kind this build knows, and an id of an API
+/// key's form (`[A-Za-z0-9_-]`, 1 to 128 characters). Claims are not used
+/// by API keys and are ignored.
+fn principal_from_head(p: portico_proto::Principal) -> Result<Principal, BackboneError> {
+    let kind = PrincipalKind::from_name(&p.kind)
+        .ok_or_else(|| bad("principal", format!("unknown kind {:?}", p.kind)))?;
+    let id_ok = !p.id.is_empty()
+        && p.id.len() <= MAX_PRINCIPAL_ID
+        && p.id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !id_ok {
+        return Err(bad("principal", format!("invalid id {:?}", p.id)));
+    }
+    Ok(Principal { kind, id: p.id })
 }
 
 /// What the origin needs besides the HTTP request: the PoP's routing
@@ -108,7 +138,8 @@ pub struct Routed {
     pub route_key: String,
     pub path_params: Vec<(String, String)>,
     pub pop_id: String,
-    pub principal: Option<portico_proto::Principal>,
+    /// The caller the PoP authenticated (checked: a known kind, a well-formed id).
+    pub principal: Option<Principal>,
     /// Time budget the PoP had left when it sent the head.
     pub deadline: Option<Duration>,
 }
@@ -121,6 +152,7 @@ pub(crate) fn request_from_head(
     local_addr: SocketAddr,
 ) -> Result<(http::request::Parts, ConnInfo, Routed), BackboneError> {
     let method = Method::from_bytes(head.method.as_bytes()).map_err(|e| bad("method", e))?;
+    let principal = head.principal.map(principal_from_head).transpose()?;
     let uri: Uri = head.uri.parse().map_err(|e| bad("uri", e))?;
     if uri.scheme().is_some() || !head.uri.starts_with('/') {
         return Err(bad("uri", "expected an origin-form path"));
@@ -155,7 +187,7 @@ pub(crate) fn request_from_head(
         route_key: head.route_key,
         path_params: head.path_params,
         pop_id: head.pop_id,
-        principal: head.principal,
+        principal,
         deadline: (head.deadline_ms > 0).then(|| Duration::from_millis(head.deadline_ms.into())),
     };
     Ok((parts, conn, routed))
@@ -247,6 +279,43 @@ mod tests {
             ("echo", "prod")
         );
         assert_eq!(routed.deadline, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn the_principal_travels_by_kind_and_id_and_is_checked() {
+        let pop: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let acme = Principal::api_key("acme-1");
+        let mut h = head();
+        h.principal = Some(principal_head(&acme));
+        assert_eq!(
+            h.principal,
+            Some(portico_proto::Principal {
+                kind: "api_key".into(),
+                id: "acme-1".into(),
+                claims: vec![],
+            })
+        );
+        let (_, _, routed) = request_from_head(h, pop, pop).unwrap();
+        assert_eq!(routed.principal, Some(acme));
+        let (_, _, routed) = request_from_head(head(), pop, pop).unwrap();
+        assert_eq!(routed.principal, None);
+        let long = "k".repeat(MAX_PRINCIPAL_ID + 1);
+        for (kind, id) in [
+            ("jwt", "acme"),
+            ("api_key", ""),
+            ("api_key", "a b"),
+            ("api_key", "a\nb"),
+            ("api_key", long.as_str()),
+        ] {
+            let mut h = head();
+            h.principal = Some(portico_proto::Principal {
+                kind: kind.into(),
+                id: id.into(),
+                claims: vec![],
+            });
+            let err = request_from_head(h, pop, pop).unwrap_err();
+            assert_eq!(err.as_str(), "bad_head", "{kind} {id:?}");
+        }
     }
 
     #[test]

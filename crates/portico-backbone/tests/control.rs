@@ -97,9 +97,10 @@ async fn control_frames_flow_both_ways_with_verified_peers() {
         vec![origin_spec(origin.addr)],
         at_pop.clone(),
     );
-    // Both ends see the link, with the intersection of the capabilities.
-    assert_eq!(next(&mut origin_events).await, "up pop-a caps 2");
-    assert_eq!(next(&mut pop_events).await, "up origin-a caps 2");
+    // Both ends see the link, with the intersection of the capabilities
+    // (plus configuration deltas, bit 0, which both backbones offer).
+    assert_eq!(next(&mut origin_events).await, "up pop-a caps 3");
+    assert_eq!(next(&mut pop_events).await, "up origin-a caps 3");
     // PoP → origin → PoP: a usage report answered with a lease.
     let report = Frame::UsageReport(UsageReport {
         pop_id: "pop-a".into(),

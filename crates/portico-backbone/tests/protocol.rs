@@ -63,7 +63,7 @@ async fn raw_link(
         matches!(
             ack,
             Frame::HelloAck(HelloAck {
-                chosen_version: 1,
+                chosen_version: portico_proto::PROTOCOL_VERSION_MAX,
                 ..
             })
         ),

@@ -95,6 +95,51 @@ async fn bodies_stream_both_ways_with_metadata() {
 }
 
 #[tokio::test]
+async fn the_caller_a_pop_authenticated_travels_in_the_head() {
+    const KEY: &str = "KKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKKK";
+    let keyed = "[[apis.routes]]\nmethod = \"GET\"\npath = \"/keyed/{proxy+}\"\n\
+                 api_key_required = true\nintegration = { type = \"mock\", status = 200 }\n";
+    let plans = format!(
+        "[[usage_plans]]\nname = \"basic\"\napi_stages = [{{ api = \"echo\", stage = \"prod\" }}]\n\
+         [[api_keys]]\nid = \"acme\"\nhash = \"{}\"\nplans = [\"basic\"]\n",
+        portico_gateway::keys::stored_form(KEY)
+    );
+    let text = definitions_text(keyed) + &plans;
+    let defs = Arc::new(portico_config::Definitions::from_toml_str(&text, "test").unwrap());
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), defs);
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    pop.wait_for_api("echo").await;
+    let get = |path: &str, key: Option<&str>| {
+        let mut req = Request::get(path);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.body(portico_gateway::body::empty()).unwrap()
+    };
+    // The PoP checked the key: the origin learns its id, never the key.
+    let (status, info) = collect(pop.handle(get("/prod/keyed/info", Some(KEY))).await).await;
+    let info = String::from_utf8(info.to_vec()).unwrap();
+    assert_eq!(status, 200, "{info}");
+    assert!(info.contains("\"principal\":\"api_key:acme\""), "{info}");
+    assert!(!info.contains(KEY), "{info}");
+    // A route without a key requirement authenticates no one.
+    let (_, info) = collect(pop.handle(get("/prod/info", Some(KEY))).await).await;
+    let info = String::from_utf8(info.to_vec()).unwrap();
+    assert!(info.contains("\"principal\":\"\""), "{info}");
+    // No key: refused at the PoP, nothing reaches the origin.
+    let before = origin.seen.started.load(Ordering::SeqCst);
+    let (status, body) = collect(pop.handle(get("/prod/keyed/info", None)).await).await;
+    assert_eq!(
+        (status, &body[..]),
+        (403, &br#"{"message":"Forbidden"}"#[..])
+    );
+    assert_eq!(origin.seen.started.load(Ordering::SeqCst), before);
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
 async fn a_thousand_concurrent_requests_share_one_link() {
     let (origin, pop) = pair().await;
     origin.seen.gate_size.store(1000, Ordering::SeqCst);

@@ -43,7 +43,7 @@ pub(crate) fn build_definitions(
     if diag.has_errors() {
         return None;
     }
-    match toml::to_string(file) {
+    match crate::delta::render(&crate::delta::View::whole(file)) {
         Ok(source) => Some(Definitions::index(apis, domains, source).with_plans(plans, keys)),
         Err(e) => {
             diag.at(0..0, format!("cannot serialize the definitions: {e}"));

@@ -7,7 +7,8 @@ use crate::error::Diag;
 use crate::file::{HttpFile, HttpProxyFile, IntegrationFile, MockFile, S, SpannedMap};
 use crate::method::Method;
 use crate::model::{
-    HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, ResponseSource,
+    ContextVariable, HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget,
+    ResponseSource,
 };
 use crate::template::{Problem, TemplatePart, UriTemplate, is_param_name, is_stage_variable_name};
 
@@ -143,7 +144,8 @@ fn integration_method(m: Option<&S<String>>, diag: &mut Diag<'_>) -> Option<Opti
 const TARGET_FORMS: &str = "integration.request.path.NAME, integration.request.querystring.NAME \
                             or integration.request.header.NAME";
 const SOURCE_FORMS: &str = "method.request.path.NAME, method.request.querystring.NAME, \
-                            method.request.header.NAME, stageVariables.NAME or 'static value'";
+                            method.request.header.NAME, stageVariables.NAME, \
+                            context.identity.apiKeyId or 'static value'";
 
 fn request_parameters(
     map: &SpannedMap,
@@ -245,6 +247,13 @@ fn parse_source(value: &str, params: &[String]) -> Result<ParamSource, Problem> 
         } else {
             Err(bad())
         };
+    }
+    if value.starts_with("context.") {
+        return [ContextVariable::ApiKeyId]
+            .into_iter()
+            .find(|v| v.as_str() == value)
+            .map(ParamSource::Context)
+            .ok_or_else(bad);
     }
     let rest = value.strip_prefix("method.request.").ok_or_else(bad)?;
     let (kind, name) = rest.split_once('.').ok_or_else(bad)?;
@@ -482,6 +491,18 @@ mod tests {
             "unknown path parameter `nope`"
         );
         assert!(parse_source("method.request.body", &params).is_err());
+        assert_eq!(
+            parse_source("context.identity.apiKeyId", &params),
+            Ok(ParamSource::Context(ContextVariable::ApiKeyId))
+        );
+        let unknown = parse_source("context.identity.apiKey", &params).unwrap_err();
+        assert!(
+            unknown
+                .expected
+                .as_deref()
+                .is_some_and(|e| e.contains("context.identity.apiKeyId")),
+            "{unknown:?}"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! * [`load_node_file`] / [`parse_node`]: a node's file (`portico origin|pop --config`).
 //! * [`Definitions::from_toml_str`]: a definitions snapshot shipped to PoPs as
-//!   [`Definitions::source`].
+//!   [`Definitions::source`]; [`Definitions::delta_to`] and
+//!   [`Definitions::rebuild_source`]: the per-API changes shipped instead when
+//!   only some APIs changed.
 //! * [`check_file`]: `portico check FILE`.
 //! * [`load_topology_file`] / [`parse_topology`]: a topology for `portico up` and
 //!   `portico probe` (module [`topology`]).
@@ -19,6 +21,7 @@
 
 mod cache;
 mod compile;
+mod delta;
 mod error;
 mod file;
 mod integration;
@@ -39,11 +42,12 @@ use std::path::Path;
 
 pub use cache::{CacheMode, CacheSettings, ClientInvalidation, NodeCacheConfig};
 pub use compile::DefinitionDefaults;
+pub use delta::{ApiChange, NoDelta};
 pub use error::{ConfigError, ConfigErrors};
 pub use method::{EndpointMode, Method, Role, UnknownMethod};
 pub use model::{
-    Api, BasePathMapping, CURRENT_DEPLOYMENT, CertPaths, Definitions, Deployment, Domain,
-    HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, Resource,
+    Api, BasePathMapping, CURRENT_DEPLOYMENT, CertPaths, ContextVariable, Definitions, Deployment,
+    Domain, HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, Resource,
     ResponseSource, Route, RouteSettings, Stage,
 };
 pub use plans::{ApiKey, Degraded, RateLimit, UsagePlan};

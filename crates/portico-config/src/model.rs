@@ -293,8 +293,9 @@ pub enum ParamTarget {
     Header(String),
 }
 
-/// `method.request.{path|querystring|header}.NAME`, `'static'` or
-/// `stageVariables.NAME` (header names lower case; the static value unquoted).
+/// `method.request.{path|querystring|header}.NAME`, `'static'`,
+/// `stageVariables.NAME` or a `context.` variable (header names lower case;
+/// the static value unquoted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamSource {
     Path(String),
@@ -302,6 +303,25 @@ pub enum ParamSource {
     Header(String),
     Static(String),
     StageVariable(String),
+    Context(ContextVariable),
+}
+
+/// A request-context variable a mapping may read (API Gateway's `$context`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextVariable {
+    /// `context.identity.apiKeyId`: the id of the API key that authenticated
+    /// the request (where it entered: at a PoP for an edge API), absent when
+    /// the route requires no key.
+    ApiKeyId,
+}
+
+impl ContextVariable {
+    /// The mapping expression naming it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextVariable::ApiKeyId => "context.identity.apiKeyId",
+        }
+    }
 }
 
 /// `integration.response.header.NAME` (lower case) or `'static'`.

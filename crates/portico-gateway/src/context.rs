@@ -54,6 +54,61 @@ impl ConnInfo {
     }
 }
 
+/// How a caller was authenticated. Wire name = [`PrincipalKind::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// An API key (`x-api-key`); the principal's id is the key's `id`,
+    /// never the key itself.
+    ApiKey,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::ApiKey => "api_key",
+        }
+    }
+
+    /// The kind a wire name stands for; `None` for one this build does not know.
+    pub fn from_name(name: &str) -> Option<PrincipalKind> {
+        match name {
+            "api_key" => Some(PrincipalKind::ApiKey),
+            _ => None,
+        }
+    }
+}
+
+/// Who made a request, once authenticated: where it entered (the limits
+/// phase), or at an origin as the PoP that forwarded it said (and as the
+/// origin's own key check agrees).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    pub id: String,
+}
+
+impl Principal {
+    pub fn api_key(id: &str) -> Principal {
+        Principal {
+            kind: PrincipalKind::ApiKey,
+            id: id.to_owned(),
+        }
+    }
+
+    /// The API key id, for an API-key principal (`context.identity.apiKeyId`).
+    pub fn api_key_id(&self) -> Option<&str> {
+        match self.kind {
+            PrincipalKind::ApiKey => Some(&self.id),
+        }
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str(), self.id)
+    }
+}
+
 /// A request after routing: everything an upstream needs to forward it. Cloned
 /// (cheaply: shared pointers) for background cache refreshes.
 #[derive(Debug, Clone)]
@@ -70,6 +125,9 @@ pub struct RequestCtx {
     pub path_params: Vec<(String, String)>,
     /// The Host the client addressed (without port).
     pub host: String,
+    /// The authenticated caller (set by the limits phase; `None` before it,
+    /// and on routes that authenticate no one).
+    pub principal: Option<Principal>,
 }
 
 impl RequestCtx {

@@ -13,7 +13,7 @@ use portico_config::Definitions;
 
 use crate::body::{Body, BodyTooLarge, Limited, find_cause};
 use crate::cache::{PurgeScope, ResponseCache};
-use crate::context::{ConnInfo, RequestCtx};
+use crate::context::{ConnInfo, Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
 use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
 use crate::limits::Limits;
@@ -38,11 +38,13 @@ pub enum Entry<'a> {
     /// From a client on a public listener: Host and path select API and stage.
     Public(ServedModes),
     /// Over the backbone: the PoP already chose API and stage; the request's
-    /// path is the path inside the stage.
+    /// path is the path inside the stage. `principal` is the caller the PoP
+    /// authenticated, if any.
     Routed {
         api: &'a str,
         stage: &'a str,
         modes: ServedModes,
+        principal: Option<&'a Principal>,
     },
 }
 
@@ -215,11 +217,11 @@ impl<U: Upstream> Gateway<U> {
                     modes,
                 )?
             }
-            Entry::Routed { api, stage, modes } => {
-                table.resolve_in(api, stage, record.method.as_str(), path, modes)?
-            }
+            Entry::Routed {
+                api, stage, modes, ..
+            } => table.resolve_in(api, stage, record.method.as_str(), path, modes)?,
         };
-        let ctx = RequestCtx {
+        let mut ctx = RequestCtx {
             request_id: record.request_id.clone(),
             started: record.started.unwrap_or_else(Instant::now),
             conn: Arc::clone(conn),
@@ -229,6 +231,7 @@ impl<U: Upstream> Gateway<U> {
             stage: resolved.stage,
             route_index: resolved.route_index,
             path_params: resolved.path_params,
+            principal: None,
         };
         record.target = Some((
             Arc::clone(&ctx.api),
@@ -238,8 +241,14 @@ impl<U: Upstream> Gateway<U> {
         let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
         // API keys, throttles, quotas: before the cache, so that a refused request
         // never gets a cached answer.
-        let routed = matches!(entry, Entry::Routed { .. });
-        let admitted = self.limits.admit(&ctx, req.headers(), routed).await?;
+        let (routed, claimed) = match entry {
+            Entry::Routed { principal, .. } => (true, principal),
+            Entry::Public(_) => (false, None),
+        };
+        let mut admitted = self.limits.admit(&ctx, req.headers(), routed).await?;
+        // Who the caller is: our own key check, which a PoP's claim must match.
+        ctx.principal = crate::limits::principal(admitted.take_principal(), claimed)?;
+        record.principal.clone_from(&ctx.principal);
         let mut resp = match &self.cache {
             Some(cache) => cache.serve(&self.upstream, &ctx, req, record).await,
             None => self.forward(&ctx, req, record).await,

@@ -21,7 +21,7 @@ pub mod upstream;
 pub mod workers;
 
 pub use body::{Body, BoxError};
-pub use context::{ConnInfo, Protocol, RequestCtx, TlsInfo};
+pub use context::{ConnInfo, Principal, PrincipalKind, Protocol, RequestCtx, TlsInfo};
 pub use error::{ErrorKind, ErrorSource, GatewayError};
 pub use gateway::{Entry, Gateway, GatewaySettings};
 pub use router::{Resolved, RoutingTable, ServedModes};

@@ -35,6 +35,8 @@ pub struct AccessRecord {
     pub error: &'static str,
     /// What the response cache did (`hit`, `miss`, `stale`, ...); empty when not involved.
     pub cache: &'static str,
+    /// The authenticated caller (`api_key:ID`), once known.
+    pub principal: Option<crate::context::Principal>,
     pub integration_latency: Option<Duration>,
     pub started: Option<Instant>,
 }
@@ -60,6 +62,11 @@ impl AccessRecord {
         }
         let (api, stage, route) = self.names();
         let client = self.client.map(|c| c.to_string()).unwrap_or_default();
+        let principal = self
+            .principal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let total_ms = self
             .started
             .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0);
@@ -84,6 +91,7 @@ impl AccessRecord {
             total_ms,
             integration_ms,
             cache = self.cache,
+            principal = %principal,
             outcome,
         );
     }

@@ -1,11 +1,12 @@
 //! `http`: API Gateway's non-proxy HTTP integration. Only what is mapped
 //! reaches the backend (path, query, headers from the method request, static
-//! values, stage variables), and only mapped response headers come back.
+//! values, stage variables, `context.identity.apiKeyId`), and only mapped
+//! response headers come back.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use portico_config::{HttpIntegration, ParamSource, ParamTarget, ResponseSource};
+use portico_config::{ContextVariable, HttpIntegration, ParamSource, ParamTarget, ResponseSource};
 use portico_gateway::headers::set_forwarded;
 use portico_gateway::{Body, GatewayError, RequestCtx, body};
 
@@ -116,6 +117,11 @@ fn lookup(ctx: &RequestCtx, parts: &http::request::Parts, src: &ParamSource) -> 
             .map(str::to_owned),
         ParamSource::Static(value) => Some(value.clone()),
         ParamSource::StageVariable(name) => ctx.stage.variables.get(name).cloned(),
+        ParamSource::Context(ContextVariable::ApiKeyId) => ctx
+            .principal
+            .as_ref()
+            .and_then(|p| p.api_key_id())
+            .map(str::to_owned),
     }
 }
 

@@ -193,6 +193,12 @@ fn config_frame() -> impl Strategy<Value = Frame> {
                 changed,
             })
         });
+    let request = (option::of(any::<u64>()), text()).prop_map(|(have_version, reason)| {
+        Frame::ConfigRequest(ConfigRequest {
+            have_version,
+            reason,
+        })
+    });
     let purge = (any::<u64>(), purge_scope())
         .prop_map(|(purge_id, scope)| Frame::Purge(Purge { purge_id, scope }));
     let ack = any::<u64>().prop_map(|purge_id| Frame::PurgeAck(PurgeAck { purge_id }));
@@ -203,7 +209,7 @@ fn config_frame() -> impl Strategy<Value = Frame> {
             entries: t.2,
         })
     });
-    prop_oneof![snap, delta, purge, ack, usage]
+    prop_oneof![snap, delta, request, purge, ack, usage]
 }
 
 fn quota_frame() -> impl Strategy<Value = Frame> {

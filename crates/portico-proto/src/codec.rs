@@ -583,6 +583,32 @@ mod tests {
     }
 
     #[test]
+    fn config_request_is_a_version_2_frame() {
+        let frame = Frame::ConfigRequest(crate::ConfigRequest {
+            have_version: Some(7),
+            reason: "stale".into(),
+        });
+        let v1 = Codec::new().with_version(1);
+        let mut buf = BytesMut::new();
+        assert!(matches!(
+            v1.encode(&frame, &mut buf),
+            Err(ProtoError::FrameNotInVersion {
+                kind: FrameKind::ConfigRequest,
+                since: 2,
+                negotiated: 1
+            })
+        ));
+        let mut buf = encode_all(&Codec::new(), std::slice::from_ref(&frame));
+        // Tag 23, Some(7), "stale".
+        assert_eq!(&buf[LENGTH_PREFIX_LEN..], b"\x17\x01\x07\x05stale");
+        assert!(matches!(
+            v1.decode(&mut buf.clone()),
+            Err(ProtoError::FrameNotInVersion { .. })
+        ));
+        assert_eq!(Codec::new().decode(&mut buf).unwrap(), Some(frame));
+    }
+
+    #[test]
     fn body_chunk_fast_path_matches_bincode() {
         for len in [0usize, 1, 250, 251, 65_535, 65_536, 300_000] {
             let frame = Frame::BodyChunk(Bytes::from(vec![1u8; len]));

@@ -353,6 +353,8 @@ mod tests {
         );
         open.on_frame(K::HelloAck).unwrap();
         open.on_frame(K::ConfigSnapshot).unwrap();
+        open.on_frame(K::ConfigDelta).unwrap();
         assert!(open.on_frame(K::HelloAck).is_err());
+        acc.on_frame(K::ConfigRequest).unwrap();
     }
 }

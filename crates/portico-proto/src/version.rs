@@ -24,7 +24,11 @@ pub const FRAMING_VERSION: u16 = 1;
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 
 /// Newest frame-set version this build can speak.
-pub const PROTOCOL_VERSION_MAX: u16 = 1;
+///
+/// * 1: the initial frame set (tags 0–22).
+/// * 2: `ConfigRequest` (tag 23): a PoP asks for a full snapshot after a
+///   `ConfigDelta` it could not apply.
+pub const PROTOCOL_VERSION_MAX: u16 = 2;
 
 /// An inclusive range of protocol versions a node supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,7 +77,8 @@ pub fn negotiate(ours: VersionRange, theirs: VersionRange) -> Result<u16, ProtoE
 pub struct Capabilities(pub u64);
 
 impl Capabilities {
-    /// Origin pushes `ConfigDelta` (otherwise only full snapshots).
+    /// Origin pushes `ConfigDelta` (otherwise only full snapshots); the PoP
+    /// answers one it cannot apply with `ConfigRequest` (version 2).
     pub const CONFIG_DELTA: Capabilities = Capabilities(1 << 0);
     /// Quota enforced at PoPs through leases (`QuotaLease*` frames).
     pub const QUOTA_LEASES: Capabilities = Capabilities(1 << 1);
@@ -115,8 +120,10 @@ mod tests {
         assert_eq!(negotiate(r(1, 1), r(1, 1)).unwrap(), 1);
         assert_eq!(
             negotiate(VersionRange::CURRENT, VersionRange::CURRENT).unwrap(),
-            1
+            2
         );
+        // A version-1 peer still gets a link, without version-2 frames.
+        assert_eq!(negotiate(VersionRange::CURRENT, r(1, 1)).unwrap(), 1);
     }
 
     #[test]

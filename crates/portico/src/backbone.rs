@@ -78,6 +78,7 @@ impl<U: Upstream> RequestHandler for FromPops<U> {
             api: &routed.api,
             stage: &routed.stage,
             modes: ServedModes::EDGE,
+            principal: routed.principal.as_ref(),
         };
         self.gateway.handle(req, &conn, entry).await
     }

@@ -145,11 +145,12 @@ async fn reload_on_sighup(
         }
         match portico_config::load_node_file(&path) {
             Ok(config) => {
-                let version = config.definitions.version;
+                let running = portico_backbone::Running::of(&config.definitions);
                 gateway.swap(Arc::clone(&config.definitions));
                 definitions.send_replace(Arc::clone(&config.definitions));
                 tracing::info!(
-                    version = format_args!("{version:016x}"),
+                    version = format_args!("{:016x}", running.version),
+                    sha256 = %running.hash_hex(),
                     "configuration reloaded"
                 );
             }

@@ -109,10 +109,12 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     ));
     // `[admin]` on a PoP: its cache and limits statistics (`/limits/stats`
     // counts requests a `fail_open` plan allowed while its origin was
-    // unreachable); purges made here clear this PoP's cache only.
+    // unreachable) and what it runs of each origin's definitions
+    // (`/config`); purges made here clear this PoP's cache only.
     if let (Some(listener), Some(a)) = (crate::admin::bind(&config).await?, &config.admin) {
         let (local_purges, _) = tokio::sync::broadcast::channel(16);
-        let admin = crate::admin::Admin::new(Arc::clone(&gateway), &a.token, local_purges);
+        let admin = crate::admin::Admin::new(Arc::clone(&gateway), &a.token, local_purges)
+            .with_origins(backbone.config_status());
         tasks.spawn(crate::admin::serve(
             listener,
             Arc::new(admin),

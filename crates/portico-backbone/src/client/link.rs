@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use portico_proto::stream::{ControlSide, ControlStream};
-use portico_proto::{Frame, GoAway, Hello, HelloAck, Pong, Role, StreamKind, VersionRange};
+use portico_proto::{
+    Capabilities, ConfigDelta, Frame, FrameKind, GoAway, Hello, HelloAck, Pong, Role, StreamKind,
+    VersionRange,
+};
 use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 
@@ -11,6 +14,7 @@ use super::{Inner, LinkState, Session};
 use crate::control::ControlLink;
 use crate::framed::{FrameReader, FrameWriter};
 use crate::settings::Backoff;
+use crate::sync::{Applied, Via};
 use crate::{BackboneError, close};
 
 /// The control stream of a link, as the PoP holds it.
@@ -87,7 +91,7 @@ async fn dial(
         role: Role::Pop,
         region: inner.identity.region.clone(),
         versions: VersionRange::CURRENT,
-        capabilities: inner.control.capabilities(),
+        capabilities: offered(inner),
     }))?;
     writer.flush().await?;
     let mut reader = FrameReader::new(recv, codec);
@@ -104,6 +108,16 @@ async fn dial(
         outbox,
     };
     Ok((conn, control))
+}
+
+/// What this PoP offers: its control subsystems' features, and configuration
+/// deltas, which the backbone handles itself.
+fn offered(inner: &Inner) -> Capabilities {
+    let mut caps = inner.control.capabilities();
+    if inner.settings.config_deltas {
+        caps = caps.with(Capabilities::CONFIG_DELTA);
+    }
+    caps
 }
 
 async fn read_ack(reader: &mut FrameReader, conn: &Connection) -> Result<HelloAck, BackboneError> {
@@ -222,20 +236,12 @@ fn on_frame(
     c.checker.on_frame(frame.kind())?;
     match frame {
         Frame::ConfigSnapshot(snapshot) => {
-            let version = snapshot.version;
-            match inner
+            let result = inner
                 .sync
-                .apply(index, &link.spec.region, &c.ack.node_id, snapshot)
-            {
-                Ok(true) => {
-                    tracing::info!(origin = %c.ack.node_id, version = format_args!("{version:016x}"), "configuration applied")
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::error!(%err, "configuration snapshot rejected; keeping the previous one")
-                }
-            }
+                .apply(index, &link.spec.region, &c.ack.node_id, snapshot);
+            log_applied(&c.ack.node_id, Via::Snapshot, result);
         }
+        Frame::ConfigDelta(delta) => on_delta(inner, index, c, &delta)?,
         Frame::Ping(p) => c.writer.push(&Frame::Pong(Pong { nonce: p.nonce }))?,
         Frame::GoAway(g) => {
             tracing::info!(origin = %c.ack.node_id, reason = %g.reason, "origin going away");
@@ -244,6 +250,49 @@ fn on_frame(
         other => inner.control.on_frame(&c.link, other),
     }
     Ok(true)
+}
+
+/// Applies a delta; one that cannot be applied asks the origin for a
+/// snapshot (the PoP keeps serving what it had until then).
+fn on_delta(
+    inner: &Inner,
+    index: usize,
+    c: &mut Control,
+    delta: &ConfigDelta,
+) -> Result<(), BackboneError> {
+    let region = &inner.links[index].spec.region;
+    let (result, request) = inner.sync.apply_delta(index, region, &c.ack.node_id, delta);
+    if let Err(err) = &result {
+        tracing::warn!(origin = %c.ack.node_id, %err, asking = request.is_some(), "configuration delta not applied");
+    }
+    log_applied(&c.ack.node_id, Via::Delta, result);
+    let Some(request) = request else {
+        return Ok(());
+    };
+    if c.ack.chosen_version < FrameKind::ConfigRequest.since_version() {
+        // An origin sends deltas only on links that can ask back.
+        tracing::error!(origin = %c.ack.node_id, "cannot ask for a snapshot on a version-1 link");
+        return Ok(());
+    }
+    c.writer.push(&Frame::ConfigRequest(request))
+}
+
+fn log_applied(origin: &str, via: Via, result: Result<Applied, BackboneError>) {
+    match result {
+        Ok(Applied::Installed(running)) => tracing::info!(
+            origin,
+            via = via.as_str(),
+            version = format_args!("{:016x}", running.version),
+            sha256 = %running.hash_hex(),
+            "configuration applied"
+        ),
+        Ok(Applied::Unchanged) => {}
+        // A delta's failure is logged with its follow-up by the caller.
+        Err(_) if via == Via::Delta => {}
+        Err(err) => {
+            tracing::error!(%err, "configuration snapshot rejected; keeping the previous one")
+        }
+    }
 }
 
 /// PoP shutdown: `GoAway`, then close the link.

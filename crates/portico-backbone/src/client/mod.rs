@@ -3,7 +3,7 @@
 //! [`Backbone::start`] dials every origin at once and keeps one link per
 //! origin: QUIC keep-alives while idle, a reconnect with exponential
 //! back-off and jitter when the link dies, a full configuration snapshot
-//! after every (re)connect. Each link's state is a watch channel, so a
+//! after every (re)connect and deltas after the origin's reloads. Each link's state is a watch channel, so a
 //! request never waits for a link: [`BackboneUpstream`] takes a live link of
 //! the API's home region or fails at once with 503.
 
@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::control::{ControlHandler, ControlLink, Ignore};
 use crate::settings::{Identity, LinkSettings};
-use crate::sync::{ConfigSync, SyncedConfig};
+use crate::sync::{ConfigSync, OriginConfig, SyncedConfig};
 use crate::tls::TlsMaterial;
 use crate::{BackboneError, close};
 
@@ -133,6 +133,26 @@ impl Inner {
     }
 }
 
+/// What a PoP runs of each origin's definitions.
+#[derive(Clone)]
+pub struct ConfigStatus {
+    inner: Arc<Inner>,
+}
+
+impl ConfigStatus {
+    /// Each origin and the version and SHA-256 this PoP runs of its
+    /// definitions, with how many snapshots and deltas came, in `start`'s order.
+    pub fn origins(&self) -> Vec<(OriginSpec, OriginConfig)> {
+        let status = self.inner.sync.status();
+        self.inner
+            .links
+            .iter()
+            .zip(status)
+            .map(|(l, s)| (l.spec.clone(), s))
+            .collect()
+    }
+}
+
 /// The PoP's links to its origins.
 pub struct Backbone {
     inner: Arc<Inner>,
@@ -224,6 +244,14 @@ impl Backbone {
     /// The merged configuration; changes whenever an origin's snapshot does.
     pub fn config(&self) -> watch::Receiver<Arc<SyncedConfig>> {
         self.inner.sync.subscribe()
+    }
+
+    /// What this PoP runs of each origin's definitions, as a handle that
+    /// may outlive the backbone (the admin API keeps one).
+    pub fn config_status(&self) -> ConfigStatus {
+        ConfigStatus {
+            inner: Arc::clone(&self.inner),
+        }
     }
 
     /// Each origin and the state of its link.

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use portico_config::Definitions;
 use portico_proto::stream::{ControlSide, ControlStream};
 use portico_proto::{
-    ConfigSnapshot, Frame, GoAway, Hello, HelloAck, Pong, ResetCode, Role, StreamKind,
-    VersionRange, negotiate,
+    Capabilities, Frame, GoAway, Hello, HelloAck, Pong, ResetCode, Role, StreamKind, VersionRange,
+    negotiate,
 };
 use quinn::{Connection, VarInt};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use super::config::ConfigPush;
 use super::{RequestHandler, Shared, request};
 use crate::control::{ControlHandler, ControlLink};
 use crate::framed::{FrameReader, FrameWriter};
@@ -27,6 +27,8 @@ pub(crate) struct Control {
     /// Frames they queued for the PoP.
     outbox: mpsc::Receiver<Frame>,
     version: u16,
+    /// Snapshots and deltas for this PoP.
+    config: ConfigPush,
 }
 
 /// Serves one PoP connection from the TLS handshake to its close.
@@ -106,7 +108,11 @@ async fn handshake<H>(conn: &Connection, shared: &Shared<H>) -> Result<Control, 
     };
     let version = check_hello(conn, &hello)?;
     writer.preface(StreamKind::Control);
-    let capabilities = shared.control.capabilities().intersect(hello.capabilities);
+    let mut offered = shared.control.capabilities();
+    if shared.settings.config_deltas {
+        offered = offered.with(Capabilities::CONFIG_DELTA);
+    }
+    let capabilities = offered.intersect(hello.capabilities);
     let ack = HelloAck {
         chosen_version: version,
         node_id: shared.identity.node_id.clone(),
@@ -125,6 +131,7 @@ async fn handshake<H>(conn: &Connection, shared: &Shared<H>) -> Result<Control, 
         link,
         outbox,
         version,
+        config: ConfigPush::new(&hello.node_id, capabilities, version),
     })
 }
 
@@ -142,19 +149,15 @@ fn check_hello(conn: &Connection, hello: &Hello) -> Result<u16, HandshakeError> 
     Ok(version)
 }
 
-/// Pushes snapshots, answers pings, and says `GoAway` on shutdown. A broken
-/// control stream closes the whole link (the protocol's rule).
+/// Pushes configuration, answers pings, and says `GoAway` on shutdown. A
+/// broken control stream closes the whole link (the protocol's rule).
 async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connection) {
     let mut defs = shared.definitions.clone();
     let mut stop = shared.stop.clone();
-    let mut sent: Option<u64> = None;
     loop {
         let current = Arc::clone(&defs.borrow_and_update());
-        if sent != Some(current.version) {
-            if let Err(err) = push_snapshot(&mut c.writer, &current) {
-                tracing::error!(%err, "configuration snapshot not sent");
-            }
-            sent = Some(current.version);
+        if let Err(err) = c.config.sync(&mut c.writer, &current, &shared.deltas) {
+            tracing::error!(%err, "configuration not sent");
         }
         if let Err(err) = c.writer.flush().await {
             return tracing::debug!(%err, "control stream closed");
@@ -163,7 +166,7 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
             changed = defs.changed() => if changed.is_err() { return },
             () = crate::settings::stopped(&mut stop) => return say_goaway(&mut c.writer).await,
             Some(frame) = c.outbox.recv() => push_queued(&mut c.writer, &frame),
-            frame = c.reader.next() => match on_frame(&mut c, shared.control.as_ref(), frame) {
+            frame = c.reader.next() => match on_frame(&mut c, shared.control.as_ref(), frame, &current) {
                 Ok(true) => {}
                 // The PoP finished its control stream: it is closing the link.
                 Ok(false) => return,
@@ -182,6 +185,7 @@ fn on_frame(
     c: &mut Control,
     handler: &dyn ControlHandler,
     frame: Result<Option<Frame>, BackboneError>,
+    current: &Definitions,
 ) -> Result<bool, BackboneError> {
     let Some(frame) = frame? else {
         return Ok(false);
@@ -192,6 +196,7 @@ fn on_frame(
         Frame::GoAway(g) => {
             tracing::info!(pop = %c.link.peer_id(), reason = %g.reason, "PoP going away")
         }
+        Frame::ConfigRequest(r) => c.config.on_request(&r, current),
         other => handler.on_frame(&c.link, other),
     }
     Ok(true)
@@ -203,15 +208,6 @@ fn push_queued(w: &mut FrameWriter, frame: &Frame) {
     if let Err(err) = w.push(frame) {
         tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
     }
-}
-
-fn push_snapshot(w: &mut FrameWriter, defs: &Definitions) -> Result<(), BackboneError> {
-    let snapshot = ConfigSnapshot {
-        version: defs.version,
-        hash: Sha256::digest(defs.source.as_bytes()).into(),
-        definitions: defs.source.clone(),
-    };
-    w.push(&Frame::ConfigSnapshot(snapshot))
 }
 
 async fn say_goaway(w: &mut FrameWriter) {

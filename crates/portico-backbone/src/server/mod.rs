@@ -2,12 +2,14 @@
 //!
 //! [`BackboneServer::run`] accepts links from PoPs (mutual TLS is checked by
 //! rustls before anything else), answers the handshake on the control
-//! stream, pushes a configuration snapshot at once and again whenever the
-//! definitions watch changes, and serves every request stream with a
+//! stream, pushes a configuration snapshot at once and, whenever the
+//! definitions watch changes, a delta or a snapshot (`config`), and serves
+//! every request stream with a
 //! [`RequestHandler`]. On shutdown each link gets `GoAway`; requests in flight
 //! may finish (up to the drain timeout), new streams are refused, then the
 //! link closes.
 
+mod config;
 mod control;
 mod request;
 
@@ -63,6 +65,7 @@ pub(crate) struct Shared<H> {
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) control: Arc<dyn ControlHandler>,
+    pub(crate) deltas: config::DeltaCache,
 }
 
 impl BackboneServer {
@@ -194,6 +197,7 @@ impl BackboneServer {
             stop,
             local_addr,
             control: self.control,
+            deltas: config::DeltaCache::default(),
         });
         let links = TaskTracker::new();
         let mut turn = runtimes.iter().cycle();

@@ -26,7 +26,13 @@ pub const REGION: &str = "test-1";
 
 /// Definitions the test origin serves: an edge API and a regional one.
 pub fn definitions(extra_route: &str) -> Arc<Definitions> {
-    let text = format!(
+    let text = definitions_text(extra_route);
+    Arc::new(Definitions::from_toml_str(&text, "test").unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// The text of [`definitions`] (more top-level sections may follow it).
+pub fn definitions_text(extra_route: &str) -> String {
+    format!(
         r#"
 [[apis]]
 name = "echo"
@@ -51,8 +57,7 @@ integration = {{ type = "mock", status = 200 }}
 [[apis.stages]]
 name = "prod"
 "#
-    );
-    Arc::new(Definitions::from_toml_str(&text, "test").unwrap_or_else(|e| panic!("{e}")))
+    )
 }
 
 /// A CA and the TLS material of nodes it signed.
@@ -103,7 +108,8 @@ pub struct Observed {
 }
 
 /// The origin's scripted handler, by path inside the stage:
-/// `/echo` streams the request body back; `/info` reports what it saw;
+/// `/echo` streams the request body back; `/info` (and `/keyed/info`)
+/// reports what it saw;
 /// `/hang` never answers; `/infinite` streams forever; `/fail-mid` breaks
 /// after one chunk; `/gate` waits until `gate_size` requests are inside.
 pub struct Scripted {
@@ -139,7 +145,7 @@ impl RequestHandler for Scripted {
         let mut guard = CancelGuard(Arc::clone(&seen), false);
         let resp = match req.uri().path() {
             "/echo" => Response::new(req.into_body()),
-            "/info" => info(&req, &conn, &routed),
+            "/info" | "/keyed/info" => info(&req, &conn, &routed),
             "/hang" => std::future::pending().await,
             "/infinite" => infinite(seen),
             "/fail-mid" => fail_mid(),
@@ -161,7 +167,7 @@ fn info(req: &Request<Body>, conn: &ConnInfo, routed: &Routed) -> Response<Body>
             .to_owned()
     };
     let json = format!(
-        "{{\"client\":\"{}\",\"protocol\":\"{}\",\"request_id\":\"{}\",\"host\":\"{}\",\"api\":\"{}\",\"stage\":\"{}\",\"route\":\"{}\",\"pop\":\"{}\",\"tls\":{},\"query\":\"{}\",\"empty_body\":{}}}",
+        "{{\"client\":\"{}\",\"protocol\":\"{}\",\"request_id\":\"{}\",\"host\":\"{}\",\"api\":\"{}\",\"stage\":\"{}\",\"route\":\"{}\",\"pop\":\"{}\",\"tls\":{},\"query\":\"{}\",\"empty_body\":{},\"principal\":\"{}\"}}",
         conn.client_addr,
         conn.protocol.as_str(),
         header("x-request-id"),
@@ -173,6 +179,11 @@ fn info(req: &Request<Body>, conn: &ConnInfo, routed: &Routed) -> Response<Body>
         conn.tls.is_some(),
         req.uri().query().unwrap_or(""),
         http_body::Body::is_end_stream(req.body()),
+        routed
+            .principal
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     );
     text(200, json)
 }
@@ -328,7 +339,13 @@ impl Pop {
 
     /// A PoP whose gateway starts with `defs` (before any snapshot).
     pub fn start_with(tls: &TlsMaterial, origins: Vec<OriginSpec>, defs: Arc<Definitions>) -> Pop {
-        Self::start_full(tls, origins, defs, Arc::new(NoControl))
+        Self::start_full(tls, origins, defs, Arc::new(NoControl), settings())
+    }
+
+    /// A PoP with its own link settings.
+    pub fn start_link(tls: &TlsMaterial, origins: Vec<OriginSpec>, link: LinkSettings) -> Pop {
+        let defs = Arc::new(Definitions::empty());
+        Self::start_full(tls, origins, defs, Arc::new(NoControl), link)
     }
 
     /// A PoP whose control frames go to `control`.
@@ -337,7 +354,8 @@ impl Pop {
         origins: Vec<OriginSpec>,
         control: Arc<dyn ControlHandler>,
     ) -> Pop {
-        Self::start_full(tls, origins, Arc::new(Definitions::empty()), control)
+        let defs = Arc::new(Definitions::empty());
+        Self::start_full(tls, origins, defs, control, settings())
     }
 
     fn start_full(
@@ -345,6 +363,7 @@ impl Pop {
         origins: Vec<OriginSpec>,
         defs: Arc<Definitions>,
         control: Arc<dyn ControlHandler>,
+        link: LinkSettings,
     ) -> Pop {
         let identity = Identity {
             node_id: "pop-a".into(),
@@ -354,7 +373,7 @@ impl Pop {
             identity,
             origins,
             tls,
-            settings(),
+            link,
             DefinitionDefaults::default(),
             control,
         )

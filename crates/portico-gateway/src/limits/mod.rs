@@ -34,7 +34,7 @@ pub use quota::{
     now_ms,
 };
 
-use crate::context::RequestCtx;
+use crate::context::{Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
 use crate::keys::{self, KeyError};
 use crate::throttle::{KeyedThrottle, RateSpec, Throttle, Verdict};
@@ -73,9 +73,16 @@ pub struct Limits {
 pub struct Admitted {
     /// `RateLimit-Policy` and `RateLimit`, on routes with a stage, route or key throttle.
     headers: Option<(HeaderValue, HeaderValue)>,
+    /// The caller, when the route required a key: that key's id.
+    principal: Option<Principal>,
 }
 
 impl Admitted {
+    /// The authenticated caller (taken once, into the request context).
+    pub fn take_principal(&mut self) -> Option<Principal> {
+        self.principal.take()
+    }
+
     /// Adds the rate-limit headers to a response.
     pub fn decorate(&self, headers: &mut HeaderMap) {
         if let Some((policy, state)) = &self.headers {
@@ -226,10 +233,11 @@ impl Limits {
             false => None,
         };
         // 2. Throttles (the PoP that forwarded a routed request already applied them).
-        let admitted = match (routed, self.enabled) {
+        let mut admitted = match (routed, self.enabled) {
             (false, true) => self.throttle(ctx, plan.as_ref())?,
             _ => Admitted::default(),
         };
+        admitted.principal = plan.as_ref().map(|(key, _)| Principal::api_key(&key.id));
         // 3. Quota, counted only for requests every throttle let through, and
         //    only where the request entered (a PoP spent it for a routed one).
         if let (Some((key, plan)), Some(quotas), false) = (&plan, &self.quota, routed) {
@@ -272,7 +280,10 @@ impl Limits {
             }
             return Err(err);
         }
-        Ok(Admitted { headers })
+        Ok(Admitted {
+            headers,
+            principal: None,
+        })
     }
 
     /// The key's bucket of its plan: shared per key on a PoP, keyed otherwise.
@@ -344,6 +355,27 @@ fn forbidden(why: KeyError) -> GatewayError {
     GatewayError::client(ErrorKind::Forbidden).with_cause(why)
 }
 
+/// The caller of a request: what this node's own key check found, which the
+/// principal a forwarding PoP `claimed` must then name too (a PoP and an
+/// origin disagreeing on the key is refused: 403); without a check of our
+/// own (the route requires no key here), the PoP's word, which came over a
+/// mutually authenticated link.
+pub fn principal(
+    own: Option<Principal>,
+    claimed: Option<&Principal>,
+) -> Result<Option<Principal>, GatewayError> {
+    match (own, claimed) {
+        (Some(own), Some(claimed)) if own != *claimed => Err(GatewayError::client(
+            ErrorKind::Forbidden,
+        )
+        .with_cause(format!(
+            "the forwarding PoP authenticated {claimed}, the presented key is {own}"
+        ))),
+        (Some(own), _) => Ok(Some(own)),
+        (None, claimed) => Ok(claimed.cloned()),
+    }
+}
+
 /// The presented key, and the plan of it that covers the request's API stage.
 fn authorize(
     ctx: &RequestCtx,
@@ -367,4 +399,36 @@ fn authorize(
                 .with_cause("API key has no usage plan covering this API stage")
         })?;
     Ok((Arc::clone(key), Arc::clone(plan)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_principal_is_our_own_check_which_a_pop_must_agree_with() {
+        let acme = Principal::api_key("acme");
+        let other = Principal::api_key("other");
+        assert_eq!(principal(None, None).unwrap(), None);
+        assert_eq!(
+            principal(Some(acme.clone()), None).unwrap(),
+            Some(acme.clone())
+        );
+        assert_eq!(
+            principal(Some(acme.clone()), Some(&acme)).unwrap(),
+            Some(acme.clone())
+        );
+        // A route that requires no key here: the forwarding PoP's word.
+        assert_eq!(principal(None, Some(&acme)).unwrap(), Some(acme.clone()));
+        let err = principal(Some(acme), Some(&other)).unwrap_err();
+        assert!(matches!(err.kind, ErrorKind::Forbidden), "{err}");
+        assert_eq!(err.to_response().status(), 403);
+        let cause = err.cause.map(|c| c.to_string()).unwrap_or_default();
+        assert!(
+            cause.contains("api_key:other") && cause.contains("api_key:acme"),
+            "{cause}"
+        );
+        assert_eq!(other.to_string(), "api_key:other");
+        assert_eq!(other.api_key_id(), Some("other"));
+    }
 }

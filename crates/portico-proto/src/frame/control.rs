@@ -55,15 +55,33 @@ pub struct ConfigSnapshot {
 }
 
 /// Changes between two snapshot versions, per API.
+///
+/// A PoP rebuilds the definitions text of `to_version` from the one it runs:
+/// each `Some` replaces the API of that name in place (or is appended when
+/// there is none), each `None` removes one. `to_version` is the version of
+/// the resulting text (FNV-1a of its bytes, like [`ConfigSnapshot::version`]),
+/// so the rebuild is verified byte for byte; the SHA-256 the PoP then
+/// reports is the one a snapshot of that version would carry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigDelta {
     /// A PoP not at exactly this version ignores the delta and asks for
-    /// (or waits for) a full snapshot.
+    /// a full snapshot ([`ConfigRequest`]).
     pub from_version: u64,
     pub to_version: u64,
     /// `(api name, Some(TOML of that API))` for added or changed APIs,
     /// `(api name, None)` for removed ones.
     pub changed: Vec<(String, Option<String>)>,
+}
+
+/// A PoP asks for a full [`ConfigSnapshot`]: it could not apply a delta
+/// (not at its `from_version`, invalid, or rebuilt to another version).
+/// Since protocol version 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRequest {
+    /// The version the PoP runs for this origin (`None`: no snapshot yet).
+    pub have_version: Option<u64>,
+    /// Why, for the origin's log.
+    pub reason: String,
 }
 
 /// Invalidate cached responses at a PoP.

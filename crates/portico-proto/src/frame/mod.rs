@@ -16,8 +16,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use control::{
-    ConfigDelta, ConfigSnapshot, GoAway, Hello, HelloAck, Ping, Pong, Purge, PurgeAck, PurgeScope,
-    QuotaLease, QuotaLeaseRequest, QuotaReturn, RateShare, Role, UsageEntry, UsageReport,
+    ConfigDelta, ConfigRequest, ConfigSnapshot, GoAway, Hello, HelloAck, Ping, Pong, Purge,
+    PurgeAck, PurgeScope, QuotaLease, QuotaLeaseRequest, QuotaReturn, RateShare, Role, UsageEntry,
+    UsageReport,
 };
 pub use request::{
     ClientAddr, End, Headers, Principal, RequestHead, Reset, ResetCode, ResponseHead, TlsInfo,
@@ -76,6 +77,8 @@ pub enum Frame {
     WsClose(WsClose),
     /// 22
     AuthorizerDecision(AuthorizerDecision),
+    /// 23 (protocol version 2)
+    ConfigRequest(ConfigRequest),
 }
 
 /// The variant of a [`Frame`] without its data: for logs, errors and
@@ -105,6 +108,7 @@ pub enum FrameKind {
     WsMessage,
     WsClose,
     AuthorizerDecision,
+    ConfigRequest,
 }
 
 impl Frame {
@@ -135,13 +139,14 @@ impl Frame {
             Self::WsMessage(_) => K::WsMessage,
             Self::WsClose(_) => K::WsClose,
             Self::AuthorizerDecision(_) => K::AuthorizerDecision,
+            Self::ConfigRequest(_) => K::ConfigRequest,
         }
     }
 }
 
 impl FrameKind {
     /// Every kind, in tag order.
-    pub const ALL: [FrameKind; 23] = {
+    pub const ALL: [FrameKind; 24] = {
         use FrameKind::*;
         [
             Hello,
@@ -167,6 +172,7 @@ impl FrameKind {
             WsMessage,
             WsClose,
             AuthorizerDecision,
+            ConfigRequest,
         ]
     };
 
@@ -184,8 +190,11 @@ impl FrameKind {
 
     /// First protocol version in which this kind may be sent.
     pub fn since_version(self) -> u16 {
-        // Everything so far is version 1; new kinds get a higher number here.
-        1
+        // New kinds get the version that introduced them here.
+        match self {
+            FrameKind::ConfigRequest => 2,
+            _ => 1,
+        }
     }
 
     /// Whether this kind may appear on a stream of `stream` kind. Ordering
@@ -247,6 +256,7 @@ impl FrameKind {
             K::WsMessage => "ws_message",
             K::WsClose => "ws_close",
             K::AuthorizerDecision => "authorizer_decision",
+            K::ConfigRequest => "config_request",
         }
     }
 }

@@ -8,10 +8,12 @@
 //!   an unknown path: 404; a known path with another method: 405 with `Allow`.
 //!
 //! Routes live in submodules (`cache`: purges and statistics; `usage`: quota
-//! usage per key and the degraded-mode counter); [`Admin::route`]
+//! usage per key and the degraded-mode counter; `config`: the definitions
+//! served, and on a PoP how each origin's arrived); [`Admin::route`]
 //! dispatches on the path prefix, so other areas add their own module and one arm.
 
 mod cache;
+mod config;
 mod usage;
 
 use std::convert::Infallible;
@@ -43,6 +45,8 @@ pub struct Admin<U> {
     /// to the connected PoPs (a receiver subscribes; none yet means origin only).
     pub purges: broadcast::Sender<PurgeScope>,
     next_purge_id: AtomicU64,
+    /// A PoP's: the configuration each origin sent (for `GET /config`).
+    origins: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 impl<U: Upstream> Admin<U> {
@@ -56,7 +60,14 @@ impl<U: Upstream> Admin<U> {
             token: token.as_bytes().into(),
             purges,
             next_purge_id: AtomicU64::new(1),
+            origins: None,
         }
+    }
+
+    /// A PoP's admin API: `GET /config` also lists its origins' definitions.
+    pub fn with_origins(mut self, status: portico_backbone::ConfigStatus) -> Self {
+        self.origins = Some(Box::new(move || config::origins(&status)));
+        self
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -98,6 +109,7 @@ impl<U: Upstream> Admin<U> {
         match path.as_str() {
             "/usage" => usage::usage(self, &req),
             "/limits/stats" => usage::stats(self, &req),
+            "/config" => config::config(self, &req),
             _ => message(StatusCode::NOT_FOUND, "Not Found"),
         }
     }

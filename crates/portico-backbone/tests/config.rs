@@ -1,0 +1,332 @@
+//! Configuration sync over real links: snapshots at connect, deltas after
+//! reloads, and a snapshot whenever a PoP cannot apply a delta.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use portico_backbone::{LinkSettings, OriginConfig, Running, TlsMaterial};
+use portico_config::Definitions;
+use portico_proto::{
+    Capabilities, Codec, ConfigDelta, ConfigRequest, ConfigSnapshot, Frame, Hello, HelloAck,
+    MAX_FRAME_LIMIT, PROTOCOL_VERSION_MAX, Ping, Role, StreamKind, VersionRange, decode_preface,
+    encode_preface,
+};
+use quinn::{RecvStream, SendStream};
+
+const ONLY_GET: &str = "[[apis.routes]]\nmethod = \"GET\"\npath = \"/only-get\"\nintegration = { type = \"mock\", status = 200 }\n";
+
+fn status(pop: &Pop) -> OriginConfig {
+    pop.backbone.config_status().origins()[0].1.clone()
+}
+
+fn running(defs: &Definitions) -> Running {
+    Running {
+        version: defs.version,
+        hash: sha256(&defs.source),
+    }
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+async fn wait_status(pop: &Pop, what: &str, check: impl Fn(&OriginConfig) -> bool) {
+    eventually(20, what, || async { check(&status(pop)) }).await;
+}
+
+#[tokio::test]
+async fn a_reload_reaches_the_pop_as_a_delta_and_a_reconnect_gets_a_snapshot() {
+    let pki = Pki::new();
+    let first = definitions("");
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), Arc::clone(&first));
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    pop.wait_for_api("echo").await;
+    wait_status(&pop, "first snapshot", |s| s.snapshots == 1).await;
+    assert_eq!(status(&pop).running, Some(running(&first)));
+    // Reload: one API changes; the PoP gets only that, as a delta.
+    let second = definitions(ONLY_GET);
+    origin.defs.send_replace(Arc::clone(&second));
+    wait_status(&pop, "delta applied", |s| s.deltas == 1).await;
+    let s = status(&pop);
+    assert_eq!((s.snapshots, s.deltas, s.refused, s.requests), (1, 1, 0, 0));
+    // What it runs is exactly what a snapshot would have carried.
+    assert_eq!(s.running, Some(running(&second)));
+    assert_eq!(s.origin_id, "origin-a");
+    let post = http::Request::post("/prod/only-get")
+        .body(portico_gateway::body::empty())
+        .unwrap();
+    assert_eq!(pop.handle(post).await.status(), 405);
+    // The origin restarts on the same port: the new link starts with a
+    // full snapshot, never a delta.
+    let addr = origin.addr;
+    origin.stop().await;
+    let third = definitions(&ONLY_GET.replace("only-get", "only-get-2"));
+    let origin = Origin::start(&pki.material("origin-a"), addr, Arc::clone(&third));
+    wait_status(&pop, "snapshot after reconnect", |s| s.snapshots == 2).await;
+    let s = status(&pop);
+    assert_eq!((s.deltas, s.refused), (1, 0));
+    assert_eq!(s.running, Some(running(&third)));
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn without_the_delta_capability_reloads_are_snapshots() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let link = LinkSettings {
+        config_deltas: false,
+        ..settings()
+    };
+    let pop = Pop::start_link(&pki.material("pop-a"), vec![origin_spec(origin.addr)], link);
+    pop.wait_for_api("echo").await;
+    let second = definitions(ONLY_GET);
+    origin.defs.send_replace(Arc::clone(&second));
+    wait_status(&pop, "second snapshot", |s| s.snapshots == 2).await;
+    let s = status(&pop);
+    assert_eq!((s.deltas, s.running), (0, Some(running(&second))));
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}
+
+/// One end of a control stream driven by hand.
+struct RawControl {
+    send: SendStream,
+    recv: RecvStream,
+    buf: BytesMut,
+    preface_read: bool,
+}
+
+impl RawControl {
+    fn codec() -> Codec {
+        Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap()
+    }
+
+    async fn send(&mut self, frames: &[Frame]) {
+        let mut out = BytesMut::new();
+        for f in frames {
+            Self::codec().encode(f, &mut out).unwrap();
+        }
+        self.send.write_all(&out).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Frame {
+        loop {
+            if !self.preface_read {
+                self.preface_read = decode_preface(&mut self.buf).unwrap().is_some();
+            }
+            if self.preface_read
+                && let Some(frame) = Self::codec().decode(&mut self.buf).unwrap()
+            {
+                return frame;
+            }
+            let read = self.recv.read_chunk(64 * 1024, true);
+            let chunk = tokio::time::timeout(Duration::from_secs(20), read)
+                .await
+                .expect("a frame in time")
+                .unwrap()
+                .expect("the stream goes on");
+            self.buf.extend_from_slice(&chunk.bytes);
+        }
+    }
+}
+
+/// A hand-driven PoP that offers deltas; returns after the first snapshot.
+async fn raw_pop(
+    tls: &TlsMaterial,
+    origin: SocketAddr,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    RawControl,
+    ConfigSnapshot,
+) {
+    let endpoint = quinn::Endpoint::client(localhost0()).unwrap();
+    let config = tls.client_config(&settings()).unwrap();
+    let conn = endpoint
+        .connect_with(config, origin, "origin-a")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut preface = BytesMut::new();
+    encode_preface(StreamKind::Control, &mut preface);
+    send.write_all(&preface).await.unwrap();
+    let mut c = RawControl {
+        send,
+        recv,
+        buf: BytesMut::new(),
+        preface_read: false,
+    };
+    c.send(&[Frame::Hello(Hello {
+        node_id: "pop-a".into(),
+        role: Role::Pop,
+        region: String::new(),
+        versions: VersionRange::CURRENT,
+        capabilities: Capabilities::CONFIG_DELTA,
+    })])
+    .await;
+    let Frame::HelloAck(ack) = c.next().await else {
+        panic!("expected HelloAck")
+    };
+    assert_eq!(ack.chosen_version, PROTOCOL_VERSION_MAX);
+    assert!(ack.capabilities.contains(Capabilities::CONFIG_DELTA));
+    let Frame::ConfigSnapshot(snapshot) = c.next().await else {
+        panic!("expected the first snapshot")
+    };
+    (endpoint, conn, c, snapshot)
+}
+
+#[tokio::test]
+async fn the_origin_answers_a_snapshot_request_once_per_version() {
+    let pki = Pki::new();
+    let first = definitions("");
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), Arc::clone(&first));
+    let (_endpoint, _conn, mut c, snapshot) = raw_pop(&pki.material("pop-a"), origin.addr).await;
+    assert_eq!(snapshot.version, first.version);
+    let second = definitions(ONLY_GET);
+    origin.defs.send_replace(Arc::clone(&second));
+    let Frame::ConfigDelta(delta) = c.next().await else {
+        panic!("expected a delta")
+    };
+    assert_eq!(
+        (delta.from_version, delta.to_version),
+        (first.version, second.version)
+    );
+    assert_eq!(delta.changed.len(), 1);
+    assert_eq!(delta.changed[0].0, "echo");
+    assert!(delta.changed[0].1.as_deref().unwrap().contains("/only-get"));
+    // Pretend it could not be applied: the origin answers with a snapshot.
+    let ask = || {
+        Frame::ConfigRequest(ConfigRequest {
+            have_version: Some(first.version),
+            reason: "test".into(),
+        })
+    };
+    c.send(&[ask()]).await;
+    let Frame::ConfigSnapshot(snapshot) = c.next().await else {
+        panic!("expected a snapshot")
+    };
+    assert_eq!(snapshot.version, second.version);
+    assert_eq!(snapshot.hash, sha256(&second.source));
+    // Asking again for the same version gets nothing more: the Pong to a
+    // later Ping is the next frame.
+    c.send(&[ask(), Frame::Ping(Ping { nonce: 9 })]).await;
+    assert!(
+        matches!(c.next().await, Frame::Pong(p) if p.nonce == 9),
+        "a second snapshot of the same version"
+    );
+    origin.stop().await;
+}
+
+/// A hand-driven origin speaking version 2 with deltas: handshake and
+/// `first` as its snapshot, then the test drives the stream.
+async fn raw_origin(
+    tls: TlsMaterial,
+    first: Arc<Definitions>,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<RawControl>) {
+    let server = tls.server_config(&settings()).unwrap();
+    let endpoint = quinn::Endpoint::server(server, localhost0()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let (mut send, recv) = conn.accept_bi().await.unwrap();
+        let mut preface = BytesMut::new();
+        encode_preface(StreamKind::Control, &mut preface);
+        send.write_all(&preface).await.unwrap();
+        let mut c = RawControl {
+            send,
+            recv,
+            buf: BytesMut::new(),
+            preface_read: false,
+        };
+        let Frame::Hello(hello) = c.next().await else {
+            panic!("expected Hello")
+        };
+        assert!(hello.capabilities.contains(Capabilities::CONFIG_DELTA));
+        let ack = Frame::HelloAck(HelloAck {
+            chosen_version: PROTOCOL_VERSION_MAX,
+            node_id: "origin-a".into(),
+            role: Role::Origin,
+            region: REGION.into(),
+            capabilities: Capabilities::CONFIG_DELTA,
+        });
+        c.send(&[ack, snapshot_of(&first)]).await;
+        let _ = tx.send(c);
+        // Keep the connection (and endpoint) alive for the test.
+        conn.closed().await;
+        drop(endpoint);
+    });
+    (addr, rx)
+}
+
+fn snapshot_of(defs: &Definitions) -> Frame {
+    Frame::ConfigSnapshot(ConfigSnapshot {
+        version: defs.version,
+        hash: sha256(&defs.source),
+        definitions: defs.source.clone(),
+    })
+}
+
+#[tokio::test]
+async fn a_delta_the_pop_cannot_verify_gets_it_a_snapshot() {
+    let pki = Pki::new();
+    let first = definitions("");
+    let (addr, control) = raw_origin(pki.material("origin-a"), Arc::clone(&first)).await;
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(addr)]);
+    let mut c = control.await.unwrap();
+    pop.wait_for_api("echo").await;
+    let second = definitions(ONLY_GET);
+    let changed = first.delta_to(&second).unwrap();
+    // A delta whose result is not the version it names: the PoP must not
+    // run it, and asks for a snapshot instead.
+    let wrong = ConfigDelta {
+        from_version: first.version,
+        to_version: second.version ^ 1,
+        changed: changed.clone(),
+    };
+    c.send(&[Frame::ConfigDelta(wrong)]).await;
+    let Frame::ConfigRequest(request) = c.next().await else {
+        panic!("expected a snapshot request")
+    };
+    assert_eq!(request.have_version, Some(first.version));
+    assert!(
+        request.reason.contains("the frame says"),
+        "{}",
+        request.reason
+    );
+    let s = status(&pop);
+    assert_eq!((s.refused, s.requests, s.deltas), (1, 1, 0));
+    assert_eq!(s.running, Some(running(&first)));
+    // A delta from a version the PoP does not run waits for that snapshot
+    // without asking twice.
+    let stale = ConfigDelta {
+        from_version: first.version ^ 1,
+        to_version: second.version,
+        changed: changed.clone(),
+    };
+    c.send(&[Frame::ConfigDelta(stale), snapshot_of(&second)])
+        .await;
+    wait_status(&pop, "the snapshot applied", |s| s.snapshots == 2).await;
+    let s = status(&pop);
+    assert_eq!((s.refused, s.requests), (2, 1));
+    assert_eq!(s.running, Some(running(&second)));
+    // A good delta applies.
+    let third = definitions(&ONLY_GET.replace("200", "204"));
+    let good = ConfigDelta {
+        from_version: second.version,
+        to_version: third.version,
+        changed: second.delta_to(&third).unwrap(),
+    };
+    c.send(&[Frame::ConfigDelta(good)]).await;
+    wait_status(&pop, "the delta applied", |s| s.deltas == 1).await;
+    assert_eq!(status(&pop).running, Some(running(&third)));
+    pop.backbone.shutdown().await;
+}
