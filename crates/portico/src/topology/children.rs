@@ -131,6 +131,7 @@ pub async fn start(spec: Spec<'_>, exits: mpsc::Sender<Exit>) -> Result<Node, Up
             });
         }
     };
+    tracing::info!(node = %spec.node, pid, "ready");
     let (stop, stopped) = oneshot::channel();
     let watch = Watch {
         node: spec.node.clone(),
