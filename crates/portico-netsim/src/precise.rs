@@ -6,7 +6,13 @@
 //! the backend) then drifts by several milliseconds, which matters on short links.
 //! Precise timing lets tokio's timer wait until shortly before the deadline, and
 //! hands the last stretch to one thread that sleeps with the OS's high-resolution
-//! timers (`park_timeout`, tens of microseconds late) and wakes the waiting task.
+//! timers (`park_timeout`, tens of microseconds late) and wakes the waiting task
+//! [`LEAD`] early; the task then yields until the deadline, so the runtime thread
+//! that sends the packet is already awake when it passes. Waking a parked thread
+//! from the timer thread at the deadline made every release 120 µs late on a
+//! 2-core VM; now 16 µs (`cargo bench --bench netsim`: a 1 ms link adds 33 µs to
+//! a round trip beyond its 2 ms, where it added 271 µs), at the cost of a thread
+//! yielding for up to [`LEAD`] before each release.
 //!
 //! The thread serves every relay of the process. It holds one entry per pending
 //! poll (a re-polled wait registers again; a stale entry only causes a spurious
@@ -24,11 +30,25 @@ use std::time::{Duration, Instant};
 /// How early tokio's timer is aimed: more than its tick, so it never overshoots.
 pub(crate) const COARSE_MARGIN: Duration = Duration::from_micros(1500);
 
+/// How early the timer thread wakes a waiting task, which then yields until
+/// its deadline: more than the timer's slack (50 µs) plus a thread's wake-up.
+const LEAD: Duration = Duration::from_micros(200);
+
 /// Sleeps until `at` on the precise thread (or tokio's timer if the thread could
 /// not be started).
 pub(crate) async fn sleep_until(at: Instant) {
     match service() {
-        Some(service) => PreciseSleep { at, service }.await,
+        Some(service) => {
+            let early = at.checked_sub(LEAD).unwrap_or(at);
+            PreciseSleep { at: early, service }.await;
+            // Waking a parked runtime thread from the timer thread takes tens
+            // of microseconds more (a cross-CPU wake-up, slower still in a
+            // VM), so the timer wakes the task LEAD early and the task
+            // yields until the deadline: its thread is awake when it passes.
+            while Instant::now() < at {
+                tokio::task::yield_now().await;
+            }
+        }
         None => tokio::time::sleep_until(at.into()).await,
     }
 }
