@@ -8,7 +8,9 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use portico_proto::{Codec, Frame, Reset, ResetCode, StreamKind, decode_preface, encode_preface};
+use portico_proto::{
+    Codec, Frame, ProtoError, Reset, ResetCode, StreamKind, decode_preface, encode_preface,
+};
 use quinn::{ReadError, RecvStream, SendStream};
 
 use crate::{BackboneError, reset_code, stream_code};
@@ -177,6 +179,16 @@ impl FrameWriter {
     /// Buffers a frame; nothing is sent until [`FrameWriter::flush`].
     pub(crate) fn push(&mut self, frame: &Frame) -> Result<(), BackboneError> {
         self.codec.encode(frame, &mut self.buf)?;
+        Ok(())
+    }
+
+    /// Buffers a frame that `encode` writes with this stream's codec (the
+    /// borrowed heads of [`crate::wire`]).
+    pub(crate) fn push_with(
+        &mut self,
+        encode: impl FnOnce(&Codec, &mut BytesMut) -> Result<(), ProtoError>,
+    ) -> Result<(), BackboneError> {
+        encode(&self.codec, &mut self.buf)?;
         Ok(())
     }
 

@@ -7,11 +7,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use portico_gateway::headers::REQUEST_ID;
 use portico_gateway::{ConnInfo, Principal, PrincipalKind, Protocol, RequestCtx};
-use portico_proto::{ClientAddr, Headers, RequestHead, ResponseHead};
+use portico_proto::{
+    ClientAddr, Codec, Headers, HeadersRef, ProtoError, RequestHead, RequestHeadRef, ResponseHead,
+    ResponseHeadRef, TlsInfoRef,
+};
 
 use crate::BackboneError;
 
@@ -27,12 +31,9 @@ fn bad(what: &'static str, reason: impl ToString) -> BackboneError {
 
 /// Header map → wire list (lowercase names, raw values, repeats kept).
 pub(crate) fn headers_vec(map: &HeaderMap) -> Headers {
-    pairs(map).collect()
-}
-
-fn pairs(map: &HeaderMap) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
     map.iter()
         .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 /// Wire list → header map, refusing invalid names or values.
@@ -46,55 +47,60 @@ pub(crate) fn header_map(list: Headers, what: &'static str) -> Result<HeaderMap,
     Ok(map)
 }
 
-/// The head a PoP sends for a routed request: the prepared request's
-/// method, inner URI and headers, plus everything the PoP already decided.
-pub(crate) fn request_head(
+/// Encodes the head a PoP sends for a routed request into `dst`: the
+/// prepared request's method, inner URI and headers, plus everything the PoP
+/// already decided. Borrowed, not copied (see [`portico_proto::RequestHeadRef`]).
+pub(crate) fn encode_request_head(
+    codec: &Codec,
     ctx: &RequestCtx,
     parts: &http::request::Parts,
     pop_id: &str,
-) -> RequestHead {
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
     // HTTP/2 clients name the host in :authority, which the inner URI lost.
     let host = (!parts.headers.contains_key(http::header::HOST))
         .then(|| HeaderValue::from_str(&ctx.host).ok())
         .flatten();
-    let mut headers = Headers::with_capacity(parts.headers.len() + 1);
-    headers.extend(pairs(&parts.headers));
-    if let Some(host) = host {
-        let name = http::header::HOST.as_str().to_owned();
-        headers.push((name, host.as_bytes().to_vec()));
-    }
+    let host = host
+        .as_ref()
+        .map(|h| (http::header::HOST.as_str(), h.as_bytes()));
+    let headers = || {
+        let own = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()));
+        own.chain(host)
+    };
     let remaining = ctx.settings().timeout.saturating_sub(ctx.started.elapsed());
-    RequestHead {
-        request_id: ctx.request_id.clone(),
-        method: parts.method.as_str().to_owned(),
+    let principal = ctx.principal.as_ref().map(principal_head);
+    let head = RequestHeadRef {
+        request_id: &ctx.request_id,
+        method: parts.method.as_str(),
         uri: parts
             .uri
             .path_and_query()
-            .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned()),
-        trace_context: parts
-            .headers
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        headers,
+            .map_or_else(|| parts.uri.path(), |pq| pq.as_str()),
+        headers: HeadersRef(headers),
         client_addr: Some(ClientAddr::from(ctx.conn.client_addr)),
-        tls: ctx.conn.tls.as_ref().map(|t| portico_proto::TlsInfo {
-            version: t.version.clone().unwrap_or_default(),
-            cipher: String::new(),
-            sni: t.sni.clone(),
-            alpn: t.alpn.clone(),
+        tls: ctx.conn.tls.as_ref().map(|t| TlsInfoRef {
+            version: t.version.as_deref().unwrap_or_default(),
+            cipher: "",
+            sni: t.sni.as_deref(),
+            alpn: t.alpn.as_deref(),
         }),
-        api: ctx.api.name.clone(),
-        stage: ctx.stage.name.clone(),
-        route_key: ctx.route().key.clone(),
-        path_params: ctx.path_params.clone(),
-        principal: ctx.principal.as_ref().map(principal_head),
-        pop_id: pop_id.to_owned(),
+        trace_context: parts.headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()),
+        api: &ctx.api.name,
+        stage: &ctx.stage.name,
+        route_key: &ctx.route().key,
+        path_params: &ctx.path_params,
+        principal: principal.as_ref(),
+        pop_id,
         // At least 1 ms: 0 would mean "no deadline".
         deadline_ms: u32::try_from(remaining.as_millis())
             .unwrap_or(u32::MAX)
             .max(1),
-    }
+    };
+    codec.encode_request_head(&head, dst)
 }
 
 /// The wire form of the caller the PoP authenticated: kind and id only (an
@@ -202,13 +208,25 @@ fn set_if_absent(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
     }
 }
 
-/// The head the origin sends back.
-pub(crate) fn response_head(parts: &http::response::Parts, served_by: &str) -> ResponseHead {
-    ResponseHead {
+/// Encodes the head the origin sends back into `dst`, borrowed.
+pub(crate) fn encode_response_head(
+    codec: &Codec,
+    parts: &http::response::Parts,
+    served_by: &str,
+    dst: &mut BytesMut,
+) -> Result<(), ProtoError> {
+    let headers = || {
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+    };
+    let head = ResponseHeadRef {
         status: parts.status.as_u16(),
-        headers: headers_vec(&parts.headers),
-        served_by: served_by.to_owned(),
-    }
+        headers: HeadersRef(headers),
+        served_by,
+    };
+    codec.encode_response_head(&head, dst)
 }
 
 /// A received response head as HTTP response parts.
@@ -351,7 +369,13 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = resp.into_parts();
-        let head = response_head(&parts, "origin-a");
+        let codec = Codec::new();
+        let mut buf = BytesMut::new();
+        encode_response_head(&codec, &parts, "origin-a", &mut buf).unwrap();
+        let Some(portico_proto::Frame::ResponseHead(head)) = codec.decode(&mut buf).unwrap() else {
+            panic!("not a response head");
+        };
+        assert_eq!(head.served_by, "origin-a");
         let back = response_from_head(head).unwrap();
         assert_eq!(back.status, 201);
         assert_eq!(back.headers.get_all("a").iter().count(), 2);

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use crate::frame::*;
 use crate::version::{Capabilities, VersionRange};
 
-fn text() -> impl Strategy<Value = String> {
+pub(crate) fn text() -> impl Strategy<Value = String> {
     "\\PC{0,12}"
 }
 
@@ -16,7 +16,7 @@ fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
     vec(any::<u8>(), 0..max).prop_map(Bytes::from)
 }
 
-fn headers() -> impl Strategy<Value = Headers> {
+pub(crate) fn headers() -> impl Strategy<Value = Headers> {
     vec((text(), vec(any::<u8>(), 0..16)), 0..5)
 }
 

@@ -9,7 +9,7 @@ use bincode::error::DecodeError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::ProtoError;
-use crate::frame::{Frame, FrameKind};
+use crate::frame::{Frame, FrameKind, HeadersRef, RequestHeadRef, ResponseHeadRef};
 use crate::version::PROTOCOL_VERSION_MAX;
 
 /// Size of the length prefix in front of every frame.
@@ -113,12 +113,68 @@ impl Codec {
     /// [`ProtoError::FrameTooLarge`] and `dst` is left as it was.
     pub fn encode(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtoError> {
         self.check_version(frame.kind())?;
-        let start = dst.len();
-        dst.put_u32(0);
-        let written = match frame {
+        self.framed(dst, |dst| match frame {
             Frame::BodyChunk(data) => self.write_body_chunk(data, dst),
             other => write_serde(other, dst),
-        };
+        })
+    }
+
+    /// Appends a `RequestHead` frame from borrowed parts: the same bytes as
+    /// [`Codec::encode`] of the owned head.
+    pub fn encode_request_head<F>(
+        &self,
+        head: &RequestHeadRef<'_, F>,
+        dst: &mut BytesMut,
+    ) -> Result<(), ProtoError>
+    where
+        HeadersRef<F>: serde::Serialize,
+    {
+        self.encode_as(FrameKind::RequestHead, head, dst)
+    }
+
+    /// Appends a `ResponseHead` frame from borrowed parts: the same bytes as
+    /// [`Codec::encode`] of the owned head.
+    pub fn encode_response_head<F>(
+        &self,
+        head: &ResponseHeadRef<'_, F>,
+        dst: &mut BytesMut,
+    ) -> Result<(), ProtoError>
+    where
+        HeadersRef<F>: serde::Serialize,
+    {
+        self.encode_as(FrameKind::ResponseHead, head, dst)
+    }
+
+    /// A frame of `kind` whose content is `value`, written as serde writes
+    /// the enum variant: tag varint, then the value.
+    fn encode_as(
+        &self,
+        kind: FrameKind,
+        value: &impl serde::Serialize,
+        dst: &mut BytesMut,
+    ) -> Result<(), ProtoError> {
+        self.check_version(kind)?;
+        self.framed(dst, |dst| {
+            let mut tag = [0u8; 5];
+            let tag_len = encode_native(kind.tag(), &mut tag)?;
+            dst.put_slice(&tag[..tag_len]);
+            let mut writer = dst.writer();
+            bincode::serde::encode_into_std_write(value, &mut writer, config::standard())
+                .map(|_| ())
+                .map_err(|e| ProtoError::Encode(e.to_string()))
+        })
+    }
+
+    /// Length prefix, payload from `write`, then the length checked and
+    /// filled in; on any error `dst` is left as it was.
+    fn framed(
+        &self,
+        dst: &mut BytesMut,
+        write: impl FnOnce(&mut BytesMut) -> Result<(), ProtoError>,
+    ) -> Result<(), ProtoError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        let written = write(dst);
         let len = dst.len() - start - LENGTH_PREFIX_LEN;
         let result = written.and_then(|()| self.check_len(len as u64));
         match result {

@@ -61,7 +61,8 @@ impl BackboneUpstream {
         let Some(session) = self.inner.live_session(region) else {
             return Err(unavailable(BackboneError::NoLink(region.to_owned())));
         };
-        exchange(&session, head, body).await
+        let head = Frame::RequestHead(Box::new(head));
+        exchange(&session, |w| w.push(&head), body).await
     }
 }
 
@@ -73,8 +74,14 @@ impl Upstream for BackboneUpstream {
     ) -> Result<Response<Body>, GatewayError> {
         let region = self.home_region(ctx).unwrap_or_default();
         let (parts, body) = req.into_parts();
-        let head = wire::request_head(ctx, &parts, &self.inner.identity.node_id);
-        self.request(&region, head, body).await
+        let Some(session) = self.inner.live_session(&region) else {
+            return Err(unavailable(BackboneError::NoLink(region)));
+        };
+        let pop_id = &self.inner.identity.node_id;
+        let push_head = |w: &mut FrameWriter| {
+            w.push_with(|codec, dst| wire::encode_request_head(codec, ctx, &parts, pop_id, dst))
+        };
+        exchange(&session, push_head, body).await
     }
 }
 
@@ -139,15 +146,13 @@ fn spawn_pump(mut writer: FrameWriter, body: Body) -> (Pump, oneshot::Receiver<B
 /// arrived; the body streams afterwards.
 async fn exchange(
     session: &Session,
-    head: RequestHead,
+    push_head: impl FnOnce(&mut FrameWriter) -> Result<(), BackboneError>,
     body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let (send, recv) = session.conn.open_bi().await.map_err(unavailable)?;
     let mut writer = FrameWriter::new(send, session.codec);
     writer.preface(StreamKind::Request);
-    writer
-        .push(&Frame::RequestHead(Box::new(head)))
-        .map_err(classify)?;
+    push_head(&mut writer).map_err(classify)?;
     let mut pump = None;
     if http_body::Body::is_end_stream(&body) {
         writer.push(&Frame::End(End::default())).map_err(classify)?;

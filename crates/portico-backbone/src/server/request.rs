@@ -206,7 +206,7 @@ async fn respond(
 ) -> Result<(), SendBodyError> {
     let (parts, body) = resp.into_parts();
     w.preface(StreamKind::Request);
-    w.push(&Frame::ResponseHead(wire::response_head(&parts, served_by)))?;
+    w.push_with(|codec, dst| wire::encode_response_head(codec, &parts, served_by, dst))?;
     if http_body::Body::is_end_stream(&body) {
         w.push(&Frame::End(End::default()))?;
         w.finish().await?;

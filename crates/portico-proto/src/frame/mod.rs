@@ -9,6 +9,7 @@
 //! layout change is invisible to old peers until it corrupts them.
 
 mod control;
+mod head_ref;
 mod request;
 mod ws;
 
@@ -20,6 +21,7 @@ pub use control::{
     PurgeAck, PurgeScope, QuotaLease, QuotaLeaseRequest, QuotaReturn, RateShare, Role, UsageEntry,
     UsageReport,
 };
+pub use head_ref::{HeadersRef, RequestHeadRef, ResponseHeadRef, TlsInfoRef};
 pub use request::{
     ClientAddr, End, Headers, Principal, RequestHead, Reset, ResetCode, ResponseHead, TlsInfo,
 };
