@@ -178,6 +178,11 @@ pub struct Quotas {
     /// asked for and installed, so [`Quotas::close`] (the writer) waits for
     /// refills in flight and no lease is granted after it handed all back.
     closed: tokio::sync::RwLock<bool>,
+    /// Where refills run: the runtime that made this (the node's main one).
+    /// A request may be served on a listener's worker thread, whose runtime
+    /// ends before [`Quotas::close`]; a refill left on it would be dropped
+    /// between the grant and its install, and the lease never handed back.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Quotas {
@@ -217,6 +222,7 @@ impl Quotas {
             book: Some(book),
             slots: Mutex::new(HashMap::new()),
             closed: tokio::sync::RwLock::new(false),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -227,6 +233,7 @@ impl Quotas {
             book: None,
             slots: Mutex::new(HashMap::new()),
             closed: tokio::sync::RwLock::new(false),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -290,14 +297,15 @@ impl Quotas {
                 // The next lease is fetched in the background (for an
                 // exhausted key: others may have returned some).
                 (Spend::Accepted | Spend::Exhausted, Some(want)) => {
-                    let this = Arc::clone(self);
-                    let fill = Arc::clone(&slot);
-                    tokio::spawn(async move { this.refill(&fill, spec, want).await });
+                    drop(self.spawn_refill(&slot, spec, want));
                     return outcome(spend, spec);
                 }
                 (Spend::Accepted | Spend::Exhausted, None) => return outcome(spend, spec),
                 (Spend::Empty, Some(want)) => {
-                    if !self.refill(&slot, spec, want).await {
+                    // Awaited, but run apart: a request dropped meanwhile
+                    // does not drop a lease the source already granted.
+                    let filled = self.spawn_refill(&slot, spec, want).await;
+                    if !filled.unwrap_or(false) {
                         // The source is unreachable: do not wait for it again.
                         return QuotaOutcome::Unavailable;
                     }
@@ -311,6 +319,23 @@ impl Quotas {
             if tokio::time::Instant::now() >= deadline {
                 return QuotaOutcome::Unavailable;
             }
+        }
+    }
+
+    /// [`Quotas::refill`] as a task of this node's main runtime (see
+    /// `runtime`), so it completes whatever happens to the caller.
+    fn spawn_refill(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        spec: QuotaSpec,
+        want: u64,
+    ) -> tokio::task::JoinHandle<bool> {
+        let this = Arc::clone(self);
+        let slot = Arc::clone(slot);
+        let refill = async move { this.refill(&slot, spec, want).await };
+        match &self.runtime {
+            Some(runtime) => runtime.spawn(refill),
+            None => tokio::spawn(refill),
         }
     }
 
@@ -558,6 +583,47 @@ mod tests {
             q.close().await;
         }
         assert_eq!(origin.usage("p", "k", SPEC).unwrap().remaining, 0);
+    }
+
+    /// The book's grant, then a slow way back (a far origin): the lease is
+    /// committed before the asker hears of it.
+    struct SlowBack(BookSource);
+
+    impl LeaseSource for SlowBack {
+        fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            Box::pin(async move {
+                let lease = self.0.grant(ask).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                lease
+            })
+        }
+        fn give_back(&self, api: Arc<str>, id: u64, unused: u64) -> BoxFuture<'_, ()> {
+            self.0.give_back(api, id, unused)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refill_outlives_the_worker_runtime_of_the_request_that_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let source = SlowBack(BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"));
+        let q = Arc::new(Quotas::remote(Arc::new(source)));
+        // A listener worker: its request gives up while the lease is on its
+        // way, then the worker's runtime ends (as at shutdown).
+        let on_worker = Arc::clone(&q);
+        std::thread::spawn(move || {
+            let rt = crate::workers::current_thread_runtime().unwrap();
+            rt.block_on(async {
+                let spend = on_worker.spend("a", "p", "k", SPEC);
+                let gave_up = tokio::time::timeout(Duration::from_millis(20), spend).await;
+                assert!(gave_up.is_err(), "the lease came back too soon");
+            });
+        })
+        .join()
+        .unwrap();
+        // The book granted the lease; it is installed and handed back whole.
+        q.close().await;
+        assert_eq!(origin.usage("p", "k", SPEC).unwrap().used, 0);
     }
 
     struct Down;
