@@ -19,6 +19,7 @@ pub struct RequestHead {
     pub method: String,
     /// Path and query exactly as received (not normalised, not decoded).
     pub uri: String,
+    #[serde(with = "headers_serde")]
     pub headers: Headers,
     pub client_addr: Option<ClientAddr>,
     pub tls: Option<TlsInfo>,
@@ -94,6 +95,7 @@ pub struct Principal {
 /// Terminates a body successfully, optionally with trailers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct End {
+    #[serde(with = "headers_serde")]
     pub trailers: Headers,
 }
 
@@ -144,9 +146,99 @@ impl ResetCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseHead {
     pub status: u16,
+    #[serde(with = "headers_serde")]
     pub headers: Headers,
     /// Node id of the origin that produced the response.
     pub served_by: String,
+}
+
+/// Serde adapter for [`Headers`]: each value is written as one byte string
+/// and read back in one copy. The bytes are those of the derived form (a
+/// `Vec<u8>` is `varint len` + its bytes either way), which went byte by
+/// byte through serde in both directions.
+pub(crate) mod headers_serde {
+    use serde::de::{SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Headers;
+
+    struct Value<'a>(&'a [u8]);
+
+    impl Serialize for Value<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(headers: &Headers, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(headers.len()))?;
+        for (name, value) in headers {
+            seq.serialize_element(&(name, Value(value)))?;
+        }
+        seq.end()
+    }
+
+    /// One `(name, value)` pair, the value read as a byte buffer.
+    struct Pair(String, Vec<u8>);
+
+    impl<'de> Deserialize<'de> for Pair {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(Deserialize)]
+            struct Raw(String, #[serde(with = "value_serde")] Vec<u8>);
+            let Raw(name, value) = Raw::deserialize(d)?;
+            Ok(Pair(name, value))
+        }
+    }
+
+    mod value_serde {
+        use serde::{Deserializer, de};
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+            d.deserialize_byte_buf(ByteBuf)
+        }
+
+        struct ByteBuf;
+
+        impl<'de> de::Visitor<'de> for ByteBuf {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Headers, D::Error> {
+        d.deserialize_seq(PairsVisitor)
+    }
+
+    struct PairsVisitor;
+
+    impl<'de> Visitor<'de> for PairsVisitor {
+        type Value = Headers;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of header pairs")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Headers, A::Error> {
+            // The hint comes from the peer: bounded like serde's own.
+            let mut out = Headers::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+            while let Some(Pair(name, value)) = seq.next_element()? {
+                out.push((name, value));
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Serde adapter so a `Bytes` payload is written as one byte string
@@ -185,6 +277,31 @@ pub(crate) mod bytes_serde {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Headers as plain serde derives them (the first wire form).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Derived(Headers);
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Adapted(#[serde(with = "headers_serde")] Headers);
+
+    fn encode(value: &impl Serialize) -> Vec<u8> {
+        bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn header_lists_keep_the_derived_wire_form(headers in crate::arb::headers()) {
+            let derived = encode(&Derived(headers.clone()));
+            prop_assert_eq!(&encode(&Adapted(headers.clone())), &derived);
+            let cfg = bincode::config::standard();
+            let (back, used): (Adapted, usize) =
+                bincode::serde::decode_from_slice(&derived, cfg).unwrap();
+            prop_assert_eq!(used, derived.len());
+            prop_assert_eq!(back.0, headers);
+        }
+    }
 
     #[test]
     fn client_addr_round_trips_v4_and_v6() {
