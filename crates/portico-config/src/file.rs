@@ -101,6 +101,7 @@ pub(crate) struct BackboneFile {
     pub idle_timeout_ms: Option<S<u64>>,
     pub reconnect_min_ms: Option<S<u64>>,
     pub reconnect_max_ms: Option<S<u64>>,
+    pub config_deltas: Option<S<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

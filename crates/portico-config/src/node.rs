@@ -431,6 +431,7 @@ fn compile_backbone(
         key: f.key.as_ref().map(|p| paths.file(p, diag)),
         max_concurrent_streams: streams
             .map_or(1000, |s| u32::try_from(*s.get_ref()).unwrap_or(u32::MAX)),
+        config_deltas: f.config_deltas.as_ref().is_none_or(|d| *d.get_ref()),
     };
     ok.then_some(config)
 }
@@ -621,6 +622,19 @@ mod tests {
                 "6:19: idle_timeout_ms must be longer than keep_alive_ms",
                 "8:20: reconnect_max_ms is below reconnect_min_ms",
             ]
+        );
+    }
+
+    #[test]
+    fn config_deltas_default_on_and_can_be_turned_off() {
+        let backbone = |text: &str| parse(text).unwrap().backbone.unwrap();
+        let on = backbone(&format!("{NODE}[backbone]\nkeep_alive_ms = 1000\n"));
+        assert!(on.config_deltas);
+        let off = backbone(&format!("{NODE}[backbone]\nconfig_deltas = false\n"));
+        assert!(!off.config_deltas);
+        assert_eq!(
+            errors(&format!("{NODE}[backbone]\nconfig_deltas = \"no\"\n")),
+            ["5:17: invalid type: string \"no\""]
         );
     }
 

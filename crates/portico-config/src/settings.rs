@@ -174,6 +174,9 @@ pub struct BackboneConfig {
     pub idle_timeout: Option<Duration>,
     pub reconnect_min: Option<Duration>,
     pub reconnect_max: Option<Duration>,
+    /// Configuration changes travel as per-API deltas when both ends allow
+    /// it (default true); false: always full snapshots.
+    pub config_deltas: bool,
 }
 
 /// An origin a PoP dials over the backbone.

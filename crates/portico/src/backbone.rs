@@ -34,6 +34,7 @@ pub fn link_settings(backbone: &BackboneConfig) -> LinkSettings {
         idle_timeout: backbone.idle_timeout.unwrap_or(d.idle_timeout),
         backoff_min: backbone.reconnect_min.unwrap_or(d.backoff_min),
         backoff_max: backbone.reconnect_max.unwrap_or(d.backoff_max),
+        config_deltas: backbone.config_deltas,
         ..d
     }
 }
