@@ -7,7 +7,9 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use portico_gateway::Body;
 use portico_proto::stream::{Direction, HalfStream};
-use portico_proto::{Codec, End, Frame, RequestHead, Reset, ResetCode, StreamKind};
+use portico_proto::{
+    Codec, Decoded, End, Frame, FrameKind, RawRequestHead, Reset, ResetCode, StreamKind,
+};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::task::JoinSet;
 
@@ -100,7 +102,7 @@ async fn serve_stream<H: RequestHandler>(
         Err((code, err)) => return reject(reader, writer, code, &err),
     };
     // 2. The HTTP request, as the origin's pipeline will see it.
-    let (parts, conn, routed) = match wire::request_from_head(*head, peer, shared.local_addr) {
+    let (parts, conn, routed) = match wire::request_from_raw(&head, peer, shared.local_addr) {
         Ok(split) => split,
         Err(err) => return reject(reader, writer, ResetCode::Protocol, &err),
     };
@@ -144,7 +146,7 @@ type Rejection = (ResetCode, BackboneError);
 async fn read_head_within(
     reader: &mut FrameReader,
     timeout: Duration,
-) -> Result<Box<RequestHead>, Rejection> {
+) -> Result<RawRequestHead, Rejection> {
     let read = read_head(reader);
     tokio::pin!(read);
     if let Some(head) = (&mut read).now_or_never() {
@@ -156,7 +158,7 @@ async fn read_head_within(
         .unwrap_or(Err(timed_out))
 }
 
-async fn read_head(reader: &mut FrameReader) -> Result<Box<RequestHead>, Rejection> {
+async fn read_head(reader: &mut FrameReader) -> Result<RawRequestHead, Rejection> {
     let proto = |e: BackboneError| (e.reset_code(), e);
     match reader.preface().await.map_err(proto)? {
         StreamKind::Request => {}
@@ -170,17 +172,22 @@ async fn read_head(reader: &mut FrameReader) -> Result<Box<RequestHead>, Rejecti
         }
     }
     let mut half = HalfStream::request(Direction::Request);
-    let frame = reader.next().await.map_err(proto)?;
-    let frame = frame.ok_or_else(|| proto(BackboneError::Truncated("before the request head")))?;
-    half.on_frame(frame.kind())
+    let decoded = reader.next_keeping_request_head().await.map_err(proto)?;
+    let decoded =
+        decoded.ok_or_else(|| proto(BackboneError::Truncated("before the request head")))?;
+    let kind = match &decoded {
+        Decoded::RequestHead(_) => FrameKind::RequestHead,
+        Decoded::Frame(frame) => frame.kind(),
+    };
+    half.on_frame(kind)
         .map_err(|e| proto(BackboneError::from(e)))?;
-    match frame {
-        Frame::RequestHead(head) => Ok(head),
-        Frame::Reset(Reset { code, reason }) => Err((
+    match decoded {
+        Decoded::RequestHead(head) => Ok(head),
+        Decoded::Frame(Frame::Reset(Reset { code, reason })) => Err((
             ResetCode::Cancelled,
             BackboneError::PeerReset { code, reason },
         )),
-        other => Err(proto(BackboneError::Handshake(format!(
+        Decoded::Frame(other) => Err(proto(BackboneError::Handshake(format!(
             "unexpected {} frame",
             other.kind()
         )))),
