@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use portico_proto::{
-    Codec, Decoded, Frame, ProtoError, Reset, ResetCode, StreamKind, decode_preface, encode_preface,
+    Codec, Frame, ProtoError, Reset, ResetCode, StreamKind, decode_preface, encode_preface,
 };
 use quinn::{ReadError, RecvStream, SendStream};
 
@@ -69,31 +69,12 @@ impl FrameReader {
     /// Cancel-safe: the only await is quinn's cancel-safe `read_chunk`, and
     /// what it returns is buffered before the next await.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, BackboneError> {
-        self.next_with(Codec::decode, |f| f).await
-    }
-
-    /// The next frame, a `RequestHead` left in place for the caller to read
-    /// borrowed (the origin's first frame of a request stream).
-    pub(crate) async fn next_keeping_request_head(
-        &mut self,
-    ) -> Result<Option<Decoded>, BackboneError> {
-        self.next_with(Codec::decode_keeping_request_head, Decoded::Frame)
-            .await
-    }
-
-    /// The next item `decode` makes of the buffer, reading more as needed;
-    /// a frame held back by [`FrameReader::buffered_end`] comes first.
-    async fn next_with<T>(
-        &mut self,
-        decode: impl Fn(&Codec, &mut BytesMut) -> Result<Option<T>, ProtoError>,
-        pending: impl FnOnce(Frame) -> T,
-    ) -> Result<Option<T>, BackboneError> {
-        if let Some(held) = self.pending.take() {
-            return held.map(|f| Some(pending(f)));
+        if let Some(pending) = self.pending.take() {
+            return pending.map(Some);
         }
         loop {
-            if let Some(item) = decode(&self.codec, &mut self.buf)? {
-                return Ok(Some(item));
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(frame));
             }
             if !self.fill(READ_CHUNK).await? {
                 return if self.buf.is_empty() {

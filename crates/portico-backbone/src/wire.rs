@@ -7,14 +7,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use portico_gateway::headers::REQUEST_ID;
 use portico_gateway::{ConnInfo, Principal, PrincipalKind, Protocol, RequestCtx};
 use portico_proto::{
-    ClientAddr, Codec, Headers, HeadersRef, ProtoError, RawRequestHead, RequestHeadRef,
-    ResponseHead, ResponseHeadRef, TlsInfoRef,
+    ClientAddr, Codec, Headers, HeadersRef, ProtoError, RequestHead, RequestHeadRef, ResponseHead,
+    ResponseHeadRef, TlsInfoRef,
 };
 
 use crate::BackboneError;
@@ -152,29 +152,20 @@ pub struct Routed {
 
 /// Splits a received head into the HTTP request parts, the connection the
 /// origin's pipeline sees (the PoP's client, not the PoP) and the routing.
-/// The head is read in place: header values become `Bytes` slices of the
-/// frame, not copies.
-pub(crate) fn request_from_raw(
-    raw: &RawRequestHead,
+pub(crate) fn request_from_head(
+    head: RequestHead,
     pop_addr: SocketAddr,
     local_addr: SocketAddr,
 ) -> Result<(http::request::Parts, ConnInfo, Routed), BackboneError> {
-    let head = raw.view()?;
     let method = Method::from_bytes(head.method.as_bytes()).map_err(|e| bad("method", e))?;
     let principal = head.principal.map(principal_from_head).transpose()?;
     let uri: Uri = head.uri.parse().map_err(|e| bad("uri", e))?;
     if uri.scheme().is_some() || !head.uri.starts_with('/') {
         return Err(bad("uri", "expected an origin-form path"));
     }
-    let mut headers = HeaderMap::with_capacity(head.headers.len() + 2);
-    for (name, value) in &head.headers {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad("headers", e))?;
-        let value = HeaderValue::from_maybe_shared(shared(raw.payload(), value))
-            .map_err(|e| bad("headers", e))?;
-        headers.append(name, value);
-    }
-    set_if_absent(&mut headers, &REQUEST_ID, head.request_id);
-    if let Some(tp) = head.trace_context {
+    let mut headers = header_map(head.headers, "headers")?;
+    set_if_absent(&mut headers, &REQUEST_ID, &head.request_id);
+    if let Some(tp) = &head.trace_context {
         set_if_absent(&mut headers, &HeaderName::from_static(TRACEPARENT), tp);
     }
     let mut builder = http::Request::builder().method(method).uri(uri);
@@ -197,30 +188,15 @@ pub(crate) fn request_from_raw(
         default_api: None,
     };
     let routed = Routed {
-        api: head.api.to_owned(),
-        stage: head.stage.to_owned(),
-        route_key: head.route_key.to_owned(),
+        api: head.api,
+        stage: head.stage,
+        route_key: head.route_key,
         path_params: head.path_params,
-        pop_id: head.pop_id.to_owned(),
+        pop_id: head.pop_id,
         principal,
         deadline: (head.deadline_ms > 0).then(|| Duration::from_millis(head.deadline_ms.into())),
     };
     Ok((parts, conn, routed))
-}
-
-/// `part` as a slice of `payload` when it lies inside it (a view's values
-/// always do), else a copy.
-fn shared(payload: &Bytes, part: &[u8]) -> Bytes {
-    let (start, end) = (
-        payload.as_ptr() as usize,
-        payload.as_ptr() as usize + payload.len(),
-    );
-    let p = part.as_ptr() as usize;
-    if !part.is_empty() && p >= start && p + part.len() <= end {
-        payload.slice_ref(part)
-    } else {
-        Bytes::copy_from_slice(part)
-    }
 }
 
 fn set_if_absent(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
@@ -273,25 +249,6 @@ pub(crate) fn response_from_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_proto::{Decoded, Frame, RequestHead};
-
-    /// A head as it arrives: encoded, then read in place.
-    fn request_from_head(
-        head: RequestHead,
-        pop: SocketAddr,
-        local: SocketAddr,
-    ) -> Result<(http::request::Parts, ConnInfo, Routed), BackboneError> {
-        let codec = Codec::new();
-        let mut buf = BytesMut::new();
-        codec
-            .encode(&Frame::RequestHead(Box::new(head)), &mut buf)
-            .unwrap();
-        let Some(Decoded::RequestHead(raw)) = codec.decode_keeping_request_head(&mut buf).unwrap()
-        else {
-            panic!("not kept as a request head");
-        };
-        request_from_raw(&raw, pop, local)
-    }
 
     fn head() -> RequestHead {
         RequestHead {
@@ -401,29 +358,6 @@ mod tests {
             served_by: "o".into(),
         };
         assert!(response_from_head(resp).is_err());
-    }
-
-    #[test]
-    fn header_values_are_slices_of_the_received_frame() {
-        let codec = Codec::new();
-        let mut buf = BytesMut::new();
-        codec
-            .encode(&Frame::RequestHead(Box::new(head())), &mut buf)
-            .unwrap();
-        let Some(Decoded::RequestHead(raw)) = codec.decode_keeping_request_head(&mut buf).unwrap()
-        else {
-            panic!("not kept as a request head");
-        };
-        let pop: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let (parts, _, _) = request_from_raw(&raw, pop, pop).unwrap();
-        let frame = raw.payload().as_ptr_range();
-        for value in parts.headers.get_all("x-multi") {
-            assert!(
-                frame.contains(&value.as_bytes().as_ptr()),
-                "copied: {value:?}"
-            );
-        }
-        assert_eq!(parts.headers["host"], "api.example");
     }
 
     #[test]

@@ -9,9 +9,7 @@ use bincode::error::DecodeError;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::ProtoError;
-use crate::frame::{
-    Frame, FrameKind, HeadersRef, RequestHeadRef, RequestHeadView, ResponseHeadRef,
-};
+use crate::frame::{Frame, FrameKind, HeadersRef, RequestHeadRef, ResponseHeadRef};
 use crate::version::PROTOCOL_VERSION_MAX;
 
 /// Size of the length prefix in front of every frame.
@@ -205,41 +203,6 @@ impl Codec {
     /// stream is still aligned on the next frame; whether to go on is the
     /// driver's policy (the protocol says: reset the stream).
     pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
-        match self.take_payload(src)? {
-            Some(payload) => self.decode_payload(payload).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// [`Codec::decode`], except that a `RequestHead` is left in its payload
-    /// ([`Decoded::RequestHead`]) for the receiver to read in place.
-    pub fn decode_keeping_request_head(
-        &self,
-        src: &mut BytesMut,
-    ) -> Result<Option<Decoded>, ProtoError> {
-        let Some(payload) = self.take_payload(src)? else {
-            return Ok(None);
-        };
-        let (tag, tag_len) = bincode::decode_from_slice::<u32, _>(&payload, config::standard())
-            .map_err(|e| malformed("frame", &e))?;
-        if FrameKind::from_tag(tag) == Some(FrameKind::RequestHead) {
-            self.check_version(FrameKind::RequestHead)?;
-            let raw = RawRequestHead {
-                payload,
-                start: tag_len,
-                max_frame: self.max_frame,
-            };
-            // Checked now, so a malformed head fails here as with `decode`.
-            raw.view()?;
-            return Ok(Some(Decoded::RequestHead(raw)));
-        }
-        self.decode_payload(payload)
-            .map(|f| Some(Decoded::Frame(f)))
-    }
-
-    /// Takes one whole frame's payload off the front of `src` (see
-    /// [`Codec::decode`] for what is an error).
-    fn take_payload(&self, src: &mut BytesMut) -> Result<Option<Bytes>, ProtoError> {
         if src.len() < LENGTH_PREFIX_LEN {
             return Ok(None);
         }
@@ -254,7 +217,8 @@ impl Codec {
             return Ok(None);
         }
         src.advance(LENGTH_PREFIX_LEN);
-        Ok(Some(src.split_to(len as usize).freeze()))
+        let payload = src.split_to(len as usize).freeze();
+        self.decode_payload(payload).map(Some)
     }
 
     fn check_len(&self, len: u64) -> Result<(), ProtoError> {
@@ -311,47 +275,6 @@ impl Codec {
             });
         }
         Ok(frame)
-    }
-}
-
-/// A frame from [`Codec::decode_keeping_request_head`].
-#[derive(Debug)]
-pub enum Decoded {
-    Frame(Frame),
-    RequestHead(RawRequestHead),
-}
-
-/// A received `RequestHead` still in its frame's payload, already checked to
-/// decode. [`RawRequestHead::view`] reads it in place; the payload
-/// ([`RawRequestHead::payload`]) can hand out header values as `Bytes`
-/// without copying them (`Bytes::slice_ref`).
-#[derive(Debug, Clone)]
-pub struct RawRequestHead {
-    payload: Bytes,
-    /// Where the head starts (after the frame tag).
-    start: usize,
-    max_frame: u32,
-}
-
-impl RawRequestHead {
-    /// The head, borrowing strings and header values from the payload.
-    pub fn view(&self) -> Result<RequestHeadView<'_>, ProtoError> {
-        let kind = FrameKind::RequestHead;
-        let body = self.payload.get(self.start..).unwrap_or_default();
-        let (view, used) =
-            decode_limited(body, self.max_frame).map_err(|e| malformed(kind.as_str(), &e))?;
-        if used != body.len() {
-            return Err(ProtoError::TrailingBytes {
-                kind,
-                extra: body.len() - used,
-            });
-        }
-        Ok(view)
-    }
-
-    /// The frame's payload the view borrows from.
-    pub fn payload(&self) -> &Bytes {
-        &self.payload
     }
 }
 
@@ -418,12 +341,7 @@ fn decode_body_chunk(payload: Bytes, tag_len: usize) -> Result<Frame, ProtoError
 /// bincode's decode limit bounds what a length field inside the payload may
 /// make it allocate. The limit is a const generic, so pick the smallest of a
 /// few tiers that covers the configured maximum frame.
-/// Decodes `T` (a frame, or a head read in place) from `payload`, with
-/// bincode's allocation limit set to the codec's frame limit.
-fn decode_limited<'a, T: serde::Deserialize<'a>>(
-    payload: &'a [u8],
-    max_frame: u32,
-) -> Result<(T, usize), DecodeError> {
+fn decode_limited(payload: &[u8], max_frame: u32) -> Result<(Frame, usize), DecodeError> {
     const K64: usize = 64 << 10;
     const M1: usize = 1 << 20;
     const M4: usize = 4 << 20;
@@ -437,11 +355,8 @@ fn decode_limited<'a, T: serde::Deserialize<'a>>(
     }
 }
 
-fn decode_with<'a, T: serde::Deserialize<'a>, C: Config>(
-    payload: &'a [u8],
-    cfg: C,
-) -> Result<(T, usize), DecodeError> {
-    bincode::serde::borrow_decode_from_slice(payload, cfg)
+fn decode_with<C: Config>(payload: &[u8], cfg: C) -> Result<(Frame, usize), DecodeError> {
+    bincode::serde::decode_from_slice(payload, cfg)
 }
 
 fn malformed(kind: &'static str, err: &DecodeError) -> ProtoError {

@@ -92,8 +92,8 @@ mod version;
 mod arb;
 
 pub use codec::{
-    BODY_CHUNK_OVERHEAD, BodyChunks, Codec, DEFAULT_MAX_FRAME, Decoded, LENGTH_PREFIX_LEN,
-    MAX_FRAME_LIMIT, MIN_MAX_FRAME, RawRequestHead,
+    BODY_CHUNK_OVERHEAD, BodyChunks, Codec, DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN, MAX_FRAME_LIMIT,
+    MIN_MAX_FRAME,
 };
 pub use error::ProtoError;
 pub use frame::*;

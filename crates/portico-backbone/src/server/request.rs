@@ -7,9 +7,7 @@ use futures_util::FutureExt;
 use http::{Request, Response};
 use portico_gateway::Body;
 use portico_proto::stream::{Direction, HalfStream};
-use portico_proto::{
-    Codec, Decoded, End, Frame, FrameKind, RawRequestHead, Reset, ResetCode, StreamKind,
-};
+use portico_proto::{Codec, End, Frame, RequestHead, Reset, ResetCode, StreamKind};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::task::JoinSet;
 
@@ -102,7 +100,7 @@ async fn serve_stream<H: RequestHandler>(
         Err((code, err)) => return reject(reader, writer, code, &err),
     };
     // 2. The HTTP request, as the origin's pipeline will see it.
-    let (parts, conn, routed) = match wire::request_from_raw(&head, peer, shared.local_addr) {
+    let (parts, conn, routed) = match wire::request_from_head(*head, peer, shared.local_addr) {
         Ok(split) => split,
         Err(err) => return reject(reader, writer, ResetCode::Protocol, &err),
     };
@@ -146,7 +144,7 @@ type Rejection = (ResetCode, BackboneError);
 async fn read_head_within(
     reader: &mut FrameReader,
     timeout: Duration,
-) -> Result<RawRequestHead, Rejection> {
+) -> Result<Box<RequestHead>, Rejection> {
     let read = read_head(reader);
     tokio::pin!(read);
     if let Some(head) = (&mut read).now_or_never() {
@@ -158,7 +156,7 @@ async fn read_head_within(
         .unwrap_or(Err(timed_out))
 }
 
-async fn read_head(reader: &mut FrameReader) -> Result<RawRequestHead, Rejection> {
+async fn read_head(reader: &mut FrameReader) -> Result<Box<RequestHead>, Rejection> {
     let proto = |e: BackboneError| (e.reset_code(), e);
     match reader.preface().await.map_err(proto)? {
         StreamKind::Request => {}
@@ -172,22 +170,17 @@ async fn read_head(reader: &mut FrameReader) -> Result<RawRequestHead, Rejection
         }
     }
     let mut half = HalfStream::request(Direction::Request);
-    let decoded = reader.next_keeping_request_head().await.map_err(proto)?;
-    let decoded =
-        decoded.ok_or_else(|| proto(BackboneError::Truncated("before the request head")))?;
-    let kind = match &decoded {
-        Decoded::RequestHead(_) => FrameKind::RequestHead,
-        Decoded::Frame(frame) => frame.kind(),
-    };
-    half.on_frame(kind)
+    let frame = reader.next().await.map_err(proto)?;
+    let frame = frame.ok_or_else(|| proto(BackboneError::Truncated("before the request head")))?;
+    half.on_frame(frame.kind())
         .map_err(|e| proto(BackboneError::from(e)))?;
-    match decoded {
-        Decoded::RequestHead(head) => Ok(head),
-        Decoded::Frame(Frame::Reset(Reset { code, reason })) => Err((
+    match frame {
+        Frame::RequestHead(head) => Ok(head),
+        Frame::Reset(Reset { code, reason }) => Err((
             ResetCode::Cancelled,
             BackboneError::PeerReset { code, reason },
         )),
-        Decoded::Frame(other) => Err(proto(BackboneError::Handshake(format!(
+        other => Err(proto(BackboneError::Handshake(format!(
             "unexpected {} frame",
             other.kind()
         )))),

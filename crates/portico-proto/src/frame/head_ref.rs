@@ -12,10 +12,10 @@
 //! [`Frame::RequestHead`]: super::Frame::RequestHead
 //! [`Frame::ResponseHead`]: super::Frame::ResponseHead
 
+use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
-use serde::{Deserialize, Serialize};
 
-use super::{ClientAddr, Principal, TlsInfo};
+use super::{ClientAddr, Principal};
 
 /// Header pairs (lowercase name, raw value) in sending order, written as a
 /// [`Headers`](super::Headers) list. The function gives the pairs; it is
@@ -83,29 +83,6 @@ pub struct ResponseHeadRef<'a, I> {
     pub status: u16,
     pub headers: HeadersRef<I>,
     pub served_by: &'a str,
-}
-
-/// A received [`RequestHead`](super::RequestHead) read in place: strings and
-/// header values borrow the frame's payload (see [`crate::RawRequestHead`]),
-/// so the receiver copies only what it keeps.
-#[derive(Debug, Deserialize)]
-pub struct RequestHeadView<'a> {
-    pub request_id: &'a str,
-    pub method: &'a str,
-    pub uri: &'a str,
-    #[serde(borrow)]
-    pub headers: Vec<(&'a str, &'a [u8])>,
-    pub client_addr: Option<ClientAddr>,
-    pub tls: Option<TlsInfo>,
-    #[serde(borrow)]
-    pub trace_context: Option<&'a str>,
-    pub api: &'a str,
-    pub stage: &'a str,
-    pub route_key: &'a str,
-    pub path_params: Vec<(String, String)>,
-    pub principal: Option<Principal>,
-    pub pop_id: &'a str,
-    pub deadline_ms: u32,
 }
 
 #[cfg(test)]
@@ -177,94 +154,6 @@ mod tests {
             codec.encode_response_head(&borrowed_head, &mut borrowed).unwrap();
             prop_assert_eq!(&owned, &borrowed);
         }
-    }
-
-    proptest! {
-        #[test]
-        fn request_heads_read_in_place_equal_decoded_ones(head in crate::arb::request_head()) {
-            let codec = Codec::new();
-            let mut buf = BytesMut::new();
-            codec.encode(&Frame::RequestHead(Box::new(head.clone())), &mut buf).unwrap();
-            let Some(crate::Decoded::RequestHead(raw)) =
-                codec.decode_keeping_request_head(&mut buf).unwrap()
-            else {
-                return Err(TestCaseError::fail("not kept as a request head"));
-            };
-            prop_assert!(buf.is_empty());
-            let v = raw.view().unwrap();
-            let headers: Headers =
-                v.headers.iter().map(|(n, val)| ((*n).to_owned(), val.to_vec())).collect();
-            let back = RequestHead {
-                request_id: v.request_id.to_owned(),
-                method: v.method.to_owned(),
-                uri: v.uri.to_owned(),
-                headers,
-                client_addr: v.client_addr,
-                tls: v.tls.clone(),
-                trace_context: v.trace_context.map(str::to_owned),
-                api: v.api.to_owned(),
-                stage: v.stage.to_owned(),
-                route_key: v.route_key.to_owned(),
-                path_params: v.path_params.clone(),
-                principal: v.principal.clone(),
-                pop_id: v.pop_id.to_owned(),
-                deadline_ms: v.deadline_ms,
-            };
-            prop_assert_eq!(back, head);
-        }
-
-        #[test]
-        fn other_frames_decode_as_before(frame in crate::arb::frame()) {
-            let codec = Codec::new();
-            let mut buf = BytesMut::new();
-            codec.encode(&frame, &mut buf).unwrap();
-            let kept = codec.decode_keeping_request_head(&mut buf).unwrap();
-            match (kept, &frame) {
-                (Some(crate::Decoded::RequestHead(_)), Frame::RequestHead(_)) => {}
-                (Some(crate::Decoded::Frame(f)), _) => prop_assert_eq!(&f, &frame),
-                (other, _) => return Err(TestCaseError::fail(format!("{other:?}"))),
-            }
-        }
-    }
-
-    #[test]
-    fn a_truncated_head_in_a_whole_frame_is_malformed_at_decode() {
-        let codec = Codec::new();
-        let mut buf = BytesMut::new();
-        let head = RequestHead {
-            request_id: "rid".into(),
-            method: "GET".into(),
-            uri: "/x".into(),
-            headers: vec![("host".into(), b"a.example".to_vec())],
-            client_addr: None,
-            tls: None,
-            trace_context: None,
-            api: "a".into(),
-            stage: "prod".into(),
-            route_key: "GET /x".into(),
-            path_params: Vec::new(),
-            principal: None,
-            pop_id: "pop-a".into(),
-            deadline_ms: 0,
-        };
-        codec
-            .encode(&Frame::RequestHead(Box::new(head)), &mut buf)
-            .unwrap();
-        // Shorten the payload by one byte and fix the length prefix.
-        buf.truncate(buf.len() - 1);
-        let len = u32::try_from(buf.len() - crate::LENGTH_PREFIX_LEN).unwrap();
-        buf[..4].copy_from_slice(&len.to_be_bytes());
-        let err = codec.decode_keeping_request_head(&mut buf).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                crate::ProtoError::Malformed {
-                    kind: "request_head",
-                    ..
-                }
-            ),
-            "{err}"
-        );
     }
 
     #[test]
