@@ -505,8 +505,7 @@ fn a_node_that_fails_to_start_stops_the_whole_topology_with_its_error() {
         .filter(|l| l.contains("ready") && l.contains("backend-local"));
     let logged: Vec<u32> = ready
         .filter_map(|l| {
-            let plain: String = strip_ansi(l);
-            let pid = plain.split("pid=").nth(1)?;
+            let pid = l.split("pid=").nth(1)?;
             pid.split(|c: char| !c.is_ascii_digit())
                 .next()?
                 .parse()
@@ -518,22 +517,4 @@ fn a_node_that_fails_to_start_stops_the_whole_topology_with_its_error() {
     seen.sort_unstable();
     seen.dedup();
     wait_gone(&seen, 10);
-}
-
-/// `line` without terminal colour escapes (`ESC [ ... m`).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -5,11 +5,32 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::{Request, Response};
 use portico_config::{ListenerConfig, NodeConfig};
+use portico_gateway::{Body, ConnInfo, Entry, Gateway, GatewayError, ServedModes, Upstream};
 use portico_net::{CertFiles, H3Listener, Handler, TcpServer};
 use tokio::net::TcpListener;
 
 use crate::{AppError, settings};
+
+/// The public listeners' handler: the node's gateway, serving the APIs of
+/// `modes` (an origin: regional; a PoP: edge).
+pub struct Public<U> {
+    pub gateway: Arc<Gateway<U>>,
+    pub modes: ServedModes,
+}
+
+impl<U: Upstream> Handler for Public<U> {
+    async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
+        self.gateway
+            .handle(req, &conn, Entry::Public(self.modes))
+            .await
+    }
+
+    fn refuse(&self, req: &Request<()>, conn: &Arc<ConnInfo>, err: GatewayError) -> Response<Body> {
+        self.gateway.refuse(req, conn, err)
+    }
+}
 
 /// A bound public listener: TCP (HTTP/1.1 and HTTP/2) or UDP (HTTP/3). Both
 /// serve the same handler.

@@ -4,36 +4,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use http::{Request, Response};
 use portico_config::Definitions;
-use portico_gateway::{Body, ConnInfo, Entry, Gateway, ServedModes};
+use portico_gateway::{Gateway, ServedModes};
 use portico_integrations::{BackendClient, Integrations, Resolver};
-use portico_net::Handler;
 use tokio::sync::watch;
 
 use crate::{AppError, settings};
-
-/// The origin's public-listener handler: regional APIs only.
-struct PublicHandler {
-    gateway: Arc<Gateway<Integrations>>,
-}
-
-impl Handler for PublicHandler {
-    async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
-        self.gateway
-            .handle(req, &conn, Entry::Public(ServedModes::REGIONAL))
-            .await
-    }
-
-    fn refuse(
-        &self,
-        req: &Request<()>,
-        conn: &Arc<ConnInfo>,
-        err: portico_gateway::GatewayError,
-    ) -> Response<Body> {
-        self.gateway.refuse(req, conn, err)
-    }
-}
 
 /// Runs an origin until `shutdown` completes.
 pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
@@ -48,8 +24,9 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     )
     .with_limits(crate::limits::limits(&config, Arc::clone(&quota)));
     let gateway = Arc::new(settings::with_cache(gateway, &config));
-    let handler = Arc::new(PublicHandler {
+    let handler = Arc::new(crate::listeners::Public {
         gateway: Arc::clone(&gateway),
+        modes: ServedModes::REGIONAL,
     });
     let servers = crate::listeners::bind(&config, &handler).await?;
     // PoPs get the definitions at connect and again after every reload.

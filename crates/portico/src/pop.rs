@@ -13,37 +13,13 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use http::{Request, Response};
 use portico_backbone::{Backbone, BackboneError, BackboneUpstream, OriginSpec};
 use portico_config::{DefinitionDefaults, Definitions, NodeConfig, Role};
 use portico_gateway::limits::{LeaseSource, Quotas};
-use portico_gateway::{Body, ConnInfo, Entry, Gateway, ServedModes};
-use portico_net::Handler;
+use portico_gateway::{Gateway, ServedModes};
 use tokio::sync::watch;
 
 use crate::{AppError, backbone, listeners, settings};
-
-/// The PoP's public-listener handler: edge APIs only.
-struct EdgeHandler {
-    gateway: Arc<Gateway<BackboneUpstream>>,
-}
-
-impl Handler for EdgeHandler {
-    async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
-        self.gateway
-            .handle(req, &conn, Entry::Public(ServedModes::EDGE))
-            .await
-    }
-
-    fn refuse(
-        &self,
-        req: &Request<()>,
-        conn: &Arc<ConnInfo>,
-        err: portico_gateway::GatewayError,
-    ) -> Response<Body> {
-        self.gateway.refuse(req, conn, err)
-    }
-}
 
 /// Runs a PoP until `shutdown` completes.
 pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
@@ -76,8 +52,9 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     )
     .with_limits(crate::limits::limits(&config, Arc::clone(&quota)).with_shared_rates());
     let gateway = Arc::new(settings::with_cache(gateway, &config));
-    let handler = Arc::new(EdgeHandler {
+    let handler = Arc::new(listeners::Public {
         gateway: Arc::clone(&gateway),
+        modes: ServedModes::EDGE,
     });
     let servers = listeners::bind(&config, &handler).await?;
     let (stop_tx, stop_rx) = watch::channel(false);

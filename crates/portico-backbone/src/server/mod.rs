@@ -89,9 +89,6 @@ impl BackboneServer {
         settings: LinkSettings,
     ) -> Result<Self, BackboneError> {
         let config = tls.server_config(&settings)?;
-        socket
-            .set_nonblocking(true)
-            .map_err(BackboneError::Endpoint)?;
         Ok(BackboneServer {
             socket,
             config,

@@ -157,87 +157,26 @@ pub struct ResponseHead {
 /// `Vec<u8>` is `varint len` + its bytes either way), which went byte by
 /// byte through serde in both directions.
 pub(crate) mod headers_serde {
-    use serde::de::{SeqAccess, Visitor};
-    use serde::ser::SerializeSeq;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::Headers;
-
-    struct Value<'a>(&'a [u8]);
-
-    impl Serialize for Value<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(self.0)
-        }
-    }
+    use crate::frame::HeadersRef;
 
     pub fn serialize<S: Serializer>(headers: &Headers, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(headers.len()))?;
-        for (name, value) in headers {
-            seq.serialize_element(&(name, Value(value)))?;
-        }
-        seq.end()
+        HeadersRef(|| headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))).serialize(s)
     }
 
-    /// One `(name, value)` pair, the value read as a byte buffer.
-    struct Pair(String, Vec<u8>);
+    /// One `(name, value)` pair, the value read as one byte string.
+    #[derive(Deserialize)]
+    struct Pair(String, #[serde(deserialize_with = "value")] Vec<u8>);
 
-    impl<'de> Deserialize<'de> for Pair {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            #[derive(Deserialize)]
-            struct Raw(String, #[serde(with = "value_serde")] Vec<u8>);
-            let Raw(name, value) = Raw::deserialize(d)?;
-            Ok(Pair(name, value))
-        }
-    }
-
-    mod value_serde {
-        use serde::{Deserializer, de};
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-            d.deserialize_byte_buf(ByteBuf)
-        }
-
-        struct ByteBuf;
-
-        impl<'de> de::Visitor<'de> for ByteBuf {
-            type Value = Vec<u8>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a byte string")
-            }
-
-            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-
-            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
+    fn value<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        super::bytes_serde::deserialize(d).map(Vec::from)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Headers, D::Error> {
-        d.deserialize_seq(PairsVisitor)
-    }
-
-    struct PairsVisitor;
-
-    impl<'de> Visitor<'de> for PairsVisitor {
-        type Value = Headers;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a list of header pairs")
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Headers, A::Error> {
-            // The hint comes from the peer: bounded like serde's own.
-            let mut out = Headers::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-            while let Some(Pair(name, value)) = seq.next_element()? {
-                out.push((name, value));
-            }
-            Ok(out)
-        }
+        let pairs = Vec::<Pair>::deserialize(d)?;
+        Ok(pairs.into_iter().map(|Pair(n, v)| (n, v)).collect())
     }
 }
 
