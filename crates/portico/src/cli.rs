@@ -60,6 +60,12 @@ pub enum Command {
         /// Directory for probe.csv and probe.svg.
         #[arg(long, default_value = "probe-results")]
         out: PathBuf,
+        /// Let CPUs enter slow idle states while measuring. By default the probe
+        /// holds them to 0 µs wake-up latency through /dev/cpu_dma_latency (PM QoS,
+        /// as latency tools do) when it may, so that a virtual machine's wake-up
+        /// of a halted CPU is not counted at every hop.
+        #[arg(long)]
+        allow_idle: bool,
     },
     /// Validate a node configuration or a topology; prints every error as file:line:column.
     Check { file: PathBuf },

@@ -108,9 +108,17 @@ pub async fn run(command: Command) -> Result<ExitCode, AppError> {
             json,
             runs,
             out,
-        } => probe::run(&topology, json.as_deref(), runs, &out, signals::shutdown())
-            .await
-            .map(|()| ExitCode::SUCCESS),
+            allow_idle,
+        } => {
+            let opts = probe::ProbeOptions {
+                runs,
+                out,
+                allow_idle,
+            };
+            probe::run(&topology, json.as_deref(), &opts, signals::shutdown())
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Keys(command) => Ok(keys::run(command)),
         Command::Backend {
             listen,

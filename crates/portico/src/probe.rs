@@ -4,11 +4,12 @@
 //! topology itself, or measures one already running (`--json` of `portico up`).
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use portico_config::topology::Topology;
 
 use crate::AppError;
+use crate::topology::awake::CpuIdle;
 use crate::topology::chart::{self, EntryResult};
 use crate::topology::client::Client;
 use crate::topology::h3client::H3Client;
@@ -17,13 +18,24 @@ use crate::topology::measure;
 use crate::topology::runner::{Options, Running};
 use crate::topology::{UpError, file_error};
 
+/// What `portico probe` measures and where it writes.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// Measurements of each kind per entry.
+    pub runs: u32,
+    /// Directory for probe.csv and probe.svg.
+    pub out: PathBuf,
+    /// Let CPUs enter slow idle states while measuring (see [`CpuIdle`]).
+    pub allow_idle: bool,
+}
+
 pub async fn run(
     topology: &Path,
     json: Option<&Path>,
-    runs: u32,
-    out: &Path,
+    opts: &ProbeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let runs = opts.runs;
     let topology = portico_config::load_topology_file(topology)?;
     tokio::pin!(shutdown);
     let (manifest, running) = match json {
@@ -37,10 +49,16 @@ pub async fn run(
             (running.manifest.clone(), Some(running))
         }
     };
+    let idle = CpuIdle::hold(opts.allow_idle);
+    eprintln!("{}", idle.describe());
     let measured = tokio::select! {
         r = measure_all(&topology, &manifest, runs) => Some(r),
         () = &mut shutdown => None,
     };
+    // The request ends here: stopping the topology and writing reports is not measured.
+    let held = idle;
+    let idle = held.describe();
+    drop(held);
     if let Some(running) = running {
         running.stop().await;
     }
@@ -48,7 +66,8 @@ pub async fn run(
         return Ok(());
     };
     print!("{}", chart::table(&results, runs));
-    write_reports(&results, &topology, runs, out)?;
+    println!("{idle}");
+    write_reports(&results, &topology, runs, &opts.out, &idle)?;
     Ok(())
 }
 
@@ -108,13 +127,14 @@ fn write_reports(
     t: &Topology,
     runs: u32,
     out: &Path,
+    idle: &str,
 ) -> Result<(), UpError> {
     std::fs::create_dir_all(out).map_err(file_error("creating", out))?;
     let csv = out.join("probe.csv");
     std::fs::write(&csv, chart::csv(results, runs)).map_err(file_error("writing", &csv))?;
     let svg = out.join("probe.svg");
     let title = format!(
-        "portico probe: topology `{}`, median of {runs} run(s)",
+        "portico probe: topology `{}`, median of {runs} run(s); {idle}",
         t.name
     );
     std::fs::write(&svg, chart::svg(results, &title)).map_err(file_error("writing", &svg))?;

@@ -7,6 +7,7 @@
 //! runner) that point at them. Nodes only ever talk to each other through relays,
 //! so every hop has the delay the topology gives it.
 
+pub mod awake;
 pub mod certs;
 pub mod chart;
 pub mod children;
