@@ -8,7 +8,11 @@
 # Rounds are interleaved (h2, h3, then h3, h2, ...); the table gives medians
 # and the h3/h2 ratios (goal: throughput >= 0.7x). Cases:
 #   * mock:  a mock integration (the protocol stacks and the pipeline only),
-#   * proxy: http_proxy to the demo backend, 1 KiB responses.
+#   * proxy: http_proxy to the demo backend, 1 KiB responses,
+#   * pop:   the same 1 KiB response entered at a PoP (listener with
+#            `http3 = true`, cache and throttle off), every request a miss
+#            over the QUIC backbone to the origin: h3 and h2 on the client
+#            side only, the backbone is the same for both.
 #
 # Both sides get the same cores: the TCP listener one worker thread per core,
 # the HTTP/3 listener one thread per core too (the endpoint on the first,
@@ -71,16 +75,72 @@ path = "/{proxy+}"
 integration = { type = "http_proxy", uri = "http://127.0.0.1:$2/{proxy}" }
 [[apis.stages]]
 name = "prod"
+
+# Entered at the PoP (the pop case); served here over the backbone.
+[[apis]]
+name = "edge"
+endpoint = "edge"
+[[apis.routes]]
+method = "ANY"
+path = "/{proxy+}"
+integration = { type = "http_proxy", uri = "http://127.0.0.1:$2/{proxy}" }
+[[apis.stages]]
+name = "prod"
+
+[cache]
+enabled = false
+
+[backbone]
+listen = "127.0.0.1:0"
+ca = "$WORK/certs/ca.pem"
+cert = "$WORK/certs/origin-a.pem"
+key = "$WORK/certs/origin-a.key"
 TOML
-  # The access log is off (warn level): both protocols measure serving only.
-  RUST_LOG=warn "$PORTICO" origin --config "$WORK/origin.toml" >"$WORK/origin.out" 2>"$WORK/origin.log" &
+  start_node origin origin
+}
+
+# start_pop PORT BACKBONE: a PoP with h1/h2/h3 on PORT serving the `edge`
+# API, cache and throttle off (every request a miss over the backbone).
+start_pop() {
+  cat >"$WORK/pop.toml" <<TOML
+[node]
+id = "pop-a"
+
+[[listeners]]
+address = "127.0.0.1:$1"
+default_api = "edge"
+http3 = true
+
+[throttle]
+enabled = false
+
+[cache]
+enabled = false
+
+[backbone]
+ca = "$WORK/certs/ca.pem"
+cert = "$WORK/certs/pop-a.pem"
+key = "$WORK/certs/pop-a.key"
+
+[[origins]]
+region = "local"
+address = "$2"
+server_name = "origin-a"
+TOML
+  start_node pop pop
+}
+
+# start_node KIND NAME: `portico KIND --config $WORK/NAME.toml`, access log
+# off (warn level): both protocols measure serving only. Waits for `ready`.
+start_node() {
+  RUST_LOG=warn "$PORTICO" "$1" --config "$WORK/$2.toml" >"$WORK/$2.out" 2>"$WORK/$2.log" &
   PIDS+=($!)
   for _ in $(seq 200); do
-    grep -q '^ready' "$WORK/origin.out" 2>/dev/null && return 0
+    grep -q '^ready' "$WORK/$2.out" 2>/dev/null && return 0
     sleep 0.05
   done
-  echo "the origin did not start:" >&2
-  cat "$WORK/origin.log" >&2
+  echo "portico $1 did not start:" >&2
+  cat "$WORK/$2.log" >&2
   return 1
 }
 
@@ -112,16 +172,30 @@ PY
 ensure_oha
 [ -n "${PORTICO_BIN:-}" ] || build_release
 cd "$WORK"   # node state (e.g. the quota store) goes to the scratch directory
+ensure_pkg curl curl
+"$PORTICO" certs --out "$WORK/certs" --nodes origin-a,pop-a >/dev/null
 BACKEND=$(free_port)
 start_backend "$BACKEND"
 PORT=$(free_port)
 start_origin "$PORT" "$BACKEND"
+BACKBONE=$(awk '$1 == "listening" && $2 == "backbone" {print $3; exit}' "$WORK/origin.out")
+POP_PORT=$(free_port)
+start_pop "$POP_PORT" "$BACKBONE"
+# The PoP serves the route once the link is up and the snapshot arrived.
+for _ in $(seq 200); do
+  [ "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$POP_PORT/prod/bytes/16")" = 200 ] && break
+  sleep 0.05
+done
 
 declare -A RPS P99
-CASES=(mock proxy)
-declare -A PATHS=([mock]="/prod/mock" [proxy]="/prod/bytes/1024")
+CASES=(mock proxy pop)
+declare -A URLS=(
+  [mock]="https://127.0.0.1:$PORT/prod/mock"
+  [proxy]="https://127.0.0.1:$PORT/prod/bytes/1024"
+  [pop]="https://127.0.0.1:$POP_PORT/prod/bytes/1024"
+)
 for case in "${CASES[@]}"; do
-  url="https://127.0.0.1:$PORT${PATHS[$case]}"
+  url="${URLS[$case]}"
   for round in $(seq "$ROUNDS"); do
     order=(h2 h3)
     (( round % 2 == 0 )) && order=(h3 h2)

@@ -69,10 +69,11 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         Arc::clone(gateway.limits()),
         stop_rx.clone(),
     ));
-    // TCP listeners share the runtime that drives the backbone links (see
-    // `settings::pop_tcp_workers`); HTTP/3 ones run one current-thread
-    // runtime per core, as the origin's.
-    let (tcp_workers, h3_workers) = (settings::pop_tcp_workers(), settings::workers(&config));
+    // TCP and HTTP/3 listeners share the runtime that drives the backbone
+    // links (see `settings::pop_listener_workers`): a miss wakes the link's
+    // driver on its own thread.
+    let workers = settings::pop_listener_workers();
+    let (tcp_workers, h3_workers) = (workers, workers);
     for server in servers {
         let mut stop = stop_rx.clone();
         tasks.spawn(server.run_on_workers(tcp_workers, h3_workers, async move {
