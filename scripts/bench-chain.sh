@@ -39,20 +39,6 @@ POP_PORT=$(free_port)
 FRONT_PORT=$(free_port)
 BACK_PORT=$(free_port)
 
-# start_node KIND NAME: `portico KIND --config $WORK/NAME.toml`, access log
-# off (warn level, as nginx's below); waits for `ready` on its stdout.
-start_node() {
-  RUST_LOG=warn "$PORTICO" "$1" --config "$WORK/$2.toml" >"$WORK/$2.out" 2>"$WORK/$2.log" &
-  PIDS+=($!)
-  for _ in $(seq 200); do
-    grep -q '^ready' "$WORK/$2.out" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "portico $1 did not start:" >&2
-  cat "$WORK/$2.log" >&2
-  return 1
-}
-
 # Cache and throttles are off on both nodes: every request is a miss that
 # crosses the backbone, and none is answered 429.
 cat >"$WORK/origin.toml" <<TOML

@@ -130,19 +130,6 @@ TOML
   start_node pop pop
 }
 
-# start_node KIND NAME: `portico KIND --config $WORK/NAME.toml`, access log
-# off (warn level): both protocols measure serving only. Waits for `ready`.
-start_node() {
-  RUST_LOG=warn "$PORTICO" "$1" --config "$WORK/$2.toml" >"$WORK/$2.out" 2>"$WORK/$2.log" &
-  PIDS+=($!)
-  for _ in $(seq 200); do
-    grep -q '^ready' "$WORK/$2.out" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "portico $1 did not start:" >&2
-  cat "$WORK/$2.log" >&2
-  return 1
-}
 
 # oha_run PROTO URL: prints "RPS P99_MS" (PROTO: h2 or h3).
 oha_run() {

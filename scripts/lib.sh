@@ -45,6 +45,21 @@ build_release() {
   (cd "$ROOT" && cargo build --release -p portico --quiet)
 }
 
+# start_node KIND NAME: `portico KIND --config $WORK/NAME.toml` with the
+# access log off (warn level: the peers measured log nothing either); waits
+# for `ready` on its stdout.
+start_node() {
+  RUST_LOG=warn "$PORTICO" "$1" --config "$WORK/$2.toml" >"$WORK/$2.out" 2>"$WORK/$2.log" &
+  PIDS+=($!)
+  for _ in $(seq 200); do
+    grep -q '^ready' "$WORK/$2.out" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "portico $1 did not start:" >&2
+  cat "$WORK/$2.log" >&2
+  return 1
+}
+
 # start_backend PORT: the demo backend (release build).
 start_backend() {
   "$PORTICO" backend --listen "127.0.0.1:$1" >/dev/null 2>"$WORK/backend.log" &
