@@ -1,8 +1,10 @@
 //! The pooled backend client: keep-alive HTTP/1.1 and HTTP/2 (ALPN for https,
 //! prior knowledge for cleartext when asked), verified TLS, hickory DNS.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -47,10 +49,39 @@ impl Default for ClientSettings {
 
 type Connector = HttpsConnector<HttpConnector<Resolver>>;
 
-/// A cloneable handle on one shared connection pool.
+type Pool = Client<Connector, Body>;
+
+/// A cloneable handle on the backend connection pools: one per thread.
+///
+/// hyper runs each backend connection as a task on the runtime that opened
+/// it. With one pool shared by every listener thread, a request on one
+/// thread would often reuse a connection living on another, and wake that
+/// thread to write and be woken back by it to read: two cross-thread
+/// wake-ups per request. So each thread gets its own pool (as each nginx
+/// worker keeps its own upstream keep-alive connections), and a request
+/// only ever uses connections driven by its own thread.
+/// `pool_max_idle_per_host` applies per thread.
 #[derive(Clone, Debug)]
 pub struct BackendClient {
-    client: Client<Connector, Body>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Tells this client's pools apart in a thread's list.
+    id: u64,
+    /// What every thread's pool is built from.
+    builder: hyper_util::client::legacy::Builder,
+    connector: Connector,
+}
+
+/// Ids of [`BackendClient`]s, for the per-thread pools.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's pool of every live [`BackendClient`]; entries whose
+    /// client is gone are dropped when another is added.
+    static POOLS: RefCell<Vec<(u64, Weak<Shared>, Pool)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl BackendClient {
@@ -69,22 +100,44 @@ impl BackendClient {
         } else {
             builder.enable_all_versions().wrap_connector(http)
         };
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .http2_only(settings.http2_only)
-            .build(connector);
-        Ok(Self { client })
+            .http2_only(settings.http2_only);
+        let shared = Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            builder,
+            connector,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+        })
     }
 
-    /// Sends a request; the response body streams from the backend.
+    /// Sends a request on this thread's pool; the response body streams from
+    /// the backend.
     pub async fn send(
         &self,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+        // The future owns what it needs: the thread's list is not borrowed
+        // across the await (the task may even move to another thread).
+        let sent = POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if let Some((.., pool)) = pools.iter().find(|(id, ..)| *id == self.shared.id) {
+                return pool.request(req);
+            }
+            // This thread's first request for this client.
+            pools.retain(|(_, owner, _)| owner.strong_count() > 0);
+            let pool = self.shared.builder.build(self.shared.connector.clone());
+            let sent = pool.request(req);
+            pools.push((self.shared.id, Arc::downgrade(&self.shared), pool));
+            sent
+        });
+        sent.await
     }
 }
 

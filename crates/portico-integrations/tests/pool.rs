@@ -1,0 +1,124 @@
+//! The backend pools are per thread: a request reuses only connections its
+//! own thread opened (and drives), never one living on another thread.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::BodyExt;
+use portico_integrations::{BackendClient, ClientSettings, DnsSettings, Resolver};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// A keep-alive HTTP/1.1 backend on port 0 answering every request `ok`,
+/// counting the connections it accepted. Runs on its own thread.
+fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).expect("listener");
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = conn.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // Requests without bodies: one reply per blank line.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            if conn.write_all(REPLY).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (addr, accepted)
+}
+
+fn client() -> BackendClient {
+    let resolver = Resolver::new(&DnsSettings {
+        nameservers: Some(Vec::new()),
+        use_hosts_file: true,
+        cache_size: 16,
+    })
+    .expect("resolver");
+    BackendClient::new(&ClientSettings::default(), resolver).expect("client")
+}
+
+/// `n` GETs one after the other on a current-thread runtime of this thread;
+/// then the runtime keeps running (driving its connections) until `hold`
+/// completes.
+fn get_sequentially(
+    client: &BackendClient,
+    addr: SocketAddr,
+    n: usize,
+    hold: impl std::future::Future<Output = ()>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for _ in 0..n {
+            let req = http::Request::get(format!("http://{addr}/x"))
+                .body(portico_gateway::body::empty())
+                .expect("request");
+            let resp = client.send(req).await.expect("sent");
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        hold.await;
+    });
+}
+
+#[test]
+fn one_thread_reuses_its_connection() {
+    let (addr, accepted) = backend();
+    let client = client();
+    get_sequentially(&client, addr, 3, async {});
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn another_thread_opens_its_own_connection_instead_of_borrowing() {
+    let (addr, accepted) = backend();
+    let client = client();
+    // Thread 1 leaves an idle keep-alive connection in the pool, its runtime
+    // still driving it; with one pool for all threads, thread 2 would reuse
+    // it (one connection in all).
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = client.clone();
+    let thread1 = std::thread::spawn(move || {
+        get_sequentially(&first, addr, 2, async move {
+            let _ = done_tx.send(());
+            let _ = release_rx.await;
+        })
+    });
+    done_rx.recv().expect("thread 1 finished its requests");
+    let second = client.clone();
+    std::thread::spawn(move || get_sequentially(&second, addr, 2, async {}))
+        .join()
+        .expect("thread 2");
+    let _ = release_tx.send(());
+    thread1.join().expect("thread 1");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
