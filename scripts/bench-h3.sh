@@ -46,6 +46,18 @@ ensure_oha() {
   cargo install oha --version '~1.16' --features http3 --locked --root "$CACHE" --quiet
 }
 
+# proxy_route_and_stage BACKEND_PORT: `/{proxy+}` to the demo backend, stage prod.
+proxy_route_and_stage() {
+  cat <<TOML
+[[apis.routes]]
+method = "ANY"
+path = "/{proxy+}"
+integration = { type = "http_proxy", uri = "http://127.0.0.1:$1/{proxy}" }
+[[apis.stages]]
+name = "prod"
+TOML
+}
+
 # start_origin PORT BACKEND_PORT: an origin with h1/h2/h3 on PORT; waits for `ready`.
 start_origin() {
   cat >"$WORK/origin.toml" <<TOML
@@ -69,23 +81,13 @@ endpoint = "regional"
 method = "GET"
 path = "/mock"
 integration = { type = "mock", status = 200, headers = { "content-type" = "application/json" }, body = '{"ok":true}' }
-[[apis.routes]]
-method = "ANY"
-path = "/{proxy+}"
-integration = { type = "http_proxy", uri = "http://127.0.0.1:$2/{proxy}" }
-[[apis.stages]]
-name = "prod"
+$(proxy_route_and_stage "$2")
 
 # Entered at the PoP (the pop case); served here over the backbone.
 [[apis]]
 name = "edge"
 endpoint = "edge"
-[[apis.routes]]
-method = "ANY"
-path = "/{proxy+}"
-integration = { type = "http_proxy", uri = "http://127.0.0.1:$2/{proxy}" }
-[[apis.stages]]
-name = "prod"
+$(proxy_route_and_stage "$2")
 
 [cache]
 enabled = false

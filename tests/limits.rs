@@ -803,17 +803,6 @@ plans = ["basic"]
     )
 }
 
-/// The access line of `request_id` in a node's JSON log.
-async fn access_line(log: &std::path::Path, request_id: &str) -> serde_json::Value {
-    eventually(10, || async {
-        let text = std::fs::read_to_string(log).ok()?;
-        text.lines()
-            .find(|l| l.contains(request_id) && l.contains("\"target\":\"access\""))
-            .map(|l| serde_json::from_str(l).unwrap())
-    })
-    .await
-}
-
 #[tokio::test]
 async fn the_key_a_pop_checked_is_the_callers_identity_at_the_origin() {
     let dir = TempDir::new().unwrap();

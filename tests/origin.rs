@@ -714,13 +714,7 @@ async fn access_log_has_one_json_line_per_request() {
         .body(full(""))
         .unwrap();
     assert_eq!(send(&https_client(&cert.der, false), req).await.status, 200);
-    let line: serde_json::Value = eventually(10, || async {
-        let text = std::fs::read_to_string(&log).unwrap();
-        text.lines()
-            .find(|l| l.contains("log-line-1") && l.contains("\"target\":\"access\""))
-            .map(|l| serde_json::from_str(l).unwrap())
-    })
-    .await;
+    let line = access_line(&log, "log-line-1").await;
     assert_eq!(line["request_id"], "log-line-1");
     assert_eq!(line["api"], "echo");
     assert_eq!(line["stage"], "prod");

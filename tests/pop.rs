@@ -267,17 +267,6 @@ fn client_from(ip: &str, root: &rustls_pki_types::CertificateDer<'static>) -> Ht
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-/// The access line for `request_id` in a JSON log.
-async fn access_line(log: &Path, request_id: &str) -> serde_json::Value {
-    eventually(10, || async {
-        let text = std::fs::read_to_string(log).ok()?;
-        text.lines()
-            .find(|l| l.contains(request_id) && l.contains("\"target\":\"access\""))
-            .map(|l| serde_json::from_str(l).unwrap())
-    })
-    .await
-}
-
 #[tokio::test]
 async fn client_address_request_id_and_via_end_to_end() {
     let f = Fixture::start();

@@ -230,6 +230,17 @@ where
     }
 }
 
+/// The access line of `request_id` in a node's JSON log, once written.
+pub async fn access_line(log: &Path, request_id: &str) -> serde_json::Value {
+    eventually(10, || async {
+        let text = std::fs::read_to_string(log).ok()?;
+        text.lines()
+            .find(|l| l.contains(request_id) && l.contains("\"target\":\"access\""))
+            .map(|l| serde_json::from_str(l).unwrap())
+    })
+    .await
+}
+
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ReqBody>;
 
 pub fn client_tls(roots: &[CertificateDer<'static>]) -> rustls::ClientConfig {

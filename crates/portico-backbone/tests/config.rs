@@ -104,6 +104,19 @@ struct RawControl {
 }
 
 impl RawControl {
+    /// A control stream on `send`/`recv`, with our preface written.
+    async fn open(mut send: SendStream, recv: RecvStream) -> RawControl {
+        let mut preface = BytesMut::new();
+        encode_preface(StreamKind::Control, &mut preface);
+        send.write_all(&preface).await.unwrap();
+        RawControl {
+            send,
+            recv,
+            buf: BytesMut::new(),
+            preface_read: false,
+        }
+    }
+
     fn codec() -> Codec {
         Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap()
     }
@@ -154,16 +167,8 @@ async fn raw_pop(
         .unwrap()
         .await
         .unwrap();
-    let (mut send, recv) = conn.open_bi().await.unwrap();
-    let mut preface = BytesMut::new();
-    encode_preface(StreamKind::Control, &mut preface);
-    send.write_all(&preface).await.unwrap();
-    let mut c = RawControl {
-        send,
-        recv,
-        buf: BytesMut::new(),
-        preface_read: false,
-    };
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut c = RawControl::open(send, recv).await;
     c.send(&[Frame::Hello(Hello {
         node_id: "pop-a".into(),
         role: Role::Pop,
@@ -237,16 +242,8 @@ async fn raw_origin(
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let conn = endpoint.accept().await.unwrap().await.unwrap();
-        let (mut send, recv) = conn.accept_bi().await.unwrap();
-        let mut preface = BytesMut::new();
-        encode_preface(StreamKind::Control, &mut preface);
-        send.write_all(&preface).await.unwrap();
-        let mut c = RawControl {
-            send,
-            recv,
-            buf: BytesMut::new(),
-            preface_read: false,
-        };
+        let (send, recv) = conn.accept_bi().await.unwrap();
+        let mut c = RawControl::open(send, recv).await;
         let Frame::Hello(hello) = c.next().await else {
             panic!("expected Hello")
         };

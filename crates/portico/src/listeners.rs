@@ -40,22 +40,14 @@ pub enum Server<H> {
 }
 
 impl<H: Handler> Server<H> {
-    /// Serves until `shutdown`, then drains. A TCP listener spreads over
-    /// `tcp_workers` threads, an HTTP/3 listener over `h3_workers` (one UDP
-    /// socket and quinn endpoint, each connection on one of the threads);
-    /// with 0 either serves on the caller's runtime.
-    pub async fn run_on_workers(
-        self,
-        tcp_workers: usize,
-        h3_workers: usize,
-        shutdown: impl Future<Output = ()>,
-    ) {
+    /// Serves until `shutdown`, then drains, spread over `workers` threads
+    /// (an HTTP/3 listener keeps one UDP socket and quinn endpoint, each
+    /// connection on one of the threads); with 0 it serves on the caller's
+    /// runtime.
+    pub async fn run_on_workers(self, workers: usize, shutdown: impl Future<Output = ()>) {
         match self {
-            Server::Tcp(server) => server.run_on_workers(tcp_workers, shutdown).await,
-            Server::H3(server) if h3_workers > 0 => {
-                server.run_on_workers(h3_workers, shutdown).await
-            }
-            Server::H3(server) => server.run(shutdown).await,
+            Server::Tcp(server) => server.run_on_workers(workers, shutdown).await,
+            Server::H3(server) => server.run_on_workers(workers, shutdown).await,
         }
     }
 }

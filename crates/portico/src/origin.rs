@@ -44,7 +44,7 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     let workers = settings::workers(&config);
     for server in servers {
         let mut stop = stop_rx.clone();
-        tasks.spawn(server.run_on_workers(workers, workers, async move {
+        tasks.spawn(server.run_on_workers(workers, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }

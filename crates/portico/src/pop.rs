@@ -73,10 +73,9 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
     // links (see `settings::pop_listener_workers`): a miss wakes the link's
     // driver on its own thread.
     let workers = settings::pop_listener_workers();
-    let (tcp_workers, h3_workers) = (workers, workers);
     for server in servers {
         let mut stop = stop_rx.clone();
-        tasks.spawn(server.run_on_workers(tcp_workers, h3_workers, async move {
+        tasks.spawn(server.run_on_workers(workers, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
     }

@@ -49,16 +49,15 @@ pub async fn run(
             (running.manifest.clone(), Some(running))
         }
     };
-    let idle = CpuIdle::hold(opts.allow_idle);
-    eprintln!("{}", idle.describe());
+    let cpu_idle = CpuIdle::hold(opts.allow_idle);
+    let idle = cpu_idle.describe();
+    eprintln!("{idle}");
     let measured = tokio::select! {
         r = measure_all(&topology, &manifest, runs) => Some(r),
         () = &mut shutdown => None,
     };
     // The request ends here: stopping the topology and writing reports is not measured.
-    let held = idle;
-    let idle = held.describe();
-    drop(held);
+    drop(cpu_idle);
     if let Some(running) = running {
         running.stop().await;
     }
