@@ -13,8 +13,8 @@ use http::{Method, StatusCode, Uri};
 use portico_gateway::headers::REQUEST_ID;
 use portico_gateway::{ConnInfo, Principal, PrincipalKind, Protocol, RequestCtx};
 use portico_proto::{
-    ClientAddr, Codec, Headers, HeadersRef, ProtoError, RequestHead, RequestHeadRef, ResponseHead,
-    ResponseHeadRef, TlsInfoRef,
+    ClientAddr, Codec, Headers, HeadersRef, PrincipalRef, ProtoError, RequestHead, RequestHeadRef,
+    ResponseHead, ResponseHeadRef, TlsInfoRef,
 };
 
 use crate::BackboneError;
@@ -72,7 +72,6 @@ pub(crate) fn encode_request_head(
         own.chain(host)
     };
     let remaining = ctx.settings().timeout.saturating_sub(ctx.started.elapsed());
-    let principal = ctx.principal.as_ref().map(principal_head);
     let head = RequestHeadRef {
         request_id: &ctx.request_id,
         method: parts.method.as_str(),
@@ -93,7 +92,7 @@ pub(crate) fn encode_request_head(
         stage: &ctx.stage.name,
         route_key: &ctx.route().key,
         path_params: &ctx.path_params,
-        principal: principal.as_ref(),
+        principal: ctx.principal.as_ref().map(principal_ref),
         pop_id,
         // At least 1 ms: 0 would mean "no deadline".
         deadline_ms: u32::try_from(remaining.as_millis())
@@ -105,11 +104,11 @@ pub(crate) fn encode_request_head(
 
 /// The wire form of the caller the PoP authenticated: kind and id only (an
 /// API key's id, never the key).
-fn principal_head(p: &Principal) -> portico_proto::Principal {
-    portico_proto::Principal {
-        kind: p.kind.as_str().to_owned(),
-        id: p.id.clone(),
-        claims: Vec::new(),
+fn principal_ref(p: &Principal) -> PrincipalRef<'_> {
+    PrincipalRef {
+        kind: p.kind.as_str(),
+        id: &p.id,
+        claims: &[],
     }
 }
 
@@ -304,7 +303,12 @@ mod tests {
         let pop: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let acme = Principal::api_key("acme-1");
         let mut h = head();
-        h.principal = Some(principal_head(&acme));
+        let sent = principal_ref(&acme);
+        h.principal = Some(portico_proto::Principal {
+            kind: sent.kind.into(),
+            id: sent.id.into(),
+            claims: sent.claims.to_vec(),
+        });
         assert_eq!(
             h.principal,
             Some(portico_proto::Principal {

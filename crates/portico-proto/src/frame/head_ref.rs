@@ -15,7 +15,7 @@
 use serde::Serialize;
 use serde::ser::{SerializeSeq, Serializer};
 
-use super::{ClientAddr, Principal};
+use super::ClientAddr;
 
 /// Header pairs (lowercase name, raw value) in sending order, written as a
 /// [`Headers`](super::Headers) list. The function gives the pairs; it is
@@ -55,6 +55,14 @@ pub struct TlsInfoRef<'a> {
     pub alpn: Option<&'a str>,
 }
 
+/// [`Principal`](super::Principal), borrowed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PrincipalRef<'a> {
+    pub kind: &'a str,
+    pub id: &'a str,
+    pub claims: &'a [(String, String)],
+}
+
 /// [`RequestHead`](super::RequestHead), borrowed: the same fields in the same
 /// order.
 #[derive(Serialize)]
@@ -71,7 +79,7 @@ pub struct RequestHeadRef<'a, I> {
     pub stage: &'a str,
     pub route_key: &'a str,
     pub path_params: &'a [(String, String)],
-    pub principal: Option<&'a Principal>,
+    pub principal: Option<PrincipalRef<'a>>,
     pub pop_id: &'a str,
     pub deadline_ms: u32,
 }
@@ -116,7 +124,11 @@ mod tests {
             stage: &h.stage,
             route_key: &h.route_key,
             path_params: &h.path_params,
-            principal: h.principal.as_ref(),
+            principal: h.principal.as_ref().map(|p| PrincipalRef {
+                kind: &p.kind,
+                id: &p.id,
+                claims: &p.claims,
+            }),
             pop_id: &h.pop_id,
             deadline_ms: h.deadline_ms,
         };

@@ -21,7 +21,7 @@ pub use control::{
     PurgeAck, PurgeScope, QuotaLease, QuotaLeaseRequest, QuotaReturn, RateShare, Role, UsageEntry,
     UsageReport,
 };
-pub use head_ref::{HeadersRef, RequestHeadRef, ResponseHeadRef, TlsInfoRef};
+pub use head_ref::{HeadersRef, PrincipalRef, RequestHeadRef, ResponseHeadRef, TlsInfoRef};
 pub use request::{
     ClientAddr, End, Headers, Principal, RequestHead, Reset, ResetCode, ResponseHead, TlsInfo,
 };
