@@ -12,7 +12,9 @@
 //! from the timer thread at the deadline made every release 120 µs late on a
 //! 2-core VM; now 16 µs (`cargo bench --bench netsim`: a 1 ms link adds 33 µs to
 //! a round trip beyond its 2 ms, where it added 271 µs), at the cost of a thread
-//! yielding for up to [`LEAD`] before each release.
+//! yielding for up to [`LEAD`] before each release. Waits longer than
+//! [`COARSE_MARGIN`] start on tokio's timer, which must hand over before the
+//! deadline whatever the phase of its tick.
 //!
 //! The thread serves every relay of the process. It holds one entry per pending
 //! poll (a re-polled wait registers again; a stale entry only causes a spurious
@@ -27,8 +29,13 @@ use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-/// How early tokio's timer is aimed: more than its tick, so it never overshoots.
-pub(crate) const COARSE_MARGIN: Duration = Duration::from_micros(1500);
+/// How early tokio's timer is aimed, so it never overshoots: it fires on its
+/// 1 ms tick at or after the deadline, and a parked runtime thread's epoll
+/// timeout is rounded up to whole milliseconds too, so it can be up to 2 ms
+/// late, plus scheduling. A 1.5 ms margin let one wait in several overshoot:
+/// a 5 ms link then added 77 µs (p90 170 µs) to a round trip instead of 13
+/// (p90 39) (`cargo bench --bench netsim`).
+pub(crate) const COARSE_MARGIN: Duration = Duration::from_millis(3);
 
 /// How early the timer thread wakes a waiting task, which then yields until
 /// its deadline: more than the timer's slack (50 µs) plus a thread's wake-up.
