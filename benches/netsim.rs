@@ -151,28 +151,23 @@ async fn paths() -> (Vec<Path>, Vec<RelayHandle>) {
     ];
     let mut relays = Vec::new();
     for ms in DELAYS_MS {
-        let relay = UdpRelay::bind(any, udp, link(ms))
-            .await
-            .expect("udp relay")
-            .with_timing(Timing::Precise)
-            .spawn();
-        paths.push(Path {
-            name: format!("udp relay {ms} ms"),
-            delay_ms: ms,
-            client: Client::udp(relay.local_addr()).await,
-        });
-        relays.push(relay);
-        let relay = TcpRelay::bind(any, tcp, link(ms))
-            .await
-            .expect("tcp relay")
-            .with_timing(Timing::Precise)
-            .spawn();
-        paths.push(Path {
-            name: format!("tcp relay {ms} ms"),
-            delay_ms: ms,
-            client: Client::tcp(relay.local_addr()).await,
-        });
-        relays.push(relay);
+        let udp_relay = UdpRelay::bind(any, udp, link(ms)).await.expect("udp relay");
+        let tcp_relay = TcpRelay::bind(any, tcp, link(ms)).await.expect("tcp relay");
+        let udp_relay = udp_relay.with_timing(Timing::Precise).spawn();
+        let tcp_relay = tcp_relay.with_timing(Timing::Precise).spawn();
+        let clients = [
+            ("udp", Client::udp(udp_relay.local_addr()).await),
+            ("tcp", Client::tcp(tcp_relay.local_addr()).await),
+        ];
+        for (proto, client) in clients {
+            let name = format!("{proto} relay {ms} ms");
+            paths.push(Path {
+                name,
+                delay_ms: ms,
+                client,
+            });
+        }
+        relays.extend([udp_relay, tcp_relay]);
     }
     (paths, relays)
 }
