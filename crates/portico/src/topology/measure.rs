@@ -1,8 +1,9 @@
 //! What `portico probe` measures for one entry, and the physical minimum the
 //! topology's links allow for it.
 //!
-//! * **cold**: a request on a new connection, timed from before the TCP connect
-//!   to the response head: TCP handshake, TLS 1.3 handshake, request.
+//! * **cold**: a first-time client's request on a new connection, timed from
+//!   before the TCP connect to the response head: TCP handshake, full TLS 1.3
+//!   handshake (no session resumption), request.
 //! * **warm miss**: a request on an open connection that the entry node cannot
 //!   answer itself: a path never asked before (`/probe/NONCE/miss-N`, echoed by
 //!   the demo backend). Unique paths, not unique queries: a cache key need not
