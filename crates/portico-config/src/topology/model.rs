@@ -113,6 +113,15 @@ impl LinkParams {
     pub fn rtt(&self) -> Duration {
         self.delay * 2
     }
+
+    /// No delay, jitter, loss or bandwidth limit: a direct connection is
+    /// this link exactly.
+    pub fn is_ideal(&self) -> bool {
+        self.delay.is_zero()
+            && self.jitter.is_zero()
+            && self.loss == 0.0
+            && self.bandwidth_bps.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -171,6 +171,15 @@ fn entries_pick_the_nearest_pop_of_the_region_or_the_origin() {
         .rtt(),
         Duration::ZERO
     );
+    let undeclared = t.params(
+        Place::Origin(0),
+        Place::Backend {
+            region: 0,
+            index: 0,
+        },
+    );
+    assert!(undeclared.is_ideal(), "an undeclared link is ideal");
+    assert!(!t.params(Place::Site(1), Place::Pop(1)).is_ideal());
     assert_eq!(
         t.place_name(Place::Backend {
             region: 1,

@@ -133,8 +133,9 @@ impl Running {
 /// Addresses learnt from the nodes, by region / PoP.
 #[derive(Default)]
 struct Addrs {
-    /// Relays in front of each region's backends.
-    backend_relays: Vec<Vec<SocketAddr>>,
+    /// Where each region's origin reaches its backends: their relays, or
+    /// the backends themselves over ideal links.
+    backend_addrs: Vec<Vec<SocketAddr>>,
     /// Each origin's public listeners (one per regional API, in file order).
     origin_https: Vec<Vec<SocketAddr>>,
     origin_backbone: Vec<Option<SocketAddr>>,
@@ -205,7 +206,8 @@ impl Started {
         Ok(node)
     }
 
-    /// Demo backends, each behind a relay (the origin ↔ backend link).
+    /// Demo backends, each behind a relay (the origin ↔ backend link) unless
+    /// that link is ideal.
     async fn start_backends(
         &mut self,
         t: &Topology,
@@ -234,6 +236,13 @@ impl Started {
                         index: b,
                     },
                 );
+                // An ideal link (the default: an origin and its backends
+                // share a data centre) is a direct connection; a relay would
+                // only add its own hop to every miss.
+                if params.is_ideal() {
+                    relays.push(addr);
+                    continue;
+                }
                 let ends = Ends {
                     from: &region.origin,
                     to: id,
@@ -242,7 +251,7 @@ impl Started {
                 relays.push(relay.local_addr());
                 self.relays.push(relay);
             }
-            addrs.backend_relays.push(relays);
+            addrs.backend_addrs.push(relays);
         }
         Ok(())
     }
@@ -265,7 +274,7 @@ impl Started {
             let inputs = OriginInputs {
                 demo_key_hash: key_hash.as_deref(),
                 region: r,
-                backends: &addrs.backend_relays[r],
+                backends: &addrs.backend_addrs[r],
                 backbone,
                 admin_token_file: &token_file,
             };
