@@ -8,9 +8,10 @@
 # interleaved over ROUNDS rounds; prints medians and Portico/nginx ratios.
 #
 # What is compared: the same hops doing the same work. Both client-facing
-# proxies terminate TLS 1.3 with the same certificate; both middle hops are
-# encrypted and mutually authenticated with the same private CA and node
-# certificates (made by `portico certs`), over long-lived connections
+# proxies terminate TLS 1.3 with the same certificate and cipher suite
+# (AES-128-GCM); both middle hops are encrypted and mutually authenticated
+# with the same private CA and node certificates (made by `portico certs`),
+# over long-lived connections
 # (nginx: upstream keep-alive with no request cap; Portico: one QUIC link);
 # both last hops are plain HTTP/1.1 keep-alive to the same backend. No cache,
 # no throttle, no access log on either side. nginx runs two master/worker
@@ -128,6 +129,10 @@ $(nginx_http_common nginx-front)
     listen 127.0.0.1:$FRONT_PORT ssl;
     ssl_certificate $CERTS/edge.pem;
     ssl_certificate_key $CERTS/edge.key;
+    # The suite a PoP's listener picks (AES-128-GCM first, whatever the
+    # client's order), so both front hops encrypt alike.
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
     location / {
       proxy_pass https://back;
       proxy_http_version 1.1;
