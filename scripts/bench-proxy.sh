@@ -4,7 +4,8 @@
 #   * the demo backend directly (the ceiling),
 #   * portico origin (http_proxy to the backend),
 #   * nginx proxy_pass (keep-alive upstream) to the same backend,
-# interleaved over ROUNDS rounds; prints medians and Portico/nginx ratios.
+#   * HAProxy (HTTP mode, keep-alive and connection reuse) to the same backend,
+# interleaved over ROUNDS rounds; prints medians and Portico/peer ratios.
 #
 # Usage: scripts/bench-proxy.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail
@@ -16,11 +17,13 @@ CONNS=64
 
 ensure_pkg wrk wrk
 ensure_pkg nginx nginx
+ensure_pkg haproxy haproxy
 build_release
 
 BACKEND=$(free_port); start_backend "$BACKEND"
 PORTICO_PORT=$(free_port)
 NGINX_PORT=$(free_port)
+HAPROXY_PORT=$(free_port)
 
 cat >"$WORK/origin.toml" <<TOML
 [node]
@@ -76,16 +79,40 @@ http {
 NGINX
 nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
-wait_port "$PORTICO_PORT"; wait_port "$NGINX_PORT"
+
+# HAProxy: one thread per CPU (its default), no log; strips the stage as
+# nginx's proxy_pass and Portico's {proxy} route do.
+cat >"$WORK/haproxy.cfg" <<HAPROXY
+global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend demo
+backend demo
+  http-request set-path %[path,regsub(^/prod/,/)]
+  server demo 127.0.0.1:$BACKEND
+HAPROXY
+haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+wait_port "$PORTICO_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"
 
 declare -A RPS P99
 for size in 1024 102400; do
   for round in $(seq "$ROUNDS"); do
-    for target in backend portico nginx; do
+    for target in backend portico nginx haproxy; do
       case $target in
         backend) url="http://127.0.0.1:$BACKEND/bytes/$size" ;;
         portico) url="http://127.0.0.1:$PORTICO_PORT/prod/bytes/$size" ;;
         nginx) url="http://127.0.0.1:$NGINX_PORT/prod/bytes/$size" ;;
+        haproxy) url="http://127.0.0.1:$HAPROXY_PORT/prod/bytes/$size" ;;
       esac
       read -r rps p99 < <(wrk_run "$url" "$CONNS" "$SECS")
       RPS[$target.$size]+="$rps "; P99[$target.$size]+="$p99 "
@@ -99,13 +126,15 @@ echo "# bench-proxy: wrk -t2 -c$CONNS -d${SECS}s, $ROUNDS interleaved rounds, me
 echo "# $(machine)"
 printf '%-8s %-8s %12s %10s\n' body target "req/s" "p99 ms"
 for size in 1024 102400; do
-  for target in backend portico nginx; do
+  for target in backend portico nginx haproxy; do
     # shellcheck disable=SC2086
     printf '%-8s %-8s %12s %10s\n' "$size" "$target" "$(median ${RPS[$target.$size]})" "$(median ${P99[$target.$size]})"
   done
-  # shellcheck disable=SC2086
-  pr=$(median ${RPS[portico.$size]}); nr=$(median ${RPS[nginx.$size]})
-  # shellcheck disable=SC2086
-  pp=$(median ${P99[portico.$size]}); np=$(median ${P99[nginx.$size]})
-  printf '%-8s portico/nginx throughput %.2fx, p99 %.2fx\n' "$size" "$(echo "$pr / $nr" | bc -l)" "$(echo "$pp / $np" | bc -l)"
+  for peer in nginx haproxy; do
+    # shellcheck disable=SC2086
+    pr=$(median ${RPS[portico.$size]}); qr=$(median ${RPS[$peer.$size]})
+    # shellcheck disable=SC2086
+    pp=$(median ${P99[portico.$size]}); qp=$(median ${P99[$peer.$size]})
+    printf '%-8s portico/%-7s throughput %.2fx, p99 %.2fx\n' "$size" "$peer" "$(echo "$pr / $qr" | bc -l)" "$(echo "$pp / $qp" | bc -l)"
+  done
 done

@@ -18,7 +18,7 @@ source "$(dirname "$0")/lib.sh"
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
 shift $(( $# > 2 ? 2 : $# ))
-BENCHES=(proxy chain h3 limits)
+BENCHES=(proxy chain cache h3 limits)
 SELECTED=("${@:-${BENCHES[@]}}")
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
@@ -37,13 +37,23 @@ row() {
   printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"
 }
 
-# Issue 2: wrk through portico origin vs nginx proxy_pass (scripts/bench-proxy.sh).
+# Issue 2: wrk through portico origin vs nginx proxy_pass and HAProxy
+# (scripts/bench-proxy.sh).
 bench_proxy() {
   local out="$WORK/bench-proxy.out"
   "$ROOT/scripts/bench-proxy.sh" "$SECS" "$ROUNDS" | tee "$out"
   # Its table: "BODY TARGET RPS P99" lines.
-  awk '$1 ~ /^[0-9]+$/ && NF == 4 && $2 ~ /^(backend|portico|nginx)$/ {
+  awk '$1 ~ /^[0-9]+$/ && NF == 4 && $2 ~ /^(backend|portico|nginx|haproxy)$/ {
          printf "proxy\t%s B h1 c64\t%s\t%s\t%s\n", $1, $2, $3, $4 }' "$out" >>"$RESULTS"
+}
+
+# Issue 6: cache hits at portico origin vs nginx proxy_cache and Varnish
+# (scripts/bench-cache.sh).
+bench_cache() {
+  local out="$WORK/bench-cache.out"
+  "$ROOT/scripts/bench-cache.sh" "$SECS" "$ROUNDS" | tee "$out"
+  awk '$1 ~ /^[0-9]+$/ && NF == 4 && $2 ~ /^(portico|nginx|varnish)$/ {
+         printf "cache\t%s B hits c64\t%s\t%s\t%s\n", $1, $2, $3, $4 }' "$out" >>"$RESULTS"
 }
 
 # Issue 3: the whole miss path, client → PoP → backbone → origin → backend,
@@ -62,7 +72,7 @@ bench_chain() {
 bench_h3() {
   local out="$WORK/bench-h3.out"
   "$ROOT/scripts/bench-h3.sh" "$SECS" "$ROUNDS" | tee "$out"
-  awk '$1 ~ /^(mock|proxy)$/ && NF == 4 && $2 ~ /^h[23]$/ {
+  awk '$1 ~ /^(mock|proxy|pop)$/ && NF == 4 && $2 ~ /^h[23]$/ {
          printf "h3\t%s c8x8\t%s\t%s\t%s\n", $1, ($2 == "h3" ? "portico-h3" : "h2-portico"), $3, $4 }' \
     "$out" >>"$RESULTS"
 }
@@ -81,10 +91,10 @@ print_table() {
   echo
   echo "# scripts/bench.sh: medians of $ROUNDS interleaved round(s) of ${SECS}s"
   echo "# $(machine)"
-  printf '%-8s %-16s %-10s %12s %10s\n' bench case target "req/s" "p99 ms"
-  sort -s -t$'\t' -k1,1 "$RESULTS" | awk -F'\t' '{ printf "%-8s %-16s %-10s %12s %10s\n", $1, $2, $3, $4, $5 }'
+  printf '%-8s %-20s %-18s %12s %10s\n' bench case target "req/s" "p99 ms"
+  sort -s -t$'\t' -k1,1 "$RESULTS" | awk -F'\t' '{ printf "%-8s %-20s %-18s %12s %10s\n", $1, $2, $3, $4, $5 }'
   echo
-  printf '%-8s %-16s %-22s %12s %10s\n' bench case "ratio" "throughput" "p99"
+  printf '%-8s %-20s %-30s %12s %10s\n' bench case "ratio" "throughput" "p99"
   awk -F'\t' '
     { key = $1 "\t" $2; rps[key, $3] = $4; p99[key, $3] = $5; targets[key] = targets[key] " " $3; keys[key] = 1 }
     END {
@@ -95,7 +105,7 @@ print_table() {
           split(key, k, "\t")
           r = (rps[key, t[j]] > 0) ? rps[key, t[i]] / rps[key, t[j]] : 0
           p = (p99[key, t[j]] > 0) ? p99[key, t[i]] / p99[key, t[j]] : 0
-          printf "%-8s %-16s %-22s %11.2fx %9.2fx\n", k[1], k[2], t[i] "/" t[j], r, p
+          printf "%-8s %-20s %-30s %11.2fx %9.2fx\n", k[1], k[2], t[i] "/" t[j], r, p
         }
       }
     }' "$RESULTS" | sort
