@@ -62,15 +62,10 @@ key = "$CERTS/origin-a.key"
 [[apis]]
 name = "bench"
 endpoint = "edge"
-[[apis.routes]]
-method = "ANY"
-path = "/{proxy+}"
-integration = { type = "http_proxy", uri = "http://127.0.0.1:$BACKEND/{proxy}" }
-[[apis.stages]]
-name = "prod"
+$(proxy_route_and_stage "$BACKEND")
 TOML
 start_node origin origin
-BACKBONE=$(awk '$1 == "listening" && $2 == "backbone" {print $3; exit}' "$WORK/origin.out")
+BACKBONE=$(backbone_addr origin)
 
 cat >"$WORK/pop.toml" <<TOML
 [node]
@@ -180,17 +175,7 @@ for side in nginx-back nginx-front; do
 done
 wait_port "$POP_PORT"; wait_port "$FRONT_PORT"; wait_port "$BACK_PORT"
 
-# The PoP serves the route once the link is up and the origin's snapshot
-# arrived; both chains must answer 200 before anything is measured.
-wait_ok() {
-  for _ in $(seq 200); do
-    [ "$(curl -sk -o /dev/null -w '%{http_code}' "$1")" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "$1 never answered 200; logs in $WORK" >&2
-  curl -sk -i "$1" >&2 || true
-  return 1
-}
+# Both chains must answer 200 before anything is measured.
 wait_ok "https://127.0.0.1:$POP_PORT/prod/bytes/16"
 wait_ok "https://127.0.0.1:$FRONT_PORT/prod/bytes/16"
 

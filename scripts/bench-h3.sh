@@ -46,18 +46,6 @@ ensure_oha() {
   cargo install oha --version '~1.16' --features http3 --locked --root "$CACHE" --quiet
 }
 
-# proxy_route_and_stage BACKEND_PORT: `/{proxy+}` to the demo backend, stage prod.
-proxy_route_and_stage() {
-  cat <<TOML
-[[apis.routes]]
-method = "ANY"
-path = "/{proxy+}"
-integration = { type = "http_proxy", uri = "http://127.0.0.1:$1/{proxy}" }
-[[apis.stages]]
-name = "prod"
-TOML
-}
-
 # start_origin PORT BACKEND_PORT: an origin with h1/h2/h3 on PORT; waits for `ready`.
 start_origin() {
   cat >"$WORK/origin.toml" <<TOML
@@ -132,7 +120,6 @@ TOML
   start_node pop pop
 }
 
-
 # oha_run PROTO URL: prints "RPS P99_MS" (PROTO: h2 or h3).
 oha_run() {
   local version
@@ -167,14 +154,10 @@ BACKEND=$(free_port)
 start_backend "$BACKEND"
 PORT=$(free_port)
 start_origin "$PORT" "$BACKEND"
-BACKBONE=$(awk '$1 == "listening" && $2 == "backbone" {print $3; exit}' "$WORK/origin.out")
+BACKBONE=$(backbone_addr origin)
 POP_PORT=$(free_port)
 start_pop "$POP_PORT" "$BACKBONE"
-# The PoP serves the route once the link is up and the snapshot arrived.
-for _ in $(seq 200); do
-  [ "$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$POP_PORT/prod/bytes/16")" = 200 ] && break
-  sleep 0.05
-done
+wait_ok "https://127.0.0.1:$POP_PORT/prod/bytes/16"
 
 declare -A RPS P99
 CASES=(mock proxy pop)

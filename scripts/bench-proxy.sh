@@ -42,16 +42,10 @@ default_api = "bench"
 [[apis]]
 name = "bench"
 endpoint = "regional"
-[[apis.routes]]
-method = "ANY"
-path = "/{proxy+}"
-integration = { type = "http_proxy", uri = "http://127.0.0.1:$BACKEND/{proxy}" }
-[[apis.stages]]
-name = "prod"
+$(proxy_route_and_stage "$BACKEND")
 TOML
-# The access log is off (warn level) as nginx's is below: both measure proxying only.
-RUST_LOG=warn "$PORTICO" origin --config "$WORK/origin.toml" >/dev/null 2>"$WORK/origin.log" &
-PIDS+=($!)
+# The access log is off (start_node: warn level) as the peers' are below.
+start_node origin origin
 
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<NGINX

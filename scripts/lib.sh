@@ -60,6 +60,37 @@ start_node() {
   return 1
 }
 
+# proxy_route_and_stage BACKEND_PORT: TOML for an API's `ANY /{proxy+}` route
+# to the demo backend and its stage `prod` (inside an [[apis]] entry).
+proxy_route_and_stage() {
+  cat <<TOML
+[[apis.routes]]
+method = "ANY"
+path = "/{proxy+}"
+integration = { type = "http_proxy", uri = "http://127.0.0.1:$1/{proxy}" }
+[[apis.stages]]
+name = "prod"
+TOML
+}
+
+# backbone_addr NAME: the backbone address node NAME (started with
+# start_node) printed at start.
+backbone_addr() {
+  awk '$1 == "listening" && $2 == "backbone" {print $3; exit}' "$WORK/$1.out"
+}
+
+# wait_ok URL: waits up to 10 s for URL to answer 200 (a PoP serves a route
+# once its link is up and the origin's snapshot arrived); fails loudly.
+wait_ok() {
+  for _ in $(seq 200); do
+    [ "$(curl -sk -o /dev/null -w '%{http_code}' "$1")" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "$1 never answered 200; logs in $WORK" >&2
+  curl -sk -i "$1" >&2 || true
+  return 1
+}
+
 # start_backend PORT: the demo backend (release build).
 start_backend() {
   "$PORTICO" backend --listen "127.0.0.1:$1" >/dev/null 2>"$WORK/backend.log" &

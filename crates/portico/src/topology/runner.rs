@@ -215,7 +215,7 @@ impl Started {
         addrs: &mut Addrs,
     ) -> Result<(), UpError> {
         for (r, region) in t.regions.iter().enumerate() {
-            let mut relays = Vec::new();
+            let mut reach = Vec::new();
             for (b, id) in region.backends.iter().enumerate() {
                 let spec = Spec {
                     node: id.clone(),
@@ -240,7 +240,7 @@ impl Started {
                 // share a data centre) is a direct connection; a relay would
                 // only add its own hop to every miss.
                 if params.is_ideal() {
-                    relays.push(addr);
+                    reach.push(addr);
                     continue;
                 }
                 let ends = Ends {
@@ -248,15 +248,15 @@ impl Started {
                     to: id,
                 };
                 let relay = relays::tcp(addr, &params, ends).await?;
-                relays.push(relay.local_addr());
+                reach.push(relay.local_addr());
                 self.relays.push(relay);
             }
-            addrs.backend_addrs.push(relays);
+            addrs.backend_addrs.push(reach);
         }
         Ok(())
     }
 
-    /// Origins, configured with their backends' relays.
+    /// Origins, configured with where they reach their backends.
     async fn start_origins(
         &mut self,
         t: &Topology,
