@@ -158,7 +158,7 @@ impl QuicSocket {
         config.transport_config(Arc::new(settings.transport()?));
         let socket =
             std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
-        grow_buffers(&socket);
+        grow_udp_buffers(&socket);
         Ok(Self { socket, config })
     }
 
@@ -179,8 +179,10 @@ impl QuicSocket {
 }
 
 /// Asks for [`UDP_BUFFER`] bytes of socket buffer each way; the kernel may
-/// give less, which only costs throughput, so failures are logged only.
-fn grow_buffers(socket: &std::net::UdpSocket) {
+/// give less, which only costs throughput, so failures are logged only. For
+/// every socket that carries many QUIC connections or streams: listeners and
+/// both ends of the backbone.
+pub fn grow_udp_buffers(socket: &std::net::UdpSocket) {
     let sock = socket2::SockRef::from(socket);
     if let Err(err) = sock.set_recv_buffer_size(UDP_BUFFER) {
         tracing::debug!(%err, "UDP receive buffer left at its default");
@@ -223,6 +225,25 @@ mod tests {
         assert_eq!(tls.max_early_data_size, u32::MAX);
         assert!(tls.session_storage.can_cache());
         assert_eq!(tls.send_tls13_tickets, 2);
+    }
+
+    /// What Linux reports for a receive buffer the process asked `bytes`
+    /// of: capped at `net.core.rmem_max`, then doubled for bookkeeping.
+    fn granted(bytes: usize) -> usize {
+        let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(bytes);
+        bytes.min(max) * 2
+    }
+
+    #[test]
+    fn udp_buffers_grow_to_what_the_kernel_allows() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        grow_udp_buffers(&socket);
+        let got = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        // An untouched socket reports `rmem_default` (not doubled), less than this.
+        assert!(got >= granted(UDP_BUFFER), "receive buffer {got}");
     }
 
     #[test]

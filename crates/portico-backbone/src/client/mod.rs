@@ -194,6 +194,7 @@ impl Backbone {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
         let socket = std::net::UdpSocket::bind(bind).map_err(BackboneError::Endpoint)?;
+        portico_net::quic::grow_udp_buffers(&socket);
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             None,
