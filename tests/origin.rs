@@ -825,11 +825,15 @@ async fn without_certificates_a_self_signed_one_is_generated_and_logged() {
         "",
     );
     let (origin, log) = origin_logging(dir.path(), &text);
-    let log_text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        log_text.contains("self-signed certificate generated at start"),
-        "{log_text}"
-    );
+    // Log lines are written by a thread of their own: soon, not necessarily
+    // before `ready`.
+    eventually(10, || async {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("self-signed certificate generated at start")
+            .then_some(())
+    })
+    .await;
     // The listener serves TLS with that certificate, which our client does not trust.
     let url = format!(
         "https://localhost:{}/prod/x",

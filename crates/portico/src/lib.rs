@@ -60,7 +60,9 @@ pub enum AppError {
 /// Parses the command line, runs the command, and maps failure to exit status 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // Declared before the runtime, so dropped after it: lines logged while
+    // its tasks wind down are written too.
+    let _logs = logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

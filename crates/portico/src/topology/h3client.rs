@@ -2,6 +2,14 @@
 //! HTTP/3: a cold request on a new QUIC connection (one round trip of
 //! handshake, where TCP + TLS needs two), and a 0-RTT request on a resumed one
 //! (none).
+//!
+//! It runs on a thread of its own with a single-threaded runtime, as a
+//! browser's network stack does. On the probe's multi-threaded runtime,
+//! quinn's connection driver ran on one thread while the request task opened
+//! h3's streams and wrote its request on another: every write left in a
+//! datagram of its own as soon as it was made, and the request went out about
+//! 200 µs after the handshake's last flight. On one thread the driver runs when
+//! the request task waits, and sends what it wrote together.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,6 +48,7 @@ pub struct H3Reply {
 pub struct H3Client {
     full: quinn::Endpoint,
     roots: rustls::RootCertStore,
+    thread: ClientThread,
 }
 
 /// An endpoint with its own session cache, sending requests in 0-RTT. Every
@@ -48,6 +57,55 @@ pub struct H3Client {
 /// (and refused) at another.
 pub struct Resuming {
     endpoint: quinn::Endpoint,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A thread running a single-threaded runtime until this is dropped; the
+/// client's endpoints, their drivers and its requests all run there.
+struct ClientThread {
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ClientThread {
+    fn start() -> Result<ClientThread, UpError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| UpError::Tls(format!("the HTTP/3 client's runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("probe-h3".into())
+            .spawn(move || {
+                // A dropped sender ends the wait as well.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| UpError::Tls(format!("the HTTP/3 client's thread: {e}")))?;
+        Ok(ClientThread {
+            runtime: handle,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for ClientThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Runs `f` on the client's thread and waits for it there.
+async fn on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    f: impl std::future::Future<Output = Result<T, H3Error>> + Send + 'static,
+) -> Result<T, H3Error> {
+    runtime
+        .spawn(f)
+        .await
+        .map_err(|e| H3Error::Connect(format!("the client's task ended: {e}")))?
 }
 
 fn tls(roots: &rustls::RootCertStore, resume: bool) -> Result<QuicClientConfig, UpError> {
@@ -65,10 +123,22 @@ fn tls(roots: &rustls::RootCertStore, resume: bool) -> Result<QuicClientConfig, 
     QuicClientConfig::try_from(tls).map_err(|e| UpError::Tls(e.to_string()))
 }
 
-fn endpoint(config: QuicClientConfig) -> Result<quinn::Endpoint, UpError> {
+/// A client endpoint whose driver runs on `runtime`.
+fn endpoint(
+    runtime: &tokio::runtime::Handle,
+    config: QuicClientConfig,
+) -> Result<quinn::Endpoint, UpError> {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let _on = runtime.enter();
     let mut endpoint = quinn::Endpoint::client(any).map_err(|e| UpError::Tls(e.to_string()))?;
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(config)));
+    let mut client = quinn::ClientConfig::new(Arc::new(config));
+    // No path MTU probing: quinn sends its first probe right after the
+    // handshake, ahead of the request, and a request of a few hundred bytes
+    // gains nothing from larger datagrams.
+    let mut transport = quinn::TransportConfig::default();
+    transport.mtu_discovery_config(None);
+    client.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
 
@@ -84,36 +154,42 @@ impl H3Client {
                 .add(cert)
                 .map_err(|e| UpError::Tls(format!("{}: {e}", ca.display())))?;
         }
+        let thread = ClientThread::start()?;
         Ok(H3Client {
-            full: endpoint(tls(&roots, false)?)?,
+            full: endpoint(&thread.runtime, tls(&roots, false)?)?,
             roots,
+            thread,
         })
     }
 
     /// A fresh resuming endpoint (no tickets yet).
     pub fn resuming(&self) -> Result<Resuming, H3Error> {
+        let runtime = self.thread.runtime.clone();
         let endpoint = tls(&self.roots, true)
-            .and_then(endpoint)
+            .and_then(|config| endpoint(&runtime, config))
             .map_err(|e| H3Error::Connect(e.to_string()))?;
-        Ok(Resuming { endpoint })
+        Ok(Resuming { endpoint, runtime })
     }
 
     /// `GET path` on a new connection after a full handshake; `ttfb` counts from
     /// before the first packet.
     pub async fn cold_get(&self, addr: SocketAddr, path: &str) -> Result<H3Reply, H3Error> {
-        let start = Instant::now();
-        let connecting = self
-            .full
-            .connect(addr, "localhost")
-            .map_err(|e| H3Error::Connect(e.to_string()))?;
-        let quic = timed(connecting)
-            .await?
-            .map_err(|e| H3Error::Connect(e.to_string()))?;
-        let (status, head) = request(quic, &uri(addr, path)).await?;
-        Ok(H3Reply {
-            status,
-            ttfb: head - start,
+        let (endpoint, uri) = (self.full.clone(), uri(addr, path));
+        on(&self.thread.runtime, async move {
+            let start = Instant::now();
+            let connecting = endpoint
+                .connect(addr, "localhost")
+                .map_err(|e| H3Error::Connect(e.to_string()))?;
+            let quic = timed(connecting)
+                .await?
+                .map_err(|e| H3Error::Connect(e.to_string()))?;
+            let (status, head) = request(quic, &uri).await?;
+            Ok(H3Reply {
+                status,
+                ttfb: head - start,
+            })
         })
+        .await
     }
 }
 
@@ -126,36 +202,44 @@ impl Resuming {
         addr: SocketAddr,
         path: &str,
     ) -> Result<Option<H3Reply>, H3Error> {
-        let start = Instant::now();
-        let connecting = self
-            .endpoint
-            .connect(addr, "localhost")
-            .map_err(|e| H3Error::Connect(e.to_string()))?;
-        let (quic, zero_rtt) = match connecting.into_0rtt() {
-            Ok((quic, accepted)) => (quic, Some(accepted)),
-            Err(connecting) => {
-                let quic = timed(connecting)
-                    .await?
-                    .map_err(|e| H3Error::Connect(e.to_string()))?;
-                (quic, None)
-            }
-        };
-        let attempted = zero_rtt.is_some();
-        let result = request(quic, &uri(addr, path)).await;
-        let accepted = match zero_rtt {
-            Some(accepted) => timed(accepted).await.unwrap_or(false),
-            None => false,
-        };
-        match result {
-            Ok((status, head)) if accepted => Ok(Some(H3Reply {
-                status,
-                ttfb: head - start,
-            })),
-            Ok(_) => Ok(None),
-            // Early data refused: quinn fails streams opened in 0-RTT.
-            Err(_) if attempted && !accepted => Ok(None),
-            Err(err) => Err(err),
+        let (endpoint, uri) = (self.endpoint.clone(), uri(addr, path));
+        on(&self.runtime, zero_rtt_get(endpoint, addr, uri)).await
+    }
+}
+
+async fn zero_rtt_get(
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    uri: String,
+) -> Result<Option<H3Reply>, H3Error> {
+    let start = Instant::now();
+    let connecting = endpoint
+        .connect(addr, "localhost")
+        .map_err(|e| H3Error::Connect(e.to_string()))?;
+    let (quic, zero_rtt) = match connecting.into_0rtt() {
+        Ok((quic, accepted)) => (quic, Some(accepted)),
+        Err(connecting) => {
+            let quic = timed(connecting)
+                .await?
+                .map_err(|e| H3Error::Connect(e.to_string()))?;
+            (quic, None)
         }
+    };
+    let attempted = zero_rtt.is_some();
+    let result = request(quic, &uri).await;
+    let accepted = match zero_rtt {
+        Some(accepted) => timed(accepted).await.unwrap_or(false),
+        None => false,
+    };
+    match result {
+        Ok((status, head)) if accepted => Ok(Some(H3Reply {
+            status,
+            ttfb: head - start,
+        })),
+        Ok(_) => Ok(None),
+        // Early data refused: quinn fails streams opened in 0-RTT.
+        Err(_) if attempted && !accepted => Ok(None),
+        Err(err) => Err(err),
     }
 }
 
