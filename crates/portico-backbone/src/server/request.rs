@@ -38,7 +38,16 @@ pub(super) async fn accept_streams<H: RequestHandler>(
             accepted = conn.accept_bi() => accepted,
         };
         let Ok((send, recv)) = accepted else { return };
-        streams.spawn(serve_stream(send, recv, Arc::clone(shared), codec, peer));
+        // Boxed: the future (the origin's whole pipeline and its backend
+        // client) is several kilobytes, and spawning copies it whole; a box
+        // is copied as a pointer.
+        streams.spawn(Box::pin(serve_stream(
+            send,
+            recv,
+            Arc::clone(shared),
+            codec,
+            peer,
+        )));
     }
     if !drain(conn, &mut streams, shared.settings.drain_timeout).await {
         tracing::warn!("requests still in flight after the drain timeout; resetting them");
