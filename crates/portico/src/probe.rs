@@ -5,13 +5,14 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use portico_config::topology::Topology;
 
 use crate::AppError;
 use crate::topology::awake::CpuIdle;
 use crate::topology::chart::{self, EntryResult};
-use crate::topology::client::Client;
+use crate::topology::client::{Client, ClientThread};
 use crate::topology::h3client::H3Client;
 use crate::topology::manifest::Manifest;
 use crate::topology::measure;
@@ -73,9 +74,10 @@ pub async fn run(
 /// Measures every entry of the topology, one at a time (concurrent probes would
 /// measure each other).
 async fn measure_all(t: &Topology, m: &Manifest, runs: u32) -> Result<Vec<EntryResult>, UpError> {
+    let thread = ClientThread::start()?;
     let client = Client::from_ca_file(&m.ca)?;
     let h3 = match m.entries.iter().any(|e| e.h3) {
-        true => Some(H3Client::from_ca_file(&m.ca)?),
+        true => Some(Arc::new(H3Client::from_ca_file(&m.ca, thread.handle())?)),
         false => None,
     };
     let nonce = std::time::SystemTime::now()
@@ -99,15 +101,20 @@ async fn measure_all(t: &Topology, m: &Manifest, runs: u32) -> Result<Vec<EntryR
             "probing {site} → {} ({}) via {}",
             api.name, info.mode, info.node
         );
-        let samples = measure::entry(&client, h3.as_ref(), info, runs, nonce)
+        // Every measurement of the entry runs on the client thread.
+        let (c, h, i) = (client.clone(), h3.clone(), info.clone());
+        let measured = thread
+            .handle()
+            .spawn(async move { measure::entry(&c, h.as_deref(), &i, runs, nonce).await })
             .await
-            .map_err(|err| UpError::NotServing {
-                url: info.url.clone(),
-                site: site.clone(),
-                api: api.name.clone(),
-                secs: crate::topology::client::REQUEST_TIMEOUT.as_secs(),
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| UpError::ProbeClient(format!("task: {err}")))?;
+        let samples = measured.map_err(|err| UpError::NotServing {
+            url: info.url.clone(),
+            site: site.clone(),
+            api: api.name.clone(),
+            secs: crate::topology::client::REQUEST_TIMEOUT.as_secs(),
+            reason: err.to_string(),
+        })?;
         results.push(EntryResult {
             site: site.clone(),
             api: api.name.clone(),

@@ -158,3 +158,47 @@ async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, ClientError> {
         .await
         .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))
 }
+
+/// A thread running a single-threaded runtime until this is dropped, for the
+/// probe's clients, as a browser's network stack runs on one thread: a
+/// connection's driver then runs when the request task waits, so what the
+/// task wrote (a TLS Finished and the request, h3's streams and its request)
+/// leaves together instead of write by write from another thread.
+pub struct ClientThread {
+    runtime: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ClientThread {
+    pub fn start() -> Result<ClientThread, UpError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| UpError::ProbeClient(format!("runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("probe-client".into())
+            .spawn(move || {
+                // A dropped sender ends the wait as well.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| UpError::ProbeClient(format!("thread: {e}")))?;
+        Ok(ClientThread {
+            runtime: handle,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+}
+
+impl Drop for ClientThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -3,13 +3,13 @@
 //! handshake, where TCP + TLS needs two), and a 0-RTT request on a resumed one
 //! (none).
 //!
-//! It runs on a thread of its own with a single-threaded runtime, as a
-//! browser's network stack does. On the probe's multi-threaded runtime,
-//! quinn's connection driver ran on one thread while the request task opened
-//! h3's streams and wrote its request on another: every write left in a
-//! datagram of its own as soon as it was made, and the request went out about
-//! 200 µs after the handshake's last flight. On one thread the driver runs when
-//! the request task waits, and sends what it wrote together.
+//! Its endpoints, their drivers and its requests run on the probe's
+//! [`ClientThread`]. On the probe's multi-threaded runtime, quinn's
+//! connection driver ran on one thread while the request task opened h3's
+//! streams and wrote its request on another: every write left in a datagram
+//! of its own as soon as it was made, and the request went out about 200 µs
+//! after the handshake's last flight. On one thread the driver runs when the
+//! request task waits, and sends what it wrote together.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +23,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::UpError;
+#[cfg(doc)]
+use super::client::ClientThread;
 use super::client::REQUEST_TIMEOUT;
 
 /// Why one HTTP/3 request failed.
@@ -48,7 +50,7 @@ pub struct H3Reply {
 pub struct H3Client {
     full: quinn::Endpoint,
     roots: rustls::RootCertStore,
-    thread: ClientThread,
+    runtime: tokio::runtime::Handle,
 }
 
 /// An endpoint with its own session cache, sending requests in 0-RTT. Every
@@ -58,43 +60,6 @@ pub struct H3Client {
 pub struct Resuming {
     endpoint: quinn::Endpoint,
     runtime: tokio::runtime::Handle,
-}
-
-/// A thread running a single-threaded runtime until this is dropped; the
-/// client's endpoints, their drivers and its requests all run there.
-struct ClientThread {
-    runtime: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl ClientThread {
-    fn start() -> Result<ClientThread, UpError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| UpError::Tls(format!("the HTTP/3 client's runtime: {e}")))?;
-        let handle = runtime.handle().clone();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("probe-h3".into())
-            .spawn(move || {
-                // A dropped sender ends the wait as well.
-                let _ = runtime.block_on(stopped);
-            })
-            .map_err(|e| UpError::Tls(format!("the HTTP/3 client's thread: {e}")))?;
-        Ok(ClientThread {
-            runtime: handle,
-            stop: Some(stop),
-        })
-    }
-}
-
-impl Drop for ClientThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 /// Runs `f` on the client's thread and waits for it there.
@@ -143,8 +108,9 @@ fn endpoint(
 }
 
 impl H3Client {
-    /// Clients trusting the CA certificates in `ca` (PEM).
-    pub fn from_ca_file(ca: &Path) -> Result<H3Client, UpError> {
+    /// Clients trusting the CA certificates in `ca` (PEM), running on
+    /// `runtime` (a [`ClientThread`]'s).
+    pub fn from_ca_file(ca: &Path, runtime: &tokio::runtime::Handle) -> Result<H3Client, UpError> {
         let mut roots = rustls::RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(ca)
             .map_err(|e| UpError::Tls(format!("reading {}: {e}", ca.display())))?;
@@ -154,17 +120,16 @@ impl H3Client {
                 .add(cert)
                 .map_err(|e| UpError::Tls(format!("{}: {e}", ca.display())))?;
         }
-        let thread = ClientThread::start()?;
         Ok(H3Client {
-            full: endpoint(&thread.runtime, tls(&roots, false)?)?,
+            full: endpoint(runtime, tls(&roots, false)?)?,
             roots,
-            thread,
+            runtime: runtime.clone(),
         })
     }
 
     /// A fresh resuming endpoint (no tickets yet).
     pub fn resuming(&self) -> Result<Resuming, H3Error> {
-        let runtime = self.thread.runtime.clone();
+        let runtime = self.runtime.clone();
         let endpoint = tls(&self.roots, true)
             .and_then(|config| endpoint(&runtime, config))
             .map_err(|e| H3Error::Connect(e.to_string()))?;
@@ -175,7 +140,7 @@ impl H3Client {
     /// before the first packet.
     pub async fn cold_get(&self, addr: SocketAddr, path: &str) -> Result<H3Reply, H3Error> {
         let (endpoint, uri) = (self.full.clone(), uri(addr, path));
-        on(&self.thread.runtime, async move {
+        on(&self.runtime, async move {
             let start = Instant::now();
             let connecting = endpoint
                 .connect(addr, "localhost")

@@ -100,6 +100,9 @@ pub enum UpError {
     NodeFile { node: String, errors: ConfigErrors },
     #[error("TLS client: {0}")]
     Tls(String),
+    /// The probe's client thread (its runtime, its thread or a task on it).
+    #[error("probe client: {0}")]
+    ProbeClient(String),
 }
 
 /// Builds an [`UpError::File`] for `map_err`.
