@@ -1,7 +1,7 @@
 //! The gateway's one error type and the one place errors become responses.
 //!
 //! Phases never write error responses themselves: they return a
-//! [`GatewayError`], and [`GatewayError::into_response`] maps its kind to a
+//! [`GatewayError`], and [`GatewayError::to_response`] maps its kind to a
 //! status and an API Gateway style JSON body with an exhaustive `match` (no
 //! catch-all arm), so a new kind cannot silently become a 500.
 

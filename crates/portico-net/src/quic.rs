@@ -178,7 +178,7 @@ impl QuicSocket {
     }
 }
 
-/// Asks for [`UDP_BUFFER`] bytes of socket buffer each way; the kernel may
+/// Asks for 4 MiB of socket buffer each way; the kernel may
 /// give less, which only costs throughput, so failures are logged only. For
 /// every socket that carries many QUIC connections or streams: listeners and
 /// both ends of the backbone.

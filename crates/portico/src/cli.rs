@@ -71,7 +71,7 @@ pub enum Command {
     Check { file: PathBuf },
     /// Run a PoP: serves edge APIs, forwarding over the QUIC backbone to their origins.
     Pop {
-        /// The PoP's TOML configuration (node, listeners, [backbone], [[origins]]).
+        /// The PoP's TOML configuration (node, listeners, `[backbone]`, `[[origins]]`).
         #[arg(long, short)]
         config: PathBuf,
     },

@@ -4,7 +4,7 @@
 //! (none).
 //!
 //! Its endpoints, their drivers and its requests run on the probe's
-//! [`ClientThread`]. On the probe's multi-threaded runtime, quinn's
+//! [`ClientThread`](super::client::ClientThread). On the probe's multi-threaded runtime, quinn's
 //! connection driver ran on one thread while the request task opened h3's
 //! streams and wrote its request on another: every write left in a datagram
 //! of its own as soon as it was made, and the request went out about 200 µs
@@ -23,8 +23,6 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::UpError;
-#[cfg(doc)]
-use super::client::ClientThread;
 use super::client::REQUEST_TIMEOUT;
 
 /// Why one HTTP/3 request failed.
@@ -109,7 +107,7 @@ fn endpoint(
 
 impl H3Client {
     /// Clients trusting the CA certificates in `ca` (PEM), running on
-    /// `runtime` (a [`ClientThread`]'s).
+    /// `runtime` (a [`ClientThread`](super::client::ClientThread)'s).
     pub fn from_ca_file(ca: &Path, runtime: &tokio::runtime::Handle) -> Result<H3Client, UpError> {
         let mut roots = rustls::RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(ca)
