@@ -689,13 +689,7 @@ async fn sighup_reloads_without_disruption_and_keeps_the_old_config_on_errors() 
     )
     .unwrap();
     origin.signal("HUP");
-    eventually(10, || async {
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("configuration reload rejected")
-            .then_some(())
-    })
-    .await;
+    logged(&log, "configuration reload rejected").await;
     assert_eq!(get(&client, &format!("{base}/v")).await.text(), "two");
 }
 
@@ -825,15 +819,7 @@ async fn without_certificates_a_self_signed_one_is_generated_and_logged() {
         "",
     );
     let (origin, log) = origin_logging(dir.path(), &text);
-    // Log lines are written by a thread of their own: soon, not necessarily
-    // before `ready`.
-    eventually(10, || async {
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("self-signed certificate generated at start")
-            .then_some(())
-    })
-    .await;
+    logged(&log, "self-signed certificate generated at start").await;
     // The listener serves TLS with that certificate, which our client does not trust.
     let url = format!(
         "https://localhost:{}/prod/x",

@@ -230,6 +230,16 @@ where
     }
 }
 
+/// Waits until a node's log mentions `text`. Log lines are written by a
+/// thread of their own: soon, not necessarily before the node answers.
+pub async fn logged(log: &Path, text: &str) {
+    eventually(10, || async {
+        let log = std::fs::read_to_string(log).ok()?;
+        log.contains(text).then_some(())
+    })
+    .await
+}
+
 /// The access line of `request_id` in a node's JSON log, once written.
 pub async fn access_line(log: &Path, request_id: &str) -> serde_json::Value {
     eventually(10, || async {

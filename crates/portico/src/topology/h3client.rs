@@ -3,8 +3,9 @@
 //! handshake, where TCP + TLS needs two), and a 0-RTT request on a resumed one
 //! (none).
 //!
-//! Its endpoints, their drivers and its requests run on the probe's
-//! [`ClientThread`](super::client::ClientThread). On the probe's multi-threaded runtime, quinn's
+//! Its endpoints are made on, and its requests must run on, the probe's
+//! [`ClientThread`](super::client::ClientThread), where quinn then drives
+//! their connections too. On the probe's multi-threaded runtime, quinn's
 //! connection driver ran on one thread while the request task opened h3's
 //! streams and wrote its request on another: every write left in a datagram
 //! of its own as soon as it was made, and the request went out about 200 µs
@@ -44,7 +45,7 @@ pub struct H3Reply {
 }
 
 /// An endpoint that never resumes (every connection a full handshake), and
-/// the roots to make resuming sessions from.
+/// the roots and runtime to make resuming endpoints with.
 pub struct H3Client {
     full: quinn::Endpoint,
     roots: rustls::RootCertStore,
@@ -57,18 +58,6 @@ pub struct H3Client {
 /// (and refused) at another.
 pub struct Resuming {
     endpoint: quinn::Endpoint,
-    runtime: tokio::runtime::Handle,
-}
-
-/// Runs `f` on the client's thread and waits for it there.
-async fn on<T: Send + 'static>(
-    runtime: &tokio::runtime::Handle,
-    f: impl std::future::Future<Output = Result<T, H3Error>> + Send + 'static,
-) -> Result<T, H3Error> {
-    runtime
-        .spawn(f)
-        .await
-        .map_err(|e| H3Error::Connect(format!("the client's task ended: {e}")))?
 }
 
 fn tls(roots: &rustls::RootCertStore, resume: bool) -> Result<QuicClientConfig, UpError> {
@@ -106,8 +95,8 @@ fn endpoint(
 }
 
 impl H3Client {
-    /// Clients trusting the CA certificates in `ca` (PEM), running on
-    /// `runtime` (a [`ClientThread`](super::client::ClientThread)'s).
+    /// Clients trusting the CA certificates in `ca` (PEM), whose endpoints
+    /// run on `runtime` (a [`ClientThread`](super::client::ClientThread)'s).
     pub fn from_ca_file(ca: &Path, runtime: &tokio::runtime::Handle) -> Result<H3Client, UpError> {
         let mut roots = rustls::RootCertStore::empty();
         let certs = CertificateDer::pem_file_iter(ca)
@@ -127,32 +116,28 @@ impl H3Client {
 
     /// A fresh resuming endpoint (no tickets yet).
     pub fn resuming(&self) -> Result<Resuming, H3Error> {
-        let runtime = self.runtime.clone();
         let endpoint = tls(&self.roots, true)
-            .and_then(|config| endpoint(&runtime, config))
+            .and_then(|config| endpoint(&self.runtime, config))
             .map_err(|e| H3Error::Connect(e.to_string()))?;
-        Ok(Resuming { endpoint, runtime })
+        Ok(Resuming { endpoint })
     }
 
     /// `GET path` on a new connection after a full handshake; `ttfb` counts from
     /// before the first packet.
     pub async fn cold_get(&self, addr: SocketAddr, path: &str) -> Result<H3Reply, H3Error> {
-        let (endpoint, uri) = (self.full.clone(), uri(addr, path));
-        on(&self.runtime, async move {
-            let start = Instant::now();
-            let connecting = endpoint
-                .connect(addr, "localhost")
-                .map_err(|e| H3Error::Connect(e.to_string()))?;
-            let quic = timed(connecting)
-                .await?
-                .map_err(|e| H3Error::Connect(e.to_string()))?;
-            let (status, head) = request(quic, &uri).await?;
-            Ok(H3Reply {
-                status,
-                ttfb: head - start,
-            })
+        let start = Instant::now();
+        let connecting = self
+            .full
+            .connect(addr, "localhost")
+            .map_err(|e| H3Error::Connect(e.to_string()))?;
+        let quic = timed(connecting)
+            .await?
+            .map_err(|e| H3Error::Connect(e.to_string()))?;
+        let (status, head) = request(quic, &uri(addr, path)).await?;
+        Ok(H3Reply {
+            status,
+            ttfb: head - start,
         })
-        .await
     }
 }
 
@@ -165,44 +150,36 @@ impl Resuming {
         addr: SocketAddr,
         path: &str,
     ) -> Result<Option<H3Reply>, H3Error> {
-        let (endpoint, uri) = (self.endpoint.clone(), uri(addr, path));
-        on(&self.runtime, zero_rtt_get(endpoint, addr, uri)).await
-    }
-}
-
-async fn zero_rtt_get(
-    endpoint: quinn::Endpoint,
-    addr: SocketAddr,
-    uri: String,
-) -> Result<Option<H3Reply>, H3Error> {
-    let start = Instant::now();
-    let connecting = endpoint
-        .connect(addr, "localhost")
-        .map_err(|e| H3Error::Connect(e.to_string()))?;
-    let (quic, zero_rtt) = match connecting.into_0rtt() {
-        Ok((quic, accepted)) => (quic, Some(accepted)),
-        Err(connecting) => {
-            let quic = timed(connecting)
-                .await?
-                .map_err(|e| H3Error::Connect(e.to_string()))?;
-            (quic, None)
+        let start = Instant::now();
+        let connecting = self
+            .endpoint
+            .connect(addr, "localhost")
+            .map_err(|e| H3Error::Connect(e.to_string()))?;
+        let (quic, zero_rtt) = match connecting.into_0rtt() {
+            Ok((quic, accepted)) => (quic, Some(accepted)),
+            Err(connecting) => {
+                let quic = timed(connecting)
+                    .await?
+                    .map_err(|e| H3Error::Connect(e.to_string()))?;
+                (quic, None)
+            }
+        };
+        let attempted = zero_rtt.is_some();
+        let result = request(quic, &uri(addr, path)).await;
+        let accepted = match zero_rtt {
+            Some(accepted) => timed(accepted).await.unwrap_or(false),
+            None => false,
+        };
+        match result {
+            Ok((status, head)) if accepted => Ok(Some(H3Reply {
+                status,
+                ttfb: head - start,
+            })),
+            Ok(_) => Ok(None),
+            // Early data refused: quinn fails streams opened in 0-RTT.
+            Err(_) if attempted && !accepted => Ok(None),
+            Err(err) => Err(err),
         }
-    };
-    let attempted = zero_rtt.is_some();
-    let result = request(quic, &uri).await;
-    let accepted = match zero_rtt {
-        Some(accepted) => timed(accepted).await.unwrap_or(false),
-        None => false,
-    };
-    match result {
-        Ok((status, head)) if accepted => Ok(Some(H3Reply {
-            status,
-            ttfb: head - start,
-        })),
-        Ok(_) => Ok(None),
-        // Early data refused: quinn fails streams opened in 0-RTT.
-        Err(_) if attempted && !accepted => Ok(None),
-        Err(err) => Err(err),
     }
 }
 
