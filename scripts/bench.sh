@@ -7,6 +7,7 @@
 #
 # Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [BENCH...]
 #   BENCH: any of the names in BENCHES below (default: all of them).
+#   PGO=1: measure the profile-guided build (scripts/build-pgo.sh).
 #
 # Adding a benchmark: write a function `bench_NAME` that runs it and appends
 # rows to "$RESULTS" with `row BENCH CASE TARGET RPS P99_MS`, then add NAME to
@@ -112,6 +113,7 @@ print_table() {
 }
 
 ensure_tools
+build_release   # once for every benchmark below (PGO=1: the profile-guided build)
 for name in "${SELECTED[@]}"; do
   if ! declare -F "bench_$name" >/dev/null; then
     echo "unknown benchmark \`$name\` (known: ${BENCHES[*]})" >&2

@@ -3,6 +3,7 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # PORTICO_BIN: run that binary instead of building (A/B runs of two builds).
+# PGO=1: build and measure the profile-guided build (scripts/build-pgo.sh).
 PORTICO="${PORTICO_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/portico}"
 WORK="$(mktemp -d /tmp/portico-bench.XXXXXX)"
 PIDS=()
@@ -40,8 +41,16 @@ wait_port() {
   return 1
 }
 
+# build_release: builds the binary this script measures. PGO=1: the
+# profile-guided build of scripts/build-pgo.sh, exported as PORTICO_BIN so
+# that the scripts this one runs measure it too without building it again.
 build_release() {
   [ -n "${PORTICO_BIN:-}" ] && return 0
+  if [ "${PGO:-0}" = 1 ]; then
+    PORTICO=$("$ROOT/scripts/build-pgo.sh")
+    export PORTICO_BIN="$PORTICO"
+    return 0
+  fi
   (cd "$ROOT" && cargo build --release -p portico --quiet)
 }
 

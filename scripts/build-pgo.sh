@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# A profile-guided (PGO) release build of `portico`, as the benchmarks measure it.
+#
+# 1. builds an instrumented release binary (`-Cprofile-generate`),
+# 2. trains it: `portico up topology/local.toml`, then wrk loads on its entries
+#    (1 KB and 100 KB misses through the PoP and the backbone, the same
+#    through the origin, cache hits at the PoP) and `portico probe` (cold
+#    TCP + TLS, QUIC and 0-RTT connections, warm misses and hits); every node
+#    writes its counts when it stops,
+# 3. merges the counts with `llvm-profdata` of rustc's own LLVM version
+#    (installed from the Debian package `llvm-N` when absent),
+# 4. builds the release binary again with `-Cprofile-use`.
+#
+# Both builds have target dirs of their own under target/ (their RUSTFLAGS
+# differ from the plain build's), so the plain release build is untouched.
+# Prints the path of the optimised binary; use it with PORTICO_BIN=... or
+# PGO=1 in the other scripts.
+#
+# Usage: scripts/build-pgo.sh [SECONDS_PER_LOAD]   (default 3)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+SECS="${1:-3}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+GEN_DIR="$TARGET/pgo-gen"
+USE_DIR="$TARGET/pgo"
+PROFILES="$TARGET/pgo-profiles"
+
+# llvm-profdata must read what rustc's LLVM writes: same major version.
+LLVM_MAJOR=$(rustc -vV | awk '/^LLVM version:/ {split($3, v, "."); print v[1]}')
+find_profdata() {
+  for p in "/usr/lib/llvm-$LLVM_MAJOR/bin/llvm-profdata" \
+    "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | awk '/^host:/ {print $2}')/bin/llvm-profdata"; do
+    [ -x "$p" ] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+PROFDATA=$(find_profdata || true)
+if [ -z "$PROFDATA" ]; then
+  ensure_pkg "/usr/lib/llvm-$LLVM_MAJOR/bin/llvm-profdata" "llvm-$LLVM_MAJOR" || true
+  PROFDATA=$(find_profdata) || {
+    echo "build-pgo: needs llvm-profdata of LLVM $LLVM_MAJOR (rustc's): apt-get install llvm-$LLVM_MAJOR, or rustup component add llvm-tools" >&2
+    exit 1
+  }
+fi
+ensure_pkg wrk wrk
+
+echo "build-pgo: instrumented build (target dir $GEN_DIR)..." >&2
+rm -rf "$PROFILES"
+mkdir -p "$PROFILES"
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$PROFILES" CARGO_TARGET_DIR="$GEN_DIR" \
+  cargo build --release -p portico --quiet)
+GEN="$GEN_DIR/release/portico"
+
+echo "build-pgo: training on topology/local.toml..." >&2
+MANIFEST="$WORK/up.json"
+"$GEN" up "$ROOT/topology/local.toml" --json "$MANIFEST" >"$WORK/up.out" 2>"$WORK/up.log" &
+UP=$!
+PIDS+=("$UP")
+for _ in $(seq 600); do
+  [ -f "$MANIFEST" ] && break
+  kill -0 "$UP" 2>/dev/null || { cat "$WORK/up.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -f "$MANIFEST" ] || { echo "build-pgo: the topology did not come up" >&2; exit 1; }
+entry() {
+  python3 -c 'import json, sys
+for e in json.load(open(sys.argv[1]))["entries"]:
+    if e["mode"] == sys.argv[2]:
+        print(e["url"]); break' "$MANIFEST" "$1"
+}
+EDGE=$(entry edge)
+REGIONAL=$(entry regional)
+for url in "$EDGE/bytes/1024" "$EDGE/bytes/102400" "$REGIONAL/bytes/1024" \
+  "$REGIONAL/bytes/102400" "$EDGE/cache/60"; do
+  wrk -t2 -c64 -d"${SECS}s" "$url" >/dev/null
+done
+"$GEN" probe "$ROOT/topology/local.toml" --json "$MANIFEST" --runs 5 --out "$WORK/probe" >/dev/null 2>"$WORK/probe.log"
+# `up` stops its nodes with SIGTERM and waits for them: each writes its counts.
+kill -TERM "$UP"
+wait "$UP" || true
+
+echo "build-pgo: merging $(ls "$PROFILES" | wc -l) profile(s) with $PROFDATA..." >&2
+"$PROFDATA" merge -o "$PROFILES/merged.profdata" "$PROFILES"/*.profraw
+
+echo "build-pgo: optimised build (target dir $USE_DIR)..." >&2
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILES/merged.profdata" CARGO_TARGET_DIR="$USE_DIR" \
+  cargo build --release -p portico --quiet)
+echo "$USE_DIR/release/portico"
