@@ -34,6 +34,11 @@ use portico_gateway::{Body, ConnInfo};
 use portico_proto::RequestHead;
 use tokio::runtime::Runtime;
 
+/// The allocator the `portico` binary ships with, for both peers: the
+/// transports are measured as they run in a node.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH: usize = 2048;
 const PAYLOAD: &[u8; 128] = &[b'p'; 128];
 const REGION: &str = "bench";
