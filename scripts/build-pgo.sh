@@ -5,8 +5,8 @@
 # 2. trains it: `portico up topology/local.toml`, then wrk loads on its entries
 #    (1 KB and 100 KB misses through the PoP and the backbone, the same
 #    through the origin, cache hits at the PoP) and `portico probe` (cold
-#    TCP + TLS, QUIC and 0-RTT connections, warm misses and hits); every node
-#    writes its counts when it stops,
+#    TCP + TLS, QUIC and 0-RTT connections, warm misses and hits), once with
+#    access logs on and once off; every node writes its counts when it stops,
 # 3. merges the counts with `llvm-profdata` of rustc's own LLVM version
 #    (installed from the Debian package `llvm-N` when absent),
 # 4. builds the release binary again with `-Cprofile-use`.
@@ -52,33 +52,45 @@ mkdir -p "$PROFILES"
   cargo build --release -p portico --quiet)
 GEN="$GEN_DIR/release/portico"
 
-echo "build-pgo: training on topology/local.toml..." >&2
-MANIFEST="$WORK/up.json"
-"$GEN" up "$ROOT/topology/local.toml" --json "$MANIFEST" >"$WORK/up.out" 2>"$WORK/up.log" &
-UP=$!
-PIDS+=("$UP")
-for _ in $(seq 600); do
-  [ -f "$MANIFEST" ] && break
-  kill -0 "$UP" 2>/dev/null || { cat "$WORK/up.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -f "$MANIFEST" ] || { echo "build-pgo: the topology did not come up" >&2; exit 1; }
+# train LEVEL: `up topology/local.toml` with RUST_LOG=LEVEL (info: nodes
+# log every request, as by default; warn: as the benchmarks run them), wrk
+# loads on its entries, the probe; then a clean stop, so that every node
+# writes its counts.
+train() {
+  local manifest="$WORK/up-$1.json"
+  echo "build-pgo: training on topology/local.toml (RUST_LOG=$1)..." >&2
+  RUST_LOG="$1" "$GEN" up "$ROOT/topology/local.toml" --json "$manifest" \
+    >"$WORK/up-$1.out" 2>"$WORK/up-$1.log" &
+  local up=$!
+  PIDS+=("$up")
+  for _ in $(seq 600); do
+    [ -f "$manifest" ] && break
+    kill -0 "$up" 2>/dev/null || { cat "$WORK/up-$1.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -f "$manifest" ] || { echo "build-pgo: the topology did not come up" >&2; exit 1; }
+  local edge regional url
+  edge=$(entry "$manifest" edge)
+  regional=$(entry "$manifest" regional)
+  for url in "$edge/bytes/1024" "$edge/bytes/102400" "$regional/bytes/1024" \
+    "$regional/bytes/102400" "$edge/cache/60"; do
+    wrk -t2 -c64 -d"${SECS}s" "$url" >/dev/null
+  done
+  "$GEN" probe "$ROOT/topology/local.toml" --json "$manifest" --runs 5 \
+    --out "$WORK/probe-$1" >/dev/null 2>"$WORK/probe-$1.log"
+  # `up` stops its nodes with SIGTERM and waits for them.
+  kill -TERM "$up"
+  wait "$up" || true
+}
+# entry MANIFEST MODE: the URL of the first entry in MODE (edge, regional).
 entry() {
   python3 -c 'import json, sys
 for e in json.load(open(sys.argv[1]))["entries"]:
     if e["mode"] == sys.argv[2]:
-        print(e["url"]); break' "$MANIFEST" "$1"
+        print(e["url"]); break' "$1" "$2"
 }
-EDGE=$(entry edge)
-REGIONAL=$(entry regional)
-for url in "$EDGE/bytes/1024" "$EDGE/bytes/102400" "$REGIONAL/bytes/1024" \
-  "$REGIONAL/bytes/102400" "$EDGE/cache/60"; do
-  wrk -t2 -c64 -d"${SECS}s" "$url" >/dev/null
-done
-"$GEN" probe "$ROOT/topology/local.toml" --json "$MANIFEST" --runs 5 --out "$WORK/probe" >/dev/null 2>"$WORK/probe.log"
-# `up` stops its nodes with SIGTERM and waits for them: each writes its counts.
-kill -TERM "$UP"
-wait "$UP" || true
+train info
+train warn
 
 echo "build-pgo: merging $(ls "$PROFILES" | wc -l) profile(s) with $PROFDATA..." >&2
 "$PROFDATA" merge -o "$PROFILES/merged.profdata" "$PROFILES"/*.profraw
