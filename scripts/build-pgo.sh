@@ -92,7 +92,7 @@ for e in json.load(open(sys.argv[1]))["entries"]:
 train info
 train warn
 
-echo "build-pgo: merging $(ls "$PROFILES" | wc -l) profile(s) with $PROFDATA..." >&2
+echo "build-pgo: merging $(find "$PROFILES" -name "*.profraw" | wc -l) profile file(s) with $PROFDATA..." >&2
 "$PROFDATA" merge -o "$PROFILES/merged.profdata" "$PROFILES"/*.profraw
 
 echo "build-pgo: optimised build (target dir $USE_DIR)..." >&2
