@@ -4,9 +4,10 @@
 # 1. builds an instrumented release binary (`-Cprofile-generate`),
 # 2. trains it: `portico up topology/local.toml`, then wrk loads on its entries
 #    (1 KB and 100 KB misses through the PoP and the backbone, the same
-#    through the origin, cache hits at the PoP) and `portico probe` (cold
-#    TCP + TLS, QUIC and 0-RTT connections, warm misses and hits), once with
-#    access logs on and once off; every node writes its counts when it stops,
+#    through the origin, cache hits at the PoP; h2load for HTTP/2) and
+#    `portico probe` (cold TCP + TLS, QUIC and 0-RTT connections, warm misses
+#    and hits), once with access logs on and once off; every node writes its
+#    counts when it stops,
 # 3. merges the counts with `llvm-profdata` of rustc's own LLVM version
 #    (installed from the Debian package `llvm-N` when absent),
 # 4. builds the release binary again with `-Cprofile-use`.
@@ -44,6 +45,7 @@ if [ -z "$PROFDATA" ]; then
   }
 fi
 ensure_pkg wrk wrk
+ensure_pkg h2load nghttp2-client
 
 echo "build-pgo: instrumented build (target dir $GEN_DIR)..." >&2
 rm -rf "$PROFILES"
@@ -75,6 +77,10 @@ train() {
   for url in "$edge/bytes/1024" "$edge/bytes/102400" "$regional/bytes/1024" \
     "$regional/bytes/102400" "$edge/cache/60"; do
     wrk -t2 -c64 -d"${SECS}s" "$url" >/dev/null
+  done
+  # HTTP/2 (ALPN h2) too: code no load runs is laid out as cold.
+  for url in "$edge/bytes/1024" "$regional/bytes/1024"; do
+    h2load -c8 -m8 -D"$SECS" "$url" >/dev/null
   done
   "$GEN" probe "$ROOT/topology/local.toml" --json "$manifest" --runs 5 \
     --out "$WORK/probe-$1" >/dev/null 2>"$WORK/probe-$1.log"
