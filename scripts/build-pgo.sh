@@ -47,11 +47,16 @@ fi
 ensure_pkg wrk wrk
 ensure_pkg h2load nghttp2-client
 
-echo "build-pgo: instrumented build (target dir $GEN_DIR)..." >&2
+# build WHAT DIR FLAG: `cargo build --release -p portico` into target dir DIR
+# with rustc flag FLAG added.
+build() {
+  echo "build-pgo: $1 build (target dir $2)..." >&2
+  (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} $3" CARGO_TARGET_DIR="$2" \
+    cargo build --release -p portico --quiet)
+}
 rm -rf "$PROFILES"
 mkdir -p "$PROFILES"
-(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$PROFILES" CARGO_TARGET_DIR="$GEN_DIR" \
-  cargo build --release -p portico --quiet)
+build instrumented "$GEN_DIR" "-Cprofile-generate=$PROFILES"
 GEN="$GEN_DIR/release/portico"
 
 # train LEVEL: `up topology/local.toml` with RUST_LOG=LEVEL (info: nodes
@@ -101,7 +106,5 @@ train warn
 echo "build-pgo: merging $(find "$PROFILES" -name "*.profraw" | wc -l) profile file(s) with $PROFDATA..." >&2
 "$PROFDATA" merge -o "$PROFILES/merged.profdata" "$PROFILES"/*.profraw
 
-echo "build-pgo: optimised build (target dir $USE_DIR)..." >&2
-(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILES/merged.profdata" CARGO_TARGET_DIR="$USE_DIR" \
-  cargo build --release -p portico --quiet)
+build optimised "$USE_DIR" "-Cprofile-use=$PROFILES/merged.profdata"
 echo "$USE_DIR/release/portico"
