@@ -130,3 +130,73 @@ fn keys_create_refuses_a_bad_id() {
         "portico: key id must be [A-Za-z0-9_-]+"
     );
 }
+
+#[test]
+fn relay_refuses_bad_link_values_with_their_name_and_exits_1() {
+    for (flag, message) in [
+        (
+            "--delay-ms=-1",
+            "delay must be a finite, non-negative number of milliseconds, got -1",
+        ),
+        (
+            "--loss=1.5",
+            "up direction: loss must be a probability within 0.0..=1.0, got 1.5",
+        ),
+        (
+            "--bandwidth-mbps=0",
+            "--bandwidth-mbps must be a positive number, got 0",
+        ),
+    ] {
+        let out = Command::new(portico_bin())
+            .args([
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+                "127.0.0.1:9",
+                flag,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{flag}: {stderr}");
+        assert!(out.stdout.is_empty(), "{flag}: nothing listened");
+    }
+}
+
+/// A request through `portico relay` pays the link's handshake round trip and
+/// the request's round trip (a lower bound: releases are never early).
+#[test]
+fn relay_puts_its_delay_in_front_of_a_service() {
+    use std::io::{Read, Write};
+
+    let (_backend, backend) = common::backend();
+    let relay = common::Proc::start(
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &backend.to_string(),
+            "--delay-ms",
+            "25",
+            "--udp",
+        ],
+        "ready",
+    );
+    let tcp = relay.addrs("tcp");
+    assert_eq!(relay.addrs("udp"), tcp, "UDP on the TCP port");
+    let started = std::time::Instant::now();
+    let mut conn = std::net::TcpStream::connect(tcp[0]).unwrap();
+    conn.write_all(b"GET /bytes/16 HTTP/1.1\r\nhost: relay\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    let took = started.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        took >= std::time::Duration::from_millis(100),
+        "two round trips of 50 ms took {took:?}"
+    );
+}

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use portico_gateway::body::{BodyTooLarge, find_cause};
 use portico_gateway::{Body, BoxError};
 use portico_proto::stream::HalfStream;
-use portico_proto::{End, Frame, ProtoError, ResetCode};
+use portico_proto::{End, Frame, FrameKind, ProtoError, ResetCode};
 
 use crate::BackboneError;
 use crate::framed::{FrameReader, FrameWriter};
@@ -77,7 +77,18 @@ impl RecvState {
         self.half.on_frame(frame.kind())?;
         match frame {
             Frame::BodyChunk(data) if data.is_empty() => Ok(None),
-            Frame::BodyChunk(data) => Ok(Some(http_body::Frame::data(data))),
+            Frame::BodyChunk(data) => {
+                // hyper stops polling a body as soon as its Content-Length
+                // is written, and drops it. Consume an `End` (and the FIN)
+                // already buffered behind this chunk now, or that drop sends
+                // a needless STOP_SENDING, which also makes the peer ACK at
+                // once: two more datagrams per small response.
+                if self.reader.buffered_end() {
+                    self.half.on_frame(FrameKind::End)?;
+                    self.done = true;
+                }
+                Ok(Some(http_body::Frame::data(data)))
+            }
             Frame::End(End { trailers }) => {
                 self.done = true;
                 self.reader.fin_if_ready();

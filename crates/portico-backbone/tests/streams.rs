@@ -287,3 +287,37 @@ async fn the_link_dying_mid_response_is_a_body_error() {
     stopping.await.unwrap();
     assert_eq!(pop.get("/prod/info").await.0, 503);
 }
+
+/// hyper drops a response body as soon as its Content-Length is written,
+/// without polling it to its end. By then the PoP must have read `End` and
+/// the FIN that came with the last chunk, or dropping the stream sends a
+/// STOP_SENDING, which also makes the origin ACK at once: four datagrams per
+/// small request instead of two.
+#[tokio::test]
+async fn a_body_dropped_after_its_last_byte_sends_no_stop_sending() {
+    let (origin, pop) = pair().await;
+    for _ in 0..5 {
+        let resp = pop
+            .handle(
+                Request::get("/prod/info")
+                    .body(portico_gateway::body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        // As hyper does: the one data frame (`/info` is one piece), then drop.
+        let mut body = resp.into_body();
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert!(data.starts_with(b"{\"client\""), "{data:?}");
+        drop(body);
+    }
+    let session = match &pop.backbone.links()[0].1 {
+        portico_backbone::LinkState::Up(session) => Arc::clone(session),
+        other => panic!("link {}", other.as_str()),
+    };
+    // A STOP_SENDING would leave with the driver's next transmit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(session.stats().frame_tx.stop_sending, 0);
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}

@@ -87,6 +87,32 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Put one simulated link (delay, jitter, loss, bandwidth each way) in front of any
+    /// TCP service, and with --udp any UDP one on the same port: the relay `up` puts
+    /// between a topology's nodes.
+    Relay {
+        /// Address clients connect to, e.g. 127.0.0.1:8443 (port 0 picks one and prints it).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The service behind the link.
+        #[arg(long)]
+        to: SocketAddr,
+        /// One-way delay in milliseconds.
+        #[arg(long, default_value_t = 0.0)]
+        delay_ms: f64,
+        /// Uniform jitter in milliseconds: each packet's delay is delay ± jitter.
+        #[arg(long, default_value_t = 0.0)]
+        jitter_ms: f64,
+        /// Probability that a UDP datagram is lost (TCP is reliable: ignored there).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Bandwidth each way in megabits per second (default: unlimited).
+        #[arg(long)]
+        bandwidth_mbps: Option<f64>,
+        /// Relay UDP datagrams on the same port too (QUIC, HTTP/3).
+        #[arg(long)]
+        udp: bool,
+    },
     /// Run the built-in demo backend (echo, /status, /delay, /bytes, /cache).
     Backend {
         /// Address to listen on, e.g. 127.0.0.1:9000 (port 0 picks one and prints it).

@@ -18,6 +18,7 @@ mod probe;
 mod purges;
 mod quotas;
 mod rates;
+mod relay;
 mod settings;
 mod signals;
 mod topology;
@@ -53,6 +54,10 @@ pub enum AppError {
     Backbone(#[from] portico_backbone::BackboneError),
     #[error("{0}")]
     Certs(String),
+    #[error(transparent)]
+    Netsim(#[from] portico_netsim::NetsimError),
+    #[error("{0}")]
+    Usage(String),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -122,6 +127,25 @@ pub async fn run(command: Command) -> Result<ExitCode, AppError> {
                 .map(|()| ExitCode::SUCCESS)
         }
         Command::Keys(command) => Ok(keys::run(command)),
+        Command::Relay {
+            listen,
+            to,
+            delay_ms,
+            jitter_ms,
+            loss,
+            bandwidth_mbps,
+            udp,
+        } => {
+            let link = relay::LinkArgs {
+                delay_ms,
+                jitter_ms,
+                loss,
+                bandwidth_mbps,
+            };
+            relay::run(listen, to, udp, link, signals::shutdown())
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
         Command::Backend {
             listen,
             tls_cert,

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# The topology probe's peer (issue 4): how close to the physical minimum
+# nginx gets on the same simulated path as a Portico PoP and origin.
+#
+# For each short path of topology/world.toml (the sites whose 10 % margin is
+# smallest: New York → us-east-1, London and Frankfurt → eu-central-1), one
+# small topology of that site, its PoP and its region, with the links of
+# world.toml, runs twice side by side:
+#   * Portico: `portico up` (client -TCP relay-> PoP =QUIC backbone over a UDP
+#     relay=> origin -> demo backend), as in the README's world table;
+#   * nginx:   client -TCP relay-> nginx (TLS) -TCP relay, mutual TLS,
+#     keep-alive-> nginx (TLS) -> the same demo backend,
+# with `portico relay` (the same relays `up` uses) for the links. Both are
+# measured by `portico probe` against the same topology file, so against
+# the same minimum, alternating ROUNDS times. Each nginx runs one worker: the
+# probe sends one request at a time, and a second worker would open its own
+# upstream connection on its first request. nginx caches nothing here, so only
+# the cold (TCP + TLS) and warm-miss measures compare; nginx in Debian has no
+# HTTP/3.
+#
+# Usage: scripts/probe-peer.sh [ROUNDS] [RUNS]   (RUNS: the probe's --runs)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+ROUNDS="${1:-3}"
+RUNS="${2:-7}"
+# WORLD: another file with the same sites, PoPs and origins (e.g. other delays).
+WORLD="${WORLD:-$ROOT/topology/world.toml}"
+
+ensure_pkg nginx nginx
+ensure_pkg curl curl
+build_release
+
+# link_param A B FIELD: FIELD (delay_ms, jitter_ms) of world.toml's link
+# between A and B (0 when the link does not set it).
+link_param() {
+  awk -v a="$1" -v b="$2" -v f="$3" '
+    /^\[\[/ { inlink = 0 }
+    $1 == "between" { inlink = (index($0, "\"" a "\"") && index($0, "\"" b "\"")) }
+    inlink && $1 == f { print $3; found = 1; exit }
+    END { if (!found) print 0 }' "$WORLD"
+}
+
+# site  PoP  region  origin  API (the edge API homed in that region)
+PATHS=(
+  "new-york pop-nyc us-east-1 origin-iad echo-edge"
+  "london pop-lhr eu-central-1 origin-fra echo-edge-eu"
+  "frankfurt pop-fra eu-central-1 origin-fra echo-edge-eu"
+)
+
+# topology SITE POP REGION ORIGIN API: the one-path topology, on stdout.
+topology() {
+  cat <<TOML
+[topology]
+name = "peer-$1"
+description = "$1 through $2 to $3, links from topology/world.toml"
+http3 = true
+
+[[regions]]
+name = "$3"
+location = "$3"
+origin = "$4"
+backends = ["backend-$3"]
+
+[[pops]]
+id = "$2"
+location = "$1"
+regions = ["$3"]
+
+[[sites]]
+name = "$1"
+location = "$1"
+
+[[links]]
+between = ["$1", "$2"]
+delay_ms = $(link_param "$1" "$2" delay_ms)
+jitter_ms = $(link_param "$1" "$2" jitter_ms)
+
+[[links]]
+between = ["$2", "$4"]
+delay_ms = $(link_param "$2" "$4" delay_ms)
+jitter_ms = $(link_param "$2" "$4" jitter_ms)
+
+[[apis]]
+name = "$5"
+endpoint = "edge"
+region = "$3"
+TOML
+}
+
+# start_relay NAME TARGET_PORT DELAY JITTER: `portico relay` on a free port;
+# prints its port.
+start_relay() {
+  "$PORTICO" relay --listen 127.0.0.1:0 --to "127.0.0.1:$2" --delay-ms "$3" \
+    --jitter-ms "$4" >"$WORK/$1.out" 2>"$WORK/$1.log" &
+  PIDS+=($!)
+  for _ in $(seq 200); do
+    grep -q '^ready' "$WORK/$1.out" 2>/dev/null && break
+    sleep 0.05
+  done
+  awk '$1 == "listening" && $2 == "tcp" {split($3, a, ":"); print a[2]; exit}' "$WORK/$1.out"
+}
+
+# nginx_chain DIR CERTS FRONT_PORT BACK_RELAY_PORT BACK_PORT BACKEND_PORT POP ORIGIN
+nginx_chain() {
+  local d="$1" certs="$2"
+  mkdir -p "$d/front" "$d/back"
+  for side in front back; do
+    cat >"$d/$side/common.conf" <<NGINX
+worker_processes 1;
+pid $d/$side/nginx.pid;
+error_log $d/$side/error.log warn;
+events { worker_connections 1024; }
+NGINX
+  done
+  cat >"$d/front/nginx.conf" <<NGINX
+include $d/front/common.conf;
+http {
+  access_log off;
+  client_body_temp_path $d/front/body;
+  proxy_temp_path $d/front/proxy;
+  ssl_protocols TLSv1.3;
+  upstream back { server 127.0.0.1:$4; keepalive 16; keepalive_timeout 600s; }
+  server {
+    listen 127.0.0.1:$3 ssl;
+    ssl_certificate $certs/$7.pem;
+    ssl_certificate_key $certs/$7.key;
+    location / {
+      proxy_pass https://back;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_buffering off;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate $certs/$7.pem;
+      proxy_ssl_certificate_key $certs/$7.key;
+      proxy_ssl_trusted_certificate $certs/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name $8;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+NGINX
+  cat >"$d/back/nginx.conf" <<NGINX
+include $d/back/common.conf;
+http {
+  access_log off;
+  client_body_temp_path $d/back/body;
+  proxy_temp_path $d/back/proxy;
+  ssl_protocols TLSv1.3;
+  keepalive_timeout 600s;
+  upstream backend { server 127.0.0.1:$6; keepalive 16; }
+  server {
+    listen 127.0.0.1:$5 ssl;
+    ssl_certificate $certs/$8.pem;
+    ssl_certificate_key $certs/$8.key;
+    ssl_client_certificate $certs/ca.pem;
+    ssl_verify_client on;
+    location /prod/ {
+      proxy_pass http://backend/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+  for side in back front; do
+    nginx -p "$d/$side" -c "$d/$side/nginx.conf" -g 'daemon off;' 2>>"$d/$side/error.log" &
+    PIDS+=($!)
+  done
+}
+
+# probe_csv TOPO JSON OUT: one probe run; prints its CSV's rows.
+probe_csv() {
+  "$PORTICO" probe "$1" --json "$2" --runs "$RUNS" --out "$3" >/dev/null 2>"$3.log" \
+    || { echo "probe failed:" >&2; cat "$3.log" >&2; exit 1; }
+  tail -n +2 "$3/probe.csv"
+}
+
+echo "portico probe, median of $RUNS per run, $ROUNDS alternating rounds; $(machine)"
+RESULTS="$WORK/results.csv"
+: >"$RESULTS"
+for p in "${PATHS[@]}"; do
+  read -r SITE POP REGION ORIGIN API <<<"$p"
+  TOPO="$WORK/$SITE.toml"
+  topology "$SITE" "$POP" "$REGION" "$ORIGIN" "$API" >"$TOPO"
+  "$PORTICO" check "$TOPO" >/dev/null
+
+  # Portico: the whole topology, as `portico up` runs it for the README.
+  "$PORTICO" up "$TOPO" --json "$WORK/$SITE-portico.json" >"$WORK/$SITE-up.out" 2>"$WORK/$SITE-up.log" &
+  UP=$!
+  PIDS+=($UP)
+  for _ in $(seq 600); do [ -f "$WORK/$SITE-portico.json" ] && break; sleep 0.1; done
+  [ -f "$WORK/$SITE-portico.json" ] || { echo "portico up did not start:" >&2; cat "$WORK/$SITE-up.log" >&2; exit 1; }
+
+  # nginx: its own certificates from the same kind of private CA.
+  CERTS="$WORK/$SITE-certs"
+  "$PORTICO" certs --out "$CERTS" --nodes "$POP,$ORIGIN" >/dev/null
+  BACKEND=$(free_port); start_backend "$BACKEND"
+  FRONT=$(free_port); BACK=$(free_port)
+  BACK_RELAY=$(start_relay "$SITE-core" "$BACK" "$(link_param "$POP" "$ORIGIN" delay_ms)" "$(link_param "$POP" "$ORIGIN" jitter_ms)")
+  ENTRY=$(start_relay "$SITE-access" "$FRONT" "$(link_param "$SITE" "$POP" delay_ms)" "$(link_param "$SITE" "$POP" jitter_ms)")
+  nginx_chain "$WORK/$SITE-nginx" "$CERTS" "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$ORIGIN"
+  wait_port "$FRONT"; wait_port "$BACK"
+  wait_ok "https://127.0.0.1:$ENTRY/prod/bytes/16"
+  cat >"$WORK/$SITE-nginx.json" <<JSON
+{"topology": "peer-$SITE", "entries": [{"site": "$SITE", "api": "$API", "mode": "edge",
+ "url": "https://127.0.0.1:$ENTRY/prod", "h3": false, "node": "nginx"}],
+ "admin": [], "ca": "$CERTS/ca.pem", "processes": [], "run_dir": "$WORK"}
+JSON
+
+  # One unmeasured run each: first connections, upstream keep-alive.
+  probe_csv "$TOPO" "$WORK/$SITE-portico.json" "$WORK/warm" >/dev/null
+  probe_csv "$TOPO" "$WORK/$SITE-nginx.json" "$WORK/warm" >/dev/null
+  for round in $(seq "$ROUNDS"); do
+    for target in portico nginx; do
+      probe_csv "$TOPO" "$WORK/$SITE-$target.json" "$WORK/out" | sed "s/^/$target,$round,/" >>"$RESULTS"
+    done
+  done
+  echo "  $SITE done" >&2
+  kill "$UP" 2>/dev/null || true
+  wait "$UP" 2>/dev/null || true
+done
+
+# target,round,site,api,mode,via,measure,runs,median_ms,minimum_ms,ratio,cache_hit
+python3 - "$RESULTS" <<'PY'
+import csv, statistics, sys
+rows = list(csv.reader(open(sys.argv[1])))
+def med(target, site, measure):
+    v = [float(r[8]) for r in rows if r[0] == target and r[2] == site and r[6] == measure]
+    return statistics.median(v) if v else None
+def minimum(site, measure):
+    return next(float(r[9]) for r in rows if r[2] == site and r[6] == measure)
+print()
+print("| site (path) | measure | minimum | Portico | Portico / min | nginx | nginx / min | Portico / nginx |")
+print("|---|---|---|---|---|---|---|---|")
+for site in dict.fromkeys(r[2] for r in rows):
+    for m in ("cold", "warm_miss", "cold_h3"):
+        p, n, lo = med("portico", site, m), med("nginx", site, m), minimum(site, m)
+        if p is None:
+            continue
+        ratio = lambda x: f"{x / lo:.3f}×" if lo > 0 else "—"
+        nginx = f"{n:.2f} ms | {ratio(n)} | {p / n:.3f}×" if n is not None else "— | — | —"
+        print(f"| {site} | {m} | {lo:.0f} ms | {p:.2f} ms | {ratio(p)} | {nginx} |")
+PY
