@@ -19,6 +19,7 @@ use portico_proto::{End, Frame, FrameKind, ProtoError, ResetCode};
 
 use crate::BackboneError;
 use crate::framed::{FrameReader, FrameWriter};
+use crate::runtime::InFlightGuard;
 use crate::wire;
 
 /// Something kept alive for as long as a received body is (e.g. the task
@@ -30,15 +31,23 @@ struct RecvState {
     half: HalfStream,
     done: bool,
     _guard: Option<Guard>,
+    _in_flight: Option<InFlightGuard>,
 }
 
-/// A body streaming the rest of `half` (whose head was already read) from `reader`.
-pub(crate) fn recv_body(reader: FrameReader, half: HalfStream, guard: Option<Guard>) -> Body {
+/// A body streaming the rest of `half` (whose head was already read) from
+/// `reader`; the request it belongs to counts as in flight until it is dropped.
+pub(crate) fn recv_body(
+    reader: FrameReader,
+    half: HalfStream,
+    guard: Option<Guard>,
+    in_flight: Option<InFlightGuard>,
+) -> Body {
     let state = RecvState {
         reader,
         half,
         done: false,
         _guard: guard,
+        _in_flight: in_flight,
     };
     let frames = futures_util::stream::unfold(state, |mut st| async move {
         let item = st.next_frame().await?;

@@ -174,6 +174,7 @@ async fn session(
             .with_version(control.ack.chosen_version),
         origin_id: origin_id.clone(),
         control: control.link.clone(),
+        in_flight: inner.in_flight.clone(),
     });
     link.state.send_replace(LinkState::Up(session));
     tracing::info!(origin = %origin_id, address = %link.spec.address, region = %link.spec.region, "backbone link up");

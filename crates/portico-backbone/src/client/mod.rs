@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::control::{ControlHandler, ControlLink, Ignore};
+use crate::runtime::InFlight;
 use crate::settings::{Identity, LinkSettings};
 use crate::sync::{ConfigSync, OriginConfig, SyncedConfig};
 use crate::tls::TlsMaterial;
@@ -45,6 +46,7 @@ pub struct Session {
     codec: Codec,
     origin_id: String,
     control: ControlLink,
+    in_flight: InFlight,
 }
 
 impl Session {
@@ -112,6 +114,8 @@ pub(crate) struct Inner {
     sync: ConfigSync,
     next: AtomicUsize,
     control: Arc<dyn ControlHandler>,
+    /// Requests in flight on every link (the drivers coalesce while several are).
+    in_flight: InFlight,
 }
 
 impl Inner {
@@ -195,11 +199,12 @@ impl Backbone {
         };
         let socket = std::net::UdpSocket::bind(bind).map_err(BackboneError::Endpoint)?;
         portico_net::quic::grow_udp_buffers(&socket);
+        let in_flight = InFlight::default();
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             None,
             socket,
-            crate::runtime::CoalescingRuntime::shared(),
+            crate::runtime::CoalescingRuntime::shared(in_flight.clone()),
         )
         .map_err(BackboneError::Endpoint)?;
         let links = origins
@@ -217,6 +222,7 @@ impl Backbone {
             links,
             next: AtomicUsize::new(0),
             control,
+            in_flight,
         });
         let (stop, _) = watch::channel(false);
         let tasks = TaskTracker::new();

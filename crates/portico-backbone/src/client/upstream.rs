@@ -149,6 +149,7 @@ async fn exchange(
     push_head: impl FnOnce(&mut FrameWriter) -> Result<(), BackboneError>,
     body: Body,
 ) -> Result<Response<Body>, GatewayError> {
+    let in_flight = session.in_flight.enter();
     let (send, recv) = session.conn.open_bi().await.map_err(unavailable)?;
     let mut writer = FrameWriter::new(send, session.codec);
     writer.preface(StreamKind::Request);
@@ -174,7 +175,8 @@ async fn exchange(
     // Cannot fail: a fresh response half accepts its head.
     let _ = half.on_frame(portico_proto::FrameKind::ResponseHead);
     let guard = pump.map(|p| Box::new(p) as crate::body::Guard);
-    Ok(Response::from_parts(parts, recv_body(reader, half, guard)))
+    let body = recv_body(reader, half, guard, Some(in_flight));
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Waits for the response head, unless the request body fails first.

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::control::{ControlHandler, Ignore};
+use crate::runtime::InFlight;
 use crate::settings::{Identity, LinkSettings};
 use crate::tls::TlsMaterial;
 use crate::{BackboneError, close};
@@ -66,6 +67,8 @@ pub(crate) struct Shared<H> {
     pub(crate) local_addr: SocketAddr,
     pub(crate) control: Arc<dyn ControlHandler>,
     pub(crate) deltas: config::DeltaCache,
+    /// Request tasks running on every link (the drivers coalesce while several are).
+    pub(crate) in_flight: InFlight,
 }
 
 impl BackboneServer {
@@ -176,11 +179,12 @@ impl BackboneServer {
         runtimes: Vec<tokio::runtime::Handle>,
         shutdown: impl Future<Output = ()>,
     ) {
+        let in_flight = InFlight::default();
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             Some(self.config),
             self.socket,
-            crate::runtime::CoalescingRuntime::shared(),
+            crate::runtime::CoalescingRuntime::shared(in_flight.clone()),
         );
         let endpoint = match endpoint {
             Ok(endpoint) => endpoint,
@@ -199,6 +203,7 @@ impl BackboneServer {
             local_addr,
             control: self.control,
             deltas: config::DeltaCache::default(),
+            in_flight,
         });
         let links = TaskTracker::new();
         let mut turn = runtimes.iter().cycle();

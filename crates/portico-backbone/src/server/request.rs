@@ -15,6 +15,7 @@ use super::{RequestHandler, Shared};
 use crate::BackboneError;
 use crate::body::{SendBodyError, recv_body, send_body};
 use crate::framed::{FrameReader, FrameWriter};
+use crate::runtime::InFlightGuard;
 use crate::wire;
 
 /// Accepts request streams until the link closes or the server stops; then
@@ -41,12 +42,14 @@ pub(super) async fn accept_streams<H: RequestHandler>(
         // Boxed: the future (the origin's whole pipeline and its backend
         // client) is several kilobytes, and spawning copies it whole; a box
         // is copied as a pointer.
+        let in_flight = shared.in_flight.enter();
         streams.spawn(Box::pin(serve_stream(
             send,
             recv,
             Arc::clone(shared),
             codec,
             peer,
+            in_flight,
         )));
     }
     if !drain(conn, &mut streams, shared.settings.drain_timeout).await {
@@ -99,6 +102,7 @@ async fn serve_stream<H: RequestHandler>(
     shared: Arc<Shared<H>>,
     codec: Codec,
     peer: std::net::SocketAddr,
+    _in_flight: InFlightGuard,
 ) {
     let mut reader = FrameReader::new(recv, codec);
     let mut writer = FrameWriter::new(send, codec);
@@ -118,7 +122,7 @@ async fn serve_stream<H: RequestHandler>(
     let body = if reader.buffered_end() {
         portico_gateway::body::empty()
     } else {
-        recv_body(reader, started_request_half(), None)
+        recv_body(reader, started_request_half(), None, None)
     };
     let req = Request::from_parts(parts, body);
     let handler = Arc::clone(&shared.handler);
