@@ -5,7 +5,8 @@
 #   * the demo backend directly (the ceiling),
 #   * portico: client -TLS-> PoP -QUIC backbone (mutual TLS)-> origin -HTTP-> backend,
 #   * nginx:   client -TLS-> nginx -HTTPS (mutual TLS, keep-alive)-> nginx -HTTP-> backend,
-# interleaved over ROUNDS rounds; prints medians and Portico/nginx ratios.
+# interleaved over ROUNDS rounds; then a lone 1 KB request (wrk -c1) through
+# both chains, ROUNDS times; prints medians and Portico/nginx ratios.
 #
 # What is compared: the same hops doing the same work. Both client-facing
 # proxies terminate TLS 1.3 with the same certificate and cipher suite
@@ -195,6 +196,23 @@ for size in "${SIZES[@]}"; do
   done
 done
 
+# A lone request (wrk -c1, 1 KB): the latency of the path itself, with
+# nothing to batch and every hop woken from idle.
+declare -A P50_1 P99_1
+for round in $(seq "$ROUNDS"); do
+  for target in portico nginx; do
+    case $target in
+      portico) url="https://127.0.0.1:$POP_PORT/prod/bytes/1024" ;;
+      nginx) url="https://127.0.0.1:$FRONT_PORT/prod/bytes/1024" ;;
+    esac
+    out=$(wrk -t1 -c1 -d"${SECS}"s --latency "$url" 2>&1)
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    P50_1[$target]+="$p50 "; P99_1[$target]+="$p99 "
+    echo "round $round lone 1 KB $target: p50 $p50 ms, p99 $p99 ms" >&2
+  done
+done
+
 echo
 echo "# bench-chain: wrk -t2 -c$CONNS -d${SECS}s over TLS, two proxies deep, $ROUNDS interleaved rounds, medians"
 echo "# $(machine)"
@@ -210,3 +228,7 @@ for size in "${SIZES[@]}"; do
   pp=$(median ${P99[portico.$size]}); np=$(median ${P99[nginx.$size]})
   printf '%-8s portico/nginx throughput %.2fx, p99 %.2fx\n' "$size" "$(echo "$pr / $nr" | bc -l)" "$(echo "$pp / $np" | bc -l)"
 done
+# shellcheck disable=SC2086
+lp=$(median ${P50_1[portico]}); ln=$(median ${P50_1[nginx]}); lp99=$(median ${P99_1[portico]}); ln99=$(median ${P99_1[nginx]})
+printf 'lone 1 KB (wrk -c1): portico p50 %s ms, p99 %s ms; nginx p50 %s ms, p99 %s ms; portico/nginx p50 %.2fx\n' \
+  "$lp" "$lp99" "$ln" "$ln99" "$(echo "$lp / $ln" | bc -l)"
