@@ -193,7 +193,7 @@ for p in "${PATHS[@]}"; do
   # Portico: the whole topology, as `portico up` runs it for the README.
   "$PORTICO" up "$TOPO" --json "$WORK/$SITE-portico.json" >"$WORK/$SITE-up.out" 2>"$WORK/$SITE-up.log" &
   UP=$!
-  PIDS+=($UP)
+  PIDS+=("$UP")
   for _ in $(seq 600); do [ -f "$WORK/$SITE-portico.json" ] && break; sleep 0.1; done
   [ -f "$WORK/$SITE-portico.json" ] || { echo "portico up did not start:" >&2; cat "$WORK/$SITE-up.log" >&2; exit 1; }
 
