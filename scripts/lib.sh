@@ -143,3 +143,92 @@ median() {
 machine() {
   echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), release build, loopback, load generator on the same machine"
 }
+
+# start_nginx_chain DIR CERTS WORKERS FRONT_PORT UPSTREAM_PORT BACK_PORT BACKEND_PORT FRONT_CERT CLIENT_CERT BACK_CERT
+# The peer of a PoP and its origin: two nginx instances, DIR/front and
+# DIR/back, each with its own prefix (pid, temp paths, logs) and WORKERS
+# worker processes.
+#   client -TLS-> front (127.0.0.1:FRONT_PORT, certificate FRONT_CERT)
+#     -HTTPS, mutual TLS (CLIENT_CERT), keep-alive-> UPSTREAM_PORT (BACK_PORT
+#     itself, or a relay in front of it)
+#   -> back (BACK_PORT, certificate BACK_CERT, clients of CERTS/ca.pem only)
+#     -HTTP keep-alive-> the demo backend on BACKEND_PORT, `/prod` stripped.
+# Certificate names are files CERTS/NAME.pem and CERTS/NAME.key (`portico
+# certs`). The front prefers AES-128-GCM, as a PoP's listener does.
+# keepalive_requests is raised everywhere (the default 1000 would close
+# connections, and redo TLS handshakes, that Portico keeps open), and idle
+# upstream connections live 600 s.
+start_nginx_chain() {
+  local d="$1" certs="$2" workers="$3"
+  local front_port="$4" upstream_port="$5" back_port="$6" backend_port="$7"
+  local front_cert="$8" client_cert="$9" back_cert="${10}"
+  local side
+  for side in front back; do
+    mkdir -p "$d/$side"
+    cat >"$d/$side/common.conf" <<NGINX
+worker_processes $workers;
+pid $d/$side/nginx.pid;
+error_log $d/$side/error.log warn;
+events { worker_connections 4096; }
+NGINX
+    cat >"$d/$side/http.conf" <<NGINX
+access_log off;
+client_body_temp_path $d/$side/body;
+proxy_temp_path $d/$side/proxy;
+keepalive_requests 1000000;
+keepalive_timeout 600s;
+ssl_protocols TLSv1.3;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_set_header Host \$host;
+proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+proxy_buffering off;
+NGINX
+  done
+  cat >"$d/front/nginx.conf" <<NGINX
+include $d/front/common.conf;
+http {
+  include $d/front/http.conf;
+  upstream back { server 127.0.0.1:$upstream_port; keepalive 256; keepalive_requests 1000000; keepalive_timeout 600s; }
+  server {
+    listen 127.0.0.1:$front_port ssl;
+    ssl_certificate $certs/$front_cert.pem;
+    ssl_certificate_key $certs/$front_cert.key;
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
+    location / {
+      proxy_pass https://back;
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate $certs/$client_cert.pem;
+      proxy_ssl_certificate_key $certs/$client_cert.key;
+      proxy_ssl_trusted_certificate $certs/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name $back_cert;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+NGINX
+  cat >"$d/back/nginx.conf" <<NGINX
+include $d/back/common.conf;
+http {
+  include $d/back/http.conf;
+  upstream backend { server 127.0.0.1:$backend_port; keepalive 256; keepalive_requests 1000000; keepalive_timeout 600s; }
+  server {
+    listen 127.0.0.1:$back_port ssl;
+    ssl_certificate $certs/$back_cert.pem;
+    ssl_certificate_key $certs/$back_cert.key;
+    ssl_client_certificate $certs/ca.pem;
+    ssl_verify_client on;
+    location /prod/ {
+      proxy_pass http://backend/;
+    }
+  }
+}
+NGINX
+  for side in back front; do
+    nginx -p "$d/$side" -c "$d/$side/nginx.conf" -g 'daemon off;' 2>>"$d/$side/error.log" &
+    PIDS+=($!)
+  done
+}

@@ -101,79 +101,6 @@ start_relay() {
   awk '$1 == "listening" && $2 == "tcp" {split($3, a, ":"); print a[2]; exit}' "$WORK/$1.out"
 }
 
-# nginx_chain DIR CERTS FRONT_PORT BACK_RELAY_PORT BACK_PORT BACKEND_PORT POP ORIGIN
-nginx_chain() {
-  local d="$1" certs="$2"
-  mkdir -p "$d/front" "$d/back"
-  for side in front back; do
-    cat >"$d/$side/common.conf" <<NGINX
-worker_processes 1;
-pid $d/$side/nginx.pid;
-error_log $d/$side/error.log warn;
-events { worker_connections 1024; }
-NGINX
-  done
-  cat >"$d/front/nginx.conf" <<NGINX
-include $d/front/common.conf;
-http {
-  access_log off;
-  client_body_temp_path $d/front/body;
-  proxy_temp_path $d/front/proxy;
-  ssl_protocols TLSv1.3;
-  upstream back { server 127.0.0.1:$4; keepalive 16; keepalive_timeout 600s; }
-  server {
-    listen 127.0.0.1:$3 ssl;
-    ssl_certificate $certs/$7.pem;
-    ssl_certificate_key $certs/$7.key;
-    location / {
-      proxy_pass https://back;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_buffering off;
-      proxy_ssl_protocols TLSv1.3;
-      proxy_ssl_certificate $certs/$7.pem;
-      proxy_ssl_certificate_key $certs/$7.key;
-      proxy_ssl_trusted_certificate $certs/ca.pem;
-      proxy_ssl_verify on;
-      proxy_ssl_name $8;
-      proxy_ssl_server_name on;
-      proxy_ssl_session_reuse on;
-    }
-  }
-}
-NGINX
-  cat >"$d/back/nginx.conf" <<NGINX
-include $d/back/common.conf;
-http {
-  access_log off;
-  client_body_temp_path $d/back/body;
-  proxy_temp_path $d/back/proxy;
-  ssl_protocols TLSv1.3;
-  keepalive_timeout 600s;
-  upstream backend { server 127.0.0.1:$6; keepalive 16; }
-  server {
-    listen 127.0.0.1:$5 ssl;
-    ssl_certificate $certs/$8.pem;
-    ssl_certificate_key $certs/$8.key;
-    ssl_client_certificate $certs/ca.pem;
-    ssl_verify_client on;
-    location /prod/ {
-      proxy_pass http://backend/;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_buffering off;
-    }
-  }
-}
-NGINX
-  for side in back front; do
-    nginx -p "$d/$side" -c "$d/$side/nginx.conf" -g 'daemon off;' 2>>"$d/$side/error.log" &
-    PIDS+=($!)
-  done
-}
-
 # probe_csv TOPO JSON OUT: one probe run; prints its CSV's rows.
 probe_csv() {
   "$PORTICO" probe "$1" --json "$2" --runs "$RUNS" --out "$3" >/dev/null 2>"$3.log" \
@@ -204,7 +131,7 @@ for p in "${PATHS[@]}"; do
   FRONT=$(free_port); BACK=$(free_port)
   BACK_RELAY=$(start_relay "$SITE-core" "$BACK" "$(link_param "$POP" "$ORIGIN" delay_ms)" "$(link_param "$POP" "$ORIGIN" jitter_ms)")
   ENTRY=$(start_relay "$SITE-access" "$FRONT" "$(link_param "$SITE" "$POP" delay_ms)" "$(link_param "$SITE" "$POP" jitter_ms)")
-  nginx_chain "$WORK/$SITE-nginx" "$CERTS" "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$ORIGIN"
+  start_nginx_chain "$WORK/$SITE-nginx" "$CERTS" 1 "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$POP" "$ORIGIN"
   wait_port "$FRONT"; wait_port "$BACK"
   wait_ok "https://127.0.0.1:$ENTRY/prod/bytes/16"
   cat >"$WORK/$SITE-nginx.json" <<JSON

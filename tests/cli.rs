@@ -144,7 +144,7 @@ fn relay_refuses_bad_link_values_with_their_name_and_exits_1() {
         ),
         (
             "--bandwidth-mbps=0",
-            "--bandwidth-mbps must be a positive number, got 0",
+            "--bandwidth-mbps must be a positive number of megabits per second (at most 1000000), got 0",
         ),
     ] {
         let out = Command::new(portico_bin())

@@ -131,13 +131,6 @@ mod tests {
         }));
         assert_eq!(rx.await.ok(), Some(7));
     }
-}
-
-#[cfg(test)]
-mod yield_tests {
-    use std::task::Waker;
-
-    use super::*;
 
     /// Counts its polls; never completes.
     struct Polls(Arc<AtomicUsize>);
@@ -162,7 +155,7 @@ mod yield_tests {
 
     #[test]
     fn a_lone_request_is_driven_at_once_concurrent_ones_after_a_turn() {
-        let mut cx = Context::from_waker(Waker::noop());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         let in_flight = InFlight::default();
         let (mut driver, polls) = yield_first(&in_flight);
         let one = in_flight.enter();

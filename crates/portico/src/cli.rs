@@ -97,18 +97,8 @@ pub enum Command {
         /// The service behind the link.
         #[arg(long)]
         to: SocketAddr,
-        /// One-way delay in milliseconds.
-        #[arg(long, default_value_t = 0.0)]
-        delay_ms: f64,
-        /// Uniform jitter in milliseconds: each packet's delay is delay ± jitter.
-        #[arg(long, default_value_t = 0.0)]
-        jitter_ms: f64,
-        /// Probability that a UDP datagram is lost (TCP is reliable: ignored there).
-        #[arg(long, default_value_t = 0.0)]
-        loss: f64,
-        /// Bandwidth each way in megabits per second (default: unlimited).
-        #[arg(long)]
-        bandwidth_mbps: Option<f64>,
+        #[command(flatten)]
+        link: crate::relay::LinkArgs,
         /// Relay UDP datagrams on the same port too (QUIC, HTTP/3).
         #[arg(long)]
         udp: bool,

@@ -130,22 +130,11 @@ pub async fn run(command: Command) -> Result<ExitCode, AppError> {
         Command::Relay {
             listen,
             to,
-            delay_ms,
-            jitter_ms,
-            loss,
-            bandwidth_mbps,
+            link,
             udp,
-        } => {
-            let link = relay::LinkArgs {
-                delay_ms,
-                jitter_ms,
-                loss,
-                bandwidth_mbps,
-            };
-            relay::run(listen, to, udp, link, signals::shutdown())
-                .await
-                .map(|()| ExitCode::SUCCESS)
-        }
+        } => relay::run(listen, to, udp, link, signals::shutdown())
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Backend {
             listen,
             tls_cert,

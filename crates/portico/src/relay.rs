@@ -6,37 +6,43 @@
 
 use std::net::SocketAddr;
 
-use portico_netsim::{Link, LinkSpec, TcpRelay, Timing, UdpRelay, duration_from_millis};
+use portico_config::topology::LinkParams;
+use portico_netsim::{Link, TcpRelay, Timing, UdpRelay, duration_from_millis};
 
 use crate::AppError;
+use crate::topology::relays;
 
 /// The link's characteristics, the same each way (as a topology's `[[links]]`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct LinkArgs {
+    /// One-way delay in milliseconds.
+    #[arg(long, default_value_t = 0.0)]
     pub delay_ms: f64,
+    /// Uniform jitter in milliseconds: each packet's delay is delay ± jitter.
+    #[arg(long, default_value_t = 0.0)]
     pub jitter_ms: f64,
+    /// Probability that a UDP datagram is lost (TCP is reliable: ignored there).
+    #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
+    /// Bandwidth each way in megabits per second (default: unlimited).
+    #[arg(long)]
     pub bandwidth_mbps: Option<f64>,
 }
 
 impl LinkArgs {
-    /// The netsim link, or the error that names the bad value.
+    /// The netsim link, or the error that names the bad value. Values are
+    /// checked by the same rules as a topology's `[[links]]`.
     pub fn link(&self) -> Result<Link, AppError> {
-        let bandwidth_bps = match self.bandwidth_mbps {
-            None => None,
-            Some(mbps) if mbps.is_finite() && mbps > 0.0 => Some((mbps * 1e6).round() as u64),
-            Some(mbps) => {
-                return Err(AppError::Usage(format!(
-                    "--bandwidth-mbps must be a positive number, got {mbps}"
-                )));
-            }
-        };
-        let link = Link::symmetric(LinkSpec {
+        let bandwidth_bps = self
+            .bandwidth_mbps
+            .map(LinkParams::bandwidth_bps_from_mbps)
+            .transpose()
+            .map_err(|why| AppError::Usage(format!("--bandwidth-mbps {why}")))?;
+        let link = relays::link(&LinkParams {
             delay: duration_from_millis("delay", self.delay_ms)?,
             jitter: duration_from_millis("jitter", self.jitter_ms)?,
             loss: self.loss,
             bandwidth_bps,
-            ..LinkSpec::default()
         });
         link.validate()?;
         Ok(link)
@@ -117,7 +123,7 @@ mod tests {
         );
         assert_eq!(
             err(args(1.0, 0.0, 0.0, Some(0.0))),
-            "--bandwidth-mbps must be a positive number, got 0"
+            "--bandwidth-mbps must be a positive number of megabits per second (at most 1000000), got 0"
         );
     }
 }

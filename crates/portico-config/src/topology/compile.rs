@@ -337,17 +337,9 @@ fn link_params(f: &LinkFile, diag: &mut Diag<'_>) -> Option<LinkParams> {
 }
 
 fn bandwidth(b: &S<f64>, diag: &mut Diag<'_>) -> Option<u64> {
-    let mbps = *b.get_ref();
-    // At least one bit per second, at most a terabit: beyond that it is a typo.
-    if !(mbps.is_finite() && mbps * 1e6 >= 1.0 && mbps <= 1e6) {
-        let message = format!(
-            "bandwidth_mbps must be a positive number of megabits per second \
-             (at most 1000000), got {mbps}"
-        );
-        diag.at(b.span(), message);
-        return None;
-    }
-    Some((mbps * 1e6).round() as u64)
+    LinkParams::bandwidth_bps_from_mbps(*b.get_ref())
+        .map_err(|why| diag.at(b.span(), format!("bandwidth_mbps {why}")))
+        .ok()
 }
 
 fn compile_apis(

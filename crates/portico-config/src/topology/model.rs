@@ -114,6 +114,18 @@ impl LinkParams {
         self.delay * 2
     }
 
+    /// A bandwidth given in megabits per second, in bits per second: at
+    /// least one bit per second and at most a terabit (beyond that it is a
+    /// typo). The error says what is wrong, for the caller to name the field.
+    pub fn bandwidth_bps_from_mbps(mbps: f64) -> Result<u64, String> {
+        if !(mbps.is_finite() && mbps * 1e6 >= 1.0 && mbps <= 1e6) {
+            return Err(format!(
+                "must be a positive number of megabits per second (at most 1000000), got {mbps}"
+            ));
+        }
+        Ok((mbps * 1e6).round() as u64)
+    }
+
     /// No delay, jitter, loss or bandwidth limit: a direct connection is
     /// this link exactly.
     pub fn is_ideal(&self) -> bool {
