@@ -41,6 +41,7 @@ pub(crate) struct QuicFile {
     pub stream_receive_window: Option<S<u64>>,
     pub receive_window: Option<S<u64>>,
     pub send_window: Option<S<u64>>,
+    pub grease: Option<S<bool>>,
 }
 
 /// The QUIC settings of an HTTP/3 listener.
@@ -59,6 +60,9 @@ pub struct QuicConfig {
     pub receive_window: u32,
     /// Bytes buffered for sending per connection.
     pub send_window: u64,
+    /// Whether HTTP/3 sends reserved ("grease") stream, frame and setting
+    /// types (RFC 9114 §§6.2.3, 7.2.8, 7.2.4.1).
+    pub grease: bool,
 }
 
 impl Default for QuicConfig {
@@ -71,6 +75,7 @@ impl Default for QuicConfig {
             stream_receive_window: 1024 * 1024,
             receive_window: 8 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,
+            grease: false,
         }
     }
 }
@@ -126,6 +131,9 @@ pub(crate) fn compile_quic(
     }
     if let Some(v) = checked(&f.send_window, WINDOW, "send_window", diag) {
         config.send_window = v;
+    }
+    if let Some(g) = &f.grease {
+        config.grease = *g.get_ref();
     }
     check_windows(f, &config, diag);
     config
@@ -191,7 +199,7 @@ mod tests {
         let text = listener(
             "port = 9443\ncongestion = \"bbr\"\nmax_concurrent_streams = 64\n\
              idle_timeout_ms = 5000\nstream_receive_window = 65536\nreceive_window = 131072\n\
-             send_window = 262144\n",
+             send_window = 262144\ngrease = true\n",
         );
         let quic = &parse(&text).unwrap().listeners[0].quic;
         let expected = QuicConfig {
@@ -202,6 +210,7 @@ mod tests {
             stream_receive_window: 65536,
             receive_window: 131072,
             send_window: 262144,
+            grease: true,
         };
         assert_eq!(*quic, expected);
         let reno = parse(&listener("congestion = \"new_reno\"\n")).unwrap();

@@ -51,6 +51,8 @@ pub struct H3Server<H> {
     /// in the endpoint's transport config.
     pub limits: HttpLimits,
     pub handler: Arc<H>,
+    /// HTTP/3 grease ([`crate::QuicSettings::grease`]).
+    pub grease: bool,
 }
 
 /// An HTTP/3 listener whose socket is bound but not yet served.
@@ -131,7 +133,9 @@ impl<H: Handler> H3Listener<H> {
     }
 
     fn start(self) -> Result<H3Server<H>, crate::NetError> {
+        let grease = self.socket.grease();
         Ok(H3Server {
+            grease,
             endpoint: self.socket.start()?,
             default_api: self.default_api,
             limits: self.limits,
@@ -210,6 +214,7 @@ impl<H: Handler> H3Server<H> {
         let max_field_section = u64::try_from(self.limits.max_header_bytes).unwrap_or(u64::MAX);
         let built = h3::server::builder()
             .max_field_section_size(max_field_section)
+            .send_grease(self.grease)
             .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
             .await;
         match built {

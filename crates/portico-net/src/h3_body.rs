@@ -7,7 +7,7 @@
 //! by frame as the body yields them, each write waiting for send credit.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::{Buf, Bytes};
 use h3::error::Code;
@@ -42,14 +42,31 @@ enum Phase {
 pub(crate) struct RequestBody {
     stream: RecvHalf,
     phase: Phase,
+    /// A frame read ahead by [`RequestBody::new`], returned first.
+    peeked: Option<Result<Frame<Bytes>, h3::error::StreamError>>,
 }
 
 impl RequestBody {
+    /// The body of a request whose head was just read. What the stream
+    /// already holds is read at once: a request whose FIN came with its head
+    /// (most GETs) is then known to have no body, so the PoP sends its head
+    /// and end together in one packet, as it does for HTTP/1.1 and HTTP/2,
+    /// instead of the end in a second one that the origin, already
+    /// answering, would stop with a STOP_SENDING.
     pub(crate) fn new(stream: RecvHalf) -> Self {
-        Self {
+        let mut body = Self {
             stream,
             phase: Phase::Data,
+            peeked: None,
+        };
+        // A no-op waker: a pending stream is polled again, with the reader's
+        // waker, when the body is read.
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(Some(frame)) = http_body::Body::poll_frame(Pin::new(&mut body), &mut cx)
+        {
+            body.peeked = Some(frame);
         }
+        body
     }
 }
 
@@ -62,6 +79,9 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(frame) = this.peeked.take() {
+            return Poll::Ready(Some(frame));
+        }
         loop {
             match this.phase {
                 Phase::Data => match ready!(this.stream.poll_recv_data(cx)) {
@@ -87,7 +107,7 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.phase, Phase::Done)
+        self.peeked.is_none() && matches!(self.phase, Phase::Done)
     }
 }
 

@@ -72,6 +72,11 @@ pub struct QuicSettings {
     pub receive_window: u32,
     /// Bytes we buffer for sending on one connection before writes wait.
     pub send_window: u64,
+    /// HTTP/3 grease (reserved stream, frame and setting types, RFC 9114).
+    /// Off by default: a grease stream is one more packet each way on a new
+    /// connection, sent as its first request is read, and its
+    /// STOP_SENDING one more back.
+    pub grease: bool,
 }
 
 impl Default for QuicSettings {
@@ -83,6 +88,7 @@ impl Default for QuicSettings {
             stream_receive_window: 1024 * 1024,
             receive_window: 8 * 1024 * 1024,
             send_window: 8 * 1024 * 1024,
+            grease: false,
         }
     }
 }
@@ -142,6 +148,7 @@ pub fn h3_tls_config(mut tls: rustls::ServerConfig) -> rustls::ServerConfig {
 pub struct QuicSocket {
     socket: std::net::UdpSocket,
     config: quinn::ServerConfig,
+    grease: bool,
 }
 
 impl QuicSocket {
@@ -159,11 +166,20 @@ impl QuicSocket {
         let socket =
             std::net::UdpSocket::bind(addr).map_err(|source| NetError::Bind { addr, source })?;
         grow_udp_buffers(&socket);
-        Ok(Self { socket, config })
+        Ok(Self {
+            socket,
+            config,
+            grease: settings.grease,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// Whether HTTP/3 on this socket sends grease ([`QuicSettings::grease`]).
+    pub fn grease(&self) -> bool {
+        self.grease
     }
 
     /// Starts the endpoint on the current tokio runtime.

@@ -48,6 +48,11 @@ impl Handler for TestHandler {
             _ => {}
         }
         let early = req.headers().get("early-data").cloned();
+        let body_ended = if http_body::Body::is_end_stream(req.body()) {
+            "1"
+        } else {
+            "0"
+        };
         let mut resp = Response::new(req.into_body());
         let h = resp.headers_mut();
         h.insert(
@@ -62,6 +67,7 @@ impl Handler for TestHandler {
             HeaderValue::from_str(&tls.alpn.unwrap_or_default()).unwrap(),
         );
         h.insert("x-early", early.unwrap_or(HeaderValue::from_static("0")));
+        h.insert("x-body-ended", HeaderValue::from_static(body_ended));
         resp
     }
 }
@@ -99,6 +105,7 @@ fn start(settings: QuicSettings, limits: HttpLimits) -> TestServer {
         default_api: None,
         limits,
         handler: Arc::clone(&handler),
+        grease: settings.grease,
     };
     let (stop, stopped) = oneshot::channel();
     let done = tokio::spawn(server.run(async move {
@@ -186,6 +193,45 @@ async fn bodies_and_trailers_stream_both_ways() {
     assert!(stream.recv_data().await.unwrap().is_none());
     let back = stream.recv_trailers().await.unwrap().expect("trailers");
     assert_eq!(back["x-checksum"], "abc");
+}
+
+/// A request whose FIN came with its head reaches the handler with a body
+/// known to be empty (the PoP then sends its head and end in one packet); a
+/// body that came with the head is read ahead and not lost.
+#[tokio::test]
+async fn a_request_without_a_body_is_known_to_be_empty_at_once() {
+    let server = start_default();
+    let conn = server.client().connect(server.addr).await;
+    let get = conn.get(&server.url("/echo")).await;
+    assert_eq!(get.status, 200);
+    assert_eq!(get.headers["x-body-ended"], "1");
+    assert_eq!(get.text(), "");
+    let post = Request::post(server.url("/echo")).body(()).unwrap();
+    let post = conn.request(post, b"hello").await.unwrap();
+    assert_eq!(post.status, 200);
+    assert_eq!(post.headers["x-body-ended"], "0");
+    assert_eq!(post.text(), "hello");
+}
+
+/// Grease (reserved stream types) is off unless configured: with it on, the
+/// server opens one more unidirectional stream on a new connection.
+#[tokio::test]
+async fn grease_is_sent_only_when_configured() {
+    let mut received = Vec::new();
+    for grease in [false, true] {
+        let settings = QuicSettings {
+            grease,
+            ..QuicSettings::default()
+        };
+        let server = start(settings, HttpLimits::default());
+        let conn = server.client().connect(server.addr).await;
+        assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
+        received.push(conn.quic.stats().frame_rx.stream);
+    }
+    assert!(
+        received[1] > received[0],
+        "STREAM frames received without and with grease: {received:?}"
+    );
 }
 
 #[tokio::test]

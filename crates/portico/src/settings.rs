@@ -50,6 +50,7 @@ pub fn quic(q: &portico_config::QuicConfig) -> QuicSettings {
         stream_receive_window: q.stream_receive_window,
         receive_window: q.receive_window,
         send_window: q.send_window,
+        grease: q.grease,
     }
 }
 
