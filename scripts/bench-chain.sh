@@ -6,7 +6,8 @@
 #   * portico: client -TLS-> PoP -QUIC backbone (mutual TLS)-> origin -HTTP-> backend,
 #   * nginx:   client -TLS-> nginx -HTTPS (mutual TLS, keep-alive)-> nginx -HTTP-> backend,
 # interleaved over ROUNDS rounds; then a lone 1 KB request (wrk -c1) through
-# both chains, ROUNDS times; prints medians and Portico/nginx ratios.
+# both chains, ROUNDS times; prints medians and Portico/nginx ratios, both
+# of the medians and of each round's pair.
 #
 # What is compared: the same hops doing the same work. Both client-facing
 # proxies terminate TLS 1.3 with the same certificate and cipher suite
@@ -149,6 +150,9 @@ for size in "${SIZES[@]}"; do
   # shellcheck disable=SC2086
   pp=$(median ${P99[portico.$size]}); np=$(median ${P99[nginx.$size]})
   printf '%-8s portico/nginx throughput %.2fx, p99 %.2fx\n' "$size" "$(echo "$pr / $nr" | bc -l)" "$(echo "$pp / $np" | bc -l)"
+  tr=$(ratios "${RPS[portico.$size]}" "${RPS[nginx.$size]}"); lr=$(ratios "${P99[portico.$size]}" "${P99[nginx.$size]}")
+  # shellcheck disable=SC2086
+  printf '%-8s   per round: throughput %s(median %sx), p99 %s(median %sx)\n' "$size" "$tr" "$(median $tr)" "$lr" "$(median $lr)"
 done
 # shellcheck disable=SC2086
 lp=$(median ${P50_1[portico]}); ln=$(median ${P50_1[nginx]}); lp99=$(median ${P99_1[portico]}); ln99=$(median ${P99_1[nginx]})

@@ -139,6 +139,14 @@ median() {
   printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
 }
 
+# ratios "A1 A2 ..." "B1 B2 ...": the per-round ratios A_i / B_i, two decimals
+# each. Rounds are interleaved, so a pair shares the machine's state of the
+# moment; the median of these ratios is steadier than the ratio of medians
+# when the host's speed drifts during a run.
+ratios() {
+  paste -d' ' <(printf '%s\n' $1) <(printf '%s\n' $2) | awk '{printf "%.2f ", $1 / $2}'
+}
+
 # machine: one line describing where the numbers came from.
 machine() {
   echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), release build, loopback, load generator on the same machine"
