@@ -240,3 +240,73 @@ NGINX
     PIDS+=($!)
   done
 }
+
+# start_caddy_chain DIR CERTS FRONT_PORT UPSTREAM_PORT BACK_PORT BACKEND_PORT FRONT_CERT CLIENT_CERT BACK_CERT
+# The same two hops as start_nginx_chain with Caddy (Debian's package; Go,
+# quic-go), the one peer here that serves HTTP/3: the front serves HTTP/1.1,
+# HTTP/2 and HTTP/3 (TCP and UDP on FRONT_PORT) and proxies over HTTPS with
+# mutual TLS to the back, which strips `/prod` and proxies to the demo
+# backend. Both bind 127.0.0.1, log errors only, run no admin endpoint and
+# keep their state under DIR. The back accepts a Host that differs from the
+# SNI its client sent (Caddy refuses that by default when it verifies
+# client certificates; nginx's front sends the client's Host too).
+start_caddy_chain() {
+  local d="$1" certs="$2" front_port="$3" upstream_port="$4" back_port="$5"
+  local backend_port="$6" front_cert="$7" client_cert="$8" back_cert="$9"
+  mkdir -p "$d"
+  cat >"$d/back.caddy" <<CADDY
+{
+	admin off
+	auto_https off
+	log {
+		level ERROR
+	}
+	servers {
+		protocols h1 h2
+		strict_sni_host insecure_off
+	}
+}
+:$back_port {
+	bind 127.0.0.1
+	tls $certs/$back_cert.pem $certs/$back_cert.key {
+		client_auth {
+			mode require_and_verify
+			trusted_ca_cert_file $certs/ca.pem
+		}
+	}
+	handle_path /prod/* {
+		reverse_proxy 127.0.0.1:$backend_port
+	}
+}
+CADDY
+  cat >"$d/front.caddy" <<CADDY
+{
+	admin off
+	auto_https off
+	log {
+		level ERROR
+	}
+	servers {
+		protocols h1 h2 h3
+	}
+}
+:$front_port {
+	bind 127.0.0.1
+	tls $certs/$front_cert.pem $certs/$front_cert.key
+	reverse_proxy https://127.0.0.1:$upstream_port {
+		transport http {
+			tls_client_auth $certs/$client_cert.pem $certs/$client_cert.key
+			tls_trusted_ca_certs $certs/ca.pem
+			tls_server_name $back_cert
+			keepalive 600s
+		}
+	}
+}
+CADDY
+  local side
+  for side in back front; do
+    XDG_DATA_HOME="$d/data" XDG_CONFIG_HOME="$d/config" HOME="$d" \
+      caddy run --config "$d/$side.caddy" --adapter caddyfile >"$d/$side.log" 2>&1 &
+    PIDS+=($!)
+  done
+}

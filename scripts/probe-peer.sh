@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# The topology probe's peer (issue 4): how close to the physical minimum
-# nginx gets on the same simulated path as a Portico PoP and origin.
+# The topology probe's peers (issue 4): how close to the physical minimum
+# nginx and Caddy get on the same simulated path as a Portico PoP and origin.
 #
 # For each short path of topology/world.toml (the sites whose 10 % margin is
 # smallest: New York → us-east-1, London and Frankfurt → eu-central-1), one
 # small topology of that site, its PoP and its region, with the links of
-# world.toml, runs twice side by side:
-#   * Portico: `portico up` (client -TCP relay-> PoP =QUIC backbone over a UDP
-#     relay=> origin -> demo backend), as in the README's world table;
+# world.toml, runs three ways side by side:
+#   * Portico: `portico up` (client -TCP and UDP relay-> PoP =QUIC backbone
+#     over a UDP relay=> origin -> demo backend), as in the README's world table;
 #   * nginx:   client -TCP relay-> nginx (TLS) -TCP relay, mutual TLS,
-#     keep-alive-> nginx (TLS) -> the same demo backend,
-# with `portico relay` (the same relays `up` uses) for the links. Both are
+#     keep-alive-> nginx (TLS) -> the same demo backend;
+#   * Caddy:   the same with Caddy at both hops; its front also serves HTTP/3,
+#     so its entry relay carries UDP too (nginx in Debian has no HTTP/3),
+# with `portico relay` (the same relays `up` uses) for the links. All are
 # measured by `portico probe` against the same topology file, so against
 # the same minimum, alternating ROUNDS times. Each nginx runs one worker: the
 # probe sends one request at a time, and a second worker would open its own
-# upstream connection on its first request. nginx caches nothing here, so only
-# the cold (TCP + TLS) and warm-miss measures compare; nginx in Debian has no
-# HTTP/3.
+# upstream connection on its first request. The peers cache nothing here, so
+# only the cold (TCP + TLS, and QUIC for Portico and Caddy) and warm-miss
+# measures compare.
 #
 # Usage: scripts/probe-peer.sh [ROUNDS] [RUNS]   (RUNS: the probe's --runs)
 set -euo pipefail
@@ -28,6 +30,7 @@ RUNS="${2:-7}"
 WORLD="${WORLD:-$ROOT/topology/world.toml}"
 
 ensure_pkg nginx nginx
+ensure_pkg caddy caddy
 ensure_pkg curl curl
 build_release
 
@@ -88,11 +91,11 @@ region = "$3"
 TOML
 }
 
-# start_relay NAME TARGET_PORT DELAY JITTER: `portico relay` on a free port;
-# prints its port.
+# start_relay NAME TARGET_PORT DELAY JITTER [--udp]: `portico relay` on a free
+# port (its UDP side too with --udp); prints its port.
 start_relay() {
   "$PORTICO" relay --listen 127.0.0.1:0 --to "127.0.0.1:$2" --delay-ms "$3" \
-    --jitter-ms "$4" >"$WORK/$1.out" 2>"$WORK/$1.log" &
+    --jitter-ms "$4" ${5:+"$5"} >"$WORK/$1.out" 2>"$WORK/$1.log" &
   PIDS+=($!)
   for _ in $(seq 200); do
     grep -q '^ready' "$WORK/$1.out" 2>/dev/null && break
@@ -140,11 +143,25 @@ for p in "${PATHS[@]}"; do
  "admin": [], "ca": "$CERTS/ca.pem", "processes": [], "run_dir": "$WORK"}
 JSON
 
+  # Caddy: the same chain, its entry relay carrying QUIC too.
+  FRONT=$(free_port); BACK=$(free_port)
+  BACK_RELAY=$(start_relay "$SITE-caddy-core" "$BACK" "$(link_param "$POP" "$ORIGIN" delay_ms)" "$(link_param "$POP" "$ORIGIN" jitter_ms)")
+  ENTRY=$(start_relay "$SITE-caddy-access" "$FRONT" "$(link_param "$SITE" "$POP" delay_ms)" "$(link_param "$SITE" "$POP" jitter_ms)" --udp)
+  start_caddy_chain "$WORK/$SITE-caddy" "$CERTS" "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$POP" "$ORIGIN"
+  wait_port "$FRONT"; wait_port "$BACK"
+  wait_ok "https://127.0.0.1:$ENTRY/prod/bytes/16"
+  cat >"$WORK/$SITE-caddy.json" <<JSON
+{"topology": "peer-$SITE", "entries": [{"site": "$SITE", "api": "$API", "mode": "edge",
+ "url": "https://127.0.0.1:$ENTRY/prod", "h3": true, "node": "caddy"}],
+ "admin": [], "ca": "$CERTS/ca.pem", "processes": [], "run_dir": "$WORK"}
+JSON
+
   # One unmeasured run each: first connections, upstream keep-alive.
-  probe_csv "$TOPO" "$WORK/$SITE-portico.json" "$WORK/warm" >/dev/null
-  probe_csv "$TOPO" "$WORK/$SITE-nginx.json" "$WORK/warm" >/dev/null
+  for target in portico nginx caddy; do
+    probe_csv "$TOPO" "$WORK/$SITE-$target.json" "$WORK/warm" >/dev/null
+  done
   for round in $(seq "$ROUNDS"); do
-    for target in portico nginx; do
+    for target in portico nginx caddy; do
       probe_csv "$TOPO" "$WORK/$SITE-$target.json" "$WORK/out" | sed "s/^/$target,$round,/" >>"$RESULTS"
     done
   done
@@ -163,14 +180,20 @@ def med(target, site, measure):
 def minimum(site, measure):
     return next(float(r[9]) for r in rows if r[2] == site and r[6] == measure)
 print()
-print("| site (path) | measure | minimum | Portico | Portico / min | nginx | nginx / min | Portico / nginx |")
+print("| site (path) | measure | minimum | Portico (/ min) | nginx (/ min) | Caddy (/ min) | Portico / nginx | Portico / Caddy |")
 print("|---|---|---|---|---|---|---|---|")
 for site in dict.fromkeys(r[2] for r in rows):
     for m in ("cold", "warm_miss", "cold_h3"):
-        p, n, lo = med("portico", site, m), med("nginx", site, m), minimum(site, m)
+        lo = minimum(site, m)
+        p = med("portico", site, m)
         if p is None:
             continue
-        ratio = lambda x: f"{x / lo:.3f}×" if lo > 0 else "—"
-        nginx = f"{n:.2f} ms | {ratio(n)} | {p / n:.3f}×" if n is not None else "— | — | —"
-        print(f"| {site} | {m} | {lo:.0f} ms | {p:.2f} ms | {ratio(p)} | {nginx} |")
+        def cell(x):
+            if x is None:
+                return "—"
+            return f"{x:.2f} ms ({x / lo:.3f}×)" if lo > 0 else f"{x:.2f} ms"
+        def vs(x):
+            return f"{p / x:.3f}×" if x else "—"
+        n, c = med("nginx", site, m), med("caddy", site, m)
+        print(f"| {site} | {m} | {lo:.0f} ms | {cell(p)} | {cell(n)} | {cell(c)} | {vs(n)} | {vs(c)} |")
 PY
