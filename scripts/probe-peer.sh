@@ -97,11 +97,35 @@ start_relay() {
   "$PORTICO" relay --listen 127.0.0.1:0 --to "127.0.0.1:$2" --delay-ms "$3" \
     --jitter-ms "$4" ${5:+"$5"} >"$WORK/$1.out" 2>"$WORK/$1.log" &
   PIDS+=($!)
+  echo $! >"$WORK/$1.pid"
   for _ in $(seq 200); do
     grep -q '^ready' "$WORK/$1.out" 2>/dev/null && break
     sleep 0.05
   done
   awk '$1 == "listening" && $2 == "tcp" {split($3, a, ":"); print a[2]; exit}' "$WORK/$1.out"
+}
+
+# peer_json SITE API NAME ENTRY_PORT H3 CERTS RELAYS HOSTS: a manifest for
+# `portico probe` naming the peer's entry relay, with its link processes
+# (the `portico relay`s, RELAYS: names of start_relay) and host processes
+# (HOSTS: pids, every process of the servers and the backend), so that the
+# probe places the peer's links and hosts on CPUs as it does `up`'s.
+peer_json() {
+  local links hosts pid
+  links=$(for r in $7; do cat "$WORK/$r.pid"; done | paste -sd, -)
+  hosts=$(for pid in $8; do printf '{"node": "%s", "kind": "peer", "pid": %s}\n' "$3" "$pid"; done | paste -sd, -)
+  cat <<JSON
+{"topology": "peer-$1", "entries": [{"site": "$1", "api": "$2", "mode": "edge",
+ "url": "https://127.0.0.1:$4/prod", "h3": $5, "node": "$3"}],
+ "admin": [], "ca": "$6/ca.pem", "processes": [$hosts], "links": [$links], "run_dir": "$WORK"}
+JSON
+}
+
+# tree PATTERN: the pids of the processes whose command line matches, and
+# of their children (an nginx master and its workers).
+tree() {
+  local p
+  for p in $(pgrep -f "$1"); do echo "$p"; pgrep -P "$p" || true; done
 }
 
 # probe_csv TOPO JSON OUT: one probe run; prints its CSV's rows.
@@ -137,11 +161,9 @@ for p in "${PATHS[@]}"; do
   start_nginx_chain "$WORK/$SITE-nginx" "$CERTS" 1 "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$POP" "$ORIGIN"
   wait_port "$FRONT"; wait_port "$BACK"
   wait_ok "https://127.0.0.1:$ENTRY/prod/bytes/16"
-  cat >"$WORK/$SITE-nginx.json" <<JSON
-{"topology": "peer-$SITE", "entries": [{"site": "$SITE", "api": "$API", "mode": "edge",
- "url": "https://127.0.0.1:$ENTRY/prod", "h3": false, "node": "nginx"}],
- "admin": [], "ca": "$CERTS/ca.pem", "processes": [], "run_dir": "$WORK"}
-JSON
+  BACKEND_PIDS=$(tree "backend --listen 127.0.0.1:$BACKEND")
+  peer_json "$SITE" "$API" nginx "$ENTRY" false "$CERTS" "$SITE-core $SITE-access" \
+    "$(tree "nginx -p $WORK/$SITE-nginx/") $BACKEND_PIDS" >"$WORK/$SITE-nginx.json"
 
   # Caddy: the same chain, its entry relay carrying QUIC too.
   FRONT=$(free_port); BACK=$(free_port)
@@ -150,11 +172,8 @@ JSON
   start_caddy_chain "$WORK/$SITE-caddy" "$CERTS" "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$POP" "$ORIGIN"
   wait_port "$FRONT"; wait_port "$BACK"
   wait_ok "https://127.0.0.1:$ENTRY/prod/bytes/16"
-  cat >"$WORK/$SITE-caddy.json" <<JSON
-{"topology": "peer-$SITE", "entries": [{"site": "$SITE", "api": "$API", "mode": "edge",
- "url": "https://127.0.0.1:$ENTRY/prod", "h3": true, "node": "caddy"}],
- "admin": [], "ca": "$CERTS/ca.pem", "processes": [], "run_dir": "$WORK"}
-JSON
+  peer_json "$SITE" "$API" caddy "$ENTRY" true "$CERTS" "$SITE-caddy-core $SITE-caddy-access" \
+    "$(tree "caddy run --config $WORK/$SITE-caddy/") $BACKEND_PIDS" >"$WORK/$SITE-caddy.json"
 
   # One unmeasured run each: first connections, upstream keep-alive.
   for target in portico nginx caddy; do

@@ -66,6 +66,13 @@ pub enum Command {
         /// of a halted CPU is not counted at every hop.
         #[arg(long)]
         allow_idle: bool,
+        /// Leave the simulated links and the hosts on shared CPUs. By default,
+        /// while it measures, the probe runs the link processes (`up`'s
+        /// relays) on one CPU and the hosts and its own client on the others,
+        /// so that a relay waiting to release a packet takes no CPU from the
+        /// host it is bound for (real links take none).
+        #[arg(long)]
+        shared_cpus: bool,
     },
     /// Validate a node configuration or a topology; prints every error as file:line:column.
     Check { file: PathBuf },

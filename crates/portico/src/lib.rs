@@ -116,11 +116,13 @@ pub async fn run(command: Command) -> Result<ExitCode, AppError> {
             runs,
             out,
             allow_idle,
+            shared_cpus,
         } => {
             let opts = probe::ProbeOptions {
                 runs,
                 out,
                 allow_idle,
+                shared_cpus,
             };
             probe::run(&topology, json.as_deref(), &opts, signals::shutdown())
                 .await

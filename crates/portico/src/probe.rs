@@ -16,6 +16,7 @@ use crate::topology::client::{Client, ClientThread};
 use crate::topology::h3client::H3Client;
 use crate::topology::manifest::Manifest;
 use crate::topology::measure;
+use crate::topology::placement::CpuPlacement;
 use crate::topology::runner::{Options, Running};
 use crate::topology::{UpError, file_error};
 
@@ -28,6 +29,8 @@ pub struct ProbeOptions {
     pub out: PathBuf,
     /// Let CPUs enter slow idle states while measuring (see [`CpuIdle`]).
     pub allow_idle: bool,
+    /// Leave links and hosts on shared CPUs (see [`CpuPlacement`]).
+    pub shared_cpus: bool,
 }
 
 pub async fn run(
@@ -50,14 +53,18 @@ pub async fn run(
             (running.manifest.clone(), Some(running))
         }
     };
+    let thread = ClientThread::start()?;
     let cpu_idle = CpuIdle::hold(opts.allow_idle);
-    let idle = cpu_idle.describe();
+    let placement = CpuPlacement::separate(&manifest, thread.tid(), opts.shared_cpus);
+    let idle = format!("{}\n{}", cpu_idle.describe(), placement.describe());
     eprintln!("{idle}");
     let measured = tokio::select! {
-        r = measure_all(&topology, &manifest, runs) => Some(r),
+        r = measure_all(&topology, &manifest, runs, &thread) => Some(r),
         () = &mut shutdown => None,
     };
-    // The request ends here: stopping the topology and writing reports is not measured.
+    // The request and the placement end here: stopping the topology and
+    // writing reports is not measured.
+    drop(placement);
     drop(cpu_idle);
     if let Some(running) = running {
         running.stop().await;
@@ -73,8 +80,12 @@ pub async fn run(
 
 /// Measures every entry of the topology, one at a time (concurrent probes would
 /// measure each other).
-async fn measure_all(t: &Topology, m: &Manifest, runs: u32) -> Result<Vec<EntryResult>, UpError> {
-    let thread = ClientThread::start()?;
+async fn measure_all(
+    t: &Topology,
+    m: &Manifest,
+    runs: u32,
+    thread: &ClientThread,
+) -> Result<Vec<EntryResult>, UpError> {
     let client = Client::from_ca_file(&m.ca)?;
     let h3 = match m.entries.iter().any(|e| e.h3) {
         true => Some(Arc::new(H3Client::from_ca_file(&m.ca, thread.handle())?)),
@@ -140,8 +151,9 @@ fn write_reports(
     std::fs::write(&csv, chart::csv(results, runs)).map_err(file_error("writing", &csv))?;
     let svg = out.join("probe.svg");
     let title = format!(
-        "portico probe: topology `{}`, median of {runs} run(s); {idle}",
-        t.name
+        "portico probe: topology `{}`, median of {runs} run(s); {}",
+        t.name,
+        idle.replace('\n', "; ")
     );
     std::fs::write(&svg, chart::svg(results, &title)).map_err(file_error("writing", &svg))?;
     println!("wrote {} and {}", csv.display(), svg.display());

@@ -167,6 +167,7 @@ async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, ClientError> {
 pub struct ClientThread {
     runtime: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tid: nix::unistd::Pid,
 }
 
 impl ClientThread {
@@ -177,21 +178,32 @@ impl ClientThread {
             .map_err(|e| UpError::ProbeClient(format!("runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("probe-client".into())
             .spawn(move || {
+                let _ = tid_tx.send(nix::unistd::gettid());
                 // A dropped sender ends the wait as well.
                 let _ = runtime.block_on(stopped);
             })
             .map_err(|e| UpError::ProbeClient(format!("thread: {e}")))?;
+        let tid = tid_rx
+            .recv()
+            .map_err(|e| UpError::ProbeClient(format!("thread: {e}")))?;
         Ok(ClientThread {
             runtime: handle,
             stop: Some(stop),
+            tid,
         })
     }
 
     pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.runtime
+    }
+
+    /// The OS thread the client runs on (see [`super::placement`]).
+    pub fn tid(&self) -> nix::unistd::Pid {
+        self.tid
     }
 }
 

@@ -24,6 +24,12 @@ pub struct Manifest {
     pub demo_key: Option<String>,
     /// Every process the topology runs (all children of the `up` process).
     pub processes: Vec<ProcessInfo>,
+    /// The processes that simulate its links: the `up` process, whose relays
+    /// they are (for a peer measured behind `portico relay`, those relays).
+    /// The probe runs them on a CPU of their own while it measures (see
+    /// [`super::placement`]).
+    #[serde(default)]
+    pub links: Vec<u32>,
     /// Node files, certificates and logs (removed at exit unless `--keep`).
     pub run_dir: PathBuf,
 }
@@ -180,6 +186,7 @@ mod tests {
                 kind: "pop".into(),
                 pid: 7,
             }],
+            links: vec![6],
             run_dir: "/tmp/run".into(),
         };
         m.write_atomically(&path).unwrap();

@@ -17,6 +17,7 @@ pub mod h3client;
 pub mod manifest;
 pub mod measure;
 pub mod nodes;
+pub mod placement;
 pub mod relays;
 pub mod runner;
 

@@ -183,6 +183,7 @@ impl Started {
             ca: certs.ca.clone(),
             demo_key: addrs.demo_key,
             processes: self.processes(),
+            links: vec![std::process::id()],
             run_dir: dir.to_owned(),
         })
     }
