@@ -426,9 +426,11 @@ fn probe_shows_edge_entry_beats_regional_entry_for_a_far_client() {
             "3",
             "--out",
             out_dir.to_str().unwrap(),
-            // The comparison holds either way; this keeps the machine's idle
-            // states alone while other tests run, and checks the report says so.
+            // The comparison holds either way; these keep the machine's idle
+            // states and the nodes' CPUs alone while other tests run, and
+            // check that the report says so.
             "--allow-idle",
+            "--shared-cpus",
         ])
         .env("RUST_LOG", "warn")
         .output()
@@ -466,6 +468,12 @@ fn probe_shows_edge_entry_beats_regional_entry_for_a_far_client() {
     let idle = "CPU idle states: allowed (--allow-idle)";
     assert!(stdout.contains(idle), "{stdout}");
     assert!(svg.contains(idle), "the chart says how it was measured");
+    let placement = "CPU placement: links and hosts on shared CPUs (--shared-cpus)";
+    assert!(stdout.contains(placement), "{stdout}");
+    assert!(
+        svg.contains(placement),
+        "the chart says how it was measured"
+    );
 }
 
 #[test]

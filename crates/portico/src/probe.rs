@@ -56,8 +56,8 @@ pub async fn run(
     let thread = ClientThread::start()?;
     let cpu_idle = CpuIdle::hold(opts.allow_idle);
     let placement = CpuPlacement::separate(&manifest, thread.tid(), opts.shared_cpus);
-    let idle = format!("{}\n{}", cpu_idle.describe(), placement.describe());
-    eprintln!("{idle}");
+    let conditions = format!("{}\n{}", cpu_idle.describe(), placement.describe());
+    eprintln!("{conditions}");
     let measured = tokio::select! {
         r = measure_all(&topology, &manifest, runs, &thread) => Some(r),
         () = &mut shutdown => None,
@@ -73,8 +73,8 @@ pub async fn run(
         return Ok(());
     };
     print!("{}", chart::table(&results, runs));
-    println!("{idle}");
-    write_reports(&results, &topology, runs, &opts.out, &idle)?;
+    println!("{conditions}");
+    write_reports(&results, &topology, runs, &opts.out, &conditions)?;
     Ok(())
 }
 
@@ -144,7 +144,7 @@ fn write_reports(
     t: &Topology,
     runs: u32,
     out: &Path,
-    idle: &str,
+    conditions: &str,
 ) -> Result<(), UpError> {
     std::fs::create_dir_all(out).map_err(file_error("creating", out))?;
     let csv = out.join("probe.csv");
@@ -153,7 +153,7 @@ fn write_reports(
     let title = format!(
         "portico probe: topology `{}`, median of {runs} run(s); {}",
         t.name,
-        idle.replace('\n', "; ")
+        conditions.replace('\n', "; ")
     );
     std::fs::write(&svg, chart::svg(results, &title)).map_err(file_error("writing", &svg))?;
     println!("wrote {} and {}", csv.display(), svg.display());
