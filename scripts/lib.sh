@@ -241,6 +241,15 @@ NGINX
   done
 }
 
+# caddy_globals SERVER_OPTION...: the Caddyfile global options of both sides
+# of start_caddy_chain (no admin endpoint, no automatic HTTPS, errors only),
+# with these `servers` options.
+caddy_globals() {
+  printf '{\n\tadmin off\n\tauto_https off\n\tlog {\n\t\tlevel ERROR\n\t}\n\tservers {\n'
+  printf '\t\t%s\n' "$@"
+  printf '\t}\n}\n'
+}
+
 # start_caddy_chain DIR CERTS FRONT_PORT UPSTREAM_PORT BACK_PORT BACKEND_PORT FRONT_CERT CLIENT_CERT BACK_CERT
 # The same two hops as start_nginx_chain with Caddy (Debian's package; Go,
 # quic-go), the one peer here that serves HTTP/3: the front serves HTTP/1.1,
@@ -254,18 +263,9 @@ start_caddy_chain() {
   local d="$1" certs="$2" front_port="$3" upstream_port="$4" back_port="$5"
   local backend_port="$6" front_cert="$7" client_cert="$8" back_cert="$9"
   mkdir -p "$d"
-  cat >"$d/back.caddy" <<CADDY
-{
-	admin off
-	auto_https off
-	log {
-		level ERROR
-	}
-	servers {
-		protocols h1 h2
-		strict_sni_host insecure_off
-	}
-}
+  {
+    caddy_globals "protocols h1 h2" "strict_sni_host insecure_off"
+    cat <<CADDY
 :$back_port {
 	bind 127.0.0.1
 	tls $certs/$back_cert.pem $certs/$back_cert.key {
@@ -279,17 +279,10 @@ start_caddy_chain() {
 	}
 }
 CADDY
-  cat >"$d/front.caddy" <<CADDY
-{
-	admin off
-	auto_https off
-	log {
-		level ERROR
-	}
-	servers {
-		protocols h1 h2 h3
-	}
-}
+  } >"$d/back.caddy"
+  {
+    caddy_globals "protocols h1 h2 h3"
+    cat <<CADDY
 :$front_port {
 	bind 127.0.0.1
 	tls $certs/$front_cert.pem $certs/$front_cert.key
@@ -303,6 +296,7 @@ CADDY
 	}
 }
 CADDY
+  } >"$d/front.caddy"
   local side
   for side in back front; do
     XDG_DATA_HOME="$d/data" XDG_CONFIG_HOME="$d/config" HOME="$d" \

@@ -92,33 +92,57 @@ TOML
 }
 
 # start_relay NAME TARGET_PORT DELAY JITTER [--udp]: `portico relay` on a free
-# port (its UDP side too with --udp); prints its port.
+# port (its UDP side too with --udp); sets RELAY_PORT to that port and
+# RELAY_PID to its process. Not to be called in a command substitution: the
+# relay must be in PIDS for the exit trap to stop it.
 start_relay() {
   "$PORTICO" relay --listen 127.0.0.1:0 --to "127.0.0.1:$2" --delay-ms "$3" \
     --jitter-ms "$4" ${5:+"$5"} >"$WORK/$1.out" 2>"$WORK/$1.log" &
-  PIDS+=($!)
-  echo $! >"$WORK/$1.pid"
+  RELAY_PID=$!
+  PIDS+=("$RELAY_PID")
   for _ in $(seq 200); do
     grep -q '^ready' "$WORK/$1.out" 2>/dev/null && break
     sleep 0.05
   done
-  awk '$1 == "listening" && $2 == "tcp" {split($3, a, ":"); print a[2]; exit}' "$WORK/$1.out"
+  RELAY_PORT=$(awk '$1 == "listening" && $2 == "tcp" {split($3, a, ":"); print a[2]; exit}' "$WORK/$1.out")
 }
 
-# peer_json SITE API NAME ENTRY_PORT H3 CERTS RELAYS HOSTS: a manifest for
-# `portico probe` naming the peer's entry relay, with its link processes
-# (the `portico relay`s, RELAYS: names of start_relay) and host processes
-# (HOSTS: pids, every process of the servers and the backend), so that the
-# probe places the peer's links and hosts on CPUs as it does `up`'s.
+# peer_json PEER ENTRY_PORT H3 LINK_PIDS HOST_PIDS: the manifest for `portico
+# probe` of this path's PEER chain, naming its entry relay, its link processes
+# (the `portico relay`s) and its host processes (every process of the servers
+# and the backend), so that the probe places the peer's links and hosts on
+# CPUs as it does `up`'s.
 peer_json() {
   local links hosts pid
-  links=$(for r in $7; do cat "$WORK/$r.pid"; done | paste -sd, -)
-  hosts=$(for pid in $8; do printf '{"node": "%s", "kind": "peer", "pid": %s}\n' "$3" "$pid"; done | paste -sd, -)
+  links=$(echo "$4" | tr ' ' '\n' | grep . | paste -sd, -)
+  hosts=$(for pid in $5; do printf '{"node": "%s", "kind": "peer", "pid": %s}\n' "$1" "$pid"; done | paste -sd, -)
   cat <<JSON
-{"topology": "peer-$1", "entries": [{"site": "$1", "api": "$2", "mode": "edge",
- "url": "https://127.0.0.1:$4/prod", "h3": $5, "node": "$3"}],
- "admin": [], "ca": "$6/ca.pem", "processes": [$hosts], "links": [$links], "run_dir": "$WORK"}
+{"topology": "peer-$SITE", "entries": [{"site": "$SITE", "api": "$API", "mode": "edge",
+ "url": "https://127.0.0.1:$2/prod", "h3": $3, "node": "$1"}],
+ "admin": [], "ca": "$CERTS/ca.pem", "processes": [$hosts], "links": [$links], "run_dir": "$WORK"}
 JSON
+}
+
+# start_peer PEER H3 PATTERN: this path's two links in front of a fresh PEER
+# chain (start_PEER_chain in lib.sh; with H3 true, the entry relay carries
+# UDP too), and its manifest $WORK/$SITE-PEER.json once it answers. PATTERN
+# matches the command lines of the chain's server processes.
+start_peer() {
+  local peer="$1" h3="$2" front back core entry links
+  front=$(free_port); back=$(free_port)
+  start_relay "$SITE-$peer-core" "$back" "$(link_param "$POP" "$ORIGIN" delay_ms)" "$(link_param "$POP" "$ORIGIN" jitter_ms)"
+  core=$RELAY_PORT; links=$RELAY_PID
+  start_relay "$SITE-$peer-access" "$front" "$(link_param "$SITE" "$POP" delay_ms)" "$(link_param "$SITE" "$POP" jitter_ms)" \
+    "$([ "$h3" = true ] && echo --udp)"
+  entry=$RELAY_PORT; links="$links $RELAY_PID"
+  case $peer in
+    nginx) start_nginx_chain "$WORK/$SITE-nginx" "$CERTS" 1 "$front" "$core" "$back" "$BACKEND" "$POP" "$POP" "$ORIGIN" ;;
+    caddy) start_caddy_chain "$WORK/$SITE-caddy" "$CERTS" "$front" "$core" "$back" "$BACKEND" "$POP" "$POP" "$ORIGIN" ;;
+  esac
+  wait_port "$front"; wait_port "$back"
+  wait_ok "https://127.0.0.1:$entry/prod/bytes/16"
+  peer_json "$peer" "$entry" "$h3" "$links" "$(tree "$3") $(tree "backend --listen 127.0.0.1:$BACKEND")" \
+    >"$WORK/$SITE-$peer.json"
 }
 
 # tree PATTERN: the pids of the processes whose command line matches, and
@@ -151,29 +175,13 @@ for p in "${PATHS[@]}"; do
   for _ in $(seq 600); do [ -f "$WORK/$SITE-portico.json" ] && break; sleep 0.1; done
   [ -f "$WORK/$SITE-portico.json" ] || { echo "portico up did not start:" >&2; cat "$WORK/$SITE-up.log" >&2; exit 1; }
 
-  # nginx: its own certificates from the same kind of private CA.
+  # The peers: their own certificates from the same kind of private CA,
+  # one demo backend for both.
   CERTS="$WORK/$SITE-certs"
   "$PORTICO" certs --out "$CERTS" --nodes "$POP,$ORIGIN" >/dev/null
   BACKEND=$(free_port); start_backend "$BACKEND"
-  FRONT=$(free_port); BACK=$(free_port)
-  BACK_RELAY=$(start_relay "$SITE-core" "$BACK" "$(link_param "$POP" "$ORIGIN" delay_ms)" "$(link_param "$POP" "$ORIGIN" jitter_ms)")
-  ENTRY=$(start_relay "$SITE-access" "$FRONT" "$(link_param "$SITE" "$POP" delay_ms)" "$(link_param "$SITE" "$POP" jitter_ms)")
-  start_nginx_chain "$WORK/$SITE-nginx" "$CERTS" 1 "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$POP" "$ORIGIN"
-  wait_port "$FRONT"; wait_port "$BACK"
-  wait_ok "https://127.0.0.1:$ENTRY/prod/bytes/16"
-  BACKEND_PIDS=$(tree "backend --listen 127.0.0.1:$BACKEND")
-  peer_json "$SITE" "$API" nginx "$ENTRY" false "$CERTS" "$SITE-core $SITE-access" \
-    "$(tree "nginx -p $WORK/$SITE-nginx/") $BACKEND_PIDS" >"$WORK/$SITE-nginx.json"
-
-  # Caddy: the same chain, its entry relay carrying QUIC too.
-  FRONT=$(free_port); BACK=$(free_port)
-  BACK_RELAY=$(start_relay "$SITE-caddy-core" "$BACK" "$(link_param "$POP" "$ORIGIN" delay_ms)" "$(link_param "$POP" "$ORIGIN" jitter_ms)")
-  ENTRY=$(start_relay "$SITE-caddy-access" "$FRONT" "$(link_param "$SITE" "$POP" delay_ms)" "$(link_param "$SITE" "$POP" jitter_ms)" --udp)
-  start_caddy_chain "$WORK/$SITE-caddy" "$CERTS" "$FRONT" "$BACK_RELAY" "$BACK" "$BACKEND" "$POP" "$POP" "$ORIGIN"
-  wait_port "$FRONT"; wait_port "$BACK"
-  wait_ok "https://127.0.0.1:$ENTRY/prod/bytes/16"
-  peer_json "$SITE" "$API" caddy "$ENTRY" true "$CERTS" "$SITE-caddy-core $SITE-caddy-access" \
-    "$(tree "caddy run --config $WORK/$SITE-caddy/") $BACKEND_PIDS" >"$WORK/$SITE-caddy.json"
+  start_peer nginx false "nginx -p $WORK/$SITE-nginx/"
+  start_peer caddy true "caddy run --config $WORK/$SITE-caddy/"
 
   # One unmeasured run each: first connections, upstream keep-alive.
   for target in portico nginx caddy; do

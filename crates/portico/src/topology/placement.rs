@@ -32,9 +32,9 @@ use super::manifest::Manifest;
 /// it puts every thread it moved back.
 #[derive(Debug)]
 pub enum CpuPlacement {
-    /// Links on `links`, hosts on `hosts`, until dropped.
+    /// Links on CPU `link`, hosts on `hosts`, until dropped.
     Separated {
-        links: Vec<usize>,
+        link: usize,
         hosts: Vec<usize>,
         /// Each thread moved, with the CPU set it had, in order.
         moved: Vec<(Pid, CpuSet)>,
@@ -77,7 +77,7 @@ impl CpuPlacement {
         // process is the link process, all but this thread.
         place(client, &host_set, &mut moved);
         CpuPlacement::Separated {
-            links: vec![first],
+            link: first,
             hosts: rest.to_vec(),
             moved,
         }
@@ -86,9 +86,8 @@ impl CpuPlacement {
     /// One line for the report: where links and hosts ran during the probe.
     pub fn describe(&self) -> String {
         match self {
-            CpuPlacement::Separated { links, hosts, .. } => format!(
-                "CPU placement: link relays on CPU {}, hosts and the probe's client on CPU {} during the probe",
-                list(links),
+            CpuPlacement::Separated { link, hosts, .. } => format!(
+                "CPU placement: link relays on CPU {link}, hosts and the probe's client on CPU {} during the probe",
                 list(hosts)
             ),
             CpuPlacement::Shared(why) => {
