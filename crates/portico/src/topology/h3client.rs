@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Buf;
+use bytes::{Buf, Bytes};
 use http::Request;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::CertificateDer;
@@ -193,9 +193,16 @@ fn uri(addr: SocketAddr, path: &str) -> String {
 /// arrived. The body is drained and the connection closed after that.
 async fn request(quic: quinn::Connection, uri: &str) -> Result<(u16, Instant), H3Error> {
     let stream_err = |e: &dyn std::fmt::Display| H3Error::Stream(e.to_string());
-    let (mut driver, mut send) = timed(h3::client::new(h3_quinn::Connection::new(quic.clone())))
-        .await?
-        .map_err(|e| stream_err(&e))?;
+    // No grease: h3 would open a stream of an unknown type and add a
+    // reserved frame to the request, extra work at both ends that measures
+    // nothing of the server.
+    let (mut driver, mut send) = timed(
+        h3::client::builder()
+            .send_grease(false)
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(quic.clone())),
+    )
+    .await?
+    .map_err(|e| stream_err(&e))?;
     let drive = tokio::spawn(async move { driver.wait_idle().await });
     let req = Request::get(uri).body(()).map_err(|e| stream_err(&e))?;
     let mut stream = timed(send.send_request(req))
@@ -214,6 +221,11 @@ async fn request(quic: quinn::Connection, uri: &str) -> Result<(u16, Instant), H
     }
     quic.close(0u32.into(), b"done");
     drive.abort();
+    // Let the connection's driver send the close now (the client thread
+    // runs it next), not when the next measurement's first await yields:
+    // then its packet went out, and reached the server, with the next
+    // connection's first flight, on the clock.
+    tokio::task::yield_now().await;
     Ok((resp.status().as_u16(), head))
 }
 
@@ -221,4 +233,128 @@ async fn timed<F: std::future::Future>(f: F) -> Result<F::Output, H3Error> {
     tokio::time::timeout(REQUEST_TIMEOUT, f)
         .await
         .map_err(|_| H3Error::Timeout(REQUEST_TIMEOUT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::client::ClientThread;
+    use portico_backbone::pki::Ca;
+    use quinn::crypto::rustls::QuicServerConfig;
+    use rustls_pki_types::PrivateKeyDer;
+    use std::sync::mpsc;
+
+    /// What the test server saw of the probe's one connection.
+    #[derive(Debug)]
+    enum Seen {
+        /// The frame types of the request stream, read to its end.
+        RequestFrames(Vec<u64>),
+        /// The connection ended, and how.
+        Closed(quinn::ConnectionError),
+    }
+
+    fn varint(buf: &[u8]) -> Option<(u64, usize)> {
+        let first = *buf.first()?;
+        let len = 1usize << (first >> 6);
+        let bytes = buf.get(..len)?;
+        let mut value = u64::from(first & 0x3f);
+        for b in &bytes[1..] {
+            value = (value << 8) | u64::from(*b);
+        }
+        Some((value, len))
+    }
+
+    /// The frame types in an HTTP/3 stream's bytes.
+    fn frame_types(mut buf: &[u8]) -> Vec<u64> {
+        let mut types = Vec::new();
+        while let Some((kind, n)) = varint(buf) {
+            let Some((len, m)) = varint(&buf[n..]) else {
+                break;
+            };
+            types.push(kind);
+            buf = buf.get(n + m + len as usize..).unwrap_or_default();
+        }
+        types
+    }
+
+    /// A bare QUIC server speaking just enough HTTP/3 to answer one GET
+    /// with 200: it reports the request stream's frames, then how the
+    /// connection ended.
+    async fn server(ca: &Ca, seen: mpsc::Sender<Seen>) -> SocketAddr {
+        let node = ca.issue("pop-test").expect("certificate");
+        let cert = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).expect("cert PEM");
+        let key = PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).expect("key PEM");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("server certificate");
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let quic = QuicServerConfig::try_from(tls).expect("QUIC TLS");
+        let config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let endpoint = quinn::Endpoint::server(config, ([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = endpoint.local_addr().expect("address");
+        tokio::spawn(async move {
+            let Some(incoming) = endpoint.accept().await else {
+                return;
+            };
+            let conn = incoming.await.expect("handshake");
+            // Our control stream: its type, then an empty SETTINGS frame.
+            let mut control = conn.open_uni().await.expect("control stream");
+            control
+                .write_all(&[0x00, 0x04, 0x00])
+                .await
+                .expect("settings");
+            let (mut send, mut recv) = conn.accept_bi().await.expect("request stream");
+            let request = recv.read_to_end(64 * 1024).await.expect("request");
+            let _ = seen.send(Seen::RequestFrames(frame_types(&request)));
+            // HEADERS: an empty QPACK prefix and `:status: 200` (static index 25).
+            send.write_all(&[0x01, 0x03, 0x00, 0x00, 0xc0 | 25])
+                .await
+                .expect("response");
+            send.finish().expect("finish");
+            let _ = seen.send(Seen::Closed(conn.closed().await));
+            endpoint.wait_idle().await;
+        });
+        addr
+    }
+
+    /// Runs `cold_get` on the probe's client thread, then blocks that
+    /// thread (its runtime runs nothing more) until the server reports the
+    /// connection closed: only packets sent before `cold_get` returned can
+    /// reach it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cold_request_has_no_grease_and_is_closed_before_it_returns() {
+        let ca = Ca::generate().expect("CA");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("CA file");
+        let (seen_tx, seen) = mpsc::channel();
+        let addr = server(&ca, seen_tx).await;
+        let thread = ClientThread::start().expect("client thread");
+        let client = H3Client::from_ca_file(&ca_file, thread.handle()).expect("client");
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        thread.handle().spawn(async move {
+            let reply = client.cold_get(addr, "/prod/x").await.map(|r| r.status);
+            let frames = seen.recv_timeout(Duration::from_secs(20));
+            let closed = seen.recv_timeout(Duration::from_secs(20));
+            let _ = done_tx.send((reply, frames, closed));
+        });
+        let (reply, frames, closed) = done.await.expect("client task");
+        assert_eq!(reply.expect("cold GET"), 200);
+        match frames.expect("the request stream") {
+            // HEADERS only: no reserved (grease) frame type.
+            Seen::RequestFrames(types) => assert_eq!(types, [0x01]),
+            other => panic!("expected the request's frames, saw {other:?}"),
+        }
+        match closed.expect("the close, sent before cold_get returned") {
+            Seen::Closed(quinn::ConnectionError::ApplicationClosed(close)) => {
+                assert_eq!(close.error_code, 0u32.into());
+                assert_eq!(&close.reason[..], b"done");
+            }
+            other => panic!("expected the client's close, saw {other:?}"),
+        }
+    }
 }
