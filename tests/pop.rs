@@ -612,7 +612,12 @@ async fn a_reload_reaches_two_pops_as_a_delta_and_a_reconnect_gets_a_snapshot() 
         assert_eq!(entry["version"], reloaded["version"]);
         assert_eq!(entry["sha256"], reloaded["sha256"]);
     }
-    let sent = std::fs::read_to_string(&f.origin_log).unwrap();
+    // Log lines are written in batches: wait for both, then check no more.
+    let sent = eventually(10, || async {
+        let sent = std::fs::read_to_string(&f.origin_log).ok()?;
+        (sent.matches("configuration delta sent").count() >= 2).then_some(sent)
+    })
+    .await;
     let deltas = sent.matches("configuration delta sent").count();
     assert_eq!(deltas, 2, "one delta per PoP:\n{sent}");
     // The origin restarts with one more change: the PoPs reconnect and get
