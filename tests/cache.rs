@@ -786,7 +786,7 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
     assert_eq!(r.text(), "/fresh/t #1");
     assert_eq!(backend.count("/fresh/t"), 1);
 
-    // A purge at the origin reaches both PoPs (the goal: within a second).
+    // A purge at the origin reaches both PoPs within a second.
     let admin = format!("http://{}/cache/purge/url", origin.addrs("admin")[0]);
     let auth = format!("Bearer {TOKEN}");
     let body = r#"{"api":"c","stage":"prod","path":"/fresh/t"}"#;
@@ -799,14 +799,14 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
             if !cache_status(&r).ends_with("hit") {
                 break;
             }
-            // The goal is 1 s (printed below); allow for a loaded test machine.
             assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "purge not applied at a PoP within 5 s"
+                started.elapsed() < Duration::from_secs(1),
+                "purge not applied at a PoP within 1 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
     eprintln!("purge applied at the origin and both PoPs within {elapsed:?}");
 }

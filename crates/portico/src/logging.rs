@@ -103,7 +103,6 @@ impl<W: Write> Queue<W> {
             drop(waited.unwrap_or_else(PoisonError::into_inner));
             self.flush();
         }
-        self.flush();
     }
 
     fn close(&self) {
@@ -139,47 +138,44 @@ impl<'a, W: Write + 'a> MakeWriter<'a> for Lines<W> {
 
 /// The log writer's thread; dropping this writes out what is still queued.
 #[must_use = "dropping the guard stops the log writer"]
-pub struct Flush {
-    stop: Box<dyn FnOnce() + Send>,
+pub struct Flush<W: Write> {
+    queue: Arc<Queue<W>>,
+    /// None when the thread could not start (lines are then written at once).
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Flush {
+impl<W: Write> Drop for Flush<W> {
     fn drop(&mut self) {
-        let stop = std::mem::replace(&mut self.stop, Box::new(|| ()));
-        stop();
+        self.queue.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.queue.flush();
     }
 }
 
 /// Starts the writer thread for `out`: the writer for the subscriber, and
 /// the guard that stops it. Without a thread, lines are written at once.
-fn batched<W: Write + Send + 'static>(out: W, interval: Duration) -> (Lines<W>, Flush) {
+fn batched<W: Write + Send + 'static>(out: W, interval: Duration) -> (Lines<W>, Flush<W>) {
     let queue = Arc::new(Queue::new(out, interval));
     let writer = Arc::clone(&queue);
     let thread = std::thread::Builder::new()
         .name("portico-log".into())
-        .spawn(move || writer.run());
-    if let Err(err) = &thread {
-        // Closed from the start: every line is written by its own thread.
-        queue.closed.store(true, Ordering::Release);
-        eprintln!("portico: no log writer thread ({err}); writing lines directly");
-    }
-    let stopping = Arc::clone(&queue);
-    let stop = move || {
-        stopping.close();
-        if let Ok(thread) = thread {
-            let _ = thread.join();
-        }
-        stopping.flush();
+        .spawn(move || writer.run())
+        .map_err(|err| {
+            // Closed from the start: every line is written by its own thread.
+            queue.closed.store(true, Ordering::Release);
+            eprintln!("portico: no log writer thread ({err}); writing lines directly");
+        })
+        .ok();
+    let flush = Flush {
+        queue: Arc::clone(&queue),
+        thread,
     };
-    (
-        Lines(queue),
-        Flush {
-            stop: Box::new(stop),
-        },
-    )
+    (Lines(queue), flush)
 }
 
-pub fn init(format: LogFormat) -> Flush {
+pub fn init(format: LogFormat) -> Flush<std::io::Stderr> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, flush) = batched(std::io::stderr(), FLUSH_INTERVAL);
     let builder = tracing_subscriber::fmt()
