@@ -200,3 +200,81 @@ fn relay_puts_its_delay_in_front_of_a_service() {
         "two round trips of 50 ms took {took:?}"
     );
 }
+
+/// The CPUs a process may run on, from `/proc/<pid>/task/<tid>/status`
+/// (`Cpus_allowed_list`, such as `0-1,3`), expanded.
+fn allowed_cpus(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(lo.parse::<usize>().unwrap()..=hi.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+fn own_cpus() -> Vec<usize> {
+    allowed_cpus(&std::fs::read_to_string("/proc/self/status").unwrap())
+}
+
+const MOCK_ORIGIN: &str = "[node]\nid = \"o\"\nregion = \"r\"\ncpus = CPUS\n\
+    [[listeners]]\naddress = \"127.0.0.1:0\"\ntls = false\ndefault_api = \"a\"\n\
+    [[apis]]\nname = \"a\"\nendpoint = \"regional\"\n[[apis.routes]]\npath = \"/x\"\n\
+    integration = { type = \"mock\", status = 200 }\n[[apis.stages]]\nname = \"prod\"\n";
+
+#[test]
+fn a_node_confined_to_one_cpu_runs_every_thread_there_with_one_worker() {
+    let cpu = *own_cpus().last().unwrap();
+    let dir = tempfile::TempDir::new().unwrap();
+    let origin = common::origin(
+        dir.path(),
+        &MOCK_ORIGIN.replace("CPUS", &format!("[{cpu}]")),
+    );
+    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", origin.pid()));
+    let mut workers = 0;
+    let mut threads = 0;
+    for task in std::fs::read_dir(&tasks).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(status) = std::fs::read_to_string(task.join("status")) else {
+            continue; // exited since
+        };
+        assert_eq!(allowed_cpus(&status), [cpu], "{}", task.display());
+        threads += 1;
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        workers += usize::from(comm.trim() == "tokio-rt-worker");
+    }
+    assert!(
+        threads > 2,
+        "the runtime's threads too, not only main: {threads}"
+    );
+    assert_eq!(workers, 1, "the runtime is sized to the node's CPUs");
+}
+
+#[test]
+fn a_node_given_a_cpu_it_may_not_use_exits_1_before_starting() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("origin.toml");
+    std::fs::write(&path, MOCK_ORIGIN.replace("CPUS", "[1023]")).unwrap();
+    let out = Command::new(portico_bin())
+        .args(["origin", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let may_use = own_cpus()
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "portico: [node] cpus: CPU 1023 not available to this process (it may use {may_use})\n"
+        )
+    );
+    assert!(out.stdout.is_empty(), "nothing started");
+}

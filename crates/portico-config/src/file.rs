@@ -26,6 +26,8 @@ pub(crate) struct NodeFile {
     pub location: Option<String>,
     /// Directory of the node's persistent state (the quota book).
     pub state_dir: Option<S<String>>,
+    /// The CPUs the node's threads may run on.
+    pub cpus: Option<S<Vec<S<u64>>>>,
 }
 
 fn yes() -> bool {

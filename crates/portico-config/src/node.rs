@@ -188,7 +188,42 @@ fn compile_node_settings(
         region: f.region.as_ref().map(|r| r.get_ref().clone()),
         location: f.location.clone(),
         state_dir: PathBuf::new(),
+        cpus: f
+            .cpus
+            .as_ref()
+            .map_or_else(Vec::new, |c| compile_cpus(c, diag)),
     })
+}
+
+/// The highest CPU number `cpus` may name (Linux's default `CONFIG_NR_CPUS`
+/// limit of a `cpu_set_t`).
+const MAX_CPU: u64 = 1023;
+
+/// `[node] cpus`: distinct CPU numbers, at least one. Whether this machine
+/// has them is checked when the node starts.
+fn compile_cpus(list: &S<Vec<S<u64>>>, diag: &mut Diag<'_>) -> Vec<usize> {
+    if list.get_ref().is_empty() {
+        diag.expect(
+            list.span(),
+            "`cpus` is empty",
+            "CPU numbers such as [0, 1], or no `cpus` for every CPU",
+        );
+        return Vec::new();
+    }
+    let mut cpus: Vec<usize> = Vec::with_capacity(list.get_ref().len());
+    for cpu in list.get_ref() {
+        if !in_range(cpu, 0..=MAX_CPU, "CPU", diag) {
+            continue;
+        }
+        let n = *cpu.get_ref() as usize;
+        if cpus.contains(&n) {
+            let message = format!("CPU {n} is listed twice");
+            diag.expect(cpu.span(), message, "each CPU once");
+            continue;
+        }
+        cpus.push(n);
+    }
+    cpus
 }
 
 fn in_range(
@@ -544,6 +579,28 @@ mod tests {
                 "10:15: invalid server_name `o o`",
                 "13:11: duplicate origin (first at line 5)",
             ]
+        );
+    }
+
+    #[test]
+    fn cpus_are_distinct_cpu_numbers() {
+        let node = |cpus: &str| format!("[node]\nid = \"o\"\nregion = \"us\"\ncpus = {cpus}\n");
+        let c = parse(&node("[1, 0]")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.node.cpus, [1, 0]);
+        let c = parse("[node]\nid = \"o\"\nregion = \"us\"\n").unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.node.cpus.is_empty(), "no `cpus`: every CPU");
+        assert_eq!(errors(&node("[]")), ["4:8: `cpus` is empty"]);
+        assert_eq!(
+            errors(&node("[0, 1024, 0]")),
+            [
+                "4:12: CPU 1024 is out of range",
+                "4:18: CPU 0 is listed twice"
+            ]
+        );
+        assert_eq!(errors(&node("[-1]")), ["4:9: invalid value: integer `-1`"]);
+        assert_eq!(
+            errors(&node("\"0-1\"")),
+            ["4:8: invalid type: string \"0-1\""]
         );
     }
 

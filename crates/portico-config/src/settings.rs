@@ -72,6 +72,10 @@ pub struct NodeSettings {
     pub location: Option<String>,
     /// Persistent state (the quota book); default `portico-state/` beside the config file.
     pub state_dir: PathBuf,
+    /// `cpus`: the CPUs every thread of the node is confined to (as `taskset`
+    /// would), its runtimes sized to their number; empty = every CPU the
+    /// process may use.
+    pub cpus: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

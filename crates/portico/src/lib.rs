@@ -8,6 +8,7 @@ mod certs;
 mod check;
 mod cli;
 mod control;
+mod cpus;
 mod keys;
 mod limits;
 mod listeners;
@@ -60,11 +61,19 @@ pub enum AppError {
     Usage(String),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Cpus(#[from] cpus::CpusError),
 }
 
 /// Parses the command line, runs the command, and maps failure to exit status 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A node's file is read, and the node confined to its `cpus`, before the
+    // log writer and the runtime start: their threads inherit the set.
+    let prepared = match Prepared::of(cli.command) {
+        Ok(prepared) => prepared,
+        Err(err) => return fail(&err),
+    };
     // Declared before the runtime, so dropped after it: lines logged while
     // its tasks wind down are written too.
     let _logs = logging::init(cli.log_format);
@@ -75,9 +84,43 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => return fail(&AppError::Runtime(err)),
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(prepared)) {
         Ok(code) => code,
         Err(err) => fail(&err),
+    }
+}
+
+/// A command ready to run: a node's with its file read and its CPUs set.
+pub enum Prepared {
+    Origin {
+        config: portico_config::NodeConfig,
+        /// Read again on SIGHUP.
+        path: std::path::PathBuf,
+    },
+    Pop(portico_config::NodeConfig),
+    Other(Command),
+}
+
+impl Prepared {
+    /// Reads `origin`'s and `pop`'s node file and confines this thread (and
+    /// every thread it starts later) to the file's `[node] cpus`.
+    pub fn of(command: Command) -> Result<Prepared, AppError> {
+        let prepared = match command {
+            Command::Origin { config: path } => Prepared::Origin {
+                config: portico_config::load_node_file(&path)?,
+                path,
+            },
+            Command::Pop { config } => Prepared::Pop(portico_config::load_node_file_as(
+                &config,
+                Some(portico_config::Role::Pop),
+            )?),
+            other => return Ok(Prepared::Other(other)),
+        };
+        let (Prepared::Origin { config, .. } | Prepared::Pop(config)) = &prepared else {
+            return Ok(prepared);
+        };
+        cpus::confine(&config.node.cpus)?;
+        Ok(prepared)
     }
 }
 
@@ -87,15 +130,25 @@ fn fail(err: &AppError) -> ExitCode {
 }
 
 /// Runs one command to completion.
-pub async fn run(command: Command) -> Result<ExitCode, AppError> {
+pub async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
+    let command = match prepared {
+        Prepared::Origin { config, path } => {
+            return origin::run(config, path, signals::shutdown())
+                .await
+                .map(|()| ExitCode::SUCCESS);
+        }
+        Prepared::Pop(config) => {
+            return pop::run(config, signals::shutdown())
+                .await
+                .map(|()| ExitCode::SUCCESS);
+        }
+        Prepared::Other(command) => command,
+    };
     match command {
-        Command::Origin { config } => origin::run(&config, signals::shutdown())
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        node @ (Command::Origin { .. } | Command::Pop { .. }) => {
+            Box::pin(run(Prepared::of(node)?)).await
+        }
         Command::Check { file } => Ok(check::run(&file)),
-        Command::Pop { config } => pop::run(&config, signals::shutdown())
-            .await
-            .map(|()| ExitCode::SUCCESS),
         Command::Certs { out, nodes, force } => {
             certs::run(&out, &nodes, force).map(|()| ExitCode::SUCCESS)
         }

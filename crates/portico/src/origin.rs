@@ -1,10 +1,10 @@
 //! `portico origin`: an origin gateway serving regional APIs on its own listeners.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use portico_config::Definitions;
+use portico_config::{Definitions, NodeConfig};
 use portico_gateway::{Gateway, ServedModes};
 use portico_integrations::{BackendClient, Integrations, Resolver};
 use tokio::sync::watch;
@@ -12,8 +12,11 @@ use tokio::sync::watch;
 use crate::{AppError, settings};
 
 /// Runs an origin until `shutdown` completes.
-pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let config = portico_config::load_node_file(path)?;
+pub async fn run(
+    config: NodeConfig,
+    path: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let resolver = Resolver::new(&settings::dns(&config))?;
     let client = BackendClient::new(&settings::client(&config), resolver)?;
     let quota = crate::limits::open_quota(&config)?;
@@ -49,7 +52,7 @@ pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), 
         }));
     }
     tasks.spawn(reload_on_sighup(
-        path.to_owned(),
+        path,
         Arc::clone(&gateway),
         defs_tx,
         stop_rx.clone(),

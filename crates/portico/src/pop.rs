@@ -10,11 +10,10 @@
 //! arrives over the backbone.
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::Arc;
 
 use portico_backbone::{Backbone, BackboneError, BackboneUpstream, OriginSpec};
-use portico_config::{DefinitionDefaults, Definitions, NodeConfig, Role};
+use portico_config::{DefinitionDefaults, Definitions, NodeConfig};
 use portico_gateway::limits::{LeaseSource, Quotas};
 use portico_gateway::{Gateway, ServedModes};
 use tokio::sync::watch;
@@ -22,8 +21,7 @@ use tokio::sync::watch;
 use crate::{AppError, backbone, listeners, settings};
 
 /// Runs a PoP until `shutdown` completes.
-pub async fn run(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
-    let config = portico_config::load_node_file_as(path, Some(Role::Pop))?;
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
     let (purges, purge_queue) = crate::purges::PopPurges::new();
     let leases = crate::quotas::PopLeases::new();
     let rates = crate::rates::PopRates::new();

@@ -27,6 +27,7 @@ use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 
 use super::manifest::Manifest;
+use crate::cpus::{cpus_of, list, set_of};
 
 /// How the probe placed links and hosts; printed with the results. Dropping
 /// it puts every thread it moved back.
@@ -128,28 +129,6 @@ fn threads(pid: u32) -> Vec<Pid> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .map(Pid::from_raw)
         .collect()
-}
-
-fn cpus_of(set: &CpuSet) -> Vec<usize> {
-    (0..CpuSet::count())
-        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
-        .collect()
-}
-
-fn set_of(cpus: &[usize]) -> CpuSet {
-    let mut set = CpuSet::new();
-    for &cpu in cpus {
-        // Cannot fail: every CPU here came from a CpuSet.
-        let _ = set.set(cpu);
-    }
-    set
-}
-
-fn list(cpus: &[usize]) -> String {
-    cpus.iter()
-        .map(usize::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[cfg(test)]
