@@ -20,6 +20,16 @@
 # sets (`worker_processes auto` each); Portico runs two processes with their
 # default runtimes.
 #
+# Each chain runs twice, in two placements (with two CPUs or more):
+#   * free: every process where the scheduler puts it;
+#   * cpus: each hop on a CPU of its own, as two hosts would be — the PoP
+#     on the first CPU and the origin on the second (`[node] cpus`), the
+#     front nginx's workers on the first and the back's on the second
+#     (`worker_cpu_affinity`); wrk and the backend stay free.
+# Both placements of both servers are measured in every round, and the
+# ratios are printed for each placement and for Portico confined against
+# nginx free.
+#
 # Usage: scripts/bench-chain.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -38,16 +48,23 @@ CERTS="$WORK/certs"
 "$PORTICO" certs --out "$CERTS" --nodes origin-a,pop-a,edge >/dev/null
 
 BACKEND=$(free_port); start_backend "$BACKEND"
-POP_PORT=$(free_port)
-FRONT_PORT=$(free_port)
-BACK_PORT=$(free_port)
+read -r CPU_A CPU_B < <(two_cpus) || true
 
+declare -A URL
+# start_portico_chain NAME [POP_CPU ORIGIN_CPU]: an origin and a PoP (files
+# origin-NAME.toml, pop-NAME.toml); sets URL[NAME] to the PoP's base URL.
 # Cache and throttles are off on both nodes: every request is a miss that
 # crosses the backbone, and none is answered 429.
-cat >"$WORK/origin.toml" <<TOML
+start_portico_chain() {
+  local name="$1" pop_cpus="" origin_cpus="" pop_port
+  [ -n "${2:-}" ] && pop_cpus="cpus = [$2]" && origin_cpus="cpus = [$3]"
+  pop_port=$(free_port)
+  cat >"$WORK/origin-$name.toml" <<TOML
 [node]
 id = "origin-a"
 region = "local"
+state_dir = "state-$name"
+$origin_cpus
 
 [throttle]
 enabled = false
@@ -66,12 +83,11 @@ name = "bench"
 endpoint = "edge"
 $(proxy_route_and_stage "$BACKEND")
 TOML
-start_node origin origin
-BACKBONE=$(backbone_addr origin)
-
-cat >"$WORK/pop.toml" <<TOML
+  start_node origin "origin-$name"
+  cat >"$WORK/pop-$name.toml" <<TOML
 [node]
 id = "pop-a"
+$pop_cpus
 
 [throttle]
 enabled = false
@@ -80,7 +96,7 @@ enabled = false
 enabled = false
 
 [[listeners]]
-address = "127.0.0.1:$POP_PORT"
+address = "127.0.0.1:$pop_port"
 default_api = "bench"
 certificates = [{ cert = "$CERTS/edge.pem", key = "$CERTS/edge.key" }]
 
@@ -91,28 +107,42 @@ key = "$CERTS/pop-a.key"
 
 [[origins]]
 region = "local"
-address = "$BACKBONE"
+address = "$(backbone_addr "origin-$name")"
 server_name = "origin-a"
 TOML
-start_node pop pop
+  start_node pop "pop-$name"
+  wait_port "$pop_port"
+  URL[$name]="https://127.0.0.1:$pop_port/prod"
+}
 
-start_nginx_chain "$WORK/nginx" "$CERTS" auto "$FRONT_PORT" "$BACK_PORT" "$BACK_PORT" "$BACKEND" edge pop-a origin-a
-wait_port "$POP_PORT"; wait_port "$FRONT_PORT"; wait_port "$BACK_PORT"
+# start_nginx NAME [FRONT_CPU BACK_CPU]: the nginx chain (start_nginx_chain);
+# sets URL[NAME].
+start_nginx() {
+  local front back
+  front=$(free_port); back=$(free_port)
+  start_nginx_chain "$WORK/$1" "$CERTS" auto "$front" "$back" "$back" "$BACKEND" edge pop-a origin-a "${2:-}" "${3:-}"
+  wait_port "$front"; wait_port "$back"
+  URL[$1]="https://127.0.0.1:$front/prod"
+}
 
-# Both chains must answer 200 before anything is measured.
-wait_ok "https://127.0.0.1:$POP_PORT/prod/bytes/16"
-wait_ok "https://127.0.0.1:$FRONT_PORT/prod/bytes/16"
+TARGETS=(backend portico nginx)
+URL[backend]="http://127.0.0.1:$BACKEND"
+start_portico_chain portico
+start_nginx nginx
+if [ -n "${CPU_B:-}" ]; then
+  TARGETS+=(portico-cpus nginx-cpus)
+  start_portico_chain portico-cpus "$CPU_A" "$CPU_B"
+  start_nginx nginx-cpus "$CPU_A" "$CPU_B"
+fi
+
+# Every chain must answer 200 before anything is measured.
+for target in "${TARGETS[@]}"; do wait_ok "${URL[$target]}/bytes/16"; done
 
 declare -A RPS P99
 for size in "${SIZES[@]}"; do
   for round in $(seq "$ROUNDS"); do
-    for target in backend portico nginx; do
-      case $target in
-        backend) url="http://127.0.0.1:$BACKEND/bytes/$size" ;;
-        portico) url="https://127.0.0.1:$POP_PORT/prod/bytes/$size" ;;
-        nginx) url="https://127.0.0.1:$FRONT_PORT/prod/bytes/$size" ;;
-      esac
-      read -r rps p99 < <(wrk_run "$url" "$CONNS" "$SECS")
+    for target in "${TARGETS[@]}"; do
+      read -r rps p99 < <(wrk_run "${URL[$target]}/bytes/$size" "$CONNS" "$SECS")
       RPS[$target.$size]+="$rps "; P99[$target.$size]+="$p99 "
       echo "round $round size $size $target: $rps req/s, p99 $p99 ms" >&2
     done
@@ -123,12 +153,8 @@ done
 # nothing to batch and every hop woken from idle.
 declare -A P50_1 P99_1
 for round in $(seq "$ROUNDS"); do
-  for target in portico nginx; do
-    case $target in
-      portico) url="https://127.0.0.1:$POP_PORT/prod/bytes/1024" ;;
-      nginx) url="https://127.0.0.1:$FRONT_PORT/prod/bytes/1024" ;;
-    esac
-    out=$(wrk -t1 -c1 -d"${SECS}"s --latency "$url" 2>&1)
+  for target in "${TARGETS[@]:1}"; do
+    out=$(wrk -t1 -c1 -d"${SECS}"s --latency "${URL[$target]}/bytes/1024" 2>&1)
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     P50_1[$target]+="$p50 "; P99_1[$target]+="$p99 "
@@ -136,25 +162,39 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-echo
-echo "# bench-chain: wrk -t2 -c$CONNS -d${SECS}s over TLS, two proxies deep, $ROUNDS interleaved rounds, medians"
-echo "# $(machine)"
-printf '%-8s %-8s %12s %10s\n' body target "req/s" "p99 ms"
-for size in "${SIZES[@]}"; do
-  for target in backend portico nginx; do
-    # shellcheck disable=SC2086
-    printf '%-8s %-8s %12s %10s\n' "$size" "$target" "$(median ${RPS[$target.$size]})" "$(median ${P99[$target.$size]})"
-  done
-  # shellcheck disable=SC2086
-  pr=$(median ${RPS[portico.$size]}); nr=$(median ${RPS[nginx.$size]})
-  # shellcheck disable=SC2086
-  pp=$(median ${P99[portico.$size]}); np=$(median ${P99[nginx.$size]})
-  printf '%-8s portico/nginx throughput %.2fx, p99 %.2fx\n' "$size" "$(echo "$pr / $nr" | bc -l)" "$(echo "$pp / $np" | bc -l)"
-  tr=$(ratios "${RPS[portico.$size]}" "${RPS[nginx.$size]}"); lr=$(ratios "${P99[portico.$size]}" "${P99[nginx.$size]}")
+# compare SIZE A B: A/B of the medians and of each round's pair.
+compare() {
+  local size="$1" a="$2" b="$3" pr nr pp np tr lr
+  # shellcheck disable=SC2086 # word splitting wanted: one value per round
+  {
+    pr=$(median ${RPS[$a.$size]}); nr=$(median ${RPS[$b.$size]})
+    pp=$(median ${P99[$a.$size]}); np=$(median ${P99[$b.$size]})
+  }
+  printf '%-8s %s/%s throughput %.2fx, p99 %.2fx\n' "$size" "$a" "$b" "$(echo "$pr / $nr" | bc -l)" "$(echo "$pp / $np" | bc -l)"
+  tr=$(ratios "${RPS[$a.$size]}" "${RPS[$b.$size]}"); lr=$(ratios "${P99[$a.$size]}" "${P99[$b.$size]}")
   # shellcheck disable=SC2086
   printf '%-8s   per round: throughput %s(median %sx), p99 %s(median %sx)\n' "$size" "$tr" "$(median $tr)" "$lr" "$(median $lr)"
+}
+
+echo
+echo "# bench-chain: wrk -t2 -c$CONNS -d${SECS}s over TLS, two proxies deep, $ROUNDS interleaved rounds, medians"
+echo "# *-cpus: the PoP (front nginx) on CPU ${CPU_A:-}, the origin (back nginx) on CPU ${CPU_B:-}"
+echo "# $(machine)"
+printf '%-8s %-12s %12s %10s\n' body target "req/s" "p99 ms"
+for size in "${SIZES[@]}"; do
+  for target in "${TARGETS[@]}"; do
+    # shellcheck disable=SC2086
+    printf '%-8s %-12s %12s %10s\n' "$size" "$target" "$(median ${RPS[$target.$size]})" "$(median ${P99[$target.$size]})"
+  done
+  compare "$size" portico nginx
+  if [ -n "${CPU_B:-}" ]; then
+    compare "$size" portico-cpus nginx-cpus
+    compare "$size" portico-cpus nginx
+  fi
+done
+for target in "${TARGETS[@]:1}"; do
+  # shellcheck disable=SC2086
+  printf 'lone 1 KB (wrk -c1) %-12s p50 %s ms, p99 %s ms\n' "$target" "$(median ${P50_1[$target]})" "$(median ${P99_1[$target]})"
 done
 # shellcheck disable=SC2086
-lp=$(median ${P50_1[portico]}); ln=$(median ${P50_1[nginx]}); lp99=$(median ${P99_1[portico]}); ln99=$(median ${P99_1[nginx]})
-printf 'lone 1 KB (wrk -c1): portico p50 %s ms, p99 %s ms; nginx p50 %s ms, p99 %s ms; portico/nginx p50 %.2fx\n' \
-  "$lp" "$lp99" "$ln" "$ln99" "$(echo "$lp / $ln" | bc -l)"
+printf 'lone 1 KB p50 portico/nginx %.2fx\n' "$(echo "$(median ${P50_1[portico]}) / $(median ${P50_1[nginx]})" | bc -l)"

@@ -54,6 +54,17 @@ build_release() {
   (cd "$ROOT" && cargo build --release -p portico --quiet)
 }
 
+# cpu_mask CPU: nginx's bit mask of that one CPU (3 -> 1000).
+cpu_mask() {
+  python3 -c 'import sys; print(format(1 << int(sys.argv[1]), "b"))' "$1"
+}
+
+# two_cpus: the first two CPUs this shell may use ("0 1"), or nothing with
+# fewer than two.
+two_cpus() {
+  python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(*c[:2]) if len(c) > 1 else None'
+}
+
 # start_node KIND NAME: `portico KIND --config $WORK/NAME.toml` with the
 # access log off (warn level: the peers measured log nothing either); waits
 # for `ready` on its stdout.
@@ -152,10 +163,13 @@ machine() {
   echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), release build, loopback, load generator on the same machine"
 }
 
-# start_nginx_chain DIR CERTS WORKERS FRONT_PORT UPSTREAM_PORT BACK_PORT BACKEND_PORT FRONT_CERT CLIENT_CERT BACK_CERT
+# start_nginx_chain DIR CERTS WORKERS FRONT_PORT UPSTREAM_PORT BACK_PORT BACKEND_PORT FRONT_CERT CLIENT_CERT BACK_CERT [FRONT_CPU BACK_CPU]
 # The peer of a PoP and its origin: two nginx instances, DIR/front and
 # DIR/back, each with its own prefix (pid, temp paths, logs) and WORKERS
-# worker processes.
+# worker processes; with FRONT_CPU and BACK_CPU, every worker of the front
+# runs on CPU FRONT_CPU and every worker of the back on BACK_CPU
+# (`worker_cpu_affinity auto MASK`), as a PoP and an origin with `[node]
+# cpus` do.
 #   client -TLS-> front (127.0.0.1:FRONT_PORT, certificate FRONT_CERT)
 #     -HTTPS, mutual TLS (CLIENT_CERT), keep-alive-> UPSTREAM_PORT (BACK_PORT
 #     itself, or a relay in front of it)
@@ -170,6 +184,7 @@ start_nginx_chain() {
   local d="$1" certs="$2" workers="$3"
   local front_port="$4" upstream_port="$5" back_port="$6" backend_port="$7"
   local front_cert="$8" client_cert="$9" back_cert="${10}"
+  local -A cpu=([front]="${11:-}" [back]="${12:-}")
   local side
   for side in front back; do
     mkdir -p "$d/$side"
@@ -179,6 +194,9 @@ pid $d/$side/nginx.pid;
 error_log $d/$side/error.log warn;
 events { worker_connections 4096; }
 NGINX
+    if [ -n "${cpu[$side]}" ]; then
+      echo "worker_cpu_affinity auto $(cpu_mask "${cpu[$side]}");" >>"$d/$side/common.conf"
+    fi
     cat >"$d/$side/http.conf" <<NGINX
 access_log off;
 client_body_temp_path $d/$side/body;
