@@ -91,20 +91,21 @@ pub fn main() -> ExitCode {
 }
 
 /// A command ready to run: a node's with its file read and its CPUs set.
-pub enum Prepared {
+enum Prepared {
     Origin {
         config: portico_config::NodeConfig,
         /// Read again on SIGHUP.
         path: std::path::PathBuf,
     },
     Pop(portico_config::NodeConfig),
+    /// Any command but `origin` and `pop`.
     Other(Command),
 }
 
 impl Prepared {
     /// Reads `origin`'s and `pop`'s node file and confines this thread (and
     /// every thread it starts later) to the file's `[node] cpus`.
-    pub fn of(command: Command) -> Result<Prepared, AppError> {
+    fn of(command: Command) -> Result<Prepared, AppError> {
         let prepared = match command {
             Command::Origin { config: path } => Prepared::Origin {
                 config: portico_config::load_node_file(&path)?,
@@ -116,10 +117,9 @@ impl Prepared {
             )?),
             other => return Ok(Prepared::Other(other)),
         };
-        let (Prepared::Origin { config, .. } | Prepared::Pop(config)) = &prepared else {
-            return Ok(prepared);
-        };
-        cpus::confine(&config.node.cpus)?;
+        if let Prepared::Origin { config, .. } | Prepared::Pop(config) = &prepared {
+            cpus::confine(&config.node.cpus)?;
+        }
         Ok(prepared)
     }
 }
@@ -130,7 +130,7 @@ fn fail(err: &AppError) -> ExitCode {
 }
 
 /// Runs one command to completion.
-pub async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
+async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
     let command = match prepared {
         Prepared::Origin { config, path } => {
             return origin::run(config, path, signals::shutdown())
@@ -145,9 +145,10 @@ pub async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
         Prepared::Other(command) => command,
     };
     match command {
-        node @ (Command::Origin { .. } | Command::Pop { .. }) => {
-            Box::pin(run(Prepared::of(node)?)).await
-        }
+        // `Prepared::of` keeps these (their CPUs are set before the runtime starts).
+        Command::Origin { .. } | Command::Pop { .. } => Err(AppError::Usage(
+            "a node's file is read before its runtime starts".into(),
+        )),
         Command::Check { file } => Ok(check::run(&file)),
         Command::Certs { out, nodes, force } => {
             certs::run(&out, &nodes, force).map(|()| ExitCode::SUCCESS)
