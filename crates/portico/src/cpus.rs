@@ -10,8 +10,8 @@
 //! other and with their neighbours: the 1 KB chain of
 //! `scripts/bench-chain.sh` (PoP, origin, backend and wrk on two CPUs) left
 //! 15–16 % of the machine idle with both nodes free to move, 11–12 % with
-//! the PoP on CPU 0 and the origin on CPU 1, and served 8–9 % more requests
-//! (two runs of five rounds).
+//! the PoP on CPU 0 and the origin on CPU 1, and served 6–9 % more requests
+//! (three runs of five rounds).
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
