@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::portico_bin;
@@ -51,20 +52,26 @@ fn check_accepts_a_valid_file() {
     );
 }
 
-#[test]
-fn origin_with_invalid_config_exits_1_with_the_errors() {
-    let dir = tempfile::TempDir::new().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        "[node]\nid = \"o\"\nregion = \"r\"\n[[listeners]]\naddress = \"not an address\"\n",
-    )
-    .unwrap();
+/// Writes `config` to a file and runs `portico origin` on it to its exit
+/// (a file it refuses); returns the output and the file's path.
+fn origin_refusing(dir: &tempfile::TempDir, config: &str) -> (std::process::Output, PathBuf) {
+    let path = dir.path().join("origin.toml");
+    std::fs::write(&path, config).unwrap();
     let out = Command::new(portico_bin())
         .args(["origin", "--config"])
         .arg(&path)
         .output()
         .unwrap();
+    (out, path)
+}
+
+#[test]
+fn origin_with_invalid_config_exits_1_with_the_errors() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (out, path) = origin_refusing(
+        &dir,
+        "[node]\nid = \"o\"\nregion = \"r\"\n[[listeners]]\naddress = \"not an address\"\n",
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -234,7 +241,7 @@ fn a_node_confined_to_one_cpu_runs_every_thread_there_with_one_worker() {
         dir.path(),
         &MOCK_ORIGIN.replace("CPUS", &format!("[{cpu}]")),
     );
-    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", origin.pid()));
+    let tasks = PathBuf::from(format!("/proc/{}/task", origin.pid()));
     let mut workers = 0;
     let mut threads = 0;
     for task in std::fs::read_dir(&tasks).unwrap() {
@@ -257,13 +264,7 @@ fn a_node_confined_to_one_cpu_runs_every_thread_there_with_one_worker() {
 #[test]
 fn a_node_given_a_cpu_it_may_not_use_exits_1_before_starting() {
     let dir = tempfile::TempDir::new().unwrap();
-    let path = dir.path().join("origin.toml");
-    std::fs::write(&path, MOCK_ORIGIN.replace("CPUS", "[1023]")).unwrap();
-    let out = Command::new(portico_bin())
-        .args(["origin", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let (out, _) = origin_refusing(&dir, &MOCK_ORIGIN.replace("CPUS", "[1023]"));
     assert_eq!(out.status.code(), Some(1));
     let may_use = own_cpus()
         .iter()
