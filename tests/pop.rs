@@ -648,3 +648,98 @@ async fn a_reload_reaches_two_pops_as_a_delta_and_a_reconnect_gets_a_snapshot() 
         assert_eq!(entry["sha256"], restarted["sha256"]);
     }
 }
+
+/// Two origins of one region are replicas: the PoP takes the region's
+/// definitions from either without a conflict, spreads the region's
+/// requests over both links, and follows a reload of both.
+#[tokio::test]
+async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_the_pop() {
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "origin-a,origin-b,pop-a");
+    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+    let (_backend_proc, backend) = backend();
+    // origin-b: the same definitions under its own id, certificate and state.
+    let replica = |text: String| {
+        text.replace("origin-a", "origin-b").replace(
+            "region = \"local\"",
+            "region = \"local\"\nstate_dir = \"state-b\"",
+        )
+    };
+    let text_a = origin_config(dir.path(), backend, 0, "");
+    let (origin_a, _log_a) = node(dir.path(), "origin", "origin", &text_a);
+    let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &replica(text_a));
+    let second = format!(
+        "\n[[origins]]\nregion = \"local\"\naddress = \"{}\"\nserver_name = \"origin-b\"\n",
+        origin_b.addrs("backbone")[0]
+    );
+    let pop_text = pop_with_admin(dir.path(), "pop-a", origin_a.addrs("backbone")[0]) + &second;
+    let (pop, pop_log) = node(dir.path(), "pop", "pop-a", &pop_text);
+    let client = https_client(&cert.der, false);
+    let url = format!(
+        "https://localhost:{}/prod/meta",
+        pop.addrs("https")[0].port()
+    );
+    // Both links up: requests reach both origins, round robin.
+    let seen = eventually(60, || async {
+        let mut origins = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            let reply = try_get(&client, &url).await.ok()?;
+            (reply.status == 200).then_some(())?;
+            let via = vias(&reply);
+            origins.extend(
+                ["origin-a", "origin-b"]
+                    .into_iter()
+                    .filter(|o| via.contains(o)),
+            );
+        }
+        (origins.len() == 2).then_some(origins)
+    })
+    .await;
+    assert_eq!(seen.len(), 2);
+    let config = config_of(&client, &pop).await;
+    let origin = config_of(&client, &origin_a).await;
+    assert_eq!(config["sha256"], origin["sha256"], "{config}");
+    let entries = config["origins"].as_array().expect("origins").clone();
+    assert_eq!(entries.len(), 2, "{config}");
+    for entry in &entries {
+        assert_eq!(entry["sha256"], origin["sha256"], "{entry}");
+        assert_eq!(counters(entry).2, 0, "nothing refused: {entry}");
+    }
+    // Reload both replicas with one route added: the PoP serves it.
+    let route = "[[apis.routes]]\nmethod = \"GET\"\npath = \"/version\"\nintegration = { type = \"mock\", status = 200, body = \"v2\" }\n";
+    let text_a = origin_config(
+        dir.path(),
+        backend,
+        origin_a.addrs("backbone")[0].port(),
+        route,
+    );
+    let text_b = replica(origin_config(
+        dir.path(),
+        backend,
+        origin_b.addrs("backbone")[0].port(),
+        route,
+    ));
+    std::fs::write(dir.path().join("origin.toml"), text_a).unwrap();
+    std::fs::write(dir.path().join("origin-b.toml"), text_b).unwrap();
+    origin_a.signal("HUP");
+    origin_b.signal("HUP");
+    let reloaded = eventually(20, || async {
+        let origin = config_of(&client, &origin_a).await;
+        (origin["sha256"] != config["sha256"]).then_some(origin)
+    })
+    .await;
+    eventually(20, || async {
+        let served = config_of(&client, &pop).await;
+        let entries = served["origins"].as_array()?.clone();
+        let all = entries.iter().all(|e| e["sha256"] == reloaded["sha256"]);
+        (served["sha256"] == reloaded["sha256"] && all).then_some(())
+    })
+    .await;
+    let version = url.replace("/meta", "/version");
+    for _ in 0..4 {
+        let reply = try_get(&client, &version).await.unwrap();
+        assert_eq!(reply.text(), "v2", "{}", vias(&reply));
+    }
+    let log = std::fs::read_to_string(&pop_log).unwrap_or_default();
+    assert!(!log.contains("duplicate API"), "{log}");
+}

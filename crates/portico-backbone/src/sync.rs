@@ -4,11 +4,18 @@
 //! Nothing from a peer is trusted: every snapshot's SHA-256 is checked and
 //! its TOML re-parsed and re-validated with [`Definitions::from_toml_str_with`]
 //! (with this PoP's own defaults), and its version must be the one its text
-//! compiles to. Snapshots of several origins are merged
+//! compiles to.
+//!
+//! Origins of one region are replicas: a PoP rotates that region's requests
+//! over all of them, so each serves the same definitions, and the PoP takes
+//! the region's from the one whose snapshot (or delta) it installed last. Two
+//! replicas that disagree (a reload that reached one of them so far) are
+//! logged; requests still go to both. The regions' definitions are merged
 //! by concatenating their canonical sources (TOML arrays of tables append)
-//! and validating the result, so an API defined twice is an error like in
-//! any file. A snapshot that fails verification, or a merge that fails
-//! validation, is logged and the last good merged snapshot keeps serving.
+//! and validating the result, so an API defined by two regions is an error
+//! like an API defined twice in one file. A snapshot that fails
+//! verification, or a merge that fails validation, is logged and the last
+//! good merged snapshot keeps serving.
 //!
 //! A [`ConfigDelta`] applies only to an origin whose slot runs exactly its
 //! `from_version`: the slot's source is rebuilt with the changed APIs
@@ -23,6 +30,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use portico_config::{DefinitionDefaults, Definitions};
@@ -39,6 +47,8 @@ pub struct SyncedConfig {
     /// API name → home region: the API's `region`, else the region of the
     /// origin that sent it.
     pub homes: HashMap<String, String>,
+    /// What was merged: each region's definitions, in link order.
+    merged: Vec<Running>,
 }
 
 impl SyncedConfig {
@@ -53,6 +63,7 @@ impl SyncedConfig {
         SyncedConfig {
             definitions: Arc::new(Definitions::empty()),
             homes: HashMap::new(),
+            merged: Vec::new(),
         }
     }
 }
@@ -130,8 +141,12 @@ impl Via {
 /// The latest verified definitions of one origin.
 struct Slot {
     region: String,
+    origin_id: String,
     defs: Arc<Definitions>,
     running: Running,
+    /// When it was installed, in the order of all installs: of a region's
+    /// replicas, the highest serves.
+    installed: u64,
 }
 
 /// One origin's slot and what happened to it.
@@ -150,6 +165,8 @@ const MAX_REASON: usize = 1024;
 pub(crate) struct ConfigSync {
     defaults: DefinitionDefaults,
     entries: Mutex<Vec<Entry>>,
+    /// Installs so far (counted under the `entries` lock).
+    installs: AtomicU64,
     tx: watch::Sender<Arc<SyncedConfig>>,
 }
 
@@ -160,6 +177,7 @@ impl ConfigSync {
         ConfigSync {
             defaults,
             entries: Mutex::new((0..origins).map(|_| Entry::default()).collect()),
+            installs: AtomicU64::new(0),
             tx,
         }
     }
@@ -327,16 +345,40 @@ impl ConfigSync {
         }
         entry.slot = Some(Slot {
             region: region.to_owned(),
+            origin_id: origin_id.to_owned(),
             defs: Arc::new(defs),
             running,
+            installed: self.installs.fetch_add(1, Ordering::Relaxed),
         });
         entry.status.running = Some(running);
+        let slots: Vec<&Slot> = entries.iter().filter_map(|e| e.slot.as_ref()).collect();
+        if let Some(other) = slots
+            .iter()
+            .find(|s| s.region == region && s.running != running)
+        {
+            tracing::warn!(
+                region,
+                serving = origin_id,
+                other = other.origin_id,
+                "origins of one region run different definitions; serving those received last"
+            );
+        }
         // Published under the lock, so concurrent snapshots from two links
         // cannot publish their merges out of order. A merge that fails keeps
         // the slot (it is what the origin runs) and the last good merge.
-        let slots: Vec<&Slot> = entries.iter().filter_map(|e| e.slot.as_ref()).collect();
+        let served = last_of_each_region(&slots);
+        if self
+            .tx
+            .borrow()
+            .merged
+            .iter()
+            .eq(served.iter().map(|s| &s.running))
+        {
+            // A replica sent what its region already serves.
+            return Ok(Applied::Installed(running));
+        }
         let merged =
-            merge(&slots, &self.defaults).map_err(|e| config_err(origin_id, e.to_string()))?;
+            merge(&served, &self.defaults).map_err(|e| config_err(origin_id, e.to_string()))?;
         self.tx.send_replace(Arc::new(merged));
         Ok(Applied::Installed(running))
     }
@@ -368,7 +410,21 @@ fn config_err(origin_id: &str, reason: impl Into<String>) -> BackboneError {
     }
 }
 
-/// Merges every origin's definitions into one validated snapshot.
+/// Of each region's slots, the one installed last; regions in the order of
+/// their first slot.
+fn last_of_each_region<'a>(slots: &[&'a Slot]) -> Vec<&'a Slot> {
+    let mut served: Vec<&Slot> = Vec::with_capacity(slots.len());
+    for &slot in slots {
+        match served.iter_mut().find(|s| s.region == slot.region) {
+            Some(s) if s.installed < slot.installed => *s = slot,
+            Some(_) => {}
+            None => served.push(slot),
+        }
+    }
+    served
+}
+
+/// Merges the regions' definitions (one slot each) into one validated snapshot.
 fn merge(
     present: &[&Slot],
     defaults: &DefinitionDefaults,
@@ -390,7 +446,12 @@ fn merge(
             homes.entry(api.name.clone()).or_insert(home);
         }
     }
-    Ok(SyncedConfig { definitions, homes })
+    let merged = present.iter().map(|s| s.running).collect();
+    Ok(SyncedConfig {
+        definitions,
+        homes,
+        merged,
+    })
 }
 
 #[cfg(test)]
@@ -442,6 +503,56 @@ mod tests {
         let status = sync.status();
         assert_eq!((status[0].snapshots, status[0].refused), (2, 0));
         assert_eq!(status[1].origin_id, "o-dub");
+    }
+
+    #[test]
+    fn replicas_of_a_region_serve_the_definitions_installed_last() {
+        let sync = ConfigSync::new(3, DefinitionDefaults::default());
+        let rx = sync.subscribe();
+        let v1 = || snapshot(&api("a", None));
+        let v2 = || snapshot(&api("a", None).replace("200", "204"));
+        assert!(installed(sync.apply(0, "r1", "o1", v1())));
+        let first = Arc::clone(&rx.borrow().definitions);
+        // The second replica sends the same definitions: installed in its
+        // slot, nothing new to serve.
+        assert!(installed(sync.apply(1, "r1", "o2", v1())));
+        assert!(Arc::ptr_eq(&first, &rx.borrow().definitions));
+        // Another region's API is merged beside them.
+        let b = snapshot(&api("b", None));
+        assert!(installed(sync.apply(2, "r2", "o3", b)));
+        let status = |i: usize| {
+            let s = &sync.status()[i];
+            (s.snapshots, s.refused)
+        };
+        assert_eq!((status(0), status(1), status(2)), ((1, 0), (1, 0), (1, 0)));
+        // Whether `a` is served as reloaded (its mock answers 204).
+        let reloaded = || {
+            let cur = sync.current();
+            assert_eq!(cur.definitions.apis.len(), 2, "{}", cur.definitions.source);
+            cur.definitions.source.contains("204")
+        };
+        assert!(!reloaded());
+        // A reload that reached one replica so far: its definitions serve.
+        assert!(installed(sync.apply(1, "r1", "o2", v2())));
+        assert!(reloaded());
+        // The other replica resending what it runs changes nothing...
+        assert!(!installed(sync.apply(0, "r1", "o1", v1())));
+        assert!(reloaded());
+        // ...a delta or snapshot it installs serves, as the last one...
+        assert!(installed(sync.apply(
+            0,
+            "r1",
+            "o1",
+            snapshot(&api("a", None).replace("200", "202"))
+        )));
+        assert!(!reloaded());
+        // ...and so does the reload once it reaches it.
+        assert!(installed(sync.apply(0, "r1", "o1", v2())));
+        assert!(reloaded());
+        let cur = sync.current();
+        assert_eq!(cur.homes["a"], "r1");
+        assert_eq!(cur.homes["b"], "r2");
+        assert_eq!((status(0).1, status(1).1), (0, 0));
     }
 
     #[test]
