@@ -30,6 +30,13 @@
 # ratios are printed for each placement and for Portico confined against
 # nginx free.
 #
+# Then Portico once more with its region scaled to two origin gateways
+# (`portico-replicas`: one PoP with a link to each of two origins of its
+# region, which it rotates requests over; every process free), which gives
+# the back tier as many processes as the back nginx has workers. One origin
+# serves a PoP's link on one thread, so on a shared 2-CPU machine it is the
+# hop the scheduler starves; the ratio against nginx is printed too.
+#
 # Usage: scripts/bench-chain.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -45,26 +52,21 @@ ensure_pkg curl curl
 build_release
 
 CERTS="$WORK/certs"
-"$PORTICO" certs --out "$CERTS" --nodes origin-a,pop-a,edge >/dev/null
+"$PORTICO" certs --out "$CERTS" --nodes origin-a,origin-b,pop-a,edge >/dev/null
 
 BACKEND=$(free_port); start_backend "$BACKEND"
 read -r CPU_A CPU_B < <(two_cpus) || true
 
 declare -A URL
-# start_portico_chain NAME [POP_CPU ORIGIN_CPU]: an origin and a PoP (files
-# origin-NAME.toml, pop-NAME.toml); sets URL[NAME] to the PoP's base URL.
-# Cache and throttles are off on both nodes: every request is a miss that
-# crosses the backbone, and none is answered 429.
-start_portico_chain() {
-  local name="$1" pop_cpus="" origin_cpus="" pop_port
-  [ -n "${2:-}" ] && pop_cpus="cpus = [$2]" && origin_cpus="cpus = [$3]"
-  pop_port=$(free_port)
-  cat >"$WORK/origin-$name.toml" <<TOML
+# origin_file NAME ID CPUS: an origin's file, $WORK/NAME.toml, with node id
+# and certificate ID (CPUS: a `cpus = [..]` line or nothing).
+origin_file() {
+  cat >"$WORK/$1.toml" <<TOML
 [node]
-id = "origin-a"
+id = "$2"
 region = "local"
-state_dir = "state-$name"
-$origin_cpus
+state_dir = "state-$1"
+$3
 
 [throttle]
 enabled = false
@@ -75,15 +77,37 @@ enabled = false
 [backbone]
 listen = "127.0.0.1:0"
 ca = "$CERTS/ca.pem"
-cert = "$CERTS/origin-a.pem"
-key = "$CERTS/origin-a.key"
+cert = "$CERTS/$2.pem"
+key = "$CERTS/$2.key"
 
 [[apis]]
 name = "bench"
 endpoint = "edge"
 $(proxy_route_and_stage "$BACKEND")
 TOML
+}
+
+# start_portico_chain NAME [POP_CPU ORIGIN_CPU]: an origin and a PoP (files
+# origin-NAME.toml, pop-NAME.toml); sets URL[NAME] to the PoP's base URL.
+# With REPLICAS=2 in the environment the region has a second origin
+# (origin-NAME-2.toml, node origin-b) with the same definitions, and the PoP
+# rotates requests over its two links. Cache and throttles are off on every
+# node: every request is a miss that crosses the backbone, and none is
+# answered 429.
+start_portico_chain() {
+  local name="$1" pop_cpus="" origin_cpus="" pop_port second=""
+  [ -n "${2:-}" ] && pop_cpus="cpus = [$2]" && origin_cpus="cpus = [$3]"
+  pop_port=$(free_port)
+  origin_file "origin-$name" origin-a "$origin_cpus"
   start_node origin "origin-$name"
+  if [ "${REPLICAS:-1}" = 2 ]; then
+    origin_file "origin-$name-2" origin-b "$origin_cpus"
+    start_node origin "origin-$name-2"
+    second="[[origins]]
+region = \"local\"
+address = \"$(backbone_addr "origin-$name-2")\"
+server_name = \"origin-b\""
+  fi
   cat >"$WORK/pop-$name.toml" <<TOML
 [node]
 id = "pop-a"
@@ -109,6 +133,8 @@ key = "$CERTS/pop-a.key"
 region = "local"
 address = "$(backbone_addr "origin-$name")"
 server_name = "origin-a"
+
+$second
 TOML
   start_node pop "pop-$name"
   wait_port "$pop_port"
@@ -134,6 +160,10 @@ if [ -n "${CPU_B:-}" ]; then
   start_portico_chain portico-cpus "$CPU_A" "$CPU_B"
   start_nginx nginx-cpus "$CPU_A" "$CPU_B"
 fi
+# The region scaled to two origin gateways (replicas), every process free:
+# as many back-tier processes as the back nginx has workers.
+TARGETS+=(portico-replicas)
+REPLICAS=2 start_portico_chain portico-replicas
 
 # Every chain must answer 200 before anything is measured.
 for target in "${TARGETS[@]}"; do wait_ok "${URL[$target]}/bytes/16"; done
@@ -179,22 +209,24 @@ compare() {
 echo
 echo "# bench-chain: wrk -t2 -c$CONNS -d${SECS}s over TLS, two proxies deep, $ROUNDS interleaved rounds, medians"
 echo "# *-cpus: the PoP (front nginx) on CPU ${CPU_A:-}, the origin (back nginx) on CPU ${CPU_B:-}"
+echo "# portico-replicas: one PoP, two origins of its region (replicas), free"
 echo "# $(machine)"
-printf '%-8s %-12s %12s %10s\n' body target "req/s" "p99 ms"
+printf '%-8s %-16s %12s %10s\n' body target "req/s" "p99 ms"
 for size in "${SIZES[@]}"; do
   for target in "${TARGETS[@]}"; do
     # shellcheck disable=SC2086
-    printf '%-8s %-12s %12s %10s\n' "$size" "$target" "$(median ${RPS[$target.$size]})" "$(median ${P99[$target.$size]})"
+    printf '%-8s %-16s %12s %10s\n' "$size" "$target" "$(median ${RPS[$target.$size]})" "$(median ${P99[$target.$size]})"
   done
   compare "$size" portico nginx
   if [ -n "${CPU_B:-}" ]; then
     compare "$size" portico-cpus nginx-cpus
     compare "$size" portico-cpus nginx
   fi
+  compare "$size" portico-replicas nginx
 done
 for target in "${TARGETS[@]:1}"; do
   # shellcheck disable=SC2086
-  printf 'lone 1 KB (wrk -c1) %-12s p50 %s ms, p99 %s ms\n' "$target" "$(median ${P50_1[$target]})" "$(median ${P99_1[$target]})"
+  printf 'lone 1 KB (wrk -c1) %-16s p50 %s ms, p99 %s ms\n' "$target" "$(median ${P50_1[$target]})" "$(median ${P99_1[$target]})"
 done
 # shellcheck disable=SC2086
 printf 'lone 1 KB p50 portico/nginx %.2fx\n' "$(echo "$(median ${P50_1[portico]}) / $(median ${P50_1[nginx]})" | bc -l)"
