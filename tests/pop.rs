@@ -649,6 +649,93 @@ async fn a_reload_reaches_two_pops_as_a_delta_and_a_reconnect_gets_a_snapshot() 
     }
 }
 
+/// A PoP (with admin) whose region `local` has the two origins `origin_a`
+/// and `origin-b`, a client trusting `public`, and the URL of `/prod/meta`
+/// through the PoP.
+fn replicas_pop(
+    dir: &Path,
+    origin_a: &Proc,
+    origin_b: &Proc,
+    public: &rustls_pki_types::CertificateDer<'static>,
+) -> (Proc, PathBuf, HttpsClient, String) {
+    let second = format!(
+        "\n[[origins]]\nregion = \"local\"\naddress = \"{}\"\nserver_name = \"origin-b\"\n",
+        origin_b.addrs("backbone")[0]
+    );
+    let pop_text = pop_with_admin(dir, "pop-a", origin_a.addrs("backbone")[0]) + &second;
+    let (pop, log) = node(dir, "pop", "pop-a", &pop_text);
+    let client = https_client(public, false);
+    let url = format!(
+        "https://localhost:{}/prod/meta",
+        pop.addrs("https")[0].port()
+    );
+    (pop, log, client, url)
+}
+
+/// A region's replicas share its requests by how many each has in flight:
+/// one whose backend answers slowly gets fewer, where turns would give it half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_replica_gets_fewer_of_the_regions_requests() {
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "origin-a,origin-b,pop-a");
+    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+    let (_backend_proc, backend) = backend();
+    let text_a = origin_config(dir.path(), backend, 0, "");
+    // origin-b: the same API, but its backend takes 600 ms (the demo
+    // backend's `/delay/600/...`). The PoP logs that the replicas differ.
+    let text_b = text_a
+        .replace("origin-a", "origin-b")
+        .replace(
+            "region = \"local\"",
+            "region = \"local\"\nstate_dir = \"state-b\"",
+        )
+        .replace("}/{proxy}", "}/delay/600/{proxy}");
+    assert!(text_b.contains("/delay/600/"), "{text_b}");
+    let (origin_a, _log_a) = node(dir.path(), "origin", "origin", &text_a);
+    let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &text_b);
+    let (_pop, _pop_log, client, url) = replicas_pop(dir.path(), &origin_a, &origin_b, &cert.der);
+    let origin_of = |reply: &Reply| {
+        let via = vias(reply);
+        ["origin-a", "origin-b"]
+            .into_iter()
+            .find(|o| via.contains(o))
+    };
+    // Both links up: one request at a time, they take turns.
+    eventually(60, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let reply = try_get(&client, &url).await.ok()?;
+            (reply.status == 200).then_some(())?;
+            seen.extend(origin_of(&reply));
+        }
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+    // Two at a time: while origin-b holds one for 600 ms, origin-a has
+    // fewer in flight and takes the next.
+    const TOTAL: usize = 30;
+    use futures_util::StreamExt;
+    let requests = (0..TOTAL).map(|_| try_get(&client, &url));
+    let replies: Vec<Reply> = futures_util::stream::iter(requests)
+        .buffer_unordered(2)
+        .map(|r| r.expect("request through the PoP"))
+        .collect()
+        .await;
+    let mut to_b = 0;
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        match origin_of(reply) {
+            Some("origin-b") => to_b += 1,
+            Some(_) => {}
+            None => panic!("no origin in Via: {}", vias(reply)),
+        }
+    }
+    assert!(
+        to_b * 3 < TOTAL,
+        "the slow replica got {to_b} of {TOTAL} requests (turns alone give it half)"
+    );
+}
+
 /// Two origins of one region are replicas: the PoP takes the region's
 /// definitions from either without a conflict, spreads the region's
 /// requests over both links, and follows a reload of both.
@@ -668,17 +755,7 @@ async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_th
     let text_a = origin_config(dir.path(), backend, 0, "");
     let (origin_a, _log_a) = node(dir.path(), "origin", "origin", &text_a);
     let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &replica(text_a));
-    let second = format!(
-        "\n[[origins]]\nregion = \"local\"\naddress = \"{}\"\nserver_name = \"origin-b\"\n",
-        origin_b.addrs("backbone")[0]
-    );
-    let pop_text = pop_with_admin(dir.path(), "pop-a", origin_a.addrs("backbone")[0]) + &second;
-    let (pop, pop_log) = node(dir.path(), "pop", "pop-a", &pop_text);
-    let client = https_client(&cert.der, false);
-    let url = format!(
-        "https://localhost:{}/prod/meta",
-        pop.addrs("https")[0].port()
-    );
+    let (pop, pop_log, client, url) = replicas_pop(dir.path(), &origin_a, &origin_b, &cert.der);
     // Both links up: requests reach both origins, round robin.
     let seen = eventually(60, || async {
         let mut origins = std::collections::BTreeSet::new();

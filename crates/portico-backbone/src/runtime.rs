@@ -37,7 +37,20 @@ impl InFlight {
     /// Counts one request until the guard is dropped.
     pub(crate) fn enter(&self) -> InFlightGuard {
         self.0.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(Arc::clone(&self.0))
+        InFlightGuard(Arc::clone(&self.0), None)
+    }
+
+    /// Counts one request here and in `also` (its link's own count) until
+    /// the guard is dropped.
+    pub(crate) fn enter_with(&self, also: &InFlight) -> InFlightGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        also.0.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(&self.0), Some(Arc::clone(&also.0)))
+    }
+
+    /// Requests counted now.
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 
     /// Whether another request may write in the same turn as this one.
@@ -46,13 +59,17 @@ impl InFlight {
     }
 }
 
-/// One request of an [`InFlight`] count.
+/// One request of an [`InFlight`] count (and of a second one, with
+/// [`InFlight::enter_with`]).
 #[derive(Debug)]
-pub(crate) struct InFlightGuard(Arc<AtomicUsize>);
+pub(crate) struct InFlightGuard(Arc<AtomicUsize>, Option<Arc<AtomicUsize>>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        if let Some(also) = &self.1 {
+            also.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! (with this PoP's own defaults), and its version must be the one its text
 //! compiles to.
 //!
-//! Origins of one region are replicas: a PoP rotates that region's requests
+//! Origins of one region are replicas: a PoP spreads that region's requests
 //! over all of them, so each serves the same definitions, and the PoP takes
 //! the region's from the one whose snapshot (or delta) it installed last. Two
 //! replicas that disagree (a reload that reached one of them so far) are

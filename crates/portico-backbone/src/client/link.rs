@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Inner, LinkState, Session};
 use crate::control::ControlLink;
 use crate::framed::{FrameReader, FrameWriter};
+use crate::runtime::InFlight;
 use crate::settings::Backoff;
 use crate::sync::{Applied, Via};
 use crate::{BackboneError, close};
@@ -175,6 +176,7 @@ async fn session(
         origin_id: origin_id.clone(),
         control: control.link.clone(),
         in_flight: inner.in_flight.clone(),
+        outstanding: InFlight::default(),
     });
     link.state.send_replace(LinkState::Up(session));
     tracing::info!(origin = %origin_id, address = %link.spec.address, region = %link.spec.region, "backbone link up");

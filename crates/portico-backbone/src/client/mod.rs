@@ -46,7 +46,11 @@ pub struct Session {
     codec: Codec,
     origin_id: String,
     control: ControlLink,
+    /// Requests in flight on the endpoint (every link).
     in_flight: InFlight,
+    /// Requests in flight on this link: the PoP sends a region's next
+    /// request to its replica with the fewest.
+    outstanding: InFlight,
 }
 
 impl Session {
@@ -105,6 +109,16 @@ pub(crate) struct Link {
     state: watch::Sender<LinkState>,
 }
 
+impl Link {
+    /// The link's session while it is up.
+    fn session(&self) -> Option<Arc<Session>> {
+        match &*self.state.borrow() {
+            LinkState::Up(session) => Some(Arc::clone(session)),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the link tasks and the upstream share.
 pub(crate) struct Inner {
     identity: Identity,
@@ -119,22 +133,43 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    /// A live session to `region`, rotating among several origins there.
-    /// Allocation-free: it runs once per forwarded request.
+    /// A live session to `region`: of several origins there (replicas), the
+    /// one with the fewest requests in flight on its link, rotating among
+    /// those with equally few (least outstanding requests, as load balancers
+    /// do: a replica that answers slowly, or is busy, gets fewer). With one
+    /// origin, that one. Allocation-free: it runs once per forwarded request.
     fn live_session(&self, region: &str) -> Option<Arc<Session>> {
-        let live = |l: &Link| match &*l.state.borrow() {
-            LinkState::Up(s) => Some(Arc::clone(s)),
-            _ => None,
-        };
         let in_region = || self.links.iter().filter(|l| l.spec.region == region);
         let count = in_region().filter(|l| l.state.borrow().is_up()).count();
-        if count == 0 {
-            return None;
+        match count {
+            0 => None,
+            1 => in_region().find_map(Link::session),
+            _ => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+                let live = in_region().filter_map(Link::session);
+                least_outstanding(live.map(|s| (s.outstanding.count(), s)), count, start)
+            }
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-        // States may change between the two passes: take the next live one.
-        in_region().filter_map(live).cycle().nth(start)
     }
+}
+
+/// Of `links` (each with its requests in flight), the one with the fewest;
+/// among equals, the first from position `start` on, in turn (`count` links
+/// were live when `start` was drawn; states may have changed since).
+fn least_outstanding<T>(
+    links: impl Iterator<Item = (usize, T)>,
+    count: usize,
+    start: usize,
+) -> Option<T> {
+    let count = count.max(1);
+    let mut best: Option<((usize, usize), T)> = None;
+    for (i, (load, link)) in links.enumerate() {
+        let key = (load, (i % count + count - start % count) % count);
+        if best.as_ref().is_none_or(|(least, _)| key < *least) {
+            best = Some((key, link));
+        }
+    }
+    best.map(|(_, link)| link)
 }
 
 /// What a PoP runs of each origin's definitions.
@@ -317,5 +352,42 @@ impl Backbone {
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
         self.endpoint.close(close::NORMAL, b"pop shutting down");
         let _ = tokio::time::timeout(grace, self.endpoint.wait_idle()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_outstanding;
+
+    fn pick(loads: &[usize], start: usize) -> Option<&'static str> {
+        let names = ["a", "b", "c"];
+        let links = loads.iter().copied().zip(names);
+        least_outstanding(links, loads.len(), start)
+    }
+
+    #[test]
+    fn the_link_with_the_fewest_requests_in_flight_is_chosen() {
+        assert_eq!(pick(&[3, 1, 2], 0), Some("b"));
+        assert_eq!(pick(&[0, 5], 1), Some("a"));
+        assert_eq!(pick(&[4, 4, 0], 2), Some("c"));
+        assert_eq!(pick(&[], 0), None);
+    }
+
+    #[test]
+    fn equally_loaded_links_take_turns() {
+        assert_eq!(pick(&[0, 0], 0), Some("a"));
+        assert_eq!(pick(&[0, 0], 1), Some("b"));
+        assert_eq!(pick(&[2, 1, 1], 0), Some("b"));
+        assert_eq!(pick(&[2, 1, 1], 2), Some("c"));
+        assert_eq!(pick(&[1, 2, 1], 1), Some("c"), "from `start` on, wrapping");
+    }
+
+    #[test]
+    fn a_link_that_came_up_between_the_passes_is_still_a_candidate() {
+        // Two were live when `start` was drawn; three are now.
+        let links = [(1, "a"), (1, "b"), (0, "c")].into_iter();
+        assert_eq!(least_outstanding(links, 2, 1), Some("c"));
+        let links = [(0, "a"), (0, "b"), (0, "c")].into_iter();
+        assert_eq!(least_outstanding(links, 2, 1), Some("b"));
     }
 }
