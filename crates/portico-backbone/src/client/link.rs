@@ -176,7 +176,7 @@ async fn session(
         origin_id: origin_id.clone(),
         control: control.link.clone(),
         in_flight: inner.in_flight.clone(),
-        outstanding: InFlight::default(),
+        outstanding: inner.replicated(index).then(InFlight::default),
     });
     link.state.send_replace(LinkState::Up(session));
     tracing::info!(origin = %origin_id, address = %link.spec.address, region = %link.spec.region, "backbone link up");

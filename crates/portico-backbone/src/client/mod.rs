@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::control::{ControlHandler, ControlLink, Ignore};
-use crate::runtime::InFlight;
+use crate::runtime::{InFlight, InFlightGuard};
 use crate::settings::{Identity, LinkSettings};
 use crate::sync::{ConfigSync, OriginConfig, SyncedConfig};
 use crate::tls::TlsMaterial;
@@ -48,12 +48,27 @@ pub struct Session {
     control: ControlLink,
     /// Requests in flight on the endpoint (every link).
     in_flight: InFlight,
-    /// Requests in flight on this link: the PoP sends a region's next
-    /// request to its replica with the fewest.
-    outstanding: InFlight,
+    /// Requests in flight on this link, counted when its region has several
+    /// origins (replicas): the PoP sends the region's next request to the
+    /// one with the fewest. A region's only link counts nothing more.
+    outstanding: Option<InFlight>,
 }
 
 impl Session {
+    /// Counts one request on the endpoint (and on this link, if counted)
+    /// until the guard is dropped.
+    fn enter(&self) -> InFlightGuard {
+        match &self.outstanding {
+            Some(link) => self.in_flight.enter_with(link),
+            None => self.in_flight.enter(),
+        }
+    }
+
+    /// Requests in flight on this link (0 if not counted).
+    fn outstanding(&self) -> usize {
+        self.outstanding.as_ref().map_or(0, InFlight::count)
+    }
+
     /// The origin's node id, from its `HelloAck`.
     pub fn origin_id(&self) -> &str {
         &self.origin_id
@@ -133,6 +148,19 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Whether link `index`'s region has other origins (replicas) too.
+    fn replicated(&self, index: usize) -> bool {
+        let Some(link) = self.links.get(index) else {
+            return false;
+        };
+        let region = &link.spec.region;
+        self.links
+            .iter()
+            .filter(|l| &l.spec.region == region)
+            .count()
+            > 1
+    }
+
     /// A live session to `region`: of several origins there (replicas), the
     /// one with the fewest requests in flight on its link, rotating among
     /// those with equally few (least outstanding requests, as load balancers
@@ -147,7 +175,7 @@ impl Inner {
             _ => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
                 let live = in_region().filter_map(Link::session);
-                least_outstanding(live.map(|s| (s.outstanding.count(), s)), count, start)
+                least_outstanding(live.map(|s| (s.outstanding(), s)), count, start)
             }
         }
     }

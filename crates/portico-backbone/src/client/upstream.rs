@@ -149,7 +149,7 @@ async fn exchange(
     push_head: impl FnOnce(&mut FrameWriter) -> Result<(), BackboneError>,
     body: Body,
 ) -> Result<Response<Body>, GatewayError> {
-    let in_flight = session.in_flight.enter_with(&session.outstanding);
+    let in_flight = session.enter();
     let (send, recv) = session.conn.open_bi().await.map_err(unavailable)?;
     let mut writer = FrameWriter::new(send, session.codec);
     writer.preface(StreamKind::Request);
