@@ -237,12 +237,11 @@ const MOCK_ORIGIN: &str = "[node]\nid = \"o\"\nregion = \"r\"\ncpus = CPUS\n\
 fn a_node_confined_to_one_cpu_runs_every_thread_there_with_one_worker() {
     let cpu = *own_cpus().last().unwrap();
     let dir = tempfile::TempDir::new().unwrap();
-    let origin = common::origin(
+    let (origin, log) = common::origin_logging(
         dir.path(),
         &MOCK_ORIGIN.replace("CPUS", &format!("[{cpu}]")),
     );
     let tasks = PathBuf::from(format!("/proc/{}/task", origin.pid()));
-    let mut workers = 0;
     let mut threads = 0;
     for task in std::fs::read_dir(&tasks).unwrap() {
         let task = task.unwrap().path();
@@ -251,14 +250,35 @@ fn a_node_confined_to_one_cpu_runs_every_thread_there_with_one_worker() {
         };
         assert_eq!(allowed_cpus(&status), [cpu], "{}", task.display());
         threads += 1;
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        workers += usize::from(comm.trim() == "tokio-rt-worker");
     }
     assert!(
         threads > 2,
         "the runtime's threads too, not only main: {threads}"
     );
-    assert_eq!(workers, 1, "the runtime is sized to the node's CPUs");
+    // The runtime's own count: thread names cannot tell its workers from
+    // the blocking pool's threads, which come and go.
+    let ready = ready_line(&log);
+    assert_eq!(
+        ready["workers"], 1,
+        "the runtime is sized to the node's CPUs: {ready}"
+    );
+}
+
+/// The `origin ready` line of a node's JSON log, once written (lines are
+/// written in batches).
+fn ready_line(log: &std::path::Path) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("origin ready")) {
+            return serde_json::from_str(line).expect("a JSON log line");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `origin ready` in the log: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

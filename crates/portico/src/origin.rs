@@ -97,7 +97,8 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
-    tracing::info!(node = %config.node.id, apis = config.definitions.apis.len(), "origin ready");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(node = %config.node.id, apis = config.definitions.apis.len(), workers, "origin ready");
     println!("ready");
     shutdown.await;
     let _ = stop_tx.send(true);

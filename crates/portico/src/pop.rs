@@ -97,7 +97,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         ));
     }
     tasks.spawn(apply_snapshots(backbone.config(), gateway, stop_rx));
-    tracing::info!(node = %config.node.id, origins = config.origins.len(), "pop ready");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(node = %config.node.id, origins = config.origins.len(), workers, "pop ready");
     println!("ready");
     shutdown.await;
     // Listeners drain first (their requests still need the links), then the links close.
