@@ -32,8 +32,9 @@
 #
 # Then Portico once more with its region scaled to two origin gateways
 # (`portico-replicas`: one PoP with a link to each of two origins of its
-# region, which it rotates requests over; every process free), which gives
-# the back tier as many processes as the back nginx has workers. One origin
+# region, which sends each request to the one with fewer in flight; every
+# process free), which gives the back tier as many processes as the back
+# nginx has workers. One origin
 # serves a PoP's link on one thread, so on a shared 2-CPU machine it is the
 # hop the scheduler starves; the ratio against nginx is printed too.
 #
@@ -91,7 +92,7 @@ TOML
 # origin-NAME.toml, pop-NAME.toml); sets URL[NAME] to the PoP's base URL.
 # With REPLICAS=2 in the environment the region has a second origin
 # (origin-NAME-2.toml, node origin-b) with the same definitions, and the PoP
-# rotates requests over its two links. Cache and throttles are off on every
+# spreads requests over its two links. Cache and throttles are off on every
 # node: every request is a miss that crosses the backbone, and none is
 # answered 429.
 start_portico_chain() {

@@ -649,6 +649,15 @@ async fn a_reload_reaches_two_pops_as_a_delta_and_a_reconnect_gets_a_snapshot() 
     }
 }
 
+/// origin-b's file: `text` (origin-a's) under origin-b's id, certificate
+/// and state directory.
+fn replica(text: &str) -> String {
+    text.replace("origin-a", "origin-b").replace(
+        "region = \"local\"",
+        "region = \"local\"\nstate_dir = \"state-b\"",
+    )
+}
+
 /// A PoP (with admin) whose region `local` has the two origins `origin_a`
 /// and `origin-b`, a client trusting `public`, and the URL of `/prod/meta`
 /// through the PoP.
@@ -683,13 +692,7 @@ async fn a_slow_replica_gets_fewer_of_the_regions_requests() {
     let text_a = origin_config(dir.path(), backend, 0, "");
     // origin-b: the same API, but its backend takes 600 ms (the demo
     // backend's `/delay/600/...`). The PoP logs that the replicas differ.
-    let text_b = text_a
-        .replace("origin-a", "origin-b")
-        .replace(
-            "region = \"local\"",
-            "region = \"local\"\nstate_dir = \"state-b\"",
-        )
-        .replace("}/{proxy}", "}/delay/600/{proxy}");
+    let text_b = replica(&text_a).replace("}/{proxy}", "}/delay/600/{proxy}");
     assert!(text_b.contains("/delay/600/"), "{text_b}");
     let (origin_a, _log_a) = node(dir.path(), "origin", "origin", &text_a);
     let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &text_b);
@@ -745,16 +748,9 @@ async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_th
     make_certs(dir.path(), "origin-a,origin-b,pop-a");
     let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
     let (_backend_proc, backend) = backend();
-    // origin-b: the same definitions under its own id, certificate and state.
-    let replica = |text: String| {
-        text.replace("origin-a", "origin-b").replace(
-            "region = \"local\"",
-            "region = \"local\"\nstate_dir = \"state-b\"",
-        )
-    };
     let text_a = origin_config(dir.path(), backend, 0, "");
     let (origin_a, _log_a) = node(dir.path(), "origin", "origin", &text_a);
-    let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &replica(text_a));
+    let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &replica(&text_a));
     let (pop, pop_log, client, url) = replicas_pop(dir.path(), &origin_a, &origin_b, &cert.der);
     // Both links up: requests reach both origins, round robin.
     let seen = eventually(60, || async {
@@ -790,7 +786,7 @@ async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_th
         origin_a.addrs("backbone")[0].port(),
         route,
     );
-    let text_b = replica(origin_config(
+    let text_b = replica(&origin_config(
         dir.path(),
         backend,
         origin_b.addrs("backbone")[0].port(),
