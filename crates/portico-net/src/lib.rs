@@ -8,6 +8,7 @@ mod h3;
 mod h3_body;
 mod h3_early;
 mod http;
+mod kx;
 pub mod quic;
 pub mod tls;
 

@@ -149,9 +149,25 @@ fn config_for(keys: Vec<Arc<CertifiedKey>>) -> Result<rustls::ServerConfig, NetE
 /// SHA-384, which ring runs without the CPU's SHA extensions (SHA-256 has
 /// them): the largest user-space cost of a new connection at a PoP.
 /// AES-128-GCM is what large CDNs prefer too, at a 128-bit security level.
+///
+/// Its X25519 key shares come from a pool made ahead of the handshakes
+/// ([`crate::kx`]); the other groups are ring's, in ring's order.
 fn listener_provider() -> Arc<CryptoProvider> {
     use rustls::crypto::ring::cipher_suite as suite;
+    let ring = rustls::crypto::ring::default_provider();
+    let kx_groups = ring
+        .kx_groups
+        .iter()
+        .map(|&group| {
+            if group.name() == rustls::NamedGroup::X25519 {
+                crate::kx::Pooled::x25519()
+            } else {
+                group
+            }
+        })
+        .collect();
     Arc::new(CryptoProvider {
+        kx_groups,
         cipher_suites: vec![
             suite::TLS13_AES_128_GCM_SHA256,
             suite::TLS13_AES_256_GCM_SHA384,
@@ -163,7 +179,7 @@ fn listener_provider() -> Arc<CryptoProvider> {
             suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
             suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
         ],
-        ..rustls::crypto::ring::default_provider()
+        ..ring
     })
 }
 
@@ -229,6 +245,23 @@ mod tests {
             negotiated(vec![suite::TLS13_CHACHA20_POLY1305_SHA256]),
             Some(CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
         );
+    }
+
+    #[test]
+    fn listeners_take_x25519_key_shares_from_the_pool() {
+        let groups: Vec<String> = listener_provider()
+            .kx_groups
+            .iter()
+            .map(|g| format!("{g:?}"))
+            .collect();
+        assert!(groups[0].starts_with("Pooled"), "{groups:?}");
+        assert!(groups[0].contains("X25519"), "{groups:?}");
+        // The others stay ring's, in ring's order.
+        let ring = rustls::crypto::ring::default_provider().kx_groups;
+        assert_eq!(groups.len(), ring.len());
+        for (ours, theirs) in listener_provider().kx_groups.iter().zip(ring) {
+            assert_eq!(ours.name(), theirs.name());
+        }
     }
 
     #[test]
