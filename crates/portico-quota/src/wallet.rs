@@ -136,6 +136,22 @@ impl Wallet {
         self.requested = false;
     }
 
+    /// Whether the lease in hand still has requests to spend at `now_ms`.
+    pub fn holds_unspent(&self, now_ms: i64) -> bool {
+        self.left > 0 && now_ms < self.expires_ms
+    }
+
+    /// The refill came back empty, the period's quota all granted, while
+    /// requests of the lease in hand are still unspent: they stay in hand
+    /// and are spent, and the key answers [`Spend::Exhausted`] once they are
+    /// gone. Handing them back instead would refuse this holder's clients
+    /// while the book holds requests nobody asks for.
+    pub fn keep_after_empty_grant(&mut self, now_ms: i64) {
+        self.requested = false;
+        self.exhausted = true;
+        self.exhausted_at_ms = now_ms;
+    }
+
     /// The lease in hand and its unspent count (to return on shutdown).
     pub fn in_hand(&self) -> Option<(u64, u64)> {
         self.lease_id.map(|id| (id, self.left))
@@ -218,6 +234,30 @@ mod tests {
         w.begin_refill();
         w.install_at(2, 5, 10_000, false, 1_002);
         assert_eq!(w.spend(1_003), Spend::Accepted);
+    }
+
+    #[test]
+    fn an_empty_grant_leaves_the_lease_in_hand_to_be_spent() {
+        let mut w = Wallet::new(0);
+        w.install(1, 4, 10_000, false);
+        assert_eq!(w.spend(1), Spend::Accepted);
+        assert_eq!(w.spend(2), Spend::Accepted);
+        assert!(w.wants_refill(2));
+        assert_eq!(w.begin_refill(), Some((1, 2)));
+        // The book had nothing more: the two left are still this holder's.
+        assert!(w.holds_unspent(3));
+        w.keep_after_empty_grant(3);
+        assert_eq!(w.in_hand(), Some((1, 2)));
+        assert!(
+            !w.wants_refill(4),
+            "an exhausted key waits before asking again"
+        );
+        assert_eq!(w.spend(4), Spend::Accepted);
+        assert_eq!(w.spend(5), Spend::Accepted);
+        assert_eq!(w.spend(6), Spend::Exhausted);
+        assert!(w.wants_refill(3 + EXHAUSTED_RECHECK_MS));
+        // An expired lease holds nothing to spend.
+        assert!(!w.holds_unspent(10_000));
     }
 
     #[test]

@@ -359,6 +359,13 @@ impl Quotas {
         let (old, ok) = {
             let mut st = lock(&slot.state);
             match granted {
+                // Nothing more to grant: what is in hand stays and is spent
+                // (the empty lease is closed in the book).
+                Ok(lease) if lease.granted == 0 && st.wallet.holds_unspent(now_ms()) => {
+                    st.wallet.keep_after_empty_grant(now_ms());
+                    st.period_end_ms = lease.period_end_ms;
+                    (Some((lease.id, 0)), true)
+                }
                 Ok(lease) => {
                     let old = st.wallet.surrender();
                     let (id, granted, expires) = (lease.id, lease.granted, lease.expires_ms);
@@ -383,9 +390,9 @@ impl Quotas {
         ok
     }
 
-    /// Hands back leases that expired or sat unused for `idle` (the node
-    /// calls this periodically), so what a PoP did not spend returns to the
-    /// book before the lease ends.
+    /// Hands back the leases that are spent or expired, and those of a
+    /// period that ended (the node calls this every second), so the book
+    /// hears of them before their holders next ask.
     pub async fn sweep(&self) {
         let now = now_ms();
         self.give_back_where(|_, st| st.wallet.is_spent_or_expired(now) || now >= st.period_end_ms)
@@ -583,6 +590,50 @@ mod tests {
             q.close().await;
         }
         assert_eq!(origin.usage("p", "k", SPEC).unwrap().remaining, 0);
+    }
+
+    /// At the end of a quota, a holder whose refill comes back empty keeps
+    /// spending what it holds: handing it back would answer its clients 429
+    /// while the book holds requests that only other holders can ask for.
+    #[tokio::test]
+    async fn an_empty_refill_leaves_what_is_in_hand_to_spend() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let book = Arc::clone(origin.book().unwrap());
+        let pop = |id: &str| {
+            let source = BookSource::new(Arc::clone(&book), id);
+            Arc::new(Quotas::remote(Arc::new(source)))
+        };
+        let (a, b) = (pop("pop-a"), pop("pop-b"));
+        let spend = |q: &Arc<Quotas>| {
+            let q = Arc::clone(q);
+            async move { q.spend("a", "p", "k", SPEC).await }
+        };
+        // pop-a leases the smallest lease (3 of 50) and spends one.
+        assert_eq!(spend(&a).await, QuotaOutcome::Accepted);
+        // pop-b spends the rest of the quota, until it is refused.
+        let mut by_b = 0;
+        while spend(&b).await == QuotaOutcome::Accepted {
+            by_b += 1;
+        }
+        assert_eq!(by_b, 47, "pop-a holds two");
+        // pop-a's next request is the second of its lease: it asks for the
+        // next lease, which comes back empty.
+        let slot = a.slot("a", "p", "k");
+        let refilled = slot.refilled.notified();
+        tokio::pin!(refilled);
+        refilled.as_mut().enable();
+        assert_eq!(spend(&a).await, QuotaOutcome::Accepted);
+        tokio::time::timeout(Duration::from_secs(10), refilled)
+            .await
+            .expect("the refill came back");
+        // The last request in hand is still pop-a's to accept.
+        assert_eq!(spend(&a).await, QuotaOutcome::Accepted);
+        assert!(matches!(spend(&a).await, QuotaOutcome::Exhausted { .. }));
+        assert!(matches!(spend(&b).await, QuotaOutcome::Exhausted { .. }));
+        a.close().await;
+        b.close().await;
+        assert_eq!(origin.usage("p", "k", SPEC).unwrap().used, 50);
     }
 
     /// The book's grant, then a slow way back (a far origin): the lease is
