@@ -68,8 +68,10 @@ pub struct ControlLink {
 }
 
 impl ControlLink {
-    /// A link and the receiving end of its outbox (drained by the control task).
-    pub(crate) fn new(
+    /// A link and the receiving end of its outbox. The backbone's control
+    /// task drains the outbox of the links it makes; a test of a
+    /// [`ControlHandler`] reads the frames its handler sends from it.
+    pub fn new(
         peer_id: &str,
         region: &str,
         capabilities: Capabilities,

@@ -31,6 +31,8 @@ pub struct Wallet {
     /// When the origin last said the quota was spent.
     exhausted_at_ms: i64,
     requested: bool,
+    /// A surrendered lease is on its way back: no refill until it is.
+    returning: bool,
     window_start_ms: i64,
     window_count: u64,
     rate_per_s: f64,
@@ -66,6 +68,7 @@ impl Wallet {
             exhausted: false,
             exhausted_at_ms: 0,
             requested: false,
+            returning: false,
             window_start_ms: now_ms,
             window_count: 0,
             rate_per_s: 0.0,
@@ -93,7 +96,7 @@ impl Wallet {
     pub fn wants_refill(&self, now_ms: i64) -> bool {
         let low = self.left * 2 <= self.granted || now_ms >= self.expires_ms;
         let recheck = !self.exhausted || now_ms - self.exhausted_at_ms >= EXHAUSTED_RECHECK_MS;
-        !self.requested && recheck && low
+        !self.requested && !self.returning && recheck && low
     }
 
     /// The size to ask for, from recent demand.
@@ -168,6 +171,20 @@ impl Wallet {
         held
     }
 
+    /// [`Wallet::surrender`], and no refill is asked for until
+    /// [`Wallet::returned`]: the source hears of the return before the next
+    /// ask, which would otherwise find the returned requests still counted.
+    pub fn surrender_returning(&mut self) -> Option<(u64, u64)> {
+        let held = self.surrender();
+        self.returning = held.is_some();
+        held
+    }
+
+    /// The surrendered lease is on its way to the source: refills may go.
+    pub fn returned(&mut self) {
+        self.returning = false;
+    }
+
     /// Whether the lease in hand can no longer be spent (none, or expired).
     pub fn is_spent_or_expired(&self, now_ms: i64) -> bool {
         self.lease_id.is_none() || now_ms >= self.expires_ms
@@ -221,6 +238,20 @@ mod tests {
         assert_eq!(w.surrender(), None);
         assert!(w.is_spent_or_expired(1));
         assert_eq!(w.spend(2), Spend::Empty);
+    }
+
+    #[test]
+    fn no_refill_while_a_surrendered_lease_is_returning() {
+        let mut w = Wallet::new(0);
+        w.install(3, 10, 1_000, false);
+        assert_eq!(w.surrender_returning(), Some((3, 10)));
+        assert_eq!(w.spend(1), Spend::Empty);
+        assert!(!w.wants_refill(1), "the return goes first");
+        w.returned();
+        assert!(w.wants_refill(1));
+        // Nothing held, nothing returning.
+        assert_eq!(w.surrender_returning(), None);
+        assert!(w.wants_refill(2));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use portico_config::{ApiKey, Definitions, UsagePlan};
 use portico_gateway::limits::{BookSource, BoxFuture, LeaseAsk, LeaseSource, Quotas};
 use portico_proto::{Frame, FrameKind, QuotaLease, QuotaLeaseRequest, QuotaReturn};
 use portico_quota::Lease;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Control frames of quota leases.
 pub const KINDS: &[FrameKind] = &[
@@ -64,7 +64,19 @@ pub fn plan_and_key<'a>(
 }
 
 /// The origin's side: grants leases from its book to PoPs.
-pub struct OriginLeases(Arc<Granter>);
+///
+/// Lease requests and returns are answered one at a time, in the order the
+/// links delivered them: a PoP that returns a lease and then asks for the
+/// next one (as after a reconnect) must have its return in the book first,
+/// or the ask may find the quota spent. A task per frame gave no such order.
+pub struct OriginLeases {
+    granter: Arc<Granter>,
+    queue: OnceLock<mpsc::Sender<(ControlLink, Frame)>>,
+}
+
+/// Quota frames waiting for the book; beyond this a frame is dropped (a
+/// PoP's ask then times out and it spends only what it holds).
+const QUEUE: usize = 4096;
 
 struct Granter {
     quotas: Arc<Quotas>,
@@ -73,10 +85,13 @@ struct Granter {
 
 impl OriginLeases {
     pub fn new(quotas: Arc<Quotas>, definitions: watch::Receiver<Arc<Definitions>>) -> Arc<Self> {
-        Arc::new(Self(Arc::new(Granter {
-            quotas,
-            definitions,
-        })))
+        Arc::new(Self {
+            granter: Arc::new(Granter {
+                quotas,
+                definitions,
+            }),
+            queue: OnceLock::new(),
+        })
     }
 }
 
@@ -144,17 +159,37 @@ fn lease_frame(req: &QuotaLeaseRequest, lease: &Lease) -> QuotaLease {
     }
 }
 
+impl OriginLeases {
+    /// The queue of the task that answers quota frames in order (started
+    /// with the first frame, on the runtime of the control streams).
+    fn queue(&self) -> &mpsc::Sender<(ControlLink, Frame)> {
+        self.queue.get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<(ControlLink, Frame)>(QUEUE);
+            let granter = Arc::clone(&self.granter);
+            tokio::spawn(async move {
+                while let Some((link, frame)) = rx.recv().await {
+                    match frame {
+                        Frame::QuotaLeaseRequest(req) => granter.answer(&link, req).await,
+                        Frame::QuotaReturn(r) => {
+                            granter.release(&link, r.lease_id, r.unused).await;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+            tx
+        })
+    }
+}
+
 impl ControlHandler for OriginLeases {
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
-        let link = link.clone();
-        // The handler may not wait: book writes run on a task of their own.
-        let this = Arc::clone(&self.0);
+        // The handler may not wait: book writes run on the queue's task.
         match frame {
-            Frame::QuotaLeaseRequest(req) => {
-                tokio::spawn(async move { this.answer(&link, req).await });
-            }
-            Frame::QuotaReturn(r) => {
-                tokio::spawn(async move { this.release(&link, r.lease_id, r.unused).await });
+            Frame::QuotaLeaseRequest(_) | Frame::QuotaReturn(_) => {
+                if self.queue().try_send((link.clone(), frame)).is_err() {
+                    tracing::warn!(pop = %link.peer_id(), "quota frame dropped: the book is behind");
+                }
             }
             other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
         }
@@ -300,6 +335,78 @@ impl ControlHandler for PopLeases {
             if let Err(err) = link.try_send(frame) {
                 tracing::warn!(lease = lease.lease_id, %err, "late quota lease not returned");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_gateway::keys::stored_form;
+    use portico_proto::Capabilities;
+
+    use super::*;
+
+    const DEFINITIONS: &str = r#"
+[[apis]]
+name = "edge"
+endpoint = "edge"
+[[apis.routes]]
+method = "GET"
+path = "/"
+integration = { type = "mock", status = 200, body = "ok" }
+[[apis.stages]]
+name = "prod"
+[[usage_plans]]
+name = "p"
+quota = { limit = 10, period = "DAY" }
+api_stages = [{ api = "edge", stage = "prod" }]
+[[api_keys]]
+id = "k"
+hash = "HASH"
+plans = ["p"]
+"#;
+
+    /// A PoP's return and its next ask, read together from its control
+    /// stream (as after a reconnect), are answered in that order: the ask
+    /// gets what the return gave back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_return_and_the_next_ask_are_answered_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let quotas = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
+        let book = Arc::clone(quotas.book().unwrap());
+        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
+        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
+        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
+        let leases = OriginLeases::new(quotas, defs_rx);
+        // pop-a holds the whole quota.
+        let spec = portico_quota::QuotaSpec {
+            limit: 10,
+            period: portico_quota::Period::Day,
+            offset: 0,
+        };
+        let held = BookSource::grant_to(&book, "pop-a", "p", "k", spec, 10).await;
+        let mut lease_id = held.unwrap().id;
+        let (link, mut outbox) = ControlLink::new("pop-a", "", Capabilities(0));
+        for round in 0..20 {
+            let back = QuotaReturn {
+                lease_id,
+                unused: 10,
+            };
+            let ask = QuotaLeaseRequest {
+                key_id: "k".into(),
+                plan: "p".into(),
+                want: 10,
+                lease_id_to_return: None,
+                unused: 0,
+            };
+            leases.on_frame(&link, Frame::QuotaReturn(back));
+            leases.on_frame(&link, Frame::QuotaLeaseRequest(ask));
+            let answer = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+            let Ok(Some(Frame::QuotaLease(lease))) = answer else {
+                panic!("no lease in round {round}: {answer:?}");
+            };
+            assert_eq!(lease.granted, 10, "round {round}: the ask went first");
+            lease_id = lease.lease_id;
         }
     }
 }

@@ -415,6 +415,10 @@ impl Quotas {
 
     /// Surrenders the leases of the slots `pick` chooses (by API and state)
     /// and hands their unspent rest back to the source.
+    ///
+    /// A slot asks for no new lease until its return is sent: the source
+    /// hears of the return first (a reconnected PoP's next ask would
+    /// otherwise race it, and could find the quota spent).
     async fn give_back_where(&self, pick: impl Fn(&str, &SlotState) -> bool) {
         let held: Vec<_> = {
             let slots = lock(&self.slots);
@@ -423,14 +427,18 @@ impl Quotas {
                 .flat_map(HashMap::values)
                 .filter_map(|s| {
                     let mut st = lock(&s.state);
-                    let held = pick(&s.api, &st).then(|| st.wallet.surrender());
+                    let held = pick(&s.api, &st).then(|| st.wallet.surrender_returning());
                     held.flatten()
-                        .map(|(id, unused)| (Arc::clone(&s.api), id, unused))
+                        .map(|(id, unused)| (Arc::clone(s), id, unused))
                 })
                 .collect()
         };
-        for (api, id, unused) in held {
-            self.source.give_back(api, id, unused).await;
+        for (slot, id, unused) in held {
+            self.source
+                .give_back(Arc::clone(&slot.api), id, unused)
+                .await;
+            lock(&slot.state).wallet.returned();
+            slot.refilled.notify_waiters();
         }
     }
 
@@ -634,6 +642,57 @@ mod tests {
         a.close().await;
         b.close().await;
         assert_eq!(origin.usage("p", "k", SPEC).unwrap().used, 50);
+    }
+
+    /// A source that logs its grants and returns; a return signals that it
+    /// started, then takes a while to arrive.
+    struct Ordered {
+        book: BookSource,
+        log: std::sync::Mutex<Vec<&'static str>>,
+        returning: tokio::sync::Notify,
+    }
+
+    impl LeaseSource for Ordered {
+        fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            Box::pin(async move {
+                lock(&self.log).push("grant");
+                self.book.grant(ask).await
+            })
+        }
+        fn give_back(&self, api: Arc<str>, id: u64, unused: u64) -> BoxFuture<'_, ()> {
+            Box::pin(async move {
+                self.returning.notify_one();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.book.give_back(api, id, unused).await;
+                lock(&self.log).push("return");
+            })
+        }
+    }
+
+    /// After a reconnect, a PoP surrenders its lease and its next request
+    /// asks for a new one: the return reaches the source first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_surrendered_lease_goes_back_before_the_next_ask() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let source = Arc::new(Ordered {
+            book: BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"),
+            log: std::sync::Mutex::new(Vec::new()),
+            returning: tokio::sync::Notify::new(),
+        });
+        let q = Arc::new(Quotas::remote(Arc::clone(&source) as Arc<dyn LeaseSource>));
+        assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        let surrender = {
+            let q = Arc::clone(&q);
+            tokio::spawn(async move { q.surrender_home(|_| true).await })
+        };
+        // The return is on its way when the next request arrives.
+        source.returning.notified().await;
+        assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        surrender.await.unwrap();
+        assert_eq!(*lock(&source.log), ["grant", "return", "grant"]);
+        q.close().await;
+        assert_eq!(origin.usage("p", "k", SPEC).unwrap().used, 2);
     }
 
     /// The book's grant, then a slow way back (a far origin): the lease is
