@@ -433,12 +433,12 @@ impl Quotas {
                 })
                 .collect()
         };
+        let _unmark = Unmark(held.iter().map(|(slot, ..)| Arc::clone(slot)).collect());
         for (slot, id, unused) in held {
             self.source
                 .give_back(Arc::clone(&slot.api), id, unused)
                 .await;
-            lock(&slot.state).wallet.returned();
-            slot.refilled.notify_waiters();
+            unmark(&slot);
         }
     }
 
@@ -483,6 +483,22 @@ fn size(wallet: &Wallet, spec: QuotaSpec) -> u64 {
     let sizing = Sizing::default();
     let floor = (spec.limit / 16).clamp(1, MIN_LEASE);
     wallet.next_size(&sizing).max(floor).min(spec.limit)
+}
+
+/// The slot's surrendered lease is sent: refills may go again.
+fn unmark(slot: &Slot) {
+    lock(&slot.state).wallet.returned();
+    slot.refilled.notify_waiters();
+}
+
+/// Unmarks its slots when dropped, so a return that never completes (its
+/// task cancelled) does not stop those keys' refills for good.
+struct Unmark(Vec<Arc<Slot>>);
+
+impl Drop for Unmark {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|slot| unmark(slot));
+    }
 }
 
 /// What an accepted or exhausted spend answers.
@@ -667,6 +683,33 @@ mod tests {
                 lock(&self.log).push("return");
             })
         }
+    }
+
+    /// A source whose returns never arrive.
+    struct Stuck(BookSource);
+
+    impl LeaseSource for Stuck {
+        fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            self.0.grant(ask)
+        }
+        fn give_back(&self, _: Arc<str>, _: u64, _: u64) -> BoxFuture<'_, ()> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    /// A return whose task is cancelled leaves the key free to ask again.
+    #[tokio::test]
+    async fn a_cancelled_return_does_not_stop_refills() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let source = Stuck(BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"));
+        let q = Arc::new(Quotas::remote(Arc::new(source)));
+        assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        let surrender = q.surrender_home(|_| true);
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), surrender).await;
+        assert!(cancelled.is_err(), "the return never arrives");
+        // Not held back by the return that will not come: a new lease.
+        assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
     }
 
     /// After a reconnect, a PoP surrenders its lease and its next request
