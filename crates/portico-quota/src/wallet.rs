@@ -176,7 +176,8 @@ impl Wallet {
     /// ask, which would otherwise find the returned requests still counted.
     pub fn surrender_returning(&mut self) -> Option<(u64, u64)> {
         let held = self.surrender();
-        self.returning = held.is_some();
+        // An earlier return still on its way keeps its hold.
+        self.returning |= held.is_some();
         held
     }
 
@@ -252,6 +253,13 @@ mod tests {
         // Nothing held, nothing returning.
         assert_eq!(w.surrender_returning(), None);
         assert!(w.wants_refill(2));
+        // A second surrender while a return is on its way keeps the hold.
+        w.install(4, 10, 1_000, false);
+        assert_eq!(w.surrender_returning(), Some((4, 10)));
+        assert_eq!(w.surrender_returning(), None);
+        assert!(!w.wants_refill(3));
+        w.returned();
+        assert!(w.wants_refill(3));
     }
 
     #[test]
