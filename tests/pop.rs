@@ -658,45 +658,65 @@ fn replica(text: &str) -> String {
     )
 }
 
-/// A PoP (with admin) whose region `local` has the two origins `origin_a`
-/// and `origin-b`, a client trusting `public`, and the URL of `/prod/meta`
-/// through the PoP.
-fn replicas_pop(
-    dir: &Path,
-    origin_a: &Proc,
-    origin_b: &Proc,
-    public: &rustls_pki_types::CertificateDer<'static>,
-) -> (Proc, PathBuf, HttpsClient, String) {
+/// A region of two origins, `origin-a` and `origin-b`, on the demo
+/// backend, and a PoP (with admin) linked to both; `client` trusts the
+/// PoP's public certificate and `url` is `/prod/meta` through the PoP.
+struct Replicas {
+    dir: TempDir,
+    backend: SocketAddr,
+    _backend_proc: Proc,
+    origin_a: Proc,
+    origin_b: Proc,
+    pop: Proc,
+    pop_log: PathBuf,
+    client: HttpsClient,
+    url: String,
+}
+
+/// [`Replicas`], with origin-b's file made from origin-a's by `file_b`.
+fn replicas(file_b: impl FnOnce(&str) -> String) -> Replicas {
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "origin-a,origin-b,pop-a");
+    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+    let (backend_proc, backend) = backend();
+    let text_a = origin_config(dir.path(), backend, 0, "");
+    let (origin_a, _) = node(dir.path(), "origin", "origin", &text_a);
+    let (origin_b, _) = node(dir.path(), "origin", "origin-b", &file_b(&text_a));
     let second = format!(
         "\n[[origins]]\nregion = \"local\"\naddress = \"{}\"\nserver_name = \"origin-b\"\n",
         origin_b.addrs("backbone")[0]
     );
-    let pop_text = pop_with_admin(dir, "pop-a", origin_a.addrs("backbone")[0]) + &second;
-    let (pop, log) = node(dir, "pop", "pop-a", &pop_text);
-    let client = https_client(public, false);
+    let pop_text = pop_with_admin(dir.path(), "pop-a", origin_a.addrs("backbone")[0]) + &second;
+    let (pop, pop_log) = node(dir.path(), "pop", "pop-a", &pop_text);
+    let client = https_client(&cert.der, false);
     let url = format!(
         "https://localhost:{}/prod/meta",
         pop.addrs("https")[0].port()
     );
-    (pop, log, client, url)
+    Replicas {
+        dir,
+        backend,
+        _backend_proc: backend_proc,
+        origin_a,
+        origin_b,
+        pop,
+        pop_log,
+        client,
+        url,
+    }
 }
 
 /// A region's replicas share its requests by how many each has in flight:
 /// one whose backend answers slowly gets fewer, where turns would give it half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_replica_gets_fewer_of_the_regions_requests() {
-    let dir = TempDir::new().unwrap();
-    make_certs(dir.path(), "origin-a,origin-b,pop-a");
-    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
-    let (_backend_proc, backend) = backend();
-    let text_a = origin_config(dir.path(), backend, 0, "");
     // origin-b: the same API, but its backend takes 600 ms (the demo
     // backend's `/delay/600/...`). The PoP logs that the replicas differ.
-    let text_b = replica(&text_a).replace("}/{proxy}", "}/delay/600/{proxy}");
-    assert!(text_b.contains("/delay/600/"), "{text_b}");
-    let (origin_a, _log_a) = node(dir.path(), "origin", "origin", &text_a);
-    let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &text_b);
-    let (_pop, _pop_log, client, url) = replicas_pop(dir.path(), &origin_a, &origin_b, &cert.der);
+    let Replicas { client, url, .. } = &replicas(|text_a| {
+        let text_b = replica(text_a).replace("}/{proxy}", "}/delay/600/{proxy}");
+        assert!(text_b.contains("/delay/600/"), "{text_b}");
+        text_b
+    });
     let origin_of = |reply: &Reply| {
         let via = vias(reply);
         ["origin-a", "origin-b"]
@@ -707,7 +727,7 @@ async fn a_slow_replica_gets_fewer_of_the_regions_requests() {
     eventually(60, || async {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..4 {
-            let reply = try_get(&client, &url).await.ok()?;
+            let reply = try_get(client, url).await.ok()?;
             (reply.status == 200).then_some(())?;
             seen.extend(origin_of(&reply));
         }
@@ -718,7 +738,7 @@ async fn a_slow_replica_gets_fewer_of_the_regions_requests() {
     // fewer in flight and takes the next.
     const TOTAL: usize = 30;
     use futures_util::StreamExt;
-    let requests = (0..TOTAL).map(|_| try_get(&client, &url));
+    let requests = (0..TOTAL).map(|_| try_get(client, url));
     let replies: Vec<Reply> = futures_util::stream::iter(requests)
         .buffer_unordered(2)
         .map(|r| r.expect("request through the PoP"))
@@ -744,19 +764,23 @@ async fn a_slow_replica_gets_fewer_of_the_regions_requests() {
 /// requests over both links, and follows a reload of both.
 #[tokio::test]
 async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_the_pop() {
-    let dir = TempDir::new().unwrap();
-    make_certs(dir.path(), "origin-a,origin-b,pop-a");
-    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
-    let (_backend_proc, backend) = backend();
-    let text_a = origin_config(dir.path(), backend, 0, "");
-    let (origin_a, _log_a) = node(dir.path(), "origin", "origin", &text_a);
-    let (origin_b, _log_b) = node(dir.path(), "origin", "origin-b", &replica(&text_a));
-    let (pop, pop_log, client, url) = replicas_pop(dir.path(), &origin_a, &origin_b, &cert.der);
+    let Replicas {
+        dir,
+        backend,
+        origin_a,
+        origin_b,
+        pop,
+        pop_log,
+        client,
+        url,
+        ..
+    } = &replicas(replica);
+    let backend = *backend;
     // Both links up: requests reach both origins, round robin.
     let seen = eventually(60, || async {
         let mut origins = std::collections::BTreeSet::new();
         for _ in 0..8 {
-            let reply = try_get(&client, &url).await.ok()?;
+            let reply = try_get(client, url).await.ok()?;
             (reply.status == 200).then_some(())?;
             let via = vias(&reply);
             origins.extend(
@@ -769,8 +793,8 @@ async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_th
     })
     .await;
     assert_eq!(seen.len(), 2);
-    let config = config_of(&client, &pop).await;
-    let origin = config_of(&client, &origin_a).await;
+    let config = config_of(client, pop).await;
+    let origin = config_of(client, origin_a).await;
     assert_eq!(config["sha256"], origin["sha256"], "{config}");
     let entries = config["origins"].as_array().expect("origins").clone();
     assert_eq!(entries.len(), 2, "{config}");
@@ -797,12 +821,12 @@ async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_th
     origin_a.signal("HUP");
     origin_b.signal("HUP");
     let reloaded = eventually(20, || async {
-        let origin = config_of(&client, &origin_a).await;
+        let origin = config_of(client, origin_a).await;
         (origin["sha256"] != config["sha256"]).then_some(origin)
     })
     .await;
     eventually(20, || async {
-        let served = config_of(&client, &pop).await;
+        let served = config_of(client, pop).await;
         let entries = served["origins"].as_array()?.clone();
         let all = entries.iter().all(|e| e["sha256"] == reloaded["sha256"]);
         (served["sha256"] == reloaded["sha256"] && all).then_some(())
@@ -810,9 +834,9 @@ async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_th
     .await;
     let version = url.replace("/meta", "/version");
     for _ in 0..4 {
-        let reply = try_get(&client, &version).await.unwrap();
+        let reply = try_get(client, &version).await.unwrap();
         assert_eq!(reply.text(), "v2", "{}", vias(&reply));
     }
-    let log = std::fs::read_to_string(&pop_log).unwrap_or_default();
+    let log = std::fs::read_to_string(pop_log).unwrap_or_default();
     assert!(!log.contains("duplicate API"), "{log}");
 }
