@@ -78,7 +78,7 @@ impl Wallet {
     /// Spends one request if the lease in hand allows it.
     pub fn spend(&mut self, now_ms: i64) -> Spend {
         self.observe(now_ms);
-        if self.left > 0 && now_ms < self.expires_ms {
+        if self.holds_unspent(now_ms) {
             self.left -= 1;
             return Spend::Accepted;
         }

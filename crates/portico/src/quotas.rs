@@ -71,7 +71,13 @@ pub fn plan_and_key<'a>(
 /// or the ask may find the quota spent. A task per frame gave no such order.
 pub struct OriginLeases {
     granter: Arc<Granter>,
-    queue: OnceLock<mpsc::Sender<(ControlLink, Frame)>>,
+    queue: OnceLock<mpsc::Sender<(ControlLink, QuotaFrame)>>,
+}
+
+/// The control frames [`OriginLeases`] answers.
+enum QuotaFrame {
+    Ask(QuotaLeaseRequest),
+    Return(QuotaReturn),
 }
 
 /// Quota frames waiting for the book; beyond this a frame is dropped (a
@@ -162,18 +168,17 @@ fn lease_frame(req: &QuotaLeaseRequest, lease: &Lease) -> QuotaLease {
 impl OriginLeases {
     /// The queue of the task that answers quota frames in order (started
     /// with the first frame, on the runtime of the control streams).
-    fn queue(&self) -> &mpsc::Sender<(ControlLink, Frame)> {
+    fn queue(&self) -> &mpsc::Sender<(ControlLink, QuotaFrame)> {
         self.queue.get_or_init(|| {
-            let (tx, mut rx) = mpsc::channel::<(ControlLink, Frame)>(QUEUE);
+            let (tx, mut rx) = mpsc::channel::<(ControlLink, QuotaFrame)>(QUEUE);
             let granter = Arc::clone(&self.granter);
             tokio::spawn(async move {
                 while let Some((link, frame)) = rx.recv().await {
                     match frame {
-                        Frame::QuotaLeaseRequest(req) => granter.answer(&link, req).await,
-                        Frame::QuotaReturn(r) => {
+                        QuotaFrame::Ask(req) => granter.answer(&link, req).await,
+                        QuotaFrame::Return(r) => {
                             granter.release(&link, r.lease_id, r.unused).await;
                         }
-                        _ => {}
                     }
                 }
             });
@@ -185,13 +190,13 @@ impl OriginLeases {
 impl ControlHandler for OriginLeases {
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
         // The handler may not wait: book writes run on the queue's task.
-        match frame {
-            Frame::QuotaLeaseRequest(_) | Frame::QuotaReturn(_) => {
-                if self.queue().try_send((link.clone(), frame)).is_err() {
-                    tracing::warn!(pop = %link.peer_id(), "quota frame dropped: the book is behind");
-                }
-            }
-            other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+        let frame = match frame {
+            Frame::QuotaLeaseRequest(req) => QuotaFrame::Ask(req),
+            Frame::QuotaReturn(r) => QuotaFrame::Return(r),
+            other => return tracing::debug!(frame = %other.kind(), "control frame ignored"),
+        };
+        if self.queue().try_send((link.clone(), frame)).is_err() {
+            tracing::warn!(pop = %link.peer_id(), "quota frame dropped: the book is behind");
         }
     }
 }

@@ -358,11 +358,12 @@ impl Quotas {
         let granted = self.source.grant(ask).await;
         let (old, ok) = {
             let mut st = lock(&slot.state);
+            let now = now_ms();
             match granted {
                 // Nothing more to grant: what is in hand stays and is spent
                 // (the empty lease is closed in the book).
-                Ok(lease) if lease.granted == 0 && st.wallet.holds_unspent(now_ms()) => {
-                    st.wallet.keep_after_empty_grant(now_ms());
+                Ok(lease) if lease.granted == 0 && st.wallet.holds_unspent(now) => {
+                    st.wallet.keep_after_empty_grant(now);
                     st.period_end_ms = lease.period_end_ms;
                     (Some((lease.id, 0)), true)
                 }
@@ -370,7 +371,7 @@ impl Quotas {
                     let old = st.wallet.surrender();
                     let (id, granted, expires) = (lease.id, lease.granted, lease.expires_ms);
                     st.wallet
-                        .install_at(id, granted, expires, lease.exhausted, now_ms());
+                        .install_at(id, granted, expires, lease.exhausted, now);
                     st.period_end_ms = lease.period_end_ms;
                     (old, true)
                 }
@@ -433,12 +434,14 @@ impl Quotas {
                 })
                 .collect()
         };
-        let _unmark = Unmark(held.iter().map(|(slot, ..)| Arc::clone(slot)).collect());
-        for (slot, id, unused) in held {
+        let mut pending = Returning(held);
+        while let Some((slot, id, unused)) = pending.0.last() {
             self.source
-                .give_back(Arc::clone(&slot.api), id, unused)
+                .give_back(Arc::clone(&slot.api), *id, *unused)
                 .await;
-            unmark(&slot);
+            if let Some((slot, ..)) = pending.0.pop() {
+                unmark(&slot);
+            }
         }
     }
 
@@ -491,13 +494,14 @@ fn unmark(slot: &Slot) {
     slot.refilled.notify_waiters();
 }
 
-/// Unmarks its slots when dropped, so a return that never completes (its
-/// task cancelled) does not stop those keys' refills for good.
-struct Unmark(Vec<Arc<Slot>>);
+/// Surrendered leases not yet handed back. Dropped with some left (the
+/// returning task was cancelled), it unmarks their slots, so a return that
+/// never completes does not stop those keys' refills for good.
+struct Returning(Vec<(Arc<Slot>, u64, u64)>);
 
-impl Drop for Unmark {
+impl Drop for Returning {
     fn drop(&mut self) {
-        self.0.iter().for_each(|slot| unmark(slot));
+        self.0.iter().for_each(|(slot, ..)| unmark(slot));
     }
 }
 
