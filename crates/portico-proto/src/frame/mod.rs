@@ -29,155 +29,99 @@ pub use ws::{AuthorizerDecision, WsClose, WsKind, WsMessage, WsOpen};
 
 use crate::preface::StreamKind;
 
-/// One unit on the wire. Variant order is the wire tag: append only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Frame {
+/// Declares [`Frame`] and [`FrameKind`] from one list, so that the kinds,
+/// their wire order and their log names cannot drift apart.
+macro_rules! frames {
+    ($($(#[$doc:meta])* $name:ident($(#[$field:meta])* $ty:ty) => $word:literal,)*) => {
+        /// One unit on the wire. Variant order is the wire tag: append only.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Frame {
+            $($(#[$doc])* $name($(#[$field])* $ty),)*
+        }
+
+        /// The variant of a [`Frame`] without its data: for logs, errors and
+        /// ordering checks. Same order as [`Frame`], so `kind as u32` is the tag.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum FrameKind {
+            $($name,)*
+        }
+
+        impl Frame {
+            /// Which variant this is.
+            pub fn kind(&self) -> FrameKind {
+                match self {
+                    $(Self::$name(_) => FrameKind::$name,)*
+                }
+            }
+        }
+
+        impl FrameKind {
+            /// Every kind, in tag order.
+            pub const ALL: [FrameKind; [$($word),*].len()] = [$(FrameKind::$name),*];
+
+            /// A stable word for logs.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$name => $word,)*
+                }
+            }
+        }
+    };
+}
+
+frames! {
     /// 0
-    Hello(Hello),
+    Hello(Hello) => "hello",
     /// 1
-    HelloAck(HelloAck),
+    HelloAck(HelloAck) => "hello_ack",
     /// 2
-    RequestHead(Box<RequestHead>),
+    RequestHead(Box<RequestHead>) => "request_head",
     /// 3: a piece of a request or response body (any size up to the frame
     /// limit; see [`crate::Codec::split_body`]).
-    BodyChunk(#[serde(with = "request::bytes_serde")] Bytes),
+    BodyChunk(#[serde(with = "request::bytes_serde")] Bytes) => "body_chunk",
     /// 4
-    End(End),
+    End(End) => "end",
     /// 5
-    Reset(Reset),
+    Reset(Reset) => "reset",
     /// 6
-    ResponseHead(ResponseHead),
+    ResponseHead(ResponseHead) => "response_head",
     /// 7
-    ConfigSnapshot(ConfigSnapshot),
+    ConfigSnapshot(ConfigSnapshot) => "config_snapshot",
     /// 8
-    ConfigDelta(ConfigDelta),
+    ConfigDelta(ConfigDelta) => "config_delta",
     /// 9
-    Purge(Purge),
+    Purge(Purge) => "purge",
     /// 10
-    PurgeAck(PurgeAck),
+    PurgeAck(PurgeAck) => "purge_ack",
     /// 11
-    UsageReport(UsageReport),
+    UsageReport(UsageReport) => "usage_report",
     /// 12
-    QuotaLeaseRequest(QuotaLeaseRequest),
+    QuotaLeaseRequest(QuotaLeaseRequest) => "quota_lease_request",
     /// 13
-    QuotaLease(QuotaLease),
+    QuotaLease(QuotaLease) => "quota_lease",
     /// 14
-    QuotaReturn(QuotaReturn),
+    QuotaReturn(QuotaReturn) => "quota_return",
     /// 15
-    RateShare(RateShare),
+    RateShare(RateShare) => "rate_share",
     /// 16
-    Ping(Ping),
+    Ping(Ping) => "ping",
     /// 17
-    Pong(Pong),
+    Pong(Pong) => "pong",
     /// 18
-    GoAway(GoAway),
+    GoAway(GoAway) => "go_away",
     /// 19
-    WsOpen(Box<WsOpen>),
+    WsOpen(Box<WsOpen>) => "ws_open",
     /// 20
-    WsMessage(WsMessage),
+    WsMessage(WsMessage) => "ws_message",
     /// 21
-    WsClose(WsClose),
+    WsClose(WsClose) => "ws_close",
     /// 22
-    AuthorizerDecision(AuthorizerDecision),
+    AuthorizerDecision(AuthorizerDecision) => "authorizer_decision",
     /// 23 (protocol version 2)
-    ConfigRequest(ConfigRequest),
-}
-
-/// The variant of a [`Frame`] without its data: for logs, errors and
-/// ordering checks. Same order as [`Frame`], so `kind as u32` is the tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FrameKind {
-    Hello,
-    HelloAck,
-    RequestHead,
-    BodyChunk,
-    End,
-    Reset,
-    ResponseHead,
-    ConfigSnapshot,
-    ConfigDelta,
-    Purge,
-    PurgeAck,
-    UsageReport,
-    QuotaLeaseRequest,
-    QuotaLease,
-    QuotaReturn,
-    RateShare,
-    Ping,
-    Pong,
-    GoAway,
-    WsOpen,
-    WsMessage,
-    WsClose,
-    AuthorizerDecision,
-    ConfigRequest,
-}
-
-impl Frame {
-    /// Which variant this is.
-    pub fn kind(&self) -> FrameKind {
-        use FrameKind as K;
-        match self {
-            Self::Hello(_) => K::Hello,
-            Self::HelloAck(_) => K::HelloAck,
-            Self::RequestHead(_) => K::RequestHead,
-            Self::BodyChunk(_) => K::BodyChunk,
-            Self::End(_) => K::End,
-            Self::Reset(_) => K::Reset,
-            Self::ResponseHead(_) => K::ResponseHead,
-            Self::ConfigSnapshot(_) => K::ConfigSnapshot,
-            Self::ConfigDelta(_) => K::ConfigDelta,
-            Self::Purge(_) => K::Purge,
-            Self::PurgeAck(_) => K::PurgeAck,
-            Self::UsageReport(_) => K::UsageReport,
-            Self::QuotaLeaseRequest(_) => K::QuotaLeaseRequest,
-            Self::QuotaLease(_) => K::QuotaLease,
-            Self::QuotaReturn(_) => K::QuotaReturn,
-            Self::RateShare(_) => K::RateShare,
-            Self::Ping(_) => K::Ping,
-            Self::Pong(_) => K::Pong,
-            Self::GoAway(_) => K::GoAway,
-            Self::WsOpen(_) => K::WsOpen,
-            Self::WsMessage(_) => K::WsMessage,
-            Self::WsClose(_) => K::WsClose,
-            Self::AuthorizerDecision(_) => K::AuthorizerDecision,
-            Self::ConfigRequest(_) => K::ConfigRequest,
-        }
-    }
+    ConfigRequest(ConfigRequest) => "config_request",
 }
 
 impl FrameKind {
-    /// Every kind, in tag order.
-    pub const ALL: [FrameKind; 24] = {
-        use FrameKind::*;
-        [
-            Hello,
-            HelloAck,
-            RequestHead,
-            BodyChunk,
-            End,
-            Reset,
-            ResponseHead,
-            ConfigSnapshot,
-            ConfigDelta,
-            Purge,
-            PurgeAck,
-            UsageReport,
-            QuotaLeaseRequest,
-            QuotaLease,
-            QuotaReturn,
-            RateShare,
-            Ping,
-            Pong,
-            GoAway,
-            WsOpen,
-            WsMessage,
-            WsClose,
-            AuthorizerDecision,
-            ConfigRequest,
-        ]
-    };
-
     /// The wire tag (variant index).
     pub fn tag(self) -> u32 {
         self as u32
@@ -229,37 +173,6 @@ impl FrameKind {
                 | K::WsMessage
                 | K::WsClose
         )
-    }
-
-    /// A stable word for logs.
-    pub fn as_str(self) -> &'static str {
-        use FrameKind as K;
-        match self {
-            K::Hello => "hello",
-            K::HelloAck => "hello_ack",
-            K::RequestHead => "request_head",
-            K::BodyChunk => "body_chunk",
-            K::End => "end",
-            K::Reset => "reset",
-            K::ResponseHead => "response_head",
-            K::ConfigSnapshot => "config_snapshot",
-            K::ConfigDelta => "config_delta",
-            K::Purge => "purge",
-            K::PurgeAck => "purge_ack",
-            K::UsageReport => "usage_report",
-            K::QuotaLeaseRequest => "quota_lease_request",
-            K::QuotaLease => "quota_lease",
-            K::QuotaReturn => "quota_return",
-            K::RateShare => "rate_share",
-            K::Ping => "ping",
-            K::Pong => "pong",
-            K::GoAway => "go_away",
-            K::WsOpen => "ws_open",
-            K::WsMessage => "ws_message",
-            K::WsClose => "ws_close",
-            K::AuthorizerDecision => "authorizer_decision",
-            K::ConfigRequest => "config_request",
-        }
     }
 }
 
