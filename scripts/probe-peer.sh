@@ -21,6 +21,9 @@
 # measures compare.
 #
 # Usage: scripts/probe-peer.sh [ROUNDS] [RUNS]   (RUNS: the probe's --runs)
+# ZERO=1: every link's delay and jitter set to 0, so each column is what the
+# servers, the relays and the probe's client cost on this host, the floor
+# under every ratio of the delayed paths.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -28,6 +31,10 @@ ROUNDS="${1:-3}"
 RUNS="${2:-7}"
 # WORLD: another file with the same sites, PoPs and origins (e.g. other delays).
 WORLD="${WORLD:-$ROOT/topology/world.toml}"
+if [ "${ZERO:-0}" = 1 ]; then
+  sed -E 's/^(delay_ms|jitter_ms) = .*/\1 = 0/' "$WORLD" > "$WORK/world-zero.toml"
+  WORLD="$WORK/world-zero.toml"
+fi
 
 ensure_pkg nginx nginx
 ensure_pkg caddy caddy
