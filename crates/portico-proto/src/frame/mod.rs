@@ -196,6 +196,38 @@ mod tests {
         assert_eq!(FrameKind::from_tag(u32::MAX), None);
     }
 
+    /// The wire tags of docs/PROTOCOL.md: a reordered or removed kind fails here.
+    #[test]
+    fn tags_are_pinned() {
+        let names = [
+            "hello",
+            "hello_ack",
+            "request_head",
+            "body_chunk",
+            "end",
+            "reset",
+            "response_head",
+            "config_snapshot",
+            "config_delta",
+            "purge",
+            "purge_ack",
+            "usage_report",
+            "quota_lease_request",
+            "quota_lease",
+            "quota_return",
+            "rate_share",
+            "ping",
+            "pong",
+            "go_away",
+            "ws_open",
+            "ws_message",
+            "ws_close",
+            "authorizer_decision",
+            "config_request",
+        ];
+        assert_eq!(FrameKind::ALL.map(FrameKind::as_str), names);
+    }
+
     #[test]
     fn names_are_unique() {
         let mut names: Vec<_> = FrameKind::ALL.iter().map(|k| k.as_str()).collect();
