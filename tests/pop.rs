@@ -706,6 +706,29 @@ fn replicas(file_b: impl FnOnce(&str) -> String) -> Replicas {
     }
 }
 
+/// Which of the two replicas served `reply`, from its `Via`.
+fn origin_of(reply: &Reply) -> Option<&'static str> {
+    let via = vias(reply);
+    ["origin-a", "origin-b"]
+        .into_iter()
+        .find(|o| via.contains(o))
+}
+
+/// Waits until both links are up: `tries` requests, one at a time, reach
+/// both replicas.
+async fn both_replicas_answer(client: &HttpsClient, url: &str, tries: usize) {
+    eventually(60, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..tries {
+            let reply = try_get(client, url).await.ok()?;
+            (reply.status == 200).then_some(())?;
+            seen.extend(origin_of(&reply));
+        }
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+}
+
 /// A region's replicas share its requests by how many each has in flight:
 /// one whose backend answers slowly gets fewer, where turns would give it half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -717,23 +740,8 @@ async fn a_slow_replica_gets_fewer_of_the_regions_requests() {
         assert!(text_b.contains("/delay/600/"), "{text_b}");
         text_b
     });
-    let origin_of = |reply: &Reply| {
-        let via = vias(reply);
-        ["origin-a", "origin-b"]
-            .into_iter()
-            .find(|o| via.contains(o))
-    };
     // Both links up: one request at a time, they take turns.
-    eventually(60, || async {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..4 {
-            let reply = try_get(client, url).await.ok()?;
-            (reply.status == 200).then_some(())?;
-            seen.extend(origin_of(&reply));
-        }
-        (seen.len() == 2).then_some(())
-    })
-    .await;
+    both_replicas_answer(client, url, 4).await;
     // Two at a time: while origin-b holds one for 600 ms, origin-a has
     // fewer in flight and takes the next.
     const TOTAL: usize = 30;
@@ -777,22 +785,7 @@ async fn two_origins_of_one_region_serve_as_replicas_and_their_reload_reaches_th
     } = &replicas(replica);
     let backend = *backend;
     // Both links up: requests reach both origins, round robin.
-    let seen = eventually(60, || async {
-        let mut origins = std::collections::BTreeSet::new();
-        for _ in 0..8 {
-            let reply = try_get(client, url).await.ok()?;
-            (reply.status == 200).then_some(())?;
-            let via = vias(&reply);
-            origins.extend(
-                ["origin-a", "origin-b"]
-                    .into_iter()
-                    .filter(|o| via.contains(o)),
-            );
-        }
-        (origins.len() == 2).then_some(origins)
-    })
-    .await;
-    assert_eq!(seen.len(), 2);
+    both_replicas_answer(client, url, 8).await;
     let config = config_of(client, pop).await;
     let origin = config_of(client, origin_a).await;
     assert_eq!(config["sha256"], origin["sha256"], "{config}");

@@ -222,12 +222,17 @@ mod tests {
         let (due, next) = service.due(ms(20));
         assert_eq!(due.len(), 2, "the 10 and 20 ms waiters");
         assert_eq!(next, Some(ms(30)));
-        due.into_iter().for_each(Waker::wake);
-        let woken: Vec<usize> = counts
-            .iter()
-            .map(|c| c.0.load(AtomicOrdering::Relaxed))
-            .collect();
-        assert_eq!(woken, [0, 1, 1], "the 30 ms waiter still waits");
+        let woken = || -> Vec<usize> {
+            counts
+                .iter()
+                .map(|c| c.0.load(AtomicOrdering::Relaxed))
+                .collect()
+        };
+        let mut due = due.into_iter();
+        due.next().expect("two due").wake();
+        assert_eq!(woken(), [0, 1, 0], "the 10 ms waiter comes first");
+        due.for_each(Waker::wake);
+        assert_eq!(woken(), [0, 1, 1], "the 30 ms waiter still waits");
         let (due, next) = service.due(ms(30));
         assert_eq!((due.len(), next), (1, None));
     }

@@ -99,6 +99,26 @@ impl OriginLeases {
             queue: OnceLock::new(),
         })
     }
+
+    /// The queue of the task that answers quota frames in order (started
+    /// with the first frame, on the runtime of the control streams).
+    fn queue(&self) -> &mpsc::Sender<(ControlLink, QuotaFrame)> {
+        self.queue.get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<(ControlLink, QuotaFrame)>(QUEUE);
+            let granter = Arc::clone(&self.granter);
+            tokio::spawn(async move {
+                while let Some((link, frame)) = rx.recv().await {
+                    match frame {
+                        QuotaFrame::Ask(req) => granter.answer(&link, req).await,
+                        QuotaFrame::Return(r) => {
+                            granter.release(&link, r.lease_id, r.unused).await;
+                        }
+                    }
+                }
+            });
+            tx
+        })
+    }
 }
 
 impl Granter {
@@ -162,28 +182,6 @@ fn lease_frame(req: &QuotaLeaseRequest, lease: &Lease) -> QuotaLease {
         expires_unix_ms: unix_ms(lease.expires_ms),
         period_end_unix_ms: unix_ms(lease.period_end_ms),
         exhausted: lease.exhausted,
-    }
-}
-
-impl OriginLeases {
-    /// The queue of the task that answers quota frames in order (started
-    /// with the first frame, on the runtime of the control streams).
-    fn queue(&self) -> &mpsc::Sender<(ControlLink, QuotaFrame)> {
-        self.queue.get_or_init(|| {
-            let (tx, mut rx) = mpsc::channel::<(ControlLink, QuotaFrame)>(QUEUE);
-            let granter = Arc::clone(&self.granter);
-            tokio::spawn(async move {
-                while let Some((link, frame)) = rx.recv().await {
-                    match frame {
-                        QuotaFrame::Ask(req) => granter.answer(&link, req).await,
-                        QuotaFrame::Return(r) => {
-                            granter.release(&link, r.lease_id, r.unused).await;
-                        }
-                    }
-                }
-            });
-            tx
-        })
     }
 }
 
