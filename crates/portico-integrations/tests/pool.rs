@@ -15,21 +15,26 @@ const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 /// A keep-alive HTTP/1.1 backend on port 0 answering every request `ok`,
 /// counting the connections it accepted. Runs on its own thread.
 fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    backend_closing_after(usize::MAX)
+}
+
+/// [`backend`], but it closes each connection after `replies` replies,
+/// without saying so (no `Connection: close`), as a backend whose keep-alive
+/// timeout ran out does.
+fn backend_closing_after(replies: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     std_listener.set_nonblocking(true).expect("nonblocking");
     let addr = std_listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&accepted);
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(async move {
             let listener = TcpListener::from_std(std_listener).expect("listener");
             while let Ok((mut conn, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let mut left = replies;
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
                     while let Ok(n) = conn.read(&mut chunk).await {
@@ -43,6 +48,10 @@ fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
                             if conn.write_all(REPLY).await.is_err() {
                                 return;
                             }
+                            left -= 1;
+                            if left == 0 {
+                                return;
+                            }
                         }
                     }
                 });
@@ -52,14 +61,26 @@ fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
+/// A current-thread runtime for one test thread's requests.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn client() -> BackendClient {
+    client_with(&ClientSettings::default())
+}
+
+fn client_with(settings: &ClientSettings) -> BackendClient {
     let resolver = Resolver::new(&DnsSettings {
         nameservers: Some(Vec::new()),
         use_hosts_file: true,
         cache_size: 16,
     })
     .expect("resolver");
-    BackendClient::new(&ClientSettings::default(), resolver).expect("client")
+    BackendClient::new(settings, resolver).expect("client")
 }
 
 /// `n` GETs one after the other on a current-thread runtime of this thread;
@@ -71,10 +92,7 @@ fn get_sequentially(
     n: usize,
     hold: impl std::future::Future<Output = ()>,
 ) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     rt.block_on(async {
         for _ in 0..n {
             let req = http::Request::get(format!("http://{addr}/x"))
@@ -121,4 +139,68 @@ fn another_thread_opens_its_own_connection_instead_of_borrowing() {
     let _ = release_tx.send(());
     thread1.join().expect("thread 1");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn a_connection_the_backend_closed_is_not_an_error() {
+    // Each connection serves one reply and closes; the client learns it
+    // only when it reads the close, which may come after it picked the
+    // connection for the next request, or even wrote that request on it (a
+    // reset, or a close before any response). Either way the GET goes
+    // again, on a new connection.
+    let (addr, accepted) = backend_closing_after(1);
+    let client = client();
+    get_sequentially(&client, addr, 20, async {});
+    assert_eq!(accepted.load(Ordering::SeqCst), 20);
+}
+
+#[test]
+fn idle_connections_expire() {
+    let (addr, accepted) = backend();
+    let client = client_with(&ClientSettings {
+        pool_idle_timeout: std::time::Duration::from_millis(50),
+        ..ClientSettings::default()
+    });
+    let rt = runtime();
+    rt.block_on(async {
+        for _ in 0..2 {
+            let req = http::Request::get(format!("http://{addr}/x"))
+                .body(portico_gateway::body::empty())
+                .expect("request");
+            let resp = client.send(req).await.expect("sent");
+            resp.into_body().collect().await.expect("body");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn no_idle_connections_are_kept_when_the_limit_is_zero() {
+    let (addr, accepted) = backend();
+    let client = client_with(&ClientSettings {
+        pool_max_idle_per_host: 0,
+        ..ClientSettings::default()
+    });
+    get_sequentially(&client, addr, 3, async {});
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_uri_without_a_host_is_an_error() {
+    let client = client();
+    let rt = runtime();
+    let err = rt
+        .block_on(
+            client.send(
+                http::Request::get("/relative")
+                    .body(portico_gateway::body::empty())
+                    .expect("request"),
+            ),
+        )
+        .expect_err("no host");
+    assert_eq!(
+        err.to_string(),
+        "backend URI \"/relative\": no scheme or host"
+    );
 }
