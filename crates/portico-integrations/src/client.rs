@@ -199,7 +199,8 @@ impl BackendClient {
                 .await
                 .map_err(IntegrationError::Handshake)?;
             tokio::spawn(drive(conn));
-            self.checkin(backend.clone(), Sender::H2(sender.clone()));
+            let shared = Sender::H2(sender.clone());
+            self.with_pool(|pool, settings| pool.keep(backend.clone(), shared, settings));
             Ok(Sender::H2(sender))
         } else {
             let (sender, conn) = http1::handshake(io)
@@ -211,9 +212,12 @@ impl BackendClient {
     }
 
     /// Returns an HTTP/1.1 connection to the pool once its response head is
-    /// in: it is taken again only when ready, after the body is read.
+    /// in: it is taken again only when ready, after the body is read. An
+    /// HTTP/2 one is a clone of a pooled connection (pooled when opened).
     fn checkin(&self, backend: Backend, sender: Sender) {
-        self.with_pool(|pool, shared| pool.checkin(backend, sender, shared));
+        if let Sender::H1(_) = sender {
+            self.with_pool(|pool, shared| pool.keep(backend, sender, shared));
+        }
     }
 }
 
@@ -370,19 +374,9 @@ impl Pool {
         None
     }
 
-    /// Keeps an HTTP/1.1 connection (or a new HTTP/2 one) for later
-    /// requests, unless `backend` already has its fill.
-    fn checkin(&mut self, backend: Backend, sender: Sender, shared: &Shared) {
-        if let Sender::H2(_) = sender {
-            // A pooled HTTP/2 connection never left the pool.
-            if self
-                .backends
-                .get(&backend)
-                .is_some_and(|l| l.iter().any(|p| matches!(p.sender, Sender::H2(_))))
-            {
-                return;
-            }
-        }
+    /// Keeps a connection for later requests, unless `backend` already
+    /// has its fill.
+    fn keep(&mut self, backend: Backend, sender: Sender, shared: &Shared) {
         let list = self.backends.entry(backend).or_default();
         if list.len() < shared.max_idle_per_backend {
             list.push(Pooled {

@@ -204,3 +204,63 @@ fn a_uri_without_a_host_is_an_error() {
         "backend URI \"/relative\": no scheme or host"
     );
 }
+
+/// An HTTP/2 backend with prior knowledge (h2c) on port 0 answering `ok`,
+/// counting its connections.
+fn h2c_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = TcpListener::from_std(std_listener).expect("listener");
+            while let Ok((conn, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_req| async {
+                    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service),
+                );
+            }
+        });
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn http2_backends_share_one_connection() {
+    let (addr, accepted) = h2c_backend();
+    let client = client_with(&ClientSettings {
+        http2_only: true,
+        ..ClientSettings::default()
+    });
+    // One after the other, then ten at once: every request on the one
+    // connection the first opened. (Ten at once on a cold pool would open
+    // up to ten: a connection joins the pool once its handshake is done.)
+    let get = |client: BackendClient| async move {
+        let req = http::Request::get(format!("http://{addr}/x"))
+            .body(portico_gateway::body::empty())
+            .expect("request");
+        let resp = client.send(req).await.expect("sent");
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.expect("body").to_bytes()
+    };
+    runtime().block_on(async {
+        for _ in 0..3 {
+            assert_eq!(&get(client.clone()).await[..], b"ok");
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            set.spawn(get(client.clone()));
+        }
+        while let Some(body) = set.join_next().await {
+            assert_eq!(&body.expect("task")[..], b"ok");
+        }
+    });
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
