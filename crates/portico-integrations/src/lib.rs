@@ -23,19 +23,11 @@ use portico_gateway::{Body, ErrorKind, ErrorSource, GatewayError, RequestCtx, Up
 pub use client::{BackendClient, ClientSettings};
 pub use dns::{DnsSettings, Resolver};
 
-/// Errors building the backend client, and a backend request's failures.
+/// Errors building the backend client.
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrationError {
     #[error("DNS resolver: {0}")]
     Dns(String),
-    #[error("backend URI {0:?}: no scheme or host")]
-    Uri(String),
-    #[error("connecting to the backend: {0}")]
-    Connect(#[source] portico_gateway::BoxError),
-    #[error("HTTP handshake with the backend: {0}")]
-    Handshake(#[source] hyper::Error),
-    #[error("backend: {0}")]
-    Backend(#[source] hyper::Error),
     #[error("backend CA file {path}: {reason}")]
     Ca { path: PathBuf, reason: String },
     #[error("backend TLS: {0}")]

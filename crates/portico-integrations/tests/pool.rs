@@ -147,7 +147,7 @@ fn a_connection_the_backend_closed_is_not_an_error() {
     // only when it reads the close, which may come after it picked the
     // connection for the next request, or even wrote that request on it (a
     // reset, or a close before any response). Either way the GET goes
-    // again, on a new connection.
+    // again.
     let (addr, accepted) = backend_closing_after(1);
     let client = client();
     get_sequentially(&client, addr, 20, async {});
@@ -186,25 +186,6 @@ fn no_idle_connections_are_kept_when_the_limit_is_zero() {
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
-#[test]
-fn a_uri_without_a_host_is_an_error() {
-    let client = client();
-    let rt = runtime();
-    let err = rt
-        .block_on(
-            client.send(
-                http::Request::get("/relative")
-                    .body(portico_gateway::body::empty())
-                    .expect("request"),
-            ),
-        )
-        .expect_err("no host");
-    assert_eq!(
-        err.to_string(),
-        "backend URI \"/relative\": no scheme or host"
-    );
-}
-
 /// An HTTP/2 backend with prior knowledge (h2c) on port 0 answering `ok`,
 /// counting its connections.
 fn h2c_backend() -> (SocketAddr, Arc<AtomicUsize>) {
@@ -240,8 +221,7 @@ fn http2_backends_share_one_connection() {
         ..ClientSettings::default()
     });
     // One after the other, then ten at once: every request on the one
-    // connection the first opened. (Ten at once on a cold pool would open
-    // up to ten: a connection joins the pool once its handshake is done.)
+    // connection the first opened.
     let get = |client: BackendClient| async move {
         let req = http::Request::get(format!("http://{addr}/x"))
             .body(portico_gateway::body::empty())
