@@ -401,6 +401,74 @@ name = "prod"
 }
 
 #[tokio::test]
+async fn a_get_on_a_keep_alive_connection_the_backend_just_closed_is_sent_again() {
+    // A backend that answers one request per connection and closes the
+    // connection, unanswered, when the next request arrives on it (its
+    // keep-alive timeout running out just then). The client's requests, on
+    // one connection, reach one origin thread, which reuses its pooled
+    // backend connection each time: each GET fails there and goes again on
+    // a new one. A POST with a body is not sent twice: 502.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        if answered {
+                            return;
+                        }
+                        answered = true;
+                        seen.clear();
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let extra = format!(
+        r#"
+[[apis]]
+name = "closing"
+endpoint = "regional"
+hosts = ["closing.test"]
+[[apis.routes]]
+method = "ANY"
+path = "/once"
+integration = {{ type = "http_proxy", uri = "http://{backend_addr}/" }}
+[[apis.stages]]
+name = "prod"
+"#
+    );
+    let f = start(&extra);
+    let client = f.h1();
+    for _ in 0..5 {
+        let req = Request::get(f.url("/prod/once"))
+            .header("host", "closing.test")
+            .body(full(""))
+            .unwrap();
+        let reply = send(&client, req).await;
+        assert_eq!(reply.status, 200, "body: {}", reply.text());
+        assert_eq!(reply.text(), "ok");
+    }
+    let req = Request::post(f.url("/prod/once"))
+        .header("host", "closing.test")
+        .body(full("data"))
+        .unwrap();
+    assert_error(&send(&client, req).await, 502, "Bad Gateway");
+}
+
+#[tokio::test]
 async fn oversized_bodies_are_413() {
     let extra = r#"
 [[apis]]
