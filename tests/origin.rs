@@ -104,6 +104,25 @@ fn start(extra: &str) -> Fixture {
     }
 }
 
+/// A regional API `name` on host `{name}.test` with one `http_proxy` route
+/// to `uri`, stage `prod`.
+fn proxy_api(name: &str, method: &str, path: &str, uri: &str) -> String {
+    format!(
+        r#"
+[[apis]]
+name = "{name}"
+endpoint = "regional"
+hosts = ["{name}.test"]
+[[apis.routes]]
+method = "{method}"
+path = "{path}"
+integration = {{ type = "http_proxy", uri = "{uri}" }}
+[[apis.stages]]
+name = "prod"
+"#
+    )
+}
+
 fn assert_error(reply: &Reply, status: u16, message: &str) {
     assert_eq!(reply.status, status, "body: {}", reply.text());
     assert_eq!(reply.text(), format!("{{\"message\":\"{message}\"}}"));
@@ -372,28 +391,12 @@ async fn refused_and_reset_backends_are_502() {
             drop(s);
         }
     });
-    let extra = format!(
-        r#"
-[[apis]]
-name = "broken"
-endpoint = "regional"
-hosts = ["broken.test"]
-[[apis.routes]]
-method = "GET"
-path = "/refused"
-integration = {{ type = "http_proxy", uri = "http://{closed}/" }}
-[[apis.routes]]
-method = "GET"
-path = "/reset"
-integration = {{ type = "http_proxy", uri = "http://{reset_addr}/" }}
-[[apis.stages]]
-name = "prod"
-"#
-    );
+    let extra = proxy_api("refused", "GET", "/", &format!("http://{closed}/"))
+        + &proxy_api("reset", "GET", "/", &format!("http://{reset_addr}/"));
     let f = start(&extra);
-    for path in ["/prod/refused", "/prod/reset"] {
-        let req = Request::get(f.url(path))
-            .header("host", "broken.test")
+    for host in ["refused.test", "reset.test"] {
+        let req = Request::get(f.url("/prod/"))
+            .header("host", host)
             .body(full(""))
             .unwrap();
         assert_error(&send(&f.h1(), req).await, 502, "Bad Gateway");
@@ -436,19 +439,11 @@ async fn a_get_on_a_keep_alive_connection_the_backend_just_closed_is_sent_again(
             });
         }
     });
-    let extra = format!(
-        r#"
-[[apis]]
-name = "closing"
-endpoint = "regional"
-hosts = ["closing.test"]
-[[apis.routes]]
-method = "ANY"
-path = "/once"
-integration = {{ type = "http_proxy", uri = "http://{backend_addr}/" }}
-[[apis.stages]]
-name = "prod"
-"#
+    let extra = proxy_api(
+        "closing",
+        "ANY",
+        "/once",
+        &format!("http://{backend_addr}/"),
     );
     let f = start(&extra);
     let client = f.h1();
@@ -579,20 +574,7 @@ async fn client_going_away_cancels_the_backend_request() {
         }
         let _ = closed_tx.send(());
     });
-    let extra = format!(
-        r#"
-[[apis]]
-name = "hang"
-endpoint = "regional"
-hosts = ["hang.test"]
-[[apis.routes]]
-method = "GET"
-path = "/"
-integration = {{ type = "http_proxy", uri = "http://{hang_addr}/" }}
-[[apis.stages]]
-name = "prod"
-"#
-    );
+    let extra = proxy_api("hang", "GET", "/", &format!("http://{hang_addr}/"));
     let f = start(&extra);
     let client = f.h1();
     let req = Request::get(f.url("/prod/"))
@@ -801,20 +783,11 @@ async fn http2_and_https_backends() {
             "[backend_client]\nca_file = \"{}\"\nuse_webpki_roots = false\n\n[limits]",
             backend_cert.cert.display()
         ),
-    ) + &format!(
-        r#"
-[[apis]]
-name = "tls"
-endpoint = "regional"
-hosts = ["tls.test"]
-[[apis.routes]]
-method = "GET"
-path = "/{{proxy+}}"
-integration = {{ type = "http_proxy", uri = "https://localhost:{}/{{proxy}}" }}
-[[apis.stages]]
-name = "prod"
-"#,
-        tls_addr.port()
+    ) + &proxy_api(
+        "tls",
+        "GET",
+        "/{proxy+}",
+        &format!("https://localhost:{}/{{proxy}}", tls_addr.port()),
     );
     let origin = origin(dir.path(), &text);
     let url = format!(
