@@ -145,7 +145,7 @@ done
 declare -A RPS P99
 for size in 1024 102400; do
   for round in $(seq "$ROUNDS"); do
-    for target in portico nginx varnish; do
+    for target in $(in_order "$round" portico nginx varnish); do
       read -r rps p99 < <(wrk_hits "$(url_of $target $size)")
       RPS[$target.$size]+="$rps "; P99[$target.$size]+="$p99 "
       echo "round $round size $size $target: $rps req/s, p99 $p99 ms" >&2

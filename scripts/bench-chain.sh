@@ -170,23 +170,10 @@ REPLICAS=2 start_portico_chain portico-replicas
 # Every chain must answer 200 before anything is measured.
 for target in "${TARGETS[@]}"; do wait_ok "${URL[$target]}/bytes/16"; done
 
-# in_order ROUND: the targets, reversed on even rounds, so that no chain is
-# always measured right after the same one (the order alone can move a
-# pair by a few per cent on a shared host).
-in_order() {
-  local -a order=("${TARGETS[@]}") reversed=()
-  local i
-  if (( $1 % 2 == 0 )); then
-    for (( i = ${#order[@]} - 1; i >= 0; i-- )); do reversed+=("${order[i]}"); done
-    order=("${reversed[@]}")
-  fi
-  printf '%s\n' "${order[@]}"
-}
-
 declare -A RPS P99
 for size in "${SIZES[@]}"; do
   for round in $(seq "$ROUNDS"); do
-    for target in $(in_order "$round"); do
+    for target in $(in_order "$round" "${TARGETS[@]}"); do
       read -r rps p99 < <(wrk_run "${URL[$target]}/bytes/$size" "$CONNS" "$SECS")
       RPS[$target.$size]+="$rps "; P99[$target.$size]+="$p99 "
       echo "round $round size $size $target: $rps req/s, p99 $p99 ms" >&2
@@ -198,7 +185,7 @@ done
 # nothing to batch and every hop woken from idle.
 declare -A P50_1 P99_1
 for round in $(seq "$ROUNDS"); do
-  for target in $(in_order "$round"); do
+  for target in $(in_order "$round" "${TARGETS[@]}"); do
     [ "$target" = backend ] && continue
     out=$(wrk -t1 -c1 -d"${SECS}"s --latency "${URL[$target]}/bytes/1024" 2>&1)
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")

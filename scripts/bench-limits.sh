@@ -100,7 +100,7 @@ done
 
 declare -A RPS P99
 for round in $(seq "$ROUNDS"); do
-  for target in pop-off pop-on; do
+  for target in $(in_order "$round" pop-off pop-on); do
     port=$OFF; [ "$target" = pop-on ] && port=$ON
     read -r rps p99 < <(wrk_run "http://127.0.0.1:$port/prod/x" "$CONNS" "$SECS")
     RPS[$target]+="$rps "; P99[$target]+="$p99 "

@@ -101,7 +101,7 @@ wait_port "$PORTICO_PORT"; wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"
 declare -A RPS P99
 for size in 1024 102400; do
   for round in $(seq "$ROUNDS"); do
-    for target in backend portico nginx haproxy; do
+    for target in $(in_order "$round" backend portico nginx haproxy); do
       case $target in
         backend) url="http://127.0.0.1:$BACKEND/bytes/$size" ;;
         portico) url="http://127.0.0.1:$PORTICO_PORT/prod/bytes/$size" ;;

@@ -322,3 +322,17 @@ CADDY
     PIDS+=($!)
   done
 }
+
+# in_order ROUND ITEM...: the items, reversed on even rounds, so that no
+# target of an interleaved benchmark is always measured right after the
+# same one (on a shared host the order alone can move a pair by a few per
+# cent).
+in_order() {
+  local round="$1" i
+  shift
+  if (( round % 2 == 0 )); then
+    for (( i = $#; i >= 1; i-- )); do printf '%s\n' "${!i}"; done
+  else
+    printf '%s\n' "$@"
+  fi
+}

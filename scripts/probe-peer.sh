@@ -195,7 +195,7 @@ for p in "${PATHS[@]}"; do
     probe_csv "$TOPO" "$WORK/$SITE-$target.json" "$WORK/warm" >/dev/null
   done
   for round in $(seq "$ROUNDS"); do
-    for target in portico nginx caddy; do
+    for target in $(in_order "$round" portico nginx caddy); do
       probe_csv "$TOPO" "$WORK/$SITE-$target.json" "$WORK/out" | sed "s/^/$target,$round,/" >>"$RESULTS"
     done
   done
