@@ -325,8 +325,8 @@ CADDY
 
 # in_order ROUND ITEM...: the items, reversed on even rounds, so that no
 # target of an interleaved benchmark is always measured right after the
-# same one (on a shared host the order alone can move a pair by a few per
-# cent).
+# same one (in session 17 an A/B in a fixed order showed a gain that
+# alternating rounds did not).
 in_order() {
   local round="$1" i
   shift
