@@ -44,6 +44,7 @@ impl<U: Upstream> Job<'_, U> {
         let stale = found.entry.as_deref();
         let req = self.upstream_request(stale, body, true)?;
         let request_time = SystemTime::now();
+        let purges = self.cache.store.purges();
         let (result, latency) = forward_timed(&**self.upstream, self.ctx, req).await;
         if let Some(r) = record.as_deref_mut() {
             r.integration_latency = Some(latency);
@@ -63,10 +64,18 @@ impl<U: Upstream> Job<'_, U> {
         let resp = result?;
         match (resp.status(), found.entry.as_ref()) {
             (StatusCode::NOT_MODIFIED, Some(e)) => {
-                self.refreshed(resp, e, found, guard, request_time, record)
+                self.refreshed(resp, e, found, guard, (request_time, purges), record)
                     .await
             }
-            _ => Ok(self.admit(resp, found, guard, fwd, store, request_time, record)),
+            _ => Ok(self.admit(
+                resp,
+                found,
+                guard,
+                fwd,
+                store,
+                (request_time, purges),
+                record,
+            )),
         }
     }
 
@@ -107,7 +116,7 @@ impl<U: Upstream> Job<'_, U> {
         stale: &Arc<Stored>,
         found: &Found,
         guard: Option<LeaderGuard>,
-        request_time: SystemTime,
+        (request_time, purges): (SystemTime, u64),
         record: Option<&mut AccessRecord>,
     ) -> Result<Response<Body>, GatewayError> {
         if !rules::validates(stale.etag.as_ref(), resp.headers()) {
@@ -126,11 +135,12 @@ impl<U: Upstream> Job<'_, U> {
             request_time,
             response_time: SystemTime::now(),
             arrived: Instant::now(),
+            purges,
         };
         let entry = Arc::new(stale.freshened(ex, self.settings));
         self.cache
             .store
-            .insert(found.key, Slot::Entry(Arc::clone(&entry)))
+            .insert(found.key, Slot::Entry(Arc::clone(&entry)), purges)
             .await;
         finish(guard, Outcome::Entry(Arc::clone(&entry)));
         let m = Member::new(Fwd::Stale).status(StatusCode::NOT_MODIFIED);
@@ -147,7 +157,7 @@ impl<U: Upstream> Job<'_, U> {
         guard: Option<LeaderGuard>,
         fwd: Fwd,
         store: bool,
-        request_time: SystemTime,
+        (request_time, purges): (SystemTime, u64),
         record: Option<&mut AccessRecord>,
     ) -> Response<Body> {
         let (parts, body) = resp.into_parts();
@@ -157,6 +167,7 @@ impl<U: Upstream> Job<'_, U> {
             request_time,
             response_time: SystemTime::now(),
             arrived: Instant::now(),
+            purges,
         };
         let verdict = if store {
             self.storable(&ex)
@@ -304,6 +315,7 @@ impl Exchange {
             request_time: self.request_time,
             response_time: self.response_time,
             arrived: self.arrived,
+            purges: self.purges,
         }
     }
 }
@@ -350,6 +362,7 @@ impl FillTask {
             end,
             ..
         } = self;
+        let ex_purges = ex.purges;
         let len: usize = body.iter().map(bytes::Bytes::len).sum();
         if declared_length(&ex.headers).is_some_and(|n| n != len) {
             tracing::debug!("response body shorter or longer than its Content-Length; not stored");
@@ -360,14 +373,17 @@ impl FillTask {
             Ok(s) => Arc::new(s),
             Err(reason) => return tracing::debug!(reason = reason.as_str(), "response not stored"),
         };
+        let purges = ex_purges;
         if !vary.is_empty() {
             let marker = VaryMarker::new(primary_text, path, vary.into_vec(), stored.keep());
             cache
                 .store
-                .insert(primary, Slot::Vary(Arc::new(marker)))
+                .insert(primary, Slot::Vary(Arc::new(marker)), purges)
                 .await;
         }
-        cache.store.insert(key, Slot::Entry(stored)).await;
+        if !cache.store.insert(key, Slot::Entry(stored), purges).await {
+            tracing::debug!("a purge began while the response was fetched; not stored");
+        }
         drop(end);
     }
 }

@@ -117,6 +117,7 @@ impl ResponseCache {
     /// Removes what `scope` selects. Lookups stop finding it before this returns.
     pub async fn purge(&self, scope: &PurgeScope) {
         tracing::info!(scope = scope.as_str(), ?scope, "cache purge");
+        self.store.begin_purge();
         match scope.clone() {
             PurgeScope::Url {
                 api,

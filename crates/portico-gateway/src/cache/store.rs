@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::RandomState;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub(crate) struct Store {
     index: Arc<Mutex<PathIndex>>,
     pub(crate) hasher: RandomState,
     max_bytes: u64,
+    /// Purges begun so far. A response fetched before a purge may be stale
+    /// by it, and can finish streaming after it: such a fill must not store.
+    purges: AtomicU64,
 }
 
 struct KeepFor;
@@ -69,15 +73,36 @@ impl Store {
             index,
             hasher: RandomState::new(),
             max_bytes,
+            purges: AtomicU64::new(0),
         }
+    }
+
+    /// Purges begun so far: read before a request goes upstream, and given
+    /// back to [`Store::insert`] with its response.
+    pub(crate) fn purges(&self) -> u64 {
+        self.purges.load(Ordering::SeqCst)
+    }
+
+    /// Called by a purge before it removes anything: fills in flight will
+    /// not store what they fetched.
+    pub(crate) fn begin_purge(&self) {
+        self.purges.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) async fn get(&self, key: u64) -> Option<Slot> {
         self.map.get(&key).await
     }
 
-    /// Stores `slot` under `key` and indexes it by its path.
-    pub(crate) async fn insert(&self, key: u64, slot: Slot) {
+    /// Stores `slot` under `key` and indexes it by its path, unless a purge
+    /// began since `purges` was read (before its request went upstream):
+    /// then the response may predate the purge, and nothing is stored. A
+    /// purge that begins while the slot goes in removes it again, here or
+    /// in the purge itself (which begins before it removes). Returns whether
+    /// the slot stays.
+    pub(crate) async fn insert(&self, key: u64, slot: Slot, purges: u64) -> bool {
+        if self.purges() != purges {
+            return false;
+        }
         {
             let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
             index
@@ -86,6 +111,11 @@ impl Store {
                 .push((key, slot.generation()));
         }
         self.map.insert(key, slot).await;
+        if self.purges() != purges {
+            self.map.invalidate(&key).await;
+            return false;
+        }
+        true
     }
 
     /// Removes the slots stored for one path that `select` picks; returns how many.

@@ -487,6 +487,39 @@ async fn unsafe_methods_invalidate_and_purges_remove() {
 }
 
 #[tokio::test]
+async fn a_fill_that_a_purge_overtakes_is_not_stored() {
+    // The response's head is in and its body still streams when the purge
+    // comes: the body may predate the purge, so it must not be stored when
+    // it ends (it did, and outlived the purge, before purges were counted).
+    let g = gateway(Duration::ZERO, |_, _| Script {
+        chunks: vec!["ab", "cd"],
+        chunk_delay: Duration::from_millis(300),
+        ..ok("max-age=60", "")
+    });
+    let first = tokio::spawn({
+        let g = Arc::clone(&g);
+        async move { send(&g, "GET", "/prod/slow", &[]).await }
+    });
+    while calls(&g) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    g.purge(&PurgeScope::Stage {
+        api: "a".into(),
+        stage: "prod".into(),
+    })
+    .await;
+    let first = first.await.unwrap();
+    assert_eq!(first.status, 200);
+    let again = send(&g, "GET", "/prod/slow", &[]).await;
+    assert!(
+        again.cache_status().contains("fwd=miss"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(calls(&g), 2);
+}
+
+#[tokio::test]
 async fn client_invalidation_needs_a_key() {
     let g = gateway(Duration::ZERO, |_, n| {
         ok("max-age=60", if n == 0 { "a" } else { "b" })
@@ -569,11 +602,12 @@ async fn the_store_stays_within_its_bytes() {
             request_time: std::time::SystemTime::now(),
             response_time: std::time::SystemTime::now(),
             arrived: std::time::Instant::now(),
+            purges: 0,
         };
         let body: Box<[Bytes]> = vec![Bytes::from(vec![b'x'; 65536])].into_boxed_slice();
         let entry = super::entry::Stored::new(key, 1, ex, body, &settings).unwrap();
         store
-            .insert(i, super::entry::Slot::Entry(Arc::new(entry)))
+            .insert(i, super::entry::Slot::Entry(Arc::new(entry)), 0)
             .await;
     }
     let stats = store.stats().await;
