@@ -362,7 +362,7 @@ impl FillTask {
             end,
             ..
         } = self;
-        let ex_purges = ex.purges;
+        let purges = ex.purges;
         let len: usize = body.iter().map(bytes::Bytes::len).sum();
         if declared_length(&ex.headers).is_some_and(|n| n != len) {
             tracing::debug!("response body shorter or longer than its Content-Length; not stored");
@@ -373,7 +373,6 @@ impl FillTask {
             Ok(s) => Arc::new(s),
             Err(reason) => return tracing::debug!(reason = reason.as_str(), "response not stored"),
         };
-        let purges = ex_purges;
         if !vary.is_empty() {
             let marker = VaryMarker::new(primary_text, path, vary.into_vec(), stored.keep());
             cache
