@@ -61,9 +61,10 @@ pub(crate) struct Exchange {
     pub request_time: SystemTime,
     pub response_time: SystemTime,
     pub arrived: Instant,
-    /// The cache's purge count when the request went upstream: a response
-    /// that a purge may have overtaken is not stored (`Store::insert`).
-    pub purges: u64,
+    /// `Store::stamp` of its path when the request went upstream: a response
+    /// that a purge or an invalidation may have overtaken is not stored
+    /// (`Store::insert`).
+    pub stamp: u64,
 }
 
 /// What freshness the route and the response allow.

@@ -44,7 +44,13 @@ impl<U: Upstream> Job<'_, U> {
         let stale = found.entry.as_deref();
         let req = self.upstream_request(stale, body, true)?;
         let request_time = SystemTime::now();
-        let purges = self.cache.store.purges();
+        let input = self.input();
+        let stamp = self.cache.store.stamp(path_hash(
+            &self.cache.store.hasher,
+            input.api.as_bytes(),
+            input.stage.as_bytes(),
+            input.path.as_bytes(),
+        ));
         let (result, latency) = forward_timed(&**self.upstream, self.ctx, req).await;
         if let Some(r) = record.as_deref_mut() {
             r.integration_latency = Some(latency);
@@ -64,7 +70,7 @@ impl<U: Upstream> Job<'_, U> {
         let resp = result?;
         match (resp.status(), found.entry.as_ref()) {
             (StatusCode::NOT_MODIFIED, Some(e)) => {
-                self.refreshed(resp, e, found, guard, (request_time, purges), record)
+                self.refreshed(resp, e, found, guard, (request_time, stamp), record)
                     .await
             }
             _ => Ok(self.admit(
@@ -73,7 +79,7 @@ impl<U: Upstream> Job<'_, U> {
                 guard,
                 fwd,
                 store,
-                (request_time, purges),
+                (request_time, stamp),
                 record,
             )),
         }
@@ -116,7 +122,7 @@ impl<U: Upstream> Job<'_, U> {
         stale: &Arc<Stored>,
         found: &Found,
         guard: Option<LeaderGuard>,
-        (request_time, purges): (SystemTime, u64),
+        (request_time, stamp): (SystemTime, u64),
         record: Option<&mut AccessRecord>,
     ) -> Result<Response<Body>, GatewayError> {
         if !rules::validates(stale.etag.as_ref(), resp.headers()) {
@@ -135,12 +141,12 @@ impl<U: Upstream> Job<'_, U> {
             request_time,
             response_time: SystemTime::now(),
             arrived: Instant::now(),
-            purges,
+            stamp,
         };
         let entry = Arc::new(stale.freshened(ex, self.settings));
         self.cache
             .store
-            .insert(found.key, Slot::Entry(Arc::clone(&entry)), purges)
+            .insert(found.key, Slot::Entry(Arc::clone(&entry)), stamp)
             .await;
         finish(guard, Outcome::Entry(Arc::clone(&entry)));
         let m = Member::new(Fwd::Stale).status(StatusCode::NOT_MODIFIED);
@@ -157,7 +163,7 @@ impl<U: Upstream> Job<'_, U> {
         guard: Option<LeaderGuard>,
         fwd: Fwd,
         store: bool,
-        (request_time, purges): (SystemTime, u64),
+        (request_time, stamp): (SystemTime, u64),
         record: Option<&mut AccessRecord>,
     ) -> Response<Body> {
         let (parts, body) = resp.into_parts();
@@ -167,7 +173,7 @@ impl<U: Upstream> Job<'_, U> {
             request_time,
             response_time: SystemTime::now(),
             arrived: Instant::now(),
-            purges,
+            stamp,
         };
         let verdict = if store {
             self.storable(&ex)
@@ -315,7 +321,7 @@ impl Exchange {
             request_time: self.request_time,
             response_time: self.response_time,
             arrived: self.arrived,
-            purges: self.purges,
+            stamp: self.stamp,
         }
     }
 }
@@ -362,7 +368,7 @@ impl FillTask {
             end,
             ..
         } = self;
-        let purges = ex.purges;
+        let stamp = ex.stamp;
         let len: usize = body.iter().map(bytes::Bytes::len).sum();
         if declared_length(&ex.headers).is_some_and(|n| n != len) {
             tracing::debug!("response body shorter or longer than its Content-Length; not stored");
@@ -377,11 +383,13 @@ impl FillTask {
             let marker = VaryMarker::new(primary_text, path, vary.into_vec(), stored.keep());
             cache
                 .store
-                .insert(primary, Slot::Vary(Arc::new(marker)), purges)
+                .insert(primary, Slot::Vary(Arc::new(marker)), stamp)
                 .await;
         }
-        if !cache.store.insert(key, Slot::Entry(stored), purges).await {
-            tracing::debug!("a purge began while the response was fetched; not stored");
+        if !cache.store.insert(key, Slot::Entry(stored), stamp).await {
+            tracing::debug!(
+                "a purge or invalidation began while the response was fetched; not stored"
+            );
         }
         drop(end);
     }

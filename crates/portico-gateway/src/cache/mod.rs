@@ -170,6 +170,7 @@ impl ResponseCache {
             stage.as_bytes(),
             path.as_bytes(),
         );
+        self.store.begin_invalidation(hash);
         self.store
             .remove_path(hash, |slot| match slot {
                 entry::Slot::Entry(e) => e.mode == CacheMode::Http,

@@ -35,7 +35,14 @@ pub(crate) struct Store {
     /// Purges begun so far. A response fetched before a purge may be stale
     /// by it, and can finish streaming after it: such a fill must not store.
     purges: AtomicU64,
+    /// The same for the invalidations of unsafe requests (RFC 9111 §4.4),
+    /// counted per stripe of paths: a POST stops the fills of its own path
+    /// (and the few that share its stripe), not every fill in flight.
+    paths: Box<[AtomicU64]>,
 }
+
+/// Stripes of [`Store::paths`].
+const PATH_STRIPES: u64 = 256;
 
 struct KeepFor;
 
@@ -74,13 +81,23 @@ impl Store {
             hasher: RandomState::new(),
             max_bytes,
             purges: AtomicU64::new(0),
+            paths: (0..PATH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// Purges begun so far: read before a request goes upstream, and given
-    /// back to [`Store::insert`] with its response.
-    pub(crate) fn purges(&self) -> u64 {
-        self.purges.load(Ordering::SeqCst)
+    fn stripe(&self, path_hash: u64) -> &AtomicU64 {
+        // In bounds: the remainder is below the slice's length.
+        &self.paths[(path_hash % PATH_STRIPES) as usize]
+    }
+
+    /// Purges and invalidations of `path_hash`'s stripe begun so far: read
+    /// before a request goes upstream, and given back to [`Store::insert`]
+    /// with its response. Both counts only grow, so their sum changes
+    /// whenever either does.
+    pub(crate) fn stamp(&self, path_hash: u64) -> u64 {
+        self.purges
+            .load(Ordering::SeqCst)
+            .wrapping_add(self.stripe(path_hash).load(Ordering::SeqCst))
     }
 
     /// Called by a purge before it removes anything: fills in flight will
@@ -89,18 +106,25 @@ impl Store {
         self.purges.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Called by an unsafe request's invalidation before it removes
+    /// anything: fills in flight for its path will not store.
+    pub(crate) fn begin_invalidation(&self, path_hash: u64) {
+        self.stripe(path_hash).fetch_add(1, Ordering::SeqCst);
+    }
+
     pub(crate) async fn get(&self, key: u64) -> Option<Slot> {
         self.map.get(&key).await
     }
 
     /// Stores `slot` under `key` and indexes it by its path, unless a purge
-    /// began since `purges` was read (before its request went upstream):
-    /// then the response may predate the purge, and nothing is stored. A
-    /// purge that begins while the slot goes in removes it again, here or
-    /// in the purge itself (which begins before it removes). Returns whether
+    /// or an invalidation of its path began since `stamp` was read (before
+    /// its request went upstream): then the response may predate it, and
+    /// nothing is stored. One that begins while the slot goes in removes it
+    /// again, here or itself (it counts before it removes). Returns whether
     /// the slot stays.
-    pub(crate) async fn insert(&self, key: u64, slot: Slot, purges: u64) -> bool {
-        if self.purges() != purges {
+    pub(crate) async fn insert(&self, key: u64, slot: Slot, stamp: u64) -> bool {
+        let path_hash = slot.path_hash();
+        if self.stamp(path_hash) != stamp {
             return false;
         }
         {
@@ -111,7 +135,7 @@ impl Store {
                 .push((key, slot.generation()));
         }
         self.map.insert(key, slot).await;
-        if self.purges() != purges {
+        if self.stamp(path_hash) != stamp {
             self.map.invalidate(&key).await;
             return false;
         }

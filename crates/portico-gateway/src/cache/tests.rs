@@ -520,6 +520,38 @@ async fn a_fill_that_a_purge_overtakes_is_not_stored() {
 }
 
 #[tokio::test]
+async fn a_fill_that_an_unsafe_request_overtakes_is_not_stored() {
+    // The same race with a POST to the path instead of a purge (RFC 9111
+    // §4.4): the GET's body may predate what the POST changed.
+    let g = gateway(Duration::ZERO, |req, _| {
+        if req.method() == http::Method::POST {
+            return ok("", "done");
+        }
+        Script {
+            chunks: vec!["ab", "cd"],
+            chunk_delay: Duration::from_millis(300),
+            ..ok("max-age=60", "")
+        }
+    });
+    let first = tokio::spawn({
+        let g = Arc::clone(&g);
+        async move { send(&g, "GET", "/prod/doc", &[]).await }
+    });
+    while calls(&g) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(send(&g, "POST", "/prod/doc", &[]).await.status, 200);
+    assert_eq!(first.await.unwrap().status, 200);
+    let again = send(&g, "GET", "/prod/doc", &[]).await;
+    assert!(
+        again.cache_status().contains("fwd=miss"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(calls(&g), 3);
+}
+
+#[tokio::test]
 async fn client_invalidation_needs_a_key() {
     let g = gateway(Duration::ZERO, |_, n| {
         ok("max-age=60", if n == 0 { "a" } else { "b" })
@@ -602,7 +634,7 @@ async fn the_store_stays_within_its_bytes() {
             request_time: std::time::SystemTime::now(),
             response_time: std::time::SystemTime::now(),
             arrived: std::time::Instant::now(),
-            purges: 0,
+            stamp: 0,
         };
         let body: Box<[Bytes]> = vec![Bytes::from(vec![b'x'; 65536])].into_boxed_slice();
         let entry = super::entry::Stored::new(key, 1, ex, body, &settings).unwrap();
