@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http_body_util::BodyExt;
 use portico_integrations::{BackendClient, ClientSettings, DnsSettings, Resolver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
@@ -23,6 +23,34 @@ fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
 /// `Connection: close`): as a backend does whose keep-alive timeout runs
 /// out just as a request comes.
 fn backend_closing_after(replies: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    listen(move |mut conn| async move {
+        let mut left = replies;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = conn.read(&mut chunk).await {
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            // Requests without bodies: one reply per blank line.
+            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..end + 4);
+                if left == 0 || conn.write_all(REPLY).await.is_err() {
+                    return;
+                }
+                left -= 1;
+            }
+        }
+    })
+}
+
+/// A listener on port 0 that serves each connection with `serve` on its
+/// own thread's runtime, counting the connections it accepted.
+fn listen<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     std_listener.set_nonblocking(true).expect("nonblocking");
     let addr = std_listener.local_addr().expect("addr");
@@ -30,29 +58,12 @@ fn backend_closing_after(replies: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let count = Arc::clone(&accepted);
     std::thread::spawn(move || {
         let rt = runtime();
-        rt.block_on(async move {
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
             let listener = TcpListener::from_std(std_listener).expect("listener");
-            while let Ok((mut conn, _)) = listener.accept().await {
+            while let Ok((conn, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut left = replies;
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while let Ok(n) = conn.read(&mut chunk).await {
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        // Requests without bodies: one reply per blank line.
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            if left == 0 || conn.write_all(REPLY).await.is_err() {
-                                return;
-                            }
-                            left -= 1;
-                        }
-                    }
-                });
+                tokio::task::spawn_local(serve(conn));
             }
         });
     });
@@ -81,6 +92,17 @@ fn client_with(settings: &ClientSettings) -> BackendClient {
     BackendClient::new(settings, resolver).expect("client")
 }
 
+/// A GET of `/x` on `addr`, answered 200 `ok`.
+async fn get_ok(client: &BackendClient, addr: SocketAddr) {
+    let req = http::Request::get(format!("http://{addr}/x"))
+        .body(portico_gateway::body::empty())
+        .expect("request");
+    let resp = client.send(req).await.expect("sent");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+}
+
 /// `n` GETs one after the other on a current-thread runtime of this thread;
 /// then the runtime keeps running (driving its connections) until `hold`
 /// completes.
@@ -93,13 +115,7 @@ fn get_sequentially(
     let rt = runtime();
     rt.block_on(async {
         for _ in 0..n {
-            let req = http::Request::get(format!("http://{addr}/x"))
-                .body(portico_gateway::body::empty())
-                .expect("request");
-            let resp = client.send(req).await.expect("sent");
-            assert_eq!(resp.status(), 200);
-            let body = resp.into_body().collect().await.expect("body").to_bytes();
-            assert_eq!(&body[..], b"ok");
+            get_ok(client, addr).await;
         }
         hold.await;
     });
@@ -158,11 +174,7 @@ fn a_post_is_not_sent_again() {
     let err = runtime()
         .block_on(async {
             // A GET first on this runtime's pool, so that the POST reuses a connection.
-            let get = http::Request::get(format!("http://{addr}/x"))
-                .body(portico_gateway::body::empty())
-                .expect("request");
-            let resp = client.send(get).await.expect("sent");
-            resp.into_body().collect().await.expect("body");
+            get_ok(&client, addr).await;
             let post = http::Request::post(format!("http://{addr}/x"))
                 .body(portico_gateway::body::full("x"))
                 .expect("request");
@@ -182,11 +194,7 @@ fn idle_connections_expire() {
     let rt = runtime();
     rt.block_on(async {
         for _ in 0..2 {
-            let req = http::Request::get(format!("http://{addr}/x"))
-                .body(portico_gateway::body::empty())
-                .expect("request");
-            let resp = client.send(req).await.expect("sent");
-            resp.into_body().collect().await.expect("body");
+            get_ok(&client, addr).await;
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     });
@@ -207,28 +215,15 @@ fn no_idle_connections_are_kept_when_the_limit_is_zero() {
 /// An HTTP/2 backend with prior knowledge (h2c) on port 0 answering `ok`,
 /// counting its connections.
 fn h2c_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    std_listener.set_nonblocking(true).expect("nonblocking");
-    let addr = std_listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    std::thread::spawn(move || {
-        runtime().block_on(async move {
-            let listener = TcpListener::from_std(std_listener).expect("listener");
-            while let Ok((conn, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let service = hyper::service::service_fn(|_req| async {
-                    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
-                    Ok::<_, std::convert::Infallible>(http::Response::new(body))
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(conn), service),
-                );
-            }
+    listen(|conn| async move {
+        let service = hyper::service::service_fn(|_req| async {
+            let body = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
         });
-    });
-    (addr, accepted)
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(conn), service)
+            .await;
+    })
 }
 
 #[test]
@@ -240,24 +235,17 @@ fn http2_backends_share_one_connection() {
     });
     // One after the other, then ten at once: every request on the one
     // connection the first opened.
-    let get = |client: BackendClient| async move {
-        let req = http::Request::get(format!("http://{addr}/x"))
-            .body(portico_gateway::body::empty())
-            .expect("request");
-        let resp = client.send(req).await.expect("sent");
-        assert_eq!(resp.status(), 200);
-        resp.into_body().collect().await.expect("body").to_bytes()
-    };
     runtime().block_on(async {
         for _ in 0..3 {
-            assert_eq!(&get(client.clone()).await[..], b"ok");
+            get_ok(&client, addr).await;
         }
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..10 {
-            set.spawn(get(client.clone()));
+            let client = client.clone();
+            set.spawn(async move { get_ok(&client, addr).await });
         }
-        while let Some(body) = set.join_next().await {
-            assert_eq!(&body.expect("task")[..], b"ok");
+        while let Some(done) = set.join_next().await {
+            done.expect("task");
         }
     });
     assert_eq!(accepted.load(Ordering::SeqCst), 1);

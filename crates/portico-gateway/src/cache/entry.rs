@@ -10,6 +10,7 @@ use portico_config::{CacheMode, CacheSettings};
 
 use super::key::KeyText;
 use super::rules::{self, CacheControl, NotStorable};
+use super::store::Stamp;
 use crate::headers::strip_hop_by_hop;
 
 /// Bytes an entry costs beyond its body, headers, key and tags: the structs, the
@@ -64,7 +65,7 @@ pub(crate) struct Exchange {
     /// `Store::stamp` of its path when the request went upstream: a response
     /// that a purge or an invalidation may have overtaken is not stored
     /// (`Store::insert`).
-    pub stamp: u64,
+    pub stamp: Stamp,
 }
 
 /// What freshness the route and the response allow.

@@ -16,6 +16,7 @@ use super::key::{KeyText, hash_of, path_hash};
 use super::phase::{Found, Job, ttl_of};
 use super::respond::{Fwd, Member, from_entry, mark};
 use super::rules::{self, CacheControl, StoreContext};
+use super::store::Stamp;
 use crate::body::{Body, empty};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
 use crate::gateway::forward_timed;
@@ -122,7 +123,7 @@ impl<U: Upstream> Job<'_, U> {
         stale: &Arc<Stored>,
         found: &Found,
         guard: Option<LeaderGuard>,
-        (request_time, stamp): (SystemTime, u64),
+        (request_time, stamp): (SystemTime, Stamp),
         record: Option<&mut AccessRecord>,
     ) -> Result<Response<Body>, GatewayError> {
         if !rules::validates(stale.etag.as_ref(), resp.headers()) {
@@ -163,7 +164,7 @@ impl<U: Upstream> Job<'_, U> {
         guard: Option<LeaderGuard>,
         fwd: Fwd,
         store: bool,
-        (request_time, stamp): (SystemTime, u64),
+        (request_time, stamp): (SystemTime, Stamp),
         record: Option<&mut AccessRecord>,
     ) -> Response<Body> {
         let (parts, body) = resp.into_parts();
@@ -238,7 +239,8 @@ impl<U: Upstream> Job<'_, U> {
             let key = hash_of(hasher, |h| input.write_variant(&vary, h));
             (key, KeyText::build(|t| input.write_variant(&vary, t)))
         };
-        let path = path_hash(hasher, text.api(), text.stage(), text.path());
+        // The path hashed when the request went upstream (`lead`).
+        let path = ex.stamp.path;
         let max = self.settings.max_object_bytes;
         let length = declared_length(&ex.headers).filter(|n| *n as u64 <= max);
         let fill = Fill::new(

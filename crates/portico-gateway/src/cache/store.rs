@@ -44,6 +44,15 @@ pub(crate) struct Store {
 /// Stripes of [`Store::paths`].
 const PATH_STRIPES: u64 = 256;
 
+/// A fill's path and the purges and invalidations of it begun when its
+/// request went upstream ([`Store::stamp`]), given back to [`Store::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// The path's hash (`key::path_hash`), as its slots carry it.
+    pub path: u64,
+    count: u64,
+}
+
 struct KeepFor;
 
 impl Expiry<u64, Slot> for KeepFor {
@@ -90,14 +99,16 @@ impl Store {
         &self.paths[(path_hash % PATH_STRIPES) as usize]
     }
 
-    /// Purges and invalidations of `path_hash`'s stripe begun so far: read
+    /// Purges and invalidations of `path`'s stripe begun so far: read
     /// before a request goes upstream, and given back to [`Store::insert`]
     /// with its response. Both counts only grow, so their sum changes
     /// whenever either does.
-    pub(crate) fn stamp(&self, path_hash: u64) -> u64 {
-        self.purges
+    pub(crate) fn stamp(&self, path: u64) -> Stamp {
+        let count = self
+            .purges
             .load(Ordering::SeqCst)
-            .wrapping_add(self.stripe(path_hash).load(Ordering::SeqCst))
+            .wrapping_add(self.stripe(path).load(Ordering::SeqCst));
+        Stamp { path, count }
     }
 
     /// Called by a purge before it removes anything: fills in flight will
@@ -122,9 +133,8 @@ impl Store {
     /// nothing is stored. One that begins while the slot goes in removes it
     /// again, here or itself (it counts before it removes). Returns whether
     /// the slot stays.
-    pub(crate) async fn insert(&self, key: u64, slot: Slot, stamp: u64) -> bool {
-        let path_hash = slot.path_hash();
-        if self.stamp(path_hash) != stamp {
+    pub(crate) async fn insert(&self, key: u64, slot: Slot, stamp: Stamp) -> bool {
+        if self.stamp(stamp.path) != stamp {
             return false;
         }
         {
@@ -135,7 +145,7 @@ impl Store {
                 .push((key, slot.generation()));
         }
         self.map.insert(key, slot).await;
-        if self.stamp(path_hash) != stamp {
+        if self.stamp(stamp.path) != stamp {
             self.map.invalidate(&key).await;
             return false;
         }

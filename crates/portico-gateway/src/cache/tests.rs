@@ -486,68 +486,64 @@ async fn unsafe_methods_invalidate_and_purges_remove() {
     assert!(!hit(send(&g, "GET", "/prod/p?q=1", &[]).await));
 }
 
-#[tokio::test]
-async fn a_fill_that_a_purge_overtakes_is_not_stored() {
-    // The response's head is in and its body still streams when the purge
-    // comes: the body may predate the purge, so it must not be stored when
-    // it ends (it did, and outlived the purge, before purges were counted).
-    let g = gateway(Duration::ZERO, |_, _| Script {
-        chunks: vec!["ab", "cd"],
-        chunk_delay: Duration::from_millis(300),
-        ..ok("max-age=60", "")
-    });
+/// A GET of `path` whose response head is in and whose body (two chunks
+/// 300 ms apart, from the gateway's script) still streams when `overtake`
+/// runs: the body may predate what `overtake` did, so when it ends it must
+/// not be stored, and the next GET is a miss.
+async fn a_fill_overtaken_by(
+    g: &Arc<Gateway<Scripted>>,
+    path: &'static str,
+    overtake: impl Future<Output = ()>,
+) {
     let first = tokio::spawn({
-        let g = Arc::clone(&g);
-        async move { send(&g, "GET", "/prod/slow", &[]).await }
+        let g = Arc::clone(g);
+        async move { send(&g, "GET", path, &[]).await }
     });
-    while calls(&g) == 0 {
+    while calls(g) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    g.purge(&PurgeScope::Stage {
-        api: "a".into(),
-        stage: "prod".into(),
-    })
-    .await;
-    let first = first.await.unwrap();
-    assert_eq!(first.status, 200);
-    let again = send(&g, "GET", "/prod/slow", &[]).await;
+    overtake.await;
+    assert_eq!(first.await.unwrap().status, 200);
+    let again = send(g, "GET", path, &[]).await;
     assert!(
         again.cache_status().contains("fwd=miss"),
         "{}",
         again.cache_status()
     );
+}
+
+fn slow_body() -> Script {
+    Script {
+        chunks: vec!["ab", "cd"],
+        chunk_delay: Duration::from_millis(300),
+        ..ok("max-age=60", "")
+    }
+}
+
+#[tokio::test]
+async fn a_fill_that_a_purge_overtakes_is_not_stored() {
+    // It was stored, and outlived the purge, before purges were counted.
+    let g = gateway(Duration::ZERO, |_, _| slow_body());
+    let stage = PurgeScope::Stage {
+        api: "a".into(),
+        stage: "prod".into(),
+    };
+    a_fill_overtaken_by(&g, "/prod/slow", g.purge(&stage)).await;
     assert_eq!(calls(&g), 2);
 }
 
 #[tokio::test]
 async fn a_fill_that_an_unsafe_request_overtakes_is_not_stored() {
-    // The same race with a POST to the path instead of a purge (RFC 9111
-    // §4.4): the GET's body may predate what the POST changed.
+    // The same race with a POST to the path (RFC 9111 §4.4).
     let g = gateway(Duration::ZERO, |req, _| {
         if req.method() == http::Method::POST {
-            return ok("", "done");
-        }
-        Script {
-            chunks: vec!["ab", "cd"],
-            chunk_delay: Duration::from_millis(300),
-            ..ok("max-age=60", "")
+            ok("", "done")
+        } else {
+            slow_body()
         }
     });
-    let first = tokio::spawn({
-        let g = Arc::clone(&g);
-        async move { send(&g, "GET", "/prod/doc", &[]).await }
-    });
-    while calls(&g) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    assert_eq!(send(&g, "POST", "/prod/doc", &[]).await.status, 200);
-    assert_eq!(first.await.unwrap().status, 200);
-    let again = send(&g, "GET", "/prod/doc", &[]).await;
-    assert!(
-        again.cache_status().contains("fwd=miss"),
-        "{}",
-        again.cache_status()
-    );
+    let post = async { assert_eq!(send(&g, "POST", "/prod/doc", &[]).await.status, 200) };
+    a_fill_overtaken_by(&g, "/prod/doc", post).await;
     assert_eq!(calls(&g), 3);
 }
 
@@ -634,12 +630,16 @@ async fn the_store_stays_within_its_bytes() {
             request_time: std::time::SystemTime::now(),
             response_time: std::time::SystemTime::now(),
             arrived: std::time::Instant::now(),
-            stamp: 0,
+            stamp: store.stamp(1),
         };
         let body: Box<[Bytes]> = vec![Bytes::from(vec![b'x'; 65536])].into_boxed_slice();
         let entry = super::entry::Stored::new(key, 1, ex, body, &settings).unwrap();
         store
-            .insert(i, super::entry::Slot::Entry(Arc::new(entry)), 0)
+            .insert(
+                i,
+                super::entry::Slot::Entry(Arc::new(entry)),
+                store.stamp(1),
+            )
             .await;
     }
     let stats = store.stats().await;
