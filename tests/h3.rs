@@ -179,6 +179,15 @@ async fn header_sections_over_the_limits_get_431_over_h3() {
     assert_eq!(reply.status, 431);
     let message = serde_json::json!({"message": "Request Header Fields Too Large"});
     assert_eq!(reply.json(), message);
+    // Under both byte limits (about 9 of 16 KiB, 38 of 48 KiB), but more
+    // fields than a request may carry (1 024): our JSON 431 too.
+    let mut req = Request::get(f.url("/prod/echo"));
+    for i in 0..1025 {
+        req = req.header(format!("x-{i}"), "");
+    }
+    let reply = conn.request(req.body(()).unwrap(), b"").await.unwrap();
+    assert_eq!(reply.status, 431);
+    assert_eq!(reply.json(), message);
     // Over SETTINGS_MAX_FIELD_SECTION_SIZE: h3's own 431, before the gateway.
     // (A client that read our SETTINGS would refuse to send it; this one has
     // not started its driver, so it has not.)

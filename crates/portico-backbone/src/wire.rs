@@ -36,13 +36,18 @@ pub(crate) fn headers_vec(map: &HeaderMap) -> Headers {
         .collect()
 }
 
-/// Wire list → header map, refusing invalid names or values.
+// Every request the gateway forwards fits a header list.
+const _: () = assert!(portico_gateway::headers::MAX_FIELDS <= portico_proto::MAX_HEADER_FIELDS);
+
+/// Wire list → header map, refusing invalid names or values. The decoder
+/// already refused lists over [`portico_proto::MAX_HEADER_FIELDS`]; the map's
+/// own limit is checked anyway rather than trusted.
 pub(crate) fn header_map(list: Headers, what: &'static str) -> Result<HeaderMap, BackboneError> {
-    let mut map = HeaderMap::with_capacity(list.len());
+    let mut map = HeaderMap::try_with_capacity(list.len()).map_err(|e| bad(what, e))?;
     for (name, value) in list {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(what, e))?;
         let value = HeaderValue::from_bytes(&value).map_err(|e| bad(what, e))?;
-        map.append(name, value);
+        map.try_append(name, value).map_err(|e| bad(what, e))?;
     }
     Ok(map)
 }

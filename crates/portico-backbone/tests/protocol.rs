@@ -93,6 +93,39 @@ fn request_head(method: &str, path: &str) -> Frame {
     }))
 }
 
+/// A request head whose header list holds `count` fields `a:` (more than an
+/// encoder writes), built by hand as a rogue PoP would: the encoding of a
+/// one-field head with the field repeated and its count raised (bincode's
+/// varint: 0xFB and a little-endian u16).
+fn head_with_fields(count: u16) -> BytesMut {
+    let Frame::RequestHead(mut head) = request_head("GET", "/info") else {
+        unreachable!("request_head builds a head")
+    };
+    head.headers = vec![("a".into(), vec![])];
+    let mut one = BytesMut::new();
+    Codec::new()
+        .encode(&Frame::RequestHead(head), &mut one)
+        .unwrap();
+    let payload = &one[4..];
+    let field = [1, b'a', 0];
+    let at = payload
+        .windows(4)
+        .position(|w| w[0] == 1 && w[1..] == field)
+        .expect("the one-field list");
+    let mut body = payload[..at].to_vec();
+    body.push(0xFB);
+    body.extend_from_slice(&count.to_le_bytes());
+    for _ in 0..count {
+        body.extend_from_slice(&field);
+    }
+    body.extend_from_slice(&payload[at + 4..]);
+    let mut buf = BytesMut::new();
+    encode_preface(StreamKind::Request, &mut buf);
+    buf.put_u32(u32::try_from(body.len()).unwrap());
+    buf.put_slice(&body);
+    buf
+}
+
 fn request_stream(frames: &[Frame]) -> BytesMut {
     let mut buf = BytesMut::new();
     encode_preface(StreamKind::Request, &mut buf);
@@ -162,6 +195,9 @@ async fn malformed_streams_are_reset_and_the_link_keeps_serving() {
             "bad method",
             request_stream(&[request_head("G T", "/info")]),
         ),
+        // More fields than a header map holds (24 576): refused while
+        // decoding, not a panic while building the request.
+        ("25 000 header fields", head_with_fields(25_000)),
         (
             "response head from a PoP",
             request_stream(&[Frame::ResponseHead(ResponseHead {

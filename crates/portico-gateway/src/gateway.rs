@@ -28,7 +28,8 @@ pub struct GatewaySettings {
     pub node_id: Arc<str>,
     /// Request bodies over this many bytes are refused with 413 (checked while streaming).
     pub max_body_bytes: u64,
-    /// Request header sections over this many bytes (names + values) get 431.
+    /// Request header sections over this many bytes (names + values), or of
+    /// more than [`crate::headers::MAX_FIELDS`] fields, get 431.
     pub max_header_bytes: usize,
 }
 
@@ -355,6 +356,9 @@ fn reclassify(err: GatewayError) -> GatewayError {
 }
 
 fn check_header_size<B>(req: &Request<B>, limit: usize) -> Result<(), GatewayError> {
+    if req.headers().len() > crate::headers::MAX_FIELDS {
+        return Err(GatewayError::client(ErrorKind::HeaderTooLarge));
+    }
     let size: usize = req
         .headers()
         .iter()

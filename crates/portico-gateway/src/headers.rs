@@ -67,6 +67,11 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, proto: &str, h
     }
 }
 
+/// Most header fields a request may carry (431 beyond): the backbone's limit
+/// per header list (`portico_proto::MAX_HEADER_FIELDS`), applied to every
+/// listener alike.
+pub const MAX_FIELDS: usize = 1024;
+
 /// The client's request id if it is sane (1–128 of `[A-Za-z0-9._-]`), else a new UUID.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers

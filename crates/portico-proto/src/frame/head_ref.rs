@@ -28,7 +28,14 @@ where
     I: Iterator<Item = (&'a str, &'a [u8])>,
 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some((self.0)().count()))?;
+        let count = (self.0)().count();
+        if count > super::MAX_HEADER_FIELDS {
+            let max = super::MAX_HEADER_FIELDS;
+            return Err(serde::ser::Error::custom(format_args!(
+                "{count} header fields, more than the {max} a list may carry"
+            )));
+        }
+        let mut seq = s.serialize_seq(Some(count))?;
         for (name, value) in (self.0)() {
             seq.serialize_element(&(name, RawBytes(value)))?;
         }

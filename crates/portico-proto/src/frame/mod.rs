@@ -23,7 +23,8 @@ pub use control::{
 };
 pub use head_ref::{HeadersRef, PrincipalRef, RequestHeadRef, ResponseHeadRef, TlsInfoRef};
 pub use request::{
-    ClientAddr, End, Headers, Principal, RequestHead, Reset, ResetCode, ResponseHead, TlsInfo,
+    ClientAddr, End, Headers, MAX_HEADER_FIELDS, Principal, RequestHead, Reset, ResetCode,
+    ResponseHead, TlsInfo,
 };
 pub use ws::{AuthorizerDecision, WsClose, WsKind, WsMessage, WsOpen};
 

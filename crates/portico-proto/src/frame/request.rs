@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 /// Repeated names stay repeated entries.
 pub type Headers = Vec<(String, Vec<u8>)>;
 
+/// Most fields one header list (request head, response head or trailers)
+/// may carry. A list over it neither encodes nor decodes: the `http` crate's
+/// header map panics past 24 576 entries, and a frame of empty fields can
+/// name far more than that within its size limit. Both listeners answer a
+/// request with more fields 431 before it is forwarded.
+pub const MAX_HEADER_FIELDS: usize = 1024;
+
 /// The head of a request a PoP forwards, with everything the PoP already
 /// decided (route, principal, throttle identity) so the origin need not
 /// decide it again.
@@ -157,9 +164,9 @@ pub struct ResponseHead {
 /// `Vec<u8>` is `varint len` + its bytes either way), which went byte by
 /// byte through serde in both directions.
 pub(crate) mod headers_serde {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-    use super::Headers;
+    use super::{Headers, MAX_HEADER_FIELDS};
     use crate::frame::HeadersRef;
 
     pub fn serialize<S: Serializer>(headers: &Headers, s: S) -> Result<S::Ok, S::Error> {
@@ -175,8 +182,34 @@ pub(crate) mod headers_serde {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Headers, D::Error> {
-        let pairs = Vec::<Pair>::deserialize(d)?;
-        Ok(pairs.into_iter().map(|Pair(n, v)| (n, v)).collect())
+        d.deserialize_seq(PairsVisitor)
+    }
+
+    /// The pairs of a list, refused past [`MAX_HEADER_FIELDS`] before the
+    /// next one is read.
+    struct PairsVisitor;
+
+    impl<'de> de::Visitor<'de> for PairsVisitor {
+        type Value = Headers;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_HEADER_FIELDS} header fields")
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Headers, A::Error> {
+            let announced = seq.size_hint().unwrap_or(0);
+            if announced > MAX_HEADER_FIELDS {
+                return Err(de::Error::invalid_length(announced, &self));
+            }
+            let mut headers = Headers::with_capacity(announced);
+            while let Some(Pair(name, value)) = seq.next_element()? {
+                if headers.len() == MAX_HEADER_FIELDS {
+                    return Err(de::Error::invalid_length(headers.len() + 1, &self));
+                }
+                headers.push((name, value));
+            }
+            Ok(headers)
+        }
     }
 }
 
@@ -240,6 +273,29 @@ mod tests {
             prop_assert_eq!(used, derived.len());
             prop_assert_eq!(back.0, headers);
         }
+    }
+
+    #[test]
+    fn a_header_list_over_the_limit_neither_decodes_nor_encodes() {
+        let cfg = bincode::config::standard();
+        let fields = |n: usize| vec![("a".to_owned(), Vec::new()); n];
+        let at_limit = encode(&Derived(fields(MAX_HEADER_FIELDS)));
+        let (back, _): (Adapted, usize) =
+            bincode::serde::decode_from_slice(&at_limit, cfg).unwrap();
+        assert_eq!(back.0.len(), MAX_HEADER_FIELDS);
+        let over = encode(&Derived(fields(MAX_HEADER_FIELDS + 1)));
+        let err = bincode::serde::decode_from_slice::<Adapted, _>(&over, cfg).unwrap_err();
+        assert!(
+            err.to_string().contains("at most 1024 header fields"),
+            "{err}"
+        );
+        let err =
+            bincode::serde::encode_to_vec(Adapted(fields(MAX_HEADER_FIELDS + 1)), cfg).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1025 header fields, more than the 1024 a list may carry"),
+            "{err}"
+        );
     }
 
     #[test]
