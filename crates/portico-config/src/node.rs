@@ -16,7 +16,7 @@ use crate::file::{
 use crate::load::RawNode;
 use crate::method::Role;
 use crate::model::CertPaths;
-use crate::plans::compile_throttle;
+use crate::plans::{check_refill, compile_throttle};
 use crate::route::check_timeout;
 use crate::settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
@@ -146,6 +146,16 @@ fn compile_node_throttle(f: &NodeThrottleFile, diag: &mut Diag<'_>) -> Option<No
             Some(t) => out.node.burst = t.burst,
             None => ok = false,
         }
+    }
+    // Rate and burst were each checked alone: together they must still fit.
+    if let (true, Some(span)) = (
+        ok,
+        f.rate
+            .as_ref()
+            .map(|r| r.span())
+            .or(f.burst.as_ref().map(|b| b.span())),
+    ) {
+        ok = check_refill(out.node, span, diag);
     }
     if let Some(ip) = &f.per_client_ip {
         out.per_client_ip = compile_throttle(ip, diag);

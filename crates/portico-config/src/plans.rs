@@ -27,6 +27,10 @@ impl Eq for RateLimit {}
 /// Largest rate accepted (per second) and largest burst.
 const MAX_RATE: f64 = 1e9;
 const MAX_BURST: i64 = 100_000_000;
+/// Longest time a throttle may take to refill its bucket from empty
+/// (`burst / rate`, seconds): about 31 years, so that the limiter's times in
+/// nanoseconds fit 64 bits with room to spare.
+const MAX_REFILL_SECS: f64 = 1e9;
 
 /// What a PoP does for a quota once it has spent what it holds and the origin is
 /// unreachable (origins decide locally and are never in that state).
@@ -94,7 +98,22 @@ pub(crate) fn compile_throttle(f: &S<ThrottleFile>, diag: &mut Diag<'_>) -> Opti
         diag.expect(t.burst.span(), message, format!("1..={MAX_BURST}"));
     }
     let burst = u32::try_from(burst).ok()?;
-    (rate_ok && burst_ok).then_some(RateLimit { rate, burst })
+    let limit = RateLimit { rate, burst };
+    (rate_ok && burst_ok && check_refill(limit, t.rate.span(), diag)).then_some(limit)
+}
+
+/// Whether a throttle refills its bucket from empty (`burst / rate`) within
+/// [`MAX_REFILL_SECS`]; reports the error at `span` if not.
+pub(crate) fn check_refill(limit: RateLimit, span: Range<usize>, diag: &mut Diag<'_>) -> bool {
+    let RateLimit { rate, burst } = limit;
+    let refill = f64::from(burst) / rate;
+    if refill <= MAX_REFILL_SECS {
+        return true;
+    }
+    let message = format!("throttle burst {burst} at rate {rate} takes {refill:.0} s to refill");
+    let expected = "burst / rate at most 1e9 seconds (a higher rate or a smaller burst)";
+    diag.expect(span, message, expected);
+    false
 }
 
 /// Compiles `[[usage_plans]]` and `[[api_keys]]`, checking every reference.
@@ -491,6 +510,20 @@ mod tests {
             [
                 "5:8: throttle rate -1 is out of range",
                 "6:9: throttle burst 0 is out of range",
+            ]
+        );
+        // Each in range, but the bucket would take 1e11 s to refill: the
+        // limiter's nanoseconds would overflow.
+        let text = format!("{NODE}[throttle]\nrate = 0.001\nburst = 100000000\n");
+        assert_eq!(
+            errors(&text),
+            ["5:8: throttle burst 100000000 at rate 0.001 takes 100000000000 s to refill"]
+        );
+        let text = format!("{NODE}[throttle]\nrate = 1e-20\nburst = 1\n");
+        assert_eq!(
+            errors(&text),
+            [
+                "5:8: throttle burst 1 at rate 0.00000000000000000001 takes 100000000000000000000 s to refill"
             ]
         );
     }

@@ -31,13 +31,18 @@ pub struct RateSpec {
 }
 
 impl RateSpec {
-    /// The governor quota, or `None` for a rate or burst that allows nothing
-    /// (validation refuses those before they get here).
+    /// The governor quota, or `None` for a rate or burst it cannot hold: one
+    /// that allows nothing, or a period or a whole bucket's refill (period ×
+    /// burst) past 64 bits of nanoseconds, where governor would panic or wrap.
+    /// Validation refuses those in files; a peer's rate share may still name one.
     pub fn quota(&self) -> Option<Quota> {
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return None;
         }
-        let period = Duration::from_secs_f64(1.0 / self.rate);
+        let period = Duration::try_from_secs_f64(1.0 / self.rate).ok()?;
+        u64::try_from(period.as_nanos())
+            .ok()?
+            .checked_mul(u64::from(self.burst))?;
         Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(self.burst)?))
     }
 
@@ -287,6 +292,19 @@ mod tests {
             retry_after > Duration::from_millis(1000) && retry_after <= Duration::from_secs(2),
             "{retry_after:?}"
         );
+    }
+
+    #[test]
+    fn rates_the_limiter_cannot_hold_make_no_quota() {
+        let spec = |rate, burst| RateSpec { rate, burst };
+        assert!(SLOW.quota().is_some());
+        assert!(spec(1e9, 100_000_000).quota().is_some());
+        assert!(spec(1e-6, 1).quota().is_some());
+        // A period past Duration, one past u64 nanoseconds, and a bucket
+        // whose refill (period × burst) is.
+        for bad in [spec(1e-20, 1), spec(1e-12, 1), spec(0.001, 100_000_000)] {
+            assert!(bad.quota().is_none(), "{bad:?}");
+        }
     }
 
     #[test]

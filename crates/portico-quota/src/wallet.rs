@@ -94,7 +94,7 @@ impl Wallet {
     /// [`EXHAUSTED_RECHECK_MS`]: other holders may have returned what they did
     /// not spend.
     pub fn wants_refill(&self, now_ms: i64) -> bool {
-        let low = self.left * 2 <= self.granted || now_ms >= self.expires_ms;
+        let low = self.left <= self.granted / 2 || now_ms >= self.expires_ms;
         let recheck = !self.exhausted || now_ms - self.exhausted_at_ms >= EXHAUSTED_RECHECK_MS;
         !self.requested && !self.returning && recheck && low
     }
@@ -219,6 +219,16 @@ mod tests {
         assert_eq!(w.spend(2), Spend::Accepted);
         assert!(w.wants_refill(2));
         assert_eq!(w.begin_refill(), Some((7, 2)));
+    }
+
+    #[test]
+    fn a_lease_of_any_size_is_spent_without_overflow() {
+        let mut w = Wallet::new(0);
+        w.install(1, u64::MAX, 1_000, false);
+        assert_eq!(w.spend(0), Spend::Accepted);
+        assert!(!w.wants_refill(0), "nearly all of it is left");
+        w.install(2, u64::MAX, 1_000, false);
+        assert!(w.wants_refill(1_000), "expired");
     }
 
     #[test]

@@ -240,6 +240,20 @@ impl PopLeases {
     }
 }
 
+/// What a PoP may spend of a lease: never more than it asked for. An origin
+/// that grants more (a bug, or a peer gone wrong) has counted the excess as
+/// used in its book, so holding back is the side that cannot overshoot.
+fn within_ask(granted: u64, want: u64) -> u64 {
+    if granted > want {
+        tracing::warn!(
+            granted,
+            want,
+            "origin granted more quota than asked; spending what was asked"
+        );
+    }
+    granted.min(want)
+}
+
 impl LeaseSource for PopLeases {
     fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
         Box::pin(async move {
@@ -268,7 +282,7 @@ impl LeaseSource for PopLeases {
                 }
                 Ok(Ok(lease)) => Ok(Lease {
                     id: lease.lease_id,
-                    granted: lease.granted,
+                    granted: within_ask(lease.granted, ask.want),
                     expires_ms: signed_ms(lease.expires_unix_ms),
                     period_end_ms: signed_ms(lease.period_end_unix_ms),
                     exhausted: lease.exhausted,
@@ -368,6 +382,47 @@ id = "k"
 hash = "HASH"
 plans = ["p"]
 "#;
+
+    /// An origin's answer is spent only up to what the PoP asked for: a
+    /// grant of `u64::MAX` (a peer gone wrong) leaves the wallet holding 10.
+    #[tokio::test]
+    async fn a_pop_spends_no_more_of_a_lease_than_it_asked_for() {
+        let leases = PopLeases::new();
+        let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&link);
+        let ask = LeaseAsk {
+            api: "edge".into(),
+            plan: "p".into(),
+            key_id: "k".into(),
+            spec: portico_quota::QuotaSpec {
+                limit: 100,
+                period: portico_quota::Period::Day,
+                offset: 0,
+            },
+            want: 10,
+        };
+        let asking = {
+            let leases = Arc::clone(&leases);
+            tokio::spawn(async move { leases.grant(ask).await })
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+        let Ok(Some(Frame::QuotaLeaseRequest(req))) = sent else {
+            panic!("no lease request: {sent:?}");
+        };
+        assert_eq!(req.want, 10);
+        let lease = QuotaLease {
+            lease_id: 5,
+            key_id: "k".into(),
+            plan: "p".into(),
+            granted: u64::MAX,
+            expires_unix_ms: u64::MAX,
+            period_end_unix_ms: u64::MAX,
+            exhausted: false,
+        };
+        leases.on_frame(&link, Frame::QuotaLease(lease));
+        let lease = asking.await.unwrap().unwrap();
+        assert_eq!((lease.id, lease.granted), (5, 10));
+    }
 
     /// A PoP's return and its next ask, read together from its control
     /// stream (as after a reconnect), are answered in that order: the ask

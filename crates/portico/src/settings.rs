@@ -98,8 +98,14 @@ pub fn pop_listener_workers() -> usize {
     workers_override().unwrap_or(0)
 }
 
+/// `PORTICO_WORKERS`, at most [`MAX_WORKERS`] (a number past any machine's
+/// cores is a typo, not a reason to fail allocating the threads' table).
 fn workers_override() -> Option<usize> {
     std::env::var("PORTICO_WORKERS")
         .ok()
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map(|n| n.min(MAX_WORKERS))
 }
+
+/// Most listener worker threads `PORTICO_WORKERS` may ask for.
+const MAX_WORKERS: usize = 1024;

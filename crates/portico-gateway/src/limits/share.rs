@@ -246,6 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn a_share_the_limiter_cannot_hold_leaves_the_current_one() {
+        let wide = RateSpec {
+            rate: 1000.0,
+            burst: 100_000_000,
+        };
+        let t = SharedThrottle::new("route", "r".into(), wide).unwrap();
+        // From a peer: 0.001/s with the whole burst takes 1e11 s to refill,
+        // past governor's nanoseconds (a panic there before).
+        for rate in [0.001, 1e-20] {
+            t.set_share(RateSpec {
+                rate,
+                burst: 100_000_000,
+            });
+            assert_eq!(t.share(), wide);
+        }
+    }
+
+    #[test]
     fn keys_take_their_plans_default_until_they_have_their_own() {
         let k = KeyShares::default();
         let half = RateSpec {
