@@ -39,6 +39,15 @@
 # serves a PoP's link on one thread, so on a shared 2-CPU machine it is the
 # hop the scheduler starves; the ratio against nginx is printed too.
 #
+# And Portico once more with the origin's link threads at real-time priority
+# (`portico-rt`: `chrt -f 1` on its `portico-link-*` threads, every process
+# free; only where this shell may set it, e.g. as root). The link's thread is
+# the chain's one serial stage, and on a shared machine it otherwise waits
+# for a CPU behind the backend and wrk threads its own writes woke there
+# (docs/PERFORMANCE.md, session 18). An operator's `chrt`, not a Portico
+# setting; the ratios against Portico's default and against nginx are
+# printed.
+#
 # Usage: scripts/bench-chain.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -167,6 +176,25 @@ fi
 TARGETS+=(portico-replicas)
 REPLICAS=2 start_portico_chain portico-replicas
 
+# rt_links NAME: SCHED_FIFO priority 1 for the link threads of chain NAME's
+# origin; fails where chrt may not set it.
+rt_links() {
+  local pid comm n=0
+  pid=$(pgrep -f "$WORK/origin-$1.toml" | head -1)
+  for comm in /proc/"$pid"/task/*/comm; do
+    grep -q '^portico-link' "$comm" || continue
+    chrt -f -p 1 "$(basename "$(dirname "$comm")")" 2>/dev/null || return 1
+    n=$((n + 1))
+  done
+  [ "$n" -gt 0 ]
+}
+start_portico_chain portico-rt
+if rt_links portico-rt; then
+  TARGETS+=(portico-rt)
+else
+  echo "portico-rt left out: chrt may not set real-time priority here" >&2
+fi
+
 # Every chain must answer 200 before anything is measured.
 for target in "${TARGETS[@]}"; do wait_ok "${URL[$target]}/bytes/16"; done
 
@@ -213,6 +241,7 @@ echo
 echo "# bench-chain: wrk -t2 -c$CONNS -d${SECS}s over TLS, two proxies deep, $ROUNDS interleaved rounds, medians"
 echo "# *-cpus: the PoP (front nginx) on CPU ${CPU_A:-}, the origin (back nginx) on CPU ${CPU_B:-}"
 echo "# portico-replicas: one PoP, two origins of its region (replicas), free"
+echo "# portico-rt: the origin's link threads at real-time priority (chrt -f 1), free"
 echo "# $(machine)"
 printf '%-8s %-16s %12s %10s\n' body target "req/s" "p99 ms"
 for size in "${SIZES[@]}"; do
@@ -226,6 +255,10 @@ for size in "${SIZES[@]}"; do
     compare "$size" portico-cpus nginx
   fi
   compare "$size" portico-replicas nginx
+  if [ -n "${RPS[portico-rt.$size]:-}" ]; then
+    compare "$size" portico-rt nginx
+    compare "$size" portico-rt portico
+  fi
 done
 for target in "${TARGETS[@]:1}"; do
   # shellcheck disable=SC2086
