@@ -166,12 +166,6 @@ async fn with_key(client: &HttpsClient, url: &str, key: &[u8]) -> Reply {
     send(client, req).await
 }
 
-fn assert_error(reply: &Reply, status: u16, message: &str) {
-    assert_eq!(reply.status, status, "body: {}", reply.text());
-    assert_eq!(reply.text(), format!("{{\"message\":\"{message}\"}}"));
-    assert_eq!(reply.headers["content-type"], "application/json");
-}
-
 #[tokio::test]
 async fn throttled_route_headers_and_429() {
     let f = start(1000);
@@ -553,6 +547,17 @@ async fn a_route_rate_is_shared_among_three_pops_by_demand() {
         accepted <= expected * 1.25,
         "{accepted} accepted > {expected} + 25 %"
     );
+    // Nine clients ask far more than 30/s: the shared rate is reached (a
+    // loose bound, for a loaded machine), and the busiest PoP holds the
+    // largest share.
+    assert!(
+        accepted >= expected * 0.5,
+        "{accepted} accepted < half of {expected}"
+    );
+    assert!(
+        split[0] > split[2],
+        "6 clients got no more than 1: {split:?}"
+    );
     drop(f.dir);
 }
 
@@ -567,15 +572,25 @@ async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_orig
         urls,
     } = three_pops(QUOTA).await;
     // Bad input: the usage API names what is missing or unknown.
-    let (status, body) = admin_usage(&origin, "").await;
+    let message = |text: &str| serde_json::json!({ "message": text });
     assert_eq!(
-        (status, &body["message"]),
-        (400, &"query parameter `plan` is required".into())
+        admin_usage(&origin, "").await,
+        (400, message("query parameter `plan` is required"))
     );
-    let (status, body) = admin_usage(&origin, "?plan=nope").await;
     assert_eq!(
-        (status, &body["message"]),
-        (404, &"unknown usage plan `nope`".into())
+        admin_usage(&origin, "?plan=nope").await,
+        (404, message("unknown usage plan `nope`"))
+    );
+    assert_eq!(
+        admin_usage(&origin, "?plan=shared&x=1").await,
+        (
+            400,
+            message("unknown query parameter `x` (expected `plan`, `key`)")
+        )
+    );
+    assert_eq!(
+        admin_usage(&origin, "?plan=shared&key=zz").await,
+        (404, message("no API key `zz` in usage plan `shared`"))
     );
 
     let accepted = Arc::new(AtomicU64::new(0));

@@ -124,9 +124,7 @@ name = "prod"
 }
 
 fn assert_error(reply: &Reply, status: u16, message: &str) {
-    assert_eq!(reply.status, status, "body: {}", reply.text());
-    assert_eq!(reply.text(), format!("{{\"message\":\"{message}\"}}"));
-    assert_eq!(reply.headers["content-type"], "application/json");
+    common::assert_error(reply, status, message);
     assert!(reply.headers.contains_key("x-request-id"));
 }
 
@@ -503,6 +501,19 @@ variables = { backend = "127.0.0.1:1" }
 }
 
 #[tokio::test]
+async fn a_host_header_that_disagrees_with_the_authority_is_400() {
+    let f = start("");
+    // HTTP/2 names the host twice here: `:authority` (from the URL) and Host.
+    let req = Request::get(f.url("/prod/x"))
+        .header("host", "other.test")
+        .body(full(""))
+        .unwrap();
+    let reply = send(&f.h2(), req).await;
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    assert_error(&reply, 400, "Bad Request");
+}
+
+#[tokio::test]
 async fn oversized_header_section_is_431() {
     let f = start("");
     let req = Request::get(f.url("/prod/x"))
@@ -550,6 +561,7 @@ async fn malformed_requests_are_400() {
     // A request line HTTP cannot parse: hyper answers a bare 400 and closes.
     let reply = raw_exchange(&f, b"GARBAGE\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\n"), "no body: {reply}");
 }
 
 #[tokio::test]

@@ -250,7 +250,7 @@ async fn regional_apis_are_404_at_the_pop_and_served_at_the_origin() {
         .header("host", "echo.test")
         .body(full(""))
         .unwrap();
-    assert_eq!(send(&f.client(false), edge).await.status, 404);
+    assert_error(&send(&f.client(false), edge).await, 404, "Not Found");
 }
 
 /// An HTTPS client whose connections come from 127.0.0.2, so the backend

@@ -213,7 +213,9 @@ async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
     let reply = common::send(&client, req).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(reply.json()["entries"].is_u64(), "{}", reply.text());
-    assert_eq!(get(&client, &stats).await.status, 401);
+    let unauthenticated = get(&client, &stats).await;
+    common::assert_error(&unauthenticated, 401, "Unauthorized");
+    assert_eq!(unauthenticated.headers["www-authenticate"], "Bearer");
     let started = pids(&m);
     assert_eq!(started.len(), 3, "backend, origin, PoP: {m}");
     assert_eq!(

@@ -316,6 +316,13 @@ pub async fn send(client: &HttpsClient, req: http::Request<ReqBody>) -> Reply {
     }
 }
 
+/// A client-facing error: `status` with exactly `{"message": message}` as JSON.
+pub fn assert_error(reply: &Reply, status: u16, message: &str) {
+    assert_eq!(reply.status, status, "body: {}", reply.text());
+    assert_eq!(reply.text(), format!("{{\"message\":\"{message}\"}}"));
+    assert_eq!(reply.headers["content-type"], "application/json");
+}
+
 pub async fn get(client: &HttpsClient, url: &str) -> Reply {
     send(
         client,

@@ -160,9 +160,13 @@ mod tests {
     #[test]
     fn transport_limits_streams_per_role() {
         let s = LinkSettings::default();
-        // Building both variants must not panic on any default value.
-        let _ = s.transport(true);
-        let _ = s.transport(false);
+        // The origin accepts the request streams plus the control stream; a
+        // PoP accepts none. (quinn shows its limits only in `Debug`.)
+        let limits = |origin| format!("{:?}", s.transport(origin));
+        let streams =
+            |n| format!("max_concurrent_bidi_streams: {n}, max_concurrent_uni_streams: 0,");
+        assert!(limits(true).contains(&streams(1001)), "{}", limits(true));
+        assert!(limits(false).contains(&streams(0)), "{}", limits(false));
         assert_eq!(s.control_codec().max_frame(), MAX_FRAME_LIMIT);
         assert!(s.request_codec().max_frame() < s.control_codec().max_frame());
     }

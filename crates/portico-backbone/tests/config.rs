@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
+use http_body_util::BodyExt;
 use portico_backbone::{LinkSettings, OriginConfig, Running, TlsMaterial};
 use portico_config::Definitions;
 use portico_proto::{
@@ -61,7 +62,11 @@ async fn a_reload_reaches_the_pop_as_a_delta_and_a_reconnect_gets_a_snapshot() {
     let post = http::Request::post("/prod/only-get")
         .body(portico_gateway::body::empty())
         .unwrap();
-    assert_eq!(pop.handle(post).await.status(), 405);
+    let refused = pop.handle(post).await;
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "GET, HEAD");
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"{"message":"Method Not Allowed"}"#);
     // The origin restarts on the same port: the new link starts with a
     // full snapshot, never a delta.
     let addr = origin.addr;

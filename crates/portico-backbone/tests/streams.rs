@@ -10,6 +10,7 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::BodyExt;
+use portico_backbone::LinkState;
 use portico_gateway::{Body, BoxError};
 
 async fn pair() -> (Origin, Pop) {
@@ -143,6 +144,11 @@ async fn the_caller_a_pop_authenticated_travels_in_the_head() {
 async fn a_thousand_concurrent_requests_share_one_link() {
     let (origin, pop) = pair().await;
     origin.seen.gate_size.store(1000, Ordering::SeqCst);
+    let session = || match pop.backbone.links().pop() {
+        Some((_, LinkState::Up(session))) => session,
+        other => panic!("link not up: {other:?}"),
+    };
+    let before = session();
     let pop = Arc::new(pop);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..1000 {
@@ -160,7 +166,14 @@ async fn a_thousand_concurrent_requests_share_one_link() {
         ok += 1;
     }
     assert_eq!(ok, 1000);
-    assert_eq!(pop.backbone.links().len(), 1);
+    // All on the one connection the link had before: no second one, no reconnect.
+    let links = pop.backbone.links();
+    assert_eq!(links.len(), 1);
+    let LinkState::Up(after) = &links[0].1 else {
+        panic!("link not up: {links:?}")
+    };
+    assert!(Arc::ptr_eq(&before, after), "the link reconnected");
+    assert!(after.stats().frame_rx.stream >= 1000, "{:?}", after.stats());
     origin.stop().await;
 }
 

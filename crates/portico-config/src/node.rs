@@ -448,21 +448,26 @@ fn compile_backbone(
     else {
         return None;
     };
-    // Against the documented defaults when only one of a pair is given.
+    // Against the documented defaults when only one of a pair is given; the
+    // error points at the value given (the second of the pair if both are).
     let keep = keep_alive.unwrap_or(Duration::from_millis(1000));
-    if let Some(span) = f.idle_timeout_ms.as_ref()
-        && idle_timeout.is_some_and(|i| keep >= i)
+    let idle = idle_timeout.unwrap_or(Duration::from_millis(4000));
+    if let Some(span) = f.idle_timeout_ms.as_ref().or(f.keep_alive_ms.as_ref())
+        && keep >= idle
     {
         let message = "idle_timeout_ms must be longer than keep_alive_ms";
-        diag.expect(span.span(), message, "a few keep-alives");
+        let expected = "a few keep-alives (idle_timeout_ms defaults to 4000)";
+        diag.expect(span.span(), message, expected);
         ok = false;
     }
     let lo = reconnect_min.unwrap_or(Duration::from_millis(100));
-    if let Some(span) = f.reconnect_max_ms.as_ref()
-        && reconnect_max.is_some_and(|hi| lo > hi)
+    let hi = reconnect_max.unwrap_or(Duration::from_millis(5000));
+    if let Some(span) = f.reconnect_max_ms.as_ref().or(f.reconnect_min_ms.as_ref())
+        && lo > hi
     {
         let message = "reconnect_max_ms is below reconnect_min_ms";
-        diag.expect(span.span(), message, "at least reconnect_min_ms");
+        let expected = "at least reconnect_min_ms (reconnect_max_ms defaults to 5000)";
+        diag.expect(span.span(), message, expected);
         ok = false;
     }
     let config = BackboneConfig {
@@ -688,6 +693,15 @@ mod tests {
             [
                 "6:19: idle_timeout_ms must be longer than keep_alive_ms",
                 "8:20: reconnect_max_ms is below reconnect_min_ms",
+            ]
+        );
+        // One of each pair, against the other's default (idle 4 s, max 5 s).
+        let text = format!("{NODE}[backbone]\nkeep_alive_ms = 10000\nreconnect_min_ms = 8000\n");
+        assert_eq!(
+            errors(&text),
+            [
+                "5:17: idle_timeout_ms must be longer than keep_alive_ms",
+                "6:20: reconnect_max_ms is below reconnect_min_ms",
             ]
         );
     }

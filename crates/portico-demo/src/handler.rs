@@ -241,6 +241,10 @@ mod tests {
         let first = get("/cache/60").await;
         assert_eq!(first.headers()[header::CACHE_CONTROL], "public, max-age=60");
         let etag = first.headers()[header::ETAG].clone();
+        // The same path answers the same tag and bytes every time.
+        let again = get("/cache/60").await;
+        assert_eq!(again.headers()[header::ETAG], etag);
+        assert_eq!(body_of(first).await, body_of(again).await);
         let cond = Request::get("/cache/60")
             .header(header::IF_NONE_MATCH, etag)
             .body(Full::new(Bytes::new()))

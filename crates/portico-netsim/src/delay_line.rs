@@ -315,9 +315,13 @@ mod tests {
             ..Default::default()
         };
         let mut l = line(spec);
-        for i in 0..100 {
-            assert!(l.push_datagram(t0, 1, i).unwrap() >= t0);
-        }
+        // Delays are drawn from 1 ± 50 ms: about half fall below zero and
+        // leave at once, none later than 51 ms.
+        let at: Vec<Instant> = (0..100)
+            .map(|i| l.push_datagram(t0, 1, i).unwrap())
+            .collect();
+        assert!(at.iter().all(|a| *a >= t0 && *a <= t0 + 51 * MS), "{at:?}");
+        assert!(at.contains(&t0), "no delay was clamped to zero");
     }
 
     #[test]
