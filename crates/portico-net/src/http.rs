@@ -51,7 +51,12 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// How long a TLS handshake may take.
     pub handshake_timeout: Duration,
-    /// Idle keep-alive connections are closed after this long (HTTP/1.1 header read timeout).
+    /// Idle connections are closed after this long: an HTTP/1.1 keep-alive
+    /// connection waiting for its next request head (hyper's header read
+    /// timeout), and any connection, HTTP/1.1 or HTTP/2, that sends no
+    /// request after its handshake or has had none in flight and none new
+    /// for this long (checked every `header_read_timeout`, so it closes
+    /// within twice that).
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
@@ -259,6 +264,8 @@ impl<H: Handler> TcpServer<H> {
     {
         let handler = Arc::clone(&self.handler);
         let alt_svc = self.alt_svc.clone();
+        let activity = Arc::new(Activity::default());
+        let active = Arc::clone(&activity);
         let info = Arc::new(info);
         let info_h2 = Arc::new(ConnInfo {
             protocol: Protocol::Http2,
@@ -267,6 +274,7 @@ impl<H: Handler> TcpServer<H> {
         let service = service_fn(move |req: Request<Incoming>| {
             let handler = Arc::clone(&handler);
             let alt_svc = alt_svc.clone();
+            let in_flight = Activity::enter(&active);
             // Prior-knowledge h2c on a plain listener is detected per request.
             let info = if req.version() == http::Version::HTTP_2 {
                 Arc::clone(&info_h2)
@@ -278,13 +286,22 @@ impl<H: Handler> TcpServer<H> {
                 if let Some(value) = alt_svc {
                     resp.headers_mut().insert(ALT_SVC, value);
                 }
-                Ok::<_, std::convert::Infallible>(resp)
+                // In flight until its body has been sent (or dropped).
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked {
+                    inner,
+                    _in_flight: in_flight,
+                }))
             }
         });
         let builder = self.builder();
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(err) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(%err, "connection ended with an error");
+        tokio::select! {
+            served = watcher.watch(conn.into_owned()) => if let Err(err) = served {
+                tracing::debug!(%err, "connection ended with an error");
+            },
+            () = activity.idle(self.limits.header_read_timeout) => {
+                tracing::debug!("idle connection closed");
+            }
         }
     }
 
@@ -298,8 +315,84 @@ impl<H: Handler> TcpServer<H> {
         builder
             .http2()
             .timer(TokioTimer::new())
+            // Pings find a peer that vanished with streams still open.
+            .keep_alive_interval(self.limits.header_read_timeout)
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(self.limits.max_concurrent_streams);
         builder
+    }
+}
+
+/// What a connection has in flight, for closing idle ones: hyper closes an
+/// HTTP/1.1 connection idle between requests, but nothing closes one that
+/// never sends a request (its first bytes are awaited to tell HTTP/1.1 from
+/// HTTP/2, with no timer) or an HTTP/2 connection with no streams.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests started on the connection.
+    started: std::sync::atomic::AtomicU64,
+    /// Requests whose response body has not ended (or been dropped).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Activity {
+    fn enter(this: &Arc<Activity>) -> InFlight {
+        use std::sync::atomic::Ordering::Relaxed;
+        this.started.fetch_add(1, Relaxed);
+        this.in_flight.fetch_add(1, Relaxed);
+        InFlight(Arc::clone(this))
+    }
+
+    /// Completes once a whole `period` passes with no request in flight at
+    /// its end and none started during it.
+    async fn idle(&self, period: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut seen = self.started.load(Relaxed);
+        loop {
+            tokio::time::sleep(period).await;
+            let now = self.started.load(Relaxed);
+            if now == seen && self.in_flight.load(Relaxed) == 0 {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+/// One request of an [`Activity`], until dropped with its response body.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = portico_gateway::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -37,6 +37,10 @@ use crate::AppError;
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 
+/// How long a connection may take to send a request head, and stay idle
+/// between requests.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the admin API serves with.
 pub struct Admin<U> {
     pub gateway: Arc<Gateway<U>>,
@@ -201,7 +205,11 @@ pub async fn serve<U: Upstream>(
                 let admin = Arc::clone(&admin);
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
+            // Without a timer hyper has no header read timeout: a caller that
+            // never finishes its head would hold the connection for ever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(err) = conn.await {
                 tracing::debug!(%err, "admin connection ended");

@@ -1,0 +1,154 @@
+//! The TCP listener against raw TLS clients over loopback: connections that
+//! send nothing after their handshake, and HTTP/2 connections left idle, are
+//! closed; a response still streaming is not cut off by that.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use portico_gateway::{Body, ConnInfo};
+use portico_net::{Handler, HttpLimits, TcpServer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// The idle limit of the listeners under test.
+const IDLE: Duration = Duration::from_millis(300);
+
+/// `/stream` answers a head at once and its one body chunk 4 idle limits
+/// later; anything else gets an empty 200.
+struct Streams;
+
+impl Handler for Streams {
+    async fn call(&self, req: Request<Body>, _conn: Arc<ConnInfo>) -> Response<Body> {
+        if req.uri().path() != "/stream" {
+            return Response::new(portico_gateway::body::empty());
+        }
+        let chunk = futures_util::stream::once(async {
+            tokio::time::sleep(IDLE * 4).await;
+            Ok::<_, portico_gateway::BoxError>(http_body::Frame::data(Bytes::from_static(b"late")))
+        });
+        Response::new(StreamBody::new(chunk).boxed_unsync())
+    }
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    cert: CertificateDer<'static>,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start() -> Server {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert = generated.cert.der().clone();
+    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = TcpServer {
+        listener,
+        tls: Some(Arc::new(tls)),
+        default_api: None,
+        limits: HttpLimits {
+            header_read_timeout: IDLE,
+            ..HttpLimits::default()
+        },
+        handler: Arc::new(Streams),
+        alt_svc: None,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    Server {
+        addr,
+        cert,
+        _stop: stop,
+    }
+}
+
+/// A TLS connection offering `alpn`, handshake done.
+async fn connect(server: &Server, alpn: &[u8]) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+/// Reads until the server closes (or resets) the connection; everything read.
+/// Panics if it is still open after 20 s: many times the idle limit.
+async fn read_until_closed(tls: &mut TlsStream<TcpStream>) -> Vec<u8> {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the server closed the idle connection");
+    got
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_after_its_handshake_is_closed() {
+    let server = start().await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut tls = connect(&server, alpn).await;
+        assert!(read_until_closed(&mut tls).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let server = start().await;
+    let mut tls = connect(&server, b"h2").await;
+    // The client preface and an empty SETTINGS frame, then nothing.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut tls).await;
+    // The server's SETTINGS frame came first: HTTP/2 was served, then closed.
+    assert_eq!(got.get(3), Some(&4), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_response_still_streaming_is_not_cut_off_as_idle() {
+    let server = start().await;
+    let mut tls = connect(&server, b"http/1.1").await;
+    tls.write_all(b"GET /stream HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8(read_until_closed(&mut tls).await).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("4\r\nlate\r\n0\r\n\r\n"), "{got}");
+}
