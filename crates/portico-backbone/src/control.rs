@@ -107,6 +107,13 @@ impl ControlLink {
         !self.outbox.is_closed()
     }
 
+    /// Whether `other` is this same link (a clone of it), not merely one to
+    /// the same peer: a peer that reconnects has a new link while its old one
+    /// may not be known to be down yet.
+    pub fn is_same(&self, other: &ControlLink) -> bool {
+        self.outbox.same_channel(&other.outbox)
+    }
+
     /// Queues a frame for the peer without waiting. Fails when the frame is
     /// not a control frame, the link is gone, or its outbox is full.
     pub fn try_send(&self, frame: Frame) -> Result<(), BackboneError> {

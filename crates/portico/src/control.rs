@@ -62,9 +62,10 @@ impl Links {
         links.push(link.clone());
     }
 
+    /// Forgets `link` itself. A peer that reconnected before its old link
+    /// was found down keeps its new link.
     pub fn down(&self, link: &ControlLink) {
-        self.lock()
-            .retain(|l| l.is_open() && l.peer_id() != link.peer_id());
+        self.lock().retain(|l| l.is_open() && !l.is_same(link));
     }
 
     /// The links open now.
@@ -72,5 +73,31 @@ impl Links {
         let mut links = self.lock();
         links.retain(ControlLink::is_open);
         links.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_proto::Capabilities;
+
+    use super::*;
+
+    #[test]
+    fn a_reconnected_peer_keeps_its_new_link_when_the_old_one_goes_down() {
+        let links = Links::default();
+        let (old, _old_rx) = ControlLink::new("pop-a", "", Capabilities(0));
+        let (other, _other_rx) = ControlLink::new("pop-b", "", Capabilities(0));
+        links.up(&old);
+        links.up(&other);
+        // pop-a reconnects before its old connection is found dead.
+        let (new, _new_rx) = ControlLink::new("pop-a", "", Capabilities(0));
+        links.up(&new);
+        links.down(&old);
+        let open = links.open();
+        assert_eq!(open.len(), 2);
+        assert!(open.iter().any(|l| l.is_same(&new)), "the new link stays");
+        assert!(open.iter().any(|l| l.is_same(&other)));
+        links.down(&new);
+        assert_eq!(links.open().len(), 1);
     }
 }

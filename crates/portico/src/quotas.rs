@@ -158,8 +158,15 @@ impl Granter {
                 }
             }
         };
-        if let Err(err) = link.send(Frame::QuotaLease(answer)).await {
-            tracing::debug!(%pop, %err, "quota lease not sent");
+        // Never waits for the outbox: this one task answers every PoP, and a
+        // PoP that stopped reading its control stream must not stall the
+        // others. A lease it will never see goes back to the book at once.
+        let (lease_id, granted) = (answer.lease_id, answer.granted);
+        if let Err(err) = link.try_send(Frame::QuotaLease(answer)) {
+            tracing::warn!(%pop, %err, "quota lease not sent");
+            if lease_id != 0 {
+                self.release(link, lease_id, granted).await;
+            }
         }
     }
 
@@ -301,7 +308,10 @@ impl LeaseSource for PopLeases {
                 return;
             };
             let frame = Frame::QuotaReturn(QuotaReturn { lease_id, unused });
-            if let Err(err) = link.send(frame).await {
+            // Not waiting on a full outbox: the sweep and the refill that
+            // return leases run on paths requests wait on. Unreturned, the
+            // lease stays counted as used in the book: stranded, never overshot.
+            if let Err(err) = link.try_send(frame) {
                 tracing::warn!(lease = lease_id, unused, %err, "quota lease not returned");
             }
         })
@@ -382,6 +392,40 @@ id = "k"
 hash = "HASH"
 plans = ["p"]
 "#;
+
+    /// A PoP that stopped reading its control stream (its outbox full) holds
+    /// up no other PoP's answer, and the lease it cannot be sent goes back
+    /// to the book: the next PoP gets the whole quota.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pop_that_stopped_reading_holds_up_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let quotas = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
+        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
+        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
+        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
+        let leases = OriginLeases::new(quotas, defs_rx);
+        let (stalled, _unread) = ControlLink::new("pop-a", "", Capabilities(0));
+        while stalled
+            .try_send(Frame::Ping(portico_proto::Ping { nonce: 0 }))
+            .is_ok()
+        {}
+        let (reading, mut outbox) = ControlLink::new("pop-b", "", Capabilities(0));
+        let ask = || QuotaLeaseRequest {
+            key_id: "k".into(),
+            plan: "p".into(),
+            want: 10,
+            lease_id_to_return: None,
+            unused: 0,
+        };
+        leases.on_frame(&stalled, Frame::QuotaLeaseRequest(ask()));
+        leases.on_frame(&reading, Frame::QuotaLeaseRequest(ask()));
+        let answer = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+        let Ok(Some(Frame::QuotaLease(lease))) = answer else {
+            panic!("pop-b got no answer: {answer:?}");
+        };
+        // All 10: pop-a's undelivered lease went back before pop-b asked.
+        assert_eq!(lease.granted, 10);
+    }
 
     /// An origin's answer is spent only up to what the PoP asked for: a
     /// grant of `u64::MAX` (a peer gone wrong) leaves the wallet holding 10.
