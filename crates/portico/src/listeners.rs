@@ -63,25 +63,21 @@ pub async fn bind<H: Handler>(
 ) -> Result<Vec<Server<H>>, AppError> {
     let mut servers = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|source| AppError::Bind {
-                addr: l.address,
-                source,
-            })?;
-        let local = listener.local_addr()?;
         let tls = if l.tls {
             Some(Arc::new(tls_config(config, &l.certificates)?))
         } else {
             None
         };
+        let (listener, h3) = bind_pair(config, l, tls.as_deref(), handler).await?;
+        let local = listener.local_addr()?;
         tracing::info!(address = %local, tls = l.tls, default_api = ?l.default_api, "listening");
         // Machine-readable for tests and `portico up` (ports may have been 0).
         println!("listening {} {local}", if l.tls { "https" } else { "http" });
-        let h3 = match (&tls, l.http3) {
-            (Some(tls), true) => Some(bind_h3(config, l, local, tls, handler)?),
-            _ => None,
-        };
+        if let Some((server, _)) = &h3 {
+            let udp = server.socket.local_addr()?;
+            tracing::info!(address = %udp, congestion = l.quic.congestion.as_str(), "listening (HTTP/3)");
+            println!("listening h3 {udp}");
+        }
         servers.push(Server::Tcp(TcpServer {
             listener,
             tls,
@@ -97,6 +93,63 @@ pub async fn bind<H: Handler>(
     Ok(servers)
 }
 
+/// How many ports a listener on port 0 tries for its HTTP/3 side.
+const PORT_ATTEMPTS: usize = 16;
+
+/// A listener's TCP socket and, with HTTP/3, its UDP socket on the same
+/// port number. On port 0 the kernel picks the TCP port, and the same
+/// number may already be taken over UDP: then another port is picked, up to
+/// [`PORT_ATTEMPTS`] times. A fixed port that is taken fails at once.
+async fn bind_pair<H: Handler>(
+    config: &NodeConfig,
+    l: &ListenerConfig,
+    tls: Option<&rustls::ServerConfig>,
+    handler: &Arc<H>,
+) -> Result<(TcpListener, Option<(H3Listener<H>, u16)>), AppError> {
+    let attempts = if l.address.port() == 0 && l.quic.port.is_none() {
+        PORT_ATTEMPTS
+    } else {
+        1
+    };
+    twin(
+        attempts,
+        l.address,
+        || TcpListener::bind(l.address),
+        |tcp| match tls.filter(|_| l.http3) {
+            Some(tls) => bind_h3(config, l, tcp, tls, handler).map(Some),
+            None => Ok(None),
+        },
+    )
+    .await
+}
+
+/// A TCP listener from `bind_tcp` and what `bind_udp` makes for its address,
+/// trying a new TCP listener (up to `attempts` in all) while `bind_udp`
+/// finds its port taken.
+async fn twin<U, Fut>(
+    attempts: usize,
+    addr: SocketAddr,
+    mut bind_tcp: impl FnMut() -> Fut,
+    mut bind_udp: impl FnMut(SocketAddr) -> Result<U, portico_net::NetError>,
+) -> Result<(TcpListener, U), AppError>
+where
+    Fut: std::future::Future<Output = std::io::Result<TcpListener>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let listener = bind_tcp()
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
+        match bind_udp(listener.local_addr()?) {
+            Ok(udp) => return Ok((listener, udp)),
+            Err(portico_net::NetError::Bind { source, .. })
+                if attempt < attempts && source.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// Binds the UDP side of an HTTP/3 listener (same certificates, same
 /// handler) and prints `listening h3 ADDR`. Returns the server and its port,
 /// which the TCP side advertises in `Alt-Svc`.
@@ -106,12 +159,12 @@ fn bind_h3<H: Handler>(
     tcp: SocketAddr,
     tls: &rustls::ServerConfig,
     handler: &Arc<H>,
-) -> Result<(H3Listener<H>, u16), AppError> {
+) -> Result<(H3Listener<H>, u16), portico_net::NetError> {
     let addr = SocketAddr::new(tcp.ip(), l.quic.port.unwrap_or(tcp.port()));
     let socket = portico_net::QuicSocket::bind(addr, tls.clone(), &settings::quic(&l.quic))?;
-    let local = socket.local_addr()?;
-    tracing::info!(address = %local, congestion = l.quic.congestion.as_str(), "listening (HTTP/3)");
-    println!("listening h3 {local}");
+    let local = socket
+        .local_addr()
+        .map_err(|source| portico_net::NetError::Bind { addr, source })?;
     let server = H3Listener {
         socket,
         default_api: l.default_api.as_deref().map(Arc::from),
@@ -154,4 +207,52 @@ fn tls_config(
         "127.0.0.1".to_owned(),
     ];
     Ok(portico_net::server_config(&files, &names)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn udp(addr: SocketAddr) -> Result<std::net::UdpSocket, portico_net::NetError> {
+        std::net::UdpSocket::bind(addr)
+            .map_err(|source| portico_net::NetError::Bind { addr, source })
+    }
+
+    /// The first TCP port offered is one whose UDP twin is taken.
+    async fn twin_after_a_taken_port(
+        attempts: usize,
+    ) -> (Result<(TcpListener, std::net::UdpSocket), AppError>, u16) {
+        let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = holder.local_addr().unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut offers = [taken, any].into_iter().chain(std::iter::repeat(any));
+        let bound = twin(
+            attempts,
+            any,
+            || TcpListener::bind(offers.next().unwrap_or(any)),
+            udp,
+        )
+        .await;
+        (bound, taken.port())
+    }
+
+    #[tokio::test]
+    async fn a_port_whose_udp_twin_is_taken_is_given_up_for_another() {
+        let (bound, taken) = twin_after_a_taken_port(PORT_ATTEMPTS).await;
+        let (tcp, udp) = bound.unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        assert_ne!(port, taken);
+        assert_eq!(udp.local_addr().unwrap().port(), port);
+    }
+
+    #[tokio::test]
+    async fn a_fixed_port_is_tried_once() {
+        let (bound, taken) = twin_after_a_taken_port(1).await;
+        let err = bound.expect_err("the taken twin fails the bind");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("binding 127.0.0.1:{taken}")),
+            "{text}"
+        );
+    }
 }
