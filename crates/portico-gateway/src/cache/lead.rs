@@ -181,9 +181,13 @@ impl<U: Upstream> Job<'_, U> {
         } else {
             Err("request-no-store")
         };
+        let verdict = verdict.and_then(|()| self.reserve(&ex).ok_or("fills-in-flight"));
         let member = Member::new(fwd).status(ex.status);
         let (body, member) = match verdict {
-            Ok(()) => (self.fill(found, &ex, body, guard), member.stored(true)),
+            Ok(reserved) => (
+                self.fill(found, &ex, body, guard, reserved),
+                member.stored(true),
+            ),
             Err(detail) => {
                 finish(guard, Outcome::Pass);
                 (body, member.detail(detail))
@@ -228,8 +232,25 @@ impl<U: Upstream> Job<'_, U> {
         Ok(())
     }
 
+    /// The store's room for this response's fill, held until the fill ends.
+    fn reserve(&self, ex: &Exchange) -> Option<Reserved> {
+        let max = self.settings.max_object_bytes;
+        let bytes = declared_length(&ex.headers).map_or(max, |n| (n as u64).min(max));
+        self.cache.store.reserve_fill(bytes).then(|| Reserved {
+            cache: Arc::clone(self.cache),
+            bytes,
+        })
+    }
+
     /// Starts the fill task and returns the leader's own reader of it.
-    fn fill(&self, found: &Found, ex: &Exchange, body: Body, guard: Option<LeaderGuard>) -> Body {
+    fn fill(
+        &self,
+        found: &Found,
+        ex: &Exchange,
+        body: Body,
+        guard: Option<LeaderGuard>,
+        reserved: Reserved,
+    ) -> Body {
         let vary: Box<[HeaderName]> = rules::vary_names(&ex.headers).into_boxed_slice();
         let input = self.input();
         let hasher = &self.cache.store.hasher;
@@ -263,6 +284,7 @@ impl<U: Upstream> Job<'_, U> {
             ex: ex.clone_head(),
             end: guard.map(|g| g.stream(&fill)),
             idle: self.ctx.settings().timeout,
+            _reserved: reserved,
         };
         tokio::spawn(task.run(body));
         reader.unwrap_or_else(empty)
@@ -342,6 +364,19 @@ struct FillTask {
     /// Ends the flight when dropped: after the entry is stored.
     end: Option<FlightEnd>,
     idle: std::time::Duration,
+    _reserved: Reserved,
+}
+
+/// Bytes of the store's fill budget a fill holds until it ends.
+struct Reserved {
+    cache: Arc<ResponseCache>,
+    bytes: u64,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.cache.store.release_fill(self.bytes);
+    }
 }
 
 impl FillTask {

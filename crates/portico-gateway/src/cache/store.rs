@@ -39,6 +39,12 @@ pub(crate) struct Store {
     /// counted per stripe of paths: a POST stops the fills of its own path
     /// (and the few that share its stripe), not every fill in flight.
     paths: Box<[AtomicU64]>,
+    /// Bytes the fills in flight may still buffer, reserved when each starts
+    /// (its declared length, or the largest object when it declares none).
+    /// At most `max_bytes`: a fill runs on after its client leaves, so
+    /// clients that start misses and go away could otherwise make a node
+    /// buffer without bound.
+    filling: AtomicU64,
 }
 
 /// Stripes of [`Store::paths`].
@@ -91,7 +97,23 @@ impl Store {
             max_bytes,
             purges: AtomicU64::new(0),
             paths: (0..PATH_STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            filling: AtomicU64::new(0),
         }
+    }
+
+    /// Reserves `bytes` for a fill; `false` when the fills in flight hold
+    /// the store's size already (the response then passes uncached).
+    pub(crate) fn reserve_fill(&self, bytes: u64) -> bool {
+        self.filling
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|n| *n <= self.max_bytes)
+            })
+            .is_ok()
+    }
+
+    /// Gives back what [`Store::reserve_fill`] reserved.
+    pub(crate) fn release_fill(&self, bytes: u64) {
+        self.filling.fetch_sub(bytes, Ordering::AcqRel);
     }
 
     fn stripe(&self, path_hash: u64) -> &AtomicU64 {

@@ -118,6 +118,15 @@ fn gateway(
     head_delay: Duration,
     handler: impl Fn(&Request<Body>, usize) -> Script + Send + Sync + 'static,
 ) -> Arc<Gateway<Scripted>> {
+    gateway_with_cache(1 << 20, head_delay, handler)
+}
+
+/// [`gateway`] with a cache of `bytes`.
+fn gateway_with_cache(
+    bytes: u64,
+    head_delay: Duration,
+    handler: impl Fn(&Request<Body>, usize) -> Script + Send + Sync + 'static,
+) -> Arc<Gateway<Scripted>> {
     let defs = Arc::new(Definitions::from_toml_str(DEFS, "test").unwrap());
     let settings = GatewaySettings {
         node_id: Arc::from("n1"),
@@ -130,7 +139,7 @@ fn gateway(
         seen: Mutex::new(Vec::new()),
         handler: Box::new(handler),
     };
-    Arc::new(Gateway::new(settings, defs, upstream).with_cache(1 << 20))
+    Arc::new(Gateway::new(settings, defs, upstream).with_cache(bytes))
 }
 
 struct Reply {
@@ -545,6 +554,53 @@ async fn a_fill_that_an_unsafe_request_overtakes_is_not_stored() {
     let post = async { assert_eq!(send(&g, "POST", "/prod/doc", &[]).await.status, 200) };
     a_fill_overtaken_by(&g, "/prod/doc", post).await;
     assert_eq!(calls(&g), 3);
+}
+
+#[tokio::test]
+async fn fills_in_flight_buffer_no_more_than_the_store_holds() {
+    // Room for two fills of the route's largest object (16 bytes; these
+    // bodies declare no length, so each reserves that much).
+    let g = gateway_with_cache(32, Duration::ZERO, |req, _| {
+        if req.uri().path().ends_with("/slow") {
+            slow_body()
+        } else {
+            ok("max-age=60", "x")
+        }
+    });
+    let slow: Vec<_> = ["/prod/1/slow", "/prod/2/slow"]
+        .into_iter()
+        .map(|path| {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move { send(&g, "GET", path, &[]).await })
+        })
+        .collect();
+    while calls(&g) < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // A third miss while both fill: served, not filled.
+    let third = send(&g, "GET", "/prod/3", &[]).await;
+    assert_eq!((third.status, third.body()), (200, Bytes::from("x")));
+    assert!(
+        third
+            .cache_status()
+            .ends_with("fwd=miss; fwd-status=200; detail=fills-in-flight"),
+        "{}",
+        third.cache_status()
+    );
+    for s in slow {
+        assert_eq!(s.await.unwrap().body(), Bytes::from("abcd"));
+    }
+    // Their room comes back when they end: misses fill again.
+    let mut stored = false;
+    for i in 0..500 {
+        let r = send(&g, "GET", &format!("/prod/after/{i}"), &[]).await;
+        stored = r.cache_status().ends_with("stored");
+        if stored {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stored, "no fill started after the slow ones ended");
 }
 
 #[tokio::test]
