@@ -149,6 +149,8 @@ struct ConnCtx<H> {
     handler: Arc<H>,
     info: Arc<ConnInfo>,
     handshake: Handshake,
+    /// How long a request stream may take to deliver its head.
+    head_timeout: Duration,
 }
 
 impl<H: Handler> H3Server<H> {
@@ -258,6 +260,7 @@ impl<H: Handler> H3Server<H> {
             handler: Arc::clone(&self.handler),
             info: Arc::new(info),
             handshake,
+            head_timeout: self.limits.header_read_timeout,
         };
         Some((conn, ctx))
     }
@@ -351,11 +354,15 @@ async fn wait_drain(drain: &mut watch::Receiver<bool>) {
 /// One request: read its head, apply the early-data rule, call the handler,
 /// write the response as its body streams.
 async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
-    // 1. The head. One over the field-section limit was answered 431 by h3.
-    let (req, stream) = match resolver.resolve_request().await {
-        Ok(pair) => pair,
-        Err(err) => return tracing::debug!(%err, "HTTP/3 request not read"),
-    };
+    // 1. The head, within the header read timeout (a client keeping its
+    // connection alive could otherwise hold streams open without one). One
+    // over the field-section limit was answered 431 by h3.
+    let (req, stream) =
+        match tokio::time::timeout(ctx.head_timeout, resolver.resolve_request()).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(err)) => return tracing::debug!(%err, "HTTP/3 request not read"),
+            Err(_) => return tracing::debug!("HTTP/3 request head timed out"),
+        };
     let (mut send, mut recv) = stream.split();
     // 2. Early data: safe methods only (RFC 8470).
     let early = !ctx.handshake.is_confirmed();

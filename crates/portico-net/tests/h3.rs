@@ -263,6 +263,26 @@ async fn many_streams_share_a_connection_within_the_limit() {
 }
 
 #[tokio::test]
+async fn a_request_stream_that_never_finishes_its_head_is_dropped() {
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let conn = server.client().connect(server.addr).await;
+    // A request stream with the first byte of a HEADERS frame, then nothing:
+    // the connection stays alive (its driver answers pings), the head never
+    // comes.
+    let (mut send, mut recv) = conn.quic.open_bi().await.unwrap();
+    send.write_all(&[0x01]).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1024)).await;
+    assert!(ended.is_ok(), "the server still holds the stream");
+    assert_eq!(server.handler.calls.load(Ordering::SeqCst), 0);
+    // The connection itself still serves.
+    assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
+}
+
+#[tokio::test]
 async fn a_header_section_over_the_limit_gets_431() {
     let limits = HttpLimits {
         max_header_bytes: 4096,
