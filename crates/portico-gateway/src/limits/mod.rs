@@ -256,7 +256,7 @@ impl Limits {
         let route = stage.and_then(|s| s.route(ctx.route_index));
         let stage = stage.and_then(|s| s.stage.as_ref());
         let key = plan.and_then(|(k, p)| self.check_key(&set, k, p));
-        let ip = ctx.conn.client_addr.ip();
+        let ip = client_bucket(ctx.conn.client_addr.ip());
         if stage.is_none() && route.is_none() && key.is_none() {
             // Fast path, no headers: only the node's and the client IP's buckets.
             return self.throttle_plain(ip);
@@ -401,9 +401,54 @@ fn authorize(
     Ok((Arc::clone(key), Arc::clone(plan)))
 }
 
+/// The address a client's IP bucket is kept under: an IPv4 address itself
+/// (IPv4-mapped IPv6 too), an IPv6 address by its /64. One IPv6 host usually
+/// holds a whole /64, and would otherwise get a fresh bucket per address.
+fn client_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !u128::from(u64::MAX),
+            )),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_throttled_by_its_64() {
+        let config = NodeThrottleConfig {
+            enabled: true,
+            node: RateLimit {
+                rate: 1e6,
+                burst: 1_000_000,
+            },
+            per_client_ip: Some(RateLimit {
+                rate: 0.001,
+                burst: 1,
+            }),
+        };
+        let limits = Limits::new(&config, &Definitions::empty(), None);
+        let admit = |ip: &str| {
+            let bucket = client_bucket(ip.parse().unwrap());
+            limits.throttle_plain(bucket).is_ok()
+        };
+        assert!(admit("2001:db8:0:1::1"));
+        // Another address of the same /64: the same bucket, now empty.
+        assert!(!admit("2001:db8:0:1:ffff::2"));
+        assert!(admit("2001:db8:0:2::1"), "the next /64 has its own");
+        assert!(admit("192.0.2.1"));
+        assert!(
+            !admit("::ffff:192.0.2.1"),
+            "IPv4-mapped is the IPv4 address"
+        );
+        assert!(admit("192.0.2.2"));
+    }
 
     #[test]
     fn the_principal_is_our_own_check_which_a_pop_must_agree_with() {
