@@ -314,7 +314,9 @@ mod tests {
         let e = parse(&text).unwrap_err();
         assert_eq!(
             e.0[1].expected.as_deref(),
-            Some("one of `max_body_bytes`, `max_header_bytes`, `default_timeout_ms`")
+            Some(
+                "one of `max_body_bytes`, `max_header_bytes`, `default_timeout_ms`, `max_connections`"
+            )
         );
     }
 

@@ -271,6 +271,10 @@ fn compile_limits(f: &LimitsFile, diag: &mut Diag<'_>) -> Option<Limits> {
             None => ok = false,
         }
     }
+    if let Some(v) = &f.max_connections {
+        ok &= in_range(v, 1..=1_000_000, "max_connections", diag);
+        limits.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
+    }
     ok.then_some(limits)
 }
 
@@ -695,6 +699,12 @@ mod tests {
                 "8:20: reconnect_max_ms is below reconnect_min_ms",
             ]
         );
+        assert_eq!(
+            errors(&format!("{NODE}[limits]\nmax_connections = 0\n")),
+            ["5:19: max_connections 0 is out of range"]
+        );
+        let c = parse(&format!("{NODE}[limits]\nmax_connections = 100\n")).unwrap();
+        assert_eq!(c.limits.max_connections, 100);
         // One of each pair, against the other's default (idle 4 s, max 5 s).
         let text = format!("{NODE}[backbone]\nkeep_alive_ms = 10000\nreconnect_min_ms = 8000\n");
         assert_eq!(

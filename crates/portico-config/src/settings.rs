@@ -108,6 +108,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Integration timeout of routes that set none.
     pub default_timeout: Duration,
+    /// Connections open at once on each TCP listener.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -116,6 +118,7 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             max_header_bytes: 16 * 1024,
             default_timeout: Duration::from_millis(29_000),
+            max_connections: 16_384,
         }
     }
 }

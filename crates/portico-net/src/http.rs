@@ -17,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use portico_gateway::{Body, ConnInfo, Protocol, TlsInfo, body};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 /// What serves requests once a protocol adapter has decoded them.
@@ -62,6 +63,10 @@ pub struct HttpLimits {
     pub max_concurrent_streams: u32,
     /// How long shutdown waits for connections to finish their requests.
     pub drain_timeout: Duration,
+    /// Connections open at once on a TCP listener (all its worker threads
+    /// together); at the limit it accepts the next only when one closes, and
+    /// new clients wait in the kernel's backlog (nginx's `worker_connections`).
+    pub max_connections: usize,
 }
 
 impl Default for HttpLimits {
@@ -72,6 +77,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(30),
             max_concurrent_streams: 256,
             drain_timeout: Duration::from_secs(10),
+            max_connections: 16_384,
         }
     }
 }
@@ -93,11 +99,25 @@ impl<H: Handler> TcpServer<H> {
     /// Accepts connections until `shutdown` completes, then lets open
     /// connections finish (up to the drain timeout).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        self.run_with(permits, shutdown).await;
+    }
+
+    /// [`TcpServer::run`], each connection holding one of `permits` (shared
+    /// by the worker threads of one listener).
+    async fn run_with(self, permits: Arc<Semaphore>, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
         let acceptor = self.tls.clone().map(TlsAcceptor::from);
         let shared = Arc::new(self);
         tokio::pin!(shutdown);
         loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = shared.listener.accept() => match accepted {
@@ -115,7 +135,10 @@ impl<H: Handler> TcpServer<H> {
                 shared
                     .clone()
                     .connection(stream, peer, acceptor.clone(), graceful.watcher());
-            tokio::spawn(conn);
+            tokio::spawn(async move {
+                conn.await;
+                drop(permit);
+            });
         }
         let drain = shared.limits.drain_timeout;
         if tokio::time::timeout(drain, graceful.shutdown())
@@ -167,6 +190,7 @@ impl<H: Handler> TcpServer<H> {
             alt_svc,
         } = self;
         let listener = listener.into_std()?;
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
         let mut threads = Vec::with_capacity(workers);
         for index in 0..workers {
             let listener = listener.try_clone()?;
@@ -178,6 +202,7 @@ impl<H: Handler> TcpServer<H> {
                 alt_svc.clone(),
             );
             let mut stop = stop.clone();
+            let permits = Arc::clone(&permits);
             let worker = move || {
                 let runtime = match portico_gateway::workers::current_thread_runtime() {
                     Ok(rt) => rt,
@@ -191,7 +216,7 @@ impl<H: Handler> TcpServer<H> {
                         Err(err) => return tracing::error!(%err, index, "worker cannot register the listener"),
                     };
                     let server = TcpServer { listener, tls, default_api, limits, handler, alt_svc };
-                    server.run(async move { let _ = stop.wait_for(|s| *s).await; }).await;
+                    server.run_with(permits, async move { let _ = stop.wait_for(|s| *s).await; }).await;
                 });
             };
             threads.push(

@@ -44,6 +44,12 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(HttpLimits::default().max_connections, IDLE).await
+}
+
+/// A listener that holds at most `max_connections` connections at once and
+/// closes them after `idle`.
+async fn start_with(max_connections: usize, idle: Duration) -> Server {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = generated.cert.der().clone();
     let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
@@ -62,7 +68,8 @@ async fn start() -> Server {
         tls: Some(Arc::new(tls)),
         default_api: None,
         limits: HttpLimits {
-            header_read_timeout: IDLE,
+            header_read_timeout: idle,
+            max_connections,
             ..HttpLimits::default()
         },
         handler: Arc::new(Streams),
@@ -81,6 +88,16 @@ async fn start() -> Server {
 
 /// A TLS connection offering `alpn`, handshake done.
 async fn connect(server: &Server, alpn: &[u8]) -> TlsStream<TcpStream> {
+    let tls = handshake(server, alpn).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+/// A TCP connection and the TLS handshake over it, not awaited yet.
+fn handshake(
+    server: &Server,
+    alpn: &[u8],
+) -> impl std::future::Future<Output = TlsStream<TcpStream>> + use<> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server.cert.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -90,14 +107,15 @@ async fn connect(server: &Server, alpn: &[u8]) -> TlsStream<TcpStream> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
-    tls
+    let addr = server.addr;
+    async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
 }
 
 /// Reads until the server closes (or resets) the connection; everything read.
@@ -151,4 +169,26 @@ async fn a_response_still_streaming_is_not_cut_off_as_idle() {
     let got = String::from_utf8(read_until_closed(&mut tls).await).unwrap();
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(got.ends_with("4\r\nlate\r\n0\r\n\r\n"), "{got}");
+}
+
+#[tokio::test]
+async fn a_listener_at_its_connection_limit_accepts_the_next_when_one_closes() {
+    // Idle connections are not closed during the test: only `first` frees
+    // its place.
+    let server = start_with(2, Duration::from_secs(60)).await;
+    let first = connect(&server, b"http/1.1").await;
+    let _second = connect(&server, b"http/1.1").await;
+    // The third waits in the kernel's backlog: its handshake is not answered.
+    let third = tokio::spawn(handshake(&server, b"http/1.1"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served at once"
+    );
+    drop(first);
+    let third = tokio::time::timeout(Duration::from_secs(20), third)
+        .await
+        .expect("served once the first closed")
+        .unwrap();
+    assert_eq!(third.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }

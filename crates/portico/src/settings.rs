@@ -32,6 +32,7 @@ pub fn http_limits(config: &NodeConfig) -> HttpLimits {
     // answers most oversized header sections (with a JSON 431).
     HttpLimits {
         max_header_bytes: config.limits.max_header_bytes * 2 + 16 * 1024,
+        max_connections: config.limits.max_connections,
         ..HttpLimits::default()
     }
 }
