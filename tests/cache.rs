@@ -167,6 +167,28 @@ const MISS: &str = "portico-origin-c; fwd=miss; fwd-status=200; stored";
 const HIT: &str = "portico-origin-c; hit";
 
 #[tokio::test]
+async fn an_admin_connection_that_sends_no_request_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let backend = Backend::start().await;
+    let o = Origin::start(&backend, 64 << 20).await;
+    let mut silent = tokio::net::TcpStream::connect(o.proc.addrs("admin")[0])
+        .await
+        .unwrap();
+    // The admin listener's header read timeout is 10 s; hyper then closes
+    // (with a bare 408, or at once).
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        silent.read_to_end(&mut got),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the admin listener still holds the connection"
+    );
+}
+
+#[tokio::test]
 async fn misses_then_hits_with_cache_status_and_age() {
     let backend = Backend::start().await;
     let o = Origin::start(&backend, 64 << 20).await;
