@@ -178,6 +178,12 @@ impl<H: Handler> H3Server<H> {
             tokio::select! {
                 () = &mut shutdown => break,
                 incoming = shared.endpoint.accept() => match incoming {
+                    // At the limit a new client is refused (QUIC's
+                    // CONNECTION_REFUSED); it may try again, or over TCP.
+                    Some(incoming) if conns.len() >= shared.limits.max_connections => {
+                        tracing::debug!(peer = %incoming.remote_address(), "HTTP/3 connection refused: max_connections");
+                        incoming.refuse();
+                    }
                     Some(incoming) => {
                         let conn = Arc::clone(&shared).connection(incoming, drain_rx.clone());
                         match turn.next() {

@@ -283,6 +283,43 @@ async fn a_request_stream_that_never_finishes_its_head_is_dropped() {
 }
 
 #[tokio::test]
+async fn connections_over_the_limit_are_refused_until_one_closes() {
+    let limits = HttpLimits {
+        max_connections: 1,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    let first = client.connect(server.addr).await;
+    assert_eq!(first.get(&server.url("/echo")).await.status, 200);
+    let refused = client
+        .endpoint
+        .connect(server.addr, "localhost")
+        .unwrap()
+        .await;
+    assert!(
+        matches!(refused, Err(quinn::ConnectionError::ConnectionClosed(ref c)) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+        "{refused:?}"
+    );
+    first.quic.close(0u32.into(), b"done");
+    // The server notices the close and reaps the connection: the next is served.
+    let mut served = false;
+    for _ in 0..100 {
+        let next = client
+            .endpoint
+            .connect(server.addr, "localhost")
+            .unwrap()
+            .await;
+        if next.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "no connection served after the first closed");
+}
+
+#[tokio::test]
 async fn a_header_section_over_the_limit_gets_431() {
     let limits = HttpLimits {
         max_header_bytes: 4096,
