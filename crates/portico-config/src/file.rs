@@ -77,7 +77,7 @@ pub(crate) struct LimitsFile {
 pub(crate) struct BackendClientFile {
     pub ca_file: Option<S<String>>,
     pub use_webpki_roots: Option<bool>,
-    pub pool_idle_timeout_ms: Option<u64>,
+    pub pool_idle_timeout_ms: Option<S<u64>>,
     pub pool_max_idle_per_host: Option<usize>,
     pub connect_timeout_ms: Option<S<u64>>,
     #[serde(default)]
@@ -89,7 +89,7 @@ pub(crate) struct BackendClientFile {
 pub(crate) struct DnsFile {
     pub nameservers: Option<Vec<SocketAddr>>,
     pub use_hosts_file: Option<bool>,
-    pub cache_size: Option<usize>,
+    pub cache_size: Option<S<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

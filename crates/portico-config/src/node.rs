@@ -78,6 +78,7 @@ pub(crate) fn compile_node(
         .as_ref()
         .and_then(|a| compile_admin(a, paths, diag));
     let backend_client = compile_backend_client(&raw.backend_client, paths, diag);
+    let dns = compile_dns(&raw.dns, diag);
     let backbone = raw
         .backbone
         .as_ref()
@@ -104,7 +105,7 @@ pub(crate) fn compile_node(
         admin,
         limits: limits?,
         backend_client: backend_client?,
-        dns: compile_dns(&raw.dns),
+        dns: dns?,
         backbone: backbone.flatten(),
         origins,
         definitions: Arc::new(definitions?),
@@ -393,12 +394,17 @@ fn compile_backend_client(
         }
         None => d.connect_timeout,
     };
+    let pool_idle_timeout = match &f.pool_idle_timeout_ms {
+        Some(v) => {
+            ok &= in_range(v, 0..=86_400_000, "pool_idle_timeout_ms", diag);
+            Duration::from_millis(*v.get_ref())
+        }
+        None => d.pool_idle_timeout,
+    };
     let config = BackendClientConfig {
         ca_file: f.ca_file.as_ref().map(|p| paths.file(p, diag)),
         use_webpki_roots: f.use_webpki_roots.unwrap_or(d.use_webpki_roots),
-        pool_idle_timeout: f
-            .pool_idle_timeout_ms
-            .map_or(d.pool_idle_timeout, Duration::from_millis),
+        pool_idle_timeout,
         pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(d.pool_max_idle_per_host),
         connect_timeout,
         http2_only: f.http2_only,
@@ -406,13 +412,20 @@ fn compile_backend_client(
     ok.then_some(config)
 }
 
-fn compile_dns(f: &DnsFile) -> DnsConfig {
+fn compile_dns(f: &DnsFile, diag: &mut Diag<'_>) -> Option<DnsConfig> {
     let d = DnsConfig::default();
-    DnsConfig {
+    let cache_size = match &f.cache_size {
+        Some(v) if in_range(v, 0..=10_000_000, "cache_size", diag) => {
+            usize::try_from(*v.get_ref()).unwrap_or(usize::MAX)
+        }
+        Some(_) => return None,
+        None => d.cache_size,
+    };
+    Some(DnsConfig {
         nameservers: f.nameservers.clone(),
         use_hosts_file: f.use_hosts_file.unwrap_or(d.use_hosts_file),
-        cache_size: f.cache_size.unwrap_or(d.cache_size),
-    }
+        cache_size,
+    })
 }
 
 fn compile_backbone(
@@ -705,6 +718,16 @@ mod tests {
         );
         let c = parse(&format!("{NODE}[limits]\nmax_connections = 100\n")).unwrap();
         assert_eq!(c.limits.max_connections, 100);
+        assert_eq!(
+            errors(&format!(
+                "{NODE}[backend_client]\npool_idle_timeout_ms = 100000000\n\
+                 [dns]\ncache_size = 20000000\n"
+            )),
+            [
+                "5:24: pool_idle_timeout_ms 100000000 is out of range",
+                "7:14: cache_size 20000000 is out of range",
+            ]
+        );
         // One of each pair, against the other's default (idle 4 s, max 5 s).
         let text = format!("{NODE}[backbone]\nkeep_alive_ms = 10000\nreconnect_min_ms = 8000\n");
         assert_eq!(
