@@ -156,10 +156,7 @@ async fn proxies_over_http1_and_http2() {
 #[tokio::test]
 async fn keeps_a_valid_client_request_id() {
     let f = start("");
-    let req = Request::get(f.url("/prod/x"))
-        .header("x-request-id", "client-id-42")
-        .body(full(""))
-        .unwrap();
+    let req = get_with(&f, "/prod/x", "x-request-id", "client-id-42");
     let reply = send(&f.h1(), req).await;
     assert_eq!(reply.headers["x-request-id"], "client-id-42");
     assert_eq!(reply.json()["headers"]["x-request-id"], "client-id-42");
@@ -274,16 +271,10 @@ async fn unknown_host_api_stage_or_route_is_404() {
         404,
         "Not Found",
     );
-    let no_route = Request::get(f.url("/v1/"))
-        .header("host", "routing.test")
-        .body(full(""))
-        .unwrap();
+    let no_route = get_with(&f, "/v1/", "host", "routing.test");
     assert_error(&send(&f.h1(), no_route).await, 404, "Not Found");
     // A Host naming no API falls back to the default API, whose stage must exist.
-    let unknown_host = Request::get(f.url("/v1/x"))
-        .header("host", "nope.test")
-        .body(full(""))
-        .unwrap();
+    let unknown_host = get_with(&f, "/v1/x", "host", "nope.test");
     assert_error(&send(&f.h1(), unknown_host).await, 404, "Not Found");
 }
 
@@ -302,15 +293,9 @@ api = "echo"
 stage = "beta"
 "#;
     let f = start(extra);
-    let mapped = Request::get(f.url("/echo/a/b"))
-        .header("host", "api.example.com")
-        .body(full(""))
-        .unwrap();
+    let mapped = get_with(&f, "/echo/a/b", "host", "api.example.com");
     assert_eq!(send(&f.h1(), mapped).await.json()["path"], "/a/b");
-    let root = Request::get(f.url("/status/202"))
-        .header("host", "api.example.com")
-        .body(full(""))
-        .unwrap();
+    let root = get_with(&f, "/status/202", "host", "api.example.com");
     assert_eq!(send(&f.h1(), root).await.status, 202);
 }
 
@@ -393,10 +378,7 @@ async fn refused_and_reset_backends_are_502() {
         + &proxy_api("reset", "GET", "/", &format!("http://{reset_addr}/"));
     let f = start(&extra);
     for host in ["refused.test", "reset.test"] {
-        let req = Request::get(f.url("/prod/"))
-            .header("host", host)
-            .body(full(""))
-            .unwrap();
+        let req = get_with(&f, "/prod/", "host", host);
         assert_error(&send(&f.h1(), req).await, 502, "Bad Gateway");
     }
 }
@@ -446,10 +428,7 @@ async fn a_get_on_a_keep_alive_connection_the_backend_just_closed_is_sent_again(
     let f = start(&extra);
     let client = f.h1();
     for _ in 0..5 {
-        let req = Request::get(f.url("/prod/once"))
-            .header("host", "closing.test")
-            .body(full(""))
-            .unwrap();
+        let req = get_with(&f, "/prod/once", "host", "closing.test");
         let reply = send(&client, req).await;
         assert_eq!(reply.status, 200, "body: {}", reply.text());
         assert_eq!(reply.text(), "ok");
@@ -504,10 +483,7 @@ variables = { backend = "127.0.0.1:1" }
 async fn a_host_header_that_disagrees_with_the_authority_is_400() {
     let f = start("");
     // HTTP/2 names the host twice here: `:authority` (from the URL) and Host.
-    let req = Request::get(f.url("/prod/x"))
-        .header("host", "other.test")
-        .body(full(""))
-        .unwrap();
+    let req = get_with(&f, "/prod/x", "host", "other.test");
     let reply = send(&f.h2(), req).await;
     assert_eq!(reply.version, http::Version::HTTP_2);
     assert_error(&reply, 400, "Bad Request");
@@ -516,15 +492,20 @@ async fn a_host_header_that_disagrees_with_the_authority_is_400() {
 #[tokio::test]
 async fn oversized_header_section_is_431() {
     let f = start("");
-    let req = Request::get(f.url("/prod/x"))
-        .header("x-big", "a".repeat(9000))
-        .body(full(""))
-        .unwrap();
+    let req = get_with(&f, "/prod/x", "x-big", &"a".repeat(9000));
     assert_error(
         &send(&f.h1(), req).await,
         431,
         "Request Header Fields Too Large",
     );
+}
+
+/// A GET of `path` with one header `name: value`.
+fn get_with(f: &Fixture, path: &str, name: &str, value: &str) -> Request<ReqBody> {
+    Request::get(f.url(path))
+        .header(name, value)
+        .body(full(""))
+        .unwrap()
 }
 
 /// Sends raw bytes over TLS and returns what comes back.
@@ -589,10 +570,7 @@ async fn client_going_away_cancels_the_backend_request() {
     let extra = proxy_api("hang", "GET", "/", &format!("http://{hang_addr}/"));
     let f = start(&extra);
     let client = f.h1();
-    let req = Request::get(f.url("/prod/"))
-        .header("host", "hang.test")
-        .body(full(""))
-        .unwrap();
+    let req = get_with(&f, "/prod/", "host", "hang.test");
     let pending = tokio::spawn(async move { client.request(req).await.map(|r| r.status()) });
     tokio::time::timeout(Duration::from_secs(30), arrived_rx)
         .await

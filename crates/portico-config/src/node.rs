@@ -149,13 +149,8 @@ fn compile_node_throttle(f: &NodeThrottleFile, diag: &mut Diag<'_>) -> Option<No
         }
     }
     // Rate and burst were each checked alone: together they must still fit.
-    if let (true, Some(span)) = (
-        ok,
-        f.rate
-            .as_ref()
-            .map(|r| r.span())
-            .or(f.burst.as_ref().map(|b| b.span())),
-    ) {
+    let span = f.rate.as_ref().map(|r| r.span());
+    if ok && let Some(span) = span.or_else(|| f.burst.as_ref().map(|b| b.span())) {
         ok = check_refill(out.node, span, diag);
     }
     if let Some(ip) = &f.per_client_ip {

@@ -137,6 +137,13 @@ async fn read_until_closed(tls: &mut TlsStream<TcpStream>) -> Vec<u8> {
     got
 }
 
+/// Connects with `alpn`, writes `bytes` and reads until the server closes.
+async fn exchange(server: &Server, alpn: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut tls = connect(server, alpn).await;
+    tls.write_all(bytes).await.unwrap();
+    read_until_closed(&mut tls).await
+}
+
 #[tokio::test]
 async fn a_connection_that_sends_nothing_after_its_handshake_is_closed() {
     let server = start().await;
@@ -149,12 +156,9 @@ async fn a_connection_that_sends_nothing_after_its_handshake_is_closed() {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let server = start().await;
-    let mut tls = connect(&server, b"h2").await;
     // The client preface and an empty SETTINGS frame, then nothing.
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
-    let got = read_until_closed(&mut tls).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    let got = exchange(&server, b"h2", preface).await;
     // The server's SETTINGS frame came first: HTTP/2 was served, then closed.
     assert_eq!(got.get(3), Some(&4), "{got:?}");
 }
@@ -162,11 +166,8 @@ async fn an_idle_http2_connection_is_closed() {
 #[tokio::test]
 async fn a_response_still_streaming_is_not_cut_off_as_idle() {
     let server = start().await;
-    let mut tls = connect(&server, b"http/1.1").await;
-    tls.write_all(b"GET /stream HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let got = String::from_utf8(read_until_closed(&mut tls).await).unwrap();
+    let request = b"GET /stream HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let got = String::from_utf8(exchange(&server, b"http/1.1", request).await).unwrap();
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(got.ends_with("4\r\nlate\r\n0\r\n\r\n"), "{got}");
 }

@@ -73,8 +73,7 @@ pub async fn bind<H: Handler>(
         tracing::info!(address = %local, tls = l.tls, default_api = ?l.default_api, "listening");
         // Machine-readable for tests and `portico up` (ports may have been 0).
         println!("listening {} {local}", if l.tls { "https" } else { "http" });
-        if let Some((server, _)) = &h3 {
-            let udp = server.socket.local_addr()?;
+        if let Some((_, udp)) = &h3 {
             tracing::info!(address = %udp, congestion = l.quic.congestion.as_str(), "listening (HTTP/3)");
             println!("listening h3 {udp}");
         }
@@ -86,7 +85,7 @@ pub async fn bind<H: Handler>(
             handler: Arc::clone(handler),
             alt_svc: h3
                 .as_ref()
-                .map(|(_, port)| portico_net::quic::alt_svc(*port)),
+                .map(|(_, udp)| portico_net::quic::alt_svc(udp.port())),
         }));
         servers.extend(h3.map(|(server, _)| Server::H3(server)));
     }
@@ -105,7 +104,7 @@ async fn bind_pair<H: Handler>(
     l: &ListenerConfig,
     tls: Option<&rustls::ServerConfig>,
     handler: &Arc<H>,
-) -> Result<(TcpListener, Option<(H3Listener<H>, u16)>), AppError> {
+) -> Result<(TcpListener, Option<(H3Listener<H>, SocketAddr)>), AppError> {
     let attempts = if l.address.port() == 0 && l.quic.port.is_none() {
         PORT_ATTEMPTS
     } else {
@@ -151,15 +150,15 @@ where
 }
 
 /// Binds the UDP side of an HTTP/3 listener (same certificates, same
-/// handler) and prints `listening h3 ADDR`. Returns the server and its port,
-/// which the TCP side advertises in `Alt-Svc`.
+/// handler). Returns the server and its address, whose port the TCP side
+/// advertises in `Alt-Svc`.
 fn bind_h3<H: Handler>(
     config: &NodeConfig,
     l: &ListenerConfig,
     tcp: SocketAddr,
     tls: &rustls::ServerConfig,
     handler: &Arc<H>,
-) -> Result<(H3Listener<H>, u16), portico_net::NetError> {
+) -> Result<(H3Listener<H>, SocketAddr), portico_net::NetError> {
     let addr = SocketAddr::new(tcp.ip(), l.quic.port.unwrap_or(tcp.port()));
     let socket = portico_net::QuicSocket::bind(addr, tls.clone(), &settings::quic(&l.quic))?;
     let local = socket
@@ -171,7 +170,7 @@ fn bind_h3<H: Handler>(
         limits: settings::http_limits(config),
         handler: Arc::clone(handler),
     };
-    Ok((server, local.port()))
+    Ok((server, local))
 }
 
 /// TLS for a public listener: its own certificates plus custom domains' (SNI

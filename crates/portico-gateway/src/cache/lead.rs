@@ -215,11 +215,7 @@ impl<U: Upstream> Job<'_, U> {
                 .any(|h| h == "authorization"),
         };
         rules::check_storable(ex.status, &ex.headers, &cc, &ctx).map_err(|r| r.as_str())?;
-        let declared = ex
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.settings.max_object_bytes) {
+        if declared_length(&ex.headers).is_some_and(|n| n as u64 > self.settings.max_object_bytes) {
             return Err(rules::NotStorable::TooLarge.as_str());
         }
         let fresh = Freshness::of(ex, &cc, self.settings);
@@ -232,13 +228,16 @@ impl<U: Upstream> Job<'_, U> {
         Ok(())
     }
 
-    /// The store's room for this response's fill, held until the fill ends.
+    /// The store's room for this response's fill, held until the fill ends:
+    /// its declared length, or the route's largest object without one.
     fn reserve(&self, ex: &Exchange) -> Option<Reserved> {
         let max = self.settings.max_object_bytes;
-        let bytes = declared_length(&ex.headers).map_or(max, |n| (n as u64).min(max));
+        let length = declared_length(&ex.headers).filter(|n| *n as u64 <= max);
+        let bytes = length.map_or(max, |n| n as u64);
         self.cache.store.reserve_fill(bytes).then(|| Reserved {
             cache: Arc::clone(self.cache),
             bytes,
+            length,
         })
     }
 
@@ -262,8 +261,7 @@ impl<U: Upstream> Job<'_, U> {
         };
         // The path hashed when the request went upstream (`lead`).
         let path = ex.stamp.path;
-        let max = self.settings.max_object_bytes;
-        let length = declared_length(&ex.headers).filter(|n| *n as u64 <= max);
+        let length = reserved.length;
         let fill = Fill::new(
             ex.status,
             ex.headers.clone(),
@@ -371,6 +369,8 @@ struct FillTask {
 struct Reserved {
     cache: Arc<ResponseCache>,
     bytes: u64,
+    /// The response's declared length, when within the route's largest object.
+    length: Option<usize>,
 }
 
 impl Drop for Reserved {
