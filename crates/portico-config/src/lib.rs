@@ -370,9 +370,7 @@ mod tests {
     #[test]
     fn check_file_summarizes() {
         let dir = fixture_dir();
-        let path = dir.join("origin.toml");
-        std::fs::write(&path, FULL).unwrap();
-        let s = check_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        let s = check_file(&dir.join("origin.toml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((s.apis, s.routes, s.stages, s.domains), (2, 6, 3, 1));
         assert!(s.to_string().starts_with("origin node `origin-iad`"));
         let e = check_file(&dir.join("missing.toml")).unwrap_err();
@@ -393,17 +391,7 @@ mod tests {
         let doc = include_str!("../../../docs/CONFIG.md");
         let start = doc.find("```toml\n").unwrap() + 8;
         let text = &doc[start..start + doc[start..].find("```").unwrap()];
-        let dir = fixture_dir();
-        for f in [
-            "ca.pem",
-            "node.pem",
-            "node.key",
-            "certs/api.pem",
-            "certs/api.key",
-        ] {
-            std::fs::write(dir.join(f), "x").unwrap();
-        }
-        let c = parse_node(text, "CONFIG.md", &dir).unwrap_or_else(|e| panic!("{e}"));
+        let c = parse_node(text, "CONFIG.md", &fixture_dir()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.definitions.apis[0].current.routes.len(), 3);
     }
 }
