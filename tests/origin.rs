@@ -73,6 +73,13 @@ timeout_ms = 300
 type = "http_proxy"
 uri = "http://${{stageVariables.backend}}/delay/{{ms}}"
 
+[[apis.routes]]
+method = "GET"
+path = "/lookup/{{id}}"
+[apis.routes.integration]
+type = "http_proxy"
+uri = "http://${{stageVariables.backend}}/lookup?id={{id}}"
+
 [[apis.stages]]
 name = "prod"
 variables = {{ backend = "{backend}" }}
@@ -543,6 +550,59 @@ async fn malformed_requests_are_400() {
     let reply = raw_exchange(&f, b"GARBAGE\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
     assert!(reply.ends_with("\r\n\r\n"), "no body: {reply}");
+}
+
+/// The echo backend's JSON from a raw exchange's reply.
+fn echoed(reply: &str) -> serde_json::Value {
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+#[tokio::test]
+async fn dot_segments_are_resolved_and_never_climb_out_of_the_root() {
+    let f = start("");
+    let raw =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    // Resolved before routing, encoded or not: the backend sees the result.
+    for (sent, seen) in [
+        ("/prod/a/../b", "/b"),
+        ("/prod/a/%2E%2e/b", "/b"),
+        ("/prod/a/./b/.", "/a/b/"),
+        ("/prod/a/b/%2e%2E", "/a/"),
+        ("/prod/.well-known/x", "/.well-known/x"),
+        ("/prod/a/.../b", "/a/.../b"),
+    ] {
+        let reply = raw_exchange(&f, raw(sent).as_bytes()).await;
+        assert_eq!(echoed(&reply)["path"], seen, "{sent}");
+    }
+    // `..` leaves the route's own prefix only to be routed again from the
+    // resolved path: here out of stage `prod` into the unknown `lookup`.
+    let reply = raw_exchange(&f, raw("/prod/../lookup/1").as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 404 Not Found\r\n"), "{reply}");
+    assert!(reply.ends_with("{\"message\":\"Not Found\"}"), "{reply}");
+    // Above the root: refused.
+    for sent in ["/..", "/prod/../../b", "/%2e%2e/prod/b"] {
+        let reply = raw_exchange(&f, raw(sent).as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{sent}: {reply}"
+        );
+        assert!(
+            reply.ends_with("{\"message\":\"Bad Request\"}"),
+            "{sent}: {reply}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_path_parameter_in_the_backend_query_stays_one_value() {
+    let f = start("");
+    let reply = get(&f.h1(), &f.url("/prod/lookup/1&admin=true")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let echo = reply.json();
+    assert_eq!(echo["path"], "/lookup");
+    assert_eq!(echo["query"], "id=1%26admin%3Dtrue");
 }
 
 #[tokio::test]

@@ -45,19 +45,34 @@ pub enum TemplatePart {
 
 impl UriTemplate {
     /// Renders the URI. `params` yields path parameter values exactly as received
-    /// (still percent-encoded); they are inserted verbatim.
+    /// (still percent-encoded); in the path they are inserted verbatim, in the
+    /// query with `&`, `=` and `+` escaped, so that a value stays one value
+    /// (`/items/1&admin=true` cannot add a parameter to `?id={id}`).
     pub fn render<'v>(
         &self,
         params: &impl Fn(&str) -> Option<&'v str>,
         vars: &BTreeMap<String, String>,
     ) -> String {
         let mut out = String::with_capacity(self.len_hint());
+        let mut in_query = false;
         for part in &self.parts {
             match part {
-                TemplatePart::Literal(s) => out.push_str(s),
-                TemplatePart::PathParam(name) => out.push_str(params(name).unwrap_or("")),
+                TemplatePart::Literal(s) => {
+                    in_query |= s.contains('?');
+                    out.push_str(s)
+                }
+                TemplatePart::PathParam(name) => {
+                    let value = params(name).unwrap_or("");
+                    if in_query {
+                        push_query_value(&mut out, value);
+                    } else {
+                        out.push_str(value);
+                    }
+                }
                 TemplatePart::StageVariable(name) => {
-                    out.push_str(vars.get(name).map_or("", String::as_str))
+                    let value = vars.get(name).map_or("", String::as_str);
+                    in_query |= value.contains('?');
+                    out.push_str(value)
                 }
             }
         }
@@ -99,6 +114,13 @@ impl UriTemplate {
             return Err(Problem::new(0, "integration uri must be an absolute URL")
                 .expecting("http://... or https://..."));
         }
+        if let Some(offset) = param_in_authority(s) {
+            return Err(Problem::new(
+                offset,
+                "path parameters may only be used in the uri's path and query, not in its host",
+            )
+            .expecting("a fixed host or ${stageVariables.NAME}"));
+        }
         Ok(UriTemplate { parts })
     }
 
@@ -123,8 +145,34 @@ impl UriTemplate {
     }
 }
 
+/// `value` (a raw path segment) as one query value: the characters that
+/// would split or change it there are percent-encoded.
+fn push_query_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '&' => out.push_str("%26"),
+            '=' => out.push_str("%3D"),
+            '+' => out.push_str("%2B"),
+            c => out.push(c),
+        }
+    }
+}
+
 fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Where a `{param}` appears before the path of `s` (an absolute URL
+/// template): a client must not choose the backend's host or port.
+fn param_in_authority(s: &str) -> Option<usize> {
+    let start = s.find("://")? + 3;
+    let end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    UriTemplate::reference_offsets(s)
+        .into_iter()
+        .find(|(at, part)| (start..end).contains(at) && matches!(part, TemplatePart::PathParam(_)))
+        .map(|(at, _)| at)
 }
 
 fn parse_parts(s: &str) -> Result<Vec<TemplatePart>, Problem> {
@@ -235,6 +283,39 @@ mod tests {
         };
         let out = t.render(&params, &vars(&[("backend", "127.0.0.1:9000")]));
         assert_eq!(out, "http://127.0.0.1:9000/items/a%2Fb/x/deep/path");
+    }
+
+    #[test]
+    fn a_value_in_the_query_stays_one_value() {
+        let t = UriTemplate::parse("http://h/items/{id}?id={id}&x=1").unwrap();
+        let out = t.render(&|_| Some("1&admin=true+x"), &BTreeMap::new());
+        assert_eq!(
+            out,
+            "http://h/items/1&admin=true+x?id=1%26admin%3Dtrue%2Bx&x=1"
+        );
+        // A stage variable that starts the query counts as well.
+        let t = UriTemplate::parse("http://h/${stageVariables.p}{id}").unwrap();
+        let out = t.render(&|_| Some("a=b"), &vars(&[("p", "p?q=")]));
+        assert_eq!(out, "http://h/p?q=a%3Db");
+    }
+
+    #[test]
+    fn path_parameters_may_not_choose_the_host() {
+        for bad in [
+            "http://{host}/x",
+            "https://api.{tenant}.internal/x",
+            "http://h:{port}/x",
+            "http://${stageVariables.b}{id}",
+        ] {
+            let err = UriTemplate::parse(bad).unwrap_err();
+            assert_eq!(
+                err.message,
+                "path parameters may only be used in the uri's path and query, not in its host",
+                "{bad}"
+            );
+            assert_eq!(&bad[err.offset..err.offset + 1], "{", "{bad}");
+        }
+        assert!(UriTemplate::parse("http://${stageVariables.b}/{id}?q={id}").is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! whose upstream runs integrations. Routing, limits, response shaping and the
 //! access log are this code in both roles.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -203,8 +204,11 @@ impl<U: Upstream> Gateway<U> {
     ) -> Result<Response<Body>, GatewayError> {
         check_header_size(&req, self.settings.max_header_bytes)?;
         record.host = host_of(&req)?.to_owned();
-        let path = record.uri.path();
-        check_path(path)?;
+        check_path(record.uri.path())?;
+        // Routing, path parameters and the backend see the path without dot
+        // segments, so `/public/../admin` cannot leave a route's prefix.
+        let path = without_dot_segments(record.uri.path())?;
+        let path = &*path;
         // Route with the snapshot current now; the request keeps it to the end.
         let table = self.table.load_full();
         let resolved = match entry {
@@ -387,6 +391,62 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
             .with_cause(format!("malformed path {path:?}")));
     }
     Ok(())
+}
+
+/// `path` with its `.` and `..` segments resolved (RFC 3986 §5.2.4), also
+/// when percent-encoded (`%2e`), as nginx does before it matches locations;
+/// a `..` above the root is refused (400), as nginx refuses it. Borrowed when
+/// there is none, which is nearly always.
+fn without_dot_segments(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    // `Some(1)` for `.`, `Some(2)` for `..`, `None` for any other segment.
+    let dot = |seg: &str| dots(seg).filter(|n| matches!(n, 1 | 2));
+    let segments = path.split('/').skip(1);
+    if !segments.clone().any(|seg| dot(seg).is_some()) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for seg in segments {
+        trailing = true;
+        match dot(seg) {
+            Some(1) => {}
+            Some(_) => {
+                if kept.pop().is_none() {
+                    return Err(GatewayError::client(ErrorKind::BadRequest)
+                        .with_cause(format!("path {path:?} climbs above the root")));
+                }
+            }
+            None => {
+                trailing = false;
+                kept.push(seg);
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in &kept {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if trailing || kept.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// How many dots `seg` spells (`.`, `%2e`, `%2E` each count one), if it
+/// spells nothing else.
+fn dots(seg: &str) -> Option<usize> {
+    let mut rest = seg.as_bytes();
+    let mut n = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return None,
+        };
+        n += 1;
+    }
+    Some(n)
 }
 
 /// The host the client addressed: HTTP/2's `:authority` or HTTP/1.1's `Host`.
