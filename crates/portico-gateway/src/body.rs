@@ -52,6 +52,8 @@ pin_project_lite::pin_project! {
         inner: B,
         remaining: u64,
         limit: u64,
+        // The declared length (`Content-Length`) and what is left of it.
+        declared: Option<(u64, u64)>,
     }
 }
 
@@ -61,8 +63,25 @@ impl<B> Limited<B> {
             inner,
             remaining: limit,
             limit,
+            declared: None,
         }
     }
+
+    /// Also fails ([`BodyLengthMismatch`]) when the body carries more or
+    /// fewer bytes than `declared`, its `Content-Length`.
+    pub fn with_declared(mut self, declared: Option<u64>) -> Self {
+        self.declared = declared.map(|len| (len, len));
+        self
+    }
+}
+
+/// The error a [`Limited`] body yields when it does not carry the length it
+/// declared (RFC 9114 §4.1.2, RFC 9112 §6.3: a malformed request). The
+/// pipeline finds it in an upstream error's source chain and answers 400.
+#[derive(Debug, thiserror::Error)]
+#[error("request body does not match its content-length of {declared} bytes")]
+pub struct BodyLengthMismatch {
+    pub declared: u64,
 }
 
 impl<B> http_body::Body for Limited<B>
@@ -79,6 +98,14 @@ where
         let this = self.project();
         let frame = match std::task::ready!(this.inner.poll_frame(cx)) {
             Some(Ok(frame)) => frame,
+            None => {
+                return Poll::Ready(match this.declared.take() {
+                    Some((declared, left)) if left > 0 => {
+                        Some(Err(Box::new(BodyLengthMismatch { declared })))
+                    }
+                    _ => None,
+                });
+            }
             other => return Poll::Ready(other),
         };
         if let Some(data) = frame.data_ref() {
@@ -88,6 +115,14 @@ where
                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *this.limit }))));
             }
             *this.remaining -= len;
+            if let Some((declared, left)) = this.declared {
+                let Some(rest) = left.checked_sub(len) else {
+                    let declared = *declared;
+                    *this.declared = None;
+                    return Poll::Ready(Some(Err(Box::new(BodyLengthMismatch { declared }))));
+                };
+                *left = rest;
+            }
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -123,6 +158,24 @@ mod tests {
     async fn limited_passes_bodies_within_the_limit() {
         let body = Limited::new(full("hello"), 5);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_body_must_carry_the_length_it_declared() {
+        let exact = Limited::new(full("hello"), 10).with_declared(Some(5));
+        assert_eq!(exact.collect().await.unwrap().to_bytes(), "hello");
+        for (body, declared) in [("hell", 5), ("hello!", 5), ("", 1)] {
+            let err = Limited::new(full(body), 10)
+                .with_declared(Some(declared))
+                .collect()
+                .await
+                .err()
+                .unwrap();
+            assert!(
+                find_cause::<BodyLengthMismatch>(err.as_ref()).is_some(),
+                "{body:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Uri, header};
 use portico_config::Definitions;
 
-use crate::body::{Body, BodyTooLarge, Limited, find_cause};
+use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, Limited, find_cause};
 use crate::cache::{PurgeScope, ResponseCache};
 use crate::context::{ConnInfo, Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
@@ -271,17 +271,17 @@ impl<U: Upstream> Gateway<U> {
         ctx: &RequestCtx,
     ) -> Result<Request<Body>, GatewayError> {
         let limit = self.settings.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
+        let declared = declared_length(req.headers())?;
         match declared {
-            Some(None) => {
-                return Err(GatewayError::client(ErrorKind::BadRequest)
-                    .with_cause("invalid content-length"));
-            }
-            Some(Some(len)) if len > limit => {
+            Some(len) if len > limit => {
                 return Err(GatewayError::client(ErrorKind::PayloadTooLarge));
+            }
+            // A length with no body (an HTTP/3 or backbone request whose
+            // stream ended with its head): forwarded, the backend would read
+            // the next request on its connection as this one's body.
+            Some(len) if len > 0 && http_body::Body::is_end_stream(req.body()) => {
+                return Err(GatewayError::client(ErrorKind::BadRequest)
+                    .with_cause(format!("content-length {len} but no body")));
             }
             _ => {}
         }
@@ -294,12 +294,23 @@ impl<U: Upstream> Gateway<U> {
             .parse::<Uri>()
             .map_err(|e| GatewayError::client(ErrorKind::BadRequest).with_cause(e))?;
         strip_hop_by_hop(&mut parts.headers);
+        // A list of equal lengths (`3, 3`) goes on as the one it means.
+        if let Some(len) = declared {
+            let lengths = parts.headers.get_all(header::CONTENT_LENGTH);
+            if lengths.iter().nth(1).is_some()
+                || lengths.iter().any(|v| v.as_bytes().contains(&b','))
+            {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
             parts.headers.insert(&REQUEST_ID, v);
         }
         Ok(Request::from_parts(
             parts,
-            Body::new(Limited::new(body, limit)),
+            Body::new(Limited::new(body, limit).with_declared(declared)),
         ))
     }
 
@@ -346,17 +357,47 @@ pub(crate) async fn forward_timed<U: Upstream>(
     (result, started.elapsed())
 }
 
-/// An upstream failure caused by our own request-body limit is the client's 413.
+/// An upstream failure caused by our own request-body limit is the client's
+/// 413; by a body that did not carry its declared length, the client's 400.
 fn reclassify(err: GatewayError) -> GatewayError {
     let too_large = err
         .cause
         .as_deref()
         .is_some_and(|c| find_cause::<BodyTooLarge>(c).is_some());
+    let mismatched = err
+        .cause
+        .as_deref()
+        .is_some_and(|c| find_cause::<BodyLengthMismatch>(c).is_some());
     if too_large {
         GatewayError::client(ErrorKind::PayloadTooLarge).with_cause(err)
+    } else if mismatched {
+        GatewayError::client(ErrorKind::BadRequest).with_cause(err)
     } else {
         err
     }
+}
+
+/// The request's declared body length: every `Content-Length` value must be
+/// digits only and all of them the same (RFC 9110 §8.6), else 400.
+fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
+    let mut declared = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            let len = (!item.is_empty() && item.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
+                .flatten();
+            match (len, declared) {
+                (Some(len), None) => declared = Some(len),
+                (Some(len), Some(seen)) if len == seen => {}
+                _ => {
+                    return Err(GatewayError::client(ErrorKind::BadRequest)
+                        .with_cause("invalid or conflicting content-length"));
+                }
+            }
+        }
+    }
+    Ok(declared)
 }
 
 fn check_header_size<B>(req: &Request<B>, limit: usize) -> Result<(), GatewayError> {

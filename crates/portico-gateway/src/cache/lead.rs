@@ -300,6 +300,9 @@ impl<U: Upstream> Job<'_, U> {
         let mut head = Request::new(());
         *head.uri_mut() = self.parts.uri.clone();
         *head.headers_mut() = self.parts.headers.clone();
+        // It is sent with no body, whatever the client's had.
+        head.headers_mut().remove(http::header::CONTENT_LENGTH);
+        head.headers_mut().remove(http::header::TRANSFER_ENCODING);
         let (parts, ()) = head.into_parts();
         let found = found.clone();
         tokio::spawn(async move {

@@ -165,6 +165,17 @@ impl Reply {
 }
 
 async fn send(g: &Gateway<Scripted>, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send_body(g, method, path, headers, "").await
+}
+
+/// [`send`] with a request body.
+async fn send_body(
+    g: &Gateway<Scripted>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> Reply {
     let mut req = Request::builder()
         .method(method)
         .uri(path)
@@ -181,7 +192,7 @@ async fn send(g: &Gateway<Scripted>, method: &str, path: &str, headers: &[(&str,
     });
     let resp = g
         .handle(
-            req.body(full("")).unwrap(),
+            req.body(full(body)).unwrap(),
             &conn,
             Entry::Public(ServedModes::REGIONAL),
         )
@@ -389,6 +400,30 @@ async fn stale_if_error_and_stale_while_revalidate() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the background refresh never landed");
+}
+
+#[tokio::test]
+async fn a_background_refresh_declares_no_body_it_does_not_send() {
+    let g = gateway(Duration::ZERO, |_, n| {
+        ok(
+            "max-age=1, stale-while-revalidate=60",
+            if n == 0 { "v0" } else { "v1" },
+        )
+    });
+    send(&g, "GET", "/prod/swr", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A GET with a body, served stale: its refresh goes out without it.
+    let r = send_body(&g, "GET", "/prod/swr", &[("content-length", "3")], "abc").await;
+    assert_eq!(r.body(), "v0");
+    for _ in 0..200 {
+        if calls(&g) == 2 {
+            let seen = g.upstream().seen.lock().unwrap();
+            assert_eq!(seen[1].get("content-length"), None, "{:?}", seen[1]);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the background refresh never went out");
 }
 
 #[tokio::test]
