@@ -136,23 +136,48 @@ impl<U: Upstream> Job<'_, U> {
                     .with_cause("304 Not Modified for a different entity-tag"),
             );
         }
+        let mut headers = resp.into_parts().0.headers;
+        // Cookies a 304 sets are this client's: they go to it, never into
+        // the entry every client is served.
+        let cookies: Vec<http::HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        headers.remove(header::SET_COOKIE);
         let ex = Exchange {
             status: StatusCode::NOT_MODIFIED,
-            headers: resp.into_parts().0.headers,
+            headers,
             request_time,
             response_time: SystemTime::now(),
             arrived: Instant::now(),
             stamp,
         };
         let entry = Arc::new(stale.freshened(ex, self.settings));
-        self.cache
-            .store
-            .insert(found.key, Slot::Entry(Arc::clone(&entry)), stamp)
-            .await;
-        finish(guard, Outcome::Entry(Arc::clone(&entry)));
-        let m = Member::new(Fwd::Stale).status(StatusCode::NOT_MODIFIED);
+        let mut m = Member::new(Fwd::Stale).status(StatusCode::NOT_MODIFIED);
+        // The 304 may also have made the response private, no-store or
+        // `Vary: *`: then nothing of it stays shared.
+        let cc = CacheControl::parse(&entry.headers);
+        match rules::check_storable(entry.status, &entry.headers, &cc, &self.store_context()) {
+            Ok(()) => {
+                self.cache
+                    .store
+                    .insert(found.key, Slot::Entry(Arc::clone(&entry)), stamp)
+                    .await;
+                finish(guard, Outcome::Entry(Arc::clone(&entry)));
+            }
+            Err(reason) => {
+                self.cache.store.remove(found.key).await;
+                finish(guard, Outcome::Pass);
+                m = m.detail(reason.as_str());
+            }
+        }
         let value = self.member(m, record);
-        Ok(from_entry(&entry, &self.parts.headers, self.head, value))
+        let mut resp = from_entry(&entry, &self.parts.headers, self.head, value);
+        for cookie in cookies {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        Ok(resp)
     }
 
     /// A full response: stored while it streams when the rules allow, else passed on.
@@ -204,17 +229,8 @@ impl<U: Upstream> Job<'_, U> {
     /// `Ok` when the response may be stored; else the reason, for `Cache-Status`.
     fn storable(&self, ex: &Exchange) -> Result<(), &'static str> {
         let cc = CacheControl::parse(&ex.headers);
-        let ctx = StoreContext {
-            http_mode: self.settings.mode == portico_config::CacheMode::Http,
-            statuses: &self.settings.statuses,
-            authorization: self.parts.headers.contains_key(header::AUTHORIZATION),
-            authorization_in_key: self
-                .settings
-                .key_headers
-                .iter()
-                .any(|h| h == "authorization"),
-        };
-        rules::check_storable(ex.status, &ex.headers, &cc, &ctx).map_err(|r| r.as_str())?;
+        rules::check_storable(ex.status, &ex.headers, &cc, &self.store_context())
+            .map_err(|r| r.as_str())?;
         if declared_length(&ex.headers).is_some_and(|n| n as u64 > self.settings.max_object_bytes) {
             return Err(rules::NotStorable::TooLarge.as_str());
         }
@@ -226,6 +242,20 @@ impl<U: Upstream> Job<'_, U> {
             return Err(rules::NotStorable::NoFreshness.as_str());
         }
         Ok(())
+    }
+
+    /// What decides, besides the response, whether it may be stored.
+    fn store_context(&self) -> StoreContext<'_> {
+        StoreContext {
+            http_mode: self.settings.mode == portico_config::CacheMode::Http,
+            statuses: &self.settings.statuses,
+            authorization: self.parts.headers.contains_key(header::AUTHORIZATION),
+            authorization_in_key: self
+                .settings
+                .key_headers
+                .iter()
+                .any(|h| h == "authorization"),
+        }
     }
 
     /// The store's room for this response's fill, held until the fill ends:

@@ -174,6 +174,11 @@ impl Store {
         true
     }
 
+    /// Removes whatever is stored under `key`.
+    pub(crate) async fn remove(&self, key: u64) {
+        self.map.invalidate(&key).await;
+    }
+
     /// Removes the slots stored for one path that `select` picks; returns how many.
     pub(crate) async fn remove_path(
         &self,

@@ -361,6 +361,64 @@ async fn stale_entries_are_revalidated_and_304_refreshes() {
 }
 
 #[tokio::test]
+async fn a_304_shares_neither_its_cookies_nor_what_it_makes_private() {
+    // Each path's 304 carries one thing a shared entry must not take in.
+    let g = gateway(Duration::ZERO, |req, _| {
+        let revalidation = req.headers().contains_key("if-none-match");
+        let extra = match (req.uri().path(), revalidation) {
+            (_, false) => {
+                return Script {
+                    headers: vec![
+                        ("cache-control", "max-age=1".into()),
+                        ("etag", "\"v1\"".into()),
+                    ],
+                    ..ok("", "body")
+                };
+            }
+            ("/cookie", true) => ("set-cookie", "sid=alice".to_owned()),
+            ("/private", true) => ("cache-control", "private, max-age=60".to_owned()),
+            (_, true) => ("vary", "*".to_owned()),
+        };
+        let mut headers = vec![("cache-control", "max-age=60".to_owned())];
+        if extra.0 == "cache-control" {
+            headers.clear();
+        }
+        headers.push(extra);
+        Script {
+            status: 304,
+            headers,
+            ..Script::default()
+        }
+    });
+    for path in ["/prod/cookie", "/prod/private", "/prod/star"] {
+        send(&g, "GET", path, &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Alice revalidates: her response carries her cookie...
+    let r = send(&g, "GET", "/prod/cookie", &[("cookie", "sid=alice")]).await;
+    assert_eq!(r.headers["set-cookie"], "sid=alice");
+    // ...and Bob, served the refreshed entry, gets none.
+    let r = send(&g, "GET", "/prod/cookie", &[]).await;
+    assert_eq!(r.cache_status(), "portico-n1; hit");
+    assert_eq!(r.headers.get("set-cookie"), None);
+    // Made private or `Vary: *` by its 304, the entry is no longer served.
+    for (path, detail) in [("/prod/private", "private"), ("/prod/star", "vary-star")] {
+        let r = send(&g, "GET", path, &[]).await;
+        assert_eq!((r.status, r.body()), (200, Bytes::from("body")), "{path}");
+        assert_eq!(
+            r.cache_status(),
+            format!("portico-n1; fwd=stale; fwd-status=304; detail={detail}")
+        );
+        let r = send(&g, "GET", path, &[]).await;
+        assert_eq!(
+            r.cache_status(),
+            "portico-n1; fwd=miss; fwd-status=200; stored",
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn stale_if_error_and_stale_while_revalidate() {
     let g = gateway(Duration::ZERO, |req, n| match (req.uri().path(), n) {
         ("/sie", 0) => ok("max-age=1, stale-if-error=60", "old"),
