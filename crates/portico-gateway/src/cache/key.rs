@@ -9,7 +9,8 @@
 //!
 //! The text is `api \0 stage \0 G \0 path \0 query \0 headers [\0 \x1e vary]`, where
 //! `query` is the canonical chosen query (`a=1&b=2`, names sorted, values in request
-//! order, `name` alone for a parameter without `=`) and each header is
+//! order, `name` alone for a parameter without `=`; a name matches once
+//! percent-decoded, and is written as sent) and each header is
 //! `name \x1f value...`. No field can contain `\0` or `\x1f` (URIs and header
 //! values never hold control characters), so the encoding is unambiguous.
 
@@ -79,7 +80,7 @@ pub(crate) fn write_query(query: Option<&str>, chosen: &[String], sink: &mut imp
                 Some((n, v)) => (n, Some(v)),
                 None => (pair, None),
             };
-            if n != name {
+            if !same_name(n, name) {
                 continue;
             }
             if !first {
@@ -93,6 +94,21 @@ pub(crate) fn write_query(query: Option<&str>, chosen: &[String], sink: &mut imp
             }
         }
     }
+}
+
+/// Whether the query parameter named `raw` (as sent) is `name` once decoded,
+/// as the backend will read it: `%71` and `q` are the same parameter, and a
+/// spelling the key did not know would let a request choose what the backend
+/// answers without its key changing. Such a pair is keyed as sent.
+fn same_name(raw: &str, name: &str) -> bool {
+    if raw == name {
+        return true;
+    }
+    if !raw.contains(['%', '+']) {
+        return false;
+    }
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8_lossy() == name
 }
 
 /// `name` and its values. Looked up by `&str`, which `http` does without allocating.
@@ -298,6 +314,37 @@ mod tests {
             ..input
         };
         assert!(!k.matches(|c| prefix.write(c)));
+    }
+
+    #[test]
+    fn a_chosen_parameter_spelled_otherwise_is_keyed_as_sent() {
+        let s = settings(&["q"], &[]);
+        let h = HeaderMap::new();
+        let key = |query| {
+            let input = KeyInput {
+                api: "a",
+                stage: "s",
+                path: "/search",
+                query: Some(query),
+                headers: &h,
+                settings: &s,
+            };
+            text(&input)
+        };
+        // The backend reads each of these as a `q`: so does the key.
+        assert_eq!(key("%71=evil&q=shoes"), "a|s|G|/search|%71=evil&q=shoes|");
+        assert_eq!(key("%71=evil"), "a|s|G|/search|%71=evil|");
+        assert_ne!(key("%71=evil&q=shoes"), key("q=shoes"));
+        let spaced = settings(&["my q"], &[]);
+        let input = KeyInput {
+            api: "a",
+            stage: "s",
+            path: "/",
+            query: Some("my+q=1&my%20q=2&myq=3"),
+            headers: &h,
+            settings: &spaced,
+        };
+        assert_eq!(text(&input), "a|s|G|/|my+q=1&my%20q=2|");
     }
 
     #[test]
