@@ -196,13 +196,24 @@ const MAX_DECISIONS: usize = 5;
 pub struct Verdict {
     decisions: [Option<Decision>; MAX_DECISIONS],
     len: usize,
+    any_refused: bool,
 }
 
 impl Verdict {
     pub fn push(&mut self, decision: Decision) {
+        self.any_refused |= decision.is_refused();
         if let Some(slot) = self.decisions.get_mut(self.len) {
             *slot = Some(decision);
             self.len += 1;
+        }
+    }
+
+    /// Checks one more bucket (`check` takes its token) unless one already
+    /// refused: a request its key's or its client's own bucket refuses takes
+    /// nothing from the buckets it shares with every other client.
+    pub fn then_check(&mut self, check: impl FnOnce() -> Option<Decision>) {
+        if !self.any_refused {
+            self.extend(check());
         }
     }
 

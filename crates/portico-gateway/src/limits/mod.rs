@@ -261,12 +261,13 @@ impl Limits {
             // Fast path, no headers: only the node's and the client IP's buckets.
             return self.throttle_plain(ip);
         }
+        // The narrowest bucket first; the first to refuse ends the checks.
         let mut verdict = Verdict::default();
-        verdict.extend(self.node.as_ref().map(Throttle::check));
-        verdict.extend(self.per_ip.as_ref().map(|t| t.check(&ip)));
-        verdict.extend(stage.map(|t| t.check()));
-        verdict.extend(route.map(|t| t.check()));
         verdict.extend(key);
+        verdict.then_check(|| self.per_ip.as_ref().map(|t| t.check(&ip)));
+        verdict.then_check(|| route.map(|t| t.check()));
+        verdict.then_check(|| stage.map(|t| t.check()));
+        verdict.then_check(|| self.node.as_ref().map(Throttle::check));
         // From the strings' own buffers: no copy.
         let policy = HeaderValue::try_from(verdict.policy_header());
         let state = HeaderValue::try_from(verdict.state_header());
@@ -303,15 +304,14 @@ impl Limits {
     }
 
     fn throttle_plain(&self, ip: IpAddr) -> Result<Admitted, GatewayError> {
-        let node = self.node.as_ref().map(Throttle::check);
-        let ip = self.per_ip.as_ref().map(|t| t.check(&ip));
+        // The client's own bucket first: what it refuses costs the node's nothing.
         let mut verdict = Verdict::default();
-        if node.is_some_and(|d| d.is_refused()) || ip.is_some_and(|d| d.is_refused()) {
-            verdict.extend(node);
-            verdict.extend(ip);
-            return Err(too_many(verdict.refused().unwrap_or_default()));
+        verdict.extend(self.per_ip.as_ref().map(|t| t.check(&ip)));
+        verdict.then_check(|| self.node.as_ref().map(Throttle::check));
+        match verdict.refused() {
+            Some(retry_after) => Err(too_many(retry_after)),
+            None => Ok(Admitted::default()),
         }
-        Ok(Admitted::default())
     }
 
     async fn spend(
@@ -448,6 +448,31 @@ mod tests {
             "IPv4-mapped is the IPv4 address"
         );
         assert!(admit("192.0.2.2"));
+    }
+
+    #[test]
+    fn a_client_its_own_bucket_refuses_takes_nothing_from_the_node() {
+        let config = NodeThrottleConfig {
+            enabled: true,
+            node: RateLimit {
+                rate: 0.001,
+                burst: 5,
+            },
+            per_client_ip: Some(RateLimit {
+                rate: 0.001,
+                burst: 1,
+            }),
+        };
+        let limits = Limits::new(&config, &Definitions::empty(), None);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let admitted = (0..10).filter(|_| limits.throttle_plain(a).is_ok()).count();
+        assert_eq!(admitted, 1);
+        // The node's bucket lost one token to a, not ten.
+        for n in 2..=5 {
+            let other = IpAddr::from([192, 0, 2, n]);
+            assert!(limits.throttle_plain(other).is_ok(), "client {n}");
+        }
+        assert!(limits.throttle_plain("192.0.2.9".parse().unwrap()).is_err());
     }
 
     #[test]
