@@ -365,6 +365,46 @@ async fn integration_timeout_is_504() {
 }
 
 #[tokio::test]
+async fn a_backend_that_stalls_mid_body_is_cut_off_after_the_route_timeout() {
+    // Sends its head and 5 bytes of 1 000 000, then nothing for a minute.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\nhello";
+                let _ = sock.write_all(head).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    // A route of the default API `echo` (the extra text goes on its list).
+    let f = start(&format!(
+        r#"
+[[apis.routes]]
+method = "GET"
+path = "/stall/{{proxy+}}"
+timeout_ms = 300
+integration = {{ type = "http_proxy", uri = "http://127.0.0.1:{port}/{{proxy}}" }}
+"#
+    ));
+    for client in [f.h1(), f.h2()] {
+        let resp = client
+            .get(f.url("/prod/stall/big").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.version());
+        // The body fails (h1: the connection closes short of its length; h2:
+        // the stream is reset) instead of waiting out the backend's minute.
+        let body = http_body_util::BodyExt::collect(resp.into_body());
+        let read = tokio::time::timeout(Duration::from_secs(30), body).await;
+        assert!(matches!(read, Ok(Err(_))), "the body should fail: {read:?}");
+    }
+}
+
+#[tokio::test]
 async fn refused_and_reset_backends_are_502() {
     // A port with nothing listening: connection refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

@@ -136,6 +136,70 @@ where
     }
 }
 
+/// The error an [`IdleTimeout`] body yields when its source went quiet.
+#[derive(Debug, thiserror::Error)]
+#[error("no response body data for {0:?}")]
+pub struct BodyIdle(pub std::time::Duration);
+
+pin_project_lite::pin_project! {
+    /// Fails a body that yields nothing for `idle` (nginx's
+    /// `proxy_read_timeout`): a backend that sent its head and then stalls
+    /// would otherwise hold the client's connection, and its slot, for ever.
+    /// The timer restarts with each frame, so a long download that keeps
+    /// moving is never cut.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: tokio::time::Sleep,
+        idle: std::time::Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timer: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + *this.idle;
+                this.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.timer.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Finds an error of type `E` anywhere in `err`'s source chain.
 pub fn find_cause<'a, E: std::error::Error + 'static>(
     err: &'a (dyn std::error::Error + 'static),
@@ -153,6 +217,38 @@ pub fn find_cause<'a, E: std::error::Error + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_body_that_goes_quiet_fails_but_one_that_keeps_moving_does_not() {
+        use std::time::Duration;
+        // A chunk every 0.1 s for 1 s: the whole body takes longer than the
+        // idle time, no gap comes near it.
+        let idle = Duration::from_millis(900);
+        let moving = futures_util::stream::unfold(0, |n| async move {
+            (n < 10).then_some(())?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))),
+                n + 1,
+            ))
+        });
+        let body = IdleTimeout::new(http_body_util::StreamBody::new(moving), idle);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "x".repeat(10));
+        // One chunk, then silence.
+        let stalled = futures_util::stream::unfold(0, |n| async move {
+            if n > 0 {
+                std::future::pending::<()>().await;
+            }
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))),
+                n + 1,
+            ))
+        });
+        let idle = Duration::from_millis(100);
+        let body = IdleTimeout::new(http_body_util::StreamBody::new(stalled), idle);
+        let err = body.collect().await.err().unwrap();
+        assert!(find_cause::<BodyIdle>(err.as_ref()).is_some(), "{err}");
+    }
 
     #[tokio::test]
     async fn limited_passes_bodies_within_the_limit() {

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderValue, Request, Response, Uri, header};
 use portico_config::Definitions;
 
-use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, Limited, find_cause};
+use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, find_cause};
 use crate::cache::{PurgeScope, ResponseCache};
 use crate::context::{ConnInfo, Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
@@ -347,7 +347,9 @@ pub(crate) async fn forward_timed<U: Upstream>(
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, upstream.forward(ctx, req)).await;
     let result = match result {
-        Ok(Ok(resp)) => Ok(resp),
+        // The route's timeout covers the head; then each wait for more of
+        // the body, as nginx's proxy_read_timeout does.
+        Ok(Ok(resp)) => Ok(resp.map(|body| Body::new(IdleTimeout::new(body, timeout)))),
         Ok(Err(err)) => Err(reclassify(err)),
         Err(_) => Err(GatewayError::new(
             ErrorKind::GatewayTimeout,
