@@ -834,6 +834,42 @@ async fn sighup_reloads_without_disruption_and_keeps_the_old_config_on_errors() 
 }
 
 #[tokio::test]
+async fn sighup_replaces_the_admin_token() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let text = |token: &str| {
+        mock_config(&cert, "m").replace("BACKEND", "127.0.0.1:9")
+            + &format!("\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{token}\"\n")
+    };
+    let (origin, log) = origin_logging(dir.path(), &text("old-token-0123456789"));
+    let client = https_client(&cert.der, false);
+    let config = format!("http://{}/config", origin.addrs("admin")[0]);
+    let with = |token: &str| {
+        Request::get(&config)
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(""))
+            .unwrap()
+    };
+    assert_eq!(
+        send(&client, with("old-token-0123456789")).await.status,
+        200
+    );
+    // The operator rotates a leaked token and reloads.
+    std::fs::write(dir.path().join("origin.toml"), text("new-token-9876543210")).unwrap();
+    origin.signal("HUP");
+    logged(&log, "configuration reloaded").await;
+    common::assert_error(
+        &send(&client, with("old-token-0123456789")).await,
+        403,
+        "Forbidden",
+    );
+    assert_eq!(
+        send(&client, with("new-token-9876543210")).await.status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn access_log_has_one_json_line_per_request() {
     let dir = TempDir::new().unwrap();
     let cert = test_cert(dir.path(), "server", &["localhost"]);

@@ -228,6 +228,18 @@ async fn client_pop_origin_backend_over_http1_and_http2() {
 }
 
 #[tokio::test]
+async fn a_pop_sent_sighup_logs_it_and_keeps_serving() {
+    let f = Fixture::start();
+    f.wait_served(&f.pop).await;
+    // By default SIGHUP ends a process; a PoP has nothing of its own to
+    // reload (its APIs come from its origins), so it says so and serves on.
+    f.pop.signal("HUP");
+    logged(&f.pop_log, "SIGHUP ignored").await;
+    let reply = get(&f.client(false), &f.pop_url("/prod/items/1")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[tokio::test]
 async fn regional_apis_are_404_at_the_pop_and_served_at_the_origin() {
     let f = Fixture::start();
     f.wait_served(&f.pop).await;

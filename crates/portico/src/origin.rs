@@ -51,10 +51,14 @@ pub async fn run(
             let _ = stop.wait_for(|s| *s).await;
         }));
     }
+    let (token_tx, token_rx) = watch::channel(Box::<[u8]>::default());
+    if let Some(a) = &config.admin {
+        token_tx.send_replace(a.token.as_bytes().into());
+    }
     tasks.spawn(reload_on_sighup(
         path,
         Arc::clone(&gateway),
-        defs_tx,
+        (defs_tx, token_tx),
         stop_rx.clone(),
     ));
     if let Some(server) = backbone {
@@ -89,8 +93,8 @@ pub async fn run(
         );
         tasks.spawn(serve);
     }
-    if let (Some(listener), Some(a)) = (admin, &config.admin) {
-        let admin = crate::admin::Admin::new(Arc::clone(&gateway), &a.token, purges.clone());
+    if let Some(listener) = admin {
+        let admin = crate::admin::Admin::new(Arc::clone(&gateway), token_rx, purges.clone());
         tasks.spawn(crate::admin::serve(
             listener,
             Arc::new(admin),
@@ -108,11 +112,14 @@ pub async fn run(
     Ok(())
 }
 
-/// Reloads API definitions on SIGHUP; a bad file is logged and the old snapshot keeps serving.
+/// Reloads on SIGHUP what a running origin can take: its API definitions
+/// (APIs, plans, keys) and its admin token. A bad file is logged and the old
+/// configuration keeps serving. The node's other settings (listeners,
+/// backbone, limits, throttle, cache...) take effect at its next start.
 async fn reload_on_sighup(
     path: PathBuf,
     gateway: Arc<Gateway<Integrations>>,
-    definitions: watch::Sender<Arc<Definitions>>,
+    (definitions, admin_token): (watch::Sender<Arc<Definitions>>, watch::Sender<Box<[u8]>>),
     mut stop: watch::Receiver<bool>,
 ) {
     let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
@@ -129,6 +136,9 @@ async fn reload_on_sighup(
                 let running = portico_backbone::Running::of(&config.definitions);
                 gateway.swap(Arc::clone(&config.definitions));
                 definitions.send_replace(Arc::clone(&config.definitions));
+                if let Some(a) = &config.admin {
+                    admin_token.send_replace(a.token.as_bytes().into());
+                }
                 tracing::info!(
                     version = format_args!("{:016x}", running.version),
                     sha256 = %running.hash_hex(),

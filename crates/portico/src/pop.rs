@@ -88,7 +88,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // (`/config`); purges made here clear this PoP's cache only.
     if let (Some(listener), Some(a)) = (crate::admin::bind(&config).await?, &config.admin) {
         let (local_purges, _) = tokio::sync::broadcast::channel(16);
-        let admin = crate::admin::Admin::new(Arc::clone(&gateway), &a.token, local_purges)
+        let (_, token) = watch::channel(a.token.as_bytes().into());
+        let admin = crate::admin::Admin::new(Arc::clone(&gateway), token, local_purges)
             .with_origins(backbone.config_status());
         tasks.spawn(crate::admin::serve(
             listener,
@@ -96,6 +97,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             stop_rx.clone(),
         ));
     }
+    tasks.spawn(ignore_sighup(stop_rx.clone()));
     tasks.spawn(apply_snapshots(backbone.config(), gateway, stop_rx));
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node = %config.node.id, origins = config.origins.len(), workers, "pop ready");
@@ -162,6 +164,25 @@ async fn apply_snapshots(
         tokio::select! {
             changed = config.changed() => if changed.is_err() { return },
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A PoP's APIs come from its origins (a reload there reaches it within a
+/// second); its own file is read at start. SIGHUP, which reloads an origin,
+/// is logged here instead of ending the process, as it would by default.
+async fn ignore_sighup(mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return tracing::warn!("cannot listen for SIGHUP");
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP ignored: a PoP's APIs come from its origins (reload the origin); \
+                 its own file is read at start"
+            ),
         }
     }
 }

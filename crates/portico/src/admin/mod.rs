@@ -44,7 +44,8 @@ const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// What the admin API serves with.
 pub struct Admin<U> {
     pub gateway: Arc<Gateway<U>>,
-    token: Box<[u8]>,
+    /// The bearer token; an origin's reload (SIGHUP) replaces it.
+    token: tokio::sync::watch::Receiver<Box<[u8]>>,
     /// Every purge done here is sent on this channel too: the backbone forwards it
     /// to the connected PoPs (a receiver subscribes; none yet means origin only).
     pub purges: broadcast::Sender<PurgeScope>,
@@ -56,12 +57,12 @@ pub struct Admin<U> {
 impl<U: Upstream> Admin<U> {
     pub fn new(
         gateway: Arc<Gateway<U>>,
-        token: &str,
+        token: tokio::sync::watch::Receiver<Box<[u8]>>,
         purges: broadcast::Sender<PurgeScope>,
     ) -> Self {
         Admin {
             gateway,
-            token: token.as_bytes().into(),
+            token,
             purges,
             next_purge_id: AtomicU64::new(1),
             origins: None,
@@ -96,10 +97,11 @@ impl<U: Upstream> Admin<U> {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Some(resp);
         };
-        let same_len = presented.len() == self.token.len();
+        let token = self.token.borrow();
+        let same_len = presented.len() == token.len();
         let diff = presented
             .iter()
-            .zip(self.token.iter())
+            .zip(token.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         let ok = same_len && diff == 0;
         (!ok).then(|| message(StatusCode::FORBIDDEN, "Forbidden"))
