@@ -298,6 +298,8 @@ async fn client_address_request_id_and_via_end_to_end() {
     assert_eq!(headers["x-forwarded-for"], "127.0.0.2");
     assert_eq!(headers["x-forwarded-proto"], "https");
     assert_eq!(headers["x-request-id"], "e2e-rid-1");
+    // Each gateway on the way names itself to the backend too.
+    assert_eq!(headers["via"], "1.1 pop-a, 1.1 origin-a");
     assert!(
         headers["traceparent"]
             .as_str()

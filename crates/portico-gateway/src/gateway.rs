@@ -308,6 +308,8 @@ impl<U: Upstream> Gateway<U> {
         if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
             parts.headers.insert(&REQUEST_ID, v);
         }
+        // Each gateway the request passes names itself (RFC 9110 §7.6.3).
+        parts.headers.append(header::VIA, self.via.clone());
         Ok(Request::from_parts(
             parts,
             Body::new(Limited::new(body, limit).with_declared(declared)),

@@ -54,17 +54,28 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, proto: &str, h
         ip
     };
     let mut forwarded = format!("for={node};proto={proto}");
-    if !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';')
-    {
+    // A token as it is, anything else printable quoted (RFC 7239 §4): a
+    // client's `Host: a,for=10.9.9.9` must stay one value of this element,
+    // not become a second element a backend would take for the client.
+    let printable = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
+    if !host.is_empty() && host.bytes().all(printable) {
         forwarded.push_str(";host=");
-        forwarded.push_str(host);
+        if host.bytes().all(is_tchar) {
+            forwarded.push_str(host);
+        } else {
+            forwarded.push('"');
+            forwarded.push_str(host);
+            forwarded.push('"');
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         headers.append(header::FORWARDED, v);
     }
+}
+
+/// A `token` character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Most header fields a request may carry (431 beyond): the backbone's limit
@@ -134,6 +145,27 @@ mod tests {
             h["forwarded"],
             "for=\"[::1]\";proto=https;host=api.example.com"
         );
+    }
+
+    #[test]
+    fn a_host_that_is_no_token_is_quoted_in_forwarded() {
+        let client = "192.0.2.1:5000".parse().unwrap();
+        for (host, expected) in [
+            ("a,for=10.9.9.9", "host=\"a,for=10.9.9.9\""),
+            ("api.example.com:8443", "host=\"api.example.com:8443\""),
+            ("[::1]:443", "host=\"[::1]:443\""),
+        ] {
+            let mut h = HeaderMap::new();
+            set_forwarded(&mut h, client, "https", host);
+            assert_eq!(
+                h["forwarded"],
+                format!("for=192.0.2.1;proto=https;{expected}")
+            );
+        }
+        // Nothing that would need escaping is forwarded at all.
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, client, "https", "a\"b");
+        assert_eq!(h["forwarded"], "for=192.0.2.1;proto=https");
     }
 
     #[test]
