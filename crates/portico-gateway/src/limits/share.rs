@@ -37,6 +37,8 @@ pub struct SharedThrottle {
     /// A key's bucket with a share of its own (not its plan's default).
     own: AtomicBool,
     touched: AtomicBool,
+    /// When it was last checked (ns after `epoch`).
+    last_check: AtomicU64,
 }
 
 impl SharedThrottle {
@@ -51,6 +53,7 @@ impl SharedThrottle {
             epoch: Instant::now(),
             own: AtomicBool::new(false),
             touched: AtomicBool::new(false),
+            last_check: AtomicU64::new(0),
         })
     }
 
@@ -71,6 +74,8 @@ impl SharedThrottle {
     pub fn check(&self) -> Decision {
         self.demand.fetch_add(1, Ordering::Relaxed);
         self.touched.store(true, Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_check.store(now, Ordering::Relaxed);
         let current = self.current.load();
         let mut decision = current.check();
         let left = match decision.outcome {
@@ -118,6 +123,16 @@ impl SharedThrottle {
         }
         next.drain(u32::try_from(u64::from(share.burst) - keep).unwrap_or(0));
         self.current.store(Arc::new(next));
+    }
+
+    /// Whether the bucket has had time to fill up since it was last checked,
+    /// so that forgetting it (and starting the next request on a fresh one)
+    /// gives nobody a token the rate had not already given back.
+    fn refilled(&self) -> bool {
+        let spec = self.current.load().spec();
+        let full_in = Duration::from_secs_f64(f64::from(spec.burst) / spec.rate);
+        let last = Duration::from_nanos(self.last_check.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last) >= full_in
     }
 
     /// Requests seen since the last call.
@@ -195,11 +210,13 @@ impl KeyShares {
         }
     }
 
-    /// Forgets buckets not used since the last call.
+    /// Forgets buckets not used since the last call that have filled up
+    /// again: a drained one is kept until it has, or a key could wait out a
+    /// sweep or two and start on a full burst, far above a slow plan's rate.
     pub fn retain_recent(&self) {
         let mut buckets = lock(&self.buckets);
         for plan in buckets.values_mut() {
-            plan.retain(|_, b| b.touched.swap(false, Ordering::Relaxed));
+            plan.retain(|_, b| b.touched.swap(false, Ordering::Relaxed) || !b.refilled());
         }
         buckets.retain(|_, p| !p.is_empty());
     }
@@ -287,8 +304,31 @@ mod tests {
         a.check();
         k.retain_recent();
         assert!(Arc::ptr_eq(&a, &k.bucket("gold", "a", TEN).unwrap()));
+        // Unused, and full again after 1 s at most (10 a second, burst 10).
+        std::thread::sleep(Duration::from_millis(1100));
         k.retain_recent();
         k.retain_recent();
         assert!(!Arc::ptr_eq(&a, &k.bucket("gold", "a", TEN).unwrap()));
+    }
+
+    #[test]
+    fn a_drained_key_bucket_is_kept_until_it_has_filled_up() {
+        let k = KeyShares::default();
+        // A slow plan: 5 at once, then one every 10 s.
+        let slow = RateSpec {
+            rate: 0.1,
+            burst: 5,
+        };
+        let a = k.bucket("slow", "a", slow).unwrap();
+        for _ in 0..5 {
+            assert!(!a.check().is_refused());
+        }
+        // Sweeps while the key waits do not hand it a fresh burst.
+        for _ in 0..3 {
+            k.retain_recent();
+        }
+        let again = k.bucket("slow", "a", slow).unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(again.check().is_refused());
     }
 }
