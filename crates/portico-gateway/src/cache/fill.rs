@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::entry::Stored;
 use super::key::{KeyInput, KeyText};
+use super::store::Stamp;
 use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, ErrorSource};
 
@@ -68,6 +69,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Flight {
     outcome: Mutex<Option<Outcome>>,
     notify: Notify,
+    /// The purges and invalidations of its path begun when it started.
+    stamp: Stamp,
 }
 
 impl Flight {
@@ -95,14 +98,20 @@ pub(crate) enum Role {
 }
 
 impl Flights {
-    pub(crate) fn join(self: &Arc<Self>, key: u64) -> Role {
+    /// Follows the key's flight, or leads a new one. `stamp` is the request's
+    /// view of its path's purges and invalidations: a flight that started
+    /// before one of them may bring back what it removed, so a request that
+    /// came after never follows it but leads a flight of its own (the old
+    /// one finishes for its own clients, and stores nothing).
+    pub(crate) fn join(self: &Arc<Self>, key: u64, stamp: Stamp) -> Role {
         let mut map = lock(&self.map);
-        if let Some(f) = map.get(&key) {
+        if let Some(f) = map.get(&key).filter(|f| f.stamp == stamp) {
             return Role::Follow(Arc::clone(f));
         }
         let flight = Arc::new(Flight {
             outcome: Mutex::new(None),
             notify: Notify::new(),
+            stamp,
         });
         map.insert(key, Arc::clone(&flight));
         Role::Lead(LeaderGuard {

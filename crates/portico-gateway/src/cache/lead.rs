@@ -31,6 +31,17 @@ fn finish(guard: Option<LeaderGuard>, outcome: Outcome) {
 }
 
 impl<U: Upstream> Job<'_, U> {
+    /// The purges and invalidations of this request's path begun so far.
+    pub(crate) fn stamp(&self) -> Stamp {
+        let input = self.input();
+        self.cache.store.stamp(path_hash(
+            &self.cache.store.hasher,
+            input.api.as_bytes(),
+            input.stage.as_bytes(),
+            input.path.as_bytes(),
+        ))
+    }
+
     /// Fetches for the cache. `store`: the response may be stored (the client did
     /// not say `no-store`).
     pub(crate) async fn lead(
@@ -45,13 +56,7 @@ impl<U: Upstream> Job<'_, U> {
         let stale = found.entry.as_deref();
         let req = self.upstream_request(stale, body, true)?;
         let request_time = SystemTime::now();
-        let input = self.input();
-        let stamp = self.cache.store.stamp(path_hash(
-            &self.cache.store.hasher,
-            input.api.as_bytes(),
-            input.stage.as_bytes(),
-            input.path.as_bytes(),
-        ));
+        let stamp = self.stamp();
         let (result, latency) = forward_timed(&**self.upstream, self.ctx, req).await;
         if let Some(r) = record.as_deref_mut() {
             r.integration_latency = Some(latency);
@@ -320,7 +325,7 @@ impl<U: Upstream> Job<'_, U> {
 
     /// Starts a background revalidation of a stale entry unless one is running.
     pub(crate) fn refresh_in_background(&self, found: &Found) {
-        let Role::Lead(guard) = self.cache.flights.join(found.key) else {
+        let Role::Lead(guard) = self.cache.flights.join(found.key, self.stamp()) else {
             return;
         };
         let cache = Arc::clone(self.cache);

@@ -192,7 +192,7 @@ impl<U: Upstream> Job<'_, U> {
                     .lead(&found, body, None, fwd, !no_store, Some(record))
                     .await;
             }
-            match self.cache.flights.join(found.key) {
+            match self.cache.flights.join(found.key, self.stamp()) {
                 Role::Lead(guard) => {
                     return self
                         .lead(&found, body, Some(guard), fwd, true, Some(record))

@@ -635,6 +635,35 @@ async fn a_fill_that_a_purge_overtakes_is_not_stored() {
 }
 
 #[tokio::test]
+async fn a_request_after_a_purge_does_not_follow_a_fill_begun_before_it() {
+    let g = gateway(Duration::ZERO, |_, _| slow_body());
+    let first = tokio::spawn({
+        let g = Arc::clone(&g);
+        async move { send(&g, "GET", "/prod/slow", &[]).await }
+    });
+    while calls(&g) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let stage = PurgeScope::Stage {
+        api: "a".into(),
+        stage: "prod".into(),
+    };
+    g.purge(&stage).await;
+    // The first body is still streaming (its chunks come 300 ms apart): had
+    // this request joined its flight, it would get the pre-purge response.
+    let second = send(&g, "GET", "/prod/slow", &[]).await;
+    assert_eq!(
+        second.cache_status(),
+        "portico-n1; fwd=miss; fwd-status=200; stored"
+    );
+    assert_eq!(calls(&g), 2);
+    assert_eq!(first.await.unwrap().status, 200);
+    // What the second fetched is what stays.
+    let third = send(&g, "GET", "/prod/slow", &[]).await;
+    assert_eq!(third.cache_status(), "portico-n1; hit");
+}
+
+#[tokio::test]
 async fn a_fill_that_an_unsafe_request_overtakes_is_not_stored() {
     // The same race with a POST to the path (RFC 9111 §4.4).
     let g = gateway(Duration::ZERO, |req, _| {
