@@ -61,6 +61,9 @@ pub(crate) enum Outcome {
     Pass,
     /// The upstream failed: serve stale if allowed, else this error.
     Failed(ErrorKind, ErrorSource),
+    /// The upstream answered this 5xx, which the route does not cache: serve
+    /// stale if allowed, else fetch on your own.
+    ServerError(StatusCode),
     /// The leader went away before the head arrived: try again.
     Abandoned,
 }

@@ -99,26 +99,35 @@ impl<U: Upstream> Job<'_, U> {
         fwd: Option<Fwd>,
         record: Option<&mut AccessRecord>,
     ) -> Result<Response<Body>, GatewayError> {
-        let now = Instant::now();
         let status = result.as_ref().ok().map(Response::status);
-        match stale.filter(|e| e.within(now, e.stale_if_error)) {
-            Some(e) => {
-                let mut m = Member::new(Fwd::Stale)
-                    .ttl(ttl_of(e, now))
-                    .detail("stale-if-error");
-                m.fwd_status = status;
-                let value = self.member(m, record);
-                Ok(from_entry(e, &self.parts.headers, self.head, value))
-            }
-            None => {
-                let mut resp = result?;
-                if let Some(fwd) = fwd {
-                    let value = self.member(Member::new(fwd).status(resp.status()), record);
-                    mark(&mut resp, value);
-                }
-                Ok(resp)
-            }
+        let mut record = record;
+        if let Some(resp) = self.serve_stale(stale, status, record.as_deref_mut()) {
+            return Ok(resp);
         }
+        let mut resp = result?;
+        if let Some(fwd) = fwd {
+            let value = self.member(Member::new(fwd).status(resp.status()), record);
+            mark(&mut resp, value);
+        }
+        Ok(resp)
+    }
+
+    /// The stale entry, when its stale-if-error window allows serving it for
+    /// an upstream that failed (answering `status`, or not at all).
+    pub(crate) fn serve_stale(
+        &self,
+        stale: Option<&Arc<Stored>>,
+        status: Option<StatusCode>,
+        record: Option<&mut AccessRecord>,
+    ) -> Option<Response<Body>> {
+        let now = Instant::now();
+        let e = stale.filter(|e| e.within(now, e.stale_if_error))?;
+        let mut m = Member::new(Fwd::Stale)
+            .ttl(ttl_of(e, now))
+            .detail("stale-if-error");
+        m.fwd_status = status;
+        let value = self.member(m, record);
+        Some(from_entry(e, &self.parts.headers, self.head, value))
     }
 
     /// A 304 for our conditional request: the stored entry is fresh again.
@@ -368,8 +377,9 @@ fn declared_length(headers: &http::HeaderMap) -> Option<usize> {
 fn failure_outcome(result: &Result<Response<Body>, GatewayError>) -> Outcome {
     match result {
         Err(e) => Outcome::Failed(e.kind.clone(), e.source_of),
-        // A 5xx the route does not cache: followers fetch on their own.
-        Ok(_) => Outcome::Pass,
+        // A 5xx the route does not cache: followers serve their stale entry
+        // if they may, else fetch on their own.
+        Ok(resp) => Outcome::ServerError(resp.status()),
     }
 }
 

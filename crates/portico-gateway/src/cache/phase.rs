@@ -275,6 +275,12 @@ impl<U: Upstream> Job<'_, U> {
                     Some(record),
                 ))
             }
+            Outcome::ServerError(status) => {
+                match self.serve_stale(found.entry.as_ref(), Some(status), Some(record)) {
+                    Some(resp) => Followed::Answer(Ok(resp)),
+                    None => Followed::Own,
+                }
+            }
             Outcome::Stream(_) | Outcome::Pass => Followed::Own,
             Outcome::Abandoned => Followed::Retry,
         }

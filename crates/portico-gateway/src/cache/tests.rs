@@ -485,6 +485,33 @@ async fn a_background_refresh_declares_no_body_it_does_not_send() {
 }
 
 #[tokio::test]
+async fn every_request_of_a_flight_gets_the_stale_entry_when_the_origin_answers_5xx() {
+    let g = gateway(Duration::from_millis(300), |_, n| match n {
+        0 => ok("max-age=1, stale-if-error=60", "old"),
+        _ => Script {
+            status: 503,
+            ..ok("", "down")
+        },
+    });
+    send(&g, "GET", "/prod/sie", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Five at once: one leads (its fetch takes 300 ms), four follow it.
+    let replies =
+        futures_util::future::join_all((0..5).map(|_| send(&g, "GET", "/prod/sie", &[]))).await;
+    for r in &replies {
+        assert_eq!((r.status, r.body()), (200, Bytes::from("old")));
+        assert!(
+            r.cache_status()
+                .starts_with("portico-n1; fwd=stale; fwd-status=503; ttl=-")
+                && r.cache_status().ends_with("; detail=stale-if-error"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(calls(&g), 2, "one fetch for the five");
+}
+
+#[tokio::test]
 async fn vary_and_key_parameters() {
     let g = gateway(Duration::ZERO, |req, _| {
         let lang = req
