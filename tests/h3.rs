@@ -208,6 +208,16 @@ async fn header_sections_over_the_limits_get_431_over_h3() {
 }
 
 #[tokio::test]
+async fn a_head_response_carries_no_body_over_h3() {
+    let f = OriginFixture::start();
+    let conn = f.client().connect(f.h3_addr()).await;
+    let req = Request::head(f.url("/nope/x")).body(()).unwrap();
+    let reply = conn.request(req, b"").await.unwrap();
+    assert_eq!((reply.status, reply.body.len()), (404, 0));
+    assert_eq!(reply.headers["content-length"], "23");
+}
+
+#[tokio::test]
 async fn a_content_length_the_body_does_not_carry_is_400_over_h3() {
     let f = OriginFixture::start();
     let conn = f.client().connect(f.h3_addr()).await;

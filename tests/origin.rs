@@ -527,6 +527,24 @@ variables = { backend = "127.0.0.1:1" }
 }
 
 #[tokio::test]
+async fn head_responses_carry_no_body_over_http2() {
+    let f = start(ROUTING_MOCK);
+    for (path, status, length) in [("/nope/x", 404, "23"), ("/prod/mock", 200, "6")] {
+        let req = Request::head(f.url(path)).body(full("")).unwrap();
+        let reply = send(&f.h2(), req).await;
+        assert_eq!((reply.status, reply.body.len()), (status, 0), "{path}");
+        assert_eq!(reply.headers["content-length"], length, "{path}");
+    }
+}
+
+const ROUTING_MOCK: &str = r#"
+[[apis.routes]]
+method = "GET"
+path = "/mock"
+integration = { type = "mock", status = 200, body = "mocked" }
+"#;
+
+#[tokio::test]
 async fn a_host_header_that_disagrees_with_the_authority_is_400() {
     let f = start("");
     // HTTP/2 names the host twice here: `:authority` (from the URL) and Host.

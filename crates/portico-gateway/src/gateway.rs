@@ -181,6 +181,9 @@ impl<U: Upstream> Gateway<U> {
         });
         // 3. Shape the response and attach the access log to its body.
         self.shape_response(&mut resp, &record.request_id);
+        if record.method == http::Method::HEAD {
+            resp = without_body(resp);
+        }
         record.status = resp.status().as_u16();
         // A body of declared length is complete once that many bytes went
         // out, whether or not its end was polled before the client left.
@@ -336,6 +339,21 @@ impl<U: Upstream> Gateway<U> {
         }
         headers.append(header::VIA, self.via.clone());
     }
+}
+
+/// A response to HEAD: its head only, with the length its body would have
+/// had (RFC 9110 §9.3.2). HTTP/1.1 drops such a body itself; HTTP/2 and
+/// HTTP/3 would send it, and a strict client resets the stream.
+fn without_body(resp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    if !parts.headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(n) = http_body::Body::size_hint(&body).exact()
+    {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Response::from_parts(parts, crate::body::empty())
 }
 
 /// Calls `upstream` under the route's timeout; also says how long it took. Used by
