@@ -26,6 +26,8 @@ use tempfile::TempDir;
 type Plain = Client<HttpConnector, ReqBody>;
 
 const TOKEN: &str = "s3cret-token";
+/// A valid API key of stage `prod` (plan `cachers`).
+const KEY: &str = "CacheKeyCacheKeyCacheKeyCacheKey00000000";
 
 /// The cache routes of API `c`: everything GET under `http` mode with key
 /// parameters `q` and `x-tenant`, a route with a 1 KiB object limit, and the
@@ -54,7 +56,16 @@ integration = {{ type = "http_proxy", uri = "http://{backend}/{{proxy}}" }}
 name = "prod"
 [[apis.stages]]
 name = "dev"
-"#
+
+[[usage_plans]]
+name = "cachers"
+api_stages = [{{ api = "c", stage = "prod" }}]
+[[api_keys]]
+id = "cacher"
+hash = "{hash}"
+plans = ["cachers"]
+"#,
+        hash = portico_gateway::keys::stored_form(KEY),
     )
 }
 
@@ -452,10 +463,19 @@ async fn client_invalidation_needs_an_api_key() {
         HIT,
         "an unauthorized request evicts nothing"
     );
+    // A key header is not a key: one the API does not know is refused too.
     let r = o
         .get(
             "/prod/fresh/i",
             &[("cache-control", "max-age=0"), ("x-api-key", "k")],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(cache_status(&o.get("/prod/fresh/i", &[]).await), HIT);
+    let r = o
+        .get(
+            "/prod/fresh/i",
+            &[("cache-control", "max-age=0"), ("x-api-key", KEY)],
         )
         .await;
     assert_eq!(

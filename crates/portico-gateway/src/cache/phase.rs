@@ -106,7 +106,7 @@ impl ResponseCache {
             return Ok(resp);
         }
         let directives = RequestDirectives::parse(req.headers());
-        let refresh = client_refresh(settings, directives, req.headers())?;
+        let refresh = client_refresh(settings, directives, ctx, req.headers())?;
         let (parts, body) = req.into_parts();
         let job = Job {
             cache: self,
@@ -374,17 +374,19 @@ fn is_unsafe(method: &Method) -> bool {
 }
 
 /// Whether a client's `no-cache` / `max-age=0` refreshes the entry, per the route's
-/// `client_invalidation`. Until API keys land (issue 7), any `x-api-key` header
-/// counts as an authorized caller. An unauthorized request never evicts anything.
+/// `client_invalidation`: "with key" means a valid API key for the API stage
+/// (a mere `x-api-key` header is not one). An unauthorized request never
+/// evicts anything.
 fn client_refresh(
     settings: &CacheSettings,
     directives: RequestDirectives,
+    ctx: &RequestCtx,
     headers: &HeaderMap,
 ) -> Result<bool, GatewayError> {
     if !directives.refresh {
         return Ok(false);
     }
-    let keyed = headers.contains_key("x-api-key");
+    let keyed = || crate::limits::holds_valid_key(ctx, headers);
     let forbidden = || {
         Err(GatewayError::client(ErrorKind::Forbidden)
             .with_cause("Cache-Control invalidation is not allowed for this caller"))
@@ -393,8 +395,8 @@ fn client_refresh(
         ClientInvalidation::Ignore => Ok(false),
         ClientInvalidation::Forbid => forbidden(),
         ClientInvalidation::Allow => Ok(true),
-        ClientInvalidation::AllowWithKey => Ok(keyed),
-        ClientInvalidation::AllowWithKeyElseForbid if keyed => Ok(true),
+        ClientInvalidation::AllowWithKey => Ok(keyed()),
+        ClientInvalidation::AllowWithKeyElseForbid if keyed() => Ok(true),
         ClientInvalidation::AllowWithKeyElseForbid => forbidden(),
     }
 }

@@ -92,6 +92,9 @@ fn body_of(script: &Script) -> Body {
     StreamBody::new(s).boxed_unsync()
 }
 
+/// A valid API key of stage `prod`.
+const KEY: &str = "ValidKeyValidKeyValidKey0000";
+
 const DEFS: &str = r#"
 [[apis]]
 name = "a"
@@ -127,7 +130,12 @@ fn gateway_with_cache(
     head_delay: Duration,
     handler: impl Fn(&Request<Body>, usize) -> Script + Send + Sync + 'static,
 ) -> Arc<Gateway<Scripted>> {
-    let defs = Arc::new(Definitions::from_toml_str(DEFS, "test").unwrap());
+    let text = format!(
+        "{DEFS}\n[[usage_plans]]\nname = \"p\"\napi_stages = [{{ api = \"a\", stage = \"prod\" }}]\n\
+         [[api_keys]]\nid = \"k1\"\nhash = \"{}\"\nplans = [\"p\"]\n",
+        crate::keys::stored_form(KEY)
+    );
+    let defs = Arc::new(Definitions::from_toml_str(&text, "test").unwrap());
     let settings = GatewaySettings {
         node_id: Arc::from("n1"),
         max_body_bytes: 1 << 20,
@@ -763,11 +771,24 @@ async fn client_invalidation_needs_a_key() {
         (r.status, r.body()),
         (403, Bytes::from("{\"message\":\"Forbidden\"}"))
     );
+    // An `x-api-key` header is not a key: one the API does not know counts
+    // as none.
     let r = send(
         &g,
         "GET",
         "/prod/i",
-        &[("cache-control", "max-age=0"), ("x-api-key", "k")],
+        &[
+            ("cache-control", "max-age=0"),
+            ("x-api-key", "NotAKeyOfThisApi0000"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = send(
+        &g,
+        "GET",
+        "/prod/i",
+        &[("cache-control", "max-age=0"), ("x-api-key", KEY)],
     )
     .await;
     assert_eq!(

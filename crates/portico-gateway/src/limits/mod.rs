@@ -377,6 +377,16 @@ pub fn principal(
 }
 
 /// The presented key, and the plan of it that covers the request's API stage.
+/// Whether the request names a valid API key for its API stage: its
+/// principal when the limits phase checked one, else the key it presents
+/// (a route that requires none does not check it there).
+pub(crate) fn holds_valid_key(ctx: &RequestCtx, headers: &HeaderMap) -> bool {
+    ctx.principal
+        .as_ref()
+        .is_some_and(|p| p.api_key_id().is_some())
+        || (headers.contains_key(keys::HEADER) && authorize(ctx, headers).is_ok())
+}
+
 fn authorize(
     ctx: &RequestCtx,
     headers: &HeaderMap,
