@@ -109,7 +109,9 @@ impl RoutingTable {
         default_api: Option<&str>,
         modes: ServedModes,
     ) -> Result<Resolved, GatewayError> {
+        // A fully qualified name's final dot names the same host.
         let host = strip_port(host);
+        let host = host.strip_suffix('.').unwrap_or(host);
         let (api, stage, inner) = match self.lookup_domain(host) {
             Some(domain) => self.via_domain(domain, path)?,
             None => self.via_host(host, path, default_api)?,
@@ -181,12 +183,23 @@ impl RoutingTable {
             .by_host
             .get(host)
             .or_else(|| self.by_host.get(&host.to_ascii_lowercase()))
-            .or_else(|| execute_api_name(host).and_then(|name| self.by_name.get(name)))
+            .or_else(|| execute_api_name(host).and_then(|name| self.api_named(name)))
             .or_else(|| default_api.and_then(|name| self.by_name.get(name)))
             .ok_or_else(not_found)?;
         let (stage_name, rest) = split_first_segment(path);
         let stage = api.stage(stage_name).ok_or_else(not_found)?;
         Ok((Arc::clone(api), Arc::clone(stage), rest))
+    }
+
+    /// The API `name` in a host name: names are unique regardless of case,
+    /// and hosts are usually written in lower case.
+    fn api_named(&self, name: &str) -> Option<&Arc<Api>> {
+        self.by_name.get(name).or_else(|| {
+            self.by_name
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, api)| api)
+        })
     }
 
     fn match_route(
@@ -239,7 +252,8 @@ fn split_first_segment(path: &str) -> (&str, &str) {
 /// The API name in an `{api}.execute-api.{region}.{domain}` host.
 fn execute_api_name(host: &str) -> Option<&str> {
     let (name, rest) = host.split_once('.')?;
-    rest.starts_with("execute-api.").then_some(name)
+    let label = rest.get(..12)?;
+    label.eq_ignore_ascii_case("execute-api.").then_some(name)
 }
 
 /// Removes a `:port` suffix, keeping IPv6 literals intact.
@@ -275,6 +289,53 @@ mod tests {
     #[test]
     fn finds_execute_api_names() {
         assert_eq!(execute_api_name("pets.execute-api.local"), Some("pets"));
+        assert_eq!(execute_api_name("Pets.EXECUTE-API.local"), Some("Pets"));
         assert_eq!(execute_api_name("pets.example.com"), None);
+        assert_eq!(execute_api_name("pets.execute"), None);
+    }
+
+    #[test]
+    fn hosts_match_whatever_their_case_or_final_dot() {
+        let defs = Definitions::from_toml_str(
+            r#"
+[[apis]]
+name = "Pets"
+endpoint = "regional"
+[[apis.routes]]
+method = "GET"
+path = "/x"
+integration = { type = "mock", body = "pets" }
+[[apis.stages]]
+name = "prod"
+
+[[apis]]
+name = "other"
+endpoint = "regional"
+hosts = ["api.example.com"]
+[[apis.routes]]
+method = "GET"
+path = "/x"
+integration = { type = "mock", body = "other" }
+[[apis.stages]]
+name = "prod"
+"#,
+            "test",
+        )
+        .unwrap();
+        let table = RoutingTable::new(Arc::new(defs));
+        let api_of = |host: &str| {
+            table
+                .resolve(host, "GET", "/prod/x", None, ServedModes::REGIONAL)
+                .map(|r| r.api.name.clone())
+                .ok()
+        };
+        // No default API: each host must name its own.
+        assert_eq!(api_of("pets.execute-api.local").as_deref(), Some("Pets"));
+        assert_eq!(api_of("Pets.Execute-Api.local").as_deref(), Some("Pets"));
+        assert_eq!(
+            api_of("pets.execute-api.local.:443").as_deref(),
+            Some("Pets")
+        );
+        assert_eq!(api_of("API.example.com.").as_deref(), Some("other"));
     }
 }
