@@ -604,6 +604,18 @@ async fn malformed_requests_are_400() {
     .await;
     assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
     assert!(reply.ends_with("{\"message\":\"Bad Request\"}"), "{reply}");
+    // No Host in HTTP/1.1, or two of them: ours, with a JSON body.
+    for request in [
+        &b"GET /prod/a HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        b"GET /prod/a HTTP/1.1\r\nHost: localhost\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    ] {
+        let reply = raw_exchange(&f, request).await;
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+        assert!(reply.ends_with("{\"message\":\"Bad Request\"}"), "{reply}");
+    }
+    // HTTP/1.0 needs none.
+    let reply = raw_exchange(&f, b"GET /prod/a HTTP/1.0\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
     // A request line HTTP cannot parse: hyper answers a bare 400 and closes.
     let reply = raw_exchange(&f, b"GARBAGE\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");

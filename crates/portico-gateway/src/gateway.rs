@@ -206,6 +206,7 @@ impl<U: Upstream> Gateway<U> {
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
         check_header_size(&req, self.settings.max_header_bytes)?;
+        check_host_fields(&req, conn)?;
         record.host = host_of(&req)?.to_owned();
         check_path(record.uri.path())?;
         // Routing, path parameters and the backend see the path without dot
@@ -510,6 +511,23 @@ fn dots(seg: &str) -> Option<usize> {
         n += 1;
     }
     Some(n)
+}
+
+/// One `Host` at most, and an HTTP/1.1 request must name its host (RFC 9112
+/// §3.2): either failing is 400. With two, we and a server behind us could
+/// each route by a different one.
+fn check_host_fields<B>(req: &Request<B>, conn: &ConnInfo) -> Result<(), GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    let missing = first.is_none()
+        && conn.protocol == crate::context::Protocol::Http1
+        && req.version() == http::Version::HTTP_11
+        && req.uri().authority().is_none();
+    if hosts.next().is_some() || missing {
+        return Err(GatewayError::client(ErrorKind::BadRequest)
+            .with_cause("an HTTP/1.1 request needs exactly one Host"));
+    }
+    Ok(())
 }
 
 /// The host the client addressed: HTTP/2's `:authority` or HTTP/1.1's `Host`.
