@@ -268,6 +268,16 @@ async fn method_not_allowed_lists_allowed_methods() {
     let reply = routed(&f, "GET", "/v1/orders").await;
     assert_error(&reply, 405, "Method Not Allowed");
     assert_eq!(reply.headers["allow"], "POST");
+    // `ANY` is API Gateway's seven methods: no route serves TRACE (it would
+    // echo the request back) or a method of its own.
+    for method in ["TRACE", "PROPFIND", "ANY"] {
+        let reply = routed(&f, method, "/v1/items/7").await;
+        assert_error(&reply, 405, "Method Not Allowed");
+        assert_eq!(
+            reply.headers["allow"], "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+            "{method}"
+        );
+    }
 }
 
 #[tokio::test]

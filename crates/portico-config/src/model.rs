@@ -203,18 +203,22 @@ pub struct Resource {
 
 impl Resource {
     /// The route serving `method`: an exact match, else GET for HEAD (as HTTP does),
-    /// else the `ANY` route.
+    /// else the `ANY` route. `ANY` means API Gateway's seven methods: TRACE,
+    /// CONNECT or any other token is served by no route (405), as nginx
+    /// refuses TRACE (it would echo the request's headers back).
     pub fn route_for(&self, method: &str) -> Option<usize> {
-        let parsed = method.parse::<Method>().ok().filter(|m| *m != Method::Any);
+        let parsed = method
+            .parse::<Method>()
+            .ok()
+            .filter(|m| *m != Method::Any)?;
         let find = |m: Method| {
             self.methods
                 .iter()
                 .find(|(have, _)| *have == m)
                 .map(|&(_, i)| i)
         };
-        parsed
-            .and_then(find)
-            .or_else(|| (parsed == Some(Method::Head)).then(|| find(Method::Get))?)
+        find(parsed)
+            .or_else(|| (parsed == Method::Head).then(|| find(Method::Get))?)
             .or_else(|| find(Method::Any))
     }
 
@@ -389,8 +393,9 @@ mod tests {
         assert_eq!(r.route_for("HEAD"), Some(0));
         assert_eq!(r.route_for("POST"), Some(2));
         assert_eq!(r.route_for("DELETE"), Some(1));
-        assert_eq!(r.route_for("TRACE"), Some(1));
-        assert_eq!(r.route_for("ANY"), Some(1));
+        // ANY is the seven methods, not any token.
+        assert_eq!(r.route_for("TRACE"), None);
+        assert_eq!(r.route_for("ANY"), None);
         let only_post = resource(&[(Method::Post, 0)]);
         assert_eq!(only_post.route_for("GET"), None);
         assert_eq!(only_post.route_for("HEAD"), None);
