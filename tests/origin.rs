@@ -683,6 +683,9 @@ async fn a_path_parameter_in_the_backend_query_stays_one_value() {
     let echo = reply.json();
     assert_eq!(echo["path"], "/lookup");
     assert_eq!(echo["query"], "id=1%26admin%3Dtrue");
+    // The client's query follows, less what the template sets itself.
+    let reply = get(&f.h1(), &f.url("/prod/lookup/1?id=2&x=3&%69d=4")).await;
+    assert_eq!(reply.json()["query"], "id=1&x=3");
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@ use crate::client::BackendClient;
 use crate::{backend_failed, misconfigured};
 
 /// Renders the backend URI: the template with path parameters and stage
-/// variables, plus the client's query string unless the template has its own.
+/// variables, then the client's query string. Parameters the template sets
+/// itself are the template's: the client's of the same name are left out,
+/// so that a backend that takes the last value cannot be handed another.
 pub(crate) fn target_uri(
     ctx: &RequestCtx,
     template: &UriTemplate,
@@ -18,11 +20,34 @@ pub(crate) fn target_uri(
 ) -> Result<Uri, GatewayError> {
     let mut uri = template.render(&|name| ctx.path_param(name), &ctx.stage.variables);
     if let Some(q) = query.filter(|q| !q.is_empty()) {
-        uri.push(if uri.contains('?') { '&' } else { '?' });
-        uri.push_str(q);
+        match uri.split_once('?') {
+            None => {
+                uri.push('?');
+                uri.push_str(q);
+            }
+            Some((_, own)) => {
+                let own: Vec<String> = own.split('&').map(param_name).collect();
+                let kept: Vec<&str> = q
+                    .split('&')
+                    .filter(|pair| !pair.is_empty() && !own.contains(&param_name(pair)))
+                    .collect();
+                for pair in kept {
+                    uri.push('&');
+                    uri.push_str(pair);
+                }
+            }
+        }
     }
     uri.parse::<Uri>()
         .map_err(|e| misconfigured(format!("integration URI {uri:?}: {e}")))
+}
+
+/// A query pair's name as a backend reads it (percent- and `+`-decoded).
+fn param_name(pair: &str) -> String {
+    let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+    percent_encoding::percent_decode_str(&name.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 pub(crate) async fn forward(
