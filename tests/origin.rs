@@ -364,6 +364,49 @@ name = "prod"
 }
 
 #[tokio::test]
+async fn http_integration_path_mappings_keep_paths_whole() {
+    let extra = r#"
+[[apis]]
+name = "files"
+endpoint = "regional"
+hosts = ["files.test"]
+[[apis.routes]]
+method = "GET"
+path = "/files/{proxy+}"
+[apis.routes.integration]
+type = "http"
+uri = "http://127.0.0.1:BACKEND/store/{p}/{h}"
+request_parameters = { "integration.request.path.p" = "method.request.path.proxy", "integration.request.path.h" = "method.request.header.x-seg" }
+[[apis.stages]]
+name = "prod"
+"#;
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let (_backend, backend_addr) = backend();
+    let extra = extra.replace("BACKEND", &backend_addr.port().to_string());
+    let origin = origin(dir.path(), &config(&cert, backend_addr, &extra));
+    let url = format!(
+        "https://localhost:{}/prod/files/a/b.txt%FF",
+        origin.addrs("https")[0].port()
+    );
+    let client = https_client(&cert.der, false);
+    let get = |seg: &str| {
+        Request::get(&url)
+            .header("host", "files.test")
+            .header("x-seg", seg)
+            .body(full(""))
+            .unwrap()
+    };
+    // A greedy parameter keeps its slashes and its bytes; a header's value
+    // is one segment, unreserved characters as they are.
+    let reply = send(&client, get("a b/c-d.e_f~")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["path"], "/store/a/b.txt%FF/a%20b%2Fc-d.e_f~");
+    // Never a segment that moves the path.
+    common::assert_error(&send(&client, get("..")).await, 400, "Bad Request");
+}
+
+#[tokio::test]
 async fn integration_timeout_is_504() {
     let f = start("");
     assert_error(

@@ -8,7 +8,7 @@ use http::{Method, Request, Response, Uri, Version};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use portico_config::{ContextVariable, HttpIntegration, ParamSource, ParamTarget, ResponseSource};
 use portico_gateway::headers::set_forwarded;
-use portico_gateway::{Body, GatewayError, RequestCtx, body};
+use portico_gateway::{Body, ErrorKind, GatewayError, RequestCtx, body};
 
 use crate::client::BackendClient;
 use crate::{backend_failed, misconfigured};
@@ -47,12 +47,17 @@ fn build_request(
     let mut query = String::new();
     let mut headers = HeaderMap::new();
     for (target, src) in &mapping.request_parameters {
+        // A path parameter of the route goes on as received (still encoded,
+        // `/` kept in a greedy one), as `http_proxy` inserts it.
+        if let (ParamTarget::Path(name), ParamSource::Path(from)) = (target, src) {
+            if let Some(raw) = ctx.path_param(from) {
+                path_values.push((name, raw.to_owned()));
+            }
+            continue;
+        }
         let Some(value) = source(src) else { continue };
         match target {
-            ParamTarget::Path(name) => path_values.push((
-                name,
-                utf8_percent_encode(&value, NON_ALPHANUMERIC).to_string(),
-            )),
+            ParamTarget::Path(name) => path_values.push((name, path_segment(&value)?)),
             ParamTarget::Query(name) => append_query(&mut query, name, &value),
             ParamTarget::Header(name) => insert_header(&mut headers, name, &value)?,
         }
@@ -101,6 +106,23 @@ fn build_request(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// Unreserved characters (RFC 3986 §2.3) stay as they are in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `value` (a header, query or static value) as one path segment: encoded,
+/// and never `.` or `..`, which would move the backend path.
+fn path_segment(value: &str) -> Result<String, GatewayError> {
+    if value == "." || value == ".." {
+        return Err(GatewayError::client(ErrorKind::BadRequest)
+            .with_cause(format!("{value:?} as a path segment")));
+    }
+    Ok(utf8_percent_encode(value, SEGMENT).to_string())
 }
 
 /// The value of a mapping source; `None` when the client did not send it.
