@@ -263,7 +263,7 @@ impl<U: Upstream> Job<'_, U> {
                 Followed::Answer(Ok(resp))
             }
             Outcome::Entry(e) => {
-                let status = self.member(Member::new(Fwd::Coalesced), Some(record));
+                let status = self.member(Member::new(Fwd::CoalescedStale), Some(record));
                 Followed::Answer(Ok(from_entry(&e, &self.parts.headers, self.head, status)))
             }
             Outcome::Failed(kind, source) => {

@@ -40,8 +40,11 @@ pub(crate) enum Fwd {
     Hit,
     /// Not forwarded: a stale entry served while a background request refreshes it.
     HitStale,
-    /// Not forwarded by this request: it shared another request's fetch.
+    /// Forwarded together with another request (RFC 9211 `collapsed`): this
+    /// one missed and shared the other's fetch.
     Coalesced,
+    /// As `Coalesced`, for a stale entry the other request revalidated.
+    CoalescedStale,
     /// `fwd=bypass`: the request may not use the cache (Range, preconditions, no-store).
     Bypass,
     /// `fwd=method`: the method is not cached.
@@ -63,6 +66,7 @@ impl Fwd {
             Fwd::Hit => "hit",
             Fwd::HitStale => "hit-stale",
             Fwd::Coalesced => "coalesced",
+            Fwd::CoalescedStale => "coalesced-stale",
             Fwd::Bypass => "bypass",
             Fwd::Method => "method",
             Fwd::Miss => "miss",
@@ -121,6 +125,7 @@ pub(crate) struct StatusNames {
     name: Box<str>,
     hit: HeaderValue,
     coalesced: HeaderValue,
+    coalesced_stale: HeaderValue,
 }
 
 impl StatusNames {
@@ -132,7 +137,8 @@ impl StatusNames {
         };
         StatusNames {
             hit: value("hit"),
-            coalesced: value("hit; detail=coalesced"),
+            coalesced: value("fwd=miss; collapsed"),
+            coalesced_stale: value("fwd=stale; collapsed"),
             name,
         }
     }
@@ -143,12 +149,13 @@ impl StatusNames {
         match m.fwd {
             Fwd::Hit if plain => return self.hit.clone(),
             Fwd::Coalesced => return self.coalesced.clone(),
+            Fwd::CoalescedStale => return self.coalesced_stale.clone(),
             _ => {}
         }
         let mut s = String::with_capacity(80);
         s.push_str(&self.name);
         match m.fwd {
-            Fwd::Hit | Fwd::HitStale | Fwd::Coalesced => s.push_str("; hit"),
+            Fwd::Hit | Fwd::HitStale => s.push_str("; hit"),
             fwd => {
                 let _ = write!(s, "; fwd={}", fwd.as_str());
             }

@@ -254,7 +254,7 @@ async fn concurrent_misses_share_one_streamed_fetch() {
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.body(), "abcdef");
-        coalesced += usize::from(r.cache_status().ends_with("hit; detail=coalesced"));
+        coalesced += usize::from(r.cache_status().ends_with("; fwd=miss; collapsed"));
     }
     assert_eq!(calls(&g), 1);
     assert_eq!(coalesced, 49);
