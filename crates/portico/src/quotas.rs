@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
 use portico_config::{ApiKey, Definitions, UsagePlan};
-use portico_gateway::limits::{BookSource, BoxFuture, LeaseAsk, LeaseSource, Quotas};
+use portico_gateway::limits::{BookSource, BoxFuture, LEASE_TTL_MS, LeaseAsk, LeaseSource, Quotas};
 use portico_proto::{Frame, FrameKind, QuotaLease, QuotaLeaseRequest, QuotaReturn};
 use portico_quota::Lease;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -208,11 +208,24 @@ impl ControlHandler for OriginLeases {
 
 type Pending = HashMap<(String, String), oneshot::Sender<QuotaLease>>;
 
+/// A lease this PoP holds, under the id its wallet knows it by.
+struct Granted {
+    /// The origin (node id) whose book granted it.
+    origin: String,
+    /// Its id in that origin's book (every book counts from 1).
+    origin_id: u64,
+    expires_ms: i64,
+}
+
 /// The PoP's side: leases from the home origin of each API.
 #[derive(Default)]
 pub struct PopLeases {
     /// Open links by origin node id, with their region.
     links: crate::control::Links,
+    /// Leases held, by the PoP's own id for each: a lease goes back to the
+    /// book that granted it, whichever origin now leases for its API.
+    granted: Mutex<HashMap<u64, Granted>>,
+    next_id: std::sync::atomic::AtomicU64,
     /// Asks in flight, by (plan, key id): a wallet has at most one at a time.
     pending: Mutex<Pending>,
     /// API name → home region, from the synced configuration.
@@ -236,6 +249,27 @@ impl PopLeases {
         self.homes.get()?.borrow().home_of(api).map(str::to_owned)
     }
 
+    /// Remembers a lease from `link` and names it for the wallet. Entries a
+    /// wallet never gave back (it was dropped) go once long expired.
+    fn remember(&self, origin: &str, origin_id: u64, expires_ms: i64) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let now = portico_gateway::limits::now_ms();
+        let mut granted = lock(&self.granted);
+        granted.retain(|_, g| g.expires_ms.saturating_add(LEASE_TTL_MS) > now);
+        granted.insert(
+            id,
+            Granted {
+                origin: origin.to_owned(),
+                origin_id,
+                expires_ms,
+            },
+        );
+        id
+    }
+
     /// The link that leases for `api`: the lowest node id of its home region.
     fn link_for(&self, api: &str) -> Option<ControlLink> {
         let region = self.home(api);
@@ -244,6 +278,20 @@ impl PopLeases {
             .into_iter()
             .filter(|l| l.is_open() && region.as_deref().is_none_or(|r| l.region() == r))
             .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
+    }
+}
+
+/// When a lease ends on this PoP's clock. The origin says when on its own
+/// clock, and a PoP whose clock ran a minute ahead found every lease expired
+/// on arrival. A lease lasts `LEASE_TTL_MS` from its grant, which came after
+/// `asked_at`; one the period's end cuts short (the origin's instant is all
+/// there is then) ends no later.
+fn local_expiry(asked_at: i64, lease: &QuotaLease) -> i64 {
+    let full = asked_at.saturating_add(LEASE_TTL_MS);
+    if lease.expires_unix_ms < lease.period_end_unix_ms {
+        full
+    } else {
+        signed_ms(lease.expires_unix_ms).min(full)
     }
 }
 
@@ -269,6 +317,7 @@ impl LeaseSource for PopLeases {
                 .ok_or_else(|| format!("no backbone link to the home of API {}", ask.api))?;
             let id = (ask.plan.to_string(), ask.key_id.to_string());
             let (tx, rx) = oneshot::channel();
+            let asked_at = portico_gateway::limits::now_ms();
             lock(&self.pending).insert(id.clone(), tx);
             let frame = Frame::QuotaLeaseRequest(QuotaLeaseRequest {
                 key_id: id.1.clone(),
@@ -287,13 +336,16 @@ impl LeaseSource for PopLeases {
                 Ok(Ok(lease)) if lease.lease_id == 0 => {
                     Err("the origin refused the lease (see its log)".to_owned())
                 }
-                Ok(Ok(lease)) => Ok(Lease {
-                    id: lease.lease_id,
-                    granted: within_ask(lease.granted, ask.want),
-                    expires_ms: signed_ms(lease.expires_unix_ms),
-                    period_end_ms: signed_ms(lease.period_end_unix_ms),
-                    exhausted: lease.exhausted,
-                }),
+                Ok(Ok(lease)) => {
+                    let expires_ms = local_expiry(asked_at, &lease);
+                    Ok(Lease {
+                        id: self.remember(link.peer_id(), lease.lease_id, expires_ms),
+                        granted: within_ask(lease.granted, ask.want),
+                        expires_ms,
+                        period_end_ms: signed_ms(lease.period_end_unix_ms),
+                        exhausted: lease.exhausted,
+                    })
+                }
                 Ok(Err(_)) => Err("lease request dropped".to_owned()),
                 Err(_) => Err("no lease within 2 s".to_owned()),
             }
@@ -302,9 +354,20 @@ impl LeaseSource for PopLeases {
 
     fn give_back(&self, api: Arc<str>, lease_id: u64, unused: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let Some(link) = self.link_for(&api) else {
+            // To the book that granted it: another origin's book would refuse
+            // it, or credit it to a lease of its own with the same id.
+            let granted = lock(&self.granted).remove(&lease_id);
+            let to = granted.and_then(|g| {
+                let link = self
+                    .links
+                    .open()
+                    .into_iter()
+                    .find(|l| l.is_open() && l.peer_id() == g.origin)?;
+                Some((link, g.origin_id))
+            });
+            let Some((link, lease_id)) = to else {
                 // Counted as used in the book: stranded, never overshot.
-                tracing::warn!(lease = lease_id, unused, "no link to return a quota lease");
+                tracing::warn!(%api, lease = lease_id, unused, "no link to return a quota lease");
                 return;
             };
             let frame = Frame::QuotaReturn(QuotaReturn { lease_id, unused });
@@ -465,7 +528,95 @@ plans = ["p"]
         };
         leases.on_frame(&link, Frame::QuotaLease(lease));
         let lease = asking.await.unwrap().unwrap();
-        assert_eq!((lease.id, lease.granted), (5, 10));
+        assert_eq!(lease.granted, 10);
+    }
+
+    fn ask() -> LeaseAsk {
+        LeaseAsk {
+            api: "edge".into(),
+            plan: "p".into(),
+            key_id: "k".into(),
+            spec: portico_quota::QuotaSpec {
+                limit: 100,
+                period: portico_quota::Period::Day,
+                offset: 0,
+            },
+            want: 10,
+        }
+    }
+
+    /// Asks `leases` for a lease and answers it on `link` with `lease`.
+    async fn granted(
+        leases: &Arc<PopLeases>,
+        link: &ControlLink,
+        outbox: &mut mpsc::Receiver<Frame>,
+        lease: QuotaLease,
+    ) -> Lease {
+        let asking = {
+            let leases = Arc::clone(leases);
+            tokio::spawn(async move { leases.grant(ask()).await })
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+        assert!(
+            matches!(sent, Ok(Some(Frame::QuotaLeaseRequest(_)))),
+            "{sent:?}"
+        );
+        leases.on_frame(link, Frame::QuotaLease(lease));
+        asking.await.unwrap().unwrap()
+    }
+
+    fn lease(lease_id: u64, expires_unix_ms: u64) -> QuotaLease {
+        QuotaLease {
+            lease_id,
+            key_id: "k".into(),
+            plan: "p".into(),
+            granted: 10,
+            expires_unix_ms,
+            period_end_unix_ms: u64::MAX,
+            exhausted: false,
+        }
+    }
+
+    /// A lease goes back to the origin whose book granted it, even once
+    /// another origin of the region (a lower node id) leases for the API.
+    #[tokio::test]
+    async fn a_lease_goes_back_to_the_book_that_granted_it() {
+        let leases = PopLeases::new();
+        let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
+        leases.link_up(&b);
+        let held = granted(&leases, &b, &mut b_out, lease(5, u64::MAX)).await;
+        let (a, mut a_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&a);
+        leases.give_back("edge".into(), held.id, 4).await;
+        let back = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
+        let Ok(Some(Frame::QuotaReturn(r))) = back else {
+            panic!("no return to origin-b: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (5, 4));
+        assert!(
+            a_out.try_recv().is_err(),
+            "origin-a got another book's lease"
+        );
+    }
+
+    /// A PoP whose clock runs ahead of its origin's still spends its leases:
+    /// their lifetime counts from the ask, on the PoP's own clock.
+    #[tokio::test]
+    async fn a_lease_lives_its_time_whatever_the_origins_clock_says() {
+        let leases = PopLeases::new();
+        let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&link);
+        let before = portico_gateway::limits::now_ms();
+        // The origin's clock is three minutes behind: by ours, its expiry
+        // passed two minutes ago.
+        let behind = u64::try_from(before - 120_000).unwrap();
+        let held = granted(&leases, &link, &mut outbox, lease(7, behind)).await;
+        assert!(
+            held.expires_ms >= before + LEASE_TTL_MS,
+            "{}",
+            held.expires_ms - before
+        );
+        assert!(held.expires_ms <= portico_gateway::limits::now_ms() + LEASE_TTL_MS);
     }
 
     /// A PoP's return and its next ask, read together from its control
