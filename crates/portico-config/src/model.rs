@@ -266,6 +266,18 @@ pub enum Integration {
 }
 
 impl Integration {
+    /// Whether the backend request depends on who the caller is (an `http`
+    /// integration that maps `context.identity.*`): a cached answer must then
+    /// be the caller's own.
+    pub fn depends_on_caller(&self) -> bool {
+        let Integration::Http(h) = self else {
+            return false;
+        };
+        h.request_parameters
+            .iter()
+            .any(|(_, source)| matches!(source, ParamSource::Context(_)))
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Integration::HttpProxy { .. } => "http_proxy",

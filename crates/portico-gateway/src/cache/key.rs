@@ -33,11 +33,16 @@ pub(crate) struct KeyInput<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub settings: &'a CacheSettings,
+    /// The caller (its API key id), for a route whose backend request
+    /// depends on it: each caller then has entries of its own.
+    pub principal: Option<&'a str>,
 }
 
 const SEP: &[u8] = b"\0";
 /// Starts the `Vary` part of a variant key (no field holds `\x1e`).
 const VARIANT: &[u8] = b"\0\x1e";
+/// Starts the caller's part of a key (no field holds `\x1d`).
+const PRINCIPAL: &[u8] = b"\0\x1d";
 /// Every cached exchange is a GET (HEAD is answered from GET entries).
 const METHOD_CLASS: &[u8] = b"G";
 
@@ -54,6 +59,10 @@ impl KeyInput<'_> {
         sink.put(SEP);
         for name in &self.settings.key_headers {
             write_header(self.headers, name, sink);
+        }
+        if let Some(principal) = self.principal {
+            sink.put(PRINCIPAL);
+            sink.put(principal.as_bytes());
         }
     }
 
@@ -283,6 +292,7 @@ mod tests {
             query: Some("z=9&q=2&a=1&q=&a"),
             headers: &h,
             settings: &s,
+            principal: None,
         };
         assert_eq!(
             text(&input),
@@ -328,6 +338,7 @@ mod tests {
                 query: Some(query),
                 headers: &h,
                 settings: &s,
+                principal: None,
             };
             text(&input)
         };
@@ -343,6 +354,7 @@ mod tests {
             query: Some("my+q=1&my%20q=2&myq=3"),
             headers: &h,
             settings: &spaced,
+            principal: None,
         };
         assert_eq!(text(&input), "a|s|G|/|my+q=1&my%20q=2|");
     }
@@ -359,6 +371,7 @@ mod tests {
             query: None,
             headers: &h,
             settings: &s,
+            principal: None,
         };
         let state = RandomState::new();
         let primary = hash_of(&state, |k| input.write(k));

@@ -68,6 +68,13 @@ impl<U: Upstream> Job<'_, U> {
             query: self.parts.uri.query(),
             headers: &self.parts.headers,
             settings: self.settings,
+            principal: self
+                .ctx
+                .route()
+                .integration
+                .depends_on_caller()
+                .then(|| self.ctx.principal.as_ref().and_then(|p| p.api_key_id()))
+                .flatten(),
         }
     }
 
