@@ -18,7 +18,7 @@ use super::respond::{Fwd, Member, from_entry, mark};
 use super::rules::{self, CacheControl, StoreContext};
 use super::store::Stamp;
 use crate::body::{Body, empty};
-use crate::error::{ErrorKind, ErrorSource, GatewayError};
+use crate::error::GatewayError;
 use crate::gateway::forward_timed;
 use crate::log::AccessRecord;
 use crate::upstream::Upstream;
@@ -75,6 +75,19 @@ impl<U: Upstream> Job<'_, U> {
         }
         let resp = result?;
         match (resp.status(), found.entry.as_ref()) {
+            // A 304 for another representation than the one stored may not
+            // update it (RFC 9111 §4.3.4): fetch the resource whole instead
+            // (that request is unconditional, so this happens once).
+            (StatusCode::NOT_MODIFIED, Some(e))
+                if !rules::validates(e.etag.as_ref(), resp.headers()) =>
+            {
+                drop(resp);
+                let whole = Found {
+                    entry: None,
+                    ..found.clone()
+                };
+                Box::pin(self.lead(&whole, empty(), guard, fwd, store, record)).await
+            }
             (StatusCode::NOT_MODIFIED, Some(e)) => {
                 self.refreshed(resp, e, found, guard, (request_time, stamp), record)
                     .await
@@ -140,16 +153,6 @@ impl<U: Upstream> Job<'_, U> {
         (request_time, stamp): (SystemTime, Stamp),
         record: Option<&mut AccessRecord>,
     ) -> Result<Response<Body>, GatewayError> {
-        if !rules::validates(stale.etag.as_ref(), resp.headers()) {
-            finish(
-                guard,
-                Outcome::Failed(ErrorKind::BadGateway, ErrorSource::Integration),
-            );
-            return Err(
-                GatewayError::new(ErrorKind::BadGateway, ErrorSource::Integration)
-                    .with_cause("304 Not Modified for a different entity-tag"),
-            );
-        }
         let mut headers = resp.into_parts().0.headers;
         // Cookies a 304 sets are this client's: they go to it, never into
         // the entry every client is served.

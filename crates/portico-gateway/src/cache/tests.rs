@@ -437,6 +437,36 @@ async fn a_304_shares_neither_its_cookies_nor_what_it_makes_private() {
 }
 
 #[tokio::test]
+async fn a_304_for_another_representation_is_followed_by_a_whole_fetch() {
+    let g = gateway(Duration::ZERO, |req, n| {
+        let conditional = req.headers().contains_key("if-modified-since");
+        match (n, conditional) {
+            (0, _) => Script {
+                headers: vec![
+                    ("cache-control", "max-age=1".into()),
+                    ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT".into()),
+                ],
+                ..ok("", "old")
+            },
+            // The stored response had no ETag; this 304 names one.
+            (_, true) => Script {
+                status: 304,
+                headers: vec![("etag", "\"x\"".into())],
+                ..Script::default()
+            },
+            (_, false) => ok("max-age=60", "new"),
+        }
+    });
+    send(&g, "GET", "/prod/lm", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = send(&g, "GET", "/prod/lm", &[]).await;
+    assert_eq!((r.status, r.body()), (200, Bytes::from("new")));
+    assert_eq!(calls(&g), 3);
+    let seen = g.upstream().seen.lock().unwrap();
+    assert!(!seen[2].contains_key("if-modified-since"), "{:?}", seen[2]);
+}
+
+#[tokio::test]
 async fn stale_if_error_and_stale_while_revalidate() {
     let g = gateway(Duration::ZERO, |req, n| match (req.uri().path(), n) {
         ("/sie", 0) => ok("max-age=1, stale-if-error=60", "old"),

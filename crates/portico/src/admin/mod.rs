@@ -179,8 +179,35 @@ pub async fn bind(config: &NodeConfig) -> Result<Option<TcpListener>, AppError> 
         })?;
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "admin listening");
+    for warning in risks(admin) {
+        tracing::warn!("{warning}");
+    }
     println!("listening admin {local}");
     Ok(Some(listener))
+}
+
+/// Shortest admin token that is not called out as guessable.
+const STRONG_TOKEN: usize = 24;
+
+/// What makes an admin API easy to take over: a short token (nothing slows
+/// down guessing), or plain HTTP beyond this machine.
+fn risks(admin: &portico_config::AdminConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if admin.token.len() < STRONG_TOKEN {
+        out.push(format!(
+            "the admin token has {} characters: use {STRONG_TOKEN} or more random ones \
+             (`openssl rand -hex 16`), as nothing slows down guessing",
+            admin.token.len()
+        ));
+    }
+    if !admin.address.ip().is_loopback() {
+        out.push(format!(
+            "the admin API listens on {} in plain HTTP: its token crosses the network \
+             readable; keep it on loopback or behind a TLS proxy",
+            admin.address
+        ));
+    }
+    out
 }
 
 /// Serves the admin API until `stop` turns true.
@@ -217,5 +244,32 @@ pub async fn serve<U: Upstream>(
                 tracing::debug!(%err, "admin connection ended");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod risk_tests {
+    use super::*;
+
+    #[test]
+    fn short_tokens_and_open_addresses_are_called_out() {
+        let admin = |token: &str, address: &str| portico_config::AdminConfig {
+            address: address.parse().unwrap(),
+            token: token.to_owned(),
+            token_file: None,
+        };
+        assert!(risks(&admin("0123456789abcdef01234567", "127.0.0.1:9901")).is_empty());
+        let short = risks(&admin("s3cret", "127.0.0.1:9901"));
+        assert_eq!(short.len(), 1);
+        assert!(
+            short[0].starts_with("the admin token has 6 characters"),
+            "{short:?}"
+        );
+        let open = risks(&admin("0123456789abcdef01234567", "0.0.0.0:9901"));
+        assert_eq!(open.len(), 1);
+        assert!(
+            open[0].starts_with("the admin API listens on 0.0.0.0:9901"),
+            "{open:?}"
+        );
     }
 }
