@@ -95,11 +95,13 @@ variables = {{ backend = "localhost:{port}" }}
     )
 }
 
+/// `extra` may name the demo backend's address as `BACKEND`.
 fn start(extra: &str) -> Fixture {
     let dir = TempDir::new().unwrap();
     let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
     let (backend_proc, backend) = backend();
-    let origin = origin(dir.path(), &config(&cert, backend, extra));
+    let extra = extra.replace("BACKEND", &backend.to_string());
+    let origin = origin(dir.path(), &config(&cert, backend, &extra));
     let addr = origin.addrs("https")[0];
     Fixture {
         _dir: dir,
@@ -329,29 +331,20 @@ path = "/pets/{petId}"
 [apis.routes.integration]
 type = "http"
 method = "POST"
-uri = "http://${stageVariables.backend}/store/{id}"
+uri = "http://BACKEND/store/{id}"
 request_parameters = { "integration.request.path.id" = "method.request.path.petId", "integration.request.querystring.q" = "method.request.querystring.search", "integration.request.header.x-static" = "'fixed'", "integration.request.header.x-from" = "method.request.header.x-client" }
 response_parameters = { "method.response.header.x-out" = "'mapped'" }
 [[apis.stages]]
 name = "prod"
-"#
-    .replace("${stageVariables.backend}", "127.0.0.1:BACKEND");
-    let dir = TempDir::new().unwrap();
-    let cert = test_cert(dir.path(), "server", &["localhost"]);
-    let (_backend, backend_addr) = backend();
-    let extra = extra.replace("BACKEND", &backend_addr.port().to_string());
-    let origin = origin(dir.path(), &config(&cert, backend_addr, &extra));
-    let url = format!(
-        "https://localhost:{}/prod/pets/a%20b?search=x%26y&drop=1",
-        origin.addrs("https")[0].port()
-    );
-    let req = Request::get(url)
+"#;
+    let f = start(extra);
+    let req = Request::get(f.url("/prod/pets/a%20b?search=x%26y&drop=1"))
         .header("host", "mapped.test")
         .header("x-client", "c1")
         .header("x-unmapped", "no")
         .body(full(""))
         .unwrap();
-    let reply = send(&https_client(&cert.der, false), req).await;
+    let reply = send(&f.h1(), req).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.headers["x-out"], "mapped");
     let echo = reply.json();
@@ -375,21 +368,14 @@ method = "GET"
 path = "/files/{proxy+}"
 [apis.routes.integration]
 type = "http"
-uri = "http://127.0.0.1:BACKEND/store/{p}/{h}"
+uri = "http://BACKEND/store/{p}/{h}"
 request_parameters = { "integration.request.path.p" = "method.request.path.proxy", "integration.request.path.h" = "method.request.header.x-seg" }
 [[apis.stages]]
 name = "prod"
 "#;
-    let dir = TempDir::new().unwrap();
-    let cert = test_cert(dir.path(), "server", &["localhost"]);
-    let (_backend, backend_addr) = backend();
-    let extra = extra.replace("BACKEND", &backend_addr.port().to_string());
-    let origin = origin(dir.path(), &config(&cert, backend_addr, &extra));
-    let url = format!(
-        "https://localhost:{}/prod/files/a/b.txt%FF",
-        origin.addrs("https")[0].port()
-    );
-    let client = https_client(&cert.der, false);
+    let f = start(extra);
+    let url = f.url("/prod/files/a/b.txt%FF");
+    let client = f.h1();
     let get = |seg: &str| {
         Request::get(&url)
             .header("host", "files.test")

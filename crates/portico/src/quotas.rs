@@ -497,38 +497,12 @@ plans = ["p"]
         let leases = PopLeases::new();
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
-        let ask = LeaseAsk {
-            api: "edge".into(),
-            plan: "p".into(),
-            key_id: "k".into(),
-            spec: portico_quota::QuotaSpec {
-                limit: 100,
-                period: portico_quota::Period::Day,
-                offset: 0,
-            },
-            want: 10,
-        };
-        let asking = {
-            let leases = Arc::clone(&leases);
-            tokio::spawn(async move { leases.grant(ask).await })
-        };
-        let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
-        let Ok(Some(Frame::QuotaLeaseRequest(req))) = sent else {
-            panic!("no lease request: {sent:?}");
-        };
-        assert_eq!(req.want, 10);
-        let lease = QuotaLease {
-            lease_id: 5,
-            key_id: "k".into(),
-            plan: "p".into(),
+        let huge = QuotaLease {
             granted: u64::MAX,
-            expires_unix_ms: u64::MAX,
-            period_end_unix_ms: u64::MAX,
-            exhausted: false,
+            ..lease(5, u64::MAX)
         };
-        leases.on_frame(&link, Frame::QuotaLease(lease));
-        let lease = asking.await.unwrap().unwrap();
-        assert_eq!(lease.granted, 10);
+        let held = granted(&leases, &link, &mut outbox, huge).await;
+        assert_eq!(held.granted, 10);
     }
 
     fn ask() -> LeaseAsk {
@@ -557,10 +531,10 @@ plans = ["p"]
             tokio::spawn(async move { leases.grant(ask()).await })
         };
         let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
-        assert!(
-            matches!(sent, Ok(Some(Frame::QuotaLeaseRequest(_)))),
-            "{sent:?}"
-        );
+        let Ok(Some(Frame::QuotaLeaseRequest(req))) = sent else {
+            panic!("no lease request: {sent:?}");
+        };
+        assert_eq!(req.want, 10);
         leases.on_frame(link, Frame::QuotaLease(lease));
         asking.await.unwrap().unwrap()
     }
