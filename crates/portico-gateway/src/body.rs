@@ -142,17 +142,19 @@ where
 pub struct BodyIdle(pub std::time::Duration);
 
 pin_project_lite::pin_project! {
-    /// Fails a body that yields nothing for `idle` (nginx's
+    /// Fails a body whose source keeps its reader waiting for `idle` (nginx's
     /// `proxy_read_timeout`): a backend that sent its head and then stalls
     /// would otherwise hold the client's connection, and its slot, for ever.
-    /// The timer restarts with each frame, so a long download that keeps
-    /// moving is never cut.
+    /// Only the time spent waiting on the source counts, from the poll that
+    /// first found it pending: a long download that keeps moving is never
+    /// cut, nor one whose client reads slowly.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
         timer: tokio::time::Sleep,
         idle: std::time::Duration,
+        waiting: bool,
     }
 }
 
@@ -162,6 +164,7 @@ impl<B> IdleTimeout<B> {
             inner,
             timer: tokio::time::sleep(idle),
             idle,
+            waiting: false,
         }
     }
 }
@@ -178,16 +181,18 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + *this.idle;
-                this.timer.as_mut().reset(next);
-                Poll::Ready(frame)
-            }
-            Poll::Pending => match this.timer.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.waiting = false;
+            return Poll::Ready(frame);
+        }
+        if !*this.waiting {
+            *this.waiting = true;
+            let deadline = tokio::time::Instant::now() + *this.idle;
+            this.timer.as_mut().reset(deadline);
+        }
+        match this.timer.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle))))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -248,6 +253,25 @@ mod tests {
         let body = IdleTimeout::new(http_body_util::StreamBody::new(stalled), idle);
         let err = body.collect().await.err().unwrap();
         assert!(find_cause::<BodyIdle>(err.as_ref()).is_some(), "{err}");
+        // A slow reader: 300 ms between its reads, the source 10 ms from
+        // each read to its chunk. Only the source's wait counts.
+        let quick = futures_util::stream::unfold(0, |n| async move {
+            (n < 3).then_some(())?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))),
+                n + 1,
+            ))
+        });
+        let mut body = std::pin::pin!(IdleTimeout::new(
+            http_body_util::StreamBody::new(quick),
+            Duration::from_millis(200),
+        ));
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let frame = body.frame().await.unwrap();
+            assert!(frame.is_ok(), "a slow reader was cut off");
+        }
     }
 
     #[tokio::test]
