@@ -53,6 +53,7 @@ certificates = [{{ cert = "{cert}", key = "{key}" }}]
 [limits]
 max_body_bytes = 104857600
 max_header_bytes = 8192
+upstream_read_timeout_ms = 500
 
 [[apis]]
 name = "echo"
@@ -404,7 +405,7 @@ async fn integration_timeout_is_504() {
 }
 
 #[tokio::test]
-async fn a_backend_that_stalls_mid_body_is_cut_off_after_the_route_timeout() {
+async fn a_backend_that_stalls_mid_body_is_cut_off_after_the_read_timeout() {
     // Sends its head and 5 bytes of 1 000 000, then nothing for a minute.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -435,8 +436,9 @@ integration = {{ type = "http_proxy", uri = "http://127.0.0.1:{port}/{{proxy}}" 
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "{:?}", resp.version());
-        // The body fails (h1: the connection closes short of its length; h2:
-        // the stream is reset) instead of waiting out the backend's minute.
+        // The body fails after `upstream_read_timeout_ms` (500 ms here; h1:
+        // the connection closes short of its length; h2: the stream is
+        // reset) instead of waiting out the backend's minute.
         let body = http_body_util::BodyExt::collect(resp.into_body());
         let read = tokio::time::timeout(Duration::from_secs(30), body).await;
         assert!(matches!(read, Ok(Err(_))), "the body should fail: {read:?}");

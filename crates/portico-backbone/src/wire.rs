@@ -37,7 +37,10 @@ pub(crate) fn headers_vec(map: &HeaderMap) -> Headers {
 }
 
 // Every request the gateway forwards fits a header list.
-const _: () = assert!(portico_gateway::headers::MAX_FIELDS <= portico_proto::MAX_HEADER_FIELDS);
+const _: () = assert!(
+    portico_gateway::headers::MAX_FIELDS + portico_gateway::headers::ADDED_FIELDS
+        <= portico_proto::MAX_HEADER_FIELDS
+);
 
 /// Wire list → header map, refusing invalid names or values. The decoder
 /// already refused lists over [`portico_proto::MAX_HEADER_FIELDS`]; the map's

@@ -271,6 +271,10 @@ fn compile_limits(f: &LimitsFile, diag: &mut Diag<'_>) -> Option<Limits> {
         ok &= in_range(v, 1..=1_000_000, "max_connections", diag);
         limits.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
     }
+    if let Some(v) = &f.upstream_read_timeout_ms {
+        ok &= in_range(v, 100..=3_600_000, "upstream_read_timeout_ms", diag);
+        limits.upstream_read_timeout = Duration::from_millis(*v.get_ref());
+    }
     ok.then_some(limits)
 }
 
@@ -713,6 +717,19 @@ mod tests {
         );
         let c = parse(&format!("{NODE}[limits]\nmax_connections = 100\n")).unwrap();
         assert_eq!(c.limits.max_connections, 100);
+        assert_eq!(
+            c.limits.upstream_read_timeout,
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            errors(&format!("{NODE}[limits]\nupstream_read_timeout_ms = 50\n")),
+            ["5:28: upstream_read_timeout_ms 50 is out of range"]
+        );
+        let c = parse(&format!("{NODE}[limits]\nupstream_read_timeout_ms = 250\n")).unwrap();
+        assert_eq!(
+            c.limits.upstream_read_timeout,
+            std::time::Duration::from_millis(250)
+        );
         assert_eq!(
             errors(&format!(
                 "{NODE}[backend_client]\npool_idle_timeout_ms = 100000000\n\

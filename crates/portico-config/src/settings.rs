@@ -110,6 +110,9 @@ pub struct Limits {
     pub default_timeout: Duration,
     /// Connections open at once on each TCP listener.
     pub max_connections: usize,
+    /// Longest wait for more of a response body once its head came (nginx's
+    /// `proxy_read_timeout`); the route timeout bounds the head.
+    pub upstream_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -119,6 +122,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             default_timeout: Duration::from_millis(29_000),
             max_connections: 16_384,
+            upstream_read_timeout: Duration::from_secs(60),
         }
     }
 }

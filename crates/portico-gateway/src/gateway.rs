@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use portico_config::Definitions;
 
 use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, find_cause};
@@ -32,6 +32,9 @@ pub struct GatewaySettings {
     /// Request header sections over this many bytes (names + values), or of
     /// more than [`crate::headers::MAX_FIELDS`] fields, get 431.
     pub max_header_bytes: usize,
+    /// Longest wait for more of a response body (`[limits]
+    /// upstream_read_timeout_ms`).
+    pub upstream_read_timeout: Duration,
 }
 
 /// How a request entered the node, which decides how it is routed.
@@ -84,6 +87,7 @@ impl<U: Upstream> Gateway<U> {
         self.cache = Some(Arc::new(ResponseCache::new(
             &self.settings.node_id,
             max_bytes,
+            self.settings.upstream_read_timeout,
         )));
         self
     }
@@ -327,7 +331,8 @@ impl<U: Upstream> Gateway<U> {
         req: Request<Body>,
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
-        let (result, latency) = forward_timed(&*self.upstream, ctx, req).await;
+        let read_timeout = self.settings.upstream_read_timeout;
+        let (result, latency) = forward_timed(&*self.upstream, ctx, req, read_timeout).await;
         record.integration_latency = Some(latency);
         result
     }
@@ -347,7 +352,16 @@ impl<U: Upstream> Gateway<U> {
 /// HTTP/3 would send it, and a strict client resets the stream.
 fn without_body(resp: Response<Body>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
-    if !parts.headers.contains_key(header::CONTENT_LENGTH)
+    // Only a body of our own (an error, a mock) says what GET would carry: a
+    // backend's answer to HEAD is already bodiless and keeps its own fields,
+    // and 204 and 304 carry no length at all.
+    let ours = !http_body::Body::is_end_stream(&body)
+        && !matches!(
+            parts.status,
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+        );
+    if ours
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
         && let Some(n) = http_body::Body::size_hint(&body).exact()
     {
         parts
@@ -359,18 +373,21 @@ fn without_body(resp: Response<Body>) -> Response<Body> {
 
 /// Calls `upstream` under the route's timeout; also says how long it took. Used by
 /// the pipeline and by the cache (whose background refreshes have no record).
+/// Once the head is in, each wait for more of the body is bounded by
+/// `read_timeout`.
 pub(crate) async fn forward_timed<U: Upstream>(
     upstream: &U,
     ctx: &RequestCtx,
     req: Request<Body>,
+    read_timeout: Duration,
 ) -> (Result<Response<Body>, GatewayError>, Duration) {
     let timeout: Duration = ctx.settings().timeout;
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, upstream.forward(ctx, req)).await;
     let result = match result {
-        // The route's timeout covers the head; then each wait for more of
-        // the body, as nginx's proxy_read_timeout does.
-        Ok(Ok(resp)) => Ok(resp.map(|body| Body::new(IdleTimeout::new(body, timeout)))),
+        // The route's timeout covers the head; then the read timeout each
+        // wait for more of the body, as nginx's proxy_read_timeout does.
+        Ok(Ok(resp)) => Ok(resp.map(|body| Body::new(IdleTimeout::new(body, read_timeout)))),
         Ok(Err(err)) => Err(reclassify(err)),
         Err(_) => Err(GatewayError::new(
             ErrorKind::GatewayTimeout,

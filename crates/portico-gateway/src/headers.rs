@@ -78,10 +78,14 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Most header fields a request may carry (431 beyond): the backbone's limit
-/// per header list (`portico_proto::MAX_HEADER_FIELDS`), applied to every
-/// listener alike.
-pub const MAX_FIELDS: usize = 1024;
+/// Most header fields a request may carry (431 beyond), applied to every
+/// listener alike: under the backbone's limit per header list
+/// (`portico_proto::MAX_HEADER_FIELDS`, 1 024), leaving room for the fields
+/// a PoP adds before it forwards (request id, `Via`, forwarding headers).
+pub const MAX_FIELDS: usize = 1000;
+
+/// Fields a gateway may add to a request before the backbone carries it.
+pub const ADDED_FIELDS: usize = 8;
 
 /// The client's request id if it is sane (1–128 of `[A-Za-z0-9._-]`), else a new UUID.
 pub fn request_id(headers: &HeaderMap) -> String {

@@ -217,6 +217,13 @@ struct Granted {
     expires_ms: i64,
 }
 
+/// The leases a PoP holds, and how many there were when it last pruned.
+#[derive(Default)]
+struct Held {
+    by_id: HashMap<u64, Granted>,
+    pruned_at: usize,
+}
+
 /// The PoP's side: leases from the home origin of each API.
 #[derive(Default)]
 pub struct PopLeases {
@@ -224,7 +231,7 @@ pub struct PopLeases {
     links: crate::control::Links,
     /// Leases held, by the PoP's own id for each: a lease goes back to the
     /// book that granted it, whichever origin now leases for its API.
-    granted: Mutex<HashMap<u64, Granted>>,
+    granted: Mutex<Held>,
     next_id: std::sync::atomic::AtomicU64,
     /// Asks in flight, by (plan, key id): a wallet has at most one at a time.
     pending: Mutex<Pending>,
@@ -257,9 +264,14 @@ impl PopLeases {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         let now = portico_gateway::limits::now_ms();
-        let mut granted = lock(&self.granted);
-        granted.retain(|_, g| g.expires_ms.saturating_add(LEASE_TTL_MS) > now);
-        granted.insert(
+        let mut held = lock(&self.granted);
+        // Pruned when it has doubled since: each grant costs O(1) on average.
+        if held.by_id.len() >= 2 * held.pruned_at.max(64) {
+            held.by_id
+                .retain(|_, g| g.expires_ms.saturating_add(LEASE_TTL_MS) > now);
+            held.pruned_at = held.by_id.len();
+        }
+        held.by_id.insert(
             id,
             Granted {
                 origin: origin.to_owned(),
@@ -356,7 +368,7 @@ impl LeaseSource for PopLeases {
         Box::pin(async move {
             // To the book that granted it: another origin's book would refuse
             // it, or credit it to a lease of its own with the same id.
-            let granted = lock(&self.granted).remove(&lease_id);
+            let granted = lock(&self.granted).by_id.remove(&lease_id);
             let to = granted.and_then(|g| {
                 let link = self
                     .links

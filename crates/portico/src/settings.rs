@@ -12,6 +12,7 @@ pub fn gateway(config: &NodeConfig) -> GatewaySettings {
         node_id: Arc::from(config.node.id.as_str()),
         max_body_bytes: config.limits.max_body_bytes,
         max_header_bytes: config.limits.max_header_bytes,
+        upstream_read_timeout: config.limits.upstream_read_timeout,
     }
 }
 

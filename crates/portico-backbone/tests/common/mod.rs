@@ -382,6 +382,7 @@ impl Pop {
             node_id: Arc::from("pop-a"),
             max_body_bytes: 1 << 30,
             max_header_bytes: 16 * 1024,
+            upstream_read_timeout: std::time::Duration::from_secs(60),
         };
         let gateway = Arc::new(Gateway::new(settings, defs, backbone.upstream()));
         let mut config = backbone.config();

@@ -57,7 +57,8 @@ impl<U: Upstream> Job<'_, U> {
         let req = self.upstream_request(stale, body, true)?;
         let request_time = SystemTime::now();
         let stamp = self.stamp();
-        let (result, latency) = forward_timed(&**self.upstream, self.ctx, req).await;
+        let (result, latency) =
+            forward_timed(&**self.upstream, self.ctx, req, self.cache.read_timeout).await;
         if let Some(r) = record.as_deref_mut() {
             r.integration_latency = Some(latency);
         }
@@ -175,7 +176,13 @@ impl<U: Upstream> Job<'_, U> {
         // The 304 may also have made the response private, no-store or
         // `Vary: *`: then nothing of it stays shared.
         let cc = CacheControl::parse(&entry.headers);
-        match rules::check_storable(entry.status, &entry.headers, &cc, &self.store_context()) {
+        // Only what a 304 can change: this request's own Authorization says
+        // nothing about an entry an anonymous request stored.
+        let ctx = StoreContext {
+            authorization: false,
+            ..self.store_context()
+        };
+        match rules::check_storable(entry.status, &entry.headers, &cc, &ctx) {
             Ok(()) => {
                 self.cache
                     .store

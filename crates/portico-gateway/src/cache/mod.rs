@@ -102,15 +102,19 @@ pub struct ResponseCache {
     store: Store,
     flights: Arc<Flights>,
     names: StatusNames,
+    /// Longest wait for more of an upstream body (the gateway's setting).
+    read_timeout: std::time::Duration,
 }
 
 impl ResponseCache {
-    /// A cache of at most `max_bytes` (bodies, headers and keys) for node `node_id`.
-    pub fn new(node_id: &str, max_bytes: u64) -> ResponseCache {
+    /// A cache of at most `max_bytes` (bodies, headers and keys) for node
+    /// `node_id`, whose fetches wait at most `read_timeout` for more body.
+    pub fn new(node_id: &str, max_bytes: u64, read_timeout: std::time::Duration) -> ResponseCache {
         ResponseCache {
             store: Store::new(max_bytes),
             flights: Arc::default(),
             names: StatusNames::new(node_id),
+            read_timeout,
         }
     }
 

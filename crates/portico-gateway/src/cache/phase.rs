@@ -136,7 +136,7 @@ impl ResponseCache {
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
         let path = is_unsafe(req.method()).then(|| req.uri().path().to_owned());
-        let (result, latency) = forward_timed(&**upstream, ctx, req).await;
+        let (result, latency) = forward_timed(&**upstream, ctx, req, self.read_timeout).await;
         record.integration_latency = Some(latency);
         let resp = result?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
@@ -301,7 +301,8 @@ impl<U: Upstream> Job<'_, U> {
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
         let req = self.upstream_request(None, body, false)?;
-        let (result, latency) = forward_timed(&**self.upstream, self.ctx, req).await;
+        let (result, latency) =
+            forward_timed(&**self.upstream, self.ctx, req, self.cache.read_timeout).await;
         record.integration_latency = Some(latency);
         let mut resp = result?;
         let m = Member::new(Fwd::Miss)
@@ -329,8 +330,16 @@ impl<U: Upstream> Job<'_, U> {
         };
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
+        let empty = http_body::Body::is_end_stream(req.body());
         let headers = req.headers_mut();
         *headers = self.parts.headers.clone();
+        // A request sent again without the client's body (a refetch)
+        // declares none: the backend would wait for it, or read the next
+        // request on its connection as this one's.
+        if empty {
+            headers.remove(header::CONTENT_LENGTH);
+            headers.remove(header::TRANSFER_ENCODING);
+        }
         if !as_get {
             return Ok(req);
         }

@@ -150,6 +150,7 @@ fn gateway_with_cache(
         node_id: Arc::from("n1"),
         max_body_bytes: 1 << 20,
         max_header_bytes: 16 * 1024,
+        upstream_read_timeout: Duration::from_secs(60),
     };
     let upstream = Scripted {
         calls: AtomicUsize::new(0),
@@ -459,11 +460,49 @@ async fn a_304_for_another_representation_is_followed_by_a_whole_fetch() {
     });
     send(&g, "GET", "/prod/lm", &[]).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = send(&g, "GET", "/prod/lm", &[]).await;
+    // A GET with a body: the whole fetch goes without it, and says so.
+    let r = send_body(&g, "GET", "/prod/lm", &[("content-length", "3")], "abc").await;
     assert_eq!((r.status, r.body()), (200, Bytes::from("new")));
     assert_eq!(calls(&g), 3);
     let seen = g.upstream().seen.lock().unwrap();
     assert!(!seen[2].contains_key("if-modified-since"), "{:?}", seen[2]);
+    assert!(!seen[2].contains_key("content-length"), "{:?}", seen[2]);
+}
+
+#[tokio::test]
+async fn a_head_answered_without_a_length_is_given_none() {
+    // The backend's HEAD answer names no length (its GET would be chunked).
+    let g = gateway(Duration::ZERO, |_, _| ok("max-age=60", ""));
+    let r = send(&g, "HEAD", "/prod/chunked", &[]).await;
+    assert_eq!((r.status, r.body().len()), (200, 0));
+    assert_eq!(r.headers.get("content-length"), None);
+}
+
+#[tokio::test]
+async fn an_authorized_revalidation_keeps_an_entry_an_anonymous_request_stored() {
+    let g = gateway(Duration::ZERO, |req, _| {
+        if req.headers().contains_key("if-none-match") {
+            return Script {
+                status: 304,
+                headers: vec![("cache-control", "max-age=60".into())],
+                ..Script::default()
+            };
+        }
+        Script {
+            headers: vec![
+                ("cache-control", "max-age=1".into()),
+                ("etag", "\"v1\"".into()),
+            ],
+            ..ok("", "body")
+        }
+    });
+    send(&g, "GET", "/prod/auth", &[]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = send(&g, "GET", "/prod/auth", &[("authorization", "Bearer x")]).await;
+    assert_eq!(r.cache_status(), "portico-n1; fwd=stale; fwd-status=304");
+    let r = send(&g, "GET", "/prod/auth", &[]).await;
+    assert_eq!(r.cache_status(), "portico-n1; hit");
+    assert_eq!(calls(&g), 2);
 }
 
 #[tokio::test]
