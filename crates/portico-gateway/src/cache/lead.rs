@@ -255,7 +255,7 @@ impl<U: Upstream> Job<'_, U> {
         let cc = CacheControl::parse(&ex.headers);
         rules::check_storable(ex.status, &ex.headers, &cc, &self.store_context())
             .map_err(|r| r.as_str())?;
-        if declared_length(&ex.headers).is_some_and(|n| n as u64 > self.settings.max_object_bytes) {
+        if declared_length(&ex.headers).is_some_and(|n| n as u64 > self.object_limit()) {
             return Err(rules::NotStorable::TooLarge.as_str());
         }
         let fresh = Freshness::of(ex, &cc, self.settings);
@@ -282,10 +282,20 @@ impl<U: Upstream> Job<'_, U> {
         }
     }
 
+    /// The largest body this route may store here: its `max_object_bytes`,
+    /// but never more than the whole store (a route set above `[cache]
+    /// max_bytes` would otherwise reserve more than there is for every body
+    /// of unknown length, and cache none).
+    fn object_limit(&self) -> u64 {
+        self.settings
+            .max_object_bytes
+            .min(self.cache.store.max_bytes())
+    }
+
     /// The store's room for this response's fill, held until the fill ends:
     /// its declared length, or the route's largest object without one.
     fn reserve(&self, ex: &Exchange) -> Option<Reserved> {
-        let max = self.settings.max_object_bytes;
+        let max = self.object_limit();
         let length = declared_length(&ex.headers).filter(|n| *n as u64 <= max);
         let bytes = length.map_or(max, |n| n as u64);
         self.cache.store.reserve_fill(bytes).then(|| Reserved {
@@ -335,7 +345,8 @@ impl<U: Upstream> Job<'_, U> {
             vary,
             ex: ex.clone_head(),
             end: guard.map(|g| g.stream(&fill)),
-            idle: self.ctx.settings().timeout,
+            idle: self.cache.read_timeout,
+            limit: self.object_limit(),
             _reserved: reserved,
         };
         tokio::spawn(task.run(body));
@@ -420,6 +431,8 @@ struct FillTask {
     /// Ends the flight when dropped: after the entry is stored.
     end: Option<FlightEnd>,
     idle: std::time::Duration,
+    /// The largest body it may store.
+    limit: u64,
     _reserved: Reserved,
 }
 
@@ -440,7 +453,7 @@ impl Drop for Reserved {
 impl FillTask {
     async fn run(self, body: Body) {
         let fill = Arc::clone(&self.fill);
-        let result = run_fill(&fill, body, self.settings.max_object_bytes, self.idle).await;
+        let result = run_fill(&fill, body, self.limit, self.idle).await;
         if let FillResult::Complete(body) = result {
             self.store(body).await;
             fill.close();

@@ -101,6 +101,11 @@ impl Store {
         }
     }
 
+    /// The most the store holds.
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Reserves `bytes` for a fill; `false` when the fills in flight hold
     /// the store's size already (the response then passes uncached).
     pub(crate) fn reserve_fill(&self, bytes: u64) -> bool {

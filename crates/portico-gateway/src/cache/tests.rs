@@ -816,6 +816,29 @@ async fn a_fill_that_an_unsafe_request_overtakes_is_not_stored() {
 }
 
 #[tokio::test]
+async fn a_route_whose_object_limit_exceeds_the_store_still_caches() {
+    // The `/ttl` route keeps the default 1 MiB object limit; the store holds
+    // 64 KiB. A body of unknown length reserves what the store can hold.
+    let g = gateway_with_cache(64 * 1024, Duration::ZERO, |_, _| ok("", "abcd"));
+    let r = send(&g, "GET", "/prod/ttl/unknown-length", &[]).await;
+    assert_eq!(
+        r.cache_status(),
+        "portico-n1; fwd=miss; fwd-status=200; stored"
+    );
+    let mut hit = false;
+    for _ in 0..200 {
+        let r = send(&g, "GET", "/prod/ttl/unknown-length", &[]).await;
+        hit = r.cache_status() == "portico-n1; hit";
+        if hit {
+            assert_eq!(r.body(), "abcd");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hit, "never stored");
+}
+
+#[tokio::test]
 async fn fills_in_flight_buffer_no_more_than_the_store_holds() {
     // Room for two fills of the route's largest object (16 bytes; these
     // bodies declare no length, so each reserves that much).
