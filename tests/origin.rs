@@ -720,6 +720,36 @@ async fn a_path_parameter_in_the_backend_query_stays_one_value() {
 }
 
 #[tokio::test]
+async fn a_get_body_of_no_declared_length_reaches_the_backend() {
+    let f = start("");
+    // Chunked from the client; hyper would send a GET of unknown length as
+    // bodiless, so it goes on chunked.
+    let reply = raw_exchange(
+        &f,
+        b"GET /prod/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let echo = echoed(&reply);
+    assert_eq!(
+        (echo["body_length"].as_u64(), echo["body"].as_str()),
+        (Some(5), Some("hello")),
+        "{reply}"
+    );
+    // One that ends at once goes as none.
+    let reply = raw_exchange(
+        &f,
+        b"GET /prod/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    let echo = echoed(&reply);
+    assert_eq!(echo["body_length"], 0, "{reply}");
+    assert!(
+        echo["headers"].get("transfer-encoding").is_none(),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
 async fn client_going_away_cancels_the_backend_request() {
     // A backend that never answers and reports when the request arrived and
     // when its connection closed.

@@ -26,7 +26,12 @@ pub(crate) async fn forward(
     mapping: &HttpIntegration,
     req: Request<Body>,
 ) -> Result<Response<Body>, GatewayError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let body = if mapping.pass_request_body {
+        crate::framed(&mut parts, body).await?
+    } else {
+        body
+    };
     let backend_req = build_request(ctx, mapping, &parts, body)?;
     let resp = client.send(backend_req).await.map_err(backend_failed)?;
     let (resp_parts, resp_body) = resp.into_parts();
@@ -87,7 +92,11 @@ fn build_request(
         ctx.conn.scheme(),
         &ctx.host,
     );
-    for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
         if let (true, Some(v)) = (mapping.pass_request_body, parts.headers.get(&name)) {
             headers.insert(name, v.clone());
         }

@@ -58,6 +58,7 @@ pub(crate) async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     parts.uri = target_uri(ctx, template, parts.uri.query())?;
+    let body = crate::framed(&mut parts, body).await?;
     // The backend's Host comes from its URI; the client's travels in Forwarded.
     parts.headers.remove(header::HOST);
     set_forwarded(

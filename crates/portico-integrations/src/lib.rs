@@ -84,6 +84,32 @@ fn misconfigured(reason: impl Into<String>) -> GatewayError {
     GatewayError::new(ErrorKind::Internal, ErrorSource::Integration).with_cause(reason.into())
 }
 
+/// `body` framed so that the backend gets it: hyper sends a GET or HEAD
+/// whose body has no declared length as bodiless, so such a body's first
+/// frame is read here, and one that carries data goes on chunked. (nginx
+/// likewise forwards a GET's body.) A body that ends at once goes as none.
+async fn framed(parts: &mut http::request::Parts, body: Body) -> Result<Body, GatewayError> {
+    use http_body_util::BodyExt;
+    let bodiless_by_default = matches!(parts.method, http::Method::GET | http::Method::HEAD);
+    let framed = parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+    if !bodiless_by_default || framed || http_body::Body::is_end_stream(&body) {
+        return Ok(body);
+    }
+    let mut body = body;
+    let Some(first) = body.frame().await else {
+        return Ok(body::empty());
+    };
+    let first = first.map_err(backend_failed)?;
+    parts.headers.insert(
+        http::header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    let first = futures_util::stream::once(std::future::ready(Ok(first)));
+    let rest = http_body_util::BodyStream::new(body);
+    Ok(http_body_util::StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed_unsync())
+}
+
 /// The backend failed: refused, reset, TLS, DNS, or a broken response.
 fn backend_failed(err: impl Into<portico_gateway::BoxError>) -> GatewayError {
     GatewayError::new(ErrorKind::BadGateway, ErrorSource::Integration).with_cause(err)
