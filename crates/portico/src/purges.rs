@@ -152,16 +152,48 @@ impl ControlHandler for OriginPurges {
 /// (the handler may not wait; the gateway exists only after the backbone).
 pub struct PopPurges {
     queue: mpsc::Sender<(ControlLink, Purge)>,
+    /// Origins this PoP has had a link to.
+    known: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// The id of a purge the PoP makes itself (never acknowledged).
+const LOCAL_PURGE: u64 = 0;
 
 impl PopPurges {
     pub fn new() -> (Arc<PopPurges>, mpsc::Receiver<(ControlLink, Purge)>) {
         let (queue, rx) = mpsc::channel(1024);
-        (Arc::new(PopPurges { queue }), rx)
+        let known = std::sync::Mutex::default();
+        (Arc::new(PopPurges { queue, known }), rx)
     }
 }
 
 impl ControlHandler for PopPurges {
+    /// A link back to an origin this PoP had one to before: purges made
+    /// while it was down never arrived (they are not replayed), so what the
+    /// PoP cached may have been purged. It empties its cache, as it was at
+    /// the first link.
+    fn link_up(&self, link: &ControlLink) {
+        let first = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(link.peer_id().to_owned());
+        if first {
+            return;
+        }
+        tracing::warn!(
+            origin = %link.peer_id(),
+            "backbone link back: purges made while it was down are lost, so the cache is emptied"
+        );
+        let purge = Purge {
+            purge_id: LOCAL_PURGE,
+            scope: to_wire(&PurgeScope::All),
+        };
+        if self.queue.try_send((link.clone(), purge)).is_err() {
+            tracing::error!(origin = %link.peer_id(), "purge queue full; cache not emptied");
+        }
+    }
+
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
         match frame {
             Frame::Purge(p) => {
@@ -192,6 +224,9 @@ pub async fn apply<U: Upstream>(
                 tracing::warn!(origin = %link.peer_id(), purge_id = id, "malformed purge URL ignored")
             }
         }
+        if id == LOCAL_PURGE {
+            continue;
+        }
         if let Err(err) = link.try_send(Frame::PurgeAck(PurgeAck { purge_id: id })) {
             tracing::debug!(%err, purge_id = id, "purge ack not sent");
         }
@@ -201,6 +236,25 @@ pub async fn apply<U: Upstream>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A link back to a known origin empties the cache (purges made while
+    /// it was down never arrived); a first link does not.
+    #[test]
+    fn a_link_back_to_a_known_origin_empties_the_cache() {
+        let (purges, mut queue) = PopPurges::new();
+        let caps = portico_proto::Capabilities(0);
+        let (a, _a_out) = ControlLink::new("origin-a", "r", caps);
+        let (b, _b_out) = ControlLink::new("origin-b", "r", caps);
+        purges.link_up(&a);
+        purges.link_up(&b);
+        assert!(queue.try_recv().is_err(), "a first link purges nothing");
+        let (again, _out) = ControlLink::new("origin-a", "r", caps);
+        purges.link_up(&again);
+        let (link, purge) = queue.try_recv().expect("a purge on the link back");
+        assert_eq!(link.peer_id(), "origin-a");
+        assert_eq!(purge.purge_id, LOCAL_PURGE);
+        assert_eq!(from_wire(purge.scope), Some(PurgeScope::All));
+    }
 
     #[test]
     fn scopes_round_trip_over_the_wire() {
