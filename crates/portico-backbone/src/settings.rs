@@ -82,6 +82,8 @@ impl LinkSettings {
         };
         t.max_concurrent_bidi_streams(VarInt::from_u32(streams))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
+            // The backbone sends no DATAGRAM frames: none are buffered.
+            .datagram_receive_buffer_size(None)
             .stream_receive_window(VarInt::from_u32(self.stream_window))
             .receive_window(VarInt::from_u32(self.connection_window))
             .send_window(self.send_window)

@@ -106,6 +106,10 @@ impl QuicSettings {
             // perhaps a grease stream; we never accept pushes or extensions.
             .max_concurrent_uni_streams(VarInt::from_u32(16))
             .max_idle_timeout(Some(idle))
+            // HTTP/3 reads no DATAGRAM frames: unannounced, a peer that sends
+            // them is closed, instead of quinn buffering (and pinning the
+            // packets of) 1.25 MB of them per connection that nobody reads.
+            .datagram_receive_buffer_size(None)
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
             .receive_window(VarInt::from_u32(self.receive_window))
             .send_window(self.send_window);

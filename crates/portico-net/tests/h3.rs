@@ -263,6 +263,20 @@ async fn many_streams_share_a_connection_within_the_limit() {
 }
 
 #[tokio::test]
+async fn the_listener_takes_no_datagrams() {
+    // HTTP/3 reads no DATAGRAM frames: a listener that announced them would
+    // buffer what a client sends (quinn keeps 1.25 MB per connection).
+    let server = start_default();
+    let conn = server.client().connect(server.addr).await;
+    assert_eq!(conn.quic.max_datagram_size(), None);
+    assert!(
+        conn.quic
+            .send_datagram(bytes::Bytes::from_static(b"x"))
+            .is_err()
+    );
+}
+
+#[tokio::test]
 async fn a_request_stream_that_never_finishes_its_head_is_dropped() {
     let limits = HttpLimits {
         header_read_timeout: Duration::from_millis(300),
