@@ -31,6 +31,11 @@ pub const INTERVAL: Duration = Duration::from_millis(250);
 
 /// Demand older than this no longer counts.
 const FORGET: Duration = Duration::from_secs(2);
+/// A share is sent again after this long even when it did not change: one
+/// that reached a PoP before the definitions that make its scope (a reload's
+/// delta, a link's first snapshot) was dropped there, and with demand steady
+/// it would never change enough to be sent again.
+const RESEND: Duration = Duration::from_secs(5);
 
 /// Part of an equal split every connected PoP keeps whatever its demand.
 const FLOOR: f64 = 0.1;
@@ -63,7 +68,7 @@ struct Scope {
     /// PoP id → (requests per second, when reported).
     demand: HashMap<String, (f64, Instant)>,
     /// PoP id → the share last sent.
-    sent: HashMap<String, RateSpec>,
+    sent: HashMap<String, (RateSpec, Instant)>,
 }
 
 impl Scope {
@@ -205,8 +210,10 @@ impl OriginRates {
             let weights: Vec<f64> = demand.iter().map(|d| d + floor).collect();
             for (link, share) in links.iter().zip(split(s.total, &weights)) {
                 let last = s.sent.get(link.peer_id());
-                let same = last.is_some_and(|l| {
-                    l.burst == share.burst && (l.rate - share.rate).abs() <= l.rate * 0.02
+                let same = last.is_some_and(|(l, at)| {
+                    l.burst == share.burst
+                        && (l.rate - share.rate).abs() <= l.rate * 0.02
+                        && now.duration_since(*at) < RESEND
                 });
                 if same {
                     continue;
@@ -217,7 +224,7 @@ impl OriginRates {
                     burst: u64::from(share.burst),
                 });
                 if link.try_send(frame).is_ok() {
-                    s.sent.insert(link.peer_id().to_owned(), share);
+                    s.sent.insert(link.peer_id().to_owned(), (share, now));
                 }
             }
         }
@@ -430,6 +437,28 @@ hash = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
 plans = ["gold"]
 "#;
         Arc::new(Definitions::from_toml_str(text, "t").unwrap())
+    }
+
+    /// A share goes again after `RESEND` even when unchanged: the PoP may
+    /// have dropped it, having received it before the scope's definitions.
+    #[test]
+    fn an_unchanged_share_is_sent_again_after_a_while() {
+        let (_tx, rx) = watch::channel(defs());
+        let rates = OriginRates::new(rx);
+        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
+        rates.links.up(&link);
+        let shares = |outbox: &mut tokio::sync::mpsc::Receiver<Frame>| {
+            std::iter::from_fn(|| outbox.try_recv().ok())
+                .filter(|f| matches!(f, Frame::RateShare(s) if s.scope == "stage:a/prod"))
+                .count()
+        };
+        let start = Instant::now();
+        rates.rebalance(start);
+        assert_eq!(shares(&mut outbox), 1);
+        rates.rebalance(start + INTERVAL);
+        assert_eq!(shares(&mut outbox), 0, "unchanged: not sent again at once");
+        rates.rebalance(start + RESEND);
+        assert_eq!(shares(&mut outbox), 1, "sent again after RESEND");
     }
 
     #[test]
