@@ -35,6 +35,19 @@ path = "/{{proxy+}}"
 [apis.routes.integration]
 type = "http_proxy"
 uri = "http://${{stageVariables.backend}}/{{proxy}}"
+[[apis.routes]]
+method = "GET"
+path = "/mapped/get"
+[apis.routes.integration]
+type = "http"
+uri = "http://${{stageVariables.backend}}/echo"
+[[apis.routes]]
+method = "GET"
+path = "/mapped/post"
+[apis.routes.integration]
+type = "http"
+method = "POST"
+uri = "http://${{stageVariables.backend}}/echo"
 [[apis.stages]]
 name = "prod"
 variables = {{ backend = "{backend}" }}
@@ -270,9 +283,25 @@ async fn early_data_serves_safe_methods_and_425s_the_rest() {
     let (mut conn, accepted) = resumed_0rtt(&client, f.h3_addr(), via, &f.url("/prod/echo")).await;
     let get = Request::get(f.url("/prod/echo")).body(()).unwrap();
     let post = Request::post(f.url("/prod/echo")).body(()).unwrap();
-    let (get, post) = tokio::join!(conn.request(get, b""), conn.request(post, b"order=1"));
+    let mapped = |path: &str| Request::get(f.url(path)).body(()).unwrap();
+    let (get, post, mapped_get, mapped_post) = tokio::join!(
+        conn.request(get, b""),
+        conn.request(post, b"order=1"),
+        conn.request(mapped("/prod/mapped/get"), b""),
+        conn.request(mapped("/prod/mapped/post"), b""),
+    );
     let (get, post) = (get.unwrap(), post.unwrap());
+    let (mapped_get, mapped_post) = (mapped_get.unwrap(), mapped_post.unwrap());
     assert!(accepted.await, "0-RTT accepted");
+    // An `http` integration tells its backend too, and never turns an early
+    // GET into a method that changes state.
+    assert_eq!(mapped_get.status, 200, "{}", mapped_get.text());
+    assert_eq!(mapped_get.json()["headers"]["early-data"], "1");
+    assert_eq!(mapped_post.status, 425, "{}", mapped_post.text());
+    assert_eq!(
+        mapped_post.json(),
+        serde_json::json!({"message": "Too Early"})
+    );
     // The GET was served, and the backend was told it came in early data.
     assert_eq!(get.status, 200, "{}", get.text());
     assert_eq!(get.json()["headers"]["early-data"], "1", "{}", get.text());

@@ -104,6 +104,16 @@ fn build_request(
     if let Some(v) = parts.headers.get(&portico_gateway::headers::REQUEST_ID) {
         headers.insert(&portico_gateway::headers::REQUEST_ID, v.clone());
     }
+    // A request served from TLS early data says so to the backend (RFC 8470
+    // §5.1), and may not become one that changes state: early data can be
+    // replayed.
+    if let Some(v) = parts.headers.get(EARLY_DATA) {
+        if !method.is_safe() {
+            return Err(GatewayError::client(ErrorKind::TooEarly)
+                .with_cause(format!("early data mapped to {method}")));
+        }
+        headers.insert(EARLY_DATA, v.clone());
+    }
     let body = if mapping.pass_request_body {
         body
     } else {
@@ -116,6 +126,9 @@ fn build_request(
     *req.headers_mut() = headers;
     Ok(req)
 }
+
+/// RFC 8470's request header (the listeners set it; the name is theirs).
+const EARLY_DATA: &str = "early-data";
 
 /// Unreserved characters (RFC 3986 §2.3) stay as they are in a path segment.
 const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
