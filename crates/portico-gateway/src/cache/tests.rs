@@ -339,28 +339,32 @@ async fn a_broken_body_leaves_no_entry() {
     );
 }
 
+/// A response fresh for 1 s with ETag "v1"; a 304 fresh for 60 s to a
+/// request that names it.
+fn revalidated(req: &Request<Body>) -> Script {
+    if req
+        .headers()
+        .get("if-none-match")
+        .is_some_and(|v| v == "\"v1\"")
+    {
+        return Script {
+            status: 304,
+            headers: vec![("cache-control", "max-age=60".into())],
+            ..Script::default()
+        };
+    }
+    Script {
+        headers: vec![
+            ("cache-control", "max-age=1".into()),
+            ("etag", "\"v1\"".into()),
+        ],
+        ..ok("", "body")
+    }
+}
+
 #[tokio::test]
 async fn stale_entries_are_revalidated_and_304_refreshes() {
-    let g = gateway(Duration::ZERO, |req, _| {
-        if req
-            .headers()
-            .get("if-none-match")
-            .is_some_and(|v| v == "\"v1\"")
-        {
-            return Script {
-                status: 304,
-                headers: vec![("cache-control", "max-age=60".into())],
-                ..Script::default()
-            };
-        }
-        Script {
-            headers: vec![
-                ("cache-control", "max-age=1".into()),
-                ("etag", "\"v1\"".into()),
-            ],
-            ..ok("", "body")
-        }
-    });
+    let g = gateway(Duration::ZERO, |req, _| revalidated(req));
     send(&g, "GET", "/prod/r", &[]).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = send(&g, "GET", "/prod/r", &[]).await;
@@ -480,22 +484,7 @@ async fn a_head_answered_without_a_length_is_given_none() {
 
 #[tokio::test]
 async fn an_authorized_revalidation_keeps_an_entry_an_anonymous_request_stored() {
-    let g = gateway(Duration::ZERO, |req, _| {
-        if req.headers().contains_key("if-none-match") {
-            return Script {
-                status: 304,
-                headers: vec![("cache-control", "max-age=60".into())],
-                ..Script::default()
-            };
-        }
-        Script {
-            headers: vec![
-                ("cache-control", "max-age=1".into()),
-                ("etag", "\"v1\"".into()),
-            ],
-            ..ok("", "body")
-        }
-    });
+    let g = gateway(Duration::ZERO, |req, _| revalidated(req));
     send(&g, "GET", "/prod/auth", &[]).await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = send(&g, "GET", "/prod/auth", &[("authorization", "Bearer x")]).await;
