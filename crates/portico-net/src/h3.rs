@@ -184,6 +184,19 @@ impl<H: Handler> H3Server<H> {
                         tracing::debug!(peer = %incoming.remote_address(), "HTTP/3 connection refused: max_connections");
                         incoming.refuse();
                     }
+                    // Past half the limit a client first proves its address
+                    // (a QUIC Retry: one more round trip), so that handshakes
+                    // from spoofed addresses, never finished, cannot hold
+                    // the rest of the slots until they time out.
+                    Some(incoming)
+                        if conns.len() >= shared.limits.max_connections / 2
+                            && !incoming.remote_address_validated()
+                            && incoming.may_retry() =>
+                    {
+                        if let Err(err) = incoming.retry() {
+                            err.into_incoming().refuse();
+                        }
+                    }
                     Some(incoming) => {
                         let conn = Arc::clone(&shared).connection(incoming, drain_rx.clone());
                         match turn.next() {

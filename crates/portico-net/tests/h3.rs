@@ -297,6 +297,40 @@ async fn a_request_stream_that_never_finishes_its_head_is_dropped() {
 }
 
 #[tokio::test]
+async fn handshakes_that_never_finish_cannot_hold_every_slot() {
+    let limits = HttpLimits {
+        max_connections: 4,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    // A relay that passes the client's packets to the server and drops the
+    // server's: handshakes through it never finish, as with a spoofed address.
+    let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let target = server.addr;
+    let relay = tokio::spawn(async move {
+        let out = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, _)) = hole.recv_from(&mut buf).await {
+            let _ = out.send_to(&buf[..n], target).await;
+        }
+    });
+    let blocked = server.client();
+    let stuck: Vec<_> = (0..4)
+        .map(|_| blocked.endpoint.connect(hole_addr, "localhost").unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two of them hold slots; past half the limit the rest were asked to
+    // prove their address, and could not. A real client still gets in.
+    let client = server.client();
+    let conn = tokio::time::timeout(Duration::from_secs(10), client.connect(server.addr)).await;
+    let conn = conn.expect("a real client was kept out");
+    assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
+    drop(stuck);
+    relay.abort();
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_are_refused_until_one_closes() {
     let limits = HttpLimits {
         max_connections: 1,
