@@ -8,14 +8,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// `x-request-id`, carried end to end and on every response.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Headers meaningful only for one connection (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers meaningful only for one connection (RFC 9110 §7.6.1), never
+/// forwarded. `Trailer` is not one of them (§6.6.2): it names the trailer
+/// fields a message carries, and HTTP/1.1 sends only the fields it names.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -128,9 +129,12 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 2);
         assert!(h.contains_key("x-keep"));
+        // End to end: without it, HTTP/1.1 drops the trailer fields.
+        assert_eq!(h[header::TRAILER], "x-checksum");
     }
 
     #[test]
