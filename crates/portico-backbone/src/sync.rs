@@ -157,6 +157,9 @@ struct Entry {
     /// A snapshot was asked for and has not come yet: further deltas that
     /// fail do not ask again.
     awaiting_snapshot: bool,
+    /// Its link went down (and no snapshot came since): a replica whose link
+    /// is up serves its region before it.
+    down: bool,
 }
 
 /// Longest `ConfigRequest::reason` sent (the origin only logs it).
@@ -200,6 +203,43 @@ impl ConfigSync {
     pub(crate) fn version(&self, index: usize) -> Option<u64> {
         let entries = self.lock();
         entries.get(index)?.slot.as_ref().map(|s| s.running.version)
+    }
+
+    /// Origin `index`'s link went down. Of its region's replicas, one whose
+    /// link is up serves from now on: a replica that died after a reload
+    /// reached it alone would otherwise keep its region on definitions that
+    /// no live origin runs.
+    pub(crate) fn link_down(&self, index: usize) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(index) else {
+            return;
+        };
+        entry.down = true;
+        if let Err(reason) = self.publish(&entries) {
+            tracing::warn!(%reason, "definitions of the live replicas do not merge; serving the last good ones");
+        }
+    }
+
+    /// Merges what each region serves now and publishes it if it changed. A
+    /// merge that fails keeps the last good one.
+    fn publish(&self, entries: &[Entry]) -> Result<(), String> {
+        let slots: Vec<(&Slot, bool)> = entries
+            .iter()
+            .filter_map(|e| e.slot.as_ref().map(|s| (s, !e.down)))
+            .collect();
+        let served = last_of_each_region(&slots);
+        let same = self
+            .tx
+            .borrow()
+            .merged
+            .iter()
+            .eq(served.iter().map(|s| &s.running));
+        if same {
+            return Ok(());
+        }
+        let merged = merge(&served, &self.defaults).map_err(|e| e.to_string())?;
+        self.tx.send_replace(Arc::new(merged));
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
@@ -340,7 +380,13 @@ impl ConfigSync {
         let Some(entry) = entries.get_mut(index) else {
             return Err(config_err(origin_id, format!("no origin link #{index}")));
         };
+        // A snapshot comes over a link that is up.
+        let was_down = std::mem::replace(&mut entry.down, false);
         if entry.slot.as_ref().is_some_and(|s| s.running == running) {
+            if was_down {
+                // Back: its region may be served by it again.
+                let _ = self.publish(&entries);
+            }
             return Ok(Applied::Unchanged);
         }
         entry.slot = Some(Slot {
@@ -351,9 +397,9 @@ impl ConfigSync {
             installed: self.installs.fetch_add(1, Ordering::Relaxed),
         });
         entry.status.running = Some(running);
-        let slots: Vec<&Slot> = entries.iter().filter_map(|e| e.slot.as_ref()).collect();
-        if let Some(other) = slots
+        if let Some(other) = entries
             .iter()
+            .filter_map(|e| e.slot.as_ref())
             .find(|s| s.region == region && s.running != running)
         {
             tracing::warn!(
@@ -366,20 +412,8 @@ impl ConfigSync {
         // Published under the lock, so concurrent snapshots from two links
         // cannot publish their merges out of order. A merge that fails keeps
         // the slot (it is what the origin runs) and the last good merge.
-        let served = last_of_each_region(&slots);
-        if self
-            .tx
-            .borrow()
-            .merged
-            .iter()
-            .eq(served.iter().map(|s| &s.running))
-        {
-            // A replica sent what its region already serves.
-            return Ok(Applied::Installed(running));
-        }
-        let merged =
-            merge(&served, &self.defaults).map_err(|e| config_err(origin_id, e.to_string()))?;
-        self.tx.send_replace(Arc::new(merged));
+        self.publish(&entries)
+            .map_err(|reason| config_err(origin_id, reason))?;
         Ok(Applied::Installed(running))
     }
 
@@ -410,18 +444,19 @@ fn config_err(origin_id: &str, reason: impl Into<String>) -> BackboneError {
     }
 }
 
-/// Of each region's slots, the one installed last; regions in the order of
-/// their first slot.
-fn last_of_each_region<'a>(slots: &[&'a Slot]) -> Vec<&'a Slot> {
-    let mut served: Vec<&Slot> = Vec::with_capacity(slots.len());
-    for &slot in slots {
-        match served.iter_mut().find(|s| s.region == slot.region) {
-            Some(s) if s.installed < slot.installed => *s = slot,
+/// Of each region's slots (with whether their link is up), the one installed
+/// last among those whose link is up, or among all when none is; regions in
+/// the order of their first slot.
+fn last_of_each_region<'a>(slots: &[(&'a Slot, bool)]) -> Vec<&'a Slot> {
+    let mut served: Vec<(&Slot, bool)> = Vec::with_capacity(slots.len());
+    for &(slot, up) in slots {
+        match served.iter_mut().find(|(s, _)| s.region == slot.region) {
+            Some(best) if (up, slot.installed) > (best.1, best.0.installed) => *best = (slot, up),
             Some(_) => {}
-            None => served.push(slot),
+            None => served.push((slot, up)),
         }
     }
-    served
+    served.into_iter().map(|(s, _)| s).collect()
 }
 
 /// Merges the regions' definitions (one slot each) into one validated snapshot.
@@ -553,6 +588,29 @@ mod tests {
         assert_eq!(cur.homes["a"], "r1");
         assert_eq!(cur.homes["b"], "r2");
         assert_eq!((status(0).1, status(1).1), (0, 0));
+    }
+
+    #[test]
+    fn a_replica_whose_link_is_down_gives_way_to_one_that_is_up() {
+        let sync = ConfigSync::new(2, DefinitionDefaults::default());
+        let v1 = || snapshot(&api("a", None));
+        let v2 = || snapshot(&api("a", None).replace("200", "204"));
+        let reloaded = || sync.current().definitions.source.contains("204");
+        assert!(installed(sync.apply(0, "r1", "o1", v1())));
+        assert!(installed(sync.apply(1, "r1", "o2", v1())));
+        // A reload reaches o1 only, then o1 dies.
+        assert!(installed(sync.apply(0, "r1", "o1", v2())));
+        assert!(reloaded());
+        sync.link_down(0);
+        // Its region is served by the replica that is up, as it runs.
+        assert!(!reloaded());
+        // o2 resends what it runs after a reconnect of its own: still served.
+        sync.link_down(1);
+        assert!(!installed(sync.apply(1, "r1", "o2", v1())));
+        assert!(!reloaded());
+        // o1 comes back with what it ran: the last installed serves again.
+        assert!(!installed(sync.apply(0, "r1", "o1", v2())));
+        assert!(reloaded());
     }
 
     #[test]

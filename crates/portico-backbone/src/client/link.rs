@@ -184,6 +184,7 @@ async fn session(
     let reason = serve_session(inner, index, &conn, &mut control, stop).await;
     // Requests stop choosing the link before control subsystems hear it is gone.
     link.state.send_replace(LinkState::Down(reason.clone()));
+    inner.sync.link_down(index);
     inner.control.link_down(&control.link);
     reason
 }
