@@ -139,6 +139,7 @@ impl Via {
 }
 
 /// The latest verified definitions of one origin.
+#[derive(Clone)]
 struct Slot {
     region: String,
     origin_id: String,
@@ -160,6 +161,23 @@ struct Entry {
     /// Its link went down (and no snapshot came since): a replica whose link
     /// is up serves its region before it.
     down: bool,
+    /// The slot last merged with the others. While `slot` does not merge (an
+    /// API another region defines too), this one stands in for it, so the
+    /// other regions' changes still go through.
+    good: Option<Slot>,
+    /// `slot` did not merge.
+    unmerged: bool,
+}
+
+impl Entry {
+    /// The slot merged into what the PoP serves.
+    fn merged(&self) -> Option<&Slot> {
+        if self.unmerged {
+            self.good.as_ref()
+        } else {
+            self.slot.as_ref()
+        }
+    }
 }
 
 /// Longest `ConfigRequest::reason` sent (the origin only logs it).
@@ -217,6 +235,8 @@ impl ConfigSync {
         entry.down = true;
         if let Err(reason) = self.publish(&entries) {
             tracing::warn!(%reason, "definitions of the live replicas do not merge; serving the last good ones");
+        } else {
+            remember_merged(&mut entries);
         }
     }
 
@@ -225,7 +245,7 @@ impl ConfigSync {
     fn publish(&self, entries: &[Entry]) -> Result<(), String> {
         let slots: Vec<(&Slot, bool)> = entries
             .iter()
-            .filter_map(|e| e.slot.as_ref().map(|s| (s, !e.down)))
+            .filter_map(|e| e.merged().map(|s| (s, !e.down)))
             .collect();
         let served = last_of_each_region(&slots);
         let same = self
@@ -411,9 +431,21 @@ impl ConfigSync {
         }
         // Published under the lock, so concurrent snapshots from two links
         // cannot publish their merges out of order. A merge that fails keeps
-        // the slot (it is what the origin runs) and the last good merge.
-        self.publish(&entries)
-            .map_err(|reason| config_err(origin_id, reason))?;
+        // the slot (it is what the origin runs: its deltas build on it) and
+        // merges the others with this origin's last good slot instead.
+        if let Some(e) = entries.get_mut(index) {
+            e.unmerged = false;
+        }
+        if let Err(reason) = self.publish(&entries) {
+            if let Some(e) = entries.get_mut(index) {
+                e.unmerged = true;
+            }
+            if self.publish(&entries).is_ok() {
+                remember_merged(&mut entries);
+            }
+            return Err(config_err(origin_id, reason));
+        }
+        remember_merged(&mut entries);
         Ok(Applied::Installed(running))
     }
 
@@ -434,6 +466,13 @@ impl ConfigSync {
             (Via::Snapshot, Ok(_)) => e.status.snapshots += 1,
             (Via::Delta, Ok(_)) => e.status.deltas += 1,
         }
+    }
+}
+
+/// After a merge that succeeded: each slot merged is its origin's last good.
+fn remember_merged(entries: &mut [Entry]) {
+    for e in entries.iter_mut().filter(|e| !e.unmerged) {
+        e.good.clone_from(&e.slot);
     }
 }
 
@@ -641,6 +680,44 @@ mod tests {
         assert_eq!(cur.definitions.apis.len(), 1);
         assert_eq!(cur.homes["a"], "r1");
         assert_eq!(sync.status()[0].refused, 3);
+    }
+
+    /// One region's definitions that collide with another's are refused
+    /// without holding up the other regions' changes.
+    #[test]
+    fn a_region_whose_definitions_collide_holds_up_no_other() {
+        let sync = ConfigSync::new(2, DefinitionDefaults::default());
+        let names = || {
+            let mut n: Vec<String> = sync
+                .current()
+                .definitions
+                .apis
+                .iter()
+                .map(|a| a.name.clone())
+                .collect();
+            n.sort();
+            n
+        };
+        assert!(installed(sync.apply(
+            0,
+            "r1",
+            "o1",
+            snapshot(&api("x", None))
+        )));
+        assert!(installed(sync.apply(
+            1,
+            "r2",
+            "o2",
+            snapshot(&api("y", None))
+        )));
+        // r2 now defines `x` too: refused, r2's `y` still served.
+        let colliding = format!("{}{}", api("y", None), api("x", None));
+        assert!(sync.apply(1, "r2", "o2", snapshot(&colliding)).is_err());
+        assert_eq!(names(), ["x", "y"]);
+        // r1's next change goes through all the same.
+        let more = format!("{}{}", api("x", None), api("z", None));
+        assert!(installed(sync.apply(0, "r1", "o1", snapshot(&more))));
+        assert_eq!(names(), ["x", "y", "z"]);
     }
 
     /// Two APIs from origin 0, then the delta that changes `b`'s body to `body`.
