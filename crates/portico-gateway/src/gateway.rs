@@ -193,11 +193,9 @@ impl<U: Upstream> Gateway<U> {
         // out, whether or not its end was polled before the client left.
         let length = match http_body::Body::size_hint(resp.body()).exact() {
             Some(n) => Some(n),
-            None => resp
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok()),
+            None => crate::headers::content_length(resp.headers())
+                .ok()
+                .flatten(),
         };
         resp.map(|body| Body::new(Logged::new(body, record).with_length(length)))
     }
@@ -279,7 +277,10 @@ impl<U: Upstream> Gateway<U> {
         ctx: &RequestCtx,
     ) -> Result<Request<Body>, GatewayError> {
         let limit = self.settings.max_body_bytes;
-        let declared = declared_length(req.headers())?;
+        let declared = crate::headers::content_length(req.headers()).map_err(|_| {
+            GatewayError::client(ErrorKind::BadRequest)
+                .with_cause("invalid or conflicting content-length")
+        })?;
         match declared {
             Some(len) if len > limit => {
                 return Err(GatewayError::client(ErrorKind::PayloadTooLarge));
@@ -415,29 +416,6 @@ fn reclassify(err: GatewayError) -> GatewayError {
     } else {
         err
     }
-}
-
-/// The request's declared body length: every `Content-Length` value must be
-/// digits only and all of them the same (RFC 9110 §8.6), else 400.
-fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, GatewayError> {
-    let mut declared = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|b| *b == b',') {
-            let item = item.trim_ascii();
-            let len = (!item.is_empty() && item.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
-                .flatten();
-            match (len, declared) {
-                (Some(len), None) => declared = Some(len),
-                (Some(len), Some(seen)) if len == seen => {}
-                _ => {
-                    return Err(GatewayError::client(ErrorKind::BadRequest)
-                        .with_cause("invalid or conflicting content-length"));
-                }
-            }
-        }
-    }
-    Ok(declared)
 }
 
 fn check_header_size<B>(req: &Request<B>, limit: usize) -> Result<(), GatewayError> {

@@ -74,6 +74,34 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, proto: &str, h
     }
 }
 
+/// `Early-Data` (RFC 8470 §5.1): set by a listener on a request it serves
+/// from TLS early data.
+pub static EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
+
+/// A `Content-Length` that is not one number.
+#[derive(Debug)]
+pub struct InvalidLength;
+
+/// The length a message declares: every `Content-Length` value must be
+/// digits only, and all of them the same (RFC 9110 §8.6: `3, 3` is 3).
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, InvalidLength> {
+    let mut declared = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            let len = (!item.is_empty() && item.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(item).ok()?.parse::<u64>().ok())
+                .flatten();
+            match (len, declared) {
+                (Some(len), None) => declared = Some(len),
+                (Some(len), Some(seen)) if len == seen => {}
+                _ => return Err(InvalidLength),
+            }
+        }
+    }
+    Ok(declared)
+}
+
 /// A `token` character (RFC 9110 §5.6.2).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use portico_config::{ContextVariable, HttpIntegration, ParamSource, ParamTarget, ResponseSource};
-use portico_gateway::headers::set_forwarded;
+use portico_gateway::headers::{EARLY_DATA, set_forwarded};
 use portico_gateway::{Body, ErrorKind, GatewayError, RequestCtx, body};
 
 use crate::client::BackendClient;
@@ -107,12 +107,12 @@ fn build_request(
     // A request served from TLS early data says so to the backend (RFC 8470
     // §5.1), and may not become one that changes state: early data can be
     // replayed.
-    if let Some(v) = parts.headers.get(EARLY_DATA) {
+    if let Some(v) = parts.headers.get(&EARLY_DATA) {
         if !method.is_safe() {
             return Err(GatewayError::client(ErrorKind::TooEarly)
                 .with_cause(format!("early data mapped to {method}")));
         }
-        headers.insert(EARLY_DATA, v.clone());
+        headers.insert(&EARLY_DATA, v.clone());
     }
     let body = if mapping.pass_request_body {
         body
@@ -126,9 +126,6 @@ fn build_request(
     *req.headers_mut() = headers;
     Ok(req)
 }
-
-/// RFC 8470's request header (the listeners set it; the name is theirs).
-const EARLY_DATA: &str = "early-data";
 
 /// Unreserved characters (RFC 3986 §2.3) stay as they are in a path segment.
 const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC

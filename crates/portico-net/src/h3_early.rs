@@ -18,10 +18,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
-use http::{HeaderName, HeaderValue, Method, Request};
+use http::{HeaderValue, Method, Request};
 
-/// `Early-Data` (RFC 8470 §5.1).
-pub static EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
+pub use portico_gateway::headers::EARLY_DATA;
 
 /// Whether a connection's handshake has completed, checked without waiting.
 pub(crate) struct Handshake {

@@ -14,7 +14,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
@@ -361,19 +360,15 @@ pub(crate) enum FillResult {
     Failed,
 }
 
-/// Reads `body` into `fill` until it ends. `limit` is the largest storable body;
-/// `idle` the longest wait for one chunk.
-pub(crate) async fn run_fill(
-    fill: &Fill,
-    mut body: Body,
-    limit: u64,
-    idle: Duration,
-) -> FillResult {
+/// Reads `body` into `fill` until it ends. `limit` is the largest storable body.
+/// A source that stalls fails the body itself (`forward_timed` bounds each
+/// wait with the read timeout).
+pub(crate) async fn run_fill(fill: &Fill, mut body: Body, limit: u64) -> FillResult {
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(None) => break,
-            Ok(Some(Err(_))) | Err(_) => return fill.fail(),
+        let frame = match body.frame().await {
+            Some(Ok(frame)) => frame,
+            None => break,
+            Some(Err(_)) => return fill.fail(),
         };
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not stored

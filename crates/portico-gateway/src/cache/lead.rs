@@ -345,7 +345,6 @@ impl<U: Upstream> Job<'_, U> {
             vary,
             ex: ex.clone_head(),
             end: guard.map(|g| g.stream(&fill)),
-            idle: self.cache.read_timeout,
             limit: self.object_limit(),
             _reserved: reserved,
         };
@@ -365,9 +364,6 @@ impl<U: Upstream> Job<'_, U> {
         let mut head = Request::new(());
         *head.uri_mut() = self.parts.uri.clone();
         *head.headers_mut() = self.parts.headers.clone();
-        // It is sent with no body, whatever the client's had.
-        head.headers_mut().remove(http::header::CONTENT_LENGTH);
-        head.headers_mut().remove(http::header::TRANSFER_ENCODING);
         let (parts, ()) = head.into_parts();
         let found = found.clone();
         tokio::spawn(async move {
@@ -390,9 +386,8 @@ impl<U: Upstream> Job<'_, U> {
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    let len = crate::headers::content_length(headers).ok().flatten()?;
+    usize::try_from(len).ok()
 }
 
 fn failure_outcome(result: &Result<Response<Body>, GatewayError>) -> Outcome {
@@ -430,7 +425,6 @@ struct FillTask {
     ex: Exchange,
     /// Ends the flight when dropped: after the entry is stored.
     end: Option<FlightEnd>,
-    idle: std::time::Duration,
     /// The largest body it may store.
     limit: u64,
     _reserved: Reserved,
@@ -453,7 +447,7 @@ impl Drop for Reserved {
 impl FillTask {
     async fn run(self, body: Body) {
         let fill = Arc::clone(&self.fill);
-        let result = run_fill(&fill, body, self.limit, self.idle).await;
+        let result = run_fill(&fill, body, self.limit).await;
         if let FillResult::Complete(body) = result {
             self.store(body).await;
             fill.close();
