@@ -594,6 +594,7 @@ async fn a_reload_reaches_two_pops_as_a_delta_and_a_reconnect_gets_a_snapshot() 
         let entry = origin_entry(&client, pop).await;
         assert_eq!(counters(&entry), (1, 0, 0, 0), "{entry}");
         assert_eq!(entry["origin"], "origin-a");
+        assert_eq!(entry["held"], serde_json::Value::Null, "{entry}");
         // The PoP runs exactly what the origin serves.
         assert_eq!(entry["version"], origin["version"]);
         assert_eq!(entry["sha256"], origin["sha256"]);

@@ -73,8 +73,12 @@ impl SyncedConfig {
 pub struct OriginConfig {
     /// The origin's node id, from its last configuration frame.
     pub origin_id: String,
-    /// Version and SHA-256 of the definitions in force (`None`: none yet).
+    /// Version and SHA-256 of the origin's definitions the PoP serves
+    /// (`None`: none yet).
     pub running: Option<Running>,
+    /// The origin's newer definitions the PoP holds but does not serve, and
+    /// why: they do not merge with another region's (an API both define).
+    pub held: Option<(Running, String)>,
     /// Snapshots verified (installed, or already running after a reconnect).
     pub snapshots: u64,
     /// Deltas applied.
@@ -165,17 +169,31 @@ struct Entry {
     /// API another region defines too), this one stands in for it, so the
     /// other regions' changes still go through.
     good: Option<Slot>,
-    /// `slot` did not merge.
-    unmerged: bool,
+    /// `slot` did not merge, and why.
+    unmerged: Option<String>,
 }
 
 impl Entry {
     /// The slot merged into what the PoP serves.
     fn merged(&self) -> Option<&Slot> {
-        if self.unmerged {
+        if self.unmerged.is_some() {
             self.good.as_ref()
         } else {
             self.slot.as_ref()
+        }
+    }
+
+    /// Its status, with what it serves and holds as they are now.
+    fn status(&self) -> OriginConfig {
+        let held = self
+            .unmerged
+            .as_ref()
+            .zip(self.slot.as_ref())
+            .map(|(why, slot)| (slot.running, why.clone()));
+        OriginConfig {
+            running: self.merged().map(|s| s.running),
+            held,
+            ..self.status.clone()
         }
     }
 }
@@ -213,7 +231,7 @@ impl ConfigSync {
 
     /// What runs of each origin's definitions, in link order.
     pub(crate) fn status(&self) -> Vec<OriginConfig> {
-        self.lock().iter().map(|e| e.status.clone()).collect()
+        self.lock().iter().map(Entry::status).collect()
     }
 
     /// The version origin `index`'s slot runs.
@@ -416,7 +434,6 @@ impl ConfigSync {
             running,
             installed: self.installs.fetch_add(1, Ordering::Relaxed),
         });
-        entry.status.running = Some(running);
         if let Some(other) = entries
             .iter()
             .filter_map(|e| e.slot.as_ref())
@@ -434,11 +451,11 @@ impl ConfigSync {
         // the slot (it is what the origin runs: its deltas build on it) and
         // merges the others with this origin's last good slot instead.
         if let Some(e) = entries.get_mut(index) {
-            e.unmerged = false;
+            e.unmerged = None;
         }
         if let Err(reason) = self.publish(&entries) {
             if let Some(e) = entries.get_mut(index) {
-                e.unmerged = true;
+                e.unmerged = Some(reason.clone());
             }
             if self.publish(&entries).is_ok() {
                 remember_merged(&mut entries);
@@ -471,7 +488,7 @@ impl ConfigSync {
 
 /// After a merge that succeeded: each slot merged is its origin's last good.
 fn remember_merged(entries: &mut [Entry]) {
-    for e in entries.iter_mut().filter(|e| !e.unmerged) {
+    for e in entries.iter_mut().filter(|e| e.unmerged.is_none()) {
         e.good.clone_from(&e.slot);
     }
 }
@@ -711,13 +728,23 @@ mod tests {
             snapshot(&api("y", None))
         )));
         // r2 now defines `x` too: refused, r2's `y` still served.
+        let served = sync.status()[1].running;
         let colliding = format!("{}{}", api("y", None), api("x", None));
         assert!(sync.apply(1, "r2", "o2", snapshot(&colliding)).is_err());
         assert_eq!(names(), ["x", "y"]);
+        // Its status says what is served of it, and what is held and why.
+        let status = &sync.status()[1];
+        assert_eq!(status.running, served);
+        let (held, why) = status.held.clone().unwrap();
+        let colliding = Definitions::from_toml_str(&colliding, "test").unwrap();
+        assert_eq!(held, Running::of(&colliding));
+        assert!(why.contains("`x`"), "{why}");
         // r1's next change goes through all the same.
         let more = format!("{}{}", api("x", None), api("z", None));
         assert!(installed(sync.apply(0, "r1", "o1", snapshot(&more))));
         assert_eq!(names(), ["x", "y", "z"]);
+        assert!(sync.status()[1].held.is_some(), "r2's is still held");
+        assert_eq!(sync.status()[0].held, None);
     }
 
     /// Two APIs from origin 0, then the delta that changes `b`'s body to `body`.

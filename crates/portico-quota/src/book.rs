@@ -24,6 +24,12 @@ const LEASES: TableDefinition<u64, (&str, &str, i64, u64, i64, &str)> =
 /// "next_lease" → next lease id.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// How long counts and leases are kept after their period began (usage) or
+/// they expired (leases): two of the longest period (a month), so that the
+/// current and the previous period of every plan are always there, also for
+/// a clock corrected backwards across a boundary.
+pub const RETAIN_MS: i64 = 64 * 86_400_000;
+
 /// What a holder asks for.
 #[derive(Debug, Clone)]
 pub struct LeaseRequest<'a> {
@@ -72,6 +78,18 @@ impl std::fmt::Debug for QuotaBook {
 
 fn usage_key(plan: &str, key_id: &str, period_start: i64) -> String {
     format!("{plan}\0{key_id}\0{period_start}")
+}
+
+/// The period start of a usage key; `None` for a key this code did not write.
+fn period_start(usage_key: &str) -> Option<i64> {
+    usage_key.rsplit('\0').next()?.parse().ok()
+}
+
+/// What [`QuotaBook::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub usage: usize,
+    pub leases: usize,
 }
 
 impl QuotaBook {
@@ -205,6 +223,36 @@ impl QuotaBook {
         })
     }
 
+    /// Forgets what no request can touch any more: the counts of periods
+    /// that began more than [`RETAIN_MS`] before `now_ms`, and leases that
+    /// expired that long ago (a PoP that vanished never returns its own).
+    /// Without it the book grows by a row per key and period for ever.
+    pub fn prune(&self, now_ms: i64) -> Result<Pruned, QuotaError> {
+        let horizon = now_ms.saturating_sub(RETAIN_MS);
+        let txn = self.db.begin_write().map_err(QuotaError::store)?;
+        let mut pruned = Pruned::default();
+        {
+            let mut usage = txn.open_table(USAGE).map_err(QuotaError::store)?;
+            usage
+                .retain(|key, _| {
+                    let keep = period_start(key).is_none_or(|start| start >= horizon);
+                    pruned.usage += usize::from(!keep);
+                    keep
+                })
+                .map_err(QuotaError::store)?;
+            let mut leases = txn.open_table(LEASES).map_err(QuotaError::store)?;
+            leases
+                .retain(|_, (_, _, _, _, expires, _)| {
+                    let keep = expires >= horizon;
+                    pruned.leases += usize::from(!keep);
+                    keep
+                })
+                .map_err(QuotaError::store)?;
+        }
+        txn.commit().map_err(QuotaError::store)?;
+        Ok(pruned)
+    }
+
     /// Leases a holder still has open (to reconcile after a reconnect).
     pub fn leases_of(&self, holder: &str) -> Result<Vec<(u64, u64, i64)>, QuotaError> {
         let txn = self.db.begin_read().map_err(QuotaError::store)?;
@@ -313,6 +361,41 @@ mod tests {
         book.release(today.id, 400, "pop-a").unwrap();
         assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 600);
         assert_eq!(book.usage("basic", "k1", SPEC, tomorrow).unwrap().used, 100);
+    }
+
+    #[test]
+    fn counts_and_leases_long_past_are_pruned_and_the_rest_kept() {
+        let (_dir, book) = book();
+        let old = book.grant(&request("gone", 300), NOW).unwrap();
+        let later = NOW + RETAIN_MS + 86_400_000;
+        let yesterday = book
+            .grant(&request("pop-a", 200), later - 86_400_000)
+            .unwrap();
+        book.grant(&request("pop-a", 100), later).unwrap();
+        let pruned = book.prune(later).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                usage: 1,
+                leases: 1
+            }
+        );
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 0);
+        assert!(
+            book.release(old.id, 0, "gone").is_err(),
+            "its lease is gone"
+        );
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, later - 86_400_000)
+                .unwrap()
+                .used,
+            200,
+            "the previous period stays"
+        );
+        assert_eq!(book.usage("basic", "k1", SPEC, later).unwrap().used, 100);
+        assert_eq!(book.release(yesterday.id, 50, "pop-a").unwrap(), 50);
+        assert_eq!(book.leases_of("pop-a").unwrap().len(), 1);
+        assert_eq!(book.prune(later).unwrap(), Pruned::default());
     }
 
     #[test]

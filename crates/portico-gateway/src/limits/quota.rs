@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portico_quota::wallet::Sizing;
-use portico_quota::{Lease, LeaseRequest, QuotaBook, QuotaError, QuotaSpec, Spend, Wallet, bounds};
+use portico_quota::{
+    Lease, LeaseRequest, Pruned, QuotaBook, QuotaError, QuotaSpec, Spend, Wallet, bounds,
+};
 use tokio::sync::Notify;
 
 /// A boxed future, as [`LeaseSource`] returns them.
@@ -191,6 +193,37 @@ impl std::fmt::Debug for Quotas {
     }
 }
 
+/// Removes what the book no longer needs (see [`QuotaBook::prune`]).
+fn prune(book: &QuotaBook) {
+    match book.prune(now_ms()) {
+        Ok(pruned) if pruned != Pruned::default() => {
+            tracing::info!(
+                usage = pruned.usage,
+                leases = pruned.leases,
+                "quota book pruned"
+            );
+        }
+        Ok(_) => {}
+        Err(err) => tracing::warn!(%err, "could not prune the quota book"),
+    }
+}
+
+/// Prunes the book once a day while it is open (it is a blocking write).
+async fn prune_daily(book: std::sync::Weak<QuotaBook>) {
+    let mut every = tokio::time::interval(Duration::from_secs(86_400));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(book) = book.upgrade() else { return };
+        if tokio::task::spawn_blocking(move || prune(&book))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
 /// The wall clock in milliseconds since the epoch (quota periods are UTC).
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -212,7 +245,12 @@ impl Quotas {
         for (id, _, _) in book.leases_of(holder)? {
             book.release(id, 0, holder)?;
         }
+        prune(&book);
         let book = Arc::new(book);
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        if let Some(rt) = &runtime {
+            rt.spawn(prune_daily(Arc::downgrade(&book)));
+        }
         let source = BookSource {
             book: Arc::clone(&book),
             holder: holder.to_owned(),
@@ -222,7 +260,7 @@ impl Quotas {
             book: Some(book),
             slots: Mutex::new(HashMap::new()),
             closed: tokio::sync::RwLock::new(false),
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            runtime,
         })
     }
 

@@ -5,8 +5,12 @@
 //! {"version": "16 hex digits", "sha256": "64 hex digits", "apis": 2,
 //!  "origins": [{"origin": "origin-a", "region": "us-east-1", "address": "…",
 //!               "version": "…", "sha256": "…", "snapshots": 1, "deltas": 3,
-//!               "refused": 0, "requests": 0}]}
+//!               "refused": 0, "requests": 0, "held": null}]}
 //! ```
+//!
+//! `held` is an origin's newer definitions the PoP received but does not
+//! serve, `{"version", "sha256", "reason"}`: they define an API another
+//! region defines too, so the PoP serves that origin's previous ones.
 //!
 //! `version` is the definitions' version and `sha256` the SHA-256 of their
 //! canonical text: what an origin puts in its snapshots, and what a PoP runs
@@ -55,6 +59,11 @@ pub fn origins(status: &ConfigStatus) -> Value {
                 "address": spec.address.to_string(),
                 "version": s.running.map(|r| format!("{:016x}", r.version)),
                 "sha256": s.running.map(|r| r.hash_hex()),
+                "held": s.held.as_ref().map(|(r, why)| json!({
+                    "version": format!("{:016x}", r.version),
+                    "sha256": r.hash_hex(),
+                    "reason": why,
+                })),
                 "snapshots": s.snapshots,
                 "deltas": s.deltas,
                 "refused": s.refused,
