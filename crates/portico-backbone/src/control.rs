@@ -19,6 +19,29 @@ use crate::BackboneError;
 /// growing memory.
 const OUTBOX: usize = 1024;
 
+/// Queued frames are taken into a control stream's send buffer only while
+/// it holds less than this: a peer that reads slowly holds them back in the
+/// bounded outbox instead of in memory.
+pub(crate) const SEND_BUFFER: usize = 1 << 20;
+
+/// A control stream whose buffered frames made no progress for this long
+/// closes its link (to be dialed again): the peer stopped reading it, and
+/// configuration, purges and quota would otherwise freeze while requests
+/// still flow.
+pub(crate) const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// When a control stream's writes count as stalled: [`STALL`] after the
+/// last progress, which is now while nothing is buffered.
+pub(crate) fn stall_deadline(
+    pending: usize,
+    progress: &mut tokio::time::Instant,
+) -> tokio::time::Instant {
+    if pending == 0 {
+        *progress = tokio::time::Instant::now();
+    }
+    *progress + STALL
+}
+
 /// Receives the control frames the backbone does not handle itself.
 ///
 /// Methods run on the link's control task: they must not block. Work that

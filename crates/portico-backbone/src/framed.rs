@@ -6,7 +6,7 @@
 //! next frame, so an unread stream stalls the peer through QUIC flow control
 //! instead of growing memory here.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::FutureExt;
 use portico_proto::{
     Codec, Frame, ProtoError, Reset, ResetCode, StreamKind, decode_preface, encode_preface,
@@ -205,6 +205,22 @@ impl FrameWriter {
         }
         let data: Bytes = self.buf.split().freeze();
         self.send.write_chunk(data).await?;
+        Ok(())
+    }
+
+    /// Bytes buffered and not yet sent.
+    pub(crate) fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Sends some of what is buffered, as flow control allows. Cancel-safe
+    /// (what was not sent stays buffered), so a control loop can race it
+    /// against its reads: a loop that only read after its writes completed
+    /// would deadlock with a peer doing the same, each waiting for the
+    /// other to read.
+    pub(crate) async fn send_some(&mut self) -> Result<(), BackboneError> {
+        let n = self.send.write(&self.buf).await?;
+        self.buf.advance(n);
         Ok(())
     }
 

@@ -13,11 +13,41 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use time::{Duration, OffsetDateTime};
 
 use crate::BackboneError;
 
 /// The common name of CAs made by [`Ca::generate`].
 pub const CA_NAME: &str = "Portico backbone CA";
+
+/// How long a node certificate is valid: a leaked node key is trusted this
+/// long at most (re-issue with `portico certs`, which keeps the CA).
+pub const NODE_VALIDITY: Duration = Duration::days(2 * 365);
+/// How long the CA is valid.
+pub const CA_VALIDITY: Duration = Duration::days(10 * 365);
+
+/// Whether `leaf` chains to `ca` for both of a node's uses, now.
+fn verify(ca: &CertificateDer<'_>, leaf: &CertificateDer<'_>) -> Result<(), webpki::Error> {
+    let anchor = webpki::anchor_from_trusted_cert(ca)?;
+    let ee = webpki::EndEntityCert::try_from(leaf)?;
+    let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+    let now = rustls_pki_types::UnixTime::now();
+    for usage in [
+        webpki::KeyUsage::server_auth(),
+        webpki::KeyUsage::client_auth(),
+    ] {
+        ee.verify_for_usage(
+            algs.all,
+            std::slice::from_ref(&anchor),
+            &[],
+            now,
+            usage,
+            None,
+            None,
+        )?;
+    }
+    Ok(())
+}
 
 /// A CA with its private key, able to issue node certificates.
 pub struct Ca {
@@ -78,18 +108,30 @@ impl Ca {
                 "the CA key does not belong to the CA certificate".into(),
             ));
         }
-        Ok(Ca {
+        let ca = Ca {
             params: Self::params()?,
             key,
             cert_pem: cert_pem.to_owned(),
             cert_der,
-        })
+        };
+        // It issues with this module's CA name: a CA made elsewhere (another
+        // name, or no CA at all) would sign certificates that chain to nothing.
+        let probe = ca.issue("probe")?;
+        verify(&ca.cert_der, &probe.cert_der).map_err(|e| {
+            BackboneError::Pki(format!(
+                "not a CA made by `portico certs` (its certificates would not verify: {e})"
+            ))
+        })?;
+        Ok(ca)
     }
 
     /// The CA's name and constraints (the same for every CA made here, so a
     /// loaded CA issues exactly as the one that was generated).
     fn params() -> Result<CertificateParams, BackboneError> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + CA_VALIDITY;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, CA_NAME);
         dn.push(DnType::OrganizationName, "Portico");
@@ -128,10 +170,12 @@ impl Ca {
         dn.push(DnType::CommonName, node_id);
         params.distinguished_name = dn;
         params.is_ca = IsCa::NoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        // ECDSA keys sign; RFC 5480 §3 rules out keyEncipherment for them.
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // An hour back for clocks a little behind the one that issued it.
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + NODE_VALIDITY;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -165,6 +209,55 @@ mod tests {
         assert!(Ca::load("garbage", &ca.key_pem()).is_err());
     }
 
+    /// A CA of another name, or a node's certificate in the CA's place,
+    /// would sign certificates that chain to nothing: refused.
+    #[test]
+    fn a_ca_made_elsewhere_or_no_ca_at_all_is_refused() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Corporate root");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let foreign = params.self_signed(&key).unwrap();
+        let err = Ca::load(&foreign.pem(), &key.serialize_pem())
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not a CA made by"), "{err}");
+        let ca = Ca::generate().unwrap();
+        let node = ca.issue("ca-like").unwrap();
+        let err = Ca::load(&node.cert_pem, &node.key_pem).err().unwrap();
+        assert!(err.to_string().contains("not a CA made by"), "{err}");
+    }
+
+    /// A node certificate ends: a leaked node key is not trusted for ever.
+    #[test]
+    fn node_certificates_expire() {
+        let ca = Ca::generate().unwrap();
+        let node = ca.issue("pop-fra").unwrap();
+        let anchor = webpki::anchor_from_trusted_cert(&ca.cert_der).unwrap();
+        let ee = webpki::EndEntityCert::try_from(&node.cert_der).unwrap();
+        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        let at = |secs: u64| {
+            ee.verify_for_usage(
+                algs.all,
+                std::slice::from_ref(&anchor),
+                &[],
+                rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs)),
+                webpki::KeyUsage::server_auth(),
+                None,
+                None,
+            )
+        };
+        let now = rustls_pki_types::UnixTime::now().as_secs();
+        assert!(at(now).is_ok());
+        let later = now + 3 * 365 * 86_400;
+        assert!(matches!(
+            at(later).err(),
+            Some(webpki::Error::CertExpired { .. })
+        ));
+    }
+
     #[test]
     fn issued_certificates_chain_to_the_ca_and_name_the_node() {
         let ca = Ca::generate().unwrap();
@@ -179,26 +272,8 @@ mod tests {
         assert!(node.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(node.key_pem.contains("PRIVATE KEY"));
         assert!(!format!("{node:?}").contains("PRIVATE"));
-        let ca_der = ca.cert_der();
-        let anchor = webpki::anchor_from_trusted_cert(&ca_der).unwrap();
+        verify(&ca.cert_der(), &node.cert_der).unwrap();
         let ee = webpki::EndEntityCert::try_from(&node.cert_der).unwrap();
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        let now = rustls_pki_types::UnixTime::now();
-        for usage in [
-            webpki::KeyUsage::server_auth(),
-            webpki::KeyUsage::client_auth(),
-        ] {
-            ee.verify_for_usage(
-                algs.all,
-                std::slice::from_ref(&anchor),
-                &[],
-                now,
-                usage,
-                None,
-                None,
-            )
-            .unwrap();
-        }
         for name in [id, "localhost", "127.0.0.1"] {
             let name = rustls_pki_types::ServerName::try_from(name).unwrap();
             ee.verify_is_valid_for_subject_name(&name).unwrap();

@@ -152,6 +152,10 @@ fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 /// Binds the node id a PoP claims in `Hello` to its certificate, so one PoP
 /// cannot speak (report usage, take quota leases) in another's name.
 pub(crate) fn peer_names(conn: &quinn::Connection, node_id: &str) -> bool {
+    // Not `localhost` or `127.0.0.1`, which every node certificate names.
+    if !portico_config::is_node_id(node_id) {
+        return false;
+    }
     let Some(identity) = conn.peer_identity() else {
         return false;
     };

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::*;
@@ -13,9 +13,9 @@ use http_body_util::BodyExt;
 use portico_backbone::{LinkSettings, OriginConfig, Running, TlsMaterial};
 use portico_config::Definitions;
 use portico_proto::{
-    Capabilities, Codec, ConfigDelta, ConfigRequest, ConfigSnapshot, Frame, Hello, HelloAck,
-    MAX_FRAME_LIMIT, PROTOCOL_VERSION_MAX, Ping, Role, StreamKind, VersionRange, decode_preface,
-    encode_preface,
+    Capabilities, Codec, ConfigDelta, ConfigRequest, ConfigSnapshot, Frame, GoAway, Hello,
+    HelloAck, MAX_FRAME_LIMIT, PROTOCOL_VERSION_MAX, Ping, Role, StreamKind, VersionRange,
+    decode_preface, encode_preface,
 };
 use quinn::{RecvStream, SendStream};
 
@@ -253,20 +253,101 @@ async fn raw_origin(
             panic!("expected Hello")
         };
         assert!(hello.capabilities.contains(Capabilities::CONFIG_DELTA));
-        let ack = Frame::HelloAck(HelloAck {
-            chosen_version: PROTOCOL_VERSION_MAX,
-            node_id: "origin-a".into(),
-            role: Role::Origin,
-            region: REGION.into(),
-            capabilities: Capabilities::CONFIG_DELTA,
-        });
-        c.send(&[ack, snapshot_of(&first)]).await;
+        c.send(&[ack_as_origin_a(), snapshot_of(&first)]).await;
         let _ = tx.send(c);
         // Keep the connection (and endpoint) alive for the test.
         conn.closed().await;
         drop(endpoint);
     });
     (addr, rx)
+}
+
+/// A PoP linked to a [`raw_origin`] that sent it `first`.
+async fn pop_on_raw_origin(pki: &Pki, first: &Arc<Definitions>) -> (Pop, RawControl) {
+    let (addr, control) = raw_origin(pki.material("origin-a"), Arc::clone(first)).await;
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(addr)]);
+    let c = control.await.unwrap();
+    pop.wait_for_api("echo").await;
+    (pop, c)
+}
+
+/// An origin drains a link (GoAway, then the end of its control stream) and
+/// never closes it: the PoP closes it after the drain timeout and dials
+/// again, instead of keeping the region down for ever.
+#[tokio::test]
+async fn a_drained_link_the_origin_never_closes_is_closed_and_dialed_again() {
+    let pki = Pki::new();
+    let first = definitions("");
+    let (pop, mut c) = pop_on_raw_origin(&pki, &first).await;
+    c.send(&[Frame::GoAway(GoAway {
+        reason: "test".into(),
+        last_stream_hint: 0,
+    })])
+    .await;
+    c.send.finish().unwrap();
+    assert_eq!(
+        down_reason(&pop).await,
+        "the origin drained the link and did not close it"
+    );
+    pop.backbone.shutdown().await;
+}
+
+/// An origin that takes each link and drops it at once is dialed with a
+/// growing back-off, not ten times a second: a finished handshake alone
+/// does not start the back-off over.
+#[tokio::test]
+async fn links_that_die_at_once_are_dialed_with_a_growing_back_off() {
+    let pki = Pki::new();
+    let first = definitions("");
+    let server = pki.material("origin-a").server_config(&settings()).unwrap();
+    let endpoint = quinn::Endpoint::server(server, localhost0()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let Ok((send, recv)) = conn.accept_bi().await else {
+                continue;
+            };
+            let mut c = RawControl::open(send, recv).await;
+            let Frame::Hello(_) = c.next().await else {
+                panic!("expected Hello")
+            };
+            c.send(&[ack_as_origin_a(), snapshot_of(&first)]).await;
+            let _ = tx.send(Instant::now());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.close(1u32.into(), b"bye");
+        }
+    });
+    let link = LinkSettings {
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(1600),
+        ..settings()
+    };
+    let pop = Pop::start_link(&pki.material("pop-a"), vec![origin_spec(addr)], link);
+    let mut links = Vec::new();
+    while links.len() < 6 {
+        let at = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("the PoP dials again")
+            .unwrap();
+        links.push(at);
+    }
+    // Delays of at least 50, 100, 200, 400 and 800 ms between the six.
+    let took = links[5] - links[0];
+    assert!(took >= Duration::from_millis(1500), "six links in {took:?}");
+    pop.backbone.shutdown().await;
+}
+
+/// The `HelloAck` of origin-a, version 2 with deltas.
+fn ack_as_origin_a() -> Frame {
+    Frame::HelloAck(HelloAck {
+        chosen_version: PROTOCOL_VERSION_MAX,
+        node_id: "origin-a".into(),
+        role: Role::Origin,
+        region: REGION.into(),
+        capabilities: Capabilities::CONFIG_DELTA,
+    })
 }
 
 fn snapshot_of(defs: &Definitions) -> Frame {
@@ -281,10 +362,7 @@ fn snapshot_of(defs: &Definitions) -> Frame {
 async fn a_delta_the_pop_cannot_verify_gets_it_a_snapshot() {
     let pki = Pki::new();
     let first = definitions("");
-    let (addr, control) = raw_origin(pki.material("origin-a"), Arc::clone(&first)).await;
-    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(addr)]);
-    let mut c = control.await.unwrap();
-    pop.wait_for_api("echo").await;
+    let (pop, mut c) = pop_on_raw_origin(&pki, &first).await;
     let second = definitions(ONLY_GET);
     let changed = first.delta_to(&second).unwrap();
     // A delta whose result is not the version it names: the PoP must not

@@ -5,8 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use portico_backbone::LinkState;
 use portico_backbone::pki::Ca;
+use portico_backbone::{Identity, LinkState};
 
 #[tokio::test]
 async fn mutual_tls_link_comes_up_and_pushes_the_snapshot() {
@@ -28,23 +28,6 @@ async fn mutual_tls_link_comes_up_and_pushes_the_snapshot() {
     assert!(info.contains("\"pop\":\"pop-a\""), "{info}");
     pop.backbone.shutdown().await;
     origin.stop().await;
-}
-
-/// Waits until link 0 reports `Down` and returns its reason.
-async fn down_reason(pop: &Pop) -> String {
-    let mut state = pop.backbone.watch_link(0).unwrap();
-    let down = tokio::time::timeout(
-        Duration::from_secs(20),
-        state.wait_for(|s| matches!(s, LinkState::Down(_))),
-    )
-    .await
-    .expect("link went down")
-    .unwrap()
-    .clone();
-    match down {
-        LinkState::Down(reason) => reason,
-        other => panic!("{}", other.as_str()),
-    }
 }
 
 #[tokio::test]
@@ -104,6 +87,45 @@ async fn an_origin_the_pop_cannot_verify_is_refused() {
     let reason = down_reason(&pop).await;
     assert!(reason.contains("certificate"), "{reason}");
     origin.stop().await;
+}
+
+/// An origin is who its certificate says, of the region the PoP homes
+/// there: its handshake's word alone is not enough.
+#[tokio::test]
+async fn an_origin_that_claims_another_name_or_region_is_refused() {
+    let pki = Pki::new();
+    for (node_id, region, expected) in [
+        (
+            "origin-b",
+            REGION,
+            "certificate does not name node `origin-b`",
+        ),
+        (
+            "localhost",
+            REGION,
+            "certificate does not name node `localhost`",
+        ),
+        (
+            "origin-a",
+            "elsewhere",
+            "origin `origin-a` is of region `elsewhere`, not `test-1`",
+        ),
+    ] {
+        let identity = Identity {
+            node_id: node_id.into(),
+            region: region.into(),
+        };
+        let origin = Origin::start_as(&pki.material("origin-a"), identity);
+        let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+        let reason = down_reason(&pop).await;
+        assert!(reason.contains(expected), "{reason}");
+        assert!(
+            pop.gateway.definitions().apis.is_empty(),
+            "nothing taken from it"
+        );
+        pop.backbone.shutdown().await;
+        origin.stop().await;
+    }
 }
 
 #[tokio::test]

@@ -306,6 +306,17 @@ fn is_base_path(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
+/// A node id: a label, but not `ca`, which would name its certificate and
+/// key files (`NODE.pem`, `NODE.key`) as the backbone CA's, nor
+/// `localhost`, a name every node certificate holds for local topologies
+/// (so any node could claim it).
+pub fn is_node_id(s: &str) -> bool {
+    is_label(s) && s != "ca" && s != "localhost"
+}
+
+/// What a node id must look like, for messages.
+pub const NODE_ID: &str = "[a-z0-9][a-z0-9-]{0,62}, not `ca` or `localhost`";
+
 /// `[a-z0-9][a-z0-9-]{0,62}`: node ids and region names.
 pub(crate) fn is_label(s: &str) -> bool {
     let b = s.as_bytes();

@@ -41,7 +41,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use cache::{CacheMode, CacheSettings, ClientInvalidation, NodeCacheConfig};
-pub use compile::DefinitionDefaults;
+pub use compile::{DefinitionDefaults, NODE_ID, is_node_id};
 pub use delta::{ApiChange, NoDelta};
 pub use error::{ConfigError, ConfigErrors};
 pub use method::{EndpointMode, Method, Role, UnknownMethod};

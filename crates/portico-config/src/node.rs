@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::compile_node_cache;
-use crate::compile::{DefinitionDefaults, build_definitions, check_region, is_hostname, is_label};
+use crate::compile::{
+    DefinitionDefaults, NODE_ID, build_definitions, check_region, is_hostname, is_node_id,
+};
 use crate::error::Diag;
 use crate::file::{
     AdminFile, BackboneFile, BackendClientFile, CertFile, DnsFile, LimitsFile, ListenerFile,
@@ -176,9 +178,9 @@ fn compile_node_settings(
         }
         return None;
     };
-    if !is_label(f.id.get_ref()) {
+    if !is_node_id(f.id.get_ref()) {
         let message = format!("invalid node id `{}`", f.id.get_ref());
-        diag.expect(f.id.span(), message, "[a-z0-9][a-z0-9-]{0,62}");
+        diag.expect(f.id.span(), message, NODE_ID);
     }
     if let Some(r) = &f.region {
         check_region(r, diag);
@@ -598,6 +600,10 @@ mod tests {
                 "2:6: invalid node id `Bad_Id`",
                 "2:6: an origin's `[node]` needs a `region`"
             ]
+        );
+        assert_eq!(
+            errors("[node]\nid = \"ca\"\nregion = \"r\"\n"),
+            ["2:6: invalid node id `ca`"]
         );
         let pop = "[node]\nid = \"pop\"\n[[origins]]\nregion = \"us\"\naddress = \"127.0.0.1:1\"\n\
                    server_name = \"o\"\n[[origins]]\nregion = \"US\"\naddress = \"127.0.0.1:1\"\n\

@@ -8,17 +8,18 @@
 //! survive.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use portico_backbone::pki::Ca;
+use portico_config::{NODE_ID, is_node_id};
 
 use crate::AppError;
 
 pub fn run(out: &Path, nodes: &[String], force: bool) -> Result<(), AppError> {
     if let Some(bad) = nodes.iter().find(|n| !is_node_id(n)) {
         return Err(AppError::Certs(format!(
-            "invalid node id `{bad}`: expected [a-z0-9][a-z0-9-]{{0,62}}"
+            "invalid node id `{bad}`: expected {NODE_ID}"
         )));
     }
     std::fs::create_dir_all(out)?;
@@ -38,39 +39,45 @@ pub fn run(out: &Path, nodes: &[String], force: bool) -> Result<(), AppError> {
         ca
     } else {
         let ca = Ca::generate()?;
-        write(&ca_pem, &ca.cert_pem(), 0o644)?;
+        // The key first: a certificate is never left without its key.
         write(&ca_key, &ca.key_pem(), 0o600)?;
+        write(&ca_pem, &ca.cert_pem(), 0o644)?;
         println!("wrote {}", ca_pem.display());
         ca
     };
     for node in nodes {
         let cert = ca.issue(node)?;
         let pem = out.join(format!("{node}.pem"));
-        write(&pem, &cert.cert_pem, 0o644)?;
         write(&out.join(format!("{node}.key")), &cert.key_pem, 0o600)?;
+        write(&pem, &cert.cert_pem, 0o644)?;
         println!("wrote {}", pem.display());
     }
     Ok(())
 }
 
-/// Node ids as the configuration accepts them (they become DNS names in SANs).
-fn is_node_id(id: &str) -> bool {
-    let b = id.as_bytes();
-    (1..=63).contains(&b.len())
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-}
-
+/// Writes `path` whole or not at all, with exactly `mode`: a new file beside
+/// it, synced, then renamed over it. Writing in place would keep an old
+/// file's mode (a fresh private key in a world-readable file), fail half-way
+/// on a read-only one, and leave half a file after a crash.
 fn write(path: &Path, text: &str, mode: u32) -> Result<(), AppError> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
-    file.write_all(text.as_bytes())?;
-    Ok(())
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The process's umask may have taken bits off `mode`.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(written?)
 }
 
 #[cfg(test)]
@@ -113,5 +120,48 @@ mod tests {
         assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
         let err = run(dir.path(), &["Bad_Name".to_owned()], true).unwrap_err();
         assert!(err.to_string().contains("invalid node id"), "{err}");
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A node called `ca` would overwrite the CA's own files.
+    #[test]
+    fn a_node_may_not_be_called_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = run(dir.path(), &["ca".to_owned()], false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid node id `ca`: expected [a-z0-9][a-z0-9-]{0,62}, not `ca` or `localhost`"
+        );
+        assert!(!dir.path().join("ca.pem").exists());
+    }
+
+    /// Files are replaced whole with their own mode: a read-only key is
+    /// replaced, a world-readable one becomes the owner's, and nothing is
+    /// left beside them.
+    #[test]
+    fn files_are_replaced_whole_with_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), &["pop-a".to_owned()], false).unwrap();
+        let key = dir.path().join("ca.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let node_key = dir.path().join("pop-a.key");
+        std::fs::set_permissions(&node_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let before = std::fs::read(&key).unwrap();
+        run(dir.path(), &["pop-a".to_owned()], true).unwrap();
+        assert_ne!(std::fs::read(&key).unwrap(), before);
+        assert_eq!(mode_of(&key), 0o600);
+        assert_eq!(mode_of(&node_key), 0o600);
+        assert_eq!(mode_of(&dir.path().join("ca.pem")), 0o644);
+        // The new CA loads (its key and certificate belong together).
+        run(dir.path(), &["pop-b".to_owned()], false).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

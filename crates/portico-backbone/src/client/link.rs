@@ -1,6 +1,7 @@
 //! One PoP → origin link: dial, handshake, control stream, reconnect.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use portico_proto::stream::{ControlSide, ControlStream};
 use portico_proto::{
@@ -11,12 +12,12 @@ use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 
 use super::{Inner, LinkState, Session};
-use crate::control::ControlLink;
+use crate::control::{self, ControlLink};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::runtime::InFlight;
 use crate::settings::Backoff;
 use crate::sync::{Applied, Via};
-use crate::{BackboneError, close};
+use crate::{BackboneError, close, tls};
 
 /// The control stream of a link, as the PoP holds it.
 struct Control {
@@ -48,9 +49,16 @@ pub(super) async fn run(
         };
         match dialed.unwrap_or(Err(BackboneError::Timeout("the backbone handshake"))) {
             Ok((conn, control)) => {
-                backoff.reset();
+                let began = tokio::time::Instant::now();
                 let reason = session(&inner, index, conn, control, &mut stop).await;
                 tracing::warn!(origin = %link.spec.address, %reason, "backbone link down");
+                // Only a link that lasted starts over from the shortest delay:
+                // an origin that accepts and then drops every link at once
+                // would otherwise be dialed (handshake, snapshot, and a PoP
+                // cache emptied each time) ten times a second for ever.
+                if began.elapsed() >= s.backoff_max.max(LASTED) {
+                    backoff.reset();
+                }
             }
             Err(err) => {
                 tracing::warn!(origin = %link.spec.address, %err, "backbone dial failed");
@@ -67,6 +75,10 @@ pub(super) async fn run(
         }
     }
 }
+
+/// How long a link must have been up for the next dial to start from the
+/// shortest back-off again.
+const LASTED: Duration = Duration::from_secs(10);
 
 /// QUIC handshake (mutual TLS), then `Hello` → `HelloAck` on the control stream.
 async fn dial(
@@ -96,7 +108,24 @@ async fn dial(
     }))?;
     writer.flush().await?;
     let mut reader = FrameReader::new(recv, codec);
-    let ack = read_ack(&mut reader, &conn).await?;
+    let mut ack = read_ack(&mut reader, &conn).await?;
+    // The origin is who its certificate says, of the region this PoP homes
+    // there: an origin's word alone would let it stand in for another
+    // (taking its region's quota leases, replacing its link).
+    if !tls::peer_names(&conn, &ack.node_id) {
+        let reason = format!("certificate does not name node `{}`", ack.node_id);
+        conn.close(close::IDENTITY, reason.as_bytes());
+        return Err(BackboneError::Handshake(reason));
+    }
+    if ack.region != spec.region {
+        let reason = format!(
+            "origin `{}` is of region `{}`, not `{}`",
+            ack.node_id, ack.region, spec.region
+        );
+        conn.close(close::IDENTITY, reason.as_bytes());
+        return Err(BackboneError::Handshake(reason));
+    }
+    ack.capabilities = ack.capabilities.intersect(offered(inner));
     reader.set_version(ack.chosen_version);
     writer.set_version(ack.chosen_version);
     let (link, outbox) = ControlLink::new(&ack.node_id, &ack.region, ack.capabilities);
@@ -197,15 +226,41 @@ async fn serve_session(
     control: &mut Control,
     stop: &mut watch::Receiver<bool>,
 ) -> String {
+    let link = &inner.links[index];
     let mut open = true;
+    let mut progress = tokio::time::Instant::now();
+    // Set once the origin drains the link (GoAway, or its control stream
+    // ended): twice the drain timeout later (requests the origin answers
+    // within its own drain timeout are done by then) the link is closed and
+    // dialed again, so an origin that never closes a drained link cannot
+    // keep its region down.
+    let mut drained: Option<tokio::time::Instant> = None;
     loop {
-        if let Err(err) = control.writer.flush().await {
-            return err.to_string();
+        let pending = control.writer.pending();
+        let stall = control::stall_deadline(pending, &mut progress);
+        if drained.is_none() && matches!(*link.state.borrow(), LinkState::Draining) {
+            drained = Some(tokio::time::Instant::now() + inner.settings.drain_timeout * 2);
         }
         tokio::select! {
             err = conn.closed() => return err.to_string(),
             () = crate::settings::stopped(stop) => return goodbye(conn, control).await,
-            Some(frame) = control.outbox.recv() => {
+            sent = control.writer.send_some(), if pending > 0 => {
+                if let Err(err) = sent {
+                    return err.to_string();
+                }
+                progress = tokio::time::Instant::now();
+            }
+            () = tokio::time::sleep_until(stall), if pending > 0 => {
+                let reason = "the origin stopped reading the control stream";
+                conn.close(close::PROTOCOL, reason.as_bytes());
+                return reason.into();
+            }
+            () = tokio::time::sleep_until(drained.unwrap_or(stall)), if drained.is_some() => {
+                let reason = "the origin drained the link and did not close it";
+                conn.close(close::NORMAL, reason.as_bytes());
+                return reason.into();
+            }
+            Some(frame) = control.outbox.recv(), if pending < control::SEND_BUFFER => {
                 if let Err(err) = control.writer.push(&frame) {
                     tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
                 }

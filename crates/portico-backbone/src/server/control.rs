@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::config::ConfigPush;
 use super::{RequestHandler, Shared, request};
-use crate::control::{ControlHandler, ControlLink};
+use crate::control::{self, ControlHandler, ControlLink};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::{BackboneError, close, tls};
 
@@ -154,18 +154,31 @@ fn check_hello(conn: &Connection, hello: &Hello) -> Result<u16, HandshakeError> 
 async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connection) {
     let mut defs = shared.definitions.clone();
     let mut stop = shared.stop.clone();
+    let mut progress = tokio::time::Instant::now();
     loop {
+        // Every turn: after a change, and after the PoP asked for a snapshot.
         let current = Arc::clone(&defs.borrow_and_update());
         if let Err(err) = c.config.sync(&mut c.writer, &current, &shared.deltas) {
             tracing::error!(%err, "configuration not sent");
         }
-        if let Err(err) = c.writer.flush().await {
-            return tracing::debug!(%err, "control stream closed");
-        }
+        let pending = c.writer.pending();
+        let stall = control::stall_deadline(pending, &mut progress);
         tokio::select! {
             changed = defs.changed() => if changed.is_err() { return },
             () = crate::settings::stopped(&mut stop) => return say_goaway(&mut c.writer).await,
-            Some(frame) = c.outbox.recv() => push_queued(&mut c.writer, &frame),
+            sent = c.writer.send_some(), if pending > 0 => {
+                if let Err(err) = sent {
+                    return tracing::debug!(%err, "control stream closed");
+                }
+                progress = tokio::time::Instant::now();
+            }
+            () = tokio::time::sleep_until(stall), if pending > 0 => {
+                let reason = "the PoP stopped reading the control stream";
+                tracing::warn!(pop = %c.link.peer_id(), "{reason}; closing the link");
+                conn.close(close::PROTOCOL, reason.as_bytes());
+                return;
+            }
+            Some(frame) = c.outbox.recv(), if pending < control::SEND_BUFFER => push_queued(&mut c.writer, &frame),
             frame = c.reader.next() => match on_frame(&mut c, shared.control.as_ref(), frame, &current) {
                 Ok(true) => {}
                 // The PoP finished its control stream: it is closing the link.

@@ -13,8 +13,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use portico_backbone::pki::Ca;
 use portico_backbone::{
-    Backbone, BackboneServer, BackboneUpstream, ControlHandler, Identity, LinkSettings, OriginSpec,
-    RequestHandler, Routed, TlsMaterial,
+    Backbone, BackboneServer, BackboneUpstream, ControlHandler, Identity, LinkSettings, LinkState,
+    OriginSpec, RequestHandler, Routed, TlsMaterial,
 };
 use portico_config::{DefinitionDefaults, Definitions};
 use portico_gateway::{
@@ -251,7 +251,21 @@ impl Origin {
         defs: Arc<Definitions>,
         link: LinkSettings,
     ) -> Origin {
-        Self::start_full(tls, bind, defs, link, None)
+        Self::start_full(tls, bind, defs, link, None, Self::identity())
+    }
+
+    /// An origin that calls itself `identity` in its handshake, whatever
+    /// its certificate says.
+    pub fn start_as(tls: &TlsMaterial, identity: Identity) -> Origin {
+        let defs = definitions("");
+        Self::start_full(tls, localhost0(), defs, settings(), None, identity)
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            node_id: "origin-a".into(),
+            region: REGION.into(),
+        }
     }
 
     /// An origin whose control frames go to `control`.
@@ -262,6 +276,7 @@ impl Origin {
             definitions(""),
             settings(),
             Some(control),
+            Self::identity(),
         )
     }
 
@@ -271,11 +286,8 @@ impl Origin {
         defs: Arc<Definitions>,
         link: LinkSettings,
         control: Option<Arc<dyn ControlHandler>>,
+        identity: Identity,
     ) -> Origin {
-        let identity = Identity {
-            node_id: "origin-a".into(),
-            region: REGION.into(),
-        };
         let mut server = BackboneServer::bind(bind, tls, identity, link).unwrap();
         if let Some(control) = control {
             server = server.with_control(control);
@@ -459,4 +471,21 @@ where
 
 pub fn localhost0() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
+}
+
+/// Waits until link 0 reports `Down` and returns its reason.
+pub async fn down_reason(pop: &Pop) -> String {
+    let mut state = pop.backbone.watch_link(0).unwrap();
+    let down = tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| matches!(s, LinkState::Down(_))),
+    )
+    .await
+    .expect("link went down")
+    .unwrap()
+    .clone();
+    match down {
+        LinkState::Down(reason) => reason,
+        other => panic!("{}", other.as_str()),
+    }
 }

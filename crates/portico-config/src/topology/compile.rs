@@ -9,7 +9,7 @@ use super::file::{ApiFile, HeadFile, LinkFile, PopFile, RawTopology, RegionFile,
 use super::model::{
     BasePort, DemoApi, Entry, LinkParams, Place, Pop, Region, SimLink, Site, Topology,
 };
-use crate::compile::{is_api_name, is_label};
+use crate::compile::{NODE_ID, is_api_name, is_label, is_node_id};
 use crate::error::{Diag, line_col};
 use crate::file::S;
 use crate::method::EndpointMode;
@@ -95,9 +95,10 @@ fn require_sections(raw: &RawTopology, diag: &mut Diag<'_>) {
 /// Checks a node id or site name and records it in the place namespace.
 fn declare_place(name: &S<String>, place: Place, scope: &mut Scope, diag: &mut Diag<'_>) {
     let value = name.get_ref();
-    if !is_label(value) {
+    let node = matches!(place, Place::Pop(_) | Place::Origin(_));
+    if !is_label(value) || (node && !is_node_id(value)) {
         let message = format!("invalid {} name `{value}`", place.kind());
-        diag.expect(name.span(), message, LABEL);
+        diag.expect(name.span(), message, if node { NODE_ID } else { LABEL });
     }
     if let Some((first, at)) = scope.places.get(value) {
         let line = diag.line_of(at);

@@ -308,6 +308,15 @@ fn duplicate_and_invalid_names_are_refused() {
     );
 }
 
+/// `ca` would name a node's certificate files as the CA's (`ca.pem`).
+#[test]
+fn a_node_may_not_be_called_ca() {
+    let text = TWO.replace("\"pop-a\"", "\"ca\"");
+    assert_eq!(errors(&text), ["17:6: invalid PoP name `ca`"]);
+    let text = TWO.replace("\"near\"", "\"ca\"");
+    assert_eq!(errors(&text), Vec::<String>::new(), "a client site may");
+}
+
 #[test]
 fn sites_without_a_way_in_are_refused() {
     let text = TWO.replace("[[links]]\nbetween = [\"pop-a\", \"origin-2\"]\n", "");
