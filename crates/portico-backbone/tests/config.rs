@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use http_body_util::BodyExt;
-use portico_backbone::{LinkSettings, OriginConfig, Running, TlsMaterial};
+use portico_backbone::{
+    ControlHandler, ControlLink, LinkSettings, OriginConfig, Running, TlsMaterial,
+};
 use portico_config::Definitions;
 use portico_proto::{
     Capabilities, Codec, ConfigDelta, ConfigRequest, ConfigSnapshot, Frame, GoAway, Hello,
-    HelloAck, MAX_FRAME_LIMIT, PROTOCOL_VERSION_MAX, Ping, Role, StreamKind, VersionRange,
-    decode_preface, encode_preface,
+    HelloAck, MAX_FRAME_LIMIT, PROTOCOL_VERSION_MAX, Ping, Role, StreamKind, UsageEntry,
+    UsageReport, VersionRange, decode_preface, encode_preface,
 };
 use quinn::{RecvStream, SendStream};
 
@@ -336,6 +338,85 @@ async fn links_that_die_at_once_are_dialed_with_a_growing_back_off() {
     // Delays of at least 50, 100, 200, 400 and 800 ms between the six.
     let took = links[5] - links[0];
     assert!(took >= Duration::from_millis(1500), "six links in {took:?}");
+    pop.backbone.shutdown().await;
+}
+
+/// A PoP control subsystem with megabytes to say as soon as a link is up.
+struct Chatty;
+
+impl ControlHandler for Chatty {
+    fn link_up(&self, link: &ControlLink) {
+        let link = link.clone();
+        tokio::spawn(async move {
+            for i in 0..48 {
+                let entry = UsageEntry {
+                    scope: format!("{i:060000}"),
+                    used: 1,
+                };
+                let report = Frame::UsageReport(UsageReport {
+                    pop_id: "pop-a".into(),
+                    window_start_unix_ms: 0,
+                    entries: vec![entry],
+                });
+                if link.send(report).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Both ends of a control stream have more to write than the other's
+/// window takes, and each reads only after its write is done (the origin
+/// here; both of Portico's ends did so): the PoP keeps reading while it
+/// writes, so the origin's write completes and both get through.
+#[tokio::test]
+async fn two_ends_writing_megabytes_at_once_do_not_deadlock() {
+    let pki = Pki::new();
+    let big = "x".repeat(3 << 20);
+    let route = format!(
+        "[[apis.routes]]\nmethod = \"GET\"\npath = \"/big\"\nintegration = {{ type = \"mock\", status = 200, body = \"{big}\" }}\n"
+    );
+    let first = definitions(&route);
+    let server = pki.material("origin-a").server_config(&settings()).unwrap();
+    let endpoint = quinn::Endpoint::server(server, localhost0()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let defs = Arc::clone(&first);
+    tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let (send, recv) = conn.accept_bi().await.unwrap();
+        let mut c = RawControl::open(send, recv).await;
+        let Frame::Hello(_) = c.next().await else {
+            panic!("expected Hello")
+        };
+        // Written whole before anything is read (3 MiB: more than the
+        // PoP's 2 MiB stream window).
+        c.send(&[ack_as_origin_a(), snapshot_of(&defs)]).await;
+        let mut read = 0;
+        while read < 48 {
+            if let Frame::UsageReport(_) = c.next().await {
+                read += 1;
+            }
+        }
+        let _ = tx.send(read);
+        conn.closed().await;
+        drop(endpoint);
+    });
+    let pop = Pop::start_control(
+        &pki.material("pop-a"),
+        vec![origin_spec(addr)],
+        Arc::new(Chatty),
+    );
+    wait_status(&pop, "the big snapshot", |s| {
+        s.running == Some(running(&first))
+    })
+    .await;
+    let read = tokio::time::timeout(Duration::from_secs(20), rx)
+        .await
+        .expect("the origin reads the PoP's frames")
+        .unwrap();
+    assert_eq!(read, 48);
     pop.backbone.shutdown().await;
 }
 
