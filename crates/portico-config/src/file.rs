@@ -71,6 +71,7 @@ pub(crate) struct LimitsFile {
     pub default_timeout_ms: Option<S<u64>>,
     pub max_connections: Option<S<u64>>,
     pub upstream_read_timeout_ms: Option<S<u64>>,
+    pub send_timeout_ms: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

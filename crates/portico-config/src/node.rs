@@ -277,6 +277,10 @@ fn compile_limits(f: &LimitsFile, diag: &mut Diag<'_>) -> Option<Limits> {
         ok &= in_range(v, 100..=3_600_000, "upstream_read_timeout_ms", diag);
         limits.upstream_read_timeout = Duration::from_millis(*v.get_ref());
     }
+    if let Some(v) = &f.send_timeout_ms {
+        ok &= in_range(v, 100..=3_600_000, "send_timeout_ms", diag);
+        limits.send_timeout = Duration::from_millis(*v.get_ref());
+    }
     ok.then_some(limits)
 }
 
@@ -735,6 +739,16 @@ mod tests {
         assert_eq!(
             c.limits.upstream_read_timeout,
             std::time::Duration::from_millis(250)
+        );
+        assert_eq!(c.limits.send_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(
+            errors(&format!("{NODE}[limits]\nsend_timeout_ms = 99\n")),
+            ["5:19: send_timeout_ms 99 is out of range"]
+        );
+        let c = parse(&format!("{NODE}[limits]\nsend_timeout_ms = 1500\n")).unwrap();
+        assert_eq!(
+            c.limits.send_timeout,
+            std::time::Duration::from_millis(1500)
         );
         assert_eq!(
             errors(&format!(

@@ -113,6 +113,9 @@ pub struct Limits {
     /// Longest wait for more of a response body once its head came (nginx's
     /// `proxy_read_timeout`); the route timeout bounds the head.
     pub upstream_read_timeout: Duration,
+    /// Longest a client may take to accept more of a response (nginx's
+    /// `send_timeout`): past it the connection is closed.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -123,6 +126,7 @@ impl Default for Limits {
             default_timeout: Duration::from_millis(29_000),
             max_connections: 16_384,
             upstream_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -18,6 +18,7 @@ use portico_gateway::{Body, ConnInfo, Protocol, TlsInfo, body};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 /// What serves requests once a protocol adapter has decoded them.
@@ -43,6 +44,10 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// Bytes of a response HTTP/2 queues per stream ahead of the client's
+/// flow-control window.
+const MAX_SEND_BUF: usize = 64 * 1024;
+
 /// Protocol limits of a listener.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
@@ -67,6 +72,11 @@ pub struct HttpLimits {
     /// together); at the limit it accepts the next only when one closes, and
     /// new clients wait in the kernel's backlog (nginx's `worker_connections`).
     pub max_connections: usize,
+    /// Longest a response head or body chunk may wait for the client to
+    /// take it (nginx's `send_timeout`); past it the connection is closed.
+    /// Checked every `send_timeout / 2`. Time waiting on the upstream never
+    /// counts.
+    pub send_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -78,6 +88,7 @@ impl Default for HttpLimits {
             max_concurrent_streams: 256,
             drain_timeout: Duration::from_secs(10),
             max_connections: 16_384,
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -291,6 +302,7 @@ impl<H: Handler> TcpServer<H> {
         let alt_svc = self.alt_svc.clone();
         let activity = Arc::new(Activity::default());
         let active = Arc::clone(&activity);
+        let client = info.client_addr;
         let info = Arc::new(info);
         let info_h2 = Arc::new(ConnInfo {
             protocol: Protocol::Http2,
@@ -311,22 +323,30 @@ impl<H: Handler> TcpServer<H> {
                 if let Some(value) = alt_svc {
                     resp.headers_mut().insert(ALT_SVC, value);
                 }
-                // In flight until its body has been sent (or dropped).
-                Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked {
-                    inner,
-                    _in_flight: in_flight,
-                }))
+                // In flight until its body has been sent (or dropped); the
+                // head is now with hyper, waiting for the client.
+                in_flight.handed(true);
+                Ok::<_, std::convert::Infallible>(resp.map(|inner| Tracked { inner, in_flight }))
             }
         });
         let builder = self.builder();
+        let io = Watched {
+            io,
+            activity: Arc::clone(&activity),
+        };
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let (idle, send) = (self.limits.header_read_timeout, self.limits.send_timeout);
         tokio::select! {
             served = watcher.watch(conn.into_owned()) => if let Err(err) = served {
                 tracing::debug!(%err, "connection ended with an error");
             },
-            () = activity.idle(self.limits.header_read_timeout) => {
-                tracing::debug!("idle connection closed");
-            }
+            closed = activity.watch(idle, send) => match closed {
+                Closed::Idle => tracing::debug!("idle connection closed"),
+                Closed::Stalled => tracing::info!(
+                    %client,
+                    "connection closed: the client took no more of a response for the send timeout"
+                ),
+            },
         }
     }
 
@@ -343,63 +363,217 @@ impl<H: Handler> TcpServer<H> {
             // Pings find a peer that vanished with streams still open.
             .keep_alive_interval(self.limits.header_read_timeout)
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(self.limits.max_concurrent_streams);
+            .max_concurrent_streams(self.limits.max_concurrent_streams)
+            // What hyper queues per stream for a slow client (its default,
+            // 400 KiB, is 100 MiB over 256 streams of one connection).
+            .max_send_buf_size(MAX_SEND_BUF);
         builder
     }
 }
 
-/// What a connection has in flight, for closing idle ones: hyper closes an
-/// HTTP/1.1 connection idle between requests, but nothing closes one that
-/// never sends a request (its first bytes are awaited to tell HTTP/1.1 from
-/// HTTP/2, with no timer) or an HTTP/2 connection with no streams.
-#[derive(Debug, Default)]
+/// What a connection has in flight, for closing idle ones and ones whose
+/// client stopped reading: hyper closes an HTTP/1.1 connection idle between
+/// requests, but nothing closes one that never sends a request (its first
+/// bytes are awaited to tell HTTP/1.1 from HTTP/2, with no timer), an HTTP/2
+/// connection with no streams, or one whose client takes no more of a
+/// response (a full TCP window, an HTTP/2 window left at 0: hyper waits for
+/// it for ever, with the response's upstream request open).
+#[derive(Debug)]
 struct Activity {
     /// Requests started on the connection.
     started: std::sync::atomic::AtomicU64,
-    /// Requests whose response body has not ended (or been dropped).
-    in_flight: std::sync::atomic::AtomicUsize,
+    /// Requests whose response body has not ended (or been dropped), each
+    /// with when hyper was handed its head or latest chunk and has not asked
+    /// for more since (`None` while hyper waits on the body, not the client).
+    in_flight: std::sync::Mutex<slab::Slab<Option<Instant>>>,
+    /// When a write to the client's socket last found it full, with no
+    /// write that went through since, in milliseconds after `since` plus one
+    /// (0: writes go through). hyper may hold a whole response in its own
+    /// buffers, its body long finished.
+    blocked: std::sync::atomic::AtomicU64,
+    /// When the connection began.
+    since: Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            started: std::sync::atomic::AtomicU64::default(),
+            in_flight: std::sync::Mutex::default(),
+            blocked: std::sync::atomic::AtomicU64::default(),
+            since: Instant::now(),
+        }
+    }
+}
+
+/// Why [`Activity::watch`] closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    Idle,
+    Stalled,
 }
 
 impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, slab::Slab<Option<Instant>>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn enter(this: &Arc<Activity>) -> InFlight {
         use std::sync::atomic::Ordering::Relaxed;
         this.started.fetch_add(1, Relaxed);
-        this.in_flight.fetch_add(1, Relaxed);
-        InFlight(Arc::clone(this))
+        let key = this.lock().insert(None);
+        InFlight {
+            activity: Arc::clone(this),
+            key,
+        }
     }
 
-    /// Completes once a whole `period` passes with no request in flight at
-    /// its end and none started during it.
-    async fn idle(&self, period: Duration) {
+    /// Completes when the connection should close: a whole `idle` period
+    /// passed with no request in flight and none started, or a response
+    /// head or chunk has waited for the client longer than `send`.
+    async fn watch(&self, idle: Duration, send: Duration) -> Closed {
         use std::sync::atomic::Ordering::Relaxed;
+        let tick = idle.min(send / 2).max(Duration::from_millis(1));
         let mut seen = self.started.load(Relaxed);
+        let mut quiet_since = Instant::now();
         loop {
-            tokio::time::sleep(period).await;
-            let now = self.started.load(Relaxed);
-            if now == seen && self.in_flight.load(Relaxed) == 0 {
-                return;
+            tokio::time::sleep(tick).await;
+            let now = Instant::now();
+            let blocked = self.blocked.load(Relaxed);
+            let blocked_for = now
+                .duration_since(self.since)
+                .saturating_sub(Duration::from_millis(blocked.saturating_sub(1)));
+            if blocked != 0 && blocked_for >= send {
+                return Closed::Stalled;
             }
-            seen = now;
+            let (busy, stalled) = {
+                let in_flight = self.lock();
+                let stalled = in_flight
+                    .iter()
+                    .any(|(_, at)| at.is_some_and(|at| now.duration_since(at) >= send));
+                (!in_flight.is_empty(), stalled)
+            };
+            if stalled {
+                return Closed::Stalled;
+            }
+            let started = self.started.load(Relaxed);
+            if busy || started != seen {
+                seen = started;
+                quiet_since = now;
+            } else if now.duration_since(quiet_since) >= idle {
+                return Closed::Idle;
+            }
         }
+    }
+}
+
+/// The client's connection, recording in its [`Activity`] when writes to it
+/// stop going through.
+struct Watched<S> {
+    io: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    /// Notes a write's outcome: a full socket (from when it first was) or
+    /// progress.
+    fn wrote<T>(&self, polled: &std::task::Poll<std::io::Result<T>>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let blocked = &self.activity.blocked;
+        match (polled.is_pending(), blocked.load(Relaxed) != 0) {
+            (true, false) => {
+                let ms = self.activity.since.elapsed().as_millis();
+                blocked.store(u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1, Relaxed);
+            }
+            (false, true) => blocked.store(0, Relaxed),
+            _ => {}
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 /// One request of an [`Activity`], until dropped with its response body.
 #[derive(Debug)]
-struct InFlight(Arc<Activity>);
+struct InFlight {
+    activity: Arc<Activity>,
+    key: usize,
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+impl InFlight {
+    /// Whether hyper now holds something of the response for the client
+    /// (`false`: it asked the body for more).
+    fn handed(&self, handed: bool) {
+        let at = handed.then(Instant::now);
+        if let Some(slot) = self.activity.lock().get_mut(self.key) {
+            *slot = at;
+        }
     }
 }
 
-/// A response body that keeps its request counted as in flight.
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.lock().try_remove(self.key);
+    }
+}
+
+/// A response body that keeps its request counted as in flight, and marks
+/// when hyper holds a chunk of it for the client.
 struct Tracked {
     inner: Body,
-    _in_flight: InFlight,
+    in_flight: InFlight,
 }
 
 impl http_body::Body for Tracked {
@@ -410,7 +584,12 @@ impl http_body::Body for Tracked {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        self.in_flight.handed(false);
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            self.in_flight.handed(true);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -21,11 +21,26 @@ use tokio_rustls::client::TlsStream;
 const IDLE: Duration = Duration::from_millis(300);
 
 /// `/stream` answers a head at once and its one body chunk 4 idle limits
-/// later; anything else gets an empty 200.
+/// later; `/big` answers 64 MiB as fast as it is taken, `/whole` 64 MiB in
+/// one chunk; anything else gets an empty 200.
 struct Streams;
 
 impl Handler for Streams {
     async fn call(&self, req: Request<Body>, _conn: Arc<ConnInfo>) -> Response<Body> {
+        if req.uri().path() == "/whole" {
+            // As a cache hit comes: one chunk, which hyper may hold whole
+            // after the body has ended.
+            let whole = Bytes::from(vec![b'x'; 64 << 20]);
+            return Response::new(portico_gateway::body::full(whole));
+        }
+        if req.uri().path() == "/big" {
+            // As a backend's body comes: in chunks.
+            let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+            let chunks = futures_util::stream::iter((0..1024).map(move |_| {
+                Ok::<_, portico_gateway::BoxError>(http_body::Frame::data(chunk.clone()))
+            }));
+            return Response::new(StreamBody::new(chunks).boxed_unsync());
+        }
         if req.uri().path() != "/stream" {
             return Response::new(portico_gateway::body::empty());
         }
@@ -50,6 +65,16 @@ async fn start() -> Server {
 /// A listener that holds at most `max_connections` connections at once and
 /// closes them after `idle`.
 async fn start_with(max_connections: usize, idle: Duration) -> Server {
+    start_limits(HttpLimits {
+        header_read_timeout: idle,
+        max_connections,
+        ..HttpLimits::default()
+    })
+    .await
+}
+
+/// A listener with `limits`.
+async fn start_limits(limits: HttpLimits) -> Server {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = generated.cert.der().clone();
     let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
@@ -67,11 +92,7 @@ async fn start_with(max_connections: usize, idle: Duration) -> Server {
         listener,
         tls: Some(Arc::new(tls)),
         default_api: None,
-        limits: HttpLimits {
-            header_read_timeout: idle,
-            max_connections,
-            ..HttpLimits::default()
-        },
+        limits,
         handler: Arc::new(Streams),
         alt_svc: None,
     };
@@ -192,4 +213,53 @@ async fn a_listener_at_its_connection_limit_accepts_the_next_when_one_closes() {
         .expect("served once the first closed")
         .unwrap();
     assert_eq!(third.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+/// A client that stops reading a response holds its connection (and its
+/// place under `max_connections`) only for the send timeout, over HTTP/1.1
+/// and HTTP/2 alike.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let server = start_limits(HttpLimits {
+        max_connections: 1,
+        send_timeout: Duration::from_millis(500),
+        header_read_timeout: Duration::from_secs(60),
+        ..HttpLimits::default()
+    })
+    .await;
+    // HTTP/2: the client preface, an empty SETTINGS frame and a HEADERS
+    // frame for GET /big; then the client reads nothing, so the stream's
+    // window (64 KiB) and the socket's buffers fill up.
+    let h2_get = [
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"[..],
+        // HEADERS, END_STREAM | END_HEADERS, stream 1: HPACK :method GET
+        // (0x82), :scheme https (0x87), :path /big (literal, indexed name 4),
+        // :authority localhost (literal, indexed name 1).
+        b"\0\0\x13\x01\x05\0\0\0\x01\x82\x87\x44\x04/big\x41\x09localhost",
+    ]
+    .concat();
+    let h1_get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes();
+    for (alpn, get) in [
+        (&b"http/1.1"[..], h1_get("/big")),
+        (b"http/1.1", h1_get("/whole")),
+        (b"h2", h2_get),
+    ] {
+        let mut stalled = connect(&server, alpn).await;
+        stalled.write_all(&get).await.unwrap();
+        // The response is under way: a good part of the 64 KiB a stream's
+        // window lets through comes, then the client reads no more.
+        let mut got = vec![0u8; 32 * 1024];
+        stalled.read_exact(&mut got).await.unwrap();
+        // The only connection slot is taken until the server gives up on it.
+        let mut next = tokio::time::timeout(Duration::from_secs(30), connect(&server, b"http/1.1"))
+            .await
+            .expect("the stalled connection was closed");
+        next.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let got = String::from_utf8(read_until_closed(&mut next).await).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        drop(stalled);
+    }
 }
