@@ -145,16 +145,30 @@ async fn proxies_over_http1_and_http2() {
         (f.h1(), http::Version::HTTP_11),
         (f.h2(), http::Version::HTTP_2),
     ] {
-        let reply = get(&client, &f.url("/prod/hello/world?x=1")).await;
+        // What a client claims under a proxy's names is replaced by what
+        // the gateway knows.
+        let req = Request::get(f.url("/prod/hello/world?x=1"))
+            .header("forwarded", "for=203.0.113.9;host=evil.example")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-port", "1")
+            .header("x-forwarded-proto", "http")
+            .header("x-real-ip", "203.0.113.9")
+            .body(full(""))
+            .unwrap();
+        let reply = send(&client, req).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         assert_eq!(reply.version, version);
         let echo = reply.json();
         assert_eq!(echo["path"], "/hello/world");
         assert_eq!(echo["query"], "x=1");
-        assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
-        assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+        let headers = &echo["headers"];
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "localhost");
+        assert_eq!(headers["x-forwarded-port"], f.addr.port().to_string());
+        assert_eq!(headers["x-real-ip"], "127.0.0.1");
         assert_eq!(
-            echo["headers"]["forwarded"],
+            headers["forwarded"],
             "for=127.0.0.1;proto=https;host=localhost"
         );
         let id = reply.headers["x-request-id"].to_str().unwrap();

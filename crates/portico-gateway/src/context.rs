@@ -125,12 +125,24 @@ pub struct RequestCtx {
     pub path_params: Vec<(String, String)>,
     /// The Host the client addressed (without port).
     pub host: String,
+    /// The port in the Host the client addressed, if it named one.
+    pub port: Option<u16>,
     /// The authenticated caller (set by the limits phase; `None` before it,
     /// and on routes that authenticate no one).
     pub principal: Option<Principal>,
 }
 
 impl RequestCtx {
+    /// The port the client addressed: its Host's, else its scheme's.
+    pub fn addressed_port(&self) -> u16 {
+        let default = if self.conn.scheme() == "https" {
+            443
+        } else {
+            80
+        };
+        self.port.unwrap_or(default)
+    }
+
     pub fn route(&self) -> &Route {
         &self.stage.deployment.routes[self.route_index]
     }

@@ -238,6 +238,7 @@ impl<U: Upstream> Gateway<U> {
             conn: Arc::clone(conn),
             definitions: Arc::clone(table.definitions()),
             host: crate::router::strip_port(&record.host).to_owned(),
+            port: crate::router::port_of(&record.host),
             api: resolved.api,
             stage: resolved.stage,
             route_index: resolved.route_index,

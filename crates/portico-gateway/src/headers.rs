@@ -36,18 +36,60 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto` and `Forwarded`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, proto: &str, host: &str) {
+/// Forwarding headers a client may send but only a proxy may set: removed
+/// from every request, the ones Portico knows set anew. A backend (or a
+/// framework's proxy support) that trusts its proxy reads them as facts.
+const CLIENT_FORWARDING: [&str; 7] = [
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-real-ip",
+];
+
+/// Sets the forwarding headers of a request to a backend: `X-Forwarded-For`
+/// (the client's address appended to what it sent, as API Gateway does),
+/// `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Port`, `X-Real-IP`
+/// and one `Forwarded` element (RFC 7239), replacing whatever the client
+/// sent under those names: Portico is where trust begins, and a client's
+/// `X-Forwarded-Host: evil.example` would otherwise reach backends that
+/// build links from it, and the cache, which does not key on it.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    proto: &str,
+    host: &str,
+    port: u16,
+) {
     let ip = client.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
-    };
+    let mut xff = String::new();
+    for line in headers.get_all("x-forwarded-for") {
+        let line = line.to_str().unwrap_or("").trim();
+        if !line.is_empty() {
+            xff.push_str(line);
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&ip);
+    for name in CLIENT_FORWARDING {
+        headers.remove(name);
+    }
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
     if let Ok(v) = HeaderValue::from_str(proto) {
         headers.insert("x-forwarded-proto", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(host)
+        && !host.is_empty()
+    {
+        headers.insert("x-forwarded-host", v);
+    }
+    headers.insert("x-forwarded-port", HeaderValue::from(port));
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert("x-real-ip", v);
     }
     let node = if client.is_ipv6() {
         format!("\"[{ip}]\"")
@@ -69,9 +111,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, proto: &str, h
             forwarded.push('"');
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.append(header::FORWARDED, v);
-    }
+    match HeaderValue::from_str(&forwarded) {
+        Ok(v) => headers.insert(header::FORWARDED, v),
+        Err(_) => headers.remove(header::FORWARDED),
+    };
 }
 
 /// `Early-Data` (RFC 8470 §5.1): set by a listener on a request it serves
@@ -169,18 +212,56 @@ mod tests {
     fn appends_forwarding_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         set_forwarded(
             &mut h,
             "[::1]:5000".parse().unwrap(),
             "https",
             "api.example.com",
+            443,
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, ::1");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, ::1");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(
             h["forwarded"],
             "for=\"[::1]\";proto=https;host=api.example.com"
         );
+    }
+
+    /// What a client claims under a proxy's names never reaches a backend.
+    #[test]
+    fn a_clients_forwarding_claims_are_replaced() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("forwarded", "for=203.0.113.9;host=evil.example;proto=http"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-scheme", "http"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-real-ip", "203.0.113.9"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        set_forwarded(
+            &mut h,
+            "192.0.2.1:5000".parse().unwrap(),
+            "https",
+            "api.example.com",
+            8443,
+        );
+        assert_eq!(h.get_all("forwarded").iter().count(), 1);
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.1;proto=https;host=api.example.com"
+        );
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["x-forwarded-port"], "8443");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "192.0.2.1");
+        assert!(!h.contains_key("x-forwarded-scheme"));
+        assert!(!h.contains_key("x-forwarded-prefix"));
     }
 
     #[test]
@@ -192,7 +273,7 @@ mod tests {
             ("[::1]:443", "host=\"[::1]:443\""),
         ] {
             let mut h = HeaderMap::new();
-            set_forwarded(&mut h, client, "https", host);
+            set_forwarded(&mut h, client, "https", host, 443);
             assert_eq!(
                 h["forwarded"],
                 format!("for=192.0.2.1;proto=https;{expected}")
@@ -200,7 +281,7 @@ mod tests {
         }
         // Nothing that would need escaping is forwarded at all.
         let mut h = HeaderMap::new();
-        set_forwarded(&mut h, client, "https", "a\"b");
+        set_forwarded(&mut h, client, "https", "a\"b", 443);
         assert_eq!(h["forwarded"], "for=192.0.2.1;proto=https");
     }
 

@@ -267,9 +267,26 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
+/// The port a Host names, if it names one.
+pub fn port_of(host: &str) -> Option<u16> {
+    host.get(strip_port(host).len()..)?
+        .strip_prefix(':')?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_port_a_host_names() {
+        assert_eq!(port_of("api.example.com:8443"), Some(8443));
+        assert_eq!(port_of("api.example.com"), None);
+        assert_eq!(port_of("[::1]:9443"), Some(9443));
+        assert_eq!(port_of("[::1]"), None);
+        assert_eq!(port_of("a:99999"), None);
+    }
 
     #[test]
     fn splits_the_first_segment() {

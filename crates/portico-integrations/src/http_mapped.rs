@@ -91,6 +91,7 @@ fn build_request(
         ctx.conn.client_addr,
         ctx.conn.scheme(),
         &ctx.host,
+        ctx.addressed_port(),
     );
     for name in [
         header::CONTENT_TYPE,

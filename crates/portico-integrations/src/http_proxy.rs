@@ -66,6 +66,7 @@ pub(crate) async fn forward(
         ctx.conn.client_addr,
         ctx.conn.scheme(),
         &ctx.host,
+        ctx.addressed_port(),
     );
     parts.version = Version::HTTP_11;
     if let Some(authority) = parts
