@@ -265,6 +265,40 @@ async fn a_content_length_the_body_does_not_carry_is_400_over_h3() {
     assert_eq!(reply.status, 200);
 }
 
+/// Connection-specific fields make an HTTP/3 request malformed (RFC 9114
+/// §4.2); `TE: trailers` is the one allowed.
+#[tokio::test]
+async fn connection_specific_fields_are_400_over_h3() {
+    let f = OriginFixture::start();
+    let conn = f.client().connect(f.h3_addr()).await;
+    let bad = serde_json::json!({"message": "Bad Request"});
+    for (name, value) in [
+        ("connection", "early-data"),
+        ("keep-alive", "5"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("te", "gzip"),
+    ] {
+        let req = Request::get(f.url("/prod/echo"))
+            .header(name, value)
+            .body(())
+            .unwrap();
+        let reply = conn.request(req, b"").await.unwrap();
+        assert_eq!((reply.status, reply.json()), (400, bad.clone()), "{name}");
+    }
+    let req = Request::get(f.url("/prod/echo"))
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let reply = conn.request(req, b"").await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json()["headers"]["te"],
+        "trailers",
+        "it reaches the backend"
+    );
+}
+
 /// 0-RTT through an origin: the server→client path is delayed 300 ms, so
 /// requests sent in 0-RTT arrive long before the handshake can complete.
 #[tokio::test]

@@ -459,6 +459,57 @@ integration = {{ type = "http_proxy", uri = "http://127.0.0.1:{port}/{{proxy}}" 
     }
 }
 
+/// A backend on loopback that answers every request with `reply`.
+async fn scripted_backend(reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 || sock.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// What a backend frames wrongly is not relayed as it framed it: an
+/// interim answer given as the final one is a 502, and a length beside a
+/// chunked coding does not go on as the body's (the client got 5 of 10
+/// bytes, on a connection kept alive).
+#[tokio::test]
+async fn a_backends_misframed_answers_are_not_relayed_as_framed() {
+    let switching = scripted_backend(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let both = scripted_backend(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    let extra = proxy_api("switching", "GET", "/", &format!("http://{switching}/"))
+        + &proxy_api("both", "GET", "/", &format!("http://{both}/"));
+    let f = start(&extra);
+    // HTTP/1.1: an HTTP/2 client's `host` would disagree with its
+    // `:authority` (what is checked happens after either).
+    let client = f.h1();
+    let req = get_with(&f, "/prod/", "host", "switching.test");
+    assert_error(&send(&client, req).await, 502, "Bad Gateway");
+    let req = get_with(&f, "/prod/", "host", "both.test");
+    let reply = send(&client, req).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "0123456789");
+    assert_ne!(
+        reply.headers.get("content-length").map(|v| v.as_bytes()),
+        Some(&b"5"[..])
+    );
+}
+
 #[tokio::test]
 async fn refused_and_reset_backends_are_502() {
     // A port with nothing listening: connection refused.

@@ -223,11 +223,41 @@ fn duplicate(
     dup
 }
 
+/// Headers that frame a message or concern one connection: the gateway
+/// writes them from what it sends, so no mock or mapping may set them (a
+/// `Content-Length` that is not the body's would desynchronise the
+/// connection it goes out on).
+const FRAMING: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers the gateway alone sets for a backend, besides [`FRAMING`].
+const REQUEST_RESERVED: [&str; 2] = ["expect", "host"];
+
+/// Whether a mock or a mapping may set header `name` (lower case).
+fn settable(name: &str, request: bool) -> bool {
+    !(FRAMING.contains(&name) || (request && REQUEST_RESERVED.contains(&name)))
+}
+
+fn reserved(name: &str) -> String {
+    format!("header `{name}` is the gateway's to set")
+}
+
 fn parse_target(key: &str) -> Result<ParamTarget, Problem> {
     let bad = || Problem::new(0, format!("invalid mapping target `{key}`")).expecting(TARGET_FORMS);
     let rest = key.strip_prefix("integration.request.").ok_or_else(bad)?;
     let (kind, name) = rest.split_once('.').ok_or_else(bad)?;
     match kind {
+        "header" if is_header_name(name) && !settable(&name.to_ascii_lowercase(), true) => {
+            Err(Problem::new(0, reserved(&name.to_ascii_lowercase())).expecting("another header"))
+        }
         "path" if is_param_name(name) => Ok(ParamTarget::Path(name.to_owned())),
         "querystring" if is_query_name(name) => Ok(ParamTarget::Query(name.to_owned())),
         "header" if is_header_name(name) => Ok(ParamTarget::Header(name.to_ascii_lowercase())),
@@ -292,13 +322,22 @@ fn response_parameters(
             h.filter(|n| is_header_name(n))
                 .map(|n| ResponseSource::Header(n.to_ascii_lowercase()))
         };
-        if name.is_none() {
-            diag.expect(
-                key.span(),
-                format!("invalid mapping target `{}`", key.get_ref()),
-                TARGET,
-            );
-        }
+        let name = match name.map(str::to_ascii_lowercase) {
+            Some(n) if !settable(&n, false) => {
+                diag.expect(key.span(), reserved(&n), "another header");
+                ok = false;
+                None
+            }
+            Some(n) => Some(n),
+            None => {
+                diag.expect(
+                    key.span(),
+                    format!("invalid mapping target `{}`", key.get_ref()),
+                    TARGET,
+                );
+                None
+            }
+        };
         if source.is_none() {
             diag.expect(
                 value.span(),
@@ -307,7 +346,7 @@ fn response_parameters(
             );
         }
         match (name, source) {
-            (Some(n), Some(s)) => out.push((n.to_ascii_lowercase(), s)),
+            (Some(n), Some(s)) => out.push((n, s)),
             _ => ok = false,
         }
     }
@@ -316,13 +355,14 @@ fn response_parameters(
 
 fn mock(f: &MockFile, diag: &mut Diag<'_>) -> Option<MockIntegration> {
     let status = f.status.as_ref().map_or(200, |s| *s.get_ref());
+    // No 1xx: an interim answer would go out as the final one.
     let bad_status = f
         .status
         .as_ref()
-        .filter(|s| !(100..=599).contains(s.get_ref()));
+        .filter(|s| !(200..=599).contains(s.get_ref()));
     if let Some(s) = bad_status {
         let message = format!("status {} is out of range", s.get_ref());
-        diag.expect(s.span(), message, "100..=599");
+        diag.expect(s.span(), message, "200..=599");
     }
     let headers = mock_headers(&f.headers, diag);
     let body = f.body.clone().unwrap_or_default();
@@ -343,6 +383,9 @@ fn mock_headers(map: &SpannedMap, diag: &mut Diag<'_>) -> Option<Vec<(String, St
         if !is_header_name(&lower) {
             let message = format!("invalid header name `{}`", name.get_ref());
             diag.expect(name.span(), message, "an HTTP token");
+            ok = false;
+        } else if !settable(&lower, false) {
+            diag.expect(name.span(), reserved(&lower), "another header");
             ok = false;
         } else if headers.iter().any(|(n, _)| *n == lower) {
             diag.at(
@@ -431,6 +474,42 @@ mod tests {
                 "12:13: invalid header name `bad name`",
                 "12:44: header `x-a` is given twice (names ignore case)",
                 "12:62: invalid header value",
+            ]
+        );
+    }
+
+    /// Framing and connection headers are the gateway's: a mock's or a
+    /// mapping's `Content-Length` would not be its body's. No mock is 1xx.
+    #[test]
+    fn mocks_and_mappings_may_not_set_the_gateways_headers() {
+        let text = api(
+            "[[apis.routes]]\npath = \"/\"\n[apis.routes.integration]\ntype = \"mock\"\nstatus = 101\n\
+             headers = { \"Content-Length\" = \"100\", upgrade = \"x\" }\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "11:10: status 101 is out of range",
+                "12:13: header `content-length` is the gateway's to set",
+                "12:39: header `upgrade` is the gateway's to set",
+            ]
+        );
+        let text = api(
+            "[[apis.routes]]\npath = \"/\"\n[apis.routes.integration]\ntype = \"http\"\n\
+             uri = \"http://h/\"\n[apis.routes.integration.request_parameters]\n\
+             \"integration.request.header.content-length\" = \"method.request.header.x\"\n\
+             \"integration.request.header.Host\" = \"'evil'\"\n\
+             \"integration.request.header.x-ok\" = \"'fine'\"\n\
+             [apis.routes.integration.response_parameters]\n\
+             \"method.response.header.transfer-encoding\" = \"'chunked'\"\n\
+             \"method.response.header.host\" = \"'a response may say it'\"\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "13:1: header `content-length` is the gateway's to set",
+                "14:1: header `host` is the gateway's to set",
+                "17:1: header `transfer-encoding` is the gateway's to set",
             ]
         );
     }

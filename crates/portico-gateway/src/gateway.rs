@@ -16,7 +16,7 @@ use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, 
 use crate::cache::{PurgeScope, ResponseCache};
 use crate::context::{ConnInfo, Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
-use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop};
+use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop, strip_request_hop_by_hop};
 use crate::limits::Limits;
 use crate::log::{AccessRecord, Logged};
 use crate::router::{RoutingTable, ServedModes};
@@ -303,7 +303,7 @@ impl<U: Upstream> Gateway<U> {
         parts.uri = inner_uri
             .parse::<Uri>()
             .map_err(|e| GatewayError::client(ErrorKind::BadRequest).with_cause(e))?;
-        strip_hop_by_hop(&mut parts.headers);
+        strip_request_hop_by_hop(&mut parts.headers);
         // A list of equal lengths (`3, 3`) goes on as the one it means.
         if let Some(len) = declared {
             let lengths = parts.headers.get_all(header::CONTENT_LENGTH);
@@ -387,6 +387,13 @@ pub(crate) async fn forward_timed<U: Upstream>(
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, upstream.forward(ctx, req)).await;
     let result = match result {
+        // An interim (1xx) answer as the final one: a 101 with nothing to
+        // switch to (no upgrade is ever forwarded), or a backend's mistake.
+        Ok(Ok(resp)) if resp.status().is_informational() => Err(GatewayError::new(
+            ErrorKind::BadGateway,
+            ErrorSource::Integration,
+        )
+        .with_cause(format!("the upstream answered {}", resp.status()))),
         // The route's timeout covers the head; then the read timeout each
         // wait for more of the body, as nginx's proxy_read_timeout does.
         Ok(Ok(resp)) => Ok(resp.map(|body| Body::new(IdleTimeout::new(body, read_timeout)))),

@@ -21,8 +21,14 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names, and a `Content-Length` beside a `Transfer-Encoding`: the transfer
+/// coding framed the message, so the length is not what the body is (RFC
+/// 9112 §6.3 has an intermediary remove it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -34,6 +40,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove("proxy-connection");
+}
+
+/// [`strip_hop_by_hop`] for a request, keeping `TE: trailers` when the
+/// client sent it: a gRPC server refuses a request without it, and every
+/// hop may send it (RFC 9113 §8.2.2).
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let coding = t.split(';').next().unwrap_or("").trim();
+            coding.eq_ignore_ascii_case("trailers")
+        });
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// Forwarding headers a client may send but only a proxy may set: removed
@@ -186,6 +211,48 @@ fn is_valid_request_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_beside_a_transfer_coding_is_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+    }
+
+    #[test]
+    fn a_request_keeps_te_trailers_and_nothing_else_of_te() {
+        for (te, kept) in [
+            ("trailers", true),
+            ("gzip, Trailers", true),
+            ("trailers;q=0.5", true),
+            ("gzip", false),
+            ("trailersx", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::TE, HeaderValue::from_static(te));
+            h.insert(header::CONNECTION, HeaderValue::from_static("te"));
+            strip_request_hop_by_hop(&mut h);
+            assert_eq!(h.get(header::TE).is_some(), kept, "{te}");
+            if kept {
+                assert_eq!(h[header::TE], "trailers");
+            }
+            assert!(!h.contains_key(header::CONNECTION));
+        }
+        // Responses never keep it.
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

@@ -37,7 +37,7 @@ pub(crate) async fn forward(
     let (resp_parts, resp_body) = resp.into_parts();
     let mut out = Response::new(body::boxed(resp_body));
     *out.status_mut() = resp_parts.status;
-    *out.headers_mut() = map_response_headers(mapping, &resp_parts.headers);
+    *out.headers_mut() = map_response_headers(&mapping.response_parameters, &resp_parts.headers);
     Ok(out)
 }
 
@@ -198,20 +198,40 @@ fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(),
     Ok(())
 }
 
-fn map_response_headers(mapping: &HttpIntegration, backend: &HeaderMap) -> HeaderMap {
+/// The client's response headers: the body's own, then what the mappings
+/// set. A header mapped from the backend's keeps all its values (each
+/// `Set-Cookie`); a `Content-Length` beside a `Transfer-Encoding` is not
+/// the body's length and stays behind.
+fn map_response_headers(params: &[(String, ResponseSource)], backend: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::new();
+    let chunked = backend.contains_key(header::TRANSFER_ENCODING);
     for name in &BODY_HEADERS {
+        if chunked && *name == header::CONTENT_LENGTH {
+            continue;
+        }
         if let Some(v) = backend.get(name) {
             out.insert(name.clone(), v.clone());
         }
     }
-    for (name, src) in &mapping.response_parameters {
-        let value = match src {
-            ResponseSource::Header(from) => backend.get(from.as_str()).cloned(),
-            ResponseSource::Static(value) => HeaderValue::from_str(value).ok(),
+    for (name, src) in params {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
         };
-        if let (Ok(name), Some(value)) = (HeaderName::from_bytes(name.as_bytes()), value) {
-            out.insert(name, value);
+        match src {
+            ResponseSource::Header(from) => {
+                let mut values = backend.get_all(from.as_str()).iter();
+                if let Some(first) = values.next() {
+                    out.insert(name.clone(), first.clone());
+                    for v in values {
+                        out.append(name.clone(), v.clone());
+                    }
+                }
+            }
+            ResponseSource::Static(value) => {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    out.insert(name, v);
+                }
+            }
         }
     }
     out
@@ -220,6 +240,38 @@ fn map_response_headers(mapping: &HttpIntegration, backend: &HeaderMap) -> Heade
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_response_headers_keep_every_value_and_no_stale_length() {
+        let mut backend = HeaderMap::new();
+        backend.append(header::SET_COOKIE, HeaderValue::from_static("session=1"));
+        backend.append(header::SET_COOKIE, HeaderValue::from_static("csrf=2"));
+        backend.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        backend.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        backend.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let params = [
+            (
+                "set-cookie".to_owned(),
+                ResponseSource::Header("set-cookie".into()),
+            ),
+            (
+                "content-type".to_owned(),
+                ResponseSource::Header("x-missing".into()),
+            ),
+        ];
+        let out = map_response_headers(&params, &backend);
+        let cookies: Vec<_> = out.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(cookies, ["session=1", "csrf=2"]);
+        assert!(!out.contains_key(header::CONTENT_LENGTH));
+        assert_eq!(
+            out[header::CONTENT_TYPE],
+            "text/plain",
+            "a missing source changes nothing"
+        );
+    }
 
     #[test]
     fn query_params_are_decoded() {

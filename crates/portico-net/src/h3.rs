@@ -385,7 +385,18 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
     let (mut send, mut recv) = stream.split();
     // 2. Early data: safe methods only (RFC 8470).
     let early = !ctx.handshake.is_confirmed();
-    let response = if early && !allowed_early(req.method()) {
+    let response = if let Some(name) = connection_specific(req.headers()) {
+        // RFC 9114 §4.2: malformed. (Left in, `connection: early-data`
+        // would also take the early-data marker off the request.)
+        tracing::debug!(
+            field = name,
+            "HTTP/3 request with a connection-specific field: 400"
+        );
+        recv.stop_sending(Code::H3_NO_ERROR);
+        let err = GatewayError::client(ErrorKind::BadRequest)
+            .with_cause(format!("connection-specific field `{name}` in HTTP/3"));
+        ctx.handler.refuse(&req, &ctx.info, err)
+    } else if early && !allowed_early(req.method()) {
         tracing::debug!(method = %req.method(), path = req.uri().path(), "early data: 425 Too Early");
         // The body will not be read: tell the client to stop sending it.
         recv.stop_sending(Code::H3_NO_ERROR);
@@ -402,6 +413,26 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
     if let Err(err) = send_response(&mut send, response).await {
         tracing::debug!(%err, "HTTP/3 response not completed");
     }
+}
+
+/// The first connection-specific field of a request, which HTTP/3 does not
+/// allow (RFC 9114 §4.2): `TE` only as `trailers`.
+fn connection_specific(headers: &http::HeaderMap) -> Option<&'static str> {
+    const FIELDS: [&str; 5] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    if let Some(name) = FIELDS.into_iter().find(|n| headers.contains_key(*n)) {
+        return Some(name);
+    }
+    let te_other = headers
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    te_other.then_some("te")
 }
 
 /// TLS facts for logs and the backbone, from quinn's handshake data.
