@@ -439,7 +439,7 @@ plans = ["shared"]
     )
 }
 
-/// `GET /usage?plan=shared` on the origin's admin API.
+/// `GET /usage?plan=shared` on a node's admin API.
 async fn admin_usage(origin: &Proc, query: &str) -> (u16, serde_json::Value) {
     let admin = origin.addrs("admin")[0];
     let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -503,7 +503,8 @@ async fn three_pops(quota: u64) -> ThreePops {
     std::fs::write(dir.path().join("origin.toml"), &text).unwrap();
     let mut pops = Vec::new();
     for id in ["pop-a", "pop-b", "pop-c"] {
-        let text = pop_config(dir.path(), id, backbone, "edge");
+        let text = pop_config(dir.path(), id, backbone, "edge")
+            + "\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n";
         pops.push(node(dir.path(), "pop", id, &text).0);
     }
     let urls: Vec<String> = pops
@@ -622,6 +623,11 @@ async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_orig
     assert_eq!(
         admin_usage(&origin, "?plan=shared&key=zz").await,
         (404, message("no API key `zz` in usage plan `shared`"))
+    );
+    // A PoP spends leases; the book is the origin's.
+    assert_eq!(
+        admin_usage(&pops[0], "?plan=shared").await,
+        (404, message("this node keeps no quota book"))
     );
 
     let accepted = Arc::new(AtomicU64::new(0));

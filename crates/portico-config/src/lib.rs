@@ -350,7 +350,8 @@ mod tests {
 
     #[test]
     fn pop_file_has_no_definitions() {
-        let text = "[node]\nid = \"pop-fra\"\n[[origins]]\nregion = \"us-east-1\"\naddress = \"127.0.0.1:7443\"\nserver_name = \"origin-iad\"\n";
+        let text = "[node]\nid = \"pop-fra\"\n[[origins]]\nregion = \"us-east-1\"\naddress = \"127.0.0.1:7443\"\nserver_name = \"origin-iad\"\n\
+                    [backbone]\nca = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n";
         let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.role(), Role::Pop);
         assert!(c.definitions.apis.is_empty());
@@ -364,7 +365,14 @@ mod tests {
             e.0[0].message,
             "API definitions are not allowed in a PoP's file"
         );
-        assert_eq!((e.0[0].line, e.0[0].column), (7, 3));
+        assert_eq!((e.0[0].line, e.0[0].column), (11, 3));
+        // Without its backbone a PoP could not start: `portico check` says so.
+        let e = parse("[node]\nid = \"pop-fra\"\n[[origins]]\nregion = \"r\"\naddress = \"127.0.0.1:7443\"\nserver_name = \"o\"\n")
+            .unwrap_err();
+        assert_eq!(
+            e.0[0].message,
+            "a PoP needs `[backbone]` (its links to the origins)"
+        );
     }
 
     #[test]

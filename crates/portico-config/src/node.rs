@@ -85,6 +85,10 @@ pub(crate) fn compile_node(
         .backbone
         .as_ref()
         .map(|b| compile_backbone(b, role, paths, diag));
+    if role == Role::Pop && raw.backbone.is_none() {
+        let message = "a PoP needs `[backbone]` (its links to the origins)";
+        diag.expect(0..0, message, "[backbone] with `ca`, `cert` and `key`");
+    }
     let origins = compile_origins(&raw.origins, diag);
     let cache = compile_node_cache(&raw.cache, diag);
     check_role(&raw, role, diag);
@@ -454,6 +458,38 @@ fn compile_backbone(
         _ => {}
     }
     ok &= f.cert.is_some() == f.key.is_some();
+    // Where a missing setting is reported: the section's first one given.
+    let anchor = [&f.ca, &f.cert, &f.key]
+        .into_iter()
+        .flatten()
+        .map(S::span)
+        .chain(f.listen.as_ref().map(S::span))
+        .min_by_key(|s| s.start)
+        .unwrap_or(0..0);
+    if role == Role::Origin && f.listen.is_none() {
+        let message = "an origin's `[backbone]` needs `listen`";
+        diag.expect(
+            anchor.clone(),
+            message,
+            "listen = \"0.0.0.0:7443\" or similar",
+        );
+        ok = false;
+    }
+    // Mutual TLS: each end needs the CA and its own certificate and key.
+    if f.ca.is_none() {
+        let message = "`[backbone]` needs `ca` (the backbone CA's certificate)";
+        diag.expect(anchor.clone(), message, "ca = \"certs/ca.pem\"");
+        ok = false;
+    }
+    if f.cert.is_none() && f.key.is_none() {
+        let message = "`[backbone]` needs `cert` and `key` (this node's certificate)";
+        diag.expect(
+            anchor,
+            message,
+            "cert = \"certs/NODE.pem\" and key = \"certs/NODE.key\"",
+        );
+        ok = false;
+    }
     let streams = f.max_concurrent_streams.as_ref();
     ok &= streams.is_none_or(|s| in_range(s, 1..=1_000_000, "max_concurrent_streams", diag));
     let ms = |v: &Option<S<u64>>, range, what, diag: &mut Diag<'_>| match v {
@@ -616,6 +652,7 @@ mod tests {
         assert_eq!(
             errors(pop),
             [
+                "1:1: a PoP needs `[backbone]` (its links to the origins)",
                 "8:10: invalid region `US`",
                 "10:15: invalid server_name `o o`",
                 "13:11: duplicate origin (first at line 5)",
@@ -694,8 +731,8 @@ mod tests {
         let text = format!(
             "{NODE}[limits]\nmax_body_bytes = 0\nmax_header_bytes = 10\ndefault_timeout_ms = 30000\n\
              [backend_client]\nconnect_timeout_ms = 0\n\
-             [backbone]\ncert = \"certs/a.pem\"\nmax_concurrent_streams = 0\n\
-             keep_alive_ms = 5\nidle_timeout_ms = 1000000\n"
+             [backbone]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"node.pem\"\n\
+             max_concurrent_streams = 0\nkeep_alive_ms = 5\nidle_timeout_ms = 1000000\n"
         );
         assert_eq!(
             errors(&text),
@@ -704,21 +741,21 @@ mod tests {
                 "6:20: max_header_bytes 10 is out of range",
                 "7:22: timeout_ms 30000 is out of range",
                 "9:22: connect_timeout_ms 0 is out of range",
-                "11:8: `cert` given without `key`",
-                "12:26: max_concurrent_streams 0 is out of range",
-                "13:17: keep_alive_ms 5 is out of range",
-                "14:19: idle_timeout_ms 1000000 is out of range",
+                "13:8: `cert` given without `key`",
+                "14:26: max_concurrent_streams 0 is out of range",
+                "15:17: keep_alive_ms 5 is out of range",
+                "16:19: idle_timeout_ms 1000000 is out of range",
             ]
         );
         let text = format!(
-            "{NODE}[backbone]\nkeep_alive_ms = 2000\nidle_timeout_ms = 1000\n\
+            "{NODE}{BACKBONE}keep_alive_ms = 2000\nidle_timeout_ms = 1000\n\
              reconnect_min_ms = 500\nreconnect_max_ms = 100\n"
         );
         assert_eq!(
             errors(&text),
             [
-                "6:19: idle_timeout_ms must be longer than keep_alive_ms",
-                "8:20: reconnect_max_ms is below reconnect_min_ms",
+                "10:19: idle_timeout_ms must be longer than keep_alive_ms",
+                "12:20: reconnect_max_ms is below reconnect_min_ms",
             ]
         );
         assert_eq!(
@@ -761,12 +798,29 @@ mod tests {
             ]
         );
         // One of each pair, against the other's default (idle 4 s, max 5 s).
-        let text = format!("{NODE}[backbone]\nkeep_alive_ms = 10000\nreconnect_min_ms = 8000\n");
+        let text = format!("{NODE}{BACKBONE}keep_alive_ms = 10000\nreconnect_min_ms = 8000\n");
         assert_eq!(
             errors(&text),
             [
-                "5:17: idle_timeout_ms must be longer than keep_alive_ms",
-                "6:20: reconnect_max_ms is below reconnect_min_ms",
+                "9:17: idle_timeout_ms must be longer than keep_alive_ms",
+                "10:20: reconnect_max_ms is below reconnect_min_ms",
+            ]
+        );
+        // A backbone without its TLS files, or an origin's without `listen`,
+        // would fail (or do nothing) only when the node starts.
+        assert_eq!(
+            errors(&format!("{NODE}[backbone]\nkeep_alive_ms = 1000\n")),
+            [
+                "1:1: an origin's `[backbone]` needs `listen`",
+                "1:1: `[backbone]` needs `ca` (the backbone CA's certificate)",
+                "1:1: `[backbone]` needs `cert` and `key` (this node's certificate)",
+            ]
+        );
+        assert_eq!(
+            errors(&format!("{NODE}[backbone]\nca = \"ca.pem\"\n")),
+            [
+                "5:6: an origin's `[backbone]` needs `listen`",
+                "5:6: `[backbone]` needs `cert` and `key` (this node's certificate)",
             ]
         );
     }
@@ -774,19 +828,20 @@ mod tests {
     #[test]
     fn config_deltas_default_on_and_can_be_turned_off() {
         let backbone = |text: &str| parse(text).unwrap().backbone.unwrap();
-        let on = backbone(&format!("{NODE}[backbone]\nkeep_alive_ms = 1000\n"));
+        let on = backbone(&format!("{NODE}{BACKBONE}keep_alive_ms = 1000\n"));
         assert!(on.config_deltas);
-        let off = backbone(&format!("{NODE}[backbone]\nconfig_deltas = false\n"));
+        let off = backbone(&format!("{NODE}{BACKBONE}config_deltas = false\n"));
         assert!(!off.config_deltas);
         assert_eq!(
-            errors(&format!("{NODE}[backbone]\nconfig_deltas = \"no\"\n")),
-            ["5:17: invalid type: string \"no\""]
+            errors(&format!("{NODE}{BACKBONE}config_deltas = \"no\"\n")),
+            ["9:17: invalid type: string \"no\""]
         );
     }
 
     #[test]
     fn role_rules() {
-        let pop = "[node]\nid = \"pop\"\n[backbone]\nlisten = \"127.0.0.1:7\"\n";
+        let pop = "[node]\nid = \"pop\"\n[backbone]\nlisten = \"127.0.0.1:7\"\nca = \"ca.pem\"\n\
+                   cert = \"node.pem\"\nkey = \"node.key\"\n";
         assert_eq!(
             parse_role(pop, Role::Pop).unwrap_err().to_string(),
             "t.toml:4:10: a PoP does not listen on the backbone (expected `listen` only in an origin's file)"

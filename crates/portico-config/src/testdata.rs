@@ -35,6 +35,9 @@ pub(crate) fn errors(text: &str) -> Vec<String> {
 /// A minimal valid origin prefix for error tests.
 pub(crate) const NODE: &str = "[node]\nid = \"o\"\nregion = \"r\"\n";
 
+/// A complete `[backbone]` of an origin (4 lines), to which a test adds.
+pub(crate) const BACKBONE: &str = "[backbone]\nlisten = \"127.0.0.1:0\"\nca = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n";
+
 /// `NODE` plus an API `a` (lines 4-6); `body` starts on line 7.
 pub(crate) fn api(body: &str) -> String {
     format!("{NODE}[[apis]]\nname = \"a\"\nendpoint = \"edge\"\n{body}")

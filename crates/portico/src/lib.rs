@@ -108,7 +108,10 @@ impl Prepared {
     fn of(command: Command) -> Result<Prepared, AppError> {
         let prepared = match command {
             Command::Origin { config: path } => Prepared::Origin {
-                config: portico_config::load_node_file(&path)?,
+                config: portico_config::load_node_file_as(
+                    &path,
+                    Some(portico_config::Role::Origin),
+                )?,
                 path,
             },
             Command::Pop { config } => Prepared::Pop(portico_config::load_node_file_as(
@@ -133,12 +136,16 @@ fn fail(err: &AppError) -> ExitCode {
 async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
     let command = match prepared {
         Prepared::Origin { config, path } => {
-            return origin::run(config, path, signals::shutdown())
+            // Before anything slow (the quota book, certificates, binds): a
+            // SIGHUP that comes while the node starts must not end it.
+            let hup = signals::hangup();
+            return origin::run(config, path, hup, signals::shutdown())
                 .await
                 .map(|()| ExitCode::SUCCESS);
         }
         Prepared::Pop(config) => {
-            return pop::run(config, signals::shutdown())
+            let hup = signals::hangup();
+            return pop::run(config, hup, signals::shutdown())
                 .await
                 .map(|()| ExitCode::SUCCESS);
         }

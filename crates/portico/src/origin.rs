@@ -4,9 +4,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use portico_config::{Definitions, NodeConfig};
+use portico_config::{Definitions, NodeConfig, Role};
 use portico_gateway::{Gateway, ServedModes};
 use portico_integrations::{BackendClient, Integrations, Resolver};
+use tokio::signal::unix::Signal;
 use tokio::sync::watch;
 
 use crate::{AppError, settings};
@@ -15,6 +16,7 @@ use crate::{AppError, settings};
 pub async fn run(
     config: NodeConfig,
     path: PathBuf,
+    hup: Option<Signal>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let resolver = Resolver::new(&settings::dns(&config))?;
@@ -57,6 +59,7 @@ pub async fn run(
     }
     tasks.spawn(reload_on_sighup(
         path,
+        hup,
         Arc::clone(&gateway),
         (defs_tx, token_tx),
         stop_rx.clone(),
@@ -118,20 +121,20 @@ pub async fn run(
 /// backbone, limits, throttle, cache...) take effect at its next start.
 async fn reload_on_sighup(
     path: PathBuf,
+    hup: Option<Signal>,
     gateway: Arc<Gateway<Integrations>>,
     (definitions, admin_token): (watch::Sender<Arc<Definitions>>, watch::Sender<Box<[u8]>>),
     mut stop: watch::Receiver<bool>,
 ) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; configuration reload is unavailable");
-        return;
+    let Some(mut hup) = hup else {
+        return tracing::warn!("configuration reload is unavailable");
     };
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = hup.recv() => {}
         }
-        match portico_config::load_node_file(&path) {
+        match portico_config::load_node_file_as(&path, Some(Role::Origin)) {
             Ok(config) => {
                 let running = portico_backbone::Running::of(&config.definitions);
                 gateway.swap(Arc::clone(&config.definitions));

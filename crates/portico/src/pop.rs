@@ -21,7 +21,11 @@ use tokio::sync::watch;
 use crate::{AppError, backbone, listeners, settings};
 
 /// Runs a PoP until `shutdown` completes.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+pub async fn run(
+    config: NodeConfig,
+    hup: Option<tokio::signal::unix::Signal>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
     let (purges, purge_queue) = crate::purges::PopPurges::new();
     let leases = crate::quotas::PopLeases::new();
     let rates = crate::rates::PopRates::new();
@@ -97,7 +101,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             stop_rx.clone(),
         ));
     }
-    tasks.spawn(ignore_sighup(stop_rx.clone()));
+    tasks.spawn(ignore_sighup(hup, stop_rx.clone()));
     tasks.spawn(apply_snapshots(backbone.config(), gateway, stop_rx));
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node = %config.node.id, origins = config.origins.len(), workers, "pop ready");
@@ -171,11 +175,8 @@ async fn apply_snapshots(
 /// A PoP's APIs come from its origins (a reload there reaches it within a
 /// second); its own file is read at start. SIGHUP, which reloads an origin,
 /// is logged here instead of ending the process, as it would by default.
-async fn ignore_sighup(mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return tracing::warn!("cannot listen for SIGHUP");
-    };
+async fn ignore_sighup(hup: Option<tokio::signal::unix::Signal>, mut stop: watch::Receiver<bool>) {
+    let Some(mut hup) = hup else { return };
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

@@ -1,12 +1,24 @@
 //! Process signals: Ctrl-C/SIGTERM stop, SIGHUP reloads.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Environment variable set by `portico up` on its children: with it, a node also
 /// stops when its stdin reaches end of file, i.e. when the parent closes the pipe
 /// or dies (the kernel closes it even on SIGKILL), so a topology never leaves
 /// processes behind.
 pub const STOP_ON_STDIN_EOF: &str = "PORTICO_STOP_ON_STDIN_EOF";
+
+/// SIGHUP, caught from now on (by default it ends the process); `None`
+/// where it cannot be.
+pub fn hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => Some(hup),
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGHUP");
+            None
+        }
+    }
+}
 
 /// Completes on the first SIGINT or SIGTERM (or stdin EOF, see [`STOP_ON_STDIN_EOF`]).
 pub async fn shutdown() {

@@ -71,7 +71,13 @@ pub(super) fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> R
             &format!("usage plan `{plan_name}` has no quota"),
         );
     };
-    let Some(quotas) = admin.gateway.limits().quota() else {
+    // A PoP spends leases; the book is its origin's.
+    let book = admin
+        .gateway
+        .limits()
+        .quota()
+        .filter(|q| q.book().is_some());
+    let Some(quotas) = book else {
         return message(StatusCode::NOT_FOUND, "this node keeps no quota book");
     };
     let keys: Vec<_> = defs
