@@ -114,6 +114,10 @@ impl UriTemplate {
             return Err(Problem::new(0, "integration uri must be an absolute URL")
                 .expecting("http://... or https://..."));
         }
+        if let Some(offset) = empty_host(s) {
+            return Err(Problem::new(offset, "integration uri has no host")
+                .expecting("http://HOST/... or https://HOST/..."));
+        }
         if let Some(offset) = param_in_authority(s) {
             return Err(Problem::new(
                 offset,
@@ -162,6 +166,14 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// Where the host of `s` (an absolute URL template) should be and is not.
+fn empty_host(s: &str) -> Option<usize> {
+    let start = s.find("://")? + 3;
+    let authority = &s[start..s[start..].find(['/', '?']).map_or(s.len(), |i| start + i)];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    (host.is_empty() || host.starts_with(':')).then_some(start)
+}
+
 /// Where a `{param}` appears before the path of `s` (an absolute URL
 /// template): a client must not choose the backend's host or port.
 fn param_in_authority(s: &str) -> Option<usize> {
@@ -173,6 +185,13 @@ fn param_in_authority(s: &str) -> Option<usize> {
         .into_iter()
         .find(|(at, part)| (start..end).contains(at) && matches!(part, TemplatePart::PathParam(_)))
         .map(|(at, _)| at)
+}
+
+/// A character a URI may hold as it is (RFC 3986 unreserved and reserved
+/// characters, and `%` of an escape), but not `#`: a backend is sent no
+/// fragment.
+fn is_uri_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~:/?[]@!$&'()*+,;=%".contains(c)
 }
 
 fn parse_parts(s: &str) -> Result<Vec<TemplatePart>, Problem> {
@@ -200,6 +219,10 @@ fn parse_parts(s: &str) -> Result<Vec<TemplatePart>, Problem> {
         }
         if c.is_whitespace() || c.is_control() {
             return Err(Problem::new(i, "whitespace or control character in uri"));
+        }
+        if !is_uri_char(c) {
+            return Err(Problem::new(i, format!("`{c}` cannot appear in a uri"))
+                .expecting("RFC 3986 characters; percent-encode others (%3C for <)"));
         }
         literal.push(c);
         i += c.len_utf8();
@@ -316,6 +339,30 @@ mod tests {
             assert_eq!(&bad[err.offset..err.offset + 1], "{", "{bad}");
         }
         assert!(UriTemplate::parse("http://${stageVariables.b}/{id}?q={id}").is_ok());
+    }
+
+    /// A uri no request could be sent to is a config error, not a 500 on
+    /// every request.
+    #[test]
+    fn uris_that_cannot_be_sent_are_refused() {
+        for (bad, message, at) in [
+            ("http:///items/{id}", "integration uri has no host", 7),
+            ("https://:8443/x", "integration uri has no host", 8),
+            ("http://h/search?q=<x>", "`<` cannot appear in a uri", 18),
+            ("http://h/a\\b", "`\\` cannot appear in a uri", 10),
+            ("http://h/x#top", "`#` cannot appear in a uri", 10),
+            ("http://h/caf\u{e9}", "`\u{e9}` cannot appear in a uri", 12),
+        ] {
+            let err = UriTemplate::parse(bad).unwrap_err();
+            assert_eq!((err.message.as_str(), err.offset), (message, at), "{bad}");
+        }
+        for good in [
+            "http://h/a%20b/{id}?x=1&y=[2]",
+            "http://user@h:8080/x",
+            "https://${stageVariables.host}/x",
+        ] {
+            assert!(UriTemplate::parse(good).is_ok(), "{good}");
+        }
     }
 
     #[test]
