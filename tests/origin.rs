@@ -969,6 +969,89 @@ variables = {{ backend = "BACKEND" }}
     )
 }
 
+/// Whether a TLS handshake with `sni` to `addr` succeeds trusting only `der`.
+async fn handshake_trusting(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    der: &rustls_pki_types::CertificateDer<'static>,
+) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    connector.connect(name, tcp).await.is_ok()
+}
+
+/// SIGHUP reads certificates again (a custom domain added with its own, a
+/// listener's file renewed in place), and refuses what would break a
+/// running listener; a removed `[admin]` shuts the admin API.
+#[tokio::test]
+async fn sighup_reloads_certificates_and_refuses_what_would_break_a_listener() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let shop = test_cert(dir.path(), "shop", &["shop.test"]);
+    let admin = "\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"admin-token-0123456789abcd\"\n";
+    let base = mock_config(&cert, "one").replace("BACKEND", "127.0.0.1:9");
+    let (origin, log) = origin_logging(dir.path(), &format!("{base}{admin}"));
+    let addr = origin.addrs("https")[0];
+    assert!(handshake_trusting(addr, "localhost", &cert.der).await);
+    assert!(!handshake_trusting(addr, "shop.test", &shop.der).await);
+    // A custom domain with its own certificate, added by a reload.
+    let domain = format!(
+        "\n[[domains]]\nname = \"shop.test\"\ncertificate = {{ cert = \"{}\", key = \"{}\" }}\n\
+         [[domains.mappings]]\nbase_path = \"\"\napi = \"m\"\nstage = \"prod\"\n",
+        shop.cert.display(),
+        shop.key.display()
+    );
+    let file = dir.path().join("origin.toml");
+    std::fs::write(&file, format!("{base}{domain}{admin}")).unwrap();
+    origin.signal("HUP");
+    logged(&log, "configuration reloaded").await;
+    assert!(handshake_trusting(addr, "shop.test", &shop.der).await);
+    assert!(handshake_trusting(addr, "localhost", &cert.der).await);
+    // The listener's certificate renewed in place: the new one is served.
+    let renewed = test_cert(dir.path(), "server", &["localhost"]);
+    origin.signal("HUP");
+    eventually(10, || async {
+        handshake_trusting(addr, "localhost", &renewed.der)
+            .await
+            .then_some(())
+    })
+    .await;
+    // Definitions without the listener's default_api: refused, old ones serve.
+    std::fs::write(&file, format!("{}{admin}", base.replace("\"m\"", "\"m2\""))).unwrap();
+    origin.signal("HUP");
+    logged(&log, "default_api `m` is no longer defined").await;
+    let client = https_client(&renewed.der, false);
+    let url = format!("https://localhost:{}/prod/v", addr.port());
+    assert_eq!(get(&client, &url).await.text(), "one");
+    // `[admin]` removed: the admin API lets no one in any more.
+    let config = format!("http://{}/config", origin.addrs("admin")[0]);
+    let with_token = || {
+        Request::get(&config)
+            .header("authorization", "Bearer admin-token-0123456789abcd")
+            .body(full(""))
+            .unwrap()
+    };
+    assert_eq!(send(&client, with_token()).await.status, 200);
+    std::fs::write(&file, &base).unwrap();
+    origin.signal("HUP");
+    logged(&log, "`[admin]` was removed").await;
+    common::assert_error(&send(&client, with_token()).await, 403, "Forbidden");
+    let empty = Request::get(&config)
+        .header("authorization", "Bearer ")
+        .body(full(""))
+        .unwrap();
+    common::assert_error(&send(&client, empty).await, 401, "Unauthorized");
+}
+
 #[tokio::test]
 async fn sighup_reloads_without_disruption_and_keeps_the_old_config_on_errors() {
     let dir = TempDir::new().unwrap();

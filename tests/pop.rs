@@ -231,10 +231,10 @@ async fn client_pop_origin_backend_over_http1_and_http2() {
 async fn a_pop_sent_sighup_logs_it_and_keeps_serving() {
     let f = Fixture::start();
     f.wait_served(&f.pop).await;
-    // By default SIGHUP ends a process; a PoP has nothing of its own to
-    // reload (its APIs come from its origins), so it says so and serves on.
+    // By default SIGHUP ends a process; a PoP's APIs come from its origins,
+    // so it reads its listeners' certificates again and serves on.
     f.pop.signal("HUP");
-    logged(&f.pop_log, "SIGHUP ignored").await;
+    logged(&f.pop_log, "listener certificates reloaded").await;
     let reply = get(&f.client(false), &f.pop_url("/prod/items/1")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 }

@@ -18,7 +18,7 @@ pub use crate::h3::{H3Listener, H3Server};
 pub use crate::h3_early::EARLY_DATA;
 pub use crate::http::{Handler, HttpLimits, TcpServer};
 pub use quic::{Congestion, QuicSettings, QuicSocket};
-pub use tls::{CertFiles, SniResolver, server_config};
+pub use tls::{CertFiles, SniResolver, load_keys, server_config, server_config_for};
 
 /// Errors setting up listeners and their TLS material.
 #[derive(Debug, thiserror::Error)]

@@ -62,15 +62,17 @@ pub fn self_signed(names: &[String]) -> Result<CertifiedKey, NetError> {
 /// Picks a certificate by SNI: the first one valid for the name, else the first one.
 ///
 /// Names are matched with webpki's own rules (SANs, wildcards), so what we
-/// pick is exactly what a client will accept.
+/// pick is exactly what a client will accept. The set can be replaced while
+/// the listener runs (a reload: renewed files, custom domains added); each
+/// handshake uses the set in force when it began.
 pub struct SniResolver {
-    keys: Vec<Arc<CertifiedKey>>,
+    keys: std::sync::RwLock<Arc<[Arc<CertifiedKey>]>>,
 }
 
 impl fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SniResolver")
-            .field("certificates", &self.keys.len())
+            .field("certificates", &self.keys().len())
             .finish()
     }
 }
@@ -81,7 +83,31 @@ impl SniResolver {
         if keys.is_empty() {
             return Err(NetError::NoCertificate);
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys: std::sync::RwLock::new(keys.into()),
+        })
+    }
+
+    /// Serves `keys` from the next handshake on (`keys` must not be empty;
+    /// the first is the default).
+    pub fn replace(&self, keys: Vec<Arc<CertifiedKey>>) -> Result<(), NetError> {
+        if keys.is_empty() {
+            return Err(NetError::NoCertificate);
+        }
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys.into();
+        Ok(())
+    }
+
+    fn keys(&self) -> Arc<[Arc<CertifiedKey>]> {
+        Arc::clone(
+            &self
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn valid_for(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
@@ -94,11 +120,12 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let keys = self.keys();
         let by_name = hello
             .server_name()
             .and_then(|sni| ServerName::try_from(sni).ok())
-            .and_then(|name| self.keys.iter().find(|k| Self::valid_for(k, &name)));
-        by_name.or_else(|| self.keys.first()).cloned()
+            .and_then(|name| keys.iter().find(|k| Self::valid_for(k, &name)));
+        by_name.or_else(|| keys.first()).cloned()
     }
 }
 
@@ -120,21 +147,26 @@ pub fn server_config(
         tracing::warn!(names = ?fallback_names, "no certificate configured: using a self-signed certificate generated at start");
         vec![Arc::new(self_signed(fallback_names)?)]
     } else {
-        files
-            .iter()
-            .map(|f| load_certified_key(&f.cert, &f.key).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?
+        load_keys(files)?
     };
-    config_for(keys)
+    server_config_for(Arc::new(SniResolver::new(keys)?))
 }
 
-/// The listeners' server config for these certificates.
-fn config_for(keys: Vec<Arc<CertifiedKey>>) -> Result<rustls::ServerConfig, NetError> {
+/// Every certificate and key of `files`, or the first that fails to load.
+pub fn load_keys(files: &[CertFiles]) -> Result<Vec<Arc<CertifiedKey>>, NetError> {
+    files
+        .iter()
+        .map(|f| load_certified_key(&f.cert, &f.key).map(Arc::new))
+        .collect()
+}
+
+/// The listeners' server config, its certificates picked by `resolver`.
+pub fn server_config_for(resolver: Arc<SniResolver>) -> Result<rustls::ServerConfig, NetError> {
     let mut config = rustls::ServerConfig::builder_with_provider(listener_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(NetError::Tls)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver::new(keys)?));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ignore_client_order = true;
     Ok(config)
@@ -219,7 +251,8 @@ mod tests {
         let name = ServerName::try_from("localhost").unwrap();
         let mut c =
             Connection::Client(rustls::ClientConnection::new(Arc::new(client), name).unwrap());
-        let server = Arc::new(config_for(vec![key]).unwrap());
+        let server =
+            Arc::new(server_config_for(Arc::new(SniResolver::new(vec![key]).unwrap())).unwrap());
         let mut s = Connection::Server(rustls::ServerConnection::new(server).unwrap());
         while c.is_handshaking() || s.is_handshaking() {
             transfer(&mut c, &mut s);

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use portico_config::{ListenerConfig, NodeConfig};
+use portico_config::{Definitions, ListenerConfig, NodeConfig};
 use portico_gateway::{Body, ConnInfo, Entry, Gateway, GatewayError, ServedModes, Upstream};
-use portico_net::{CertFiles, H3Listener, Handler, TcpServer};
+use portico_net::{CertFiles, H3Listener, Handler, SniResolver, TcpServer};
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 
 use crate::{AppError, settings};
@@ -60,11 +61,14 @@ impl<H: Handler> Server<H> {
 pub async fn bind<H: Handler>(
     config: &NodeConfig,
     handler: &Arc<H>,
-) -> Result<Vec<Server<H>>, AppError> {
+) -> Result<(Vec<Server<H>>, Certificates), AppError> {
     let mut servers = Vec::new();
+    let mut certificates = Certificates::default();
     for l in &config.listeners {
         let tls = if l.tls {
-            Some(Arc::new(tls_config(config, &l.certificates)?))
+            let (tls, certs) = tls_config(config, &l.certificates)?;
+            certificates.0.push(certs);
+            Some(Arc::new(tls))
         } else {
             None
         };
@@ -89,7 +93,45 @@ pub async fn bind<H: Handler>(
         }));
         servers.extend(h3.map(|(server, _)| Server::H3(server)));
     }
-    Ok(servers)
+    Ok((servers, certificates))
+}
+
+/// The certificates of a node's TLS listeners (HTTP/3 included), which a
+/// reload reads again: renewed files and custom domains added or removed
+/// take effect at the next handshake, as nginx's do on SIGHUP.
+#[derive(Default)]
+pub struct Certificates(Vec<ListenerCerts>);
+
+/// One TLS listener's own certificate files and what picks among its set.
+struct ListenerCerts {
+    own: Vec<CertFiles>,
+    resolver: Arc<SniResolver>,
+    /// The certificate made at start, served while no file is configured.
+    self_signed: Option<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    /// Loads every listener's own files and the custom domains' of
+    /// `definitions` again; installs them only if all load (else nothing
+    /// changes). A listener left with no file serves the certificate it made
+    /// at start (or a new one for `node_id`).
+    pub fn reload(&self, definitions: &Definitions, node_id: &str) -> Result<usize, AppError> {
+        let mut loaded = Vec::with_capacity(self.0.len());
+        for l in &self.0 {
+            let files = with_domains(l.own.clone(), definitions);
+            let keys = match (&l.self_signed, files.is_empty()) {
+                (Some(key), true) => vec![Arc::clone(key)],
+                (None, true) => vec![Arc::new(self_signed(node_id)?)],
+                (_, false) => portico_net::load_keys(&files)?,
+            };
+            loaded.push((&l.resolver, keys));
+        }
+        let count = loaded.iter().map(|(_, keys)| keys.len()).sum();
+        for (resolver, keys) in loaded {
+            resolver.replace(keys)?;
+        }
+        Ok(count)
+    }
 }
 
 /// How many ports a listener on port 0 tries for its HTTP/3 side.
@@ -181,17 +223,49 @@ fn bind_h3<H: Handler>(
 fn tls_config(
     config: &NodeConfig,
     certs: &[portico_config::CertPaths],
-) -> Result<rustls::ServerConfig, AppError> {
-    let mut files: Vec<CertFiles> = certs
+) -> Result<(rustls::ServerConfig, ListenerCerts), AppError> {
+    let own: Vec<CertFiles> = certs
         .iter()
         .map(|c| CertFiles {
             cert: c.cert.clone(),
             key: c.key.clone(),
         })
         .collect();
+    let files = with_domains(own.clone(), &config.definitions);
+    let (keys, self_signed) = if files.is_empty() {
+        tracing::warn!(
+            "no certificate configured: using a self-signed certificate generated at start"
+        );
+        let key = Arc::new(self_signed(&config.node.id)?);
+        (vec![Arc::clone(&key)], Some(key))
+    } else {
+        (portico_net::load_keys(&files)?, None)
+    };
+    let resolver = Arc::new(SniResolver::new(keys)?);
+    let tls = portico_net::server_config_for(Arc::clone(&resolver))?;
+    let certs = ListenerCerts {
+        own,
+        resolver,
+        self_signed,
+    };
+    Ok((tls, certs))
+}
+
+/// A certificate for the node's own names, for a listener given none.
+fn self_signed(node_id: &str) -> Result<CertifiedKey, portico_net::NetError> {
+    let names = [
+        "localhost".to_owned(),
+        node_id.to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    portico_net::tls::self_signed(&names)
+}
+
+/// A listener's own certificate files, then those of `definitions`'
+/// custom domains.
+fn with_domains(mut files: Vec<CertFiles>, definitions: &Definitions) -> Vec<CertFiles> {
     files.extend(
-        config
-            .definitions
+        definitions
             .domains
             .iter()
             .filter_map(|d| d.certificate.as_ref())
@@ -200,12 +274,7 @@ fn tls_config(
                 key: c.key.clone(),
             }),
     );
-    let names = vec![
-        "localhost".to_owned(),
-        config.node.id.clone(),
-        "127.0.0.1".to_owned(),
-    ];
-    Ok(portico_net::server_config(&files, &names)?)
+    files
 }
 
 #[cfg(test)]

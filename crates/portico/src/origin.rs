@@ -33,7 +33,7 @@ pub async fn run(
         gateway: Arc::clone(&gateway),
         modes: ServedModes::REGIONAL,
     });
-    let servers = crate::listeners::bind(&config, &handler).await?;
+    let (servers, certificates) = crate::listeners::bind(&config, &handler).await?;
     // PoPs get the definitions at connect and again after every reload.
     let (defs_tx, defs_rx) = watch::channel(Arc::clone(&config.definitions));
     let backbone = crate::backbone::bind_origin(&config)?;
@@ -57,13 +57,19 @@ pub async fn run(
     if let Some(a) = &config.admin {
         token_tx.send_replace(a.token.as_bytes().into());
     }
-    tasks.spawn(reload_on_sighup(
+    let reload = Reload {
         path,
-        hup,
-        Arc::clone(&gateway),
-        (defs_tx, token_tx),
-        stop_rx.clone(),
-    ));
+        gateway: Arc::clone(&gateway),
+        definitions: defs_tx,
+        admin_token: token_tx,
+        certificates,
+        default_apis: config
+            .listeners
+            .iter()
+            .filter_map(|l| l.default_api.clone())
+            .collect(),
+    };
+    tasks.spawn(reload.on_sighup(hup, stop_rx.clone()));
     if let Some(server) = backbone {
         // Purges made on the admin API reach every connected PoP.
         let to_pops = Arc::new(crate::purges::OriginPurges::default());
@@ -115,48 +121,88 @@ pub async fn run(
     Ok(())
 }
 
-/// Reloads on SIGHUP what a running origin can take: its API definitions
-/// (APIs, plans, keys) and its admin token. A bad file is logged and the old
+/// What a running origin reloads on SIGHUP: its API definitions (APIs,
+/// plans, keys, custom domains), the certificates of its listeners and
+/// custom domains (read again: renewed files take effect), and its admin
+/// token. A bad file, a certificate that does not load, or definitions
+/// without a running listener's `default_api` are logged and the old
 /// configuration keeps serving. The node's other settings (listeners,
 /// backbone, limits, throttle, cache...) take effect at its next start.
-async fn reload_on_sighup(
+struct Reload {
     path: PathBuf,
-    hup: Option<Signal>,
     gateway: Arc<Gateway<Integrations>>,
-    (definitions, admin_token): (watch::Sender<Arc<Definitions>>, watch::Sender<Box<[u8]>>),
-    mut stop: watch::Receiver<bool>,
-) {
-    let Some(mut hup) = hup else {
-        return tracing::warn!("configuration reload is unavailable");
-    };
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = hup.recv() => {}
-        }
-        match portico_config::load_node_file_as(&path, Some(Role::Origin)) {
-            Ok(config) => {
-                let running = portico_backbone::Running::of(&config.definitions);
-                gateway.swap(Arc::clone(&config.definitions));
-                definitions.send_replace(Arc::clone(&config.definitions));
-                if let Some(a) = &config.admin {
-                    admin_token.send_replace(a.token.as_bytes().into());
-                }
-                tracing::info!(
+    definitions: watch::Sender<Arc<Definitions>>,
+    admin_token: watch::Sender<Box<[u8]>>,
+    certificates: crate::listeners::Certificates,
+    /// The running listeners' `default_api`s, which reloaded definitions
+    /// must still define.
+    default_apis: Vec<String>,
+}
+
+impl Reload {
+    async fn on_sighup(self, hup: Option<Signal>, mut stop: watch::Receiver<bool>) {
+        let Some(mut hup) = hup else {
+            return tracing::warn!("configuration reload is unavailable");
+        };
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = hup.recv() => {}
+            }
+            match self.apply() {
+                Ok(running) => tracing::info!(
                     version = format_args!("{:016x}", running.version),
                     sha256 = %running.hash_hex(),
                     "configuration reloaded"
-                );
-            }
-            Err(errors) => {
-                for err in errors.iter() {
-                    tracing::error!(%err, "configuration reload rejected");
+                ),
+                Err(errors) => {
+                    for err in &errors {
+                        tracing::error!(%err, "configuration reload rejected");
+                    }
+                    tracing::error!(
+                        errors = errors.len(),
+                        "configuration reload rejected; the previous configuration keeps serving"
+                    );
                 }
-                tracing::error!(
-                    errors = errors.len(),
-                    "configuration reload rejected; the previous configuration keeps serving"
+            }
+        }
+    }
+
+    /// Reads the file and applies it whole, or nothing and why.
+    fn apply(&self) -> Result<portico_backbone::Running, Vec<String>> {
+        let config = portico_config::load_node_file_as(&self.path, Some(Role::Origin))
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let missing: Vec<String> = self
+            .default_apis
+            .iter()
+            .filter(|name| !config.definitions.apis.iter().any(|a| &a.name == *name))
+            .map(|name| {
+                format!("a running listener's default_api `{name}` is no longer defined (change listeners with a restart)")
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        let certificates = self
+            .certificates
+            .reload(&config.definitions, &config.node.id)
+            .map_err(|err| vec![format!("certificates: {err}")])?;
+        let running = portico_backbone::Running::of(&config.definitions);
+        self.gateway.swap(Arc::clone(&config.definitions));
+        self.definitions
+            .send_replace(Arc::clone(&config.definitions));
+        match &config.admin {
+            Some(a) => {
+                self.admin_token.send_replace(a.token.as_bytes().into());
+            }
+            None => {
+                self.admin_token.send_replace(Box::default());
+                tracing::warn!(
+                    "`[admin]` was removed: the admin API refuses every request until the next start"
                 );
             }
         }
+        tracing::debug!(certificates, "listener certificates reloaded");
+        Ok(running)
     }
 }

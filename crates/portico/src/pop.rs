@@ -58,7 +58,7 @@ pub async fn run(
         gateway: Arc::clone(&gateway),
         modes: ServedModes::EDGE,
     });
-    let servers = listeners::bind(&config, &handler).await?;
+    let (servers, certificates) = listeners::bind(&config, &handler).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     rates.attach(
@@ -101,7 +101,12 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
-    tasks.spawn(ignore_sighup(hup, stop_rx.clone()));
+    tasks.spawn(reload_certificates(
+        hup,
+        certificates,
+        config.node.id.clone(),
+        stop_rx.clone(),
+    ));
     tasks.spawn(apply_snapshots(backbone.config(), gateway, stop_rx));
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node = %config.node.id, origins = config.origins.len(), workers, "pop ready");
@@ -172,18 +177,29 @@ async fn apply_snapshots(
     }
 }
 
-/// A PoP's APIs come from its origins (a reload there reaches it within a
-/// second); its own file is read at start. SIGHUP, which reloads an origin,
-/// is logged here instead of ending the process, as it would by default.
-async fn ignore_sighup(hup: Option<tokio::signal::unix::Signal>, mut stop: watch::Receiver<bool>) {
+/// SIGHUP reads a PoP's listener certificates again (renewed files take
+/// effect at the next handshake, as nginx's do). Its APIs come from its
+/// origins (a reload there reaches it within a second); the rest of its own
+/// file is read at start.
+async fn reload_certificates(
+    hup: Option<tokio::signal::unix::Signal>,
+    certificates: listeners::Certificates,
+    node_id: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let Some(mut hup) = hup else { return };
+    let none = portico_config::Definitions::empty();
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = hup.recv() => tracing::warn!(
-                "SIGHUP ignored: a PoP's APIs come from its origins (reload the origin); \
-                 its own file is read at start"
-            ),
+            _ = hup.recv() => match certificates.reload(&none, &node_id) {
+                Ok(count) => tracing::info!(
+                    certificates = count,
+                    "SIGHUP: listener certificates reloaded (a PoP's APIs come from its origins; \
+                     the rest of its file is read at start)"
+                ),
+                Err(err) => tracing::error!(%err, "SIGHUP: listener certificates not reloaded; the previous ones keep serving"),
+            },
         }
     }
 }
