@@ -679,17 +679,24 @@ fn get_with(f: &Fixture, path: &str, name: &str, value: &str) -> Request<ReqBody
         .unwrap()
 }
 
-/// Sends raw bytes over TLS and returns what comes back.
-async fn raw_exchange(f: &Fixture, request: &[u8]) -> String {
+/// A TLS client that trusts `der` alone.
+fn connector_trusting(
+    der: &rustls_pki_types::CertificateDer<'static>,
+) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(f.cert.der.clone()).unwrap();
+    roots.add(der.clone()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Sends raw bytes over TLS and returns what comes back.
+async fn raw_exchange(f: &Fixture, request: &[u8]) -> String {
+    let connector = connector_trusting(&f.cert.der);
     let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
@@ -975,15 +982,7 @@ async fn handshake_trusting(
     sni: &str,
     der: &rustls_pki_types::CertificateDer<'static>,
 ) -> bool {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.clone()).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let connector = connector_trusting(der);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
     connector.connect(name, tcp).await.is_ok()
