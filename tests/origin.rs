@@ -679,24 +679,31 @@ fn get_with(f: &Fixture, path: &str, name: &str, value: &str) -> Request<ReqBody
         .unwrap()
 }
 
-/// A TLS client that trusts `der` alone.
+/// A TLS client that trusts `der` alone and offers `alpn`.
 fn connector_trusting(
     der: &rustls_pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
 ) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.clone()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
 
 /// Sends raw bytes over TLS and returns what comes back.
 async fn raw_exchange(f: &Fixture, request: &[u8]) -> String {
-    let connector = connector_trusting(&f.cert.der);
+    raw_exchange_alpn(f, &[], request).await
+}
+
+/// [`raw_exchange`] offering `alpn` in the handshake.
+async fn raw_exchange_alpn(f: &Fixture, alpn: &[&[u8]], request: &[u8]) -> String {
+    let connector = connector_trusting(&f.cert.der, alpn);
     let tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
@@ -726,6 +733,11 @@ async fn malformed_requests_are_400() {
         assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
         assert!(reply.ends_with("{\"message\":\"Bad Request\"}"), "{reply}");
     }
+    // Nor after negotiating `h2` in the handshake: the request is HTTP/1.1.
+    let request = b"GET /prod/a HTTP/1.1\r\nConnection: close\r\n\r\n";
+    let reply = raw_exchange_alpn(&f, &[b"h2"], request).await;
+    assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
+    assert!(reply.ends_with("{\"message\":\"Bad Request\"}"), "{reply}");
     // HTTP/1.0 needs none.
     let reply = raw_exchange(&f, b"GET /prod/a HTTP/1.0\r\n\r\n").await;
     assert!(reply.starts_with("HTTP/1.0 200 OK\r\n"), "{reply}");
@@ -982,7 +994,7 @@ async fn handshake_trusting(
     sni: &str,
     der: &rustls_pki_types::CertificateDer<'static>,
 ) -> bool {
-    let connector = connector_trusting(der);
+    let connector = connector_trusting(der, &[]);
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
     connector.connect(name, tcp).await.is_ok()

@@ -303,16 +303,21 @@ impl<H: Handler> TcpServer<H> {
         let activity = Arc::new(Activity::default());
         let active = Arc::clone(&activity);
         let client = info.client_addr;
-        let info = Arc::new(info);
+        // The protocol is what each request came in, not what ALPN said:
+        // hyper tells HTTP/1.1 from HTTP/2 by the first bytes, so a client
+        // may negotiate `h2` and speak HTTP/1.1 (and must then send Host).
         let info_h2 = Arc::new(ConnInfo {
             protocol: Protocol::Http2,
-            ..(*info).clone()
+            ..info.clone()
+        });
+        let info = Arc::new(ConnInfo {
+            protocol: Protocol::Http1,
+            ..info
         });
         let service = service_fn(move |req: Request<Incoming>| {
             let handler = Arc::clone(&handler);
             let alt_svc = alt_svc.clone();
             let in_flight = Activity::enter(&active);
-            // Prior-knowledge h2c on a plain listener is detected per request.
             let info = if req.version() == http::Version::HTTP_2 {
                 Arc::clone(&info_h2)
             } else {

@@ -1,6 +1,7 @@
 //! TLS material for public listeners: PEM loading, SNI selection, self-signed
 //! fallback.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::NetError;
 
@@ -61,18 +62,73 @@ pub fn self_signed(names: &[String]) -> Result<CertifiedKey, NetError> {
 
 /// Picks a certificate by SNI: the first one valid for the name, else the first one.
 ///
-/// Names are matched with webpki's own rules (SANs, wildcards), so what we
-/// pick is exactly what a client will accept. The set can be replaced while
-/// the listener runs (a reload: renewed files, custom domains added); each
-/// handshake uses the set in force when it began.
+/// Names are matched as webpki matches them (SAN DNS names, case-insensitive;
+/// a `*.` wildcard for one leftmost label), so what we pick is what a client
+/// will accept. Each certificate's names are read once, when the set is
+/// installed: a handshake costs two hash lookups, however many custom domains
+/// a listener serves. The set can be replaced while the listener runs (a
+/// reload: renewed files, custom domains added); each handshake uses the set
+/// in force when it began.
 pub struct SniResolver {
-    keys: std::sync::RwLock<Arc<[Arc<CertifiedKey>]>>,
+    set: std::sync::RwLock<Arc<KeySet>>,
+}
+
+/// Certificates and, by name, the first of them valid for it.
+struct KeySet {
+    keys: Vec<Arc<CertifiedKey>>,
+    /// Exact names, lower case.
+    exact: HashMap<String, usize>,
+    /// `*.example.com` as `example.com`, lower case.
+    wildcard: HashMap<String, usize>,
+}
+
+impl KeySet {
+    fn new(keys: Vec<Arc<CertifiedKey>>) -> Result<Self, NetError> {
+        if keys.is_empty() {
+            return Err(NetError::NoCertificate);
+        }
+        let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
+        for (index, key) in keys.iter().enumerate() {
+            let Some(ee) = key
+                .cert
+                .first()
+                .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+            else {
+                continue;
+            };
+            for name in ee.valid_dns_names() {
+                let name = name.to_ascii_lowercase();
+                match name.strip_prefix("*.") {
+                    Some(rest) => wildcard.entry(rest.to_owned()).or_insert(index),
+                    None => exact.entry(name).or_insert(index),
+                };
+            }
+        }
+        Ok(KeySet {
+            keys,
+            exact,
+            wildcard,
+        })
+    }
+
+    /// The first certificate valid for `sni`, else the first of all.
+    fn pick(&self, sni: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let by_name = sni.and_then(|sni| {
+            let name = sni.trim_end_matches('.').to_ascii_lowercase();
+            let exact = self.exact.get(&name);
+            let wildcard = name
+                .split_once('.')
+                .and_then(|(_, parent)| self.wildcard.get(parent));
+            exact.into_iter().chain(wildcard).min().copied()
+        });
+        self.keys.get(by_name.unwrap_or(0))
+    }
 }
 
 impl fmt::Debug for SniResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SniResolver")
-            .field("certificates", &self.keys().len())
+            .field("certificates", &self.set().keys.len())
             .finish()
     }
 }
@@ -80,52 +136,35 @@ impl fmt::Debug for SniResolver {
 impl SniResolver {
     /// `keys` must not be empty; the first is the default.
     pub fn new(keys: Vec<Arc<CertifiedKey>>) -> Result<Self, NetError> {
-        if keys.is_empty() {
-            return Err(NetError::NoCertificate);
-        }
         Ok(Self {
-            keys: std::sync::RwLock::new(keys.into()),
+            set: std::sync::RwLock::new(Arc::new(KeySet::new(keys)?)),
         })
     }
 
     /// Serves `keys` from the next handshake on (`keys` must not be empty;
     /// the first is the default).
     pub fn replace(&self, keys: Vec<Arc<CertifiedKey>>) -> Result<(), NetError> {
-        if keys.is_empty() {
-            return Err(NetError::NoCertificate);
-        }
+        let set = Arc::new(KeySet::new(keys)?);
         *self
-            .keys
+            .set
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = keys.into();
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = set;
         Ok(())
     }
 
-    fn keys(&self) -> Arc<[Arc<CertifiedKey>]> {
+    fn set(&self) -> Arc<KeySet> {
         Arc::clone(
             &self
-                .keys
+                .set
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
-    }
-
-    fn valid_for(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
-        key.cert
-            .first()
-            .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
-            .is_some_and(|ee| ee.verify_is_valid_for_subject_name(name).is_ok())
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let keys = self.keys();
-        let by_name = hello
-            .server_name()
-            .and_then(|sni| ServerName::try_from(sni).ok())
-            .and_then(|name| keys.iter().find(|k| Self::valid_for(k, &name)));
-        by_name.or_else(|| keys.first()).cloned()
+        self.set().pick(hello.server_name()).cloned()
     }
 }
 
@@ -248,7 +287,7 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let name = ServerName::try_from("localhost").unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let mut c =
             Connection::Client(rustls::ClientConnection::new(Arc::new(client), name).unwrap());
         let server =
@@ -297,17 +336,44 @@ mod tests {
         }
     }
 
+    /// The certificate picked is the first whose names a client would
+    /// accept for the SNI (checked with webpki itself), else the first.
     #[test]
-    fn self_signed_is_valid_for_its_names() {
-        let key = self_signed(&["a.example".into()]).unwrap();
-        assert!(SniResolver::valid_for(
-            &key,
-            &ServerName::try_from("a.example").unwrap()
-        ));
-        assert!(!SniResolver::valid_for(
-            &key,
-            &ServerName::try_from("b.example").unwrap()
-        ));
+    fn certificates_are_picked_by_name_as_clients_match_them() {
+        let key = |names: &[&str]| {
+            Arc::new(
+                self_signed(&names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap(),
+            )
+        };
+        let keys = vec![
+            key(&["default.example"]),
+            key(&["*.shop.example"]),
+            key(&["a.shop.example", "b.example"]),
+        ];
+        let set = KeySet::new(keys.clone()).unwrap();
+        for (sni, expected) in [
+            (Some("b.example"), 2),
+            (Some("B.Example."), 2),
+            (Some("a.shop.example"), 1),
+            (Some("x.shop.example"), 1),
+            (Some("y.x.shop.example"), 0),
+            (Some("shop.example"), 0),
+            (Some("nope.example"), 0),
+            (None, 0),
+        ] {
+            let picked = set.pick(sni).unwrap();
+            assert!(Arc::ptr_eq(picked, &keys[expected]), "{sni:?}");
+            // What webpki itself says of the pick, for a name it could match.
+            if let Some(name) = sni.filter(|_| expected != 0) {
+                let name =
+                    rustls_pki_types::ServerName::try_from(name.trim_end_matches('.')).unwrap();
+                let ee = webpki::EndEntityCert::try_from(&picked.cert[0]).unwrap();
+                assert!(
+                    ee.verify_is_valid_for_subject_name(&name).is_ok(),
+                    "{sni:?}"
+                );
+            }
+        }
     }
 
     #[test]

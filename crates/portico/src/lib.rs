@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod control;
 mod cpus;
+mod files;
 mod keys;
 mod limits;
 mod listeners;

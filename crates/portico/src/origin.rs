@@ -19,6 +19,7 @@ pub async fn run(
     hup: Option<Signal>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    settings::raise_file_limit(&config);
     let resolver = Resolver::new(&settings::dns(&config))?;
     let client = BackendClient::new(&settings::client(&config), resolver)?;
     let quota = crate::limits::open_quota(&config)?;

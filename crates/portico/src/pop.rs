@@ -26,6 +26,7 @@ pub async fn run(
     hup: Option<tokio::signal::unix::Signal>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    settings::raise_file_limit(&config);
     let (purges, purge_queue) = crate::purges::PopPurges::new();
     let leases = crate::quotas::PopLeases::new();
     let rates = crate::rates::PopRates::new();

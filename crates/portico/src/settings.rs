@@ -28,6 +28,13 @@ pub fn with_cache<U: portico_gateway::Upstream>(
     }
 }
 
+/// Raises the open-file limit for what the node's listeners may hold.
+pub fn raise_file_limit(config: &NodeConfig) {
+    let listeners = u64::try_from(config.listeners.len()).unwrap_or(u64::MAX);
+    let each = u64::try_from(config.limits.max_connections).unwrap_or(u64::MAX);
+    crate::files::raise_limit(listeners.saturating_mul(each));
+}
+
 pub fn http_limits(config: &NodeConfig) -> HttpLimits {
     // hyper's own cap sits well above ours so that the gateway, not hyper,
     // answers most oversized header sections (with a JSON 431).
