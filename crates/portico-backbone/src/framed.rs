@@ -51,6 +51,12 @@ impl FrameReader {
         self.codec = self.codec.with_version(version);
     }
 
+    /// Reads the frames from now on with `codec` (a request's body after
+    /// its head, whose frames are smaller).
+    pub(crate) fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+    }
+
     /// Reads and checks the 7-byte preface; a bad one is a protocol error.
     pub(crate) async fn preface(&mut self) -> Result<StreamKind, BackboneError> {
         loop {

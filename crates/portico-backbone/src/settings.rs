@@ -39,6 +39,10 @@ pub struct LinkSettings {
     pub handshake_timeout: Duration,
     /// How long a request stream may take to deliver its head.
     pub head_timeout: Duration,
+    /// Largest request head an origin reads (a larger one resets its
+    /// stream): what its own header limit could accept, so a PoP cannot
+    /// have it buffer a megabyte per stream for heads it would refuse.
+    pub max_head_bytes: u32,
     /// First reconnect delay; doubles up to `backoff_max` (with jitter).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -61,6 +65,7 @@ impl Default for LinkSettings {
             idle_timeout: Duration::from_secs(4),
             handshake_timeout: Duration::from_secs(5),
             head_timeout: Duration::from_secs(30),
+            max_head_bytes: portico_proto::DEFAULT_MAX_FRAME,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
@@ -95,6 +100,18 @@ impl LinkSettings {
     /// Codec of request streams: default 1 MiB frames.
     pub(crate) fn request_codec(&self) -> Codec {
         Codec::new()
+    }
+
+    /// Codec of a request stream's head at the origin: frames of at most
+    /// `max_head_bytes` (within the codec's bounds).
+    pub(crate) fn head_codec(&self, version: u16) -> Codec {
+        let max = self.max_head_bytes.clamp(
+            portico_proto::MIN_MAX_FRAME,
+            portico_proto::DEFAULT_MAX_FRAME,
+        );
+        Codec::with_max_frame(max)
+            .unwrap_or_default()
+            .with_version(version)
     }
 
     /// Codec of the control stream: large frames, because a configuration

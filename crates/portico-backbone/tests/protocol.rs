@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use common::*;
 use http_body_util::BodyExt;
-use portico_backbone::TlsMaterial;
+use portico_backbone::{LinkSettings, TlsMaterial};
 use portico_proto::{
     Capabilities, Codec, ConfigSnapshot, End, Frame, Hello, HelloAck, MAX_FRAME_LIMIT, RequestHead,
     ResetCode, ResponseHead, Role, StreamKind, VersionRange, decode_preface, encode_preface,
@@ -226,6 +226,54 @@ async fn malformed_streams_are_reset_and_the_link_keeps_serving() {
     );
     assert!(matches!(frames.last(), Some(Frame::End(_))), "{frames:?}");
     assert!(conn.close_reason().is_none(), "the link survived");
+    origin.stop().await;
+}
+
+/// An origin reads request heads only as large as its header limit could
+/// take (here 4 KiB): a larger one resets the stream at its length prefix,
+/// before the origin buffers it. Bodies after a head keep their own limit.
+#[tokio::test]
+async fn a_request_head_over_the_origins_limit_resets_its_stream() {
+    let pki = Pki::new();
+    let link = LinkSettings {
+        max_head_bytes: 4096,
+        ..settings()
+    };
+    let origin = Origin::start_with(
+        &pki.material("origin-a"),
+        localhost0(),
+        definitions(""),
+        link,
+    );
+    let (_endpoint, conn, _control) = raw_link(&pki.material("pop-a"), origin.addr).await;
+    let head = |value: usize| {
+        let Frame::RequestHead(mut head) = request_head("POST", "/echo") else {
+            unreachable!("request_head builds a head")
+        };
+        head.headers.push(("x-big".into(), vec![b'v'; value]));
+        Frame::RequestHead(head)
+    };
+    let too_big = request_stream(&[head(6000), Frame::End(End::default())]);
+    assert_eq!(
+        reset_code_for(&conn, &too_big).await,
+        ResetCode::Protocol as u64
+    );
+    // Under the limit, with a body chunk larger than it: served.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let body = vec![b'b'; 64 * 1024];
+    send.write_all(&request_stream(&[
+        head(2000),
+        Frame::BodyChunk(body.clone().into()),
+        Frame::End(End::default()),
+    ]))
+    .await
+    .unwrap();
+    send.finish().unwrap();
+    let frames = response_frames(&mut recv).await;
+    assert!(
+        matches!(&frames[0], Frame::ResponseHead(h) if h.status == 200),
+        "{frames:?}"
+    );
     origin.stop().await;
 }
 

@@ -26,9 +26,16 @@ pub fn material(backbone: &BackboneConfig) -> Result<TlsMaterial, AppError> {
 }
 
 /// Link tuning from the node file; the rest keeps the crate's defaults.
-pub fn link_settings(backbone: &BackboneConfig) -> LinkSettings {
+pub fn link_settings(backbone: &BackboneConfig, limits: &portico_config::Limits) -> LinkSettings {
     let d = LinkSettings::default();
+    // What a head within the header limit can take, with room for the
+    // request's other fields and each header's framing.
+    let head = limits
+        .max_header_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024);
     LinkSettings {
+        max_head_bytes: u32::try_from(head).unwrap_or(u32::MAX),
         max_concurrent_streams: backbone.max_concurrent_streams,
         keep_alive: backbone.keep_alive.unwrap_or(d.keep_alive),
         idle_timeout: backbone.idle_timeout.unwrap_or(d.idle_timeout),
@@ -56,7 +63,12 @@ pub fn bind_origin(config: &NodeConfig) -> Result<Option<BackboneServer>, AppErr
         return Ok(None);
     };
     let tls = material(backbone)?;
-    let server = BackboneServer::bind(listen, &tls, identity(config), link_settings(backbone))?;
+    let server = BackboneServer::bind(
+        listen,
+        &tls,
+        identity(config),
+        link_settings(backbone, &config.limits),
+    )?;
     let local = server.local_addr()?;
     tracing::info!(address = %local, "backbone listening");
     println!("listening backbone {local}");

@@ -147,7 +147,7 @@ fn start_backbone(
         backbone::identity(config),
         origins,
         &backbone::material(bb)?,
-        backbone::link_settings(bb),
+        backbone::link_settings(bb, &config.limits),
         defaults,
         control,
     )?)

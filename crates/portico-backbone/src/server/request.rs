@@ -104,7 +104,7 @@ async fn serve_stream<H: RequestHandler>(
     peer: std::net::SocketAddr,
     _in_flight: InFlightGuard,
 ) {
-    let mut reader = FrameReader::new(recv, codec);
+    let mut reader = FrameReader::new(recv, shared.settings.head_codec(codec.version()));
     let mut writer = FrameWriter::new(send, codec);
     let stopped = writer.stopped();
     // 1. Preface and head, within the head timeout.
@@ -112,6 +112,7 @@ async fn serve_stream<H: RequestHandler>(
         Ok(head) => head,
         Err((code, err)) => return reject(reader, writer, code, &err),
     };
+    reader.set_codec(codec);
     // 2. The HTTP request, as the origin's pipeline will see it.
     let (parts, conn, routed) = match wire::request_from_head(*head, peer, shared.local_addr) {
         Ok(split) => split,
