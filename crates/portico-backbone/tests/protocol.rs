@@ -148,6 +148,20 @@ async fn reset_code_for(conn: &Connection, bytes: &[u8]) -> u64 {
     }
 }
 
+/// Sends `frames` as a request stream; the response's frames, checked to
+/// be origin-a's 200.
+async fn exchange_ok(conn: &Connection, frames: &[Frame]) -> Vec<Frame> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&request_stream(frames)).await.unwrap();
+    send.finish().unwrap();
+    let frames = response_frames(&mut recv).await;
+    assert!(
+        matches!(&frames[0], Frame::ResponseHead(h) if h.status == 200 && h.served_by == "origin-a"),
+        "{frames:?}"
+    );
+    frames
+}
+
 /// Reads every frame of a response half until FIN.
 async fn response_frames(recv: &mut RecvStream) -> Vec<Frame> {
     let data = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(16 << 20))
@@ -211,19 +225,11 @@ async fn malformed_streams_are_reset_and_the_link_keeps_serving() {
         assert_eq!(reset_code_for(&conn, &bytes).await, protocol, "{what}");
     }
     // A well-formed request on the same link still works.
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&request_stream(&[
-        request_head("GET", "/info"),
-        Frame::End(End::default()),
-    ]))
-    .await
-    .unwrap();
-    send.finish().unwrap();
-    let frames = response_frames(&mut recv).await;
-    assert!(
-        matches!(&frames[0], Frame::ResponseHead(h) if h.status == 200 && h.served_by == "origin-a"),
-        "{frames:?}"
-    );
+    let frames = exchange_ok(
+        &conn,
+        &[request_head("GET", "/info"), Frame::End(End::default())],
+    )
+    .await;
     assert!(matches!(frames.last(), Some(Frame::End(_))), "{frames:?}");
     assert!(conn.close_reason().is_none(), "the link survived");
     origin.stop().await;
@@ -259,21 +265,13 @@ async fn a_request_head_over_the_origins_limit_resets_its_stream() {
         ResetCode::Protocol as u64
     );
     // Under the limit, with a body chunk larger than it: served.
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let body = vec![b'b'; 64 * 1024];
-    send.write_all(&request_stream(&[
+    let frames = [
         head(2000),
-        Frame::BodyChunk(body.clone().into()),
+        Frame::BodyChunk(body.into()),
         Frame::End(End::default()),
-    ]))
-    .await
-    .unwrap();
-    send.finish().unwrap();
-    let frames = response_frames(&mut recv).await;
-    assert!(
-        matches!(&frames[0], Frame::ResponseHead(h) if h.status == 200),
-        "{frames:?}"
-    );
+    ];
+    exchange_ok(&conn, &frames).await;
     origin.stop().await;
 }
 
