@@ -405,6 +405,23 @@ name = "prod"
     assert_eq!(reply.json()["path"], "/store/a/b.txt%FF/a%20b%2Fc-d.e_f~");
     // Never a segment that moves the path.
     common::assert_error(&send(&client, get("..")).await, 400, "Bad Request");
+    // UTF-8 text is a value too, encoded.
+    let utf8 = Request::get(&url)
+        .header("host", "files.test")
+        .header(
+            "x-seg",
+            http::HeaderValue::from_bytes("Zoë".as_bytes()).unwrap(),
+        )
+        .body(full(""))
+        .unwrap();
+    let reply = send(&client, utf8).await;
+    assert_eq!(reply.json()["path"], "/store/a/b.txt%FF/Zo%C3%AB");
+    // Without the value, the backend would get another path: 400.
+    let without = Request::get(&url)
+        .header("host", "files.test")
+        .body(full(""))
+        .unwrap();
+    common::assert_error(&send(&client, without).await, 400, "Bad Request");
 }
 
 #[tokio::test]

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::compile_node_cache;
-use crate::compile::{
-    DefinitionDefaults, NODE_ID, build_definitions, check_region, is_hostname, is_node_id,
-};
+use crate::compile::{DefinitionDefaults, NODE_ID, build_definitions, check_region, is_node_id};
 use crate::error::Diag;
 use crate::file::{
     AdminFile, BackboneFile, BackendClientFile, CertFile, DnsFile, LimitsFile, ListenerFile,
@@ -549,12 +547,14 @@ fn compile_origins(files: &[OriginFile], diag: &mut Diag<'_>) -> Vec<OriginLink>
     let mut out = Vec::new();
     for f in files {
         check_region(&f.region, diag);
-        if !is_hostname(f.server_name.get_ref()) {
+        // The origin's node id: its certificate names it. `localhost`,
+        // which every node certificate names, would let any node pass.
+        if !is_node_id(f.server_name.get_ref()) {
             let message = format!("invalid server_name `{}`", f.server_name.get_ref());
             diag.expect(
                 f.server_name.span(),
                 message,
-                "the DNS name in the origin's backbone certificate",
+                "the origin's node id, as its backbone certificate names it",
             );
         }
         let key = (f.region.get_ref().clone(), *f.address.get_ref());
@@ -657,6 +657,13 @@ mod tests {
                 "10:15: invalid server_name `o o`",
                 "13:11: duplicate origin (first at line 5)",
             ]
+        );
+        // Every node certificate names localhost: it would verify any node.
+        let local = pop.replace("\"o o\"", "\"localhost\"");
+        assert!(
+            errors(&local).contains(&"10:15: invalid server_name `localhost`".to_owned()),
+            "{:?}",
+            errors(&local)
         );
     }
 

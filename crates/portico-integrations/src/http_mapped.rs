@@ -60,7 +60,15 @@ fn build_request(
             }
             continue;
         }
-        let Some(value) = source(src) else { continue };
+        let Some(value) = source(src) else {
+            // A header or query value the request lacks is left out; a path
+            // segment cannot be (the backend would get another path).
+            if let ParamTarget::Path(name) = target {
+                return Err(GatewayError::client(ErrorKind::BadRequest)
+                    .with_cause(format!("no value for the backend path's `{name}`")));
+            }
+            continue;
+        };
         match target {
             ParamTarget::Path(name) => path_values.push((name, path_segment(&value)?)),
             ParamTarget::Query(name) => append_query(&mut query, name, &value),
@@ -152,10 +160,11 @@ fn lookup(ctx: &RequestCtx, parts: &http::request::Parts, src: &ParamSource) -> 
             .path_param(name)
             .map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned()),
         ParamSource::Query(name) => query_param(parts.uri.query().unwrap_or(""), name),
+        // UTF-8 text, not only visible ASCII (`x-id: Zoë`).
         ParamSource::Header(name) => parts
             .headers
             .get(name.as_str())
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .map(str::to_owned),
         ParamSource::Static(value) => Some(value.clone()),
         ParamSource::StageVariable(name) => ctx.stage.variables.get(name).cloned(),
