@@ -832,6 +832,25 @@ mod tests {
         );
     }
 
+    /// What a reload cannot apply is named, so an operator knows to restart.
+    #[test]
+    fn sections_a_reload_does_not_apply_are_named() {
+        let running = parse(&format!("{NODE}[limits]\nmax_connections = 100\n")).unwrap();
+        let same = parse(&format!("{NODE}[limits]\nmax_connections = 100\n")).unwrap();
+        assert!(running.restart_only_changes(&same).is_empty());
+        let next = parse(&format!(
+            "{NODE}[limits]\nmax_connections = 200\n[cache]\nenabled = false\n"
+        ))
+        .unwrap();
+        assert_eq!(running.restart_only_changes(&next), ["[limits]", "[cache]"]);
+        // Route timeouts follow default_timeout_ms at once.
+        let timeout = parse(&format!(
+            "{NODE}[limits]\nmax_connections = 100\ndefault_timeout_ms = 5000\n"
+        ))
+        .unwrap();
+        assert!(running.restart_only_changes(&timeout).is_empty());
+    }
+
     #[test]
     fn config_deltas_default_on_and_can_be_turned_off() {
         let backbone = |text: &str| parse(text).unwrap().backbone.unwrap();

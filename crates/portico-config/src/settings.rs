@@ -11,7 +11,7 @@ use crate::model::{CertPaths, Definitions};
 
 /// One node's whole configuration. `definitions` is the origin's API snapshot (empty
 /// on a PoP, which receives its snapshot over the backbone).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub node: NodeSettings,
     pub listeners: Vec<ListenerConfig>,
@@ -53,6 +53,39 @@ impl Default for NodeThrottleConfig {
 }
 
 impl NodeConfig {
+    /// The sections of `next` that differ from this running configuration's
+    /// and that a reload does not apply (they take effect at the next
+    /// start): all but the definitions and the admin token. A changed
+    /// `default_timeout_ms` is applied, through the route timeouts.
+    pub fn restart_only_changes(&self, next: &NodeConfig) -> Vec<&'static str> {
+        let limits = Limits {
+            default_timeout: self.limits.default_timeout,
+            ..next.limits.clone()
+        };
+        let admin_address = |c: &NodeConfig| c.admin.as_ref().map(|a| a.address);
+        [
+            ("[node]", self.node == next.node),
+            ("[[listeners]]", self.listeners == next.listeners),
+            (
+                "[admin] address",
+                admin_address(self) == admin_address(next),
+            ),
+            ("[limits]", self.limits == limits),
+            (
+                "[backend_client]",
+                self.backend_client == next.backend_client,
+            ),
+            ("[dns]", self.dns == next.dns),
+            ("[backbone]", self.backbone == next.backbone),
+            ("[[origins]]", self.origins == next.origins),
+            ("[cache]", self.cache == next.cache),
+            ("[throttle]", self.throttle == next.throttle),
+        ]
+        .into_iter()
+        .filter_map(|(name, same)| (!same).then_some(name))
+        .collect()
+    }
+
     /// A file with `[[origins]]` is a PoP's; any other is an origin's.
     pub fn role(&self) -> Role {
         if self.origins.is_empty() {

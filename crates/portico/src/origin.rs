@@ -59,6 +59,7 @@ pub async fn run(
         token_tx.send_replace(a.token.as_bytes().into());
     }
     let reload = Reload {
+        running: config.clone(),
         path,
         gateway: Arc::clone(&gateway),
         definitions: defs_tx,
@@ -130,6 +131,8 @@ pub async fn run(
 /// configuration keeps serving. The node's other settings (listeners,
 /// backbone, limits, throttle, cache...) take effect at its next start.
 struct Reload {
+    /// The configuration the node started with: what a reload cannot change.
+    running: NodeConfig,
     path: PathBuf,
     gateway: Arc<Gateway<Integrations>>,
     definitions: watch::Sender<Arc<Definitions>>,
@@ -204,6 +207,13 @@ impl Reload {
             }
         }
         tracing::debug!(certificates, "listener certificates reloaded");
+        let later = self.running.restart_only_changes(&config);
+        if !later.is_empty() {
+            tracing::warn!(
+                sections = later.join(", "),
+                "changed settings that take effect at the next start, not with this reload"
+            );
+        }
         Ok(running)
     }
 }
