@@ -588,6 +588,23 @@ async fn a_reload_reaches_two_pops_as_a_delta_and_a_reconnect_gets_a_snapshot() 
         (reply.status, reply.text().as_str()),
         (401, r#"{"message":"Unauthorized"}"#)
     );
+    // Purges are the origin's: one made at a PoP would be undone by the
+    // origin's cache at the next miss, and reach no other PoP.
+    let purge = Request::post(format!(
+        "http://{}/cache/purge/stage",
+        f.pop.addrs("admin")[0]
+    ))
+    .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+    .body(full(r#"{"api":"items","stage":"prod"}"#))
+    .unwrap();
+    let reply = send(&client, purge).await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (
+            409,
+            r#"{"message":"purges are made on the origin's admin API, which sends them to every PoP"}"#
+        )
+    );
     let origin = config_of(&client, &f.origin).await;
     assert!(origin.get("origins").is_none(), "{origin}");
     for pop in [&f.pop, &pop_b] {

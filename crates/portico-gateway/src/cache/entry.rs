@@ -278,19 +278,36 @@ fn owned(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The tag of an entry whose tags were not all kept (more than
+/// [`MAX_TAGS`], one longer than [`MAX_TAG_LEN`], or not text): every tag
+/// purge of its API removes it, as it may have carried the tag purged. No
+/// tag a backend sends equals it (tags never hold a space).
+const SOME_TAGS_DROPPED: &str = " dropped";
+
 /// Tags from `Cache-Tag` (comma separated) and `Surrogate-Key` (space separated).
 fn tags(headers: &HeaderMap) -> Box<[Box<str>]> {
     let mut out: Vec<Box<str>> = Vec::new();
+    let mut dropped = false;
     for name in ["cache-tag", "surrogate-key"] {
         for value in headers.get_all(name) {
-            let Ok(text) = value.to_str() else { continue };
+            let Ok(text) = value.to_str() else {
+                dropped = true;
+                continue;
+            };
             for tag in text.split([',', ' ', '\t']).map(str::trim) {
-                let fits = !tag.is_empty() && tag.len() <= MAX_TAG_LEN && out.len() < MAX_TAGS;
-                if fits && !out.iter().any(|t| &**t == tag) {
+                if tag.is_empty() || out.iter().any(|t| &**t == tag) {
+                    continue;
+                }
+                if tag.len() <= MAX_TAG_LEN && out.len() < MAX_TAGS {
                     out.push(tag.into());
+                } else {
+                    dropped = true;
                 }
             }
         }
+    }
+    if dropped {
+        out.push(SOME_TAGS_DROPPED.into());
     }
     out.into_boxed_slice()
 }
@@ -376,7 +393,10 @@ impl Slot {
 
     pub(crate) fn has_tag(&self, tags: &[String]) -> bool {
         match self {
-            Slot::Entry(e) => e.tags.iter().any(|t| tags.iter().any(|x| **t == **x)),
+            Slot::Entry(e) => e
+                .tags
+                .iter()
+                .any(|t| &**t == SOME_TAGS_DROPPED || tags.iter().any(|x| **t == **x)),
             Slot::Vary(_) => false,
         }
     }

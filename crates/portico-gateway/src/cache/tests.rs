@@ -651,6 +651,30 @@ async fn vary_and_key_parameters() {
     assert_eq!(calls(&g), 3);
 }
 
+/// An entry whose tags were not all kept (70 tags; the store keeps 64) is
+/// removed by any tag purge of its API: it may have carried the tag.
+#[tokio::test]
+async fn an_entry_with_more_tags_than_are_kept_goes_with_any_tag_purge() {
+    let many: Vec<String> = (0..70).map(|i| format!("t{i}")).collect();
+    let header = many.join(", ");
+    let g = gateway(Duration::ZERO, move |_, _| Script {
+        headers: vec![
+            ("cache-control", "max-age=60".into()),
+            ("cache-tag", header.clone()),
+        ],
+        ..ok("", "x")
+    });
+    let hit = |r: Reply| r.cache_status() == "portico-n1; hit";
+    send(&g, "GET", "/prod/many", &[]).await;
+    assert!(hit(send(&g, "GET", "/prod/many", &[]).await));
+    g.purge(&PurgeScope::Tag {
+        api: "a".into(),
+        tags: vec!["t69".into()],
+    })
+    .await;
+    assert!(!hit(send(&g, "GET", "/prod/many", &[]).await));
+}
+
 #[tokio::test]
 async fn unsafe_methods_invalidate_and_purges_remove() {
     let g = gateway(Duration::ZERO, |_, _| Script {

@@ -62,6 +62,14 @@ pub(super) async fn route<U: Upstream>(
     req: Request<Incoming>,
 ) -> Resp {
     let post = req.method() == Method::POST;
+    // A PoP's cache refills from its origin's, which a purge here would
+    // leave as it was (and no other PoP would hear of it).
+    if rest.starts_with("purge/") && post && admin.is_pop() {
+        return message(
+            StatusCode::CONFLICT,
+            "purges are made on the origin's admin API, which sends them to every PoP",
+        );
+    }
     match rest {
         "purge/url" if post => purge_with(admin, req, url_scope).await,
         "purge/prefix" if post => {

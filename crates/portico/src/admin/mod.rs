@@ -69,7 +69,13 @@ impl<U: Upstream> Admin<U> {
         }
     }
 
-    /// A PoP's admin API: `GET /config` also lists its origins' definitions.
+    /// Whether this is a PoP's admin API.
+    fn is_pop(&self) -> bool {
+        self.origins.is_some()
+    }
+
+    /// A PoP's admin API: `GET /config` also lists its origins' definitions;
+    /// purges are refused (they are the origin's).
     pub fn with_origins(mut self, status: portico_backbone::ConfigStatus) -> Self {
         self.origins = Some(Box::new(move || config::origins(&status)));
         self
