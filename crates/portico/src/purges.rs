@@ -1,19 +1,27 @@
 //! Cache purges over the backbone. The origin sends every purge made on its admin
 //! API to every connected PoP as a `Purge` control frame; a PoP applies it to its
 //! own cache and answers `PurgeAck`. A PoP that is not connected when a purge is
-//! made misses it (its entries expire on their own): purges are not replayed.
+//! made misses it: purges are not replayed, so a PoP empties its cache when a
+//! link to an origin it knew comes back. No purge is dropped on a link that
+//! stays up: one that finds the link's outbox full waits for room, one the
+//! origin could not keep up with becomes a purge of everything, and so does a
+//! purge that finds the PoP's own queue full.
 //!
 //! Both ends plug into the backbone's [`ControlHandler`] hook through the node's
 //! [`crate::control::Dispatch`], which hands them the frames of [`KINDS`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use portico_backbone::{ControlHandler, ControlLink};
 use portico_gateway::cache::PurgeScope;
 use portico_gateway::{Gateway, Upstream};
 use portico_proto::{Frame, Purge, PurgeAck};
 use tokio::sync::{broadcast, mpsc, watch};
+
+/// How long a purge waits for room on a link whose outbox is full.
+const SEND_WAIT: Duration = Duration::from_secs(30);
 
 /// Control frames of purges.
 pub const KINDS: &[portico_proto::FrameKind] = &[
@@ -105,8 +113,8 @@ impl OriginPurges {
                 scope = purges.recv() => match scope {
                     Ok(scope) => scope,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::error!(missed = n, "purges were made faster than they could be sent to PoPs");
-                        continue;
+                        tracing::error!(missed = n, "purges were made faster than they could be sent to PoPs; PoPs empty their caches instead");
+                        PurgeScope::All
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -122,8 +130,23 @@ impl OriginPurges {
             scope: to_wire(scope),
         });
         for link in self.links.open() {
-            if let Err(err) = link.try_send(frame.clone()) {
-                tracing::warn!(pop = %link.peer_id(), %err, purge_id, "purge not sent to PoP");
+            match link.try_send(frame.clone()) {
+                Ok(()) => {}
+                // The PoP reads slower than purges come: wait for room
+                // rather than drop it (the link would stay up and the PoP
+                // serve the purged entries until they expire).
+                Err(portico_backbone::BackboneError::LinkBusy) => {
+                    let frame = frame.clone();
+                    tokio::spawn(async move {
+                        let sent = tokio::time::timeout(SEND_WAIT, link.send(frame)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            tracing::error!(pop = %link.peer_id(), purge_id, "purge not sent to PoP");
+                        }
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(pop = %link.peer_id(), %err, purge_id, "purge not sent to PoP");
+                }
             }
         }
     }
@@ -152,6 +175,8 @@ impl ControlHandler for OriginPurges {
 /// (the handler may not wait; the gateway exists only after the backbone).
 pub struct PopPurges {
     queue: mpsc::Sender<(ControlLink, Purge)>,
+    /// A purge found the queue full: the next one applied empties the cache.
+    overflowed: Arc<AtomicBool>,
     /// Origins this PoP has had a link to.
     known: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -159,11 +184,38 @@ pub struct PopPurges {
 /// The id of a purge the PoP makes itself (never acknowledged).
 const LOCAL_PURGE: u64 = 0;
 
+/// The purges a PoP has to apply.
+pub struct PurgeQueue {
+    rx: mpsc::Receiver<(ControlLink, Purge)>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl PurgeQueue {
+    /// Whether a purge was dropped since last asked: the cache must be
+    /// emptied, as it may hold what that purge would have removed.
+    fn dropped_some(&self) -> bool {
+        self.overflowed.swap(false, Ordering::Relaxed)
+    }
+}
+
 impl PopPurges {
-    pub fn new() -> (Arc<PopPurges>, mpsc::Receiver<(ControlLink, Purge)>) {
+    pub fn new() -> (Arc<PopPurges>, PurgeQueue) {
         let (queue, rx) = mpsc::channel(1024);
         let known = std::sync::Mutex::default();
-        (Arc::new(PopPurges { queue, known }), rx)
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let purges = PopPurges {
+            queue,
+            overflowed: Arc::clone(&overflowed),
+            known,
+        };
+        (Arc::new(purges), PurgeQueue { rx, overflowed })
+    }
+
+    fn queue(&self, link: &ControlLink, purge: Purge) {
+        if self.queue.try_send((link.clone(), purge)).is_err() {
+            tracing::error!(origin = %link.peer_id(), "purge queue full; the whole cache will be emptied instead");
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -189,18 +241,12 @@ impl ControlHandler for PopPurges {
             purge_id: LOCAL_PURGE,
             scope: to_wire(&PurgeScope::All),
         };
-        if self.queue.try_send((link.clone(), purge)).is_err() {
-            tracing::error!(origin = %link.peer_id(), "purge queue full; cache not emptied");
-        }
+        self.queue(link, purge);
     }
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
         match frame {
-            Frame::Purge(p) => {
-                if self.queue.try_send((link.clone(), p)).is_err() {
-                    tracing::error!(origin = %link.peer_id(), "purge queue full; purge dropped");
-                }
-            }
+            Frame::Purge(p) => self.queue(link, p),
             other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
         }
     }
@@ -208,15 +254,18 @@ impl ControlHandler for PopPurges {
 
 /// Applies queued purges to the PoP's cache and acknowledges each.
 pub async fn apply<U: Upstream>(
-    mut queue: mpsc::Receiver<(ControlLink, Purge)>,
+    mut queue: PurgeQueue,
     gateway: Arc<Gateway<U>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let (link, purge) = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            next = queue.recv() => match next { Some(p) => p, None => return },
+            next = queue.rx.recv() => match next { Some(p) => p, None => return },
         };
+        if queue.dropped_some() {
+            gateway.purge(&PurgeScope::All).await;
+        }
         let id = purge.purge_id;
         match from_wire(purge.scope) {
             Some(scope) => gateway.purge(&scope).await,
@@ -247,13 +296,59 @@ mod tests {
         let (b, _b_out) = ControlLink::new("origin-b", "r", caps);
         purges.link_up(&a);
         purges.link_up(&b);
-        assert!(queue.try_recv().is_err(), "a first link purges nothing");
+        assert!(queue.rx.try_recv().is_err(), "a first link purges nothing");
         let (again, _out) = ControlLink::new("origin-a", "r", caps);
         purges.link_up(&again);
-        let (link, purge) = queue.try_recv().expect("a purge on the link back");
+        let (link, purge) = queue.rx.try_recv().expect("a purge on the link back");
         assert_eq!(link.peer_id(), "origin-a");
         assert_eq!(purge.purge_id, LOCAL_PURGE);
         assert_eq!(from_wire(purge.scope), Some(PurgeScope::All));
+    }
+
+    /// A purge that finds the PoP's queue full is not lost: the cache is
+    /// emptied before the next one is applied.
+    #[test]
+    fn a_purge_the_queue_cannot_take_empties_the_cache() {
+        let (purges, queue) = PopPurges::new();
+        let (link, _out) = ControlLink::new("origin-a", "r", portico_proto::Capabilities(0));
+        let purge = |id| {
+            Frame::Purge(Purge {
+                purge_id: id,
+                scope: to_wire(&PurgeScope::All),
+            })
+        };
+        for id in 1..=1024 {
+            purges.on_frame(&link, purge(id));
+        }
+        assert!(!queue.dropped_some());
+        purges.on_frame(&link, purge(1025));
+        assert!(queue.dropped_some());
+        assert!(!queue.dropped_some(), "once");
+    }
+
+    /// A purge that finds a link's outbox full waits for room instead of
+    /// being dropped (the link stays up, so nothing else would purge).
+    #[tokio::test]
+    async fn an_origin_waits_for_room_on_a_busy_link() {
+        let origin = OriginPurges::default();
+        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
+        origin.link_up(&link);
+        let scope = PurgeScope::All;
+        for _ in 0..1100 {
+            origin.send(&scope);
+        }
+        let mut ids = Vec::new();
+        while ids.len() < 1100 {
+            let frame = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
+                .await
+                .expect("every purge comes")
+                .unwrap();
+            if let Frame::Purge(p) = frame {
+                ids.push(p.purge_id);
+            }
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=1100).collect::<Vec<u64>>());
     }
 
     #[test]
