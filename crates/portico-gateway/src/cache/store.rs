@@ -15,8 +15,12 @@ use moka::notification::RemovalCause;
 
 use super::entry::Slot;
 
-/// Keys stored per path: (cache key, generation of the slot inserted under it).
-type PathIndex = HashMap<u64, Vec<(u64, u64)>>;
+/// Keys stored per path, each with the generations of the slots inserted
+/// under it and not yet removed (two inserts under one key may race; each
+/// slot is forgotten only when it goes). Keyed both ways, so forgetting one
+/// costs the same whatever the number of variants a path has: a purge of a
+/// path with n variants is n removals, not n² comparisons.
+type PathIndex = HashMap<u64, HashMap<u64, Vec<u64>>>;
 
 /// Numbers for the admin API and the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,7 +173,9 @@ impl Store {
             index
                 .entry(slot.path_hash())
                 .or_default()
-                .push((key, slot.generation()));
+                .entry(key)
+                .or_default()
+                .push(slot.generation());
         }
         self.map.insert(key, slot).await;
         if self.stamp(stamp.path) != stamp {
@@ -194,7 +200,7 @@ impl Store {
             let index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
             index
                 .get(&path_hash)
-                .map(|v| v.iter().map(|(k, _)| *k).collect())
+                .map(|keys| keys.keys().copied().collect())
                 .unwrap_or_default()
         };
         let mut removed = 0;
@@ -241,10 +247,66 @@ impl Store {
 /// its own index slot.
 fn unindex(index: &Mutex<PathIndex>, path_hash: u64, key: u64, generation: u64) {
     let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(keys) = index.get_mut(&path_hash) {
-        keys.retain(|&(k, g)| !(k == key && g == generation));
-        if keys.is_empty() {
-            index.remove(&path_hash);
+    let Some(keys) = index.get_mut(&path_hash) else {
+        return;
+    };
+    if let Some(generations) = keys.get_mut(&key) {
+        generations.retain(|&g| g != generation);
+        if generations.is_empty() {
+            keys.remove(&key);
         }
+    }
+    if keys.is_empty() {
+        index.remove(&path_hash);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_with(entries: &[(u64, u64, u64)]) -> Mutex<PathIndex> {
+        let mut index = PathIndex::new();
+        for &(path, key, generation) in entries {
+            index
+                .entry(path)
+                .or_default()
+                .entry(key)
+                .or_default()
+                .push(generation);
+        }
+        Mutex::new(index)
+    }
+
+    /// Each slot is forgotten when it goes, and only it: two slots raced in
+    /// under one key stay indexed until both are gone.
+    #[test]
+    fn a_slot_is_forgotten_alone() {
+        let index = index_with(&[(1, 10, 100), (1, 10, 101), (1, 11, 102), (2, 20, 103)]);
+        unindex(&index, 1, 10, 101);
+        let keys = |path| {
+            let index = index.lock().unwrap();
+            let mut keys: Vec<(u64, Vec<u64>)> = index
+                .get(&path)
+                .map(|k| k.iter().map(|(k, g)| (*k, g.clone())).collect())
+                .unwrap_or_default();
+            keys.sort();
+            keys
+        };
+        assert_eq!(keys(1), [(10, vec![100]), (11, vec![102])]);
+        unindex(&index, 1, 10, 999);
+        assert_eq!(
+            keys(1),
+            [(10, vec![100]), (11, vec![102])],
+            "another generation stays"
+        );
+        unindex(&index, 1, 10, 100);
+        unindex(&index, 1, 11, 102);
+        assert!(keys(1).is_empty());
+        assert!(
+            !index.lock().unwrap().contains_key(&1),
+            "an empty path goes"
+        );
+        assert_eq!(keys(2), [(20, vec![103])]);
     }
 }
