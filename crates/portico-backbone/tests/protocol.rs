@@ -327,13 +327,16 @@ async fn no_common_version_closes_the_link_with_a_clear_code() {
 
 /// A hand-written origin: handshake, one snapshot, then a response that
 /// ends with FIN but without `End` — a truncated body.
-async fn truncating_origin(
-    tls: TlsMaterial,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+/// origin-a's handshake and snapshot on the first link, then `serve` for
+/// each request stream (its send and receive halves).
+async fn raw_origin_serving<F>(tls: TlsMaterial, serve: F) -> std::net::SocketAddr
+where
+    F: Fn(quinn::SendStream, RecvStream) + Send + 'static,
+{
     let server = tls.server_config(&settings()).unwrap();
     let endpoint = quinn::Endpoint::server(server, localhost0()).unwrap();
     let addr = endpoint.local_addr().unwrap();
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let conn = endpoint.accept().await.unwrap().await.unwrap();
         let (mut send, mut recv) = conn.accept_bi().await.unwrap();
         let _ = recv.read_chunk(4096, true).await.unwrap();
@@ -355,7 +358,65 @@ async fn truncating_origin(
         control_codec().encode(&ack, &mut buf).unwrap();
         control_codec().encode(&snapshot, &mut buf).unwrap();
         send.write_all(&buf).await.unwrap();
-        while let Ok((mut s, _r)) = conn.accept_bi().await {
+        while let Ok((s, r)) = conn.accept_bi().await {
+            serve(s, r);
+        }
+        drop((send, endpoint));
+    });
+    addr
+}
+
+/// A replica that refuses every request stream unread (as an origin does
+/// while it drains): a request with no body goes to the region's other
+/// replica instead of failing; one with a body is never sent twice.
+#[tokio::test]
+async fn a_refused_request_without_a_body_goes_to_another_replica() {
+    let pki = Pki::new();
+    let refused = quinn::VarInt::from_u32(ResetCode::Refused as u32);
+    let a = raw_origin_serving(pki.material("origin-a"), move |mut s, mut r| {
+        let _ = s.reset(refused);
+        let _ = r.stop(refused);
+    })
+    .await;
+    let identity = portico_backbone::Identity {
+        node_id: "origin-b".into(),
+        region: REGION.into(),
+    };
+    let b = Origin::start_as(&pki.material("origin-b"), identity);
+    let mut spec_b = origin_spec(b.addr);
+    spec_b.server_name = "origin-b".into();
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(a), spec_b]);
+    pop.wait_for_api("echo").await;
+    for _ in 0..10 {
+        let (status, body) = pop.get("/prod/info").await;
+        assert_eq!(status, 200, "{body:?}");
+    }
+    assert_eq!(
+        b.seen.started.load(std::sync::atomic::Ordering::Relaxed),
+        10
+    );
+    // With a body: whatever was refused fails (503), nothing goes twice.
+    let mut ok = 0;
+    for _ in 0..6 {
+        let post = http::Request::post("/prod/echo")
+            .body(portico_gateway::body::full("data"))
+            .unwrap();
+        let (status, _) = collect(pop.handle(post).await).await;
+        assert!(status == 200 || status == 503, "{status}");
+        ok += usize::from(status == 200);
+    }
+    assert_eq!(
+        b.seen.started.load(std::sync::atomic::Ordering::Relaxed),
+        10 + ok
+    );
+    assert!(ok < 6, "some went to the refusing replica");
+    pop.backbone.shutdown().await;
+    b.stop().await;
+}
+
+async fn truncating_origin(tls: TlsMaterial) -> std::net::SocketAddr {
+    raw_origin_serving(tls, |mut s, _r| {
+        tokio::spawn(async move {
             let mut out = BytesMut::new();
             encode_preface(StreamKind::Request, &mut out);
             let head = Frame::ResponseHead(ResponseHead {
@@ -370,9 +431,9 @@ async fn truncating_origin(
             s.write_all(&out).await.unwrap();
             s.finish().unwrap();
             let _ = s.stopped().await;
-        }
-    });
-    (addr, task)
+        });
+    })
+    .await
 }
 
 fn sha256(text: &str) -> [u8; 32] {
@@ -383,7 +444,7 @@ fn sha256(text: &str) -> [u8; 32] {
 #[tokio::test]
 async fn fin_without_end_is_a_truncated_body_at_the_pop() {
     let pki = Pki::new();
-    let (addr, task) = truncating_origin(pki.material("origin-a")).await;
+    let addr = truncating_origin(pki.material("origin-a")).await;
     let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(addr)]);
     pop.wait_for_api("echo").await;
     let resp = pop
@@ -405,5 +466,4 @@ async fn fin_without_end_is_a_truncated_body_at_the_pop() {
         .expect("an error, not a clean end")
         .unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");
-    task.abort();
 }

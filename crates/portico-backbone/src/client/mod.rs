@@ -166,16 +166,21 @@ impl Inner {
     /// those with equally few (least outstanding requests, as load balancers
     /// do: a replica that answers slowly, or is busy, gets fewer). With one
     /// origin, that one. Allocation-free: it runs once per forwarded request.
-    fn live_session(&self, region: &str) -> Option<Arc<Session>> {
+    /// A session of `region` whose link is up (not `except`'s).
+    fn live_session(&self, region: &str, except: Option<&Arc<Session>>) -> Option<Arc<Session>> {
+        let other = |s: &Arc<Session>| except.is_none_or(|e| !Arc::ptr_eq(e, s));
         let in_region = || self.links.iter().filter(|l| l.spec.region == region);
-        let count = in_region().filter(|l| l.state.borrow().is_up()).count();
+        let live = || in_region().filter_map(Link::session).filter(other);
+        let count = match except {
+            None => in_region().filter(|l| l.state.borrow().is_up()).count(),
+            Some(_) => live().count(),
+        };
         match count {
             0 => None,
-            1 => in_region().find_map(Link::session),
+            1 => live().next(),
             _ => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
-                let live = in_region().filter_map(Link::session);
-                least_outstanding(live.map(|s| (s.outstanding(), s)), count, start)
+                least_outstanding(live().map(|s| (s.outstanding(), s)), count, start)
             }
         }
     }

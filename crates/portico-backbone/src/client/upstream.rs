@@ -45,7 +45,7 @@ impl BackboneUpstream {
 
     /// Whether a link to `region` is up now.
     pub fn is_up(&self, region: &str) -> bool {
-        self.inner.live_session(region).is_some()
+        self.inner.live_session(region, None).is_some()
     }
 
     /// Sends an already-routed request to an origin of `region` and
@@ -58,7 +58,7 @@ impl BackboneUpstream {
         head: RequestHead,
         body: Body,
     ) -> Result<Response<Body>, GatewayError> {
-        let Some(session) = self.inner.live_session(region) else {
+        let Some(session) = self.inner.live_session(region, None) else {
             return Err(unavailable(BackboneError::NoLink(region.to_owned())));
         };
         let head = Frame::RequestHead(Box::new(head));
@@ -74,15 +74,48 @@ impl Upstream for BackboneUpstream {
     ) -> Result<Response<Body>, GatewayError> {
         let region = self.home_region(ctx).unwrap_or_default();
         let (parts, body) = req.into_parts();
-        let Some(session) = self.inner.live_session(&region) else {
+        let Some(session) = self.inner.live_session(&region, None) else {
             return Err(unavailable(BackboneError::NoLink(region)));
         };
         let pop_id = &self.inner.identity.node_id;
         let push_head = |w: &mut FrameWriter| {
             w.push_with(|codec, dst| wire::encode_request_head(codec, ctx, &parts, pop_id, dst))
         };
-        exchange(&session, push_head, body).await
+        let bodiless = http_body::Body::is_end_stream(&body);
+        match exchange(&session, push_head, body).await {
+            // An origin refuses a stream unread while it drains (it said
+            // GoAway, which may not have arrived yet): nothing was done, so
+            // a request with no body goes once more to another replica of
+            // its region rather than fail while that one is idle.
+            Err(err) if bodiless && refused(&err) => {
+                match self.inner.live_session(&region, Some(&session)) {
+                    Some(other) => {
+                        exchange(&other, push_head, portico_gateway::body::empty()).await
+                    }
+                    None => Err(err),
+                }
+            }
+            done => done,
+        }
     }
+}
+
+/// Whether the origin refused the request's stream without reading it.
+fn refused(err: &GatewayError) -> bool {
+    let Some(cause) = err.cause.as_deref() else {
+        return false;
+    };
+    matches!(
+        portico_gateway::body::find_cause::<BackboneError>(cause),
+        Some(
+            BackboneError::StreamAborted {
+                code: ResetCode::Refused
+            } | BackboneError::PeerReset {
+                code: ResetCode::Refused,
+                ..
+            }
+        )
+    )
 }
 
 fn unavailable(err: impl Into<BoxError>) -> GatewayError {
@@ -146,7 +179,7 @@ fn spawn_pump(mut writer: FrameWriter, body: Body) -> (Pump, oneshot::Receiver<B
 /// arrived; the body streams afterwards.
 async fn exchange(
     session: &Session,
-    push_head: impl FnOnce(&mut FrameWriter) -> Result<(), BackboneError>,
+    push_head: impl Fn(&mut FrameWriter) -> Result<(), BackboneError>,
     body: Body,
 ) -> Result<Response<Body>, GatewayError> {
     let in_flight = session.enter();
