@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use portico_backbone::{ControlHandler, ControlLink};
 use portico_proto::{
-    Capabilities, Frame, Purge, PurgeAck, PurgeScope, QuotaLease, UsageEntry, UsageReport,
+    Capabilities, Frame, Purge, PurgeAck, PurgeScope, QuotaLease, QuotaReturn, UsageEntry,
+    UsageReport,
 };
 use tokio::sync::mpsc;
 
@@ -86,8 +87,19 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("handler alive")
 }
 
-#[tokio::test]
-async fn control_frames_flow_both_ways_with_verified_peers() {
+/// An origin and a PoP whose control frames go to recorders.
+struct Linked {
+    at_origin: Arc<Recorder>,
+    origin_events: mpsc::UnboundedReceiver<String>,
+    origin: Origin,
+    at_pop: Arc<Recorder>,
+    pop_events: mpsc::UnboundedReceiver<String>,
+    pop: Pop,
+}
+
+/// Both see the link come up, with the intersection of the capabilities
+/// (plus configuration deltas, bit 0, which both backbones offer).
+async fn linked() -> Linked {
     let pki = Pki::new();
     let (at_origin, mut origin_events) = Recorder::new(true, 0b11);
     let origin = Origin::start_control(&pki.material("origin-a"), at_origin.clone());
@@ -97,10 +109,60 @@ async fn control_frames_flow_both_ways_with_verified_peers() {
         vec![origin_spec(origin.addr)],
         at_pop.clone(),
     );
-    // Both ends see the link, with the intersection of the capabilities
-    // (plus configuration deltas, bit 0, which both backbones offer).
     assert_eq!(next(&mut origin_events).await, "up pop-a caps 3");
     assert_eq!(next(&mut pop_events).await, "up origin-a caps 3");
+    Linked {
+        at_origin,
+        origin_events,
+        origin,
+        at_pop,
+        pop_events,
+        pop,
+    }
+}
+
+/// What a PoP queued on its control stream just before it shuts down (the
+/// quota leases it hands back, for one) reaches the origin before the link
+/// closes.
+#[tokio::test]
+async fn frames_queued_at_shutdown_reach_the_origin() {
+    let Linked {
+        mut origin_events,
+        origin,
+        pop,
+        ..
+    } = linked().await;
+    let link = pop.backbone.control_link(0).unwrap();
+    for i in 0..100 {
+        let ret = Frame::QuotaReturn(QuotaReturn {
+            lease_id: i,
+            unused: 1,
+        });
+        link.try_send(ret).unwrap();
+    }
+    pop.backbone.shutdown().await;
+    let mut returned = 0;
+    loop {
+        match next(&mut origin_events).await.as_str() {
+            "quota_return from pop-a" => returned += 1,
+            "down pop-a" => break,
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(returned, 100);
+    origin.stop().await;
+}
+
+#[tokio::test]
+async fn control_frames_flow_both_ways_with_verified_peers() {
+    let Linked {
+        at_origin,
+        mut origin_events,
+        origin,
+        at_pop,
+        mut pop_events,
+        pop,
+    } = linked().await;
     // PoP → origin → PoP: a usage report answered with a lease.
     let report = Frame::UsageReport(UsageReport {
         pop_id: "pop-a".into(),

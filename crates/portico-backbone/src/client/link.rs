@@ -356,13 +356,30 @@ fn log_applied(origin: &str, via: Via, result: Result<Applied, BackboneError>) {
 
 /// PoP shutdown: `GoAway`, then close the link.
 async fn goodbye(conn: &Connection, c: &mut Control) -> String {
+    // What subsystems queued before the stop goes too (quota leases handed
+    // back at shutdown, above all: lost, their requests stay counted as
+    // used until the period ends).
+    c.outbox.close();
+    while let Ok(frame) = c.outbox.try_recv() {
+        if let Err(err) = c.writer.push(&frame) {
+            tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
+        }
+    }
     let frame = Frame::GoAway(GoAway {
         reason: "pop shutting down".into(),
         last_stream_hint: 0,
     });
-    if c.writer.push(&frame).is_ok() {
-        let _ = c.writer.finish().await;
+    if c.writer.push(&frame).is_ok() && c.writer.finish().await.is_ok() {
+        // Closing the connection at once would drop what is still unsent
+        // or unacknowledged: the origin ends its control stream once it has
+        // read up to ours, so wait for that (or the grace to run out).
+        let read_to_end = async { while let Ok(Some(_)) = c.reader.next().await {} };
+        let _ = tokio::time::timeout(GOODBYE_GRACE, read_to_end).await;
     }
     conn.close(close::NORMAL, b"pop shutting down");
     "shutting down".into()
 }
+
+/// How long a PoP leaving waits for its origin to have read its last
+/// control frames (within `Backbone::shutdown`'s grace).
+const GOODBYE_GRACE: Duration = Duration::from_secs(1);
