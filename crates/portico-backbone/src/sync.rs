@@ -52,6 +52,16 @@ pub struct SyncedConfig {
 }
 
 impl SyncedConfig {
+    /// Definitions and their APIs' home regions, as a PoP's subsystems see
+    /// them (for their tests: a PoP's come from [`crate::Backbone`]).
+    pub fn new(definitions: Arc<Definitions>, homes: HashMap<String, String>) -> Self {
+        SyncedConfig {
+            definitions,
+            homes,
+            merged: Vec::new(),
+        }
+    }
+
     /// The home region of API `api`: its declared `region`, else the region
     /// of the origin that sent it.
     pub fn home_of(&self, api: &str) -> Option<&str> {

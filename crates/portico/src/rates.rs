@@ -309,6 +309,15 @@ impl PopRates {
         config.home_of(&api).map(str::to_owned)
     }
 
+    /// Whether `link`'s origin is of the region that shares `scope` (or the
+    /// scope's home is not known here, and no bucket will take it anyway):
+    /// another region's origin, one defining an API of the same name, must
+    /// not set this region's buckets.
+    fn sent_from_home(&self, link: &ControlLink, scope: &str) -> bool {
+        self.region_of(scope)
+            .is_none_or(|home| home == link.region())
+    }
+
     /// Sends this interval's demand, each rate to its home region's origins.
     pub fn report(&self) {
         let (Some(limits), Some(node_id)) = (self.limits.get(), self.node_id.get()) else {
@@ -375,6 +384,15 @@ impl ControlHandler for PopRates {
             tracing::debug!(frame = %frame.kind(), "control frame ignored");
             return;
         };
+        if !self.sent_from_home(link, &share.scope) {
+            tracing::warn!(
+                origin = %link.peer_id(),
+                region = link.region(),
+                scope = %share.scope,
+                "rate share from an origin outside the rate's home region ignored"
+            );
+            return;
+        }
         let Some(limits) = self.limits.get() else {
             return;
         };
@@ -395,6 +413,27 @@ impl ControlHandler for PopRates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the home region's origins set a rate's share at a PoP.
+    #[test]
+    fn a_share_from_another_region_is_ignored() {
+        let text =
+            "[[apis]]\nname = \"a\"\nendpoint = \"edge\"\n[[apis.stages]]\nname = \"prod\"\n";
+        let defs = Arc::new(portico_config::Definitions::from_toml_str(text, "t").unwrap());
+        let homes = HashMap::from([("a".to_owned(), "r1".to_owned())]);
+        let (_tx, rx) = watch::channel(Arc::new(SyncedConfig::new(defs, homes)));
+        let rates = PopRates::new();
+        let _ = rates.config.set(rx);
+        let caps = portico_proto::Capabilities(0);
+        let (home, _h) = ControlLink::new("origin-1", "r1", caps);
+        let (other, _o) = ControlLink::new("origin-2", "r2", caps);
+        assert!(rates.sent_from_home(&home, "stage:a/prod"));
+        assert!(!rates.sent_from_home(&other, "stage:a/prod"));
+        assert!(
+            rates.sent_from_home(&other, "stage:unknown/prod"),
+            "no bucket takes it"
+        );
+    }
 
     #[test]
     fn shares_sum_to_the_configured_rate() {
