@@ -641,6 +641,13 @@ async fn purge_authentication_and_validation_errors() {
         (405, r#"{"message":"Method Not Allowed"}"#.to_owned())
     );
     assert_eq!(r.headers["allow"], "POST");
+    // HEAD where GET is served: its head, no body; other methods name both.
+    let r = o.admin("HEAD", "/cache/stats", Some(TOKEN), "").await;
+    assert_eq!((r.status, r.text()), (200, String::new()));
+    assert_eq!(r.headers["content-type"], "application/json");
+    let r = o.admin("DELETE", "/cache/stats", Some(TOKEN), "").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.headers["allow"], "GET, HEAD");
 }
 
 /// Resident set size now (VmRSS), in bytes.

@@ -92,7 +92,7 @@ pub(super) async fn route<U: Upstream>(
         }
         "purge/url" | "purge/prefix" | "purge/tag" | "purge/stage" => method_not_allowed("POST"),
         "stats" if req.method() == Method::GET => stats(admin).await,
-        "stats" => method_not_allowed("GET"),
+        "stats" => method_not_allowed("GET, HEAD"),
         _ => message(StatusCode::NOT_FOUND, "Not Found"),
     }
 }

@@ -33,7 +33,7 @@ pub(super) fn config<U: Upstream>(
     req: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET {
-        return method_not_allowed("GET");
+        return method_not_allowed("GET, HEAD");
     }
     let defs = admin.gateway.definitions();
     let mut body = json!({

@@ -114,7 +114,12 @@ impl<U: Upstream> Admin<U> {
         (!ok).then(|| message(StatusCode::FORBIDDEN, "Forbidden"))
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn route(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // HEAD is GET without the body (RFC 9110 §9.3.2), which hyper leaves
+        // out: monitoring probes often use it.
+        if req.method() == http::Method::HEAD {
+            *req.method_mut() = http::Method::GET;
+        }
         let path = req.uri().path().to_owned();
         if let Some(rest) = path.strip_prefix("/cache/") {
             return cache::route(self, rest, req).await;

@@ -36,7 +36,7 @@ fn rfc3339(ms: i64) -> String {
 
 pub(super) fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> Resp {
     if req.method() != Method::GET {
-        return method_not_allowed("GET");
+        return method_not_allowed("GET, HEAD");
     }
     let mut plan = None;
     let mut key = None;
@@ -124,7 +124,7 @@ pub(super) fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> R
 
 pub(super) fn stats<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> Resp {
     if req.method() != Method::GET {
-        return method_not_allowed("GET");
+        return method_not_allowed("GET, HEAD");
     }
     let limits = admin.gateway.limits();
     json(
