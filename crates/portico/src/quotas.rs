@@ -206,7 +206,9 @@ impl ControlHandler for OriginLeases {
     }
 }
 
-type Pending = HashMap<(String, String), oneshot::Sender<QuotaLease>>;
+/// Asks in flight by (plan, key id), each with the link it went out on:
+/// only that link's answer is its answer.
+type Pending = HashMap<(String, String), (ControlLink, oneshot::Sender<QuotaLease>)>;
 
 /// A lease this PoP holds, under the id its wallet knows it by.
 struct Granted {
@@ -330,7 +332,7 @@ impl LeaseSource for PopLeases {
             let id = (ask.plan.to_string(), ask.key_id.to_string());
             let (tx, rx) = oneshot::channel();
             let asked_at = portico_gateway::limits::now_ms();
-            lock(&self.pending).insert(id.clone(), tx);
+            lock(&self.pending).insert(id.clone(), (link.clone(), tx));
             let frame = Frame::QuotaLeaseRequest(QuotaLeaseRequest {
                 key_id: id.1.clone(),
                 plan: id.0.clone(),
@@ -415,6 +417,9 @@ impl ControlHandler for PopLeases {
 
     fn link_down(&self, link: &ControlLink) {
         self.links.down(link);
+        // Its asks will not be answered: they fail now rather than wait out
+        // their time (dropping the sender ends each).
+        lock(&self.pending).retain(|_, (asked, _)| !asked.is_same(link));
     }
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
@@ -423,7 +428,16 @@ impl ControlHandler for PopLeases {
             return;
         };
         let id = (lease.plan.clone(), lease.key_id.clone());
-        let waiting = lock(&self.pending).remove(&id);
+        // Only the answer of the origin asked: a late answer from another
+        // (asked before, timed out) is not this ask's, and is handed back
+        // whole to the book that granted it.
+        let waiting = {
+            let mut pending = lock(&self.pending);
+            match pending.get(&id) {
+                Some((asked, _)) if asked.is_same(link) => pending.remove(&id).map(|(_, tx)| tx),
+                _ => None,
+            }
+        };
         let late = match waiting {
             Some(tx) => tx.send(lease).err(),
             None => Some(lease),
@@ -583,6 +597,55 @@ plans = ["p"]
             a_out.try_recv().is_err(),
             "origin-a got another book's lease"
         );
+    }
+
+    /// A lease from an origin that was not asked (a late answer to an ask
+    /// that timed out there) goes back whole to it, and the ask waits for
+    /// its own origin's; an ask whose link drops fails at once.
+    #[tokio::test]
+    async fn only_the_asked_origins_lease_answers_an_ask() {
+        let leases = PopLeases::new();
+        let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
+        leases.link_up(&b);
+        let asking = {
+            let leases = Arc::clone(&leases);
+            tokio::spawn(async move { leases.grant(ask()).await })
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
+        assert!(
+            matches!(sent, Ok(Some(Frame::QuotaLeaseRequest(_)))),
+            "{sent:?}"
+        );
+        let (a, mut a_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&a);
+        leases.on_frame(&a, Frame::QuotaLease(lease(5, u64::MAX)));
+        let back = tokio::time::timeout(Duration::from_secs(10), a_out.recv()).await;
+        let Ok(Some(Frame::QuotaReturn(r))) = back else {
+            panic!("no return to origin-a: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (5, 10));
+        leases.on_frame(&b, Frame::QuotaLease(lease(9, u64::MAX)));
+        let held = asking.await.unwrap().unwrap();
+        leases.give_back("edge".into(), held.id, 4).await;
+        let back = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
+        let Ok(Some(Frame::QuotaReturn(r))) = back else {
+            panic!("no return to origin-b: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (9, 4));
+        // An ask whose link goes down fails at once.
+        let asking = {
+            let leases = Arc::clone(&leases);
+            tokio::spawn(async move { leases.grant(ask()).await })
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), a_out.recv()).await;
+        leases.link_down(&a);
+        leases.link_down(&b);
+        let failed = tokio::time::timeout(Duration::from_secs(10), asking)
+            .await
+            .expect("answered")
+            .unwrap();
+        // Not "no lease within 2 s": it did not wait out its time.
+        assert_eq!(failed.unwrap_err(), "lease request dropped");
     }
 
     /// A PoP whose clock runs ahead of its origin's still spends its leases:
