@@ -548,7 +548,7 @@ async fn purge_authentication_and_validation_errors() {
         (r.status, r.text()),
         (403, r#"{"message":"Forbidden"}"#.to_owned())
     );
-    let cases: [(&str, &str, u16, &str); 14] = [
+    let cases: [(&str, &str, u16, &str); 17] = [
         (
             "stage",
             "{",
@@ -620,6 +620,25 @@ async fn purge_authentication_and_validation_errors() {
             r#"{"api":"c","stage":"prod","path":"x"}"#,
             400,
             "path must start with `/`",
+        ),
+        // No request could have these paths: no key holds them.
+        (
+            "url",
+            r#"{"api":"c","stage":"prod","path":"/fresh/a b"}"#,
+            400,
+            "invalid path `/fresh/a b`: percent-encode what is not URI text, as clients send it",
+        ),
+        (
+            "url",
+            r#"{"api":"c","stage":"prod","path":"/../fresh"}"#,
+            400,
+            "invalid path `/../fresh`: a malformed %-escape, or `..` above the root",
+        ),
+        (
+            "prefix",
+            r#"{"api":"c","stage":"prod","prefix":"/fresh?x"}"#,
+            400,
+            "a prefix is of the path: no `?`",
         ),
         ("nope", stage, 404, "Not Found"),
         ("url", &"x".repeat(70_000), 413, "Request Too Long"),

@@ -441,6 +441,13 @@ fn check_header_size<B>(req: &Request<B>, limit: usize) -> Result<(), GatewayErr
     Ok(())
 }
 
+/// `path` as requests are routed and keyed by: absolute, escapes well
+/// formed, dot segments resolved.
+pub(crate) fn routed_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    check_path(path)?;
+    without_dot_segments(path)
+}
+
 /// A path must be absolute and its percent-escapes well formed.
 fn check_path(path: &str) -> Result<(), GatewayError> {
     let bytes = path.as_bytes();

@@ -28,8 +28,9 @@ pub fn url_scope(table: &RoutingTable, url: &str) -> Result<PurgeScope, String> 
     let Some(host) = uri.host().filter(|_| scheme_ok) else {
         return Err("url must be an absolute http:// or https:// URL".to_owned());
     };
+    let path = as_requested(uri.path())?;
     let resolved = table
-        .resolve(host, "GET", uri.path(), None, ALL_MODES)
+        .resolve(host, "GET", &path, None, ALL_MODES)
         .map_err(|_| format!("url `{url}` matches no API, stage and GET route"))?;
     scope_of(
         &resolved.api.name,
@@ -55,8 +56,12 @@ pub fn path_scope(
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
+    let path = as_requested(path)?;
+    if query.is_some_and(|q| !is_uri_text(q)) {
+        return Err(format!("invalid query in `{path_and_query}`"));
+    }
     let resolved = table
-        .resolve_in(api, stage, "GET", path, ALL_MODES)
+        .resolve_in(api, stage, "GET", &path, ALL_MODES)
         .map_err(|_| format!("path `{path}` matches no GET route of `{api}` stage `{stage}`"))?;
     scope_of(
         api,
@@ -118,11 +123,34 @@ pub fn prefix_scope(
     if !prefix.starts_with('/') {
         return Err("prefix must start with `/`".to_owned());
     }
+    if prefix.contains('?') {
+        return Err("a prefix is of the path: no `?`".to_owned());
+    }
+    let prefix = as_requested(prefix)?;
     Ok(PurgeScope::Prefix {
         api: api.to_owned(),
         stage: stage.to_owned(),
-        path_prefix: prefix.to_owned(),
+        path_prefix: prefix.into_owned(),
     })
+}
+
+/// `path` as requests are keyed (percent-encoded as received, dot segments
+/// resolved), or why no request could have it: a purge of a path no key
+/// can hold would answer 200 and remove nothing.
+fn as_requested(path: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    if !is_uri_text(path) {
+        return Err(format!(
+            "invalid path `{path}`: percent-encode what is not URI text, as clients send it"
+        ));
+    }
+    crate::gateway::routed_path(path)
+        .map_err(|_| format!("invalid path `{path}`: a malformed %-escape, or `..` above the root"))
+}
+
+/// Characters a request target may hold as they are (RFC 3986), `#` aside.
+fn is_uri_text(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b))
 }
 
 /// A tag scope: 1 to [`MAX_TAGS`] tags of visible ASCII without commas.

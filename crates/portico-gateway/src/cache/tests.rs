@@ -651,6 +651,23 @@ async fn vary_and_key_parameters() {
     assert_eq!(calls(&g), 3);
 }
 
+/// A purge path is keyed as a request's would be: its dot segments resolved,
+/// so `/p/./x` purges what `/p/x` stored.
+#[tokio::test]
+async fn a_purge_path_is_resolved_as_a_requests_is() {
+    let g = gateway(Duration::ZERO, |_, _| Script {
+        headers: vec![("cache-control", "max-age=60".into())],
+        ..ok("", "x")
+    });
+    let hit = |r: Reply| r.cache_status() == "portico-n1; hit";
+    send(&g, "GET", "/prod/p/x?q=1", &[]).await;
+    assert!(hit(send(&g, "GET", "/prod/p/x?q=1", &[]).await));
+    let table = g.routing();
+    let scope = super::purge::path_scope(&table, "a", "prod", "/p/./y/../x?q=1").unwrap();
+    g.purge(&scope).await;
+    assert!(!hit(send(&g, "GET", "/prod/p/x?q=1", &[]).await));
+}
+
 /// An entry whose tags were not all kept (70 tags; the store keeps 64) is
 /// removed by any tag purge of its API: it may have carried the tag.
 #[tokio::test]
