@@ -33,7 +33,7 @@ pub async fn run(
     let control = crate::control::Dispatch::new(vec![
         crate::control::Route {
             kinds: crate::purges::KINDS,
-            handler: purges,
+            handler: Arc::clone(&purges) as Arc<dyn portico_backbone::ControlHandler>,
         },
         crate::control::Route {
             kinds: crate::quotas::KINDS,
@@ -67,6 +67,7 @@ pub async fn run(
         Arc::clone(gateway.limits()),
         backbone.config(),
     );
+    purges.attach(backbone.config());
     tasks.spawn(Arc::clone(&rates).run(stop_rx.clone()));
     tasks.spawn(crate::limits::retain(
         Arc::clone(gateway.limits()),

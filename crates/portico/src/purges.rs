@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use portico_backbone::{ControlHandler, ControlLink};
+use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
 use portico_gateway::cache::PurgeScope;
 use portico_gateway::{Gateway, Upstream};
 use portico_proto::{Frame, Purge, PurgeAck};
@@ -179,6 +179,8 @@ pub struct PopPurges {
     overflowed: Arc<AtomicBool>,
     /// Origins this PoP has had a link to.
     known: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The synced definitions, for the APIs each region is home to.
+    config: std::sync::OnceLock<watch::Receiver<Arc<SyncedConfig>>>,
 }
 
 /// The id of a purge the PoP makes itself (never acknowledged).
@@ -207,8 +209,36 @@ impl PopPurges {
             queue,
             overflowed: Arc::clone(&overflowed),
             known,
+            config: std::sync::OnceLock::new(),
         };
         (Arc::new(purges), PurgeQueue { rx, overflowed })
+    }
+
+    /// Completes the wiring once the backbone exists.
+    pub fn attach(&self, config: watch::Receiver<Arc<SyncedConfig>>) {
+        let _ = self.config.set(config);
+    }
+
+    /// What a link back to an origin of `region` must purge: every stage of
+    /// the APIs homed there, which are all its purges could have named.
+    /// Everything when the definitions are not known yet.
+    fn region_scopes(&self, region: &str) -> Vec<PurgeScope> {
+        let Some(config) = self.config.get() else {
+            return vec![PurgeScope::All];
+        };
+        let config = config.borrow();
+        config
+            .definitions
+            .apis
+            .iter()
+            .filter(|api| config.home_of(&api.name) == Some(region))
+            .flat_map(|api| {
+                api.stages.iter().map(|stage| PurgeScope::Stage {
+                    api: api.name.clone(),
+                    stage: stage.name.clone(),
+                })
+            })
+            .collect()
     }
 
     fn queue(&self, link: &ControlLink, purge: Purge) {
@@ -235,13 +265,16 @@ impl ControlHandler for PopPurges {
         }
         tracing::warn!(
             origin = %link.peer_id(),
-            "backbone link back: purges made while it was down are lost, so the cache is emptied"
+            region = link.region(),
+            "backbone link back: purges made while it was down are lost, so its region's entries are purged"
         );
-        let purge = Purge {
-            purge_id: LOCAL_PURGE,
-            scope: to_wire(&PurgeScope::All),
-        };
-        self.queue(link, purge);
+        for scope in self.region_scopes(link.region()) {
+            let purge = Purge {
+                purge_id: LOCAL_PURGE,
+                scope: to_wire(&scope),
+            };
+            self.queue(link, purge);
+        }
     }
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
@@ -349,6 +382,37 @@ mod tests {
         }
         ids.sort_unstable();
         assert_eq!(ids, (1..=1100).collect::<Vec<u64>>());
+    }
+
+    /// A link back purges the entries of its own region's APIs only: the
+    /// other regions' origins never went away.
+    #[test]
+    fn a_link_back_purges_its_regions_apis_only() {
+        let text = "[[apis]]\nname = \"east\"\nendpoint = \"edge\"\n[[apis.stages]]\nname = \"prod\"\n\
+                    [[apis.stages]]\nname = \"beta\"\n\
+                    [[apis]]\nname = \"west\"\nendpoint = \"edge\"\n[[apis.stages]]\nname = \"prod\"\n";
+        let defs = Arc::new(portico_config::Definitions::from_toml_str(text, "t").unwrap());
+        let homes = std::collections::HashMap::from([
+            ("east".to_owned(), "r-east".to_owned()),
+            ("west".to_owned(), "r-west".to_owned()),
+        ]);
+        let (_tx, rx) = watch::channel(Arc::new(SyncedConfig::new(defs, homes)));
+        let (purges, mut queue) = PopPurges::new();
+        purges.attach(rx);
+        let caps = portico_proto::Capabilities(0);
+        let (first, _f) = ControlLink::new("origin-e", "r-east", caps);
+        purges.link_up(&first);
+        let (again, _a) = ControlLink::new("origin-e", "r-east", caps);
+        purges.link_up(&again);
+        let mut scopes = Vec::new();
+        while let Ok((_, purge)) = queue.rx.try_recv() {
+            scopes.push(from_wire(purge.scope).unwrap());
+        }
+        let stage = |s: &str| PurgeScope::Stage {
+            api: "east".into(),
+            stage: s.into(),
+        };
+        assert_eq!(scopes, [stage("prod"), stage("beta")]);
     }
 
     #[test]
