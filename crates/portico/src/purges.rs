@@ -219,6 +219,28 @@ impl PopPurges {
         let _ = self.config.set(config);
     }
 
+    /// Whether `purge` names an API homed in `link`'s region (or none, or
+    /// one not known here): an origin of another region that defines an API
+    /// of the same name must not purge this one's entries.
+    fn sent_from_home(&self, link: &ControlLink, purge: &Purge) -> bool {
+        let Some(config) = self.config.get() else {
+            return true;
+        };
+        let api = match from_wire(purge.scope.clone()) {
+            Some(
+                PurgeScope::Url { api, .. }
+                | PurgeScope::Prefix { api, .. }
+                | PurgeScope::Tag { api, .. }
+                | PurgeScope::Stage { api, .. },
+            ) => api,
+            _ => return true,
+        };
+        let config = config.borrow();
+        config
+            .home_of(&api)
+            .is_none_or(|home| home == link.region())
+    }
+
     /// What a link back to an origin of `region` must purge: every stage of
     /// the APIs homed there, which are all its purges could have named.
     /// Everything when the definitions are not known yet.
@@ -279,6 +301,9 @@ impl ControlHandler for PopPurges {
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
         match frame {
+            Frame::Purge(p) if !self.sent_from_home(link, &p) => {
+                tracing::warn!(origin = %link.peer_id(), region = link.region(), purge_id = p.purge_id, "purge of an API homed in another region ignored");
+            }
             Frame::Purge(p) => self.queue(link, p),
             other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
         }
@@ -413,6 +438,20 @@ mod tests {
             stage: s.into(),
         };
         assert_eq!(scopes, [stage("prod"), stage("beta")]);
+        // A purge naming another region's API is not this origin's to make.
+        let purge = |api: &str| {
+            Frame::Purge(Purge {
+                purge_id: 7,
+                scope: to_wire(&PurgeScope::Stage {
+                    api: api.into(),
+                    stage: "prod".into(),
+                }),
+            })
+        };
+        purges.on_frame(&again, purge("west"));
+        assert!(queue.rx.try_recv().is_err());
+        purges.on_frame(&again, purge("east"));
+        assert!(queue.rx.try_recv().is_ok());
     }
 
     #[test]
