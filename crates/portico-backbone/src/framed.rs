@@ -188,6 +188,14 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Buffers a frame a control subsystem queued; one that cannot be
+    /// encoded is logged and left out (the stream goes on).
+    pub(crate) fn push_queued(&mut self, frame: &Frame) {
+        if let Err(err) = self.push(frame) {
+            tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
+        }
+    }
+
     /// Buffers a frame that `encode` writes with this stream's codec (the
     /// borrowed heads of [`crate::wire`]).
     pub(crate) fn push_with(

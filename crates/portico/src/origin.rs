@@ -65,11 +65,6 @@ pub async fn run(
         definitions: defs_tx,
         admin_token: token_tx,
         certificates,
-        default_apis: config
-            .listeners
-            .iter()
-            .filter_map(|l| l.default_api.clone())
-            .collect(),
     };
     tasks.spawn(reload.on_sighup(hup, stop_rx.clone()));
     if let Some(server) = backbone {
@@ -138,9 +133,6 @@ struct Reload {
     definitions: watch::Sender<Arc<Definitions>>,
     admin_token: watch::Sender<Box<[u8]>>,
     certificates: crate::listeners::Certificates,
-    /// The running listeners' `default_api`s, which reloaded definitions
-    /// must still define.
-    default_apis: Vec<String>,
 }
 
 impl Reload {
@@ -176,10 +168,13 @@ impl Reload {
     fn apply(&self) -> Result<portico_backbone::Running, Vec<String>> {
         let config = portico_config::load_node_file_as(&self.path, Some(Role::Origin))
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        // The running listeners keep their `default_api` until a restart.
         let missing: Vec<String> = self
-            .default_apis
+            .running
+            .listeners
             .iter()
-            .filter(|name| !config.definitions.apis.iter().any(|a| &a.name == *name))
+            .filter_map(|l| l.default_api.as_ref())
+            .filter(|name| config.definitions.api(name).is_none())
             .map(|name| {
                 format!("a running listener's default_api `{name}` is no longer defined (change listeners with a restart)")
             })

@@ -261,9 +261,7 @@ async fn serve_session(
                 return reason.into();
             }
             Some(frame) = control.outbox.recv(), if pending < control::SEND_BUFFER => {
-                if let Err(err) = control.writer.push(&frame) {
-                    tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
-                }
+                control.writer.push_queued(&frame);
             }
             frame = control.reader.next(), if open => {
                 match on_frame(inner, index, control, frame) {
@@ -361,9 +359,7 @@ async fn goodbye(conn: &Connection, c: &mut Control) -> String {
     // used until the period ends).
     c.outbox.close();
     while let Ok(frame) = c.outbox.try_recv() {
-        if let Err(err) = c.writer.push(&frame) {
-            tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
-        }
+        c.writer.push_queued(&frame);
     }
     let frame = Frame::GoAway(GoAway {
         reason: "pop shutting down".into(),

@@ -178,7 +178,7 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
                 conn.close(close::PROTOCOL, reason.as_bytes());
                 return;
             }
-            Some(frame) = c.outbox.recv(), if pending < control::SEND_BUFFER => push_queued(&mut c.writer, &frame),
+            Some(frame) = c.outbox.recv(), if pending < control::SEND_BUFFER => c.writer.push_queued(&frame),
             frame = c.reader.next() => match on_frame(&mut c, shared.control.as_ref(), frame, &current) {
                 Ok(true) => {}
                 // The PoP finished its control stream: it is closing the link.
@@ -217,12 +217,6 @@ fn on_frame(
 
 /// A frame a control subsystem queued; one that cannot be encoded (too
 /// large) is logged and dropped, the link goes on.
-fn push_queued(w: &mut FrameWriter, frame: &Frame) {
-    if let Err(err) = w.push(frame) {
-        tracing::error!(%err, frame = %frame.kind(), "control frame not sent");
-    }
-}
-
 async fn say_goaway(w: &mut FrameWriter) {
     let frame = Frame::GoAway(GoAway {
         reason: "origin shutting down".into(),
