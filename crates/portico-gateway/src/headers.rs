@@ -21,6 +21,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names, and a `Content-Length` beside a `Transfer-Encoding`: the transfer
 /// coding framed the message, so the length is not what the body is (RFC
@@ -39,7 +41,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
+    headers.remove(PROXY_CONNECTION);
 }
 
 /// [`strip_hop_by_hop`] for a request, keeping `TE: trailers` when the
@@ -64,15 +66,22 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
 /// Forwarding headers a client may send but only a proxy may set: removed
 /// from every request, the ones Portico knows set anew. A backend (or a
 /// framework's proxy support) that trusts its proxy reads them as facts.
-const CLIENT_FORWARDING: [&str; 7] = [
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-real-ip",
+const CLIENT_FORWARDING: [HeaderName; 7] = [
+    X_FORWARDED_HOST,
+    X_FORWARDED_PORT,
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    X_REAL_IP,
 ];
+
+// Names as constants: a `&str` name is parsed and validated at every call.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Sets the forwarding headers of a request to a backend: `X-Forwarded-For`
 /// (the client's address appended to what it sent, as API Gateway does),
@@ -90,7 +99,7 @@ pub fn set_forwarded(
 ) {
     let ip = client.ip().to_string();
     let mut xff = String::new();
-    for line in headers.get_all("x-forwarded-for") {
+    for line in headers.get_all(&X_FORWARDED_FOR) {
         let line = line.to_str().unwrap_or("").trim();
         if !line.is_empty() {
             xff.push_str(line);
@@ -98,23 +107,23 @@ pub fn set_forwarded(
         }
     }
     xff.push_str(&ip);
-    for name in CLIENT_FORWARDING {
+    for name in &CLIENT_FORWARDING {
         headers.remove(name);
     }
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     if let Ok(v) = HeaderValue::from_str(proto) {
-        headers.insert("x-forwarded-proto", v);
+        headers.insert(X_FORWARDED_PROTO, v);
     }
     if let Ok(v) = HeaderValue::from_str(host)
         && !host.is_empty()
     {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(X_FORWARDED_HOST, v);
     }
-    headers.insert("x-forwarded-port", HeaderValue::from(port));
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
     if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert("x-real-ip", v);
+        headers.insert(X_REAL_IP, v);
     }
     let node = if client.is_ipv6() {
         format!("\"[{ip}]\"")

@@ -38,8 +38,12 @@ pub(crate) fn target_uri(
             }
         }
     }
-    uri.parse::<Uri>()
-        .map_err(|e| misconfigured(format!("integration URI {uri:?}: {e}")))
+    // From the `String` itself (parsing a `&str` copies it); rendered once
+    // more for the message on the rare failure.
+    Uri::try_from(uri).map_err(|e| {
+        let uri = template.render(&|name| ctx.path_param(name), &ctx.stage.variables);
+        misconfigured(format!("integration URI {uri:?} (before the query): {e}"))
+    })
 }
 
 /// A query pair's name as a backend reads it (percent- and `+`-decoded).

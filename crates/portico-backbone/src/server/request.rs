@@ -119,7 +119,10 @@ async fn serve_stream<H: RequestHandler>(
         Err(err) => return reject(reader, writer, ResetCode::Protocol, &err),
     };
     // For logs only: a clone of the value is a reference count, not a copy.
-    let request_id = parts.headers.get("x-request-id").cloned();
+    let request_id = parts
+        .headers
+        .get(&portico_gateway::headers::REQUEST_ID)
+        .cloned();
     let body = if reader.buffered_end() {
         portico_gateway::body::empty()
     } else {

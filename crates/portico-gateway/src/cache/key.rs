@@ -7,7 +7,8 @@
 //! miss), or into a comparator that checks a request against a stored key (so a
 //! 64-bit hash collision can never serve one resource for another).
 //!
-//! The text is `api \0 stage \0 G \0 path \0 query \0 headers [\0 \x1e vary]`, where
+//! The text is `api \0 stage \0 G \0 path \0 query \0 headers \0 \x1c
+//! scheme://host:port [\0 \x1d caller] [\0 \x1e vary]`, where
 //! `query` is the canonical chosen query (`a=1&b=2`, names sorted, values in request
 //! order, `name` alone for a parameter without `=`; a name matches once
 //! percent-decoded, and is written as sent) and each header is
@@ -36,11 +37,28 @@ pub(crate) struct KeyInput<'a> {
     /// The caller (its API key id), for a route whose backend request
     /// depends on it: each caller then has entries of its own.
     pub principal: Option<&'a str>,
+    /// How the client addressed the API: the scheme it came in by, the host
+    /// it named (without its port) and the port it addressed. A backend
+    /// gets them (`X-Forwarded-Proto`, `-Host`, `-Port`, `Forwarded`) and
+    /// may build links from them, so a response is only served to requests
+    /// that addressed the API alike: otherwise one client's
+    /// `Host: api.example:1` would poison the entry for everyone.
+    pub addressed: Addressed<'a>,
+}
+
+/// The scheme, host and port a request addressed (see [`KeyInput::addressed`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Addressed<'a> {
+    pub scheme: &'a str,
+    pub host: &'a str,
+    pub port: u16,
 }
 
 const SEP: &[u8] = b"\0";
 /// Starts the `Vary` part of a variant key (no field holds `\x1e`).
 const VARIANT: &[u8] = b"\0\x1e";
+/// Starts the addressed part of a key (no field holds `\x1c`).
+const ADDRESSED: &[u8] = b"\0\x1c";
 /// Starts the caller's part of a key (no field holds `\x1d`).
 const PRINCIPAL: &[u8] = b"\0\x1d";
 /// Every cached exchange is a GET (HEAD is answered from GET entries).
@@ -60,6 +78,7 @@ impl KeyInput<'_> {
         for name in &self.settings.key_headers {
             write_header(self.headers, name, sink);
         }
+        self.addressed.write(sink);
         if let Some(principal) = self.principal {
             sink.put(PRINCIPAL);
             sink.put(principal.as_bytes());
@@ -77,6 +96,36 @@ impl KeyInput<'_> {
         for name in names {
             write_header(self.headers, name.as_str(), sink);
         }
+    }
+}
+
+impl Addressed<'_> {
+    /// `\0\x1c scheme://host:port`, the host in lower case (names are
+    /// case-insensitive), written without allocating.
+    fn write(&self, sink: &mut impl KeySink) {
+        sink.put(ADDRESSED);
+        sink.put(self.scheme.as_bytes());
+        sink.put(b"://");
+        for chunk in self.host.as_bytes().chunks(64) {
+            let mut lower = [0u8; 64];
+            let lower = &mut lower[..chunk.len()];
+            lower.copy_from_slice(chunk);
+            lower.make_ascii_lowercase();
+            sink.put(lower);
+        }
+        sink.put(b":");
+        let mut digits = [0u8; 5];
+        let mut at = digits.len();
+        let mut port = self.port;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (port % 10) as u8;
+            port /= 10;
+            if port == 0 {
+                break;
+            }
+        }
+        sink.put(&digits[at..]);
     }
 }
 
@@ -271,12 +320,69 @@ mod tests {
         }
     }
 
+    const AT: Addressed<'static> = Addressed {
+        scheme: "https",
+        host: "api.example",
+        port: 443,
+    };
+
+    #[test]
+    fn a_request_that_addressed_the_api_otherwise_has_another_key() {
+        let s = settings(&[], &[]);
+        let h = HeaderMap::new();
+        let key = |addressed| {
+            let input = KeyInput {
+                api: "a",
+                stage: "s",
+                path: "/page",
+                query: None,
+                headers: &h,
+                settings: &s,
+                principal: None,
+                addressed,
+            };
+            text(&input)
+        };
+        assert_eq!(key(AT), "a|s|G|/page|||@https://api.example:443");
+        // Names are case-insensitive: one entry.
+        let upper = Addressed {
+            host: "API.Example",
+            ..AT
+        };
+        assert_eq!(key(upper), key(AT));
+        // What a backend may build links from is keyed.
+        for other in [
+            Addressed { port: 1, ..AT },
+            Addressed {
+                host: "api.execute-api.evil.example",
+                ..AT
+            },
+            Addressed {
+                scheme: "http",
+                ..AT
+            },
+        ] {
+            assert_ne!(key(other), key(AT), "{other:?}");
+        }
+        let long = "h".repeat(200);
+        let long = Addressed { host: &long, ..AT };
+        assert_eq!(
+            key(long),
+            format!("a|s|G|/page|||@https://{}:443", "h".repeat(200))
+        );
+        let low = Addressed { port: 0, ..AT };
+        assert!(key(low).ends_with("api.example:0"));
+        let high = Addressed { port: 65535, ..AT };
+        assert!(key(high).ends_with("api.example:65535"));
+    }
+
     fn text(input: &KeyInput<'_>) -> String {
         let k = KeyText::build(|t| input.write(t));
         String::from_utf8(k.text.to_vec())
             .unwrap()
             .replace('\0', "|")
             .replace('\x1f', "~")
+            .replace('\x1c', "@")
     }
 
     #[test]
@@ -293,10 +399,11 @@ mod tests {
             headers: &h,
             settings: &s,
             principal: None,
+            addressed: AT,
         };
         assert_eq!(
             text(&input),
-            "echo|prod|G|/items/1|a=1&a&q=2&q=|accept-language~de|"
+            "echo|prod|G|/items/1|a=1&a&q=2&q=|accept-language~de||@https://api.example:443"
         );
         let k = KeyText::build(|t| input.write(t));
         assert_eq!(
@@ -339,12 +446,19 @@ mod tests {
                 headers: &h,
                 settings: &s,
                 principal: None,
+                addressed: AT,
             };
             text(&input)
         };
         // The backend reads each of these as a `q`: so does the key.
-        assert_eq!(key("%71=evil&q=shoes"), "a|s|G|/search|%71=evil&q=shoes|");
-        assert_eq!(key("%71=evil"), "a|s|G|/search|%71=evil|");
+        assert_eq!(
+            key("%71=evil&q=shoes"),
+            "a|s|G|/search|%71=evil&q=shoes||@https://api.example:443"
+        );
+        assert_eq!(
+            key("%71=evil"),
+            "a|s|G|/search|%71=evil||@https://api.example:443"
+        );
         assert_ne!(key("%71=evil&q=shoes"), key("q=shoes"));
         let spaced = settings(&["my q"], &[]);
         let input = KeyInput {
@@ -355,8 +469,12 @@ mod tests {
             headers: &h,
             settings: &spaced,
             principal: None,
+            addressed: AT,
         };
-        assert_eq!(text(&input), "a|s|G|/|my+q=1&my%20q=2|");
+        assert_eq!(
+            text(&input),
+            "a|s|G|/|my+q=1&my%20q=2||@https://api.example:443"
+        );
     }
 
     #[test]
@@ -372,6 +490,7 @@ mod tests {
             headers: &h,
             settings: &s,
             principal: None,
+            addressed: AT,
         };
         let state = RandomState::new();
         let primary = hash_of(&state, |k| input.write(k));

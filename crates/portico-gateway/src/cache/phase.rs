@@ -22,7 +22,7 @@ use portico_config::{CacheSettings, ClientInvalidation};
 use super::ResponseCache;
 use super::entry::{Slot, Stored, VaryMarker};
 use super::fill::{Flight, Outcome, Role};
-use super::key::{KeyInput, hash_of};
+use super::key::{Addressed, KeyInput, hash_of};
 use super::respond::{Fwd, Member, from_entry, mark};
 use super::rules::RequestDirectives;
 use crate::body::{Body, empty};
@@ -75,6 +75,11 @@ impl<U: Upstream> Job<'_, U> {
                 .depends_on_caller()
                 .then(|| self.ctx.principal.as_ref().and_then(|p| p.api_key_id()))
                 .flatten(),
+            addressed: Addressed {
+                scheme: self.ctx.conn.scheme(),
+                host: &self.ctx.host,
+                port: self.ctx.addressed_port(),
+            },
         }
     }
 

@@ -195,10 +195,10 @@ async fn send_body(
     headers: &[(&str, &str)],
     body: &'static str,
 ) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "h");
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "h");
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -246,6 +246,20 @@ async fn miss_then_hit_with_age_and_cache_status() {
     assert_eq!(r.headers["content-length"], "5");
     assert_eq!(r.body(), "hello");
     assert_eq!(calls(&g), 1);
+}
+
+#[tokio::test]
+async fn a_request_addressing_another_host_or_port_is_not_served_anothers_entry() {
+    let g = gateway(Duration::ZERO, |_, _| ok("max-age=60", "hello"));
+    let hit = |r: &Reply| r.cache_status() == "portico-n1; hit";
+    assert!(!hit(&send(&g, "GET", "/prod/x", &[]).await));
+    assert!(hit(&send(&g, "GET", "/prod/x", &[("host", "H")]).await));
+    // The backend is told this port (X-Forwarded-Port) and this host
+    // (X-Forwarded-Host) and may link to them: not the entry above.
+    assert!(!hit(&send(&g, "GET", "/prod/x", &[("host", "h:1")]).await));
+    assert!(!hit(&send(&g, "GET", "/prod/x", &[("host", "other")]).await));
+    assert!(hit(&send(&g, "GET", "/prod/x", &[("host", "h:1")]).await));
+    assert_eq!(calls(&g), 3);
 }
 
 #[tokio::test]
