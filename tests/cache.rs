@@ -814,6 +814,11 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
         pop(dir.path(), "pop-b", backbone),
     );
     let client: Plain = Client::builder(TokioExecutor::new()).build_http();
+    // Both PoPs addressed as clients reach PoPs: by one name, on the
+    // scheme's port. The cache key holds what a client addressed (a backend
+    // is told it), so the ports these PoPs listen on here would otherwise
+    // keep the origin's entry from the second.
+    const HOST: &[(&str, &str)] = &[("host", "c.example")];
     let url = |p: &Proc| format!("http://{}/prod/fresh/t", p.addrs("http")[0]);
     // A PoP serves the API once the origin's snapshot has arrived.
     for p in [&a, &b] {
@@ -830,12 +835,12 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
         })
         .await;
     }
-    let r = request(&client, "GET", &url(&a), &[], "").await;
+    let r = request(&client, "GET", &url(&a), HOST, "").await;
     assert_eq!(
         cache_status(&r),
         "portico-origin-c; fwd=miss; fwd-status=200; stored, portico-pop-a; fwd=miss; fwd-status=200; stored"
     );
-    let r = request(&client, "GET", &url(&a), &[], "").await;
+    let r = request(&client, "GET", &url(&a), HOST, "").await;
     // Served by pop-a's cache: from the stored entry, or (when the first
     // response's fill is still being committed) from that fill.
     let status = cache_status(&r);
@@ -847,7 +852,7 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
         .contains(&status.as_str()),
         "{status}"
     );
-    let r = request(&client, "GET", &url(&b), &[], "").await;
+    let r = request(&client, "GET", &url(&b), HOST, "").await;
     assert_eq!(
         cache_status(&r),
         "portico-origin-c; hit, portico-pop-b; fwd=miss; fwd-status=200; stored"
@@ -864,7 +869,7 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
     assert_eq!(r.status, 200, "{}", r.text());
     for p in [&a, &b] {
         loop {
-            let r = request(&client, "GET", &url(p), &[], "").await;
+            let r = request(&client, "GET", &url(p), HOST, "").await;
             if !cache_status(&r).ends_with("hit") {
                 break;
             }

@@ -97,20 +97,7 @@ fn keys_create_prints_the_key_once_and_only_its_hash_for_config() {
     assert_eq!(key.len(), 40);
     let hash_line = stdout.lines().find(|l| l.starts_with("hash = ")).unwrap();
     // The stored form is the SHA-256 of the key, as `portico keys hash` computes it.
-    let mut child = Command::new(portico_bin())
-        .args(["keys", "hash"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(key.as_bytes())
-        .unwrap();
-    let hashed = child.wait_with_output().unwrap();
+    let hashed = keys_hash(&key);
     assert_eq!(
         hash_line,
         format!(
@@ -127,15 +114,51 @@ fn keys_create_prints_the_key_once_and_only_its_hash_for_config() {
 
 #[test]
 fn keys_create_refuses_a_bad_id() {
-    let out = Command::new(portico_bin())
-        .args(["keys", "create", "--id", "bad id"])
-        .output()
+    // Over 128 characters, a PoP could not name the caller to its origin.
+    for id in ["bad id", &"k".repeat(129)] {
+        let out = Command::new(portico_bin())
+            .args(["keys", "create", "--id", id])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{id}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "portico: a key id is 1 to 128 letters, digits, `_` and `-`"
+        );
+    }
+}
+
+/// `portico keys hash` with `key` on its standard input.
+fn keys_hash(key: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(portico_bin())
+        .args(["keys", "hash"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
-        "portico: key id must be [A-Za-z0-9_-]+"
-    );
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(key.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn keys_hash_refuses_a_key_no_request_could_present() {
+    let hash = keys_hash;
+    for key in ["shortkey", "a key with spaces in it ok", &"k".repeat(129)] {
+        let out = hash(key);
+        assert_eq!(out.status.code(), Some(1), "{key}");
+        assert!(out.stdout.is_empty());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "portico: a key is 20 to 128 characters of A-Z a-z 0-9 . _ ~ -"
+        );
+    }
+    let out = hash("abcdefghij0123456789\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sha256:"));
 }
 
 #[test]

@@ -148,6 +148,21 @@ fn start(quota: u64) -> Fixture {
     }
 }
 
+/// [`start`] with the origin's JSON log written to the returned file.
+fn start_logging(quota: u64) -> (Fixture, std::path::PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
+    let (origin, log) = origin_logging(dir.path(), &config(&cert, quota));
+    let addr = origin.addrs("https")[0];
+    let fixture = Fixture {
+        dir,
+        cert,
+        origin,
+        addr,
+    };
+    (fixture, log)
+}
+
 impl Fixture {
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
@@ -285,7 +300,7 @@ async fn forbidden_keys_get_403() {
 
 #[tokio::test]
 async fn keys_are_throttled_apart() {
-    let f = start(1000);
+    let (f, log) = start_logging(1000);
     let c = f.client();
     let url = f.url("/prod/keyed/x");
     let mut a = Vec::new();
@@ -299,6 +314,14 @@ async fn keys_are_throttled_apart() {
     let policy = refused.headers["ratelimit-policy"].to_str().unwrap();
     // Refused by its own bucket, the first checked: no other was.
     assert_eq!(policy, "\"key\";q=3;w=3");
+    // Logged as that key's request: which key is being throttled is what
+    // an operator looks for.
+    let id = refused.headers["x-request-id"].to_str().unwrap();
+    let line = access_line(&log, id).await;
+    assert_eq!(
+        (&line["status"], &line["principal"]),
+        (&429.into(), &"api_key:a".into())
+    );
     // Key b has its own bucket.
     for _ in 0..3 {
         assert_eq!(with_key(&c, &url, KEY_B.as_bytes()).await.status, 200);
@@ -912,10 +935,15 @@ async fn the_key_a_pop_checked_is_the_callers_identity_at_the_origin() {
         access_line(&origin_log, "who-2").await["principal"],
         "api_key:a"
     );
-    // No key or an unknown one: 403 at the PoP, as at the origin.
-    for key in [None, Some(KEY_B)] {
-        let reply = send(&client, whoami(at(&pop, "/prod/whoami"), key, "who-3")).await;
+    // No key or an unknown one: 403 at the PoP, as at the origin, and the
+    // access line says which.
+    for (key, id, reason) in [
+        (None, "who-3a", "no x-api-key header"),
+        (Some(KEY_B), "who-3b", "unknown API key"),
+    ] {
+        let reply = send(&client, whoami(at(&pop, "/prod/whoami"), key, id)).await;
         assert_error(&reply, 403, "Forbidden");
+        assert_eq!(access_line(&pop_log, id).await["reason"], reason);
     }
     // A route that requires no key has no caller.
     let reply = send(

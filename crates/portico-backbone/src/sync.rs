@@ -535,8 +535,7 @@ fn merge(
         [one] => Arc::clone(&one.defs),
         many => {
             let text: Vec<&str> = many.iter().map(|s| s.defs.source.as_str()).collect();
-            let merged =
-                Definitions::from_toml_str_with(&text.join("\n"), "merged snapshots", defaults)?;
+            let merged = Definitions::merged(&text, "merged snapshots", defaults)?;
             Arc::new(merged)
         }
     };

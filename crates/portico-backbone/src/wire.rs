@@ -120,21 +120,13 @@ fn principal_ref(p: &Principal) -> PrincipalRef<'_> {
     }
 }
 
-/// Longest principal id accepted from a PoP.
-const MAX_PRINCIPAL_ID: usize = 128;
-
 /// A principal from a PoP: a kind this build knows, and an id of an API
 /// key's form (`[A-Za-z0-9_-]`, 1 to 128 characters). Claims are not used
 /// by API keys and are ignored.
 fn principal_from_head(p: portico_proto::Principal) -> Result<Principal, BackboneError> {
     let kind = PrincipalKind::from_name(&p.kind)
         .ok_or_else(|| bad("principal", format!("unknown kind {:?}", p.kind)))?;
-    let id_ok = !p.id.is_empty()
-        && p.id.len() <= MAX_PRINCIPAL_ID
-        && p.id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !id_ok {
+    if !portico_config::is_key_id(&p.id) {
         return Err(bad("principal", format!("invalid id {:?}", p.id)));
     }
     Ok(Principal { kind, id: p.id })
@@ -329,7 +321,7 @@ mod tests {
         assert_eq!(routed.principal, Some(acme));
         let (_, _, routed) = request_from_head(head(), pop, pop).unwrap();
         assert_eq!(routed.principal, None);
-        let long = "k".repeat(MAX_PRINCIPAL_ID + 1);
+        let long = "k".repeat(portico_config::MAX_KEY_ID + 1);
         for (kind, id) in [
             ("jwt", "acme"),
             ("api_key", ""),

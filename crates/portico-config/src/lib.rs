@@ -26,6 +26,7 @@ mod error;
 mod file;
 mod integration;
 mod load;
+mod merge;
 mod method;
 mod model;
 mod node;
@@ -50,7 +51,7 @@ pub use model::{
     Domain, HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, Resource,
     ResponseSource, Route, RouteSettings, Stage,
 };
-pub use plans::{ApiKey, Degraded, RateLimit, UsagePlan};
+pub use plans::{ApiKey, Degraded, MAX_KEY_ID, RateLimit, UsagePlan, is_key_id};
 pub use portico_quota::{Period as QuotaPeriod, QuotaSpec};
 pub use quic::{Congestion, QuicConfig};
 pub use settings::{
@@ -129,6 +130,17 @@ impl Definitions {
             .and_then(|file| compile::build_definitions(&file, defaults, &mut diag));
         diag.finish()?;
         defs.ok_or_else(|| internal(origin_name))
+    }
+
+    /// The definitions of several regions (their `source` texts) as one, as
+    /// a PoP serving them all compiles them: lists side by side, one API key
+    /// that several regions admit merged into one with all their plans.
+    pub fn merged(
+        sources: &[&str],
+        origin_name: &str,
+        defaults: &DefinitionDefaults,
+    ) -> Result<Definitions, ConfigErrors> {
+        Self::from_toml_str_with(&merge::merge_sources(sources), origin_name, defaults)
     }
 
     /// No APIs: what a PoP serves before its first snapshot arrives.

@@ -248,6 +248,17 @@ fn check_api_stage(s: &ApiStageFile, apis: &[ApiFile], diag: &mut Diag<'_>) -> b
     exists
 }
 
+/// Longest API key id: the backbone carries a caller's id in this form.
+pub const MAX_KEY_ID: usize = 128;
+
+/// An API key id: 1 to [`MAX_KEY_ID`] letters, digits, `_` and `-`. The same
+/// rule holds in configuration, in `portico keys create` and for a caller a
+/// PoP names over the backbone, so a key the configuration accepts is never
+/// refused on its way to the origin.
+pub fn is_key_id(id: &str) -> bool {
+    id.len() <= MAX_KEY_ID && is_stage_name(id)
+}
+
 fn compile_keys(
     files: &[ApiKeyFile],
     plans: &[Arc<UsagePlan>],
@@ -259,11 +270,11 @@ fn compile_keys(
     let mut out = Vec::new();
     for k in files {
         let id = k.id.get_ref();
-        if !is_stage_name(id) {
+        if !is_key_id(id) {
             diag.expect(
                 k.id.span(),
                 format!("invalid API key id `{id}`"),
-                "letters, digits, `_` and `-`",
+                "1 to 128 letters, digits, `_` and `-`",
             );
         }
         if let Some(first) = ids.get(id.as_str()) {
@@ -474,6 +485,17 @@ mod tests {
                 "28:6: duplicate API key id `k` (first at line 25)",
                 "30:10: unknown usage plan `nope`",
             ]
+        );
+    }
+
+    #[test]
+    fn a_key_id_is_at_most_128_characters() {
+        let key =
+            |id: &str| with_plans(&format!("[[api_keys]]\nid = \"{id}\"\nhash = \"{HASH}\"\n"));
+        assert!(parse(&key(&"k".repeat(128))).is_ok());
+        assert_eq!(
+            errors(&key(&"k".repeat(129))),
+            [format!("16:6: invalid API key id `{}`", "k".repeat(129))]
         );
     }
 

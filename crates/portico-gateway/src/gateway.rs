@@ -180,6 +180,9 @@ impl<U: Upstream> Gateway<U> {
         let result = self.process(req, conn, entry, &mut record).await;
         let mut resp = result.unwrap_or_else(|err| {
             record.error = err.kind.as_str();
+            if let (ErrorSource::Client, Some(cause)) = (err.source_of, &err.cause) {
+                record.reason = cause.to_string();
+            }
             log_error(&record, &err);
             err.to_response()
         });
@@ -257,9 +260,16 @@ impl<U: Upstream> Gateway<U> {
             Entry::Routed { principal, .. } => (true, principal),
             Entry::Public(_) => (false, None),
         };
-        let mut admitted = self.limits.admit(&ctx, req.headers(), routed).await?;
+        let mut own = None;
+        let admitted = self
+            .limits
+            .admit(&ctx, req.headers(), routed, claimed.is_some(), &mut own)
+            .await;
+        // Logged as the key's request even when a throttle refused it.
+        record.principal.clone_from(&own);
+        let admitted = admitted?;
         // Who the caller is: our own key check, which a PoP's claim must match.
-        ctx.principal = crate::limits::principal(admitted.take_principal(), claimed)?;
+        ctx.principal = crate::limits::principal(own, claimed)?;
         record.principal.clone_from(&ctx.principal);
         let mut resp = match &self.cache {
             Some(cache) => cache.serve(&self.upstream, &ctx, req, record).await,

@@ -85,14 +85,19 @@ pub fn presented(headers: &HeaderMap) -> Result<KeyHash, KeyError> {
         return Err(KeyError::Repeated);
     }
     let bytes = value.as_bytes();
-    let well_formed = (MIN_LEN..=MAX_LEN).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'));
-    if !well_formed {
+    if !is_well_formed(bytes) {
         return Err(KeyError::Malformed);
     }
     Ok(Sha256::digest(bytes).into())
+}
+
+/// A key a request can present: [`MIN_LEN`] to [`MAX_LEN`] characters of
+/// `A-Z a-z 0-9 . _ ~ -`.
+pub fn is_well_formed(key: &[u8]) -> bool {
+    (MIN_LEN..=MAX_LEN).contains(&key.len())
+        && key
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
 }
 
 #[cfg(test)]

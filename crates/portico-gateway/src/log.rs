@@ -33,6 +33,9 @@ pub struct AccessRecord {
     pub target: Option<(Arc<Api>, Arc<Stage>, usize)>,
     pub status: u16,
     pub error: &'static str,
+    /// Why a client's request was refused (`unknown API key`, ...): the
+    /// error's cause, for refusals only; empty otherwise.
+    pub reason: String,
     /// What the response cache did (`hit`, `miss`, `stale`, ...); empty when not involved.
     pub cache: &'static str,
     /// The authenticated caller (`api_key:ID`), once known.
@@ -87,6 +90,7 @@ impl AccessRecord {
             route,
             status = self.status,
             error = self.error,
+            reason = %self.reason,
             bytes,
             total_ms,
             integration_ms,

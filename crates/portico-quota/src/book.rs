@@ -24,6 +24,10 @@ const LEASES: TableDefinition<u64, (&str, &str, i64, u64, i64, &str)> =
 /// "next_lease" → next lease id.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// The id of a lease that granted nothing: the book answers it without
+/// writing, and its return ends nothing. Real ids count up from 1.
+pub const EMPTY_LEASE: u64 = u64::MAX;
+
 /// How long counts and leases are kept after their period began (usage) or
 /// they expired (leases): two of the longest period (a month), so that the
 /// current and the previous period of every plan are always there, also for
@@ -118,6 +122,20 @@ impl QuotaBook {
                 .map_err(QuotaError::store)?
                 .map_or(0, |v| v.value());
             let granted = req.want.min(req.spec.limit.saturating_sub(used));
+            if granted == 0 {
+                // Nothing to grant (the key is spent, or nothing was
+                // asked): an answer, no write. Spent keys are asked about
+                // every second per PoP, and each write is a commit to disk.
+                drop(usage);
+                txn.abort().map_err(QuotaError::store)?;
+                return Ok(Lease {
+                    id: EMPTY_LEASE,
+                    granted: 0,
+                    expires_ms: (now_ms + req.ttl_ms.max(1)).min(end),
+                    period_end_ms: end,
+                    exhausted: used >= req.spec.limit,
+                });
+            }
             usage
                 .insert(ukey.as_str(), used + granted)
                 .map_err(QuotaError::store)?;
@@ -154,6 +172,13 @@ impl QuotaBook {
     /// after a reconnect); an unknown lease or `unused` above what was granted
     /// is refused and changes nothing.
     pub fn release(&self, lease_id: u64, unused: u64, holder: &str) -> Result<u64, QuotaError> {
+        if lease_id == EMPTY_LEASE {
+            // Granted nothing and never written: nothing to end.
+            return match unused {
+                0 => Ok(0),
+                _ => Err(QuotaError::UnknownLease(lease_id)),
+            };
+        }
         let txn = self.db.begin_write().map_err(QuotaError::store)?;
         let returned = {
             let mut leases = txn.open_table(LEASES).map_err(QuotaError::store)?;
@@ -308,6 +333,27 @@ mod tests {
         assert_eq!((b.granted, b.exhausted), (400, true));
         assert_eq!(book.grant(&request("pop-c", 1), NOW).unwrap().granted, 0);
         assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn a_spent_key_is_answered_without_a_write() {
+        let (_dir, book) = book();
+        let a = book.grant(&request("pop-a", 1_000), NOW).unwrap();
+        for _ in 0..3 {
+            let empty = book.grant(&request("pop-b", 10), NOW).unwrap();
+            assert_eq!(
+                (empty.id, empty.granted, empty.exhausted),
+                (EMPTY_LEASE, 0, true)
+            );
+            assert_eq!(book.release(empty.id, 0, "pop-b").unwrap(), 0);
+        }
+        assert!(book.release(EMPTY_LEASE, 1, "pop-b").is_err());
+        // No lease row for the empty answers, and the next real lease is
+        // numbered on from the last.
+        assert!(book.leases_of("pop-b").unwrap().is_empty());
+        assert_eq!(book.release(a.id, 10, "pop-a").unwrap(), 10);
+        let b = book.grant(&request("pop-b", 10), NOW).unwrap();
+        assert_eq!((b.id, b.granted), (a.id + 1, 10));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod book;
 pub mod period;
 pub mod wallet;
 
-pub use book::{Lease, LeaseRequest, Pruned, QuotaBook, RETAIN_MS, Usage};
+pub use book::{EMPTY_LEASE, Lease, LeaseRequest, Pruned, QuotaBook, RETAIN_MS, Usage};
 pub use period::{Period, QuotaSpec, bounds};
 pub use wallet::{Spend, Wallet};
 

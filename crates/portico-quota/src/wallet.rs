@@ -135,6 +135,11 @@ impl Wallet {
     }
 
     /// The refill failed (origin unreachable): keep spending only what is in hand.
+    /// Whether a refill is in flight.
+    pub fn refilling(&self) -> bool {
+        self.requested
+    }
+
     pub fn refill_failed(&mut self) {
         self.requested = false;
     }

@@ -18,12 +18,11 @@ pub fn run(command: KeysCommand) -> ExitCode {
 }
 
 fn create(id: &str, plans: &[String]) -> ExitCode {
-    if id.is_empty()
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        eprintln!("portico: key id must be [A-Za-z0-9_-]+");
+    if !portico_config::is_key_id(id) {
+        eprintln!(
+            "portico: a key id is 1 to {} letters, digits, `_` and `-`",
+            portico_config::MAX_KEY_ID
+        );
         return ExitCode::from(1);
     }
     let key = keys::generate();
@@ -48,6 +47,17 @@ fn hash_stdin() -> ExitCode {
         eprintln!("portico: reading the key: {err}");
         return ExitCode::from(1);
     }
-    println!("{}", keys::stored_form(key.trim_end_matches(['\n', '\r'])));
+    let key = key.trim_end_matches(['\n', '\r']);
+    // A key no request could present would hash fine and then answer 403
+    // to every request that tried it.
+    if !keys::is_well_formed(key.as_bytes()) {
+        eprintln!(
+            "portico: a key is {} to {} characters of A-Z a-z 0-9 . _ ~ -",
+            keys::MIN_LEN,
+            keys::MAX_LEN
+        );
+        return ExitCode::from(1);
+    }
+    println!("{}", keys::stored_form(key));
     ExitCode::SUCCESS
 }

@@ -241,6 +241,10 @@ pub struct PopLeases {
     homes: OnceLock<watch::Receiver<Arc<SyncedConfig>>>,
     /// The wallets, to surrender a reconnected origin's leases.
     quotas: OnceLock<std::sync::Weak<Quotas>>,
+    /// How far each origin's clock is ahead of this PoP's (ms; negative:
+    /// behind), as its last uncut lease showed: its period ends are on its
+    /// clock.
+    clocks: Mutex<HashMap<String, i64>>,
 }
 
 impl PopLeases {
@@ -298,14 +302,41 @@ impl PopLeases {
 /// When a lease ends on this PoP's clock. The origin says when on its own
 /// clock, and a PoP whose clock ran a minute ahead found every lease expired
 /// on arrival. A lease lasts `LEASE_TTL_MS` from its grant, which came after
-/// `asked_at`; one the period's end cuts short (the origin's instant is all
-/// there is then) ends no later.
-fn local_expiry(asked_at: i64, lease: &QuotaLease) -> i64 {
+/// `asked_at`; one the period's end cuts short ends then, translated by how
+/// far the origin's clock is `ahead`, and no later.
+fn local_expiry(asked_at: i64, lease: &QuotaLease, ahead: i64) -> i64 {
     let full = asked_at.saturating_add(LEASE_TTL_MS);
     if lease.expires_unix_ms < lease.period_end_unix_ms {
         full
     } else {
-        signed_ms(lease.expires_unix_ms).min(full)
+        signed_ms(lease.expires_unix_ms)
+            .saturating_sub(ahead)
+            .min(full)
+    }
+}
+
+impl PopLeases {
+    /// How far `origin`'s clock is ahead of this PoP's. A lease the period's
+    /// end does not cut short expires `LEASE_TTL_MS` after its grant on the
+    /// origin's clock, and was granted between the ask and the answer on
+    /// ours: their midpoint, within half a round trip. A cut lease tells
+    /// nothing: the origin's last known offset (none yet: 0).
+    fn origin_clock(
+        &self,
+        origin: &str,
+        asked_at: i64,
+        answered_at: i64,
+        lease: &QuotaLease,
+    ) -> i64 {
+        let mut clocks = lock(&self.clocks);
+        if lease.expires_unix_ms < lease.period_end_unix_ms {
+            let granted_there = signed_ms(lease.expires_unix_ms).saturating_sub(LEASE_TTL_MS);
+            let granted_here = asked_at + (answered_at - asked_at) / 2;
+            let ahead = granted_there.saturating_sub(granted_here);
+            clocks.insert(origin.to_owned(), ahead);
+            return ahead;
+        }
+        clocks.get(origin).copied().unwrap_or(0)
     }
 }
 
@@ -351,12 +382,14 @@ impl LeaseSource for PopLeases {
                     Err("the origin refused the lease (see its log)".to_owned())
                 }
                 Ok(Ok(lease)) => {
-                    let expires_ms = local_expiry(asked_at, &lease);
+                    let answered_at = portico_gateway::limits::now_ms();
+                    let ahead = self.origin_clock(link.peer_id(), asked_at, answered_at, &lease);
+                    let expires_ms = local_expiry(asked_at, &lease, ahead);
                     Ok(Lease {
                         id: self.remember(link.peer_id(), lease.lease_id, expires_ms),
                         granted: within_ask(lease.granted, ask.want),
                         expires_ms,
-                        period_end_ms: signed_ms(lease.period_end_unix_ms),
+                        period_end_ms: signed_ms(lease.period_end_unix_ms).saturating_sub(ahead),
                         exhausted: lease.exhausted,
                     })
                 }
@@ -666,6 +699,34 @@ plans = ["p"]
             held.expires_ms - before
         );
         assert!(held.expires_ms <= portico_gateway::limits::now_ms() + LEASE_TTL_MS);
+    }
+
+    /// A PoP whose clock runs ahead of its origin's ends a quota period when
+    /// the origin does, on its own clock: it does not drop every lease of the
+    /// period's last minutes on arrival.
+    #[tokio::test]
+    async fn a_period_ends_when_the_origins_clock_says_on_this_ones() {
+        let leases = PopLeases::new();
+        let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&link);
+        let now = portico_gateway::limits::now_ms();
+        let origin_now = u64::try_from(now - 120_000).unwrap();
+        // An uncut lease shows the origin two minutes behind; its period
+        // ends in five minutes by its clock.
+        let mut uncut = lease(7, origin_now + 60_000);
+        uncut.period_end_unix_ms = origin_now + 300_000;
+        let held = granted(&leases, &link, &mut outbox, uncut).await;
+        let in_five = held.period_end_ms - now;
+        assert!((299_000..=301_000).contains(&in_five), "{in_five}");
+        // Cut short by the period's end, 30 s away by the origin's clock:
+        // 30 s away here too, not 90 s ago.
+        let mut cut = lease(8, origin_now + 30_000);
+        cut.period_end_unix_ms = origin_now + 30_000;
+        let held = granted(&leases, &link, &mut outbox, cut).await;
+        for end in [held.period_end_ms, held.expires_ms] {
+            let left = end - now;
+            assert!((29_000..=31_000).contains(&left), "{left}");
+        }
     }
 
     /// A PoP's return and its next ask, read together from its control

@@ -44,20 +44,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Splits `total` by `weights` (sum > 0): every PoP gets its share of the
-/// rate and of the burst (at least 1 each, the burst never above the total).
+/// Splits `total` by `weights`: every PoP gets its share of the rate, and of
+/// the burst by largest remainder, so that the bursts add up to the total.
+/// Each PoP keeps a burst of 1 at least (a bucket of 0 admits nothing ever),
+/// taken from the largest share when one can spare it: the bursts exceed
+/// the total only when it is smaller than the number of PoPs.
 pub fn split(total: RateSpec, weights: &[f64]) -> Vec<RateSpec> {
     let sum: f64 = weights.iter().sum();
     let n = weights.len().max(1) as f64;
-    weights
+    let parts: Vec<f64> = weights
         .iter()
-        .map(|w| {
-            let part = if sum > 0.0 { w / sum } else { 1.0 / n };
-            let burst = (f64::from(total.burst) * part).round().max(1.0);
-            RateSpec {
-                rate: total.rate * part,
-                burst: (burst as u32).min(total.burst),
-            }
+        .map(|w| if sum > 0.0 { w / sum } else { 1.0 / n })
+        .collect();
+    let exact: Vec<f64> = parts.iter().map(|p| f64::from(total.burst) * p).collect();
+    // Each floor is within 0..=total.burst.
+    let mut bursts: Vec<u32> = exact.iter().map(|e| e.floor() as u32).collect();
+    let mut left = total.burst.saturating_sub(bursts.iter().sum());
+    let mut by_remainder: Vec<usize> = (0..bursts.len()).collect();
+    by_remainder.sort_by(|&a, &b| {
+        let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    for i in by_remainder {
+        if left == 0 {
+            break;
+        }
+        bursts[i] += 1;
+        left -= 1;
+    }
+    for i in 0..bursts.len() {
+        if bursts[i] > 0 {
+            continue;
+        }
+        let largest = (0..bursts.len()).max_by_key(|&j| (bursts[j], std::cmp::Reverse(j)));
+        if let Some(j) = largest.filter(|&j| bursts[j] > 1) {
+            bursts[j] -= 1;
+        }
+        bursts[i] = 1;
+    }
+    parts
+        .iter()
+        .zip(bursts)
+        .map(|(part, burst)| RateSpec {
+            rate: total.rate * part,
+            burst,
         })
         .collect()
 }
@@ -220,7 +250,10 @@ impl OriginRates {
                 }
                 let frame = Frame::RateShare(RateShare {
                     scope: scope.clone(),
-                    rate_milli_per_sec: (share.rate * 1000.0).round() as u64,
+                    // At least a thousandth of a request a second: a share
+                    // rounded to 0 is refused as empty at the PoP, which
+                    // then keeps the larger one it had.
+                    rate_milli_per_sec: ((share.rate * 1000.0).round() as u64).max(1),
                     burst: u64::from(share.burst),
                 });
                 if link.try_send(frame).is_ok() {
@@ -449,6 +482,36 @@ mod tests {
         let equal = split(total, &[0.0, 0.0]);
         assert_eq!(equal[0].rate, 15.0);
         assert_eq!(equal[0].burst, 5);
+    }
+
+    #[test]
+    fn bursts_add_up_to_the_configured_one_when_every_pop_can_have_one() {
+        let bursts = |total: u32, weights: &[f64]| -> Vec<u32> {
+            let spec = RateSpec {
+                rate: 5.0,
+                burst: total,
+            };
+            split(spec, weights).iter().map(|s| s.burst).collect()
+        };
+        // Rounding each share gave 2 + 2 + 2 = 6 of 5.
+        assert_eq!(bursts(5, &[1.0, 1.0, 1.0]), [2, 2, 1]);
+        assert_eq!(bursts(10, &[6.0, 2.0, 1.0]).iter().sum::<u32>(), 10);
+        // One busy PoP of seven: 5 + 6 × 1 = 11 before.
+        let busy = bursts(10, &[100.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(busy, [4, 1, 1, 1, 1, 1, 1]);
+        // Fewer tokens than PoPs: one each, the least that lets each serve.
+        assert_eq!(bursts(5, &[1.0; 7]), [1; 7]);
+        for weights in [[3.0, 0.5, 0.25, 9.0], [0.0; 4], [1e-9, 1.0, 1e9, 2.0]] {
+            for total in [1, 4, 7, 100, 1_000_000] {
+                let b = bursts(total, &weights);
+                assert!(b.iter().all(|&x| x >= 1), "{b:?}");
+                assert_eq!(
+                    b.iter().sum::<u32>(),
+                    total.max(4),
+                    "{total} {weights:?} {b:?}"
+                );
+            }
+        }
     }
 
     fn defs() -> Arc<Definitions> {

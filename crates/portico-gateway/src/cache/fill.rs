@@ -256,12 +256,15 @@ impl Fill {
         })
     }
 
-    /// A body streaming this fill from its first byte; `None` when its start is
-    /// already gone (the fill overflowed).
+    /// A body streaming this fill from its first byte; `None` once the fill
+    /// is larger than it may store.
     pub(crate) fn reader(self: &Arc<Self>) -> Option<Body> {
         let slot = {
             let mut st = lock(&self.state);
-            if st.base != 0 {
+            // An oversized fill takes no more readers: each would pace it
+            // (it streams at its slowest reader's speed), and a client that
+            // never reads would hold every later one still.
+            if st.base != 0 || !st.storable {
                 return None;
             }
             match st.readers.iter().position(Option::is_none) {
@@ -363,7 +366,15 @@ pub(crate) enum FillResult {
 /// Reads `body` into `fill` until it ends. `limit` is the largest storable body.
 /// A source that stalls fails the body itself (`forward_timed` bounds each
 /// wait with the read timeout).
-pub(crate) async fn run_fill(fill: &Fill, mut body: Body, limit: u64) -> FillResult {
+/// `oversized` runs once, when the body turns out larger than `limit`: the
+/// fill then holds only its window of the body, not a stored object's worth.
+pub(crate) async fn run_fill(
+    fill: &Fill,
+    mut body: Body,
+    limit: u64,
+    oversized: impl FnOnce(),
+) -> FillResult {
+    let mut oversized = Some(oversized);
     loop {
         let frame = match body.frame().await {
             Some(Ok(frame)) => frame,
@@ -373,7 +384,13 @@ pub(crate) async fn run_fill(fill: &Fill, mut body: Body, limit: u64) -> FillRes
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not stored
         };
-        if !fill.push(data, limit) || !fill.wait_for_readers().await {
+        let alive = fill.push(data, limit);
+        if !lock(&fill.state).storable
+            && let Some(release) = oversized.take()
+        {
+            release();
+        }
+        if !alive || !fill.wait_for_readers().await {
             return fill.fail();
         }
     }

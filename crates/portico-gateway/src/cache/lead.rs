@@ -90,7 +90,8 @@ impl<U: Upstream> Job<'_, U> {
                 Box::pin(self.lead(&whole, empty(), guard, fwd, store, record)).await
             }
             (StatusCode::NOT_MODIFIED, Some(e)) => {
-                self.refreshed(resp, e, found, guard, (request_time, stamp), record)
+                let at = (request_time, stamp);
+                self.refreshed(resp, e, found, guard, at, store, record)
                     .await
             }
             _ => Ok(self.admit(
@@ -145,6 +146,7 @@ impl<U: Upstream> Job<'_, U> {
     }
 
     /// A 304 for our conditional request: the stored entry is fresh again.
+    #[allow(clippy::too_many_arguments)]
     async fn refreshed(
         &self,
         resp: Response<Body>,
@@ -152,6 +154,7 @@ impl<U: Upstream> Job<'_, U> {
         found: &Found,
         guard: Option<LeaderGuard>,
         (request_time, stamp): (SystemTime, Stamp),
+        store: bool,
         record: Option<&mut AccessRecord>,
     ) -> Result<Response<Body>, GatewayError> {
         let mut headers = resp.into_parts().0.headers;
@@ -183,6 +186,9 @@ impl<U: Upstream> Job<'_, U> {
             ..self.store_context()
         };
         match rules::check_storable(entry.status, &entry.headers, &cc, &ctx) {
+            // A request that said `no-store` is answered from the refreshed
+            // entry, which is not kept (RFC 9111 §5.2.1.5).
+            Ok(()) if !store => finish(guard, Outcome::Pass),
             Ok(()) => {
                 self.cache
                     .store
@@ -346,7 +352,7 @@ impl<U: Upstream> Job<'_, U> {
             ex: ex.clone_head(),
             end: guard.map(|g| g.stream(&fill)),
             limit: self.object_limit(),
-            _reserved: reserved,
+            reserved,
         };
         tokio::spawn(task.run(body));
         reader.unwrap_or_else(empty)
@@ -392,6 +398,9 @@ fn declared_length(headers: &http::HeaderMap) -> Option<usize> {
 
 fn failure_outcome(result: &Result<Response<Body>, GatewayError>) -> Outcome {
     match result {
+        // The leader's own fault (its body too large or cut short): the
+        // followers' requests are not at fault, and go again.
+        Err(e) if e.source_of == crate::error::ErrorSource::Client => Outcome::Abandoned,
         Err(e) => Outcome::Failed(e.kind.clone(), e.source_of),
         // A 5xx the route does not cache: followers serve their stale entry
         // if they may, else fetch on their own.
@@ -427,7 +436,8 @@ struct FillTask {
     end: Option<FlightEnd>,
     /// The largest body it may store.
     limit: u64,
-    _reserved: Reserved,
+    /// Released once the body turns out too large to store.
+    reserved: Reserved,
 }
 
 /// Bytes of the store's fill budget a fill holds until it ends.
@@ -438,16 +448,29 @@ struct Reserved {
     length: Option<usize>,
 }
 
+impl Reserved {
+    /// Gives the budget back now (once: the drop gives back nothing more).
+    fn release(&mut self) {
+        self.cache
+            .store
+            .release_fill(std::mem::take(&mut self.bytes));
+    }
+}
+
 impl Drop for Reserved {
     fn drop(&mut self) {
-        self.cache.store.release_fill(self.bytes);
+        self.release();
     }
 }
 
 impl FillTask {
-    async fn run(self, body: Body) {
+    async fn run(mut self, body: Body) {
         let fill = Arc::clone(&self.fill);
-        let result = run_fill(&fill, body, self.limit).await;
+        // What the budget reserved for a stored object: a fill past it
+        // buffers one window at most, and 256 such fills held open by
+        // clients that do not read would otherwise take the whole budget.
+        let reserved = &mut self.reserved;
+        let result = run_fill(&fill, body, self.limit, || reserved.release()).await;
         if let FillResult::Complete(body) = result {
             self.store(body).await;
             fill.close();

@@ -111,7 +111,7 @@ impl ResponseCache {
             mark(&mut resp, self.names.value(&Member::new(Fwd::Method)));
             return Ok(resp);
         }
-        if bypasses(req.headers()) {
+        if bypasses(req.headers()) || sends_a_body(&req) {
             let mut resp = self.uncached(upstream, ctx, req, record).await?;
             record.cache = Fwd::Bypass.as_str();
             mark(&mut resp, self.names.value(&Member::new(Fwd::Bypass)));
@@ -191,7 +191,7 @@ impl<U: Upstream> Job<'_, U> {
             let found = self.cache.lookup(&self.input()).await;
             let fwd = match (&found.entry, &found.vary) {
                 _ if refresh => Fwd::Request,
-                (Some(e), _) => match self.answer_stored(e, &found, record) {
+                (Some(e), _) => match self.answer_stored(e, &found, no_store, record) {
                     Some(resp) => return Ok(resp),
                     None => Fwd::Stale,
                 },
@@ -226,6 +226,7 @@ impl<U: Upstream> Job<'_, U> {
         &self,
         e: &Arc<Stored>,
         found: &Found,
+        no_store: bool,
         record: &mut AccessRecord,
     ) -> Option<Response<Body>> {
         let now = Instant::now();
@@ -236,7 +237,10 @@ impl<U: Upstream> Job<'_, U> {
         if !e.within(now, e.stale_while_revalidate) {
             return None;
         }
-        self.refresh_in_background(found);
+        // Not for a request that said `no-store`: the refresh would store.
+        if !no_store {
+            self.refresh_in_background(found);
+        }
         let ttl = ttl_of(e, now);
         let m = Member::new(Fwd::HitStale)
             .ttl(ttl)
@@ -385,6 +389,18 @@ fn bypasses(headers: &HeaderMap) -> bool {
         || headers.contains_key(header::IF_MATCH)
         || headers.contains_key(header::IF_UNMODIFIED_SINCE)
         || headers.contains_key(header::IF_RANGE)
+}
+
+/// A GET or HEAD that sends a body: the key does not hold it, and a backend
+/// that reads it (many do, whatever the method) would answer by it, so
+/// storing the answer would serve one client's body to others. Varnish drops
+/// such bodies; passing the request through keeps what the client sent. A
+/// body is a declared length above 0, or one still to come (chunked: its
+/// `Transfer-Encoding` is gone by now, as a hop-by-hop header).
+fn sends_a_body(req: &Request<Body>) -> bool {
+    let declared = crate::headers::content_length(req.headers());
+    declared.is_ok_and(|len| len.is_some_and(|n| n > 0))
+        || !http_body::Body::is_end_stream(req.body())
 }
 
 fn is_unsafe(method: &Method) -> bool {

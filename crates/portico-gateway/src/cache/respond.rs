@@ -189,8 +189,11 @@ pub(crate) fn from_entry(
     head: bool,
     status: HeaderValue,
 ) -> Response<Body> {
-    let not_modified =
-        rules::not_modified(request, entry.etag.as_ref(), entry.last_modified.as_ref());
+    // Preconditions are evaluated only for a response that would be 2xx
+    // (RFC 9110 §13.2.1): a stored 404 or 301 is no "not modified" of the
+    // 200 the client holds.
+    let not_modified = entry.status.is_success()
+        && rules::not_modified(request, entry.etag.as_ref(), entry.last_modified.as_ref());
     let mut resp = if not_modified {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;

@@ -17,6 +17,8 @@
 //!   and counted them): the key only.
 
 mod quota;
+#[cfg(test)]
+mod routed_tests;
 mod set;
 mod share;
 
@@ -73,16 +75,9 @@ pub struct Limits {
 pub struct Admitted {
     /// `RateLimit-Policy` and `RateLimit`, on routes with a stage, route or key throttle.
     headers: Option<(HeaderValue, HeaderValue)>,
-    /// The caller, when the route required a key: that key's id.
-    principal: Option<Principal>,
 }
 
 impl Admitted {
-    /// The authenticated caller (taken once, into the request context).
-    pub fn take_principal(&mut self) -> Option<Principal> {
-        self.principal.take()
-    }
-
     /// Adds the rate-limit headers to a response.
     pub fn decorate(&self, headers: &mut HeaderMap) {
         if let Some((policy, state)) = &self.headers {
@@ -220,24 +215,33 @@ impl Limits {
         self.degraded.load(Ordering::Relaxed)
     }
 
-    /// Runs the phase. `routed`: the request came over the backbone (see the module doc).
+    /// Runs the phase. `routed`: the request came over the backbone (see the
+    /// module doc), `claimed`: its PoP named a caller. `caller` is set to the
+    /// key the request authenticated with as soon as it is known, so that a
+    /// request throttled afterwards is still logged as that key's.
     pub async fn admit(
         &self,
         ctx: &RequestCtx,
         headers: &HeaderMap,
         routed: bool,
+        claimed: bool,
+        caller: &mut Option<Principal>,
     ) -> Result<Admitted, GatewayError> {
         // 1. Authorize: the key (if the route requires one) and its plan for this stage.
         let plan = match ctx.route().api_key_required {
             true => Some(authorize(ctx, headers)?),
             false => None,
         };
+        *caller = plan.as_ref().map(|(key, _)| Principal::api_key(&key.id));
+        // A routed request whose PoP checked no key, on a route that needs one
+        // here: the PoP served older definitions (a reload on its way), so no
+        // one has throttled the key or spent its quota. This node does.
+        let routed = routed && (claimed || plan.is_none());
         // 2. Throttles (the PoP that forwarded a routed request already applied them).
-        let mut admitted = match (routed, self.enabled) {
+        let admitted = match (routed, self.enabled) {
             (false, true) => self.throttle(ctx, plan.as_ref())?,
             _ => Admitted::default(),
         };
-        admitted.principal = plan.as_ref().map(|(key, _)| Principal::api_key(&key.id));
         // 3. Quota, counted only for requests every throttle let through, and
         //    only where the request entered (a PoP spent it for a routed one).
         if let (Some((key, plan)), Some(quotas), false) = (&plan, &self.quota, routed) {
@@ -281,10 +285,7 @@ impl Limits {
             }
             return Err(err);
         }
-        Ok(Admitted {
-            headers,
-            principal: None,
-        })
+        Ok(Admitted { headers })
     }
 
     /// The key's bucket of its plan: shared per key on a PoP, keyed otherwise.

@@ -166,6 +166,23 @@ impl LeaseSource for BookSource {
     }
 }
 
+/// When a lease's period ends for its wallet. A period end already past
+/// on this clock means this clock runs ahead of the source's: the source,
+/// which keeps the periods, granted from the one it is still in. The lease
+/// is then spent for another [`SKEWED_PERIOD_RECHECK_MS`] and asked again,
+/// instead of being dropped on arrival and asked again at once, in a loop,
+/// until the request gave up (503).
+fn period_end_after(period_end_ms: i64, now_ms: i64) -> i64 {
+    if period_end_ms > now_ms {
+        period_end_ms
+    } else {
+        now_ms.saturating_add(SKEWED_PERIOD_RECHECK_MS)
+    }
+}
+
+/// See [`period_end_after`].
+const SKEWED_PERIOD_RECHECK_MS: i64 = 1_000;
+
 /// Wallets by plan, then key id.
 type Slots = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Slot>>>;
 
@@ -320,8 +337,14 @@ impl Quotas {
                 let mut st = lock(&slot.state);
                 let now = now_ms();
                 if now >= st.period_end_ms {
-                    // A new period: the old wallet's lease belongs to the old one.
+                    // A new period: the old wallet's lease belongs to the old
+                    // one. A refill on its way still lands in the new wallet
+                    // (its waiters would otherwise wait for nothing).
+                    let refilling = st.wallet.refilling();
                     st.wallet = Wallet::new(now);
+                    if refilling {
+                        st.wallet.begin_refill();
+                    }
                     st.period_end_ms = i64::MAX;
                 }
                 let spend = st.wallet.spend(now);
@@ -402,7 +425,7 @@ impl Quotas {
                 // (the empty lease is closed in the book).
                 Ok(lease) if lease.granted == 0 && st.wallet.holds_unspent(now) => {
                     st.wallet.keep_after_empty_grant(now);
-                    st.period_end_ms = lease.period_end_ms;
+                    st.period_end_ms = period_end_after(lease.period_end_ms, now);
                     (Some((lease.id, 0)), true)
                 }
                 Ok(lease) => {
@@ -410,7 +433,7 @@ impl Quotas {
                     let (id, granted, expires) = (lease.id, lease.granted, lease.expires_ms);
                     st.wallet
                         .install_at(id, granted, expires, lease.exhausted, now);
-                    st.period_end_ms = lease.period_end_ms;
+                    st.period_end_ms = period_end_after(lease.period_end_ms, now);
                     (old, true)
                 }
                 Err(err) => {
@@ -725,6 +748,44 @@ mod tests {
                 lock(&self.log).push("return");
             })
         }
+    }
+
+    /// The book's leases, as an origin whose clock is behind this one's
+    /// sends them near a period's end: the period ends before they arrive.
+    struct Behind {
+        book: BookSource,
+        grants: std::sync::atomic::AtomicUsize,
+    }
+
+    impl LeaseSource for Behind {
+        fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            Box::pin(async move {
+                self.grants
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut lease = self.book.grant(ask).await?;
+                lease.period_end_ms = now_ms() - 1_000;
+                Ok(lease)
+            })
+        }
+        fn give_back(&self, api: Arc<str>, id: u64, unused: u64) -> BoxFuture<'_, ()> {
+            self.book.give_back(api, id, unused)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_whose_period_ended_on_this_clock_is_spent_not_asked_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let source = Arc::new(Behind {
+            book: BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"),
+            grants: std::sync::atomic::AtomicUsize::new(0),
+        });
+        let q = Arc::new(Quotas::remote(Arc::clone(&source) as Arc<dyn LeaseSource>));
+        for _ in 0..5 {
+            assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        }
+        let grants = source.grants.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(grants <= 2, "{grants} leases for 5 requests");
     }
 
     /// A source whose returns never arrive.

@@ -109,7 +109,7 @@ impl SharedThrottle {
         let Some(next) = Throttle::new(current.name(), share) else {
             return;
         };
-        let full = u64::from(self.fullness.load(Ordering::Relaxed).min(1000));
+        let full = self.fullness_now(old);
         let mut keep = u64::from(share.burst) * full / 1000;
         if keep == 0 {
             // An empty bucket: its next token may be nearly due. A drained
@@ -123,6 +123,19 @@ impl SharedThrottle {
         }
         next.drain(u32::try_from(u64::from(share.burst) - keep).unwrap_or(0));
         self.current.store(Arc::new(next));
+    }
+
+    /// How full the bucket is now, per mille: as full as the last check
+    /// left it, plus what `old`'s rate has refilled since. A share that
+    /// arrives after a quiet spell must not empty a bucket that refilled.
+    fn fullness_now(&self, old: RateSpec) -> u64 {
+        let left = f64::from(self.fullness.load(Ordering::Relaxed).min(1000)) / 1000.0;
+        let burst = f64::from(old.burst.max(1));
+        let last = Duration::from_nanos(self.last_check.load(Ordering::Relaxed));
+        let quiet = self.epoch.elapsed().saturating_sub(last).as_secs_f64();
+        let tokens = (left * burst + quiet * old.rate).min(burst);
+        // In 0..=1000 by the `min` above.
+        (tokens / burst * 1000.0) as u64
     }
 
     /// Whether the bucket has had time to fill up since it was last checked,
@@ -250,6 +263,19 @@ mod tests {
         assert_eq!(t.take_demand(), 0);
         // Headers announce the configured rate, not the share.
         assert_eq!(t.check().spec, TEN);
+    }
+
+    #[test]
+    fn a_share_after_a_quiet_spell_keeps_what_the_bucket_refilled() {
+        let t = SharedThrottle::new("route", "r".into(), TEN).unwrap();
+        assert_eq!(allowed(&t, 12), 10);
+        // Refilled whole in 1 s at 10/s; half of it is kept by half the rate.
+        std::thread::sleep(Duration::from_millis(1200));
+        t.set_share(RateSpec {
+            rate: 5.0,
+            burst: 5,
+        });
+        assert_eq!(allowed(&t, 5), 5);
     }
 
     #[test]

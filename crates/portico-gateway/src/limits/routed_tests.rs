@@ -1,0 +1,113 @@
+//! The limits phase of requests that arrived over the backbone, driven
+//! through `Gateway::handle`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use portico_config::{Definitions, NodeThrottleConfig, RateLimit};
+
+use super::Limits;
+use crate::body::{Body, full};
+use crate::context::{ConnInfo, Principal, Protocol, RequestCtx};
+use crate::error::GatewayError;
+use crate::{Entry, Gateway, GatewaySettings, ServedModes, Upstream};
+
+const KEY: &str = "routed-test-key-0123456789";
+
+struct Ok200;
+
+impl Upstream for Ok200 {
+    async fn forward(
+        &self,
+        _: &RequestCtx,
+        _: Request<Body>,
+    ) -> Result<Response<Body>, GatewayError> {
+        Ok(Response::new(full("ok")))
+    }
+}
+
+fn gateway() -> Gateway<Ok200> {
+    let text = format!(
+        r#"
+[[apis]]
+name = "a"
+endpoint = "edge"
+[[apis.routes]]
+method = "GET"
+path = "/x"
+api_key_required = true
+integration = {{ type = "mock" }}
+[[apis.stages]]
+name = "prod"
+
+[[usage_plans]]
+name = "p"
+throttle = {{ rate = 0.001, burst = 1 }}
+api_stages = [{{ api = "a", stage = "prod" }}]
+
+[[api_keys]]
+id = "k1"
+hash = "{}"
+plans = ["p"]
+"#,
+        crate::keys::stored_form(KEY)
+    );
+    let defs = Arc::new(Definitions::from_toml_str(&text, "test").unwrap());
+    let config = NodeThrottleConfig {
+        enabled: true,
+        node: RateLimit {
+            rate: 1000.0,
+            burst: 1000,
+        },
+        per_client_ip: None,
+    };
+    let limits = Limits::new(&config, &defs, None);
+    let settings = GatewaySettings {
+        node_id: Arc::from("origin-1"),
+        max_body_bytes: 1 << 20,
+        max_header_bytes: 16 * 1024,
+        upstream_read_timeout: std::time::Duration::from_secs(60),
+    };
+    Gateway::new(settings, defs, Ok200).with_limits(limits)
+}
+
+async fn routed(g: &Gateway<Ok200>, claimed: Option<&Principal>) -> u16 {
+    let req = Request::get("/x")
+        .header("host", "a.example")
+        .header("x-api-key", KEY)
+        .body(full(""))
+        .unwrap();
+    let conn = Arc::new(ConnInfo {
+        client_addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+        local_addr: SocketAddr::from(([127, 0, 0, 1], 2)),
+        tls: None,
+        protocol: Protocol::Backbone,
+        default_api: None,
+    });
+    let entry = Entry::Routed {
+        api: "a",
+        stage: "prod",
+        modes: ServedModes::EDGE,
+        principal: claimed,
+    };
+    g.handle(req, &conn, entry).await.status().as_u16()
+}
+
+#[tokio::test]
+async fn a_pop_that_checked_the_key_has_throttled_it_already() {
+    let g = gateway();
+    let key = Principal::api_key("k1");
+    for _ in 0..3 {
+        assert_eq!(routed(&g, Some(&key)).await, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_key_the_pop_did_not_check_is_throttled_here() {
+    // The PoP served definitions in which the route needed no key (a reload
+    // on its way): it throttled no key and spent no quota, so the origin does.
+    let g = gateway();
+    assert_eq!(routed(&g, None).await, 200);
+    assert_eq!(routed(&g, None).await, 429);
+}
