@@ -13,7 +13,11 @@ cleanup() {
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+# A signal exits (128 + its number), which runs cleanup once through the EXIT
+# trap; trapping INT and TERM with cleanup itself would carry on afterwards.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # ensure_pkg CMD PACKAGE: installs a Debian package when CMD is missing.
 ensure_pkg() {
@@ -25,6 +29,9 @@ ensure_pkg() {
     (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2") >/dev/null
   fi
 }
+
+# free_port, cpu_mask, two_cpus and to_ms below need it.
+ensure_pkg python3 python3
 
 # free_port: a TCP port nothing listens on right now.
 free_port() {

@@ -204,7 +204,7 @@ for p in "${PATHS[@]}"; do
   wait "$UP" 2>/dev/null || true
 done
 
-# target,round,site,api,mode,via,measure,runs,median_ms,minimum_ms,ratio,cache_hit
+# target,round,site,api,mode,via,measure,samples,median_ms,minimum_ms,ratio,cache_hit
 python3 - "$RESULTS" <<'PY'
 import csv, statistics, sys
 rows = list(csv.reader(open(sys.argv[1])))

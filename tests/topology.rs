@@ -5,6 +5,7 @@ mod common;
 #[path = "../crates/portico-net/tests/support/h3_client.rs"]
 mod h3_client;
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -519,18 +520,80 @@ fn a_node_that_fails_to_start_stops_the_whole_topology_with_its_error() {
     let ready = stderr
         .lines()
         .filter(|l| l.contains("ready") && l.contains("backend-local"));
-    let logged: Vec<u32> = ready
-        .filter_map(|l| {
-            let pid = l.split("pid=").nth(1)?;
-            pid.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let logged: Vec<u32> = ready.filter_map(logged_pid).collect();
     assert_eq!(logged.len(), 1, "the backend had started: {stderr}");
     seen.extend(logged);
     seen.sort_unstable();
     seen.dedup();
     wait_gone(&seen, 10);
+}
+
+/// The pid in a log line of `up` ("ready node=N pid=1234").
+fn logged_pid(line: &str) -> Option<u32> {
+    let pid = line.split("pid=").nth(1)?;
+    pid.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_node_that_exits_after_ready_during_start_up_is_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = dir.path().join("regional.toml");
+    // A long client link: the entry's first request (TCP and TLS handshakes
+    // first) reaches the origin 2.5 s after it starts, well after the kill
+    // below, however late `up` flushes the log line that triggers it.
+    let link = r#"between = ["here", "origin-r"]"#;
+    let slow = REGIONAL.replace(link, &format!("{link}\ndelay_ms = 500"));
+    assert_ne!(slow, REGIONAL);
+    std::fs::write(&topology, slow).unwrap();
+    let mut child = Command::new(portico_bin())
+        .args(["up", topology.to_str().unwrap()])
+        // `up` logs each node it started with its pid ("ready ... pid=N").
+        .env("RUST_LOG", "warn,portico::topology=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The backend dies once it is ready: the origin still starts, but the
+    // entry can only answer 502 (until `up` gave up on it after 60 s).
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut log, mut pids) = (String::new(), Vec::new());
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let ready = line.contains("ready");
+            if let (true, Some(pid)) = (ready, logged_pid(&line)) {
+                if line.contains("backend-r") {
+                    let pid = pid.to_string();
+                    let killed = Command::new("kill").args(["-KILL", &pid]).status();
+                    assert!(killed.unwrap().success());
+                }
+                pids.push(pid);
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        (log, pids)
+    });
+    // Well past the 60 s an entry may take to serve, for a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("up did not stop");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (log, pids) = reader.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("node `backend-r` exited unexpectedly (signal: 9"),
+        "the node's exit, not the entry's silence: {log}"
+    );
+    assert_eq!(pids.len(), 2, "backend and origin were ready: {log}");
+    wait_gone(&pids, 10);
 }

@@ -57,6 +57,12 @@ pub struct DelayLine<T> {
 /// When a link finishes serializing what it has been given. Delay lines that share one
 /// (all TCP connections of a relay) compete for one bandwidth, first come first served;
 /// each keeps its own propagation, ordering and queue.
+///
+/// The clock books one busy period after another, in the order the bookings are made: a
+/// packet pushed with a `now` in the future holds the link until then for every packet
+/// pushed after it, even one that could go at once. Sharers therefore push a packet only
+/// once it can be sent (the TCP relay holds what a connection reads before its simulated
+/// handshake ends).
 #[derive(Debug, Clone, Default)]
 pub struct LinkClock(Arc<Mutex<Option<Instant>>>);
 

@@ -42,7 +42,9 @@
 //!
 //! * the client's bytes count as sent no earlier than `accepted + rtt` (when a real
 //!   client's `connect` would have returned), so they reach the target no earlier than
-//!   `accepted + rtt + up.delay`;
+//!   `accepted + rtt + up.delay`. Bytes read earlier wait off the link until then, so a
+//!   new connection does not hold a bandwidth-limited link, shared by every connection,
+//!   for the others in the meantime;
 //! * the relay connects to the target at `accepted + rtt + up.delay`, when the client's
 //!   final ACK would arrive, so the target's `accept` (and any server-first greeting) is
 //!   timed as on a real link.

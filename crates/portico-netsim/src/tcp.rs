@@ -162,8 +162,9 @@ struct ConnContext {
 ///
 /// On the simulated link the client's SYN/SYN-ACK round trip ends at
 /// `accepted + up.delay + down.delay`: a real client could not send data earlier, so the
-/// client's bytes are timestamped no earlier than that. Its final ACK reaches the target
-/// `up.delay` later, which is when the relay connects to the target.
+/// client's bytes are sent on the link no earlier than that (bytes read before wait outside
+/// it). Its final ACK reaches the target `up.delay` later, which is when the relay connects
+/// to the target.
 #[derive(Debug, Clone, Copy)]
 struct Handshake {
     client_data_floor: Instant,
@@ -258,6 +259,16 @@ enum Segment {
     Reset(io::Error),
 }
 
+impl Segment {
+    /// Bytes it occupies on the link (the end markers none).
+    fn len(&self) -> usize {
+        match self {
+            Self::Data(data) => data.len(),
+            Self::Fin | Self::Reset(_) => 0,
+        }
+    }
+}
+
 /// How a pump's delivery round ended.
 enum Delivery {
     /// Everything due was written; more may come.
@@ -273,7 +284,13 @@ enum Delivery {
 /// writes each segment to the destination when the delay line releases it.
 struct Pump<'a> {
     line: DelayLine<Segment>,
+    /// The simulated handshake's end: nothing is sent on the link before it.
     floor: Instant,
+    /// What was read before `floor`, kept out of the line until then. The link clock is
+    /// shared by every connection and books first come first served, so bytes timestamped
+    /// in the future would hold the link for other connections' bytes read meanwhile.
+    early: Vec<Segment>,
+    early_bytes: usize,
     segment_len: usize,
     stats: &'a DirectionStats,
     timing: Timing,
@@ -294,6 +311,8 @@ impl<'a> Pump<'a> {
         Self {
             line,
             floor,
+            early: Vec::new(),
+            early_bytes: 0,
             segment_len,
             stats,
             timing: Timing::default(),
@@ -308,8 +327,7 @@ impl<'a> Pump<'a> {
     /// Runs until this direction is done: `Ok` once the half-close has been delivered, the
     /// destination has gone, or `dst` yields `None` (the target could not be reached; the
     /// other direction reports why); `Err` once a reset of the source has been delivered,
-    /// which ends the whole connection. `dst` may resolve late: reading and timestamping
-    /// start at once.
+    /// which ends the whole connection. `dst` may resolve late: reading starts at once.
     async fn run<R, W, D>(mut self, mut src: R, dst: D) -> Result<(), NetsimError>
     where
         R: AsyncRead + Unpin,
@@ -321,12 +339,19 @@ impl<'a> Pump<'a> {
         let mut reading = true;
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            let room = self.line.available().min(READ_CHUNK);
+            // What waits for the floor counts against the queue bound too.
+            let room = self
+                .line
+                .available()
+                .saturating_sub(self.early_bytes)
+                .min(READ_CHUNK);
             let due = self.line.next_release();
+            let floor = (!self.early.is_empty()).then_some(self.floor);
             tokio::select! {
                 res = src.read(&mut buf[..room]), if reading && room > 0 => {
                     reading = self.on_read(res.map(|len| &buf[..len]));
                 }
+                () = wait_until(self.timing, floor), if floor.is_some() => self.send_early(),
                 w = &mut dst, if writer.is_none() => match w {
                     Some(w) => writer = Some(w),
                     None => return Ok(()),
@@ -346,27 +371,47 @@ impl<'a> Pump<'a> {
     /// Enqueues the outcome of a read (empty = end of stream); returns whether to keep
     /// reading.
     fn on_read(&mut self, read: io::Result<&[u8]>) -> bool {
-        let at = now().max(self.floor);
-        let data = match read {
-            Ok([]) => {
-                self.line.push_stream(at, 0, Segment::Fin);
-                return false;
+        let (segment, more) = match read {
+            Ok([]) => (Segment::Fin, false),
+            Ok(data) => {
+                self.stats.on_received();
+                (Segment::Data(Bytes::copy_from_slice(data)), true)
             }
-            Ok(data) => data,
-            Err(e) => {
-                self.line.push_stream(at, 0, Segment::Reset(e));
-                return false;
-            }
+            Err(e) => (Segment::Reset(e), false),
         };
-        self.stats.on_received();
-        let mut data = Bytes::copy_from_slice(data);
+        let at = now();
+        if at < self.floor {
+            self.early_bytes += segment.len();
+            self.early.push(segment);
+        } else {
+            self.send_early();
+            self.send(at, segment);
+        }
+        self.stats
+            .on_queued(self.line.queued_bytes() + self.early_bytes);
+        more
+    }
+
+    /// Puts what was read before the floor on the link, as sent at the floor. Called when
+    /// the floor passes or, if that wake-up is late, before anything read after it.
+    fn send_early(&mut self) {
+        for segment in std::mem::take(&mut self.early) {
+            self.send(self.floor, segment);
+        }
+        self.early_bytes = 0;
+    }
+
+    /// Enqueues a read as sent at `at`, in link-sized segments.
+    fn send(&mut self, at: Instant, segment: Segment) {
+        let Segment::Data(mut data) = segment else {
+            self.line.push_stream(at, 0, segment);
+            return;
+        };
         while !data.is_empty() {
             let segment = data.split_to(self.segment_len.min(data.len()));
             self.line
                 .push_stream(at, segment.len(), Segment::Data(segment));
         }
-        self.stats.on_queued(self.line.queued_bytes());
-        true
     }
 
     /// Writes every due segment. A delivered reset is returned as the error that ends the
@@ -509,6 +554,55 @@ mod tests {
         };
         let (res, ()) = tokio::join!(pump, peer);
         res.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_waiting_for_the_floor_do_not_hold_a_shared_link() {
+        // 1460 bytes at 8 Mbit/s: 1.46 ms on the wire.
+        let spec = LinkSpec {
+            delay: 50 * MS,
+            bandwidth_bps: Some(8_000_000),
+            ..LinkSpec::default()
+        };
+        let clock = LinkClock::default();
+        let (a_stats, b_stats) = (DirectionStats::default(), DirectionStats::default());
+        let t0 = TokioInstant::now();
+        let pump = |seed, floor, stats| {
+            let line = DelayLine::sharing(spec.clone(), seed, clock.clone());
+            Pump::new(line, &spec, floor, stats)
+        };
+        // B has just connected: its handshake ends in 100 ms. A's ended long ago.
+        let (b_pump, a_pump) = (
+            pump(1, t0.into_std() + 100 * MS, &b_stats),
+            pump(2, now(), &a_stats),
+        );
+        let (mut a_client, a_src) = duplex(64 * 1024);
+        let (a_dst, mut a_server) = duplex(64 * 1024);
+        let (mut b_client, b_src) = duplex(64 * 1024);
+        let (b_dst, mut b_server) = duplex(64 * 1024);
+        let peers = async {
+            b_client.write_all(&[0u8; 1460]).await.unwrap();
+            b_client.shutdown().await.unwrap();
+            tokio::time::sleep(10 * MS).await;
+            let sent = TokioInstant::now();
+            a_client.write_all(b"a").await.unwrap();
+            a_client.shutdown().await.unwrap();
+            a_server.read_exact(&mut [0u8; 1]).await.unwrap();
+            // Not behind B's bytes, which are not sent before B's floor.
+            assert_about(sent.elapsed(), 50 * MS);
+            let mut got = Vec::new();
+            b_server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got.len(), 1460);
+            // Sent at the floor, then serialization and delay.
+            assert_about(t0.elapsed(), Duration::from_micros(151_460));
+        };
+        let (a, b, ()) = tokio::join!(
+            a_pump.run(a_src, ready(Some(a_dst))),
+            b_pump.run(b_src, ready(Some(b_dst))),
+            peers
+        );
+        a.unwrap();
+        b.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use portico_netsim::{Link, LinkSpec, RelayHandle, TcpRelay};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
 const MS: Duration = Duration::from_millis(1);
@@ -332,4 +332,62 @@ async fn invalid_link_is_rejected() {
         err.to_string(),
         "down direction: bandwidth_bps must be greater than zero (use None for an unlimited link)"
     );
+}
+
+/// When each chunk reached the target, with the chunk's first byte.
+type Arrivals = mpsc::UnboundedReceiver<(u8, Instant)>;
+
+/// A target that reports every chunk it receives, on any connection.
+async fn arrival_server() -> (SocketAddr, Arrivals) {
+    let listener = TcpListener::bind(localhost()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(1..) = conn.read(&mut buf).await {
+                    let _ = tx.send((buf[0], Instant::now()));
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// When the next chunk starting with `tag` arrived.
+async fn arrival_of(arrivals: &mut Arrivals, tag: u8) -> Instant {
+    loop {
+        let (first, at) = timeout(STEP, arrivals.recv()).await.unwrap().unwrap();
+        if first == tag {
+            return at;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_new_connection_does_not_hold_the_shared_link_during_its_handshake() {
+    // RTT 100 ms: B's first bytes count as sent 100 ms after B connects. Until
+    // then the link is free for A, whose byte should pay only the 50 ms delay.
+    let spec = LinkSpec {
+        delay: 50 * MS,
+        bandwidth_bps: Some(8_000_000),
+        ..LinkSpec::default()
+    };
+    let (target, mut arrivals) = arrival_server().await;
+    let relay = relay(target, Link::symmetric(spec)).await;
+    let mut a = TcpStream::connect(relay.local_addr()).await.unwrap();
+    a.write_all(b"a").await.unwrap();
+    arrival_of(&mut arrivals, b'a').await; // A's handshake is long over
+    let mut b = TcpStream::connect(relay.local_addr()).await.unwrap();
+    b.write_all(&[b'b'; 1460]).await.unwrap();
+    tokio::time::sleep(10 * MS).await;
+    let sent = Instant::now();
+    a.write_all(b"A").await.unwrap();
+    let one_way = arrival_of(&mut arrivals, b'A').await - sent;
+    assert!(one_way >= 50 * MS, "A's byte arrived after {one_way:?}");
+    // Behind B's bytes it would arrive after about 140 ms.
+    assert!(one_way < 120 * MS, "A's byte arrived after {one_way:?}");
+    arrival_of(&mut arrivals, b'b').await;
 }

@@ -148,11 +148,12 @@ fn write_reports(
 ) -> Result<(), UpError> {
     std::fs::create_dir_all(out).map_err(file_error("creating", out))?;
     let csv = out.join("probe.csv");
-    std::fs::write(&csv, chart::csv(results, runs)).map_err(file_error("writing", &csv))?;
+    std::fs::write(&csv, chart::csv(results)).map_err(file_error("writing", &csv))?;
     let svg = out.join("probe.svg");
     let title = format!(
-        "portico probe: topology `{}`, median of {runs} run(s); {}",
+        "portico probe: topology `{}`, {}; {}",
         t.name,
+        chart::medians_of(results, runs),
         conditions.replace('\n', "; ")
     );
     std::fs::write(&svg, chart::svg(results, &title)).map_err(file_error("writing", &svg))?;

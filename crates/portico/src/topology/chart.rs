@@ -30,13 +30,43 @@ impl EntryResult {
     }
 }
 
-/// The measures any result has samples of (HTTP/3 ones only when the topology
+/// The measures any result was measured in (HTTP/3 ones only when the topology
 /// enables HTTP/3), in report order.
 fn present(results: &[EntryResult]) -> Vec<Measure> {
     Measure::ALL
         .into_iter()
-        .filter(|&m| results.iter().any(|r| !r.samples.of(m).is_empty()))
+        .filter(|&m| results.iter().any(|r| r.samples.measured(m)))
         .collect()
+}
+
+/// What the medians are of, for the table and the chart's title: `runs` runs,
+/// and the measures of which an entry kept fewer samples, with how many (a
+/// 0-RTT run whose early data the server refused is left out), e.g.
+/// `median of 5 run(s) (0rtt_h3: 3–5 sample(s))`.
+pub fn medians_of(results: &[EntryResult], runs: u32) -> String {
+    let runs_text = format!("median of {runs} run(s)");
+    let fewer: Vec<String> = present(results)
+        .into_iter()
+        .filter_map(|m| {
+            let counts = results
+                .iter()
+                .filter(|r| r.samples.measured(m))
+                .map(|r| r.samples.of(m).len());
+            let (lo, hi) = counts.fold((usize::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
+            if lo as u64 >= u64::from(runs) {
+                return None;
+            }
+            let range = match lo == hi {
+                true => lo.to_string(),
+                false => format!("{lo}–{hi}"),
+            };
+            Some(format!("{}: {range} sample(s)", m.as_str()))
+        })
+        .collect();
+    match fewer.is_empty() {
+        true => runs_text,
+        false => format!("{runs_text} ({})", fewer.join(", ")),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -59,8 +89,9 @@ pub fn table(results: &[EntryResult], runs: u32) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "time to first byte, median of {runs} run(s) | physical minimum from the topology's \
-         link delays | ratio = median / minimum"
+        "time to first byte, {} | physical minimum from the topology's link delays | \
+         ratio = median / minimum",
+        medians_of(results, runs)
     );
     let w = |f: fn(&EntryResult) -> &str, t: &str| {
         results
@@ -93,7 +124,11 @@ pub fn table(results: &[EntryResult], runs: u32) -> String {
         );
         for &m in &measures {
             if r.samples.of(m).is_empty() {
-                let _ = write!(out, "  {:>24}", "n/a ");
+                let none = match r.samples.measured(m) {
+                    true => "no samples ",
+                    false => "n/a ",
+                };
+                let _ = write!(out, "  {none:>24}");
                 continue;
             }
             let (measured, min) = (r.median(m), r.minimum.of(m));
@@ -153,28 +188,33 @@ fn savings(results: &[EntryResult]) -> String {
     out
 }
 
-/// One line per (entry, measure).
-pub fn csv(results: &[EntryResult], runs: u32) -> String {
+/// One line per (entry, measure), with the number of samples the median is of
+/// (no median and no ratio without any).
+pub fn csv(results: &[EntryResult]) -> String {
     let measures = present(results);
     let mut out =
-        String::from("site,api,mode,via,measure,runs,median_ms,minimum_ms,ratio,cache_hit\n");
+        String::from("site,api,mode,via,measure,samples,median_ms,minimum_ms,ratio,cache_hit\n");
     for r in results {
-        for &m in measures.iter().filter(|&&m| !r.samples.of(m).is_empty()) {
-            let (measured, min) = (r.median(m), r.minimum.of(m));
-            let ratio = ratio(measured, min).map_or_else(String::new, |x| format!("{x:.3}"));
+        for &m in measures.iter().filter(|&&m| r.samples.measured(m)) {
+            let (samples, min) = (r.samples.of(m), r.minimum.of(m));
+            let measured = median(samples);
+            let median_ms = measured.map_or_else(String::new, |d| format!("{:.3}", ms(d)));
+            let ratio = measured
+                .and_then(|d| ratio(d, min))
+                .map_or_else(String::new, |x| format!("{x:.3}"));
             let hit = match m {
                 Measure::WarmHit => r.samples.cached.to_string(),
                 _ => String::new(),
             };
             let _ = writeln!(
                 out,
-                "{},{},{},{},{},{runs},{:.3},{:.3},{ratio},{hit}",
+                "{},{},{},{},{},{},{median_ms},{:.3},{ratio},{hit}",
                 r.site,
                 r.api,
                 r.mode,
                 r.via,
                 m.as_str(),
-                ms(measured),
+                samples.len(),
                 ms(min)
             );
         }
@@ -356,17 +396,14 @@ mod tests {
             !t.contains("[cold_h3]"),
             "no comparison without both sides\n{t}"
         );
-        assert_eq!(csv(&rs, 3).matches(",cold_h3,").count(), 1);
-        assert_eq!(
-            csv(&[result("edge", "e", 20, 1)], 1).matches("h3").count(),
-            0
-        );
+        assert_eq!(csv(&rs).matches(",cold_h3,").count(), 1);
+        assert_eq!(csv(&[result("edge", "e", 20, 1)]).matches("h3").count(), 0);
     }
 
     #[test]
     fn csv_has_a_line_per_entry_and_measure() {
         let rs = [result("edge", "e", 110, 100)];
-        let c = csv(&rs, 3);
+        let c = csv(&rs);
         let lines: Vec<_> = c.lines().collect();
         assert_eq!(lines.len(), 4);
         assert_eq!(
@@ -375,8 +412,46 @@ mod tests {
         );
         assert_eq!(
             lines[3],
-            "far,e,edge,edge-node,warm_hit,3,1.000,0.000,,false"
+            "far,e,edge,edge-node,warm_hit,1,1.000,0.000,,false"
         );
+    }
+
+    #[test]
+    fn refused_0rtt_runs_are_not_counted_as_samples() {
+        let d = Duration::from_millis;
+        let with_0rtt = |api: &str, kept: Vec<Duration>| {
+            let mut r = result("edge", api, 110, 100);
+            r.samples.cold_h3 = vec![d(80); 3];
+            r.samples.warm_miss = vec![d(36); 3];
+            r.samples.warm_hit = vec![d(1); 3];
+            r.samples.zero_rtt_h3 = kept;
+            r.samples.zero_rtt_runs = 3;
+            r.minimum.cold_h3 = d(70);
+            r
+        };
+        let rs = [
+            with_0rtt("two", vec![d(40), d(44)]),
+            with_0rtt("none", Vec::new()),
+        ];
+        let c = csv(&rs);
+        assert!(
+            c.contains("\nfar,two,edge,edge-node,0rtt_h3,2,42.000,33.000,1.273,\n"),
+            "{c}"
+        );
+        assert!(
+            c.contains("\nfar,none,edge,edge-node,0rtt_h3,0,,33.000,,\n"),
+            "{c}"
+        );
+        assert!(c.contains(",cold,3,") && c.contains(",cold_h3,3,"), "{c}");
+        let title = "median of 3 run(s) (0rtt_h3: 0–2 sample(s))";
+        assert_eq!(medians_of(&rs, 3), title);
+        let t = table(&rs, 3);
+        assert!(
+            t.starts_with(&format!("time to first byte, {title} |")),
+            "{t}"
+        );
+        assert!(t.contains("no samples "), "{t}");
+        assert_eq!(medians_of(&rs[..1], 1), "median of 1 run(s)");
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct Samples {
     pub zero_rtt_h3: Vec<Duration>,
     pub warm_miss: Vec<Duration>,
     pub warm_hit: Vec<Duration>,
+    /// 0-RTT requests sent: a sample is kept only of those whose early data the
+    /// server accepted, so `zero_rtt_h3` may hold fewer, or none.
+    pub zero_rtt_runs: usize,
     /// Whether every measured warm hit said `hit` in its `Cache-Status`.
     pub cached: bool,
 }
@@ -123,6 +126,15 @@ impl Samples {
             Measure::ZeroRttH3 => &self.zero_rtt_h3,
             Measure::WarmMiss => &self.warm_miss,
             Measure::WarmHit => &self.warm_hit,
+        }
+    }
+
+    /// Whether the entry was measured this way, even if no sample was kept (every
+    /// 0-RTT run refused). HTTP/3 measures are taken only with HTTP/3.
+    pub fn measured(&self, m: Measure) -> bool {
+        match m {
+            Measure::ZeroRttH3 => self.zero_rtt_runs > 0,
+            _ => !self.of(m).is_empty(),
         }
     }
 }
@@ -185,6 +197,7 @@ async fn h3_samples(
     resuming.zero_rtt_get(addr, &path).await?;
     for i in 0..runs {
         let path = format!("{stage}/probe/{nonce}/h3-0rtt-{i}");
+        s.zero_rtt_runs += 1;
         if let Some(reply) = resuming.zero_rtt_get(addr, &path).await? {
             s.zero_rtt_h3.push(ok_h3(reply, &path)?);
         }

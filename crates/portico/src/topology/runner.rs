@@ -84,13 +84,16 @@ impl Running {
         // Entry ports first: a port in use is refused before anything starts.
         let listeners = entries::bind(&topology).await?;
         let dir = RunDir::new(opts)?;
-        let (tx, exits) = mpsc::channel(64);
+        let (tx, mut exits) = mpsc::channel(64);
         let mut started = Started {
             nodes: Vec::new(),
             relays: Vec::new(),
             exits: tx,
         };
-        match started.launch(&topology, listeners, dir.path()).await {
+        match started
+            .launch(&topology, listeners, dir.path(), &mut exits)
+            .await
+        {
             Ok(manifest) => Ok(Running {
                 topology,
                 manifest,
@@ -107,14 +110,7 @@ impl Running {
 
     /// Resolves when a node exits on its own: the topology is then broken.
     pub async fn failed(&mut self) -> UpError {
-        match self.exits.recv().await {
-            Some(exit) => UpError::Exited {
-                log: children::log_tail(&exit.log),
-                node: exit.node,
-                status: exit.status,
-            },
-            None => std::future::pending().await,
-        }
+        next_exit(&mut self.exits).await
     }
 
     /// The run directory (node files, certificates, logs).
@@ -148,12 +144,28 @@ struct Addrs {
     demo_key: Option<String>,
 }
 
+/// The next node that exits on its own, as the error that reports it (with its
+/// status and the end of its log); never resolves once every node has stopped.
+async fn next_exit(exits: &mut mpsc::Receiver<Exit>) -> UpError {
+    match exits.recv().await {
+        Some(exit) => UpError::Exited {
+            log: children::log_tail(&exit.log),
+            node: exit.node,
+            status: exit.status,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 impl Started {
+    /// Starts everything and waits until every entry serves. `exits` reports
+    /// nodes that exit after their ready line, while later ones start.
     async fn launch(
         &mut self,
         t: &Topology,
         listeners: Vec<EntrySockets>,
         dir: &Path,
+        exits: &mut mpsc::Receiver<Exit>,
     ) -> Result<Manifest, UpError> {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(file_error("creating", &logs))?;
@@ -174,7 +186,7 @@ impl Started {
         let entries = self.start_entries(t, listeners, &addrs).await?;
         let client = Client::from_ca_file(&certs.ca)?;
         for e in &entries {
-            verify(&client, e).await?;
+            verify(&client, e, exits).await?;
         }
         Ok(Manifest {
             topology: t.name.clone(),
@@ -443,7 +455,23 @@ fn missing(node: &str, kind: &'static str, expected: usize, got: usize) -> UpErr
 
 /// Retries `GET /STAGE/` through the entry until it answers 200 (a PoP answers
 /// 404 until its origin's definitions arrive), or gives up after [`SERVE_TIMEOUT`].
-async fn verify(client: &Client, e: &EntryInfo) -> Result<(), UpError> {
+/// A node that exits (even before this entry's check began) ends the wait at
+/// once with its own status and log: what failed is that node, not the entry.
+async fn verify(
+    client: &Client,
+    e: &EntryInfo,
+    exits: &mut mpsc::Receiver<Exit>,
+) -> Result<(), UpError> {
+    tokio::select! {
+        // An exit already reported wins over a request that happens to succeed.
+        biased;
+        err = next_exit(exits) => Err(err),
+        served = serves(client, e) => served,
+    }
+}
+
+/// The retry loop of [`verify`].
+async fn serves(client: &Client, e: &EntryInfo) -> Result<(), UpError> {
     let deadline = tokio::time::Instant::now() + SERVE_TIMEOUT;
     let path = format!("{}/", e.stage_path());
     let not_serving = |reason: String| UpError::NotServing {
