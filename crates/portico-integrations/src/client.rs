@@ -33,6 +33,15 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Speak HTTP/2 with prior knowledge to cleartext backends (and only h2 over TLS).
     pub http2_only: bool,
+    /// How long an HTTP/2 connection may go without a frame from the
+    /// backend, busy or idle, before it is sent a PING (`None`: never).
+    /// All of a thread's requests to an h2 backend share one connection: one
+    /// that died without a reset would otherwise stay pooled until TCP gives
+    /// up (some 15 minutes), every request on it timing out.
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed:
+    /// its requests fail, and the next ones open a new connection.
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for ClientSettings {
@@ -44,6 +53,8 @@ impl Default for ClientSettings {
             pool_max_idle_per_host: 256,
             connect_timeout: Duration::from_secs(5),
             http2_only: false,
+            http2_keep_alive_interval: Some(Duration::from_secs(10)),
+            http2_keep_alive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -107,7 +118,12 @@ impl BackendClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .http2_only(settings.http2_only);
+            .http2_only(settings.http2_only)
+            // Idle ones too: a dead connection is found before a request
+            // is put on it, not after that request's wait.
+            .http2_keep_alive_interval(settings.http2_keep_alive_interval)
+            .http2_keep_alive_timeout(settings.http2_keep_alive_timeout)
+            .http2_keep_alive_while_idle(true);
         let shared = Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             builder,
