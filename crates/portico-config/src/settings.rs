@@ -171,6 +171,7 @@ pub struct BackendClientConfig {
     pub use_webpki_roots: bool,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// For the whole connect: name resolution, TCP and the TLS handshake.
     pub connect_timeout: Duration,
     /// `false`: ALPN h2 + http/1.1 for https, HTTP/1.1 for http.
     pub http2_only: bool,

@@ -2,12 +2,15 @@
 //! prior knowledge for cleartext when asked), verified TLS, hickory DNS.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -30,6 +33,8 @@ pub struct ClientSettings {
     pub use_webpki_roots: bool,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Longest a new connection may take: name resolution, TCP connect and
+    /// the TLS handshake together.
     pub connect_timeout: Duration,
     /// Speak HTTP/2 with prior knowledge to cleartext backends (and only h2 over TLS).
     pub http2_only: bool,
@@ -59,9 +64,49 @@ impl Default for ClientSettings {
     }
 }
 
-type Connector = HttpsConnector<HttpConnector<Resolver>>;
+type Connector = TimedConnector<HttpsConnector<HttpConnector<Resolver>>>;
 
 type Pool = Client<Connector, Body>;
+
+/// A connector whose whole connect (name resolution, TCP, TLS handshake)
+/// must finish within `timeout`.
+///
+/// `HttpConnector`'s own connect timeout covers the TCP connect only: a
+/// backend that accepted TCP and never sent its ServerHello held the
+/// request for the whole route timeout (a 504, not the 502 of a failed
+/// connect), and a connect hyper-util finishes in the background (after
+/// the request it was for took a pooled connection) waited for ever.
+#[derive(Clone, Debug)]
+struct TimedConnector<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for TimedConnector<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<portico_gateway::BoxError>,
+{
+    type Response = C::Response;
+    type Error = portico_gateway::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(IntegrationError::ConnectTimeout(timeout).into()),
+            }
+        })
+    }
+}
 
 /// A cloneable handle on the backend connection pools: one per thread.
 ///
@@ -101,16 +146,22 @@ impl BackendClient {
         let mut http = HttpConnector::new_with_resolver(resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
+        // Shared among a name's addresses, so that the next is tried in
+        // time; the whole connect, TLS included, is bounded by `TimedConnector`.
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         let tls = tls_config(settings)?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
-        let connector = if settings.http2_only {
+        let https = if settings.http2_only {
             builder.enable_http2().wrap_connector(http)
         } else {
             builder.enable_all_versions().wrap_connector(http)
+        };
+        let connector = TimedConnector {
+            inner: https,
+            timeout: settings.connect_timeout,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder

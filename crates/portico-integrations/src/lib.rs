@@ -23,11 +23,14 @@ use portico_gateway::{Body, ErrorKind, ErrorSource, GatewayError, RequestCtx, Up
 pub use client::{BackendClient, ClientSettings};
 pub use dns::{DnsSettings, Resolver};
 
-/// Errors building the backend client.
+/// Errors of the backend client: building it, and (as the cause of a
+/// connect error) resolving and connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrationError {
     #[error("DNS resolver: {0}")]
     Dns(String),
+    #[error("backend connect (DNS, TCP and TLS) took over {0:?}")]
+    ConnectTimeout(std::time::Duration),
     #[error("backend CA file {path}: {reason}")]
     Ca { path: PathBuf, reason: String },
     #[error("backend TLS: {0}")]

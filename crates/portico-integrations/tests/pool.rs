@@ -330,3 +330,24 @@ fn a_silently_dead_http2_backend_is_found_by_keep_alive_pings() {
         .expect_err("the backend no longer answers");
     assert!(!err.is_connect(), "{err}");
 }
+
+#[test]
+fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
+    // Accepts TCP, never answers the ClientHello.
+    let (addr, _accepted) = listen(hold);
+    let client = client_with(&ClientSettings {
+        connect_timeout: std::time::Duration::from_millis(200),
+        ..ClientSettings::default()
+    });
+    let route_timeout = std::time::Duration::from_secs(20);
+    let sent = runtime().block_on(async {
+        let req = http::Request::get(format!("https://{addr}/x"))
+            .body(portico_gateway::body::empty())
+            .expect("request");
+        tokio::time::timeout(route_timeout, client.send(req)).await
+    });
+    let err = sent
+        .expect("the connect gave up before the route timeout")
+        .expect_err("no TLS handshake");
+    assert!(err.is_connect(), "{err:?}");
+}
