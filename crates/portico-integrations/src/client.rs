@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -251,26 +251,26 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
+/// The TLS client configuration for https backends.
+///
+/// A CA file must hold at least one PEM certificate, and some root must be
+/// trusted: a file that is empty, DER, or a key loaded nothing, and the
+/// client then started only to fail every https backend with 502. (The
+/// client serves whatever integrations a reload brings, so any https one
+/// may come to need the roots.)
 fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, IntegrationError> {
     let mut roots = rustls::RootCertStore::empty();
     if settings.use_webpki_roots {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read(path).map_err(|e| IntegrationError::Ca {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| IntegrationError::Ca {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| IntegrationError::Ca {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        }
+        add_ca_file(&mut roots, path)?;
+    }
+    if roots.is_empty() {
+        return Err(IntegrationError::Tls(
+            "no CA to verify https backends against: give a ca_file or use_webpki_roots = true"
+                .into(),
+        ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -279,4 +279,83 @@ fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, Integra
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// Adds the PEM certificates of `path` to `roots`; a file without any is
+/// an error.
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), IntegrationError> {
+    let ca_error = |reason: String| IntegrationError::Ca {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    let mut added = 0usize;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+        roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(ca_error(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(ca_file: Option<PathBuf>, use_webpki_roots: bool) -> ClientSettings {
+        ClientSettings {
+            ca_file,
+            use_webpki_roots,
+            ..ClientSettings::default()
+        }
+    }
+
+    /// A CA file holding `contents` in a fresh directory.
+    fn ca_file(contents: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, contents).expect("write CA file");
+        (dir, path)
+    }
+
+    #[test]
+    fn a_ca_file_with_a_certificate_is_trusted() {
+        let ca = rcgen::generate_simple_self_signed(vec!["backend.test".into()]).expect("CA");
+        let (_dir, path) = ca_file(ca.cert.pem().as_bytes());
+        assert!(tls_config(&settings(Some(path), false)).is_ok());
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let ca = rcgen::generate_simple_self_signed(vec!["backend.test".into()]).expect("CA");
+        let der = ca.cert.der().to_vec();
+        let key = ca.signing_key.serialize_pem();
+        for (what, contents) in [
+            ("empty", Vec::new()),
+            ("DER", der),
+            ("a key", key.into_bytes()),
+        ] {
+            let (_dir, path) = ca_file(&contents);
+            for webpki in [false, true] {
+                match tls_config(&settings(Some(path.clone()), webpki)) {
+                    Err(IntegrationError::Ca { path: p, .. }) => assert_eq!(p, path, "{what}"),
+                    other => panic!("{what} (webpki roots {webpki}): {:?}", other.err()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn some_root_must_be_trusted() {
+        assert!(matches!(
+            tls_config(&settings(None, false)),
+            Err(IntegrationError::Tls(_))
+        ));
+        assert!(tls_config(&settings(None, true)).is_ok());
+    }
 }
