@@ -91,6 +91,8 @@ fn misconfigured(reason: impl Into<String>) -> GatewayError {
 /// whose body has no declared length as bodiless, so such a body's first
 /// frame is read here, and one that carries data goes on chunked. (nginx
 /// likewise forwards a GET's body.) A body that ends at once goes as none.
+/// `parts` are the backend request's, its method final: a mapping may send
+/// a client's POST on as a GET.
 async fn framed(parts: &mut http::request::Parts, body: Body) -> Result<Body, GatewayError> {
     use http_body_util::BodyExt;
     let bodiless_by_default = matches!(parts.method, http::Method::GET | http::Method::HEAD);
