@@ -4,7 +4,7 @@
 //! response headers come back.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use portico_config::{ContextVariable, HttpIntegration, ParamSource, ParamTarget, ResponseSource};
 use portico_gateway::headers::{EARLY_DATA, set_forwarded};
@@ -87,9 +87,7 @@ fn build_request(
         uri.push(if uri.contains('?') { '&' } else { '?' });
         uri.push_str(&query);
     }
-    let uri: Uri = uri
-        .parse()
-        .map_err(|e| misconfigured(format!("integration URI {uri:?}: {e}")))?;
+    let uri = crate::backend_uri(uri, &mapping.uri, &ctx.stage.variables)?;
     let method = mapping.method.map_or_else(
         || parts.method.clone(),
         |m| Method::from_bytes(m.as_str().as_bytes()).unwrap_or(Method::GET),
