@@ -408,6 +408,21 @@ fn compile_backend_client(
         }
         None => d.pool_idle_timeout,
     };
+    let http2_keep_alive_interval = match &f.http2_keep_alive_interval_ms {
+        Some(v) if *v.get_ref() == 0 => None,
+        Some(v) => {
+            ok &= in_range(v, 1_000..=3_600_000, "http2_keep_alive_interval_ms", diag);
+            Some(Duration::from_millis(*v.get_ref()))
+        }
+        None => d.http2_keep_alive_interval,
+    };
+    let http2_keep_alive_timeout = match &f.http2_keep_alive_timeout_ms {
+        Some(v) => {
+            ok &= in_range(v, 100..=600_000, "http2_keep_alive_timeout_ms", diag);
+            Duration::from_millis(*v.get_ref())
+        }
+        None => d.http2_keep_alive_timeout,
+    };
     let config = BackendClientConfig {
         ca_file: f.ca_file.as_ref().map(|p| paths.file(p, diag)),
         use_webpki_roots: f.use_webpki_roots.unwrap_or(d.use_webpki_roots),
@@ -415,6 +430,8 @@ fn compile_backend_client(
         pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(d.pool_max_idle_per_host),
         connect_timeout,
         http2_only: f.http2_only,
+        http2_keep_alive_interval,
+        http2_keep_alive_timeout,
     };
     ok.then_some(config)
 }
@@ -730,6 +747,39 @@ mod tests {
         assert_eq!(
             errors(&admin("token = \"a b\"\n")),
             ["6:9: invalid admin token"]
+        );
+    }
+
+    #[test]
+    fn backend_http2_keep_alive() {
+        use std::time::Duration;
+        let client = |rest: &str| format!("{NODE}[backend_client]\n{rest}");
+        // On by default, and under the default route timeout together.
+        let c = parse(NODE).unwrap();
+        let interval = c.backend_client.http2_keep_alive_interval.unwrap();
+        assert!(interval + c.backend_client.http2_keep_alive_timeout < c.limits.default_timeout);
+        let c = parse(&client(
+            "http2_keep_alive_interval_ms = 5000\nhttp2_keep_alive_timeout_ms = 2000\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.backend_client.http2_keep_alive_interval,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            c.backend_client.http2_keep_alive_timeout,
+            Duration::from_secs(2)
+        );
+        let c = parse(&client("http2_keep_alive_interval_ms = 0\n")).unwrap();
+        assert_eq!(c.backend_client.http2_keep_alive_interval, None);
+        assert_eq!(
+            errors(&client(
+                "http2_keep_alive_interval_ms = 10\nhttp2_keep_alive_timeout_ms = 0\n"
+            )),
+            [
+                "5:32: http2_keep_alive_interval_ms 10 is out of range",
+                "6:31: http2_keep_alive_timeout_ms 0 is out of range",
+            ]
         );
     }
 

@@ -171,9 +171,19 @@ pub struct BackendClientConfig {
     pub use_webpki_roots: bool,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// For the whole connect: name resolution, TCP and the TLS handshake.
     pub connect_timeout: Duration,
     /// `false`: ALPN h2 + http/1.1 for https, HTTP/1.1 for http.
     pub http2_only: bool,
+    /// How long an HTTP/2 backend connection may go without a frame from
+    /// the backend, busy or idle, before it is sent a PING (`None`: never).
+    /// A backend that vanished without a reset (a crashed host, a dropped
+    /// NAT entry) otherwise keeps its one shared connection in the pool
+    /// until TCP gives up, some 15 minutes of requests timing out on it.
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed
+    /// (its requests fail; the next ones open a new connection).
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for BackendClientConfig {
@@ -185,6 +195,11 @@ impl Default for BackendClientConfig {
             pool_max_idle_per_host: 256,
             connect_timeout: Duration::from_millis(5_000),
             http2_only: false,
+            // Together under the default route timeout (29 s): a request on a
+            // connection that died just after its last frame fails as a 502
+            // (or goes again, when idempotent) before it would time out.
+            http2_keep_alive_interval: Some(Duration::from_millis(10_000)),
+            http2_keep_alive_timeout: Duration::from_millis(10_000),
         }
     }
 }

@@ -114,6 +114,13 @@ impl UriTemplate {
             return Err(Problem::new(0, "integration uri must be an absolute URL")
                 .expecting("http://... or https://..."));
         }
+        if let Some(offset) = userinfo(s) {
+            return Err(Problem::new(
+                offset,
+                "integration uri may not carry a user name or password",
+            )
+            .expecting("http://HOST/... (credentials belong in a header)"));
+        }
         if let Some(offset) = empty_host(s) {
             return Err(Problem::new(offset, "integration uri has no host")
                 .expecting("http://HOST/... or https://HOST/..."));
@@ -166,21 +173,36 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// Where the authority of `s` (an absolute URL template) starts and ends.
+fn authority(s: &str) -> Option<(usize, usize)> {
+    let start = s.find("://")? + 3;
+    let end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    Some((start, end))
+}
+
+/// Where `s` (an absolute URL template) carries userinfo (`user:pass@`):
+/// the backend's Host and HTTP/2 `:authority` are taken from the URI's
+/// authority, so the credentials would reach the backend's logs in clear,
+/// and RFC 9113 §8.3.1 forbids userinfo there. (A stage variable cannot
+/// add one: its values hold no `@`.)
+fn userinfo(s: &str) -> Option<usize> {
+    let (start, end) = authority(s)?;
+    s[start..end].contains('@').then_some(start)
+}
+
 /// Where the host of `s` (an absolute URL template) should be and is not.
 fn empty_host(s: &str) -> Option<usize> {
-    let start = s.find("://")? + 3;
-    let authority = &s[start..s[start..].find(['/', '?']).map_or(s.len(), |i| start + i)];
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (start, end) = authority(s)?;
+    let host = &s[start..end];
     (host.is_empty() || host.starts_with(':')).then_some(start)
 }
 
 /// Where a `{param}` appears before the path of `s` (an absolute URL
 /// template): a client must not choose the backend's host or port.
 fn param_in_authority(s: &str) -> Option<usize> {
-    let start = s.find("://")? + 3;
-    let end = s[start..]
-        .find(['/', '?', '#'])
-        .map_or(s.len(), |i| start + i);
+    let (start, end) = authority(s)?;
     UriTemplate::reference_offsets(s)
         .into_iter()
         .find(|(at, part)| (start..end).contains(at) && matches!(part, TemplatePart::PathParam(_)))
@@ -352,14 +374,32 @@ mod tests {
             ("http://h/a\\b", "`\\` cannot appear in a uri", 10),
             ("http://h/x#top", "`#` cannot appear in a uri", 10),
             ("http://h/caf\u{e9}", "`\u{e9}` cannot appear in a uri", 12),
+            // Credentials would travel in Host/:authority to the backend's logs.
+            (
+                "https://user:secret@h/x",
+                "integration uri may not carry a user name or password",
+                8,
+            ),
+            (
+                "http://user@${stageVariables.host}/x",
+                "integration uri may not carry a user name or password",
+                7,
+            ),
+            (
+                "http://@h/x",
+                "integration uri may not carry a user name or password",
+                7,
+            ),
         ] {
             let err = UriTemplate::parse(bad).unwrap_err();
             assert_eq!((err.message.as_str(), err.offset), (message, at), "{bad}");
         }
         for good in [
             "http://h/a%20b/{id}?x=1&y=[2]",
-            "http://user@h:8080/x",
+            "http://h:8080/x",
             "https://${stageVariables.host}/x",
+            // An `@` in the path or query is not userinfo.
+            "http://h/users/a@b?to=c@d",
         ] {
             assert!(UriTemplate::parse(good).is_ok(), "{good}");
         }

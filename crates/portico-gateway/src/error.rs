@@ -26,6 +26,9 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The request header section exceeds its limit.
     HeaderTooLarge,
+    /// The backend URI the request's values render is longer than a URI
+    /// can be sent.
+    UriTooLong,
     /// A throttle refused the request.
     TooManyRequests { retry_after: Duration },
     /// A usage plan quota is spent.
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed { .. } => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::HeaderTooLarge => "header_too_large",
+            ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::TooManyRequests { .. } => "too_many_requests",
             ErrorKind::LimitExceeded { .. } => "limit_exceeded",
             ErrorKind::TooEarly => "too_early",
@@ -132,6 +136,7 @@ impl GatewayError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "Request Header Fields Too Large",
             ),
+            ErrorKind::UriTooLong => (StatusCode::URI_TOO_LONG, "Request-URI Too Long"),
             ErrorKind::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
             }
@@ -181,6 +186,7 @@ impl GatewayError {
             | ErrorKind::NotFound
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeaderTooLarge
+            | ErrorKind::UriTooLong
             | ErrorKind::TooEarly
             | ErrorKind::BadGateway
             | ErrorKind::ServiceUnavailable
@@ -203,6 +209,7 @@ fn error_type(kind: &ErrorKind) -> &'static str {
         ErrorKind::MethodNotAllowed { .. } => "MethodNotAllowedException",
         ErrorKind::PayloadTooLarge => "RequestTooLongException",
         ErrorKind::HeaderTooLarge => "RequestHeaderFieldsTooLargeException",
+        ErrorKind::UriTooLong => "RequestUriTooLongException",
         ErrorKind::TooManyRequests { .. } => "TooManyRequestsException",
         ErrorKind::LimitExceeded { .. } => "LimitExceededException",
         ErrorKind::TooEarly => "TooEarlyException",
@@ -249,6 +256,7 @@ mod tests {
                 431,
                 "Request Header Fields Too Large",
             ),
+            (ErrorKind::UriTooLong, 414, "Request-URI Too Long"),
             (
                 ErrorKind::TooManyRequests {
                     retry_after: second,

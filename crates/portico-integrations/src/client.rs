@@ -2,12 +2,15 @@
 //! prior knowledge for cleartext when asked), verified TLS, hickory DNS.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -30,9 +33,20 @@ pub struct ClientSettings {
     pub use_webpki_roots: bool,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Longest a new connection may take: name resolution, TCP connect and
+    /// the TLS handshake together.
     pub connect_timeout: Duration,
     /// Speak HTTP/2 with prior knowledge to cleartext backends (and only h2 over TLS).
     pub http2_only: bool,
+    /// How long an HTTP/2 connection may go without a frame from the
+    /// backend, busy or idle, before it is sent a PING (`None`: never).
+    /// All of a thread's requests to an h2 backend share one connection: one
+    /// that died without a reset would otherwise stay pooled until TCP gives
+    /// up (some 15 minutes), every request on it timing out.
+    pub http2_keep_alive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed:
+    /// its requests fail, and the next ones open a new connection.
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for ClientSettings {
@@ -44,13 +58,55 @@ impl Default for ClientSettings {
             pool_max_idle_per_host: 256,
             connect_timeout: Duration::from_secs(5),
             http2_only: false,
+            http2_keep_alive_interval: Some(Duration::from_secs(10)),
+            http2_keep_alive_timeout: Duration::from_secs(10),
         }
     }
 }
 
-type Connector = HttpsConnector<HttpConnector<Resolver>>;
+type Connector = TimedConnector<HttpsConnector<HttpConnector<Resolver>>>;
 
 type Pool = Client<Connector, Body>;
+
+/// A connector whose whole connect (name resolution, TCP, TLS handshake)
+/// must finish within `timeout`.
+///
+/// `HttpConnector`'s own connect timeout covers the TCP connect only: a
+/// backend that accepted TCP and never sent its ServerHello held the
+/// request for the whole route timeout (a 504, not the 502 of a failed
+/// connect), and a connect hyper-util finishes in the background (after
+/// the request it was for took a pooled connection) waited for ever.
+#[derive(Clone, Debug)]
+struct TimedConnector<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for TimedConnector<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<portico_gateway::BoxError>,
+{
+    type Response = C::Response;
+    type Error = portico_gateway::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(IntegrationError::ConnectTimeout(timeout).into()),
+            }
+        })
+    }
+}
 
 /// A cloneable handle on the backend connection pools: one per thread.
 ///
@@ -90,16 +146,22 @@ impl BackendClient {
         let mut http = HttpConnector::new_with_resolver(resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
+        // Shared among a name's addresses, so that the next is tried in
+        // time; the whole connect, TLS included, is bounded by `TimedConnector`.
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         let tls = tls_config(settings)?;
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
-        let connector = if settings.http2_only {
+        let https = if settings.http2_only {
             builder.enable_http2().wrap_connector(http)
         } else {
             builder.enable_all_versions().wrap_connector(http)
+        };
+        let connector = TimedConnector {
+            inner: https,
+            timeout: settings.connect_timeout,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
@@ -107,7 +169,12 @@ impl BackendClient {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .http2_only(settings.http2_only);
+            .http2_only(settings.http2_only)
+            // Idle ones too: a dead connection is found before a request
+            // is put on it, not after that request's wait.
+            .http2_keep_alive_interval(settings.http2_keep_alive_interval)
+            .http2_keep_alive_timeout(settings.http2_keep_alive_timeout)
+            .http2_keep_alive_while_idle(true);
         let shared = Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             builder,
@@ -184,26 +251,26 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     Some(copy)
 }
 
+/// The TLS client configuration for https backends.
+///
+/// A CA file must hold at least one PEM certificate, and some root must be
+/// trusted: a file that is empty, DER, or a key loaded nothing, and the
+/// client then started only to fail every https backend with 502. (The
+/// client serves whatever integrations a reload brings, so any https one
+/// may come to need the roots.)
 fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, IntegrationError> {
     let mut roots = rustls::RootCertStore::empty();
     if settings.use_webpki_roots {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     }
     if let Some(path) = &settings.ca_file {
-        let pem = std::fs::read(path).map_err(|e| IntegrationError::Ca {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| IntegrationError::Ca {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| IntegrationError::Ca {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        }
+        add_ca_file(&mut roots, path)?;
+    }
+    if roots.is_empty() {
+        return Err(IntegrationError::Tls(
+            "no CA to verify https backends against: give a ca_file or use_webpki_roots = true"
+                .into(),
+        ));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -212,4 +279,83 @@ fn tls_config(settings: &ClientSettings) -> Result<rustls::ClientConfig, Integra
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// Adds the PEM certificates of `path` to `roots`; a file without any is
+/// an error.
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), IntegrationError> {
+    let ca_error = |reason: String| IntegrationError::Ca {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    let mut added = 0usize;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| ca_error(e.to_string()))?;
+        roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(ca_error(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(ca_file: Option<PathBuf>, use_webpki_roots: bool) -> ClientSettings {
+        ClientSettings {
+            ca_file,
+            use_webpki_roots,
+            ..ClientSettings::default()
+        }
+    }
+
+    /// A CA file holding `contents` in a fresh directory.
+    fn ca_file(contents: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, contents).expect("write CA file");
+        (dir, path)
+    }
+
+    #[test]
+    fn a_ca_file_with_a_certificate_is_trusted() {
+        let ca = rcgen::generate_simple_self_signed(vec!["backend.test".into()]).expect("CA");
+        let (_dir, path) = ca_file(ca.cert.pem().as_bytes());
+        assert!(tls_config(&settings(Some(path), false)).is_ok());
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let ca = rcgen::generate_simple_self_signed(vec!["backend.test".into()]).expect("CA");
+        let der = ca.cert.der().to_vec();
+        let key = ca.signing_key.serialize_pem();
+        for (what, contents) in [
+            ("empty", Vec::new()),
+            ("DER", der),
+            ("a key", key.into_bytes()),
+        ] {
+            let (_dir, path) = ca_file(&contents);
+            for webpki in [false, true] {
+                match tls_config(&settings(Some(path.clone()), webpki)) {
+                    Err(IntegrationError::Ca { path: p, .. }) => assert_eq!(p, path, "{what}"),
+                    other => panic!("{what} (webpki roots {webpki}): {:?}", other.err()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn some_root_must_be_trusted() {
+        assert!(matches!(
+            tls_config(&settings(None, false)),
+            Err(IntegrationError::Tls(_))
+        ));
+        assert!(tls_config(&settings(None, true)).is_ok());
+    }
 }

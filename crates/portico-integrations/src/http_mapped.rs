@@ -4,7 +4,7 @@
 //! response headers come back.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, Version};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use portico_config::{ContextVariable, HttpIntegration, ParamSource, ParamTarget, ResponseSource};
 use portico_gateway::headers::{EARLY_DATA, set_forwarded};
@@ -26,13 +26,13 @@ pub(crate) async fn forward(
     mapping: &HttpIntegration,
     req: Request<Body>,
 ) -> Result<Response<Body>, GatewayError> {
-    let (mut parts, body) = req.into_parts();
-    let body = if mapping.pass_request_body {
-        crate::framed(&mut parts, body).await?
-    } else {
-        body
-    };
-    let backend_req = build_request(ctx, mapping, &parts, body)?;
+    let (parts, body) = req.into_parts();
+    let (mut backend, body) = build_request(ctx, mapping, &parts, body)?.into_parts();
+    // Framed for the method the backend gets, not the client's: a POST's
+    // body of unknown length (chunked, or HTTP/2 or /3 without a length)
+    // mapped to a GET would otherwise go as none.
+    let body = crate::framed(&mut backend, body).await?;
+    let backend_req = Request::from_parts(backend, body);
     let resp = client.send(backend_req).await.map_err(backend_failed)?;
     let (resp_parts, resp_body) = resp.into_parts();
     let mut out = Response::new(body::boxed(resp_body));
@@ -87,9 +87,7 @@ fn build_request(
         uri.push(if uri.contains('?') { '&' } else { '?' });
         uri.push_str(&query);
     }
-    let uri: Uri = uri
-        .parse()
-        .map_err(|e| misconfigured(format!("integration URI {uri:?}: {e}")))?;
+    let uri = crate::backend_uri(uri, &mapping.uri, &ctx.stage.variables)?;
     let method = mapping.method.map_or_else(
         || parts.method.clone(),
         |m| Method::from_bytes(m.as_str().as_bytes()).unwrap_or(Method::GET),

@@ -6,8 +6,8 @@ use portico_config::UriTemplate;
 use portico_gateway::headers::set_forwarded;
 use portico_gateway::{Body, GatewayError, RequestCtx, body};
 
+use crate::backend_failed;
 use crate::client::BackendClient;
-use crate::{backend_failed, misconfigured};
 
 /// Renders the backend URI: the template with path parameters and stage
 /// variables, then the client's query string. Parameters the template sets
@@ -38,12 +38,7 @@ pub(crate) fn target_uri(
             }
         }
     }
-    // From the `String` itself (parsing a `&str` copies it); rendered once
-    // more for the message on the rare failure.
-    Uri::try_from(uri).map_err(|e| {
-        let uri = template.render(&|name| ctx.path_param(name), &ctx.stage.variables);
-        misconfigured(format!("integration URI {uri:?} (before the query): {e}"))
-    })
+    crate::backend_uri(uri, template, &ctx.stage.variables)
 }
 
 /// A query pair's name as a backend reads it (percent- and `+`-decoded).

@@ -14,20 +14,24 @@ mod dns;
 mod http_mapped;
 mod http_proxy;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use portico_config::{Integration, MockIntegration};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use portico_config::{Integration, MockIntegration, UriTemplate};
 use portico_gateway::{Body, ErrorKind, ErrorSource, GatewayError, RequestCtx, Upstream, body};
 
 pub use client::{BackendClient, ClientSettings};
 pub use dns::{DnsSettings, Resolver};
 
-/// Errors building the backend client.
+/// Errors of the backend client: building it, and (as the cause of a
+/// connect error) resolving and connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrationError {
     #[error("DNS resolver: {0}")]
     Dns(String),
+    #[error("backend connect (DNS, TCP and TLS) took over {0:?}")]
+    ConnectTimeout(std::time::Duration),
     #[error("backend CA file {path}: {reason}")]
     Ca { path: PathBuf, reason: String },
     #[error("backend TLS: {0}")]
@@ -84,10 +88,43 @@ fn misconfigured(reason: impl Into<String>) -> GatewayError {
     GatewayError::new(ErrorKind::Internal, ErrorSource::Integration).with_cause(reason.into())
 }
 
+/// The longest URI the `http` crate holds (`u16::MAX - 1` bytes).
+const MAX_URI_LEN: usize = 65_534;
+
+/// `uri`, rendered from `template` with the stage's `vars` and the
+/// request's values, as the backend request's URI.
+///
+/// One too long only because of the client's values (a long path or query,
+/// a header mapped into the query) is the client's: 414, logged as a
+/// refused request. A URI that does not parse otherwise is
+/// misconfiguration (500).
+fn backend_uri(
+    uri: String,
+    template: &UriTemplate,
+    vars: &BTreeMap<String, String>,
+) -> Result<Uri, GatewayError> {
+    if uri.len() > MAX_URI_LEN {
+        // Only on this path: what the configuration renders on its own.
+        let own = template.render(&|_| None, vars).len();
+        if own <= MAX_URI_LEN {
+            return Err(
+                GatewayError::client(ErrorKind::UriTooLong).with_cause(format!(
+                    "the backend URI would be {} bytes, over the {MAX_URI_LEN} a URI can hold",
+                    uri.len()
+                )),
+            );
+        }
+    }
+    uri.parse::<Uri>()
+        .map_err(|e| misconfigured(format!("integration URI {uri:?}: {e}")))
+}
+
 /// `body` framed so that the backend gets it: hyper sends a GET or HEAD
 /// whose body has no declared length as bodiless, so such a body's first
 /// frame is read here, and one that carries data goes on chunked. (nginx
 /// likewise forwards a GET's body.) A body that ends at once goes as none.
+/// `parts` are the backend request's, its method final: a mapping may send
+/// a client's POST on as a GET.
 async fn framed(parts: &mut http::request::Parts, body: Body) -> Result<Body, GatewayError> {
     use http_body_util::BodyExt;
     let bodiless_by_default = matches!(parts.method, http::Method::GET | http::Method::HEAD);
@@ -113,4 +150,52 @@ async fn framed(parts: &mut http::request::Parts, body: Body) -> Result<Body, Ga
 /// The backend failed: refused, reset, TLS, DNS, or a broken response.
 fn backend_failed(err: impl Into<portico_gateway::BoxError>) -> GatewayError {
     GatewayError::new(ErrorKind::BadGateway, ErrorSource::Integration).with_cause(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use portico_config::TemplatePart;
+
+    use super::*;
+
+    fn literal(s: &str) -> UriTemplate {
+        UriTemplate {
+            parts: vec![TemplatePart::Literal(s.to_owned())],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backend_uri_too_long_for_the_clients_values_is_414() {
+        use http_body_util::BodyExt;
+        let template = literal("http://backend/search?");
+        let vars = BTreeMap::new();
+        let rendered = |len: usize| format!("http://backend/search?{}", "q".repeat(len - 22));
+        let uri = backend_uri(rendered(MAX_URI_LEN), &template, &vars).expect("at the limit");
+        assert_eq!(uri.to_string().len(), MAX_URI_LEN);
+        let err = backend_uri(rendered(MAX_URI_LEN + 1), &template, &vars).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UriTooLong);
+        assert_eq!(err.source_of, ErrorSource::Client);
+        let resp = err.to_response();
+        assert_eq!(resp.status(), StatusCode::URI_TOO_LONG);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], br#"{"message":"Request-URI Too Long"}"#);
+    }
+
+    #[test]
+    fn a_backend_uri_the_configuration_breaks_is_500() {
+        // Too long with no request value in it: the stage's variable.
+        let template = UriTemplate {
+            parts: vec![
+                TemplatePart::Literal("http://backend/".to_owned()),
+                TemplatePart::StageVariable("path".to_owned()),
+            ],
+        };
+        let vars = BTreeMap::from([("path".to_owned(), "p".repeat(MAX_URI_LEN))]);
+        let uri = template.render(&|_| None, &vars);
+        let err = backend_uri(uri, &template, &vars).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal);
+        // Short but no URI.
+        let err = backend_uri("http://back end/".into(), &literal("http://"), &vars).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal);
+    }
 }

@@ -250,3 +250,104 @@ fn http2_backends_share_one_connection() {
     });
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+/// A TCP relay on port 0 to `backend` that forwards both ways until
+/// `frozen` is set; from then on it forwards nothing more and accepts
+/// connections it never forwards, but keeps every socket open: a backend
+/// host that died without a reset, as far as the client can tell.
+fn frozen_relay(backend: SocketAddr, frozen: Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    let (addr, _accepted) = listen(move |client| {
+        let frozen = Arc::clone(&frozen);
+        async move {
+            if frozen.load(Ordering::SeqCst) {
+                return hold(client).await;
+            }
+            let Ok(server) = TcpStream::connect(backend).await else {
+                return;
+            };
+            let (client_rd, client_wr) = client.into_split();
+            let (server_rd, server_wr) = server.into_split();
+            tokio::join!(
+                relay_until(client_rd, server_wr, Arc::clone(&frozen)),
+                relay_until(server_rd, client_wr, frozen),
+            );
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to` until `frozen`; then holds both ends open for ever.
+async fn relay_until(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        if frozen.load(Ordering::SeqCst) {
+            return hold((from, to)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps `what` (sockets) alive, and silent, for as long as the runtime runs.
+async fn hold<T>(what: T) {
+    std::future::pending::<()>().await;
+    drop(what);
+}
+
+#[test]
+fn a_silently_dead_http2_backend_is_found_by_keep_alive_pings() {
+    let (backend, _accepted) = h2c_backend();
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = frozen_relay(backend, Arc::clone(&frozen));
+    let keep_alive = std::time::Duration::from_millis(300);
+    let client = client_with(&ClientSettings {
+        http2_only: true,
+        http2_keep_alive_interval: Some(keep_alive),
+        http2_keep_alive_timeout: keep_alive,
+        ..ClientSettings::default()
+    });
+    // Far beyond the pings' few hundred milliseconds (twice: the GET goes
+    // once more), so that only a request left hanging reaches it.
+    let route_timeout = std::time::Duration::from_secs(20);
+    let sent = runtime().block_on(async {
+        get_ok(&client, relay).await;
+        frozen.store(true, Ordering::SeqCst);
+        let req = http::Request::get(format!("http://{relay}/x"))
+            .body(portico_gateway::body::empty())
+            .expect("request");
+        tokio::time::timeout(route_timeout, client.send(req)).await
+    });
+    let err = sent
+        .expect("the dead connection was found before the route timeout")
+        .expect_err("the backend no longer answers");
+    assert!(!err.is_connect(), "{err}");
+}
+
+#[test]
+fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
+    // Accepts TCP, never answers the ClientHello.
+    let (addr, _accepted) = listen(hold);
+    let client = client_with(&ClientSettings {
+        connect_timeout: std::time::Duration::from_millis(200),
+        ..ClientSettings::default()
+    });
+    let route_timeout = std::time::Duration::from_secs(20);
+    let sent = runtime().block_on(async {
+        let req = http::Request::get(format!("https://{addr}/x"))
+            .body(portico_gateway::body::empty())
+            .expect("request");
+        tokio::time::timeout(route_timeout, client.send(req)).await
+    });
+    let err = sent
+        .expect("the connect gave up before the route timeout")
+        .expect_err("no TLS handshake");
+    assert!(err.is_connect(), "{err:?}");
+}
