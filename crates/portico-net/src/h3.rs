@@ -7,7 +7,9 @@
 //! * concurrent requests per connection: QUIC stream credit (`MAX_STREAMS`);
 //!   a client over it waits, nothing is refused;
 //! * header section: `SETTINGS_MAX_FIELD_SECTION_SIZE`; h3 answers a larger
-//!   one with a bare `431` (RFC 9114 §4.2.2) before we see the request;
+//!   one with a bare `431` (RFC 9114 §4.2.2) before we see the request, and
+//!   one over twice the limit is refused unread (`H3_EXCESSIVE_LOAD`), as is
+//!   any frame that declares more than h3 should buffer (see `h3_frames`);
 //! * idle connections: QUIC's idle timeout, a silent close;
 //! * early data: unsafe methods get `425 Too Early` (see `h3_early`);
 //! * shutdown: GOAWAY (h3 `shutdown`), then each connection closes with
@@ -28,11 +30,12 @@ use tokio::task::JoinSet;
 
 use crate::h3_body::{RequestBody, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
+use crate::h3_quic::{self, StreamCaps};
 use crate::http::{Handler, HttpLimits};
 use crate::quic::QuicSocket;
 
-type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+type H3Connection = h3::server::Connection<h3_quic::Connection, Bytes>;
+type Resolver = h3::server::RequestResolver<h3_quic::Connection, Bytes>;
 
 /// `H3_NO_ERROR` (RFC 9114 §8.1) as a QUIC application close code.
 const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
@@ -236,7 +239,10 @@ impl<H: Handler> H3Server<H> {
         let built = h3::server::builder()
             .max_field_section_size(max_field_section)
             .send_grease(self.grease)
-            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+            .build::<_, Bytes>(h3_quic::Connection::new(
+                conn.clone(),
+                StreamCaps::new(max_field_section),
+            ))
             .await;
         match built {
             Ok(h3) => serve(h3, &conn, Arc::new(ctx), drain).await,

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use portico_gateway::Body;
 
 /// The receiving half of an h3 request stream.
-pub(crate) type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+pub(crate) type RecvHalf = RequestStream<crate::h3_quic::RecvStream, Bytes>;
 /// The sending half of an h3 request stream.
 pub(crate) type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 

@@ -4,6 +4,8 @@
 
 #[path = "support/h3_client.rs"]
 mod h3_client;
+#[path = "support/raw_h3.rs"]
+mod raw_h3;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,6 +155,12 @@ fn start_default() -> TestServer {
 impl TestServer {
     fn client(&self) -> H3Client {
         H3Client::new(std::slice::from_ref(&self.cert), "localhost")
+    }
+
+    /// A QUIC connection of `client` to the server, for HTTP/3 by hand.
+    async fn raw(&self, client: &H3Client) -> quinn::Connection {
+        let connecting = client.endpoint.connect(self.addr, "localhost").unwrap();
+        connecting.await.unwrap()
     }
 
     fn url(&self, path: &str) -> String {
@@ -406,6 +414,105 @@ async fn a_header_section_over_the_limit_gets_431() {
             h3::error::StreamError::HeaderTooBig { max_size: 4096, .. }
         ),
         "{refused:?}"
+    );
+}
+
+/// What a flood of a stream may write: 16 MiB, when QUIC lets a client run
+/// only 1 MiB (the stream window) ahead of what the server reads.
+const FLOOD: usize = 16 * 1024 * 1024;
+/// Past this, the server read what it should have refused.
+const READ_AHEAD: usize = 2 * 1024 * 1024;
+
+/// Floods `send` with `chunk` (20 s at most) until the server stops it.
+async fn flood(send: &mut quinn::SendStream, chunk: &[u8]) -> (usize, Option<quinn::WriteError>) {
+    let flood = raw_h3::flood(send, chunk, FLOOD);
+    tokio::time::timeout(Duration::from_secs(20), flood)
+        .await
+        .expect("the server neither reads nor refuses")
+}
+
+fn stopped_for_load(err: &Option<quinn::WriteError>) -> bool {
+    matches!(err, Some(quinn::WriteError::Stopped(code)) if *code == raw_h3::H3_EXCESSIVE_LOAD.into())
+}
+
+/// A reserved frame on the control stream declaring 2^40 bytes, then bytes
+/// for ever: h3 alone would buffer all of them (and QUIC grant credit for
+/// more as it read). The connection is closed at the frame's header.
+#[tokio::test]
+async fn a_control_frame_declaring_too_much_closes_the_connection() {
+    let server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let mut control = quic.open_uni().await.unwrap();
+    let mut start = raw_h3::control_stream_start();
+    start.extend(raw_h3::frame_header(raw_h3::RESERVED, 1 << 40));
+    control.write_all(&start).await.unwrap();
+    let (written, err) = flood(&mut control, &[0; 16 * 1024]).await;
+    assert!(
+        err.is_some() && written < READ_AHEAD,
+        "{written} bytes taken"
+    );
+    let closed = quic.closed().await;
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == raw_h3::H3_EXCESSIVE_LOAD.into()),
+        "{closed:?}"
+    );
+}
+
+/// A HEADERS frame declaring more than twice the field-section limit (what
+/// h3 still reads to answer 431) is refused unread, and only its stream.
+#[tokio::test]
+async fn a_headers_frame_declaring_too_much_is_refused_unread() {
+    let limits = HttpLimits {
+        max_header_bytes: 4096,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let header = raw_h3::frame_header(raw_h3::HEADERS, 1 << 40);
+    send.write_all(&header).await.unwrap();
+    let (written, err) = flood(&mut send, &[0; 16 * 1024]).await;
+    assert!(
+        stopped_for_load(&err) && written < READ_AHEAD,
+        "{written} bytes taken, {err:?}"
+    );
+    let read = recv.read_to_end(1024).await;
+    assert!(
+        matches!(read, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == raw_h3::H3_EXCESSIVE_LOAD.into()),
+        "{read:?}"
+    );
+    assert_eq!(server.handler.calls.load(Ordering::SeqCst), 0);
+    // The connection still serves.
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let get = raw_h3::request("GET", "/echo", server.addr.port());
+    send.write_all(&get).await.unwrap();
+    send.finish().unwrap();
+    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
+    assert_eq!(ty, raw_h3::HEADERS);
+}
+
+/// Frames of unknown types between DATA frames carry nothing, and count
+/// against no body limit: a stream of them is cut off.
+#[tokio::test]
+async fn unknown_frames_in_a_body_are_capped() {
+    let limits = HttpLimits {
+        max_header_bytes: 4096,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, _recv) = quic.open_bi().await.unwrap();
+    let mut start = raw_h3::request("POST", "/echo", server.addr.port());
+    start.extend(raw_h3::frame(raw_h3::DATA, b"a"));
+    send.write_all(&start).await.unwrap();
+    let junk = raw_h3::frame(raw_h3::RESERVED, &[0; 1000]);
+    let (written, err) = flood(&mut send, &junk).await;
+    assert!(
+        stopped_for_load(&err) && written < READ_AHEAD,
+        "{written} bytes taken, {err:?}"
     );
 }
 
