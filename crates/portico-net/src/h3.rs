@@ -12,7 +12,8 @@
 //!   any frame that declares more than h3 should buffer (see `h3_frames`);
 //! * idle connections: QUIC's idle timeout, a silent close;
 //! * early data: unsafe methods get `425 Too Early` (see `h3_early`);
-//! * shutdown: GOAWAY (h3 `shutdown`), then each connection closes with
+//! * shutdown: GOAWAY naming the stream after the last accepted (later ones
+//!   are rejected, `H3_REQUEST_REJECTED`), then each connection closes with
 //!   `H3_NO_ERROR` when its last request has finished, within the drain timeout.
 
 use std::any::Any;
@@ -30,7 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::h3_body::{RequestBody, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
-use crate::h3_quic::{self, StreamCaps};
+use crate::h3_quic::{self, Admission, StreamCaps};
 use crate::http::{Handler, HttpLimits};
 use crate::quic::QuicSocket;
 
@@ -236,16 +237,19 @@ impl<H: Handler> H3Server<H> {
             return;
         };
         let max_field_section = u64::try_from(self.limits.max_header_bytes).unwrap_or(u64::MAX);
+        let admission = Arc::new(Admission::default());
+        let quic = h3_quic::Connection::new(
+            conn.clone(),
+            StreamCaps::new(max_field_section),
+            Arc::clone(&admission),
+        );
         let built = h3::server::builder()
             .max_field_section_size(max_field_section)
             .send_grease(self.grease)
-            .build::<_, Bytes>(h3_quic::Connection::new(
-                conn.clone(),
-                StreamCaps::new(max_field_section),
-            ))
+            .build::<_, Bytes>(quic)
             .await;
         match built {
-            Ok(h3) => serve(h3, &conn, Arc::new(ctx), drain).await,
+            Ok(h3) => serve(h3, &conn, &admission, Arc::new(ctx), drain).await,
             Err(err) => tracing::debug!(%err, "HTTP/3 connection setup failed"),
         }
     }
@@ -315,6 +319,7 @@ impl<H: Handler> H3Server<H> {
 async fn serve<H: Handler>(
     mut h3: H3Connection,
     quic: &quinn::Connection,
+    admission: &Admission,
     ctx: Arc<ConnCtx<H>>,
     mut drain: watch::Receiver<bool>,
 ) {
@@ -350,10 +355,13 @@ async fn serve<H: Handler>(
             }
             () = wait_drain(&mut drain), if !draining => {
                 draining = true;
-                // GOAWAY: requests already accepted finish, later ones are
-                // rejected (H3_REQUEST_REJECTED: safe for the client to retry).
+                // GOAWAY, naming the stream after the last accepted:
+                // requests already accepted finish, later ones are rejected
+                // (H3_REQUEST_REJECTED: safe for the client to retry).
+                let goaway = admission.close();
+                tracing::debug!(goaway, "HTTP/3 connection draining");
                 while requests.try_join_next().is_some() {}
-                if h3.shutdown(0).await.is_err() || requests.is_empty() {
+                if h3.shutdown(1).await.is_err() || requests.is_empty() {
                     break;
                 }
             }

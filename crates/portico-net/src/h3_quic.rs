@@ -6,7 +6,12 @@
 //! ways (RESET_STREAM and STOP_SENDING) and no request for the handler; on
 //! the control stream, which cannot be refused alone (RFC 9114 §6.2.1), by
 //! closing the connection with `H3_EXCESSIVE_LOAD`.
+//!
+//! Request streams are admitted here too ([`Admission`]): after GOAWAY, one
+//! at or above its id is rejected before h3 sees it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -34,19 +39,72 @@ impl StreamCaps {
     }
 }
 
+/// Which request streams of a connection are served: every one until
+/// GOAWAY, then only those below the id it names.
+///
+/// A GOAWAY id tells the client that no request at or above it was
+/// processed, so that it may retry them elsewhere (RFC 9114 §5.2): it must
+/// be above every stream accepted (h3's `shutdown(0)` names the last one,
+/// whose request, a POST perhaps, would then run twice), and a stream at or
+/// above it that still arrives must be rejected, never served (h3 rejects
+/// only those above its id).
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// The id of the client's next request stream after those accepted.
+    next: AtomicU64,
+    /// The id GOAWAY named; `u64::MAX` before it.
+    goaway: AtomicU64,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            goaway: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl Admission {
+    /// Admits no more streams from here on: the id GOAWAY names. h3's
+    /// `shutdown(1)` sends the same one (the stream after the last it
+    /// accepted, which is the last accepted here; 0 when there was none).
+    pub(crate) fn close(&self) -> u64 {
+        let next = self.next.load(Ordering::Relaxed);
+        self.goaway.fetch_min(next, Ordering::Relaxed);
+        next
+    }
+
+    /// Whether request stream `id` may be served; it is counted if so.
+    fn admit(&self, id: u64) -> bool {
+        if id >= self.goaway.load(Ordering::Relaxed) {
+            return false;
+        }
+        // Client request streams are 0, 4, 8, ... (RFC 9000 §2.1).
+        self.next.fetch_max(id.saturating_add(4), Ordering::Relaxed);
+        true
+    }
+}
+
 /// A QUIC connection for h3 whose incoming streams are watched.
 pub(crate) struct Connection {
     inner: h3_quinn::Connection,
     quic: quinn::Connection,
     caps: StreamCaps,
+    admission: Arc<Admission>,
 }
 
 impl Connection {
-    pub(crate) fn new(quic: quinn::Connection, caps: StreamCaps) -> Self {
+    pub(crate) fn new(
+        quic: quinn::Connection,
+        caps: StreamCaps,
+        admission: Arc<Admission>,
+    ) -> Self {
         Self {
             inner: h3_quinn::Connection::new(quic.clone()),
             quic,
             caps,
+            admission,
         }
     }
 }
@@ -71,8 +129,17 @@ impl<B: Buf> quic::Connection<B> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream<B>, ConnectionErrorIncoming>> {
-        let inner = ready!(quic::Connection::<B>::poll_accept_bidi(&mut self.inner, cx))?;
-        Poll::Ready(Ok(BidiStream::new(inner, self.caps.request)))
+        loop {
+            let mut inner = ready!(quic::Connection::<B>::poll_accept_bidi(&mut self.inner, cx))?;
+            let id = quic::SendStream::<B>::send_id(&inner).into_inner();
+            if self.admission.admit(id) {
+                return Poll::Ready(Ok(BidiStream::new(inner, self.caps.request)));
+            }
+            // Not processed, safe to retry elsewhere (RFC 9114 §8.1).
+            let rejected = Code::H3_REQUEST_REJECTED.value();
+            quic::RecvStream::stop_sending(&mut inner, rejected);
+            quic::SendStream::<B>::reset(&mut inner, rejected);
+        }
     }
 
     fn opener(&self) -> OpenStreams {
@@ -303,4 +370,21 @@ fn refuse_request<S: quic::RecvStream>(inner: &mut S, violation: Violation) -> S
     tracing::debug!(%err, "HTTP/3 request stream refused");
     inner.stop_sending(Code::H3_EXCESSIVE_LOAD.value());
     StreamErrorIncoming::Unknown(Box::new(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goaway_names_the_stream_after_the_last_admitted() {
+        let admission = Admission::default();
+        assert!(admission.admit(0) && admission.admit(4));
+        assert_eq!(admission.close(), 8);
+        assert!(!admission.admit(8) && !admission.admit(12));
+        assert_eq!(admission.close(), 8, "a second GOAWAY names the same");
+        let idle = Admission::default();
+        assert_eq!(idle.close(), 0);
+        assert!(!idle.admit(0));
+    }
 }

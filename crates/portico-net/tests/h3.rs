@@ -580,6 +580,62 @@ async fn shutdown_sends_goaway_and_lets_requests_finish() {
         .unwrap();
 }
 
+/// GOAWAY names the first request stream that was not processed (RFC 9114
+/// §5.2), so it must be above the one in flight, or the client would retry
+/// that request (a POST twice); a stream at that id that still arrives is
+/// rejected, not served. HTTP/3 by hand: the h3 client keeps the id to itself.
+#[tokio::test]
+async fn goaway_names_a_stream_above_every_accepted_request() {
+    let mut server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let port = server.addr.port();
+    let mut control = quic.open_uni().await.unwrap();
+    control
+        .write_all(&raw_h3::control_stream_start())
+        .await
+        .unwrap();
+    let mut server_control = raw_h3::server_control_stream(&quic).await;
+    let (mut send, mut in_flight) = quic.open_bi().await.unwrap();
+    let in_flight_id = u64::from(send.id());
+    send.write_all(&raw_h3::request("POST", "/wait", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    while server.handler.waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let _ = server.stop.take().unwrap().send(());
+    let goaway = raw_h3::goaway_id(&mut server_control);
+    let goaway = tokio::time::timeout(Duration::from_secs(10), goaway)
+        .await
+        .expect("GOAWAY within 10 s")
+        .expect("a GOAWAY frame");
+    assert!(
+        goaway > in_flight_id,
+        "GOAWAY({goaway}) with stream {in_flight_id} in flight"
+    );
+    // The next stream, at the GOAWAY id, arrives after it: rejected.
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    assert_eq!(u64::from(send.id()), goaway);
+    send.write_all(&raw_h3::request("POST", "/echo", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let read = recv.read_to_end(1024).await;
+    assert!(
+        matches!(read, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == raw_h3::H3_REQUEST_REJECTED.into()),
+        "{read:?}"
+    );
+    assert_eq!(server.handler.calls.load(Ordering::SeqCst), 1);
+    // The request in flight is answered.
+    server.handler.release.notify_waiters();
+    let (ty, _) = raw_h3::read_frame(&mut in_flight)
+        .await
+        .expect("the response");
+    assert_eq!(ty, raw_h3::HEADERS);
+}
+
 /// A resumed client sends a GET and a POST in 0-RTT. The server→client path
 /// is delayed (a UDP relay), so both arrive long before the handshake can
 /// complete: the GET is served and marked, the POST gets 425 and never
