@@ -278,10 +278,13 @@ impl<H: Handler> H3Server<H> {
         };
         // 2. Usable now: requests that arrive before completion are early data.
         let (conn, handshake) = match connecting.into_0rtt() {
-            Ok((conn, completed)) => (conn, Handshake::new(Some(completed))),
+            Ok((conn, completed)) => {
+                let handshake = Handshake::pending(completed, conn.clone());
+                (conn, handshake)
+            }
             Err(connecting) => {
                 let done = tokio::time::timeout(self.limits.handshake_timeout, connecting).await;
-                (done.ok()?.ok()?, Handshake::new(None))
+                (done.ok()?.ok()?, Handshake::completed())
             }
         };
         let info = self.conn_info(&conn, tls);
