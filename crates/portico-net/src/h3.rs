@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use crate::h3_body::{RequestBody, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
 use crate::h3_quic::{self, Admission, StreamCaps};
-use crate::http::{Handler, HttpLimits};
+use crate::http::{Handler, HttpLimits, join_cookies};
 use crate::quic::QuicSocket;
 
 type H3Connection = h3::server::Connection<h3_quic::Connection, Bytes>;
@@ -393,12 +393,13 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
     // 1. The head, within the header read timeout (a client keeping its
     // connection alive could otherwise hold streams open without one). One
     // over the field-section limit was answered 431 by h3.
-    let (req, stream) =
+    let (mut req, stream) =
         match tokio::time::timeout(ctx.head_timeout, resolver.resolve_request()).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(err)) => return tracing::debug!(%err, "HTTP/3 request not read"),
             Err(_) => return tracing::debug!("HTTP/3 request head timed out"),
         };
+    join_cookies(req.headers_mut());
     let (mut send, mut recv) = stream.split();
     // 2. Early data: safe methods only (RFC 8470).
     let early = !ctx.handshake.is_confirmed();

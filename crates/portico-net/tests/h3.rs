@@ -50,6 +50,7 @@ impl Handler for TestHandler {
             _ => {}
         }
         let early = req.headers().get("early-data").cloned();
+        let cookies = cookie_fields(req.headers());
         let body_ended = if http_body::Body::is_end_stream(req.body()) {
             "1"
         } else {
@@ -69,9 +70,18 @@ impl Handler for TestHandler {
             HeaderValue::from_str(&tls.alpn.unwrap_or_default()).unwrap(),
         );
         h.insert("x-early", early.unwrap_or(HeaderValue::from_static("0")));
+        h.insert("x-cookie", HeaderValue::from_str(&cookies).unwrap());
         h.insert("x-body-ended", HeaderValue::from_static(body_ended));
         resp
     }
+}
+
+/// The request's `cookie` fields, each between brackets.
+fn cookie_fields(headers: &HeaderMap) -> String {
+    let fields = headers.get_all("cookie").iter();
+    fields
+        .map(|v| format!("[{}]", v.to_str().unwrap()))
+        .collect()
 }
 
 struct TestServer {
@@ -219,6 +229,21 @@ async fn a_request_without_a_body_is_known_to_be_empty_at_once() {
     assert_eq!(post.status, 200);
     assert_eq!(post.headers["x-body-ended"], "0");
     assert_eq!(post.text(), "hello");
+}
+
+/// HTTP/3 clients may send each cookie as a field of its own; they reach
+/// the handler as one, as HTTP/1.1 needs them (RFC 9114 §4.2.1).
+#[tokio::test]
+async fn cookie_fields_reach_the_handler_as_one() {
+    let server = start_default();
+    let conn = server.client().connect(server.addr).await;
+    let req = Request::get(server.url("/echo"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(())
+        .unwrap();
+    let reply = conn.request(req, b"").await.unwrap();
+    assert_eq!(reply.headers["x-cookie"], "[a=1; b=2]");
 }
 
 /// Grease (reserved stream types) is off unless configured: with it on, the
