@@ -11,6 +11,8 @@
 //!   one over twice the limit is refused unread (`H3_EXCESSIVE_LOAD`), as is
 //!   any frame that declares more than h3 should buffer (see `h3_frames`);
 //! * idle connections: QUIC's idle timeout, a silent close;
+//! * a client that takes no more of a response for the send timeout: its
+//!   stream is reset (`H3_REQUEST_CANCELLED`);
 //! * early data: unsafe methods get `425 Too Early` (see `h3_early`);
 //! * shutdown: GOAWAY naming the stream after the last accepted (later ones
 //!   are rejected, `H3_REQUEST_REJECTED`), then each connection closes with
@@ -29,7 +31,7 @@ use portico_gateway::{ConnInfo, ErrorKind, GatewayError, Protocol, TlsInfo, body
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::h3_body::{RequestBody, send_response};
+use crate::h3_body::{RequestBody, SendError, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
 use crate::h3_quic::{self, Admission, StreamCaps};
 use crate::http::{Handler, HttpLimits, join_cookies};
@@ -155,6 +157,8 @@ struct ConnCtx<H> {
     handshake: Handshake,
     /// How long a request stream may take to deliver its head.
     head_timeout: Duration,
+    /// How long a response write may wait for the client to take it.
+    send_timeout: Duration,
 }
 
 impl<H: Handler> H3Server<H> {
@@ -293,6 +297,7 @@ impl<H: Handler> H3Server<H> {
             info: Arc::new(info),
             handshake,
             head_timeout: self.limits.header_read_timeout,
+            send_timeout: self.limits.send_timeout,
         };
         Some((conn, ctx))
     }
@@ -428,8 +433,13 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
         ctx.handler.call(req, Arc::clone(&ctx.info)).await
     };
     // 3. The response, frame by frame.
-    if let Err(err) = send_response(&mut send, response).await {
-        tracing::debug!(%err, "HTTP/3 response not completed");
+    match send_response(&mut send, response, ctx.send_timeout).await {
+        Ok(()) => {}
+        Err(SendError::Stalled) => tracing::info!(
+            client = %ctx.info.client_addr,
+            "HTTP/3 response reset: the client took no more of it for the send timeout"
+        ),
+        Err(err) => tracing::debug!(%err, "HTTP/3 response not completed"),
     }
 }
 

@@ -73,9 +73,10 @@ pub struct HttpLimits {
     /// new clients wait in the kernel's backlog (nginx's `worker_connections`).
     pub max_connections: usize,
     /// Longest a response head or body chunk may wait for the client to
-    /// take it (nginx's `send_timeout`); past it the connection is closed.
-    /// Checked every `send_timeout / 2`. Time waiting on the upstream never
-    /// counts.
+    /// take it (nginx's `send_timeout`); past it a TCP connection is closed
+    /// (checked every `send_timeout / 2`), and an HTTP/3 stream is reset
+    /// (`H3_REQUEST_CANCELLED`; its chunks are written 64 KiB at a time).
+    /// Time waiting on the upstream never counts.
     pub send_timeout: Duration,
 }
 

@@ -22,7 +22,8 @@ use tokio::sync::{Notify, oneshot};
 
 /// Echoes the request body (data and trailers) as the response body, with
 /// facts about the connection in headers. `/wait` holds until released;
-/// `/slow` counts how many run at once.
+/// `/slow` counts how many run at once; `/big` answers 64 MiB, and counts
+/// when its body is dropped.
 #[derive(Default)]
 struct TestHandler {
     release: Notify,
@@ -30,12 +31,34 @@ struct TestHandler {
     running: AtomicUsize,
     max_running: AtomicUsize,
     calls: AtomicUsize,
+    big_dropped: Arc<AtomicUsize>,
+}
+
+/// Counts its drop in the handler's `big_dropped`.
+struct DropCount(Arc<AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// 64 MiB in chunks of 64 KiB, as a backend's body comes.
+fn big_body(dropped: Arc<AtomicUsize>) -> Body {
+    let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+    let guard = DropCount(dropped);
+    let chunks = futures_util::stream::iter((0..1024).map(move |_| {
+        let _ = &guard;
+        Ok::<_, portico_gateway::BoxError>(http_body::Frame::data(chunk.clone()))
+    }));
+    http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(chunks))
 }
 
 impl Handler for TestHandler {
     async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match req.uri().path() {
+            "/big" => return Response::new(big_body(Arc::clone(&self.big_dropped))),
             "/wait" => {
                 let released = self.release.notified();
                 self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -539,6 +562,45 @@ async fn unknown_frames_in_a_body_are_capped() {
         stopped_for_load(&err) && written < READ_AHEAD,
         "{written} bytes taken, {err:?}"
     );
+}
+
+/// A client that never opens its stream window while keeping the connection
+/// alive holds a response (and the upstream work behind it) only for the
+/// send timeout: the stream is then reset, and the body dropped.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let limits = HttpLimits {
+        send_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let conn = server.client().connect(server.addr).await;
+    let mut send = conn.send.clone();
+    let req = Request::get(server.url("/big")).body(()).unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), 200);
+    // The client reads nothing more: its stream window fills and stays full.
+    let dropped = async {
+        while server.handler.big_dropped.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), dropped)
+        .await
+        .expect("the response was given up");
+    let ended = loop {
+        match stream.recv_data().await {
+            Ok(Some(_)) => {}
+            other => break other.map(|_| ()),
+        }
+    };
+    assert!(
+        matches!(ended, Err(h3::error::StreamError::RemoteTerminate { code, .. }) if code == h3::error::Code::H3_REQUEST_CANCELLED),
+        "{ended:?}"
+    );
+    // The connection still serves.
+    assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
 }
 
 #[tokio::test]
