@@ -220,6 +220,30 @@ async fn header_sections_over_the_limits_get_431_over_h3() {
     assert_eq!((reply.status, reply.body.len()), (431, 0));
 }
 
+/// HTTP/3 and HTTP/2 clients may send each cookie as a field of its own;
+/// an HTTP/1.1 backend gets them as one line (RFC 9114 §4.2.1, RFC 9113
+/// §8.2.3), never as two (which the echo would show joined by ", ").
+#[tokio::test]
+async fn split_cookies_reach_the_backend_as_one_line() {
+    let f = OriginFixture::start();
+    let h3 = f.client().connect(f.h3_addr()).await;
+    let req = Request::get(f.url("/prod/echo"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(())
+        .unwrap();
+    let reply = h3.request(req, b"").await.unwrap();
+    assert_eq!(reply.json()["headers"]["cookie"], "a=1; b=2", "over h3");
+    let h2 = https_client(&f.cert.der, true);
+    let req = Request::get(f.url("/prod/echo"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let reply = send(&h2, req).await;
+    assert_eq!(reply.json()["headers"]["cookie"], "a=1; b=2", "over h2");
+}
+
 #[tokio::test]
 async fn a_head_response_carries_no_body_over_h3() {
     let f = OriginFixture::start();

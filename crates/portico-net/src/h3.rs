@@ -7,10 +7,15 @@
 //! * concurrent requests per connection: QUIC stream credit (`MAX_STREAMS`);
 //!   a client over it waits, nothing is refused;
 //! * header section: `SETTINGS_MAX_FIELD_SECTION_SIZE`; h3 answers a larger
-//!   one with a bare `431` (RFC 9114 §4.2.2) before we see the request;
+//!   one with a bare `431` (RFC 9114 §4.2.2) before we see the request, and
+//!   one over twice the limit is refused unread (`H3_EXCESSIVE_LOAD`), as is
+//!   any frame that declares more than h3 should buffer (see `h3_frames`);
 //! * idle connections: QUIC's idle timeout, a silent close;
+//! * a client that takes no more of a response for the send timeout: its
+//!   stream is reset (`H3_REQUEST_CANCELLED`);
 //! * early data: unsafe methods get `425 Too Early` (see `h3_early`);
-//! * shutdown: GOAWAY (h3 `shutdown`), then each connection closes with
+//! * shutdown: GOAWAY naming the stream after the last accepted (later ones
+//!   are rejected, `H3_REQUEST_REJECTED`), then each connection closes with
 //!   `H3_NO_ERROR` when its last request has finished, within the drain timeout.
 
 use std::any::Any;
@@ -26,13 +31,14 @@ use portico_gateway::{ConnInfo, ErrorKind, GatewayError, Protocol, TlsInfo, body
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::h3_body::{RequestBody, send_response};
+use crate::h3_body::{RequestBody, SendError, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
-use crate::http::{Handler, HttpLimits};
+use crate::h3_quic::{self, Admission, StreamCaps};
+use crate::http::{Handler, HttpLimits, join_cookies};
 use crate::quic::QuicSocket;
 
-type H3Connection = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
+type H3Connection = h3::server::Connection<h3_quic::Connection, Bytes>;
+type Resolver = h3::server::RequestResolver<h3_quic::Connection, Bytes>;
 
 /// `H3_NO_ERROR` (RFC 9114 §8.1) as a QUIC application close code.
 const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
@@ -151,6 +157,8 @@ struct ConnCtx<H> {
     handshake: Handshake,
     /// How long a request stream may take to deliver its head.
     head_timeout: Duration,
+    /// How long a response write may wait for the client to take it.
+    send_timeout: Duration,
 }
 
 impl<H: Handler> H3Server<H> {
@@ -233,13 +241,19 @@ impl<H: Handler> H3Server<H> {
             return;
         };
         let max_field_section = u64::try_from(self.limits.max_header_bytes).unwrap_or(u64::MAX);
+        let admission = Arc::new(Admission::default());
+        let quic = h3_quic::Connection::new(
+            conn.clone(),
+            StreamCaps::new(max_field_section),
+            Arc::clone(&admission),
+        );
         let built = h3::server::builder()
             .max_field_section_size(max_field_section)
             .send_grease(self.grease)
-            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+            .build::<_, Bytes>(quic)
             .await;
         match built {
-            Ok(h3) => serve(h3, &conn, Arc::new(ctx), drain).await,
+            Ok(h3) => serve(h3, &conn, &admission, Arc::new(ctx), drain).await,
             Err(err) => tracing::debug!(%err, "HTTP/3 connection setup failed"),
         }
     }
@@ -268,10 +282,13 @@ impl<H: Handler> H3Server<H> {
         };
         // 2. Usable now: requests that arrive before completion are early data.
         let (conn, handshake) = match connecting.into_0rtt() {
-            Ok((conn, completed)) => (conn, Handshake::new(Some(completed))),
+            Ok((conn, completed)) => {
+                let handshake = Handshake::pending(completed, conn.clone());
+                (conn, handshake)
+            }
             Err(connecting) => {
                 let done = tokio::time::timeout(self.limits.handshake_timeout, connecting).await;
-                (done.ok()?.ok()?, Handshake::new(None))
+                (done.ok()?.ok()?, Handshake::completed())
             }
         };
         let info = self.conn_info(&conn, tls);
@@ -280,6 +297,7 @@ impl<H: Handler> H3Server<H> {
             info: Arc::new(info),
             handshake,
             head_timeout: self.limits.header_read_timeout,
+            send_timeout: self.limits.send_timeout,
         };
         Some((conn, ctx))
     }
@@ -309,6 +327,7 @@ impl<H: Handler> H3Server<H> {
 async fn serve<H: Handler>(
     mut h3: H3Connection,
     quic: &quinn::Connection,
+    admission: &Admission,
     ctx: Arc<ConnCtx<H>>,
     mut drain: watch::Receiver<bool>,
 ) {
@@ -344,10 +363,13 @@ async fn serve<H: Handler>(
             }
             () = wait_drain(&mut drain), if !draining => {
                 draining = true;
-                // GOAWAY: requests already accepted finish, later ones are
-                // rejected (H3_REQUEST_REJECTED: safe for the client to retry).
+                // GOAWAY, naming the stream after the last accepted:
+                // requests already accepted finish, later ones are rejected
+                // (H3_REQUEST_REJECTED: safe for the client to retry).
+                let goaway = admission.close();
+                tracing::debug!(goaway, "HTTP/3 connection draining");
                 while requests.try_join_next().is_some() {}
-                if h3.shutdown(0).await.is_err() || requests.is_empty() {
+                if h3.shutdown(1).await.is_err() || requests.is_empty() {
                     break;
                 }
             }
@@ -376,12 +398,13 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
     // 1. The head, within the header read timeout (a client keeping its
     // connection alive could otherwise hold streams open without one). One
     // over the field-section limit was answered 431 by h3.
-    let (req, stream) =
+    let (mut req, stream) =
         match tokio::time::timeout(ctx.head_timeout, resolver.resolve_request()).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(err)) => return tracing::debug!(%err, "HTTP/3 request not read"),
             Err(_) => return tracing::debug!("HTTP/3 request head timed out"),
         };
+    join_cookies(req.headers_mut());
     let (mut send, mut recv) = stream.split();
     // 2. Early data: safe methods only (RFC 8470).
     let early = !ctx.handshake.is_confirmed();
@@ -410,8 +433,13 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
         ctx.handler.call(req, Arc::clone(&ctx.info)).await
     };
     // 3. The response, frame by frame.
-    if let Err(err) = send_response(&mut send, response).await {
-        tracing::debug!(%err, "HTTP/3 response not completed");
+    match send_response(&mut send, response, ctx.send_timeout).await {
+        Ok(()) => {}
+        Err(SendError::Stalled) => tracing::info!(
+            client = %ctx.info.client_addr,
+            "HTTP/3 response reset: the client took no more of it for the send timeout"
+        ),
+        Err(err) => tracing::debug!(%err, "HTTP/3 response not completed"),
     }
 }
 

@@ -4,21 +4,24 @@
 //! Both directions stream under QUIC flow control: the request body reads
 //! from the stream only when the handler polls it (an unread body stops the
 //! client once the stream window is full), and the response is written frame
-//! by frame as the body yields them, each write waiting for send credit.
+//! by frame as the body yields them, each write waiting for send credit, for
+//! the send timeout at most.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h3::error::Code;
 use h3::server::RequestStream;
-use http::{HeaderMap, Response, header};
+use http::{Response, header};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use portico_gateway::Body;
 
 /// The receiving half of an h3 request stream.
-pub(crate) type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+pub(crate) type RecvHalf = RequestStream<crate::h3_quic::RecvStream, Bytes>;
 /// The sending half of an h3 request stream.
 pub(crate) type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -29,7 +32,15 @@ pub(crate) enum SendError {
     Stream(#[from] h3::error::StreamError),
     #[error("response body: {0}")]
     Body(portico_gateway::BoxError),
+    #[error("the client took no more of the response for the send timeout")]
+    Stalled,
 }
+
+/// The most of a response body one write hands to the stream: each write
+/// must be taken within the send timeout, so a large chunk (a cached body
+/// comes whole) is written in pieces, and a slow client that keeps taking
+/// them is never cut off.
+const SEND_PIECE: usize = 64 * 1024;
 
 enum Phase {
     Data,
@@ -134,16 +145,34 @@ const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
 /// yields it, then trailers if any, then FIN.
 ///
 /// A body that fails midway resets the stream (`H3_INTERNAL_ERROR`), so the
-/// client sees a broken response, never a short one that looks complete.
+/// client sees a broken response, never a short one that looks complete. A
+/// write the client does not make room for within `send_timeout` (a stream
+/// window left shut while the connection lives) resets it too
+/// (`H3_REQUEST_CANCELLED`), so that the client cannot hold the response,
+/// and the upstream work behind it, for ever. Only waits on the client
+/// count, never the body's.
 pub(crate) async fn send_response(
     send: &mut SendHalf,
     response: Response<Body>,
+    send_timeout: Duration,
+) -> Result<(), SendError> {
+    let sent = write_response(send, response, send_timeout).await;
+    if let Err(SendError::Stalled) = sent {
+        send.stop_stream(Code::H3_REQUEST_CANCELLED);
+    }
+    sent
+}
+
+async fn write_response(
+    send: &mut SendHalf,
+    response: Response<Body>,
+    limit: Duration,
 ) -> Result<(), SendError> {
     let (mut parts, mut body) = response.into_parts();
     for name in &CONNECTION_SPECIFIC {
         parts.headers.remove(name);
     }
-    send.send_response(Response::from_parts(parts, ())).await?;
+    within(limit, send.send_response(Response::from_parts(parts, ()))).await?;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -153,22 +182,31 @@ pub(crate) async fn send_response(
             }
         };
         match frame.into_data() {
-            Ok(data) if data.is_empty() => {}
-            Ok(data) => send.send_data(data).await?,
+            Ok(mut data) => {
+                while !data.is_empty() {
+                    let piece = data.split_to(data.len().min(SEND_PIECE));
+                    within(limit, send.send_data(piece)).await?;
+                }
+            }
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    return send_trailers(send, trailers).await;
+                    // Trailers end the message: nothing may follow but FIN.
+                    within(limit, send.send_trailers(trailers)).await?;
+                    break;
                 }
             }
         }
     }
-    send.finish().await?;
-    Ok(())
+    within(limit, send.finish()).await
 }
 
-/// Trailers end the message: nothing may follow them but FIN.
-async fn send_trailers(send: &mut SendHalf, trailers: HeaderMap) -> Result<(), SendError> {
-    send.send_trailers(trailers).await?;
-    send.finish().await?;
-    Ok(())
+/// A write to the client, given `limit` to complete.
+async fn within<T>(
+    limit: Duration,
+    write: impl Future<Output = Result<T, h3::error::StreamError>>,
+) -> Result<T, SendError> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(written) => Ok(written?),
+        Err(_) => Err(SendError::Stalled),
+    }
 }

@@ -73,9 +73,10 @@ pub struct HttpLimits {
     /// new clients wait in the kernel's backlog (nginx's `worker_connections`).
     pub max_connections: usize,
     /// Longest a response head or body chunk may wait for the client to
-    /// take it (nginx's `send_timeout`); past it the connection is closed.
-    /// Checked every `send_timeout / 2`. Time waiting on the upstream never
-    /// counts.
+    /// take it (nginx's `send_timeout`); past it a TCP connection is closed
+    /// (checked every `send_timeout / 2`), and an HTTP/3 stream is reset
+    /// (`H3_REQUEST_CANCELLED`; its chunks are written 64 KiB at a time).
+    /// Time waiting on the upstream never counts.
     pub send_timeout: Duration,
 }
 
@@ -314,11 +315,12 @@ impl<H: Handler> TcpServer<H> {
             protocol: Protocol::Http1,
             ..info
         });
-        let service = service_fn(move |req: Request<Incoming>| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
             let handler = Arc::clone(&handler);
             let alt_svc = alt_svc.clone();
             let in_flight = Activity::enter(&active);
             let info = if req.version() == http::Version::HTTP_2 {
+                join_cookies(req.headers_mut());
                 Arc::clone(&info_h2)
             } else {
                 Arc::clone(&info)
@@ -373,6 +375,32 @@ impl<H: Handler> TcpServer<H> {
             // 400 KiB, is 100 MiB over 256 streams of one connection).
             .max_send_buf_size(MAX_SEND_BUF);
         builder
+    }
+}
+
+/// Joins the `cookie` fields of an HTTP/2 or HTTP/3 request into one, as
+/// those protocols require before a request goes on over HTTP/1.1 (RFC 9113
+/// §8.2.3, RFC 9114 §4.2.1): their clients may send each cookie as a field
+/// of its own (it compresses better), and an HTTP/1.1 server expects one
+/// `Cookie` line (RFC 6265 §5.4), which forwarded as is they would not get.
+pub(crate) fn join_cookies(headers: &mut http::HeaderMap) {
+    let cookies = headers.get_all(http::header::COOKIE);
+    if cookies.iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    let mut sensitive = false;
+    for value in cookies {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+        sensitive |= value.is_sensitive();
+    }
+    // Valid values joined by "; " make a valid value: this cannot fail.
+    if let Ok(mut value) = HeaderValue::from_bytes(&joined) {
+        value.set_sensitive(sensitive);
+        headers.insert(http::header::COOKIE, value);
     }
 }
 
@@ -603,5 +631,39 @@ impl http_body::Body for Tracked {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(values: &[&'static str]) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        for v in values {
+            headers.append(http::header::COOKIE, HeaderValue::from_static(v));
+        }
+        join_cookies(&mut headers);
+        headers
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let joined = cookies(&["a=1", "b=2", "c=3"]);
+        let values: Vec<_> = joined.get_all(http::header::COOKIE).iter().collect();
+        assert_eq!(values, ["a=1; b=2; c=3"]);
+        assert_eq!(cookies(&["a=1"])[http::header::COOKIE], "a=1");
+        assert!(cookies(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_sensitive_cookie_keeps_the_joined_field_sensitive() {
+        let mut headers = http::HeaderMap::new();
+        let mut secret = HeaderValue::from_static("sid=1");
+        secret.set_sensitive(true);
+        headers.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(http::header::COOKIE, secret);
+        join_cookies(&mut headers);
+        assert!(headers[http::header::COOKIE].is_sensitive());
     }
 }

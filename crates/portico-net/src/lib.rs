@@ -7,6 +7,8 @@
 mod h3;
 mod h3_body;
 mod h3_early;
+mod h3_frames;
+mod h3_quic;
 mod http;
 mod kx;
 pub mod quic;
@@ -20,7 +22,8 @@ pub use crate::http::{Handler, HttpLimits, TcpServer};
 pub use quic::{Congestion, QuicSettings, QuicSocket};
 pub use tls::{CertFiles, SniResolver, load_keys, server_config, server_config_for};
 
-/// Errors setting up listeners and their TLS material.
+/// Errors setting up listeners and their TLS material, and why a client's
+/// HTTP/3 stream was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("reading {path}: {source}")]
@@ -43,4 +46,8 @@ pub enum NetError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("HTTP/3 frame of type {ty:#x} declares {len} bytes, over the limit of {cap}")]
+    FrameTooLarge { ty: u64, len: u64, cap: u64 },
+    #[error("HTTP/3 frames other than DATA declare over {cap} bytes on one stream")]
+    FramingTooLarge { cap: u64 },
 }

@@ -4,6 +4,8 @@
 
 #[path = "support/h3_client.rs"]
 mod h3_client;
+#[path = "support/raw_h3.rs"]
+mod raw_h3;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use tokio::sync::{Notify, oneshot};
 
 /// Echoes the request body (data and trailers) as the response body, with
 /// facts about the connection in headers. `/wait` holds until released;
-/// `/slow` counts how many run at once.
+/// `/slow` counts how many run at once; `/big` answers 64 MiB, and counts
+/// when its body is dropped.
 #[derive(Default)]
 struct TestHandler {
     release: Notify,
@@ -28,12 +31,34 @@ struct TestHandler {
     running: AtomicUsize,
     max_running: AtomicUsize,
     calls: AtomicUsize,
+    big_dropped: Arc<AtomicUsize>,
+}
+
+/// Counts its drop in the handler's `big_dropped`.
+struct DropCount(Arc<AtomicUsize>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// 64 MiB in chunks of 64 KiB, as a backend's body comes.
+fn big_body(dropped: Arc<AtomicUsize>) -> Body {
+    let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+    let guard = DropCount(dropped);
+    let chunks = futures_util::stream::iter((0..1024).map(move |_| {
+        let _ = &guard;
+        Ok::<_, portico_gateway::BoxError>(http_body::Frame::data(chunk.clone()))
+    }));
+    http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(chunks))
 }
 
 impl Handler for TestHandler {
     async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match req.uri().path() {
+            "/big" => return Response::new(big_body(Arc::clone(&self.big_dropped))),
             "/wait" => {
                 let released = self.release.notified();
                 self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -48,6 +73,7 @@ impl Handler for TestHandler {
             _ => {}
         }
         let early = req.headers().get("early-data").cloned();
+        let cookies = cookie_fields(req.headers());
         let body_ended = if http_body::Body::is_end_stream(req.body()) {
             "1"
         } else {
@@ -67,9 +93,18 @@ impl Handler for TestHandler {
             HeaderValue::from_str(&tls.alpn.unwrap_or_default()).unwrap(),
         );
         h.insert("x-early", early.unwrap_or(HeaderValue::from_static("0")));
+        h.insert("x-cookie", HeaderValue::from_str(&cookies).unwrap());
         h.insert("x-body-ended", HeaderValue::from_static(body_ended));
         resp
     }
+}
+
+/// The request's `cookie` fields, each between brackets.
+fn cookie_fields(headers: &HeaderMap) -> String {
+    let fields = headers.get_all("cookie").iter();
+    fields
+        .map(|v| format!("[{}]", v.to_str().unwrap()))
+        .collect()
 }
 
 struct TestServer {
@@ -155,6 +190,12 @@ impl TestServer {
         H3Client::new(std::slice::from_ref(&self.cert), "localhost")
     }
 
+    /// A QUIC connection of `client` to the server, for HTTP/3 by hand.
+    async fn raw(&self, client: &H3Client) -> quinn::Connection {
+        let connecting = client.endpoint.connect(self.addr, "localhost").unwrap();
+        connecting.await.unwrap()
+    }
+
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
     }
@@ -211,6 +252,21 @@ async fn a_request_without_a_body_is_known_to_be_empty_at_once() {
     assert_eq!(post.status, 200);
     assert_eq!(post.headers["x-body-ended"], "0");
     assert_eq!(post.text(), "hello");
+}
+
+/// HTTP/3 clients may send each cookie as a field of its own; they reach
+/// the handler as one, as HTTP/1.1 needs them (RFC 9114 §4.2.1).
+#[tokio::test]
+async fn cookie_fields_reach_the_handler_as_one() {
+    let server = start_default();
+    let conn = server.client().connect(server.addr).await;
+    let req = Request::get(server.url("/echo"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(())
+        .unwrap();
+    let reply = conn.request(req, b"").await.unwrap();
+    assert_eq!(reply.headers["x-cookie"], "[a=1; b=2]");
 }
 
 /// Grease (reserved stream types) is off unless configured: with it on, the
@@ -409,6 +465,144 @@ async fn a_header_section_over_the_limit_gets_431() {
     );
 }
 
+/// What a flood of a stream may write: 16 MiB, when QUIC lets a client run
+/// only 1 MiB (the stream window) ahead of what the server reads.
+const FLOOD: usize = 16 * 1024 * 1024;
+/// Past this, the server read what it should have refused.
+const READ_AHEAD: usize = 2 * 1024 * 1024;
+
+/// Floods `send` with `chunk` (20 s at most) until the server stops it.
+async fn flood(send: &mut quinn::SendStream, chunk: &[u8]) -> (usize, Option<quinn::WriteError>) {
+    let flood = raw_h3::flood(send, chunk, FLOOD);
+    tokio::time::timeout(Duration::from_secs(20), flood)
+        .await
+        .expect("the server neither reads nor refuses")
+}
+
+fn stopped_for_load(err: &Option<quinn::WriteError>) -> bool {
+    matches!(err, Some(quinn::WriteError::Stopped(code)) if *code == raw_h3::H3_EXCESSIVE_LOAD.into())
+}
+
+/// A reserved frame on the control stream declaring 2^40 bytes, then bytes
+/// for ever: h3 alone would buffer all of them (and QUIC grant credit for
+/// more as it read). The connection is closed at the frame's header.
+#[tokio::test]
+async fn a_control_frame_declaring_too_much_closes_the_connection() {
+    let server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let mut control = quic.open_uni().await.unwrap();
+    let mut start = raw_h3::control_stream_start();
+    start.extend(raw_h3::frame_header(raw_h3::RESERVED, 1 << 40));
+    control.write_all(&start).await.unwrap();
+    let (written, err) = flood(&mut control, &[0; 16 * 1024]).await;
+    assert!(
+        err.is_some() && written < READ_AHEAD,
+        "{written} bytes taken"
+    );
+    let closed = quic.closed().await;
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == raw_h3::H3_EXCESSIVE_LOAD.into()),
+        "{closed:?}"
+    );
+}
+
+/// A HEADERS frame declaring more than twice the field-section limit (what
+/// h3 still reads to answer 431) is refused unread, and only its stream.
+#[tokio::test]
+async fn a_headers_frame_declaring_too_much_is_refused_unread() {
+    let limits = HttpLimits {
+        max_header_bytes: 4096,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let header = raw_h3::frame_header(raw_h3::HEADERS, 1 << 40);
+    send.write_all(&header).await.unwrap();
+    let (written, err) = flood(&mut send, &[0; 16 * 1024]).await;
+    assert!(
+        stopped_for_load(&err) && written < READ_AHEAD,
+        "{written} bytes taken, {err:?}"
+    );
+    let read = recv.read_to_end(1024).await;
+    assert!(
+        matches!(read, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == raw_h3::H3_EXCESSIVE_LOAD.into()),
+        "{read:?}"
+    );
+    assert_eq!(server.handler.calls.load(Ordering::SeqCst), 0);
+    // The connection still serves.
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let get = raw_h3::request("GET", "/echo", server.addr.port());
+    send.write_all(&get).await.unwrap();
+    send.finish().unwrap();
+    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
+    assert_eq!(ty, raw_h3::HEADERS);
+}
+
+/// Frames of unknown types between DATA frames carry nothing, and count
+/// against no body limit: a stream of them is cut off.
+#[tokio::test]
+async fn unknown_frames_in_a_body_are_capped() {
+    let limits = HttpLimits {
+        max_header_bytes: 4096,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, _recv) = quic.open_bi().await.unwrap();
+    let mut start = raw_h3::request("POST", "/echo", server.addr.port());
+    start.extend(raw_h3::frame(raw_h3::DATA, b"a"));
+    send.write_all(&start).await.unwrap();
+    let junk = raw_h3::frame(raw_h3::RESERVED, &[0; 1000]);
+    let (written, err) = flood(&mut send, &junk).await;
+    assert!(
+        stopped_for_load(&err) && written < READ_AHEAD,
+        "{written} bytes taken, {err:?}"
+    );
+}
+
+/// A client that never opens its stream window while keeping the connection
+/// alive holds a response (and the upstream work behind it) only for the
+/// send timeout: the stream is then reset, and the body dropped.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let limits = HttpLimits {
+        send_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let conn = server.client().connect(server.addr).await;
+    let mut send = conn.send.clone();
+    let req = Request::get(server.url("/big")).body(()).unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    stream.finish().await.unwrap();
+    assert_eq!(stream.recv_response().await.unwrap().status(), 200);
+    // The client reads nothing more: its stream window fills and stays full.
+    let dropped = async {
+        while server.handler.big_dropped.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), dropped)
+        .await
+        .expect("the response was given up");
+    let ended = loop {
+        match stream.recv_data().await {
+            Ok(Some(_)) => {}
+            other => break other.map(|_| ()),
+        }
+    };
+    assert!(
+        matches!(ended, Err(h3::error::StreamError::RemoteTerminate { code, .. }) if code == h3::error::Code::H3_REQUEST_CANCELLED),
+        "{ended:?}"
+    );
+    // The connection still serves.
+    assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let settings = QuicSettings {
@@ -471,6 +665,62 @@ async fn shutdown_sends_goaway_and_lets_requests_finish() {
         .await
         .expect("server stopped")
         .unwrap();
+}
+
+/// GOAWAY names the first request stream that was not processed (RFC 9114
+/// §5.2), so it must be above the one in flight, or the client would retry
+/// that request (a POST twice); a stream at that id that still arrives is
+/// rejected, not served. HTTP/3 by hand: the h3 client keeps the id to itself.
+#[tokio::test]
+async fn goaway_names_a_stream_above_every_accepted_request() {
+    let mut server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let port = server.addr.port();
+    let mut control = quic.open_uni().await.unwrap();
+    control
+        .write_all(&raw_h3::control_stream_start())
+        .await
+        .unwrap();
+    let mut server_control = raw_h3::server_control_stream(&quic).await;
+    let (mut send, mut in_flight) = quic.open_bi().await.unwrap();
+    let in_flight_id = u64::from(send.id());
+    send.write_all(&raw_h3::request("POST", "/wait", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    while server.handler.waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let _ = server.stop.take().unwrap().send(());
+    let goaway = raw_h3::goaway_id(&mut server_control);
+    let goaway = tokio::time::timeout(Duration::from_secs(10), goaway)
+        .await
+        .expect("GOAWAY within 10 s")
+        .expect("a GOAWAY frame");
+    assert!(
+        goaway > in_flight_id,
+        "GOAWAY({goaway}) with stream {in_flight_id} in flight"
+    );
+    // The next stream, at the GOAWAY id, arrives after it: rejected.
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    assert_eq!(u64::from(send.id()), goaway);
+    send.write_all(&raw_h3::request("POST", "/echo", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let read = recv.read_to_end(1024).await;
+    assert!(
+        matches!(read, Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) if code == raw_h3::H3_REQUEST_REJECTED.into()),
+        "{read:?}"
+    );
+    assert_eq!(server.handler.calls.load(Ordering::SeqCst), 1);
+    // The request in flight is answered.
+    server.handler.release.notify_waiters();
+    let (ty, _) = raw_h3::read_frame(&mut in_flight)
+        .await
+        .expect("the response");
+    assert_eq!(ty, raw_h3::HEADERS);
 }
 
 /// A resumed client sends a GET and a POST in 0-RTT. The server→client path

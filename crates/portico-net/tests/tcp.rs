@@ -22,7 +22,8 @@ const IDLE: Duration = Duration::from_millis(300);
 
 /// `/stream` answers a head at once and its one body chunk 4 idle limits
 /// later; `/big` answers 64 MiB as fast as it is taken, `/whole` 64 MiB in
-/// one chunk; anything else gets an empty 200.
+/// one chunk; `/cookie` the request's cookie fields; anything else gets an
+/// empty 200.
 struct Streams;
 
 impl Handler for Streams {
@@ -40,6 +41,14 @@ impl Handler for Streams {
                 Ok::<_, portico_gateway::BoxError>(http_body::Frame::data(chunk.clone()))
             }));
             return Response::new(StreamBody::new(chunks).boxed_unsync());
+        }
+        if req.uri().path() == "/cookie" {
+            // Each `cookie` field the handler got, between brackets.
+            let fields = req.headers().get_all("cookie").iter();
+            let fields: String = fields
+                .map(|v| format!("[{}]", v.to_str().unwrap_or("?")))
+                .collect();
+            return Response::new(portico_gateway::body::full(Bytes::from(fields)));
         }
         if req.uri().path() != "/stream" {
             return Response::new(portico_gateway::body::empty());
@@ -262,4 +271,26 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
         assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
         drop(stalled);
     }
+}
+
+/// HTTP/2 clients may send each cookie as a field of its own; they reach
+/// the handler as one, as HTTP/1.1 needs them (RFC 9113 §8.2.3).
+#[tokio::test]
+async fn http2_cookie_fields_reach_the_handler_as_one() {
+    let server = start().await;
+    let tls = connect(&server, b"h2").await;
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(executor, io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://localhost/cookie")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "[a=1; b=2]");
 }
