@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 
 use crate::h3_body::{RequestBody, SendError, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
-use crate::h3_quic::{self, Admission, StreamCaps};
+use crate::h3_quic::{self, Admission, Flows, StreamCaps};
 use crate::http::{Handler, HttpLimits, join_cookies};
 use crate::quic::QuicSocket;
 
@@ -159,6 +159,8 @@ struct ConnCtx<H> {
     head_timeout: Duration,
     /// How long a response write may wait for the client to take it.
     send_timeout: Duration,
+    /// The flows of the connection's request streams.
+    flows: Arc<Flows>,
 }
 
 impl<H: Handler> H3Server<H> {
@@ -246,6 +248,7 @@ impl<H: Handler> H3Server<H> {
             conn.clone(),
             StreamCaps::new(max_field_section),
             Arc::clone(&admission),
+            Arc::clone(&ctx.flows),
         );
         let built = h3::server::builder()
             .max_field_section_size(max_field_section)
@@ -298,6 +301,7 @@ impl<H: Handler> H3Server<H> {
             handshake,
             head_timeout: self.limits.header_read_timeout,
             send_timeout: self.limits.send_timeout,
+            flows: Arc::default(),
         };
         Some((conn, ctx))
     }
@@ -426,7 +430,8 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
         let err = GatewayError::client(ErrorKind::TooEarly);
         ctx.handler.refuse(&req, &ctx.info, err)
     } else {
-        let mut req = req.map(|()| body::boxed(RequestBody::new(recv)));
+        let flow = ctx.flows.claim(recv.id());
+        let mut req = req.map(|()| body::boxed(RequestBody::new(recv, flow)));
         if early {
             mark_early(&mut req);
         }

@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ use http_body::Frame;
 use http_body_util::BodyExt;
 use portico_gateway::Body;
 
+use crate::h3_quic::Flow;
+
 /// The receiving half of an h3 request stream.
-pub(crate) type RecvHalf = RequestStream<crate::h3_quic::RecvStream, Bytes>;
+pub(crate) type RecvHalf = RequestStream<crate::h3_quic::RequestRecv, Bytes>;
 /// The sending half of an h3 request stream.
 pub(crate) type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
@@ -55,6 +58,8 @@ pub(crate) struct RequestBody {
     phase: Phase,
     /// A frame read ahead by [`RequestBody::new`], returned first.
     peeked: Option<Result<Frame<Bytes>, h3::error::StreamError>>,
+    /// Told what is read, so that h3 reads no further ahead.
+    flow: Option<Arc<Flow>>,
 }
 
 impl RequestBody {
@@ -64,11 +69,12 @@ impl RequestBody {
     /// and end together in one packet, as it does for HTTP/1.1 and HTTP/2,
     /// instead of the end in a second one that the origin, already
     /// answering, would stop with a STOP_SENDING.
-    pub(crate) fn new(stream: RecvHalf) -> Self {
+    pub(crate) fn new(stream: RecvHalf, flow: Option<Arc<Flow>>) -> Self {
         let mut body = Self {
             stream,
             phase: Phase::Data,
             peeked: None,
+            flow,
         };
         // A no-op waker: a pending stream is polled again, with the reader's
         // waker, when the body is read.
@@ -98,6 +104,9 @@ impl http_body::Body for RequestBody {
                 Phase::Data => match ready!(this.stream.poll_recv_data(cx)) {
                     Ok(Some(mut buf)) => {
                         let bytes = buf.copy_to_bytes(buf.remaining());
+                        if let Some(flow) = &this.flow {
+                            flow.taken(bytes.len() as u64);
+                        }
                         return Poll::Ready(Some(Ok(Frame::data(bytes))));
                     }
                     Ok(None) => this.phase = Phase::Trailers,

@@ -10,6 +10,14 @@
 //! and a frame that declares more than we will buffer is refused before any
 //! of its payload reaches h3. DATA payloads stream through h3 unbuffered
 //! (the body limits count them), so only their length is followed.
+//!
+//! A request stream is also rewritten on its way ([`FrameWatch::reframe`]):
+//! a frame header passes only once whole, and the DATA payload of each chunk
+//! as one frame, whatever frames the client cut it into.
+
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::NetError;
 
@@ -96,6 +104,27 @@ impl VarInt {
     }
 }
 
+/// The bytes of a frame header (two varints of eight bytes at most), held
+/// until it is complete: it may span chunks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Held {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Held {
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.bytes.get_mut(usize::from(self.len)) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum State {
     /// A unidirectional stream's type, which comes before its frames.
@@ -106,11 +135,25 @@ enum State {
         len: VarInt,
     },
     /// Payload bytes of the current frame still to pass.
-    Payload(u64),
+    Payload {
+        left: u64,
+        data: bool,
+    },
     /// Not frames: a QPACK encoder or decoder stream, or a stream type h3
     /// reads no further (push, reserved).
     Opaque,
     Refused(Violation),
+}
+
+/// A stretch of one chunk, as it passes on to h3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    /// Bytes of the chunk that pass as they are.
+    Verbatim(Range<usize>),
+    /// The complete header of a frame other than DATA.
+    Header(Held),
+    /// DATA payload bytes of the chunk (their frame header is dropped).
+    Payload(Range<usize>),
 }
 
 /// The frame headers of one receive stream, followed across its chunks.
@@ -120,7 +163,22 @@ pub(crate) struct FrameWatch {
     caps: FrameCaps,
     /// Payload bytes declared by the stream's non-DATA frames so far.
     declared: u64,
+    /// The header being read.
+    header: Held,
 }
+
+/// A chunk of a request stream rewritten for h3 ([`FrameWatch::reframe`]).
+#[derive(Debug, Default)]
+pub(crate) struct Reframed {
+    /// What h3 gets, in order.
+    pub pieces: Vec<Bytes>,
+    /// The DATA payload bytes among them.
+    pub payload: u64,
+}
+
+/// The stream ended inside a frame (RFC 9114 §7.1: a connection error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Truncated;
 
 impl FrameWatch {
     /// A request stream: frames from its first byte.
@@ -139,6 +197,7 @@ impl FrameWatch {
             state,
             caps,
             declared: 0,
+            header: Held::default(),
         }
     }
 
@@ -150,24 +209,77 @@ impl FrameWatch {
         }
     }
 
-    /// Follows the next bytes of the stream.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Violation> {
-        while let Some((&byte, rest)) = bytes.split_first() {
+    /// Follows the next bytes of the stream, which pass on as they are.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<(), Violation> {
+        self.walk(bytes, |_| {})
+    }
+
+    /// Follows the next chunk of a request stream, and rewrites it for h3:
+    /// frames other than DATA pass as they are, each once its header is
+    /// whole; the DATA payload of the chunk passes as one DATA frame per run
+    /// (the stretch between other frames), so that however the client cut
+    /// its body into frames, h3 gets each chunk's payload in one frame.
+    ///
+    /// h3 0.0.8 reads from QUIC on every poll of a body, whether or not it
+    /// holds a frame already, and hands on one frame per poll: a body of
+    /// one-byte frames made it read far faster than it handed on. A frame
+    /// per chunk keeps the two in step, so that the read-ahead bound of
+    /// [`crate::h3_quic`] counts what h3 holds: payload, and no frame
+    /// headers by the thousand.
+    pub(crate) fn reframe(&mut self, chunk: &Bytes) -> Result<Reframed, Violation> {
+        let mut out = Reframed::default();
+        let mut run: Vec<Range<usize>> = Vec::new();
+        self.walk(chunk, |part| match part {
+            Part::Payload(range) => run.push(range),
+            Part::Verbatim(range) => {
+                end_run(chunk, &mut run, &mut out);
+                out.pieces.push(chunk.slice(range));
+            }
+            Part::Header(held) => {
+                end_run(chunk, &mut run, &mut out);
+                out.pieces.push(Bytes::copy_from_slice(held.as_slice()));
+            }
+        })?;
+        end_run(chunk, &mut run, &mut out);
+        Ok(out)
+    }
+
+    /// Whether the stream may end here: not inside a frame.
+    pub(crate) fn finish(&self) -> Result<(), Truncated> {
+        match self.state {
+            State::Payload { .. } | State::Length { .. } => Err(Truncated),
+            State::FrameType(_) if self.header.len > 0 => Err(Truncated),
+            _ => Ok(()),
+        }
+    }
+
+    /// Follows `bytes`, telling `part` how each stretch passes on.
+    fn walk(&mut self, bytes: &[u8], mut part: impl FnMut(Part)) -> Result<(), Violation> {
+        let mut at = 0;
+        while let Some(&byte) = bytes.get(at) {
             match &mut self.state {
-                State::Opaque => return Ok(()),
+                State::Opaque => {
+                    part(Part::Verbatim(at..bytes.len()));
+                    return Ok(());
+                }
                 State::Refused(v) => return Err(*v),
-                State::Payload(left) => {
-                    let n = bytes
-                        .len()
-                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                State::Payload { left, data } => {
+                    let n = (bytes.len() - at).min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let range = at..at + n;
+                    part(if *data {
+                        Part::Payload(range)
+                    } else {
+                        Part::Verbatim(range)
+                    });
                     *left -= n as u64;
                     if *left == 0 {
                         self.state = State::FrameType(VarInt::default());
                     }
-                    bytes = &bytes[n..];
+                    at += n;
                     continue;
                 }
                 State::StreamType(ty) => {
+                    part(Part::Verbatim(at..at + 1));
                     if let Some(ty) = ty.push(byte) {
                         self.state = if ty == CONTROL_STREAM {
                             State::FrameType(VarInt::default())
@@ -177,6 +289,7 @@ impl FrameWatch {
                     }
                 }
                 State::FrameType(ty) => {
+                    self.header.push(byte);
                     if let Some(ty) = ty.push(byte) {
                         self.state = State::Length {
                             ty,
@@ -185,13 +298,18 @@ impl FrameWatch {
                     }
                 }
                 State::Length { ty, len } => {
+                    self.header.push(byte);
                     if let Some(len) = len.push(byte) {
                         let ty = *ty;
+                        let held = std::mem::take(&mut self.header);
                         self.state = self.frame(ty, len);
+                        if self.refused().is_none() && ty != DATA {
+                            part(Part::Header(held));
+                        }
                     }
                 }
             }
-            bytes = rest;
+            at += 1;
         }
         self.refused().map_or(Ok(()), Err)
     }
@@ -211,8 +329,44 @@ impl FrameWatch {
         }
         match len {
             0 => State::FrameType(VarInt::default()),
-            len => State::Payload(len),
+            left => State::Payload {
+                left,
+                data: ty == DATA,
+            },
         }
+    }
+}
+
+/// Ends a run of DATA payload: one DATA frame of all of it.
+fn end_run(chunk: &Bytes, run: &mut Vec<Range<usize>>, out: &mut Reframed) {
+    let len: usize = run.iter().map(ExactSizeIterator::len).sum();
+    if len == 0 {
+        return;
+    }
+    let mut header = BytesMut::with_capacity(9 + if run.len() > 1 { len } else { 0 });
+    put_varint(&mut header, DATA);
+    put_varint(&mut header, len as u64);
+    if let [range] = run.as_slice() {
+        out.pieces.push(header.freeze());
+        out.pieces.push(chunk.slice(range.clone()));
+    } else {
+        // Payload between frame headers: copied into one piece.
+        for range in run.iter() {
+            header.extend_from_slice(&chunk[range.clone()]);
+        }
+        out.pieces.push(header.freeze());
+    }
+    out.payload += len as u64;
+    run.clear();
+}
+
+/// Appends `v` as a QUIC varint in its shortest form (RFC 9000 §16).
+fn put_varint(out: &mut BytesMut, v: u64) {
+    match v {
+        0..64 => out.put_u8(v as u8),
+        64..16_384 => out.put_u16(v as u16 | 0x4000),
+        16_384..1_073_741_824 => out.put_u32(v as u32 | 0x8000_0000),
+        _ => out.put_u64(v | 0xc000_0000_0000_0000),
     }
 }
 
@@ -334,6 +488,115 @@ mod tests {
                 Ok(()),
                 "stream type {ty:#x}"
             );
+        }
+    }
+
+    /// The frames of `bytes`: type and payload.
+    fn frames_of(mut bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        fn varint(bytes: &mut &[u8]) -> u64 {
+            let len = 1 << (bytes[0] >> 6);
+            let v = bytes[1..len]
+                .iter()
+                .fold(u64::from(bytes[0] & 0x3f), |v, b| (v << 8) | u64::from(*b));
+            *bytes = &bytes[len..];
+            v
+        }
+        let mut frames = Vec::new();
+        while !bytes.is_empty() {
+            let ty = varint(&mut bytes);
+            let len = varint(&mut bytes) as usize;
+            frames.push((ty, bytes[..len].to_vec()));
+            bytes = &bytes[len..];
+        }
+        frames
+    }
+
+    /// The frames of `frames` with consecutive DATA frames joined, empty
+    /// ones left out: what a reframed stream must carry.
+    fn joined(frames: Vec<(u64, Vec<u8>)>) -> Vec<(u64, Vec<u8>)> {
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (ty, payload) in frames {
+            match out.last_mut() {
+                Some((DATA, data)) if ty == DATA => data.extend(payload),
+                _ if ty == DATA && payload.is_empty() => {}
+                _ => out.push((ty, payload)),
+            }
+        }
+        out
+    }
+
+    /// Reframes `bytes` in chunks of `size`: what h3 gets, and the payload
+    /// counted.
+    fn reframe_in(bytes: &[u8], size: usize) -> (Vec<u8>, u64) {
+        let mut watch = FrameWatch::request(CAPS);
+        let (mut out, mut payload) = (Vec::new(), 0);
+        for chunk in bytes.chunks(size) {
+            let reframed = watch.reframe(&Bytes::copy_from_slice(chunk)).unwrap();
+            reframed.pieces.iter().for_each(|p| out.extend(p));
+            payload += reframed.payload;
+        }
+        assert_eq!(watch.finish(), Ok(()), "chunks of {size}");
+        (out, payload)
+    }
+
+    #[test]
+    fn reframing_keeps_every_frame_but_joins_data_and_drops_empty_data() {
+        let mut stream = frame(0x01, 30);
+        for len in [1, 1, 0, 5, 1, 2000, 0, 1] {
+            stream.extend(frame(DATA, len));
+        }
+        stream.extend(frame(0x21, 7));
+        stream.extend(frame(DATA, 3));
+        // A DATA header in non-shortest form: eight bytes of type, eight of length.
+        stream.extend(0xc000_0000_0000_0000u64.to_be_bytes());
+        stream.extend(0xc000_0000_0000_0002u64.to_be_bytes());
+        stream.extend([0xbb; 2]);
+        stream.extend(frame(0x01, 10));
+        let expected = joined(frames_of(&stream));
+        let payload: usize = expected
+            .iter()
+            .filter(|(ty, _)| *ty == DATA)
+            .map(|(_, p)| p.len())
+            .sum();
+        for size in [1, 2, 3, 7, 100, 1500, stream.len()] {
+            let (out, counted) = reframe_in(&stream, size);
+            assert_eq!(joined(frames_of(&out)), expected, "chunks of {size}");
+            assert_eq!(counted, payload as u64, "chunks of {size}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_of_tiny_data_frames_becomes_one_frame() {
+        let stream = frame(DATA, 1).repeat(400);
+        let mut watch = FrameWatch::request(CAPS);
+        let reframed = watch.reframe(&Bytes::from(stream)).unwrap();
+        let out: Vec<u8> = reframed.pieces.concat();
+        assert_eq!(frames_of(&out), vec![(DATA, vec![0xaa; 400])]);
+        assert_eq!(reframed.payload, 400);
+    }
+
+    #[test]
+    fn a_frame_header_passes_only_once_whole() {
+        let mut watch = FrameWatch::request(CAPS);
+        let headers = frame(0x01, 4);
+        let first = watch
+            .reframe(&Bytes::copy_from_slice(&headers[..1]))
+            .unwrap();
+        assert!(first.pieces.is_empty());
+        let rest = watch
+            .reframe(&Bytes::copy_from_slice(&headers[1..]))
+            .unwrap();
+        assert_eq!(rest.pieces.concat(), headers);
+    }
+
+    #[test]
+    fn a_stream_may_end_only_between_frames() {
+        let stream = [frame(0x01, 4), frame(DATA, 6)].concat();
+        for end in 0..=stream.len() {
+            let mut watch = FrameWatch::request(CAPS);
+            watch.feed(&stream[..end]).unwrap();
+            let whole = end == 0 || end == 6 || end == stream.len();
+            assert_eq!(watch.finish().is_ok(), whole, "ending after {end} bytes");
         }
     }
 

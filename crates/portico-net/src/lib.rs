@@ -50,4 +50,6 @@ pub enum NetError {
     FrameTooLarge { ty: u64, len: u64, cap: u64 },
     #[error("HTTP/3 frames other than DATA declare over {cap} bytes on one stream")]
     FramingTooLarge { cap: u64 },
+    #[error("HTTP/3 request stream {stream} ended inside a frame")]
+    FrameTruncated { stream: u64 },
 }

@@ -23,7 +23,8 @@ use tokio::sync::{Notify, oneshot};
 /// Echoes the request body (data and trailers) as the response body, with
 /// facts about the connection in headers. `/wait` holds until released;
 /// `/slow` counts how many run at once; `/big` answers 64 MiB, and counts
-/// when its body is dropped.
+/// when its body is dropped; `/trickle?N` reads N bytes of its body slowly,
+/// then holds the rest unread until released.
 #[derive(Default)]
 struct TestHandler {
     release: Notify,
@@ -32,6 +33,7 @@ struct TestHandler {
     max_running: AtomicUsize,
     calls: AtomicUsize,
     big_dropped: Arc<AtomicUsize>,
+    trickled: AtomicUsize,
 }
 
 /// Counts its drop in the handler's `big_dropped`.
@@ -59,6 +61,10 @@ impl Handler for TestHandler {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match req.uri().path() {
             "/big" => return Response::new(big_body(Arc::clone(&self.big_dropped))),
+            "/trickle" => {
+                let n = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(0);
+                return self.trickle(req.into_body(), n).await;
+            }
             "/wait" => {
                 let released = self.release.notified();
                 self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -96,6 +102,26 @@ impl Handler for TestHandler {
         h.insert("x-cookie", HeaderValue::from_str(&cookies).unwrap());
         h.insert("x-body-ended", HeaderValue::from_static(body_ended));
         resp
+    }
+}
+
+impl TestHandler {
+    /// Reads `body` a frame at a time, pausing after each, up to `n` bytes;
+    /// then holds it, unread, until released.
+    async fn trickle(&self, mut body: Body, n: usize) -> Response<Body> {
+        let mut read = 0;
+        while read < n {
+            match http_body_util::BodyExt::frame(&mut body).await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let released = self.release.notified();
+        self.trickled.store(read, Ordering::SeqCst);
+        released.await;
+        drop(body);
+        Response::new(portico_gateway::body::empty())
     }
 }
 
@@ -561,6 +587,111 @@ async fn unknown_frames_in_a_body_are_capped() {
     assert!(
         stopped_for_load(&err) && written < READ_AHEAD,
         "{written} bytes taken, {err:?}"
+    );
+}
+
+/// Sends a request to `/trickle?{trickle}`, then `chunk` (DATA frames) again
+/// and again; once the handler has read `trickle` bytes and stopped, and the
+/// client is stopped too: the body bytes the client wrote.
+async fn trickle_flood(server: &TestServer, trickle: usize, chunk: &[u8]) -> usize {
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, _recv) = quic.open_bi().await.unwrap();
+    let path = format!("/trickle?{trickle}");
+    let head = raw_h3::request("POST", &path, server.addr.port());
+    send.write_all(&head).await.unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let chunk = chunk.to_vec();
+    let flood = tokio::spawn({
+        let written = Arc::clone(&written);
+        async move {
+            while written.load(Ordering::SeqCst) < FLOOD && send.write_all(&chunk).await.is_ok() {
+                written.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+        }
+    });
+    let trickled = async {
+        while server.handler.trickled.load(Ordering::SeqCst) < trickle {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), trickled)
+        .await
+        .expect("the handler read its body");
+    // The handler reads no more: the client is stopped once the server's
+    // read-ahead and the stream window are full (or at the flood's cap).
+    let stopped = async {
+        let mut last = usize::MAX;
+        loop {
+            let now = written.load(Ordering::SeqCst);
+            if now == last {
+                return now;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let written = tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .expect("the client was stopped");
+    flood.abort();
+    written
+}
+
+/// A body sent as DATA frames of one byte each (three on the wire), to a
+/// handler that reads it slowly: h3 0.0.8 read one or two QUIC chunks per
+/// frame it handed on, freeing QUIC credit for each, so what it buffered grew
+/// as fast as the client could send.
+#[tokio::test]
+async fn a_body_of_tiny_data_frames_is_not_read_ahead_of_the_handler() {
+    let server = start_default();
+    let tiny = raw_h3::frame(raw_h3::DATA, b"x").repeat(4096);
+    let written = trickle_flood(&server, 4096, &tiny).await;
+    assert!(written < READ_AHEAD, "{written} bytes taken");
+}
+
+/// h3 0.0.8 reads a QUIC chunk each time it looks for a frame and each time
+/// it looks for its payload: a handler reading a body of small frames slowly
+/// has it read ahead as much again as the handler has read, or more. It
+/// reads no further than a bounded read-ahead.
+#[tokio::test]
+async fn a_slow_body_reader_bounds_what_h3_reads_ahead() {
+    let server = start_default();
+    let tiny = raw_h3::frame(raw_h3::DATA, b"x").repeat(4096);
+    let written = trickle_flood(&server, 1024 * 1024, &tiny).await;
+    let read = server.handler.trickled.load(Ordering::SeqCst) * 3;
+    let ahead = written - read;
+    assert!(
+        ahead < READ_AHEAD,
+        "{ahead} bytes taken beyond the {read} read"
+    );
+}
+
+/// A stream that ends inside a DATA frame ends with a truncated frame, a
+/// connection error (RFC 9114 §7.1); h3 0.0.8 took it, when the end came
+/// alone, for the end of the body, and then panicked on its own assertion.
+#[tokio::test]
+async fn a_body_cut_short_inside_a_data_frame_is_a_frame_error() {
+    let server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let mut start = raw_h3::request("POST", "/echo", server.addr.port());
+    start.extend(raw_h3::frame_header(raw_h3::DATA, 10));
+    start.extend_from_slice(b"12345");
+    send.write_all(&start).await.unwrap();
+    // The five bytes come back: the server read them before the end came.
+    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
+    assert_eq!(ty, raw_h3::HEADERS);
+    let (ty, payload) = raw_h3::read_frame(&mut recv).await.expect("the echo");
+    assert_eq!((ty, &payload[..]), (raw_h3::DATA, &b"12345"[..]));
+    send.finish().unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), quic.closed())
+        .await
+        .expect("the connection closed");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == raw_h3::H3_FRAME_ERROR.into()),
+        "{closed:?}"
     );
 }
 

@@ -13,6 +13,7 @@ pub const GOAWAY: u64 = 0x07;
 pub const RESERVED: u64 = 0x21;
 
 /// HTTP/3 error codes (RFC 9114 §8.1).
+pub const H3_FRAME_ERROR: u32 = 0x106;
 pub const H3_EXCESSIVE_LOAD: u32 = 0x107;
 pub const H3_REQUEST_REJECTED: u32 = 0x10b;
 pub const H3_REQUEST_CANCELLED: u32 = 0x10c;
