@@ -33,7 +33,8 @@ use tokio::task::JoinSet;
 
 use crate::h3_body::{RequestBody, SendError, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
-use crate::h3_quic::{self, Admission, Flows, StreamCaps};
+use crate::h3_flow::Flows;
+use crate::h3_quic::{self, Admission, StreamCaps};
 use crate::http::{Handler, HttpLimits, join_cookies};
 use crate::quic::QuicSocket;
 
@@ -157,7 +158,7 @@ struct ConnCtx<H> {
     handshake: Handshake,
     /// How long a request stream may take to deliver its head.
     head_timeout: Duration,
-    /// How long a response write may wait for the client to take it.
+    /// How long a response may wait with the client taking none of it.
     send_timeout: Duration,
     /// The flows of the connection's request streams.
     flows: Arc<Flows>,
@@ -409,6 +410,7 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
             Err(_) => return tracing::debug!("HTTP/3 request head timed out"),
         };
     join_cookies(req.headers_mut());
+    let flow = ctx.flows.claim(stream.id()).unwrap_or_default();
     let (mut send, mut recv) = stream.split();
     // 2. Early data: safe methods only (RFC 8470).
     let early = !ctx.handshake.is_confirmed();
@@ -430,15 +432,15 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
         let err = GatewayError::client(ErrorKind::TooEarly);
         ctx.handler.refuse(&req, &ctx.info, err)
     } else {
-        let flow = ctx.flows.claim(recv.id());
-        let mut req = req.map(|()| body::boxed(RequestBody::new(recv, flow)));
+        let body = RequestBody::new(recv, Arc::clone(&flow));
+        let mut req = req.map(|()| body::boxed(body));
         if early {
             mark_early(&mut req);
         }
         ctx.handler.call(req, Arc::clone(&ctx.info)).await
     };
     // 3. The response, frame by frame.
-    match send_response(&mut send, response, ctx.send_timeout).await {
+    match send_response(&mut send, response, ctx.send_timeout, &flow).await {
         Ok(()) => {}
         Err(SendError::Stalled) => tracing::info!(
             client = %ctx.info.client_addr,

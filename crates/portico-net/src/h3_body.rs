@@ -4,11 +4,11 @@
 //! Both directions stream under QUIC flow control: the request body reads
 //! from the stream only when the handler polls it (an unread body stops the
 //! client once the stream window is full), and the response is written frame
-//! by frame as the body yields them, each write waiting for send credit, for
-//! the send timeout at most.
+//! by frame as the body yields them, each write waiting for send credit, as
+//! long as the client keeps taking some of it within the send timeout.
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -20,13 +20,14 @@ use http::{Response, header};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use portico_gateway::Body;
+use tokio::time::Instant;
 
-use crate::h3_quic::Flow;
+use crate::h3_flow::Flow;
 
 /// The receiving half of an h3 request stream.
 pub(crate) type RecvHalf = RequestStream<crate::h3_quic::RequestRecv, Bytes>;
 /// The sending half of an h3 request stream.
-pub(crate) type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+pub(crate) type SendHalf = RequestStream<crate::h3_quic::SendStream<Bytes>, Bytes>;
 
 /// Errors writing a response to an h3 stream (logged, never shown to a client).
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +39,6 @@ pub(crate) enum SendError {
     #[error("the client took no more of the response for the send timeout")]
     Stalled,
 }
-
-/// The most of a response body one write hands to the stream: each write
-/// must be taken within the send timeout, so a large chunk (a cached body
-/// comes whole) is written in pieces, and a slow client that keeps taking
-/// them is never cut off.
-const SEND_PIECE: usize = 64 * 1024;
 
 enum Phase {
     Data,
@@ -59,7 +54,7 @@ pub(crate) struct RequestBody {
     /// A frame read ahead by [`RequestBody::new`], returned first.
     peeked: Option<Result<Frame<Bytes>, h3::error::StreamError>>,
     /// Told what is read, so that h3 reads no further ahead.
-    flow: Option<Arc<Flow>>,
+    flow: Arc<Flow>,
 }
 
 impl RequestBody {
@@ -69,7 +64,7 @@ impl RequestBody {
     /// and end together in one packet, as it does for HTTP/1.1 and HTTP/2,
     /// instead of the end in a second one that the origin, already
     /// answering, would stop with a STOP_SENDING.
-    pub(crate) fn new(stream: RecvHalf, flow: Option<Arc<Flow>>) -> Self {
+    pub(crate) fn new(stream: RecvHalf, flow: Arc<Flow>) -> Self {
         let mut body = Self {
             stream,
             phase: Phase::Data,
@@ -104,9 +99,7 @@ impl http_body::Body for RequestBody {
                 Phase::Data => match ready!(this.stream.poll_recv_data(cx)) {
                     Ok(Some(mut buf)) => {
                         let bytes = buf.copy_to_bytes(buf.remaining());
-                        if let Some(flow) = &this.flow {
-                            flow.taken(bytes.len() as u64);
-                        }
+                        this.flow.taken(bytes.len() as u64);
                         return Poll::Ready(Some(Ok(Frame::data(bytes))));
                     }
                     Ok(None) => this.phase = Phase::Trailers,
@@ -155,17 +148,19 @@ const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
 ///
 /// A body that fails midway resets the stream (`H3_INTERNAL_ERROR`), so the
 /// client sees a broken response, never a short one that looks complete. A
-/// write the client does not make room for within `send_timeout` (a stream
+/// write of which the client takes nothing for `send_timeout` (a stream
 /// window left shut while the connection lives) resets it too
 /// (`H3_REQUEST_CANCELLED`), so that the client cannot hold the response,
-/// and the upstream work behind it, for ever. Only waits on the client
-/// count, never the body's.
+/// and the upstream work behind it, for ever; a client taking a large write
+/// slowly (a slow link, or many streams sharing the connection's window) is
+/// never cut off. Only waits on the client count, never the body's.
 pub(crate) async fn send_response(
     send: &mut SendHalf,
     response: Response<Body>,
     send_timeout: Duration,
+    flow: &Flow,
 ) -> Result<(), SendError> {
-    let sent = write_response(send, response, send_timeout).await;
+    let sent = write_response(send, response, send_timeout, flow).await;
     if let Err(SendError::Stalled) = sent {
         send.stop_stream(Code::H3_REQUEST_CANCELLED);
     }
@@ -176,12 +171,14 @@ async fn write_response(
     send: &mut SendHalf,
     response: Response<Body>,
     limit: Duration,
+    flow: &Flow,
 ) -> Result<(), SendError> {
     let (mut parts, mut body) = response.into_parts();
     for name in &CONNECTION_SPECIFIC {
         parts.headers.remove(name);
     }
-    within(limit, send.send_response(Response::from_parts(parts, ()))).await?;
+    let head = send.send_response(Response::from_parts(parts, ()));
+    within(limit, flow, head).await?;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -191,31 +188,81 @@ async fn write_response(
             }
         };
         match frame.into_data() {
-            Ok(mut data) => {
-                while !data.is_empty() {
-                    let piece = data.split_to(data.len().min(SEND_PIECE));
-                    within(limit, send.send_data(piece)).await?;
-                }
-            }
+            Ok(data) => within(limit, flow, send.send_data(data)).await?,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     // Trailers end the message: nothing may follow but FIN.
-                    within(limit, send.send_trailers(trailers)).await?;
+                    within(limit, flow, send.send_trailers(trailers)).await?;
                     break;
                 }
             }
         }
     }
-    within(limit, send.finish()).await
+    within(limit, flow, send.finish()).await
 }
 
-/// A write to the client, given `limit` to complete.
+/// A write to the client, given until `limit` passes without the client
+/// taking any of it (nginx's `send_timeout`: the time between two
+/// successive writes to the client, not the time of a whole one).
 async fn within<T>(
     limit: Duration,
+    flow: &Flow,
     write: impl Future<Output = Result<T, h3::error::StreamError>>,
 ) -> Result<T, SendError> {
-    match tokio::time::timeout(limit, write).await {
-        Ok(written) => Ok(written?),
-        Err(_) => Err(SendError::Stalled),
+    // The wait starts with the write, not at the last progress before it.
+    flow.progressed();
+    let mut write = pin!(write);
+    loop {
+        let stalled = tokio::time::sleep_until(flow.last_progress() + limit);
+        tokio::select! {
+            // The write first: a poll that finds room records progress.
+            biased;
+            written = &mut write => return Ok(written?),
+            () = stalled => {
+                if flow.last_progress() + limit <= Instant::now() {
+                    return Err(SendError::Stalled);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write the client takes `steps` pieces of, `every` apart.
+    async fn taken(flow: &Flow, steps: u32, every: Duration) -> Result<(), h3::error::StreamError> {
+        for _ in 0..steps {
+            tokio::time::sleep(every).await;
+            flow.progressed();
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_taken_slowly_is_never_cut_off() {
+        let flow = Flow::default();
+        let limit = Duration::from_millis(300);
+        let start = Instant::now();
+        let slow = taken(&flow, 50, Duration::from_millis(200));
+        assert!(within(limit, &flow, slow).await.is_ok());
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_stops_taking_is_cut_off_after_the_limit() {
+        let flow = Flow::default();
+        let limit = Duration::from_millis(300);
+        // Waiting for the body before the write does not count.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let start = Instant::now();
+        let stopped = async {
+            taken(&flow, 3, Duration::from_millis(200)).await?;
+            std::future::pending::<Result<(), h3::error::StreamError>>().await
+        };
+        let cut = within(limit, &flow, stopped).await;
+        assert!(matches!(cut, Err(SendError::Stalled)), "{cut:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(900));
     }
 }

@@ -1,5 +1,6 @@
-//! h3's QUIC transport: h3-quinn, with the frames of every stream a client
-//! sends watched on their way to h3 ([`crate::h3_frames`]).
+//! h3's QUIC transport: quinn, through h3-quinn for unidirectional streams
+//! and directly for request streams, with the frames of every stream a
+//! client sends watched on their way to h3 ([`crate::h3_frames`]).
 //!
 //! A frame over its cap is refused as soon as its header is read, before
 //! h3 buffers any of it: on a request stream with `H3_EXCESSIVE_LOAD` both
@@ -10,29 +11,28 @@
 //! Request streams are admitted here too ([`Admission`]): after GOAWAY, one
 //! at or above its id is rejected before h3 sees it. What a request stream
 //! hands h3 is rewritten ([`FrameWatch::reframe`]) and bounded: h3 holds no
-//! more of a body than [`READ_AHEAD`] bytes past what the handler has read
-//! ([`Flow`]).
+//! more of a body than [`READ_AHEAD`] bytes past what the handler has read.
+//! Its sending side records each time QUIC takes some of the response, for
+//! the send timeout. Both go through the stream's [`Flow`]: request streams
+//! are quinn's own, h3-quinn's hide both their reads and their writes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
+use futures_util::Stream;
 use h3::error::Code;
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 
 use crate::NetError;
+#[cfg(doc)]
+use crate::h3_flow::READ_AHEAD;
+use crate::h3_flow::{Flow, Flows};
 use crate::h3_frames::{FrameCaps, FrameWatch, Truncated, Violation};
-
-/// The most body a request stream hands h3 beyond what the handler has
-/// read. h3 0.0.8 reads from QUIC on every poll of a body and buffers what
-/// it reads, however much it holds already, and each read frees QUIC credit:
-/// without a bound, a body it hands on slower than it reads (one-byte DATA
-/// frames did that) grew its buffer at the client's rate. QUIC's stream
-/// window (quinn's buffer) is the body's real window; this only needs to
-/// keep h3 going between the handler's reads.
-pub(crate) const READ_AHEAD: u64 = 64 * 1024;
 
 /// The caps of a connection's streams.
 #[derive(Debug, Clone, Copy)]
@@ -99,108 +99,20 @@ impl Admission {
     }
 }
 
-/// The [`Flow`]s of a connection's request streams, by stream id, from the
-/// stream's acceptance until the request it carries claims its flow, or the
-/// stream is dropped unclaimed. h3 keeps the streams to itself: the id is
-/// the only way from a request back to its stream.
-#[derive(Debug, Default)]
-pub(crate) struct Flows {
-    open: Mutex<HashMap<u64, Arc<Flow>>>,
-}
-
-impl Flows {
-    /// The flow of a new stream.
-    fn open(&self, id: u64) -> Arc<Flow> {
-        let flow = Arc::new(Flow::default());
-        lock(&self.open).insert(id, Arc::clone(&flow));
-        flow
-    }
-
-    /// The flow of the request on stream `id`, for its body to report what
-    /// it reads; from here on h3 reads no further than [`READ_AHEAD`]
-    /// ahead of it. `None` if the stream is gone.
-    pub(crate) fn claim(&self, id: StreamId) -> Option<Arc<Flow>> {
-        let flow = lock(&self.open).remove(&id.into_inner())?;
-        lock(&flow.read_ahead).bounded = true;
-        Some(flow)
-    }
-
-    fn forget(&self, id: u64) {
-        lock(&self.open).remove(&id);
-    }
-}
-
-/// What a request stream's QUIC side and the request it carries share past
-/// h3: how far h3 has read ahead of the request body.
-#[derive(Debug, Default)]
-pub(crate) struct Flow {
-    read_ahead: Mutex<ReadAhead>,
-}
-
-#[derive(Debug, Default)]
-struct ReadAhead {
-    /// DATA payload bytes handed to h3.
-    handed: u64,
-    /// DATA payload bytes the request body has read out of h3.
-    taken: u64,
-    /// Whether a request body counts what it takes. Until then h3 reads the
-    /// head only, which the frame caps bound.
-    bounded: bool,
-    /// The task waiting for the body to take more.
-    waker: Option<Waker>,
-}
-
-impl ReadAhead {
-    fn full(&self) -> bool {
-        self.bounded && self.handed.saturating_sub(self.taken) >= READ_AHEAD
-    }
-}
-
-impl Flow {
-    /// Whether h3 holds enough: then `cx` is woken once the body has taken
-    /// more. h3 can always go on without another read when it does: all it
-    /// was handed is whole frames (a partial header is held back), and the
-    /// payload it holds is more than nothing.
-    fn wait(&self, cx: &Context<'_>) -> bool {
-        let mut read_ahead = lock(&self.read_ahead);
-        if !read_ahead.full() {
-            return false;
-        }
-        read_ahead.waker = Some(cx.waker().clone());
-        true
-    }
-
-    fn handed(&self, payload: u64) {
-        let mut read_ahead = lock(&self.read_ahead);
-        read_ahead.handed = read_ahead.handed.saturating_add(payload);
-    }
-
-    /// Counts `payload` bytes the request body has read.
-    pub(crate) fn taken(&self, payload: u64) {
-        let waker = {
-            let mut read_ahead = lock(&self.read_ahead);
-            read_ahead.taken = read_ahead.taken.saturating_add(payload);
-            if read_ahead.full() {
-                None
-            } else {
-                read_ahead.waker.take()
-            }
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-}
-
-/// A lock that a panic elsewhere does not poison for us: what it guards is
-/// counters, valid at every step.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+/// Request streams as the client opens them.
+type Incoming = Pin<
+    Box<
+        dyn Stream<Item = Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>>
+            + Send
+            + Sync,
+    >,
+>;
 
 /// A QUIC connection for h3 whose incoming streams are watched.
 pub(crate) struct Connection {
+    /// Unidirectional streams, both ways.
     inner: h3_quinn::Connection,
+    incoming: Incoming,
     quic: quinn::Connection,
     caps: StreamCaps,
     admission: Arc<Admission>,
@@ -214,8 +126,13 @@ impl Connection {
         admission: Arc<Admission>,
         flows: Arc<Flows>,
     ) -> Self {
+        let incoming = futures_util::stream::unfold(quic.clone(), |quic| async move {
+            let accepted = quic.accept_bi().await;
+            Some((accepted, quic))
+        });
         Self {
             inner: h3_quinn::Connection::new(quic.clone()),
+            incoming: Box::pin(incoming),
             quic,
             caps,
             admission,
@@ -223,9 +140,27 @@ impl Connection {
         }
     }
 
-    /// The reader of request stream `id`.
-    fn reader(&self, id: u64) -> RequestReader {
-        RequestReader::new(id, self.caps.request, &self.flows, self.quic.clone())
+    /// The admitted request stream `id`, opened by the client as `send` and
+    /// `recv`.
+    fn request_stream<B: Buf>(
+        &self,
+        id: StreamId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> BidiStream<B> {
+        let raw = id.into_inner();
+        let flow = self.flows.open(raw);
+        let reader = RequestReader::new(raw, self.caps.request, &flow, &self.flows, &self.quic);
+        BidiStream {
+            send: SendStream {
+                stream: send,
+                writing: None,
+                id,
+                flow,
+            },
+            recv: QuinnRecv { stream: recv, id },
+            reader,
+        }
     }
 }
 
@@ -250,25 +185,28 @@ impl<B: Buf> quic::Connection<B> for Connection {
         cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream<B>, ConnectionErrorIncoming>> {
         loop {
-            let mut inner = ready!(quic::Connection::<B>::poll_accept_bidi(&mut self.inner, cx))?;
-            let id = quic::SendStream::<B>::send_id(&inner).into_inner();
-            if self.admission.admit(id) {
-                let reader = self.reader(id);
-                return Poll::Ready(Ok(BidiStream { inner, reader }));
+            let accepted = ready!(self.incoming.as_mut().poll_next(cx));
+            let Some((mut send, mut recv)) = accepted.transpose().map_err(connection_error)? else {
+                let ended = "the stream of request streams ended".to_owned();
+                return Poll::Ready(Err(ConnectionErrorIncoming::InternalError(ended)));
+            };
+            let raw = u64::from(send.id());
+            match StreamId::try_from(raw) {
+                Ok(id) if self.admission.admit(raw) => {
+                    return Poll::Ready(Ok(self.request_stream(id, send, recv)));
+                }
+                _ => {}
             }
             // Not processed, safe to retry elsewhere (RFC 9114 §8.1).
-            let rejected = Code::H3_REQUEST_REJECTED.value();
-            quic::RecvStream::stop_sending(&mut inner, rejected);
-            quic::SendStream::<B>::reset(&mut inner, rejected);
+            let rejected = varint(Code::H3_REQUEST_REJECTED.value());
+            let _ = recv.stop(rejected);
+            let _ = send.reset(rejected);
         }
     }
 
     fn opener(&self) -> OpenStreams {
         OpenStreams {
             inner: quic::Connection::<B>::opener(&self.inner),
-            quic: self.quic.clone(),
-            caps: self.caps.request,
-            flows: Arc::clone(&self.flows),
         }
     }
 }
@@ -279,11 +217,9 @@ impl<B: Buf> quic::OpenStreams<B> for Connection {
 
     fn poll_open_bidi(
         &mut self,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
-        let inner = ready!(self.inner.poll_open_bidi(cx))?;
-        let reader = self.reader(quic::SendStream::<B>::send_id(&inner).into_inner());
-        Poll::Ready(Ok(BidiStream { inner, reader }))
+        Poll::Ready(Err(no_bidi()))
     }
 
     fn poll_open_send(
@@ -302,9 +238,6 @@ impl<B: Buf> quic::OpenStreams<B> for Connection {
 /// unidirectional ones, which carry nothing in).
 pub(crate) struct OpenStreams {
     inner: h3_quinn::OpenStreams,
-    quic: quinn::Connection,
-    caps: FrameCaps,
-    flows: Arc<Flows>,
 }
 
 impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
@@ -313,12 +246,9 @@ impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
 
     fn poll_open_bidi(
         &mut self,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
-        let inner = ready!(self.inner.poll_open_bidi(cx))?;
-        let id = quic::SendStream::<B>::send_id(&inner).into_inner();
-        let reader = RequestReader::new(id, self.caps, &self.flows, self.quic.clone());
-        Poll::Ready(Ok(BidiStream { inner, reader }))
+        Poll::Ready(Err(no_bidi()))
     }
 
     fn poll_open_send(
@@ -333,9 +263,18 @@ impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
     }
 }
 
+/// h3 asked a server to open a bidirectional stream, which HTTP/3 has none
+/// of (RFC 9114 §6.1); h3 0.0.8's server never does.
+fn no_bidi() -> StreamErrorIncoming {
+    let connection_error =
+        ConnectionErrorIncoming::InternalError("an HTTP/3 server opens no request streams".into());
+    StreamErrorIncoming::ConnectionErrorIncoming { connection_error }
+}
+
 /// A request stream, both ways, before h3 splits it.
 pub(crate) struct BidiStream<B: Buf> {
-    inner: h3_quinn::BidiStream<B>,
+    send: SendStream<B>,
+    recv: QuinnRecv,
     reader: RequestReader,
 }
 
@@ -346,63 +285,143 @@ impl<B: Buf> quic::RecvStream for BidiStream<B> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
-        let refused = ready!(self.reader.poll_data(&mut self.inner, cx));
+        let refused = ready!(self.reader.poll_data(&mut self.recv, cx));
         if refused.is_err() && self.reader.watch.refused().is_some() {
             // Refused both ways: h3 drops the stream, which would
             // otherwise end our side with a FIN, an empty "response".
-            quic::SendStream::<B>::reset(&mut self.inner, Code::H3_EXCESSIVE_LOAD.value());
+            quic::SendStream::<B>::reset(&mut self.send, Code::H3_EXCESSIVE_LOAD.value());
         }
         Poll::Ready(refused)
     }
 
     fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code);
+        quic::RecvStream::stop_sending(&mut self.recv, error_code);
     }
 
     fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
+        self.recv.id
     }
 }
 
 impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        self.inner.poll_ready(cx)
+        self.send.poll_ready(cx)
     }
 
     fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
-        self.inner.send_data(data)
+        self.send.send_data(data)
     }
 
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        self.inner.poll_finish(cx)
+        self.send.poll_finish(cx)
     }
 
     fn reset(&mut self, reset_code: u64) {
-        self.inner.reset(reset_code);
+        self.send.reset(reset_code);
     }
 
     fn send_id(&self) -> StreamId {
-        self.inner.send_id()
+        self.send.id
     }
 }
 
 impl<B: Buf> quic::BidiStream<B> for BidiStream<B> {
-    type SendStream = h3_quinn::SendStream<B>;
+    type SendStream = SendStream<B>;
     type RecvStream = RequestRecv;
 
-    fn split(self) -> (h3_quinn::SendStream<B>, RequestRecv) {
-        let (send, inner) = self.inner.split();
+    fn split(self) -> (SendStream<B>, RequestRecv) {
         let recv = RequestRecv {
-            inner,
+            inner: self.recv,
             reader: self.reader,
         };
-        (send, recv)
+        (self.send, recv)
+    }
+}
+
+/// The sending half of a request stream: h3-quinn's, and what it does not
+/// tell, whether the client takes any of a write ([`Flow::progressed`]): a
+/// client slowly taking a large write is not a client that stopped.
+pub(crate) struct SendStream<B: Buf> {
+    stream: quinn::SendStream,
+    /// What h3 is writing.
+    writing: Option<WriteBuf<B>>,
+    id: StreamId,
+    flow: Arc<Flow>,
+}
+
+impl<B: Buf> quic::SendStream<B> for SendStream<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        if let Some(data) = &mut self.writing {
+            while data.has_remaining() {
+                let write = Pin::new(&mut self.stream).poll_write(cx, data.chunk());
+                let written = ready!(write).map_err(write_error)?;
+                data.advance(written);
+                if written > 0 {
+                    self.flow.progressed();
+                }
+            }
+        }
+        self.writing = None;
+        Poll::Ready(Ok(()))
+    }
+
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        if self.writing.is_some() {
+            // h3 waits for each write to finish: this is its bug, not the client's.
+            let connection_error =
+                ConnectionErrorIncoming::InternalError("a write while one is under way".into());
+            return Err(StreamErrorIncoming::ConnectionErrorIncoming { connection_error });
+        }
+        self.writing = Some(data.into());
+        Ok(())
+    }
+
+    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        let finished = self.stream.finish();
+        Poll::Ready(finished.map_err(|err| StreamErrorIncoming::Unknown(Box::new(err))))
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        let _ = self.stream.reset(varint(reset_code));
+    }
+
+    fn send_id(&self) -> StreamId {
+        self.id
+    }
+}
+
+/// The receiving side of a request stream, a chunk at a time.
+struct QuinnRecv {
+    stream: quinn::RecvStream,
+    id: StreamId,
+}
+
+impl quic::RecvStream for QuinnRecv {
+    type Buf = Bytes;
+
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        // Cancel-safe, and holding nothing past a poll: a read made for
+        // each poll leaves the stream here, for `stop_sending`.
+        let read = pin!(self.stream.read_chunk(usize::MAX, true)).poll(cx);
+        let chunk = ready!(read).map_err(read_error)?;
+        Poll::Ready(Ok(chunk.map(|chunk| chunk.bytes)))
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        let _ = self.stream.stop(varint(error_code));
+    }
+
+    fn recv_id(&self) -> StreamId {
+        self.id
     }
 }
 
 /// The receiving half of a request stream once h3 has split it.
 pub(crate) struct RequestRecv {
-    inner: h3_quinn::RecvStream,
+    inner: QuinnRecv,
     reader: RequestReader,
 }
 
@@ -417,11 +436,11 @@ impl quic::RecvStream for RequestRecv {
     }
 
     fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code);
+        quic::RecvStream::stop_sending(&mut self.inner, error_code);
     }
 
     fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
+        self.inner.id
     }
 }
 
@@ -439,14 +458,20 @@ struct RequestReader {
 }
 
 impl RequestReader {
-    fn new(id: u64, caps: FrameCaps, flows: &Arc<Flows>, quic: quinn::Connection) -> Self {
+    fn new(
+        id: u64,
+        caps: FrameCaps,
+        flow: &Arc<Flow>,
+        flows: &Arc<Flows>,
+        quic: &quinn::Connection,
+    ) -> Self {
         Self {
             id,
             watch: FrameWatch::request(caps),
             pieces: VecDeque::new(),
-            flow: flows.open(id),
+            flow: Arc::clone(flow),
             flows: Arc::clone(flows),
-            quic,
+            quic: quic.clone(),
         }
     }
 
@@ -569,6 +594,47 @@ where
     Poll::Ready(Ok(data))
 }
 
+/// `code` as a QUIC varint (h3's codes are all below its maximum).
+fn varint(code: u64) -> quinn::VarInt {
+    quinn::VarInt::from_u64(code).unwrap_or(quinn::VarInt::MAX)
+}
+
+fn connection_error(err: quinn::ConnectionError) -> ConnectionErrorIncoming {
+    match err {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            ConnectionErrorIncoming::ApplicationClose {
+                error_code: close.error_code.into_inner(),
+            }
+        }
+        quinn::ConnectionError::TimedOut => ConnectionErrorIncoming::Timeout,
+        err => ConnectionErrorIncoming::Undefined(Arc::new(err)),
+    }
+}
+
+fn read_error(err: quinn::ReadError) -> StreamErrorIncoming {
+    match err {
+        quinn::ReadError::Reset(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        quinn::ReadError::ConnectionLost(err) => StreamErrorIncoming::ConnectionErrorIncoming {
+            connection_error: connection_error(err),
+        },
+        err => StreamErrorIncoming::Unknown(Box::new(err)),
+    }
+}
+
+fn write_error(err: quinn::WriteError) -> StreamErrorIncoming {
+    match err {
+        quinn::WriteError::Stopped(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        quinn::WriteError::ConnectionLost(err) => StreamErrorIncoming::ConnectionErrorIncoming {
+            connection_error: connection_error(err),
+        },
+        err => StreamErrorIncoming::Unknown(Box::new(err)),
+    }
+}
+
 /// Closes the connection with `code`, and tells h3 so: h3 closes a
 /// connection itself only for errors of its own making, and just stops for
 /// this one.
@@ -612,35 +678,5 @@ mod tests {
         let idle = Admission::default();
         assert_eq!(idle.close(), 0);
         assert!(!idle.admit(0));
-    }
-
-    /// Counts its wakes.
-    struct Wakes(AtomicU64);
-
-    impl std::task::Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn h3_waits_for_the_body_once_it_holds_the_read_ahead() {
-        let flows = Flows::default();
-        let flow = flows.open(0);
-        let wakes = Arc::new(Wakes(AtomicU64::new(0)));
-        let waker = Waker::from(Arc::clone(&wakes));
-        let cx = Context::from_waker(&waker);
-        // Unbounded until a body claims the flow: h3 reads only the head.
-        flow.handed(READ_AHEAD);
-        assert!(!flow.wait(&cx));
-        let claimed = flows.claim(StreamId::try_from(0).unwrap()).unwrap();
-        assert!(Arc::ptr_eq(&flow, &claimed));
-        assert!(flows.claim(StreamId::try_from(0).unwrap()).is_none());
-        assert!(flow.wait(&cx));
-        flow.taken(1);
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "woken once below");
-        assert!(!flow.wait(&cx));
-        flow.handed(1);
-        assert!(flow.wait(&cx));
     }
 }

@@ -75,8 +75,8 @@ pub struct HttpLimits {
     /// Longest a response head or body chunk may wait for the client to
     /// take it (nginx's `send_timeout`); past it a TCP connection is closed
     /// (checked every `send_timeout / 2`), and an HTTP/3 stream is reset
-    /// (`H3_REQUEST_CANCELLED`; its chunks are written 64 KiB at a time).
-    /// Time waiting on the upstream never counts.
+    /// (`H3_REQUEST_CANCELLED`) once the client has taken no byte of it for
+    /// that long. Time waiting on the upstream never counts.
     pub send_timeout: Duration,
 }
 

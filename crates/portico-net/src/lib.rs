@@ -7,6 +7,7 @@
 mod h3;
 mod h3_body;
 mod h3_early;
+mod h3_flow;
 mod h3_frames;
 mod h3_quic;
 mod http;

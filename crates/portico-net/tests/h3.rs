@@ -23,8 +23,8 @@ use tokio::sync::{Notify, oneshot};
 /// Echoes the request body (data and trailers) as the response body, with
 /// facts about the connection in headers. `/wait` holds until released;
 /// `/slow` counts how many run at once; `/big` answers 64 MiB, and counts
-/// when its body is dropped; `/trickle?N` reads N bytes of its body slowly,
-/// then holds the rest unread until released.
+/// when its body is dropped, `/sized?N` N bytes; `/trickle?N` reads N bytes
+/// of its body slowly, then holds the rest unread until released.
 #[derive(Default)]
 struct TestHandler {
     release: Notify,
@@ -45,11 +45,11 @@ impl Drop for DropCount {
     }
 }
 
-/// 64 MiB in chunks of 64 KiB, as a backend's body comes.
-fn big_body(dropped: Arc<AtomicUsize>) -> Body {
+/// `chunks` chunks of 64 KiB, as a backend's body comes.
+fn big_body(chunks: usize, dropped: Arc<AtomicUsize>) -> Body {
     let chunk = Bytes::from(vec![b'x'; 64 << 10]);
     let guard = DropCount(dropped);
-    let chunks = futures_util::stream::iter((0..1024).map(move |_| {
+    let chunks = futures_util::stream::iter((0..chunks).map(move |_| {
         let _ = &guard;
         Ok::<_, portico_gateway::BoxError>(http_body::Frame::data(chunk.clone()))
     }));
@@ -60,7 +60,12 @@ impl Handler for TestHandler {
     async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         match req.uri().path() {
-            "/big" => return Response::new(big_body(Arc::clone(&self.big_dropped))),
+            "/big" => return Response::new(big_body(1024, Arc::clone(&self.big_dropped))),
+            "/sized" => {
+                let n: usize = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(0);
+                let dropped = Arc::default();
+                return Response::new(big_body(n.div_ceil(64 << 10), dropped));
+            }
             "/trickle" => {
                 let n = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(0);
                 return self.trickle(req.into_body(), n).await;
@@ -732,6 +737,50 @@ async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
     );
     // The connection still serves.
     assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
+}
+
+/// A client on a slow link, taking a response a little at a time but
+/// steadily, is never cut off: the send timeout is the longest it may take
+/// none of it (nginx's time between two successive writes), not the time
+/// it may take for each 64 KiB of it.
+#[tokio::test]
+async fn a_client_that_reads_slowly_but_steadily_gets_the_whole_response() {
+    let limits = HttpLimits {
+        send_timeout: Duration::from_secs(1),
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    // A stream window of 16 KiB: the server can write only as fast as the
+    // client reads, 4 KiB every 100 ms (64 KiB take 1.6 s).
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024));
+    let tls = h3_client::tls_config(std::slice::from_ref(&server.cert));
+    let tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(tls));
+    config.transport_config(Arc::new(transport));
+    let client = server.client();
+    let connecting = client
+        .endpoint
+        .connect_with(config, server.addr, "localhost");
+    let quic = connecting.unwrap().await.unwrap();
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let size = 128 * 1024;
+    let path = format!("/sized?{size}");
+    send.write_all(&raw_h3::request("GET", &path, server.addr.port()))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let mut got = 0;
+    let mut buf = [0; 4096];
+    let ended = loop {
+        match recv.read(&mut buf).await {
+            Ok(Some(n)) => got += n,
+            other => break other,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(matches!(ended, Ok(None)), "{ended:?} after {got} bytes");
+    assert!(got > size, "{got} bytes");
 }
 
 #[tokio::test]
