@@ -26,12 +26,14 @@ const DATA: u64 = 0x00;
 /// The control stream type (RFC 9114 §6.2.1).
 const CONTROL_STREAM: u64 = 0x00;
 
-/// What a stream's non-DATA frames may declare.
+/// What a stream's frames carrying no body may declare: frames other than
+/// DATA, and empty DATA frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FrameCaps {
-    /// Payload bytes of one frame.
+    /// Payload bytes of one frame other than DATA.
     pub frame: u64,
-    /// Payload bytes of all of them on the stream together.
+    /// Payload bytes of all frames other than DATA on the stream together,
+    /// and the header bytes of its empty DATA frames.
     pub stream: u64,
 }
 
@@ -50,7 +52,8 @@ impl FrameCaps {
     /// 431 (a client in its first flight has not seen our SETTINGS yet);
     /// beyond it the stream is refused unread. All frames together may be
     /// twice one: a head and trailers each at the cap, or smaller ones and
-    /// some grease, but no stream of unknown frames between DATA frames.
+    /// some grease, but no stream of unknown frames, or of empty DATA
+    /// frames, between DATA frames.
     pub(crate) fn request(max_field_section: u64) -> FrameCaps {
         let frame = max_field_section.saturating_mul(2);
         FrameCaps {
@@ -65,7 +68,8 @@ impl FrameCaps {
 pub(crate) enum Violation {
     /// One frame declared more than `cap` bytes.
     Frame { ty: u64, len: u64, cap: u64 },
-    /// The stream's non-DATA frames declared more than `cap` bytes together.
+    /// The stream's frames carrying no body declared more than `cap` bytes
+    /// together.
     Stream { cap: u64 },
 }
 
@@ -302,7 +306,7 @@ impl FrameWatch {
                     if let Some(len) = len.push(byte) {
                         let ty = *ty;
                         let held = std::mem::take(&mut self.header);
-                        self.state = self.frame(ty, len);
+                        self.state = self.frame(ty, len, held.len);
                         if self.refused().is_none() && ty != DATA {
                             part(Part::Header(held));
                         }
@@ -314,18 +318,25 @@ impl FrameWatch {
         self.refused().map_or(Ok(()), Err)
     }
 
-    /// The state after a frame header declaring `len` bytes of type `ty`.
-    fn frame(&mut self, ty: u64, len: u64) -> State {
-        if ty != DATA {
-            let cap = self.caps.frame;
-            if len > cap {
+    /// The state after a frame header of `header` bytes declaring `len`
+    /// bytes of type `ty`.
+    fn frame(&mut self, ty: u64, len: u64, header: u8) -> State {
+        let carries_nothing = match (ty, len) {
+            // RFC 9114 allows empty DATA frames, and they pass nothing on
+            // (see `reframe`): but a stream of them, read for ever, is a
+            // stream of unknown frames by another name.
+            (DATA, 0) => u64::from(header),
+            (DATA, _) => 0,
+            _ if len > self.caps.frame => {
+                let cap = self.caps.frame;
                 return State::Refused(Violation::Frame { ty, len, cap });
             }
-            self.declared = self.declared.saturating_add(len);
-            if self.declared > self.caps.stream {
-                let cap = self.caps.stream;
-                return State::Refused(Violation::Stream { cap });
-            }
+            _ => len,
+        };
+        self.declared = self.declared.saturating_add(carries_nothing);
+        if self.declared > self.caps.stream {
+            let cap = self.caps.stream;
+            return State::Refused(Violation::Stream { cap });
         }
         match len {
             0 => State::FrameType(VarInt::default()),
@@ -437,6 +448,18 @@ mod tests {
         }
         let mut watch = FrameWatch::request(CAPS);
         assert!(watch.feed(&frame(0x01, 101)).is_err());
+    }
+
+    #[test]
+    fn empty_data_frames_count_against_the_stream() {
+        let mut watch = FrameWatch::request(CAPS);
+        assert_eq!(watch.feed(&frame(0x01, 100).repeat(2)), Ok(()));
+        // 200 + 25 x 2 = 250 pass, the next makes 252 > 250.
+        let empty = frame(DATA, 0).repeat(25);
+        assert_eq!(watch.feed(&empty), Ok(()));
+        assert_eq!(watch.feed(&frame(DATA, 1000)), Ok(()), "DATA with a body");
+        let refused = watch.feed(&frame(DATA, 0));
+        assert_eq!(refused, Err(Violation::Stream { cap: 250 }));
     }
 
     #[test]

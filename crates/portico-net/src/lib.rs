@@ -49,7 +49,9 @@ pub enum NetError {
     },
     #[error("HTTP/3 frame of type {ty:#x} declares {len} bytes, over the limit of {cap}")]
     FrameTooLarge { ty: u64, len: u64, cap: u64 },
-    #[error("HTTP/3 frames other than DATA declare over {cap} bytes on one stream")]
+    #[error(
+        "HTTP/3 frames carrying no body (frames other than DATA, empty DATA) take over {cap} bytes on one stream"
+    )]
     FramingTooLarge { cap: u64 },
     #[error("HTTP/3 request stream {stream} ended inside a frame")]
     FrameTruncated { stream: u64 },

@@ -700,6 +700,72 @@ async fn a_body_cut_short_inside_a_data_frame_is_a_frame_error() {
     );
 }
 
+/// Empty DATA frames in the middle of a body are allowed (RFC 9114 §7.2.1):
+/// h3 0.0.8 took the first for the end of the body, then the next DATA frame
+/// for an unexpected frame, and closed the whole connection.
+#[tokio::test]
+async fn empty_data_frames_in_a_body_are_skipped() {
+    let server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let mut request = raw_h3::request("POST", "/echo", server.addr.port());
+    for data in [&b"a"[..], b"", b"b"] {
+        request.extend(raw_h3::frame(raw_h3::DATA, data));
+    }
+    send.write_all(&request).await.unwrap();
+    // An empty frame's header split across writes, and one at the very end.
+    let empty = raw_h3::frame(raw_h3::DATA, b"");
+    for part in [
+        &empty[..1],
+        &empty[1..],
+        &raw_h3::frame(raw_h3::DATA, b"c"),
+        &empty,
+    ] {
+        send.write_all(part).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    send.finish().unwrap();
+    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
+    assert_eq!(ty, raw_h3::HEADERS);
+    let mut body = Vec::new();
+    while let Some((ty, payload)) = raw_h3::read_frame(&mut recv).await {
+        assert_eq!(ty, raw_h3::DATA);
+        body.extend(payload);
+    }
+    assert_eq!(String::from_utf8_lossy(&body), "abc");
+    // The connection still serves.
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let get = raw_h3::request("GET", "/echo", server.addr.port());
+    send.write_all(&get).await.unwrap();
+    send.finish().unwrap();
+    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
+    assert_eq!(ty, raw_h3::HEADERS);
+}
+
+/// Empty DATA frames carry nothing and count against no body limit: a
+/// stream of them is cut off like one of unknown frames.
+#[tokio::test]
+async fn empty_data_frames_in_a_body_are_capped() {
+    let limits = HttpLimits {
+        max_header_bytes: 4096,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let (mut send, _recv) = quic.open_bi().await.unwrap();
+    let mut start = raw_h3::request("POST", "/echo", server.addr.port());
+    start.extend(raw_h3::frame(raw_h3::DATA, b"a"));
+    send.write_all(&start).await.unwrap();
+    let empty = raw_h3::frame(raw_h3::DATA, b"").repeat(1000);
+    let (written, err) = flood(&mut send, &empty).await;
+    assert!(
+        stopped_for_load(&err) && written < READ_AHEAD,
+        "{written} bytes taken, {err:?}"
+    );
+}
+
 /// A client that never opens its stream window while keeping the connection
 /// alive holds a response (and the upstream work behind it) only for the
 /// send timeout: the stream is then reset, and the body dropped.
