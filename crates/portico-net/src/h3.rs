@@ -350,7 +350,9 @@ async fn serve<H: Handler>(
                     // gateway's included) is large; a box is copied once.
                     requests.spawn(Box::pin(request(resolver, Arc::clone(&ctx))));
                 }
-                // The client's GOAWAY, and all its requests are done.
+                // The client's GOAWAY, and all its requests are done; h3
+                // answered with its own, which `h3_quic` made name the
+                // stream after the last accepted.
                 Ok(None) => break,
                 Err(err) => {
                     if !err.is_h3_no_error() {

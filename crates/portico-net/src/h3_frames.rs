@@ -14,6 +14,9 @@
 //! A request stream is also rewritten on its way ([`FrameWatch::reframe`]):
 //! a frame header passes only once whole, and the DATA payload of each chunk
 //! as one frame, whatever frames the client cut it into.
+//!
+//! The frames we send on our control stream are watched too
+//! ([`ControlWrites`]), for the GOAWAY id h3 names.
 
 use std::ops::Range;
 
@@ -23,6 +26,8 @@ use crate::NetError;
 
 /// The DATA frame type (RFC 9114 §7.2.1).
 const DATA: u64 = 0x00;
+/// The GOAWAY frame type (RFC 9114 §7.2.6).
+const GOAWAY: u64 = 0x07;
 /// The control stream type (RFC 9114 §6.2.1).
 const CONTROL_STREAM: u64 = 0x00;
 
@@ -348,6 +353,82 @@ impl FrameWatch {
     }
 }
 
+/// The writes h3 makes to one of our unidirectional streams, followed to
+/// keep every GOAWAY on the control stream at the id our admission names.
+///
+/// h3 0.0.8 answers a client's GOAWAY with one of its own naming the last
+/// request stream it accepted (`shutdown(0)`), which tells the client that
+/// request was not processed (RFC 9114 §5.2), when it was, and which is
+/// below the id an earlier GOAWAY of ours named (the stream after it). Each
+/// write of h3 holds whole frames, the first one the stream type before
+/// them (h3's `WriteBuf`), so a write is rewritten on its own.
+#[derive(Debug, Default)]
+pub(crate) struct ControlWrites {
+    stream: Outgoing,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// Nothing written yet: the stream type comes first.
+    #[default]
+    Start,
+    Control,
+    /// A QPACK or grease stream: nothing to watch.
+    Other,
+}
+
+impl ControlWrites {
+    /// `write` as it should go: each GOAWAY frame on the control stream
+    /// naming `goaway()` instead of h3's id. What does not parse as whole
+    /// frames passes as it is.
+    pub(crate) fn rewrite(&mut self, write: Bytes, mut goaway: impl FnMut() -> u64) -> Bytes {
+        let mut rest = &write[..];
+        if self.stream == Outgoing::Start {
+            self.stream = match read_varint(&mut rest) {
+                Some(CONTROL_STREAM) => Outgoing::Control,
+                _ => Outgoing::Other,
+            };
+        }
+        if self.stream != Outgoing::Control {
+            return write;
+        }
+        let mut out = BytesMut::with_capacity(write.len());
+        out.extend_from_slice(&write[..write.len() - rest.len()]);
+        while !rest.is_empty() {
+            let before = rest;
+            let frame = read_varint(&mut rest).zip(read_varint(&mut rest));
+            let payload = frame.and_then(|(_, len)| rest.get(..usize::try_from(len).ok()?));
+            let (Some((ty, _)), Some(payload)) = (frame, payload) else {
+                out.extend_from_slice(before);
+                break;
+            };
+            rest = &rest[payload.len()..];
+            if ty == GOAWAY {
+                let mut id = BytesMut::new();
+                put_varint(&mut id, goaway());
+                put_varint(&mut out, GOAWAY);
+                put_varint(&mut out, id.len() as u64);
+                out.extend_from_slice(&id);
+            } else {
+                out.extend_from_slice(&before[..before.len() - rest.len()]);
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// Reads one QUIC varint off the front of `bytes`, if it is all there.
+fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let first = *bytes.first()?;
+    let len = 1usize << (first >> 6);
+    let rest = bytes.get(1..len)?;
+    let value = rest
+        .iter()
+        .fold(u64::from(first & 0x3f), |v, b| (v << 8) | u64::from(*b));
+    *bytes = &bytes[len..];
+    Some(value)
+}
+
 /// Ends a run of DATA payload: one DATA frame of all of it.
 fn end_run(chunk: &Bytes, run: &mut Vec<Range<usize>>, out: &mut Reframed) {
     let len: usize = run.iter().map(ExactSizeIterator::len).sum();
@@ -621,6 +702,43 @@ mod tests {
             let whole = end == 0 || end == 6 || end == stream.len();
             assert_eq!(watch.finish().is_ok(), whole, "ending after {end} bytes");
         }
+    }
+
+    /// A GOAWAY frame naming `id`.
+    fn goaway(id: u64) -> Vec<u8> {
+        let id = varint(id);
+        [varint(GOAWAY), varint(id.len() as u64), id].concat()
+    }
+
+    #[test]
+    fn goaway_on_our_control_stream_names_the_admissions_id() {
+        let mut writes = ControlWrites::default();
+        let settings = [varint(CONTROL_STREAM), frame(0x04, 6)].concat();
+        let first = writes.rewrite(Bytes::from(settings.clone()), || unreachable!());
+        assert_eq!(first, settings, "no GOAWAY: unchanged");
+        // h3's shutdown(0) names the last stream accepted (4); the
+        // admission, the stream after it (8). A larger id shrinks its varint.
+        let raised = writes.rewrite(Bytes::from(goaway(4)), || 8);
+        assert_eq!(raised, goaway(8));
+        let lowered = writes.rewrite(Bytes::from(goaway(1 << 20)), || 8);
+        assert_eq!(lowered, goaway(8));
+        let grease = [frame(0x21, 3), goaway(0)].concat();
+        let rewritten = writes.rewrite(Bytes::from(grease), || 8);
+        assert_eq!(rewritten, [frame(0x21, 3), goaway(8)].concat());
+    }
+
+    #[test]
+    fn other_streams_and_odd_writes_pass_as_they_are() {
+        // A QPACK encoder stream (type 0x02): its bytes are not frames.
+        let mut writes = ControlWrites::default();
+        let qpack = Bytes::from([varint(0x02), goaway(4)].concat());
+        assert_eq!(writes.rewrite(qpack.clone(), || 8), qpack);
+        assert_eq!(writes.rewrite(Bytes::from(goaway(4)), || 8), goaway(4));
+        // A write that is not whole frames is passed on unread.
+        let mut writes = ControlWrites::default();
+        writes.rewrite(Bytes::from(varint(CONTROL_STREAM)), || unreachable!());
+        let cut = Bytes::from(goaway(4)[..2].to_vec());
+        assert_eq!(writes.rewrite(cut.clone(), || 8), cut);
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! h3's QUIC transport: quinn, through h3-quinn for unidirectional streams
-//! and directly for request streams, with the frames of every stream a
-//! client sends watched on their way to h3 ([`crate::h3_frames`]).
+//! h3's QUIC transport: quinn, through h3-quinn for the client's
+//! unidirectional streams and directly for the rest, with the frames of
+//! every stream a client sends watched on their way to h3
+//! ([`crate::h3_frames`]).
 //!
 //! A frame over its cap is refused as soon as its header is read, before
 //! h3 buffers any of it: on a request stream with `H3_EXCESSIVE_LOAD` both
@@ -9,12 +10,15 @@
 //! closing the connection with `H3_EXCESSIVE_LOAD`.
 //!
 //! Request streams are admitted here too ([`Admission`]): after GOAWAY, one
-//! at or above its id is rejected before h3 sees it. What a request stream
-//! hands h3 is rewritten ([`FrameWatch::reframe`]) and bounded: h3 holds no
-//! more of a body than [`READ_AHEAD`] bytes past what the handler has read.
-//! Its sending side records each time QUIC takes some of the response, for
-//! the send timeout. Both go through the stream's [`Flow`]: request streams
-//! are quinn's own, h3-quinn's hide both their reads and their writes.
+//! at or above its id is rejected before h3 sees it, and every GOAWAY h3
+//! writes names that id ([`ControlWrites`]).
+//!
+//! What a request stream hands h3 is rewritten ([`FrameWatch::reframe`])
+//! and bounded: h3 holds no more of a body than [`READ_AHEAD`] bytes past
+//! what the handler has read. Its sending side records each time QUIC takes
+//! some of the response, for the send timeout. Both go through the stream's
+//! [`Flow`]. Request streams and our own streams are quinn's, not
+//! h3-quinn's, which hide their reads, their writes and what they write.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,7 +36,7 @@ use crate::NetError;
 #[cfg(doc)]
 use crate::h3_flow::READ_AHEAD;
 use crate::h3_flow::{Flow, Flows};
-use crate::h3_frames::{FrameCaps, FrameWatch, Truncated, Violation};
+use crate::h3_frames::{ControlWrites, FrameCaps, FrameWatch, Truncated, Violation};
 
 /// The caps of a connection's streams.
 #[derive(Debug, Clone, Copy)]
@@ -57,10 +61,11 @@ impl StreamCaps {
 ///
 /// A GOAWAY id tells the client that no request at or above it was
 /// processed, so that it may retry them elsewhere (RFC 9114 §5.2): it must
-/// be above every stream accepted (h3's `shutdown(0)` names the last one,
-/// whose request, a POST perhaps, would then run twice), and a stream at or
-/// above it that still arrives must be rejected, never served (h3 rejects
-/// only those above its id).
+/// be above every stream accepted (h3's `shutdown(0)`, its answer to the
+/// client's GOAWAY, names the last one, whose request, a POST perhaps, would
+/// then run twice; every GOAWAY h3 writes is rewritten to name
+/// [`Admission::close`]), and a stream at or above it that still arrives
+/// must be rejected, never served (h3 rejects only those above its id).
 #[derive(Debug)]
 pub(crate) struct Admission {
     /// The id of the client's next request stream after those accepted.
@@ -79,9 +84,9 @@ impl Default for Admission {
 }
 
 impl Admission {
-    /// Admits no more streams from here on: the id GOAWAY names. h3's
-    /// `shutdown(1)` sends the same one (the stream after the last it
-    /// accepted, which is the last accepted here; 0 when there was none).
+    /// Admits no more streams from here on: the id GOAWAY names, the
+    /// stream after the last accepted (0 when there was none), the same
+    /// however often it is asked.
     pub(crate) fn close(&self) -> u64 {
         let next = self.next.load(Ordering::Relaxed);
         self.goaway.fetch_min(next, Ordering::Relaxed);
@@ -110,9 +115,11 @@ type Incoming = Pin<
 
 /// A QUIC connection for h3 whose incoming streams are watched.
 pub(crate) struct Connection {
-    /// Unidirectional streams, both ways.
+    /// The client's unidirectional streams.
     inner: h3_quinn::Connection,
     incoming: Incoming,
+    /// Our unidirectional streams.
+    opener: OpenStreams,
     quic: quinn::Connection,
     caps: StreamCaps,
     admission: Arc<Admission>,
@@ -133,6 +140,7 @@ impl Connection {
         Self {
             inner: h3_quinn::Connection::new(quic.clone()),
             incoming: Box::pin(incoming),
+            opener: OpenStreams::new(&quic, &admission),
             quic,
             caps,
             admission,
@@ -205,44 +213,92 @@ impl<B: Buf> quic::Connection<B> for Connection {
     }
 
     fn opener(&self) -> OpenStreams {
-        OpenStreams {
-            inner: quic::Connection::<B>::opener(&self.inner),
-        }
+        OpenStreams::new(&self.quic, &self.admission)
     }
 }
 
 impl<B: Buf> quic::OpenStreams<B> for Connection {
     type BidiStream = BidiStream<B>;
-    type SendStream = h3_quinn::SendStream<B>;
+    type SendStream = UniStream;
 
     fn poll_open_bidi(
         &mut self,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
-        Poll::Ready(Err(no_bidi()))
+        quic::OpenStreams::<B>::poll_open_bidi(&mut self.opener, cx)
     }
 
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<h3_quinn::SendStream<B>, StreamErrorIncoming>> {
-        self.inner.poll_open_send(cx)
+    ) -> Poll<Result<UniStream, StreamErrorIncoming>> {
+        self.opener.poll_open(cx)
     }
 
     fn close(&mut self, code: Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason);
+        quic::OpenStreams::<B>::close(&mut self.opener, code, reason);
     }
 }
 
-/// Opens streams of a [`Connection`] (h3 asks for it; a server opens only
-/// unidirectional ones, which carry nothing in).
+/// Our unidirectional streams as they open.
+type Opening =
+    Pin<Box<dyn Stream<Item = Result<quinn::SendStream, quinn::ConnectionError>> + Send + Sync>>;
+
+/// Opens streams of a [`Connection`]: unidirectional ones only (control,
+/// QPACK, grease), which carry nothing in.
 pub(crate) struct OpenStreams {
-    inner: h3_quinn::OpenStreams,
+    quic: quinn::Connection,
+    /// Made at the first open.
+    opening: Option<Opening>,
+    admission: Arc<Admission>,
+}
+
+impl OpenStreams {
+    fn new(quic: &quinn::Connection, admission: &Arc<Admission>) -> Self {
+        Self {
+            quic: quic.clone(),
+            opening: None,
+            admission: Arc::clone(admission),
+        }
+    }
+
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<Result<UniStream, StreamErrorIncoming>> {
+        let quic = &self.quic;
+        let opening = self.opening.get_or_insert_with(|| {
+            let opening = futures_util::stream::unfold(quic.clone(), |quic| async move {
+                let opened = quic.open_uni().await;
+                Some((opened, quic))
+            });
+            Box::pin(opening)
+        });
+        let internal = |err: String| StreamErrorIncoming::ConnectionErrorIncoming {
+            connection_error: ConnectionErrorIncoming::InternalError(err),
+        };
+        let stream = match ready!(opening.as_mut().poll_next(cx)) {
+            Some(Ok(stream)) => stream,
+            Some(Err(err)) => {
+                let connection_error = connection_error(err);
+                return Poll::Ready(Err(StreamErrorIncoming::ConnectionErrorIncoming {
+                    connection_error,
+                }));
+            }
+            None => return Poll::Ready(Err(internal("no more streams to open".into()))),
+        };
+        let id = StreamId::try_from(u64::from(stream.id()));
+        let id = id.map_err(|err| internal(err.to_string()))?;
+        Poll::Ready(Ok(UniStream {
+            stream,
+            writing: Bytes::new(),
+            id,
+            writes: ControlWrites::default(),
+            admission: Arc::clone(&self.admission),
+        }))
+    }
 }
 
 impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
     type BidiStream = BidiStream<B>;
-    type SendStream = h3_quinn::SendStream<B>;
+    type SendStream = UniStream;
 
     fn poll_open_bidi(
         &mut self,
@@ -254,12 +310,58 @@ impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<h3_quinn::SendStream<B>, StreamErrorIncoming>> {
-        self.inner.poll_open_send(cx)
+    ) -> Poll<Result<UniStream, StreamErrorIncoming>> {
+        self.poll_open(cx)
     }
 
     fn close(&mut self, code: Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason);
+        self.quic.close(varint(code.value()), reason);
+    }
+}
+
+/// One of our unidirectional streams. On the control stream, every GOAWAY
+/// h3 writes names our admission's id ([`ControlWrites`]).
+pub(crate) struct UniStream {
+    stream: quinn::SendStream,
+    /// What is left of h3's write.
+    writing: Bytes,
+    id: StreamId,
+    writes: ControlWrites,
+    admission: Arc<Admission>,
+}
+
+impl<B: Buf> quic::SendStream<B> for UniStream {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        while !self.writing.is_empty() {
+            let write = Pin::new(&mut self.stream).poll_write(cx, &self.writing);
+            let written = ready!(write).map_err(write_error)?;
+            self.writing.advance(written);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        if !self.writing.is_empty() {
+            return Err(overlapping_write());
+        }
+        // Frames of a few bytes (SETTINGS, GOAWAY, grease): copied whole.
+        let mut data = data.into();
+        let write = data.copy_to_bytes(data.remaining());
+        self.writing = self.writes.rewrite(write, || self.admission.close());
+        Ok(())
+    }
+
+    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        let finished = self.stream.finish();
+        Poll::Ready(finished.map_err(|err| StreamErrorIncoming::Unknown(Box::new(err))))
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        let _ = self.stream.reset(varint(reset_code));
+    }
+
+    fn send_id(&self) -> StreamId {
+        self.id
     }
 }
 
@@ -268,6 +370,13 @@ impl<B: Buf> quic::OpenStreams<B> for OpenStreams {
 fn no_bidi() -> StreamErrorIncoming {
     let connection_error =
         ConnectionErrorIncoming::InternalError("an HTTP/3 server opens no request streams".into());
+    StreamErrorIncoming::ConnectionErrorIncoming { connection_error }
+}
+
+/// h3 began a write before the last was done: its bug, not the client's.
+fn overlapping_write() -> StreamErrorIncoming {
+    let connection_error =
+        ConnectionErrorIncoming::InternalError("a write while one is under way".into());
     StreamErrorIncoming::ConnectionErrorIncoming { connection_error }
 }
 
@@ -338,9 +447,9 @@ impl<B: Buf> quic::BidiStream<B> for BidiStream<B> {
     }
 }
 
-/// The sending half of a request stream: h3-quinn's, and what it does not
-/// tell, whether the client takes any of a write ([`Flow::progressed`]): a
-/// client slowly taking a large write is not a client that stopped.
+/// The sending half of a request stream, which records whenever the client
+/// takes any of a write ([`Flow::progressed`]): a client slowly taking a
+/// large write is not a client that stopped.
 pub(crate) struct SendStream<B: Buf> {
     stream: quinn::SendStream,
     /// What h3 is writing.
@@ -367,10 +476,7 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 
     fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
         if self.writing.is_some() {
-            // h3 waits for each write to finish: this is its bug, not the client's.
-            let connection_error =
-                ConnectionErrorIncoming::InternalError("a write while one is under way".into());
-            return Err(StreamErrorIncoming::ConnectionErrorIncoming { connection_error });
+            return Err(overlapping_write());
         }
         self.writing = Some(data.into());
         Ok(())

@@ -969,6 +969,43 @@ async fn goaway_names_a_stream_above_every_accepted_request() {
     assert_eq!(ty, raw_h3::HEADERS);
 }
 
+/// A client's own GOAWAY is answered with ours, which must also name a
+/// stream above every request accepted: h3 0.0.8 answers with
+/// `shutdown(0)`, naming the last request accepted, as if it had not been
+/// processed (and below the id of any GOAWAY a drain sent before).
+#[tokio::test]
+async fn goaway_answering_the_clients_names_a_stream_above_every_accepted_request() {
+    let server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let port = server.addr.port();
+    let mut control = quic.open_uni().await.unwrap();
+    control
+        .write_all(&raw_h3::control_stream_start())
+        .await
+        .unwrap();
+    let mut server_control = raw_h3::server_control_stream(&quic).await;
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    let answered = u64::from(send.id());
+    send.write_all(&raw_h3::request("POST", "/echo", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    recv.read_to_end(64 * 1024).await.expect("the response");
+    // The client goes away (a client's GOAWAY names a push id).
+    let goaway = raw_h3::frame(raw_h3::GOAWAY, &raw_h3::varint(0));
+    control.write_all(&goaway).await.unwrap();
+    let goaway = raw_h3::goaway_id(&mut server_control);
+    let goaway = tokio::time::timeout(Duration::from_secs(10), goaway)
+        .await
+        .expect("GOAWAY within 10 s")
+        .expect("a GOAWAY frame");
+    assert!(
+        goaway > answered,
+        "GOAWAY({goaway}) after stream {answered} was answered"
+    );
+}
+
 /// A resumed client sends a GET and a POST in 0-RTT. The server→client path
 /// is delayed (a UDP relay), so both arrive long before the handshake can
 /// complete: the GET is served and marked, the POST gets 425 and never
