@@ -204,6 +204,14 @@ async fn write_response(
 /// A write to the client, given until `limit` passes without the client
 /// taking any of it (nginx's `send_timeout`: the time between two
 /// successive writes to the client, not the time of a whole one).
+/// When a write with no progress since `flow`'s last gives up: `limit`
+/// after it (tokio's `Instant + Duration` panics past its range).
+fn stalled_at(flow: &Flow, limit: Duration) -> Instant {
+    let last = flow.last_progress();
+    last.checked_add(limit)
+        .unwrap_or_else(|| last + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 async fn within<T>(
     limit: Duration,
     flow: &Flow,
@@ -213,13 +221,13 @@ async fn within<T>(
     flow.progressed();
     let mut write = pin!(write);
     loop {
-        let stalled = tokio::time::sleep_until(flow.last_progress() + limit);
+        let stalled = tokio::time::sleep_until(stalled_at(flow, limit));
         tokio::select! {
             // The write first: a poll that finds room records progress.
             biased;
             written = &mut write => return Ok(written?),
             () = stalled => {
-                if flow.last_progress() + limit <= Instant::now() {
+                if stalled_at(flow, limit) <= Instant::now() {
                     return Err(SendError::Stalled);
                 }
             }
@@ -248,6 +256,13 @@ mod tests {
         let slow = taken(&flow, 50, Duration::from_millis(200));
         assert!(within(limit, &flow, slow).await.is_ok());
         assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_past_the_clocks_range_is_no_panic() {
+        let flow = Flow::default();
+        let quick = taken(&flow, 1, Duration::from_millis(1));
+        assert!(within(Duration::MAX, &flow, quick).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

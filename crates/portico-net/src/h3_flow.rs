@@ -38,7 +38,8 @@ impl Flows {
 
     /// The flow of the request on stream `id`, for its body to report what
     /// it reads (from here on h3 reads no further than [`READ_AHEAD`] ahead
-    /// of it) and its response to see its progress. `None` if the stream is
+    /// of it, plus the one read of at most 16 KiB that crosses it) and its
+    /// response to see its progress. `None` if the stream is
     /// gone.
     pub(crate) fn claim(&self, id: StreamId) -> Option<Arc<Flow>> {
         let flow = lock(&self.open).remove(&id.into_inner())?;

@@ -336,7 +336,9 @@ impl FrameWatch {
                 let cap = self.caps.frame;
                 return State::Refused(Violation::Frame { ty, len, cap });
             }
-            _ => len,
+            // Headers too: unknown frames of length 0 would otherwise cost
+            // nothing, and a stream of them be read for ever.
+            _ => len.saturating_add(u64::from(header)),
         };
         self.declared = self.declared.saturating_add(carries_nothing);
         if self.declared > self.caps.stream {
@@ -495,9 +497,10 @@ mod tests {
 
     #[test]
     fn frames_within_the_caps_pass_whatever_the_chunking() {
+        // Frames that carry no body, headers included: 103 + 44 + 103 = 250.
         let mut stream = frame(0x01, 100);
         stream.extend(frame(DATA, 100_000));
-        stream.extend(frame(0x21, 50));
+        stream.extend(frame(0x21, 42));
         stream.extend(frame(DATA, 3));
         stream.extend(frame(0x01, 100));
         for size in [1, 2, 7, 1500, stream.len()] {
@@ -535,11 +538,20 @@ mod tests {
     fn empty_data_frames_count_against_the_stream() {
         let mut watch = FrameWatch::request(CAPS);
         assert_eq!(watch.feed(&frame(0x01, 100).repeat(2)), Ok(()));
-        // 200 + 25 x 2 = 250 pass, the next makes 252 > 250.
-        let empty = frame(DATA, 0).repeat(25);
+        // 2 x (100 + 3) + 22 x 2 = 250 pass, the next makes 252 > 250.
+        let empty = frame(DATA, 0).repeat(22);
         assert_eq!(watch.feed(&empty), Ok(()));
         assert_eq!(watch.feed(&frame(DATA, 1000)), Ok(()), "DATA with a body");
         let refused = watch.feed(&frame(DATA, 0));
+        assert_eq!(refused, Err(Violation::Stream { cap: 250 }));
+    }
+
+    #[test]
+    fn empty_unknown_frames_count_against_the_stream() {
+        let mut watch = FrameWatch::request(CAPS);
+        // Two bytes each: 125 pass, the next makes 252 > 250.
+        assert_eq!(watch.feed(&frame(0x21, 0).repeat(125)), Ok(()));
+        let refused = watch.feed(&frame(0x21, 0));
         assert_eq!(refused, Err(Violation::Stream { cap: 250 }));
     }
 
@@ -564,7 +576,7 @@ mod tests {
                 break;
             }
         }
-        // 40 + 3 x 60 = 220 pass, the fourth makes 280 > 250.
+        // 42 + 3 x 62 = 228 pass, the fourth makes 290 > 250.
         assert_eq!(refused, Some((3, Violation::Stream { cap: 250 })));
     }
 

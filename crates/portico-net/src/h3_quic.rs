@@ -502,6 +502,9 @@ struct QuinnRecv {
     id: StreamId,
 }
 
+/// The most one read takes from quinn (see `QuinnRecv::poll_data`).
+const READ_PIECE: usize = 16 * 1024;
+
 impl quic::RecvStream for QuinnRecv {
     type Buf = Bytes;
 
@@ -510,8 +513,12 @@ impl quic::RecvStream for QuinnRecv {
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
         // Cancel-safe, and holding nothing past a poll: a read made for
-        // each poll leaves the stream here, for `stop_sending`.
-        let read = pin!(self.stream.read_chunk(usize::MAX, true)).poll(cx);
+        // each poll leaves the stream here, for `stop_sending`. At most
+        // `READ_PIECE` at a time (quinn splits a chunk without copying): a
+        // request's read-ahead is checked before each read, and quinn may
+        // hold the whole stream window as one chunk (it defragments tiny
+        // STREAM frames), which one read would hand h3 at once.
+        let read = pin!(self.stream.read_chunk(READ_PIECE, true)).poll(cx);
         let chunk = ready!(read).map_err(read_error)?;
         Poll::Ready(Ok(chunk.map(|chunk| chunk.bytes)))
     }
