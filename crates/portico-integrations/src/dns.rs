@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
@@ -39,6 +40,11 @@ impl Default for DnsSettings {
 #[derive(Clone)]
 pub struct Resolver {
     inner: Arc<TokioResolver>,
+    /// Turns the order of each answer: new connections to a name of several
+    /// addresses go to each in turn, as nginx's round robin over a name's
+    /// addresses does (the connector tries them in order, so the first
+    /// address would otherwise take every connection for the whole TTL).
+    turn: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -62,17 +68,24 @@ impl Resolver {
             .map_err(|e| IntegrationError::Dns(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(inner),
+            turn: Arc::new(AtomicUsize::new(0)),
         })
     }
 
-    /// Resolves `host` to addresses (port 0: the connector sets the port).
+    /// Resolves `host` to addresses (port 0: the connector sets the port),
+    /// each lookup starting one address further on in the answer.
     pub async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, IntegrationError> {
         let answer = self
             .inner
             .lookup_ip(host)
             .await
             .map_err(|e| IntegrationError::Dns(format!("{host}: {e}")))?;
-        Ok(answer.iter().map(|ip| SocketAddr::new(ip, 0)).collect())
+        let mut addrs: Vec<SocketAddr> = answer.iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+        if addrs.len() > 1 {
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed) % addrs.len();
+            addrs.rotate_left(turn);
+        }
+        Ok(addrs)
     }
 }
 

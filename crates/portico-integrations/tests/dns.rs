@@ -14,6 +14,12 @@ use tokio::net::UdpSocket;
 
 /// Answers A queries for `*.test` with 127.0.0.1 and `ttl`, counting A queries per name.
 async fn dns_server(ttl: u32) -> (SocketAddr, Arc<AtomicUsize>) {
+    dns_server_of(ttl, &[Ipv4Addr::LOCALHOST]).await
+}
+
+/// [`dns_server`] answering with `ips`.
+async fn dns_server_of(ttl: u32, ips: &[Ipv4Addr]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let ips = ips.to_vec();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     let queries = Arc::new(AtomicUsize::new(0));
@@ -32,10 +38,12 @@ async fn dns_server(ttl: u32) -> (SocketAddr, Arc<AtomicUsize>) {
                 response.queries.push(query.clone());
                 if query.query_type() == RecordType::A {
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let rdata = RData::A(A(Ipv4Addr::LOCALHOST));
-                    response
-                        .answers
-                        .push(Record::from_rdata(query.name().clone(), ttl, rdata));
+                    for ip in &ips {
+                        let rdata = RData::A(A(*ip));
+                        response
+                            .answers
+                            .push(Record::from_rdata(query.name().clone(), ttl, rdata));
+                    }
                 }
             }
             if let Ok(bytes) = response.to_vec() {
@@ -71,6 +79,23 @@ async fn answers_are_cached_within_their_ttl() {
         before,
         "a cached answer was asked again"
     );
+}
+
+#[tokio::test]
+async fn each_lookup_starts_at_the_next_address_of_the_answer() {
+    let ips = [Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(127, 0, 0, 2)];
+    let (server, queries) = dns_server_of(300, &ips).await;
+    let r = resolver(server);
+    let mut firsts = Vec::new();
+    for _ in 0..4 {
+        let addrs = r.lookup("two.test").await.unwrap();
+        assert_eq!(addrs.len(), 2, "{addrs:?}");
+        firsts.push(addrs[0].ip());
+    }
+    // New connections go to each address in turn, from one cached answer.
+    assert_ne!(firsts[0], firsts[1], "{firsts:?}");
+    assert_eq!((firsts[0], firsts[1]), (firsts[2], firsts[3]));
+    assert_eq!(queries.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
