@@ -1182,31 +1182,36 @@ async fn http2_and_https_backends() {
     let backend_cert = test_cert(dir.path(), "backend", &["localhost"]);
     let (_tls_backend, tls_addr) = tls_backend(&backend_cert);
     let (_backend, backend_addr) = backend();
-    // https with ALPN h2, verified against the configured CA; cleartext with prior-knowledge h2.
-    let text = config(&cert, backend_addr, "").replace(
-        "[limits]",
-        &format!(
-            "[backend_client]\nca_file = \"{}\"\nuse_webpki_roots = false\n\n[limits]",
-            backend_cert.cert.display()
-        ),
-    ) + &proxy_api(
-        "tls",
-        "GET",
-        "/{proxy+}",
-        &format!("https://localhost:{}/{{proxy}}", tls_addr.port()),
-    );
-    let origin = origin(dir.path(), &text);
-    let url = format!(
-        "https://localhost:{}/prod/x",
-        origin.addrs("https")[0].port()
-    );
-    let req = Request::get(url)
-        .header("host", "tls.test")
-        .body(full(""))
-        .unwrap();
-    let reply = send(&https_client(&cert.der, false), req).await;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    assert_eq!(reply.json()["version"], "HTTP/2.0");
+    // https verified against the configured CA: HTTP/1.1 by default, as
+    // nginx speaks to origins; ALPN h2 when `https_h2` asks for it.
+    for (h2, version) in [("", "HTTP/1.1"), ("https_h2 = true\n", "HTTP/2.0")] {
+        let text = config(&cert, backend_addr, "").replace(
+            "[limits]",
+            &format!(
+                "[backend_client]\nca_file = \"{}\"\nuse_webpki_roots = false\n{h2}\n[limits]",
+                backend_cert.cert.display()
+            ),
+        ) + &proxy_api(
+            "tls",
+            "GET",
+            "/{proxy+}",
+            &format!("https://localhost:{}/{{proxy}}", tls_addr.port()),
+        );
+        let sub = dir.path().join(if h2.is_empty() { "h1" } else { "h2" });
+        std::fs::create_dir_all(&sub).unwrap();
+        let origin = origin(&sub, &text);
+        let url = format!(
+            "https://localhost:{}/prod/x",
+            origin.addrs("https")[0].port()
+        );
+        let req = Request::get(url)
+            .header("host", "tls.test")
+            .body(full(""))
+            .unwrap();
+        let reply = send(&https_client(&cert.der, false), req).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["version"], version, "{h2:?}");
+    }
 }
 
 #[tokio::test]

@@ -84,6 +84,8 @@ pub(crate) struct BackendClientFile {
     pub connect_timeout_ms: Option<S<u64>>,
     #[serde(default)]
     pub http2_only: bool,
+    #[serde(default)]
+    pub https_h2: bool,
     pub http2_keep_alive_interval_ms: Option<S<u64>>,
     pub http2_keep_alive_timeout_ms: Option<S<u64>>,
 }

@@ -238,7 +238,11 @@ mod tests {
         assert_eq!(c.limits.max_body_bytes, 1_048_576);
         assert_eq!(c.limits.max_header_bytes, 8192);
         assert_eq!(c.limits.default_timeout, Duration::from_secs(10));
-        assert!(c.backend_client.http2_only);
+        assert!(c.backend_client.http2_only && c.backend_client.https_h2);
+        assert!(
+            !crate::BackendClientConfig::default().https_h2,
+            "HTTP/1.1 by default"
+        );
         assert_eq!(c.backend_client.pool_max_idle_per_host, 8);
         assert_eq!(c.dns.nameservers.as_ref().map(Vec::len), Some(1));
         assert!(!c.dns.use_hosts_file);

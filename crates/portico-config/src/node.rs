@@ -430,6 +430,7 @@ fn compile_backend_client(
         pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(d.pool_max_idle_per_host),
         connect_timeout,
         http2_only: f.http2_only,
+        https_h2: f.https_h2,
         http2_keep_alive_interval,
         http2_keep_alive_timeout,
     };

@@ -173,8 +173,15 @@ pub struct BackendClientConfig {
     pub pool_max_idle_per_host: usize,
     /// For the whole connect: name resolution, TCP and the TLS handshake.
     pub connect_timeout: Duration,
-    /// `false`: ALPN h2 + http/1.1 for https, HTTP/1.1 for http.
+    /// `true`: HTTP/2 with prior knowledge for http, ALPN h2 only for https.
     pub http2_only: bool,
+    /// Offer h2 besides http/1.1 in ALPN to https backends. Off by default,
+    /// as nginx and CloudFront speak HTTP/1.1 to origins: hyper keeps one
+    /// HTTP/2 connection per backend and thread, so the backend's stream
+    /// limit (often 100–128) caps the requests in flight to it, and slow
+    /// clients holding that one connection's flow-control window stall the
+    /// others' downloads.
+    pub https_h2: bool,
     /// How long an HTTP/2 backend connection may go without a frame from
     /// the backend, busy or idle, before it is sent a PING (`None`: never).
     /// A backend that vanished without a reset (a crashed host, a dropped
@@ -195,6 +202,7 @@ impl Default for BackendClientConfig {
             pool_max_idle_per_host: 256,
             connect_timeout: Duration::from_millis(5_000),
             http2_only: false,
+            https_h2: false,
             // Together under the default route timeout (29 s): a request on a
             // connection that died just after its last frame fails as a 502
             // (or goes again, when idempotent) before it would time out.

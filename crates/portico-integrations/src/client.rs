@@ -38,6 +38,8 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     /// Speak HTTP/2 with prior knowledge to cleartext backends (and only h2 over TLS).
     pub http2_only: bool,
+    /// Offer h2 besides http/1.1 to https backends (ALPN); else HTTP/1.1.
+    pub https_h2: bool,
     /// How long an HTTP/2 connection may go without a frame from the
     /// backend, busy or idle, before it is sent a PING (`None`: never).
     /// All of a thread's requests to an h2 backend share one connection: one
@@ -58,6 +60,7 @@ impl Default for ClientSettings {
             pool_max_idle_per_host: 256,
             connect_timeout: Duration::from_secs(5),
             http2_only: false,
+            https_h2: false,
             http2_keep_alive_interval: Some(Duration::from_secs(10)),
             http2_keep_alive_timeout: Duration::from_secs(10),
         }
@@ -154,10 +157,15 @@ impl BackendClient {
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
+        // HTTP/1.1 unless asked: one HTTP/2 connection per backend and
+        // thread caps requests in flight at the backend's stream limit, and
+        // its shared window lets slow clients stall others' downloads.
         let https = if settings.http2_only {
             builder.enable_http2().wrap_connector(http)
-        } else {
+        } else if settings.https_h2 {
             builder.enable_all_versions().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
         };
         let connector = TimedConnector {
             inner: https,

@@ -73,6 +73,7 @@ pub fn client(config: &NodeConfig) -> ClientSettings {
         pool_max_idle_per_host: c.pool_max_idle_per_host,
         connect_timeout: c.connect_timeout,
         http2_only: c.http2_only,
+        https_h2: c.https_h2,
         http2_keep_alive_interval: c.http2_keep_alive_interval,
         http2_keep_alive_timeout: c.http2_keep_alive_timeout,
     }
