@@ -439,7 +439,19 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
         if early {
             mark_early(&mut req);
         }
-        ctx.handler.call(req, Arc::clone(&ctx.info)).await
+        let call = ctx.handler.call(req, Arc::clone(&ctx.info));
+        match flow.take_stop() {
+            Some(stop) => tokio::select! {
+                biased;
+                response = call => response,
+                () = stop.0 => {
+                    // Dropped: its backend request (or backbone stream)
+                    // goes with it, not on to the route's timeout.
+                    return tracing::debug!("HTTP/3 request cancelled by the client");
+                }
+            },
+            None => call.await,
+        }
     };
     // 3. The response, frame by frame.
     match send_response(&mut send, response, ctx.send_timeout, &flow).await {

@@ -4,6 +4,8 @@
 //! client last took some of the response.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
 
@@ -59,6 +61,20 @@ pub(crate) struct Flow {
     read_ahead: Mutex<ReadAhead>,
     /// When the stream last took response bytes, or a write began.
     progress: Mutex<Instant>,
+    /// Resolves when the client stops the response (`STOP_SENDING`, sent
+    /// when it cancels the request) or the connection is gone; taken by the
+    /// request, which then drops its handler (and the backend or backbone
+    /// work behind it), as hyper does for an HTTP/2 `RST_STREAM`.
+    stop: Mutex<Option<Stop>>,
+}
+
+/// See [`Flow::stop`].
+pub(crate) struct Stop(pub(crate) Pin<Box<dyn Future<Output = ()> + Send + Sync>>);
+
+impl std::fmt::Debug for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stop")
+    }
 }
 
 impl Default for Flow {
@@ -66,6 +82,7 @@ impl Default for Flow {
         Self {
             read_ahead: Mutex::default(),
             progress: Mutex::new(Instant::now()),
+            stop: Mutex::new(None),
         }
     }
 }
@@ -134,6 +151,16 @@ impl Flow {
     /// When the response last made progress.
     pub(crate) fn last_progress(&self) -> Instant {
         *lock(&self.progress)
+    }
+
+    /// Sets what resolves when the client stops the response.
+    pub(crate) fn watch_stop(&self, stop: impl Future<Output = ()> + Send + Sync + 'static) {
+        *lock(&self.stop) = Some(Stop(Box::pin(stop)));
+    }
+
+    /// What resolves when the client stops the response (once).
+    pub(crate) fn take_stop(&self) -> Option<Stop> {
+        lock(&self.stop).take()
     }
 }
 

@@ -158,6 +158,12 @@ impl Connection {
     ) -> BidiStream<B> {
         let raw = id.into_inner();
         let flow = self.flows.open(raw);
+        // `stopped` also ends when the stream is finished and acknowledged,
+        // or the connection ends: after the response, or with no client.
+        let stopped = send.stopped();
+        flow.watch_stop(async move {
+            let _ = stopped.await;
+        });
         let reader = RequestReader::new(raw, self.caps.request, &flow, &self.flows, &self.quic);
         BidiStream {
             send: SendStream {

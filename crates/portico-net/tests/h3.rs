@@ -34,6 +34,8 @@ struct TestHandler {
     calls: AtomicUsize,
     big_dropped: Arc<AtomicUsize>,
     trickled: AtomicUsize,
+    /// `/wait` calls ended, released or dropped.
+    wait_ended: Arc<AtomicUsize>,
 }
 
 /// Counts its drop in the handler's `big_dropped`.
@@ -71,6 +73,7 @@ impl Handler for TestHandler {
                 return self.trickle(req.into_body(), n).await;
             }
             "/wait" => {
+                let _ended = DropCount(Arc::clone(&self.wait_ended));
                 let released = self.release.notified();
                 self.waiting.fetch_add(1, Ordering::SeqCst);
                 released.await;
@@ -966,6 +969,48 @@ async fn goaway_names_a_stream_above_every_accepted_request() {
     let (ty, _) = raw_h3::read_frame(&mut in_flight)
         .await
         .expect("the response");
+    assert_eq!(ty, raw_h3::HEADERS);
+}
+
+/// A client that cancels its request (STOP_SENDING, as clients do with
+/// H3_REQUEST_CANCELLED) has its handler dropped, and the backend or
+/// backbone work behind it with it, not left to run to its timeout.
+#[tokio::test]
+async fn a_request_the_client_cancels_has_its_handler_dropped() {
+    let server = start_default();
+    let client = server.client();
+    let quic = server.raw(&client).await;
+    let port = server.addr.port();
+    let mut control = quic.open_uni().await.unwrap();
+    control
+        .write_all(&raw_h3::control_stream_start())
+        .await
+        .unwrap();
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    send.write_all(&raw_h3::request("GET", "/wait", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    while server.handler.waiting.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(server.handler.wait_ended.load(Ordering::SeqCst), 0);
+    recv.stop(raw_h3::H3_REQUEST_CANCELLED.into()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.handler.wait_ended.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handler still runs 10 s after the client cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The connection serves on.
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    send.write_all(&raw_h3::request("GET", "/echo", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
     assert_eq!(ty, raw_h3::HEADERS);
 }
 
