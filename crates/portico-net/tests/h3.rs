@@ -230,6 +230,18 @@ impl TestServer {
         connecting.await.unwrap()
     }
 
+    /// [`TestServer::raw`] with the client's control stream opened (kept
+    /// open by holding its returned sending side).
+    async fn raw_session(&self, client: &H3Client) -> (quinn::Connection, quinn::SendStream) {
+        let quic = self.raw(client).await;
+        let mut control = quic.open_uni().await.unwrap();
+        control
+            .write_all(&raw_h3::control_stream_start())
+            .await
+            .unwrap();
+        (quic, control)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
     }
@@ -979,13 +991,8 @@ async fn goaway_names_a_stream_above_every_accepted_request() {
 async fn a_request_the_client_cancels_has_its_handler_dropped() {
     let server = start_default();
     let client = server.client();
-    let quic = server.raw(&client).await;
+    let (quic, _control) = server.raw_session(&client).await;
     let port = server.addr.port();
-    let mut control = quic.open_uni().await.unwrap();
-    control
-        .write_all(&raw_h3::control_stream_start())
-        .await
-        .unwrap();
     let (mut send, mut recv) = quic.open_bi().await.unwrap();
     send.write_all(&raw_h3::request("GET", "/wait", port))
         .await
@@ -1022,13 +1029,8 @@ async fn a_request_the_client_cancels_has_its_handler_dropped() {
 async fn goaway_answering_the_clients_names_a_stream_above_every_accepted_request() {
     let server = start_default();
     let client = server.client();
-    let quic = server.raw(&client).await;
+    let (quic, mut control) = server.raw_session(&client).await;
     let port = server.addr.port();
-    let mut control = quic.open_uni().await.unwrap();
-    control
-        .write_all(&raw_h3::control_stream_start())
-        .await
-        .unwrap();
     let mut server_control = raw_h3::server_control_stream(&quic).await;
     let (mut send, mut recv) = quic.open_bi().await.unwrap();
     let answered = u64::from(send.id());
