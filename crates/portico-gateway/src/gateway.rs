@@ -265,9 +265,14 @@ impl<U: Upstream> Gateway<U> {
             .limits
             .admit(&ctx, req.headers(), routed, claimed.is_some(), &mut own)
             .await;
-        // Logged as the key's request even when a throttle refused it.
-        record.principal.clone_from(&own);
-        let admitted = admitted?;
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(err) => {
+                // Logged as the key's request even when a throttle refused it.
+                record.principal = own;
+                return Err(err);
+            }
+        };
         // Who the caller is: our own key check, which a PoP's claim must match.
         ctx.principal = crate::limits::principal(own, claimed)?;
         record.principal.clone_from(&ctx.principal);

@@ -338,12 +338,7 @@ pub(crate) struct UniStream {
 
 impl<B: Buf> quic::SendStream<B> for UniStream {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        while !self.writing.is_empty() {
-            let write = Pin::new(&mut self.stream).poll_write(cx, &self.writing);
-            let written = ready!(write).map_err(write_error)?;
-            self.writing.advance(written);
-        }
-        Poll::Ready(Ok(()))
+        poll_write_all(&mut self.stream, cx, &mut self.writing, |_| {})
     }
 
     fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
@@ -358,8 +353,7 @@ impl<B: Buf> quic::SendStream<B> for UniStream {
     }
 
     fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        let finished = self.stream.finish();
-        Poll::Ready(finished.map_err(|err| StreamErrorIncoming::Unknown(Box::new(err))))
+        Poll::Ready(finish(&mut self.stream))
     }
 
     fn reset(&mut self, reset_code: u64) {
@@ -380,6 +374,32 @@ fn no_bidi() -> StreamErrorIncoming {
 }
 
 /// h3 began a write before the last was done: its bug, not the client's.
+/// Writes all of `data` to `stream`, calling `progressed` with each part
+/// QUIC takes (never 0 bytes).
+fn poll_write_all(
+    stream: &mut quinn::SendStream,
+    cx: &mut Context<'_>,
+    data: &mut impl Buf,
+    mut progressed: impl FnMut(usize),
+) -> Poll<Result<(), StreamErrorIncoming>> {
+    while data.has_remaining() {
+        let write = Pin::new(&mut *stream).poll_write(cx, data.chunk());
+        let written = ready!(write).map_err(write_error)?;
+        data.advance(written);
+        if written > 0 {
+            progressed(written);
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Ends `stream` (h3's `poll_finish`).
+fn finish(stream: &mut quinn::SendStream) -> Result<(), StreamErrorIncoming> {
+    stream
+        .finish()
+        .map_err(|err| StreamErrorIncoming::Unknown(Box::new(err)))
+}
+
 fn overlapping_write() -> StreamErrorIncoming {
     let connection_error =
         ConnectionErrorIncoming::InternalError("a write while one is under way".into());
@@ -467,14 +487,8 @@ pub(crate) struct SendStream<B: Buf> {
 impl<B: Buf> quic::SendStream<B> for SendStream<B> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
         if let Some(data) = &mut self.writing {
-            while data.has_remaining() {
-                let write = Pin::new(&mut self.stream).poll_write(cx, data.chunk());
-                let written = ready!(write).map_err(write_error)?;
-                data.advance(written);
-                if written > 0 {
-                    self.flow.progressed();
-                }
-            }
+            let flow = &self.flow;
+            ready!(poll_write_all(&mut self.stream, cx, data, |_| flow.progressed()))?;
         }
         self.writing = None;
         Poll::Ready(Ok(()))
@@ -489,8 +503,7 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
     }
 
     fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
-        let finished = self.stream.finish();
-        Poll::Ready(finished.map_err(|err| StreamErrorIncoming::Unknown(Box::new(err))))
+        Poll::Ready(finish(&mut self.stream))
     }
 
     fn reset(&mut self, reset_code: u64) {

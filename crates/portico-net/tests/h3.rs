@@ -579,18 +579,20 @@ async fn a_headers_frame_declaring_too_much_is_refused_unread() {
     );
     assert_eq!(server.handler.calls.load(Ordering::SeqCst), 0);
     // The connection still serves.
-    let (mut send, mut recv) = quic.open_bi().await.unwrap();
-    let get = raw_h3::request("GET", "/echo", server.addr.port());
-    send.write_all(&get).await.unwrap();
-    send.finish().unwrap();
-    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
-    assert_eq!(ty, raw_h3::HEADERS);
+    assert_serves(&quic, server.addr.port()).await;
 }
 
 /// Frames of unknown types between DATA frames carry nothing, and count
 /// against no body limit: a stream of them is cut off.
 #[tokio::test]
 async fn unknown_frames_in_a_body_are_capped() {
+    assert_body_flood_is_capped(&raw_h3::frame(raw_h3::RESERVED, &[0; 1000])).await;
+}
+
+/// Sends a body of `a` and then `junk` again and again, which carries
+/// nothing: the stream is stopped (H3_EXCESSIVE_LOAD) before the read-ahead
+/// bound's worth of it is taken.
+async fn assert_body_flood_is_capped(junk: &[u8]) {
     let limits = HttpLimits {
         max_header_bytes: 4096,
         ..HttpLimits::default()
@@ -602,12 +604,22 @@ async fn unknown_frames_in_a_body_are_capped() {
     let mut start = raw_h3::request("POST", "/echo", server.addr.port());
     start.extend(raw_h3::frame(raw_h3::DATA, b"a"));
     send.write_all(&start).await.unwrap();
-    let junk = raw_h3::frame(raw_h3::RESERVED, &[0; 1000]);
-    let (written, err) = flood(&mut send, &junk).await;
+    let (written, err) = flood(&mut send, junk).await;
     assert!(
         stopped_for_load(&err) && written < READ_AHEAD,
         "{written} bytes taken, {err:?}"
     );
+}
+
+/// A request answered on `quic`: the connection serves.
+async fn assert_serves(quic: &quinn::Connection, port: u16) {
+    let (mut send, mut recv) = quic.open_bi().await.unwrap();
+    send.write_all(&raw_h3::request("GET", "/echo", port))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
+    assert_eq!(ty, raw_h3::HEADERS);
 }
 
 /// Sends a request to `/trickle?{trickle}`, then `chunk` (DATA frames) again
@@ -750,35 +762,14 @@ async fn empty_data_frames_in_a_body_are_skipped() {
     }
     assert_eq!(String::from_utf8_lossy(&body), "abc");
     // The connection still serves.
-    let (mut send, mut recv) = quic.open_bi().await.unwrap();
-    let get = raw_h3::request("GET", "/echo", server.addr.port());
-    send.write_all(&get).await.unwrap();
-    send.finish().unwrap();
-    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
-    assert_eq!(ty, raw_h3::HEADERS);
+    assert_serves(&quic, server.addr.port()).await;
 }
 
 /// Empty DATA frames carry nothing and count against no body limit: a
 /// stream of them is cut off like one of unknown frames.
 #[tokio::test]
 async fn empty_data_frames_in_a_body_are_capped() {
-    let limits = HttpLimits {
-        max_header_bytes: 4096,
-        ..HttpLimits::default()
-    };
-    let server = start(QuicSettings::default(), limits);
-    let client = server.client();
-    let quic = server.raw(&client).await;
-    let (mut send, _recv) = quic.open_bi().await.unwrap();
-    let mut start = raw_h3::request("POST", "/echo", server.addr.port());
-    start.extend(raw_h3::frame(raw_h3::DATA, b"a"));
-    send.write_all(&start).await.unwrap();
-    let empty = raw_h3::frame(raw_h3::DATA, b"").repeat(1000);
-    let (written, err) = flood(&mut send, &empty).await;
-    assert!(
-        stopped_for_load(&err) && written < READ_AHEAD,
-        "{written} bytes taken, {err:?}"
-    );
+    assert_body_flood_is_capped(&raw_h3::frame(raw_h3::DATA, b"").repeat(1000)).await;
 }
 
 /// A client that never opens its stream window while keeping the connection
@@ -936,13 +927,8 @@ async fn shutdown_sends_goaway_and_lets_requests_finish() {
 async fn goaway_names_a_stream_above_every_accepted_request() {
     let mut server = start_default();
     let client = server.client();
-    let quic = server.raw(&client).await;
+    let (quic, _control) = server.raw_session(&client).await;
     let port = server.addr.port();
-    let mut control = quic.open_uni().await.unwrap();
-    control
-        .write_all(&raw_h3::control_stream_start())
-        .await
-        .unwrap();
     let mut server_control = raw_h3::server_control_stream(&quic).await;
     let (mut send, mut in_flight) = quic.open_bi().await.unwrap();
     let in_flight_id = u64::from(send.id());
@@ -1012,13 +998,7 @@ async fn a_request_the_client_cancels_has_its_handler_dropped() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The connection serves on.
-    let (mut send, mut recv) = quic.open_bi().await.unwrap();
-    send.write_all(&raw_h3::request("GET", "/echo", port))
-        .await
-        .unwrap();
-    send.finish().unwrap();
-    let (ty, _) = raw_h3::read_frame(&mut recv).await.expect("a response");
-    assert_eq!(ty, raw_h3::HEADERS);
+    assert_serves(&quic, port).await;
 }
 
 /// A client's own GOAWAY is answered with ours, which must also name a

@@ -384,10 +384,8 @@ pub(crate) async fn run_fill(
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not stored
         };
-        let alive = fill.push(data, limit);
-        if !lock(&fill.state).storable
-            && let Some(release) = oversized.take()
-        {
+        let Pushed { alive, storable } = fill.push(data, limit);
+        if !storable && let Some(release) = oversized.take() {
             release();
         }
         if !alive || !fill.wait_for_readers().await {
@@ -403,9 +401,17 @@ pub(crate) async fn run_fill(
     FillResult::Oversized
 }
 
+/// What [`Fill::push`] left.
+struct Pushed {
+    /// `false`: an oversized fill with no reader left.
+    alive: bool,
+    /// Still within what may be stored.
+    storable: bool,
+}
+
 impl Fill {
-    /// Appends a chunk; `false` when an oversized fill has no reader left.
-    fn push(&self, data: Bytes, limit: u64) -> bool {
+    /// Appends a chunk.
+    fn push(&self, data: Bytes, limit: u64) -> Pushed {
         let mut st = lock(&self.state);
         st.bytes += data.len() as u64;
         if st.bytes > limit {
@@ -422,10 +428,13 @@ impl Fill {
             (true, _) => Bytes::copy_from_slice(&data),
         };
         st.chunks.push_back(piece);
-        let alive = st.storable || Self::live_readers(&st) > 0;
+        let pushed = Pushed {
+            alive: st.storable || Self::live_readers(&st) > 0,
+            storable: st.storable,
+        };
         drop(st);
         self.progress.notify_waiters();
-        alive
+        pushed
     }
 
     /// Once oversized: drops chunks every reader has read, and waits while the

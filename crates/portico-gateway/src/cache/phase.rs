@@ -395,12 +395,11 @@ fn bypasses(headers: &HeaderMap) -> bool {
 /// that reads it (many do, whatever the method) would answer by it, so
 /// storing the answer would serve one client's body to others. Varnish drops
 /// such bodies; passing the request through keeps what the client sent. A
-/// body is a declared length above 0, or one still to come (chunked: its
-/// `Transfer-Encoding` is gone by now, as a hop-by-hop header).
+/// body is one still to come: a declared length above 0 with no body was
+/// already refused (400, `prepare_request`), and a chunked one's
+/// `Transfer-Encoding` is gone by now, as a hop-by-hop header.
 fn sends_a_body(req: &Request<Body>) -> bool {
-    let declared = crate::headers::content_length(req.headers());
-    declared.is_ok_and(|len| len.is_some_and(|n| n > 0))
-        || !http_body::Body::is_end_stream(req.body())
+    !http_body::Body::is_end_stream(req.body())
 }
 
 fn is_unsafe(method: &Method) -> bool {
