@@ -88,6 +88,7 @@ pub(crate) struct BackendClientFile {
     pub https_h2: bool,
     pub http2_keep_alive_interval_ms: Option<S<u64>>,
     pub http2_keep_alive_timeout_ms: Option<S<u64>>,
+    pub pool_max_lifetime_ms: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -423,6 +423,14 @@ fn compile_backend_client(
         }
         None => d.http2_keep_alive_timeout,
     };
+    let pool_max_lifetime = match &f.pool_max_lifetime_ms {
+        Some(v) if *v.get_ref() == 0 => None,
+        Some(v) => {
+            ok &= in_range(v, 1_000..=86_400_000, "pool_max_lifetime_ms", diag);
+            Some(Duration::from_millis(*v.get_ref()))
+        }
+        None => d.pool_max_lifetime,
+    };
     let config = BackendClientConfig {
         ca_file: f.ca_file.as_ref().map(|p| paths.file(p, diag)),
         use_webpki_roots: f.use_webpki_roots.unwrap_or(d.use_webpki_roots),
@@ -433,6 +441,7 @@ fn compile_backend_client(
         https_h2: f.https_h2,
         http2_keep_alive_interval,
         http2_keep_alive_timeout,
+        pool_max_lifetime,
     };
     ok.then_some(config)
 }
@@ -781,6 +790,28 @@ mod tests {
                 "5:32: http2_keep_alive_interval_ms 10 is out of range",
                 "6:31: http2_keep_alive_timeout_ms 0 is out of range",
             ]
+        );
+    }
+
+    #[test]
+    fn backend_pool_max_lifetime() {
+        use std::time::Duration;
+        let client = |rest: &str| format!("{NODE}[backend_client]\n{rest}");
+        let c = parse(NODE).unwrap();
+        assert_eq!(
+            c.backend_client.pool_max_lifetime,
+            Some(Duration::from_secs(300))
+        );
+        let c = parse(&client("pool_max_lifetime_ms = 60000\n")).unwrap();
+        assert_eq!(
+            c.backend_client.pool_max_lifetime,
+            Some(Duration::from_secs(60))
+        );
+        let c = parse(&client("pool_max_lifetime_ms = 0\n")).unwrap();
+        assert_eq!(c.backend_client.pool_max_lifetime, None);
+        assert_eq!(
+            errors(&client("pool_max_lifetime_ms = 10\n")),
+            ["5:24: pool_max_lifetime_ms 10 is out of range"]
         );
     }
 

@@ -191,6 +191,11 @@ pub struct BackendClientConfig {
     /// How long a PING may go unanswered before the connection is closed
     /// (its requests fail; the next ones open a new connection).
     pub http2_keep_alive_timeout: Duration,
+    /// How long a thread's backend connections are reused before they are
+    /// retired (`None`: until they close or idle out). A pool that is never
+    /// idle never closes a connection, so without it a backend name that
+    /// moved (DNS) would keep its old addresses for ever.
+    pub pool_max_lifetime: Option<Duration>,
 }
 
 impl Default for BackendClientConfig {
@@ -208,6 +213,7 @@ impl Default for BackendClientConfig {
             // (or goes again, when idempotent) before it would time out.
             http2_keep_alive_interval: Some(Duration::from_millis(10_000)),
             http2_keep_alive_timeout: Duration::from_millis(10_000),
+            pool_max_lifetime: Some(Duration::from_millis(300_000)),
         }
     }
 }

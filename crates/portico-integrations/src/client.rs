@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use http_body::Body as _;
@@ -49,6 +49,12 @@ pub struct ClientSettings {
     /// How long a PING may go unanswered before the connection is closed:
     /// its requests fail, and the next ones open a new connection.
     pub http2_keep_alive_timeout: Duration,
+    /// How long a thread's pool is used before it is replaced by a new one
+    /// (`None`: never). Requests in flight finish on the old pool's
+    /// connections, which then close; later ones open new connections,
+    /// resolving the backend's name again. A pool that is never idle would
+    /// otherwise keep its connections, and a name's old addresses, for ever.
+    pub pool_max_lifetime: Option<Duration>,
 }
 
 impl Default for ClientSettings {
@@ -63,6 +69,7 @@ impl Default for ClientSettings {
             https_h2: false,
             http2_keep_alive_interval: Some(Duration::from_secs(10)),
             http2_keep_alive_timeout: Duration::from_secs(10),
+            pool_max_lifetime: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -133,6 +140,16 @@ struct Shared {
     /// What every thread's pool is built from.
     builder: hyper_util::client::legacy::Builder,
     connector: Connector,
+    max_lifetime: Option<Duration>,
+}
+
+/// A thread's pool of one [`BackendClient`].
+struct ThreadPool {
+    id: u64,
+    owner: Weak<Shared>,
+    pool: Pool,
+    /// When it is to be replaced (`pool_max_lifetime`).
+    retire_at: Option<Instant>,
 }
 
 /// Ids of [`BackendClient`]s, for the per-thread pools.
@@ -141,7 +158,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// This thread's pool of every live [`BackendClient`]; entries whose
     /// client is gone are dropped when another is added.
-    static POOLS: RefCell<Vec<(u64, Weak<Shared>, Pool)>> = const { RefCell::new(Vec::new()) };
+    static POOLS: RefCell<Vec<ThreadPool>> = const { RefCell::new(Vec::new()) };
 }
 
 impl BackendClient {
@@ -187,6 +204,7 @@ impl BackendClient {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             builder,
             connector,
+            max_lifetime: settings.pool_max_lifetime,
         };
         Ok(Self {
             shared: Arc::new(shared),
@@ -229,17 +247,34 @@ impl BackendClient {
         // across the await (the task may even move to another thread).
         let sent = POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
-            if let Some((.., pool)) = pools.iter().find(|(id, ..)| *id == self.shared.id) {
-                return pool.request(req);
+            let shared = &self.shared;
+            if let Some(entry) = pools.iter_mut().find(|entry| entry.id == shared.id) {
+                if entry.retire_at.is_some_and(|at| Instant::now() >= at) {
+                    // The old pool goes when its last request is answered.
+                    entry.pool = shared.builder.build(shared.connector.clone());
+                    entry.retire_at = shared.retire_at();
+                }
+                return entry.pool.request(req);
             }
             // This thread's first request for this client.
-            pools.retain(|(_, owner, _)| owner.strong_count() > 0);
-            let pool = self.shared.builder.build(self.shared.connector.clone());
+            pools.retain(|entry| entry.owner.strong_count() > 0);
+            let pool = shared.builder.build(shared.connector.clone());
             let sent = pool.request(req);
-            pools.push((self.shared.id, Arc::downgrade(&self.shared), pool));
+            pools.push(ThreadPool {
+                id: shared.id,
+                owner: Arc::downgrade(shared),
+                pool,
+                retire_at: shared.retire_at(),
+            });
             sent
         });
         sent.await
+    }
+}
+
+impl Shared {
+    fn retire_at(&self) -> Option<Instant> {
+        self.max_lifetime.map(|lifetime| Instant::now() + lifetime)
     }
 }
 

@@ -351,3 +351,55 @@ fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
         .expect_err("no TLS handshake");
     assert!(err.is_connect(), "{err:?}");
 }
+
+/// A pool that is never idle is still replaced after `pool_max_lifetime`:
+/// the next request opens a new connection (resolving the name again) and
+/// the old one closes once it is no longer used.
+#[test]
+fn a_busy_pool_is_retired_after_its_lifetime() {
+    let closed = Arc::new(AtomicUsize::new(0));
+    let on_close = Arc::clone(&closed);
+    let (addr, accepted) = listen(move |mut conn| {
+        let on_close = Arc::clone(&on_close);
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while let Ok(n) = conn.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    buf.drain(..end + 4);
+                    if conn.write_all(REPLY).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            on_close.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let lifetime = std::time::Duration::from_millis(300);
+    let client = client_with(&ClientSettings {
+        pool_max_lifetime: Some(lifetime),
+        ..ClientSettings::default()
+    });
+    runtime().block_on(async {
+        // Never idle for longer than 20 ms, across the lifetime.
+        let start = std::time::Instant::now();
+        while start.elapsed() < lifetime * 2 {
+            get_ok(&client, addr).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(accepted.load(Ordering::SeqCst) >= 2, "the pool was kept");
+        // The retired connection closes; the one in use stays open.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while closed.load(Ordering::SeqCst) + 1 < accepted.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a retired connection stayed open"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+}

@@ -76,6 +76,7 @@ pub fn client(config: &NodeConfig) -> ClientSettings {
         https_h2: c.https_h2,
         http2_keep_alive_interval: c.http2_keep_alive_interval,
         http2_keep_alive_timeout: c.http2_keep_alive_timeout,
+        pool_max_lifetime: c.pool_max_lifetime,
     }
 }
 
