@@ -23,25 +23,29 @@ fn backend() -> (SocketAddr, Arc<AtomicUsize>) {
 /// `Connection: close`): as a backend does whose keep-alive timeout runs
 /// out just as a request comes.
 fn backend_closing_after(replies: usize) -> (SocketAddr, Arc<AtomicUsize>) {
-    listen(move |mut conn| async move {
-        let mut left = replies;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while let Ok(n) = conn.read(&mut chunk).await {
-            if n == 0 {
+    listen(move |conn| serve_ok(conn, replies))
+}
+
+/// Answers `ok` to up to `replies` bodiless requests on `conn`, then
+/// closes it at the next one; returns when the client closes it.
+async fn serve_ok(mut conn: TcpStream, replies: usize) {
+    let mut left = replies;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while let Ok(n) = conn.read(&mut chunk).await {
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // One reply per blank line.
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            if left == 0 || conn.write_all(REPLY).await.is_err() {
                 return;
             }
-            buf.extend_from_slice(&chunk[..n]);
-            // Requests without bodies: one reply per blank line.
-            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                buf.drain(..end + 4);
-                if left == 0 || conn.write_all(REPLY).await.is_err() {
-                    return;
-                }
-                left -= 1;
-            }
+            left -= 1;
         }
-    })
+    }
 }
 
 /// A listener on port 0 that serves each connection with `serve` on its
@@ -359,23 +363,10 @@ fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
 fn a_busy_pool_is_retired_after_its_lifetime() {
     let closed = Arc::new(AtomicUsize::new(0));
     let on_close = Arc::clone(&closed);
-    let (addr, accepted) = listen(move |mut conn| {
+    let (addr, accepted) = listen(move |conn| {
         let on_close = Arc::clone(&on_close);
         async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while let Ok(n) = conn.read(&mut chunk).await {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    buf.drain(..end + 4);
-                    if conn.write_all(REPLY).await.is_err() {
-                        return;
-                    }
-                }
-            }
+            serve_ok(conn, usize::MAX).await;
             on_close.fetch_add(1, Ordering::SeqCst);
         }
     });
