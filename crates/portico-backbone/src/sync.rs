@@ -33,6 +33,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
 use portico_config::{DefinitionDefaults, Definitions};
 use portico_proto::{ConfigDelta, ConfigRequest, ConfigSnapshot};
 use sha2::{Digest, Sha256};
@@ -217,17 +218,22 @@ pub(crate) struct ConfigSync {
     /// Installs so far (counted under the `entries` lock).
     installs: AtomicU64,
     tx: watch::Sender<Arc<SyncedConfig>>,
+    /// What `tx` holds, for requests: read without a lock (a watch's
+    /// `borrow` takes its lock, which every PoP thread would share).
+    served: ArcSwap<SyncedConfig>,
 }
 
 impl ConfigSync {
     /// Sync for `origins` links, starting with no APIs.
     pub(crate) fn new(origins: usize, defaults: DefinitionDefaults) -> Self {
-        let (tx, _) = watch::channel(Arc::new(SyncedConfig::empty()));
+        let empty = Arc::new(SyncedConfig::empty());
+        let (tx, _) = watch::channel(Arc::clone(&empty));
         ConfigSync {
             defaults,
             entries: Mutex::new((0..origins).map(|_| Entry::default()).collect()),
             installs: AtomicU64::new(0),
             tx,
+            served: ArcSwap::new(empty),
         }
     }
 
@@ -235,8 +241,14 @@ impl ConfigSync {
         self.tx.subscribe()
     }
 
+    #[cfg(test)]
     pub(crate) fn current(&self) -> Arc<SyncedConfig> {
-        Arc::clone(&self.tx.borrow())
+        self.served.load_full()
+    }
+
+    /// What is served now, for a moment's look (no reference count).
+    pub(crate) fn peek(&self) -> arc_swap::Guard<Arc<SyncedConfig>> {
+        self.served.load()
     }
 
     /// What runs of each origin's definitions, in link order.
@@ -285,8 +297,9 @@ impl ConfigSync {
         if same {
             return Ok(());
         }
-        let merged = merge(&served, &self.defaults).map_err(|e| e.to_string())?;
-        self.tx.send_replace(Arc::new(merged));
+        let merged = Arc::new(merge(&served, &self.defaults).map_err(|e| e.to_string())?);
+        self.served.store(Arc::clone(&merged));
+        self.tx.send_replace(merged);
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use portico_gateway::headers::REQUEST_ID;
@@ -49,7 +49,8 @@ pub(crate) fn header_map(list: Headers, what: &'static str) -> Result<HeaderMap,
     let mut map = HeaderMap::try_with_capacity(list.len()).map_err(|e| bad(what, e))?;
     for (name, value) in list {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(what, e))?;
-        let value = HeaderValue::from_bytes(&value).map_err(|e| bad(what, e))?;
+        // The decoded buffer becomes the value's: checked, not copied.
+        let value = HeaderValue::from_maybe_shared(Bytes::from(value)).map_err(|e| bad(what, e))?;
         map.try_append(name, value).map_err(|e| bad(what, e))?;
     }
     Ok(map)
@@ -158,8 +159,11 @@ pub(crate) fn request_from_head(
 ) -> Result<(http::request::Parts, ConnInfo, Routed), BackboneError> {
     let method = Method::from_bytes(head.method.as_bytes()).map_err(|e| bad("method", e))?;
     let principal = head.principal.map(principal_from_head).transpose()?;
-    let uri: Uri = head.uri.parse().map_err(|e| bad("uri", e))?;
-    if uri.scheme().is_some() || !head.uri.starts_with('/') {
+    if !head.uri.starts_with('/') {
+        return Err(bad("uri", "expected an origin-form path"));
+    }
+    let uri = Uri::from_maybe_shared(Bytes::from(head.uri)).map_err(|e| bad("uri", e))?;
+    if uri.scheme().is_some() {
         return Err(bad("uri", "expected an origin-form path"));
     }
     let mut headers = header_map(head.headers, "headers")?;

@@ -151,8 +151,10 @@ pin_project_lite::pin_project! {
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
+        // Made at the first wait: most small bodies never wait, and a
+        // timer costs a clock read and the runtime's handle.
         #[pin]
-        timer: tokio::time::Sleep,
+        timer: Option<tokio::time::Sleep>,
         idle: std::time::Duration,
         waiting: bool,
     }
@@ -162,7 +164,7 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
         Self {
             inner,
-            timer: tokio::time::sleep(idle),
+            timer: None,
             idle,
             waiting: false,
         }
@@ -188,11 +190,14 @@ where
         if !*this.waiting {
             *this.waiting = true;
             let deadline = tokio::time::Instant::now() + *this.idle;
-            this.timer.as_mut().reset(deadline);
+            match this.timer.as_mut().as_pin_mut() {
+                Some(timer) => timer.reset(deadline),
+                None => this.timer.set(Some(tokio::time::sleep_until(deadline))),
+            }
         }
-        match this.timer.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle))))),
-            Poll::Pending => Poll::Pending,
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyIdle(*this.idle))))),
+            _ => Poll::Pending,
         }
     }
 

@@ -192,6 +192,10 @@ impl<U: Upstream> Gateway<U> {
             resp = without_body(resp);
         }
         record.status = resp.status().as_u16();
+        // With the access log off, no layer to count bytes for it.
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return resp;
+        }
         // A body of declared length is complete once that many bytes went
         // out, whether or not its end was polled before the client left.
         let length = match http_body::Body::size_hint(resp.body()).exact() {
@@ -218,8 +222,10 @@ impl<U: Upstream> Gateway<U> {
         // segments, so `/public/../admin` cannot leave a route's prefix.
         let path = without_dot_segments(record.uri.path())?;
         let path = &*path;
-        // Route with the snapshot current now; the request keeps it to the end.
-        let table = self.table.load_full();
+        // Route with the snapshot current now; the request keeps its
+        // definitions to the end. The table itself is only looked at (no
+        // reference count taken, which every thread would share).
+        let table = self.table.load();
         let resolved = match entry {
             Entry::Public(modes) => {
                 let default_api = conn.default_api.as_deref();
@@ -248,6 +254,8 @@ impl<U: Upstream> Gateway<U> {
             path_params: resolved.path_params,
             principal: None,
         };
+        // Not held across the waits below.
+        drop(table);
         record.target = Some((
             Arc::clone(&ctx.api),
             Arc::clone(&ctx.stage),

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// `x-request-id`, carried end to end and on every response.
@@ -28,6 +29,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// coding framed the message, so the length is not what the body is (RFC
 /// 9112 §6.3 has an intermediary remove it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their names instead of a
+    // lookup for each of the eight.
+    if !has_hop_by_hop(headers) {
+        return;
+    }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -44,10 +50,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(PROXY_CONNECTION);
 }
 
+fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION)
+}
+
 /// [`strip_hop_by_hop`] for a request, keeping `TE: trailers` when the
 /// client sent it: a gRPC server refuses a request without it, and every
 /// hop may send it (RFC 9113 §8.2.2).
 pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
+    if !has_hop_by_hop(headers) {
+        return;
+    }
     let trailers = headers
         .get_all(header::TE)
         .iter()
@@ -107,13 +122,22 @@ pub fn set_forwarded(
         }
     }
     xff.push_str(&ip);
-    for name in &CLIENT_FORWARDING {
-        headers.remove(name);
+    if headers.keys().any(|name| CLIENT_FORWARDING.contains(name)) {
+        for name in &CLIENT_FORWARDING {
+            headers.remove(name);
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    // Values made from strings built here take their buffers (checked, not
+    // copied), and the usual schemes are constants.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(proto) {
+    let proto_value = match proto {
+        "https" => Ok(HeaderValue::from_static("https")),
+        "http" => Ok(HeaderValue::from_static("http")),
+        other => HeaderValue::from_str(other),
+    };
+    if let Ok(v) = proto_value {
         headers.insert(X_FORWARDED_PROTO, v);
     }
     if let Ok(v) = HeaderValue::from_str(host)
@@ -145,7 +169,7 @@ pub fn set_forwarded(
             forwarded.push('"');
         }
     }
-    match HeaderValue::from_str(&forwarded) {
+    match HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
         Ok(v) => headers.insert(header::FORWARDED, v),
         Err(_) => headers.remove(header::FORWARDED),
     };

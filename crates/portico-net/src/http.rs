@@ -57,12 +57,12 @@ pub struct HttpLimits {
     pub max_header_bytes: usize,
     /// How long a TLS handshake may take.
     pub handshake_timeout: Duration,
-    /// Idle connections are closed after this long: an HTTP/1.1 keep-alive
-    /// connection waiting for its next request head (hyper's header read
-    /// timeout), and any connection, HTTP/1.1 or HTTP/2, that sends no
-    /// request after its handshake or has had none in flight and none new
-    /// for this long (checked every `header_read_timeout`, so it closes
-    /// within twice that).
+    /// Idle connections are closed after this long: any connection,
+    /// HTTP/1.1 or HTTP/2, that sends no whole request head after its
+    /// handshake, or has had none in flight and none new for this long (a
+    /// keep-alive connection waiting for its next head, or one trickling a
+    /// head in). Checked every `header_read_timeout`, so it closes within
+    /// twice that.
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
@@ -361,8 +361,11 @@ impl<H: Handler> TcpServer<H> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout)
+            // Not hyper's header read timeout: it boxes and registers a new
+            // timer for every request head, where the connection's own
+            // watcher (`Activity::watch`) already closes a connection whose
+            // head does not come, at one timer per connection.
+            .header_read_timeout(None)
             .max_buf_size(self.limits.max_header_bytes.max(8192));
         builder
             .http2()

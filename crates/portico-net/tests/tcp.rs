@@ -184,6 +184,37 @@ async fn a_connection_that_sends_nothing_after_its_handshake_is_closed() {
 }
 
 #[tokio::test]
+async fn an_idle_http1_keep_alive_connection_is_closed() {
+    let server = start().await;
+    let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let got = String::from_utf8(exchange(&server, b"http/1.1", request).await).unwrap();
+    // Answered, then closed while waiting for the next head.
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.contains("content-length: 0\r\n"), "{got}");
+}
+
+#[tokio::test]
+async fn a_request_head_trickled_in_is_cut_off() {
+    let server = start().await;
+    let mut tls = connect(&server, b"http/1.1").await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // A header byte every tenth of the idle limit, never the blank line.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(IDLE / 10).await;
+            if tls.write_all(b"x").await.is_err() || tls.flush().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), trickle)
+        .await
+        .expect("the server closed the connection whose head never came");
+}
+
+#[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let server = start().await;
     // The client preface and an empty SETTINGS frame, then nothing.

@@ -42,7 +42,7 @@ pub(super) async fn run(
     let s = &inner.settings;
     let mut backoff = Backoff::new(s.backoff_min, s.backoff_max);
     loop {
-        link.state.send_replace(LinkState::Connecting);
+        link.set_state(LinkState::Connecting);
         let dialed = tokio::select! {
             dialed = tokio::time::timeout(s.handshake_timeout, dial(&inner, &endpoint, index)) => dialed,
             () = crate::settings::stopped(&mut stop) => return,
@@ -62,7 +62,7 @@ pub(super) async fn run(
             }
             Err(err) => {
                 tracing::warn!(origin = %link.spec.address, %err, "backbone dial failed");
-                link.state.send_replace(LinkState::Down(err.to_string()));
+                link.set_state(LinkState::Down(err.to_string()));
             }
         }
         if *stop.borrow() {
@@ -203,16 +203,17 @@ async fn session(
             .request_codec()
             .with_version(control.ack.chosen_version),
         origin_id: origin_id.clone(),
+        region: link.spec.region.clone(),
         control: control.link.clone(),
         in_flight: inner.in_flight.clone(),
         outstanding: inner.replicated(index).then(InFlight::default),
     });
-    link.state.send_replace(LinkState::Up(session));
+    link.set_state(LinkState::Up(session));
     tracing::info!(origin = %origin_id, address = %link.spec.address, region = %link.spec.region, "backbone link up");
     inner.control.link_up(&control.link);
     let reason = serve_session(inner, index, &conn, &mut control, stop).await;
     // Requests stop choosing the link before control subsystems hear it is gone.
-    link.state.send_replace(LinkState::Down(reason.clone()));
+    link.set_state(LinkState::Down(reason.clone()));
     inner.sync.link_down(index);
     inner.control.link_down(&control.link);
     reason
@@ -287,7 +288,7 @@ fn on_frame(
     let link = &inner.links[index];
     let Some(frame) = frame? else {
         // The origin finished its control stream (after GoAway): no new requests.
-        link.state.send_replace(LinkState::Draining);
+        link.set_state(LinkState::Draining);
         return Ok(false);
     };
     c.checker.on_frame(frame.kind())?;
@@ -302,7 +303,7 @@ fn on_frame(
         Frame::Ping(p) => c.writer.push(&Frame::Pong(Pong { nonce: p.nonce }))?,
         Frame::GoAway(g) => {
             tracing::info!(origin = %c.ack.node_id, reason = %g.reason, "origin going away");
-            link.state.send_replace(LinkState::Draining);
+            link.set_state(LinkState::Draining);
         }
         other => inner.control.on_frame(&c.link, other),
     }

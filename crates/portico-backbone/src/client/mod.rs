@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use portico_config::DefinitionDefaults;
 use portico_proto::Codec;
 use tokio::sync::watch;
@@ -45,6 +46,8 @@ pub struct Session {
     conn: quinn::Connection,
     codec: Codec,
     origin_id: String,
+    /// The region of the link's origin.
+    region: String,
     control: ControlLink,
     /// Requests in flight on the endpoint (every link).
     in_flight: InFlight,
@@ -122,15 +125,38 @@ impl LinkState {
 pub(crate) struct Link {
     spec: OriginSpec,
     state: watch::Sender<LinkState>,
+    /// The session of `state` while it is `Up`, for requests: read without
+    /// a lock (a watch's `borrow` takes its lock, which every PoP thread
+    /// would share). Set only by [`Link::set_state`], with `state`.
+    up: ArcSwapOption<Session>,
 }
 
 impl Link {
+    fn new(spec: OriginSpec) -> Self {
+        Link {
+            spec,
+            state: watch::channel(LinkState::Connecting).0,
+            up: ArcSwapOption::empty(),
+        }
+    }
+
     /// The link's session while it is up.
     fn session(&self) -> Option<Arc<Session>> {
-        match &*self.state.borrow() {
+        self.up.load_full()
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load().is_some()
+    }
+
+    /// Moves the link to `state`, telling its watchers.
+    fn set_state(&self, state: LinkState) {
+        let session = match &state {
             LinkState::Up(session) => Some(Arc::clone(session)),
             _ => None,
-        }
+        };
+        self.up.store(session);
+        self.state.send_replace(state);
     }
 }
 
@@ -172,7 +198,7 @@ impl Inner {
         let in_region = || self.links.iter().filter(|l| l.spec.region == region);
         let live = || in_region().filter_map(Link::session).filter(other);
         let count = match except {
-            None => in_region().filter(|l| l.state.borrow().is_up()).count(),
+            None => in_region().filter(|l| l.is_up()).count(),
             Some(_) => live().count(),
         };
         match count {
@@ -275,13 +301,7 @@ impl Backbone {
             crate::runtime::CoalescingRuntime::shared(in_flight.clone()),
         )
         .map_err(BackboneError::Endpoint)?;
-        let links = origins
-            .into_iter()
-            .map(|spec| Link {
-                spec,
-                state: watch::channel(LinkState::Connecting).0,
-            })
-            .collect::<Vec<_>>();
+        let links = origins.into_iter().map(Link::new).collect::<Vec<_>>();
         let inner = Arc::new(Inner {
             identity,
             settings,

@@ -29,18 +29,32 @@ impl BackboneUpstream {
         BackboneUpstream { inner }
     }
 
-    /// The home region of `ctx`'s API: its `region`, else the region of the
-    /// origin that sent it, else the only region this PoP knows.
-    fn home_region(&self, ctx: &RequestCtx) -> Option<String> {
-        if let Some(region) = &ctx.api.region {
-            return Some(region.clone());
-        }
-        if let Some(region) = self.inner.sync.current().home_of(&ctx.api.name) {
-            return Some(region.to_owned());
-        }
-        let mut regions = self.inner.links.iter().map(|l| &l.spec.region);
+    /// The live session of the home region of `ctx`'s API (its `region`,
+    /// else the region of the origin that sent it, else the only region
+    /// this PoP knows), or the error for a region with no link up.
+    fn home_session(&self, ctx: &RequestCtx) -> Result<Arc<Session>, GatewayError> {
+        let synced;
+        let region = match &ctx.api.region {
+            Some(region) => Some(region.as_str()),
+            None => {
+                synced = self.inner.sync.peek();
+                match synced.home_of(&ctx.api.name) {
+                    Some(region) => Some(region),
+                    None => self.only_region(),
+                }
+            }
+        };
+        let region = region.unwrap_or_default();
+        self.inner
+            .live_session(region, None)
+            .ok_or_else(|| unavailable(BackboneError::NoLink(region.to_owned())))
+    }
+
+    /// The region of every link, when they all have the same one.
+    fn only_region(&self) -> Option<&str> {
+        let mut regions = self.inner.links.iter().map(|l| l.spec.region.as_str());
         let first = regions.next()?;
-        regions.all(|r| r == first).then(|| first.clone())
+        regions.all(|r| r == first).then_some(first)
     }
 
     /// Whether a link to `region` is up now.
@@ -72,11 +86,8 @@ impl Upstream for BackboneUpstream {
         ctx: &RequestCtx,
         req: Request<Body>,
     ) -> Result<Response<Body>, GatewayError> {
-        let region = self.home_region(ctx).unwrap_or_default();
+        let session = self.home_session(ctx)?;
         let (parts, body) = req.into_parts();
-        let Some(session) = self.inner.live_session(&region, None) else {
-            return Err(unavailable(BackboneError::NoLink(region)));
-        };
         let pop_id = &self.inner.identity.node_id;
         let push_head = |w: &mut FrameWriter| {
             w.push_with(|codec, dst| wire::encode_request_head(codec, ctx, &parts, pop_id, dst))
@@ -88,7 +99,7 @@ impl Upstream for BackboneUpstream {
             // a request with no body goes once more to another replica of
             // its region rather than fail while that one is idle.
             Err(err) if bodiless && refused(&err) => {
-                match self.inner.live_session(&region, Some(&session)) {
+                match self.inner.live_session(&session.region, Some(&session)) {
                     Some(other) => {
                         exchange(&other, push_head, portico_gateway::body::empty()).await
                     }

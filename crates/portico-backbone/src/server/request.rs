@@ -23,7 +23,10 @@ use crate::wire;
 /// the drain timeout are aborted (their halves reset).
 ///
 /// The tasks live in a `JoinSet` owned by this loop: spawning and reaping
-/// touch no state shared with other links or streams.
+/// touch no state shared with other links or streams. Finished tasks are
+/// reaped as each new stream comes (`try_join_next`), not waited for: a
+/// `join_next` branch in the loop would wake it once more per request, on
+/// the link's one thread, only to drop a finished task.
 pub(super) async fn accept_streams<H: RequestHandler>(
     conn: &Connection,
     shared: &Arc<Shared<H>>,
@@ -35,10 +38,10 @@ pub(super) async fn accept_streams<H: RequestHandler>(
     loop {
         let accepted = tokio::select! {
             () = crate::settings::stopped(&mut stop) => break,
-            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
             accepted = conn.accept_bi() => accepted,
         };
         let Ok((send, recv)) = accepted else { return };
+        while streams.try_join_next().is_some() {}
         // Boxed: the future (the origin's whole pipeline and its backend
         // client) is several kilobytes, and spawning copies it whole; a box
         // is copied as a pointer.
