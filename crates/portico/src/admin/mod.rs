@@ -19,6 +19,7 @@ mod usage;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -39,7 +40,7 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// How long a connection may take to send a request head, and stay idle
 /// between requests.
-const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the admin API serves with.
 pub struct Admin<U> {
@@ -222,29 +223,71 @@ fn risks(admin: &portico_config::AdminConfig) -> Vec<String> {
     out
 }
 
+/// What an admin listener holds for its callers.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    /// Connections served at once; the next waits in the kernel's backlog.
+    max_connections: usize,
+    /// Longest a connection stays open, whatever it does: one that sends
+    /// requests and never reads the answers would otherwise hold its
+    /// descriptor for ever (hyper waits on the write with no timer), and
+    /// the node's descriptors are its public listeners' too.
+    lifetime: Duration,
+}
+
+const ADMIN_LIMITS: ConnLimits = ConnLimits {
+    max_connections: 64,
+    lifetime: Duration::from_secs(60),
+};
+
 /// Serves the admin API until `stop` turns true.
 pub async fn serve<U: Upstream>(
     listener: TcpListener,
     admin: Arc<Admin<U>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(%err, "admin accept failed");
-                    continue;
-                }
-            },
-        };
+    let handle = move |req| {
         let admin = Arc::clone(&admin);
+        async move { admin.handle(req).await }
+    };
+    serve_connections(listener, stop, ADMIN_LIMITS, handle).await;
+}
+
+/// Serves HTTP/1.1 connections with `handle` until `stop` turns true.
+async fn serve_connections<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    handle: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = async {
+                let slot = Arc::clone(&slots).acquire_owned().await;
+                (slot, listener.accept().await)
+            } => accepted,
+        };
+        let stream = match accepted {
+            (Ok(slot), Ok((stream, _))) => (slot, stream),
+            (_, Err(err)) => {
+                tracing::warn!(%err, "admin accept failed");
+                continue;
+            }
+            // The semaphore is never closed.
+            (Err(_), Ok(_)) => continue,
+        };
+        let handle = handle.clone();
         // Connections finish on their own; the process exits soon after `stop`.
         tokio::spawn(async move {
+            let (_slot, stream) = stream;
             let service = service_fn(move |req| {
-                let admin = Arc::clone(&admin);
-                async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                let answer = handle(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             // Without a timer hyper has no header read timeout: a caller that
             // never finishes its head would hold the connection for ever.
@@ -252,8 +295,10 @@ pub async fn serve<U: Upstream>(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, "admin connection ended");
+            match tokio::time::timeout(limits.lifetime, conn).await {
+                Ok(Err(err)) => tracing::debug!(%err, "admin connection ended"),
+                Err(_) => tracing::debug!("admin connection closed: open too long"),
+                Ok(Ok(())) => {}
             }
         });
     }
@@ -283,5 +328,88 @@ mod risk_tests {
             open[0].starts_with("the admin API listens on 0.0.0.0:9901"),
             "{open:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod conn_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const BODY: usize = 10 * 1024;
+
+    /// An admin-shaped listener on port 0 answering every request with
+    /// `BODY` bytes; stops when the returned sender is dropped.
+    async fn start(limits: ConnLimits) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let handle = |_req| async { Response::new(Full::new(Bytes::from(vec![b'x'; BODY]))) };
+        tokio::spawn(serve_connections(listener, stopped, limits, handle));
+        (addr, stop)
+    }
+
+    const GET: &[u8] = b"GET /usage HTTP/1.1\r\nhost: admin\r\n\r\n";
+
+    /// Whether a GET on a new connection is answered within `wait`.
+    async fn answered(addr: std::net::SocketAddr, wait: Duration) -> (bool, TcpStream) {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(GET).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(wait, conn.read(&mut buf)).await;
+        (matches!(read, Ok(Ok(n)) if n > 0), conn)
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_for_one_to_close() {
+        let (addr, _stop) = start(ConnLimits {
+            max_connections: 2,
+            lifetime: Duration::from_secs(60),
+        })
+        .await;
+        let first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        // Both slots held by connections that send nothing.
+        let (served, third) = answered(addr, Duration::from_millis(300)).await;
+        assert!(!served, "a third connection was served past the limit");
+        drop(first);
+        let mut third = third;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(20), third.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(n)) if n > 0), "{read:?}");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_never_reads_its_answers_is_cut_off() {
+        let (addr, _stop) = start(ConnLimits {
+            max_connections: 64,
+            lifetime: Duration::from_millis(300),
+        })
+        .await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let conn = socket.connect(addr).await.unwrap();
+        let (mut read, mut write) = conn.into_split();
+        // Far more answers than any socket buffers hold, asked for at once.
+        const REQUESTS: usize = 2000;
+        tokio::spawn(async move {
+            let _ = write.write_all(&GET.repeat(REQUESTS)).await;
+            std::future::pending::<()>().await;
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        let drained = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(n) = read.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+        })
+        .await;
+        assert!(drained.is_ok(), "the connection stayed open");
+        assert!(got < REQUESTS * BODY, "every answer was sent: {got} bytes");
     }
 }
