@@ -150,6 +150,11 @@ impl<K: Hash + Eq + Clone> KeyedThrottle<K> {
         self.limiter.retain_recent();
     }
 
+    /// Gives back memory the key map no longer needs (after many keys went).
+    pub fn shrink_to_fit(&self) {
+        self.limiter.shrink_to_fit();
+    }
+
     /// Keys currently tracked.
     pub fn len(&self) -> usize {
         self.limiter.len()

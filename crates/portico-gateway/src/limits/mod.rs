@@ -24,7 +24,7 @@ mod share;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -62,7 +62,7 @@ pub(crate) fn spec(r: RateLimit) -> RateSpec {
 pub struct Limits {
     enabled: bool,
     node: Option<Throttle>,
-    per_ip: Option<KeyedThrottle<IpAddr>>,
+    per_ip: Option<ClientBuckets>,
     set: ArcSwap<LimiterSet>,
     quota: Option<Arc<Quotas>>,
     degraded: AtomicU64,
@@ -113,7 +113,12 @@ impl Limits {
             node: Throttle::new("node", spec(config.node)),
             per_ip: config
                 .per_client_ip
-                .and_then(|r| KeyedThrottle::new("ip", spec(r))),
+                .and_then(|r| KeyedThrottle::new("ip", spec(r)))
+                .map(|throttle| ClientBuckets {
+                    throttle,
+                    max: MAX_CLIENT_BUCKETS,
+                    coarse: AtomicBool::new(false),
+                }),
             set: ArcSwap::from_pointee(set),
             quota,
             degraded: AtomicU64::new(0),
@@ -260,7 +265,7 @@ impl Limits {
         let route = stage.and_then(|s| s.route(ctx.route_index));
         let stage = stage.and_then(|s| s.stage.as_ref());
         let key = plan.and_then(|(k, p)| self.check_key(&set, k, p));
-        let ip = client_bucket(ctx.conn.client_addr.ip());
+        let ip = ctx.conn.client_addr.ip();
         if stage.is_none() && route.is_none() && key.is_none() {
             // Fast path, no headers: only the node's and the client IP's buckets.
             return self.throttle_plain(ip);
@@ -268,7 +273,7 @@ impl Limits {
         // The narrowest bucket first; the first to refuse ends the checks.
         let mut verdict = Verdict::default();
         verdict.extend(key);
-        verdict.then_check(|| self.per_ip.as_ref().map(|t| t.check(&ip)));
+        verdict.then_check(|| self.per_ip.as_ref().map(|t| t.check(ip)));
         verdict.then_check(|| route.map(|t| t.check()));
         verdict.then_check(|| stage.map(|t| t.check()));
         verdict.then_check(|| self.node.as_ref().map(Throttle::check));
@@ -307,7 +312,7 @@ impl Limits {
     fn throttle_plain(&self, ip: IpAddr) -> Result<Admitted, GatewayError> {
         // The client's own bucket first: what it refuses costs the node's nothing.
         let mut verdict = Verdict::default();
-        verdict.extend(self.per_ip.as_ref().map(|t| t.check(&ip)));
+        verdict.extend(self.per_ip.as_ref().map(|t| t.check(ip)));
         verdict.then_check(|| self.node.as_ref().map(Throttle::check));
         match verdict.refused() {
             Some(retry_after) => Err(too_many(retry_after)),
@@ -427,6 +432,67 @@ fn client_bucket(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The bucket of a client address (as [`client_bucket`] gave it) while the
+/// node tracks too many: its IPv4 /24, its IPv6 /48.
+fn coarse_bucket(bucket: IpAddr) -> IpAddr {
+    match bucket {
+        IpAddr::V4(v4) => IpAddr::V4(std::net::Ipv4Addr::from_bits(v4.to_bits() & !0xff)),
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+            v6.to_bits() & !((1u128 << 80) - 1),
+        )),
+    }
+}
+
+/// Client addresses tracked one by one before new ones are kept by their
+/// network ([`coarse_bucket`]): some 100 bytes each, so about 20 MB. nginx's
+/// `limit_req_zone` has a size for the same reason.
+pub const MAX_CLIENT_BUCKETS: usize = 200_000;
+
+/// The per-client-IP buckets, bounded: a crowd of addresses (a botnet, an
+/// IPv6 /32 walked /64 by /64) would otherwise add a bucket per address
+/// faster than idle ones are forgotten. Past `max` buckets at a sweep, clients
+/// are kept by their network until the count is back under half of it.
+struct ClientBuckets {
+    throttle: KeyedThrottle<IpAddr>,
+    max: usize,
+    coarse: AtomicBool,
+}
+
+impl ClientBuckets {
+    fn check(&self, ip: IpAddr) -> crate::throttle::Decision {
+        let bucket = client_bucket(ip);
+        match self.coarse.load(Ordering::Relaxed) {
+            false => self.throttle.check(&bucket),
+            true => self.throttle.check(&coarse_bucket(bucket)),
+        }
+    }
+
+    /// Forgets idle buckets, and decides how the next clients are kept.
+    fn retain_recent(&self) {
+        let before = self.throttle.len();
+        self.throttle.retain_recent();
+        let after = self.throttle.len();
+        if after < before / 2 {
+            self.throttle.shrink_to_fit();
+        }
+        let coarse = self.coarse.load(Ordering::Relaxed);
+        if !coarse && after > self.max {
+            tracing::warn!(
+                buckets = after,
+                "too many client addresses to throttle one by one: new ones are \
+                 throttled by their network (IPv4 /24, IPv6 /48)"
+            );
+            self.coarse.store(true, Ordering::Relaxed);
+        } else if coarse && after < self.max / 2 {
+            tracing::info!(
+                buckets = after,
+                "client addresses throttled one by one again"
+            );
+            self.coarse.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,10 +511,7 @@ mod tests {
             }),
         };
         let limits = Limits::new(&config, &Definitions::empty(), None);
-        let admit = |ip: &str| {
-            let bucket = client_bucket(ip.parse().unwrap());
-            limits.throttle_plain(bucket).is_ok()
-        };
+        let admit = |ip: &str| limits.throttle_plain(ip.parse().unwrap()).is_ok();
         assert!(admit("2001:db8:0:1::1"));
         // Another address of the same /64: the same bucket, now empty.
         assert!(!admit("2001:db8:0:1:ffff::2"));
@@ -459,6 +522,58 @@ mod tests {
             "IPv4-mapped is the IPv4 address"
         );
         assert!(admit("192.0.2.2"));
+    }
+
+    #[test]
+    fn past_its_cap_clients_are_kept_by_their_network_until_the_crowd_is_gone() {
+        let throttle = KeyedThrottle::new(
+            "ip",
+            RateSpec {
+                rate: 1000.0,
+                burst: 1,
+            },
+        )
+        .unwrap();
+        let buckets = ClientBuckets {
+            throttle,
+            max: 100,
+            coarse: AtomicBool::new(false),
+        };
+        // A crowd: 300 addresses of one /24 and of one IPv6 /48.
+        for n in 0..150u32 {
+            assert!(
+                !buckets
+                    .check(IpAddr::from([198, 51, 100, n as u8]))
+                    .is_refused()
+            );
+            let v6 =
+                std::net::Ipv6Addr::from_bits((0x2001_0db8_0001u128 << 80) | (u128::from(n) << 64));
+            assert!(!buckets.check(IpAddr::V6(v6)).is_refused());
+        }
+        buckets.retain_recent();
+        assert!(buckets.coarse.load(Ordering::Relaxed), "the cap was passed");
+        // New addresses now share their network's bucket: one request each.
+        let first = buckets.check("198.51.100.200".parse().unwrap());
+        let second = buckets.check("198.51.100.201".parse().unwrap());
+        assert!(!first.is_refused() && second.is_refused());
+        let first = buckets.check("2001:db8:1:ffff::1".parse().unwrap());
+        let second = buckets.check("2001:db8:1:eeee::1".parse().unwrap());
+        assert!(!first.is_refused() && second.is_refused());
+        // Once the crowd's buckets are full again and forgotten, one by one again.
+        std::thread::sleep(Duration::from_millis(50));
+        buckets.retain_recent();
+        assert_eq!(buckets.throttle.len(), 0);
+        assert!(!buckets.coarse.load(Ordering::Relaxed));
+        assert!(
+            !buckets
+                .check("198.51.100.200".parse().unwrap())
+                .is_refused()
+        );
+        assert!(
+            !buckets
+                .check("198.51.100.201".parse().unwrap())
+                .is_refused()
+        );
     }
 
     #[test]
