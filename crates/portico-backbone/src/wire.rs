@@ -82,7 +82,7 @@ pub(crate) fn encode_request_head(
     };
     let remaining = ctx.settings().timeout.saturating_sub(ctx.started.elapsed());
     let head = RequestHeadRef {
-        request_id: &ctx.request_id,
+        request_id: ctx.request_id.as_str(),
         method: parts.method.as_str(),
         uri: parts
             .uri

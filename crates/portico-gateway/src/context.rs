@@ -113,7 +113,7 @@ impl std::fmt::Display for Principal {
 /// (cheaply: shared pointers) for background cache refreshes.
 #[derive(Debug, Clone)]
 pub struct RequestCtx {
-    pub request_id: String,
+    pub request_id: crate::headers::RequestId,
     pub started: Instant,
     pub conn: Arc<ConnInfo>,
     /// The configuration snapshot the request started with; it finishes on it.

@@ -16,7 +16,7 @@ use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, 
 use crate::cache::{PurgeScope, ResponseCache};
 use crate::context::{ConnInfo, Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
-use crate::headers::{REQUEST_ID, request_id, strip_hop_by_hop, strip_request_hop_by_hop};
+use crate::headers::{REQUEST_ID, RequestId, strip_hop_by_hop, strip_request_hop_by_hop};
 use crate::limits::Limits;
 use crate::log::{AccessRecord, Logged};
 use crate::router::{RoutingTable, ServedModes};
@@ -140,7 +140,7 @@ impl<U: Upstream> Gateway<U> {
 
     fn record<B>(&self, req: &Request<B>, conn: &ConnInfo) -> AccessRecord {
         AccessRecord {
-            request_id: request_id(req.headers()),
+            request_id: RequestId::of(req.headers()),
             node: Arc::clone(&self.settings.node_id),
             protocol: conn.protocol.as_str(),
             client: Some(conn.client_addr),
@@ -338,9 +338,9 @@ impl<U: Upstream> Gateway<U> {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
         }
-        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
-            parts.headers.insert(&REQUEST_ID, v);
-        }
+        parts
+            .headers
+            .insert(&REQUEST_ID, ctx.request_id.value().clone());
         // Each gateway the request passes names itself (RFC 9110 §7.6.3).
         parts.headers.append(header::VIA, self.via.clone());
         Ok(Request::from_parts(
@@ -362,12 +362,10 @@ impl<U: Upstream> Gateway<U> {
         result
     }
 
-    fn shape_response(&self, resp: &mut Response<Body>, request_id: &str) {
+    fn shape_response(&self, resp: &mut Response<Body>, request_id: &RequestId) {
         let headers = resp.headers_mut();
         strip_hop_by_hop(headers);
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(&REQUEST_ID, v);
-        }
+        headers.insert(&REQUEST_ID, request_id.value().clone());
         headers.append(header::VIA, self.via.clone());
     }
 }

@@ -217,21 +217,55 @@ pub const MAX_FIELDS: usize = 1000;
 /// Fields a gateway may add to a request before the backbone carries it.
 pub const ADDED_FIELDS: usize = 8;
 
-/// The client's request id if it is sane (1–128 of `[A-Za-z0-9._-]`), else a new UUID.
-pub fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid_request_id(v))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id)
+/// A request's id, as the `x-request-id` value it is sent as: cloning it,
+/// into the context, the request and the response, counts a reference
+/// instead of copying a string each time.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The client's request id if it is sane (1–128 of `[A-Za-z0-9._-]`),
+    /// else a new UUID.
+    pub fn of(headers: &HeaderMap) -> Self {
+        match headers.get(&REQUEST_ID) {
+            Some(v) if v.to_str().is_ok_and(is_valid_request_id) => RequestId(v.clone()),
+            _ => Self::new(),
+        }
+    }
+
+    /// A random (v4) UUID from the thread-local generator: no system call
+    /// per request, and one allocation, shared by every clone.
+    pub fn new() -> Self {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut text);
+        let value = HeaderValue::from_maybe_shared(Bytes::from_owner(text));
+        RequestId(value.unwrap_or_else(|_| HeaderValue::from_static("-")))
+    }
+
+    /// The value to send.
+    pub fn value(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Checked to be of `[A-Za-z0-9._-]` when made.
+        self.0.to_str().unwrap_or_default()
+    }
 }
 
-/// A random (v4) UUID from the thread-local generator: no system call per request.
-fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
-        .into_uuid()
-        .to_string()
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 fn is_valid_request_id(id: &str) -> bool {
@@ -389,8 +423,11 @@ mod tests {
     fn keeps_valid_request_ids_only() {
         let mut h = HeaderMap::new();
         h.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(RequestId::of(&h).as_str(), "abc-123");
         h.insert(&REQUEST_ID, HeaderValue::from_static("bad id with spaces"));
-        assert_eq!(request_id(&h).len(), 36);
+        let new = RequestId::of(&h);
+        assert!(uuid::Uuid::parse_str(new.as_str()).is_ok(), "{new}");
+        assert_ne!(new.as_str(), RequestId::new().as_str());
+        assert_eq!(new.value(), new.as_str());
     }
 }

@@ -22,7 +22,7 @@ use crate::body::{Body, BoxError};
 /// refcounted `http` types) and only formatted if the line is written.
 #[derive(Debug, Default)]
 pub struct AccessRecord {
-    pub request_id: String,
+    pub request_id: crate::headers::RequestId,
     pub node: Arc<str>,
     pub protocol: &'static str,
     pub client: Option<SocketAddr>,
