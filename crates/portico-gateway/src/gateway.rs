@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use portico_config::Definitions;
 
@@ -319,13 +320,15 @@ impl<U: Upstream> Gateway<U> {
             _ => {}
         }
         let (mut parts, body) = req.into_parts();
-        let inner_uri = match parts.uri.query() {
-            Some(q) => format!("{inner_path}?{q}"),
-            None => inner_path.to_owned(),
-        };
-        parts.uri = inner_uri
-            .parse::<Uri>()
-            .map_err(|e| GatewayError::client(ErrorKind::BadRequest).with_cause(e))?;
+        // A routed request's URI is already the path inside its stage.
+        if parts.uri.path() != inner_path || parts.uri.scheme().is_some() {
+            let inner_uri = match parts.uri.query() {
+                Some(q) => format!("{inner_path}?{q}"),
+                None => inner_path.to_owned(),
+            };
+            parts.uri = Uri::from_maybe_shared(Bytes::from(inner_uri))
+                .map_err(|e| GatewayError::client(ErrorKind::BadRequest).with_cause(e))?;
+        }
         strip_request_hop_by_hop(&mut parts.headers);
         // A list of equal lengths (`3, 3`) goes on as the one it means.
         if let Some(len) = declared {

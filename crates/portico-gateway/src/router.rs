@@ -146,7 +146,7 @@ impl RoutingTable {
         }
         self.domains
             .get(host)
-            .or_else(|| self.domains.get(&host.to_ascii_lowercase()))
+            .or_else(|| self.domains.get(&lowercase(host)?))
     }
 
     fn via_domain<'p>(
@@ -182,7 +182,10 @@ impl RoutingTable {
         let api = self
             .by_host
             .get(host)
-            .or_else(|| self.by_host.get(&host.to_ascii_lowercase()))
+            .or_else(|| match self.by_host.is_empty() {
+                true => None,
+                false => self.by_host.get(&lowercase(host)?),
+            })
             .or_else(|| execute_api_name(host).and_then(|name| self.api_named(name)))
             .or_else(|| default_api.and_then(|name| self.by_name.get(name)))
             .ok_or_else(not_found)?;
@@ -234,6 +237,13 @@ impl RoutingTable {
             stage,
         })
     }
+}
+
+/// `host` in lower case, if it is not already (`None`: nothing to look up again).
+fn lowercase(host: &str) -> Option<String> {
+    host.bytes()
+        .any(|b| b.is_ascii_uppercase())
+        .then(|| host.to_ascii_lowercase())
 }
 
 fn not_found() -> GatewayError {
