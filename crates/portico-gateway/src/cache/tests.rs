@@ -12,6 +12,11 @@ use http_body_util::{BodyExt, StreamBody};
 use portico_config::Definitions;
 
 use super::PurgeScope;
+use super::entry::{Exchange, PIECE_COST, Stored};
+use super::fill::{Budget, Fill, FillResult, OVERFLOW_WINDOW, run_fill};
+use super::key::KeyText;
+use super::lead::FILL_COST;
+use super::store::{Stamp, Store};
 use crate::body::{Body, BoxError, full};
 use crate::context::{ConnInfo, Protocol, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
@@ -999,8 +1004,8 @@ async fn a_route_whose_object_limit_exceeds_the_store_still_caches() {
 #[tokio::test]
 async fn fills_in_flight_buffer_no_more_than_the_store_holds() {
     // Room for two fills of the route's largest object (16 bytes; these
-    // bodies declare no length, so each reserves that much).
-    let g = gateway_with_cache(32, Duration::ZERO, |req, _| {
+    // bodies declare no length, so each reserves that much and a fill's cost).
+    let g = gateway_with_cache(2 * (16 + FILL_COST), Duration::ZERO, |req, _| {
         if req.uri().path().ends_with("/slow") {
             slow_body()
         } else {
@@ -1146,35 +1151,45 @@ async fn ttl_mode_uses_the_route_ttl_and_head_uses_get_entries() {
     assert_eq!((r.status, r.cache_status()), (502, String::new()));
 }
 
-#[tokio::test]
-async fn the_store_stays_within_its_bytes() {
-    let store = super::store::Store::new(4 << 20);
-    let settings = Definitions::from_toml_str(DEFS, "test").unwrap();
-    let settings = settings
-        .api("a")
+/// The settings of the test API's first route.
+fn route_settings() -> Arc<portico_config::CacheSettings> {
+    let defs = Definitions::from_toml_str(DEFS, "test").unwrap();
+    defs.api("a")
         .unwrap()
         .stage("prod")
         .unwrap()
         .route_settings(0)
         .cache
         .clone()
-        .unwrap();
+        .unwrap()
+}
+
+/// A 200 fresh for 10 minutes, fetched under `stamp`.
+fn exchange(stamp: Stamp) -> Exchange {
+    let mut headers = HeaderMap::new();
+    headers.insert("cache-control", "max-age=600".parse().unwrap());
+    Exchange {
+        status: StatusCode::OK,
+        headers,
+        request_time: std::time::SystemTime::now(),
+        response_time: std::time::SystemTime::now(),
+        arrived: std::time::Instant::now(),
+        stamp,
+    }
+}
+
+fn key_text(text: &str) -> KeyText {
+    KeyText::build(|t| t.extend_from_slice(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn the_store_stays_within_its_bytes() {
+    let store = Store::new(4 << 20);
+    let settings = route_settings();
     for i in 0..400u64 {
-        let key = super::key::KeyText::build(|t| {
-            t.extend_from_slice(format!("a\0prod\0G\0/p{i}\0\0").as_bytes())
-        });
-        let mut headers = HeaderMap::new();
-        headers.insert("cache-control", "max-age=600".parse().unwrap());
-        let ex = super::entry::Exchange {
-            status: StatusCode::OK,
-            headers,
-            request_time: std::time::SystemTime::now(),
-            response_time: std::time::SystemTime::now(),
-            arrived: std::time::Instant::now(),
-            stamp: store.stamp(1),
-        };
+        let key = key_text(&format!("a\0prod\0G\0/p{i}\0\0"));
         let body: Box<[Bytes]> = vec![Bytes::from(vec![b'x'; 65536])].into_boxed_slice();
-        let entry = super::entry::Stored::new(key, 1, ex, body, &settings).unwrap();
+        let entry = Stored::new(key, 1, exchange(store.stamp(1)), body, &settings).unwrap();
         store
             .insert(
                 i,
@@ -1187,4 +1202,147 @@ async fn the_store_stays_within_its_bytes() {
     assert!(stats.weighted_bytes <= 4 << 20, "{stats:?}");
     // 64 KiB bodies plus their overhead: about 63 of them fit.
     assert!((55..=64).contains(&stats.entries), "{stats:?}");
+}
+
+/// A fill of a body of `length` (`None`: not announced) within `budget`.
+fn bare_fill(length: Option<usize>, budget: Budget) -> Arc<Fill> {
+    Fill::new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        key_text("k"),
+        Box::new([]),
+        length,
+        budget,
+    )
+}
+
+/// `n` chunks of one byte; `pulled` counts those the reader took.
+fn one_byte_chunks(n: usize, pulled: Arc<AtomicUsize>) -> Body {
+    use futures_util::StreamExt as _;
+    let chunks = stream::iter(0..n).map(move |_| {
+        pulled.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"x")))
+    });
+    StreamBody::new(chunks).boxed_unsync()
+}
+
+/// Each piece of a fill costs its handle and its share of an allocation:
+/// 256 KiB storable, sent as one-byte chunks, would be ~16 MiB of pieces.
+/// The fill stops being storable once its pieces cost more than its room.
+#[tokio::test]
+async fn a_body_in_tiny_chunks_is_counted_by_what_its_pieces_cost() {
+    let limit = 256 * 1024;
+    let budget = Budget {
+        limit,
+        room: limit + FILL_COST,
+    };
+    let fill = bare_fill(None, budget);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let mut oversized_at = None;
+    let body = one_byte_chunks(1 << 20, Arc::clone(&pulled));
+    let result = run_fill(&fill, body, || {
+        oversized_at = Some(pulled.load(Ordering::SeqCst));
+    })
+    .await;
+    assert_eq!(result, FillResult::Failed, "oversized with no reader");
+    let at = oversized_at.expect("never oversized");
+    let most = usize::try_from(budget.room / PIECE_COST).unwrap() + 1;
+    assert!(at <= most, "oversized after {at} chunks, not {most}");
+}
+
+/// The window an oversized fill keeps for its slowest reader counts each
+/// chunk's piece too: 256 KiB of one-byte chunks is ~20 MiB.
+#[tokio::test]
+async fn a_slow_readers_window_is_counted_by_what_its_pieces_cost() {
+    let fill = bare_fill(
+        None,
+        Budget {
+            limit: 16,
+            room: 16 + FILL_COST,
+        },
+    );
+    let reader = fill.reader().expect("a reader");
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let body = one_byte_chunks(1 << 20, Arc::clone(&pulled));
+    // The reader reads nothing: the fill waits for it once its window is full.
+    let ran = tokio::time::timeout(Duration::from_secs(2), run_fill(&fill, body, || {})).await;
+    assert!(ran.is_err(), "the fill ended without its reader");
+    let pulled = pulled.load(Ordering::SeqCst);
+    let most = usize::try_from(OVERFLOW_WINDOW / PIECE_COST).unwrap() + 2;
+    assert!((17..=most).contains(&pulled), "{pulled} chunks read ahead");
+    drop(reader);
+}
+
+/// A body of unknown length is copied into buffers its pieces share (not an
+/// allocation per chunk), and the entry gets an exact copy of a buffer's
+/// used part (not the whole 64 KiB buffer kept alive by its pieces).
+#[tokio::test]
+async fn a_body_of_unknown_length_shares_buffers_and_is_stored_exact() {
+    let fill = bare_fill(
+        None,
+        Budget {
+            limit: 1 << 20,
+            room: (1 << 20) + FILL_COST,
+        },
+    );
+    let mut reader = fill.reader().expect("a reader");
+    let body = body_of(&Script {
+        chunks: vec!["ab", "cd", "ef"],
+        ..Script::default()
+    });
+    let FillResult::Complete(stored) = run_fill(&fill, body, || {}).await else {
+        panic!("not complete");
+    };
+    fill.close();
+    let mut seen: Vec<Bytes> = Vec::new();
+    while let Some(frame) = reader.frame().await {
+        seen.push(frame.unwrap().into_data().unwrap());
+    }
+    assert_eq!(seen, ["ab", "cd", "ef"]);
+    for pair in seen.windows(2) {
+        assert_eq!(
+            pair[1].as_ptr(),
+            pair[0].as_ptr().wrapping_add(2),
+            "one buffer"
+        );
+    }
+    assert_eq!(&*stored, [Bytes::from("abcdef")]);
+    assert_ne!(stored[0].as_ptr(), seen[0].as_ptr(), "a copy");
+}
+
+/// A body stored in many small pieces is joined into one (each would cost
+/// its handle, and be a frame of every hit); large pieces are kept as they are.
+#[test]
+fn a_stored_body_in_small_pieces_is_joined() {
+    let store = Store::new(1 << 20);
+    let settings = route_settings();
+    let small: Vec<Bytes> = (0..1000u16)
+        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 10]))
+        .collect();
+    let whole = small.concat();
+    let stored = Stored::new(
+        key_text("s"),
+        1,
+        exchange(store.stamp(1)),
+        small.into_boxed_slice(),
+        &settings,
+    )
+    .unwrap();
+    assert_eq!((stored.body.len(), stored.body_len), (1, 10_000));
+    assert_eq!(stored.body[0], whole);
+    let large = vec![
+        Bytes::from(vec![b'x'; 65536]),
+        Bytes::from(vec![b'y'; 65536]),
+    ];
+    let at: Vec<*const u8> = large.iter().map(|b| b.as_ptr()).collect();
+    let stored = Stored::new(
+        key_text("l"),
+        1,
+        exchange(store.stamp(1)),
+        large.into_boxed_slice(),
+        &settings,
+    )
+    .unwrap();
+    let kept: Vec<*const u8> = stored.body.iter().map(|b| b.as_ptr()).collect();
+    assert_eq!(kept, at, "no copy");
 }
