@@ -1,6 +1,7 @@
 //! What the cache stores: complete responses with their freshness facts, and the
 //! markers that say which request headers a resource varies on.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -411,12 +412,12 @@ impl Slot {
         }
     }
 
-    pub(crate) fn has_tag(&self, tags: &[String]) -> bool {
+    pub(crate) fn has_tag(&self, tags: &HashSet<String>) -> bool {
         match self {
             Slot::Entry(e) => e
                 .tags
                 .iter()
-                .any(|t| &**t == SOME_TAGS_DROPPED || tags.iter().any(|x| **t == **x)),
+                .any(|t| &**t == SOME_TAGS_DROPPED || tags.contains(&**t)),
             Slot::Vary(_) => false,
         }
     }

@@ -1346,3 +1346,92 @@ fn a_stored_body_in_small_pieces_is_joined() {
     let kept: Vec<*const u8> = stored.body.iter().map(|b| b.as_ptr()).collect();
     assert_eq!(kept, at, "no copy");
 }
+
+/// A store holding `n` entries under keys `0..n`, tagged `t{key}`.
+async fn store_of(n: u64) -> Store {
+    let store = Store::new(4 << 20);
+    let settings = route_settings();
+    for i in 0..n {
+        let mut ex = exchange(store.stamp(1));
+        ex.headers
+            .insert("cache-tag", format!("t{i}").parse().unwrap());
+        let key = key_text(&format!("a\0prod\0G\0/p{i}\0\0"));
+        let body: Box<[Bytes]> = Box::new([Bytes::from_static(b"x")]);
+        let entry = Stored::new(key, 1, ex, body, &settings).unwrap();
+        let slot = super::entry::Slot::Entry(Arc::new(entry));
+        assert!(store.insert(i, slot, store.stamp(1)).await);
+    }
+    store
+}
+
+/// moka kept each purge's predicate until its scan had covered every entry,
+/// and checked every one kept on every lookup: thousands of tag purges made
+/// each hit cost thousands of checks. A purge now keeps nothing once done.
+#[tokio::test]
+async fn purges_leave_nothing_for_lookups_to_check() {
+    let store = store_of(10).await;
+    let checks = Arc::new(AtomicUsize::new(0));
+    for _ in 0..10_000 {
+        let checks = Arc::clone(&checks);
+        store
+            .remove_if(move |_| {
+                checks.fetch_add(1, Ordering::SeqCst);
+                false
+            })
+            .await;
+    }
+    assert_eq!(Arc::strong_count(&checks), 1, "purges kept");
+    let done = checks.load(Ordering::SeqCst);
+    for key in 0..10 {
+        assert!(store.get(key).await.is_some(), "{key} purged");
+    }
+    assert_eq!(
+        checks.load(Ordering::SeqCst),
+        done,
+        "lookups checked purges"
+    );
+}
+
+/// Purges applied together share one pass, and each removes what it selects.
+#[tokio::test]
+async fn purges_applied_together_remove_what_each_selects() {
+    let g = gateway(Duration::ZERO, |req, _| Script {
+        headers: vec![
+            ("cache-control", "max-age=60".into()),
+            (
+                "cache-tag",
+                req.uri().path().trim_start_matches("/dir").into(),
+            ),
+        ],
+        ..ok("", "x")
+    });
+    let paths = ["/prod/t1", "/prod/t2", "/prod/t3", "/prod/dir/x"];
+    for path in paths {
+        send(&g, "GET", path, &[]).await;
+    }
+    let hit = |r: Reply| r.cache_status() == "portico-n1; hit";
+    let tag = |t: &str| PurgeScope::Tag {
+        api: "a".into(),
+        tags: vec![t.into()],
+    };
+    g.purge_many(&[
+        tag("/t1"),
+        tag("/t2"),
+        PurgeScope::Prefix {
+            api: "a".into(),
+            stage: "prod".into(),
+            path_prefix: "/dir/".into(),
+        },
+        PurgeScope::Stage {
+            api: "a".into(),
+            stage: "beta".into(),
+        },
+    ])
+    .await;
+    let kept: Vec<bool> = futures_util::future::join_all(paths.map(|p| send(&g, "GET", p, &[])))
+        .await
+        .into_iter()
+        .map(hit)
+        .collect();
+    assert_eq!(kept, [false, false, true, false]);
+}
