@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
@@ -37,6 +38,12 @@ pub(crate) const OVERFLOW_WINDOW: u64 = 256 * 1024;
 /// The size of the buffers a body of unknown length is copied into as it
 /// arrives: its pieces share them instead of taking an allocation each.
 const FILL_BUFFER: usize = 64 * 1024;
+
+/// How long a fill that nobody reads waits for more of its body before it
+/// gives up. It fills on for the cache while the body comes (as a CDN
+/// does), but one stalled with no client left would otherwise hold its
+/// task, its reservation and a backend connection for the whole read timeout.
+pub(crate) const UNREAD_STALL: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -294,8 +301,9 @@ impl Fill {
             let mut st = lock(&self.state);
             // An oversized fill takes no more readers: each would pace it
             // (it streams at its slowest reader's speed), and a client that
-            // never reads would hold every later one still.
-            if st.base != 0 || !st.storable {
+            // never reads would hold every later one still. Nor does a
+            // failed one (its flight is about to end): they fetch on their own.
+            if st.base != 0 || !st.storable || st.end == Some(End::Failed) {
                 return None;
             }
             match st.readers.iter().position(Option::is_none) {
@@ -396,13 +404,22 @@ pub(crate) enum FillResult {
 
 /// Reads `body` into `fill` until it ends.
 /// A source that stalls fails the body itself (`forward_timed` bounds each
-/// wait with the read timeout).
+/// wait with the read timeout), and sooner ([`UNREAD_STALL`]) when nobody
+/// reads the fill.
 /// `oversized` runs once, when the body outgrows the fill's [`Budget`]: the
 /// fill then holds only its window of the body, not a stored object's worth.
 pub(crate) async fn run_fill(fill: &Fill, mut body: Body, oversized: impl FnOnce()) -> FillResult {
     let mut oversized = Some(oversized);
     loop {
-        let frame = match body.frame().await {
+        let next = loop {
+            // Dropping `frame()` loses nothing: it only polls the body.
+            match tokio::time::timeout(UNREAD_STALL, body.frame()).await {
+                Ok(next) => break next,
+                Err(_) if Fill::live_readers(&lock(&fill.state)) > 0 => {}
+                Err(_) => return fill.fail(),
+            }
+        };
+        let frame = match next {
             Some(Ok(frame)) => frame,
             None => break,
             Some(Err(_)) => return fill.fail(),

@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use portico_config::Definitions;
 
 use super::PurgeScope;
 use super::entry::{Exchange, PIECE_COST, Stored};
-use super::fill::{Budget, Fill, FillResult, OVERFLOW_WINDOW, run_fill};
+use super::fill::{Budget, Fill, FillResult, OVERFLOW_WINDOW, UNREAD_STALL, run_fill};
 use super::key::KeyText;
 use super::lead::FILL_COST;
 use super::store::{Stamp, Store};
@@ -34,6 +34,8 @@ struct Script {
     error: bool,
     /// Fails as a request's own body would (too large, cut short).
     client_error: bool,
+    /// After its chunks, the body stalls for ever, holding this.
+    stalls_holding: Option<Arc<()>>,
 }
 
 fn ok(cc: &str, body: &'static str) -> Script {
@@ -99,7 +101,12 @@ fn body_of(script: &Script) -> Body {
         tokio::time::sleep(delay).await;
         Some((item, it))
     });
-    StreamBody::new(s).boxed_unsync()
+    let stall = stream::unfold(script.stalls_holding.clone(), |held| async move {
+        held.as_ref()?;
+        std::future::pending::<()>().await;
+        None::<(Result<http_body::Frame<Bytes>, BoxError>, _)>
+    });
+    StreamBody::new(s.chain(stall)).boxed_unsync()
 }
 
 /// A valid API key of stage `prod`.
@@ -1080,6 +1087,64 @@ async fn a_client_that_stops_reading_an_oversized_fill_holds_up_no_later_one() {
     drop(stuck);
 }
 
+/// Clients that start misses and hang up at once leave fills behind (they
+/// may still be stored). Each reserves its fill's cost as well as its body,
+/// so no more than the store's size over that run at once, however small
+/// the bodies they declare; and those whose backend stalls give up after
+/// [`UNREAD_STALL`] without a reader, not the whole read timeout (60 s here).
+#[tokio::test(start_paused = true)]
+async fn abandoned_fills_of_a_stalling_backend_are_few_and_short_lived() {
+    let token = Arc::new(());
+    let held = Arc::clone(&token);
+    let g = gateway_with_cache(1 << 20, Duration::ZERO, move |_, _| Script {
+        headers: vec![
+            ("cache-control", "max-age=60".into()),
+            ("content-length", "1".into()),
+        ],
+        chunks: vec![],
+        stalls_holding: Some(Arc::clone(&held)),
+        ..ok("", "")
+    });
+    // The test's own two.
+    let bodies = || Arc::strong_count(&token) - 2;
+    for i in 0..100 {
+        let resp = open(&g, &format!("/prod/stalls/{i}")).await;
+        assert_eq!(resp.status(), 200);
+    }
+    tokio::task::yield_now().await;
+    let most = usize::try_from((1 << 20) / (1 + FILL_COST)).unwrap();
+    let held = bodies();
+    assert!((1..=most).contains(&held), "{held} backend bodies held");
+    tokio::time::sleep(UNREAD_STALL * 2).await;
+    assert_eq!(
+        bodies(),
+        0,
+        "fills nobody reads waited on a stalled backend"
+    );
+    assert_eq!(calls(&g), 100);
+}
+
+/// A failed fill (its body broke, or stalled with nobody reading) takes no
+/// new reader, which would only get the failure: a follower that comes
+/// before its flight ends fetches on its own.
+#[tokio::test]
+async fn a_failed_fill_takes_no_reader() {
+    let fill = bare_fill(
+        None,
+        Budget {
+            limit: 16,
+            room: 16 + FILL_COST,
+        },
+    );
+    let body = body_of(&Script {
+        chunks: vec!["ab"],
+        breaks: true,
+        ..Script::default()
+    });
+    assert_eq!(run_fill(&fill, body, || {}).await, FillResult::Failed);
+    assert!(fill.reader().is_none());
+}
+
 #[tokio::test]
 async fn client_invalidation_needs_a_key() {
     let g = gateway(Duration::ZERO, |_, n| {
@@ -1218,7 +1283,6 @@ fn bare_fill(length: Option<usize>, budget: Budget) -> Arc<Fill> {
 
 /// `n` chunks of one byte; `pulled` counts those the reader took.
 fn one_byte_chunks(n: usize, pulled: Arc<AtomicUsize>) -> Body {
-    use futures_util::StreamExt as _;
     let chunks = stream::iter(0..n).map(move |_| {
         pulled.fetch_add(1, Ordering::SeqCst);
         Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"x")))
