@@ -508,7 +508,7 @@ impl Fill {
             st.buf = BytesMut::new();
         }
         let pushed = Pushed {
-            alive: st.storable || Self::live_readers(&st) > 0,
+            alive: st.storable || Self::live_readers(st) > 0,
             storable: st.storable,
         };
         drop(guard);

@@ -1380,34 +1380,23 @@ async fn a_body_of_unknown_length_shares_buffers_and_is_stored_exact() {
 fn a_stored_body_in_small_pieces_is_joined() {
     let store = Store::new(1 << 20);
     let settings = route_settings();
+    let stored = |pieces: Vec<Bytes>| {
+        let ex = exchange(store.stamp(1));
+        Stored::new(key_text("k"), 1, ex, pieces.into_boxed_slice(), &settings).unwrap()
+    };
     let small: Vec<Bytes> = (0..1000u16)
         .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 10]))
         .collect();
     let whole = small.concat();
-    let stored = Stored::new(
-        key_text("s"),
-        1,
-        exchange(store.stamp(1)),
-        small.into_boxed_slice(),
-        &settings,
-    )
-    .unwrap();
-    assert_eq!((stored.body.len(), stored.body_len), (1, 10_000));
-    assert_eq!(stored.body[0], whole);
+    let joined = stored(small);
+    assert_eq!((joined.body.len(), joined.body_len), (1, 10_000));
+    assert_eq!(joined.body[0], whole);
     let large = vec![
         Bytes::from(vec![b'x'; 65536]),
         Bytes::from(vec![b'y'; 65536]),
     ];
     let at: Vec<*const u8> = large.iter().map(|b| b.as_ptr()).collect();
-    let stored = Stored::new(
-        key_text("l"),
-        1,
-        exchange(store.stamp(1)),
-        large.into_boxed_slice(),
-        &settings,
-    )
-    .unwrap();
-    let kept: Vec<*const u8> = stored.body.iter().map(|b| b.as_ptr()).collect();
+    let kept: Vec<*const u8> = stored(large).body.iter().map(|b| b.as_ptr()).collect();
     assert_eq!(kept, at, "no copy");
 }
 
