@@ -100,8 +100,14 @@ impl<U: Upstream> Gateway<U> {
     /// Removes cached responses; effective for lookups when this returns. (At an
     /// origin, the caller also sends the scope to the PoPs.)
     pub async fn purge(&self, scope: &PurgeScope) {
+        self.purge_many(std::slice::from_ref(scope)).await;
+    }
+
+    /// Removes what any of `scopes` selects, in one pass over the cache for
+    /// those that need one (see [`ResponseCache::purge_many`]).
+    pub async fn purge_many(&self, scopes: &[PurgeScope]) {
         if let Some(cache) = &self.cache {
-            cache.purge(scope).await;
+            cache.purge_many(scopes).await;
         }
     }
 

@@ -15,13 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
-use portico_gateway::cache::PurgeScope;
+use portico_gateway::cache::{PurgeScope, purge};
 use portico_gateway::{Gateway, Upstream};
 use portico_proto::{Frame, Purge, PurgeAck};
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// How long a purge waits for room on a link whose outbox is full.
 const SEND_WAIT: Duration = Duration::from_secs(30);
+
+/// Most purges a PoP applies together: those waiting in its queue share one
+/// pass over its cache.
+const BATCH: usize = 256;
 
 /// Control frames of purges.
 pub const KINDS: &[portico_proto::FrameKind] = &[
@@ -62,19 +66,22 @@ pub fn to_wire(scope: &PurgeScope) -> portico_proto::PurgeScope {
     }
 }
 
-/// The scope a peer sent; `None` for a URL that is not `api/stage/path[?query]`.
-pub fn from_wire(scope: portico_proto::PurgeScope) -> Option<PurgeScope> {
+/// The scope a peer sent, checked as the admin API checks what an operator
+/// names (the tags, the paths); or why it is refused. Unchecked, one purge
+/// could name thousands of tags, each compared with every entry's.
+pub fn from_wire(scope: portico_proto::PurgeScope) -> Result<PurgeScope, String> {
     use portico_proto::PurgeScope as W;
-    Some(match scope {
+    Ok(match scope {
         W::Url(url) => {
-            let (api, rest) = url.split_once('/')?;
-            let slash = rest.find('/')?;
+            let malformed = || "a URL purge is `api/stage/path[?query]`".to_owned();
+            let (api, rest) = url.split_once('/').ok_or_else(malformed)?;
+            let slash = rest.find('/').ok_or_else(malformed)?;
             let (stage, path_query) = rest.split_at(slash);
             let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
             PurgeScope::Url {
                 api: api.to_owned(),
                 stage: stage.to_owned(),
-                path: path.to_owned(),
+                path: purge::check_path(path)?.into_owned(),
                 query: query.to_owned(),
             }
         }
@@ -83,11 +90,14 @@ pub fn from_wire(scope: portico_proto::PurgeScope) -> Option<PurgeScope> {
             stage,
             path_prefix,
         } => PurgeScope::Prefix {
+            path_prefix: purge::check_prefix(&path_prefix)?.into_owned(),
             api,
             stage,
-            path_prefix,
         },
-        W::Tag { api, tags } => PurgeScope::Tag { api, tags },
+        W::Tag { api, tags } => {
+            purge::check_tags(&tags)?;
+            PurgeScope::Tag { api, tags }
+        }
         W::Stage { api, stage } => PurgeScope::Stage { api, stage },
         W::All => PurgeScope::All,
     })
@@ -174,7 +184,7 @@ impl ControlHandler for OriginPurges {
 /// The PoP's side: purges from origins, queued for the task that applies them
 /// (the handler may not wait; the gateway exists only after the backbone).
 pub struct PopPurges {
-    queue: mpsc::Sender<(ControlLink, Purge)>,
+    queue: mpsc::Sender<Queued>,
     /// A purge found the queue full: the next one applied empties the cache.
     overflowed: Arc<AtomicBool>,
     /// Origins this PoP has had a link to.
@@ -186,9 +196,12 @@ pub struct PopPurges {
 /// The id of a purge the PoP makes itself (never acknowledged).
 const LOCAL_PURGE: u64 = 0;
 
+/// A checked purge, the link it came on and its id (to acknowledge).
+type Queued = (ControlLink, u64, PurgeScope);
+
 /// The purges a PoP has to apply.
 pub struct PurgeQueue {
-    rx: mpsc::Receiver<(ControlLink, Purge)>,
+    rx: mpsc::Receiver<Queued>,
     overflowed: Arc<AtomicBool>,
 }
 
@@ -219,26 +232,22 @@ impl PopPurges {
         let _ = self.config.set(config);
     }
 
-    /// Whether `purge` names an API homed in `link`'s region (or none, or
+    /// Whether `scope` names an API homed in `link`'s region (or none, or
     /// one not known here): an origin of another region that defines an API
     /// of the same name must not purge this one's entries.
-    fn sent_from_home(&self, link: &ControlLink, purge: &Purge) -> bool {
+    fn sent_from_home(&self, link: &ControlLink, scope: &PurgeScope) -> bool {
         let Some(config) = self.config.get() else {
             return true;
         };
-        let api = match from_wire(purge.scope.clone()) {
-            Some(
-                PurgeScope::Url { api, .. }
-                | PurgeScope::Prefix { api, .. }
-                | PurgeScope::Tag { api, .. }
-                | PurgeScope::Stage { api, .. },
-            ) => api,
-            _ => return true,
+        let api = match scope {
+            PurgeScope::Url { api, .. }
+            | PurgeScope::Prefix { api, .. }
+            | PurgeScope::Tag { api, .. }
+            | PurgeScope::Stage { api, .. } => api,
+            PurgeScope::All => return true,
         };
         let config = config.borrow();
-        config
-            .home_of(&api)
-            .is_none_or(|home| home == link.region())
+        config.home_of(api).is_none_or(|home| home == link.region())
     }
 
     /// What a link back to an origin of `region` must purge: every stage of
@@ -263,8 +272,8 @@ impl PopPurges {
             .collect()
     }
 
-    fn queue(&self, link: &ControlLink, purge: Purge) {
-        if self.queue.try_send((link.clone(), purge)).is_err() {
+    fn queue(&self, link: &ControlLink, id: u64, scope: PurgeScope) {
+        if self.queue.try_send((link.clone(), id, scope)).is_err() {
             tracing::error!(origin = %link.peer_id(), "purge queue full; the whole cache will be emptied instead");
             self.overflowed.store(true, Ordering::Relaxed);
         }
@@ -291,51 +300,53 @@ impl ControlHandler for PopPurges {
             "backbone link back: purges made while it was down are lost, so its region's entries are purged"
         );
         for scope in self.region_scopes(link.region()) {
-            let purge = Purge {
-                purge_id: LOCAL_PURGE,
-                scope: to_wire(&scope),
-            };
-            self.queue(link, purge);
+            self.queue(link, LOCAL_PURGE, scope);
         }
     }
 
     fn on_frame(&self, link: &ControlLink, frame: Frame) {
-        match frame {
-            Frame::Purge(p) if !self.sent_from_home(link, &p) => {
-                tracing::warn!(origin = %link.peer_id(), region = link.region(), purge_id = p.purge_id, "purge of an API homed in another region ignored");
+        let Frame::Purge(Purge { purge_id, scope }) = frame else {
+            return tracing::debug!(frame = %frame.kind(), "control frame ignored");
+        };
+        match from_wire(scope) {
+            Err(reason) => {
+                tracing::warn!(origin = %link.peer_id(), purge_id, %reason, "purge refused");
             }
-            Frame::Purge(p) => self.queue(link, p),
-            other => tracing::debug!(frame = %other.kind(), "control frame ignored"),
+            Ok(scope) if !self.sent_from_home(link, &scope) => {
+                tracing::warn!(origin = %link.peer_id(), region = link.region(), purge_id, "purge of an API homed in another region ignored");
+            }
+            Ok(scope) => self.queue(link, purge_id, scope),
         }
     }
 }
 
-/// Applies queued purges to the PoP's cache and acknowledges each.
+/// Applies queued purges to the PoP's cache and acknowledges each. Those
+/// that wait together (up to [`BATCH`]) are applied together, in one pass
+/// over the cache: a burst of purges costs a few passes, not one each.
 pub async fn apply<U: Upstream>(
     mut queue: PurgeQueue,
     gateway: Arc<Gateway<U>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(BATCH);
     loop {
-        let (link, purge) = tokio::select! {
+        tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            next = queue.rx.recv() => match next { Some(p) => p, None => return },
-        };
+            n = queue.rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+        }
+        let mut scopes: Vec<PurgeScope> = Vec::with_capacity(batch.len() + 1);
         if queue.dropped_some() {
-            gateway.purge(&PurgeScope::All).await;
+            scopes.push(PurgeScope::All);
         }
-        let id = purge.purge_id;
-        match from_wire(purge.scope) {
-            Some(scope) => gateway.purge(&scope).await,
-            None => {
-                tracing::warn!(origin = %link.peer_id(), purge_id = id, "malformed purge URL ignored")
+        scopes.extend(batch.iter().map(|(_, _, scope)| scope.clone()));
+        gateway.purge_many(&scopes).await;
+        for (link, id, _) in batch.drain(..) {
+            if id == LOCAL_PURGE {
+                continue;
             }
-        }
-        if id == LOCAL_PURGE {
-            continue;
-        }
-        if let Err(err) = link.try_send(Frame::PurgeAck(PurgeAck { purge_id: id })) {
-            tracing::debug!(%err, purge_id = id, "purge ack not sent");
+            if let Err(err) = link.try_send(Frame::PurgeAck(PurgeAck { purge_id: id })) {
+                tracing::debug!(%err, purge_id = id, "purge ack not sent");
+            }
         }
     }
 }
@@ -357,10 +368,10 @@ mod tests {
         assert!(queue.rx.try_recv().is_err(), "a first link purges nothing");
         let (again, _out) = ControlLink::new("origin-a", "r", caps);
         purges.link_up(&again);
-        let (link, purge) = queue.rx.try_recv().expect("a purge on the link back");
+        let (link, id, scope) = queue.rx.try_recv().expect("a purge on the link back");
         assert_eq!(link.peer_id(), "origin-a");
-        assert_eq!(purge.purge_id, LOCAL_PURGE);
-        assert_eq!(from_wire(purge.scope), Some(PurgeScope::All));
+        assert_eq!(id, LOCAL_PURGE);
+        assert_eq!(scope, PurgeScope::All);
     }
 
     /// A purge that finds the PoP's queue full is not lost: the cache is
@@ -430,8 +441,8 @@ mod tests {
         let (again, _a) = ControlLink::new("origin-e", "r-east", caps);
         purges.link_up(&again);
         let mut scopes = Vec::new();
-        while let Ok((_, purge)) = queue.rx.try_recv() {
-            scopes.push(from_wire(purge.scope).unwrap());
+        while let Ok((_, _, scope)) = queue.rx.try_recv() {
+            scopes.push(scope);
         }
         let stage = |s: &str| PurgeScope::Stage {
             api: "east".into(),
@@ -452,6 +463,44 @@ mod tests {
         assert!(queue.rx.try_recv().is_err());
         purges.on_frame(&again, purge("east"));
         assert!(queue.rx.try_recv().is_ok());
+    }
+
+    /// A purge from the wire is checked as the admin API checks an
+    /// operator's: one naming too many tags, too long a tag, or a path no
+    /// request could have is refused, and never queued.
+    #[test]
+    fn a_purge_from_the_wire_is_checked_as_the_admin_api_checks_it() {
+        use portico_proto::PurgeScope as W;
+        let tags = |n: usize, len: usize| W::Tag {
+            api: "a".into(),
+            tags: (0..n).map(|i| format!("{i:0>len$}")).collect(),
+        };
+        assert!(from_wire(tags(64, 256)).is_ok());
+        let refused = [
+            tags(65, 3),
+            tags(1, 257),
+            tags(0, 1),
+            W::Tag {
+                api: "a".into(),
+                tags: vec!["a,b".into()],
+            },
+            W::Prefix {
+                api: "a".into(),
+                stage: "s".into(),
+                path_prefix: "no-slash".into(),
+            },
+            W::Url("a/prod/x y".into()),
+        ];
+        for scope in refused {
+            assert!(from_wire(scope.clone()).is_err(), "{scope:?}");
+        }
+        let (purges, mut queue) = PopPurges::new();
+        let (link, _out) = ControlLink::new("origin-a", "r", portico_proto::Capabilities(0));
+        let purge = |purge_id, scope| Frame::Purge(Purge { purge_id, scope });
+        purges.on_frame(&link, purge(1, tags(10_000, 8)));
+        assert!(queue.rx.try_recv().is_err(), "queued");
+        purges.on_frame(&link, purge(2, tags(2, 8)));
+        assert!(matches!(queue.rx.try_recv(), Ok((_, 2, _))));
     }
 
     #[test]
@@ -485,11 +534,8 @@ mod tests {
             PurgeScope::All,
         ];
         for s in scopes {
-            assert_eq!(from_wire(to_wire(&s)), Some(s));
+            assert_eq!(from_wire(to_wire(&s)), Ok(s));
         }
-        assert_eq!(
-            from_wire(portico_proto::PurgeScope::Url("nostage".into())),
-            None
-        );
+        assert!(from_wire(portico_proto::PurgeScope::Url("nostage".into())).is_err());
     }
 }

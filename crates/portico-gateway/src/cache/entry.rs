@@ -1,6 +1,7 @@
 //! What the cache stores: complete responses with their freshness facts, and the
 //! markers that say which request headers a resource varies on.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +21,15 @@ use crate::headers::strip_hop_by_hop;
 const ENTRY_OVERHEAD: usize = 1536;
 /// Per header field, as HTTP/2 counts it (RFC 9113 §6.5.2).
 const FIELD_OVERHEAD: usize = 32;
+/// What one piece of a body costs beyond its bytes: its 32-byte handle, and
+/// its share of the allocation it lives in and of the reference count a
+/// reader's copy of it adds. A fill counts it for every piece it holds, so
+/// that a body sent in one-byte chunks costs what it takes in memory.
+pub(crate) const PIECE_COST: u64 = 64;
+/// Stored bodies whose pieces are smaller than this on average are joined
+/// into one: each piece costs [`PIECE_COST`], and every hit sends each as a
+/// frame of its own.
+const JOIN_BELOW: usize = 4096;
 /// How long a stale entry with validators is kept for revalidation.
 const KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(300);
 /// Tags read from one response, and their maximum length.
@@ -37,8 +47,8 @@ pub(crate) struct Stored {
     pub status: StatusCode,
     /// The response header section as received, minus hop-by-hop fields and `Age`.
     pub headers: HeaderMap,
-    /// The body as received, in pieces that share one allocation when the length
-    /// was announced (see `fill`): no copy is made to join them.
+    /// The body as received, in pieces that share the fill's buffers (see
+    /// `fill`), or one piece when they were small ([`JOIN_BELOW`]).
     pub body: Box<[Bytes]>,
     pub body_len: usize,
     /// When the response arrived (the resident time counts from here).
@@ -121,7 +131,13 @@ impl Stored {
         body: Box<[Bytes]>,
         settings: &CacheSettings,
     ) -> Result<Stored, NotStorable> {
-        let body_len = body.iter().map(Bytes::len).sum();
+        let body_len: usize = body.iter().map(Bytes::len).sum();
+        let body: Box<[Bytes]> =
+            if body.len() > 1 && body_len < body.len().saturating_mul(JOIN_BELOW) {
+                Box::new([join(&body)])
+            } else {
+                body
+            };
         let cc = CacheControl::parse(&ex.headers);
         let fresh = Freshness::of(&ex, &cc, settings);
         clean_headers(&mut ex.headers, ex.response_time);
@@ -246,10 +262,15 @@ impl Stored {
             .map(|(k, v)| k.as_str().len() + v.len() + FIELD_OVERHEAD)
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 16).sum();
-        let pieces = self.body.len() * std::mem::size_of::<Bytes>();
+        let pieces = self.body.len() * PIECE_COST as usize;
         let total = self.body_len + pieces + headers + self.key.len() + tags + ENTRY_OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
+}
+
+/// The pieces' bytes in one allocation of exactly their size.
+pub(crate) fn join(pieces: &[Bytes]) -> Bytes {
+    Bytes::from(pieces.concat())
 }
 
 /// Hop-by-hop fields and `Age` (recomputed on every hit) are not stored; a response
@@ -391,12 +412,12 @@ impl Slot {
         }
     }
 
-    pub(crate) fn has_tag(&self, tags: &[String]) -> bool {
+    pub(crate) fn has_tag(&self, tags: &HashSet<String>) -> bool {
         match self {
             Slot::Entry(e) => e
                 .tags
                 .iter()
-                .any(|t| &**t == SOME_TAGS_DROPPED || tags.iter().any(|x| **t == **x)),
+                .any(|t| &**t == SOME_TAGS_DROPPED || tags.contains(&**t)),
             Slot::Vary(_) => false,
         }
     }

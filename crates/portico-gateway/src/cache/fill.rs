@@ -8,12 +8,16 @@
 //!   streams from that list as chunks arrive ([`reader`]), and the complete list
 //!   becomes the stored body. Clients that leave do not stop the fill while it can
 //!   still be stored; a body that breaks leaves no entry.
-//! * A body that outgrows the object limit stops being a candidate for storage. From
-//!   then on the list keeps only what its slowest reader has not read, and the task
-//!   reads ahead at most [`OVERFLOW_WINDOW`] bytes, so memory stays bounded.
+//! * What a fill holds is counted as its bytes plus [`PIECE_COST`] per piece, so a
+//!   body sent in tiny chunks costs what it takes in memory, not its few bytes.
+//! * A body that outgrows the object limit, or whose count outgrows the room its
+//!   fill reserved, stops being a candidate for storage. From then on the list keeps
+//!   only what its slowest reader has not read, and the task reads ahead at most
+//!   [`OVERFLOW_WINDOW`] counted bytes, so memory stays bounded.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream;
@@ -21,14 +25,25 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use tokio::sync::Notify;
 
-use super::entry::Stored;
+use super::entry::{PIECE_COST, Stored, join};
 use super::key::{KeyInput, KeyText};
 use super::store::Stamp;
 use crate::body::{Body, BoxError};
 use crate::error::{ErrorKind, ErrorSource};
 
-/// How far past its slowest reader an oversized fill may read.
+/// How far past its slowest reader an oversized fill may read (counted as
+/// [`Fill`] counts: bytes plus [`PIECE_COST`] per chunk).
 pub(crate) const OVERFLOW_WINDOW: u64 = 256 * 1024;
+
+/// The size of the buffers a body of unknown length is copied into as it
+/// arrives: its pieces share them instead of taking an allocation each.
+const FILL_BUFFER: usize = 64 * 1024;
+
+/// How long a fill that nobody reads waits for more of its body before it
+/// gives up. It fills on for the cache while the body comes (as a CDN
+/// does), but one stalled with no client left would otherwise hold its
+/// task, its reservation and a backend connection for the whole read timeout.
+pub(crate) const UNREAD_STALL: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -195,16 +210,32 @@ struct FillState {
     chunks: VecDeque<Bytes>,
     /// Index (in the whole body) of `chunks[0]`.
     base: usize,
+    /// The body's bytes so far.
     bytes: u64,
+    /// What the chunks held so far cost: their bytes plus [`PIECE_COST`] each.
+    charged: u64,
     end: Option<End>,
     /// Each reader's next chunk index; `None` for a slot freed by a dropped reader.
     readers: Vec<Option<usize>>,
-    /// Still a candidate for storage (not over the object limit).
+    /// Still a candidate for storage (within its [`Budget`]).
     storable: bool,
-    /// Where chunks are copied as they arrive when the length is announced: the
-    /// pieces readers get share this one allocation, the stored body is exactly
-    /// its size, and the upstream's receive buffers are released at once.
-    buf: Option<BytesMut>,
+    /// Where a storable body is copied as it arrives: one buffer of the
+    /// announced length, else buffers of [`FILL_BUFFER`] bytes, each replaced
+    /// when full. The pieces readers get share these allocations, and the
+    /// upstream's receive buffers are released at once.
+    buf: BytesMut,
+    /// Index (in the whole body) of the first piece in `buf`.
+    buf_first: usize,
+}
+
+/// What a fill may hold and still store its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Budget {
+    /// The largest body it may store.
+    pub limit: u64,
+    /// The most it may count (bytes plus [`PIECE_COST`] per piece): what it
+    /// reserved of the store's fill budget.
+    pub room: u64,
 }
 
 /// A response whose body is being read from upstream into memory.
@@ -216,6 +247,7 @@ pub(crate) struct Fill {
     key: KeyText,
     /// The response's `Vary` names (empty: none).
     vary: Box<[HeaderName]>,
+    budget: Budget,
     state: Mutex<FillState>,
     /// Signalled when a chunk arrives or the fill ends.
     progress: Notify,
@@ -236,20 +268,26 @@ impl Fill {
         key: KeyText,
         vary: Box<[HeaderName]>,
         length: Option<usize>,
+        budget: Budget,
     ) -> Arc<Fill> {
+        // Without a length, the first chunk allocates the first buffer.
+        let buf = length.map_or_else(BytesMut::new, BytesMut::with_capacity);
         Arc::new(Fill {
             status,
             headers,
             key,
             vary,
+            budget,
             state: Mutex::new(FillState {
                 chunks: VecDeque::new(),
                 base: 0,
                 bytes: 0,
+                charged: 0,
                 end: None,
                 readers: Vec::new(),
                 storable: true,
-                buf: length.map(BytesMut::with_capacity),
+                buf,
+                buf_first: 0,
             }),
             progress: Notify::new(),
             consumed: Notify::new(),
@@ -263,8 +301,9 @@ impl Fill {
             let mut st = lock(&self.state);
             // An oversized fill takes no more readers: each would pace it
             // (it streams at its slowest reader's speed), and a client that
-            // never reads would hold every later one still.
-            if st.base != 0 || !st.storable {
+            // never reads would hold every later one still. Nor does a
+            // failed one (its flight is about to end): they fetch on their own.
+            if st.base != 0 || !st.storable || st.end == Some(End::Failed) {
                 return None;
             }
             match st.readers.iter().position(Option::is_none) {
@@ -363,20 +402,24 @@ pub(crate) enum FillResult {
     Failed,
 }
 
-/// Reads `body` into `fill` until it ends. `limit` is the largest storable body.
+/// Reads `body` into `fill` until it ends.
 /// A source that stalls fails the body itself (`forward_timed` bounds each
-/// wait with the read timeout).
-/// `oversized` runs once, when the body turns out larger than `limit`: the
+/// wait with the read timeout), and sooner ([`UNREAD_STALL`]) when nobody
+/// reads the fill.
+/// `oversized` runs once, when the body outgrows the fill's [`Budget`]: the
 /// fill then holds only its window of the body, not a stored object's worth.
-pub(crate) async fn run_fill(
-    fill: &Fill,
-    mut body: Body,
-    limit: u64,
-    oversized: impl FnOnce(),
-) -> FillResult {
+pub(crate) async fn run_fill(fill: &Fill, mut body: Body, oversized: impl FnOnce()) -> FillResult {
     let mut oversized = Some(oversized);
     loop {
-        let frame = match body.frame().await {
+        let next = loop {
+            // Dropping `frame()` loses nothing: it only polls the body.
+            match tokio::time::timeout(UNREAD_STALL, body.frame()).await {
+                Ok(next) => break next,
+                Err(_) if Fill::live_readers(&lock(&fill.state)) > 0 => {}
+                Err(_) => return fill.fail(),
+            }
+        };
+        let frame = match next {
             Some(Ok(frame)) => frame,
             None => break,
             Some(Err(_)) => return fill.fail(),
@@ -384,7 +427,7 @@ pub(crate) async fn run_fill(
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not stored
         };
-        let Pushed { alive, storable } = fill.push(data, limit);
+        let Pushed { alive, storable } = fill.push(&data);
         if !storable && let Some(release) = oversized.take() {
             release();
         }
@@ -392,9 +435,19 @@ pub(crate) async fn run_fill(
             return fill.fail();
         }
     }
-    let st = lock(&fill.state);
+    let mut st = lock(&fill.state);
     if st.storable {
-        return FillResult::Complete(st.chunks.iter().cloned().collect());
+        let mut body: Vec<Bytes> = st.chunks.iter().cloned().collect();
+        // The pieces in a buffer not filled to its end keep all of it alive:
+        // the entry gets a copy of just their bytes (64 KiB at most).
+        let first = st.buf_first;
+        if st.buf.capacity() > 0 && first < body.len() {
+            let tail = join(&body[first..]);
+            body.truncate(first);
+            body.push(tail);
+        }
+        st.buf = BytesMut::new();
+        return FillResult::Complete(body.into_boxed_slice());
     }
     drop(st);
     fill.close();
@@ -409,30 +462,56 @@ struct Pushed {
     storable: bool,
 }
 
+impl Budget {
+    /// The size of the buffers a body of unknown length is copied into (never
+    /// 0: `push` fills buffers until the chunk is in).
+    fn buffer_size(self) -> usize {
+        usize::try_from(self.limit).map_or(FILL_BUFFER, |l| l.clamp(1, FILL_BUFFER))
+    }
+}
+
 impl Fill {
-    /// Appends a chunk.
-    fn push(&self, data: Bytes, limit: u64) -> Pushed {
-        let mut st = lock(&self.state);
+    /// Appends a chunk: copied into the fill's buffers while the body may be
+    /// stored (a stored piece must not pin the upstream's larger receive
+    /// buffer), kept as it came once it may not.
+    fn push(&self, data: &Bytes) -> Pushed {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         st.bytes += data.len() as u64;
-        if st.bytes > limit {
+        if st.bytes > self.budget.limit {
             st.storable = false;
-            st.buf = None;
         }
-        let piece = match (st.storable, st.buf.as_mut()) {
-            (false, _) => data,
-            (true, Some(buf)) if buf.capacity() - buf.len() >= data.len() => {
-                buf.extend_from_slice(&data);
-                buf.split().freeze()
+        let before = st.chunks.len();
+        if st.storable {
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                let spare = st.buf.capacity() - st.buf.len();
+                if spare == 0 {
+                    st.buf = BytesMut::with_capacity(self.budget.buffer_size());
+                    st.buf_first = st.base + st.chunks.len();
+                    continue;
+                }
+                let (now, later) = rest.split_at(spare.min(rest.len()));
+                st.buf.extend_from_slice(now);
+                st.chunks.push_back(st.buf.split().freeze());
+                rest = later;
             }
-            // A stored piece must not pin the upstream's (larger) receive buffer.
-            (true, _) => Bytes::copy_from_slice(&data),
-        };
-        st.chunks.push_back(piece);
+        } else {
+            st.chunks.push_back(data.clone());
+        }
+        let pieces = (st.chunks.len() - before) as u64;
+        st.charged += data.len() as u64 + pieces * PIECE_COST;
+        if st.charged > self.budget.room {
+            st.storable = false;
+        }
+        if !st.storable {
+            st.buf = BytesMut::new();
+        }
         let pushed = Pushed {
-            alive: st.storable || Self::live_readers(&st) > 0,
+            alive: st.storable || Self::live_readers(st) > 0,
             storable: st.storable,
         };
-        drop(st);
+        drop(guard);
         self.progress.notify_waiters();
         pushed
     }
@@ -448,12 +527,13 @@ impl Fill {
             let Some(slowest) = st.readers.iter().flatten().min().copied() else {
                 return Some(false);
             };
-            while st.base < slowest && !st.chunks.is_empty() {
-                st.chunks.pop_front();
+            while st.base < slowest
+                && let Some(chunk) = st.chunks.pop_front()
+            {
                 st.base += 1;
+                st.charged = st.charged.saturating_sub(chunk.len() as u64 + PIECE_COST);
             }
-            let behind: u64 = st.chunks.iter().map(|c| c.len() as u64).sum();
-            (behind <= OVERFLOW_WINDOW).then_some(true)
+            (st.charged <= OVERFLOW_WINDOW).then_some(true)
         })
         .await
     }

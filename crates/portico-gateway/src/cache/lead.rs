@@ -11,7 +11,7 @@ use portico_config::CacheSettings;
 
 use super::ResponseCache;
 use super::entry::{Exchange, Freshness, Slot, Stored, VaryMarker};
-use super::fill::{Fill, FillResult, FlightEnd, LeaderGuard, Outcome, Role, run_fill};
+use super::fill::{Budget, Fill, FillResult, FlightEnd, LeaderGuard, Outcome, Role, run_fill};
 use super::key::{KeyText, hash_of, path_hash};
 use super::phase::{Found, Job, ttl_of};
 use super::respond::{Fwd, Member, from_entry, mark};
@@ -22,6 +22,11 @@ use crate::error::GatewayError;
 use crate::gateway::forward_timed;
 use crate::log::AccessRecord;
 use crate::upstream::Upstream;
+
+/// What a fill reserves beyond its body: its buffer, the pieces' handles
+/// (1024 pieces at [`super::entry::PIECE_COST`]), its task and head. A fill
+/// whose pieces cost more stops being storable.
+pub(crate) const FILL_COST: u64 = 64 * 1024;
 
 /// Closes the leader's flight with `outcome`, if it leads one.
 fn finish(guard: Option<LeaderGuard>, outcome: Outcome) {
@@ -299,11 +304,15 @@ impl<U: Upstream> Job<'_, U> {
     }
 
     /// The store's room for this response's fill, held until the fill ends:
-    /// its declared length, or the route's largest object without one.
+    /// its declared length, or the route's largest object without one, and
+    /// [`FILL_COST`] (within the store's size).
     fn reserve(&self, ex: &Exchange) -> Option<Reserved> {
         let max = self.object_limit();
         let length = declared_length(&ex.headers).filter(|n| *n as u64 <= max);
-        let bytes = length.map_or(max, |n| n as u64);
+        let bytes = length
+            .map_or(max, |n| n as u64)
+            .saturating_add(FILL_COST)
+            .min(self.cache.store.max_bytes());
         self.cache.store.reserve_fill(bytes).then(|| Reserved {
             cache: Arc::clone(self.cache),
             bytes,
@@ -331,13 +340,17 @@ impl<U: Upstream> Job<'_, U> {
         };
         // The path hashed when the request went upstream (`lead`).
         let path = ex.stamp.path;
-        let length = reserved.length;
+        let budget = Budget {
+            limit: self.object_limit(),
+            room: reserved.bytes,
+        };
         let fill = Fill::new(
             ex.status,
             ex.headers.clone(),
             text.clone(),
             vary.clone(),
-            length,
+            reserved.length,
+            budget,
         );
         let reader = if self.head { None } else { fill.reader() };
         let task = FillTask {
@@ -351,7 +364,6 @@ impl<U: Upstream> Job<'_, U> {
             vary,
             ex: ex.clone_head(),
             end: guard.map(|g| g.stream(&fill)),
-            limit: self.object_limit(),
             reserved,
         };
         tokio::spawn(task.run(body));
@@ -434,8 +446,6 @@ struct FillTask {
     ex: Exchange,
     /// Ends the flight when dropped: after the entry is stored.
     end: Option<FlightEnd>,
-    /// The largest body it may store.
-    limit: u64,
     /// Released once the body turns out too large to store.
     reserved: Reserved,
 }
@@ -470,7 +480,7 @@ impl FillTask {
         // buffers one window at most, and 256 such fills held open by
         // clients that do not read would otherwise take the whole budget.
         let reserved = &mut self.reserved;
-        let result = run_fill(&fill, body, self.limit, || reserved.release()).await;
+        let result = run_fill(&fill, body, || reserved.release()).await;
         if let FillResult::Complete(body) = result {
             self.store(body).await;
             fill.close();

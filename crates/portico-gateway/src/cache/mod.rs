@@ -30,6 +30,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use portico_config::{CacheMode, CacheSettings};
@@ -97,6 +98,34 @@ impl PurgeScope {
     }
 }
 
+/// What the purges of one pass select by the fields of a key (names as the
+/// key's bytes, so checking an entry allocates nothing).
+#[derive(Default)]
+struct Selection {
+    /// (API, stage, path prefix).
+    prefixes: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// Tags, by API.
+    tags: HashMap<Vec<u8>, HashSet<String>>,
+    /// Stages, by API.
+    stages: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+}
+
+impl Selection {
+    fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.tags.is_empty() && self.stages.is_empty()
+    }
+
+    fn selects(&self, slot: &entry::Slot) -> bool {
+        let k = slot.key();
+        let (api, stage) = (k.api(), k.stage());
+        self.prefixes
+            .iter()
+            .any(|(a, s, prefix)| a == api && s == stage && k.path().starts_with(prefix))
+            || self.tags.get(api).is_some_and(|tags| slot.has_tag(tags))
+            || self.stages.get(api).is_some_and(|s| s.contains(stage))
+    }
+}
+
 /// The node's response cache.
 pub struct ResponseCache {
     store: Store,
@@ -120,42 +149,66 @@ impl ResponseCache {
 
     /// Removes what `scope` selects. Lookups stop finding it before this returns.
     pub async fn purge(&self, scope: &PurgeScope) {
-        tracing::info!(scope = scope.as_str(), ?scope, "cache purge");
+        self.purge_many(std::slice::from_ref(scope)).await;
+    }
+
+    /// Removes what any of `scopes` selects; lookups stop finding it before
+    /// this returns. URLs go by the path index; prefixes, tags and stages
+    /// share one pass over the entries (the tags of an API in one set, so an
+    /// entry costs a lookup per tag it carries, whatever the number purged).
+    pub async fn purge_many(&self, scopes: &[PurgeScope]) {
+        for scope in scopes {
+            tracing::info!(scope = scope.as_str(), ?scope, "cache purge");
+        }
         self.store.begin_purge();
-        match scope.clone() {
-            PurgeScope::Url {
-                api,
-                stage,
-                path,
-                query,
-            } => {
-                let hash = path_hash(
-                    &self.store.hasher,
-                    api.as_bytes(),
-                    stage.as_bytes(),
-                    path.as_bytes(),
-                );
-                self.store
-                    .remove_path(hash, |slot| slot.key().query() == query.as_bytes())
-                    .await;
+        if scopes.contains(&PurgeScope::All) {
+            return self.store.remove_all();
+        }
+        let mut selection = Selection::default();
+        for scope in scopes {
+            match scope {
+                PurgeScope::Url {
+                    api,
+                    stage,
+                    path,
+                    query,
+                } => {
+                    let hash = path_hash(
+                        &self.store.hasher,
+                        api.as_bytes(),
+                        stage.as_bytes(),
+                        path.as_bytes(),
+                    );
+                    self.store
+                        .remove_path(hash, |slot| slot.key().query() == query.as_bytes())
+                        .await;
+                }
+                PurgeScope::Prefix {
+                    api,
+                    stage,
+                    path_prefix,
+                } => selection.prefixes.push((
+                    api.clone().into_bytes(),
+                    stage.clone().into_bytes(),
+                    path_prefix.clone().into_bytes(),
+                )),
+                PurgeScope::Tag { api, tags } => selection
+                    .tags
+                    .entry(api.clone().into_bytes())
+                    .or_default()
+                    .extend(tags.iter().cloned()),
+                PurgeScope::Stage { api, stage } => {
+                    selection
+                        .stages
+                        .entry(api.clone().into_bytes())
+                        .or_default()
+                        .insert(stage.clone().into_bytes());
+                }
+                PurgeScope::All => {}
             }
-            PurgeScope::Prefix {
-                api,
-                stage,
-                path_prefix,
-            } => self.store.remove_if(move |slot| {
-                let k = slot.key();
-                k.api() == api.as_bytes()
-                    && k.stage() == stage.as_bytes()
-                    && k.path().starts_with(path_prefix.as_bytes())
-            }),
-            PurgeScope::Tag { api, tags } => self
-                .store
-                .remove_if(move |slot| slot.key().api() == api.as_bytes() && slot.has_tag(&tags)),
-            PurgeScope::Stage { api, stage } => self.store.remove_if(move |slot| {
-                slot.key().api() == api.as_bytes() && slot.key().stage() == stage.as_bytes()
-            }),
-            PurgeScope::All => self.store.remove_all(),
+        }
+        if !selection.is_empty() {
+            self.store.remove_if(|slot| selection.selects(slot)).await;
         }
     }
 

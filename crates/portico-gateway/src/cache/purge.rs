@@ -28,7 +28,7 @@ pub fn url_scope(table: &RoutingTable, url: &str) -> Result<PurgeScope, String> 
     let Some(host) = uri.host().filter(|_| scheme_ok) else {
         return Err("url must be an absolute http:// or https:// URL".to_owned());
     };
-    let path = as_requested(uri.path())?;
+    let path = check_path(uri.path())?;
     let resolved = table
         .resolve(host, "GET", &path, None, ALL_MODES)
         .map_err(|_| format!("url `{url}` matches no API, stage and GET route"))?;
@@ -56,7 +56,7 @@ pub fn path_scope(
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let path = as_requested(path)?;
+    let path = check_path(path)?;
     if query.is_some_and(|q| !is_uri_text(q)) {
         return Err(format!("invalid query in `{path_and_query}`"));
     }
@@ -120,24 +120,28 @@ pub fn prefix_scope(
     prefix: &str,
 ) -> Result<PurgeScope, String> {
     check_stage(table, api, stage)?;
+    Ok(PurgeScope::Prefix {
+        api: api.to_owned(),
+        stage: stage.to_owned(),
+        path_prefix: check_prefix(prefix)?.into_owned(),
+    })
+}
+
+/// A path prefix as requests are keyed (see [`check_path`]), without a query.
+pub fn check_prefix(prefix: &str) -> Result<std::borrow::Cow<'_, str>, String> {
     if !prefix.starts_with('/') {
         return Err("prefix must start with `/`".to_owned());
     }
     if prefix.contains('?') {
         return Err("a prefix is of the path: no `?`".to_owned());
     }
-    let prefix = as_requested(prefix)?;
-    Ok(PurgeScope::Prefix {
-        api: api.to_owned(),
-        stage: stage.to_owned(),
-        path_prefix: prefix.into_owned(),
-    })
+    check_path(prefix)
 }
 
 /// `path` as requests are keyed (percent-encoded as received, dot segments
 /// resolved), or why no request could have it: a purge of a path no key
 /// can hold would answer 200 and remove nothing.
-fn as_requested(path: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+pub fn check_path(path: &str) -> Result<std::borrow::Cow<'_, str>, String> {
     if !is_uri_text(path) {
         return Err(format!(
             "invalid path `{path}`: percent-encode what is not URI text, as clients send it"
@@ -156,6 +160,16 @@ fn is_uri_text(s: &str) -> bool {
 /// A tag scope: 1 to [`MAX_TAGS`] tags of visible ASCII without commas.
 pub fn tag_scope(table: &RoutingTable, api: &str, tags: &[String]) -> Result<PurgeScope, String> {
     check_api(table, api)?;
+    check_tags(tags)?;
+    Ok(PurgeScope::Tag {
+        api: api.to_owned(),
+        tags: tags.to_vec(),
+    })
+}
+
+/// 1 to [`MAX_TAGS`] tags of 1 to [`MAX_TAG_LEN`] visible ASCII characters
+/// without commas: a purge checks each against the tags of every entry of its API.
+pub fn check_tags(tags: &[String]) -> Result<(), String> {
     if tags.is_empty() || tags.len() > MAX_TAGS {
         return Err(format!("tags must list 1 to {MAX_TAGS} tags"));
     }
@@ -165,15 +179,15 @@ pub fn tag_scope(table: &RoutingTable, api: &str, tags: &[String]) -> Result<Pur
             || !t.bytes().all(|b| b.is_ascii_graphic() && b != b',')
     };
     if let Some(t) = tags.iter().find(|t| bad(t)) {
+        // A tag too long to accept is too long to repeat whole.
+        let shown: String = t.chars().take(MAX_TAG_LEN).collect();
+        let more = if shown.len() < t.len() { "…" } else { "" };
         return Err(format!(
-            "invalid tag `{}` (1 to {MAX_TAG_LEN} visible ASCII characters, no commas)",
-            t.escape_debug()
+            "invalid tag `{}{more}` (1 to {MAX_TAG_LEN} visible ASCII characters, no commas)",
+            shown.escape_debug()
         ));
     }
-    Ok(PurgeScope::Tag {
-        api: api.to_owned(),
-        tags: tags.to_vec(),
-    })
+    Ok(())
 }
 
 /// A whole stage.

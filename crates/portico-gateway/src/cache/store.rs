@@ -54,6 +54,9 @@ pub(crate) struct Store {
 /// Stripes of [`Store::paths`].
 const PATH_STRIPES: u64 = 256;
 
+/// Entries [`Store::remove_if`] checks between two yields to the runtime.
+const SCAN_BATCH: usize = 1024;
+
 /// A fill's path and the purges and invalidations of it begun when its
 /// request went upstream ([`Store::stamp`]), given back to [`Store::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +92,6 @@ impl Store {
             .max_capacity(max_bytes)
             .weigher(|_, slot: &Slot| slot.weight())
             .expire_after(KeepFor)
-            .support_invalidation_closures()
             .eviction_listener(move |key: Arc<u64>, slot: Slot, _: RemovalCause| {
                 unindex(&on_removal, slot.path_hash(), *key, slot.generation());
             })
@@ -218,13 +220,19 @@ impl Store {
         removed
     }
 
-    /// Removes every slot `select` picks. Effective at once for lookups; moka drops
-    /// the memory in its maintenance.
-    pub(crate) fn remove_if(&self, select: impl Fn(&Slot) -> bool + Send + Sync + 'static) {
-        if let Err(err) = self.map.invalidate_entries_if(move |_, slot| select(slot)) {
-            // Only possible if invalidation closures were not enabled at build time.
-            tracing::error!(%err, "cache purge failed; flushing the whole cache instead");
-            self.map.invalidate_all();
+    /// Removes every slot `select` picks, in one pass over the map (yielding
+    /// now and then): none is found by a lookup once this returns. Not
+    /// moka's invalidation closures: moka keeps each until its own scan has
+    /// covered every entry, and checks every one it keeps on every lookup, so
+    /// a burst of purges would make each hit pay for all of them.
+    pub(crate) async fn remove_if(&self, select: impl Fn(&Slot) -> bool) {
+        for (seen, (key, slot)) in self.map.iter().enumerate() {
+            if select(&slot) {
+                self.map.invalidate(&*key).await;
+            }
+            if seen % SCAN_BATCH == SCAN_BATCH - 1 {
+                tokio::task::yield_now().await;
+            }
         }
     }
 

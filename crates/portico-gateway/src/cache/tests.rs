@@ -6,12 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt as _, stream};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use portico_config::Definitions;
 
 use super::PurgeScope;
+use super::entry::{Exchange, PIECE_COST, Stored};
+use super::fill::{Budget, Fill, FillResult, OVERFLOW_WINDOW, UNREAD_STALL, run_fill};
+use super::key::KeyText;
+use super::lead::FILL_COST;
+use super::store::{Stamp, Store};
 use crate::body::{Body, BoxError, full};
 use crate::context::{ConnInfo, Protocol, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
@@ -29,6 +34,8 @@ struct Script {
     error: bool,
     /// Fails as a request's own body would (too large, cut short).
     client_error: bool,
+    /// After its chunks, the body stalls for ever, holding this.
+    stalls_holding: Option<Arc<()>>,
 }
 
 fn ok(cc: &str, body: &'static str) -> Script {
@@ -94,7 +101,12 @@ fn body_of(script: &Script) -> Body {
         tokio::time::sleep(delay).await;
         Some((item, it))
     });
-    StreamBody::new(s).boxed_unsync()
+    let stall = stream::unfold(script.stalls_holding.clone(), |held| async move {
+        held.as_ref()?;
+        std::future::pending::<()>().await;
+        None::<(Result<http_body::Frame<Bytes>, BoxError>, _)>
+    });
+    StreamBody::new(s.chain(stall)).boxed_unsync()
 }
 
 /// A valid API key of stage `prod`.
@@ -999,8 +1011,8 @@ async fn a_route_whose_object_limit_exceeds_the_store_still_caches() {
 #[tokio::test]
 async fn fills_in_flight_buffer_no_more_than_the_store_holds() {
     // Room for two fills of the route's largest object (16 bytes; these
-    // bodies declare no length, so each reserves that much).
-    let g = gateway_with_cache(32, Duration::ZERO, |req, _| {
+    // bodies declare no length, so each reserves that much and a fill's cost).
+    let g = gateway_with_cache(2 * (16 + FILL_COST), Duration::ZERO, |req, _| {
         if req.uri().path().ends_with("/slow") {
             slow_body()
         } else {
@@ -1075,6 +1087,64 @@ async fn a_client_that_stops_reading_an_oversized_fill_holds_up_no_later_one() {
     drop(stuck);
 }
 
+/// Clients that start misses and hang up at once leave fills behind (they
+/// may still be stored). Each reserves its fill's cost as well as its body,
+/// so no more than the store's size over that run at once, however small
+/// the bodies they declare; and those whose backend stalls give up after
+/// [`UNREAD_STALL`] without a reader, not the whole read timeout (60 s here).
+#[tokio::test(start_paused = true)]
+async fn abandoned_fills_of_a_stalling_backend_are_few_and_short_lived() {
+    let token = Arc::new(());
+    let held = Arc::clone(&token);
+    let g = gateway_with_cache(1 << 20, Duration::ZERO, move |_, _| Script {
+        headers: vec![
+            ("cache-control", "max-age=60".into()),
+            ("content-length", "1".into()),
+        ],
+        chunks: vec![],
+        stalls_holding: Some(Arc::clone(&held)),
+        ..ok("", "")
+    });
+    // The test's own two.
+    let bodies = || Arc::strong_count(&token) - 2;
+    for i in 0..100 {
+        let resp = open(&g, &format!("/prod/stalls/{i}")).await;
+        assert_eq!(resp.status(), 200);
+    }
+    tokio::task::yield_now().await;
+    let most = usize::try_from((1 << 20) / (1 + FILL_COST)).unwrap();
+    let held = bodies();
+    assert!((1..=most).contains(&held), "{held} backend bodies held");
+    tokio::time::sleep(UNREAD_STALL * 2).await;
+    assert_eq!(
+        bodies(),
+        0,
+        "fills nobody reads waited on a stalled backend"
+    );
+    assert_eq!(calls(&g), 100);
+}
+
+/// A failed fill (its body broke, or stalled with nobody reading) takes no
+/// new reader, which would only get the failure: a follower that comes
+/// before its flight ends fetches on its own.
+#[tokio::test]
+async fn a_failed_fill_takes_no_reader() {
+    let fill = bare_fill(
+        None,
+        Budget {
+            limit: 16,
+            room: 16 + FILL_COST,
+        },
+    );
+    let body = body_of(&Script {
+        chunks: vec!["ab"],
+        breaks: true,
+        ..Script::default()
+    });
+    assert_eq!(run_fill(&fill, body, || {}).await, FillResult::Failed);
+    assert!(fill.reader().is_none());
+}
+
 #[tokio::test]
 async fn client_invalidation_needs_a_key() {
     let g = gateway(Duration::ZERO, |_, n| {
@@ -1146,35 +1216,45 @@ async fn ttl_mode_uses_the_route_ttl_and_head_uses_get_entries() {
     assert_eq!((r.status, r.cache_status()), (502, String::new()));
 }
 
-#[tokio::test]
-async fn the_store_stays_within_its_bytes() {
-    let store = super::store::Store::new(4 << 20);
-    let settings = Definitions::from_toml_str(DEFS, "test").unwrap();
-    let settings = settings
-        .api("a")
+/// The settings of the test API's first route.
+fn route_settings() -> Arc<portico_config::CacheSettings> {
+    let defs = Definitions::from_toml_str(DEFS, "test").unwrap();
+    defs.api("a")
         .unwrap()
         .stage("prod")
         .unwrap()
         .route_settings(0)
         .cache
         .clone()
-        .unwrap();
+        .unwrap()
+}
+
+/// A 200 fresh for 10 minutes, fetched under `stamp`.
+fn exchange(stamp: Stamp) -> Exchange {
+    let mut headers = HeaderMap::new();
+    headers.insert("cache-control", "max-age=600".parse().unwrap());
+    Exchange {
+        status: StatusCode::OK,
+        headers,
+        request_time: std::time::SystemTime::now(),
+        response_time: std::time::SystemTime::now(),
+        arrived: std::time::Instant::now(),
+        stamp,
+    }
+}
+
+fn key_text(text: &str) -> KeyText {
+    KeyText::build(|t| t.extend_from_slice(text.as_bytes()))
+}
+
+#[tokio::test]
+async fn the_store_stays_within_its_bytes() {
+    let store = Store::new(4 << 20);
+    let settings = route_settings();
     for i in 0..400u64 {
-        let key = super::key::KeyText::build(|t| {
-            t.extend_from_slice(format!("a\0prod\0G\0/p{i}\0\0").as_bytes())
-        });
-        let mut headers = HeaderMap::new();
-        headers.insert("cache-control", "max-age=600".parse().unwrap());
-        let ex = super::entry::Exchange {
-            status: StatusCode::OK,
-            headers,
-            request_time: std::time::SystemTime::now(),
-            response_time: std::time::SystemTime::now(),
-            arrived: std::time::Instant::now(),
-            stamp: store.stamp(1),
-        };
+        let key = key_text(&format!("a\0prod\0G\0/p{i}\0\0"));
         let body: Box<[Bytes]> = vec![Bytes::from(vec![b'x'; 65536])].into_boxed_slice();
-        let entry = super::entry::Stored::new(key, 1, ex, body, &settings).unwrap();
+        let entry = Stored::new(key, 1, exchange(store.stamp(1)), body, &settings).unwrap();
         store
             .insert(
                 i,
@@ -1187,4 +1267,224 @@ async fn the_store_stays_within_its_bytes() {
     assert!(stats.weighted_bytes <= 4 << 20, "{stats:?}");
     // 64 KiB bodies plus their overhead: about 63 of them fit.
     assert!((55..=64).contains(&stats.entries), "{stats:?}");
+}
+
+/// A fill of a body of `length` (`None`: not announced) within `budget`.
+fn bare_fill(length: Option<usize>, budget: Budget) -> Arc<Fill> {
+    Fill::new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        key_text("k"),
+        Box::new([]),
+        length,
+        budget,
+    )
+}
+
+/// `n` chunks of one byte; `pulled` counts those the reader took.
+fn one_byte_chunks(n: usize, pulled: Arc<AtomicUsize>) -> Body {
+    let chunks = stream::iter(0..n).map(move |_| {
+        pulled.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(b"x")))
+    });
+    StreamBody::new(chunks).boxed_unsync()
+}
+
+/// Each piece of a fill costs its handle and its share of an allocation:
+/// 256 KiB storable, sent as one-byte chunks, would be ~16 MiB of pieces.
+/// The fill stops being storable once its pieces cost more than its room.
+#[tokio::test]
+async fn a_body_in_tiny_chunks_is_counted_by_what_its_pieces_cost() {
+    let limit = 256 * 1024;
+    let budget = Budget {
+        limit,
+        room: limit + FILL_COST,
+    };
+    let fill = bare_fill(None, budget);
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let mut oversized_at = None;
+    let body = one_byte_chunks(1 << 20, Arc::clone(&pulled));
+    let result = run_fill(&fill, body, || {
+        oversized_at = Some(pulled.load(Ordering::SeqCst));
+    })
+    .await;
+    assert_eq!(result, FillResult::Failed, "oversized with no reader");
+    let at = oversized_at.expect("never oversized");
+    let most = usize::try_from(budget.room / PIECE_COST).unwrap() + 1;
+    assert!(at <= most, "oversized after {at} chunks, not {most}");
+}
+
+/// The window an oversized fill keeps for its slowest reader counts each
+/// chunk's piece too: 256 KiB of one-byte chunks is ~20 MiB.
+#[tokio::test]
+async fn a_slow_readers_window_is_counted_by_what_its_pieces_cost() {
+    let fill = bare_fill(
+        None,
+        Budget {
+            limit: 16,
+            room: 16 + FILL_COST,
+        },
+    );
+    let reader = fill.reader().expect("a reader");
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let body = one_byte_chunks(1 << 20, Arc::clone(&pulled));
+    // The reader reads nothing: the fill waits for it once its window is full.
+    let ran = tokio::time::timeout(Duration::from_secs(2), run_fill(&fill, body, || {})).await;
+    assert!(ran.is_err(), "the fill ended without its reader");
+    let pulled = pulled.load(Ordering::SeqCst);
+    let most = usize::try_from(OVERFLOW_WINDOW / PIECE_COST).unwrap() + 2;
+    assert!((17..=most).contains(&pulled), "{pulled} chunks read ahead");
+    drop(reader);
+}
+
+/// A body of unknown length is copied into buffers its pieces share (not an
+/// allocation per chunk), and the entry gets an exact copy of a buffer's
+/// used part (not the whole 64 KiB buffer kept alive by its pieces).
+#[tokio::test]
+async fn a_body_of_unknown_length_shares_buffers_and_is_stored_exact() {
+    let fill = bare_fill(
+        None,
+        Budget {
+            limit: 1 << 20,
+            room: (1 << 20) + FILL_COST,
+        },
+    );
+    let mut reader = fill.reader().expect("a reader");
+    let body = body_of(&Script {
+        chunks: vec!["ab", "cd", "ef"],
+        ..Script::default()
+    });
+    let FillResult::Complete(stored) = run_fill(&fill, body, || {}).await else {
+        panic!("not complete");
+    };
+    fill.close();
+    let mut seen: Vec<Bytes> = Vec::new();
+    while let Some(frame) = reader.frame().await {
+        seen.push(frame.unwrap().into_data().unwrap());
+    }
+    assert_eq!(seen, ["ab", "cd", "ef"]);
+    for pair in seen.windows(2) {
+        assert_eq!(
+            pair[1].as_ptr(),
+            pair[0].as_ptr().wrapping_add(2),
+            "one buffer"
+        );
+    }
+    assert_eq!(&*stored, [Bytes::from("abcdef")]);
+    assert_ne!(stored[0].as_ptr(), seen[0].as_ptr(), "a copy");
+}
+
+/// A body stored in many small pieces is joined into one (each would cost
+/// its handle, and be a frame of every hit); large pieces are kept as they are.
+#[test]
+fn a_stored_body_in_small_pieces_is_joined() {
+    let store = Store::new(1 << 20);
+    let settings = route_settings();
+    let stored = |pieces: Vec<Bytes>| {
+        let ex = exchange(store.stamp(1));
+        Stored::new(key_text("k"), 1, ex, pieces.into_boxed_slice(), &settings).unwrap()
+    };
+    let small: Vec<Bytes> = (0..1000u16)
+        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8; 10]))
+        .collect();
+    let whole = small.concat();
+    let joined = stored(small);
+    assert_eq!((joined.body.len(), joined.body_len), (1, 10_000));
+    assert_eq!(joined.body[0], whole);
+    let large = vec![
+        Bytes::from(vec![b'x'; 65536]),
+        Bytes::from(vec![b'y'; 65536]),
+    ];
+    let at: Vec<*const u8> = large.iter().map(|b| b.as_ptr()).collect();
+    let kept: Vec<*const u8> = stored(large).body.iter().map(|b| b.as_ptr()).collect();
+    assert_eq!(kept, at, "no copy");
+}
+
+/// A store holding `n` entries under keys `0..n`, tagged `t{key}`.
+async fn store_of(n: u64) -> Store {
+    let store = Store::new(4 << 20);
+    let settings = route_settings();
+    for i in 0..n {
+        let mut ex = exchange(store.stamp(1));
+        ex.headers
+            .insert("cache-tag", format!("t{i}").parse().unwrap());
+        let key = key_text(&format!("a\0prod\0G\0/p{i}\0\0"));
+        let body: Box<[Bytes]> = Box::new([Bytes::from_static(b"x")]);
+        let entry = Stored::new(key, 1, ex, body, &settings).unwrap();
+        let slot = super::entry::Slot::Entry(Arc::new(entry));
+        assert!(store.insert(i, slot, store.stamp(1)).await);
+    }
+    store
+}
+
+/// moka kept each purge's predicate until its scan had covered every entry,
+/// and checked every one kept on every lookup: thousands of tag purges made
+/// each hit cost thousands of checks. A purge now keeps nothing once done.
+#[tokio::test]
+async fn purges_leave_nothing_for_lookups_to_check() {
+    let store = store_of(10).await;
+    let checks = Arc::new(AtomicUsize::new(0));
+    for _ in 0..10_000 {
+        let checks = Arc::clone(&checks);
+        store
+            .remove_if(move |_| {
+                checks.fetch_add(1, Ordering::SeqCst);
+                false
+            })
+            .await;
+    }
+    assert_eq!(Arc::strong_count(&checks), 1, "purges kept");
+    let done = checks.load(Ordering::SeqCst);
+    for key in 0..10 {
+        assert!(store.get(key).await.is_some(), "{key} purged");
+    }
+    assert_eq!(
+        checks.load(Ordering::SeqCst),
+        done,
+        "lookups checked purges"
+    );
+}
+
+/// Purges applied together share one pass, and each removes what it selects.
+#[tokio::test]
+async fn purges_applied_together_remove_what_each_selects() {
+    let g = gateway(Duration::ZERO, |req, _| Script {
+        headers: vec![
+            ("cache-control", "max-age=60".into()),
+            (
+                "cache-tag",
+                req.uri().path().trim_start_matches("/dir").into(),
+            ),
+        ],
+        ..ok("", "x")
+    });
+    let paths = ["/prod/t1", "/prod/t2", "/prod/t3", "/prod/dir/x"];
+    for path in paths {
+        send(&g, "GET", path, &[]).await;
+    }
+    let hit = |r: Reply| r.cache_status() == "portico-n1; hit";
+    let tag = |t: &str| PurgeScope::Tag {
+        api: "a".into(),
+        tags: vec![t.into()],
+    };
+    g.purge_many(&[
+        tag("/t1"),
+        tag("/t2"),
+        PurgeScope::Prefix {
+            api: "a".into(),
+            stage: "prod".into(),
+            path_prefix: "/dir/".into(),
+        },
+        PurgeScope::Stage {
+            api: "a".into(),
+            stage: "beta".into(),
+        },
+    ])
+    .await;
+    let kept: Vec<bool> = futures_util::future::join_all(paths.map(|p| send(&g, "GET", p, &[])))
+        .await
+        .into_iter()
+        .map(hit)
+        .collect();
+    assert_eq!(kept, [false, false, true, false]);
 }
