@@ -33,9 +33,10 @@ pub(crate) struct Control {
 
 /// Serves one PoP connection from the TLS handshake to its close.
 pub(crate) async fn serve_link<H: RequestHandler>(
-    incoming: quinn::Incoming,
+    admitted: super::Admitted,
     shared: Arc<Shared<H>>,
 ) {
+    let super::Admitted { incoming, slot } = admitted;
     let peer = incoming.remote_address();
     let timeout = shared.settings.handshake_timeout;
     let conn = match tokio::time::timeout(timeout, incoming).await {
@@ -59,6 +60,8 @@ pub(crate) async fn serve_link<H: RequestHandler>(
             return;
         }
     };
+    // The PoP's Hello is accepted: another link may handshake.
+    drop(slot);
     let link = control.link.clone();
     let pop_id = link.peer_id().to_owned();
     tracing::info!(%peer, pop = %pop_id, version = control.version, "backbone link up");
