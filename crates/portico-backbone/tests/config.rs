@@ -349,14 +349,17 @@ impl ControlHandler for Chatty {
         let link = link.clone();
         tokio::spawn(async move {
             for i in 0..48 {
-                let entry = UsageEntry {
-                    scope: format!("{i:060000}"),
-                    used: 1,
-                };
+                // 60 KB a report, in scopes of the longest kind.
+                let entries = (0..30)
+                    .map(|j| UsageEntry {
+                        scope: format!("{:02000}", i * 30 + j),
+                        used: 1,
+                    })
+                    .collect();
                 let report = Frame::UsageReport(UsageReport {
                     pop_id: "pop-a".into(),
                     window_start_unix_ms: 0,
-                    entries: vec![entry],
+                    entries,
                 });
                 if link.send(report).await.is_err() {
                     return;

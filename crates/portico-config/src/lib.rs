@@ -42,7 +42,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use cache::{CacheMode, CacheSettings, ClientInvalidation, NodeCacheConfig};
-pub use compile::{DefinitionDefaults, NODE_ID, is_node_id};
+pub use compile::{DefinitionDefaults, MAX_NAME, NODE_ID, is_node_id};
 pub use delta::{ApiChange, NoDelta};
 pub use error::{ConfigError, ConfigErrors};
 pub use method::{EndpointMode, Method, Role, UnknownMethod};
@@ -58,6 +58,7 @@ pub use settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
     NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink,
 };
+pub use route::MAX_ROUTE_PATH;
 pub use template::{TemplatePart, UriTemplate};
 pub use topology::{Topology, TopologySummary, is_topology, load_topology_file, parse_topology};
 
