@@ -342,13 +342,18 @@ impl PopRates {
         config.home_of(&api).map(str::to_owned)
     }
 
-    /// Whether `link`'s origin is of the region that shares `scope` (or the
-    /// scope's home is not known here, and no bucket will take it anyway):
-    /// another region's origin, one defining an API of the same name, must
-    /// not set this region's buckets.
-    fn sent_from_home(&self, link: &ControlLink, scope: &str) -> bool {
-        self.region_of(scope)
-            .is_none_or(|home| home == link.region())
+    /// Whether `link`'s origin is of the region that shares `scope`: another
+    /// region's origin, one defining an API of the same name, must not set
+    /// this region's buckets. A stage's or route's scope whose home is not
+    /// known here passes (no bucket takes it anyway); a plan's or key's is
+    /// `None`, no one's: its share would be kept for a plan this PoP does
+    /// not know.
+    fn sent_from_home(&self, link: &ControlLink, scope: &str) -> Option<bool> {
+        match self.region_of(scope) {
+            Some(home) => Some(home == link.region()),
+            None if scope.starts_with("plan:") || scope.starts_with("key:") => None,
+            None => Some(true),
+        }
     }
 
     /// Sends this interval's demand, each rate to its home region's origins.
@@ -417,7 +422,11 @@ impl ControlHandler for PopRates {
             tracing::debug!(frame = %frame.kind(), "control frame ignored");
             return;
         };
-        if !self.sent_from_home(link, &share.scope) {
+        let Some(from_home) = self.sent_from_home(link, &share.scope) else {
+            tracing::debug!(origin = %link.peer_id(), scope = %share.scope, "rate share for a plan not known here");
+            return;
+        };
+        if !from_home {
             tracing::warn!(
                 origin = %link.peer_id(),
                 region = link.region(),
@@ -460,12 +469,16 @@ mod tests {
         let caps = portico_proto::Capabilities(0);
         let (home, _h) = ControlLink::new("origin-1", "r1", caps);
         let (other, _o) = ControlLink::new("origin-2", "r2", caps);
-        assert!(rates.sent_from_home(&home, "stage:a/prod"));
-        assert!(!rates.sent_from_home(&other, "stage:a/prod"));
-        assert!(
+        assert_eq!(rates.sent_from_home(&home, "stage:a/prod"), Some(true));
+        assert_eq!(rates.sent_from_home(&other, "stage:a/prod"), Some(false));
+        assert_eq!(
             rates.sent_from_home(&other, "stage:unknown/prod"),
+            Some(true),
             "no bucket takes it"
         );
+        // A plan (or a key of one) this PoP does not know is no one's.
+        assert_eq!(rates.sent_from_home(&home, "plan:unknown"), None);
+        assert_eq!(rates.sent_from_home(&home, "key:unknown/k"), None);
     }
 
     #[test]
