@@ -175,12 +175,15 @@ impl OriginRates {
         })
     }
 
-    /// Takes a PoP's report; entries for rates this origin does not know are
-    /// refused with a log line and change nothing.
+    /// Takes a PoP's report; entries for rates this origin does not know
+    /// change nothing and are logged in one line per report (the first of
+    /// them and how many: a report may hold a million).
     pub fn report(&self, pop: &str, report: &UsageReport, now: Instant) {
         let defs = Arc::clone(&self.definitions.borrow());
         let known = shared_rates(&defs);
         let mut scopes = lock(&self.scopes);
+        let mut refused: Option<(&str, String)> = None;
+        let mut refused_count = 0usize;
         for UsageEntry { scope, used } in &report.entries {
             let total = match known.get(scope) {
                 Some(total) => Ok(*total),
@@ -190,7 +193,8 @@ impl OriginRates {
             let total = match total {
                 Ok(t) => t,
                 Err(why) => {
-                    tracing::warn!(%pop, %scope, "usage report entry refused: {why}");
+                    refused_count += 1;
+                    refused.get_or_insert((scope, why));
                     continue;
                 }
             };
@@ -200,6 +204,10 @@ impl OriginRates {
                 .or_insert_with(|| Scope::new(total));
             s.total = total;
             s.demand.insert(pop.to_owned(), (rate, now));
+        }
+        drop(scopes);
+        if let Some((first, why)) = refused {
+            tracing::warn!(%pop, refused = refused_count, %first, "usage report entries refused: {why}");
         }
     }
 
@@ -479,6 +487,52 @@ mod tests {
         // A plan (or a key of one) this PoP does not know is no one's.
         assert_eq!(rates.sent_from_home(&home, "plan:unknown"), None);
         assert_eq!(rates.sent_from_home(&home, "key:unknown/k"), None);
+    }
+
+    /// Log lines written while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Out(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Out {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Out::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&lock(&out.0)).into_owned()
+    }
+
+    /// A report of 10 000 rates the origin does not know is one log line.
+    #[test]
+    fn unknown_report_entries_are_logged_once_per_report() {
+        let defs = Arc::new(Definitions::empty());
+        let (_tx, rx) = watch::channel(defs);
+        let rates = OriginRates::new(rx);
+        let report = UsageReport {
+            pop_id: "pop-a".into(),
+            window_start_unix_ms: 0,
+            entries: (0..10_000)
+                .map(|i| UsageEntry {
+                    scope: format!("stage:unknown-{i}/prod"),
+                    used: 1,
+                })
+                .collect(),
+        };
+        let text = logged(|| rates.report("pop-a", &report, Instant::now()));
+        assert_eq!(text.lines().count(), 1, "{}", &text[..text.len().min(500)]);
+        assert!(text.contains("refused=10000"), "{text}");
+        assert!(text.contains("stage:unknown-0/prod"), "{text}");
+        assert!(lock(&rates.scopes).is_empty());
     }
 
     #[test]
