@@ -224,7 +224,11 @@ async fn configuration_changes_reach_the_pop_and_regional_apis_are_404() {
 /// sender; returns its address and the answers it dropped.
 async fn one_way_relay(
     target: std::net::SocketAddr,
-) -> (std::net::SocketAddr, Arc<AtomicUsize>, tokio::task::JoinSet<()>) {
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::task::JoinSet<()>,
+) {
     let front = tokio::net::UdpSocket::bind(localhost0()).await.unwrap();
     let back = Arc::new(tokio::net::UdpSocket::bind(localhost0()).await.unwrap());
     let addr = front.local_addr().unwrap();
@@ -259,7 +263,11 @@ async fn connection_attempts_from_addresses_that_never_answer_hold_no_handshake(
     let client = quinn::Endpoint::client(localhost0()).unwrap();
     let config = pki.material("pop-a").client_config(&settings()).unwrap();
     let attempts: Vec<_> = (0..ATTEMPTS)
-        .map(|_| client.connect_with(config.clone(), relay, "origin-a").unwrap())
+        .map(|_| {
+            client
+                .connect_with(config.clone(), relay, "origin-a")
+                .unwrap()
+        })
         .collect();
     eventually(20, "every attempt answered", || async {
         answers.load(Ordering::SeqCst) >= ATTEMPTS
@@ -287,7 +295,12 @@ async fn handshakes_past_the_cap_are_refused() {
         max_handshakes: CAP,
         ..settings()
     };
-    let origin = Origin::start_with(&pki.material("origin-a"), localhost0(), definitions(""), link);
+    let origin = Origin::start_with(
+        &pki.material("origin-a"),
+        localhost0(),
+        definitions(""),
+        link,
+    );
     assert_eq!(origin.handshakes.max(), CAP as usize);
     let client = quinn::Endpoint::client(localhost0()).unwrap();
     let config = pki.material("pop-a").client_config(&settings()).unwrap();
@@ -299,10 +312,10 @@ async fn handshakes_past_the_cap_are_refused() {
     let (stalled, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
     assert_eq!(stalled.len(), CAP as usize);
     assert!(
-        refused
-            .iter()
-            .all(|r| matches!(r, Err(quinn::ConnectionError::ConnectionClosed(c))
-                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)),
+        refused.iter().all(
+            |r| matches!(r, Err(quinn::ConnectionError::ConnectionClosed(c))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+        ),
         "{refused:?}"
     );
     assert_eq!(origin.handshakes.in_progress(), CAP as usize);

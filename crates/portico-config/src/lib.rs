@@ -54,11 +54,11 @@ pub use model::{
 pub use plans::{ApiKey, Degraded, MAX_KEY_ID, RateLimit, UsagePlan, is_key_id};
 pub use portico_quota::{Period as QuotaPeriod, QuotaSpec};
 pub use quic::{Congestion, QuicConfig};
+pub use route::MAX_ROUTE_PATH;
 pub use settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
     NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink,
 };
-pub use route::MAX_ROUTE_PATH;
 pub use template::{TemplatePart, UriTemplate};
 pub use topology::{Topology, TopologySummary, is_topology, load_topology_file, parse_topology};
 

@@ -40,7 +40,9 @@ impl PathTemplate {
     pub(crate) fn parse(path: &str) -> Result<PathTemplate, Problem> {
         if path.len() > MAX_ROUTE_PATH {
             let message = format!("route path is {} bytes long", path.len());
-            return Err(Problem::new(0, message).expecting(format!("at most {MAX_ROUTE_PATH} bytes")));
+            return Err(
+                Problem::new(0, message).expecting(format!("at most {MAX_ROUTE_PATH} bytes"))
+            );
         }
         let Some(rest) = path.strip_prefix('/') else {
             return Err(Problem::new(0, "route path must start with `/`")

@@ -601,7 +601,9 @@ plans = ["p"]
             .await
             .unwrap()
             .unwrap();
-        assert!(matches!(&answer, Frame::QuotaLease(l) if l.granted == 0 && l.plan.len() == longest));
+        assert!(
+            matches!(&answer, Frame::QuotaLease(l) if l.granted == 0 && l.plan.len() == longest)
+        );
         let mut wire = bytes::BytesMut::new();
         codec.encode(&answer, &mut wire).unwrap();
         assert!(wire.len() < 2 * longest + 64, "{} bytes", wire.len());
