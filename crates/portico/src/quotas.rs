@@ -515,17 +515,22 @@ hash = "HASH"
 plans = ["p"]
 "#;
 
+    /// An origin's leases of [`DEFINITIONS`], its book in `dir`.
+    fn origin_leases(dir: &std::path::Path) -> Arc<OriginLeases> {
+        let quotas = Arc::new(Quotas::open(&dir.join("q.redb"), "origin").unwrap());
+        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
+        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
+        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
+        OriginLeases::new(quotas, defs_rx)
+    }
+
     /// A PoP that stopped reading its control stream (its outbox full) holds
     /// up no other PoP's answer, and the lease it cannot be sent goes back
     /// to the book: the next PoP gets the whole quota.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pop_that_stopped_reading_holds_up_no_other() {
         let dir = tempfile::tempdir().unwrap();
-        let quotas = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
-        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
-        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
-        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
-        let leases = OriginLeases::new(quotas, defs_rx);
+        let leases = origin_leases(dir.path());
         let (stalled, _unread) = ControlLink::new("pop-a", "", Capabilities(0));
         while stalled
             .try_send(Frame::Ping(portico_proto::Ping { nonce: 0 }))
@@ -588,11 +593,7 @@ plans = ["p"]
             huge.is_ok()
         );
         let dir = tempfile::tempdir().unwrap();
-        let quotas = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
-        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
-        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
-        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
-        let leases = OriginLeases::new(quotas, defs_rx);
+        let leases = origin_leases(dir.path());
         let (link, mut outbox) = ControlLink::new("pop-a", "", Capabilities(0));
         let longest = portico_proto::limits::MAX_ID;
         let ask = codec.decode(&mut raw_ask(longest)).unwrap().unwrap();
