@@ -12,7 +12,7 @@
 //! of [`MAX_TAG_LEN`].
 
 use crate::error::ProtoError;
-use crate::frame::{Frame, FrameKind, PurgeScope};
+use crate::frame::{Frame, FrameKind, Hello, HelloAck, PurgeScope, QuotaLease, QuotaLeaseRequest};
 
 /// Longest node id, region, API, stage or plan name, key id (bytes).
 pub const MAX_ID: usize = 128;
@@ -41,13 +41,14 @@ pub const MAX_PURGE_PATH: usize = 128 * 1024;
 pub(crate) fn check(frame: &Frame) -> Result<(), ProtoError> {
     let c = Check(frame.kind());
     match frame {
-        Frame::Hello(h) => {
-            c.len("node_id", &h.node_id, MAX_ID)?;
-            c.len("region", &h.region, MAX_ID)
-        }
-        Frame::HelloAck(h) => {
-            c.len("node_id", &h.node_id, MAX_ID)?;
-            c.len("region", &h.region, MAX_ID)
+        Frame::Hello(Hello {
+            node_id, region, ..
+        })
+        | Frame::HelloAck(HelloAck {
+            node_id, region, ..
+        }) => {
+            c.len("node_id", node_id, MAX_ID)?;
+            c.len("region", region, MAX_ID)
         }
         Frame::ConfigDelta(d) => d
             .changed
@@ -61,13 +62,10 @@ pub(crate) fn check(frame: &Frame) -> Result<(), ProtoError> {
                 .iter()
                 .try_for_each(|e| c.len("scope", &e.scope, MAX_SCOPE))
         }
-        Frame::QuotaLeaseRequest(r) => {
-            c.len("key_id", &r.key_id, MAX_ID)?;
-            c.len("plan", &r.plan, MAX_ID)
-        }
-        Frame::QuotaLease(l) => {
-            c.len("key_id", &l.key_id, MAX_ID)?;
-            c.len("plan", &l.plan, MAX_ID)
+        Frame::QuotaLeaseRequest(QuotaLeaseRequest { key_id, plan, .. })
+        | Frame::QuotaLease(QuotaLease { key_id, plan, .. }) => {
+            c.len("key_id", key_id, MAX_ID)?;
+            c.len("plan", plan, MAX_ID)
         }
         Frame::RateShare(s) => c.len("scope", &s.scope, MAX_SCOPE),
         Frame::GoAway(g) => c.len("reason", &g.reason, MAX_REASON),
