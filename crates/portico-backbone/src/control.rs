@@ -1,7 +1,7 @@
 //! The control stream, opened to other subsystems.
 //!
 //! The backbone itself handles the handshake, configuration snapshots,
-//! `Ping`/`Pong` and `GoAway`. Every other control frame (purges, usage
+//! `Ping`/`Pong` ([`Pongs`]) and `GoAway`. Every other control frame (purges, usage
 //! reports, quota leases and returns, rate shares, authorizer decisions,
 //! config deltas) goes to a [`ControlHandler`], on either end, together with
 //! a [`ControlLink`] to answer on. The same trait serves the origin (one link
@@ -9,10 +9,11 @@
 
 use std::sync::Arc;
 
-use portico_proto::{Capabilities, Frame, FrameKind, StreamKind};
+use portico_proto::{Capabilities, Frame, FrameKind, Pong, StreamKind};
 use tokio::sync::mpsc;
 
 use crate::BackboneError;
+use crate::framed::FrameWriter;
 
 /// Frames waiting to be written on one control stream. Bounded, so a
 /// subsystem that floods a slow peer sees `try_send` fail instead of
@@ -40,6 +41,37 @@ pub(crate) fn stall_deadline(
         *progress = tokio::time::Instant::now();
     }
     *progress + STALL
+}
+
+/// The `Pong` a control loop owes its peer.
+///
+/// A `Ping` is answered at once while the send buffer holds less than
+/// [`SEND_BUFFER`]; past it only the latest nonce is kept, and the loop stops
+/// reading the control stream until that answer fits: a peer that floods
+/// pings and reads none of the answers is held back by QUIC flow control
+/// instead of growing our send buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Pongs {
+    owed: Option<u64>,
+}
+
+impl Pongs {
+    /// Answers a `Ping` with `nonce`, or owes the answer.
+    pub(crate) fn on_ping(&mut self, writer: &mut FrameWriter, nonce: u64) {
+        self.owed = Some(nonce);
+        self.release(writer);
+    }
+
+    /// Buffers the owed `Pong` if there is room now; whether the loop may
+    /// read (nothing is owed any more).
+    pub(crate) fn release(&mut self, writer: &mut FrameWriter) -> bool {
+        if writer.pending() < SEND_BUFFER
+            && let Some(nonce) = self.owed.take()
+        {
+            writer.push_queued(&Frame::Pong(Pong { nonce }));
+        }
+        self.owed.is_none()
+    }
 }
 
 /// Receives the control frames the backbone does not handle itself.

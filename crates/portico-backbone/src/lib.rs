@@ -47,7 +47,7 @@ mod wire;
 pub use client::{Backbone, BackboneUpstream, ConfigStatus, LinkState, OriginSpec};
 pub use control::{ControlHandler, ControlLink};
 pub use error::BackboneError;
-pub use server::{BackboneServer, RequestHandler, Routed};
+pub use server::{BackboneServer, Handshakes, RequestHandler, Routed};
 pub use settings::{Identity, LinkSettings};
 pub use sync::{OriginConfig, Running, SyncedConfig};
 pub use tls::{ALPN, TlsMaterial};

@@ -35,8 +35,16 @@ pub struct LinkSettings {
     pub keep_alive: Duration,
     /// A link with no packets from the peer for this long is dead.
     pub idle_timeout: Duration,
-    /// How long a PoP waits for the QUIC and backbone handshakes.
+    /// How long a PoP waits for the QUIC and backbone handshakes (an
+    /// origin, for each of the two).
     pub handshake_timeout: Duration,
+    /// Links an origin handshakes at once, from a QUIC Initial whose
+    /// address is proven to the peer's `Hello` accepted; one more is
+    /// refused (QUIC `CONNECTION_REFUSED`, the PoP dials again after its
+    /// back-off). Bounds what peers that never finish cost: each holds a
+    /// connection, TLS state and a task for up to twice
+    /// `handshake_timeout`.
+    pub max_handshakes: u32,
     /// How long a request stream may take to deliver its head.
     pub head_timeout: Duration,
     /// Largest request head an origin reads (a larger one resets its
@@ -64,6 +72,7 @@ impl Default for LinkSettings {
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(4),
             handshake_timeout: Duration::from_secs(5),
+            max_handshakes: 64,
             head_timeout: Duration::from_secs(30),
             max_head_bytes: portico_proto::DEFAULT_MAX_FRAME,
             backoff_min: Duration::from_millis(100),

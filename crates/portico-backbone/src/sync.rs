@@ -209,9 +209,6 @@ impl Entry {
     }
 }
 
-/// Longest `ConfigRequest::reason` sent (the origin only logs it).
-const MAX_REASON: usize = 1024;
-
 pub(crate) struct ConfigSync {
     defaults: DefinitionDefaults,
     entries: Mutex<Vec<Entry>>,
@@ -375,8 +372,8 @@ impl ConfigSync {
         e.awaiting_snapshot = true;
         e.status.requests += 1;
         let mut reason = err.to_string();
-        if reason.len() > MAX_REASON {
-            let mut end = MAX_REASON;
+        if reason.len() > portico_proto::limits::MAX_REASON {
+            let mut end = portico_proto::limits::MAX_REASON;
             while !reason.is_char_boundary(end) {
                 end -= 1;
             }

@@ -20,6 +20,10 @@ use crate::settings::LinkSettings;
 /// ALPN of backbone links; its version tracks the framing version.
 pub const ALPN: &[u8] = b"portico-bb/1";
 
+/// Bytes quinn buffers for one connection attempt not yet answered,
+/// beyond its first packet: a dozen more Initial packets.
+const INCOMING_BUFFER: u64 = 16 * 1024;
+
 /// The CA, this node's certificate chain and its private key.
 pub struct TlsMaterial {
     pub ca: Vec<CertificateDer<'static>>,
@@ -117,6 +121,16 @@ impl TlsMaterial {
         let quic = QuicServerConfig::try_from(tls).map_err(tls_err)?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         config.transport_config(link.transport(true));
+        // Connection attempts waiting for the accept loop, which answers
+        // each at once (a Retry, a refusal, or a handshake task within
+        // `max_handshakes`): quinn refuses more, and buffers for each only
+        // the rest of its ClientHello (the backbone sends no 0-RTT data),
+        // instead of 65 536 attempts and 100 MiB.
+        let incoming = u64::from(link.max_handshakes).saturating_mul(4).max(16);
+        config
+            .max_incoming(usize::try_from(incoming).unwrap_or(usize::MAX))
+            .incoming_buffer_size(INCOMING_BUFFER)
+            .incoming_buffer_size_total(INCOMING_BUFFER.saturating_mul(incoming));
         Ok(config)
     }
 

@@ -349,14 +349,17 @@ impl ControlHandler for Chatty {
         let link = link.clone();
         tokio::spawn(async move {
             for i in 0..48 {
-                let entry = UsageEntry {
-                    scope: format!("{i:060000}"),
-                    used: 1,
-                };
+                // 60 KB a report, in scopes of the longest kind.
+                let entries = (0..30)
+                    .map(|j| UsageEntry {
+                        scope: format!("{:02000}", i * 30 + j),
+                        used: 1,
+                    })
+                    .collect();
                 let report = Frame::UsageReport(UsageReport {
                     pop_id: "pop-a".into(),
                     window_start_unix_ms: 0,
-                    entries: vec![entry],
+                    entries,
                 });
                 if link.send(report).await.is_err() {
                     return;
@@ -489,5 +492,57 @@ async fn a_delta_the_pop_cannot_verify_gets_it_a_snapshot() {
     c.send(&[Frame::ConfigDelta(good)]).await;
     wait_status(&pop, "the delta applied", |s| s.deltas == 1).await;
     assert_eq!(status(&pop).running, Some(running(&third)));
+    pop.backbone.shutdown().await;
+}
+
+/// Writes pings on `send` until a write waits longer than 3 s (flow control
+/// holds it back) or `max` bytes went out; returns the bytes written.
+async fn flood_pings(send: &mut SendStream, max: usize) -> usize {
+    let mut chunk = BytesMut::new();
+    while chunk.len() < 64 * 1024 {
+        let ping = Frame::Ping(Ping { nonce: u64::MAX });
+        RawControl::codec().encode(&ping, &mut chunk).unwrap();
+    }
+    let chunk = chunk.freeze();
+    let mut written = 0;
+    while written < max {
+        let write = tokio::time::timeout(Duration::from_secs(3), send.write_all(&chunk));
+        let Ok(result) = write.await else { break };
+        result.unwrap();
+        written += chunk.len();
+    }
+    written
+}
+
+/// Most a peer that reads nothing can write in pings: about the other
+/// end's stream window, plus its send buffer of answers (1 MiB) and the
+/// answers in flight (our stream window), each 2 MiB in the tests.
+const FLOOD_HELD: usize = 12 << 20;
+/// What the flood tries.
+const FLOOD_MAX: usize = 32 << 20;
+
+/// A PoP that floods pings and reads none of the answers is held back by
+/// flow control: the origin stops reading while its answers do not fit.
+#[tokio::test]
+async fn a_pop_that_floods_pings_and_reads_nothing_is_held_back() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let (_endpoint, _conn, mut c, _) = raw_pop(&pki.material("pop-a"), origin.addr).await;
+    let written = flood_pings(&mut c.send, FLOOD_MAX).await;
+    assert!(written < FLOOD_HELD, "{} MiB of pings taken", written >> 20);
+    // The answers are there once it reads.
+    assert!(matches!(c.next().await, Frame::Pong(p) if p.nonce == u64::MAX));
+    origin.stop().await;
+}
+
+/// The same from an origin: the PoP stops reading while its answers do not fit.
+#[tokio::test]
+async fn an_origin_that_floods_pings_and_reads_nothing_is_held_back() {
+    let pki = Pki::new();
+    let first = definitions("");
+    let (pop, mut c) = pop_on_raw_origin(&pki, &first).await;
+    let written = flood_pings(&mut c.send, FLOOD_MAX).await;
+    assert!(written < FLOOD_HELD, "{} MiB of pings taken", written >> 20);
+    assert!(matches!(c.next().await, Frame::Pong(p) if p.nonce == u64::MAX));
     pop.backbone.shutdown().await;
 }

@@ -2,11 +2,13 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
 use portico_backbone::pki::Ca;
-use portico_backbone::{Identity, LinkState};
+use portico_backbone::{Identity, LinkSettings, LinkState};
 
 #[tokio::test]
 async fn mutual_tls_link_comes_up_and_pushes_the_snapshot() {
@@ -213,6 +215,119 @@ async fn configuration_changes_reach_the_pop_and_regional_apis_are_404() {
         "{:?}",
         started.elapsed()
     );
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}
+
+/// A UDP relay to `target` that passes a client's datagrams on and drops
+/// every answer, as the replies to a spoofed source address are lost to the
+/// sender; returns its address and the answers it dropped.
+async fn one_way_relay(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::task::JoinSet<()>,
+) {
+    let front = tokio::net::UdpSocket::bind(localhost0()).await.unwrap();
+    let back = Arc::new(tokio::net::UdpSocket::bind(localhost0()).await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let answers = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let out = Arc::clone(&back);
+    tasks.spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, _)) = front.recv_from(&mut buf).await {
+            let _ = out.send_to(&buf[..n], target).await;
+        }
+    });
+    let dropped = Arc::clone(&answers);
+    tasks.spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while back.recv_from(&mut buf).await.is_ok() {
+            dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, answers, tasks)
+}
+
+/// Connection attempts from addresses that never answer (a flood of QUIC
+/// Initials with spoofed sources) each get a stateless Retry: none holds a
+/// handshake, and a real PoP links up meanwhile.
+#[tokio::test]
+async fn connection_attempts_from_addresses_that_never_answer_hold_no_handshake() {
+    const ATTEMPTS: usize = 200;
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let (relay, answers, _relay) = one_way_relay(origin.addr).await;
+    let client = quinn::Endpoint::client(localhost0()).unwrap();
+    let config = pki.material("pop-a").client_config(&settings()).unwrap();
+    let attempts: Vec<_> = (0..ATTEMPTS)
+        .map(|_| {
+            client
+                .connect_with(config.clone(), relay, "origin-a")
+                .unwrap()
+        })
+        .collect();
+    eventually(20, "every attempt answered", || async {
+        answers.load(Ordering::SeqCst) >= ATTEMPTS
+    })
+    .await;
+    assert_eq!(origin.handshakes.in_progress(), 0);
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    assert!(pop.backbone.wait_up(REGION, Duration::from_secs(20)).await);
+    assert_eq!(origin.handshakes.in_progress(), 0);
+    drop(attempts);
+    client.close(0u32.into(), b"");
+    pop.backbone.shutdown().await;
+    origin.stop().await;
+}
+
+/// Peers that finish the QUIC handshake and then never say `Hello` hold at
+/// most `max_handshakes` slots; further attempts are refused at once, and a
+/// PoP links up once the stalled ones time out.
+#[tokio::test]
+async fn handshakes_past_the_cap_are_refused() {
+    const CAP: u32 = 4;
+    const ATTEMPTS: usize = 10;
+    let pki = Pki::new();
+    let link = LinkSettings {
+        max_handshakes: CAP,
+        ..settings()
+    };
+    let origin = Origin::start_with(
+        &pki.material("origin-a"),
+        localhost0(),
+        definitions(""),
+        link,
+    );
+    assert_eq!(origin.handshakes.max(), CAP as usize);
+    let client = quinn::Endpoint::client(localhost0()).unwrap();
+    let config = pki.material("pop-a").client_config(&settings()).unwrap();
+    let attempts = (0..ATTEMPTS).map(|_| {
+        let connecting = client.connect_with(config.clone(), origin.addr, "origin-a");
+        async move { connecting.unwrap().await }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let (stalled, refused): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    assert_eq!(stalled.len(), CAP as usize);
+    assert!(
+        refused.iter().all(
+            |r| matches!(r, Err(quinn::ConnectionError::ConnectionClosed(c))
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED)
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(origin.handshakes.in_progress(), CAP as usize);
+    // The stalled ones time out (no Hello) and free their slots.
+    let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(origin.addr)]);
+    assert!(pop.backbone.wait_up(REGION, Duration::from_secs(20)).await);
+    eventually(20, "the slots are free again", || async {
+        origin.handshakes.in_progress() == 0
+    })
+    .await;
+    drop(stalled);
+    client.close(0u32.into(), b"");
     pop.backbone.shutdown().await;
     origin.stop().await;
 }

@@ -85,7 +85,7 @@ fn compile_apis(
         let name = f.name.get_ref();
         if !is_api_name(name) {
             let message = format!("invalid API name `{name}`");
-            diag.expect(f.name.span(), message, "[A-Za-z0-9][A-Za-z0-9_-]*");
+            diag.expect(f.name.span(), message, NAME);
         }
         unique(&mut names, &f.name, "API name", diag);
         for h in &f.hosts {
@@ -111,7 +111,7 @@ fn compile_api(f: &ApiFile, defaults: &DefinitionDefaults, diag: &mut Diag<'_>) 
     for s in &f.stages {
         if !is_stage_name(s.name.get_ref()) {
             let message = format!("invalid stage name `{}`", s.name.get_ref());
-            diag.expect(s.name.span(), message, "letters, digits, `_` and `-`");
+            diag.expect(s.name.span(), message, NAME_CHARS);
         }
         unique(&mut names, &s.name, "stage", diag);
         let Some(deployment) = served_deployment(s, &current, &deployments, diag) else {
@@ -151,7 +151,7 @@ fn compile_deployments(
             diag.at(d.id.span(), message);
         } else if !is_stage_name(id) {
             let message = format!("invalid deployment id `{id}`");
-            diag.expect(d.id.span(), message, "letters, digits, `_` and `-`");
+            diag.expect(d.id.span(), message, NAME_CHARS);
         }
         unique(&mut ids, &d.id, "deployment", diag);
         out.push(build_deployment(
@@ -291,10 +291,22 @@ fn check_mapping_target(m: &MappingFile, apis: &[ApiFile], diag: &mut Diag<'_>) 
     }
 }
 
+/// Longest API, stage or usage plan name, deployment or key id (bytes):
+/// the backbone carries names in frames that bound them to this, so a name
+/// the configuration accepts is never refused on its way to a peer.
+pub const MAX_NAME: usize = 128;
+
+/// What an API name must look like, for messages.
+pub(crate) const NAME: &str = "[A-Za-z0-9][A-Za-z0-9_-]*, at most 128 bytes";
+/// What a stage or plan name or a deployment id must look like, for messages.
+pub(crate) const NAME_CHARS: &str = "1 to 128 letters, digits, `_` and `-`";
+
 pub(crate) fn is_api_name(name: &str) -> bool {
-    name.bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric())
+    name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -366,6 +378,7 @@ fn check_host(h: &S<String>, diag: &mut Diag<'_>) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::MAX_NAME;
     use crate::testdata::*;
 
     #[test]
@@ -379,6 +392,41 @@ mod tests {
             [
                 "8:8: duplicate API name `a` (first at line 5)",
                 "11:8: invalid API name `-b`"
+            ]
+        );
+    }
+
+    /// Names travel over the backbone in frames that hold them to
+    /// [`MAX_NAME`] bytes: a longer one is refused here, not there.
+    #[test]
+    fn names_are_at_most_128_bytes() {
+        let name = |n: usize| "n".repeat(n);
+        let text = |n: usize| {
+            format!(
+                "{NODE}[[apis]]\nname = \"{}\"\nendpoint = \"edge\"\n[[apis.stages]]\nname = \"{}\"\n\
+                 [[usage_plans]]\nname = \"{}\"\n",
+                name(n),
+                name(n),
+                name(n)
+            )
+        };
+        // Other errors (a plan that covers no stage...) are not the point.
+        let invalid = |n: usize| match parse(&text(n)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .iter()
+                .filter(|e| e.message.starts_with("invalid"))
+                .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+                .collect(),
+        };
+        assert_eq!(invalid(MAX_NAME), Vec::<String>::new());
+        let long = name(MAX_NAME + 1);
+        assert_eq!(
+            invalid(MAX_NAME + 1),
+            [
+                format!("5:8: invalid API name `{long}`"),
+                format!("8:8: invalid stage name `{long}`"),
+                format!("10:8: invalid usage plan name `{long}`"),
             ]
         );
     }

@@ -42,7 +42,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use cache::{CacheMode, CacheSettings, ClientInvalidation, NodeCacheConfig};
-pub use compile::{DefinitionDefaults, NODE_ID, is_node_id};
+pub use compile::{DefinitionDefaults, MAX_NAME, NODE_ID, is_node_id};
 pub use delta::{ApiChange, NoDelta};
 pub use error::{ConfigError, ConfigErrors};
 pub use method::{EndpointMode, Method, Role, UnknownMethod};
@@ -54,6 +54,7 @@ pub use model::{
 pub use plans::{ApiKey, Degraded, MAX_KEY_ID, RateLimit, UsagePlan, is_key_id};
 pub use portico_quota::{Period as QuotaPeriod, QuotaSpec};
 pub use quic::{Congestion, QuicConfig};
+pub use route::MAX_ROUTE_PATH;
 pub use settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
     NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink,

@@ -129,7 +129,7 @@ pub(crate) fn compile_plans(
         let name = p.name.get_ref();
         if !is_stage_name(name) {
             let message = format!("invalid usage plan name `{name}`");
-            diag.expect(p.name.span(), message, "letters, digits, `_` and `-`");
+            diag.expect(p.name.span(), message, crate::compile::NAME_CHARS);
         }
         if let Some(first) = names.get(name.as_str()) {
             let message = format!(
@@ -249,7 +249,7 @@ fn check_api_stage(s: &ApiStageFile, apis: &[ApiFile], diag: &mut Diag<'_>) -> b
 }
 
 /// Longest API key id: the backbone carries a caller's id in this form.
-pub const MAX_KEY_ID: usize = 128;
+pub const MAX_KEY_ID: usize = crate::compile::MAX_NAME;
 
 /// An API key id: 1 to [`MAX_KEY_ID`] letters, digits, `_` and `-`. The same
 /// rule holds in configuration, in `portico keys create` and for a caller a

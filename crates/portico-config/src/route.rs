@@ -18,6 +18,11 @@ use crate::template::{Problem, is_param_name};
 /// Integration timeouts allowed, in milliseconds (API Gateway's limits).
 pub(crate) const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 50..=29_000;
 
+/// Longest route path (bytes). A route's rate travels over the backbone
+/// under a scope that holds its path (`route:API/STAGE/METHOD PATH`), so
+/// every path the configuration accepts must fit there.
+pub const MAX_ROUTE_PATH: usize = 1024;
+
 /// A route path such as `/items/{id}` or `/files/{path+}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PathTemplate {
@@ -33,6 +38,12 @@ enum Segment {
 
 impl PathTemplate {
     pub(crate) fn parse(path: &str) -> Result<PathTemplate, Problem> {
+        if path.len() > MAX_ROUTE_PATH {
+            let message = format!("route path is {} bytes long", path.len());
+            return Err(
+                Problem::new(0, message).expecting(format!("at most {MAX_ROUTE_PATH} bytes"))
+            );
+        }
         let Some(rest) = path.strip_prefix('/') else {
             return Err(Problem::new(0, "route path must start with `/`")
                 .expecting("a path such as /items/{id}"));
@@ -376,6 +387,9 @@ mod tests {
         assert_eq!(err("/a/x{y}").offset, 4);
         assert_eq!(err("/{id}/{id}").offset, 6);
         assert_eq!(err("/a b").offset, 2);
+        let long = format!("/{}", "a".repeat(MAX_ROUTE_PATH));
+        assert_eq!(err(&long).message, "route path is 1025 bytes long");
+        assert!(PathTemplate::parse(&long[..MAX_ROUTE_PATH]).is_ok());
     }
 
     #[test]

@@ -43,8 +43,11 @@ pub(crate) fn compile_stage(
     })
 }
 
+/// 1 to [`crate::MAX_NAME`] letters, digits, `_` and `-`: stage names,
+/// deployment ids, usage plan names and (with the same bound) key ids.
 pub(crate) fn is_stage_name(name: &str) -> bool {
     !name.is_empty()
+        && name.len() <= crate::MAX_NAME
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

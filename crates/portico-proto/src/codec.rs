@@ -110,9 +110,11 @@ impl Codec {
     /// Appends `frame` (length prefix + payload) to `dst`.
     ///
     /// A frame whose payload would exceed the maximum is refused with
-    /// [`ProtoError::FrameTooLarge`] and `dst` is left as it was.
+    /// [`ProtoError::FrameTooLarge`], a control frame over [`crate::limits`]
+    /// with [`ProtoError::OverLimit`], and `dst` is left as it was.
     pub fn encode(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtoError> {
         self.check_version(frame.kind())?;
+        crate::limits::check(frame)?;
         self.framed(dst, |dst| match frame {
             Frame::BodyChunk(data) => self.write_body_chunk(data, dst),
             other => write_serde(other, dst),
@@ -199,7 +201,7 @@ impl Codec {
     ///
     /// Errors: a bad length prefix (`EmptyFrame`, `FrameTooLarge`) consumes
     /// nothing and the stream cannot continue. A bad payload (unknown tag,
-    /// malformed, trailing bytes, version) has been consumed whole, so the
+    /// malformed, trailing bytes, version, over a limit) has been consumed whole, so the
     /// stream is still aligned on the next frame; whether to go on is the
     /// driver's policy (the protocol says: reset the stream).
     pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, ProtoError> {
@@ -274,6 +276,7 @@ impl Codec {
                 extra: payload.len() - used,
             });
         }
+        crate::limits::check(&frame)?;
         Ok(frame)
     }
 }
@@ -552,15 +555,91 @@ mod tests {
             codec.encode(&big, &mut buf),
             Err(ProtoError::FrameTooLarge { .. })
         ));
-        let big_head = Frame::GoAway(GoAway {
-            reason: "x".repeat(2000),
-            last_stream_hint: 0,
+        let big_head = Frame::ResponseHead(ResponseHead {
+            status: 200,
+            headers: Vec::new(),
+            served_by: "x".repeat(2000),
         });
         assert!(matches!(
             codec.encode(&big_head, &mut buf),
             Err(ProtoError::FrameTooLarge { .. })
         ));
         assert_eq!(&buf[..], b"keep");
+    }
+
+    /// A frame written without the codec's checks (as a peer could).
+    fn unchecked(frame: &Frame) -> BytesMut {
+        raw(&bincode::serde::encode_to_vec(frame, config::standard()).unwrap())
+    }
+
+    #[test]
+    fn an_over_long_plan_is_refused_both_ways() {
+        let ask = |plan: String| {
+            Frame::QuotaLeaseRequest(crate::QuotaLeaseRequest {
+                key_id: "k".into(),
+                plan,
+                want: 1,
+                lease_id_to_return: None,
+                unused: 0,
+            })
+        };
+        let codec = Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap();
+        let at_limit = ask("p".repeat(crate::limits::MAX_ID));
+        let mut buf = encode_all(&codec, std::slice::from_ref(&at_limit));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(at_limit));
+        let over = ask("p".repeat(1 << 20));
+        let refused = ProtoError::OverLimit {
+            kind: FrameKind::QuotaLeaseRequest,
+            field: "plan",
+            len: 1 << 20,
+            max: crate::limits::MAX_ID,
+        };
+        let mut buf = BytesMut::from(&b"keep"[..]);
+        assert_eq!(codec.encode(&over, &mut buf), Err(refused.clone()));
+        assert_eq!(&buf[..], b"keep");
+        let mut buf = unchecked(&over);
+        assert_eq!(codec.decode(&mut buf), Err(refused));
+        // Consumed whole, like any bad payload.
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn control_frame_limits_cover_lists_and_reasons() {
+        let codec = Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap();
+        let tags = |n: usize, len: usize| {
+            Frame::Purge(crate::Purge {
+                purge_id: 1,
+                scope: crate::PurgeScope::Tag {
+                    api: "a".into(),
+                    tags: vec!["t".repeat(len); n],
+                },
+            })
+        };
+        let go_away = Frame::GoAway(GoAway {
+            reason: "r".repeat(crate::limits::MAX_REASON + 1),
+            last_stream_hint: 0,
+        });
+        let share = Frame::RateShare(crate::RateShare {
+            scope: "s".repeat(crate::limits::MAX_SCOPE + 1),
+            rate_milli_per_sec: 1,
+            burst: 1,
+        });
+        for (frame, field) in [
+            (tags(crate::limits::MAX_TAGS + 1, 1), "tags"),
+            (tags(1, crate::limits::MAX_TAG_LEN + 1), "tag"),
+            (go_away, "reason"),
+            (share, "scope"),
+        ] {
+            let err = codec.decode(&mut unchecked(&frame)).unwrap_err();
+            assert!(
+                matches!(err, ProtoError::OverLimit { field: f, .. } if f == field),
+                "{err:?}"
+            );
+            assert_eq!(err.as_str(), "over_limit");
+        }
+        let fits = tags(crate::limits::MAX_TAGS, crate::limits::MAX_TAG_LEN);
+        let mut buf = encode_all(&codec, std::slice::from_ref(&fits));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(fits));
     }
 
     #[test]

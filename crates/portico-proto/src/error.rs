@@ -48,6 +48,16 @@ pub enum ProtoError {
     #[error("{extra} trailing bytes after a {kind:?} frame")]
     TrailingBytes { kind: FrameKind, extra: usize },
 
+    /// A control frame's field is longer (or a list holds more) than
+    /// [`crate::limits`] allows: refused on encode and on decode.
+    #[error("{field} of a {kind} frame is {len} long, over the limit of {max}")]
+    OverLimit {
+        kind: FrameKind,
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+
     /// Serialising a frame failed (should not happen for well-formed frames).
     #[error("cannot encode frame: {0}")]
     Encode(String),
@@ -97,6 +107,7 @@ impl ProtoError {
             Self::UnknownFrameType(_) => "unknown_frame_type",
             Self::Malformed { .. } => "malformed",
             Self::TrailingBytes { .. } => "trailing_bytes",
+            Self::OverLimit { .. } => "over_limit",
             Self::Encode(_) => "encode",
             Self::InvalidMaxFrame { .. } => "invalid_max_frame",
             Self::NoCommonVersion { .. } => "no_common_version",

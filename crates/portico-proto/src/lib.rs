@@ -33,7 +33,8 @@
 //! anything is allocated; bodies are split into `BodyChunk`s that fit
 //! ([`Codec::split_body`]). A buffer holding less than a whole frame
 //! decodes to `Ok(None)` ("need more"). Unknown tags, malformed or
-//! over-long payloads and trailing bytes are errors, never panics.
+//! over-long payloads and trailing bytes are errors, never panics; so are
+//! control frames whose strings or lists exceed [`limits`] (both ways).
 //!
 //! # Ordering
 //!
@@ -84,6 +85,7 @@
 mod codec;
 mod error;
 mod frame;
+pub mod limits;
 mod preface;
 pub mod stream;
 mod version;

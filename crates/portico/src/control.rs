@@ -82,6 +82,27 @@ mod tests {
 
     use super::*;
 
+    /// Whatever the configuration and the admin API accept fits the
+    /// control frames' limits, so no node sends what its peer refuses.
+    #[test]
+    fn the_wire_limits_hold_what_nodes_send() {
+        use portico_config::{MAX_KEY_ID, MAX_NAME, MAX_ROUTE_PATH};
+        use portico_gateway::cache::purge;
+        use portico_proto::limits as wire;
+        assert_eq!((MAX_NAME, MAX_KEY_ID), (wire::MAX_ID, wire::MAX_ID));
+        assert_eq!(MAX_ROUTE_PATH, wire::MAX_ROUTE_PATH);
+        assert_eq!(
+            (purge::MAX_TAGS, purge::MAX_TAG_LEN),
+            (wire::MAX_TAGS, wire::MAX_TAG_LEN)
+        );
+        assert!(!portico_config::is_node_id(&"n".repeat(wire::MAX_ID + 1)));
+        // The longest rate scope is a route's.
+        let name = "n".repeat(MAX_NAME);
+        let path = "/".repeat(MAX_ROUTE_PATH);
+        let route = format!("route:{name}/{name}/OPTIONS {path}");
+        assert!(route.len() <= wire::MAX_SCOPE, "{}", route.len());
+    }
+
     #[test]
     fn a_reconnected_peer_keeps_its_new_link_when_the_old_one_goes_down() {
         let links = Links::default();

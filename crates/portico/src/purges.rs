@@ -3,9 +3,10 @@
 //! own cache and answers `PurgeAck`. A PoP that is not connected when a purge is
 //! made misses it: purges are not replayed, so a PoP empties its cache when a
 //! link to an origin it knew comes back. No purge is dropped on a link that
-//! stays up: one that finds the link's outbox full waits for room, one the
-//! origin could not keep up with becomes a purge of everything, and so does a
-//! purge that finds the PoP's own queue full.
+//! stays up: one that finds the link's outbox full waits for room in the
+//! link's backlog (one task per link sends it on), one that finds the
+//! backlog full, or that the origin could not keep up with, becomes a purge
+//! of everything, and so does a purge that finds the PoP's own queue full.
 //!
 //! Both ends plug into the backbone's [`ControlHandler`] hook through the node's
 //! [`crate::control::Dispatch`], which hands them the frames of [`KINDS`].
@@ -26,6 +27,10 @@ const SEND_WAIT: Duration = Duration::from_secs(30);
 /// Most purges a PoP applies together: those waiting in its queue share one
 /// pass over its cache.
 const BATCH: usize = 256;
+
+/// Purges waiting for room on one link; one more replaces them all with a
+/// purge of everything.
+const BACKLOG: usize = 1024;
 
 /// Control frames of purges.
 pub const KINDS: &[portico_proto::FrameKind] = &[
@@ -108,6 +113,23 @@ pub fn from_wire(scope: portico_proto::PurgeScope) -> Result<PurgeScope, String>
 pub struct OriginPurges {
     links: crate::control::Links,
     next_id: AtomicU64,
+    /// Purges waiting for room, by link: each link with a backlog has one
+    /// task sending it on.
+    backlogs: Arc<std::sync::Mutex<Vec<Backlog>>>,
+}
+
+/// Purges waiting for room on one link's outbox, oldest first.
+struct Backlog {
+    link: ControlLink,
+    frames: std::collections::VecDeque<Frame>,
+}
+
+type Backlogs = std::sync::Mutex<Vec<Backlog>>;
+
+fn lock(backlogs: &Backlogs) -> std::sync::MutexGuard<'_, Vec<Backlog>> {
+    backlogs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl OriginPurges {
@@ -140,24 +162,78 @@ impl OriginPurges {
             scope: to_wire(scope),
         });
         for link in self.links.open() {
+            // Behind a backlog: in order, after it.
+            if self.queue_behind(&link, &frame, purge_id) {
+                continue;
+            }
             match link.try_send(frame.clone()) {
                 Ok(()) => {}
                 // The PoP reads slower than purges come: wait for room
                 // rather than drop it (the link would stay up and the PoP
                 // serve the purged entries until they expire).
                 Err(portico_backbone::BackboneError::LinkBusy) => {
-                    let frame = frame.clone();
-                    tokio::spawn(async move {
-                        let sent = tokio::time::timeout(SEND_WAIT, link.send(frame)).await;
-                        if !matches!(sent, Ok(Ok(()))) {
-                            tracing::error!(pop = %link.peer_id(), purge_id, "purge not sent to PoP");
-                        }
+                    let frames = std::collections::VecDeque::from([frame.clone()]);
+                    lock(&self.backlogs).push(Backlog {
+                        link: link.clone(),
+                        frames,
                     });
+                    tokio::spawn(drain_backlog(Arc::clone(&self.backlogs), link));
                 }
                 Err(err) => {
                     tracing::warn!(pop = %link.peer_id(), %err, purge_id, "purge not sent to PoP");
                 }
             }
+        }
+    }
+
+    /// Appends `frame` to `link`'s backlog if it has one; a full backlog
+    /// becomes one purge of everything (under `frame`'s id).
+    fn queue_behind(&self, link: &ControlLink, frame: &Frame, purge_id: u64) -> bool {
+        let mut backlogs = lock(&self.backlogs);
+        let Some(backlog) = backlogs.iter_mut().find(|b| b.link.is_same(link)) else {
+            return false;
+        };
+        if backlog.frames.len() < BACKLOG {
+            backlog.frames.push_back(frame.clone());
+            return true;
+        }
+        tracing::warn!(pop = %link.peer_id(), "purges came faster than the PoP took them; it empties its cache instead");
+        backlog.frames.clear();
+        backlog.frames.push_back(Frame::Purge(Purge {
+            purge_id,
+            scope: portico_proto::PurgeScope::All,
+        }));
+        true
+    }
+}
+
+/// Sends `link`'s backlog on as its outbox makes room, then forgets it. A
+/// purge that waits [`SEND_WAIT`] in vain (or a link gone) drops the rest:
+/// the PoP is not reading, and the link will be closed and dialed again.
+async fn drain_backlog(backlogs: Arc<Backlogs>, link: ControlLink) {
+    loop {
+        let frame = {
+            let mut all = lock(&backlogs);
+            let Some(backlog) = all.iter_mut().find(|b| b.link.is_same(&link)) else {
+                return;
+            };
+            match backlog.frames.pop_front() {
+                Some(frame) => frame,
+                // Sent it all: the next purge tries the outbox first again.
+                None => return all.retain(|b| !b.link.is_same(&link)),
+            }
+        };
+        let sent = tokio::time::timeout(SEND_WAIT, link.send(frame)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            let mut all = lock(&backlogs);
+            let left: usize = all
+                .iter()
+                .filter(|b| b.link.is_same(&link))
+                .map(|b| b.frames.len())
+                .sum();
+            all.retain(|b| !b.link.is_same(&link));
+            tracing::error!(pop = %link.peer_id(), purges = left + 1, "purges not sent to PoP");
+            return;
         }
     }
 }
@@ -418,6 +494,58 @@ mod tests {
         }
         ids.sort_unstable();
         assert_eq!(ids, (1..=1100).collect::<Vec<u64>>());
+    }
+
+    /// Purges that find a link's outbox full wait behind one task, however
+    /// many come; past the backlog they become one purge of everything, and
+    /// the last purge still arrives.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_link_has_one_waiting_sender() {
+        const PURGES: u64 = 10_000;
+        let origin = OriginPurges::default();
+        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
+        origin.link_up(&link);
+        let mut filled = 0;
+        while link
+            .try_send(Frame::Ping(portico_proto::Ping { nonce: 0 }))
+            .is_ok()
+        {
+            filled += 1;
+        }
+        let scope = PurgeScope::Stage {
+            api: "a".into(),
+            stage: "prod".into(),
+        };
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        for _ in 0..PURGES {
+            origin.send(&scope);
+        }
+        assert!(
+            metrics.num_alive_tasks() <= before + 1,
+            "{} tasks wait",
+            metrics.num_alive_tasks() - before
+        );
+        for _ in 0..filled {
+            outbox.recv().await.unwrap();
+        }
+        let (mut purges, mut all) = (0, false);
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
+                .await
+                .expect("the backlog comes")
+                .unwrap();
+            let Frame::Purge(p) = frame else {
+                panic!("{frame:?}")
+            };
+            purges += 1;
+            all |= p.scope == portico_proto::PurgeScope::All;
+            if p.purge_id == PURGES {
+                break;
+            }
+        }
+        assert!(all, "the overflow became a purge of everything");
+        assert!(purges <= BACKLOG, "{purges} purges");
     }
 
     /// A link back purges the entries of its own region's APIs only: the

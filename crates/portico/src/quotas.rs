@@ -515,17 +515,22 @@ hash = "HASH"
 plans = ["p"]
 "#;
 
+    /// An origin's leases of [`DEFINITIONS`], its book in `dir`.
+    fn origin_leases(dir: &std::path::Path) -> Arc<OriginLeases> {
+        let quotas = Arc::new(Quotas::open(&dir.join("q.redb"), "origin").unwrap());
+        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
+        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
+        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
+        OriginLeases::new(quotas, defs_rx)
+    }
+
     /// A PoP that stopped reading its control stream (its outbox full) holds
     /// up no other PoP's answer, and the lease it cannot be sent goes back
     /// to the book: the next PoP gets the whole quota.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pop_that_stopped_reading_holds_up_no_other() {
         let dir = tempfile::tempdir().unwrap();
-        let quotas = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
-        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
-        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
-        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
-        let leases = OriginLeases::new(quotas, defs_rx);
+        let leases = origin_leases(dir.path());
         let (stalled, _unread) = ControlLink::new("pop-a", "", Capabilities(0));
         while stalled
             .try_send(Frame::Ping(portico_proto::Ping { nonce: 0 }))
@@ -547,6 +552,62 @@ plans = ["p"]
         };
         // All 10: pop-a's undelivered lease went back before pop-b asked.
         assert_eq!(lease.granted, 10);
+    }
+
+    /// A lease request as a PoP could write it, bypassing its codec's
+    /// checks: key `k`, a plan of `plan_len` bytes.
+    fn raw_ask(plan_len: usize) -> bytes::BytesMut {
+        use bytes::BufMut;
+        let tag = u8::try_from(FrameKind::QuotaLeaseRequest.tag()).unwrap();
+        let mut payload = vec![tag, 1, b'k'];
+        match u16::try_from(plan_len) {
+            Ok(n) if n < 251 => payload.push(n as u8),
+            Ok(n) => {
+                payload.push(251);
+                payload.extend_from_slice(&n.to_le_bytes());
+            }
+            Err(_) => {
+                payload.push(252);
+                payload.extend_from_slice(&u32::try_from(plan_len).unwrap().to_le_bytes());
+            }
+        }
+        payload.resize(payload.len() + plan_len, b'p');
+        // want 1, no lease to return, unused 0
+        payload.extend_from_slice(&[1, 0, 0]);
+        let mut buf = bytes::BytesMut::new();
+        buf.put_u32(u32::try_from(payload.len()).unwrap());
+        buf.put_slice(&payload);
+        buf
+    }
+
+    /// An ask for an unknown plan is refused with its plan and key echoed:
+    /// the control stream's codec bounds them, so the answer stays small
+    /// whatever the PoP sent (a 1 MiB plan does not get past decoding).
+    #[tokio::test]
+    async fn a_refused_ask_is_answered_in_a_small_frame() {
+        let codec = portico_proto::Codec::with_max_frame(portico_proto::MAX_FRAME_LIMIT).unwrap();
+        let huge = codec.decode(&mut raw_ask(1 << 20));
+        assert!(
+            matches!(&huge, Err(e) if e.as_str() == "over_limit"),
+            "a 1 MiB plan got through: {}",
+            huge.is_ok()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let leases = origin_leases(dir.path());
+        let (link, mut outbox) = ControlLink::new("pop-a", "", Capabilities(0));
+        let longest = portico_proto::limits::MAX_ID;
+        let ask = codec.decode(&mut raw_ask(longest)).unwrap().unwrap();
+        leases.on_frame(&link, ask);
+        let answer = tokio::time::timeout(Duration::from_secs(10), outbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&answer, Frame::QuotaLease(l) if l.granted == 0 && l.plan.len() == longest)
+        );
+        let mut wire = bytes::BytesMut::new();
+        codec.encode(&answer, &mut wire).unwrap();
+        assert!(wire.len() < 2 * longest + 64, "{} bytes", wire.len());
     }
 
     /// An origin's answer is spent only up to what the PoP asked for: a

@@ -175,12 +175,15 @@ impl OriginRates {
         })
     }
 
-    /// Takes a PoP's report; entries for rates this origin does not know are
-    /// refused with a log line and change nothing.
+    /// Takes a PoP's report; entries for rates this origin does not know
+    /// change nothing and are logged in one line per report (the first of
+    /// them and how many: a report may hold a million).
     pub fn report(&self, pop: &str, report: &UsageReport, now: Instant) {
         let defs = Arc::clone(&self.definitions.borrow());
         let known = shared_rates(&defs);
         let mut scopes = lock(&self.scopes);
+        let mut refused: Option<(&str, String)> = None;
+        let mut refused_count = 0usize;
         for UsageEntry { scope, used } in &report.entries {
             let total = match known.get(scope) {
                 Some(total) => Ok(*total),
@@ -190,7 +193,8 @@ impl OriginRates {
             let total = match total {
                 Ok(t) => t,
                 Err(why) => {
-                    tracing::warn!(%pop, %scope, "usage report entry refused: {why}");
+                    refused_count += 1;
+                    refused.get_or_insert((scope, why));
                     continue;
                 }
             };
@@ -200,6 +204,10 @@ impl OriginRates {
                 .or_insert_with(|| Scope::new(total));
             s.total = total;
             s.demand.insert(pop.to_owned(), (rate, now));
+        }
+        drop(scopes);
+        if let Some((first, why)) = refused {
+            tracing::warn!(%pop, refused = refused_count, %first, "usage report entries refused: {why}");
         }
     }
 
@@ -342,13 +350,18 @@ impl PopRates {
         config.home_of(&api).map(str::to_owned)
     }
 
-    /// Whether `link`'s origin is of the region that shares `scope` (or the
-    /// scope's home is not known here, and no bucket will take it anyway):
-    /// another region's origin, one defining an API of the same name, must
-    /// not set this region's buckets.
-    fn sent_from_home(&self, link: &ControlLink, scope: &str) -> bool {
-        self.region_of(scope)
-            .is_none_or(|home| home == link.region())
+    /// Whether `link`'s origin is of the region that shares `scope`: another
+    /// region's origin, one defining an API of the same name, must not set
+    /// this region's buckets. A stage's or route's scope whose home is not
+    /// known here passes (no bucket takes it anyway); a plan's or key's is
+    /// `None`, no one's: its share would be kept for a plan this PoP does
+    /// not know.
+    fn sent_from_home(&self, link: &ControlLink, scope: &str) -> Option<bool> {
+        match self.region_of(scope) {
+            Some(home) => Some(home == link.region()),
+            None if scope.starts_with("plan:") || scope.starts_with("key:") => None,
+            None => Some(true),
+        }
     }
 
     /// Sends this interval's demand, each rate to its home region's origins.
@@ -417,7 +430,11 @@ impl ControlHandler for PopRates {
             tracing::debug!(frame = %frame.kind(), "control frame ignored");
             return;
         };
-        if !self.sent_from_home(link, &share.scope) {
+        let Some(from_home) = self.sent_from_home(link, &share.scope) else {
+            tracing::debug!(origin = %link.peer_id(), scope = %share.scope, "rate share for a plan not known here");
+            return;
+        };
+        if !from_home {
             tracing::warn!(
                 origin = %link.peer_id(),
                 region = link.region(),
@@ -460,12 +477,62 @@ mod tests {
         let caps = portico_proto::Capabilities(0);
         let (home, _h) = ControlLink::new("origin-1", "r1", caps);
         let (other, _o) = ControlLink::new("origin-2", "r2", caps);
-        assert!(rates.sent_from_home(&home, "stage:a/prod"));
-        assert!(!rates.sent_from_home(&other, "stage:a/prod"));
-        assert!(
+        assert_eq!(rates.sent_from_home(&home, "stage:a/prod"), Some(true));
+        assert_eq!(rates.sent_from_home(&other, "stage:a/prod"), Some(false));
+        assert_eq!(
             rates.sent_from_home(&other, "stage:unknown/prod"),
+            Some(true),
             "no bucket takes it"
         );
+        // A plan (or a key of one) this PoP does not know is no one's.
+        assert_eq!(rates.sent_from_home(&home, "plan:unknown"), None);
+        assert_eq!(rates.sent_from_home(&home, "key:unknown/k"), None);
+    }
+
+    /// Log lines written while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Out(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Out {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                lock(&self.0).extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let out = Out::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&lock(&out.0)).into_owned()
+    }
+
+    /// A report of 10 000 rates the origin does not know is one log line.
+    #[test]
+    fn unknown_report_entries_are_logged_once_per_report() {
+        let defs = Arc::new(Definitions::empty());
+        let (_tx, rx) = watch::channel(defs);
+        let rates = OriginRates::new(rx);
+        let report = UsageReport {
+            pop_id: "pop-a".into(),
+            window_start_unix_ms: 0,
+            entries: (0..10_000)
+                .map(|i| UsageEntry {
+                    scope: format!("stage:unknown-{i}/prod"),
+                    used: 1,
+                })
+                .collect(),
+        };
+        let text = logged(|| rates.report("pop-a", &report, Instant::now()));
+        assert_eq!(text.lines().count(), 1, "{}", &text[..text.len().min(500)]);
+        assert!(text.contains("refused=10000"), "{text}");
+        assert!(text.contains("stage:unknown-0/prod"), "{text}");
+        assert!(lock(&rates.scopes).is_empty());
     }
 
     #[test]

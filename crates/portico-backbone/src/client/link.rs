@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use portico_proto::stream::{ControlSide, ControlStream};
 use portico_proto::{
-    Capabilities, ConfigDelta, Frame, FrameKind, GoAway, Hello, HelloAck, Pong, Role, StreamKind,
+    Capabilities, ConfigDelta, Frame, FrameKind, GoAway, Hello, HelloAck, Role, StreamKind,
     VersionRange,
 };
 use quinn::Connection;
 use tokio::sync::{mpsc, watch};
 
 use super::{Inner, LinkState, Session};
-use crate::control::{self, ControlLink};
+use crate::control::{self, ControlLink, Pongs};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::runtime::InFlight;
 use crate::settings::Backoff;
@@ -28,6 +28,8 @@ struct Control {
     /// What control subsystems hold of this link, and what they queued.
     link: ControlLink,
     outbox: mpsc::Receiver<Frame>,
+    /// The answer to the origin's latest ping, while it does not fit.
+    pongs: Pongs,
 }
 
 /// Keeps origin `index`'s link up until `stop`: dial, serve the session
@@ -136,6 +138,7 @@ async fn dial(
         ack,
         link,
         outbox,
+        pongs: Pongs::default(),
     };
     Ok((conn, control))
 }
@@ -237,6 +240,7 @@ async fn serve_session(
     // keep its region down.
     let mut drained: Option<tokio::time::Instant> = None;
     loop {
+        let reading = control.pongs.release(&mut control.writer);
         let pending = control.writer.pending();
         let stall = control::stall_deadline(pending, &mut progress);
         if drained.is_none() && matches!(*link.state.borrow(), LinkState::Draining) {
@@ -264,7 +268,7 @@ async fn serve_session(
             Some(frame) = control.outbox.recv(), if pending < control::SEND_BUFFER => {
                 control.writer.push_queued(&frame);
             }
-            frame = control.reader.next(), if open => {
+            frame = control.reader.next(), if open && reading => {
                 match on_frame(inner, index, control, frame) {
                     Ok(still_open) => open = still_open,
                     Err(err) => {
@@ -300,7 +304,7 @@ fn on_frame(
             log_applied(&c.ack.node_id, Via::Snapshot, result);
         }
         Frame::ConfigDelta(delta) => on_delta(inner, index, c, &delta)?,
-        Frame::Ping(p) => c.writer.push(&Frame::Pong(Pong { nonce: p.nonce }))?,
+        Frame::Ping(p) => c.pongs.on_ping(&mut c.writer, p.nonce),
         Frame::GoAway(g) => {
             tracing::info!(origin = %c.ack.node_id, reason = %g.reason, "origin going away");
             link.set_state(LinkState::Draining);

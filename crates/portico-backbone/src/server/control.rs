@@ -5,7 +5,7 @@ use std::sync::Arc;
 use portico_config::Definitions;
 use portico_proto::stream::{ControlSide, ControlStream};
 use portico_proto::{
-    Capabilities, Frame, GoAway, Hello, HelloAck, Pong, ResetCode, Role, StreamKind, VersionRange,
+    Capabilities, Frame, GoAway, Hello, HelloAck, ResetCode, Role, StreamKind, VersionRange,
     negotiate,
 };
 use quinn::{Connection, VarInt};
@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::config::ConfigPush;
 use super::{RequestHandler, Shared, request};
-use crate::control::{self, ControlHandler, ControlLink};
+use crate::control::{self, ControlHandler, ControlLink, Pongs};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::{BackboneError, close, tls};
 
@@ -26,6 +26,8 @@ pub(crate) struct Control {
     link: ControlLink,
     /// Frames they queued for the PoP.
     outbox: mpsc::Receiver<Frame>,
+    /// The answer to the PoP's latest ping, while it does not fit.
+    pongs: Pongs,
     version: u16,
     /// Snapshots and deltas for this PoP.
     config: ConfigPush,
@@ -33,9 +35,10 @@ pub(crate) struct Control {
 
 /// Serves one PoP connection from the TLS handshake to its close.
 pub(crate) async fn serve_link<H: RequestHandler>(
-    incoming: quinn::Incoming,
+    admitted: super::Admitted,
     shared: Arc<Shared<H>>,
 ) {
+    let super::Admitted { incoming, slot } = admitted;
     let peer = incoming.remote_address();
     let timeout = shared.settings.handshake_timeout;
     let conn = match tokio::time::timeout(timeout, incoming).await {
@@ -59,6 +62,8 @@ pub(crate) async fn serve_link<H: RequestHandler>(
             return;
         }
     };
+    // The PoP's Hello is accepted: another link may handshake.
+    drop(slot);
     let link = control.link.clone();
     let pop_id = link.peer_id().to_owned();
     tracing::info!(%peer, pop = %pop_id, version = control.version, "backbone link up");
@@ -130,6 +135,7 @@ async fn handshake<H>(conn: &Connection, shared: &Shared<H>) -> Result<Control, 
         checker,
         link,
         outbox,
+        pongs: Pongs::default(),
         version,
         config: ConfigPush::new(&hello.node_id, capabilities, version),
     })
@@ -149,7 +155,8 @@ fn check_hello(conn: &Connection, hello: &Hello) -> Result<u16, HandshakeError> 
     Ok(version)
 }
 
-/// Pushes configuration, answers pings, and says `GoAway` on shutdown. A
+/// Pushes configuration, answers pings (reading no more while an answer
+/// does not fit), and says `GoAway` on shutdown. A
 /// broken control stream closes the whole link (the protocol's rule).
 async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connection) {
     let mut defs = shared.definitions.clone();
@@ -161,6 +168,7 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
         if let Err(err) = c.config.sync(&mut c.writer, &current, &shared.deltas) {
             tracing::error!(%err, "configuration not sent");
         }
+        let reading = c.pongs.release(&mut c.writer);
         let pending = c.writer.pending();
         let stall = control::stall_deadline(pending, &mut progress);
         tokio::select! {
@@ -179,7 +187,7 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
                 return;
             }
             Some(frame) = c.outbox.recv(), if pending < control::SEND_BUFFER => c.writer.push_queued(&frame),
-            frame = c.reader.next() => match on_frame(&mut c, shared.control.as_ref(), frame, &current) {
+            frame = c.reader.next(), if reading => match on_frame(&mut c, shared.control.as_ref(), frame, &current) {
                 Ok(true) => {}
                 // The PoP finished its control stream: it is closing the link.
                 Ok(false) => return,
@@ -205,7 +213,7 @@ fn on_frame(
     };
     c.checker.on_frame(frame.kind())?;
     match frame {
-        Frame::Ping(p) => c.writer.push(&Frame::Pong(Pong { nonce: p.nonce }))?,
+        Frame::Ping(p) => c.pongs.on_ping(&mut c.writer, p.nonce),
         Frame::GoAway(g) => {
             tracing::info!(pop = %c.link.peer_id(), reason = %g.reason, "PoP going away")
         }

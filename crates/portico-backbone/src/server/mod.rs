@@ -5,7 +5,9 @@
 //! stream, pushes a configuration snapshot at once and, whenever the
 //! definitions watch changes, a delta or a snapshot (`config`), and serves
 //! every request stream with a
-//! [`RequestHandler`]. On shutdown each link gets `GoAway`; requests in flight
+//! [`RequestHandler`]. A connection attempt first proves its address (a
+//! QUIC Retry), and at most `LinkSettings::max_handshakes` links handshake
+//! at once, so attempts that never finish cannot pile up. On shutdown each link gets `GoAway`; requests in flight
 //! may finish (up to the drain timeout), new streams are refused, then the
 //! link closes.
 
@@ -21,7 +23,7 @@ use http::{Request, Response};
 use portico_config::Definitions;
 use portico_gateway::workers::WorkerPool;
 use portico_gateway::{Body, ConnInfo};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 use crate::control::{ControlHandler, Ignore};
@@ -55,6 +57,38 @@ pub struct BackboneServer {
     identity: Identity,
     settings: LinkSettings,
     control: Arc<dyn ControlHandler>,
+    handshakes: Handshakes,
+}
+
+/// The links of one server handshaking now: from a connection attempt whose
+/// address is proven to the PoP's `Hello` accepted. A clone follows the
+/// same server (diagnostics, tests).
+#[derive(Debug, Clone)]
+pub struct Handshakes {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Handshakes {
+    fn new(max: u32) -> Self {
+        let max = usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Handshakes {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Handshakes in progress.
+    pub fn in_progress(&self) -> usize {
+        self.max.saturating_sub(self.slots.available_permits())
+    }
+
+    /// The most that may be in progress at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
 }
 
 /// What every link of one server shares.
@@ -100,6 +134,7 @@ impl BackboneServer {
             socket,
             config,
             identity,
+            handshakes: Handshakes::new(settings.max_handshakes),
             settings,
             control: Arc::new(Ignore),
         })
@@ -115,6 +150,12 @@ impl BackboneServer {
 
     pub fn local_addr(&self) -> Result<SocketAddr, BackboneError> {
         self.socket.local_addr().map_err(BackboneError::Endpoint)
+    }
+
+    /// The server's handshakes in progress (a handle that stays valid while
+    /// it runs).
+    pub fn handshakes(&self) -> Handshakes {
+        self.handshakes.clone()
     }
 
     /// Serves links until `shutdown` completes, then drains them.
@@ -214,8 +255,11 @@ impl BackboneServer {
                 incoming = endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
+            let Some(slot) = admit(incoming, &self.handshakes) else {
+                continue;
+            };
             // The link's driver is spawned where the link is accepted.
-            let link = control::serve_link(incoming, Arc::clone(&shared));
+            let link = control::serve_link(slot, Arc::clone(&shared));
             match turn.next() {
                 Some(runtime) => links.spawn_on(link, runtime),
                 None => links.spawn(link),
@@ -229,6 +273,36 @@ impl BackboneServer {
         }
         endpoint.close(close::NORMAL, b"origin shutting down");
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
+}
+
+/// A connection attempt the endpoint may handshake, with the slot it holds
+/// until its `Hello` is accepted.
+pub(crate) struct Admitted {
+    pub(crate) incoming: quinn::Incoming,
+    pub(crate) slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Answers a connection attempt: one from an address not yet proven gets a
+/// QUIC Retry (one round trip, which the PoP's quinn client makes by
+/// itself; links are dialed rarely), so handshakes from spoofed addresses
+/// cost a stateless packet each; one past `max_handshakes` is refused.
+fn admit(incoming: quinn::Incoming, handshakes: &Handshakes) -> Option<Admitted> {
+    if !incoming.remote_address_validated() {
+        // An unproven address may always be sent a Retry (quinn's
+        // guarantee); refused should that ever change.
+        if let Err(err) = incoming.retry() {
+            err.into_incoming().refuse();
+        }
+        return None;
+    }
+    match Arc::clone(&handshakes.slots).try_acquire_owned() {
+        Ok(slot) => Some(Admitted { incoming, slot }),
+        Err(_) => {
+            tracing::debug!(peer = %incoming.remote_address(), "backbone link refused: max_handshakes in progress");
+            incoming.refuse();
+            None
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use portico_backbone::pki::Ca;
 use portico_backbone::{
-    Backbone, BackboneServer, BackboneUpstream, ControlHandler, Identity, LinkSettings, LinkState,
-    OriginSpec, RequestHandler, Routed, TlsMaterial,
+    Backbone, BackboneServer, BackboneUpstream, ControlHandler, Handshakes, Identity, LinkSettings,
+    LinkState, OriginSpec, RequestHandler, Routed, TlsMaterial,
 };
 use portico_config::{DefinitionDefaults, Definitions};
 use portico_gateway::{
@@ -236,6 +236,8 @@ pub struct Origin {
     pub addr: SocketAddr,
     pub seen: Arc<Observed>,
     pub defs: watch::Sender<Arc<Definitions>>,
+    /// Its links handshaking now.
+    pub handshakes: Handshakes,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -293,6 +295,7 @@ impl Origin {
             server = server.with_control(control);
         }
         let addr = server.local_addr().unwrap();
+        let handshakes = server.handshakes();
         let seen = Arc::new(Observed::default());
         let (defs_tx, defs_rx) = watch::channel(defs);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -306,6 +309,7 @@ impl Origin {
             addr,
             seen,
             defs: defs_tx,
+            handshakes,
             stop: Some(stop_tx),
             task: Some(task),
         }

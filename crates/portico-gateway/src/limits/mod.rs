@@ -168,12 +168,14 @@ impl Limits {
                 (Some((plan, key)), Some(keys)) => keys.set_key(plan, key, share),
                 _ => false,
             },
+            // Only a throttled plan of the current definitions: a default
+            // kept for any name an origin sends would be kept for ever.
             "plan" => match &self.keys {
-                Some(keys) => {
+                Some(keys) if set.plan(rest).is_some() => {
                     keys.set_default(rest, share);
                     true
                 }
-                None => false,
+                _ => false,
             },
             _ => false,
         }
@@ -194,10 +196,14 @@ impl Limits {
     }
 
     /// Builds the buckets of a new snapshot, keeping those whose spec is unchanged.
+    /// Plans no longer throttled lose their default share.
     pub fn rebuild(&self, definitions: &Definitions) {
         let old = self.set.load();
-        self.set
-            .store(Arc::new(LimiterSet::build(definitions, Some(&old))));
+        let set = LimiterSet::build(definitions, Some(&old));
+        if let Some(keys) = &self.keys {
+            keys.retain_defaults(|plan| set.plan(plan).is_some());
+        }
+        self.set.store(Arc::new(set));
     }
 
     /// Forgets idle keyed buckets; the node calls this every [`RETAIN_INTERVAL`].

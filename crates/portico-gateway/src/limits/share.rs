@@ -217,6 +217,12 @@ impl KeyShares {
         }
     }
 
+    /// Forgets the default shares of plans `keep` refuses (gone from the
+    /// definitions).
+    pub fn retain_defaults(&self, keep: impl Fn(&str) -> bool) {
+        lock(&self.defaults).retain(|plan, _| keep(plan));
+    }
+
     pub fn each(&self, mut f: impl FnMut(&SharedThrottle)) {
         for b in lock(&self.buckets).values().flat_map(HashMap::values) {
             f(b);
@@ -356,5 +362,37 @@ mod tests {
         let again = k.bucket("slow", "a", slow).unwrap();
         assert!(Arc::ptr_eq(&a, &again));
         assert!(again.check().is_refused());
+    }
+
+    /// Definitions with one throttled plan, `name`.
+    fn plan_defs(name: &str) -> portico_config::Definitions {
+        let text = format!(
+            "[[apis]]\nname = \"a\"\nendpoint = \"edge\"\n[[apis.stages]]\nname = \"prod\"\n\
+             [[usage_plans]]\nname = \"{name}\"\nthrottle = {{ rate = 10, burst = 10 }}\n\
+             api_stages = [{{ api = \"a\", stage = \"prod\" }}]\n"
+        );
+        portico_config::Definitions::from_toml_str(&text, "t").unwrap()
+    }
+
+    /// A PoP keeps a default share only for a throttled plan it defines,
+    /// and forgets it when a reload removes the plan: shares an origin sends
+    /// for other names leave nothing behind.
+    #[test]
+    fn default_shares_are_kept_only_for_defined_plans() {
+        let limits = super::super::Limits::new(
+            &portico_config::NodeThrottleConfig::default(),
+            &plan_defs("gold"),
+            None,
+        )
+        .with_shared_rates();
+        let defaults = || limits.keys.as_ref().map_or(0, |k| lock(&k.defaults).len());
+        for i in 0..10_000 {
+            assert!(!limits.apply_share(&format!("plan:unknown-{i}"), TEN));
+        }
+        assert_eq!(defaults(), 0);
+        assert!(limits.apply_share("plan:gold", TEN));
+        assert_eq!(defaults(), 1);
+        limits.rebuild(&plan_defs("silver"));
+        assert_eq!(defaults(), 0);
     }
 }

@@ -1,0 +1,121 @@
+//! Bounds on the strings and lists of control frames.
+//!
+//! A control frame may be 16 MiB (a configuration snapshot is one), so a
+//! string in one could be too, and every node logs, stores or answers with
+//! what its peer sent. [`check`] holds each field to what a node can
+//! legitimately send: the codec refuses a frame over them on encode (the
+//! frame is not sent) and on decode ([`ProtoError::OverLimit`], a protocol
+//! error that closes the link). The names are bounded where they are made
+//! too: `portico-config` accepts no API, stage or plan name and no key id
+//! longer than [`MAX_ID`], and no route path that would make a scope longer
+//! than [`MAX_SCOPE`]; the admin API no purge tag list beyond [`MAX_TAGS`]
+//! of [`MAX_TAG_LEN`].
+
+use crate::error::ProtoError;
+use crate::frame::{Frame, FrameKind, Hello, HelloAck, PurgeScope, QuotaLease, QuotaLeaseRequest};
+
+/// Longest node id, region, API, stage or plan name, key id (bytes).
+pub const MAX_ID: usize = 128;
+
+/// Longest rate scope (`route:API/STAGE/METHOD PATH` and the rest), in
+/// bytes: two names, a method and a route path of at most
+/// [`MAX_ROUTE_PATH`].
+pub const MAX_SCOPE: usize = 2048;
+
+/// Longest route path template a scope may carry (bytes).
+pub const MAX_ROUTE_PATH: usize = 1024;
+
+/// Longest `GoAway` or `ConfigRequest` reason (bytes).
+pub const MAX_REASON: usize = 1024;
+
+/// Most tags in one purge, and the longest tag (bytes).
+pub const MAX_TAGS: usize = 64;
+pub const MAX_TAG_LEN: usize = 256;
+
+/// Longest purged URL (`api/stage/path?query`) or path prefix (bytes): more
+/// than an admin request (64 KiB at most) can name.
+pub const MAX_PURGE_PATH: usize = 128 * 1024;
+
+/// Whether `frame`'s fields are within the limits above. Frames of the
+/// other streams have limits of their own (header counts, the head codec).
+pub(crate) fn check(frame: &Frame) -> Result<(), ProtoError> {
+    let c = Check(frame.kind());
+    match frame {
+        Frame::Hello(Hello {
+            node_id, region, ..
+        })
+        | Frame::HelloAck(HelloAck {
+            node_id, region, ..
+        }) => {
+            c.len("node_id", node_id, MAX_ID)?;
+            c.len("region", region, MAX_ID)
+        }
+        Frame::ConfigDelta(d) => d
+            .changed
+            .iter()
+            .try_for_each(|(api, _)| c.len("api", api, MAX_ID)),
+        Frame::ConfigRequest(r) => c.len("reason", &r.reason, MAX_REASON),
+        Frame::Purge(p) => c.purge(&p.scope),
+        Frame::UsageReport(r) => {
+            c.len("pop_id", &r.pop_id, MAX_ID)?;
+            r.entries
+                .iter()
+                .try_for_each(|e| c.len("scope", &e.scope, MAX_SCOPE))
+        }
+        Frame::QuotaLeaseRequest(QuotaLeaseRequest { key_id, plan, .. })
+        | Frame::QuotaLease(QuotaLease { key_id, plan, .. }) => {
+            c.len("key_id", key_id, MAX_ID)?;
+            c.len("plan", plan, MAX_ID)
+        }
+        Frame::RateShare(s) => c.len("scope", &s.scope, MAX_SCOPE),
+        Frame::GoAway(g) => c.len("reason", &g.reason, MAX_REASON),
+        _ => Ok(()),
+    }
+}
+
+/// The checks of one frame's fields.
+struct Check(FrameKind);
+
+impl Check {
+    fn len(&self, field: &'static str, value: &str, max: usize) -> Result<(), ProtoError> {
+        self.count(field, value.len(), max)
+    }
+
+    fn count(&self, field: &'static str, len: usize, max: usize) -> Result<(), ProtoError> {
+        if len > max {
+            return Err(ProtoError::OverLimit {
+                kind: self.0,
+                field,
+                len,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    fn purge(&self, scope: &PurgeScope) -> Result<(), ProtoError> {
+        match scope {
+            PurgeScope::Url(url) => self.len("url", url, MAX_PURGE_PATH),
+            PurgeScope::Prefix {
+                api,
+                stage,
+                path_prefix,
+            } => {
+                self.len("api", api, MAX_ID)?;
+                self.len("stage", stage, MAX_ID)?;
+                self.len("path_prefix", path_prefix, MAX_PURGE_PATH)
+            }
+            PurgeScope::Tag { api, tags } => {
+                self.len("api", api, MAX_ID)?;
+                self.count("tags", tags.len(), MAX_TAGS)?;
+                tags.iter()
+                    .try_for_each(|t| self.len("tag", t, MAX_TAG_LEN))
+            }
+            PurgeScope::Stage { api, stage } => {
+                self.len("api", api, MAX_ID)?;
+                self.len("stage", stage, MAX_ID)
+            }
+            PurgeScope::All => Ok(()),
+        }
+    }
+}
