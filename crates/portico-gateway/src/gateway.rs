@@ -242,12 +242,17 @@ impl<U: Upstream> Gateway<U> {
                     path,
                     default_api,
                     modes,
-                )?
+                )
             }
             Entry::Routed {
                 api, stage, modes, ..
-            } => table.resolve_in(api, stage, record.method.as_str(), path, modes)?,
+            } => table.resolve_in(api, stage, record.method.as_str(), path, modes),
         };
+        let routed = matches!(entry, Entry::Routed { .. });
+        let resolved = resolved.map_err(|refusal| {
+            self.limits
+                .charge_refused(conn.client_addr.ip(), routed, refusal)
+        })?;
         let mut ctx = RequestCtx {
             request_id: record.request_id.clone(),
             started: record.started.unwrap_or_else(Instant::now),

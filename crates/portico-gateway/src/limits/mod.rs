@@ -226,6 +226,27 @@ impl Limits {
         self.degraded.load(Ordering::Relaxed)
     }
 
+    /// What to answer a request refused before the throttles (no such route,
+    /// a missing or bad API key): `refusal`, unless the client's or the
+    /// node's bucket is empty, then 429. Such requests cost tokens too, as
+    /// nginx's `limit_req` counts every request, so a client probing for
+    /// routes or keys is throttled like any other; a routed request was
+    /// counted by its PoP.
+    pub fn charge_refused(
+        &self,
+        client: IpAddr,
+        routed: bool,
+        refusal: GatewayError,
+    ) -> GatewayError {
+        if routed || !self.enabled {
+            return refusal;
+        }
+        match self.throttle_plain(client) {
+            Err(too_many) => too_many,
+            Ok(_) => refusal,
+        }
+    }
+
     /// Runs the phase. `routed`: the request came over the backbone (see the
     /// module doc), `claimed`: its PoP named a caller. `caller` is set to the
     /// key the request authenticated with as soon as it is known, so that a
@@ -240,7 +261,9 @@ impl Limits {
     ) -> Result<Admitted, GatewayError> {
         // 1. Authorize: the key (if the route requires one) and its plan for this stage.
         let plan = match ctx.route().api_key_required {
-            true => Some(authorize(ctx, headers)?),
+            true => Some(authorize(ctx, headers).map_err(|refusal| {
+                self.charge_refused(ctx.conn.client_addr.ip(), routed, refusal)
+            })?),
             false => None,
         };
         *caller = plan.as_ref().map(|(key, _)| Principal::api_key(&key.id));

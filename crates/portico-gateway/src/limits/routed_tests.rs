@@ -28,6 +28,11 @@ impl Upstream for Ok200 {
 }
 
 fn gateway() -> Gateway<Ok200> {
+    gateway_with(None)
+}
+
+/// [`gateway`] with a per-client-IP bucket of `per_client_ip`.
+fn gateway_with(per_client_ip: Option<RateLimit>) -> Gateway<Ok200> {
     let text = format!(
         r#"
 [[apis]]
@@ -60,7 +65,7 @@ plans = ["p"]
             rate: 1000.0,
             burst: 1000,
         },
-        per_client_ip: None,
+        per_client_ip,
     };
     let limits = Limits::new(&config, &defs, None);
     let settings = GatewaySettings {
@@ -110,4 +115,50 @@ async fn a_key_the_pop_did_not_check_is_throttled_here() {
     let g = gateway();
     assert_eq!(routed(&g, None).await, 200);
     assert_eq!(routed(&g, None).await, 429);
+}
+
+/// A request from a client, `x-api-key` set to `key` when given: its
+/// status and body.
+async fn public(g: &Gateway<Ok200>, path: &str, key: Option<&str>) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let mut req = Request::get(format!("/prod{path}")).header("host", "a.example");
+    if let Some(key) = key {
+        req = req.header("x-api-key", key);
+    }
+    let conn = Arc::new(ConnInfo {
+        client_addr: SocketAddr::from(([192, 0, 2, 7], 40000)),
+        local_addr: SocketAddr::from(([127, 0, 0, 1], 443)),
+        tls: None,
+        protocol: Protocol::Http1,
+        default_api: Some("a".into()),
+    });
+    let resp = g
+        .handle(
+            req.body(full("")).unwrap(),
+            &conn,
+            Entry::Public(ServedModes::EDGE),
+        )
+        .await;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn requests_refused_before_the_throttles_still_cost_the_client_tokens() {
+    let per_ip = RateLimit {
+        rate: 0.001,
+        burst: 2,
+    };
+    let too_many = (429, r#"{"message":"Too Many Requests"}"#.to_owned());
+    // Probing for routes: the client's bucket counts each 404.
+    let g = gateway_with(Some(per_ip));
+    assert_eq!(public(&g, "/nope", None).await.0, 404);
+    assert_eq!(public(&g, "/nope", None).await.0, 404);
+    assert_eq!(public(&g, "/nope", None).await, too_many);
+    // Guessing keys: each 403 too.
+    let g = gateway_with(Some(per_ip));
+    assert_eq!(public(&g, "/x", Some("not-a-key-0123456789")).await.0, 403);
+    assert_eq!(public(&g, "/x", None).await.0, 403);
+    assert_eq!(public(&g, "/x", Some(KEY)).await, too_many);
 }
