@@ -1072,12 +1072,18 @@ async fn sighup_reloads_certificates_and_refuses_what_would_break_a_listener() {
     std::fs::write(&file, &base).unwrap();
     origin.signal("HUP");
     logged(&log, "`[admin]` was removed").await;
-    common::assert_error(&send(&client, with_token()).await, 403, "Forbidden");
+    let refused = send(&client, with_token()).await;
+    common::assert_error(&refused, 403, "Forbidden");
     let empty = Request::get(&config)
         .header("authorization", "Bearer ")
         .body(full(""))
         .unwrap();
-    common::assert_error(&send(&client, empty).await, 401, "Unauthorized");
+    let unauthorized = send(&client, empty).await;
+    common::assert_error(&unauthorized, 401, "Unauthorized");
+    // A caller without the token keeps no admin connection open.
+    for reply in [&refused, &unauthorized] {
+        assert_eq!(reply.headers["connection"], "close");
+    }
 }
 
 #[tokio::test]

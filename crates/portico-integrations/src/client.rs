@@ -273,8 +273,13 @@ impl BackendClient {
 }
 
 impl Shared {
+    /// When a pool made now is to be replaced: its lifetime, give or take a
+    /// tenth at random, so that threads whose pools were made together (at
+    /// start) do not all reconnect to every backend at the same moment.
     fn retire_at(&self) -> Option<Instant> {
-        self.max_lifetime.map(|lifetime| Instant::now() + lifetime)
+        let jitter = rand::random_range(0.9..1.1);
+        self.max_lifetime
+            .map(|lifetime| Instant::now() + lifetime.mul_f64(jitter))
     }
 }
 
@@ -364,6 +369,44 @@ mod tests {
         let path = dir.path().join("ca.pem");
         std::fs::write(&path, contents).expect("write CA file");
         (dir, path)
+    }
+
+    #[test]
+    fn pools_retire_at_their_lifetime_give_or_take_a_tenth() {
+        let resolver = Resolver::new(&crate::DnsSettings {
+            nameservers: Some(Vec::new()),
+            use_hosts_file: false,
+            cache_size: 1,
+        })
+        .expect("resolver");
+        let lifetime = Duration::from_secs(100);
+        let client = BackendClient::new(
+            &ClientSettings {
+                pool_max_lifetime: Some(lifetime),
+                ..ClientSettings::default()
+            },
+            resolver,
+        )
+        .expect("client");
+        let now = Instant::now();
+        let at: Vec<Duration> = (0..20)
+            .filter_map(|_| client.shared.retire_at())
+            .map(|at| at.duration_since(now))
+            .collect();
+        assert_eq!(at.len(), 20);
+        assert!(
+            at.iter()
+                .all(|d| *d >= lifetime.mul_f64(0.9) && *d <= lifetime.mul_f64(1.11))
+        );
+        let spread = at
+            .iter()
+            .max()
+            .unwrap_or(&lifetime)
+            .saturating_sub(*at.iter().min().unwrap_or(&lifetime));
+        assert!(
+            spread > Duration::from_secs(1),
+            "every pool retires at once: {at:?}"
+        );
     }
 
     #[test]

@@ -118,6 +118,7 @@ impl Limits {
                     throttle,
                     max: MAX_CLIENT_BUCKETS,
                     coarse: AtomicBool::new(false),
+                    coarse_sweeps: Default::default(),
                 }),
             set: ArcSwap::from_pointee(set),
             quota,
@@ -485,7 +486,16 @@ struct ClientBuckets {
     throttle: KeyedThrottle<IpAddr>,
     max: usize,
     coarse: AtomicBool,
+    /// Sweeps since lookups went coarse. One address by one is taken up
+    /// again only after [`COARSE_SWEEPS`]: the addresses' own buckets, no
+    /// longer touched, are forgotten at the next sweep, and a crowd still
+    /// there would otherwise have the map flip back and grow again every
+    /// other sweep.
+    coarse_sweeps: std::sync::atomic::AtomicU32,
 }
+
+/// Sweeps (of [`RETAIN_INTERVAL`]) that client buckets stay coarse at least: a minute.
+const COARSE_SWEEPS: u32 = 6;
 
 impl ClientBuckets {
     fn check(&self, ip: IpAddr) -> crate::throttle::Decision {
@@ -505,14 +515,19 @@ impl ClientBuckets {
             self.throttle.shrink_to_fit();
         }
         let coarse = self.coarse.load(Ordering::Relaxed);
+        let sweeps = match coarse {
+            true => self.coarse_sweeps.fetch_add(1, Ordering::Relaxed) + 1,
+            false => 0,
+        };
         if !coarse && after > self.max {
             tracing::warn!(
                 buckets = after,
                 "too many client addresses to throttle one by one: new ones are \
                  throttled by their network (IPv4 /24, IPv6 /48)"
             );
+            self.coarse_sweeps.store(0, Ordering::Relaxed);
             self.coarse.store(true, Ordering::Relaxed);
-        } else if coarse && after < self.max / 2 {
+        } else if coarse && sweeps >= COARSE_SWEEPS && after < self.max / 2 {
             tracing::info!(
                 buckets = after,
                 "client addresses throttled one by one again"
@@ -567,6 +582,7 @@ mod tests {
             throttle,
             max: 100,
             coarse: AtomicBool::new(false),
+            coarse_sweeps: Default::default(),
         };
         // A crowd: 300 addresses of one /24 and of one IPv6 /48.
         for n in 1..=150u32 {
@@ -589,10 +605,18 @@ mod tests {
         let second = buckets.check("2001:db8:1:eeee::1".parse().unwrap());
         assert!(!first.is_refused() && second.is_refused());
         // Once the crowd's buckets are full again and forgotten (governor
-        // forgets a bucket a refill period after it is full), one by one again.
+        // forgets a bucket a refill period after it is full), one by one
+        // again, but not before a minute of sweeps.
         std::thread::sleep(Duration::from_millis(1000));
-        buckets.retain_recent();
+        for _ in 1..COARSE_SWEEPS {
+            buckets.retain_recent();
+            assert!(
+                buckets.coarse.load(Ordering::Relaxed),
+                "flipped back at once"
+            );
+        }
         assert_eq!(buckets.throttle.len(), 0);
+        buckets.retain_recent();
         assert!(!buckets.coarse.load(Ordering::Relaxed));
         assert!(
             !buckets

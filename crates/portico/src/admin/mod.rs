@@ -98,8 +98,16 @@ impl<U: Upstream> Admin<U> {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim().as_bytes());
+        // A caller without the token keeps no connection (nor one of the
+        // listener's slots) open by asking again and again on it.
+        let refuse = |status, text| {
+            let mut resp = message(status, text);
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        };
         let Some(presented) = presented else {
-            let mut resp = message(StatusCode::UNAUTHORIZED, "Unauthorized");
+            let mut resp = refuse(StatusCode::UNAUTHORIZED, "Unauthorized");
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Some(resp);
@@ -112,7 +120,7 @@ impl<U: Upstream> Admin<U> {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         // No token (its `[admin]` removed by a reload): nothing is let in.
         let ok = !token.is_empty() && same_len && diff == 0;
-        (!ok).then(|| message(StatusCode::FORBIDDEN, "Forbidden"))
+        (!ok).then(|| refuse(StatusCode::FORBIDDEN, "Forbidden"))
     }
 
     async fn route(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -233,11 +241,15 @@ struct ConnLimits {
     /// descriptor for ever (hyper waits on the write with no timer), and
     /// the node's descriptors are its public listeners' too.
     lifetime: Duration,
+    /// How long, past `lifetime`, the request in progress may take to be
+    /// answered before the connection is cut.
+    grace: Duration,
 }
 
 const ADMIN_LIMITS: ConnLimits = ConnLimits {
     max_connections: 64,
     lifetime: Duration::from_secs(60),
+    grace: Duration::from_secs(30),
 };
 
 /// Serves the admin API until `stop` turns true.
@@ -295,10 +307,25 @@ async fn serve_connections<F, Fut>(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(limits.lifetime, conn).await {
-                Ok(Err(err)) => tracing::debug!(%err, "admin connection ended"),
-                Err(_) => tracing::debug!("admin connection closed: open too long"),
-                Ok(Ok(())) => {}
+            tokio::pin!(conn);
+            // At the lifetime the request in progress (a purge's pass over
+            // the cache, say) may finish and be answered; then the
+            // connection closes. Only one still busy after the grace is cut.
+            let ended = match tokio::time::timeout(limits.lifetime, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(limits.grace, conn.as_mut()).await {
+                        Ok(ended) => ended,
+                        Err(_) => {
+                            tracing::debug!("admin connection closed: open too long");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(err) = ended {
+                tracing::debug!(%err, "admin connection ended");
             }
         });
     }
@@ -366,6 +393,7 @@ mod conn_tests {
         let (addr, _stop) = start(ConnLimits {
             max_connections: 2,
             lifetime: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
         })
         .await;
         let first = TcpStream::connect(addr).await.unwrap();
@@ -381,10 +409,39 @@ mod conn_tests {
     }
 
     #[tokio::test]
+    async fn a_request_in_progress_at_the_lifetime_is_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        let limits = ConnLimits {
+            max_connections: 64,
+            lifetime: Duration::from_millis(100),
+            grace: Duration::from_secs(20),
+        };
+        // As a purge's pass over a large cache: longer than the lifetime.
+        let slow = |_req| async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Response::new(Full::new(Bytes::from_static(b"done")))
+        };
+        tokio::spawn(serve_connections(listener, stopped, limits, slow));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(GET).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the connection stayed open");
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("done"),
+            "{got}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_caller_that_never_reads_its_answers_is_cut_off() {
         let (addr, _stop) = start(ConnLimits {
             max_connections: 64,
             lifetime: Duration::from_millis(300),
+            grace: Duration::from_millis(300),
         })
         .await;
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
