@@ -67,6 +67,35 @@ pub struct BackboneServer {
 pub struct Handshakes {
     slots: Arc<Semaphore>,
     max: usize,
+    /// Handshakes in progress per source address: one host with a real
+    /// address (a Retry proves only that) and no certificate could
+    /// otherwise hold every slot by stalling its handshakes, and lock the
+    /// PoPs out. Loopback is not counted: a local topology's PoPs all
+    /// dial from it.
+    per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// Handshakes one (non-loopback) address may have in progress at once.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 4;
+
+/// A handshake's hold on the server's slots, given back when dropped.
+pub(crate) struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    address: Option<(std::net::IpAddr, Handshakes)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((ip, handshakes)) = self.address.take() {
+            let mut counts = handshakes.counts();
+            if let Some(n) = counts.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
+    }
 }
 
 impl Handshakes {
@@ -77,7 +106,37 @@ impl Handshakes {
         Handshakes {
             slots: Arc::new(Semaphore::new(max)),
             max,
+            per_address: Arc::default(),
         }
+    }
+
+    fn counts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.per_address.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a handshake from `ip`, if the server and the address both
+    /// have room.
+    fn take(&self, ip: std::net::IpAddr) -> Option<Slot> {
+        let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
+        let ip = ip.to_canonical();
+        let address = match ip.is_loopback() {
+            true => None,
+            false => {
+                let mut counts = self.counts();
+                let n = counts.entry(ip).or_default();
+                if *n >= MAX_HANDSHAKES_PER_ADDRESS {
+                    return None;
+                }
+                *n += 1;
+                Some((ip, self.clone()))
+            }
+        };
+        Some(Slot {
+            _permit: permit,
+            address,
+        })
     }
 
     /// Handshakes in progress.
@@ -280,7 +339,7 @@ impl BackboneServer {
 /// until its `Hello` is accepted.
 pub(crate) struct Admitted {
     pub(crate) incoming: quinn::Incoming,
-    pub(crate) slot: tokio::sync::OwnedSemaphorePermit,
+    pub(crate) slot: Slot,
 }
 
 /// Answers a connection attempt: one from an address not yet proven gets a
@@ -296,10 +355,10 @@ fn admit(incoming: quinn::Incoming, handshakes: &Handshakes) -> Option<Admitted>
         }
         return None;
     }
-    match Arc::clone(&handshakes.slots).try_acquire_owned() {
-        Ok(slot) => Some(Admitted { incoming, slot }),
-        Err(_) => {
-            tracing::debug!(peer = %incoming.remote_address(), "backbone link refused: max_handshakes in progress");
+    match handshakes.take(incoming.remote_address().ip()) {
+        Some(slot) => Some(Admitted { incoming, slot }),
+        None => {
+            tracing::debug!(peer = %incoming.remote_address(), "backbone link refused: too many handshakes in progress");
             incoming.refuse();
             None
         }
@@ -309,6 +368,36 @@ fn admit(incoming: quinn::Incoming, handshakes: &Handshakes) -> Option<Admitted>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_address_holds_at_most_a_few_handshake_slots() {
+        let handshakes = Handshakes::new(64);
+        let stalled: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        let mut held: Vec<Slot> = (0..MAX_HANDSHAKES_PER_ADDRESS)
+            .map(|_| handshakes.take(stalled).expect("room"))
+            .collect();
+        assert!(handshakes.take(stalled).is_none(), "one address took more");
+        // IPv4-mapped is the same address.
+        assert!(
+            handshakes
+                .take("::ffff:203.0.113.9".parse().unwrap())
+                .is_none()
+        );
+        // Others still link up, loopback (a local topology's PoPs) uncounted.
+        let other = handshakes.take("198.51.100.1".parse().unwrap());
+        assert!(other.is_some());
+        let local: Vec<Slot> = (0..10)
+            .filter_map(|_| handshakes.take("127.0.0.1".parse().unwrap()))
+            .collect();
+        assert_eq!(local.len(), 10);
+        assert_eq!(handshakes.in_progress(), MAX_HANDSHAKES_PER_ADDRESS + 11);
+        // A handshake that ends gives its address room again.
+        held.pop();
+        assert!(handshakes.take(stalled).is_some());
+        drop((held, other, local));
+        assert_eq!(handshakes.in_progress(), 0);
+        assert!(handshakes.counts().is_empty());
+    }
     use crate::pki::Ca;
 
     #[test]
