@@ -208,8 +208,10 @@ impl OriginPurges {
 }
 
 /// Sends `link`'s backlog on as its outbox makes room, then forgets it. A
-/// purge that waits [`SEND_WAIT`] in vain (or a link gone) drops the rest:
-/// the PoP is not reading, and the link will be closed and dialed again.
+/// purge that waits [`SEND_WAIT`] in vain turns the backlog into one purge
+/// of everything (the PoP takes control frames too slowly to be sent each,
+/// and one of them may be an `All` already), which goes on waiting; a link
+/// gone drops the backlog (the PoP purges the region when it links again).
 async fn drain_backlog(backlogs: Arc<Backlogs>, link: ControlLink) {
     loop {
         let frame = {
@@ -223,7 +225,23 @@ async fn drain_backlog(backlogs: Arc<Backlogs>, link: ControlLink) {
                 None => return all.retain(|b| !b.link.is_same(&link)),
             }
         };
+        let purge_id = match &frame {
+            Frame::Purge(p) => p.purge_id,
+            _ => 0,
+        };
         let sent = tokio::time::timeout(SEND_WAIT, link.send(frame)).await;
+        if sent.is_err() {
+            let mut all = lock(&backlogs);
+            if let Some(backlog) = all.iter_mut().find(|b| b.link.is_same(&link)) {
+                tracing::warn!(pop = %link.peer_id(), "the PoP takes no purges; it empties its cache instead");
+                backlog.frames.clear();
+                backlog.frames.push_back(Frame::Purge(Purge {
+                    purge_id,
+                    scope: portico_proto::PurgeScope::All,
+                }));
+            }
+            continue;
+        }
         if !matches!(sent, Ok(Ok(()))) {
             let mut all = lock(&backlogs);
             let left: usize = all
@@ -494,6 +512,43 @@ mod tests {
         }
         ids.sort_unstable();
         assert_eq!(ids, (1..=1100).collect::<Vec<u64>>());
+    }
+
+    /// A link that stays up but takes no control frame for longer than a
+    /// purge waits: its purges are not dropped, they become one purge of
+    /// everything, sent when the PoP reads again.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_pop_that_takes_no_purges_for_a_while_gets_a_purge_of_everything() {
+        let origin = OriginPurges::default();
+        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
+        origin.link_up(&link);
+        let mut filled = 0;
+        while link
+            .try_send(Frame::Ping(portico_proto::Ping { nonce: 0 }))
+            .is_ok()
+        {
+            filled += 1;
+        }
+        let scope = PurgeScope::Stage {
+            api: "a".into(),
+            stage: "prod".into(),
+        };
+        for _ in 0..3 {
+            origin.send(&scope);
+        }
+        // The PoP takes nothing for longer than a purge waits.
+        tokio::time::sleep(SEND_WAIT * 2).await;
+        for _ in 0..filled {
+            outbox.recv().await.unwrap();
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
+            .await
+            .expect("the purges were dropped")
+            .unwrap();
+        let Frame::Purge(p) = frame else {
+            panic!("{frame:?}")
+        };
+        assert_eq!(p.scope, portico_proto::PurgeScope::All);
     }
 
     /// Purges that find a link's outbox full wait behind one task, however

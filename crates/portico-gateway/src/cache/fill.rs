@@ -411,13 +411,17 @@ pub(crate) enum FillResult {
 pub(crate) async fn run_fill(fill: &Fill, mut body: Body, oversized: impl FnOnce()) -> FillResult {
     let mut oversized = Some(oversized);
     loop {
-        let next = loop {
-            // Dropping `frame()` loses nothing: it only polls the body.
-            match tokio::time::timeout(UNREAD_STALL, body.frame()).await {
-                Ok(next) => break next,
-                Err(_) if Fill::live_readers(&lock(&fill.state)) > 0 => {}
-                Err(_) => return fill.fail(),
-            }
+        // Dropping `frame()` loses nothing: it only polls the body. A chunk
+        // that is already there is taken without arming a timer.
+        let next = match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(next) => next,
+            None => loop {
+                match tokio::time::timeout(UNREAD_STALL, body.frame()).await {
+                    Ok(next) => break next,
+                    Err(_) if Fill::live_readers(&lock(&fill.state)) > 0 => {}
+                    Err(_) => return fill.fail(),
+                }
+            },
         };
         let frame = match next {
             Some(Ok(frame)) => frame,

@@ -28,6 +28,19 @@ use crate::upstream::Upstream;
 /// whose pieces cost more stops being storable.
 pub(crate) const FILL_COST: u64 = 64 * 1024;
 
+/// A body may come in a piece per this many bytes at no cost beyond its
+/// reservation: TCP reads and HTTP/2 frames are larger, so a large object
+/// is not refused for the number of its pieces, while one sent in tiny
+/// chunks still outgrows its room.
+const BYTES_PER_FREE_PIECE: u64 = 512;
+
+/// What a fill of a `body`-byte object reserves: the body, [`FILL_COST`],
+/// and the pieces it may come in ([`BYTES_PER_FREE_PIECE`]).
+pub(crate) fn fill_room(body: u64) -> u64 {
+    body.saturating_add(FILL_COST)
+        .saturating_add(body / BYTES_PER_FREE_PIECE * super::entry::PIECE_COST)
+}
+
 /// Closes the leader's flight with `outcome`, if it leads one.
 fn finish(guard: Option<LeaderGuard>, outcome: Outcome) {
     if let Some(g) = guard {
@@ -304,15 +317,12 @@ impl<U: Upstream> Job<'_, U> {
     }
 
     /// The store's room for this response's fill, held until the fill ends:
-    /// its declared length, or the route's largest object without one, and
-    /// [`FILL_COST`] (within the store's size).
+    /// [`fill_room`] of its declared length, or of the route's largest object
+    /// without one (within the store's size).
     fn reserve(&self, ex: &Exchange) -> Option<Reserved> {
         let max = self.object_limit();
         let length = declared_length(&ex.headers).filter(|n| *n as u64 <= max);
-        let bytes = length
-            .map_or(max, |n| n as u64)
-            .saturating_add(FILL_COST)
-            .min(self.cache.store.max_bytes());
+        let bytes = fill_room(length.map_or(max, |n| n as u64)).min(self.cache.store.max_bytes());
         self.cache.store.reserve_fill(bytes).then(|| Reserved {
             cache: Arc::clone(self.cache),
             bytes,

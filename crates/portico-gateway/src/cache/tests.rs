@@ -1314,6 +1314,26 @@ async fn a_body_in_tiny_chunks_is_counted_by_what_its_pieces_cost() {
     assert!(at <= most, "oversized after {at} chunks, not {most}");
 }
 
+/// A large object is not refused for the number of its pieces: 16 MiB in
+/// 4 KiB reads is 4096 pieces, more than the fill's fixed cost covers.
+#[tokio::test]
+async fn a_large_body_in_ordinary_chunks_is_stored() {
+    let size: usize = 16 << 20;
+    let budget = Budget {
+        limit: size as u64,
+        room: super::lead::fill_room(size as u64),
+    };
+    let fill = bare_fill(Some(size), budget);
+    let chunk = Bytes::from(vec![b'x'; 4096]);
+    let chunks = stream::iter(0..size / 4096)
+        .map(move |_| Ok::<_, BoxError>(http_body::Frame::data(chunk.clone())));
+    let result = run_fill(&fill, StreamBody::new(chunks).boxed_unsync(), || {}).await;
+    let FillResult::Complete(body) = result else {
+        panic!("not stored: {result:?}");
+    };
+    assert_eq!(body.iter().map(Bytes::len).sum::<usize>(), size);
+}
+
 /// The window an oversized fill keeps for its slowest reader counts each
 /// chunk's piece too: 256 KiB of one-byte chunks is ~20 MiB.
 #[tokio::test]
