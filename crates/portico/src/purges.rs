@@ -514,13 +514,11 @@ mod tests {
         assert_eq!(ids, (1..=1100).collect::<Vec<u64>>());
     }
 
-    /// A link that stays up but takes no control frame for longer than a
-    /// purge waits: its purges are not dropped, they become one purge of
-    /// everything, sent when the PoP reads again.
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_pop_that_takes_no_purges_for_a_while_gets_a_purge_of_everything() {
+    /// An origin's purges with one PoP linked whose outbox is full (of
+    /// pings): the link, its outbox and how many frames fill it.
+    fn linked_with_a_full_outbox() -> (OriginPurges, ControlLink, mpsc::Receiver<Frame>, usize) {
         let origin = OriginPurges::default();
-        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
+        let (link, outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
         origin.link_up(&link);
         let mut filled = 0;
         while link
@@ -529,6 +527,15 @@ mod tests {
         {
             filled += 1;
         }
+        (origin, link, outbox, filled)
+    }
+
+    /// A link that stays up but takes no control frame for longer than a
+    /// purge waits: its purges are not dropped, they become one purge of
+    /// everything, sent when the PoP reads again.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_pop_that_takes_no_purges_for_a_while_gets_a_purge_of_everything() {
+        let (origin, _link, mut outbox, filled) = linked_with_a_full_outbox();
         let scope = PurgeScope::Stage {
             api: "a".into(),
             stage: "prod".into(),
@@ -557,16 +564,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_busy_link_has_one_waiting_sender() {
         const PURGES: u64 = 10_000;
-        let origin = OriginPurges::default();
-        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
-        origin.link_up(&link);
-        let mut filled = 0;
-        while link
-            .try_send(Frame::Ping(portico_proto::Ping { nonce: 0 }))
-            .is_ok()
-        {
-            filled += 1;
-        }
+        let (origin, _link, mut outbox, filled) = linked_with_a_full_outbox();
         let scope = PurgeScope::Stage {
             api: "a".into(),
             stage: "prod".into(),
