@@ -162,10 +162,8 @@ pub(crate) fn request_from_head(
     if !head.uri.starts_with('/') {
         return Err(bad("uri", "expected an origin-form path"));
     }
+    // Starting with `/`, it can only parse as a path and query.
     let uri = Uri::from_maybe_shared(Bytes::from(head.uri)).map_err(|e| bad("uri", e))?;
-    if uri.scheme().is_some() {
-        return Err(bad("uri", "expected an origin-form path"));
-    }
     let mut headers = header_map(head.headers, "headers")?;
     set_if_absent(&mut headers, &REQUEST_ID, &head.request_id);
     if let Some(tp) = &head.trace_context {

@@ -248,7 +248,10 @@ impl<U: Upstream> Gateway<U> {
                 api, stage, modes, ..
             } => table.resolve_in(api, stage, record.method.as_str(), path, modes),
         };
-        let routed = matches!(entry, Entry::Routed { .. });
+        let (routed, claimed) = match entry {
+            Entry::Routed { principal, .. } => (true, principal),
+            Entry::Public(_) => (false, None),
+        };
         let resolved = resolved.map_err(|refusal| {
             self.limits
                 .charge_refused(conn.client_addr.ip(), routed, refusal)
@@ -276,10 +279,6 @@ impl<U: Upstream> Gateway<U> {
         let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
         // API keys, throttles, quotas: before the cache, so that a refused request
         // never gets a cached answer.
-        let (routed, claimed) = match entry {
-            Entry::Routed { principal, .. } => (true, principal),
-            Entry::Public(_) => (false, None),
-        };
         let mut own = None;
         let admitted = self
             .limits

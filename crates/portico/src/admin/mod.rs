@@ -277,26 +277,28 @@ async fn serve_connections<F, Fut>(
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
-        let accepted = tokio::select! {
+        // A slot first: at the limit, the next caller waits in the backlog.
+        let slot = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
-            accepted = async {
-                let slot = Arc::clone(&slots).acquire_owned().await;
-                (slot, listener.accept().await)
-            } => accepted,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
         };
-        let stream = match accepted {
-            (Ok(slot), Ok((stream, _))) => (slot, stream),
-            (_, Err(err)) => {
-                tracing::warn!(%err, "admin accept failed");
-                continue;
-            }
-            // The semaphore is never closed.
-            (Err(_), Ok(_)) => continue,
+        let stream = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "admin accept failed");
+                    continue;
+                }
+            },
         };
         let handle = handle.clone();
         // Connections finish on their own; the process exits soon after `stop`.
         tokio::spawn(async move {
-            let (_slot, stream) = stream;
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let answer = handle(req);
                 async move { Ok::<_, Infallible>(answer.await) }
