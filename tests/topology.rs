@@ -253,28 +253,70 @@ name = "echo"
 endpoint = "regional"
 "#;
 
-#[test]
-fn nodes_stop_when_up_is_killed() {
-    let dir = tempfile::tempdir().unwrap();
-    let topology = dir.path().join("regional.toml");
+/// `portico up` on [`REGIONAL`] in `dir`, its log in `log` if given: the
+/// runner, its manifest and the pids of its two nodes.
+fn up_regional(dir: &Path, log: Option<&Path>) -> (Proc, serde_json::Value, Vec<u32>) {
+    let topology = dir.join("regional.toml");
     std::fs::write(&topology, REGIONAL).unwrap();
-    let json = dir.path().join("up.json");
+    let json = dir.join("up.json");
     let args = [
         "up",
         topology.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
     ];
-    let mut up = Proc::start(&args, "ready:");
+    let up = Proc::start_logging(&args, "ready:", log);
     wait_for_file(&json, 5);
     let m = manifest(&json);
     let started = pids(&m);
     assert_eq!(started.len(), 2);
+    (up, m, started)
+}
+
+#[test]
+fn nodes_stop_when_up_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut up, m, started) = up_regional(dir.path(), None);
     up.signal("KILL");
     let _ = wait_exit(&mut up, 10);
     // Their stdin pipe closed with the runner: they stop by themselves.
     wait_gone(&started, 10);
     // What a killed runner cannot clean up (documented): its run directory.
+    let _ = std::fs::remove_dir_all(m["run_dir"].as_str().unwrap());
+}
+
+#[test]
+fn a_second_signal_while_stopping_kills_every_node_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("up.log");
+    let (mut up, m, started) = up_regional(dir.path(), Some(&log));
+    // A frozen node cannot stop by itself: the first signal waits on it for
+    // the grace period (5 s) before killing it.
+    for pid in &started {
+        let frozen = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+        assert!(frozen.unwrap().success());
+    }
+    up.signal("TERM");
+    let said = |text: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(text)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !said("stopping the topology") {
+        assert!(Instant::now() < deadline, "up never said it was stopping");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    up.signal("INT");
+    assert_eq!(
+        wait_exit(&mut up, 30),
+        Some(1),
+        "a forced stop is a failure"
+    );
+    assert!(said("second signal: killing every node"));
+    wait_gone(&started, 10);
     let _ = std::fs::remove_dir_all(m["run_dir"].as_str().unwrap());
 }
 

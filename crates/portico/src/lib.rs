@@ -168,7 +168,8 @@ async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
             run_dir,
         } => {
             let opts = topology::runner::Options { run_dir, keep };
-            up::run(&topology, json, opts, signals::shutdown())
+            let mut stops = signals::Stops::new();
+            up::run(&topology, json, opts, &mut stops)
                 .await
                 .map(|()| ExitCode::SUCCESS)
         }

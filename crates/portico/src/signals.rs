@@ -22,23 +22,57 @@ pub fn hangup() -> Option<Signal> {
 
 /// Completes on the first SIGINT or SIGTERM (or stdin EOF, see [`STOP_ON_STDIN_EOF`]).
 pub async fn shutdown() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::warn!(%err, "cannot listen for SIGTERM; only Ctrl-C stops this process");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = stdin_closed() => {}
-            }
-            return;
-        }
-    };
+    let mut stops = Stops::new();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        () = stops.next() => {}
         () = stdin_closed() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM as they come, caught from creation on: each
+/// [`Stops::next`] completes on the next one, and one that arrives between
+/// two calls is not lost (so a runner can ask for a second one to force).
+pub struct Stops {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl Stops {
+    pub fn new() -> Stops {
+        let catch = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for {name}; it will not stop this process");
+                None
+            }
+        };
+        Stops {
+            interrupt: catch(SignalKind::interrupt(), "SIGINT"),
+            terminate: catch(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// Completes on the next SIGINT or SIGTERM.
+    pub async fn next(&mut self) {
+        tokio::select! {
+            () = recv(&mut self.interrupt) => {}
+            () = recv(&mut self.terminate) => {}
+        }
+    }
+}
+
+/// The next delivery of `signal`; never, if it could not be caught.
+async fn recv(signal: &mut Option<Signal>) {
+    match signal {
+        Some(s) => {
+            // `None`: the signal driver is gone (runtime shutting down).
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes when stdin reaches end of file, if [`STOP_ON_STDIN_EOF`] is set;

@@ -1,25 +1,28 @@
 //! `portico up TOPOLOGY`: runs a whole topology on this machine until Ctrl-C or
 //! SIGTERM, printing its entry points (and writing them as JSON with `--json`).
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use crate::AppError;
+use crate::signals::Stops;
+use crate::topology::UpError;
 use crate::topology::runner::{Options, Running};
 
-/// Runs until `shutdown` completes or a node exits on its own (an error).
+/// Runs until the first of `stops` or until a node exits or a link's relay
+/// ends on its own (an error). While the nodes stop (each gets
+/// [`crate::topology::children::STOP_GRACE`] before it is killed), a second
+/// signal kills them all at once.
 pub async fn run(
     topology: &Path,
     json: Option<PathBuf>,
     opts: Options,
-    shutdown: impl Future<Output = ()>,
+    stops: &mut Stops,
 ) -> Result<(), AppError> {
     let topology = portico_config::load_topology_file(topology)?;
-    tokio::pin!(shutdown);
     let started = tokio::select! {
         r = Running::start(topology, &opts) => r,
         // Dropping the half-started topology kills what it started.
-        () = &mut shutdown => return Ok(()),
+        () = stops.next() => return Ok(()),
     };
     let mut running = started?;
     print!("{}", running.manifest.table());
@@ -32,7 +35,7 @@ pub async fn run(
         running.dir().display()
     );
     let failure = tokio::select! {
-        () = &mut shutdown => None,
+        () = stops.next() => None,
         err = running.failed() => Some(err),
     };
     // The JSON says "this topology serves": not true any more.
@@ -42,7 +45,16 @@ pub async fn run(
     if opts.keep {
         println!("keeping {}", running.dir().display());
     }
-    running.stop().await;
+    tracing::info!("stopping the topology; a second Ctrl-C or SIGTERM kills every node now");
+    tokio::select! {
+        () = running.stop() => {}
+        () = stops.next() => {
+            // Dropping the stop kills every child (`kill_on_drop`); relays
+            // end with the runtime.
+            tracing::warn!("second signal: killing every node");
+            return Err(UpError::Forced.into());
+        }
+    }
     match failure {
         Some(err) => Err(err.into()),
         None => Ok(()),

@@ -81,6 +81,8 @@ pub enum UpError {
         status: String,
         log: String,
     },
+    #[error("stopped by a second signal: nodes were killed, not stopped")]
+    Forced,
     #[error("link {from} → {to}: {source}")]
     Relay {
         from: String,

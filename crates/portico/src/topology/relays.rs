@@ -39,6 +39,47 @@ impl Ends<'_> {
             source,
         }
     }
+
+    fn relay(&self, handle: RelayHandle) -> Relay {
+        Relay {
+            from: self.from.to_owned(),
+            to: self.to.to_owned(),
+            handle,
+        }
+    }
+}
+
+/// A running relay and the link it simulates.
+pub struct Relay {
+    from: String,
+    to: String,
+    handle: RelayHandle,
+}
+
+impl Relay {
+    /// The address the link's near end connects to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// Resolves when the relay ends without being asked to (a socket failed,
+    /// its task panicked): the link is gone, so the topology is broken.
+    /// Cancel-safe.
+    pub async fn ended(&mut self) -> UpError {
+        let source = self.handle.ended().await;
+        UpError::Relay {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            source,
+        }
+    }
+
+    /// Stops the relay and waits for it.
+    pub async fn shutdown(self) {
+        if let Err(err) = self.handle.shutdown().await {
+            tracing::warn!(from = %self.from, to = %self.to, %err, "link relay had failed");
+        }
+    }
 }
 
 /// A TCP relay on a free loopback port.
@@ -46,12 +87,12 @@ pub async fn tcp(
     target: SocketAddr,
     params: &LinkParams,
     ends: Ends<'_>,
-) -> Result<RelayHandle, UpError> {
+) -> Result<Relay, UpError> {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let relay = TcpRelay::bind(any, target, link(params))
         .await
         .map_err(|e| ends.error(e))?;
-    Ok(relay.with_timing(Timing::Precise).spawn())
+    Ok(ends.relay(relay.with_timing(Timing::Precise).spawn()))
 }
 
 /// A TCP relay on a listener bound earlier (entry points: bound before anything
@@ -61,10 +102,10 @@ pub fn tcp_on(
     target: SocketAddr,
     params: &LinkParams,
     ends: Ends<'_>,
-) -> Result<RelayHandle, UpError> {
+) -> Result<Relay, UpError> {
     let relay =
         TcpRelay::from_listener(listener, target, link(params)).map_err(|e| ends.error(e))?;
-    Ok(relay.with_timing(Timing::Precise).spawn())
+    Ok(ends.relay(relay.with_timing(Timing::Precise).spawn()))
 }
 
 /// A UDP relay listening on `listen` (port 0: a free one).
@@ -73,11 +114,11 @@ pub async fn udp(
     target: SocketAddr,
     params: &LinkParams,
     ends: Ends<'_>,
-) -> Result<RelayHandle, UpError> {
+) -> Result<Relay, UpError> {
     let relay = UdpRelay::bind(listen, target, link(params))
         .await
         .map_err(|e| ends.error(e))?;
-    Ok(relay.with_timing(Timing::Precise).spawn())
+    Ok(ends.relay(relay.with_timing(Timing::Precise).spawn()))
 }
 
 /// A UDP relay on a socket bound earlier (HTTP/3 entries: the port number of
@@ -87,7 +128,7 @@ pub fn udp_on(
     target: SocketAddr,
     params: &LinkParams,
     ends: Ends<'_>,
-) -> Result<RelayHandle, UpError> {
+) -> Result<Relay, UpError> {
     let relay = UdpRelay::from_socket(socket, target, link(params)).map_err(|e| ends.error(e))?;
-    Ok(relay.with_timing(Timing::Precise).spawn())
+    Ok(ends.relay(relay.with_timing(Timing::Precise).spawn()))
 }

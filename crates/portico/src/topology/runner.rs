@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portico_config::topology::{Entry, Place, Topology};
-use portico_netsim::RelayHandle;
 use tokio::sync::mpsc;
 
 use super::children::{self, Exit, Node, Spec};
@@ -73,7 +72,7 @@ pub struct Running {
 /// What has been started so far, stopped in reverse order on failure or exit.
 struct Started {
     nodes: Vec<(&'static str, Node)>,
-    relays: Vec<RelayHandle>,
+    relays: Vec<relays::Relay>,
     exits: mpsc::Sender<Exit>,
 }
 
@@ -108,9 +107,14 @@ impl Running {
         }
     }
 
-    /// Resolves when a node exits on its own: the topology is then broken.
+    /// Resolves when a node exits or a link's relay ends on its own: the
+    /// topology is then broken.
     pub async fn failed(&mut self) -> UpError {
-        next_exit(&mut self.exits).await
+        let relays = &mut self.started.relays;
+        tokio::select! {
+            err = next_exit(&mut self.exits) => err,
+            err = first_ended(relays) => err,
+        }
     }
 
     /// The run directory (node files, certificates, logs).
@@ -155,6 +159,15 @@ async fn next_exit(exits: &mut mpsc::Receiver<Exit>) -> UpError {
         },
         None => std::future::pending().await,
     }
+}
+
+/// The first relay that ends on its own; never resolves without relays.
+async fn first_ended(relays: &mut [relays::Relay]) -> UpError {
+    if relays.is_empty() {
+        return std::future::pending().await;
+    }
+    let ended = relays.iter_mut().map(|r| Box::pin(r.ended()));
+    futures_util::future::select_all(ended).await.0
 }
 
 impl Started {
@@ -408,7 +421,7 @@ impl Started {
             node.stop().await;
         }
         for relay in self.relays.drain(..) {
-            let _ = relay.shutdown().await;
+            relay.shutdown().await;
         }
     }
 }
