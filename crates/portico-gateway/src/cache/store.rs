@@ -73,14 +73,21 @@ impl Expiry<u64, Slot> for KeepFor {
         Some(value.keep())
     }
 
+    /// An entry replaced is kept for what the new one says. A Vary marker
+    /// is re-stored with every variant and must outlive each of them (a
+    /// lookup finds variants through it), so it keeps the longer of what it
+    /// had left and what the new variant needs.
     fn expire_after_update(
         &self,
         _: &u64,
         value: &Slot,
         _: Instant,
-        _: Option<Duration>,
+        left: Option<Duration>,
     ) -> Option<Duration> {
-        Some(value.keep())
+        match value {
+            Slot::Entry(_) => Some(value.keep()),
+            Slot::Vary(_) => Some(value.keep().max(left.unwrap_or_default())),
+        }
     }
 }
 

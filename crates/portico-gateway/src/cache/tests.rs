@@ -791,6 +791,38 @@ async fn vary_and_key_parameters() {
     assert_eq!(calls(&g), 3);
 }
 
+/// A resource's Vary marker lives as long as its longest-kept variant: a
+/// short-lived variant stored later does not make the others unreachable.
+#[tokio::test]
+async fn a_short_lived_variant_leaves_the_longer_ones_reachable() {
+    let g = gateway(Duration::ZERO, |req, _| {
+        let de = req
+            .headers()
+            .get("accept-language")
+            .is_some_and(|v| v == "de");
+        let (max_age, body) = if de { (60, "de") } else { (1, "fr") };
+        Script {
+            headers: vec![
+                ("cache-control", format!("max-age={max_age}")),
+                ("vary", "Accept-Language".into()),
+            ],
+            ..ok("", body)
+        }
+    });
+    let de = [("accept-language", "de")];
+    let fr = [("accept-language", "fr")];
+    assert_eq!(send(&g, "GET", "/prod/v", &de).await.body(), "de");
+    assert_eq!(send(&g, "GET", "/prod/v", &fr).await.body(), "fr");
+    // The French variant (and what its store made of the marker) expires.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = send(&g, "GET", "/prod/v", &de).await;
+    assert_eq!(
+        (r.cache_status(), r.body()),
+        ("portico-n1; hit".to_owned(), Bytes::from("de"))
+    );
+    assert_eq!(calls(&g), 2);
+}
+
 /// A purge path is keyed as a request's would be: its dot segments resolved,
 /// so `/p/./x` purges what `/p/x` stored.
 #[tokio::test]
