@@ -25,8 +25,14 @@ const LEASES: TableDefinition<u64, (&str, &str, i64, u64, i64, &str)> =
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The id of a lease that granted nothing: the book answers it without
-/// writing, and its return ends nothing. Real ids count up from 1.
+/// writing, and its return ends nothing. Real ids count up from where
+/// [`QuotaBook::open`] puts them, far below this.
 pub const EMPTY_LEASE: u64 = u64::MAX;
+
+/// A new book's first lease id is drawn below this.
+const FIRST_ID_BELOW: u64 = 1 << 62;
+/// How far each opening moves the next lease id on, drawn from this range.
+const ID_JUMP: std::ops::Range<u64> = 1 << 32..1 << 33;
 
 /// How long counts and leases are kept after their period began (usage) or
 /// they expired (leases): two of the longest period (a month), so that the
@@ -98,13 +104,32 @@ pub struct Pruned {
 
 impl QuotaBook {
     /// Opens (or creates) the book at `path`.
+    ///
+    /// PoPs hold lease ids across an origin's restarts and return them
+    /// later, so an id must never name another lease than the one it was
+    /// granted as, even when the file is deleted (the book starts again)
+    /// or restored from a copy (ids granted after the copy would be granted
+    /// again). A new book starts its ids at a random point below 2^62, and
+    /// every opening moves the next id on by a random 2^32..2^33: a return
+    /// from another book, or from before a restore, finds no lease and is
+    /// refused, instead of crediting another key held by the same PoP.
     pub fn open(path: &Path) -> Result<Self, QuotaError> {
         let db = Database::create(path).map_err(QuotaError::store)?;
         let txn = db.begin_write().map_err(QuotaError::store)?;
         {
             txn.open_table(USAGE).map_err(QuotaError::store)?;
             txn.open_table(LEASES).map_err(QuotaError::store)?;
-            txn.open_table(META).map_err(QuotaError::store)?;
+            let mut meta = txn.open_table(META).map_err(QuotaError::store)?;
+            let next = meta
+                .get("next_lease")
+                .map_err(QuotaError::store)?
+                .map(|v| v.value());
+            let next = match next {
+                None => rand::random_range(1..FIRST_ID_BELOW),
+                Some(n) => n.saturating_add(rand::random_range(ID_JUMP)),
+            };
+            meta.insert("next_lease", next.min(EMPTY_LEASE - 1))
+                .map_err(QuotaError::store)?;
         }
         txn.commit().map_err(QuotaError::store)?;
         Ok(Self { db })
@@ -316,6 +341,39 @@ mod tests {
             holder,
             ttl_ms: 60_000,
         }
+    }
+
+    #[test]
+    fn a_lease_from_before_a_restore_or_from_another_book_names_no_lease() {
+        let (dir, book) = book();
+        let path = dir.path().join("quota.redb");
+        let copy = dir.path().join("copy.redb");
+        book.grant(&request("pop-a", 10), NOW).unwrap();
+        drop(book);
+        std::fs::copy(&path, &copy).unwrap();
+        let book = QuotaBook::open(&path).unwrap();
+        let lost = book.grant(&request("pop-a", 10), NOW).unwrap();
+        drop(book);
+        // The file is restored from the copy: `lost` was never granted here.
+        std::fs::copy(&copy, &path).unwrap();
+        let book = QuotaBook::open(&path).unwrap();
+        let other_key = LeaseRequest {
+            key_id: "k2",
+            ..request("pop-a", 10)
+        };
+        let granted = book.grant(&other_key, NOW).unwrap();
+        assert_ne!(granted.id, lost.id);
+        assert!(matches!(
+            book.release(lost.id, 10, "pop-a"),
+            Err(QuotaError::UnknownLease(_))
+        ));
+        assert_eq!(book.usage("basic", "k2", SPEC, NOW).unwrap().used, 10);
+        // A book made again from nothing does not know it either.
+        let (_other_dir, other) = super::tests::book();
+        assert!(matches!(
+            other.release(lost.id, 10, "pop-a"),
+            Err(QuotaError::UnknownLease(_))
+        ));
     }
 
     fn book() -> (tempfile::TempDir, QuotaBook) {

@@ -214,7 +214,8 @@ type Pending = HashMap<(String, String), (ControlLink, oneshot::Sender<QuotaLeas
 struct Granted {
     /// The origin (node id) whose book granted it.
     origin: String,
-    /// Its id in that origin's book (every book counts from 1).
+    /// Its id in that origin's book (each book draws where its ids start,
+    /// and jumps on at every opening: see `QuotaBook::open`).
     origin_id: u64,
     expires_ms: i64,
 }
