@@ -616,6 +616,137 @@ async fn a_route_rate_is_shared_among_three_pops_by_demand() {
     drop(f.dir);
 }
 
+/// An origin serving the regional API `regional` and sending the edge API
+/// `edge` to its PoPs, both with a `/keyed` route whose key is of plan
+/// `both` (`rate` requests/s per key, burst `burst`), which covers the two.
+fn edge_and_regional_config(dir: &std::path::Path, rate: u32, burst: u32) -> String {
+    let head = origin_head(dir, 0);
+    let api = |name: &str, endpoint: &str| {
+        format!(
+            r#"
+[[apis]]
+name = "{name}"
+endpoint = "{endpoint}"
+
+[[apis.routes]]
+method = "GET"
+path = "/keyed/{{proxy+}}"
+api_key_required = true
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
+[[apis.stages]]
+name = "prod"
+"#
+        )
+    };
+    format!(
+        r#"{head}
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "regional"
+certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
+{edge}{regional}
+[[usage_plans]]
+name = "both"
+throttle = {{ rate = {rate}, burst = {burst} }}
+api_stages = [{{ api = "edge", stage = "prod" }}, {{ api = "regional", stage = "prod" }}]
+
+[[api_keys]]
+id = "a"
+hash = "{a}"
+plans = ["both"]
+"#,
+        public = dir.join("public").display(),
+        edge = api("edge", "edge"),
+        regional = api("regional", "regional"),
+        a = keys::stored_form(KEY_A),
+    )
+}
+
+/// A key of a plan that covers an edge and a regional API has one rate:
+/// the origin takes a share of it for the requests that enter there, beside
+/// the PoPs', instead of a whole rate of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rate_spans_the_edge_and_the_regional_apis_of_its_plan() {
+    let (rate, burst, secs) = (20.0, 10.0, 5.0);
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "origin-a,pop-a");
+    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+    let text = edge_and_regional_config(dir.path(), rate as u32, burst as u32);
+    let (origin, _) = node(dir.path(), "origin", "origin", &text);
+    let backbone = origin.addrs("backbone")[0];
+    let text = pop_config(dir.path(), "pop-a", backbone, "edge");
+    let (pop, _) = node(dir.path(), "pop", "pop-a", &text);
+    let urls = [
+        format!(
+            "https://localhost:{}/prod/keyed/x",
+            pop.addrs("https")[0].port()
+        ),
+        format!(
+            "https://localhost:{}/prod/keyed/x",
+            origin.addrs("https")[0].port()
+        ),
+    ];
+    let client = https_client(&cert.der, false);
+    // The PoP serves once the definitions arrived; then the first shares.
+    eventually(60, || async {
+        (with_key(&client, &urls[0], KEY_A.as_bytes()).await.status == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let per_entry: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        for _ in 0..3 {
+            let (c, url, mine) = (
+                https_client(&cert.der, false),
+                url.clone(),
+                Arc::clone(&per_entry[i]),
+            );
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let r = with_key(&c, &url, KEY_A.as_bytes()).await;
+                    match r.status {
+                        200 => {
+                            mine.fetch_add(1, Ordering::Relaxed);
+                        }
+                        429 => assert_error(&r, 429, "Too Many Requests"),
+                        other => panic!("unexpected {other}: {}", r.text()),
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let window = started.elapsed().as_secs_f64();
+    let split: Vec<u64> = per_entry
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    let accepted = split.iter().sum::<u64>() as f64;
+    let expected = rate * window + burst;
+    eprintln!(
+        "key rate {rate}/s, edge and regional: {accepted} accepted in {window:.2} s \
+         (PoP, origin: {split:?}); limit {expected:.0}; a rate at each would allow {:.0}",
+        2.0 * expected
+    );
+    assert!(
+        accepted <= expected * 1.25,
+        "{accepted} accepted > {expected} + 25 % (PoP, origin: {split:?})"
+    );
+    assert!(
+        split.iter().all(|&n| n as f64 >= expected * 0.1),
+        "each entry gets a part: {split:?}"
+    );
+    drop((pop, origin, dir));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pops_hammering_one_key_never_exceed_its_quota_even_across_an_origin_restart() {
     const QUOTA: u64 = 1000;

@@ -28,7 +28,14 @@ pub async fn run(
         Arc::clone(&config.definitions),
         Integrations::new(client),
     )
-    .with_limits(crate::limits::limits(&config, Arc::clone(&quota)));
+    .with_limits({
+        let limits = crate::limits::limits(&config, Arc::clone(&quota));
+        // With PoPs, a plan's key rate is shared with them (`rates`).
+        match config.backbone {
+            Some(_) => limits.with_shared_rates(),
+            None => limits,
+        }
+    });
     let gateway = Arc::new(settings::with_cache(gateway, &config));
     let handler = Arc::new(crate::listeners::Public {
         gateway: Arc::clone(&gateway),
@@ -73,8 +80,10 @@ pub async fn run(
         tasks.spawn(Arc::clone(&to_pops).forward(purges.subscribe(), stop_rx.clone()));
         // PoPs lease quotas from this origin's book.
         let leases = crate::quotas::OriginLeases::new(Arc::clone(&quota), defs_rx.clone());
-        // Stage, route and key rates of edge APIs are shared among the PoPs.
-        let rates = crate::rates::OriginRates::new(defs_rx.clone());
+        // Stage, route and key rates of edge APIs are shared among the PoPs,
+        // key rates of plans with regional APIs with this origin too.
+        let own = Some(Arc::clone(gateway.limits()));
+        let rates = crate::rates::OriginRates::new(defs_rx.clone(), own);
         tasks.spawn(Arc::clone(&rates).run(stop_rx.clone()));
         let server = server.with_control(crate::control::Dispatch::new(vec![
             crate::control::Route {

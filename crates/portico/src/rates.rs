@@ -12,7 +12,7 @@
 //! share, so the sum of accepted requests stays at or below the configured
 //! rate plus the bursts; measured in `tests/limits.rs`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,9 @@ struct Scope {
     demand: HashMap<String, (f64, Instant)>,
     /// PoP id → the share last sent.
     sent: HashMap<String, (RateSpec, Instant)>,
+    /// This origin's own demand (requests per second, when measured), for
+    /// the rates it takes a share of itself (see [`OriginRates::new`]).
+    own: Option<(f64, Instant)>,
 }
 
 impl Scope {
@@ -107,17 +110,47 @@ impl Scope {
             total,
             demand: HashMap::new(),
             sent: HashMap::new(),
+            own: None,
         }
     }
 }
 
 /// The origin's side: shares every shared rate of its edge APIs among the
-/// connected PoPs.
+/// connected PoPs, and a plan's key rate also with itself when the plan
+/// covers one of its regional APIs.
 pub struct OriginRates {
     links: crate::control::Links,
     /// Shared rates by scope.
     scopes: Mutex<HashMap<String, Scope>>,
     definitions: watch::Receiver<Arc<Definitions>>,
+    /// This origin's limits, when it takes part (see [`OriginRates::new`]).
+    own: Option<Arc<Limits>>,
+}
+
+/// Plans that cover an API of endpoint mode `mode`. A regional API's
+/// requests enter at the origin, whose buckets then spend the plan's key
+/// rates; only an edge API's enter at PoPs.
+fn plans_with(defs: &Definitions, mode: EndpointMode) -> HashSet<&str> {
+    defs.usage_plans
+        .iter()
+        .filter(|plan| {
+            plan.api_stages.iter().any(|(api, _)| {
+                defs.apis
+                    .iter()
+                    .any(|a| a.name == *api && a.endpoint == mode)
+            })
+        })
+        .map(|plan| plan.name.as_str())
+        .collect()
+}
+
+/// The plan a `key:PLAN/KEY` or `plan:PLAN` scope is of.
+fn plan_of(scope: &str) -> Option<&str> {
+    match scope.split_once(':')? {
+        ("key", rest) => Some(rest.split_once('/')?.0),
+        ("plan", plan) => Some(plan),
+        _ => None,
+    }
 }
 
 /// The shared rates of `defs`' edge APIs, and each plan's key rate.
@@ -167,12 +200,46 @@ fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
 }
 
 impl OriginRates {
-    pub fn new(definitions: watch::Receiver<Arc<Definitions>>) -> Arc<Self> {
+    /// Shares the rates of `definitions` among the connected PoPs, and with
+    /// this origin's `own` limits (which must have shared rates) for key
+    /// rates of plans that cover a regional API: such a plan has one key
+    /// rate, and requests entering here spend it as much as those entering
+    /// at PoPs. The origin counts its own demand for the plan's keys beside
+    /// the PoPs' reports and enforces its share, so the key's buckets at the
+    /// PoPs and here sum to the plan's rate. A region of several replica
+    /// origins has each take a share of its own: their requests stay within
+    /// the rate plus one share per replica beyond the first.
+    pub fn new(
+        definitions: watch::Receiver<Arc<Definitions>>,
+        own: Option<Arc<Limits>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             links: crate::control::Links::default(),
             scopes: Mutex::new(HashMap::new()),
             definitions,
+            own,
         })
+    }
+
+    /// Takes this origin's own demand since the last call, for the keys of
+    /// `plans` (the other rates its buckets count are not shared).
+    fn own_demand(&self, defs: &Definitions, plans: &HashSet<&str>, now: Instant) {
+        let Some(own) = &self.own else {
+            return;
+        };
+        let mut scopes = lock(&self.scopes);
+        own.take_demand(|scope, used| {
+            if !plan_of(scope).is_some_and(|p| plans.contains(p)) {
+                return;
+            }
+            let Ok(total) = key_rate(defs, scope) else {
+                return;
+            };
+            let s = scopes
+                .entry(scope.to_owned())
+                .or_insert_with(|| Scope::new(total));
+            s.own = Some((used as f64 / INTERVAL.as_secs_f64(), now));
+        });
     }
 
     /// Takes a PoP's report; entries for rates this origin does not know
@@ -215,8 +282,14 @@ impl OriginRates {
     pub fn rebalance(&self, now: Instant) {
         let defs = Arc::clone(&self.definitions.borrow());
         let defined = shared_rates(&defs);
+        let regional = match self.own {
+            Some(_) => plans_with(&defs, EndpointMode::Regional),
+            None => HashSet::new(),
+        };
+        let edge = plans_with(&defs, EndpointMode::Edge);
+        self.own_demand(&defs, &regional, now);
         let links = self.links.open();
-        if links.is_empty() {
+        if links.is_empty() && regional.is_empty() {
             return;
         }
         let mut scopes = lock(&self.scopes);
@@ -229,24 +302,49 @@ impl OriginRates {
         scopes.retain(|scope, s| {
             s.demand
                 .retain(|_, (_, at)| now.duration_since(*at) < FORGET);
+            s.own = s.own.filter(|(_, at)| now.duration_since(*at) < FORGET);
             match defined.get(scope) {
                 Some(total) => {
                     s.total = *total;
                     true
                 }
-                // A key's rate lives while its PoPs report demand.
-                None => scope.starts_with("key:") && !s.demand.is_empty(),
+                // A key's rate lives while its PoPs (or this origin) report demand.
+                None => scope.starts_with("key:") && (!s.demand.is_empty() || s.own.is_some()),
             }
         });
         for (scope, s) in scopes.iter_mut() {
-            let demand: Vec<f64> = links
+            // A plan's key rates are the PoPs' when it covers an edge API,
+            // and this origin's too when it covers a regional one.
+            let plan = plan_of(scope);
+            let own = self
+                .own
+                .as_ref()
+                .filter(|_| plan.is_some_and(|p| regional.contains(p)));
+            let pops = match plan {
+                Some(plan) if !edge.contains(plan) => &[][..],
+                _ => &links[..],
+            };
+            // The PoPs' demand, then this origin's when it takes part.
+            let mut demand: Vec<f64> = pops
                 .iter()
                 .map(|l| s.demand.get(l.peer_id()).map_or(0.0, |(r, _)| *r))
                 .collect();
+            if own.is_some() {
+                demand.push(s.own.map_or(0.0, |(r, _)| r));
+            }
+            if demand.is_empty() {
+                continue;
+            }
             let sum: f64 = demand.iter().sum();
-            let floor = FLOOR * sum.max(1.0) / links.len() as f64;
+            let floor = FLOOR * sum.max(1.0) / demand.len() as f64;
             let weights: Vec<f64> = demand.iter().map(|d| d + floor).collect();
-            for (link, share) in links.iter().zip(split(s.total, &weights)) {
+            let mut shares = split(s.total, &weights);
+            if let Some(limits) = own
+                && let Some(mine) = shares.pop()
+            {
+                limits.apply_share(scope, mine);
+            }
+            for (link, share) in pops.iter().zip(shares) {
                 let last = s.sent.get(link.peer_id());
                 let same = last.is_some_and(|(l, at)| {
                     l.burst == share.burst
@@ -517,7 +615,7 @@ mod tests {
     fn unknown_report_entries_are_logged_once_per_report() {
         let defs = Arc::new(Definitions::empty());
         let (_tx, rx) = watch::channel(defs);
-        let rates = OriginRates::new(rx);
+        let rates = OriginRates::new(rx, None);
         let report = UsageReport {
             pop_id: "pop-a".into(),
             window_start_unix_ms: 0,
@@ -608,12 +706,71 @@ plans = ["gold"]
         Arc::new(Definitions::from_toml_str(text, "t").unwrap())
     }
 
+    /// Plans of an edge API (`gold`), of a regional one (`solo`) and of
+    /// both (`both`), with an origin that takes part.
+    fn mixed_defs() -> Arc<Definitions> {
+        let api = |name: &str, mode: &str| {
+            format!(
+                "[[apis]]\nname = \"{name}\"\nendpoint = \"{mode}\"\n[[apis.stages]]\nname = \"prod\"\n"
+            )
+        };
+        let plan = |name: &str, apis: &[&str]| {
+            let stages: Vec<String> = apis
+                .iter()
+                .map(|a| format!("{{ api = \"{a}\", stage = \"prod\" }}"))
+                .collect();
+            format!(
+                "[[usage_plans]]\nname = \"{name}\"\nthrottle = {{ rate = 8, burst = 8 }}\napi_stages = [{}]\n",
+                stages.join(", ")
+            )
+        };
+        let text = [
+            api("e", "edge"),
+            api("r", "regional"),
+            plan("gold", &["e"]),
+            plan("solo", &["r"]),
+            plan("both", &["e", "r"]),
+        ]
+        .concat();
+        Arc::new(Definitions::from_toml_str(&text, "t").unwrap())
+    }
+
+    /// PoPs get shares of the plans they serve keys of; the origin keeps a
+    /// part of a plan that also covers its regional API, and all of one
+    /// that covers only regional APIs.
+    #[test]
+    fn the_origin_shares_the_key_rates_of_plans_with_regional_apis() {
+        let defs = mixed_defs();
+        let (_tx, rx) = watch::channel(Arc::clone(&defs));
+        let config = portico_config::NodeThrottleConfig::default();
+        let own = Arc::new(Limits::new(&config, &defs, None).with_shared_rates());
+        let rates = OriginRates::new(rx, Some(own));
+        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
+        rates.links.up(&link);
+        rates.rebalance(Instant::now());
+        let mut sent: Vec<(String, u64)> = std::iter::from_fn(|| outbox.try_recv().ok())
+            .filter_map(|f| match f {
+                Frame::RateShare(s) => Some((s.scope, s.rate_milli_per_sec)),
+                _ => None,
+            })
+            .collect();
+        sent.sort();
+        // `both`: half to the one PoP, half kept here; `solo`: nothing sent.
+        assert_eq!(
+            sent,
+            [
+                ("plan:both".to_owned(), 4000),
+                ("plan:gold".to_owned(), 8000)
+            ]
+        );
+    }
+
     /// A share goes again after `RESEND` even when unchanged: the PoP may
     /// have dropped it, having received it before the scope's definitions.
     #[test]
     fn an_unchanged_share_is_sent_again_after_a_while() {
         let (_tx, rx) = watch::channel(defs());
-        let rates = OriginRates::new(rx);
+        let rates = OriginRates::new(rx, None);
         let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
         rates.links.up(&link);
         let shares = |outbox: &mut tokio::sync::mpsc::Receiver<Frame>| {
@@ -633,7 +790,7 @@ plans = ["gold"]
     #[test]
     fn reports_for_unknown_rates_keys_or_plans_change_nothing() {
         let (_tx, rx) = watch::channel(defs());
-        let rates = OriginRates::new(rx);
+        let rates = OriginRates::new(rx, None);
         let entry = |scope: &str| UsageEntry {
             scope: scope.into(),
             used: 5,
