@@ -616,42 +616,27 @@ async fn a_route_rate_is_shared_among_three_pops_by_demand() {
     drop(f.dir);
 }
 
-/// An origin serving the regional API `regional` and sending the edge API
-/// `edge` to its PoPs, both with a `/keyed` route whose key is of plan
-/// `both` (`rate` requests/s per key, burst `burst`), which covers the two.
-fn edge_and_regional_config(dir: &std::path::Path, rate: u32, burst: u32) -> String {
+/// An origin with an edge API `edge` and a regional API `inside` (its
+/// listener's), both with `routes` on stage `prod`, and key `a` of plan
+/// `both`, which covers the two and has `plan_throttle` (TOML, may be empty).
+fn edge_and_inside_config(dir: &std::path::Path, routes: &str, plan_throttle: &str) -> String {
     let head = origin_head(dir, 0);
     let api = |name: &str, endpoint: &str| {
         format!(
-            r#"
-[[apis]]
-name = "{name}"
-endpoint = "{endpoint}"
-
-[[apis.routes]]
-method = "GET"
-path = "/keyed/{{proxy+}}"
-api_key_required = true
-[apis.routes.integration]
-type = "mock"
-body = "ok"
-
-[[apis.stages]]
-name = "prod"
-"#
+            "\n[[apis]]\nname = \"{name}\"\nendpoint = \"{endpoint}\"\n{routes}\n[[apis.stages]]\nname = \"prod\"\n"
         )
     };
     format!(
         r#"{head}
 [[listeners]]
 address = "127.0.0.1:0"
-default_api = "regional"
+default_api = "inside"
 certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
-{edge}{regional}
+{edge}{inside}
 [[usage_plans]]
 name = "both"
-throttle = {{ rate = {rate}, burst = {burst} }}
-api_stages = [{{ api = "edge", stage = "prod" }}, {{ api = "regional", stage = "prod" }}]
+{plan_throttle}
+api_stages = [{{ api = "edge", stage = "prod" }}, {{ api = "inside", stage = "prod" }}]
 
 [[api_keys]]
 id = "a"
@@ -660,7 +645,7 @@ plans = ["both"]
 "#,
         public = dir.join("public").display(),
         edge = api("edge", "edge"),
-        regional = api("regional", "regional"),
+        inside = api("inside", "regional"),
         a = keys::stored_form(KEY_A),
     )
 }
@@ -674,7 +659,17 @@ async fn a_key_rate_spans_the_edge_and_the_regional_apis_of_its_plan() {
     let dir = TempDir::new().unwrap();
     make_certs(dir.path(), "origin-a,pop-a");
     let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
-    let text = edge_and_regional_config(dir.path(), rate as u32, burst as u32);
+    let routes = r#"
+[[apis.routes]]
+method = "GET"
+path = "/keyed/{proxy+}"
+api_key_required = true
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+"#;
+    let throttle = format!("throttle = {{ rate = {rate}, burst = {burst} }}");
+    let text = edge_and_inside_config(dir.path(), routes, &throttle);
     let (origin, _) = node(dir.path(), "origin", "origin", &text);
     let backbone = origin.addrs("backbone")[0];
     let text = pop_config(dir.path(), "pop-a", backbone, "edge");
@@ -957,14 +952,8 @@ async fn a_pop_cut_off_from_its_origin_spends_what_it_holds_then_fails_closed_or
 /// caller's key id into a backend header (`http` integration to the demo
 /// backend, which echoes its request headers).
 fn whoami_origin_config(dir: &std::path::Path, backend: SocketAddr) -> String {
-    let head = origin_head(dir, 0);
-    let api = |name: &str, endpoint: &str| {
-        format!(
-            r#"
-[[apis]]
-name = "{name}"
-endpoint = "{endpoint}"
-
+    let routes = format!(
+        r#"
 [[apis.routes]]
 method = "GET"
 path = "/whoami"
@@ -980,33 +969,9 @@ path = "/ready"
 [apis.routes.integration]
 type = "mock"
 body = "ok"
-
-[[apis.stages]]
-name = "prod"
 "#
-        )
-    };
-    format!(
-        r#"{head}
-[[listeners]]
-address = "127.0.0.1:0"
-default_api = "inside"
-certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
-{edge}{inside}
-[[usage_plans]]
-name = "basic"
-api_stages = [{{ api = "edge", stage = "prod" }}, {{ api = "inside", stage = "prod" }}]
-
-[[api_keys]]
-id = "a"
-hash = "{a}"
-plans = ["basic"]
-"#,
-        public = dir.join("public").display(),
-        edge = api("edge", "edge"),
-        inside = api("inside", "regional"),
-        a = keys::stored_form(KEY_A),
-    )
+    );
+    edge_and_inside_config(dir, &routes, "")
 }
 
 #[tokio::test]
