@@ -46,6 +46,12 @@ ensure_oha() {
   cargo install oha --version '~1.16' --features http3 --locked --root "$CACHE" --quiet
 }
 
+# limits_for_conns: a node file's [limits]; oha opens all CONNS connections
+# from one address, which may be more than a client's default cap (256).
+limits_for_conns() {
+  printf '[limits]\nmax_connections_per_client = %d\n' $(( CONNS > 256 ? CONNS : 256 ))
+}
+
 # start_origin PORT BACKEND_PORT: an origin with h1/h2/h3 on PORT; waits for `ready`.
 start_origin() {
   cat >"$WORK/origin.toml" <<TOML
@@ -61,6 +67,8 @@ http3 = true
 # The node's default throttle (10 000 req/s) would measure 429s.
 [throttle]
 enabled = false
+
+$(limits_for_conns)
 
 [[apis]]
 name = "bench"
@@ -103,6 +111,8 @@ http3 = true
 
 [throttle]
 enabled = false
+
+$(limits_for_conns)
 
 [cache]
 enabled = false

@@ -70,6 +70,7 @@ pub(crate) struct LimitsFile {
     pub max_header_bytes: Option<S<u64>>,
     pub default_timeout_ms: Option<S<u64>>,
     pub max_connections: Option<S<u64>>,
+    pub max_connections_per_client: Option<S<u64>>,
     pub upstream_read_timeout_ms: Option<S<u64>>,
     pub send_timeout_ms: Option<S<u64>>,
 }

@@ -275,6 +275,10 @@ fn compile_limits(f: &LimitsFile, diag: &mut Diag<'_>) -> Option<Limits> {
         ok &= in_range(v, 1..=1_000_000, "max_connections", diag);
         limits.max_connections = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
     }
+    if let Some(v) = &f.max_connections_per_client {
+        ok &= in_range(v, 0..=1_000_000, "max_connections_per_client", diag);
+        limits.max_connections_per_client = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
+    }
     if let Some(v) = &f.upstream_read_timeout_ms {
         ok &= in_range(v, 100..=3_600_000, "upstream_read_timeout_ms", diag);
         limits.upstream_read_timeout = Duration::from_millis(*v.get_ref());
@@ -853,6 +857,16 @@ mod tests {
         );
         let c = parse(&format!("{NODE}[limits]\nmax_connections = 100\n")).unwrap();
         assert_eq!(c.limits.max_connections, 100);
+        assert_eq!(c.limits.max_connections_per_client, 256);
+        assert_eq!(
+            errors(&format!(
+                "{NODE}[limits]\nmax_connections_per_client = 1000001\n"
+            )),
+            ["5:30: max_connections_per_client 1000001 is out of range"]
+        );
+        // 0: no cap.
+        let c = parse(&format!("{NODE}[limits]\nmax_connections_per_client = 0\n")).unwrap();
+        assert_eq!(c.limits.max_connections_per_client, 0);
         assert_eq!(
             c.limits.upstream_read_timeout,
             std::time::Duration::from_secs(60)

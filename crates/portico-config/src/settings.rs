@@ -143,6 +143,9 @@ pub struct Limits {
     pub default_timeout: Duration,
     /// Connections open at once on each TCP listener.
     pub max_connections: usize,
+    /// Connections one client address (IPv4, or IPv6 /64) may hold open at
+    /// once on each public listener, TCP or HTTP/3; 0: no cap.
+    pub max_connections_per_client: usize,
     /// Longest wait for more of a response body once its head came (nginx's
     /// `proxy_read_timeout`); the route timeout bounds the head.
     pub upstream_read_timeout: Duration,
@@ -158,6 +161,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             default_timeout: Duration::from_millis(29_000),
             max_connections: 16_384,
+            max_connections_per_client: 256,
             upstream_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
         }

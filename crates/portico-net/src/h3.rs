@@ -10,6 +10,9 @@
 //!   one with a bare `431` (RFC 9114 §4.2.2) before we see the request, and
 //!   one over twice the limit is refused unread (`H3_EXCESSIVE_LOAD`), as is
 //!   any frame that declares more than h3 should buffer (see `h3_frames`);
+//! * connections: past `max_connections`, or past a client address's
+//!   `max_connections_per_client`, a new one is refused before its handshake
+//!   (`CONNECTION_REFUSED`);
 //! * idle connections: QUIC's idle timeout, a silent close;
 //! * a client that takes no more of a response for the send timeout: its
 //!   stream is reset (`H3_REQUEST_CANCELLED`);
@@ -31,6 +34,7 @@ use portico_gateway::{ConnInfo, ErrorKind, GatewayError, Protocol, TlsInfo, body
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::clients::{ClientConns, ClientSlot};
 use crate::h3_body::{RequestBody, SendError, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
 use crate::h3_flow::Flows;
@@ -184,32 +188,22 @@ impl<H: Handler> H3Server<H> {
         let mut turn = runtimes.iter().cycle();
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
+        let clients = ClientConns::new(shared.limits.max_connections_per_client, "h3");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 incoming = shared.endpoint.accept() => match incoming {
-                    // At the limit a new client is refused (QUIC's
-                    // CONNECTION_REFUSED); it may try again, or over TCP.
-                    Some(incoming) if conns.len() >= shared.limits.max_connections => {
-                        tracing::debug!(peer = %incoming.remote_address(), "HTTP/3 connection refused: max_connections");
-                        incoming.refuse();
-                    }
-                    // Past half the limit a client first proves its address
-                    // (a QUIC Retry: one more round trip), so that handshakes
-                    // from spoofed addresses, never finished, cannot hold
-                    // the rest of the slots until they time out.
-                    Some(incoming)
-                        if conns.len() >= shared.limits.max_connections / 2
-                            && !incoming.remote_address_validated()
-                            && incoming.may_retry() =>
-                    {
-                        if let Err(err) = incoming.retry() {
-                            err.into_incoming().refuse();
-                        }
-                    }
                     Some(incoming) => {
+                        let Some((incoming, client)) = shared.admit(incoming, conns.len(), &clients) else {
+                            continue;
+                        };
                         let conn = Arc::clone(&shared).connection(incoming, drain_rx.clone());
+                        // The client's place is held as long as the connection's task.
+                        let conn = async move {
+                            conn.await;
+                            drop(client);
+                        };
                         match turn.next() {
                             Some(runtime) => conns.spawn_on(conn, runtime),
                             None => conns.spawn(conn),
@@ -221,6 +215,45 @@ impl<H: Handler> H3Server<H> {
             }
         }
         shared.drain(conns, &drain_tx).await;
+    }
+
+    /// Whether a connection attempt, with `open` connections already,
+    /// goes on to its handshake, and its place under its client's cap.
+    /// Refused (QUIC's CONNECTION_REFUSED; the client may try again, or over
+    /// TCP): at `max_connections`, or when its client address already holds
+    /// `max_connections_per_client`. Asked to prove its address first (a
+    /// QUIC Retry: one more round trip): past half of either, so that
+    /// handshakes from spoofed addresses, never finished, cannot hold the
+    /// rest of the node's slots, or of a client's, until they time out.
+    fn admit(
+        &self,
+        incoming: quinn::Incoming,
+        open: usize,
+        clients: &ClientConns,
+    ) -> Option<(quinn::Incoming, Option<ClientSlot>)> {
+        let max = self.limits.max_connections;
+        if open >= max {
+            tracing::debug!(peer = %incoming.remote_address(), "HTTP/3 connection refused: max_connections");
+            incoming.refuse();
+            return None;
+        }
+        let Ok(client) = clients.admit(incoming.remote_address().ip()) else {
+            self.handler.connection_refused();
+            incoming.refuse();
+            return None;
+        };
+        let crowded = open >= max / 2
+            || client
+                .as_ref()
+                .is_some_and(|c| c.held() > clients.max() / 2);
+        if crowded && !incoming.remote_address_validated() && incoming.may_retry() {
+            drop(client);
+            if let Err(err) = incoming.retry() {
+                err.into_incoming().refuse();
+            }
+            return None;
+        }
+        Some((incoming, client))
     }
 
     async fn drain(&self, mut conns: JoinSet<()>, drain: &watch::Sender<bool>) {

@@ -21,6 +21,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::clients::ClientConns;
+
 /// What serves requests once a protocol adapter has decoded them.
 pub trait Handler: Send + Sync + 'static {
     fn call(
@@ -42,6 +44,12 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (req, conn);
         err.to_response()
     }
+
+    /// Told of each connection a listener refused, before any handshake,
+    /// because its client address already held
+    /// [`HttpLimits::max_connections_per_client`]. A gateway counts them for
+    /// its admin API.
+    fn connection_refused(&self) {}
 }
 
 /// Bytes of a response HTTP/2 queues per stream ahead of the client's
@@ -72,6 +80,12 @@ pub struct HttpLimits {
     /// together); at the limit it accepts the next only when one closes, and
     /// new clients wait in the kernel's backlog (nginx's `worker_connections`).
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 /64) may hold open at once
+    /// on a listener; 0: no cap. Past it a TCP connection is closed as soon
+    /// as it is accepted, before its TLS handshake, and a QUIC one is
+    /// refused (nginx's `limit_conn`, HAProxy's `src_conn_cur`), so that one
+    /// host cannot take every one of `max_connections`.
+    pub max_connections_per_client: usize,
     /// Longest a response head or body chunk may wait for the client to
     /// take it (nginx's `send_timeout`); past it a TCP connection is closed
     /// (checked every `send_timeout / 2`), and an HTTP/3 stream is reset
@@ -89,7 +103,26 @@ impl Default for HttpLimits {
             max_concurrent_streams: 256,
             drain_timeout: Duration::from_secs(10),
             max_connections: 16_384,
+            max_connections_per_client: 256,
             send_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a TCP listener's connections hold while open, shared by its worker
+/// threads: one of `max_connections` permits, and a place under their
+/// client's cap.
+#[derive(Clone)]
+struct Slots {
+    permits: Arc<Semaphore>,
+    clients: ClientConns,
+}
+
+impl Slots {
+    fn new(limits: &HttpLimits) -> Self {
+        Slots {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            clients: ClientConns::new(limits.max_connections_per_client, "tcp"),
         }
     }
 }
@@ -111,13 +144,13 @@ impl<H: Handler> TcpServer<H> {
     /// Accepts connections until `shutdown` completes, then lets open
     /// connections finish (up to the drain timeout).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
-        self.run_with(permits, shutdown).await;
+        let slots = Slots::new(&self.limits);
+        self.run_with(slots, shutdown).await;
     }
 
-    /// [`TcpServer::run`], each connection holding one of `permits` (shared
-    /// by the worker threads of one listener).
-    async fn run_with(self, permits: Arc<Semaphore>, shutdown: impl Future<Output = ()>) {
+    /// [`TcpServer::run`], each connection holding one of `slots` (shared by
+    /// the worker threads of one listener).
+    async fn run_with(self, slots: Slots, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
         let acceptor = self.tls.clone().map(TlsAcceptor::from);
         let shared = Arc::new(self);
@@ -125,7 +158,7 @@ impl<H: Handler> TcpServer<H> {
         loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                permit = Arc::clone(&slots.permits).acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
@@ -142,6 +175,17 @@ impl<H: Handler> TcpServer<H> {
                     }
                 },
             };
+            let client = match slots.clients.admit(peer.ip()) {
+                Ok(client) => client,
+                Err(_) => {
+                    shared.handler.connection_refused();
+                    // Closed before its TLS handshake, with a reset: no
+                    // TIME_WAIT is left here per refused connection.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let conn =
                 shared
@@ -149,7 +193,7 @@ impl<H: Handler> TcpServer<H> {
                     .connection(stream, peer, acceptor.clone(), graceful.watcher());
             tokio::spawn(async move {
                 conn.await;
-                drop(permit);
+                drop((permit, client));
             });
         }
         let drain = shared.limits.drain_timeout;
@@ -202,7 +246,7 @@ impl<H: Handler> TcpServer<H> {
             alt_svc,
         } = self;
         let listener = listener.into_std()?;
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let slots = Slots::new(&limits);
         let mut threads = Vec::with_capacity(workers);
         for index in 0..workers {
             let listener = listener.try_clone()?;
@@ -214,7 +258,7 @@ impl<H: Handler> TcpServer<H> {
                 alt_svc.clone(),
             );
             let mut stop = stop.clone();
-            let permits = Arc::clone(&permits);
+            let slots = slots.clone();
             let worker = move || {
                 let runtime = match portico_gateway::workers::current_thread_runtime() {
                     Ok(rt) => rt,
@@ -228,7 +272,7 @@ impl<H: Handler> TcpServer<H> {
                         Err(err) => return tracing::error!(%err, index, "worker cannot register the listener"),
                     };
                     let server = TcpServer { listener, tls, default_api, limits, handler, alt_svc };
-                    server.run_with(permits, async move { let _ = stop.wait_for(|s| *s).await; }).await;
+                    server.run_with(slots, async move { let _ = stop.wait_for(|s| *s).await; }).await;
                 });
             };
             threads.push(

@@ -4,6 +4,7 @@
 //! translate to `http::Request<Body>` and enforce their protocol's limits.
 #![forbid(unsafe_code)]
 
+mod clients;
 mod h3;
 mod h3_body;
 mod h3_early;

@@ -36,6 +36,8 @@ struct TestHandler {
     trickled: AtomicUsize,
     /// `/wait` calls ended, released or dropped.
     wait_ended: Arc<AtomicUsize>,
+    /// Connections refused for their client's connection cap.
+    refused: AtomicUsize,
 }
 
 /// Counts its drop in the handler's `big_dropped`.
@@ -110,6 +112,10 @@ impl Handler for TestHandler {
         h.insert("x-cookie", HeaderValue::from_str(&cookies).unwrap());
         h.insert("x-body-ended", HeaderValue::from_static(body_ended));
         resp
+    }
+
+    fn connection_refused(&self) {
+        self.refused.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -398,15 +404,12 @@ async fn a_request_stream_that_never_finishes_its_head_is_dropped() {
     assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
 }
 
-#[tokio::test]
-async fn handshakes_that_never_finish_cannot_hold_every_slot() {
-    let limits = HttpLimits {
-        max_connections: 4,
-        ..HttpLimits::default()
-    };
+/// Four handshakes that never finish (through a relay that passes the
+/// client's packets to the server and drops the server's, as with a
+/// spoofed address), then a real client from the same address: it must
+/// still get in and be served.
+async fn a_real_client_gets_past_stalled_handshakes(limits: HttpLimits) -> TestServer {
     let server = start(QuicSettings::default(), limits);
-    // A relay that passes the client's packets to the server and drops the
-    // server's: handshakes through it never finish, as with a spoofed address.
     let hole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let hole_addr = hole.local_addr().unwrap();
     let target = server.addr;
@@ -422,14 +425,37 @@ async fn handshakes_that_never_finish_cannot_hold_every_slot() {
         .map(|_| blocked.endpoint.connect(hole_addr, "localhost").unwrap())
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    // Two of them hold slots; past half the limit the rest were asked to
-    // prove their address, and could not. A real client still gets in.
     let client = server.client();
     let conn = tokio::time::timeout(Duration::from_secs(10), client.connect(server.addr)).await;
     let conn = conn.expect("a real client was kept out");
     assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
     drop(stuck);
     relay.abort();
+    server
+}
+
+/// Two of the stalled handshakes hold slots; past half the limit the rest
+/// were asked to prove their address, and could not.
+#[tokio::test]
+async fn handshakes_that_never_finish_cannot_hold_every_slot() {
+    let limits = HttpLimits {
+        max_connections: 4,
+        ..HttpLimits::default()
+    };
+    a_real_client_gets_past_stalled_handshakes(limits).await;
+}
+
+/// Handshakes from a client's address that never finish (spoofed, from
+/// the client's network) hold at most half of its cap: past that an
+/// address proves itself first.
+#[tokio::test]
+async fn handshakes_that_never_finish_cannot_use_up_a_clients_cap() {
+    let limits = HttpLimits {
+        max_connections_per_client: 4,
+        ..HttpLimits::default()
+    };
+    let server = a_real_client_gets_past_stalled_handshakes(limits).await;
+    assert_eq!(server.handler.refused.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -442,31 +468,57 @@ async fn connections_over_the_limit_are_refused_until_one_closes() {
     let client = server.client();
     let first = client.connect(server.addr).await;
     assert_eq!(first.get(&server.url("/echo")).await.status, 200);
-    let refused = client
-        .endpoint
-        .connect(server.addr, "localhost")
-        .unwrap()
-        .await;
+    assert_refused(&client, server.addr).await;
+    first.quic.close(0u32.into(), b"done");
+    connect_once_one_closed(&client, server.addr).await;
+}
+
+/// A new connection of `client` to `addr` is refused (CONNECTION_REFUSED).
+async fn assert_refused(client: &H3Client, addr: SocketAddr) {
+    let refused = client.endpoint.connect(addr, "localhost").unwrap().await;
     assert!(
         matches!(refused, Err(quinn::ConnectionError::ConnectionClosed(ref c)) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
         "{refused:?}"
     );
-    first.quic.close(0u32.into(), b"done");
-    // The server notices the close and reaps the connection: the next is served.
-    let mut served = false;
+}
+
+/// A connection of `client` to `addr`, tried until the server has noticed
+/// that one closed and reaped it (for 10 s at most).
+async fn connect_once_one_closed(client: &H3Client, addr: SocketAddr) -> quinn::Connection {
     for _ in 0..100 {
-        let next = client
-            .endpoint
-            .connect(server.addr, "localhost")
-            .unwrap()
-            .await;
-        if next.is_ok() {
-            served = true;
-            break;
+        if let Ok(quic) = client.endpoint.connect(addr, "localhost").unwrap().await {
+            return quic;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(served, "no connection served after the first closed");
+    panic!("no connection served after one closed");
+}
+
+/// One client address holds at most `max_connections_per_client` of a
+/// listener's connections: past it a new one is refused before its
+/// handshake (the handler is told), and one that closes frees its place.
+#[tokio::test]
+async fn a_client_past_its_connection_cap_is_refused_until_one_closes() {
+    let limits = HttpLimits {
+        max_connections_per_client: 2,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    // The second is past half the cap: it proves its address first (a
+    // Retry the client follows by itself).
+    let first = client.connect(server.addr).await;
+    let second = client.connect(server.addr).await;
+    assert_refused(&client, server.addr).await;
+    assert_eq!(server.handler.refused.load(Ordering::SeqCst), 1);
+    // Those it holds are served.
+    assert_eq!(first.get(&server.url("/echo")).await.status, 200);
+    assert_eq!(second.get(&server.url("/echo")).await.status, 200);
+    first.quic.close(0u32.into(), b"done");
+    let next = connect_once_one_closed(&client, server.addr).await;
+    let mut next = H3Conn::new(next).await;
+    next.start_driver();
+    assert_eq!(next.get(&server.url("/echo")).await.status, 200);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! closed; a response still streaming is not cut off by that.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,8 +24,11 @@ const IDLE: Duration = Duration::from_millis(300);
 /// `/stream` answers a head at once and its one body chunk 4 idle limits
 /// later; `/big` answers 64 MiB as fast as it is taken, `/whole` 64 MiB in
 /// one chunk; `/cookie` the request's cookie fields; anything else gets an
-/// empty 200.
-struct Streams;
+/// empty 200. Counts the connections refused for their client's cap.
+#[derive(Default)]
+struct Streams {
+    refused: AtomicUsize,
+}
 
 impl Handler for Streams {
     async fn call(&self, req: Request<Body>, _conn: Arc<ConnInfo>) -> Response<Body> {
@@ -59,11 +63,16 @@ impl Handler for Streams {
         });
         Response::new(StreamBody::new(chunk).boxed_unsync())
     }
+
+    fn connection_refused(&self) {
+        self.refused.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 struct Server {
     addr: std::net::SocketAddr,
     cert: CertificateDer<'static>,
+    handler: Arc<Streams>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -97,12 +106,13 @@ async fn start_limits(limits: HttpLimits) -> Server {
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(Streams::default());
     let server = TcpServer {
         listener,
         tls: Some(Arc::new(tls)),
         default_api: None,
         limits,
-        handler: Arc::new(Streams),
+        handler: Arc::clone(&handler),
         alt_svc: None,
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -112,6 +122,7 @@ async fn start_limits(limits: HttpLimits) -> Server {
     Server {
         addr,
         cert,
+        handler,
         _stop: stop,
     }
 }
@@ -128,6 +139,15 @@ fn handshake(
     server: &Server,
     alpn: &[u8],
 ) -> impl std::future::Future<Output = TlsStream<TcpStream>> + use<> {
+    let handshake = try_handshake(server, alpn);
+    async move { handshake.await.unwrap() }
+}
+
+/// [`handshake`], which may fail.
+fn try_handshake(
+    server: &Server,
+    alpn: &[u8],
+) -> impl std::future::Future<Output = std::io::Result<TlsStream<TcpStream>>> + use<> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server.cert.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -144,7 +164,6 @@ fn handshake(
         TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .unwrap()
     }
 }
 
@@ -253,6 +272,64 @@ async fn a_listener_at_its_connection_limit_accepts_the_next_when_one_closes() {
         .expect("served once the first closed")
         .unwrap();
     assert_eq!(third.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+/// Sends a keep-alive GET / on `tls` and reads its answer's head.
+async fn get_head(tls: &mut TlsStream<TcpStream>) -> String {
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf)).await;
+        match read.expect("an answer") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// One client address holds at most `max_connections_per_client` of a
+/// listener's connections: past it a connection is closed as soon as it is
+/// accepted, before its TLS handshake (the handler is told), and one that
+/// closes frees its place.
+#[tokio::test]
+async fn a_client_past_its_connection_cap_is_closed_before_its_handshake() {
+    let server = start_limits(HttpLimits {
+        header_read_timeout: Duration::from_secs(60),
+        max_connections_per_client: 2,
+        ..HttpLimits::default()
+    })
+    .await;
+    let mut first = connect(&server, b"http/1.1").await;
+    let mut second = connect(&server, b"h2").await;
+    let third = tokio::time::timeout(Duration::from_secs(20), try_handshake(&server, b"http/1.1"))
+        .await
+        .expect("the third connection was closed");
+    assert!(third.is_err(), "a third connection got its TLS handshake");
+    assert_eq!(server.handler.refused.load(Ordering::SeqCst), 1);
+    // Those it holds are served.
+    assert!(get_head(&mut first).await.starts_with("HTTP/1.1 200"));
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    second.write_all(preface).await.unwrap();
+    let mut frame = [0u8; 9];
+    second.read_exact(&mut frame).await.unwrap();
+    assert_eq!(frame[3], 4, "the server's SETTINGS");
+    // A connection that closes frees its place (once the server has seen
+    // it close).
+    drop(first);
+    let mut next = None;
+    for _ in 0..100 {
+        if let Ok(tls) = try_handshake(&server, b"http/1.1").await {
+            next = Some(tls);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut next = next.expect("no connection served after the first closed");
+    assert!(get_head(&mut next).await.starts_with("HTTP/1.1 200"));
 }
 
 /// A client that stops reading a response holds its connection (and its

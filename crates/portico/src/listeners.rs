@@ -31,6 +31,10 @@ impl<U: Upstream> Handler for Public<U> {
     fn refuse(&self, req: &Request<()>, conn: &Arc<ConnInfo>, err: GatewayError) -> Response<Body> {
         self.gateway.refuse(req, conn, err)
     }
+
+    fn connection_refused(&self) {
+        self.gateway.limits().count_connection_refused();
+    }
 }
 
 /// A bound public listener: TCP (HTTP/1.1 and HTTP/2) or UDP (HTTP/3). Both
@@ -311,6 +315,70 @@ mod tests {
         let port = tcp.local_addr().unwrap().port();
         assert_ne!(port, taken);
         assert_eq!(udp.local_addr().unwrap().port(), port);
+    }
+
+    /// Answers every request with an empty 200.
+    struct Ok200;
+
+    impl Upstream for Ok200 {
+        async fn forward(
+            &self,
+            _: &portico_gateway::RequestCtx,
+            _: Request<Body>,
+        ) -> Result<Response<Body>, GatewayError> {
+            Ok(Response::new(portico_gateway::body::empty()))
+        }
+    }
+
+    /// Whether the server closes `conn` (EOF or reset) within 20 s.
+    async fn closed(conn: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), conn.read(&mut buf));
+        matches!(read.await, Ok(Ok(0) | Err(_)))
+    }
+
+    /// `[limits] max_connections_per_client` reaches the public listeners,
+    /// and what they refuse for it is counted in the node's limits (the
+    /// admin API's `GET /limits/stats`).
+    #[tokio::test]
+    async fn connections_past_the_client_cap_are_refused_and_counted() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let text = "[node]\nid = \"o\"\nregion = \"r\"\n\
+                    [[listeners]]\naddress = \"127.0.0.1:0\"\ntls = false\n\
+                    [limits]\nmax_connections_per_client = 1\n";
+        let config = portico_config::parse_node(text, "t.toml", std::path::Path::new(".")).unwrap();
+        let gateway = Gateway::new(
+            settings::gateway(&config),
+            Arc::clone(&config.definitions),
+            Ok200,
+        );
+        let handler = Arc::new(Public {
+            gateway: Arc::new(gateway),
+            modes: ServedModes::REGIONAL,
+        });
+        let (servers, _) = bind(&config, &handler).await.unwrap();
+        let Some(Server::Tcp(server)) = servers.into_iter().next() else {
+            panic!("no TCP listener");
+        };
+        let addr = server.listener.local_addr().unwrap();
+        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.run_on_workers(0, async move {
+            let _ = stopped.await;
+        }));
+        // The first is served (and so counted before the second comes).
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        first
+            .write_all(b"GET / HTTP/1.1\r\nHost: o\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        first.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head[..9], b"HTTP/1.1 ");
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed(&mut second).await, "a second connection was kept");
+        assert_eq!(handler.gateway.limits().connections_refused(), 1);
+        drop(first);
     }
 
     #[tokio::test]

@@ -90,7 +90,7 @@ pub async fn run(
     ));
     // `[admin]` on a PoP: its cache and limits statistics (`/limits/stats`
     // counts requests a `fail_open` plan allowed while its origin was
-    // unreachable) and what it runs of each origin's definitions
+    // unreachable, and connections refused for their client's cap) and what it runs of each origin's definitions
     // (`/config`); purges made here clear this PoP's cache only.
     if let (Some(listener), Some(a)) = (crate::admin::bind(&config).await?, &config.admin) {
         let (local_purges, _) = tokio::sync::broadcast::channel(16);

@@ -41,6 +41,7 @@ pub fn http_limits(config: &NodeConfig) -> HttpLimits {
     HttpLimits {
         max_header_bytes: config.limits.max_header_bytes * 2 + 16 * 1024,
         max_connections: config.limits.max_connections,
+        max_connections_per_client: config.limits.max_connections_per_client,
         send_timeout: config.limits.send_timeout,
         ..HttpLimits::default()
     }

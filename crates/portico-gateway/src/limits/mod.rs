@@ -66,6 +66,9 @@ pub struct Limits {
     set: ArcSwap<LimiterSet>,
     quota: Option<Arc<Quotas>>,
     degraded: AtomicU64,
+    /// Connections the public listeners refused because their client
+    /// address already held `[limits] max_connections_per_client`.
+    connections_refused: AtomicU64,
     /// A PoP's: key rates as per-key buckets sized to this PoP's share.
     keys: Option<KeyShares>,
 }
@@ -97,6 +100,7 @@ impl Limits {
             set: ArcSwap::from_pointee(LimiterSet::default()),
             quota: None,
             degraded: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             keys: None,
         }
     }
@@ -123,6 +127,7 @@ impl Limits {
             set: ArcSwap::from_pointee(set),
             quota,
             degraded: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             keys: None,
         }
     }
@@ -225,6 +230,17 @@ impl Limits {
     /// Requests let through by a `fail_open` plan while its quota could not be checked.
     pub fn degraded_allowed(&self) -> u64 {
         self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection refused for its client's connection cap.
+    pub fn count_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections the public listeners refused because their client
+    /// address already held its cap (`[limits] max_connections_per_client`).
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused.load(Ordering::Relaxed)
     }
 
     /// What to answer a request refused before the throttles (no such route,
@@ -450,7 +466,8 @@ fn authorize(
 /// The address a client's IP bucket is kept under: an IPv4 address itself
 /// (IPv4-mapped IPv6 too), an IPv6 address by its /64. One IPv6 host usually
 /// holds a whole /64, and would otherwise get a fresh bucket per address.
-fn client_bucket(ip: IpAddr) -> IpAddr {
+/// The listeners count a client's connections under the same address.
+pub fn client_bucket(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

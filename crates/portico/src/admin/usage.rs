@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /usage?plan=NAME` | every key of the plan: `{"plan", "limit", "period", "period_start", "period_end", "keys": [{"key", "used", "remaining"}]}` |
 //! | `GET /usage?plan=NAME&key=ID` | the same with that key only |
-//! | `GET /limits/stats` | `{"degraded_allowed": N}`: requests a `fail_open` plan let through while its quota could not be checked |
+//! | `GET /limits/stats` | `{"degraded_allowed": N, "connections_refused": M}`: requests a `fail_open` plan let through while its quota could not be checked; connections the public listeners refused because their client address held `[limits] max_connections_per_client` |
 //!
 //! `used` counts what was spent plus what PoPs hold in leases (the book's
 //! view: never more than the quota). Times are RFC 3339, UTC. A missing
@@ -129,7 +129,10 @@ pub(super) fn stats<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> R
     let limits = admin.gateway.limits();
     json(
         StatusCode::OK,
-        &json!({ "degraded_allowed": limits.degraded_allowed() }),
+        &json!({
+            "degraded_allowed": limits.degraded_allowed(),
+            "connections_refused": limits.connections_refused(),
+        }),
     )
 }
 
