@@ -45,7 +45,7 @@ pub mod tls;
 mod wire;
 
 pub use client::{Backbone, BackboneUpstream, ConfigStatus, LinkState, OriginSpec};
-pub use control::{ControlHandler, ControlLink};
+pub use control::{ControlHandler, ControlLink, Outbox};
 pub use error::BackboneError;
 pub use server::{BackboneServer, Handshakes, RequestHandler, Routed};
 pub use settings::{Identity, LinkSettings};

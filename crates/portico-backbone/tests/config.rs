@@ -167,6 +167,20 @@ async fn raw_pop(
     RawControl,
     ConfigSnapshot,
 ) {
+    raw_pop_offering(tls, origin, Capabilities::CONFIG_DELTA).await
+}
+
+/// [`raw_pop`] offering `capabilities`.
+async fn raw_pop_offering(
+    tls: &TlsMaterial,
+    origin: SocketAddr,
+    capabilities: Capabilities,
+) -> (
+    quinn::Endpoint,
+    quinn::Connection,
+    RawControl,
+    ConfigSnapshot,
+) {
     let endpoint = quinn::Endpoint::client(localhost0()).unwrap();
     let config = tls.client_config(&settings()).unwrap();
     let conn = endpoint
@@ -181,14 +195,14 @@ async fn raw_pop(
         role: Role::Pop,
         region: String::new(),
         versions: VersionRange::CURRENT,
-        capabilities: Capabilities::CONFIG_DELTA,
+        capabilities,
     })])
     .await;
     let Frame::HelloAck(ack) = c.next().await else {
         panic!("expected HelloAck")
     };
     assert_eq!(ack.chosen_version, PROTOCOL_VERSION_MAX);
-    assert!(ack.capabilities.contains(Capabilities::CONFIG_DELTA));
+    assert_eq!(ack.capabilities, capabilities);
     let Frame::ConfigSnapshot(snapshot) = c.next().await else {
         panic!("expected the first snapshot")
     };
@@ -493,6 +507,52 @@ async fn a_delta_the_pop_cannot_verify_gets_it_a_snapshot() {
     wait_status(&pop, "the delta applied", |s| s.deltas == 1).await;
     assert_eq!(status(&pop).running, Some(running(&third)));
     pop.backbone.shutdown().await;
+}
+
+/// Reloads while a PoP reads nothing are not each buffered for it: the
+/// origin pushes configuration only while its control stream's send buffer
+/// has room, so when the PoP reads again the latest definitions come after
+/// a few snapshots, not after every one made meanwhile.
+#[tokio::test]
+async fn reloads_for_a_pop_that_reads_nothing_are_not_buffered_each() {
+    const RELOADS: usize = 24;
+    let pki = Pki::new();
+    // Snapshots of about 512 KiB: a mock body of that size.
+    let large = |n: usize| {
+        let body = format!("{n}{}", "x".repeat(512 << 10));
+        let route = format!(
+            "[[apis.routes]]\nmethod = \"GET\"\npath = \"/large\"\n\
+             integration = {{ type = \"mock\", status = 200, body = \"{body}\" }}\n"
+        );
+        definitions(&route)
+    };
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), large(0));
+    let (_endpoint, _conn, mut c, _) =
+        raw_pop_offering(&pki.material("pop-a"), origin.addr, Capabilities(0)).await;
+    let mut last = 0;
+    for n in 1..=RELOADS {
+        let defs = large(n);
+        last = defs.version;
+        origin.defs.send_replace(defs);
+        // Each reload seen on its own (the origin would otherwise push only
+        // the latest of those that came together).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut snapshots = 0;
+    loop {
+        let Frame::ConfigSnapshot(snapshot) = c.next().await else {
+            continue;
+        };
+        snapshots += 1;
+        if snapshot.version == last {
+            break;
+        }
+    }
+    assert!(
+        snapshots < RELOADS / 2,
+        "{snapshots} snapshots of {RELOADS} reloads were buffered"
+    );
+    origin.stop().await;
 }
 
 /// Writes pings on `send` until a write waits longer than 3 s (flow control

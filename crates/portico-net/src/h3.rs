@@ -34,6 +34,7 @@ use portico_gateway::{ConnInfo, ErrorKind, GatewayError, Protocol, TlsInfo, body
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::NetError;
 use crate::clients::{ClientConns, ClientSlot};
 use crate::h3_body::{RequestBody, SendError, send_response};
 use crate::h3_early::{Handshake, allowed_early, mark_early};
@@ -44,6 +45,7 @@ use crate::quic::QuicSocket;
 
 type H3Connection = h3::server::Connection<h3_quic::Connection, Bytes>;
 type Resolver = h3::server::RequestResolver<h3_quic::Connection, Bytes>;
+type H3Stream = h3::server::RequestStream<h3_quic::BidiStream<Bytes>, Bytes>;
 
 /// `H3_NO_ERROR` (RFC 9114 §8.1) as a QUIC application close code.
 const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
@@ -438,12 +440,10 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
     // 1. The head, within the header read timeout (a client keeping its
     // connection alive could otherwise hold streams open without one). One
     // over the field-section limit was answered 431 by h3.
-    let (mut req, stream) =
-        match tokio::time::timeout(ctx.head_timeout, resolver.resolve_request()).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(err)) => return tracing::debug!(%err, "HTTP/3 request not read"),
-            Err(_) => return tracing::debug!("HTTP/3 request head timed out"),
-        };
+    let (mut req, stream) = match read_head(resolver, ctx.head_timeout).await {
+        Ok(pair) => pair,
+        Err(err) => return tracing::debug!(%err, "HTTP/3 request not read"),
+    };
     join_cookies(req.headers_mut());
     let flow = ctx.flows.claim(stream.id()).unwrap_or_default();
     let (mut send, mut recv) = stream.split();
@@ -494,6 +494,43 @@ async fn request<H: Handler>(resolver: Resolver, ctx: Arc<ConnCtx<H>>) {
             "HTTP/3 response reset: the client took no more of it for the send timeout"
         ),
         Err(err) => tracing::debug!(%err, "HTTP/3 response not completed"),
+    }
+}
+
+/// Reads a request stream's head within `timeout`, as h3's
+/// `resolve_request` does, but keeping the stream until the wait ends: one
+/// whose head does not come in time is refused with `H3_REQUEST_REJECTED`
+/// both ways (RESET_STREAM and STOP_SENDING), not dropped. Dropped, quinn
+/// would end our side with a FIN, a clean end where a client should see an
+/// error, and stop the client's with code 0, which HTTP/3 does not define.
+/// `H3_REQUEST_REJECTED` (RFC 9114 §4.1.1, §8.1): nothing of the request
+/// reached the application, so the client may retry it; not
+/// `H3_REQUEST_INCOMPLETE`, which answers a client that *ended* its stream
+/// without a whole request (h3 sends that one itself).
+///
+/// h3 0.0.8 reaches the stream only through the resolver's `frame_stream`
+/// (public, though hidden from its docs): what `resolve_request` does with
+/// it is done here in two steps, the first frame, then the rest of h3's
+/// resolution (the 431 for a header section over the limit).
+async fn read_head(
+    mut resolver: Resolver,
+    timeout: Duration,
+) -> Result<(http::Request<()>, H3Stream), NetError> {
+    use h3::quic::{RecvStream as _, SendStream as _};
+    let deadline = tokio::time::Instant::now() + timeout;
+    let first = std::future::poll_fn(|cx| resolver.frame_stream.poll_next(cx));
+    let Ok(first) = tokio::time::timeout_at(deadline, first).await else {
+        let code = Code::H3_REQUEST_REJECTED.value();
+        resolver.frame_stream.reset(code);
+        resolver.frame_stream.stream.stop_sending(code);
+        return Err(NetError::HeadTimedOut);
+    };
+    let resolve = resolver.accept_with_frame(first)?.resolve();
+    match tokio::time::timeout_at(deadline, resolve).await {
+        Ok(resolved) => Ok(resolved?),
+        // A 431 the client takes too slowly: dropped with its stream, which
+        // h3 holds out of reach by now.
+        Err(_) => Err(NetError::HeadTimedOut),
     }
 }
 

@@ -56,4 +56,8 @@ pub enum NetError {
     FramingTooLarge { cap: u64 },
     #[error("HTTP/3 request stream {stream} ended inside a frame")]
     FrameTruncated { stream: u64 },
+    #[error("HTTP/3 request head not received within the header read timeout")]
+    HeadTimedOut,
+    #[error("HTTP/3 request: {0}")]
+    H3Request(#[from] ::h3::error::StreamError),
 }

@@ -384,8 +384,12 @@ async fn the_listener_takes_no_datagrams() {
     );
 }
 
+/// A request stream whose head does not come within the header read
+/// timeout is refused both ways with `H3_REQUEST_REJECTED` (its request was
+/// never processed: the client may retry it), not ended with a FIN the
+/// client would take for a complete, empty response.
 #[tokio::test]
-async fn a_request_stream_that_never_finishes_its_head_is_dropped() {
+async fn a_request_stream_that_never_finishes_its_head_is_rejected() {
     let limits = HttpLimits {
         header_read_timeout: Duration::from_millis(300),
         ..HttpLimits::default()
@@ -398,7 +402,16 @@ async fn a_request_stream_that_never_finishes_its_head_is_dropped() {
     let (mut send, mut recv) = conn.quic.open_bi().await.unwrap();
     send.write_all(&[0x01]).await.unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1024)).await;
-    assert!(ended.is_ok(), "the server still holds the stream");
+    let rejected = quinn::VarInt::from_u32(raw_h3::H3_REQUEST_REJECTED);
+    assert!(
+        matches!(&ended, Ok(Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)))) if *code == rejected),
+        "the response side ended otherwise: {ended:?}"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(20), send.stopped()).await;
+    assert!(
+        matches!(&stopped, Ok(Ok(Some(code))) if *code == rejected),
+        "the request side ended otherwise: {stopped:?}"
+    );
     assert_eq!(server.handler.calls.load(Ordering::SeqCst), 0);
     // The connection itself still serves.
     assert_eq!(conn.get(&server.url("/echo")).await.status, 200);

@@ -307,6 +307,18 @@ impl Iterator for BodyChunks {
 
 impl ExactSizeIterator for BodyChunks {}
 
+/// Bytes `frame` takes on the wire, length prefix included, as
+/// [`Codec::encode`] writes it (which may still refuse it), counted without
+/// writing it: one pass over its fields that copies and allocates nothing.
+/// `usize::MAX` for a frame bincode cannot encode.
+pub fn encoded_len(frame: &Frame) -> usize {
+    let mut size = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(frame, &mut size, config::standard()) {
+        Ok(()) => LENGTH_PREFIX_LEN + size.bytes_written,
+        Err(_) => usize::MAX,
+    }
+}
+
 fn write_serde(frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtoError> {
     let mut writer = dst.writer();
     bincode::serde::encode_into_std_write(frame, &mut writer, config::standard())
@@ -642,6 +654,85 @@ mod tests {
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(fits));
     }
 
+    /// An authorizer decision within its caps (a context that fills its
+    /// budget exactly, together with its principal's claims) passes both
+    /// ways; one over any cap, a context of many empty entries above all,
+    /// is refused both ways.
+    #[test]
+    fn authorizer_decisions_are_capped_both_ways() {
+        use crate::limits::{
+            CONTEXT_ENTRY_OVERHEAD, MAX_AUTHORIZER_CACHE_KEY, MAX_AUTHORIZER_CONTEXT, MAX_ID,
+            MAX_PRINCIPAL_ID,
+        };
+        let codec = Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap();
+        // Entries of 64 bytes each as counted: key, value and the overhead.
+        let entries = |n: usize| {
+            let value = "v".repeat(64 - CONTEXT_ENTRY_OVERHEAD - 4);
+            (0..n)
+                .map(|i| (format!("{i:04}"), value.clone()))
+                .collect::<Vec<_>>()
+        };
+        let per_list = MAX_AUTHORIZER_CONTEXT / 64 / 2;
+        let decision = |context, claims| {
+            Frame::AuthorizerDecision(AuthorizerDecision {
+                cache_key: "k".repeat(MAX_AUTHORIZER_CACHE_KEY),
+                principal: Some(crate::Principal {
+                    kind: "a".repeat(MAX_ID),
+                    id: "p".repeat(MAX_PRINCIPAL_ID),
+                    claims,
+                }),
+                allow: true,
+                ttl_ms: 300_000,
+                context,
+            })
+        };
+        let fits = decision(entries(per_list), entries(per_list));
+        let mut buf = encode_all(&codec, std::slice::from_ref(&fits));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(fits));
+
+        let with = |edit: &dyn Fn(&mut AuthorizerDecision)| {
+            let mut frame = decision(Vec::new(), Vec::new());
+            if let Frame::AuthorizerDecision(d) = &mut frame {
+                edit(d);
+            }
+            frame
+        };
+        let many_empty = vec![(String::new(), String::new()); 100_000];
+        let over = [
+            (with(&|d| d.context = many_empty.clone()), "context"),
+            (with(&|d| d.context = entries(per_list * 2 + 1)), "context"),
+            (
+                decision(entries(per_list), entries(per_list + 1)),
+                "context",
+            ),
+            (with(&|d| d.cache_key.push('k')), "cache_key"),
+            (
+                with(&|d| d.principal.as_mut().unwrap().id.push('p')),
+                "principal_id",
+            ),
+            (
+                with(&|d| d.principal.as_mut().unwrap().kind.push('a')),
+                "principal_kind",
+            ),
+        ];
+        for (frame, field) in over {
+            let mut buf = BytesMut::from(&b"keep"[..]);
+            let err = codec.encode(&frame, &mut buf).unwrap_err();
+            assert!(
+                matches!(err, ProtoError::OverLimit { kind: FrameKind::AuthorizerDecision, field: f, .. } if f == field),
+                "{err:?}"
+            );
+            assert_eq!(&buf[..], b"keep");
+            let mut buf = unchecked(&frame);
+            let err = codec.decode(&mut buf).unwrap_err();
+            assert!(
+                matches!(err, ProtoError::OverLimit { field: f, .. } if f == field),
+                "{err:?}"
+            );
+            assert!(buf.is_empty());
+        }
+    }
+
     #[test]
     fn a_full_size_chunk_fits_exactly_within_max() {
         let maxes = [
@@ -790,6 +881,7 @@ mod tests {
             let mut buf = BytesMut::new();
             codec.encode(&frame, &mut buf).unwrap();
             check_tag(&frame)?;
+            prop_assert_eq!(encoded_len(&frame), buf.len());
             prop_assert_eq!(codec.decode(&mut buf).unwrap(), Some(frame));
             prop_assert!(buf.is_empty());
         }

@@ -95,7 +95,7 @@ mod arb;
 
 pub use codec::{
     BODY_CHUNK_OVERHEAD, BodyChunks, Codec, DEFAULT_MAX_FRAME, LENGTH_PREFIX_LEN, MAX_FRAME_LIMIT,
-    MIN_MAX_FRAME,
+    MIN_MAX_FRAME, encoded_len,
 };
 pub use error::ProtoError;
 pub use frame::*;

@@ -9,10 +9,17 @@
 //! too: `portico-config` accepts no API, stage or plan name and no key id
 //! longer than [`MAX_ID`], and no route path that would make a scope longer
 //! than [`MAX_SCOPE`]; the admin API no purge tag list beyond [`MAX_TAGS`]
-//! of [`MAX_TAG_LEN`].
+//! of [`MAX_TAG_LEN`]. Nothing makes authorizer decisions yet: whatever
+//! does must refuse an authorizer's output over [`MAX_PRINCIPAL_ID`] or
+//! [`MAX_AUTHORIZER_CONTEXT`] where it reads it (API Gateway answers the
+//! client `500 {"message": null}` for an authorizer's bad output), and key
+//! a longer cache key by a digest, rather than leave either to the codec.
 
 use crate::error::ProtoError;
-use crate::frame::{Frame, FrameKind, Hello, HelloAck, PurgeScope, QuotaLease, QuotaLeaseRequest};
+use crate::frame::{
+    AuthorizerDecision, Frame, FrameKind, Hello, HelloAck, PurgeScope, QuotaLease,
+    QuotaLeaseRequest,
+};
 
 /// Longest node id, region, API, stage or plan name, key id (bytes).
 pub const MAX_ID: usize = 128;
@@ -35,6 +42,39 @@ pub const MAX_TAG_LEN: usize = 256;
 /// Longest purged URL (`api/stage/path?query`) or path prefix (bytes): more
 /// than an admin request (64 KiB at most) can name.
 pub const MAX_PURGE_PATH: usize = 128 * 1024;
+
+/// Longest cache key of an authorizer decision (bytes): the identity
+/// sources it is cached under, as API Gateway caches a Lambda authorizer's
+/// result; whoever makes the decision keys longer ones by a digest.
+pub const MAX_AUTHORIZER_CACHE_KEY: usize = 8 * 1024;
+
+/// Longest principal id of an authorizer decision (bytes): an authorizer's
+/// `principalId` or a token's subject, which nothing else bounds (an e-mail
+/// address may take 254 bytes, a URI more).
+pub const MAX_PRINCIPAL_ID: usize = 1024;
+
+/// Most an authorizer decision's context may take (bytes), its `context`
+/// and its principal's `claims` together, each entry counted by
+/// [`authorizer_context_size`]: 8 KiB, API Gateway's quota on a Lambda
+/// authorizer's response. A context whose JSON object takes at most that
+/// fits, whatever its values' types (flat string, number and boolean
+/// values, as API Gateway takes them).
+pub const MAX_AUTHORIZER_CONTEXT: usize = 8 * 1024;
+
+/// What an entry of an authorizer context counts beyond its key and value:
+/// the least JSON takes around them (`"":` and a comma), so that entries
+/// with empty keys and values, which take nothing else, count too.
+pub const CONTEXT_ENTRY_OVERHEAD: usize = 4;
+
+/// What `entries` count against [`MAX_AUTHORIZER_CONTEXT`]: each entry's
+/// key and value and [`CONTEXT_ENTRY_OVERHEAD`]. For whoever makes a
+/// decision, to refuse an authorizer's output over the limit before the
+/// codec would.
+pub fn authorizer_context_size(entries: &[(String, String)]) -> usize {
+    entries.iter().fold(0, |sum, (key, value)| {
+        sum.saturating_add(key.len() + value.len() + CONTEXT_ENTRY_OVERHEAD)
+    })
+}
 
 /// Whether `frame`'s fields are within the limits above. Frames of the
 /// other streams have limits of their own (header counts, the head codec).
@@ -69,6 +109,7 @@ pub(crate) fn check(frame: &Frame) -> Result<(), ProtoError> {
         }
         Frame::RateShare(s) => c.len("scope", &s.scope, MAX_SCOPE),
         Frame::GoAway(g) => c.len("reason", &g.reason, MAX_REASON),
+        Frame::AuthorizerDecision(d) => c.decision(d),
         _ => Ok(()),
     }
 }
@@ -117,5 +158,16 @@ impl Check {
             }
             PurgeScope::All => Ok(()),
         }
+    }
+
+    fn decision(&self, d: &AuthorizerDecision) -> Result<(), ProtoError> {
+        self.len("cache_key", &d.cache_key, MAX_AUTHORIZER_CACHE_KEY)?;
+        let mut context = authorizer_context_size(&d.context);
+        if let Some(p) = &d.principal {
+            self.len("principal_kind", &p.kind, MAX_ID)?;
+            self.len("principal_id", &p.id, MAX_PRINCIPAL_ID)?;
+            context = context.saturating_add(authorizer_context_size(&p.claims));
+        }
+        self.count("context", context, MAX_AUTHORIZER_CONTEXT)
     }
 }

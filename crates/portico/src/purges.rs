@@ -32,6 +32,12 @@ const BATCH: usize = 256;
 /// purge of everything.
 const BACKLOG: usize = 1024;
 
+/// Bytes of encoded purges waiting for room on one link, besides
+/// [`BACKLOG`] purges: a purge may name a URL of 128 KiB, so a bound on
+/// their number alone would let each link's backlog hold 128 MiB. Past
+/// it, as past [`BACKLOG`], the backlog becomes one purge of everything.
+const BACKLOG_BYTES: usize = 16 << 20;
+
 /// Control frames of purges.
 pub const KINDS: &[portico_proto::FrameKind] = &[
     portico_proto::FrameKind::Purge,
@@ -122,6 +128,47 @@ pub struct OriginPurges {
 struct Backlog {
     link: ControlLink,
     frames: std::collections::VecDeque<Frame>,
+    /// Their encoded size, within [`BACKLOG_BYTES`].
+    bytes: usize,
+}
+
+impl Backlog {
+    fn new(link: ControlLink, frame: Frame) -> Self {
+        let mut backlog = Backlog {
+            link,
+            frames: std::collections::VecDeque::new(),
+            bytes: 0,
+        };
+        backlog.push(frame);
+        backlog
+    }
+
+    fn push(&mut self, frame: Frame) {
+        self.bytes += portico_proto::encoded_len(&frame);
+        self.frames.push_back(frame);
+    }
+
+    fn pop(&mut self) -> Option<Frame> {
+        let frame = self.frames.pop_front()?;
+        self.bytes -= portico_proto::encoded_len(&frame);
+        Some(frame)
+    }
+
+    /// Whether `frame` fits behind the purges waiting.
+    fn fits(&self, frame: &Frame) -> bool {
+        self.frames.len() < BACKLOG
+            && self.bytes + portico_proto::encoded_len(frame) <= BACKLOG_BYTES
+    }
+
+    /// Replaces the purges waiting with one purge of everything, under `purge_id`.
+    fn purge_all(&mut self, purge_id: u64) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.push(Frame::Purge(Purge {
+            purge_id,
+            scope: portico_proto::PurgeScope::All,
+        }));
+    }
 }
 
 type Backlogs = std::sync::Mutex<Vec<Backlog>>;
@@ -172,11 +219,8 @@ impl OriginPurges {
                 // rather than drop it (the link would stay up and the PoP
                 // serve the purged entries until they expire).
                 Err(portico_backbone::BackboneError::LinkBusy) => {
-                    let frames = std::collections::VecDeque::from([frame.clone()]);
-                    lock(&self.backlogs).push(Backlog {
-                        link: link.clone(),
-                        frames,
-                    });
+                    let backlog = Backlog::new(link.clone(), frame.clone());
+                    lock(&self.backlogs).push(backlog);
                     tokio::spawn(drain_backlog(Arc::clone(&self.backlogs), link));
                 }
                 Err(err) => {
@@ -193,16 +237,12 @@ impl OriginPurges {
         let Some(backlog) = backlogs.iter_mut().find(|b| b.link.is_same(link)) else {
             return false;
         };
-        if backlog.frames.len() < BACKLOG {
-            backlog.frames.push_back(frame.clone());
+        if backlog.fits(frame) {
+            backlog.push(frame.clone());
             return true;
         }
         tracing::warn!(pop = %link.peer_id(), "purges came faster than the PoP took them; it empties its cache instead");
-        backlog.frames.clear();
-        backlog.frames.push_back(Frame::Purge(Purge {
-            purge_id,
-            scope: portico_proto::PurgeScope::All,
-        }));
+        backlog.purge_all(purge_id);
         true
     }
 }
@@ -219,7 +259,7 @@ async fn drain_backlog(backlogs: Arc<Backlogs>, link: ControlLink) {
             let Some(backlog) = all.iter_mut().find(|b| b.link.is_same(&link)) else {
                 return;
             };
-            match backlog.frames.pop_front() {
+            match backlog.pop() {
                 Some(frame) => frame,
                 // Sent it all: the next purge tries the outbox first again.
                 None => return all.retain(|b| !b.link.is_same(&link)),
@@ -234,11 +274,7 @@ async fn drain_backlog(backlogs: Arc<Backlogs>, link: ControlLink) {
             let mut all = lock(&backlogs);
             if let Some(backlog) = all.iter_mut().find(|b| b.link.is_same(&link)) {
                 tracing::warn!(pop = %link.peer_id(), "the PoP takes no purges; it empties its cache instead");
-                backlog.frames.clear();
-                backlog.frames.push_back(Frame::Purge(Purge {
-                    purge_id,
-                    scope: portico_proto::PurgeScope::All,
-                }));
+                backlog.purge_all(purge_id);
             }
             continue;
         }
@@ -516,7 +552,7 @@ mod tests {
 
     /// An origin's purges with one PoP linked whose outbox is full (of
     /// pings): the link, its outbox and how many frames fill it.
-    fn linked_with_a_full_outbox() -> (OriginPurges, ControlLink, mpsc::Receiver<Frame>, usize) {
+    fn linked_with_a_full_outbox() -> (OriginPurges, ControlLink, portico_backbone::Outbox, usize) {
         let origin = OriginPurges::default();
         let (link, outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
         origin.link_up(&link);
@@ -579,10 +615,23 @@ mod tests {
             "{} tasks wait",
             metrics.num_alive_tasks() - before
         );
+        let scopes = backlog_sent(&mut outbox, filled, PURGES).await;
+        let all = scopes.contains(&portico_proto::PurgeScope::All);
+        assert!(all, "the overflow became a purge of everything");
+        assert!(scopes.len() <= BACKLOG, "{} purges", scopes.len());
+    }
+
+    /// The scopes of the purges that come on `outbox` once the PoP reads
+    /// again: after the `filled` frames that filled it, up to purge `last`.
+    async fn backlog_sent(
+        outbox: &mut portico_backbone::Outbox,
+        filled: usize,
+        last: u64,
+    ) -> Vec<portico_proto::PurgeScope> {
         for _ in 0..filled {
             outbox.recv().await.unwrap();
         }
-        let (mut purges, mut all) = (0, false);
+        let mut scopes = Vec::new();
         loop {
             let frame = tokio::time::timeout(Duration::from_secs(20), outbox.recv())
                 .await
@@ -591,14 +640,45 @@ mod tests {
             let Frame::Purge(p) = frame else {
                 panic!("{frame:?}")
             };
-            purges += 1;
-            all |= p.scope == portico_proto::PurgeScope::All;
-            if p.purge_id == PURGES {
-                break;
+            scopes.push(p.scope);
+            if p.purge_id == last {
+                return scopes;
             }
         }
+    }
+
+    /// Large purges that find a link's outbox full wait in a backlog that
+    /// is bounded by bytes too: past its budget they become one purge of
+    /// everything (long before [`BACKLOG`] purges wait), and the last purge
+    /// still arrives.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_links_backlog_is_bounded_by_bytes() {
+        let (origin, _link, mut outbox, filled) = linked_with_a_full_outbox();
+        let scope = |i: usize| PurgeScope::Url {
+            api: "a".into(),
+            stage: "prod".into(),
+            path: format!("/{i}/{}", "x".repeat(64 << 10)),
+            query: String::new(),
+        };
+        let size = portico_proto::encoded_len(&Frame::Purge(Purge {
+            purge_id: 1,
+            scope: to_wire(&scope(0)),
+        }));
+        let sent = BACKLOG_BYTES / size * 2;
+        assert!(sent < BACKLOG);
+        for i in 0..sent {
+            origin.send(&scope(i));
+            let waiting: usize = lock(&origin.backlogs).iter().map(|b| b.bytes).sum();
+            assert!(waiting <= BACKLOG_BYTES, "{} MiB wait", waiting >> 20);
+        }
+        let scopes = backlog_sent(&mut outbox, filled, sent as u64).await;
+        let all = scopes.contains(&portico_proto::PurgeScope::All);
         assert!(all, "the overflow became a purge of everything");
-        assert!(purges <= BACKLOG, "{purges} purges");
+        let urls = scopes
+            .iter()
+            .filter(|s| matches!(s, portico_proto::PurgeScope::Url(_)))
+            .count();
+        assert!(urls < sent, "{urls} of {sent} purges waited");
     }
 
     /// A link back purges the entries of its own region's APIs only: the

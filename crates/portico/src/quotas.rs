@@ -644,7 +644,7 @@ plans = ["p"]
     async fn granted(
         leases: &Arc<PopLeases>,
         link: &ControlLink,
-        outbox: &mut mpsc::Receiver<Frame>,
+        outbox: &mut portico_backbone::Outbox,
         lease: QuotaLease,
     ) -> Lease {
         let asking = {

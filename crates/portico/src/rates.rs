@@ -773,7 +773,7 @@ plans = ["gold"]
         let rates = OriginRates::new(rx, None);
         let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
         rates.links.up(&link);
-        let shares = |outbox: &mut tokio::sync::mpsc::Receiver<Frame>| {
+        let shares = |outbox: &mut portico_backbone::Outbox| {
             std::iter::from_fn(|| outbox.try_recv().ok())
                 .filter(|f| matches!(f, Frame::RateShare(s) if s.scope == "stage:a/prod"))
                 .count()

@@ -9,10 +9,10 @@ use portico_proto::{
     VersionRange,
 };
 use quinn::Connection;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::{Inner, LinkState, Session};
-use crate::control::{self, ControlLink, Pongs};
+use crate::control::{self, ControlLink, Outbox, Pongs};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::runtime::InFlight;
 use crate::settings::Backoff;
@@ -27,7 +27,7 @@ struct Control {
     ack: HelloAck,
     /// What control subsystems hold of this link, and what they queued.
     link: ControlLink,
-    outbox: mpsc::Receiver<Frame>,
+    outbox: Outbox,
     /// The answer to the origin's latest ping, while it does not fit.
     pongs: Pongs,
 }

@@ -9,11 +9,10 @@ use portico_proto::{
     negotiate,
 };
 use quinn::{Connection, VarInt};
-use tokio::sync::mpsc;
 
 use super::config::ConfigPush;
 use super::{RequestHandler, Shared, request};
-use crate::control::{self, ControlHandler, ControlLink, Pongs};
+use crate::control::{self, ControlHandler, ControlLink, Outbox, Pongs};
 use crate::framed::{FrameReader, FrameWriter};
 use crate::{BackboneError, close, tls};
 
@@ -25,7 +24,7 @@ pub(crate) struct Control {
     /// What control subsystems hold of this link.
     link: ControlLink,
     /// Frames they queued for the PoP.
-    outbox: mpsc::Receiver<Frame>,
+    outbox: Outbox,
     /// The answer to the PoP's latest ping, while it does not fit.
     pongs: Pongs,
     version: u16,
@@ -163,9 +162,15 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
     let mut stop = shared.stop.clone();
     let mut progress = tokio::time::Instant::now();
     loop {
-        // Every turn: after a change, and after the PoP asked for a snapshot.
+        // Every turn: after a change, after the PoP asked for a snapshot,
+        // and after some of what is buffered went out. Only while the send
+        // buffer has room: a PoP that reads slowly gets the definitions
+        // current when there is, not every snapshot made meanwhile (16 MiB
+        // each at most) buffered in turn.
         let current = Arc::clone(&defs.borrow_and_update());
-        if let Err(err) = c.config.sync(&mut c.writer, &current, &shared.deltas) {
+        if c.writer.pending() < control::SEND_BUFFER
+            && let Err(err) = c.config.sync(&mut c.writer, &current, &shared.deltas)
+        {
             tracing::error!(%err, "configuration not sent");
         }
         let reading = c.pongs.release(&mut c.writer);
