@@ -217,6 +217,14 @@ async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
     let unauthenticated = get(&client, &stats).await;
     common::assert_error(&unauthenticated, 401, "Unauthorized");
     assert_eq!(unauthenticated.headers["www-authenticate"], "Bearer");
+    // Every client comes through a loopback relay (one address): the nodes
+    // `up` writes do not cap connections per client.
+    let nodes = Path::new(m["run_dir"].as_str().unwrap()).join("nodes");
+    for node in ["origin-local", "pop-local"] {
+        let file = nodes.join(format!("{node}.toml"));
+        let config = portico_config::load_node_file(&file).unwrap();
+        assert_eq!(config.limits.max_connections_per_client, 0, "{node}");
+    }
     let started = pids(&m);
     assert_eq!(started.len(), 3, "backend, origin, PoP: {m}");
     assert_eq!(

@@ -224,11 +224,22 @@ impl OriginRates {
     /// Takes this origin's own demand since the last call, for the keys of
     /// `plans` (the other rates its buckets count are not shared).
     fn own_demand(&self, defs: &Definitions, plans: &HashSet<&str>, now: Instant) {
-        let Some(own) = &self.own else {
-            return;
-        };
+        if let Some(own) = &self.own {
+            self.record_own(defs, plans, now, |f| own.take_demand(f));
+        }
+    }
+
+    /// Records the demand `take` yields (scope, requests) as this origin's,
+    /// for the keys of `plans`, each at its plan's rate in `defs`.
+    fn record_own(
+        &self,
+        defs: &Definitions,
+        plans: &HashSet<&str>,
+        now: Instant,
+        take: impl FnOnce(&mut dyn FnMut(&str, u64)),
+    ) {
         let mut scopes = lock(&self.scopes);
-        own.take_demand(|scope, used| {
+        take(&mut |scope, used| {
             if !plan_of(scope).is_some_and(|p| plans.contains(p)) {
                 return;
             }
@@ -238,6 +249,8 @@ impl OriginRates {
             let s = scopes
                 .entry(scope.to_owned())
                 .or_insert_with(|| Scope::new(total));
+            // A reload may have changed the plan's rate, as in `report`.
+            s.total = total;
             s.own = Some((used as f64 / INTERVAL.as_secs_f64(), now));
         });
     }
@@ -707,8 +720,8 @@ plans = ["gold"]
     }
 
     /// Plans of an edge API (`gold`), of a regional one (`solo`) and of
-    /// both (`both`), with an origin that takes part.
-    fn mixed_defs() -> Arc<Definitions> {
+    /// both (`both`), each at `rate` per key, and key `k` of `solo`.
+    fn mixed_defs_at(rate: u32) -> Arc<Definitions> {
         let api = |name: &str, mode: &str| {
             format!(
                 "[[apis]]\nname = \"{name}\"\nendpoint = \"{mode}\"\n[[apis.stages]]\nname = \"prod\"\n"
@@ -720,19 +733,25 @@ plans = ["gold"]
                 .map(|a| format!("{{ api = \"{a}\", stage = \"prod\" }}"))
                 .collect();
             format!(
-                "[[usage_plans]]\nname = \"{name}\"\nthrottle = {{ rate = 8, burst = 8 }}\napi_stages = [{}]\n",
+                "[[usage_plans]]\nname = \"{name}\"\nthrottle = {{ rate = {rate}, burst = 8 }}\napi_stages = [{}]\n",
                 stages.join(", ")
             )
         };
+        let key = "[[api_keys]]\nid = \"k\"\nhash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\nplans = [\"solo\"]\n";
         let text = [
             api("e", "edge"),
             api("r", "regional"),
             plan("gold", &["e"]),
             plan("solo", &["r"]),
             plan("both", &["e", "r"]),
+            key.to_owned(),
         ]
         .concat();
         Arc::new(Definitions::from_toml_str(&text, "t").unwrap())
+    }
+
+    fn mixed_defs() -> Arc<Definitions> {
+        mixed_defs_at(8)
     }
 
     /// PoPs get shares of the plans they serve keys of; the origin keeps a
@@ -763,6 +782,26 @@ plans = ["gold"]
                 ("plan:gold".to_owned(), 8000)
             ]
         );
+    }
+
+    /// A key the origin alone spends follows its plan's rate across a
+    /// reload: the scope its own demand made takes the new rate.
+    #[test]
+    fn the_origins_own_key_rate_follows_a_reload() {
+        let (tx, rx) = watch::channel(mixed_defs());
+        let config = portico_config::NodeThrottleConfig::default();
+        let own = Arc::new(Limits::new(&config, &mixed_defs(), None).with_shared_rates());
+        let rates = OriginRates::new(rx, Some(own));
+        let record = |defs: &Definitions| {
+            let plans = plans_with(defs, EndpointMode::Regional);
+            rates.record_own(defs, &plans, Instant::now(), |f| f("key:solo/k", 10));
+        };
+        let total = || lock(&rates.scopes).get("key:solo/k").map(|s| s.total.rate);
+        record(&mixed_defs());
+        assert_eq!(total(), Some(8.0));
+        tx.send_replace(mixed_defs_at(80));
+        record(&rates.definitions.borrow());
+        assert_eq!(total(), Some(80.0));
     }
 
     /// A share goes again after `RESEND` even when unchanged: the PoP may

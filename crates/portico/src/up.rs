@@ -49,8 +49,8 @@ pub async fn run(
     tokio::select! {
         () = running.stop() => {}
         () = stops.next() => {
-            // Dropping the stop kills every child (`kill_on_drop`); relays
-            // end with the runtime.
+            // Dropping the stop drops every node, which kills it at once
+            // (see `children::Node`'s `Drop`); relays end with the runtime.
             tracing::warn!("second signal: killing every node");
             return Err(UpError::Forced.into());
         }

@@ -79,6 +79,15 @@ impl Node {
     }
 }
 
+/// A node dropped without [`Node::stop`] (a start-up interrupted, a forced
+/// stop) is killed at once: its supervisor task is aborted, which drops the
+/// child (`kill_on_drop`), whatever becomes of the runtime afterwards.
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Starts a node and waits for its ready line. Unexpected exits after that are
 /// sent to `exits`.
 pub async fn start(spec: Spec<'_>, exits: mpsc::Sender<Exit>) -> Result<Node, UpError> {
@@ -171,8 +180,8 @@ struct Watch {
 }
 
 /// Owns the child: drains its stdout, reports an exit nobody asked for, and
-/// stops it (stdin closed, then killed after the grace period) when asked or
-/// when its [`Node`] is dropped.
+/// stops it (stdin closed, then killed after the grace period) when asked;
+/// aborted (the child killed) when its [`Node`] is dropped.
 async fn supervise(
     mut child: tokio::process::Child,
     stdin: Option<ChildStdin>,

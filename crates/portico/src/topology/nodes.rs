@@ -19,6 +19,7 @@ const ANY_PORT: &str = "127.0.0.1:0";
 #[derive(Serialize)]
 struct NodeFile {
     node: NodeSection,
+    limits: Limits,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     listeners: Vec<Listener>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -34,6 +35,19 @@ struct NodeFile {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     api_keys: Vec<ApiKey>,
 }
+
+/// `[limits]`: every client of a topology reaches its node through a loopback
+/// relay, so all of them share the address 127.0.0.1, and the per-client
+/// connection cap would cap the whole entry (a load test of more than 256
+/// connections through one entry would be reset).
+#[derive(Serialize)]
+struct Limits {
+    max_connections_per_client: u32,
+}
+
+const RELAYED_LIMITS: Limits = Limits {
+    max_connections_per_client: 0,
+};
 
 /// `demo-API`: the quota of an API's `/keyed` route.
 #[derive(Serialize)]
@@ -263,6 +277,7 @@ pub fn write_origin(
         key: files.key.clone(),
     });
     let file = NodeFile {
+        limits: RELAYED_LIMITS,
         node: NodeSection {
             id: region.origin.clone(),
             region: Some(region.name.clone()),
@@ -358,6 +373,7 @@ pub fn write_pop(
         })
         .collect();
     let file = NodeFile {
+        limits: RELAYED_LIMITS,
         node: NodeSection {
             id: p.id.clone(),
             region: None,
