@@ -134,11 +134,9 @@ fn plans_with(defs: &Definitions, mode: EndpointMode) -> HashSet<&str> {
     defs.usage_plans
         .iter()
         .filter(|plan| {
-            plan.api_stages.iter().any(|(api, _)| {
-                defs.apis
-                    .iter()
-                    .any(|a| a.name == *api && a.endpoint == mode)
-            })
+            plan.api_stages
+                .iter()
+                .any(|(api, _)| defs.api(api).is_some_and(|a| a.endpoint == mode))
         })
         .map(|plan| plan.name.as_str())
         .collect()
