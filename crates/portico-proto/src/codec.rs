@@ -115,7 +115,7 @@ impl Codec {
     pub fn encode(&self, frame: &Frame, dst: &mut BytesMut) -> Result<(), ProtoError> {
         self.check_version(frame.kind())?;
         crate::limits::check(frame)?;
-        self.framed(dst, |dst| match frame {
+        self.framed(frame.kind(), dst, |dst| match frame {
             Frame::BodyChunk(data) => self.write_body_chunk(data, dst),
             other => write_serde(other, dst),
         })
@@ -156,7 +156,7 @@ impl Codec {
         dst: &mut BytesMut,
     ) -> Result<(), ProtoError> {
         self.check_version(kind)?;
-        self.framed(dst, |dst| {
+        self.framed(kind, dst, |dst| {
             let mut tag = [0u8; 5];
             let tag_len = encode_native(kind.tag(), &mut tag)?;
             dst.put_slice(&tag[..tag_len]);
@@ -167,10 +167,12 @@ impl Codec {
         })
     }
 
-    /// Length prefix, payload from `write`, then the length checked and
-    /// filled in; on any error `dst` is left as it was.
+    /// Length prefix, payload from `write`, then the length checked (against
+    /// the frame limit and `kind`'s own) and filled in; on any error `dst` is
+    /// left as it was.
     fn framed(
         &self,
+        kind: FrameKind,
         dst: &mut BytesMut,
         write: impl FnOnce(&mut BytesMut) -> Result<(), ProtoError>,
     ) -> Result<(), ProtoError> {
@@ -178,7 +180,9 @@ impl Codec {
         dst.put_u32(0);
         let written = write(dst);
         let len = dst.len() - start - LENGTH_PREFIX_LEN;
-        let result = written.and_then(|()| self.check_len(len as u64));
+        let result = written
+            .and_then(|()| self.check_len(len as u64))
+            .and_then(|()| crate::limits::check_payload(kind, len));
         match result {
             Ok(()) => {
                 // `check_len` bounds `len` by `max_frame`, a `u32`.
@@ -265,6 +269,8 @@ impl Codec {
             .map_err(|e| malformed("frame", &e))?;
         let kind = FrameKind::from_tag(tag).ok_or(ProtoError::UnknownFrameType(tag))?;
         self.check_version(kind)?;
+        // Before decoding: decoding allocates for what the payload holds.
+        crate::limits::check_payload(kind, payload.len())?;
         if kind == FrameKind::BodyChunk {
             return decode_body_chunk(payload, tag_len);
         }
@@ -599,11 +605,11 @@ mod tests {
         let at_limit = ask("p".repeat(crate::limits::MAX_ID));
         let mut buf = encode_all(&codec, std::slice::from_ref(&at_limit));
         assert_eq!(codec.decode(&mut buf).unwrap(), Some(at_limit));
-        let over = ask("p".repeat(1 << 20));
+        let over = ask("p".repeat(crate::limits::MAX_ID + 1));
         let refused = ProtoError::OverLimit {
             kind: FrameKind::QuotaLeaseRequest,
             field: "plan",
-            len: 1 << 20,
+            len: crate::limits::MAX_ID + 1,
             max: crate::limits::MAX_ID,
         };
         let mut buf = BytesMut::from(&b"keep"[..]);
@@ -698,24 +704,38 @@ mod tests {
             frame
         };
         let many_empty = vec![(String::new(), String::new()); 100_000];
+        // (frame, the field refused on encode, the one refused on decode:
+        // 100 000 empty entries take more than a decision's frame may, so
+        // the decoder refuses them before decoding).
         let over = [
-            (with(&|d| d.context = many_empty.clone()), "context"),
-            (with(&|d| d.context = entries(per_list * 2 + 1)), "context"),
+            (
+                with(&|d| d.context = many_empty.clone()),
+                "context",
+                "frame",
+            ),
+            (
+                with(&|d| d.context = entries(per_list * 2 + 1)),
+                "context",
+                "context",
+            ),
             (
                 decision(entries(per_list), entries(per_list + 1)),
                 "context",
+                "context",
             ),
-            (with(&|d| d.cache_key.push('k')), "cache_key"),
+            (with(&|d| d.cache_key.push('k')), "cache_key", "cache_key"),
             (
                 with(&|d| d.principal.as_mut().unwrap().id.push('p')),
+                "principal_id",
                 "principal_id",
             ),
             (
                 with(&|d| d.principal.as_mut().unwrap().kind.push('a')),
                 "principal_kind",
+                "principal_kind",
             ),
         ];
-        for (frame, field) in over {
+        for (frame, field, decoded) in over {
             let mut buf = BytesMut::from(&b"keep"[..]);
             let err = codec.encode(&frame, &mut buf).unwrap_err();
             assert!(
@@ -726,11 +746,59 @@ mod tests {
             let mut buf = unchecked(&frame);
             let err = codec.decode(&mut buf).unwrap_err();
             assert!(
-                matches!(err, ProtoError::OverLimit { field: f, .. } if f == field),
+                matches!(err, ProtoError::OverLimit { field: f, .. } if f == decoded),
                 "{err:?}"
             );
             assert!(buf.is_empty());
         }
+    }
+
+    /// A control frame larger than its kind may be is refused before it is
+    /// decoded (decoding would allocate for every entry it holds), both
+    /// ways; configuration frames take the whole frame limit.
+    #[test]
+    fn a_control_frame_over_its_kinds_size_is_refused_before_decoding() {
+        use crate::limits::{MAX_PURGE_FRAME, MAX_SMALL_FRAME};
+        let codec = Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap();
+        // 300 000 empty tags: one byte each on the wire, 24 each decoded.
+        let purge = Frame::Purge(crate::Purge {
+            purge_id: 1,
+            scope: crate::PurgeScope::Tag {
+                api: "a".into(),
+                tags: vec![String::new(); 300_000],
+            },
+        });
+        let ping = Frame::Ping(crate::Ping { nonce: 1 });
+        let mut buf = unchecked(&purge);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(
+            matches!(err, ProtoError::OverLimit { kind: FrameKind::Purge, field: "frame", max, .. } if max == MAX_PURGE_FRAME),
+            "{err:?}"
+        );
+        assert!(buf.is_empty(), "consumed whole");
+        // Any other small kind: a plan as long as the whole frame may be.
+        let ask = Frame::QuotaLeaseRequest(crate::QuotaLeaseRequest {
+            key_id: "k".into(),
+            plan: "p".repeat(MAX_SMALL_FRAME),
+            want: 1,
+            lease_id_to_return: None,
+            unused: 0,
+        });
+        let mut buf = unchecked(&ask);
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(ProtoError::OverLimit { field: "frame", .. })
+        ));
+        let mut out = BytesMut::new();
+        assert!(codec.encode(&ping, &mut out).is_ok());
+        // A snapshot of a large configuration still goes through.
+        let snapshot = Frame::ConfigSnapshot(crate::ConfigSnapshot {
+            version: 1,
+            hash: [0; 32],
+            definitions: "#".repeat(4 << 20),
+        });
+        let mut buf = encode_all(&codec, std::slice::from_ref(&snapshot));
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(snapshot));
     }
 
     #[test]

@@ -76,6 +76,51 @@ pub fn authorizer_context_size(entries: &[(String, String)]) -> usize {
     })
 }
 
+/// Most bytes a `UsageReport` frame may take (its payload). A PoP sends its
+/// demand in frames of at most [`USAGE_ENTRIES_PER_FRAME`] entries, which
+/// stay under it whatever their scopes (each at most [`MAX_SCOPE`]).
+pub const MAX_USAGE_REPORT: usize = 1 << 20;
+
+/// Most entries a PoP puts in one `UsageReport`.
+pub const USAGE_ENTRIES_PER_FRAME: usize = 256;
+
+/// Most bytes a `Purge` frame may take: its URL or prefix
+/// ([`MAX_PURGE_PATH`]) or its tags, and names.
+pub const MAX_PURGE_FRAME: usize = 256 * 1024;
+
+/// Most bytes any other control frame may take (hellos, quota frames, rate
+/// shares, pings, go-aways, authorizer decisions...): all are a few fields
+/// bounded above.
+pub const MAX_SMALL_FRAME: usize = 64 * 1024;
+
+/// The most a frame of `kind` may take (its payload), where that is less
+/// than its stream's frame limit: checked on encode, and on decode *before*
+/// the payload is decoded. The field limits above are checked only once a
+/// frame is decoded, and decoding itself allocates for what the payload
+/// holds: a 16 MiB control frame of empty strings (one byte each on the
+/// wire) would decode into 16 million `String`s, 384 MiB, before any check.
+/// Configuration frames are as large as the configuration (and come from the
+/// origin the PoP takes its definitions from anyway); request and WebSocket
+/// stream frames have their streams' own, smaller limits.
+pub fn max_payload(kind: FrameKind) -> Option<usize> {
+    use FrameKind as K;
+    match kind {
+        _ if !kind.is_control() => None,
+        K::ConfigSnapshot | K::ConfigDelta => None,
+        K::UsageReport => Some(MAX_USAGE_REPORT),
+        K::Purge => Some(MAX_PURGE_FRAME),
+        _ => Some(MAX_SMALL_FRAME),
+    }
+}
+
+/// Whether a payload of `len` bytes may be a frame of `kind`.
+pub(crate) fn check_payload(kind: FrameKind, len: usize) -> Result<(), ProtoError> {
+    match max_payload(kind) {
+        Some(max) => Check(kind).count("frame", len, max),
+        None => Ok(()),
+    }
+}
+
 /// Whether `frame`'s fields are within the limits above. Frames of the
 /// other streams have limits of their own (header counts, the head codec).
 pub(crate) fn check(frame: &Frame) -> Result<(), ProtoError> {

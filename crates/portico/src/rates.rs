@@ -20,7 +20,7 @@ use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
 use portico_config::{Definitions, EndpointMode, RateLimit};
 use portico_gateway::limits::Limits;
 use portico_gateway::throttle::RateSpec;
-use portico_proto::{Frame, FrameKind, RateShare, UsageEntry, UsageReport};
+use portico_proto::{Frame, FrameKind, RateShare, UsageEntry, UsageReport, limits};
 use tokio::sync::watch;
 
 /// Control frames of shared rates.
@@ -417,6 +417,25 @@ impl ControlHandler for OriginRates {
     }
 }
 
+/// `entries` as `UsageReport` frames of at most
+/// [`limits::USAGE_ENTRIES_PER_FRAME`] entries each, so that each stays
+/// under the frame size an origin takes ([`limits::MAX_USAGE_REPORT`]).
+fn report_frames(pop_id: &str, window_start_unix_ms: u64, entries: Vec<UsageEntry>) -> Vec<Frame> {
+    let mut entries = entries.into_iter().peekable();
+    let mut frames = Vec::new();
+    while entries.peek().is_some() {
+        frames.push(Frame::UsageReport(UsageReport {
+            pop_id: pop_id.to_owned(),
+            window_start_unix_ms,
+            entries: entries
+                .by_ref()
+                .take(limits::USAGE_ENTRIES_PER_FRAME)
+                .collect(),
+        }));
+    }
+    frames
+}
+
 /// The PoP's side: applies shares, reports demand to the origins.
 #[derive(Default)]
 pub struct PopRates {
@@ -497,17 +516,15 @@ impl PopRates {
             .saturating_sub(INTERVAL.as_millis() as u64);
         let links = self.links.open();
         for (region, entries) in by_region {
-            let frame = Frame::UsageReport(UsageReport {
-                pop_id: node_id.clone(),
-                window_start_unix_ms,
-                entries,
-            });
-            let to = links
+            let to: Vec<&ControlLink> = links
                 .iter()
-                .filter(|l| region.as_deref().is_none_or(|r| l.region() == r));
-            for link in to {
-                if let Err(err) = link.try_send(frame.clone()) {
-                    tracing::debug!(origin = %link.peer_id(), %err, "usage report not sent");
+                .filter(|l| region.as_deref().is_none_or(|r| l.region() == r))
+                .collect();
+            for frame in report_frames(node_id, window_start_unix_ms, entries) {
+                for link in &to {
+                    if let Err(err) = link.try_send(frame.clone()) {
+                        tracing::debug!(origin = %link.peer_id(), %err, "usage report not sent");
+                    }
                 }
             }
         }
@@ -800,6 +817,34 @@ plans = ["gold"]
         tx.send_replace(mixed_defs_at(80));
         record(&rates.definitions.borrow());
         assert_eq!(total(), Some(80.0));
+    }
+
+    /// A PoP's demand goes in frames an origin takes: however many rates
+    /// and however long their scopes, each frame is under the size an
+    /// origin decodes, and no entry is lost.
+    #[test]
+    fn a_large_report_is_split_into_frames_an_origin_takes() {
+        let scope = |i: usize| format!("key:{i}/{}", "k".repeat(limits::MAX_SCOPE - 16));
+        let entries: Vec<UsageEntry> = (0..1000)
+            .map(|i| UsageEntry {
+                scope: scope(i),
+                used: u64::MAX,
+            })
+            .collect();
+        let frames = report_frames("pop-a", 0, entries);
+        assert_eq!(frames.len(), 4);
+        let codec = portico_proto::Codec::new();
+        let mut sent = 0;
+        for frame in &frames {
+            let mut buf = bytes::BytesMut::new();
+            codec.encode(frame, &mut buf).unwrap();
+            let Some(Frame::UsageReport(r)) = codec.decode(&mut buf).unwrap() else {
+                panic!("not a report");
+            };
+            sent += r.entries.len();
+        }
+        assert_eq!(sent, 1000);
+        assert!(report_frames("pop-a", 0, Vec::new()).is_empty());
     }
 
     /// A share goes again after `RESEND` even when unchanged: the PoP may

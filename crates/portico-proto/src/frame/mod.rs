@@ -161,7 +161,8 @@ impl FrameKind {
         }
     }
 
-    fn is_control(self) -> bool {
+    /// Whether this kind travels on the control stream.
+    pub(crate) fn is_control(self) -> bool {
         use FrameKind as K;
         !matches!(
             self,
