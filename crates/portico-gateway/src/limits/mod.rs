@@ -339,7 +339,9 @@ impl Limits {
         Ok(Admitted { headers })
     }
 
-    /// The key's bucket of its plan: shared per key on a PoP, keyed otherwise.
+    /// The key's bucket of its plan: shared per key where rates are shared
+    /// and the plan covers an edge API (a PoP; an origin with PoPs), keyed
+    /// otherwise.
     fn check_key(
         &self,
         set: &LimiterSet,
@@ -347,11 +349,11 @@ impl Limits {
         plan: &UsagePlan,
     ) -> Option<crate::throttle::Decision> {
         match &self.keys {
-            Some(keys) => {
+            Some(keys) if set.shares_keys(&plan.name) => {
                 let configured = spec(plan.throttle?);
                 Some(keys.bucket(&plan.name, &key.id, configured)?.check())
             }
-            None => Some(set.plan(&plan.name)?.check(&key.hash)),
+            _ => Some(set.plan(&plan.name)?.check(&key.hash)),
         }
     }
 

@@ -1,9 +1,9 @@
 //! The stage, route and usage-plan buckets of one definitions snapshot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use portico_config::{Definitions, RateLimit};
+use portico_config::{Definitions, EndpointMode, RateLimit};
 
 use super::share::SharedThrottle;
 use super::spec;
@@ -15,6 +15,8 @@ use crate::throttle::KeyedThrottle;
 pub(crate) struct LimiterSet {
     stages: HashMap<String, HashMap<String, StageLimiters>>,
     plans: HashMap<String, Arc<KeyedThrottle<KeyHash>>>,
+    /// Plans that cover an edge API: their key rates span PoPs.
+    edge_plans: HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +45,14 @@ impl LimiterSet {
 
     pub fn plan(&self, name: &str) -> Option<&Arc<KeyedThrottle<KeyHash>>> {
         self.plans.get(name)
+    }
+
+    /// Whether `plan`'s key rate is shared (the plan covers an edge API, so
+    /// its keys are spent at PoPs): a node with shared rates then keeps its
+    /// keys in shared buckets; a plan of regional APIs only keeps the keyed
+    /// bucket of this set.
+    pub fn shares_keys(&self, plan: &str) -> bool {
+        self.edge_plans.contains(plan)
     }
 
     /// Every stage and route bucket.
@@ -91,6 +101,14 @@ impl LimiterSet {
             set.stages.insert(api.name.clone(), stages);
         }
         for plan in &definitions.usage_plans {
+            let edge = plan.api_stages.iter().any(|(api, _)| {
+                definitions
+                    .api(api)
+                    .is_some_and(|a| a.endpoint == EndpointMode::Edge)
+            });
+            if edge {
+                set.edge_plans.insert(plan.name.clone());
+            }
             let Some(rate) = plan.throttle else { continue };
             let before = old.and_then(|o| o.plan(&plan.name));
             let t = match before.filter(|t| t.spec() == spec(rate)) {
@@ -146,5 +164,36 @@ mod tests {
         // The carried-over bucket keeps its state: burst 1 already spent.
         assert!(!route(&first).check().is_refused());
         assert!(route(&same).check().is_refused());
+    }
+
+    /// A plan's keys are shared when it covers an edge API, whatever else
+    /// it covers; a plan of regional APIs only keeps its keyed bucket.
+    #[test]
+    fn keys_are_shared_for_plans_that_cover_an_edge_api() {
+        let api = |name: &str, mode: &str| {
+            format!(
+                "[[apis]]\nname = \"{name}\"\nendpoint = \"{mode}\"\n[[apis.stages]]\nname = \"prod\"\n"
+            )
+        };
+        let plan = |name: &str, apis: &str| {
+            format!(
+                "[[usage_plans]]\nname = \"{name}\"\nthrottle = {{ rate = 1, burst = 1 }}\napi_stages = [{apis}]\n"
+            )
+        };
+        let stage = |a: &str| format!("{{ api = \"{a}\", stage = \"prod\" }}");
+        let text = [
+            api("e", "edge"),
+            api("r", "regional"),
+            plan("edge", &stage("e")),
+            plan("solo", &stage("r")),
+            plan("both", &format!("{}, {}", stage("e"), stage("r"))),
+        ]
+        .concat();
+        let defs = Definitions::from_toml_str(&text, "t").unwrap();
+        let set = LimiterSet::build(&defs, None);
+        assert!(set.shares_keys("edge"));
+        assert!(set.shares_keys("both"));
+        assert!(!set.shares_keys("solo"));
+        assert!(set.plan("solo").is_some());
     }
 }
