@@ -594,6 +594,22 @@ mod tests {
         offset: 0,
     };
 
+    /// Closes `q` and waits until nothing holds it: a refill task that
+    /// saw the close may still hold it for a moment, and with it the book's
+    /// file, which a second open in the same process would find locked.
+    async fn close_and_let_go(q: Arc<Quotas>) {
+        q.close().await;
+        let mut q = q;
+        for _ in 0..1000 {
+            match Arc::try_unwrap(q) {
+                Ok(inner) => return drop(inner),
+                Err(held) => q = held,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("a task still holds the quotas 10 s after close");
+    }
+
     /// Spends on one key until the quota says no, and answers how many were
     /// accepted. An `Unavailable` (a book write slower than `WAIT` on a loaded
     /// machine) is asked again, as a client would retry a 503.
@@ -630,8 +646,7 @@ mod tests {
         ));
         assert_eq!(q.usage("p", "k", SPEC).unwrap().used, 50);
         assert_eq!(q.usage("p", "other", SPEC).unwrap().used, 0);
-        q.close().await;
-        drop(q);
+        close_and_let_go(q).await;
         let again = Arc::new(Quotas::open(&path, "origin").unwrap());
         assert_eq!(again.usage("p", "k", SPEC).unwrap().remaining, 0);
         assert!(matches!(
@@ -646,8 +661,7 @@ mod tests {
         let path = dir.path().join("quota.redb");
         let q = Arc::new(Quotas::open(&path, "origin").unwrap());
         assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
-        q.close().await;
-        drop(q);
+        close_and_let_go(q).await;
         let again = Quotas::open(&path, "origin").unwrap();
         assert_eq!(again.usage("p", "k", SPEC).unwrap().used, 1);
     }
