@@ -551,31 +551,32 @@ async fn three_pops(quota: u64) -> ThreePops {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_rate_is_shared_among_three_pops_by_demand() {
-    let (rate, burst, secs) = (30.0, 10.0, 5.0);
-    let f = three_pops(1000).await;
-    // Shares are sent once the links are up; give the first rebalance a moment.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let accepted = Arc::new(AtomicU64::new(0));
-    let per_pop: Vec<Arc<AtomicU64>> = (0..3).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(secs);
+/// For each `(url, clients)`, that many clients sending GETs (with `key`,
+/// if given) until `deadline`; answers how many each URL accepted. Every
+/// other answer must be the throttle's 429.
+async fn load_until(
+    cert: &TestCert,
+    entries: &[(String, usize)],
+    key: Option<&'static str>,
+    deadline: Instant,
+) -> Vec<u64> {
+    let accepted: Vec<Arc<AtomicU64>> = entries.iter().map(|_| Arc::default()).collect();
     let mut tasks = Vec::new();
-    // Uneven demand: 6, 2 and 1 clients.
-    for (i, clients) in [6, 2, 1].into_iter().enumerate() {
-        for _ in 0..clients {
-            let (c, url) = (
-                https_client(&f.cert.der, false),
-                format!("{}/prod/rated/x", f.urls[i]),
+    for ((url, clients), mine) in entries.iter().zip(&accepted) {
+        for _ in 0..*clients {
+            let (c, url, mine) = (
+                https_client(&cert.der, false),
+                url.clone(),
+                Arc::clone(mine),
             );
-            let (total, mine) = (Arc::clone(&accepted), Arc::clone(&per_pop[i]));
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
-                    let r = get(&c, &url).await;
+                    let r = match key {
+                        Some(key) => with_key(&c, &url, key.as_bytes()).await,
+                        None => get(&c, &url).await,
+                    };
                     match r.status {
                         200 => {
-                            total.fetch_add(1, Ordering::Relaxed);
                             mine.fetch_add(1, Ordering::Relaxed);
                         }
                         429 => assert_error(&r, 429, "Too Many Requests"),
@@ -588,11 +589,28 @@ async fn a_route_rate_is_shared_among_three_pops_by_demand() {
     for t in tasks {
         t.await.unwrap();
     }
+    accepted.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_rate_is_shared_among_three_pops_by_demand() {
+    let (rate, burst, secs) = (30.0, 10.0, 5.0);
+    let f = three_pops(1000).await;
+    // Shares are sent once the links are up; give the first rebalance a moment.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    // Uneven demand: 6, 2 and 1 clients.
+    let entries: Vec<(String, usize)> = [6, 2, 1]
+        .into_iter()
+        .enumerate()
+        .map(|(i, clients)| (format!("{}/prod/rated/x", f.urls[i]), clients))
+        .collect();
+    let split = load_until(&f.cert, &entries, None, deadline).await;
     let window = started.elapsed().as_secs_f64();
-    let accepted = accepted.load(Ordering::Relaxed) as f64;
+    let accepted = split.iter().sum::<u64>() as f64;
     let expected = rate * window + burst;
     let unshared = 3.0 * expected;
-    let split: Vec<u64> = per_pop.iter().map(|a| a.load(Ordering::Relaxed)).collect();
     eprintln!(
         "shared rate {rate}/s over 3 PoPs: {accepted} accepted in {window:.2} s (per PoP {split:?}); \
          limit {expected:.0} (rate x time + burst): error {:+.1} %; three unshared buckets would allow {unshared:.0}",
@@ -691,39 +709,11 @@ body = "ok"
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let per_entry: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        for _ in 0..3 {
-            let (c, url, mine) = (
-                https_client(&cert.der, false),
-                url.clone(),
-                Arc::clone(&per_entry[i]),
-            );
-            tasks.push(tokio::spawn(async move {
-                while Instant::now() < deadline {
-                    let r = with_key(&c, &url, KEY_A.as_bytes()).await;
-                    match r.status {
-                        200 => {
-                            mine.fetch_add(1, Ordering::Relaxed);
-                        }
-                        429 => assert_error(&r, 429, "Too Many Requests"),
-                        other => panic!("unexpected {other}: {}", r.text()),
-                    }
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let entries: Vec<(String, usize)> = urls.iter().map(|u| (u.clone(), 3)).collect();
+    let split = load_until(&cert, &entries, Some(KEY_A), deadline).await;
     let window = started.elapsed().as_secs_f64();
-    let split: Vec<u64> = per_entry
-        .iter()
-        .map(|a| a.load(Ordering::Relaxed))
-        .collect();
     let accepted = split.iter().sum::<u64>() as f64;
     let expected = rate * window + burst;
     eprintln!(

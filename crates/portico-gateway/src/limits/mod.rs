@@ -348,9 +348,10 @@ impl Limits {
         key: &ApiKey,
         plan: &UsagePlan,
     ) -> Option<crate::throttle::Decision> {
+        // A plan without a throttle has no key bucket: nothing to look up.
+        let configured = spec(plan.throttle?);
         match &self.keys {
             Some(keys) if set.shares_keys(&plan.name) => {
-                let configured = spec(plan.throttle?);
                 Some(keys.bucket(&plan.name, &key.id, configured)?.check())
             }
             _ => Some(set.plan(&plan.name)?.check(&key.hash)),
