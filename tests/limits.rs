@@ -402,8 +402,9 @@ key = "{certs}/origin-a.key"
 }
 
 /// An origin with one edge API whose `/keyed` route needs a key of plan
-/// `shared` (quota `quota` per day, no throttle), a backbone on
-/// `backbone_port` and an admin API.
+/// `shared` (quota `quota` per day, no throttle of its own), as does its
+/// `/metered` route, on which the plan throttles each key (30/s, burst 10),
+/// a backbone on `backbone_port` and an admin API.
 fn edge_origin_config(dir: &std::path::Path, backbone_port: u16, quota: u64) -> String {
     let head = origin_head(dir, backbone_port);
     format!(
@@ -444,13 +445,25 @@ throttle = {{ rate = 30, burst = 10 }}
 type = "mock"
 body = "ok"
 
+[[apis.routes]]
+method = "GET"
+path = "/metered/{{proxy+}}"
+api_key_required = true
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
 [[apis.stages]]
 name = "prod"
 
 [[usage_plans]]
 name = "shared"
 quota = {{ limit = {quota}, period = "DAY" }}
-api_stages = [{{ api = "edge", stage = "prod" }}]
+
+[[usage_plans.api_stages]]
+api = "edge"
+stage = "prod"
+route_throttles = [{{ route = "GET /metered/{{proxy+}}", throttle = {{ rate = 30, burst = 10 }} }}]
 
 [[api_keys]]
 id = "a"
@@ -592,27 +605,35 @@ async fn load_until(
     accepted.iter().map(|a| a.load(Ordering::Relaxed)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_rate_is_shared_among_three_pops_by_demand() {
+/// Loads `path` at the three PoPs of `f` with `clients` clients each (with
+/// `key`, if given) for 5 s, once the first shares had time to arrive, and
+/// checks that they accepted in all about a rate of 30/s with a burst of 10
+/// (what `path` and `key` allow: a route's rate, a key's route rate), not
+/// three times it; answers each PoP's count.
+async fn load_a_shared_rate(
+    f: &ThreePops,
+    path: &str,
+    clients: [usize; 3],
+    key: Option<&'static str>,
+    what: &str,
+) -> Vec<u64> {
     let (rate, burst, secs) = (30.0, 10.0, 5.0);
-    let f = three_pops(1000).await;
     // Shares are sent once the links are up; give the first rebalance a moment.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
-    // Uneven demand: 6, 2 and 1 clients.
-    let entries: Vec<(String, usize)> = [6, 2, 1]
+    let entries: Vec<(String, usize)> = clients
         .into_iter()
         .enumerate()
-        .map(|(i, clients)| (format!("{}/prod/rated/x", f.urls[i]), clients))
+        .map(|(i, clients)| (format!("{}{path}", f.urls[i]), clients))
         .collect();
-    let split = load_until(&f.cert, &entries, None, deadline).await;
+    let split = load_until(&f.cert, &entries, key, deadline).await;
     let window = started.elapsed().as_secs_f64();
     let accepted = split.iter().sum::<u64>() as f64;
     let expected = rate * window + burst;
     let unshared = 3.0 * expected;
     eprintln!(
-        "shared rate {rate}/s over 3 PoPs: {accepted} accepted in {window:.2} s (per PoP {split:?}); \
+        "{what} {rate}/s over 3 PoPs: {accepted} accepted in {window:.2} s (per PoP {split:?}); \
          limit {expected:.0} (rate x time + burst): error {:+.1} %; three unshared buckets would allow {unshared:.0}",
         (accepted - expected) * 100.0 / expected
     );
@@ -620,16 +641,73 @@ async fn a_route_rate_is_shared_among_three_pops_by_demand() {
         accepted <= expected * 1.25,
         "{accepted} accepted > {expected} + 25 %"
     );
-    // Nine clients ask far more than 30/s: the shared rate is reached (a
-    // loose bound, for a loaded machine), and the busiest PoP holds the
-    // largest share.
+    // The clients ask far more than 30/s: the shared rate is reached (a
+    // loose bound, for a loaded machine).
     assert!(
         accepted >= expected * 0.5,
         "{accepted} accepted < half of {expected}"
     );
+    split
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_rate_is_shared_among_three_pops_by_demand() {
+    let f = three_pops(1000).await;
+    // Uneven demand: 6, 2 and 1 clients.
+    let split = load_a_shared_rate(&f, "/prod/rated/x", [6, 2, 1], None, "shared rate").await;
+    // The busiest PoP holds the largest share.
     assert!(
         split[0] > split[2],
         "6 clients got no more than 1: {split:?}"
+    );
+    drop(f.dir);
+}
+
+/// A plan's route throttle (per key) holds across PoPs: key `a` on
+/// `/metered`, through three PoPs with uneven demand, gets about the
+/// route's rate for the plan, not three times it; the 429 names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plans_route_rate_per_key_is_shared_among_three_pops() {
+    let f = three_pops(100_000).await;
+    let client = https_client(&f.cert.der, false);
+    let url = format!("{}/prod/metered/x", f.urls[0]);
+    let r = with_key(&client, &url, KEY_A.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.headers["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"key-route\";q=10;w="),
+        "{:?}",
+        r.headers["ratelimit-policy"]
+    );
+    let what = "a key's route rate";
+    load_a_shared_rate(&f, "/prod/metered/x", [4, 2, 1], Some(KEY_A), what).await;
+    // A burst from one client is refused by the key's route bucket (its
+    // share refills at about half the rate: 100 requests outrun it), on
+    // this route only: `/keyed` has no route throttle.
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = with_key(&client, &url, KEY_A.as_bytes()).await;
+        if r.status != 200 {
+            refused = Some(r);
+            break;
+        }
+    }
+    let refused = refused.expect("100 requests at once are throttled");
+    assert_error(&refused, 429, "Too Many Requests");
+    assert!(
+        refused.headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"key-route\";r=0;t="),
+        "{:?}",
+        refused.headers["ratelimit"]
+    );
+    let keyed = format!("{}/prod/keyed/x", f.urls[0]);
+    assert_eq!(
+        with_key(&client, &keyed, KEY_A.as_bytes()).await.status,
+        200
     );
     drop(f.dir);
 }

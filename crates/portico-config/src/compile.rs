@@ -39,7 +39,7 @@ pub(crate) fn build_definitions(
 ) -> Option<Definitions> {
     let apis = compile_apis(&file.apis, defaults, diag);
     let domains = compile_domains(&file.domains, &file.apis, diag);
-    let (plans, keys) = compile_plans(&file.usage_plans, &file.api_keys, &file.apis, diag);
+    let (plans, keys) = compile_plans(&file.usage_plans, &file.api_keys, &file.apis, &apis, diag);
     if diag.has_errors() {
         return None;
     }

@@ -358,6 +358,19 @@ pub(crate) struct QuotaFile {
 pub(crate) struct ApiStageFile {
     pub api: S<String>,
     pub stage: S<String>,
+    /// Per key of the plan, in this stage (API Gateway's `*/*` entry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<S<ThrottleFile>>,
+    /// Per key of the plan, on one route of this stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_throttles: Vec<RouteThrottleFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteThrottleFile {
+    pub route: S<String>,
+    pub throttle: S<ThrottleFile>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

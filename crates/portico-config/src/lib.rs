@@ -51,7 +51,10 @@ pub use model::{
     Domain, HttpIntegration, Integration, MockIntegration, ParamSource, ParamTarget, Resource,
     ResponseSource, Route, RouteSettings, Stage,
 };
-pub use plans::{ApiKey, Degraded, MAX_KEY_ID, RateLimit, UsagePlan, is_key_id};
+pub use plans::{
+    ApiKey, Degraded, FamilyScope, KeyThrottle, MAX_KEY_ID, RateLimit, UsagePlan, is_key_id,
+    parse_family, throttle_family,
+};
 pub use portico_quota::{Period as QuotaPeriod, QuotaSpec};
 pub use quic::{Congestion, QuicConfig};
 pub use route::MAX_ROUTE_PATH;

@@ -12,6 +12,7 @@ use portico_quota::{Period, QuotaSpec};
 
 use crate::error::Diag;
 use crate::file::{ApiFile, ApiKeyFile, ApiStageFile, QuotaFile, S, ThrottleFile, UsagePlanFile};
+use crate::model::Api;
 use crate::stage::is_stage_name;
 
 /// A token bucket: a steady rate (requests per second, may be fractional) and a burst.
@@ -55,18 +56,82 @@ impl Degraded {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsagePlan {
     pub name: String,
-    /// Per key of the plan.
+    /// Per key of the plan, across all its API stages.
     pub throttle: Option<RateLimit>,
     pub quota: Option<QuotaSpec>,
     /// (API, stage) pairs.
     pub api_stages: Vec<(String, String)>,
+    /// Narrower per-key throttles: in one API stage, or on one route of it
+    /// (API Gateway's `apiStages[].throttle`). A key's request spends each
+    /// that applies to it as well as [`UsagePlan::throttle`].
+    pub key_throttles: Vec<KeyThrottle>,
     pub on_origin_unreachable: Degraded,
+}
+
+/// A per-key throttle a usage plan sets in one of its API stages
+/// (`route: None`) or on one route of that stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyThrottle {
+    pub api: String,
+    pub stage: String,
+    /// The route key (`"GET /pets/{id}"`), or `None` for the whole stage.
+    pub route: Option<String>,
+    pub throttle: RateLimit,
+}
+
+impl KeyThrottle {
+    /// The name its buckets are kept under: see [`throttle_family`].
+    pub fn family(&self, plan: &str) -> String {
+        throttle_family(plan, Some((&self.api, &self.stage, self.route.as_deref())))
+    }
 }
 
 impl UsagePlan {
     pub fn binds(&self, api: &str, stage: &str) -> bool {
         self.api_stages.iter().any(|(a, s)| a == api && s == stage)
     }
+
+    /// The per-key rate a family of this plan names (`None`: the plan's
+    /// own throttle; else an API stage, with or without a route).
+    pub fn family_throttle(&self, within: Option<FamilyScope<'_>>) -> Option<RateLimit> {
+        let Some((api, stage, route)) = within else {
+            return self.throttle;
+        };
+        self.key_throttles
+            .iter()
+            .find(|t| t.api == api && t.stage == stage && t.route.as_deref() == route)
+            .map(|t| t.throttle)
+    }
+}
+
+/// Where a plan's narrower key throttle applies: API, stage and maybe route.
+pub type FamilyScope<'a> = (&'a str, &'a str, Option<&'a str>);
+
+/// The name a plan's per-key buckets are kept, shared and reported under:
+/// the plan's name for its own throttle, `PLAN@API/STAGE` for a stage's,
+/// `PLAN@API/STAGE/ROUTE` for a route's (`gold@pets/prod/GET /pets/{id}`).
+/// Plan, API and stage names hold no `@` or `/`, so [`parse_family`] reads
+/// it back whatever the route key holds; a key's bucket is the family and
+/// the key id after one more `/`.
+pub fn throttle_family(plan: &str, within: Option<FamilyScope<'_>>) -> String {
+    match within {
+        None => plan.to_owned(),
+        Some((api, stage, None)) => format!("{plan}@{api}/{stage}"),
+        Some((api, stage, Some(route))) => format!("{plan}@{api}/{stage}/{route}"),
+    }
+}
+
+/// The plan and scope of a [`throttle_family`] name.
+pub fn parse_family(family: &str) -> Option<(&str, Option<FamilyScope<'_>>)> {
+    let Some((plan, within)) = family.split_once('@') else {
+        return (!family.contains('/')).then_some((family, None));
+    };
+    let mut parts = within.splitn(3, '/');
+    let (api, stage) = (parts.next()?, parts.next()?);
+    if plan.contains('/') || api.is_empty() || stage.is_empty() {
+        return None;
+    }
+    Some((plan, Some((api, stage, parts.next()))))
 }
 
 /// An API key as configured: its id, the SHA-256 of the key, and its plans.
@@ -117,10 +182,13 @@ pub(crate) fn check_refill(limit: RateLimit, span: Range<usize>, diag: &mut Diag
 }
 
 /// Compiles `[[usage_plans]]` and `[[api_keys]]`, checking every reference.
+/// `compiled`: the APIs of `apis` that compiled, whose stages' routes a
+/// plan's route throttles must name.
 pub(crate) fn compile_plans(
     plans: &[UsagePlanFile],
     keys: &[ApiKeyFile],
     apis: &[ApiFile],
+    compiled: &[Arc<Api>],
     diag: &mut Diag<'_>,
 ) -> (Vec<Arc<UsagePlan>>, Vec<Arc<ApiKey>>) {
     let mut names: HashMap<&str, Range<usize>> = HashMap::new();
@@ -139,7 +207,7 @@ pub(crate) fn compile_plans(
             diag.at(p.name.span(), message);
         }
         names.insert(name, p.name.span());
-        if let Some(plan) = compile_plan(p, apis, diag) {
+        if let Some(plan) = compile_plan(p, apis, compiled, diag) {
             out.push(Arc::new(plan));
         }
     }
@@ -147,7 +215,12 @@ pub(crate) fn compile_plans(
     (out, keys)
 }
 
-fn compile_plan(p: &UsagePlanFile, apis: &[ApiFile], diag: &mut Diag<'_>) -> Option<UsagePlan> {
+fn compile_plan(
+    p: &UsagePlanFile,
+    apis: &[ApiFile],
+    compiled: &[Arc<Api>],
+    diag: &mut Diag<'_>,
+) -> Option<UsagePlan> {
     let throttle = p.throttle.as_ref().map(|t| compile_throttle(t, diag));
     let quota = p.quota.as_ref().map(|q| compile_quota(q, diag));
     let degraded = match p
@@ -165,13 +238,19 @@ fn compile_plan(p: &UsagePlanFile, apis: &[ApiFile], diag: &mut Diag<'_>) -> Opt
     };
     let mut ok = true;
     let mut seen = Vec::new();
+    let mut key_throttles = Vec::new();
     for s in &p.api_stages {
-        ok &= check_api_stage(s, apis, diag);
+        let exists = check_api_stage(s, apis, diag);
+        ok &= exists;
         let pair = (s.api.get_ref().clone(), s.stage.get_ref().clone());
         if seen.contains(&pair) {
             let message = format!("API stage `{}/{}` listed twice", pair.0, pair.1);
             diag.at(s.stage.span(), message);
             ok = false;
+        }
+        match stage_key_throttles(s, exists.then_some(compiled), diag) {
+            Some(mut t) => key_throttles.append(&mut t),
+            None => ok = false,
         }
         seen.push(pair);
     }
@@ -184,8 +263,73 @@ fn compile_plan(p: &UsagePlanFile, apis: &[ApiFile], diag: &mut Diag<'_>) -> Opt
         throttle,
         quota,
         api_stages: seen,
+        key_throttles,
         on_origin_unreachable: degraded?,
     })
+}
+
+/// The per-key throttles a plan sets in API stage `s`: its `throttle` for
+/// the whole stage, and one per `route_throttles` entry, whose route must
+/// be one the stage serves (checked against the `compiled` APIs when the
+/// stage exists and its API compiled).
+fn stage_key_throttles(
+    s: &ApiStageFile,
+    compiled: Option<&[Arc<Api>]>,
+    diag: &mut Diag<'_>,
+) -> Option<Vec<KeyThrottle>> {
+    let (api, stage) = (s.api.get_ref(), s.stage.get_ref());
+    let served = compiled
+        .and_then(|apis| apis.iter().find(|a| a.name == *api))
+        .and_then(|a| a.stages.iter().find(|st| st.name == *stage));
+    let mut ok = true;
+    let mut out = Vec::new();
+    if let Some(t) = &s.throttle {
+        match compile_throttle(t, diag) {
+            Some(throttle) => out.push(KeyThrottle {
+                api: api.clone(),
+                stage: stage.clone(),
+                route: None,
+                throttle,
+            }),
+            None => ok = false,
+        }
+    }
+    let mut routes: HashMap<&str, Range<usize>> = HashMap::new();
+    for r in &s.route_throttles {
+        let key = r.route.get_ref().as_str();
+        if let Some(first) = routes.get(key) {
+            let message = format!(
+                "duplicate route throttle for `{key}` (first at line {})",
+                diag.line_of(first)
+            );
+            diag.at(r.route.span(), message);
+            ok = false;
+            continue;
+        }
+        routes.insert(key, r.route.span());
+        if let Some(st) = served
+            && !st.deployment.routes.iter().any(|route| route.key == key)
+        {
+            let message = format!("API stage `{api}/{stage}` serves no route `{key}`");
+            diag.expect(
+                r.route.span(),
+                message,
+                "a route key such as \"GET /pets/{id}\"",
+            );
+            ok = false;
+            continue;
+        }
+        match compile_throttle(&r.throttle, diag) {
+            Some(throttle) => out.push(KeyThrottle {
+                api: api.clone(),
+                stage: stage.clone(),
+                route: Some(key.to_owned()),
+                throttle,
+            }),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 pub(crate) fn compile_quota(q: &S<QuotaFile>, diag: &mut Diag<'_>) -> Option<QuotaSpec> {
@@ -484,6 +628,69 @@ mod tests {
                 "26:8: invalid API key hash",
                 "28:6: duplicate API key id `k` (first at line 25)",
                 "30:10: unknown usage plan `nope`",
+            ]
+        );
+    }
+
+    /// A plan's stage and route throttles (API Gateway's `apiStages[].throttle`).
+    #[test]
+    fn a_plans_stage_and_route_throttles_compile_and_round_trip() {
+        let text = with_plans(
+            "[[usage_plans]]\nname = \"gold\"\nthrottle = { rate = 10, burst = 20 }\n\
+             [[usage_plans.api_stages]]\napi = \"a\"\nstage = \"prod\"\n\
+             throttle = { rate = 5, burst = 6 }\n\
+             route_throttles = [{ route = \"GET /m\", throttle = { rate = 1, burst = 2 } }]\n",
+        );
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let plan = c.definitions.usage_plan("gold").unwrap();
+        let limit = |rate, burst| Some(RateLimit { rate, burst });
+        assert_eq!(plan.family_throttle(None), limit(10.0, 20));
+        assert_eq!(
+            plan.family_throttle(Some(("a", "prod", None))),
+            limit(5.0, 6)
+        );
+        let route = Some(("a", "prod", Some("GET /m")));
+        assert_eq!(plan.family_throttle(route), limit(1.0, 2));
+        assert_eq!(plan.family_throttle(Some(("a", "dev", None))), None);
+        assert_eq!(plan.key_throttles[1].family("gold"), "gold@a/prod/GET /m");
+        let again = Definitions::from_toml_str(&c.definitions.source, "again").unwrap();
+        assert_eq!(again.usage_plan("gold"), c.definitions.usage_plan("gold"));
+    }
+
+    #[test]
+    fn families_read_back_whatever_the_route_holds() {
+        for within in [
+            None,
+            Some(("a", "prod", None)),
+            Some(("a", "prod", Some("GET /x/{id}/y@z"))),
+        ] {
+            let family = throttle_family("gold", within);
+            assert_eq!(parse_family(&family), Some(("gold", within)), "{family}");
+        }
+        assert_eq!(parse_family("gold/x"), None);
+        assert_eq!(parse_family("gold@a"), None);
+        assert_eq!(parse_family("gold@/prod"), None);
+    }
+
+    #[test]
+    fn bad_stage_and_route_throttles_are_located() {
+        let text = with_plans(
+            "[[usage_plans]]\nname = \"p\"\n\
+             [[usage_plans.api_stages]]\napi = \"a\"\nstage = \"prod\"\n\
+             throttle = { rate = -1, burst = 1 }\n\
+             route_throttles = [\n\
+             { route = \"GET /nope\", throttle = { rate = 1, burst = 1 } },\n\
+             { route = \"GET /m\", throttle = { rate = 1, burst = 0 } },\n\
+             { route = \"GET /m\", throttle = { rate = 1, burst = 1 } },\n\
+             ]\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "20:21: throttle rate -1 is out of range",
+                "22:11: API stage `a/prod` serves no route `GET /nope`",
+                "23:52: throttle burst 0 is out of range",
+                "24:11: duplicate route throttle for `GET /m` (first at line 23)",
             ]
         );
     }

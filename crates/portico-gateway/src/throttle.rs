@@ -192,8 +192,9 @@ impl Decision {
     }
 }
 
-/// Most buckets one request meets: node, client IP, stage, route, key.
-const MAX_DECISIONS: usize = 5;
+/// Most buckets one request meets: node, client IP, stage, route, and the
+/// key's in its plan, its plan's stage and its plan's route.
+const MAX_DECISIONS: usize = 7;
 
 /// The decisions of every bucket that applied to one request (on the stack:
 /// no allocation per request).

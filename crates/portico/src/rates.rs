@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
-use portico_config::{Definitions, EndpointMode, RateLimit};
+use portico_config::{Definitions, EndpointMode, RateLimit, parse_family};
 use portico_gateway::limits::Limits;
 use portico_gateway::throttle::RateSpec;
 use portico_proto::{Frame, FrameKind, RateShare, UsageEntry, UsageReport, limits};
@@ -142,13 +142,22 @@ fn plans_with(defs: &Definitions, mode: EndpointMode) -> HashSet<&str> {
         .collect()
 }
 
-/// The plan a `key:PLAN/KEY` or `plan:PLAN` scope is of.
-fn plan_of(scope: &str) -> Option<&str> {
+/// The family of a `key:FAMILY/KEY` or `plan:FAMILY` scope: a plan's name,
+/// or one of its stage or route throttles (`portico_config::throttle_family`).
+fn family_of(scope: &str) -> Option<&str> {
     match scope.split_once(':')? {
-        ("key", rest) => Some(rest.split_once('/')?.0),
-        ("plan", plan) => Some(plan),
+        // The key id is last: a route's family holds `/`s of its own.
+        ("key", rest) => Some(rest.rsplit_once('/')?.0),
+        ("plan", family) => Some(family),
         _ => None,
     }
+}
+
+/// The plan a `key:` or `plan:` scope is of, and the API its family
+/// throttles in, if it names one.
+fn plan_of(scope: &str) -> Option<(&str, Option<&str>)> {
+    let (plan, within) = parse_family(family_of(scope)?)?;
+    Some((plan, within.map(|(api, _, _)| api)))
 }
 
 /// The shared rates of `defs`' edge APIs, and each plan's key rate.
@@ -179,18 +188,23 @@ fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
         if let Some(r) = plan.throttle {
             out.insert(format!("plan:{}", plan.name), spec(r));
         }
+        for kt in &plan.key_throttles {
+            out.insert(format!("plan:{}", kt.family(&plan.name)), spec(kt.throttle));
+        }
     }
     out
 }
 
-/// Whether `scope` names a key's rate of `defs` (`key:PLAN/KEY`).
+/// Whether `scope` names a key's rate of `defs` (`key:FAMILY/KEY`: the
+/// plan's own, or one it sets for a stage or route).
 fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
     let rest = scope.strip_prefix("key:").ok_or("not a key scope")?;
-    let (plan, key) = rest.split_once('/').ok_or("malformed key scope")?;
+    let (family, key) = rest.rsplit_once('/').ok_or("malformed key scope")?;
+    let (plan, within) = parse_family(family).ok_or("malformed key scope")?;
     let (plan, _) = crate::quotas::plan_and_key(defs, plan, key)?;
     let r = plan
-        .throttle
-        .ok_or_else(|| format!("plan `{}` has no throttle", plan.name))?;
+        .family_throttle(within)
+        .ok_or_else(|| format!("plan `{}` has no throttle for `{family}`", plan.name))?;
     Ok(RateSpec {
         rate: r.rate,
         burst: r.burst,
@@ -238,7 +252,7 @@ impl OriginRates {
     ) {
         let mut scopes = lock(&self.scopes);
         take(&mut |scope, used| {
-            if !plan_of(scope).is_some_and(|p| plans.contains(p)) {
+            if !plan_of(scope).is_some_and(|(p, _)| plans.contains(p)) {
                 return;
             }
             let Ok(total) = key_rate(defs, scope) else {
@@ -325,16 +339,21 @@ impl OriginRates {
         });
         for (scope, s) in scopes.iter_mut() {
             // A plan's key rates are the PoPs' when it covers an edge API,
-            // and this origin's too when it covers a regional one.
-            let plan = plan_of(scope);
-            let own = self
-                .own
-                .as_ref()
-                .filter(|_| plan.is_some_and(|p| regional.contains(p)));
-            let pops = match plan {
-                Some(plan) if !edge.contains(plan) => &[][..],
-                _ => &links[..],
+            // and this origin's too when it covers a regional one; a rate it
+            // sets in one API stage, that API's mode decides alone.
+            let (at_pops, here) = match plan_of(scope) {
+                None => (true, false),
+                Some((_, Some(api))) => {
+                    let mode = defs.api(api).map(|a| a.endpoint);
+                    (
+                        mode == Some(EndpointMode::Edge),
+                        mode == Some(EndpointMode::Regional),
+                    )
+                }
+                Some((plan, None)) => (edge.contains(plan), regional.contains(plan)),
             };
+            let own = self.own.as_ref().filter(|_| here);
+            let pops = if at_pops { &links[..] } else { &[][..] };
             // The PoPs' demand, then this origin's when it takes part.
             let mut demand: Vec<f64> = pops
                 .iter()
@@ -463,17 +482,21 @@ impl PopRates {
     }
 
     /// The region whose origin shares `scope`: its API's home, or for a key
-    /// or plan, the home of the first API the plan covers.
+    /// or plan, the home of the first API the plan covers (of the API a
+    /// plan's stage or route throttle is in, for its rate).
     fn region_of(&self, scope: &str) -> Option<String> {
         let config = self.config.get()?.borrow();
         let (kind, rest) = scope.split_once(':')?;
         let api = match kind {
             "stage" | "route" => rest.split('/').next()?.to_owned(),
-            _ => {
-                let plan = rest.split('/').next()?;
-                let plan = config.definitions.usage_plan(plan)?;
-                plan.api_stages.first()?.0.clone()
-            }
+            // A rate a plan sets in one API stage: that API's home.
+            _ => match plan_of(scope)? {
+                (_, Some(api)) => api.to_owned(),
+                (plan, None) => {
+                    let plan = config.definitions.usage_plan(plan)?;
+                    plan.api_stages.first()?.0.clone()
+                }
+            },
         };
         config.home_of(&api).map(str::to_owned)
     }
@@ -613,6 +636,11 @@ mod tests {
         // A plan (or a key of one) this PoP does not know is no one's.
         assert_eq!(rates.sent_from_home(&home, "plan:unknown"), None);
         assert_eq!(rates.sent_from_home(&home, "key:unknown/k"), None);
+        // A plan's stage or route throttle is its API's region's.
+        for scope in ["plan:p@a/prod", "key:p@a/prod/GET /m/k"] {
+            assert_eq!(rates.sent_from_home(&home, scope), Some(true), "{scope}");
+            assert_eq!(rates.sent_from_home(&other, scope), Some(false), "{scope}");
+        }
     }
 
     /// Log lines written while `f` runs.
@@ -769,19 +797,22 @@ plans = ["gold"]
         mixed_defs_at(8)
     }
 
-    /// PoPs get shares of the plans they serve keys of; the origin keeps a
-    /// part of a plan that also covers its regional API, and all of one
-    /// that covers only regional APIs.
-    #[test]
-    fn the_origin_shares_the_key_rates_of_plans_with_regional_apis() {
-        let defs = mixed_defs();
-        let (_tx, rx) = watch::channel(Arc::clone(&defs));
+    /// An origin of `defs` that takes part in its key rates, with one
+    /// PoP's link up (kept alive by the caller) and that link's outbox.
+    fn taking_part_with_a_pop(
+        defs: &Arc<Definitions>,
+    ) -> (Arc<OriginRates>, ControlLink, portico_backbone::Outbox) {
+        let (_tx, rx) = watch::channel(Arc::clone(defs));
         let config = portico_config::NodeThrottleConfig::default();
-        let own = Arc::new(Limits::new(&config, &defs, None).with_shared_rates());
+        let own = Arc::new(Limits::new(&config, defs, None).with_shared_rates());
         let rates = OriginRates::new(rx, Some(own));
-        let (link, mut outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
+        let (link, outbox) = ControlLink::new("pop-a", "r", portico_proto::Capabilities(0));
         rates.links.up(&link);
-        rates.rebalance(Instant::now());
+        (rates, link, outbox)
+    }
+
+    /// The shares in `outbox`: (scope, rate in thousandths), sorted.
+    fn shares_sent(outbox: &mut portico_backbone::Outbox) -> Vec<(String, u64)> {
         let mut sent: Vec<(String, u64)> = std::iter::from_fn(|| outbox.try_recv().ok())
             .filter_map(|f| match f {
                 Frame::RateShare(s) => Some((s.scope, s.rate_milli_per_sec)),
@@ -789,6 +820,18 @@ plans = ["gold"]
             })
             .collect();
         sent.sort();
+        sent
+    }
+
+    /// PoPs get shares of the plans they serve keys of; the origin keeps a
+    /// part of a plan that also covers its regional API, and all of one
+    /// that covers only regional APIs.
+    #[test]
+    fn the_origin_shares_the_key_rates_of_plans_with_regional_apis() {
+        let defs = mixed_defs();
+        let (rates, _link, mut outbox) = taking_part_with_a_pop(&defs);
+        rates.rebalance(Instant::now());
+        let sent = shares_sent(&mut outbox);
         // `both`: half to the one PoP, half kept here; `solo`: nothing sent.
         assert_eq!(
             sent,
@@ -797,6 +840,62 @@ plans = ["gold"]
                 ("plan:gold".to_owned(), 8000)
             ]
         );
+    }
+
+    /// A plan's stage and route throttles are shared by their API's mode
+    /// alone: an edge API's wholly among the PoPs, a regional API's kept
+    /// wholly here, whatever else the plan covers; a PoP's demand for a
+    /// key of one is taken at that throttle's rate.
+    #[test]
+    fn a_plans_stage_and_route_rates_are_shared_where_their_api_is_served() {
+        let text = "[[apis]]\nname = \"e\"\nendpoint = \"edge\"\n\
+            [[apis.routes]]\nmethod = \"GET\"\npath = \"/m\"\nintegration = { type = \"mock\" }\n\
+            [[apis.stages]]\nname = \"prod\"\n\
+            [[apis]]\nname = \"r\"\nendpoint = \"regional\"\n[[apis.stages]]\nname = \"prod\"\n\
+            [[usage_plans]]\nname = \"both\"\nthrottle = { rate = 8, burst = 8 }\n\
+            [[usage_plans.api_stages]]\napi = \"e\"\nstage = \"prod\"\nthrottle = { rate = 6, burst = 6 }\n\
+            route_throttles = [{ route = \"GET /m\", throttle = { rate = 2, burst = 2 } }]\n\
+            [[usage_plans.api_stages]]\napi = \"r\"\nstage = \"prod\"\nthrottle = { rate = 4, burst = 4 }\n\
+            [[api_keys]]\nid = \"k\"\nplans = [\"both\"]\n\
+            hash = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n";
+        let defs = Arc::new(Definitions::from_toml_str(text, "t").unwrap());
+        let (rates, _link, mut outbox) = taking_part_with_a_pop(&defs);
+        let now = Instant::now();
+        let report = |scope: &str| UsageReport {
+            pop_id: "pop-a".into(),
+            window_start_unix_ms: 0,
+            entries: vec![UsageEntry {
+                scope: scope.into(),
+                used: 1,
+            }],
+        };
+        for scope in ["key:both@e/prod/GET /m/k", "key:both@e/prod/k"] {
+            rates.report("pop-a", &report(scope), now);
+        }
+        let totals = |scope: &str| lock(&rates.scopes).get(scope).map(|s| s.total.rate);
+        assert_eq!(totals("key:both@e/prod/GET /m/k"), Some(2.0));
+        assert_eq!(totals("key:both@e/prod/k"), Some(6.0));
+        rates.rebalance(now);
+        let sent = shares_sent(&mut outbox);
+        assert_eq!(
+            sent,
+            [
+                ("key:both@e/prod/GET /m/k".to_owned(), 2000),
+                ("key:both@e/prod/k".to_owned(), 6000),
+                ("plan:both".to_owned(), 4000),
+                ("plan:both@e/prod".to_owned(), 6000),
+                ("plan:both@e/prod/GET /m".to_owned(), 2000),
+            ]
+        );
+        // A family or key the definitions do not have is refused.
+        for scope in [
+            "key:both@r/prod/GET /m/k",
+            "key:both@e/dev/k",
+            "key:both@e/k",
+        ] {
+            rates.report("pop-a", &report(scope), now);
+            assert_eq!(totals(scope), None, "{scope}");
+        }
     }
 
     /// A key the origin alone spends follows its plan's rate across a

@@ -16,6 +16,8 @@
 //! * requests arriving over the backbone (the PoP already authorized, throttled
 //!   and counted them): the key only.
 
+#[cfg(test)]
+mod plan_tests;
 mod quota;
 #[cfg(test)]
 mod routed_tests;
@@ -170,7 +172,8 @@ impl Limits {
                 t.set_share(share);
                 true
             }
-            "key" => match (rest.split_once('/'), &self.keys) {
+            // The key id is last: a route's family holds `/`s of its own.
+            "key" => match (rest.rsplit_once('/'), &self.keys) {
                 (Some((plan, key)), Some(keys)) => keys.set_key(plan, key, share),
                 _ => false,
             },
@@ -307,18 +310,19 @@ impl Limits {
         plan: Option<&(Arc<ApiKey>, Arc<UsagePlan>)>,
     ) -> Result<Admitted, GatewayError> {
         let set = self.set.load();
-        let stage = set.stage(&ctx.api.name, &ctx.stage.name);
-        let route = stage.and_then(|s| s.route(ctx.route_index));
-        let stage = stage.and_then(|s| s.stage.as_ref());
-        let key = plan.and_then(|(k, p)| self.check_key(&set, k, p));
+        let limiters = set.stage(&ctx.api.name, &ctx.stage.name);
+        let route = limiters.and_then(|s| s.route(ctx.route_index));
+        let stage = limiters.and_then(|s| s.stage.as_ref());
+        // The narrowest bucket first; the first to refuse ends the checks.
+        let mut verdict = Verdict::default();
+        if let Some((key, plan)) = plan {
+            self.check_key(&set, limiters, ctx.route_index, key, plan, &mut verdict);
+        }
         let ip = ctx.conn.client_addr.ip();
-        if stage.is_none() && route.is_none() && key.is_none() {
+        if stage.is_none() && route.is_none() && verdict.is_empty() {
             // Fast path, no headers: only the node's and the client IP's buckets.
             return self.throttle_plain(ip);
         }
-        // The narrowest bucket first; the first to refuse ends the checks.
-        let mut verdict = Verdict::default();
-        verdict.extend(key);
         verdict.then_check(|| self.per_ip.as_ref().map(|t| t.check(ip)));
         verdict.then_check(|| route.map(|t| t.check()));
         verdict.then_check(|| stage.map(|t| t.check()));
@@ -339,23 +343,40 @@ impl Limits {
         Ok(Admitted { headers })
     }
 
-    /// The key's bucket of its plan: shared per key where rates are shared
-    /// and the plan covers an edge API (a PoP; an origin with PoPs), keyed
+    /// The key's buckets of its plan, narrowest first: the plan's throttle
+    /// for the request's route, for its stage (`limiters`: the stage's),
+    /// then the plan's own. Shared per key where rates are shared and the
+    /// plan covers an edge API (a PoP; an origin with PoPs), keyed
     /// otherwise.
     fn check_key(
         &self,
         set: &LimiterSet,
+        limiters: Option<&set::StageLimiters>,
+        route_index: usize,
         key: &ApiKey,
         plan: &UsagePlan,
-    ) -> Option<crate::throttle::Decision> {
-        // A plan without a throttle has no key bucket: nothing to look up.
-        let configured = spec(plan.throttle?);
-        match &self.keys {
-            Some(keys) if set.shares_keys(&plan.name) => {
-                Some(keys.bucket(&plan.name, &key.id, configured)?.check())
+        verdict: &mut Verdict,
+    ) {
+        let shared = self.keys.as_ref().filter(|_| set.shares_keys(&plan.name));
+        // Most plans set no stage or route throttle: one lookup finds none.
+        if let Some(narrower) = limiters.and_then(|s| s.plan(&plan.name)) {
+            let families = [narrower.route(route_index), narrower.stage.as_ref()];
+            for f in families.into_iter().flatten() {
+                verdict.then_check(|| match shared {
+                    Some(keys) => {
+                        let bucket = keys.bucket(f.name, &f.family, &key.id, f.keyed.spec());
+                        Some(bucket?.check())
+                    }
+                    None => Some(f.keyed.check(&key.hash)),
+                });
             }
-            _ => Some(set.plan(&plan.name)?.check(&key.hash)),
         }
+        // A plan without a throttle has no key bucket: nothing to look up.
+        let Some(rate) = plan.throttle else { return };
+        verdict.then_check(|| match shared {
+            Some(keys) => Some(keys.bucket("key", &plan.name, &key.id, spec(rate))?.check()),
+            None => Some(set.plan(&plan.name)?.check(&key.hash)),
+        });
     }
 
     fn throttle_plain(&self, ip: IpAddr) -> Result<Admitted, GatewayError> {

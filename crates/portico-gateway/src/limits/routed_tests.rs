@@ -15,7 +15,8 @@ use crate::{Entry, Gateway, GatewaySettings, ServedModes, Upstream};
 
 const KEY: &str = "routed-test-key-0123456789";
 
-struct Ok200;
+/// An upstream that answers every request 200 `ok`.
+pub(super) struct Ok200;
 
 impl Upstream for Ok200 {
     async fn forward(
@@ -68,6 +69,11 @@ plans = ["p"]
         per_client_ip,
     };
     let limits = Limits::new(&config, &defs, None);
+    ok_gateway(defs, limits)
+}
+
+/// A gateway of `defs` with `limits` in front of [`Ok200`].
+pub(super) fn ok_gateway(defs: Arc<Definitions>, limits: Limits) -> Gateway<Ok200> {
     let settings = GatewaySettings {
         node_id: Arc::from("origin-1"),
         max_body_bytes: 1 << 20,
@@ -75,6 +81,17 @@ plans = ["p"]
         upstream_read_timeout: std::time::Duration::from_secs(60),
     };
     Gateway::new(settings, defs, Ok200).with_limits(limits)
+}
+
+/// A client's connection (from 192.0.2.7) to a listener of API `a`.
+pub(super) fn client_conn() -> Arc<ConnInfo> {
+    Arc::new(ConnInfo {
+        client_addr: SocketAddr::from(([192, 0, 2, 7], 40000)),
+        local_addr: SocketAddr::from(([127, 0, 0, 1], 443)),
+        tls: None,
+        protocol: Protocol::Http1,
+        default_api: Some("a".into()),
+    })
 }
 
 async fn routed(g: &Gateway<Ok200>, claimed: Option<&Principal>) -> u16 {
@@ -125,17 +142,10 @@ async fn public(g: &Gateway<Ok200>, path: &str, key: Option<&str>) -> (u16, Stri
     if let Some(key) = key {
         req = req.header("x-api-key", key);
     }
-    let conn = Arc::new(ConnInfo {
-        client_addr: SocketAddr::from(([192, 0, 2, 7], 40000)),
-        local_addr: SocketAddr::from(([127, 0, 0, 1], 443)),
-        tls: None,
-        protocol: Protocol::Http1,
-        default_api: Some("a".into()),
-    });
     let resp = g
         .handle(
             req.body(full("")).unwrap(),
-            &conn,
+            &client_conn(),
             Entry::Public(ServedModes::EDGE),
         )
         .await;

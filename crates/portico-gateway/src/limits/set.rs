@@ -3,14 +3,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use portico_config::{Definitions, EndpointMode, RateLimit};
+use portico_config::{Definitions, EndpointMode, KeyThrottle, RateLimit};
 
 use super::share::SharedThrottle;
 use super::spec;
 use crate::keys::KeyHash;
 use crate::throttle::KeyedThrottle;
 
-/// Buckets by API name, stage name and route; plan buckets by plan name.
+/// Buckets by API name, stage name and route; per-key buckets by family
+/// (a plan's name, or its stage's or route's: `portico_config::throttle_family`).
 #[derive(Debug, Default)]
 pub(crate) struct LimiterSet {
     stages: HashMap<String, HashMap<String, StageLimiters>>,
@@ -26,6 +27,8 @@ pub(crate) struct StageLimiters {
     routes: Vec<Option<Arc<SharedThrottle>>>,
     /// By route key, to carry buckets over a reload and to apply shares.
     by_key: HashMap<String, Arc<SharedThrottle>>,
+    /// By plan name: the per-key throttles a plan sets in this stage.
+    plans: HashMap<String, PlanStage>,
 }
 
 impl StageLimiters {
@@ -36,6 +39,35 @@ impl StageLimiters {
     pub fn route_by_key(&self, key: &str) -> Option<&Arc<SharedThrottle>> {
         self.by_key.get(key)
     }
+
+    /// The per-key throttles `plan` sets in this stage, if any.
+    pub fn plan(&self, plan: &str) -> Option<&PlanStage> {
+        self.plans.get(plan)
+    }
+}
+
+/// A plan's per-key throttles in one stage: the whole stage's, each route's.
+#[derive(Debug, Default)]
+pub(crate) struct PlanStage {
+    pub stage: Option<KeyFamily>,
+    /// By route index of the stage's deployment.
+    routes: Vec<Option<KeyFamily>>,
+}
+
+impl PlanStage {
+    pub fn route(&self, index: usize) -> Option<&KeyFamily> {
+        self.routes.get(index)?.as_ref()
+    }
+}
+
+/// One of a plan's narrower per-key throttles.
+#[derive(Debug)]
+pub(crate) struct KeyFamily {
+    /// `key-stage` or `key-route` (the `RateLimit-Policy` name).
+    pub name: &'static str,
+    /// What its buckets are kept and shared under (`PLAN@API/STAGE[/ROUTE]`).
+    pub family: String,
+    pub keyed: Arc<KeyedThrottle<KeyHash>>,
 }
 
 impl LimiterSet {
@@ -43,8 +75,10 @@ impl LimiterSet {
         self.stages.get(api)?.get(stage)
     }
 
-    pub fn plan(&self, name: &str) -> Option<&Arc<KeyedThrottle<KeyHash>>> {
-        self.plans.get(name)
+    /// The keyed bucket of a family: a plan's own (by its name), or one
+    /// of its stage or route throttles.
+    pub fn plan(&self, family: &str) -> Option<&Arc<KeyedThrottle<KeyHash>>> {
+        self.plans.get(family)
     }
 
     /// Whether `plan`'s key rate is shared (the plan covers an edge API, so
@@ -109,17 +143,84 @@ impl LimiterSet {
             if edge {
                 set.edge_plans.insert(plan.name.clone());
             }
+            for kt in &plan.key_throttles {
+                set.add_key_throttle(definitions, old, &plan.name, kt);
+            }
             let Some(rate) = plan.throttle else { continue };
-            let before = old.and_then(|o| o.plan(&plan.name));
-            let t = match before.filter(|t| t.spec() == spec(rate)) {
-                Some(t) => Some(Arc::clone(t)),
-                None => KeyedThrottle::new("key", spec(rate)).map(Arc::new),
-            };
-            if let Some(t) = t {
+            if let Some(t) = keyed(old, &plan.name, "key", rate) {
                 set.plans.insert(plan.name.clone(), t);
             }
         }
         set
+    }
+
+    /// Makes the buckets of a plan's stage or route throttle and files them
+    /// under the stage (a route's by its index in the stage's deployment).
+    fn add_key_throttle(
+        &mut self,
+        definitions: &Definitions,
+        old: Option<&LimiterSet>,
+        plan: &str,
+        kt: &KeyThrottle,
+    ) {
+        let family = kt.family(plan);
+        let name = match kt.route {
+            Some(_) => "key-route",
+            None => "key-stage",
+        };
+        let Some(keyed) = keyed(old, &family, name, kt.throttle) else {
+            return;
+        };
+        let index = match &kt.route {
+            None => None,
+            Some(route) => {
+                let stage = definitions
+                    .api(&kt.api)
+                    .and_then(|a| a.stages.iter().find(|s| s.name == kt.stage));
+                let routes = stage.map(|s| &s.deployment.routes);
+                let Some(i) = routes.and_then(|r| r.iter().position(|r| r.key == *route)) else {
+                    return;
+                };
+                Some(i)
+            }
+        };
+        let Some(stage) = self
+            .stages
+            .get_mut(&kt.api)
+            .and_then(|s| s.get_mut(&kt.stage))
+        else {
+            return;
+        };
+        self.plans.insert(family.clone(), Arc::clone(&keyed));
+        let f = KeyFamily {
+            name,
+            family,
+            keyed,
+        };
+        let at = stage.plans.entry(plan.to_owned()).or_default();
+        match index {
+            None => at.stage = Some(f),
+            Some(i) => {
+                if at.routes.len() <= i {
+                    at.routes.resize_with(i + 1, || None);
+                }
+                at.routes[i] = Some(f);
+            }
+        }
+    }
+}
+
+/// The keyed bucket of `family` at `rate`: `old`'s when its spec is the same.
+fn keyed(
+    old: Option<&LimiterSet>,
+    family: &str,
+    name: &'static str,
+    rate: RateLimit,
+) -> Option<Arc<KeyedThrottle<KeyHash>>> {
+    let before = old.and_then(|o| o.plan(family));
+    match before.filter(|t| t.spec() == spec(rate)) {
+        Some(t) => Some(Arc::clone(t)),
+        None => KeyedThrottle::new(name, spec(rate)).map(Arc::new),
     }
 }
 

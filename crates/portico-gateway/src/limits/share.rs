@@ -170,9 +170,13 @@ pub(crate) struct KeyShares {
 }
 
 impl KeyShares {
-    /// The bucket of (plan, key), created at the plan's default share.
+    /// The bucket of (plan, key), created at the plan's default share;
+    /// `plan` is a family (`portico_config::throttle_family`): the plan's
+    /// own key rate, or one it sets for a stage or route; `name` its
+    /// throttle's name.
     pub fn bucket(
         &self,
+        name: &'static str,
         plan: &str,
         key_id: &str,
         configured: RateSpec,
@@ -184,7 +188,7 @@ impl KeyShares {
             return Some(Arc::clone(b));
         }
         let scope = format!("key:{plan}/{key_id}");
-        let bucket = Arc::new(SharedThrottle::new("key", scope, configured)?);
+        let bucket = Arc::new(SharedThrottle::new(name, scope, configured)?);
         if let Some(default) = lock(&self.defaults).get(plan) {
             bucket.set_share(*default);
         }
@@ -320,7 +324,7 @@ mod tests {
             burst: 5,
         };
         k.set_default("gold", half);
-        let a = k.bucket("gold", "a", TEN).unwrap();
+        let a = k.bucket("key", "gold", "a", TEN).unwrap();
         assert_eq!(a.share(), half);
         assert_eq!(a.scope(), "key:gold/a");
         assert!(k.set_key("gold", "a", TEN));
@@ -335,12 +339,15 @@ mod tests {
         assert!(!k.set_key("gold", "unknown", TEN));
         a.check();
         k.retain_recent();
-        assert!(Arc::ptr_eq(&a, &k.bucket("gold", "a", TEN).unwrap()));
+        assert!(Arc::ptr_eq(&a, &k.bucket("key", "gold", "a", TEN).unwrap()));
         // Unused, and full again after 1 s at most (10 a second, burst 10).
         std::thread::sleep(Duration::from_millis(1100));
         k.retain_recent();
         k.retain_recent();
-        assert!(!Arc::ptr_eq(&a, &k.bucket("gold", "a", TEN).unwrap()));
+        assert!(!Arc::ptr_eq(
+            &a,
+            &k.bucket("key", "gold", "a", TEN).unwrap()
+        ));
     }
 
     #[test]
@@ -351,7 +358,7 @@ mod tests {
             rate: 0.1,
             burst: 5,
         };
-        let a = k.bucket("slow", "a", slow).unwrap();
+        let a = k.bucket("key", "slow", "a", slow).unwrap();
         for _ in 0..5 {
             assert!(!a.check().is_refused());
         }
@@ -359,7 +366,7 @@ mod tests {
         for _ in 0..3 {
             k.retain_recent();
         }
-        let again = k.bucket("slow", "a", slow).unwrap();
+        let again = k.bucket("key", "slow", "a", slow).unwrap();
         assert!(Arc::ptr_eq(&a, &again));
         assert!(again.check().is_refused());
     }
