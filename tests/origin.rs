@@ -730,6 +730,59 @@ async fn raw_exchange_alpn(f: &Fixture, alpn: &[&[u8]], request: &[u8]) -> Strin
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A listener behind a load balancer (`proxy_protocol`): the client the
+/// PROXY header names is the one the backend is told of and the access log
+/// shows; a connection without the header gets no TLS handshake.
+#[tokio::test]
+async fn a_listener_behind_a_load_balancer_takes_the_client_from_its_proxy_header() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
+    let (_backend, backend) = backend();
+    let extra = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\ndefault_api = \"echo\"\n\
+         certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+         proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.0/8\"]\n",
+        cert.cert.display(),
+        cert.key.display(),
+    );
+    let (origin, log) = origin_logging(dir.path(), &config(&cert, backend, &extra));
+    let behind = origin.addrs("https")[1];
+    let connector = connector_trusting(&cert.der, &[]);
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(behind).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 198.51.100.1 51000 443\r\n")
+        .await
+        .unwrap();
+    let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+    tls.write_all(b"GET /prod/who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    let reply = String::from_utf8_lossy(&out).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(echo["headers"]["x-real-ip"], "203.0.113.7");
+    let id = echo["headers"]["x-request-id"].as_str().unwrap();
+    let line = access_line(&log, id).await;
+    assert_eq!(line["client"], "203.0.113.7:51000", "{line}");
+    // Without the header: no handshake, on this listener only.
+    let tcp = tokio::net::TcpStream::connect(behind).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(20), connector.connect(name, tcp));
+    assert!(refused.await.expect("closed").is_err());
+    let open = origin.addrs("https")[0];
+    let reply = send(
+        &https_client(&cert.der, false),
+        Request::get(format!("https://localhost:{}/prod/who", open.port()))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.json()["headers"]["x-forwarded-for"], "127.0.0.1");
+}
+
 #[tokio::test]
 async fn malformed_requests_are_400() {
     let f = start("");

@@ -46,6 +46,11 @@ pub(crate) struct ListenerFile {
     pub http3: Option<S<bool>>,
     /// `[listeners.quic]`, compiled by `crate::quic`.
     pub quic: Option<S<crate::quic::QuicFile>>,
+    /// Every TCP connection starts with a load balancer's PROXY header.
+    pub proxy_protocol: Option<S<bool>>,
+    /// The peers (load balancers) that may send it: addresses or CIDRs.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<S<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

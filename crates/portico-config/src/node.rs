@@ -325,9 +325,41 @@ fn compile_listeners(
             certificates: f.certificates.iter().map(|c| paths.cert(c, diag)).collect(),
             http3,
             quic: crate::quic::compile_quic(f.quic.as_ref(), http3, diag),
+            proxy_protocol: compile_proxy_protocol(f, diag),
         });
     }
     out
+}
+
+/// `proxy_protocol` and the peers that may send it (`proxy_protocol_from`:
+/// addresses or CIDRs; an address alone is its /32 or /128).
+fn compile_proxy_protocol(f: &ListenerFile, diag: &mut Diag<'_>) -> Option<Vec<ipnet::IpNet>> {
+    let on = f.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+    let mut from = Vec::new();
+    for peer in &f.proxy_protocol_from {
+        let text = peer.get_ref().trim();
+        let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        });
+        match net {
+            Some(net) => from.push(net.trunc()),
+            None => diag.expect(
+                peer.span(),
+                format!("invalid proxy_protocol_from entry `{text}`"),
+                "an IP address or a CIDR such as \"10.0.0.0/8\"",
+            ),
+        }
+    }
+    if let (false, Some(first)) = (on, f.proxy_protocol_from.first()) {
+        diag.expect(
+            first.span(),
+            "proxy_protocol_from given for a listener without the PROXY protocol",
+            "proxy_protocol = true",
+        );
+    }
+    on.then_some(from)
 }
 
 fn compile_admin(f: &AdminFile, paths: &Paths<'_>, diag: &mut Diag<'_>) -> Option<AdminConfig> {
@@ -975,6 +1007,40 @@ mod tests {
         assert_eq!(
             e.0[0].message,
             "`[[origins]]` is only allowed in a PoP's file"
+        );
+    }
+
+    #[test]
+    fn the_proxy_protocol_and_the_balancers_that_may_send_it() {
+        let listener =
+            |extra: &str| format!("{NODE}[[listeners]]\naddress = \"127.0.0.1:0\"\n{extra}");
+        let config = parse(&listener(
+            "proxy_protocol = true\nproxy_protocol_from = [\"10.1.2.3/8\", \"fd00::1\"]\n",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let from: Vec<String> = config.listeners[0]
+            .proxy_protocol
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(from, ["10.0.0.0/8", "fd00::1/128"]);
+        let any = parse(&listener("proxy_protocol = true\n")).unwrap();
+        assert_eq!(any.listeners[0].proxy_protocol, Some(Vec::new()));
+        let off = parse(&listener("")).unwrap();
+        assert_eq!(off.listeners[0].proxy_protocol, None);
+        assert_eq!(
+            errors(&listener(
+                "proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/33\", \"lb\"]\n"
+            )),
+            [
+                "7:24: invalid proxy_protocol_from entry `10.0.0.0/33`",
+                "7:39: invalid proxy_protocol_from entry `lb`",
+            ]
+        );
+        assert_eq!(
+            errors(&listener("proxy_protocol_from = [\"10.0.0.0/8\"]\n")),
+            ["6:24: proxy_protocol_from given for a listener without the PROXY protocol"]
         );
     }
 

@@ -124,6 +124,10 @@ pub struct ListenerConfig {
     pub http3: bool,
     /// `[listeners.quic]`: the UDP side of an HTTP/3 listener (defaults when absent).
     pub quic: crate::quic::QuicConfig,
+    /// `proxy_protocol = true`: every TCP connection starts with a PROXY
+    /// header (v1 or v2) naming the client, sent by one of these peers (a
+    /// load balancer; empty: any peer). `None`: off.
+    pub proxy_protocol: Option<Vec<ipnet::IpNet>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use crate::clients::ClientConns;
+use crate::clients::{AtCap, ClientConns, ClientSlot};
+use crate::proxy::{Prefixed, ProxyProtocol};
 
 /// What serves requests once a protocol adapter has decoded them.
 pub trait Handler: Send + Sync + 'static {
@@ -138,6 +139,9 @@ pub struct TcpServer<H> {
     /// serves HTTP/3 (see [`crate::quic::alt_svc`]), so clients can switch.
     /// It replaces a backend's own: the alternative offered is ours.
     pub alt_svc: Option<HeaderValue>,
+    /// Every connection starts with a load balancer's PROXY header, which
+    /// names the client (see [`crate::proxy`]).
+    pub proxy: Option<Arc<ProxyProtocol>>,
 }
 
 impl<H: Handler> TcpServer<H> {
@@ -175,22 +179,33 @@ impl<H: Handler> TcpServer<H> {
                     }
                 },
             };
-            let client = match slots.clients.admit(peer.ip()) {
-                Ok(client) => client,
-                Err(_) => {
-                    shared.handler.connection_refused();
-                    // Closed before its TLS handshake, with a reset: no
-                    // TIME_WAIT is left here per refused connection.
-                    let _ = stream.set_zero_linger();
-                    drop(stream);
-                    continue;
-                }
-            };
             let _ = stream.set_nodelay(true);
-            let conn =
-                shared
-                    .clone()
-                    .connection(stream, peer, acceptor.clone(), graceful.watcher());
+            if shared.proxy.is_some() {
+                // The client's cap is taken once its header names it.
+                let conn = shared.clone().proxied(
+                    stream,
+                    peer,
+                    slots.clients.clone(),
+                    acceptor.clone(),
+                    graceful.watcher(),
+                );
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(permit);
+                });
+                continue;
+            }
+            let Ok(client) = shared.admit(&slots.clients, &stream, peer) else {
+                continue;
+            };
+            let local_addr = stream.local_addr().unwrap_or(peer);
+            let conn = shared.clone().connection(
+                stream,
+                peer,
+                local_addr,
+                acceptor.clone(),
+                graceful.watcher(),
+            );
             tokio::spawn(async move {
                 conn.await;
                 drop((permit, client));
@@ -244,18 +259,20 @@ impl<H: Handler> TcpServer<H> {
             limits,
             handler,
             alt_svc,
+            proxy,
         } = self;
         let listener = listener.into_std()?;
         let slots = Slots::new(&limits);
         let mut threads = Vec::with_capacity(workers);
         for index in 0..workers {
             let listener = listener.try_clone()?;
-            let (tls, default_api, limits, handler, alt_svc) = (
+            let (tls, default_api, limits, handler, alt_svc, proxy) = (
                 tls.clone(),
                 default_api.clone(),
                 limits.clone(),
                 Arc::clone(&handler),
                 alt_svc.clone(),
+                proxy.clone(),
             );
             let mut stop = stop.clone();
             let slots = slots.clone();
@@ -271,7 +288,7 @@ impl<H: Handler> TcpServer<H> {
                         Ok(l) => l,
                         Err(err) => return tracing::error!(%err, index, "worker cannot register the listener"),
                     };
-                    let server = TcpServer { listener, tls, default_api, limits, handler, alt_svc };
+                    let server = TcpServer { listener, tls, default_api, limits, handler, alt_svc, proxy };
                     server.run_with(slots, async move { let _ = stop.wait_for(|s| *s).await; }).await;
                 });
             };
@@ -284,14 +301,72 @@ impl<H: Handler> TcpServer<H> {
         Ok(threads)
     }
 
-    async fn connection(
-        self: Arc<Self>,
-        stream: TcpStream,
+    /// A place under `peer`'s connection cap (`None`: no cap), or [`AtCap`]
+    /// with the connection set to reset when dropped (before its TLS
+    /// handshake: no TIME_WAIT is left here per refused connection) and
+    /// counted.
+    fn admit(
+        &self,
+        clients: &ClientConns,
+        stream: &TcpStream,
         peer: SocketAddr,
+    ) -> Result<Option<ClientSlot>, AtCap> {
+        clients.admit(peer.ip()).inspect_err(|_| {
+            self.handler.connection_refused();
+            let _ = stream.set_zero_linger();
+        })
+    }
+
+    /// A connection from a load balancer: its PROXY header (within the
+    /// handshake timeout) names the client, whose cap it then takes, and
+    /// the address it connected to; then TLS and HTTP as any connection.
+    /// A peer not allowed to send one, a bad header and one that does not
+    /// come in time close the connection.
+    async fn proxied(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        balancer: SocketAddr,
+        clients: ClientConns,
         acceptor: Option<TlsAcceptor>,
         watcher: hyper_util::server::graceful::Watcher,
     ) {
-        let local_addr = stream.local_addr().unwrap_or(peer);
+        let Some(proxy) = self.proxy.as_deref() else {
+            return;
+        };
+        if !proxy.allows(balancer.ip()) {
+            let _ = stream.set_zero_linger();
+            return tracing::debug!(%balancer, "PROXY protocol peer not in proxy_protocol_from");
+        }
+        let read = tokio::time::timeout(
+            self.limits.handshake_timeout,
+            crate::proxy::read_header(&mut stream),
+        )
+        .await;
+        let (proxied, rest) = match read {
+            Ok(Ok(header)) => header,
+            Ok(Err(err)) => return tracing::debug!(%balancer, %err, "connection refused"),
+            Err(_) => return tracing::debug!(%balancer, "PROXY header timed out"),
+        };
+        let own = (balancer, stream.local_addr().unwrap_or(balancer));
+        let (peer, local_addr) = proxied.addresses.unwrap_or(own);
+        let Ok(_client) = self.admit(&clients, &stream, peer) else {
+            return;
+        };
+        let stream = Prefixed::new(rest, stream);
+        self.connection(stream, peer, local_addr, acceptor, watcher)
+            .await;
+    }
+
+    async fn connection<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        local_addr: SocketAddr,
+        acceptor: Option<TlsAcceptor>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let Some(acceptor) = acceptor else {
             let info = self.conn_info(peer, local_addr, None);
             return self.serve(stream, info, watcher).await;

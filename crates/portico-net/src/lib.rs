@@ -13,6 +13,7 @@ mod h3_frames;
 mod h3_quic;
 mod http;
 mod kx;
+pub mod proxy;
 pub mod quic;
 pub mod tls;
 
@@ -24,8 +25,8 @@ pub use crate::http::{Handler, HttpLimits, TcpServer};
 pub use quic::{Congestion, QuicSettings, QuicSocket};
 pub use tls::{CertFiles, SniResolver, load_keys, server_config, server_config_for};
 
-/// Errors setting up listeners and their TLS material, and why a client's
-/// HTTP/3 stream was refused.
+/// Errors setting up listeners and their TLS material, why a client's
+/// HTTP/3 stream was refused, and why a load balancer's PROXY header was.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("reading {path}: {source}")]
@@ -60,4 +61,6 @@ pub enum NetError {
     HeadTimedOut,
     #[error("HTTP/3 request: {0}")]
     H3Request(#[from] ::h3::error::StreamError),
+    #[error("{0}")]
+    Proxy(String),
 }

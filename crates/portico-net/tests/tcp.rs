@@ -1,7 +1,11 @@
 //! The TCP listener against raw TLS clients over loopback: connections that
 //! send nothing after their handshake, and HTTP/2 connections left idle, are
-//! closed; a response still streaming is not cut off by that.
+//! closed; a response still streaming is not cut off by that. Behind a load
+//! balancer (`proxy_protocol`), the PROXY header names the client for the
+//! handler and for its connection cap; connections without a valid header,
+//! or from a peer not allowed to send one, are closed before TLS.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,7 +14,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use portico_gateway::{Body, ConnInfo};
+use portico_net::proxy::ProxyProtocol;
 use portico_net::{Handler, HttpLimits, TcpServer};
+use ppp::v2;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +27,7 @@ use tokio_rustls::client::TlsStream;
 /// The idle limit of the listeners under test.
 const IDLE: Duration = Duration::from_millis(300);
 
+/// `/addresses` answers `CLIENT LOCAL`, the connection's addresses;
 /// `/stream` answers a head at once and its one body chunk 4 idle limits
 /// later; `/big` answers 64 MiB as fast as it is taken, `/whole` 64 MiB in
 /// one chunk; `/cookie` the request's cookie fields; anything else gets an
@@ -31,7 +38,11 @@ struct Streams {
 }
 
 impl Handler for Streams {
-    async fn call(&self, req: Request<Body>, _conn: Arc<ConnInfo>) -> Response<Body> {
+    async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
+        if req.uri().path() == "/addresses" {
+            let text = format!("{} {}", conn.client_addr, conn.local_addr);
+            return Response::new(portico_gateway::body::full(text));
+        }
         if req.uri().path() == "/whole" {
             // As a cache hit comes: one chunk, which hyper may hold whole
             // after the body has ended.
@@ -93,6 +104,11 @@ async fn start_with(max_connections: usize, idle: Duration) -> Server {
 
 /// A listener with `limits`.
 async fn start_limits(limits: HttpLimits) -> Server {
+    start_server(limits, None).await
+}
+
+/// A listener with `limits`, behind a load balancer when `proxy` is given.
+async fn start_server(limits: HttpLimits, proxy: Option<ProxyProtocol>) -> Server {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert = generated.cert.der().clone();
     let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
@@ -114,6 +130,7 @@ async fn start_limits(limits: HttpLimits) -> Server {
         limits,
         handler: Arc::clone(&handler),
         alt_svc: None,
+        proxy: proxy.map(Arc::new),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run(async move {
@@ -148,6 +165,17 @@ fn try_handshake(
     server: &Server,
     alpn: &[u8],
 ) -> impl std::future::Future<Output = std::io::Result<TlsStream<TcpStream>>> + use<> {
+    let connector = connector(server, alpn);
+    let addr = server.addr;
+    async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await
+    }
+}
+
+/// A TLS client trusting `server`'s certificate, offering `alpn`.
+fn connector(server: &Server, alpn: &[u8]) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server.cert.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -157,14 +185,7 @@ fn try_handshake(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let addr = server.addr;
-    async move {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-    }
+    TlsConnector::from(Arc::new(config))
 }
 
 /// Reads until the server closes (or resets) the connection; everything read.
@@ -401,4 +422,121 @@ async fn http2_cookie_fields_reach_the_handler_as_one() {
     let resp = send.send_request(req).await.unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "[a=1; b=2]");
+}
+
+/// A listener behind a load balancer: PROXY headers from `from` (empty:
+/// any peer), at most `per_client` connections per client.
+async fn start_proxied(from: &[&str], per_client: usize) -> Server {
+    let limits = HttpLimits {
+        max_connections_per_client: per_client,
+        handshake_timeout: Duration::from_secs(20),
+        ..HttpLimits::default()
+    };
+    let from = from.iter().map(|n| n.parse().unwrap()).collect();
+    start_server(limits, Some(ProxyProtocol { from })).await
+}
+
+/// A connection that sends `header`, then its TLS handshake.
+async fn connect_proxied(server: &Server, header: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut tcp = TcpStream::connect(server.addr).await?;
+    tcp.write_all(header).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let handshake = connector(server, b"http/1.1").connect(name, tcp);
+    tokio::time::timeout(Duration::from_secs(20), handshake)
+        .await
+        .expect("the handshake ended")
+}
+
+/// The body of `GET /addresses` on `tls`.
+async fn get_addresses(tls: &mut TlsStream<TcpStream>) -> String {
+    tls.write_all(b"GET /addresses HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut got));
+    let _ = read.await.expect("an answer");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn v2_header(client: &str, vip: &str) -> Vec<u8> {
+    let (client, vip): (SocketAddr, SocketAddr) = (client.parse().unwrap(), vip.parse().unwrap());
+    v2::Builder::with_addresses(
+        v2::Version::Two as u8 | v2::Command::Proxy as u8,
+        v2::Protocol::Stream,
+        (client, vip),
+    )
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_header_names_the_client_and_the_address_it_connected_to() {
+    let server = start_proxied(&[], 0).await;
+    let v1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 51000 443\r\n".to_vec();
+    let v2 = v2_header("[2001:db8::7]:51000", "[2001:db8::1]:443");
+    for (header, expected) in [
+        (v1, "203.0.113.7:51000 198.51.100.1:443"),
+        (v2, "[2001:db8::7]:51000 [2001:db8::1]:443"),
+    ] {
+        let mut tls = connect_proxied(&server, &header).await.unwrap();
+        assert_eq!(get_addresses(&mut tls).await, expected);
+    }
+    // The balancer's own connections (health checks) are its own.
+    let mut tls = connect_proxied(&server, b"PROXY UNKNOWN\r\n")
+        .await
+        .unwrap();
+    let own = get_addresses(&mut tls).await;
+    assert!(own.starts_with("127.0.0.1:"), "{own}");
+    assert!(own.ends_with(&server.addr.to_string()), "{own}");
+}
+
+#[tokio::test]
+async fn a_connection_without_a_valid_header_is_closed_before_tls() {
+    let server = start_proxied(&[], 0).await;
+    for header in [
+        &b""[..],
+        b"PROXY TCP4 203.0.113.7 198.51.100.1 51000\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let refused = connect_proxied(&server, header).await;
+        assert!(
+            refused.is_err(),
+            "{:?} got a handshake",
+            String::from_utf8_lossy(header)
+        );
+    }
+}
+
+#[tokio::test]
+async fn only_the_listed_balancers_may_connect() {
+    let server = start_proxied(&["10.0.0.0/8"], 0).await;
+    let header = b"PROXY TCP4 10.0.0.1 198.51.100.1 51000 443\r\n";
+    assert!(
+        connect_proxied(&server, header).await.is_err(),
+        "127.0.0.1 is not listed"
+    );
+    let server = start_proxied(&["10.0.0.0/8", "127.0.0.1/32"], 0).await;
+    let mut tls = connect_proxied(&server, header).await.unwrap();
+    assert!(get_addresses(&mut tls).await.starts_with("10.0.0.1:51000"));
+}
+
+/// The cap counts the clients the headers name, not the balancer.
+#[tokio::test]
+async fn each_client_behind_the_balancer_has_its_own_connection_cap() {
+    let server = start_proxied(&[], 1).await;
+    let a = b"PROXY TCP4 203.0.113.7 198.51.100.1 51000 443\r\n";
+    let b = b"PROXY TCP4 203.0.113.8 198.51.100.1 51000 443\r\n";
+    let _first = connect_proxied(&server, a).await.unwrap();
+    assert!(
+        connect_proxied(&server, a).await.is_err(),
+        "a second from one client"
+    );
+    assert_eq!(server.handler.refused.load(Ordering::SeqCst), 1);
+    let mut other = connect_proxied(&server, b).await.unwrap();
+    assert!(get_addresses(&mut other).await.starts_with("203.0.113.8:"));
 }

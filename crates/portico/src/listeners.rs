@@ -94,6 +94,10 @@ pub async fn bind<H: Handler>(
             alt_svc: h3
                 .as_ref()
                 .map(|(_, udp)| portico_net::quic::alt_svc(udp.port())),
+            proxy: l
+                .proxy_protocol
+                .as_ref()
+                .map(|from| Arc::new(portico_net::proxy::ProxyProtocol { from: from.clone() })),
         }));
         servers.extend(h3.map(|(server, _)| Server::H3(server)));
     }
