@@ -564,23 +564,29 @@ async fn three_pops(quota: u64) -> ThreePops {
     }
 }
 
+/// The headers of the first refusal a load met, if any.
+type FirstRefusal = Arc<std::sync::Mutex<Option<http::HeaderMap>>>;
+
 /// For each `(url, clients)`, that many clients sending GETs (with `key`,
-/// if given) until `deadline`; answers how many each URL accepted. Every
-/// other answer must be the throttle's 429.
+/// if given) until `deadline`; answers how many each URL accepted and the
+/// headers of the first refusal. Every other answer must be the throttle's
+/// 429.
 async fn load_until(
     cert: &TestCert,
     entries: &[(String, usize)],
     key: Option<&'static str>,
     deadline: Instant,
-) -> Vec<u64> {
+) -> (Vec<u64>, Option<http::HeaderMap>) {
     let accepted: Vec<Arc<AtomicU64>> = entries.iter().map(|_| Arc::default()).collect();
+    let refusal = FirstRefusal::default();
     let mut tasks = Vec::new();
     for ((url, clients), mine) in entries.iter().zip(&accepted) {
         for _ in 0..*clients {
-            let (c, url, mine) = (
+            let (c, url, mine, refusal) = (
                 https_client(&cert.der, false),
                 url.clone(),
                 Arc::clone(mine),
+                Arc::clone(&refusal),
             );
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < deadline {
@@ -592,7 +598,11 @@ async fn load_until(
                         200 => {
                             mine.fetch_add(1, Ordering::Relaxed);
                         }
-                        429 => assert_error(&r, 429, "Too Many Requests"),
+                        429 => {
+                            assert_error(&r, 429, "Too Many Requests");
+                            let mut first = refusal.lock().unwrap_or_else(|e| e.into_inner());
+                            first.get_or_insert(r.headers);
+                        }
                         other => panic!("unexpected {other}: {}", r.text()),
                     }
                 }
@@ -602,21 +612,24 @@ async fn load_until(
     for t in tasks {
         t.await.unwrap();
     }
-    accepted.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+    let counts = accepted.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    let first = refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    (counts, first)
 }
 
 /// Loads `path` at the three PoPs of `f` with `clients` clients each (with
 /// `key`, if given) for 5 s, once the first shares had time to arrive, and
 /// checks that they accepted in all about a rate of 30/s with a burst of 10
 /// (what `path` and `key` allow: a route's rate, a key's route rate), not
-/// three times it; answers each PoP's count.
+/// three times it; answers each PoP's count and the first refusal's
+/// headers.
 async fn load_a_shared_rate(
     f: &ThreePops,
     path: &str,
     clients: [usize; 3],
     key: Option<&'static str>,
     what: &str,
-) -> Vec<u64> {
+) -> (Vec<u64>, http::HeaderMap) {
     let (rate, burst, secs) = (30.0, 10.0, 5.0);
     // Shares are sent once the links are up; give the first rebalance a moment.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -627,7 +640,7 @@ async fn load_a_shared_rate(
         .enumerate()
         .map(|(i, clients)| (format!("{}{path}", f.urls[i]), clients))
         .collect();
-    let split = load_until(&f.cert, &entries, key, deadline).await;
+    let (split, refusal) = load_until(&f.cert, &entries, key, deadline).await;
     let window = started.elapsed().as_secs_f64();
     let accepted = split.iter().sum::<u64>() as f64;
     let expected = rate * window + burst;
@@ -647,14 +660,15 @@ async fn load_a_shared_rate(
         accepted >= expected * 0.5,
         "{accepted} accepted < half of {expected}"
     );
-    split
+    let refusal = refusal.expect("the clients asking more than the rate were refused");
+    (split, refusal)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_rate_is_shared_among_three_pops_by_demand() {
     let f = three_pops(1000).await;
     // Uneven demand: 6, 2 and 1 clients.
-    let split = load_a_shared_rate(&f, "/prod/rated/x", [6, 2, 1], None, "shared rate").await;
+    let (split, _) = load_a_shared_rate(&f, "/prod/rated/x", [6, 2, 1], None, "shared rate").await;
     // The busiest PoP holds the largest share.
     assert!(
         split[0] > split[2],
@@ -682,28 +696,12 @@ async fn a_plans_route_rate_per_key_is_shared_among_three_pops() {
         r.headers["ratelimit-policy"]
     );
     let what = "a key's route rate";
-    load_a_shared_rate(&f, "/prod/metered/x", [4, 2, 1], Some(KEY_A), what).await;
-    // A burst from one client is refused by the key's route bucket (its
-    // share refills at about half the rate: 100 requests outrun it), on
-    // this route only: `/keyed` has no route throttle.
-    let mut refused = None;
-    for _ in 0..100 {
-        let r = with_key(&client, &url, KEY_A.as_bytes()).await;
-        if r.status != 200 {
-            refused = Some(r);
-            break;
-        }
-    }
-    let refused = refused.expect("100 requests at once are throttled");
-    assert_error(&refused, 429, "Too Many Requests");
-    assert!(
-        refused.headers["ratelimit"]
-            .to_str()
-            .unwrap()
-            .starts_with("\"key-route\";r=0;t="),
-        "{:?}",
-        refused.headers["ratelimit"]
-    );
+    let path = "/prod/metered/x";
+    let (_, refused) = load_a_shared_rate(&f, path, [4, 2, 1], Some(KEY_A), what).await;
+    // Refused by the key's route bucket, the first checked; `/keyed`, which
+    // has no route throttle, is not.
+    let state = refused["ratelimit"].to_str().unwrap();
+    assert!(state.starts_with("\"key-route\";r=0;t="), "{state}");
     let keyed = format!("{}/prod/keyed/x", f.urls[0]);
     assert_eq!(
         with_key(&client, &keyed, KEY_A.as_bytes()).await.status,
@@ -790,7 +788,7 @@ body = "ok"
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
     let entries: Vec<(String, usize)> = urls.iter().map(|u| (u.clone(), 3)).collect();
-    let split = load_until(&cert, &entries, Some(KEY_A), deadline).await;
+    let (split, _) = load_until(&cert, &entries, Some(KEY_A), deadline).await;
     let window = started.elapsed().as_secs_f64();
     let accepted = split.iter().sum::<u64>() as f64;
     let expected = rate * window + burst;

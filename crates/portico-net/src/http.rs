@@ -205,6 +205,7 @@ impl<H: Handler> TcpServer<H> {
                 local_addr,
                 acceptor.clone(),
                 graceful.watcher(),
+                shared.limits.handshake_timeout,
             );
             tokio::spawn(async move {
                 conn.await;
@@ -317,11 +318,12 @@ impl<H: Handler> TcpServer<H> {
         })
     }
 
-    /// A connection from a load balancer: its PROXY header (within the
-    /// handshake timeout) names the client, whose cap it then takes, and
-    /// the address it connected to; then TLS and HTTP as any connection.
-    /// A peer not allowed to send one, a bad header and one that does not
-    /// come in time close the connection.
+    /// A connection from a load balancer: its PROXY header names the
+    /// client, whose cap it then takes, and the address it connected to;
+    /// then TLS and HTTP as any connection, the header and the TLS
+    /// handshake within one handshake timeout. A peer not allowed to send
+    /// one is reset and counted as refused; a bad header and one that does
+    /// not come in time close the connection.
     async fn proxied(
         self: Arc<Self>,
         mut stream: TcpStream,
@@ -334,26 +336,38 @@ impl<H: Handler> TcpServer<H> {
             return;
         };
         if !proxy.allows(balancer.ip()) {
+            self.handler.connection_refused();
             let _ = stream.set_zero_linger();
             return tracing::debug!(%balancer, "PROXY protocol peer not in proxy_protocol_from");
         }
-        let read = tokio::time::timeout(
-            self.limits.handshake_timeout,
-            crate::proxy::read_header(&mut stream),
-        )
-        .await;
+        // Until its header names a client, a connection counts against its
+        // peer's cap, unless the peer is one of the listed balancers: with
+        // no list any host may connect, and one that sends nothing must not
+        // hold more of the listener than its share.
+        let waiting = match proxy.from.is_empty() {
+            true => match self.admit(&clients, &stream, balancer) {
+                Ok(slot) => slot,
+                Err(AtCap) => return,
+            },
+            false => None,
+        };
+        let started = Instant::now();
+        let timeout = self.limits.handshake_timeout;
+        let read = tokio::time::timeout(timeout, crate::proxy::read_header(&mut stream)).await;
         let (proxied, rest) = match read {
             Ok(Ok(header)) => header,
             Ok(Err(err)) => return tracing::debug!(%balancer, %err, "connection refused"),
             Err(_) => return tracing::debug!(%balancer, "PROXY header timed out"),
         };
+        drop(waiting);
         let own = (balancer, stream.local_addr().unwrap_or(balancer));
         let (peer, local_addr) = proxied.addresses.unwrap_or(own);
         let Ok(_client) = self.admit(&clients, &stream, peer) else {
             return;
         };
+        let left = timeout.saturating_sub(started.elapsed());
         let stream = Prefixed::new(rest, stream);
-        self.connection(stream, peer, local_addr, acceptor, watcher)
+        self.connection(stream, peer, local_addr, acceptor, watcher, left)
             .await;
     }
 
@@ -364,6 +378,7 @@ impl<H: Handler> TcpServer<H> {
         local_addr: SocketAddr,
         acceptor: Option<TlsAcceptor>,
         watcher: hyper_util::server::graceful::Watcher,
+        handshake: Duration,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -371,9 +386,7 @@ impl<H: Handler> TcpServer<H> {
             let info = self.conn_info(peer, local_addr, None);
             return self.serve(stream, info, watcher).await;
         };
-        let tls = match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(stream))
-            .await
-        {
+        let tls = match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
             Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),

@@ -77,20 +77,15 @@ pub async fn read_header<S: AsyncRead + Unpin>(
             .await
             .map_err(|e| NetError::Proxy(format!("reading the header: {e}")))?;
         match parse(&buf)? {
-            Some((proxied, len)) => {
-                let rest = buf.split_off(len).freeze();
-                return Ok((proxied, rest));
-            }
+            // A copy: the buffer's whole allocation would otherwise live as
+            // long as the connection.
+            Some((proxied, len)) => return Ok((proxied, Bytes::copy_from_slice(&buf[len..]))),
             None if read == 0 => {
                 return Err(NetError::Proxy(
                     "the connection ended before its PROXY header did".into(),
                 ));
             }
-            None if buf.len() > MAX_HEADER => {
-                return Err(NetError::Proxy(format!(
-                    "PROXY header longer than {MAX_HEADER} bytes"
-                )));
-            }
+            None if buf.len() > MAX_HEADER => return Err(too_long()),
             None => {}
         }
     }
@@ -100,14 +95,26 @@ pub async fn read_header<S: AsyncRead + Unpin>(
 /// still complete.
 fn parse(buf: &[u8]) -> Result<Option<(Proxied, usize)>, NetError> {
     // A v1 header is whole at its LF: `ppp` takes one cut between its CR
-    // and LF for a malformed header.
+    // and LF for a malformed header, and one missing an address or port
+    // for an incomplete one, whatever follows.
     let v1 = buf.starts_with(&b"PROXY"[..buf.len().min(5)]);
-    if v1 && !buf.contains(&b'\n') && buf.len() < V1_MAX {
+    let lf = buf.iter().position(|&b| b == b'\n');
+    if v1 && lf.is_none() && buf.len() < V1_MAX {
         return Ok(None);
+    }
+    // A v2 header says its length in its first 16 bytes: one that claims
+    // more than we take is refused at once, not waited for.
+    if v2_length(buf).is_some_and(|len| len > MAX_HEADER) {
+        return Err(too_long());
     }
     let parsed = HeaderResult::parse(buf);
     if parsed.is_incomplete() {
-        return Ok(None);
+        return match (v1, lf) {
+            (true, Some(_)) => Err(NetError::Proxy(
+                "bad PROXY header: a v1 header without its addresses and ports".into(),
+            )),
+            _ => Ok(None),
+        };
     }
     let malformed = |e: &dyn std::fmt::Display| NetError::Proxy(format!("bad PROXY header: {e}"));
     match parsed {
@@ -145,6 +152,23 @@ fn parse(buf: &[u8]) -> Result<Option<(Proxied, usize)>, NetError> {
         HeaderResult::V1(Err(e)) => Err(malformed(&e)),
         HeaderResult::V2(Err(e)) => Err(malformed(&e)),
     }
+}
+
+/// The v2 signature: a header that starts with it is a v2 header.
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// The whole length a v2 header at the start of `buf` declares, once its
+/// first 16 bytes are in.
+fn v2_length(buf: &[u8]) -> Option<usize> {
+    let fixed = buf.get(..16)?;
+    let declared = u16::from_be_bytes([fixed[14], fixed[15]]);
+    fixed
+        .starts_with(V2_SIGNATURE)
+        .then(|| 16 + usize::from(declared))
+}
+
+fn too_long() -> NetError {
+    NetError::Proxy(format!("PROXY header longer than {MAX_HEADER} bytes"))
 }
 
 /// A header's (source, destination) addresses (v1 and v2 share the types).
@@ -187,6 +211,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if !self.prefix.has_remaining() {
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -341,7 +368,25 @@ mod tests {
             v2::Protocol::Stream,
             5000,
         );
-        let cases: [(&[u8], &str); 6] = [
+        let claims_too_much = {
+            let mut h = v2_header("203.0.113.7:5", "198.51.100.1:443", v2::Protocol::Stream, 0);
+            h[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+            h
+        };
+        let cases: [(&[u8], &str); 10] = [
+            // Without their addresses or ports: refused at their LF, not
+            // waited on until the stream ends.
+            (b"PROXY TCP4\r\n\x16\x03\x01", "bad PROXY header"),
+            (
+                b"PROXY TCP4 203.0.113.7 198.51.100.1\r\n\x16",
+                "bad PROXY header",
+            ),
+            (
+                b"PROXY TCP4 203.0.113.7 198.51.100.1 51000\r\n",
+                "bad PROXY header",
+            ),
+            // A v2 header that claims 64 KiB, before any of it came.
+            (&claims_too_much[..16], "longer than 4096 bytes"),
             (
                 b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
                 "bad PROXY header",

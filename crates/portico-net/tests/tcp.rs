@@ -520,9 +520,40 @@ async fn only_the_listed_balancers_may_connect() {
         connect_proxied(&server, header).await.is_err(),
         "127.0.0.1 is not listed"
     );
+    assert_eq!(server.handler.refused.load(Ordering::SeqCst), 1);
     let server = start_proxied(&["10.0.0.0/8", "127.0.0.1/32"], 0).await;
     let mut tls = connect_proxied(&server, header).await.unwrap();
     assert!(get_addresses(&mut tls).await.starts_with("10.0.0.1:51000"));
+}
+
+/// While its header has not come, a connection counts against its peer's
+/// cap, unless the peer is a listed balancer: with no list, one host that
+/// opens connections and sends nothing holds no more than its share.
+#[tokio::test]
+async fn a_peer_waiting_to_send_its_header_holds_only_its_share() {
+    let header = b"PROXY TCP4 203.0.113.7 198.51.100.1 51000 443\r\n";
+    let server = start_proxied(&[], 1).await;
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        connect_proxied(&server, header).await.is_err(),
+        "past the peer's cap"
+    );
+    drop(silent);
+    let mut served = None;
+    for _ in 0..100 {
+        if let Ok(tls) = connect_proxied(&server, header).await {
+            served = Some(tls);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tls = served.expect("served once the silent connection closed");
+    assert!(get_addresses(&mut tls).await.starts_with("203.0.113.7:"));
+    // A listed balancer's connections wait outside any cap.
+    let server = start_proxied(&["127.0.0.1/32"], 1).await;
+    let _silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut tls = connect_proxied(&server, header).await.unwrap();
+    assert!(get_addresses(&mut tls).await.starts_with("203.0.113.7:"));
 }
 
 /// The cap counts the clients the headers name, not the balancer.

@@ -85,6 +85,13 @@ pub async fn bind<H: Handler>(
             tracing::info!(address = %udp, congestion = l.quic.congestion.as_str(), "listening (HTTP/3)");
             println!("listening h3 {udp}");
         }
+        if l.proxy_protocol.as_ref().is_some_and(Vec::is_empty) {
+            tracing::warn!(
+                address = %local,
+                "proxy_protocol without proxy_protocol_from: any host that reaches this port \
+                 may name any client address (list the load balancers' addresses)"
+            );
+        }
         servers.push(Server::Tcp(TcpServer {
             listener,
             tls,

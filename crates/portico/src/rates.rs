@@ -188,7 +188,13 @@ fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
         if let Some(r) = plan.throttle {
             out.insert(format!("plan:{}", plan.name), spec(r));
         }
-        for kt in &plan.key_throttles {
+        // A stage's or route's key rate spans PoPs when its API is an edge
+        // API; a regional API's stays whole where its requests enter.
+        let edge = |api: &str| {
+            defs.api(api)
+                .is_some_and(|a| a.endpoint == EndpointMode::Edge)
+        };
+        for kt in plan.key_throttles.iter().filter(|kt| edge(&kt.api)) {
             out.insert(format!("plan:{}", kt.family(&plan.name)), spec(kt.throttle));
         }
     }
@@ -201,6 +207,15 @@ fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
     let rest = scope.strip_prefix("key:").ok_or("not a key scope")?;
     let (family, key) = rest.rsplit_once('/').ok_or("malformed key scope")?;
     let (plan, within) = parse_family(family).ok_or("malformed key scope")?;
+    if let Some((api, _, _)) = within
+        && !defs
+            .api(api)
+            .is_some_and(|a| a.endpoint == EndpointMode::Edge)
+    {
+        return Err(format!(
+            "`{api}` is not an edge API: its key rates are not shared"
+        ));
+    }
     let (plan, _) = crate::quotas::plan_and_key(defs, plan, key)?;
     let r = plan
         .family_throttle(within)
@@ -340,16 +355,10 @@ impl OriginRates {
         for (scope, s) in scopes.iter_mut() {
             // A plan's key rates are the PoPs' when it covers an edge API,
             // and this origin's too when it covers a regional one; a rate it
-            // sets in one API stage, that API's mode decides alone.
+            // sets in one API stage is shared only for an edge API's, and
+            // only by the PoPs.
             let (at_pops, here) = match plan_of(scope) {
-                None => (true, false),
-                Some((_, Some(api))) => {
-                    let mode = defs.api(api).map(|a| a.endpoint);
-                    (
-                        mode == Some(EndpointMode::Edge),
-                        mode == Some(EndpointMode::Regional),
-                    )
-                }
+                None | Some((_, Some(_))) => (true, false),
                 Some((plan, None)) => (edge.contains(plan), regional.contains(plan)),
             };
             let own = self.own.as_ref().filter(|_| here);
@@ -843,9 +852,10 @@ plans = ["gold"]
     }
 
     /// A plan's stage and route throttles are shared by their API's mode
-    /// alone: an edge API's wholly among the PoPs, a regional API's kept
-    /// wholly here, whatever else the plan covers; a PoP's demand for a
-    /// key of one is taken at that throttle's rate.
+    /// alone: an edge API's wholly among the PoPs, a regional API's not at
+    /// all (its requests enter here, where its keyed bucket holds the whole
+    /// rate), whatever else the plan covers; a PoP's demand for a key of
+    /// one is taken at that throttle's rate.
     #[test]
     fn a_plans_stage_and_route_rates_are_shared_where_their_api_is_served() {
         let text = "[[apis]]\nname = \"e\"\nendpoint = \"edge\"\n\
@@ -887,8 +897,10 @@ plans = ["gold"]
                 ("plan:both@e/prod/GET /m".to_owned(), 2000),
             ]
         );
-        // A family or key the definitions do not have is refused.
+        // A regional API's family, or one the definitions do not have, is
+        // refused.
         for scope in [
+            "key:both@r/prod/k",
             "key:both@r/prod/GET /m/k",
             "key:both@e/dev/k",
             "key:both@e/k",

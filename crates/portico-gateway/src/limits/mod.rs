@@ -313,15 +313,19 @@ impl Limits {
         let limiters = set.stage(&ctx.api.name, &ctx.stage.name);
         let route = limiters.and_then(|s| s.route(ctx.route_index));
         let stage = limiters.and_then(|s| s.stage.as_ref());
+        // Most plans set no stage or route throttle: an empty map, no hash.
+        let narrower = plan.and_then(|(_, p)| limiters?.plan(&p.name));
+        let keyed = narrower.is_some() || plan.is_some_and(|(_, p)| p.throttle.is_some());
+        let ip = ctx.conn.client_addr.ip();
+        if stage.is_none() && route.is_none() && !keyed {
+            // Fast path, no headers: only the node's and the client IP's buckets.
+            return self.throttle_plain(ip);
+        }
         // The narrowest bucket first; the first to refuse ends the checks.
         let mut verdict = Verdict::default();
         if let Some((key, plan)) = plan {
-            self.check_key(&set, limiters, ctx.route_index, key, plan, &mut verdict);
-        }
-        let ip = ctx.conn.client_addr.ip();
-        if stage.is_none() && route.is_none() && verdict.is_empty() {
-            // Fast path, no headers: only the node's and the client IP's buckets.
-            return self.throttle_plain(ip);
+            let route = (ctx.route_index, ctx.route().key.as_str());
+            self.check_key(&set, narrower, route, key, plan, &mut verdict);
         }
         verdict.then_check(|| self.per_ip.as_ref().map(|t| t.check(ip)));
         verdict.then_check(|| route.map(|t| t.check()));
@@ -344,38 +348,42 @@ impl Limits {
     }
 
     /// The key's buckets of its plan, narrowest first: the plan's throttle
-    /// for the request's route, for its stage (`limiters`: the stage's),
-    /// then the plan's own. Shared per key where rates are shared and the
-    /// plan covers an edge API (a PoP; an origin with PoPs), keyed
-    /// otherwise.
+    /// for the request's route (its index and key), for its stage (what
+    /// `narrower` holds: the plan's in the request's stage), then the plan's
+    /// own. Shared per key where rates are shared and the rate spans PoPs
+    /// (the plan covers an edge API; a stage's or route's is of an edge
+    /// API), keyed otherwise.
     fn check_key(
         &self,
         set: &LimiterSet,
-        limiters: Option<&set::StageLimiters>,
-        route_index: usize,
+        narrower: Option<&set::PlanStage>,
+        route: (usize, &str),
         key: &ApiKey,
         plan: &UsagePlan,
         verdict: &mut Verdict,
     ) {
-        let shared = self.keys.as_ref().filter(|_| set.shares_keys(&plan.name));
-        // Most plans set no stage or route throttle: one lookup finds none.
-        if let Some(narrower) = limiters.and_then(|s| s.plan(&plan.name)) {
-            let families = [narrower.route(route_index), narrower.stage.as_ref()];
+        if let Some(narrower) = narrower {
+            let families = [
+                narrower.route_keyed(route.0, route.1),
+                narrower.stage.as_ref(),
+            ];
             for f in families.into_iter().flatten() {
-                verdict.then_check(|| match shared {
-                    Some(keys) => {
+                verdict.then_check(|| match &self.keys {
+                    Some(keys) if f.shared => {
                         let bucket = keys.bucket(f.name, &f.family, &key.id, f.keyed.spec());
                         Some(bucket?.check())
                     }
-                    None => Some(f.keyed.check(&key.hash)),
+                    _ => Some(f.keyed.check(&key.hash)),
                 });
             }
         }
         // A plan without a throttle has no key bucket: nothing to look up.
         let Some(rate) = plan.throttle else { return };
-        verdict.then_check(|| match shared {
-            Some(keys) => Some(keys.bucket("key", &plan.name, &key.id, spec(rate))?.check()),
-            None => Some(set.plan(&plan.name)?.check(&key.hash)),
+        verdict.then_check(|| match &self.keys {
+            Some(keys) if set.shares_keys(&plan.name) => {
+                Some(keys.bucket("key", &plan.name, &key.id, spec(rate))?.check())
+            }
+            _ => Some(set.plan(&plan.name)?.check(&key.hash)),
         });
     }
 

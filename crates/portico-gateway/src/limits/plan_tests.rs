@@ -160,14 +160,20 @@ async fn shares_of_stage_and_route_key_rates_apply() {
     // The stage's default share (burst 1 of 3) holds k1 to one in prod.
     assert_eq!(get(&g, "/prod/y", K1).await.0, 429);
     assert!(limits.apply_share("key:p@a/prod/k1", share));
+    // A key's share of a route's rate, once its bucket exists (the scope
+    // holds the route key's `/`s before the key id).
+    assert_eq!(get(&g, "/prod/x", K2).await.0, 200);
+    assert!(limits.apply_share("key:p@a/prod/GET /x/k2", share));
     let mut demand = Vec::new();
     limits.take_demand(|scope, n| demand.push((scope.to_owned(), n)));
     demand.sort();
-    assert_eq!(
-        demand,
-        [
-            ("key:p/k1".to_owned(), 1),
-            ("key:p@a/prod/k1".to_owned(), 2)
-        ]
-    );
+    let expected = [
+        ("key:p/k1", 1),
+        ("key:p/k2", 1),
+        ("key:p@a/prod/GET /x/k2", 1),
+        ("key:p@a/prod/k1", 2),
+        ("key:p@a/prod/k2", 1),
+    ]
+    .map(|(scope, n)| (scope.to_owned(), n));
+    assert_eq!(demand, expected);
 }

@@ -67,7 +67,22 @@ pub(crate) struct KeyFamily {
     pub name: &'static str,
     /// What its buckets are kept and shared under (`PLAN@API/STAGE[/ROUTE]`).
     pub family: String,
+    /// A route's: its key. A request routed on the definitions before a
+    /// reload carries its route's index in those; the index may name
+    /// another route here, whose bucket it must not spend.
+    pub route: Option<String>,
+    /// Its API is an edge API: its rate spans PoPs, and a node with shared
+    /// rates keeps its keys in shared buckets; else in `keyed`.
+    pub shared: bool,
     pub keyed: Arc<KeyedThrottle<KeyHash>>,
+}
+
+impl PlanStage {
+    /// The route's throttle for the route at `index` whose key is `key`.
+    pub fn route_keyed(&self, index: usize, key: &str) -> Option<&KeyFamily> {
+        self.route(index)
+            .filter(|f| f.route.as_deref() == Some(key))
+    }
 }
 
 impl LimiterSet {
@@ -171,12 +186,11 @@ impl LimiterSet {
         let Some(keyed) = keyed(old, &family, name, kt.throttle) else {
             return;
         };
+        let api = definitions.api(&kt.api);
         let index = match &kt.route {
             None => None,
             Some(route) => {
-                let stage = definitions
-                    .api(&kt.api)
-                    .and_then(|a| a.stages.iter().find(|s| s.name == kt.stage));
+                let stage = api.and_then(|a| a.stages.iter().find(|s| s.name == kt.stage));
                 let routes = stage.map(|s| &s.deployment.routes);
                 let Some(i) = routes.and_then(|r| r.iter().position(|r| r.key == *route)) else {
                     return;
@@ -184,6 +198,9 @@ impl LimiterSet {
                 Some(i)
             }
         };
+        // An edge API's requests enter at PoPs: its rate spans them. A
+        // regional API's enter here alone, whatever else the plan covers.
+        let shared = api.is_some_and(|a| a.endpoint == EndpointMode::Edge);
         let Some(stage) = self
             .stages
             .get_mut(&kt.api)
@@ -195,6 +212,8 @@ impl LimiterSet {
         let f = KeyFamily {
             name,
             family,
+            route: kt.route.clone(),
+            shared,
             keyed,
         };
         let at = stage.plans.entry(plan.to_owned()).or_default();
@@ -265,6 +284,61 @@ mod tests {
         // The carried-over bucket keeps its state: burst 1 already spent.
         assert!(!route(&first).check().is_refused());
         assert!(route(&same).check().is_refused());
+    }
+
+    /// Definitions of API `a` (`endpoint`) with routes `GET /m` and `GET
+    /// /n` in `order`, and plan `p` with a stage throttle and one on `GET
+    /// /n` at `rate`.
+    fn plan_defs(endpoint: &str, order: [&str; 2], rate: u32) -> Definitions {
+        let route = |path: &str| {
+            format!(
+                "[[apis.routes]]\nmethod = \"GET\"\npath = \"{path}\"\napi_key_required = true\n\
+                 integration = {{ type = \"mock\" }}\n"
+            )
+        };
+        let text = format!(
+            "[[apis]]\nname = \"a\"\nendpoint = \"{endpoint}\"\n{}{}[[apis.stages]]\nname = \"prod\"\n\
+             [[usage_plans]]\nname = \"p\"\n[[usage_plans.api_stages]]\napi = \"a\"\nstage = \"prod\"\n\
+             throttle = {{ rate = 10, burst = 10 }}\n\
+             route_throttles = [{{ route = \"GET /n\", throttle = {{ rate = {rate}, burst = 1 }} }}]\n",
+            route(order[0]),
+            route(order[1]),
+        );
+        Definitions::from_toml_str(&text, "t").unwrap()
+    }
+
+    fn plan_stage(set: &LimiterSet) -> &PlanStage {
+        set.stage("a", "prod").unwrap().plan("p").unwrap()
+    }
+
+    /// A plan's stage and route buckets survive a reload that keeps their
+    /// spec, the route's filed under its new index when routes move; an
+    /// index that now names another route finds none.
+    #[test]
+    fn a_plans_stage_and_route_buckets_follow_a_reload() {
+        let first = LimiterSet::build(&plan_defs("edge", ["/m", "/n"], 5), None);
+        let moved = LimiterSet::build(&plan_defs("edge", ["/n", "/m"], 5), Some(&first));
+        let changed = LimiterSet::build(&plan_defs("edge", ["/n", "/m"], 6), Some(&moved));
+        let route = |s: &LimiterSet, i: usize| {
+            let f = plan_stage(s).route_keyed(i, "GET /n");
+            f.map(|f| Arc::clone(&f.keyed))
+        };
+        assert!(route(&first, 0).is_none() && route(&first, 1).is_some());
+        assert!(Arc::ptr_eq(
+            &route(&first, 1).unwrap(),
+            &route(&moved, 0).unwrap()
+        ));
+        assert!(route(&moved, 1).is_none(), "index 1 is `GET /m` now");
+        assert!(!Arc::ptr_eq(
+            &route(&moved, 0).unwrap(),
+            &route(&changed, 0).unwrap()
+        ));
+        let stage = |s: &LimiterSet| Arc::clone(&plan_stage(s).stage.as_ref().unwrap().keyed);
+        assert!(Arc::ptr_eq(&stage(&first), &stage(&changed)));
+        // An edge API's are shared where rates are; a regional API's keyed.
+        let regional = LimiterSet::build(&plan_defs("regional", ["/m", "/n"], 5), None);
+        let shared = |s: &LimiterSet| plan_stage(s).stage.as_ref().unwrap().shared;
+        assert!(shared(&first) && !shared(&regional));
     }
 
     /// A plan's keys are shared when it covers an edge API, whatever else
