@@ -12,7 +12,7 @@
 //! [`crate::control::Dispatch`], which hands them the frames of [`KINDS`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
@@ -37,6 +37,35 @@ const BACKLOG: usize = 1024;
 /// their number alone would let each link's backlog hold 128 MiB. Past
 /// it, as past [`BACKLOG`], the backlog becomes one purge of everything.
 const BACKLOG_BYTES: usize = 16 << 20;
+
+/// Bytes of purges a PoP holds queued to apply, besides its 1 024 purges:
+/// one may name a URL of 128 KiB, so a bound on their number alone would
+/// let the queue hold 128 MiB. A purge past it is not queued: the cache is
+/// emptied instead, as when the queue is full.
+const QUEUE_BYTES: usize = 16 << 20;
+
+/// What a queued purge holds, in bytes (its strings, and a little for the
+/// entry itself).
+fn scope_bytes(scope: &PurgeScope) -> usize {
+    64 + match scope {
+        PurgeScope::Url {
+            api,
+            stage,
+            path,
+            query,
+        } => api.len() + stage.len() + path.len() + query.len(),
+        PurgeScope::Prefix {
+            api,
+            stage,
+            path_prefix,
+        } => api.len() + stage.len() + path_prefix.len(),
+        PurgeScope::Tag { api, tags } => {
+            api.len() + tags.iter().map(|t| t.len() + 24).sum::<usize>()
+        }
+        PurgeScope::Stage { api, stage } => api.len() + stage.len(),
+        PurgeScope::All => 0,
+    }
+}
 
 /// Control frames of purges.
 pub const KINDS: &[portico_proto::FrameKind] = &[
@@ -317,6 +346,8 @@ pub struct PopPurges {
     queue: mpsc::Sender<Queued>,
     /// A purge found the queue full: the next one applied empties the cache.
     overflowed: Arc<AtomicBool>,
+    /// Bytes of the purges queued ([`scope_bytes`]), at most [`QUEUE_BYTES`].
+    queued: Arc<AtomicUsize>,
     /// Origins this PoP has had a link to.
     known: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The synced definitions, for the APIs each region is home to.
@@ -333,9 +364,16 @@ type Queued = (ControlLink, u64, PurgeScope);
 pub struct PurgeQueue {
     rx: mpsc::Receiver<Queued>,
     overflowed: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
 }
 
 impl PurgeQueue {
+    /// Takes `batch` off the queue's byte count (it was received).
+    fn taken(&self, batch: &[Queued]) {
+        let bytes: usize = batch.iter().map(|(_, _, scope)| scope_bytes(scope)).sum();
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     /// Whether a purge was dropped since last asked: the cache must be
     /// emptied, as it may hold what that purge would have removed.
     fn dropped_some(&self) -> bool {
@@ -348,13 +386,20 @@ impl PopPurges {
         let (queue, rx) = mpsc::channel(1024);
         let known = std::sync::Mutex::default();
         let overflowed = Arc::new(AtomicBool::new(false));
+        let queued = Arc::new(AtomicUsize::new(0));
         let purges = PopPurges {
             queue,
             overflowed: Arc::clone(&overflowed),
+            queued: Arc::clone(&queued),
             known,
             config: std::sync::OnceLock::new(),
         };
-        (Arc::new(purges), PurgeQueue { rx, overflowed })
+        let queue = PurgeQueue {
+            rx,
+            overflowed,
+            queued,
+        };
+        (Arc::new(purges), queue)
     }
 
     /// Completes the wiring once the backbone exists.
@@ -402,8 +447,14 @@ impl PopPurges {
             .collect()
     }
 
+    /// Queues a purge, unless the queue holds [`QUEUE_BYTES`] already or
+    /// is full: then the cache is emptied before the next purge applied.
     fn queue(&self, link: &ControlLink, id: u64, scope: PurgeScope) {
-        if self.queue.try_send((link.clone(), id, scope)).is_err() {
+        let bytes = scope_bytes(&scope);
+        let held = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        let room = held + bytes <= QUEUE_BYTES;
+        if !room || self.queue.try_send((link.clone(), id, scope)).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
             tracing::error!(origin = %link.peer_id(), "purge queue full; the whole cache will be emptied instead");
             self.overflowed.store(true, Ordering::Relaxed);
         }
@@ -464,6 +515,7 @@ pub async fn apply<U: Upstream>(
             _ = stop.wait_for(|s| *s) => return,
             n = queue.rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
         }
+        queue.taken(&batch);
         let mut scopes: Vec<PurgeScope> = Vec::with_capacity(batch.len() + 1);
         if queue.dropped_some() {
             scopes.push(PurgeScope::All);
@@ -523,6 +575,40 @@ mod tests {
         purges.on_frame(&link, purge(1025));
         assert!(queue.dropped_some());
         assert!(!queue.dropped_some(), "once");
+    }
+
+    /// The queue holds at most [`QUEUE_BYTES`] of purges, however few: a
+    /// purge past it empties the cache, and what is taken off makes room.
+    #[tokio::test]
+    async fn the_pops_purge_queue_is_bounded_by_bytes() {
+        let (purges, mut queue) = PopPurges::new();
+        let (link, _out) = ControlLink::new("origin-a", "r", portico_proto::Capabilities(0));
+        let long = |id: u64| {
+            let scope = PurgeScope::Prefix {
+                api: "a".into(),
+                stage: "prod".into(),
+                path_prefix: format!("/{id}/{}", "p".repeat(128 * 1024 - 16)),
+            };
+            Frame::Purge(Purge {
+                purge_id: id,
+                scope: to_wire(&scope),
+            })
+        };
+        let fit = QUEUE_BYTES / (128 * 1024 + 64);
+        for id in 1..=fit as u64 {
+            purges.on_frame(&link, long(id));
+        }
+        assert!(!queue.dropped_some(), "{fit} purges fit");
+        assert!(purges.queued.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        purges.on_frame(&link, long(0));
+        assert!(queue.dropped_some(), "one more does not");
+        // Taking purges off makes room again.
+        let mut batch = Vec::new();
+        queue.rx.recv_many(&mut batch, 8).await;
+        queue.taken(&batch);
+        purges.on_frame(&link, long(1));
+        assert!(!queue.dropped_some());
+        assert_eq!(queue.rx.len(), fit - 8 + 1);
     }
 
     /// A purge that finds a link's outbox full waits for room instead of
