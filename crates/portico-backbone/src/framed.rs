@@ -250,6 +250,8 @@ impl FrameWriter {
     /// Sends a `Reset` frame and FIN: the peer learns why the half ended
     /// early. Best effort; the stream is closed either way.
     pub(crate) async fn send_reset(&mut self, code: ResetCode, reason: String) {
+        let reason =
+            portico_proto::limits::truncate_reason(reason, portico_proto::limits::MAX_REASON);
         let frame = Frame::Reset(Reset { code, reason });
         if self.push(&frame).is_err() || self.finish().await.is_err() {
             self.abort(code);

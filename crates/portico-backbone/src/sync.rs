@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use portico_config::{DefinitionDefaults, Definitions};
-use portico_proto::{ConfigDelta, ConfigRequest, ConfigSnapshot};
+use portico_proto::{ConfigDelta, ConfigRequest, ConfigSnapshot, limits};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -371,14 +371,7 @@ impl ConfigSync {
         }
         e.awaiting_snapshot = true;
         e.status.requests += 1;
-        let mut reason = err.to_string();
-        if reason.len() > portico_proto::limits::MAX_REASON {
-            let mut end = portico_proto::limits::MAX_REASON;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-        }
+        let reason = limits::truncate_reason(err.to_string(), limits::MAX_REASON);
         Some(ConfigRequest {
             have_version: have,
             reason,

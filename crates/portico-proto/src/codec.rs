@@ -621,6 +621,19 @@ mod tests {
         assert!(buf.is_empty());
     }
 
+    /// A reason cut to fit stays text: at a character boundary.
+    #[test]
+    fn reasons_are_cut_at_a_character_boundary() {
+        let cut = crate::limits::truncate_reason("é".repeat(600), crate::limits::MAX_REASON);
+        assert_eq!(cut.len(), crate::limits::MAX_REASON);
+        let cut = crate::limits::truncate_reason(format!("x{}", "é".repeat(600)), 1024);
+        assert_eq!((cut.len(), cut.chars().count()), (1023, 512));
+        assert_eq!(
+            crate::limits::truncate_reason("short".into(), 1024),
+            "short"
+        );
+    }
+
     #[test]
     fn control_frame_limits_cover_lists_and_reasons() {
         let codec = Codec::with_max_frame(MAX_FRAME_LIMIT).unwrap();
@@ -642,11 +655,23 @@ mod tests {
             rate_milli_per_sec: 1,
             burst: 1,
         });
+        // Stream frames' reasons too: a peer's reset or close reason is logged.
+        let reset = Frame::Reset(crate::Reset {
+            code: crate::ResetCode::Internal,
+            reason: "r".repeat(crate::limits::MAX_REASON + 1),
+        });
+        let ws_close = Frame::WsClose(crate::WsClose {
+            connection_id: 1,
+            code: 1000,
+            reason: "r".repeat(crate::limits::MAX_WS_CLOSE_REASON + 1),
+        });
         for (frame, field) in [
             (tags(crate::limits::MAX_TAGS + 1, 1), "tags"),
             (tags(1, crate::limits::MAX_TAG_LEN + 1), "tag"),
             (go_away, "reason"),
             (share, "scope"),
+            (reset, "reason"),
+            (ws_close, "reason"),
         ] {
             let err = codec.decode(&mut unchecked(&frame)).unwrap_err();
             assert!(

@@ -32,8 +32,25 @@ pub const MAX_SCOPE: usize = 2048;
 /// Longest route path template a scope may carry (bytes).
 pub const MAX_ROUTE_PATH: usize = 1024;
 
-/// Longest `GoAway` or `ConfigRequest` reason (bytes).
+/// Longest `GoAway`, `ConfigRequest` or `Reset` reason (bytes).
 pub const MAX_REASON: usize = 1024;
+
+/// Longest `WsClose` reason (bytes): what a WebSocket close frame carries
+/// (RFC 6455 §5.5: 125 bytes of payload, 2 of them the code).
+pub const MAX_WS_CLOSE_REASON: usize = 123;
+
+/// `reason` cut to at most `max` bytes, at a character boundary: what a
+/// node sends of an error's text in a reason field.
+pub fn truncate_reason(mut reason: String, max: usize) -> String {
+    if reason.len() > max {
+        let mut end = max;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
 
 /// Most tags in one purge, and the longest tag (bytes).
 pub const MAX_TAGS: usize = 64;
@@ -122,7 +139,8 @@ pub(crate) fn check_payload(kind: FrameKind, len: usize) -> Result<(), ProtoErro
 }
 
 /// Whether `frame`'s fields are within the limits above. Frames of the
-/// other streams have limits of their own (header counts, the head codec).
+/// other streams have limits of their own (header counts, the head codec),
+/// besides their reasons' here.
 pub(crate) fn check(frame: &Frame) -> Result<(), ProtoError> {
     let c = Check(frame.kind());
     match frame {
@@ -154,6 +172,8 @@ pub(crate) fn check(frame: &Frame) -> Result<(), ProtoError> {
         }
         Frame::RateShare(s) => c.len("scope", &s.scope, MAX_SCOPE),
         Frame::GoAway(g) => c.len("reason", &g.reason, MAX_REASON),
+        Frame::Reset(r) => c.len("reason", &r.reason, MAX_REASON),
+        Frame::WsClose(w) => c.len("reason", &w.reason, MAX_WS_CLOSE_REASON),
         Frame::AuthorizerDecision(d) => c.decision(d),
         _ => Ok(()),
     }
