@@ -274,13 +274,20 @@ impl Codec {
         if kind == FrameKind::BodyChunk {
             return decode_body_chunk(payload, tag_len);
         }
-        let (frame, used) =
+        let (mut frame, used) =
             decode_limited(&payload, self.max_frame).map_err(|e| malformed(kind.as_str(), &e))?;
         if used != payload.len() {
             return Err(ProtoError::TrailingBytes {
                 kind,
                 extra: payload.len() - used,
             });
+        }
+        // A peer built before `Reset` reasons were capped sends its whole
+        // error text: cut, not refused, so the stream still ends as reset
+        // (with its code) rather than as a protocol error.
+        if let Frame::Reset(reset) = &mut frame {
+            let reason = std::mem::take(&mut reset.reason);
+            reset.reason = crate::limits::truncate_reason(reason, crate::limits::MAX_REASON);
         }
         crate::limits::check(&frame)?;
         Ok(frame)
@@ -621,6 +628,36 @@ mod tests {
         assert!(buf.is_empty());
     }
 
+    /// A `Reset` reason over the cap is refused on encode, and cut on
+    /// decode (a peer built before the cap sends its whole error text): the
+    /// stream still ends as reset, with its code.
+    #[test]
+    fn a_long_reset_reason_is_refused_on_encode_and_cut_on_decode() {
+        let codec = Codec::new();
+        let long = Frame::Reset(crate::Reset {
+            code: crate::ResetCode::Timeout,
+            reason: "r".repeat(crate::limits::MAX_REASON + 100),
+        });
+        let mut buf = BytesMut::new();
+        let err = codec.encode(&long, &mut buf).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ProtoError::OverLimit {
+                    field: "reason",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(buf.is_empty());
+        let Some(Frame::Reset(reset)) = codec.decode(&mut unchecked(&long)).unwrap() else {
+            panic!("not a reset");
+        };
+        assert_eq!(reset.code, crate::ResetCode::Timeout);
+        assert_eq!(reset.reason.len(), crate::limits::MAX_REASON);
+    }
+
     /// A reason cut to fit stays text: at a character boundary.
     #[test]
     fn reasons_are_cut_at_a_character_boundary() {
@@ -655,11 +692,7 @@ mod tests {
             rate_milli_per_sec: 1,
             burst: 1,
         });
-        // Stream frames' reasons too: a peer's reset or close reason is logged.
-        let reset = Frame::Reset(crate::Reset {
-            code: crate::ResetCode::Internal,
-            reason: "r".repeat(crate::limits::MAX_REASON + 1),
-        });
+        // A stream's close reason too: a peer's reason is logged.
         let ws_close = Frame::WsClose(crate::WsClose {
             connection_id: 1,
             code: 1000,
@@ -670,7 +703,6 @@ mod tests {
             (tags(1, crate::limits::MAX_TAG_LEN + 1), "tag"),
             (go_away, "reason"),
             (share, "scope"),
-            (reset, "reason"),
             (ws_close, "reason"),
         ] {
             let err = codec.decode(&mut unchecked(&frame)).unwrap_err();

@@ -19,7 +19,7 @@ use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
 use portico_gateway::cache::{PurgeScope, purge};
 use portico_gateway::{Gateway, Upstream};
 use portico_proto::{Frame, Purge, PurgeAck};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 /// How long a purge waits for room on a link whose outbox is full.
 const SEND_WAIT: Duration = Duration::from_secs(30);
@@ -348,6 +348,9 @@ pub struct PopPurges {
     overflowed: Arc<AtomicBool>,
     /// Bytes of the purges queued ([`scope_bytes`]), at most [`QUEUE_BYTES`].
     queued: Arc<AtomicUsize>,
+    /// Wakes the applying task for a purge refused: with nothing queued it
+    /// would otherwise empty the cache only when the next purge came.
+    refused: Arc<Notify>,
     /// Origins this PoP has had a link to.
     known: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The synced definitions, for the APIs each region is home to.
@@ -365,6 +368,7 @@ pub struct PurgeQueue {
     rx: mpsc::Receiver<Queued>,
     overflowed: Arc<AtomicBool>,
     queued: Arc<AtomicUsize>,
+    refused: Arc<Notify>,
 }
 
 impl PurgeQueue {
@@ -387,10 +391,12 @@ impl PopPurges {
         let known = std::sync::Mutex::default();
         let overflowed = Arc::new(AtomicBool::new(false));
         let queued = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(Notify::new());
         let purges = PopPurges {
             queue,
             overflowed: Arc::clone(&overflowed),
             queued: Arc::clone(&queued),
+            refused: Arc::clone(&refused),
             known,
             config: std::sync::OnceLock::new(),
         };
@@ -398,6 +404,7 @@ impl PopPurges {
             rx,
             overflowed,
             queued,
+            refused,
         };
         (Arc::new(purges), queue)
     }
@@ -451,13 +458,25 @@ impl PopPurges {
     /// is full: then the cache is emptied before the next purge applied.
     fn queue(&self, link: &ControlLink, id: u64, scope: PurgeScope) {
         let bytes = scope_bytes(&scope);
-        let held = self.queued.fetch_add(bytes, Ordering::Relaxed);
-        let room = held + bytes <= QUEUE_BYTES;
-        if !room || self.queue.try_send((link.clone(), id, scope)).is_err() {
-            self.queued.fetch_sub(bytes, Ordering::Relaxed);
-            tracing::error!(origin = %link.peer_id(), "purge queue full; the whole cache will be emptied instead");
-            self.overflowed.store(true, Ordering::Relaxed);
+        // Room is taken only where there is some: a purge refused does not
+        // hold any while it is, which could refuse a smaller one meanwhile.
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                (held + bytes <= QUEUE_BYTES).then_some(held + bytes)
+            })
+            .is_ok();
+        if reserved && self.queue.try_send((link.clone(), id, scope)).is_ok() {
+            return;
         }
+        // The flag first, then the wake-up: the applying task, woken, must
+        // find it set (a permit is kept if it is busy).
+        self.overflowed.store(true, Ordering::Relaxed);
+        if reserved {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        self.refused.notify_one();
+        tracing::error!(origin = %link.peer_id(), "purge queue full; the whole cache will be emptied instead");
     }
 }
 
@@ -514,18 +533,27 @@ pub async fn apply<U: Upstream>(
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             n = queue.rx.recv_many(&mut batch, BATCH) => if n == 0 { return },
+            // A purge refused while nothing else is queued.
+            () = queue.refused.notified() => {}
         }
         queue.taken(&batch);
         let mut scopes: Vec<PurgeScope> = Vec::with_capacity(batch.len() + 1);
         if queue.dropped_some() {
             scopes.push(PurgeScope::All);
         }
-        scopes.extend(batch.iter().map(|(_, _, scope)| scope.clone()));
-        gateway.purge_many(&scopes).await;
-        for (link, id, _) in batch.drain(..) {
-            if id == LOCAL_PURGE {
-                continue;
+        if scopes.is_empty() && batch.is_empty() {
+            continue;
+        }
+        // The scopes are moved out, not copied: the batch may hold 16 MiB.
+        let mut acks = Vec::with_capacity(batch.len());
+        for (link, id, scope) in batch.drain(..) {
+            scopes.push(scope);
+            if id != LOCAL_PURGE {
+                acks.push((link, id));
             }
+        }
+        gateway.purge_many(&scopes).await;
+        for (link, id) in acks {
             if let Err(err) = link.try_send(Frame::PurgeAck(PurgeAck { purge_id: id })) {
                 tracing::debug!(%err, purge_id = id, "purge ack not sent");
             }
@@ -583,15 +611,15 @@ mod tests {
     async fn the_pops_purge_queue_is_bounded_by_bytes() {
         let (purges, mut queue) = PopPurges::new();
         let (link, _out) = ControlLink::new("origin-a", "r", portico_proto::Capabilities(0));
+        let scope = |id: u64| PurgeScope::Prefix {
+            api: "a".into(),
+            stage: "prod".into(),
+            path_prefix: format!("/{id}/{}", "p".repeat(128 * 1024 - 16)),
+        };
         let long = |id: u64| {
-            let scope = PurgeScope::Prefix {
-                api: "a".into(),
-                stage: "prod".into(),
-                path_prefix: format!("/{id}/{}", "p".repeat(128 * 1024 - 16)),
-            };
             Frame::Purge(Purge {
                 purge_id: id,
-                scope: to_wire(&scope),
+                scope: to_wire(&scope(id)),
             })
         };
         let fit = QUEUE_BYTES / (128 * 1024 + 64);
@@ -599,16 +627,29 @@ mod tests {
             purges.on_frame(&link, long(id));
         }
         assert!(!queue.dropped_some(), "{fit} purges fit");
-        assert!(purges.queued.load(Ordering::Relaxed) <= QUEUE_BYTES);
+        let held: usize = (1..=fit as u64).map(|id| scope_bytes(&scope(id))).sum();
+        assert_eq!(purges.queued.load(Ordering::Relaxed), held);
         purges.on_frame(&link, long(0));
         assert!(queue.dropped_some(), "one more does not");
-        // Taking purges off makes room again.
+        assert_eq!(
+            purges.queued.load(Ordering::Relaxed),
+            held,
+            "and holds none"
+        );
+        // The applying task is woken for it, even with nothing more queued.
+        let woken = tokio::time::timeout(Duration::from_secs(5), queue.refused.notified());
+        assert!(woken.await.is_ok());
+        // Taking purges off makes room again, and gives all of it back.
         let mut batch = Vec::new();
         queue.rx.recv_many(&mut batch, 8).await;
         queue.taken(&batch);
         purges.on_frame(&link, long(1));
         assert!(!queue.dropped_some());
         assert_eq!(queue.rx.len(), fit - 8 + 1);
+        batch.clear();
+        queue.rx.recv_many(&mut batch, fit).await;
+        queue.taken(&batch);
+        assert_eq!(purges.queued.load(Ordering::Relaxed), 0);
     }
 
     /// A purge that finds a link's outbox full waits for room instead of
