@@ -564,9 +564,6 @@ async fn three_pops(quota: u64) -> ThreePops {
     }
 }
 
-/// The headers of the first refusal a load met, if any.
-type FirstRefusal = Arc<std::sync::Mutex<Option<http::HeaderMap>>>;
-
 /// For each `(url, clients)`, that many clients sending GETs (with `key`,
 /// if given) until `deadline`; answers how many each URL accepted and the
 /// headers of the first refusal. Every other answer must be the throttle's
@@ -578,7 +575,8 @@ async fn load_until(
     deadline: Instant,
 ) -> (Vec<u64>, Option<http::HeaderMap>) {
     let accepted: Vec<Arc<AtomicU64>> = entries.iter().map(|_| Arc::default()).collect();
-    let refusal = FirstRefusal::default();
+    // The headers of the first refusal.
+    let refusal: Arc<std::sync::Mutex<Option<http::HeaderMap>>> = Arc::default();
     let mut tasks = Vec::new();
     for ((url, clients), mine) in entries.iter().zip(&accepted) {
         for _ in 0..*clients {

@@ -45,6 +45,13 @@ impl Definitions {
         self.api_index.get(name).map(|&i| &self.apis[i])
     }
 
+    /// Whether `name` is an edge API here: its requests enter at PoPs, so
+    /// its rates (and a plan's key rates in it) span them.
+    pub fn is_edge(&self, name: &str) -> bool {
+        self.api(name)
+            .is_some_and(|a| a.endpoint == crate::EndpointMode::Edge)
+    }
+
     /// The API that lists `host` (lower case, without port) in its `hosts`.
     pub fn api_for_host(&self, host: &str) -> Option<&Arc<Api>> {
         self.host_index.get(host).map(|&i| &self.apis[i])

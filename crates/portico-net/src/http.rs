@@ -361,7 +361,7 @@ impl<H: Handler> TcpServer<H> {
         };
         drop(waiting);
         let own = (balancer, stream.local_addr().unwrap_or(balancer));
-        let (peer, local_addr) = proxied.addresses.unwrap_or(own);
+        let (peer, local_addr) = proxied.unwrap_or(own);
         let Ok(_client) = self.admit(&clients, &stream, peer) else {
             return;
         };

@@ -52,13 +52,10 @@ impl ProxyProtocol {
 }
 
 /// What a header said of its connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Proxied {
-    /// The client, and the address it connected to (the balancer's); `None`
-    /// for a connection of the balancer's own (v2 `LOCAL`, v1 `UNKNOWN`:
-    /// health checks), which is served as the socket's.
-    pub addresses: Option<(SocketAddr, SocketAddr)>,
-}
+/// The client, and the address it connected to (the balancer's); `None`
+/// for a connection of the balancer's own (v2 `LOCAL`, v1 `UNKNOWN`:
+/// health checks), which is served as the socket's.
+pub type Proxied = Option<(SocketAddr, SocketAddr)>;
 
 /// Reads the header from `stream`: what it says, and the bytes read past it.
 /// Fails on a malformed header, one longer than [`MAX_HEADER`], a non-TCP
@@ -124,12 +121,12 @@ fn parse(buf: &[u8]) -> Result<Option<(Proxied, usize)>, NetError> {
                 v1::Addresses::Tcp4(a) => Some(four(&a)),
                 v1::Addresses::Tcp6(a) => Some(six(&a)),
             };
-            Ok(Some((Proxied { addresses }, h.header.len())))
+            Ok(Some((addresses, h.header.len())))
         }
         HeaderResult::V2(Ok(h)) => {
             let len = h.len();
             if h.command == v2::Command::Local {
-                return Ok(Some((Proxied { addresses: None }, len)));
+                return Ok(Some((None, len)));
             }
             if h.protocol != v2::Protocol::Stream {
                 return Err(NetError::Proxy(format!(
@@ -147,15 +144,12 @@ fn parse(buf: &[u8]) -> Result<Option<(Proxied, usize)>, NetError> {
                     ));
                 }
             };
-            Ok(Some((Proxied { addresses }, len)))
+            Ok(Some((addresses, len)))
         }
         HeaderResult::V1(Err(e)) => Err(malformed(&e)),
         HeaderResult::V2(Err(e)) => Err(malformed(&e)),
     }
 }
-
-/// The v2 signature: a header that starts with it is a v2 header.
-const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
 /// The whole length a v2 header at the start of `buf` declares, once its
 /// first 16 bytes are in.
@@ -163,7 +157,7 @@ fn v2_length(buf: &[u8]) -> Option<usize> {
     let fixed = buf.get(..16)?;
     let declared = u16::from_be_bytes([fixed[14], fixed[15]]);
     fixed
-        .starts_with(V2_SIGNATURE)
+        .starts_with(v2::PROTOCOL_PREFIX)
         .then(|| 16 + usize::from(declared))
 }
 
@@ -333,7 +327,7 @@ mod tests {
             // In one segment with the client's first bytes, or a byte at a time.
             for pieces in [1, 3, bytes.len()] {
                 let (proxied, after) = read(&bytes, pieces).await.unwrap();
-                assert_eq!(proxied.addresses, Some(addresses), "{pieces} pieces");
+                assert_eq!(proxied, Some(addresses), "{pieces} pieces");
                 assert_eq!(after, hello, "{pieces} pieces");
             }
         }
@@ -342,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn a_balancers_own_connection_keeps_the_sockets_address() {
         let (proxied, _) = read(b"PROXY UNKNOWN\r\n", 1).await.unwrap();
-        assert_eq!(proxied.addresses, None);
+        assert_eq!(proxied, None);
         let local = v2::Builder::new(
             v2::Version::Two as u8 | v2::Command::Local as u8,
             v2::AddressFamily::Unspecified as u8 | v2::Protocol::Unspecified as u8,
@@ -350,7 +344,7 @@ mod tests {
         .build()
         .unwrap();
         let (proxied, after) = read(&local, 1).await.unwrap();
-        assert_eq!((proxied.addresses, after.len()), (None, 0));
+        assert_eq!((proxied, after.len()), (None, 0));
     }
 
     #[tokio::test]

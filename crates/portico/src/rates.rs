@@ -190,11 +190,7 @@ fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
         }
         // A stage's or route's key rate spans PoPs when its API is an edge
         // API; a regional API's stays whole where its requests enter.
-        let edge = |api: &str| {
-            defs.api(api)
-                .is_some_and(|a| a.endpoint == EndpointMode::Edge)
-        };
-        for kt in plan.key_throttles.iter().filter(|kt| edge(&kt.api)) {
+        for kt in plan.key_throttles.iter().filter(|kt| defs.is_edge(&kt.api)) {
             out.insert(format!("plan:{}", kt.family(&plan.name)), spec(kt.throttle));
         }
     }
@@ -208,9 +204,7 @@ fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
     let (family, key) = rest.rsplit_once('/').ok_or("malformed key scope")?;
     let (plan, within) = parse_family(family).ok_or("malformed key scope")?;
     if let Some((api, _, _)) = within
-        && !defs
-            .api(api)
-            .is_some_and(|a| a.endpoint == EndpointMode::Edge)
+        && !defs.is_edge(api)
     {
         return Err(format!(
             "`{api}` is not an edge API: its key rates are not shared"

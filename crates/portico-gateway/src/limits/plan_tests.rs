@@ -64,10 +64,6 @@ fn limits(defs: &Definitions, shared: bool) -> Limits {
     }
 }
 
-fn gateway(limits: Limits, defs: Arc<Definitions>) -> Gateway<Ok200> {
-    ok_gateway(defs, limits)
-}
-
 /// A client's request for `/STAGE/PATH` with `key`: status, body and the
 /// names in its `RateLimit-Policy`.
 async fn get(g: &Gateway<Ok200>, path: &str, key: &str) -> (u16, String, String) {
@@ -97,7 +93,7 @@ const TOO_MANY: &str = r#"{"message":"Too Many Requests"}"#;
 /// or in shared ones (a PoP).
 async fn stage_and_route_throttles_hold_per_key(shared: bool) {
     let defs = definitions();
-    let g = gateway(limits(&defs, shared), Arc::clone(&defs));
+    let g = ok_gateway(Arc::clone(&defs), limits(&defs, shared));
     // The route's: one on GET /x in prod.
     let (status, _, policy) = get(&g, "/prod/x", K1).await;
     assert_eq!(status, 200);
@@ -142,7 +138,7 @@ async fn a_plans_stage_and_route_throttles_hold_per_key_at_a_pop() {
 #[tokio::test]
 async fn shares_of_stage_and_route_key_rates_apply() {
     let defs = definitions();
-    let g = gateway(limits(&defs, true), Arc::clone(&defs));
+    let g = ok_gateway(Arc::clone(&defs), limits(&defs, true));
     let limits = g.limits();
     let share = RateSpec {
         rate: 0.0005,

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use portico_config::{Definitions, EndpointMode, KeyThrottle, RateLimit};
+use portico_config::{Definitions, KeyThrottle, RateLimit};
 
 use super::share::SharedThrottle;
 use super::spec;
@@ -54,12 +54,6 @@ pub(crate) struct PlanStage {
     routes: Vec<Option<KeyFamily>>,
 }
 
-impl PlanStage {
-    pub fn route(&self, index: usize) -> Option<&KeyFamily> {
-        self.routes.get(index)?.as_ref()
-    }
-}
-
 /// One of a plan's narrower per-key throttles.
 #[derive(Debug)]
 pub(crate) struct KeyFamily {
@@ -80,8 +74,8 @@ pub(crate) struct KeyFamily {
 impl PlanStage {
     /// The route's throttle for the route at `index` whose key is `key`.
     pub fn route_keyed(&self, index: usize, key: &str) -> Option<&KeyFamily> {
-        self.route(index)
-            .filter(|f| f.route.as_deref() == Some(key))
+        let f = self.routes.get(index)?.as_ref()?;
+        (f.route.as_deref() == Some(key)).then_some(f)
     }
 }
 
@@ -150,12 +144,11 @@ impl LimiterSet {
             set.stages.insert(api.name.clone(), stages);
         }
         for plan in &definitions.usage_plans {
-            let edge = plan.api_stages.iter().any(|(api, _)| {
-                definitions
-                    .api(api)
-                    .is_some_and(|a| a.endpoint == EndpointMode::Edge)
-            });
-            if edge {
+            if plan
+                .api_stages
+                .iter()
+                .any(|(api, _)| definitions.is_edge(api))
+            {
                 set.edge_plans.insert(plan.name.clone());
             }
             for kt in &plan.key_throttles {
@@ -200,7 +193,7 @@ impl LimiterSet {
         };
         // An edge API's requests enter at PoPs: its rate spans them. A
         // regional API's enter here alone, whatever else the plan covers.
-        let shared = api.is_some_and(|a| a.endpoint == EndpointMode::Edge);
+        let shared = definitions.is_edge(&kt.api);
         let Some(stage) = self
             .stages
             .get_mut(&kt.api)

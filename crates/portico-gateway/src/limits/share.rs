@@ -170,30 +170,30 @@ pub(crate) struct KeyShares {
 }
 
 impl KeyShares {
-    /// The bucket of (plan, key), created at the plan's default share;
-    /// `plan` is a family (`portico_config::throttle_family`): the plan's
-    /// own key rate, or one it sets for a stage or route; `name` its
-    /// throttle's name.
+    /// The bucket of (family, key), created at the family's default share;
+    /// a family (`portico_config::throttle_family`) is a plan's own key
+    /// rate, or one it sets for a stage or route; `name` its throttle's
+    /// name.
     pub fn bucket(
         &self,
         name: &'static str,
-        plan: &str,
+        family: &str,
         key_id: &str,
         configured: RateSpec,
     ) -> Option<Arc<SharedThrottle>> {
         let mut buckets = lock(&self.buckets);
-        if let Some(b) = buckets.get(plan).and_then(|p| p.get(key_id))
+        if let Some(b) = buckets.get(family).and_then(|p| p.get(key_id))
             && b.spec() == configured
         {
             return Some(Arc::clone(b));
         }
-        let scope = format!("key:{plan}/{key_id}");
+        let scope = format!("key:{family}/{key_id}");
         let bucket = Arc::new(SharedThrottle::new(name, scope, configured)?);
-        if let Some(default) = lock(&self.defaults).get(plan) {
+        if let Some(default) = lock(&self.defaults).get(family) {
             bucket.set_share(*default);
         }
         buckets
-            .entry(plan.to_owned())
+            .entry(family.to_owned())
             .or_default()
             .insert(key_id.to_owned(), Arc::clone(&bucket));
         Some(bucket)
