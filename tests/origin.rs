@@ -54,6 +54,7 @@ certificates = [{{ cert = "{cert}", key = "{key}" }}]
 max_body_bytes = 104857600
 max_header_bytes = 8192
 upstream_read_timeout_ms = 500
+upload_timeout_ms = 3000
 
 [[apis]]
 name = "echo"
@@ -474,6 +475,76 @@ integration = {{ type = "http_proxy", uri = "http://127.0.0.1:{port}/{{proxy}}" 
         let read = tokio::time::timeout(Duration::from_secs(30), body).await;
         assert!(matches!(read, Ok(Err(_))), "the body should fail: {read:?}");
     }
+}
+
+/// A route's timeout runs from the end of the request body, as API
+/// Gateway's starts once it has the body: an upload slower than the timeout
+/// goes through while it keeps moving. A body that stands still for
+/// `upload_timeout_ms` (3 s here) ends the request: 408 when the client
+/// stopped sending, 504 when the backend stopped reading.
+#[tokio::test]
+async fn the_route_timeout_runs_from_the_end_of_a_slow_upload() {
+    // A backend that accepts connections and never reads from them.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf_port = deaf.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = deaf.accept().await {
+            held.push(sock);
+        }
+    });
+    let f = start(&format!(
+        r#"
+[[apis.routes]]
+method = "POST"
+path = "/upload/{{proxy+}}"
+timeout_ms = 300
+integration = {{ type = "http_proxy", uri = "http://${{stageVariables.backend}}/{{proxy}}" }}
+
+[[apis.routes]]
+method = "POST"
+path = "/deaf"
+timeout_ms = 300
+integration = {{ type = "http_proxy", uri = "http://127.0.0.1:{deaf_port}/" }}
+"#
+    ));
+    let upload = |client: HttpsClient, body: ReqBody| {
+        let req = Request::post(f.url("/prod/upload/x")).body(body).unwrap();
+        async move { send(&client, req).await }
+    };
+    // Four chunks 400 ms apart: 1.2 s and more of upload, four times the
+    // route's 300 ms, each gap well inside the upload timeout.
+    let gap = Duration::from_millis(400);
+    let (a, b) = tokio::join!(
+        upload(f.h1(), trickled(4, gap, false)),
+        upload(f.h2(), trickled(4, gap, false)),
+    );
+    for reply in [a, b] {
+        assert_eq!(reply.status, 200, "{:?}: {}", reply.version, reply.text());
+        assert_eq!(reply.json()["body_length"], 4096, "{:?}", reply.version);
+    }
+    // The client sends one chunk and then nothing: 408.
+    let (a, b) = tokio::join!(
+        upload(f.h1(), trickled(1, Duration::ZERO, true)),
+        upload(f.h2(), trickled(1, Duration::ZERO, true)),
+    );
+    assert_error(&a, 408, "Request Timeout");
+    assert_error(&b, 408, "Request Timeout");
+    assert_eq!(b.headers["x-amzn-errortype"], "RequestTimeoutException");
+    // The backend takes none of 32 MiB once its socket buffers are full: 504.
+    let chunks = futures_util::stream::iter((0..32).map(|_| {
+        Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![b'd'; 1 << 20])))
+    }));
+    let body = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(chunks));
+    let req = Request::post(f.url("/prod/deaf")).body(body).unwrap();
+    assert_error(&send(&f.h2(), req).await, 504, "Endpoint request timed out");
+    // A body that keeps the backend waiting for its head is still cut at the
+    // route's timeout, counted from the body's end.
+    assert_error(
+        &get(&f.h1(), &f.url("/prod/slow/3000")).await,
+        504,
+        "Endpoint request timed out",
+    );
 }
 
 /// A backend on loopback that answers every request with `reply`.

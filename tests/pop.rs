@@ -376,6 +376,25 @@ async fn streams_50_mb_each_way_with_bounded_pop_memory() {
     assert!(peak < 40 * 1024 * 1024, "PoP peak RSS {peak} bytes");
 }
 
+/// A route's timeout runs from the end of the request body at the PoP and
+/// at the origin alike: an upload four times slower than the timeout goes
+/// through while it keeps moving (before, both nodes counted the upload).
+#[tokio::test]
+async fn an_upload_slower_than_the_route_timeout_goes_through_a_pop() {
+    let route = "[[apis.routes]]\nmethod = \"POST\"\npath = \"/upload/{proxy+}\"\ntimeout_ms = 300\nintegration = { type = \"http_proxy\", uri = \"http://${stageVariables.backend}/{proxy}\" }\n";
+    let f = Fixture::start_with(route);
+    f.wait_served(&f.pop).await;
+    for h2 in [false, true] {
+        let body = trickled(4, Duration::from_millis(400), false);
+        let req = Request::post(f.pop_url("/prod/upload/x"))
+            .body(body)
+            .unwrap();
+        let reply = send(&f.client(h2), req).await;
+        assert_eq!(reply.status, 200, "h2 {h2}: {}", reply.text());
+        assert_eq!(reply.json()["body_length"], 4096);
+    }
+}
+
 #[tokio::test]
 async fn a_client_leaving_the_pop_cancels_the_backend_request_at_the_origin() {
     use tokio::io::AsyncReadExt;

@@ -196,6 +196,23 @@ pub fn full(bytes: impl Into<Bytes>) -> ReqBody {
         .boxed_unsync()
 }
 
+/// A request body that arrives a chunk at a time, `gap` apart; with
+/// `stall`, the client then keeps its request open and sends nothing more.
+pub fn trickled(chunks: usize, gap: Duration, stall: bool) -> ReqBody {
+    let frames = futures_util::stream::unfold(0, move |n| async move {
+        if n == chunks {
+            if !stall {
+                return None;
+            }
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(gap).await;
+        let chunk = http_body::Frame::data(Bytes::from(vec![b'u'; 1024]));
+        Some((Ok::<_, std::io::Error>(chunk), n + 1))
+    });
+    http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(frames))
+}
+
 /// Starts `portico --log-format json origin` with its log written to `dir/origin.log`.
 pub fn origin_logging(dir: &Path, config: &str) -> (Proc, PathBuf) {
     let path = dir.join("origin.toml");

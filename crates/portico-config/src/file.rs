@@ -78,6 +78,7 @@ pub(crate) struct LimitsFile {
     pub max_connections_per_client: Option<S<u64>>,
     pub upstream_read_timeout_ms: Option<S<u64>>,
     pub send_timeout_ms: Option<S<u64>>,
+    pub upload_timeout_ms: Option<S<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -315,7 +315,7 @@ mod tests {
         assert_eq!(
             e.0[1].expected.as_deref(),
             Some(
-                "one of `max_body_bytes`, `max_header_bytes`, `default_timeout_ms`, `max_connections`, `max_connections_per_client`, `upstream_read_timeout_ms`, `send_timeout_ms`"
+                "one of `max_body_bytes`, `max_header_bytes`, `default_timeout_ms`, `max_connections`, `max_connections_per_client`, `upstream_read_timeout_ms`, `send_timeout_ms`, `upload_timeout_ms`"
             )
         );
     }

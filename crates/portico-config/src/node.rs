@@ -287,6 +287,10 @@ fn compile_limits(f: &LimitsFile, diag: &mut Diag<'_>) -> Option<Limits> {
         ok &= in_range(v, 100..=3_600_000, "send_timeout_ms", diag);
         limits.send_timeout = Duration::from_millis(*v.get_ref());
     }
+    if let Some(v) = &f.upload_timeout_ms {
+        ok &= in_range(v, 100..=3_600_000, "upload_timeout_ms", diag);
+        limits.upload_timeout = Duration::from_millis(*v.get_ref());
+    }
     ok.then_some(limits)
 }
 
@@ -922,6 +926,13 @@ mod tests {
             c.limits.send_timeout,
             std::time::Duration::from_millis(1500)
         );
+        assert_eq!(c.limits.upload_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(
+            errors(&format!("{NODE}[limits]\nupload_timeout_ms = 3600001\n")),
+            ["5:21: upload_timeout_ms 3600001 is out of range"]
+        );
+        let c = parse(&format!("{NODE}[limits]\nupload_timeout_ms = 5000\n")).unwrap();
+        assert_eq!(c.limits.upload_timeout, std::time::Duration::from_secs(5));
         assert_eq!(
             errors(&format!(
                 "{NODE}[backend_client]\npool_idle_timeout_ms = 100000000\n\

@@ -156,6 +156,11 @@ pub struct Limits {
     /// Longest a client may take to accept more of a response (nginx's
     /// `send_timeout`): past it the connection is closed.
     pub send_timeout: Duration,
+    /// Longest a request body may stand still on its way to the backend
+    /// (nginx's `client_body_timeout` and `proxy_send_timeout`): the client
+    /// sending nothing (408) or the backend taking nothing (504). The route
+    /// timeout runs from the body's end.
+    pub upload_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -168,6 +173,7 @@ impl Default for Limits {
             max_connections_per_client: 256,
             upstream_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            upload_timeout: Duration::from_secs(60),
         }
     }
 }

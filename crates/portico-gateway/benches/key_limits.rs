@@ -84,6 +84,7 @@ fn gateway(narrower: bool, shared: bool) -> Gateway<Ok200> {
         max_body_bytes: 1 << 20,
         max_header_bytes: 16 * 1024,
         upstream_read_timeout: std::time::Duration::from_secs(60),
+        upload_timeout: std::time::Duration::from_secs(60),
     };
     Gateway::new(settings, defs, Ok200).with_limits(limits)
 }

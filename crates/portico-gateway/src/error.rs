@@ -26,6 +26,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The request header section exceeds its limit.
     HeaderTooLarge,
+    /// The client stopped sending its request body (`[limits] upload_timeout_ms`).
+    RequestTimeout,
     /// The backend URI the request's values render is longer than a URI
     /// can be sent.
     UriTooLong,
@@ -55,6 +57,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed { .. } => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::HeaderTooLarge => "header_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::TooManyRequests { .. } => "too_many_requests",
             ErrorKind::LimitExceeded { .. } => "limit_exceeded",
@@ -137,6 +140,7 @@ impl GatewayError {
                 "Request Header Fields Too Large",
             ),
             ErrorKind::UriTooLong => (StatusCode::URI_TOO_LONG, "Request-URI Too Long"),
+            ErrorKind::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
             ErrorKind::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
             }
@@ -187,6 +191,7 @@ impl GatewayError {
             | ErrorKind::PayloadTooLarge
             | ErrorKind::HeaderTooLarge
             | ErrorKind::UriTooLong
+            | ErrorKind::RequestTimeout
             | ErrorKind::TooEarly
             | ErrorKind::BadGateway
             | ErrorKind::ServiceUnavailable
@@ -210,6 +215,7 @@ fn error_type(kind: &ErrorKind) -> &'static str {
         ErrorKind::PayloadTooLarge => "RequestTooLongException",
         ErrorKind::HeaderTooLarge => "RequestHeaderFieldsTooLargeException",
         ErrorKind::UriTooLong => "RequestUriTooLongException",
+        ErrorKind::RequestTimeout => "RequestTimeoutException",
         ErrorKind::TooManyRequests { .. } => "TooManyRequestsException",
         ErrorKind::LimitExceeded { .. } => "LimitExceededException",
         ErrorKind::TooEarly => "TooEarlyException",
@@ -257,6 +263,7 @@ mod tests {
                 "Request Header Fields Too Large",
             ),
             (ErrorKind::UriTooLong, 414, "Request-URI Too Long"),
+            (ErrorKind::RequestTimeout, 408, "Request Timeout"),
             (
                 ErrorKind::TooManyRequests {
                     retry_after: second,

@@ -21,6 +21,7 @@ use crate::headers::{REQUEST_ID, RequestId, strip_hop_by_hop, strip_request_hop_
 use crate::limits::Limits;
 use crate::log::{AccessRecord, Logged};
 use crate::router::{RoutingTable, ServedModes};
+use crate::upload::{Late, Upload, Uploading};
 use crate::upstream::Upstream;
 
 /// Node-wide settings of the pipeline.
@@ -36,6 +37,18 @@ pub struct GatewaySettings {
     /// Longest wait for more of a response body (`[limits]
     /// upstream_read_timeout_ms`).
     pub upstream_read_timeout: Duration,
+    /// Longest a request body may stand still on its way upstream (`[limits]
+    /// upload_timeout_ms`); the route's timeout runs from its end.
+    pub upload_timeout: Duration,
+}
+
+impl GatewaySettings {
+    pub(crate) fn waits(&self) -> Waits {
+        Waits {
+            read: self.upstream_read_timeout,
+            upload: self.upload_timeout,
+        }
+    }
 }
 
 /// How a request entered the node, which decides how it is routed.
@@ -88,7 +101,7 @@ impl<U: Upstream> Gateway<U> {
         self.cache = Some(Arc::new(ResponseCache::new(
             &self.settings.node_id,
             max_bytes,
-            self.settings.upstream_read_timeout,
+            self.settings.waits(),
         )));
         self
     }
@@ -369,8 +382,8 @@ impl<U: Upstream> Gateway<U> {
         req: Request<Body>,
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
-        let read_timeout = self.settings.upstream_read_timeout;
-        let (result, latency) = forward_timed(&*self.upstream, ctx, req, read_timeout).await;
+        let (result, latency) =
+            forward_timed(&*self.upstream, ctx, req, self.settings.waits()).await;
         record.integration_latency = Some(latency);
         result
     }
@@ -409,17 +422,29 @@ fn without_body(resp: Response<Body>) -> Response<Body> {
 
 /// Calls `upstream` under the route's timeout; also says how long it took. Used by
 /// the pipeline and by the cache (whose background refreshes have no record).
-/// Once the head is in, each wait for more of the body is bounded by
-/// `read_timeout`.
+/// A request body streams upstream under `waits.upload` (each wait for it to
+/// move), and the route's timeout runs from its end (`crate::upload`). Once
+/// the head is in, each wait for more of the response body is bounded by
+/// `waits.read`.
 pub(crate) async fn forward_timed<U: Upstream>(
     upstream: &U,
     ctx: &RequestCtx,
     req: Request<Body>,
-    read_timeout: Duration,
+    waits: Waits,
 ) -> (Result<Response<Body>, GatewayError>, Duration) {
     let timeout: Duration = ctx.settings().timeout;
     let started = Instant::now();
-    let result = tokio::time::timeout(timeout, upstream.forward(ctx, req)).await;
+    let result = if http_body::Body::is_end_stream(req.body()) {
+        tokio::time::timeout(timeout, upstream.forward(ctx, req))
+            .await
+            .map_err(|_| Late::Head)
+    } else {
+        let upload = Upload::new();
+        let req = req.map(|body| Body::new(Uploading::new(body, Arc::clone(&upload))));
+        upload
+            .race(upstream.forward(ctx, req), timeout, waits.upload)
+            .await
+    };
     let result = match result {
         // An interim (1xx) answer as the final one: a 101 with nothing to
         // switch to (no upgrade is ever forwarded), or a backend's mistake.
@@ -430,14 +455,35 @@ pub(crate) async fn forward_timed<U: Upstream>(
         .with_cause(format!("the upstream answered {}", resp.status()))),
         // The route's timeout covers the head; then the read timeout each
         // wait for more of the body, as nginx's proxy_read_timeout does.
-        Ok(Ok(resp)) => Ok(resp.map(|body| Body::new(IdleTimeout::new(body, read_timeout)))),
+        Ok(Ok(resp)) => Ok(resp.map(|body| Body::new(IdleTimeout::new(body, waits.read)))),
         Ok(Err(err)) => Err(reclassify(err)),
-        Err(_) => Err(GatewayError::new(
+        Err(Late::Client) => Err(GatewayError::client(ErrorKind::RequestTimeout).with_cause(
+            format!("the request body stood still for {:?}", waits.upload),
+        )),
+        Err(Late::Upstream) => Err(GatewayError::new(
+            ErrorKind::GatewayTimeout,
+            ErrorSource::Integration,
+        )
+        .with_cause(format!(
+            "the upstream took none of the request body for {:?}",
+            waits.upload
+        ))),
+        Err(Late::Head) => Err(GatewayError::new(
             ErrorKind::GatewayTimeout,
             ErrorSource::Integration,
         )),
     };
     (result, started.elapsed())
+}
+
+/// How long a request's exchange with its upstream may wait, beside the
+/// route's timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waits {
+    /// For more of the response body (`[limits] upstream_read_timeout_ms`).
+    pub read: Duration,
+    /// For the request body to move (`[limits] upload_timeout_ms`).
+    pub upload: Duration,
 }
 
 /// An upstream failure caused by our own request-body limit is the client's

@@ -17,6 +17,7 @@ pub mod limits;
 pub mod log;
 pub mod router;
 pub mod throttle;
+mod upload;
 pub mod upstream;
 pub mod workers;
 

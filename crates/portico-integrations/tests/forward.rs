@@ -64,6 +64,7 @@ fn gateway(backend: SocketAddr, routes: &str) -> Gateway<Integrations> {
         max_body_bytes: 1 << 20,
         max_header_bytes: 1 << 20,
         upstream_read_timeout: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(60),
     };
     Gateway::new(settings, Arc::new(definitions), Integrations::new(client))
 }

@@ -13,6 +13,7 @@ pub fn gateway(config: &NodeConfig) -> GatewaySettings {
         max_body_bytes: config.limits.max_body_bytes,
         max_header_bytes: config.limits.max_header_bytes,
         upstream_read_timeout: config.limits.upstream_read_timeout,
+        upload_timeout: config.limits.upload_timeout,
     }
 }
 

@@ -399,6 +399,7 @@ impl Pop {
             max_body_bytes: 1 << 30,
             max_header_bytes: 16 * 1024,
             upstream_read_timeout: std::time::Duration::from_secs(60),
+            upload_timeout: std::time::Duration::from_secs(60),
         };
         let gateway = Arc::new(Gateway::new(settings, defs, backbone.upstream()));
         let mut config = backbone.config();

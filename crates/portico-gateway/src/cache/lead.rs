@@ -76,7 +76,7 @@ impl<U: Upstream> Job<'_, U> {
         let request_time = SystemTime::now();
         let stamp = self.stamp();
         let (result, latency) =
-            forward_timed(&**self.upstream, self.ctx, req, self.cache.read_timeout).await;
+            forward_timed(&**self.upstream, self.ctx, req, self.cache.waits).await;
         if let Some(r) = record.as_deref_mut() {
             r.integration_latency = Some(latency);
         }

@@ -41,6 +41,7 @@ use self::fill::Flights;
 use self::key::{path_hash, write_query};
 use self::respond::StatusNames;
 use self::store::Store;
+use crate::gateway::Waits;
 
 /// What a purge removes. Mirrors the backbone's `Purge` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,19 +132,19 @@ pub struct ResponseCache {
     store: Store,
     flights: Arc<Flights>,
     names: StatusNames,
-    /// Longest wait for more of an upstream body (the gateway's setting).
-    read_timeout: std::time::Duration,
+    /// The gateway's waits on an upstream exchange.
+    waits: Waits,
 }
 
 impl ResponseCache {
     /// A cache of at most `max_bytes` (bodies, headers and keys) for node
-    /// `node_id`, whose fetches wait at most `read_timeout` for more body.
-    pub fn new(node_id: &str, max_bytes: u64, read_timeout: std::time::Duration) -> ResponseCache {
+    /// `node_id`, whose exchanges wait as the gateway's do (`waits`).
+    pub(crate) fn new(node_id: &str, max_bytes: u64, waits: Waits) -> ResponseCache {
         ResponseCache {
             store: Store::new(max_bytes),
             flights: Arc::default(),
             names: StatusNames::new(node_id),
-            read_timeout,
+            waits,
         }
     }
 

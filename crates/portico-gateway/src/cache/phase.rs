@@ -141,7 +141,7 @@ impl ResponseCache {
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
         let path = is_unsafe(req.method()).then(|| req.uri().path().to_owned());
-        let (result, latency) = forward_timed(&**upstream, ctx, req, self.read_timeout).await;
+        let (result, latency) = forward_timed(&**upstream, ctx, req, self.waits).await;
         record.integration_latency = Some(latency);
         let resp = result?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
@@ -311,7 +311,7 @@ impl<U: Upstream> Job<'_, U> {
     ) -> Result<Response<Body>, GatewayError> {
         let req = self.upstream_request(None, body, false)?;
         let (result, latency) =
-            forward_timed(&**self.upstream, self.ctx, req, self.cache.read_timeout).await;
+            forward_timed(&**self.upstream, self.ctx, req, self.cache.waits).await;
         record.integration_latency = Some(latency);
         let mut resp = result?;
         let m = Member::new(Fwd::Miss)

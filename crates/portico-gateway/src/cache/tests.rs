@@ -173,6 +173,7 @@ fn gateway_with_cache(
         max_body_bytes: 1 << 20,
         max_header_bytes: 16 * 1024,
         upstream_read_timeout: Duration::from_secs(60),
+        upload_timeout: Duration::from_secs(60),
     };
     let upstream = Scripted {
         calls: AtomicUsize::new(0),

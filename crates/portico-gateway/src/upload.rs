@@ -1,0 +1,287 @@
+//! The clock of a request whose body streams upstream.
+//!
+//! A route's timeout bounds the wait for the response head *after* the
+//! request is sent, as API Gateway's 29 s start once it has the whole body.
+//! Portico streams the body instead of buffering it, so while it moves the
+//! route's clock has not started: each wait for the body to move (for the
+//! client to send more, or for the upstream to take more) is bounded by the
+//! upload timeout instead (nginx's `client_body_timeout` and
+//! `proxy_send_timeout`), and the route's timeout runs from the body's end.
+//! A slow but steady upload is never cut; a stalled one is, with 408 when the
+//! client stopped sending and 504 when the upstream stopped taking it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::body::BoxError;
+
+/// Where a request body on its way upstream stands, shared by the body and
+/// the wait for the response head.
+#[derive(Debug)]
+pub(crate) struct Upload {
+    base: Instant,
+    /// Nanoseconds from `base` to the body's last move (its start at first).
+    moved: AtomicU64,
+    /// Nanoseconds from `base` to the body's end, plus one; 0 while it streams.
+    ended: AtomicU64,
+    /// Whether the body's last poll waited on its source (the client) rather
+    /// than the upstream not asking for more.
+    on_client: AtomicBool,
+    end: Notify,
+}
+
+/// Why a request was given up on before its response head came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Late {
+    /// The client sent nothing of its body for the upload timeout (408).
+    Client,
+    /// The upstream took nothing of the body for the upload timeout (504).
+    Upstream,
+    /// The whole body went, and no head came within the route's timeout (504).
+    Head,
+}
+
+impl Upload {
+    pub(crate) fn new() -> Arc<Upload> {
+        Arc::new(Upload {
+            base: Instant::now(),
+            moved: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            on_client: AtomicBool::new(false),
+            end: Notify::new(),
+        })
+    }
+
+    fn since_base(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+
+    fn moved(&self) {
+        self.moved.store(self.since_base(), Ordering::Relaxed);
+        self.on_client.store(false, Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        let now = self.since_base() + 1;
+        if self
+            .ended
+            .compare_exchange(0, now, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.end.notify_one();
+        }
+    }
+
+    /// When the wait gives up, as things stand, and why.
+    fn deadline(&self, head: Duration, upload: Duration) -> (Instant, Late) {
+        match self.ended.load(Ordering::Acquire) {
+            0 => {
+                let why = if self.on_client.load(Ordering::Relaxed) {
+                    Late::Client
+                } else {
+                    Late::Upstream
+                };
+                (self.at(self.moved.load(Ordering::Relaxed)) + upload, why)
+            }
+            ended => (self.at(ended - 1) + head, Late::Head),
+        }
+    }
+
+    /// Runs `exchange` (which sends `body` upstream) until it ends, or until
+    /// the body stands still for `upload`, or the head has not come `head`
+    /// after the body's end.
+    pub(crate) async fn race<F: Future>(
+        &self,
+        exchange: F,
+        head: Duration,
+        upload: Duration,
+    ) -> Result<F::Output, Late> {
+        tokio::pin!(exchange);
+        loop {
+            let (deadline, why) = self.deadline(head, upload);
+            tokio::select! {
+                biased;
+                out = &mut exchange => return Ok(out),
+                // The body ended: its deadline moves to the head's.
+                () = self.end.notified() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    // The body may have moved since the deadline was taken.
+                    if self.deadline(head, upload).0 <= Instant::now() {
+                        return Err(why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that tells its [`Upload`] whenever it moves and when it ends.
+    pub(crate) struct Uploading<B> {
+        #[pin]
+        inner: B,
+        upload: Arc<Upload>,
+    }
+}
+
+impl<B> Uploading<B> {
+    pub(crate) fn new(inner: B, upload: Arc<Upload>) -> Self {
+        Self { inner, upload }
+    }
+}
+
+impl<B> http_body::Body for Uploading<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Pending => {
+                this.upload.on_client.store(true, Ordering::Relaxed);
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.upload.moved();
+                // A reader may stop at a body that says it has ended.
+                if frame.is_trailers() || this.inner.is_end_stream() {
+                    this.upload.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
+            Poll::Ready(None) => {
+                this.upload.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A body of `chunks` one-byte chunks, `gap` apart, then silence when `stall`.
+    fn trickle(chunks: usize, gap: Duration, stall: bool) -> crate::body::Body {
+        let frames = futures_util::stream::iter(0..chunks)
+            .then(move |_| async move {
+                tokio::time::sleep(gap).await;
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x")))
+            })
+            .chain(futures_util::stream::once(async move {
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, BoxError>(Frame::data(Bytes::new()))
+            }));
+        crate::body::Body::new(StreamBody::new(frames))
+    }
+
+    /// An upstream that reads the whole body, then answers after `answer`.
+    async fn reader(body: Uploading<crate::body::Body>, answer: Duration) -> usize {
+        let n = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        tokio::time::sleep(answer).await;
+        n
+    }
+
+    const HEAD: Duration = Duration::from_secs(3);
+    const UPLOAD: Duration = Duration::from_secs(2);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_steady_upload_outlasts_the_route_timeout() {
+        // 10 chunks a second apart: 10 s of upload against a 3 s route
+        // timeout, then an answer 2 s after the body's end.
+        let upload = Upload::new();
+        let body = Uploading::new(trickle(10, Duration::from_secs(1), false), upload.clone());
+        let started = Instant::now();
+        let got = upload
+            .race(reader(body, Duration::from_secs(2)), HEAD, UPLOAD)
+            .await;
+        assert_eq!(got, Ok(10));
+        assert!(started.elapsed() >= Duration::from_secs(12));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_timeout_runs_from_the_end_of_the_body() {
+        let upload = Upload::new();
+        let body = Uploading::new(trickle(5, Duration::from_secs(1), false), upload.clone());
+        let started = Instant::now();
+        let got = upload
+            .race(reader(body, Duration::from_secs(60)), HEAD, UPLOAD)
+            .await;
+        assert_eq!(got, Err(Late::Head));
+        // 5 s of body, then the route's 3 s.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(8) && took < Duration::from_secs(9),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_sending_is_told_apart_from_an_upstream_that_stops_reading() {
+        let upload = Upload::new();
+        let body = Uploading::new(trickle(3, Duration::from_secs(1), true), upload.clone());
+        let started = Instant::now();
+        let got = upload
+            .race(reader(body, Duration::ZERO), HEAD, UPLOAD)
+            .await;
+        assert_eq!(got, Err(Late::Client));
+        // 3 s of body, then 2 s of silence.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+
+        // An upstream that reads one chunk and then nothing more.
+        let upload = Upload::new();
+        let mut body = Uploading::new(trickle(3, Duration::from_secs(1), false), upload.clone());
+        let stuck = async move {
+            let _ = body.frame().await;
+            std::future::pending::<()>().await;
+        };
+        assert_eq!(upload.race(stuck, HEAD, UPLOAD).await, Err(Late::Upstream));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_before_the_body_ends_is_taken() {
+        let upload = Upload::new();
+        let _body = Uploading::new(trickle(3, Duration::from_secs(1), true), upload.clone());
+        let early = async { 7 };
+        assert_eq!(upload.race(early, HEAD, UPLOAD).await, Ok(7));
+    }
+}
