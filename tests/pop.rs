@@ -227,6 +227,71 @@ async fn client_pop_origin_backend_over_http1_and_http2() {
     }
 }
 
+/// An edge API's CORS is the PoP's: it answers the preflight itself (the
+/// request never crosses the backbone) and puts the headers the
+/// configuration gives a request's `Origin` on the origin's response.
+#[tokio::test]
+async fn the_pop_answers_cors_preflights_and_decorates_responses() {
+    let cors = "[apis.cors]\nallow_origins = [\"https://app.test\"]\nallow_methods = [\"GET\", \"PUT\"]\nallow_headers = [\"*\"]\nexpose_headers = [\"x-request-id\"]\nmax_age_seconds = 600\nallow_credentials = true\n";
+    let f = Fixture::start_with(cors);
+    f.wait_served(&f.pop).await;
+    for h2 in [false, true] {
+        let client = f.client(h2);
+        let preflight = Request::options(f.pop_url("/prod/items/7"))
+            .header("origin", "https://app.test")
+            .header("access-control-request-method", "PUT")
+            .header("access-control-request-headers", "content-type, x-trace")
+            .body(full(""))
+            .unwrap();
+        let reply = send(&client, preflight).await;
+        assert_eq!(reply.status, 204, "h2 {h2}: {}", reply.text());
+        assert!(reply.body.is_empty());
+        let h = &reply.headers;
+        assert_eq!(h["access-control-allow-origin"], "https://app.test");
+        assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+        assert_eq!(h["access-control-allow-headers"], "content-type, x-trace");
+        assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["access-control-max-age"], "600");
+        assert_eq!(vias(&reply), "1.1 pop-a", "answered at the PoP");
+        // The request itself goes to the backend; its answer is decorated.
+        let get = Request::get(f.pop_url("/prod/items/7"))
+            .header("origin", "https://app.test")
+            .body(full(""))
+            .unwrap();
+        let reply = send(&client, get).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["method"], "GET");
+        let h = &reply.headers;
+        assert_eq!(h["access-control-allow-origin"], "https://app.test");
+        assert_eq!(h["access-control-expose-headers"], "x-request-id");
+        assert_eq!(h["vary"], "Origin");
+        assert!(vias(&reply).contains("origin-a"));
+        // Another origin is told nothing, preflight or not.
+        let other = Request::options(f.pop_url("/prod/items/7"))
+            .header("origin", "https://evil.test")
+            .header("access-control-request-method", "PUT")
+            .body(full(""))
+            .unwrap();
+        let reply = send(&client, other).await;
+        assert_eq!(reply.status, 204);
+        assert!(!reply.headers.contains_key("access-control-allow-origin"));
+        assert!(!reply.headers.contains_key("access-control-allow-methods"));
+        let get = Request::get(f.pop_url("/prod/items/7"))
+            .header("origin", "https://evil.test")
+            .body(full(""))
+            .unwrap();
+        let reply = send(&client, get).await;
+        assert_eq!(reply.status, 200);
+        assert!(!reply.headers.contains_key("access-control-allow-origin"));
+    }
+    // A plain OPTIONS (no Origin) is an ordinary request: the backend's.
+    let plain = Request::options(f.pop_url("/prod/items/7"))
+        .body(full(""))
+        .unwrap();
+    let reply = send(&f.client(false), plain).await;
+    assert_eq!(reply.json()["method"], "OPTIONS");
+}
+
 #[tokio::test]
 async fn a_pop_sent_sighup_logs_it_and_keeps_serving() {
     let f = Fixture::start();

@@ -104,6 +104,7 @@ fn compile_api(f: &ApiFile, defaults: &DefinitionDefaults, diag: &mut Diag<'_>) 
     if let Some(r) = &f.region {
         check_region(r, diag);
     }
+    let cors = f.cors.as_ref().map(|c| crate::cors::compile_cors(c, diag));
     let current = build_deployment(CURRENT_DEPLOYMENT, None, &f.routes, defaults.timeout, diag);
     let deployments = compile_deployments(&f.deployments, defaults.timeout, diag);
     let mut names = HashMap::new();
@@ -131,6 +132,7 @@ fn compile_api(f: &ApiFile, defaults: &DefinitionDefaults, diag: &mut Diag<'_>) 
             .map(|h| h.get_ref().to_ascii_lowercase())
             .collect(),
         description: f.description.clone(),
+        cors: cors.flatten().map(Arc::new),
         current: current.deployment,
         deployments: deployments.into_iter().map(|d| d.deployment).collect(),
         stages,

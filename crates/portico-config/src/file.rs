@@ -153,12 +153,31 @@ pub(crate) struct ApiFile {
     pub hosts: Vec<S<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<S<CorsFile>>,
     #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteFile>,
     #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<DeploymentFile>,
     #[serde(skip_deserializing, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageFile>,
+}
+
+/// An API's `cors` table (API Gateway HTTP APIs' CORS configuration).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CorsFile {
+    pub allow_origins: S<Vec<S<String>>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<S<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<S<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<S<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<S<u64>>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_credentials: bool,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -21,6 +21,7 @@
 
 mod cache;
 mod compile;
+mod cors;
 mod delta;
 mod error;
 mod file;
@@ -43,6 +44,7 @@ use std::path::Path;
 
 pub use cache::{CacheMode, CacheSettings, ClientInvalidation, NodeCacheConfig};
 pub use compile::{DefinitionDefaults, MAX_NAME, NODE_ID, is_node_id};
+pub use cors::{Cors, CorsList, MAX_CORS_AGE};
 pub use delta::{ApiChange, NoDelta};
 pub use error::{ConfigError, ConfigErrors};
 pub use method::{EndpointMode, Method, Role, UnknownMethod};
@@ -366,6 +368,10 @@ mod tests {
             Some("us-east-1")
         );
         assert_eq!(again.domains[0].certificate, defs.domains[0].certificate);
+        // What a PoP receives keeps the API's CORS.
+        let cors = again.api("echo").unwrap().cors.as_deref().unwrap();
+        assert_eq!(Some(cors), defs.api("echo").unwrap().cors.as_deref());
+        assert!(cors.credentials && cors.allows(b"http://localhost:3000"));
     }
 
     #[test]

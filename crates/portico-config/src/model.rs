@@ -143,6 +143,8 @@ pub struct Api {
     /// Lower-case Host names selecting this API.
     pub hosts: Vec<String>,
     pub description: Option<String>,
+    /// CORS: preflights answered by the gateway, headers on every response.
+    pub cors: Option<Arc<crate::Cors>>,
     /// The API's top-level routes (deployment id `current`).
     pub current: Arc<Deployment>,
     /// Named deployments, in file order.

@@ -196,6 +196,13 @@ impl<U: Upstream> Gateway<U> {
     ) -> Response<Body> {
         // 1. Identify the request and start its access record.
         let mut record = self.record(&req, conn);
+        // For CORS: the node the client entered answers it (a PoP for the
+        // requests it forwards).
+        let origin = match entry {
+            Entry::Public(_) => req.headers().get(header::ORIGIN).cloned(),
+            Entry::Routed { .. } => None,
+        };
+        let public = matches!(entry, Entry::Public(_));
         // 2. Run the phases; any error goes to the one error sink.
         let result = self.process(req, conn, entry, &mut record).await;
         let mut resp = result.unwrap_or_else(|err| {
@@ -208,6 +215,12 @@ impl<U: Upstream> Gateway<U> {
         });
         // 3. Shape the response and attach the access log to its body.
         self.shape_response(&mut resp, &record.request_id);
+        if public
+            && let Some((api, _, _)) = &record.target
+            && let Some(cors) = &api.cors
+        {
+            crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
+        }
         if record.method == http::Method::HEAD {
             resp = without_body(resp);
         }
@@ -246,6 +259,11 @@ impl<U: Upstream> Gateway<U> {
         // definitions to the end. The table itself is only looked at (no
         // reference count taken, which every thread would share).
         let table = self.table.load();
+        if crate::cors::is_preflight(&record.method, req.headers())
+            && let Some(resp) = preflight(&table, entry, &req, &record.host, path, conn)
+        {
+            return Ok(resp);
+        }
         let resolved = match entry {
             Entry::Public(modes) => {
                 let default_api = conn.default_api.as_deref();
@@ -394,6 +412,29 @@ impl<U: Upstream> Gateway<U> {
         headers.insert(&REQUEST_ID, request_id.value().clone());
         headers.append(header::VIA, self.via.clone());
     }
+}
+
+/// The gateway's own answer to a CORS preflight for an API that configures
+/// CORS; `None` lets the request route as any other.
+fn preflight(
+    table: &RoutingTable,
+    entry: Entry<'_>,
+    req: &Request<Body>,
+    host: &str,
+    path: &str,
+    conn: &ConnInfo,
+) -> Option<Response<Body>> {
+    let api = match entry {
+        Entry::Public(modes) => {
+            let default_api = conn.default_api.as_deref();
+            Arc::clone(&table.locate(host, path, default_api, modes).ok()?.0)
+        }
+        Entry::Routed {
+            api, stage, modes, ..
+        } => Arc::clone(table.locate_in(api, stage, modes).ok()?.0),
+    };
+    let cors = api.cors.as_ref()?;
+    Some(crate::cors::preflight(cors, req.headers()))
 }
 
 /// A response to HEAD: its head only, with the length its body would have

@@ -9,6 +9,7 @@
 pub mod body;
 pub mod cache;
 pub mod context;
+mod cors;
 pub mod error;
 mod gateway;
 pub mod headers;

@@ -109,17 +109,30 @@ impl RoutingTable {
         default_api: Option<&str>,
         modes: ServedModes,
     ) -> Result<Resolved, GatewayError> {
+        let (api, stage, inner) = self.locate(host, path, default_api, modes)?;
+        self.match_route(api, stage, method, inner)
+    }
+
+    /// The API and stage a request is addressed to, and the path inside the
+    /// stage, whatever its route (a CORS preflight is answered without one).
+    pub fn locate<'p>(
+        &self,
+        host: &str,
+        path: &'p str,
+        default_api: Option<&str>,
+        modes: ServedModes,
+    ) -> Result<(Arc<Api>, Arc<Stage>, &'p str), GatewayError> {
         // A fully qualified name's final dot names the same host.
         let host = strip_port(host);
         let host = host.strip_suffix('.').unwrap_or(host);
-        let (api, stage, inner) = match self.lookup_domain(host) {
+        let located = match self.lookup_domain(host) {
             Some(domain) => self.via_domain(domain, path)?,
             None => self.via_host(host, path, default_api)?,
         };
-        if !modes.allows(api.endpoint) {
+        if !modes.allows(located.0.endpoint) {
             return Err(not_found());
         }
-        self.match_route(api, stage, method, inner)
+        Ok(located)
     }
 
     /// Routes a request whose API and stage were already chosen (by a PoP, for a
@@ -132,12 +145,23 @@ impl RoutingTable {
         path: &str,
         modes: ServedModes,
     ) -> Result<Resolved, GatewayError> {
+        let (api, stage) = self.locate_in(api, stage, modes)?;
+        self.match_route(Arc::clone(api), Arc::clone(stage), method, path)
+    }
+
+    /// The API and stage a PoP chose, if this node serves them.
+    pub fn locate_in(
+        &self,
+        api: &str,
+        stage: &str,
+        modes: ServedModes,
+    ) -> Result<(&Arc<Api>, &Arc<Stage>), GatewayError> {
         let api = self.by_name.get(api).ok_or_else(not_found)?;
         let stage = api.stage(stage).ok_or_else(not_found)?;
         if !modes.allows(api.endpoint) {
             return Err(not_found());
         }
-        self.match_route(Arc::clone(api), Arc::clone(stage), method, path)
+        Ok((api, stage))
     }
 
     fn lookup_domain(&self, host: &str) -> Option<&Domain> {
