@@ -36,6 +36,13 @@ path = "/{{proxy+}}"
 type = "http_proxy"
 uri = "http://${{stageVariables.backend}}/{{proxy}}"
 [[apis.routes]]
+method = "POST"
+path = "/slow/{{ms}}"
+timeout_ms = 300
+[apis.routes.integration]
+type = "http_proxy"
+uri = "http://${{stageVariables.backend}}/delay/{{ms}}"
+[[apis.routes]]
 method = "GET"
 path = "/mapped/get"
 [apis.routes.integration]
@@ -287,6 +294,28 @@ async fn a_content_length_the_body_does_not_carry_is_400_over_h3() {
     }
     let reply = conn.request(request("POST", "3, 3"), b"abc").await.unwrap();
     assert_eq!(reply.status, 200);
+}
+
+/// A route's timeout runs from the end of the request body, and an HTTP/3
+/// body of declared length ends with its last byte: the backend's HTTP/1.1
+/// client takes those bytes and asks for no more, so the body's end is its
+/// drop. A backend that then takes 2 s is cut at the route's 300 ms.
+#[tokio::test]
+async fn the_route_timeout_runs_from_the_last_byte_of_an_h3_body() {
+    let f = OriginFixture::start();
+    let conn = f.client().connect(f.h3_addr()).await;
+    let req = Request::post(f.url("/prod/slow/2000"))
+        .header("content-length", "3")
+        .body(())
+        .unwrap();
+    let reply = conn.request(req, b"abc").await.unwrap();
+    assert_eq!(
+        (reply.status, reply.json()),
+        (
+            504,
+            serde_json::json!({"message": "Endpoint request timed out"})
+        )
+    );
 }
 
 /// Connection-specific fields make an HTTP/3 request malformed (RFC 9114

@@ -9,14 +9,22 @@
 //! `proxy_send_timeout`), and the route's timeout runs from the body's end.
 //! A slow but steady upload is never cut; a stalled one is, with 408 when the
 //! client stopped sending and 504 when the upstream stopped taking it.
+//! Until the upstream first asks for the body (a connection, or a PoP's
+//! stream credit, on its way), the route's timeout runs from the start.
+//!
+//! Who is waiting is told by the body's waker: the body's source (a client
+//! connection, a backbone stream) wakes `Upload` when it has more, and from
+//! then the wait is the reader's, polled or not (a PoP's backbone writer
+//! polls with a no-op waker and then waits for QUIC credit).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -28,7 +36,8 @@ use crate::body::BoxError;
 #[derive(Debug)]
 pub(crate) struct Upload {
     base: Instant,
-    /// Nanoseconds from `base` to the body's last move (its start at first).
+    /// Nanoseconds from `base` to the body's last move, or to its first
+    /// poll; [`NOT_POLLED`] before that.
     moved: AtomicU64,
     /// Nanoseconds from `base` to the body's end, plus one; 0 while it streams.
     ended: AtomicU64,
@@ -36,7 +45,11 @@ pub(crate) struct Upload {
     /// than the upstream not asking for more.
     on_client: AtomicBool,
     end: Notify,
+    /// The reader's waker, woken when the body's source wakes `Upload`.
+    reader: AtomicWaker,
 }
+
+const NOT_POLLED: u64 = u64::MAX;
 
 /// Why a request was given up on before its response head came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,15 +66,23 @@ impl Upload {
     pub(crate) fn new() -> Arc<Upload> {
         Arc::new(Upload {
             base: Instant::now(),
-            moved: AtomicU64::new(0),
+            moved: AtomicU64::new(NOT_POLLED),
             ended: AtomicU64::new(0),
             on_client: AtomicBool::new(false),
             end: Notify::new(),
+            reader: AtomicWaker::new(),
         })
     }
 
     fn since_base(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(NOT_POLLED - 1)
+    }
+
+    /// The upstream asks for the body: from now on the upload clock runs.
+    fn polled(&self) {
+        if self.moved.load(Ordering::Relaxed) == NOT_POLLED {
+            self.moved.store(self.since_base(), Ordering::Relaxed);
+        }
     }
 
     fn at(&self, nanos: u64) -> Instant {
@@ -86,16 +107,20 @@ impl Upload {
 
     /// When the wait gives up, as things stand, and why.
     fn deadline(&self, head: Duration, upload: Duration) -> (Instant, Late) {
-        match self.ended.load(Ordering::Acquire) {
-            0 => {
+        match (
+            self.ended.load(Ordering::Acquire),
+            self.moved.load(Ordering::Relaxed),
+        ) {
+            (0, NOT_POLLED) => (self.base + head, Late::Head),
+            (0, moved) => {
                 let why = if self.on_client.load(Ordering::Relaxed) {
                     Late::Client
                 } else {
                     Late::Upstream
                 };
-                (self.at(self.moved.load(Ordering::Relaxed)) + upload, why)
+                (self.at(moved) + upload, why)
             }
-            ended => (self.at(ended - 1) + head, Late::Head),
+            (ended, _) => (self.at(ended - 1) + head, Late::Head),
         }
     }
 
@@ -110,7 +135,7 @@ impl Upload {
     ) -> Result<F::Output, Late> {
         tokio::pin!(exchange);
         loop {
-            let (deadline, why) = self.deadline(head, upload);
+            let (deadline, _) = self.deadline(head, upload);
             tokio::select! {
                 biased;
                 out = &mut exchange => return Ok(out),
@@ -118,7 +143,8 @@ impl Upload {
                 () = self.end.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     // The body may have moved since the deadline was taken.
-                    if self.deadline(head, upload).0 <= Instant::now() {
+                    let (deadline, why) = self.deadline(head, upload);
+                    if deadline <= Instant::now() {
                         return Err(why);
                     }
                 }
@@ -127,12 +153,32 @@ impl Upload {
     }
 }
 
+/// The body's source has more: the wait is the reader's now.
+impl Wake for Upload {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.on_client.store(false, Ordering::Relaxed);
+        self.reader.wake();
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A request body that tells its [`Upload`] whenever it moves and when it ends.
+    /// A request body that tells its [`Upload`] whenever it moves and when
+    /// it ends: its last frame, or its drop (a reader stops at a declared
+    /// length without asking for the end).
     pub(crate) struct Uploading<B> {
         #[pin]
         inner: B,
         upload: Arc<Upload>,
+    }
+
+    impl<B> PinnedDrop for Uploading<B> {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().upload.finish();
+        }
     }
 }
 
@@ -154,22 +200,30 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let upload: &Arc<Upload> = this.upload;
+        upload.polled();
+        upload.reader.register(cx.waker());
+        let waker = Waker::from(Arc::clone(upload));
+        match this
+            .inner
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(&waker))
+        {
             Poll::Pending => {
-                this.upload.on_client.store(true, Ordering::Relaxed);
+                upload.on_client.store(true, Ordering::Relaxed);
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(frame))) => {
-                this.upload.moved();
+                upload.moved();
                 // A reader may stop at a body that says it has ended.
                 if frame.is_trailers() || this.inner.is_end_stream() {
-                    this.upload.finish();
+                    upload.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(err))),
             Poll::Ready(None) => {
-                this.upload.finish();
+                upload.finish();
                 Poll::Ready(None)
             }
         }
@@ -275,6 +329,55 @@ mod tests {
             std::future::pending::<()>().await;
         };
         assert_eq!(upload.race(stuck, HEAD, UPLOAD).await, Err(Late::Upstream));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_the_upstream_asks_for_the_body_the_route_timeout_runs() {
+        // A connection that never comes: the body is never polled.
+        let upload = Upload::new();
+        let _body = Uploading::new(trickle(3, Duration::from_secs(1), false), upload.clone());
+        let started = Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(upload.race(never, HEAD, UPLOAD).await, Err(Late::Head));
+        assert_eq!(started.elapsed(), HEAD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_dropped_after_its_last_byte_has_ended() {
+        // A reader that stops at a declared length never asks for the end:
+        // the body's drop ends it, and the route's timeout runs from there.
+        let upload = Upload::new();
+        let mut body = Uploading::new(trickle(3, Duration::from_secs(1), false), upload.clone());
+        let reader = async move {
+            for _ in 0..3 {
+                let _ = body.frame().await;
+            }
+            drop(body);
+            std::future::pending::<()>().await;
+        };
+        let started = Instant::now();
+        assert_eq!(upload.race(reader, HEAD, UPLOAD).await, Err(Late::Head));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(6) && took < Duration::from_secs(7),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_its_source_woke_is_waiting_on_the_reader() {
+        // The reader polls once with a no-op waker (as a PoP's backbone
+        // writer does) and then waits for credit that never comes, while
+        // the client's next chunk arrives: the upstream's stall, not the
+        // client's.
+        let upload = Upload::new();
+        let mut body = Uploading::new(trickle(3, Duration::from_secs(1), false), upload.clone());
+        let reader = async move {
+            use futures_util::FutureExt;
+            assert!(body.frame().now_or_never().is_none());
+            std::future::pending::<()>().await;
+        };
+        assert_eq!(upload.race(reader, HEAD, UPLOAD).await, Err(Late::Upstream));
     }
 
     #[tokio::test(start_paused = true)]
