@@ -68,8 +68,8 @@ pub(crate) fn compile_cors(f: &S<CorsFile>, diag: &mut Diag<'_>) -> Option<Cors>
         let value = o.get_ref();
         if value == "*" {
             any_origin = true;
-        } else if is_origin(value) {
-            origins.push(value.to_ascii_lowercase());
+        } else if let Some(origin) = origin(value) {
+            origins.push(origin);
         } else {
             diag.expect(
                 o.span(),
@@ -89,6 +89,14 @@ pub(crate) fn compile_cors(f: &S<CorsFile>, diag: &mut Diag<'_>) -> Option<Cors>
     let methods = list(&file.allow_methods, "method", is_method_token, diag);
     let headers = list(&file.allow_headers, "header", is_header_name, diag);
     let expose = list(&file.expose_headers, "header", is_header_name, diag);
+    if file.allow_credentials && file.expose_headers.iter().any(|h| h.get_ref() == "*") {
+        // With credentials a browser reads `*` as a header of that name.
+        diag.at(
+            f.span(),
+            "`expose_headers = [\"*\"]` does not expose every header with `allow_credentials = true` (list them)",
+        );
+        ok = false;
+    }
     let max_age = match &file.max_age_seconds {
         Some(age) if *age.get_ref() > MAX_CORS_AGE => {
             diag.expect(
@@ -141,7 +149,10 @@ fn list(
             diag.expect(
                 item.span(),
                 format!("invalid {what} `{value}`"),
-                format!("\"*\" or a {what} name (letters, digits and !#$%&'*+-.^_`|~)"),
+                match what {
+                    "method" => "\"*\" or a method (a token; GET, PUT, ... upper case, as browsers send them)".to_owned(),
+                    _ => format!("\"*\" or a {what} name (letters, digits and !#$%&'*+-.^_`|~)"),
+                },
             );
             ok = false;
         }
@@ -161,16 +172,22 @@ fn list(
         .map(CorsList::Listed)
 }
 
-/// An HTTP method token (RFC 9110 §9.1: case-sensitive, as sent).
+/// An HTTP method token (RFC 9110 §9.1: case-sensitive, as sent). Browsers
+/// upper-case the standard methods before comparing, so those must be
+/// written upper case to ever match.
 fn is_method_token(m: &str) -> bool {
+    const STANDARD: [&str; 7] = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"];
     is_header_name(m)
+        && !STANDARD
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(m) && *s != m)
 }
 
-/// `scheme://host[:port]`, the serialization browsers send in `Origin`.
-fn is_origin(value: &str) -> bool {
-    let Some((scheme, rest)) = value.split_once("://") else {
-        return false;
-    };
+/// `scheme://host[:port]` as browsers send it in `Origin`: lower case, and
+/// without the scheme's default port (which `Origin` never names); `None`
+/// when `value` is not one.
+fn origin(value: &str) -> Option<String> {
+    let (scheme, authority) = value.split_once("://")?;
     let scheme_ok = scheme
         .bytes()
         .next()
@@ -178,16 +195,36 @@ fn is_origin(value: &str) -> bool {
         && scheme
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || p.is_empty() => (h, Some(p)),
-        _ => (rest, None),
+    let parsed: http::uri::Authority = authority.parse().ok()?;
+    let host = parsed.host();
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        }
     };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
-    scheme_ok && host_ok && port_ok
+    // Exactly host[:port], the port as a number writes itself: no user
+    // info, no `+443` or `0443`, no empty port.
+    let written = match parsed.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    if !scheme_ok || !host_ok || written != authority {
+        return None;
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let default = matches!(
+        (scheme.as_str(), parsed.port_u16()),
+        ("https", Some(443)) | ("http", Some(80))
+    );
+    let host = host.to_ascii_lowercase();
+    Some(match parsed.port_u16() {
+        Some(port) if !default => format!("{scheme}://{host}:{port}"),
+        _ => format!("{scheme}://{host}"),
+    })
 }
 
 #[cfg(test)]
@@ -224,6 +261,14 @@ mod tests {
         assert!(c.allows(b"https://app.EXAMPLE.com"));
         assert!(!c.allows(b"https://evil.example.com"));
         assert!(!c.allows(b"https://app.example.com.evil"));
+        // IPv6 literals; a default port is left out, as `Origin` leaves it.
+        let v6 = cors(
+            "allow_origins = [\"http://[::1]:8080\", \"HTTPS://Api.Test:443\", \"http://a.test:80\"]",
+        );
+        assert_eq!(
+            v6.origins,
+            ["http://[::1]:8080", "https://api.test", "http://a.test"]
+        );
         assert_eq!(
             c.methods,
             CorsList::Listed(HeaderValue::from_static("GET, PUT"))
@@ -268,6 +313,37 @@ mod tests {
                 "9:18: invalid method `GE T`",
                 "10:19: invalid header `a:b`",
                 "11:19: max_age_seconds 86401 is out of range",
+            ]
+        );
+        for bad in [
+            "http://[::1]:99999",
+            "http://[::1]:abc",
+            "https://a:b:80",
+            "https://a]:80",
+            "https://a.test:+443",
+            "https://a.test:0443",
+            "https://a.test:",
+            "https://u@a.test",
+        ] {
+            let text = api(&format!("allow_origins = [\"{bad}\"]"));
+            assert_eq!(
+                errors(&text),
+                [format!("8:18: invalid origin `{bad}`")],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            errors(&api(
+                "allow_origins = [\"*\"]\nallow_methods = [\"put\", \"Get\", \"PURGE\"]"
+            )),
+            ["9:18: invalid method `put`", "9:25: invalid method `Get`"]
+        );
+        assert_eq!(
+            errors(&api(
+                "allow_origins = [\"https://a.test\"]\nexpose_headers = [\"*\"]\nallow_credentials = true"
+            )),
+            [
+                "7:1: `expose_headers = [\"*\"]` does not expose every header with `allow_credentials = true` (list them)"
             ]
         );
         assert_eq!(

@@ -82,14 +82,15 @@ pub(crate) fn decorate(cors: &Cors, origin: Option<&HeaderValue>, out: &mut Head
 }
 
 /// `Access-Control-Allow-Origin` (and `-Credentials`) for `origin`, when
-/// allowed; `Vary: Origin` whenever the answer depends on it, so that a
-/// shared cache downstream keeps one answer per origin.
+/// allowed; `Vary: Origin` whenever the answer depends on it (every origin
+/// listed rather than `*`), so that a shared cache downstream keeps one
+/// answer per origin.
 fn allow_origin(cors: &Cors, origin: Option<&HeaderValue>, out: &mut HeaderMap) -> bool {
     if cors.any_origin {
-        if origin.is_some() {
-            out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, ANY);
-        }
-        return origin.is_some();
+        // On every response, Origin or not: an answer stored for a request
+        // without one (an <img>) then serves a later fetch() as well.
+        out.insert(ACCESS_CONTROL_ALLOW_ORIGIN, ANY);
+        return true;
     }
     vary_on_origin(out);
     let Some(origin) = origin.filter(|o| cors.allows(o.as_bytes())) else {
@@ -169,10 +170,16 @@ mod tests {
         assert_eq!(resp.status(), 204);
         assert!(!resp.headers().contains_key("access-control-allow-origin"));
         assert!(!resp.headers().contains_key("access-control-allow-methods"));
-        // Any origin: `*`, which needs no Vary.
+        // Any origin: `*`, the same for every origin, so no Vary.
         let resp = preflight(&cors(true, false), &other);
         assert_eq!(resp.headers()["access-control-allow-origin"], "*");
         assert!(!resp.headers().contains_key("vary"));
+        // And on responses to requests without an Origin as well, so that
+        // an answer a cache stored for one serves a CORS request too.
+        let mut out = HeaderMap::new();
+        decorate(&cors(true, false), None, &mut out);
+        assert_eq!(out["access-control-allow-origin"], "*");
+        assert!(!out.contains_key("vary"));
     }
 
     #[test]

@@ -259,9 +259,12 @@ impl<U: Upstream> Gateway<U> {
         // definitions to the end. The table itself is only looked at (no
         // reference count taken, which every thread would share).
         let table = self.table.load();
-        if crate::cors::is_preflight(&record.method, req.headers())
-            && let Some(resp) = preflight(&table, entry, &req, &record.host, path, conn)
+        if let Entry::Public(modes) = entry
+            && crate::cors::is_preflight(&record.method, req.headers())
+            && let Some(resp) = preflight(&table, modes, &req, &record.host, path, conn)
         {
+            // Not free: it costs the client's and the node's tokens.
+            self.limits.charge_plain(conn.client_addr.ip())?;
             return Ok(resp);
         }
         let resolved = match entry {
@@ -414,25 +417,21 @@ impl<U: Upstream> Gateway<U> {
     }
 }
 
-/// The gateway's own answer to a CORS preflight for an API that configures
-/// CORS; `None` lets the request route as any other.
+/// The gateway's own answer to a CORS preflight a client sent it, for an API
+/// that configures CORS; `None` lets the request route as any other. A
+/// preflight a PoP forwarded routes as any other too: a PoP that knows CORS
+/// answers its own, and one that does not would not decorate the request
+/// that follows, so allowing it here would only fail later.
 fn preflight(
     table: &RoutingTable,
-    entry: Entry<'_>,
+    modes: ServedModes,
     req: &Request<Body>,
     host: &str,
     path: &str,
     conn: &ConnInfo,
 ) -> Option<Response<Body>> {
-    let api = match entry {
-        Entry::Public(modes) => {
-            let default_api = conn.default_api.as_deref();
-            Arc::clone(&table.locate(host, path, default_api, modes).ok()?.0)
-        }
-        Entry::Routed {
-            api, stage, modes, ..
-        } => Arc::clone(table.locate_in(api, stage, modes).ok()?.0),
-    };
+    let default_api = conn.default_api.as_deref();
+    let (api, _, _) = table.locate(host, path, default_api, modes).ok()?;
     let cors = api.cors.as_ref()?;
     Some(crate::cors::preflight(cors, req.headers()))
 }

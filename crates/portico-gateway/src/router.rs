@@ -145,23 +145,12 @@ impl RoutingTable {
         path: &str,
         modes: ServedModes,
     ) -> Result<Resolved, GatewayError> {
-        let (api, stage) = self.locate_in(api, stage, modes)?;
-        self.match_route(Arc::clone(api), Arc::clone(stage), method, path)
-    }
-
-    /// The API and stage a PoP chose, if this node serves them.
-    pub fn locate_in(
-        &self,
-        api: &str,
-        stage: &str,
-        modes: ServedModes,
-    ) -> Result<(&Arc<Api>, &Arc<Stage>), GatewayError> {
         let api = self.by_name.get(api).ok_or_else(not_found)?;
         let stage = api.stage(stage).ok_or_else(not_found)?;
         if !modes.allows(api.endpoint) {
             return Err(not_found());
         }
-        Ok((api, stage))
+        self.match_route(Arc::clone(api), Arc::clone(stage), method, path)
     }
 
     fn lookup_domain(&self, host: &str) -> Option<&Domain> {

@@ -267,6 +267,16 @@ impl Limits {
         }
     }
 
+    /// What an answer the gateway gives itself (a CORS preflight) costs a
+    /// client: its address's and the node's tokens, as any request; 429 when
+    /// either bucket is empty.
+    pub fn charge_plain(&self, client: IpAddr) -> Result<(), GatewayError> {
+        match self.enabled {
+            true => self.throttle_plain(client).map(|_| ()),
+            false => Ok(()),
+        }
+    }
+
     /// Runs the phase. `routed`: the request came over the backbone (see the
     /// module doc), `claimed`: its PoP named a caller. `caller` is set to the
     /// key the request authenticated with as soon as it is known, so that a

@@ -173,3 +173,57 @@ async fn requests_refused_before_the_throttles_still_cost_the_client_tokens() {
     assert_eq!(public(&g, "/x", None).await.0, 403);
     assert_eq!(public(&g, "/x", Some(KEY)).await, too_many);
 }
+
+/// A CORS preflight the gateway answers itself still costs the client's
+/// tokens; one a PoP forwarded routes as any request (the PoP answers its
+/// own clients' preflights).
+#[tokio::test]
+async fn cors_preflights_cost_tokens_and_a_forwarded_one_routes() {
+    let text = r#"
+[[apis]]
+name = "a"
+endpoint = "edge"
+[apis.cors]
+allow_origins = ["https://app.test"]
+[[apis.routes]]
+method = "ANY"
+path = "/x"
+integration = { type = "mock" }
+[[apis.stages]]
+name = "prod"
+"#;
+    let defs = Arc::new(Definitions::from_toml_str(text, "test").unwrap());
+    let config = NodeThrottleConfig {
+        enabled: true,
+        node: RateLimit {
+            rate: 1000.0,
+            burst: 1000,
+        },
+        per_client_ip: Some(RateLimit {
+            rate: 0.001,
+            burst: 2,
+        }),
+    };
+    let g = ok_gateway(Arc::clone(&defs), Limits::new(&config, &defs, None));
+    let preflight = |path: &str| {
+        Request::options(path)
+            .header("host", "a.example")
+            .header("origin", "https://app.test")
+            .header("access-control-request-method", "PUT")
+            .body(full(""))
+            .unwrap()
+    };
+    let entry = Entry::Public(ServedModes::EDGE);
+    for expected in [204, 204, 429] {
+        let resp = g.handle(preflight("/prod/x"), &client_conn(), entry).await;
+        assert_eq!(resp.status(), expected);
+    }
+    let routed = Entry::Routed {
+        api: "a",
+        stage: "prod",
+        modes: ServedModes::EDGE,
+        principal: None,
+    };
+    let resp = g.handle(preflight("/x"), &client_conn(), routed).await;
+    assert_eq!(resp.status(), 200, "the upstream's answer");
+}
