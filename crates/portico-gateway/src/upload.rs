@@ -26,7 +26,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http_body::{Frame, SizeHint};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::BoxError;
@@ -44,7 +43,6 @@ pub(crate) struct Upload {
     /// Whether the body's last poll waited on its source (the client) rather
     /// than the upstream not asking for more.
     on_client: AtomicBool,
-    end: Notify,
     /// The reader's waker, woken when the body's source wakes `Upload`.
     reader: AtomicWaker,
 }
@@ -69,7 +67,6 @@ impl Upload {
             moved: AtomicU64::new(NOT_POLLED),
             ended: AtomicU64::new(0),
             on_client: AtomicBool::new(false),
-            end: Notify::new(),
             reader: AtomicWaker::new(),
         })
     }
@@ -96,13 +93,9 @@ impl Upload {
 
     fn finish(&self) {
         let now = self.since_base() + 1;
-        if self
+        let _ = self
             .ended
-            .compare_exchange(0, now, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.end.notify_one();
-        }
+            .compare_exchange(0, now, Ordering::Release, Ordering::Relaxed);
     }
 
     /// When the wait gives up, as things stand, and why.
@@ -127,6 +120,12 @@ impl Upload {
     /// Runs `exchange` (which sends `body` upstream) until it ends, or until
     /// the body stands still for `upload`, or the head has not come `head`
     /// after the body's end.
+    ///
+    /// One timer, as a plain timeout has: it first fires at the route's
+    /// timeout from the start, and only then is the body's state read and
+    /// the timer moved on. Most exchanges end before, at the cost of a plain
+    /// timeout; a stall shorter than the route's timeout is noticed at the
+    /// route's timeout at the soonest.
     pub(crate) async fn race<F: Future>(
         &self,
         exchange: F,
@@ -134,21 +133,19 @@ impl Upload {
         upload: Duration,
     ) -> Result<F::Output, Late> {
         tokio::pin!(exchange);
+        let timer = tokio::time::sleep_until(self.base + head);
+        tokio::pin!(timer);
         loop {
-            let (deadline, _) = self.deadline(head, upload);
             tokio::select! {
                 biased;
                 out = &mut exchange => return Ok(out),
-                // The body ended: its deadline moves to the head's.
-                () = self.end.notified() => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    // The body may have moved since the deadline was taken.
-                    let (deadline, why) = self.deadline(head, upload);
-                    if deadline <= Instant::now() {
-                        return Err(why);
-                    }
-                }
+                () = &mut timer => {}
             }
+            let (deadline, why) = self.deadline(head, upload);
+            if deadline <= Instant::now() {
+                return Err(why);
+            }
+            timer.as_mut().reset(deadline);
         }
     }
 }
