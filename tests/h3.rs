@@ -318,6 +318,37 @@ async fn the_route_timeout_runs_from_the_last_byte_of_an_h3_body() {
     );
 }
 
+/// A request answered before its body was read (413: its declared length is
+/// over the limit) has the client told to stop sending with `H3_NO_ERROR`,
+/// not quinn's undefined code 0.
+#[tokio::test]
+async fn an_unread_body_is_stopped_with_h3_no_error() {
+    let f = OriginFixture::start();
+    let conn = f.client().connect(f.h3_addr()).await;
+    let mut send = conn.send.clone();
+    let req = Request::post(f.url("/prod/upload"))
+        .header("content-length", (64u64 << 20).to_string())
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(req).await.unwrap();
+    let chunk = Bytes::from(vec![b's'; 64 * 1024]);
+    let mut stopped = None;
+    for _ in 0..1024 {
+        if let Err(err) = stream.send_data(chunk.clone()).await {
+            stopped = Some(err);
+            break;
+        }
+    }
+    match stopped {
+        Some(h3::error::StreamError::RemoteTerminate { code, .. }) => {
+            assert_eq!(code, h3::error::Code::H3_NO_ERROR)
+        }
+        other => panic!("expected a STOP_SENDING, got {other:?}"),
+    }
+    let reply = h3_client::read_reply(&mut stream).await.unwrap();
+    assert_eq!(reply.status, 413);
+}
+
 /// Connection-specific fields make an HTTP/3 request malformed (RFC 9114
 /// §4.2); `TE: trailers` is the one allowed.
 #[tokio::test]

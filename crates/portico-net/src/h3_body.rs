@@ -134,6 +134,19 @@ impl RequestBody {
     }
 }
 
+/// A body dropped while its client may still be sending DATA (answered
+/// without it: a 408, a 413, an early error) tells the client to stop with
+/// `H3_NO_ERROR` (RFC 9114 §4.1: a server may answer before the whole
+/// request has come). Dropped as it is, quinn would stop it with code 0,
+/// which HTTP/3 does not define. Once its DATA has ended, nothing is sent.
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if matches!(self.phase, Phase::Data) {
+            self.stream.stop_sending(Code::H3_NO_ERROR);
+        }
+    }
+}
+
 /// Headers HTTP/3 forbids in a message (RFC 9114 §4.2): connection-specific
 /// fields make a response malformed, and a strict client would reject it.
 const CONNECTION_SPECIFIC: [header::HeaderName; 4] = [
