@@ -196,13 +196,12 @@ impl<U: Upstream> Gateway<U> {
     ) -> Response<Body> {
         // 1. Identify the request and start its access record.
         let mut record = self.record(&req, conn);
-        // For CORS: the node the client entered answers it (a PoP for the
-        // requests it forwards).
-        let origin = match entry {
-            Entry::Public(_) => req.headers().get(header::ORIGIN).cloned(),
+        // For CORS, the `Origin` of a request the client sent this node;
+        // `None` for one a PoP forwarded (the PoP decorates its answer).
+        let cors_origin = match entry {
+            Entry::Public(_) => Some(req.headers().get(header::ORIGIN).cloned()),
             Entry::Routed { .. } => None,
         };
-        let public = matches!(entry, Entry::Public(_));
         // 2. Run the phases; any error goes to the one error sink.
         let result = self.process(req, conn, entry, &mut record).await;
         let mut resp = result.unwrap_or_else(|err| {
@@ -215,7 +214,7 @@ impl<U: Upstream> Gateway<U> {
         });
         // 3. Shape the response and attach the access log to its body.
         self.shape_response(&mut resp, &record.request_id);
-        if public
+        if let Some(origin) = &cors_origin
             && let Some((api, _, _)) = &record.target
             && let Some(cors) = &api.cors
         {

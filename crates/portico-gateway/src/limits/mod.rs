@@ -258,12 +258,12 @@ impl Limits {
         routed: bool,
         refusal: GatewayError,
     ) -> GatewayError {
-        if routed || !self.enabled {
+        if routed {
             return refusal;
         }
-        match self.throttle_plain(client) {
+        match self.charge_plain(client) {
             Err(too_many) => too_many,
-            Ok(_) => refusal,
+            Ok(()) => refusal,
         }
     }
 
