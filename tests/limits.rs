@@ -1114,3 +1114,140 @@ async fn the_key_a_pop_checked_is_the_callers_identity_at_the_origin() {
     assert_eq!(reply.status, 200);
     assert_eq!(access_line(&origin_log, "who-4").await["principal"], "");
 }
+
+/// Origin `id` of region `local` serving the regional API `api`, whose
+/// `/keyed` route needs a key of plan `basic` (a quota of `quota` a day,
+/// `fail_closed`, no throttle), its quota book in `store`, with an admin API.
+fn replica_config(cert: &TestCert, id: &str, store: &str, quota: u64) -> String {
+    format!(
+        r#"
+[node]
+id = "{id}"
+region = "local"
+state_dir = "state"
+
+[quotas]
+store = "{store}"
+
+[[listeners]]
+address = "127.0.0.1:0"
+default_api = "api"
+certificates = [{{ cert = "{cert}", key = "{key}" }}]
+
+[admin]
+address = "127.0.0.1:0"
+token = "t0ken"
+
+[[apis]]
+name = "api"
+endpoint = "regional"
+
+[[apis.routes]]
+method = "GET"
+path = "/keyed/{{proxy+}}"
+api_key_required = true
+[apis.routes.integration]
+type = "mock"
+body = "ok"
+
+[[apis.stages]]
+name = "prod"
+
+[[usage_plans]]
+name = "basic"
+quota = {{ limit = {quota}, period = "DAY" }}
+api_stages = [{{ api = "api", stage = "prod" }}]
+
+[[api_keys]]
+id = "a"
+hash = "{a}"
+plans = ["basic"]
+
+[[api_keys]]
+id = "b"
+hash = "{b}"
+plans = ["basic"]
+"#,
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+        a = keys::stored_form(KEY_A),
+        b = keys::stored_form(KEY_B),
+    )
+}
+
+/// Two origins of one region behind a load balancer, as a region scales
+/// out: with the quota book in one Redis, a key's quota holds across both,
+/// where each origin's own book would let it spend the quota at each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_replicas_sharing_a_redis_book_never_exceed_a_quota_together() {
+    let redis = portico_quota::testing::Redis::start();
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
+    let quota = 40;
+    let replicas: Vec<(TempDir, Proc)> = ["origin-a", "origin-b"]
+        .iter()
+        .map(|id| {
+            let home = TempDir::new().unwrap();
+            let proc = origin(home.path(), &replica_config(&cert, id, &redis.url, quota));
+            (home, proc)
+        })
+        .collect();
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|(_, p)| {
+            format!(
+                "https://localhost:{}/prod/keyed/x",
+                p.addrs("https")[0].port()
+            )
+        })
+        .collect();
+    // Each replica hammered by two clients until it answers Limit Exceeded.
+    let accepted = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = urls
+        .iter()
+        .cycle()
+        .take(4)
+        .map(|url| {
+            let client = https_client(&cert.der, false);
+            tokio::spawn(hammer(
+                client,
+                url.clone(),
+                Arc::clone(&accepted),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let accepted = accepted.load(Ordering::Relaxed);
+    assert!(
+        accepted <= quota,
+        "{accepted} accepted of a quota of {quota}"
+    );
+    // Each replica was hammered until its wallet was empty and the book said
+    // spent: nothing is left stranded in a lease.
+    assert_eq!(accepted, quota);
+    // Both replicas read the same book.
+    for (_, replica) in &replicas {
+        let (status, usage) = admin_usage(replica, "?plan=basic").await;
+        assert_eq!(status, 200, "{usage}");
+        assert_eq!(usage["keys"][0]["used"], quota, "{usage}");
+        assert_eq!(usage["keys"][0]["remaining"], 0, "{usage}");
+    }
+    // The store goes away: a key the replica holds no lease for cannot be
+    // granted one, and the plan fails closed.
+    drop(redis);
+    let c = https_client(&cert.der, false);
+    let reply = with_key(&c, &urls[0], KEY_B.as_bytes()).await;
+    assert_error(&reply, 503, "Service Unavailable");
+    let (status, usage) = admin_usage(&replicas[0].1, "?plan=basic").await;
+    assert_eq!(
+        (status, usage),
+        (
+            503,
+            serde_json::json!({"message": "quota book unavailable"})
+        )
+    );
+}

@@ -106,6 +106,14 @@ pub(crate) struct DnsFile {
     pub cache_size: Option<S<u64>>,
 }
 
+/// `[quotas]`: where an origin keeps its quota book.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuotasFile {
+    pub store: Option<S<String>>,
+    pub key_prefix: Option<S<String>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BackboneFile {

@@ -13,13 +13,14 @@ use crate::error::Diag;
 use crate::file::{
     AdminFile, ApiFile, BackboneFile, BackendClientFile, DefinitionsFile, DeploymentFile, DnsFile,
     DomainFile, IntegrationFile, LimitsFile, ListenerFile, NodeCacheFile, NodeFile,
-    NodeThrottleFile, OriginFile, RouteFile, StageFile,
+    NodeThrottleFile, OriginFile, QuotasFile, RouteFile, StageFile,
 };
 
 pub(crate) type Value<'t> = Spanned<DeValue<'t>>;
 
 const NODE_SECTIONS: &str = "one of `node`, `listeners`, `admin`, `limits`, `backend_client`, \
-                             `dns`, `backbone`, `cache`, `throttle`, `origins`, `apis`, `domains`, \
+                             `dns`, `backbone`, `cache`, `throttle`, `quotas`, `origins`, `apis`, \
+                             `domains`, \
                              `usage_plans`, `api_keys`";
 
 /// Everything in a node file, as written.
@@ -36,6 +37,7 @@ pub(crate) struct RawNode {
     pub backbone: Option<BackboneFile>,
     pub cache: NodeCacheFile,
     pub throttle: NodeThrottleFile,
+    pub quotas: Option<QuotasFile>,
     pub origins: Vec<OriginFile>,
     pub has_origins: bool,
     pub defs: DefinitionsFile,
@@ -78,6 +80,7 @@ fn node_section(raw: &mut RawNode, key: Spanned<Cow<'_, str>>, value: Value<'_>,
         "backbone" => raw.backbone = de(value, d),
         "cache" => raw.cache = de(value, d).unwrap_or_default(),
         "throttle" => raw.throttle = de(value, d).unwrap_or_default(),
+        "quotas" => raw.quotas = Some(de(value, d).unwrap_or_default()),
         "origins" => {
             raw.has_origins = true;
             raw.origins = each(value, "origins", d, de);

@@ -11,7 +11,7 @@ use crate::compile::{DefinitionDefaults, NODE_ID, build_definitions, check_regio
 use crate::error::Diag;
 use crate::file::{
     AdminFile, BackboneFile, BackendClientFile, CertFile, DnsFile, LimitsFile, ListenerFile,
-    NodeFile, NodeThrottleFile, OriginFile, S, ThrottleFile,
+    NodeFile, NodeThrottleFile, OriginFile, QuotasFile, S, ThrottleFile,
 };
 use crate::load::RawNode;
 use crate::method::Role;
@@ -20,7 +20,7 @@ use crate::plans::{check_refill, compile_throttle};
 use crate::route::check_timeout;
 use crate::settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
-    NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink,
+    NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink, QuotaStore,
 };
 
 /// Resolves file paths against the config file's directory and checks they exist.
@@ -89,6 +89,7 @@ pub(crate) fn compile_node(
     }
     let origins = compile_origins(&raw.origins, diag);
     let cache = compile_node_cache(&raw.cache, diag);
+    let quotas = compile_quotas(raw.quotas.as_ref(), role, diag);
     check_role(&raw, role, diag);
     prepare_definitions(&mut raw, paths, diag);
     let defaults = DefinitionDefaults {
@@ -115,7 +116,78 @@ pub(crate) fn compile_node(
         definitions: Arc::new(definitions?),
         cache: cache?,
         throttle: throttle?,
+        quotas: quotas?,
     })
+}
+
+/// The key prefix of a shared quota book when none is given.
+pub const DEFAULT_QUOTA_PREFIX: &str = "portico:";
+
+/// `[quotas]`: `store = "local"` (the default) or a Redis URL; an origin's.
+fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Option<QuotaStore> {
+    let Some(f) = f else {
+        return Some(QuotaStore::Local);
+    };
+    let key_prefix = match &f.key_prefix {
+        Some(p) => {
+            let ok = (1..=64).contains(&p.get_ref().len())
+                && p.get_ref().bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                let message = format!("invalid key_prefix `{}`", p.get_ref().escape_debug());
+                diag.expect(
+                    p.span(),
+                    message,
+                    "1 to 64 visible ASCII characters, such as \"portico:\"",
+                );
+                return None;
+            }
+            p.get_ref().clone()
+        }
+        None => DEFAULT_QUOTA_PREFIX.to_owned(),
+    };
+    let store = match &f.store {
+        None => QuotaStore::Local,
+        Some(s) if s.get_ref() == "local" => QuotaStore::Local,
+        Some(s) => {
+            let url = s.get_ref();
+            let rest = ["redis://", "redis+unix://", "unix://"]
+                .iter()
+                .find_map(|scheme| url.strip_prefix(scheme));
+            let expected = "\"local\", \"redis://HOST:PORT/DB\" or \"redis+unix:///PATH\"";
+            match rest {
+                Some(rest) if !rest.is_empty() && !url.contains(char::is_whitespace) => {}
+                _ if url.starts_with("rediss://") => {
+                    let message = "TLS to Redis (`rediss://`) is not supported";
+                    diag.expect(
+                        s.span(),
+                        message,
+                        format!("{expected}, over a private network or a local TLS tunnel"),
+                    );
+                    return None;
+                }
+                _ => {
+                    let message = format!("invalid quota store `{url}`");
+                    diag.expect(s.span(), message, expected);
+                    return None;
+                }
+            }
+            QuotaStore::Redis {
+                url: url.clone(),
+                key_prefix,
+            }
+        }
+    };
+    if role == Role::Pop {
+        let span = f.store.as_ref().map_or(0..0, |s| s.span());
+        let message = "`[quotas]` is an origin's setting";
+        diag.expect(
+            span,
+            message,
+            "no [quotas] in a PoP's file (a PoP leases quotas from its origins)",
+        );
+        return None;
+    }
+    Some(store)
 }
 
 /// `[node] state_dir`, relative to the config file's directory (need not exist yet).
@@ -731,6 +803,58 @@ mod tests {
             errors(&local).contains(&"10:15: invalid server_name `localhost`".to_owned()),
             "{:?}",
             errors(&local)
+        );
+    }
+
+    #[test]
+    fn a_quota_store_is_local_or_a_redis_of_an_origin() {
+        let node = |q: &str| format!("[node]\nid = \"o\"\nregion = \"us\"\n[quotas]\n{q}");
+        let store = |q: &str| parse(&node(q)).unwrap_or_else(|e| panic!("{e}")).quotas;
+        let origin = parse("[node]\nid = \"o\"\nregion = \"us\"\n").unwrap();
+        assert_eq!(origin.quotas, crate::QuotaStore::Local);
+        assert_eq!(store("store = \"local\"\n"), crate::QuotaStore::Local);
+        assert_eq!(
+            store("store = \"redis://:pw@10.0.0.5:6379/2\"\n"),
+            crate::QuotaStore::Redis {
+                url: "redis://:pw@10.0.0.5:6379/2".into(),
+                key_prefix: "portico:".into()
+            }
+        );
+        assert_eq!(
+            store("store = \"redis+unix:///run/redis.sock\"\nkey_prefix = \"eu:\"\n"),
+            crate::QuotaStore::Redis {
+                url: "redis+unix:///run/redis.sock".into(),
+                key_prefix: "eu:".into()
+            }
+        );
+        assert_eq!(
+            errors(&node("store = \"memcached://a:1\"\n")),
+            ["5:9: invalid quota store `memcached://a:1`"]
+        );
+        assert_eq!(
+            errors(&node("store = \"redis://\"\n")),
+            ["5:9: invalid quota store `redis://`"]
+        );
+        assert_eq!(
+            errors(&node("store = \"rediss://a:6380\"\n")),
+            ["5:9: TLS to Redis (`rediss://`) is not supported"]
+        );
+        assert_eq!(
+            errors(&node("store = \"redis://a\"\nkey_prefix = \"a b\"\n")),
+            ["6:14: invalid key_prefix `a b`"]
+        );
+        assert_eq!(
+            errors(&node("stor = \"local\"\n")),
+            ["5:1: unknown field `stor`"]
+        );
+        let pop = "[node]\nid = \"pop\"\n[quotas]\nstore = \"redis://a\"\n\
+                   [[origins]]\nregion = \"us\"\naddress = \"127.0.0.1:1\"\nserver_name = \"o\"\n";
+        assert_eq!(
+            errors(pop),
+            [
+                "1:1: a PoP needs `[backbone]` (its links to the origins)",
+                "4:9: `[quotas]` is an origin's setting",
+            ]
         );
     }
 

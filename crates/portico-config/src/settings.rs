@@ -26,6 +26,18 @@ pub struct NodeConfig {
     pub cache: NodeCacheConfig,
     /// The `[throttle]` section (defaults when absent).
     pub throttle: NodeThrottleConfig,
+    /// The `[quotas]` section: where an origin keeps its quota book.
+    pub quotas: QuotaStore,
+}
+
+/// Where an origin keeps its quota book (`[quotas] store`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum QuotaStore {
+    /// Its own file, `<state_dir>/quota.redb`.
+    #[default]
+    Local,
+    /// A Redis every origin of the region shares, keys under `key_prefix`.
+    Redis { url: String, key_prefix: String },
 }
 
 /// The node's own throttles: all requests together, and per client IP.

@@ -1,17 +1,27 @@
 //! Wiring of the limits phase: the node's throttles from `[throttle]`, the
-//! origin's quota book at `<state_dir>/quota.redb`, and the periodic forgetting
-//! of idle keyed buckets.
+//! origin's quota book (`<state_dir>/quota.redb`, or the Redis of `[quotas]
+//! store` its region's origins share), and the periodic forgetting of idle
+//! keyed buckets.
 
 use std::sync::Arc;
 
-use portico_config::NodeConfig;
+use portico_config::{NodeConfig, QuotaStore};
 use portico_gateway::limits::{Limits, Quotas, RETAIN_INTERVAL};
+use portico_quota::RedisBook;
 use tokio::sync::watch;
 
 use crate::AppError;
 
-/// Opens the origin's quota book (creating the state directory).
-pub fn open_quota(config: &NodeConfig) -> Result<Arc<Quotas>, AppError> {
+/// Opens the origin's quota book: its own file (creating the state
+/// directory), or the region's shared store (reached lazily: a Redis that is
+/// down is logged and retried, not fatal).
+pub async fn open_quota(config: &NodeConfig) -> Result<Arc<Quotas>, AppError> {
+    if let QuotaStore::Redis { url, key_prefix } = &config.quotas {
+        let book = RedisBook::connect(url, key_prefix)
+            .map_err(|e| std::io::Error::other(format!("[quotas] store: {e}")))?;
+        tracing::info!(store = %portico_quota::shared::redacted(url), key_prefix, "quota book shared in redis");
+        return Ok(Arc::new(Quotas::shared(book, &config.node.id).await));
+    }
     let dir = &config.node.state_dir;
     std::fs::create_dir_all(dir).map_err(|e| {
         std::io::Error::new(e.kind(), format!("state directory {}: {e}", dir.display()))

@@ -22,7 +22,7 @@ pub async fn run(
     settings::raise_file_limit(&config);
     let resolver = Resolver::new(&settings::dns(&config))?;
     let client = BackendClient::new(&settings::client(&config), resolver)?;
-    let quota = crate::limits::open_quota(&config)?;
+    let quota = crate::limits::open_quota(&config).await?;
     let gateway = Gateway::new(
         settings::gateway(&config),
         Arc::clone(&config.definitions),

@@ -798,7 +798,7 @@ plans = ["p"]
     async fn a_return_and_the_next_ask_are_answered_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let quotas = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
-        let book = Arc::clone(quotas.book().unwrap());
+        let book = quotas.book().unwrap().clone();
         let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
         let defs = Definitions::from_toml_str(&text, "origin").unwrap();
         let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));

@@ -1,6 +1,7 @@
 //! Quotas spent from leases: one [`Wallet`] per (plan, key), refilled with
-//! leases from a [`LeaseSource`]: the node's own [`QuotaBook`] on an origin,
-//! the home origin over the backbone on a PoP.
+//! leases from a [`LeaseSource`]: the origin's [`Book`] on an origin (its own
+//! file, or a store its region's origins share), the home origin over the
+//! backbone on a PoP.
 //!
 //! The book counts a lease as used when it grants it, so whatever this process
 //! does, accepted ≤ granted ≤ limit. In the steady state a request only takes a
@@ -22,7 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portico_quota::wallet::Sizing;
 use portico_quota::{
-    Lease, LeaseRequest, Pruned, QuotaBook, QuotaError, QuotaSpec, Spend, Wallet, bounds,
+    Book, Lease, LeaseRequest, Pruned, QuotaBook, QuotaError, QuotaSpec, RedisBook, Spend, Wallet,
+    bounds,
 };
 use tokio::sync::Notify;
 
@@ -92,14 +94,14 @@ struct SlotState {
     period_end_ms: i64,
 }
 
-/// The node's own quota book as a lease source (an origin).
+/// The origin's quota book as a lease source.
 pub struct BookSource {
-    book: Arc<QuotaBook>,
+    book: Book,
     holder: String,
 }
 
 impl BookSource {
-    pub fn new(book: Arc<QuotaBook>, holder: &str) -> Self {
+    pub fn new(book: Book, holder: &str) -> Self {
         Self {
             book,
             holder: holder.to_owned(),
@@ -108,41 +110,32 @@ impl BookSource {
 
     /// Grants `ask` to `holder` (this origin, or a PoP asking over the backbone).
     pub async fn grant_to(
-        book: &Arc<QuotaBook>,
+        book: &Book,
         holder: &str,
         plan: &str,
         key_id: &str,
         spec: QuotaSpec,
         want: u64,
     ) -> Result<Lease, QuotaError> {
-        let book = Arc::clone(book);
-        let (p, k, h) = (plan.to_owned(), key_id.to_owned(), holder.to_owned());
-        let done = tokio::task::spawn_blocking(move || {
-            let req = LeaseRequest {
-                plan: &p,
-                key_id: &k,
-                spec,
-                want,
-                holder: &h,
-                ttl_ms: LEASE_TTL_MS,
-            };
-            book.grant(&req, now_ms())
-        })
-        .await;
-        done.map_err(|e| QuotaError::Store(format!("lease task: {e}")))?
+        let req = LeaseRequest {
+            plan,
+            key_id,
+            spec,
+            want,
+            holder,
+            ttl_ms: LEASE_TTL_MS,
+        };
+        book.grant(&req, now_ms()).await
     }
 
     /// Takes back `unused` requests of lease `id` from `holder`.
     pub async fn release_from(
-        book: &Arc<QuotaBook>,
+        book: &Book,
         holder: &str,
         id: u64,
         unused: u64,
     ) -> Result<u64, QuotaError> {
-        let book = Arc::clone(book);
-        let holder = holder.to_owned();
-        let done = tokio::task::spawn_blocking(move || book.release(id, unused, &holder)).await;
-        done.map_err(|e| QuotaError::Store(format!("release task: {e}")))?
+        book.release(id, unused, holder).await
     }
 }
 
@@ -189,8 +182,8 @@ type Slots = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Slot>>>;
 /// Wallets of every (plan, key) this node spends for, over a lease source.
 pub struct Quotas {
     source: Arc<dyn LeaseSource>,
-    /// The book, on the origin that keeps it (usage reads).
-    book: Option<Arc<QuotaBook>>,
+    /// The book, on an origin (usage reads).
+    book: Option<Book>,
     /// By plan, then key id.
     slots: Mutex<Slots>,
     /// True once closed. Each refill holds a read guard while its lease is
@@ -268,17 +261,42 @@ impl Quotas {
         if let Some(rt) = &runtime {
             rt.spawn(prune_daily(Arc::downgrade(&book)));
         }
-        let source = BookSource {
-            book: Arc::clone(&book),
-            holder: holder.to_owned(),
+        Ok(Self::over(Book::Local(book), holder, runtime))
+    }
+
+    /// An origin's wallets over the book its region's origins share in
+    /// Redis. As [`Quotas::open`], leases `holder` left open in a previous
+    /// run are closed with nothing returned. A store that cannot be reached
+    /// now is logged, not fatal: grants fail until it is back (wallets spend
+    /// what they hold, then the plans' `fail_closed` / `fail_open` apply),
+    /// and the leases left open stay counted.
+    pub async fn shared(book: RedisBook, holder: &str) -> Self {
+        let opened = async {
+            book.open().await?;
+            for (id, _, _) in book.leases_of(holder).await? {
+                book.release(id, 0, holder).await?;
+            }
+            Ok::<_, QuotaError>(())
         };
-        Ok(Self {
+        if let Err(err) = opened.await {
+            tracing::error!(%err, store = ?book, "the shared quota book could not be opened; quotas are unavailable until it can be reached");
+        }
+        Self::over(
+            Book::Shared(book),
+            holder,
+            tokio::runtime::Handle::try_current().ok(),
+        )
+    }
+
+    fn over(book: Book, holder: &str, runtime: Option<tokio::runtime::Handle>) -> Self {
+        let source = BookSource::new(book.clone(), holder);
+        Self {
             source: Arc::new(source),
             book: Some(book),
             slots: Mutex::new(HashMap::new()),
             closed: tokio::sync::RwLock::new(false),
             runtime,
-        })
+        }
     }
 
     /// A PoP's wallets, leased from elsewhere (its origins).
@@ -292,8 +310,8 @@ impl Quotas {
         }
     }
 
-    /// The book, on the node that keeps one.
-    pub fn book(&self) -> Option<&Arc<QuotaBook>> {
+    /// The book, on an origin.
+    pub fn book(&self) -> Option<&Book> {
         self.book.as_ref()
     }
 
@@ -508,7 +526,7 @@ impl Quotas {
 
     /// A key's usage now (on the node with the book): what the book counts
     /// minus what this node holds unspent. Leases PoPs hold count as used.
-    pub fn usage(
+    pub async fn usage(
         &self,
         plan: &str,
         key_id: &str,
@@ -518,7 +536,7 @@ impl Quotas {
             return Err(QuotaError::Store("this node keeps no quota book".into()));
         };
         let now = now_ms();
-        let u = book.usage(plan, key_id, spec, now)?;
+        let u = book.usage(plan, key_id, spec, now).await?;
         let held = {
             let slots = lock(&self.slots);
             let slot = slots.get(plan).and_then(|p| p.get(key_id)).cloned();
@@ -644,11 +662,11 @@ mod tests {
             q.spend("a", "p", "k", SPEC).await,
             QuotaOutcome::Exhausted { .. }
         ));
-        assert_eq!(q.usage("p", "k", SPEC).unwrap().used, 50);
-        assert_eq!(q.usage("p", "other", SPEC).unwrap().used, 0);
+        assert_eq!(q.usage("p", "k", SPEC).await.unwrap().used, 50);
+        assert_eq!(q.usage("p", "other", SPEC).await.unwrap().used, 0);
         close_and_let_go(q).await;
         let again = Arc::new(Quotas::open(&path, "origin").unwrap());
-        assert_eq!(again.usage("p", "k", SPEC).unwrap().remaining, 0);
+        assert_eq!(again.usage("p", "k", SPEC).await.unwrap().remaining, 0);
         assert!(matches!(
             again.spend("a", "p", "k", SPEC).await,
             QuotaOutcome::Exhausted { .. }
@@ -663,18 +681,18 @@ mod tests {
         assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
         close_and_let_go(q).await;
         let again = Quotas::open(&path, "origin").unwrap();
-        assert_eq!(again.usage("p", "k", SPEC).unwrap().used, 1);
+        assert_eq!(again.usage("p", "k", SPEC).await.unwrap().used, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pops_leasing_from_one_book_never_exceed_it_together() {
         let dir = tempfile::tempdir().unwrap();
         let origin = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
-        let book = Arc::clone(origin.book().unwrap());
+        let book = origin.book().unwrap().clone();
         let pops: Vec<Arc<Quotas>> = ["pop-a", "pop-b", "pop-c"]
             .iter()
             .map(|id| {
-                let source = BookSource::new(Arc::clone(&book), id);
+                let source = BookSource::new(book.clone(), id);
                 Arc::new(Quotas::remote(Arc::new(source)))
             })
             .collect();
@@ -691,7 +709,7 @@ mod tests {
         for q in &pops {
             q.close().await;
         }
-        assert_eq!(origin.usage("p", "k", SPEC).unwrap().remaining, 0);
+        assert_eq!(origin.usage("p", "k", SPEC).await.unwrap().remaining, 0);
     }
 
     /// At the end of a quota, a holder whose refill comes back empty keeps
@@ -701,9 +719,9 @@ mod tests {
     async fn an_empty_refill_leaves_what_is_in_hand_to_spend() {
         let dir = tempfile::tempdir().unwrap();
         let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
-        let book = Arc::clone(origin.book().unwrap());
+        let book = origin.book().unwrap().clone();
         let pop = |id: &str| {
-            let source = BookSource::new(Arc::clone(&book), id);
+            let source = BookSource::new(book.clone(), id);
             Arc::new(Quotas::remote(Arc::new(source)))
         };
         let (a, b) = (pop("pop-a"), pop("pop-b"));
@@ -735,7 +753,7 @@ mod tests {
         assert!(matches!(spend(&b).await, QuotaOutcome::Exhausted { .. }));
         a.close().await;
         b.close().await;
-        assert_eq!(origin.usage("p", "k", SPEC).unwrap().used, 50);
+        assert_eq!(origin.usage("p", "k", SPEC).await.unwrap().used, 50);
     }
 
     /// A source that logs its grants and returns; a return signals that it
@@ -790,7 +808,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
         let source = Arc::new(Behind {
-            book: BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"),
+            book: BookSource::new(origin.book().unwrap().clone(), "pop-a"),
             grants: std::sync::atomic::AtomicUsize::new(0),
         });
         let q = Arc::new(Quotas::remote(Arc::clone(&source) as Arc<dyn LeaseSource>));
@@ -818,7 +836,7 @@ mod tests {
     async fn a_cancelled_return_does_not_stop_refills() {
         let dir = tempfile::tempdir().unwrap();
         let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
-        let source = Stuck(BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"));
+        let source = Stuck(BookSource::new(origin.book().unwrap().clone(), "pop-a"));
         let q = Arc::new(Quotas::remote(Arc::new(source)));
         assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
         let surrender = q.surrender_home(|_| true);
@@ -835,7 +853,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
         let source = Arc::new(Ordered {
-            book: BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"),
+            book: BookSource::new(origin.book().unwrap().clone(), "pop-a"),
             log: std::sync::Mutex::new(Vec::new()),
             returning: tokio::sync::Notify::new(),
         });
@@ -851,7 +869,7 @@ mod tests {
         surrender.await.unwrap();
         assert_eq!(*lock(&source.log), ["grant", "return", "grant"]);
         q.close().await;
-        assert_eq!(origin.usage("p", "k", SPEC).unwrap().used, 2);
+        assert_eq!(origin.usage("p", "k", SPEC).await.unwrap().used, 2);
     }
 
     /// The book's grant, then a slow way back (a far origin): the lease is
@@ -875,7 +893,7 @@ mod tests {
     async fn a_refill_outlives_the_worker_runtime_of_the_request_that_asked() {
         let dir = tempfile::tempdir().unwrap();
         let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
-        let source = SlowBack(BookSource::new(Arc::clone(origin.book().unwrap()), "pop-a"));
+        let source = SlowBack(BookSource::new(origin.book().unwrap().clone(), "pop-a"));
         let q = Arc::new(Quotas::remote(Arc::new(source)));
         // A listener worker: its request gives up while the lease is on its
         // way, then the worker's runtime ends (as at shutdown).
@@ -892,7 +910,7 @@ mod tests {
         .unwrap();
         // The book granted the lease; it is installed and handed back whole.
         q.close().await;
-        assert_eq!(origin.usage("p", "k", SPEC).unwrap().used, 0);
+        assert_eq!(origin.usage("p", "k", SPEC).await.unwrap().used, 0);
     }
 
     struct Down;
@@ -921,24 +939,24 @@ mod tests {
     async fn swept_and_surrendered_leases_go_back_to_the_book() {
         let dir = tempfile::tempdir().unwrap();
         let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
-        let book = Arc::clone(origin.book().unwrap());
+        let book = origin.book().unwrap().clone();
         let pop = Arc::new(Quotas::remote(Arc::new(BookSource::new(
-            Arc::clone(&book),
+            book.clone(),
             "pop",
         ))));
         assert_eq!(pop.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
-        let held = book.usage("p", "k", SPEC, now_ms()).unwrap().used;
+        let held = book.usage("p", "k", SPEC, now_ms()).await.unwrap().used;
         // A quota of 50: leases of 50 / 16 = 3 at first.
         assert_eq!(held, 3, "the lease counts as used while held");
         pop.sweep().await;
         assert!(
-            book.usage("p", "k", SPEC, now_ms()).unwrap().used > 1,
+            book.usage("p", "k", SPEC, now_ms()).await.unwrap().used > 1,
             "a live lease stays"
         );
         pop.surrender_home(|api| api == "other").await;
-        assert!(book.usage("p", "k", SPEC, now_ms()).unwrap().used > 1);
+        assert!(book.usage("p", "k", SPEC, now_ms()).await.unwrap().used > 1);
         pop.surrender_home(|api| api == "a").await;
-        assert_eq!(book.usage("p", "k", SPEC, now_ms()).unwrap().used, 1);
+        assert_eq!(book.usage("p", "k", SPEC, now_ms()).await.unwrap().used, 1);
     }
 
     /// A book reached over a slow link.
@@ -960,8 +978,8 @@ mod tests {
     async fn close_waits_for_refills_in_flight_and_returns_them_too() {
         let dir = tempfile::tempdir().unwrap();
         let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
-        let book = Arc::clone(origin.book().unwrap());
-        let source = Slow(BookSource::new(Arc::clone(&book), "pop"));
+        let book = origin.book().unwrap().clone();
+        let source = Slow(BookSource::new(book.clone(), "pop"));
         let pop = Arc::new(Quotas::remote(Arc::new(source)));
         // A first lease of 3; the second request leaves 1 and starts a refill.
         for _ in 0..2 {
@@ -969,12 +987,12 @@ mod tests {
         }
         pop.close().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(book.usage("p", "k", SPEC, now_ms()).unwrap().used, 2);
+        assert_eq!(book.usage("p", "k", SPEC, now_ms()).await.unwrap().used, 2);
         // Closed: nothing more is asked for.
         assert_eq!(
             pop.spend("a", "p", "k", SPEC).await,
             QuotaOutcome::Unavailable
         );
-        assert_eq!(book.usage("p", "k", SPEC, now_ms()).unwrap().used, 2);
+        assert_eq!(book.usage("p", "k", SPEC, now_ms()).await.unwrap().used, 2);
     }
 }

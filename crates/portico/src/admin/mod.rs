@@ -134,7 +134,7 @@ impl<U: Upstream> Admin<U> {
             return cache::route(self, rest, req).await;
         }
         match path.as_str() {
-            "/usage" => usage::usage(self, &req),
+            "/usage" => usage::usage(self, &req).await,
             "/limits/stats" => usage::stats(self, &req),
             "/config" => config::config(self, &req),
             _ => message(StatusCode::NOT_FOUND, "Not Found"),

@@ -34,7 +34,7 @@ fn rfc3339(ms: i64) -> String {
     )
 }
 
-pub(super) fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> Resp {
+pub(super) async fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> Resp {
     if req.method() != Method::GET {
         return method_not_allowed("GET, HEAD");
     }
@@ -95,14 +95,14 @@ pub(super) fn usage<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> R
     let mut rows = Vec::with_capacity(keys.len());
     let mut period = None;
     for k in keys {
-        match quotas.usage(&plan.name, &k.id, spec) {
+        match quotas.usage(&plan.name, &k.id, spec).await {
             Ok(u) => {
                 period.get_or_insert((u.period_start_ms, u.period_end_ms));
                 rows.push(json!({ "key": k.id, "used": u.used, "remaining": u.remaining }));
             }
             Err(err) => {
                 tracing::error!(%err, plan = %plan.name, key = %k.id, "usage read failed");
-                return message(StatusCode::INTERNAL_SERVER_ERROR, "quota book unavailable");
+                return message(StatusCode::SERVICE_UNAVAILABLE, "quota book unavailable");
             }
         }
     }
