@@ -123,6 +123,42 @@ pub(crate) fn compile_node(
 /// The key prefix of a shared quota book when none is given.
 pub const DEFAULT_QUOTA_PREFIX: &str = "portico:";
 
+/// Whether `url` names a Redis the way the node's Redis client reads it:
+/// `redis://[user[:password]@]host[:port][/db]` (an IPv6 host in brackets)
+/// or `redis+unix://` / `unix://` and an absolute path.
+fn is_redis_url(url: &str) -> bool {
+    if let Some(path) = ["redis+unix://", "unix://"]
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+    {
+        return path.starts_with('/') && path.len() > 1;
+    }
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return false;
+    };
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, tail)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                ("v6", tail.strip_prefix(':'))
+            }
+            _ => return false,
+        },
+        None => match host_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    let db_ok = db.is_empty() || db.parse::<u32>().is_ok();
+    host_ok && port_ok && db_ok && !url.contains(char::is_whitespace)
+}
+
 /// `[quotas]`: `store = "local"` (the default) or a Redis URL; an origin's.
 fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Option<QuotaStore> {
     let Some(f) = f else {
@@ -146,35 +182,32 @@ fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Op
         None => DEFAULT_QUOTA_PREFIX.to_owned(),
     };
     let store = match &f.store {
-        None => QuotaStore::Local,
-        Some(s) if s.get_ref() == "local" => QuotaStore::Local,
+        None => None,
+        Some(s) if s.get_ref() == "local" => None,
         Some(s) => {
             let url = s.get_ref();
-            let rest = ["redis://", "redis+unix://", "unix://"]
-                .iter()
-                .find_map(|scheme| url.strip_prefix(scheme));
             let expected = "\"local\", \"redis://HOST:PORT/DB\" or \"redis+unix:///PATH\"";
-            match rest {
-                Some(rest) if !rest.is_empty() && !url.contains(char::is_whitespace) => {}
-                _ if url.starts_with("rediss://") => {
-                    let message = "TLS to Redis (`rediss://`) is not supported";
-                    diag.expect(
-                        s.span(),
-                        message,
-                        format!("{expected}, over a private network or a local TLS tunnel"),
-                    );
-                    return None;
-                }
-                _ => {
-                    let message = format!("invalid quota store `{url}`");
-                    diag.expect(s.span(), message, expected);
-                    return None;
-                }
+            if url.starts_with("rediss://") {
+                let message = "TLS to Redis (`rediss://`) is not supported";
+                let hint = format!("{expected}, over a private network or a local TLS tunnel");
+                diag.expect(s.span(), message, hint);
+                return None;
             }
-            QuotaStore::Redis {
-                url: url.clone(),
-                key_prefix,
+            if !is_redis_url(url) {
+                let message = format!("invalid quota store `{url}`");
+                diag.expect(s.span(), message, expected);
+                return None;
             }
+            Some(url.clone())
+        }
+    };
+    let store = match (store, &f.key_prefix) {
+        (Some(url), _) => QuotaStore::Redis { url, key_prefix },
+        (None, None) => QuotaStore::Local,
+        (None, Some(p)) => {
+            let message = "key_prefix is for a Redis store";
+            diag.expect(p.span(), message, "store = \"redis://…\", or no key_prefix");
+            return None;
         }
     };
     if role == Role::Pop {
@@ -831,9 +864,39 @@ mod tests {
             errors(&node("store = \"memcached://a:1\"\n")),
             ["5:9: invalid quota store `memcached://a:1`"]
         );
+        for bad in [
+            "redis://",
+            "redis://h:port",
+            "redis://h:0",
+            "redis://h:6379/x",
+            "redis://[::1",
+            "redis+unix://run/r.sock",
+            "unix://x",
+            "redis://a b",
+        ] {
+            assert_eq!(
+                errors(&node(&format!("store = \"{bad}\"\n"))),
+                [format!("5:9: invalid quota store `{bad}`")]
+            );
+        }
+        for good in [
+            "redis://h",
+            "redis://u:p@h.example:6379/3",
+            "redis://:p@10.0.0.5",
+            "redis://[::1]:6379",
+            "unix:///run/r.sock",
+        ] {
+            assert!(
+                matches!(
+                    store(&format!("store = \"{good}\"\n")),
+                    crate::QuotaStore::Redis { .. }
+                ),
+                "{good}"
+            );
+        }
         assert_eq!(
-            errors(&node("store = \"redis://\"\n")),
-            ["5:9: invalid quota store `redis://`"]
+            errors(&node("key_prefix = \"eu:\"\n")),
+            ["5:14: key_prefix is for a Redis store"]
         );
         assert_eq!(
             errors(&node("store = \"rediss://a:6380\"\n")),

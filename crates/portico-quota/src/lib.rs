@@ -122,12 +122,4 @@ impl Book {
             Book::Shared(book) => book.usage(plan, key_id, spec, now_ms).await,
         }
     }
-
-    /// Leases `holder` still has open: (id, granted, expiry).
-    pub async fn leases_of(&self, holder: &str) -> Result<Vec<(u64, u64, i64)>, QuotaError> {
-        match self {
-            Book::Local(book) => book.leases_of(holder),
-            Book::Shared(book) => book.leases_of(holder).await,
-        }
-    }
 }

@@ -15,59 +15,96 @@
 //! * `holder:<node id>`: the ids of the leases a holder has open;
 //! * `next_lease`: the last lease id granted.
 //!
-//! Lease ids count up from a random point, and every origin that opens the
-//! book moves them on by a random jump, as [`QuotaBook::open`](crate::QuotaBook::open)
-//! does and for the same reason (a store restored from an older copy must not
-//! grant an id a PoP still holds). Lua keeps numbers as doubles, so ids stay
-//! below 2^53.
+//! Lease ids count up from a random point and move on by a random jump
+//! whenever an origin finds the server's run id changed (its first grant,
+//! a Redis restart, a replica promoted), as [`QuotaBook::open`](crate::QuotaBook::open)
+//! moves a file's on at every opening and for the same reason: a store
+//! restored from an older copy must not grant an id a PoP still holds. Lua
+//! keeps numbers as doubles and writes them with 14 significant digits, so
+//! ids and counts stay below 10^14 and the scripts write them with `%d`.
 //!
-//! Durability is Redis's: run it with `appendonly yes` for counts that
-//! survive a Redis restart. A single Redis (with or without replicas) is
+//! Durability is Redis's: run it with `appendonly yes` and `appendfsync
+//! always` for counts that survive a Redis restart, and with `maxmemory-policy
+//! noeviction` (every key here expires, so a `volatile-*` policy could evict
+//! counts). A single Redis (with or without replicas) is
 //! supported, not Redis Cluster: a grant touches keys it names only as it
 //! runs.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::io::tcp::{TcpSettings, socket2};
+use redis::{AsyncCommands, IntoConnectionInfo, Script};
 
 use crate::QuotaError;
 use crate::book::{EMPTY_LEASE, Lease, LeaseRequest, RETAIN_MS, Usage};
 use crate::period::{QuotaSpec, bounds};
 
 /// Where a new store's lease ids start, drawn below this.
-const FIRST_ID_BELOW: u64 = 1 << 44;
+const FIRST_ID_BELOW: u64 = 1 << 40;
 /// How far each opening moves the ids on, drawn from this range.
-const ID_JUMP: std::ops::Range<u64> = 1 << 28..1 << 29;
-/// The largest count the scripts handle exactly (Lua's doubles).
-const MAX_COUNT: u64 = 1 << 53;
+const ID_JUMP: std::ops::Range<u64> = 1 << 24..1 << 25;
+/// The largest id or count the scripts handle exactly: Lua keeps numbers as
+/// doubles and writes them with 14 significant digits.
+const MAX_COUNT: u64 = 99_999_999_999_999;
 
-/// How long one command may take before the book counts as unreachable (a
-/// wallet then spends only what it holds).
+/// How long one operation may take, connecting included, before the book
+/// counts as unreachable (a wallet then spends only what it holds).
+const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one command may take on a connection.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the kernel may hold unacknowledged data before it drops the
+/// connection (a Redis host gone without a reset), and its keepalive probes.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// After an operation failed, the next ones fail at once for this long: a
+/// node handing back many leases at shutdown waits for one time-out, not one
+/// per lease.
+const BACK_OFF: Duration = Duration::from_secs(1);
 
 /// Grants up to ARGV[1] requests of a limit of ARGV[2] from the count in
 /// KEYS[1] (expiring at ARGV[3]), as lease `ARGV[4]..id` (granted, holder
 /// ARGV[5], expiry ARGV[6]; kept until ARGV[7]), listed in holder set ARGV[8]
-/// (kept as long as its newest lease).
-/// Returns {id, granted, used after}; id 0 when nothing was granted.
+/// (kept as long as its newest lease); ids stop at ARGV[9] and start above
+/// ARGV[10] (the highest this origin has seen). When the server's run id is
+/// not ARGV[11] (the one this origin last saw: it restarted, perhaps from an
+/// older copy, or another took over), the ids start at ARGV[12] if there are
+/// none, and then (above that highest) move on by ARGV[13].
+/// Returns {id, granted, used after, run id}; id 0 when nothing was granted.
 const GRANT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local granted = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - used)
 if granted <= 0 then
-  return {0, 0, used}
+  return {0, 0, used, ARGV[11]}
 end
-redis.call('INCRBY', KEYS[1], granted)
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
+local moved = run ~= ARGV[11]
+if moved then
+  redis.call('SET', KEYS[2], ARGV[12], 'NX')
+end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[10]) then
+  redis.call('SET', KEYS[2], ARGV[10])
+end
+if moved then
+  redis.call('INCRBY', KEYS[2], ARGV[13])
+end
 local id = redis.call('INCR', KEYS[2])
+if id > tonumber(ARGV[9]) then
+  return redis.error_reply('lease ids are used up')
+end
+id = string.format('%d', id)
+redis.call('INCRBY', KEYS[1], string.format('%d', granted))
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 local lease = ARGV[4] .. id
-redis.call('HSET', lease, 'u', KEYS[1], 'g', granted, 'h', ARGV[5], 'e', ARGV[6])
+redis.call('HSET', lease, 'u', KEYS[1], 'g', string.format('%d', granted), 'h', ARGV[5], 'e', ARGV[6])
 redis.call('PEXPIREAT', lease, ARGV[7])
 redis.call('SADD', ARGV[8], id)
 redis.call('PEXPIREAT', ARGV[8], ARGV[7])
-return {id, granted, used + granted}
+return {tonumber(id), granted, used + granted, run}
 ";
 
 /// Ends lease KEYS[1] (id ARGV[3]) of holder ARGV[1], giving back ARGV[2]
@@ -90,31 +127,38 @@ redis.call('DEL', KEYS[1])
 redis.call('SREM', ARGV[4], ARGV[3])
 if unused > 0 and redis.call('EXISTS', l[1]) == 1 then
   local used = tonumber(redis.call('GET', l[1]))
-  redis.call('DECRBY', l[1], math.min(unused, used))
+  redis.call('DECRBY', l[1], string.format('%d', math.min(unused, used)))
 end
 return {0, unused}
 ";
 
-/// Starts the lease ids at ARGV[1] if none were granted yet, then moves them
-/// on by ARGV[2].
-const OPEN: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-return redis.call('INCRBY', KEYS[1], ARGV[2])
-";
-
-/// The book of a region's origins, in Redis.
+/// The book of a region's origins, in Redis. Cheap to clone.
 #[derive(Clone)]
-pub struct RedisBook {
+pub struct RedisBook(Arc<Inner>);
+
+struct Inner {
     conn: ConnectionManager,
     prefix: String,
     grant: Script,
     release: Script,
+    /// Where every operation runs (the runtime that made the book, the
+    /// node's main one): the connection manager starts a lost connection
+    /// again on the runtime of the call that found it lost, and a runtime
+    /// that ends (a link's worker at shutdown) would take it along.
+    runtime: tokio::runtime::Handle,
+    /// The run id of the Redis server this origin last granted on: ids move
+    /// on whenever it changes (see [`GRANT`]).
+    run_id: Mutex<String>,
+    /// Operations fail at once until then (see [`BACK_OFF`]).
+    down_until: Mutex<Option<Instant>>,
+    /// The highest lease id this origin has granted or moved the ids to.
+    seen: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBook")
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.0.prefix)
             .finish()
     }
 }
@@ -134,29 +178,7 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-impl RedisBook {
-    /// A book at `url` (`redis://[user:password@]host:port/db` or
-    /// `redis+unix:///path/to/socket`) under `prefix`. Connects lazily, and
-    /// again after every loss: a Redis that is down makes grants fail (the
-    /// wallets spend what they hold), never the node's start. Must be called
-    /// on a tokio runtime.
-    pub fn connect(url: &str, prefix: &str) -> Result<Self, QuotaError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| QuotaError::Store(format!("redis url `{}`: {e}", redacted(url))))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(store)?;
-        Ok(Self {
-            conn,
-            prefix: prefix.to_owned(),
-            grant: Script::new(GRANT),
-            release: Script::new(RELEASE),
-        })
-    }
-
+impl Inner {
     fn key(&self, parts: std::fmt::Arguments<'_>) -> String {
         format!("{}{parts}", self.prefix)
     }
@@ -176,26 +198,100 @@ impl RedisBook {
         self.key(format_args!("holder:{holder}"))
     }
 
-    /// Moves the lease ids on (see the module's notes); the first opening of
-    /// a store also draws where they start.
-    pub async fn open(&self) -> Result<(), QuotaError> {
-        let start = rand::random_range(1..FIRST_ID_BELOW);
-        let jump = rand::random_range(ID_JUMP);
-        let next: u64 = Script::new(OPEN)
-            .key(self.key(format_args!("next_lease")))
-            .arg(start)
-            .arg(jump)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(store)?;
-        if next >= MAX_COUNT {
-            return Err(QuotaError::Store(format!(
-                "redis: lease ids have reached {next}; delete `{}next_lease` and the `lease:` keys \
-                 once no PoP holds a lease",
-                self.prefix
-            )));
+    fn down(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run_id(&self) -> std::sync::MutexGuard<'_, String> {
+        self.run_id.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RedisBook {
+    /// A book at `url` (`redis://[user:password@]host:port/db` or
+    /// `redis+unix:///path/to/socket`) under `prefix`. Connects lazily, and
+    /// again after every loss: a Redis that is down makes operations fail
+    /// within [`OP_TIMEOUT`] (the wallets spend what they hold), never the
+    /// node's start. Must be called on the tokio runtime the book's
+    /// operations are to run on.
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, QuotaError> {
+        let bad_url =
+            |e: redis::RedisError| QuotaError::Store(format!("redis url `{}`: {e}", redacted(url)));
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| QuotaError::Store(format!("redis: {e}")))?;
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_USER_TIMEOUT)
+            .with_interval(Duration::from_secs(1));
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(keepalive)
+            .set_user_timeout(TCP_USER_TIMEOUT);
+        let info = url
+            .into_connection_info()
+            .map_err(bad_url)?
+            .set_tcp_settings(tcp);
+        let client = redis::Client::open(info).map_err(bad_url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(0);
+        let conn = {
+            let _entered = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client, config).map_err(store)?
+        };
+        Ok(Self(Arc::new(Inner {
+            conn,
+            prefix: prefix.to_owned(),
+            grant: Script::new(GRANT),
+            release: Script::new(RELEASE),
+            runtime,
+            run_id: Mutex::new(String::new()),
+            down_until: Mutex::new(None),
+            seen: AtomicU64::new(0),
+        })))
+    }
+
+    /// Runs `op` on the book's runtime within [`OP_TIMEOUT`]; a store error
+    /// makes the next operations fail at once for [`BACK_OFF`].
+    async fn run<T, Fut>(&self, op: impl FnOnce(Arc<Inner>) -> Fut) -> Result<T, QuotaError>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T, QuotaError>> + Send + 'static,
+    {
+        let inner = &self.0;
+        if inner.down().is_some_and(|until| Instant::now() < until) {
+            return Err(QuotaError::Store(
+                "redis: unreachable a moment ago; trying again shortly".into(),
+            ));
         }
-        Ok(())
+        let task = inner
+            .runtime
+            .spawn(tokio::time::timeout(OP_TIMEOUT, op(Arc::clone(inner))));
+        let out = match task.await {
+            Ok(Ok(out)) => out,
+            Ok(Err(_)) => Err(QuotaError::Store(format!(
+                "redis: no answer within {} s",
+                OP_TIMEOUT.as_secs()
+            ))),
+            Err(err) => Err(QuotaError::Store(format!("redis task: {err}"))),
+        };
+        if let Err(QuotaError::Store(_)) = &out {
+            *inner.down() = Some(Instant::now() + BACK_OFF);
+        }
+        out
+    }
+
+    /// Whether the store answers (to find a misconfigured one at start).
+    pub async fn check(&self) -> Result<(), QuotaError> {
+        self.run(|inner| async move {
+            redis::cmd("PING")
+                .query_async::<()>(&mut inner.conn.clone())
+                .await
+                .map_err(store)
+        })
+        .await
     }
 
     /// Grants up to `req.want` requests, counted as used before returning.
@@ -203,22 +299,44 @@ impl RedisBook {
         let (start, end) = bounds(req.spec.period, req.spec.offset, now_ms);
         let expires_ms = (now_ms + req.ttl_ms.max(1)).min(end);
         let keep_until = expires_ms.saturating_add(RETAIN_MS);
-        let (id, granted, used): (u64, u64, u64) = self
-            .grant
-            .key(self.usage_key(req.plan, req.key_id, start))
-            .key(self.key(format_args!("next_lease")))
-            .arg(req.want.min(MAX_COUNT))
-            .arg(req.spec.limit.min(MAX_COUNT))
-            .arg(start.saturating_add(RETAIN_MS))
-            .arg(self.key(format_args!("lease:")))
-            .arg(req.holder)
-            .arg(expires_ms)
-            .arg(keep_until)
-            .arg(self.holder_key(req.holder))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(store)?;
         let limit = req.spec.limit.min(MAX_COUNT);
+        let (want, usage_key) = (
+            req.want.min(MAX_COUNT),
+            self.0.usage_key(req.plan, req.key_id, start),
+        );
+        let (holder, holder_key) = (req.holder.to_owned(), self.0.holder_key(req.holder));
+        let floor = self.0.seen.load(Ordering::Relaxed);
+        let run_id = self.0.run_id().clone();
+        let (first, jump) = (
+            rand::random_range(1..FIRST_ID_BELOW),
+            rand::random_range(ID_JUMP),
+        );
+        let (id, granted, used, run): (u64, u64, u64, String) = self
+            .run(move |inner| async move {
+                inner
+                    .grant
+                    .key(usage_key)
+                    .key(inner.key(format_args!("next_lease")))
+                    .arg(want)
+                    .arg(limit)
+                    .arg(start.saturating_add(RETAIN_MS))
+                    .arg(inner.key(format_args!("lease:")))
+                    .arg(holder)
+                    .arg(expires_ms)
+                    .arg(keep_until)
+                    .arg(holder_key)
+                    .arg(MAX_COUNT)
+                    .arg(floor)
+                    .arg(run_id)
+                    .arg(first)
+                    .arg(jump)
+                    .invoke_async(&mut inner.conn.clone())
+                    .await
+                    .map_err(store)
+            })
+            .await?;
+        self.0.seen.fetch_max(id, Ordering::Relaxed);
+        *self.0.run_id() = run;
         Ok(Lease {
             id: if granted == 0 { EMPTY_LEASE } else { id },
             granted,
@@ -243,19 +361,25 @@ impl RedisBook {
                 _ => Err(QuotaError::UnknownLease(lease_id)),
             };
         }
-        if lease_id >= MAX_COUNT {
+        if lease_id > MAX_COUNT {
             return Err(QuotaError::UnknownLease(lease_id));
         }
+        let (lease_key, holder_key) = (self.0.lease_key(lease_id), self.0.holder_key(holder));
+        let owner = holder.to_owned();
         let answer: Vec<redis::Value> = self
-            .release
-            .key(self.lease_key(lease_id))
-            .arg(holder)
-            .arg(unused.min(MAX_COUNT))
-            .arg(lease_id)
-            .arg(self.holder_key(holder))
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(store)?;
+            .run(move |inner| async move {
+                inner
+                    .release
+                    .key(lease_key)
+                    .arg(owner)
+                    .arg(unused.min(MAX_COUNT + 1))
+                    .arg(lease_id)
+                    .arg(holder_key)
+                    .invoke_async(&mut inner.conn.clone())
+                    .await
+                    .map_err(store)
+            })
+            .await?;
         let int = |i: usize| match answer.get(i) {
             Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
             _ => 0,
@@ -287,12 +411,10 @@ impl RedisBook {
         now_ms: i64,
     ) -> Result<Usage, QuotaError> {
         let (start, end) = bounds(spec.period, spec.offset, now_ms);
+        let key = self.0.usage_key(plan, key_id, start);
         let used: Option<u64> = self
-            .conn
-            .clone()
-            .get(self.usage_key(plan, key_id, start))
-            .await
-            .map_err(store)?;
+            .run(move |inner| async move { inner.conn.clone().get(key).await.map_err(store) })
+            .await?;
         let used = used.unwrap_or(0);
         Ok(Usage {
             used,
@@ -304,39 +426,35 @@ impl RedisBook {
 
     /// Leases a holder still has open: (id, granted, expiry).
     pub async fn leases_of(&self, holder: &str) -> Result<Vec<(u64, u64, i64)>, QuotaError> {
-        let mut conn = self.conn.clone();
-        let ids: Vec<u64> = conn
-            .smembers(self.holder_key(holder))
-            .await
-            .map_err(store)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let (granted, expires): (Option<u64>, Option<i64>) = redis::cmd("HMGET")
-                .arg(self.lease_key(id))
-                .arg("g")
-                .arg("e")
-                .query_async(&mut conn)
-                .await
-                .map_err(store)?;
-            match (granted, expires) {
-                (Some(granted), Some(expires)) => out.push((id, granted, expires)),
-                // Expired and forgotten: nothing left to end.
-                _ => {
-                    let _: () = conn
-                        .srem(self.holder_key(holder), id)
-                        .await
-                        .map_err(store)?;
+        let holder_key = self.0.holder_key(holder);
+        self.run(move |inner| async move {
+            let mut conn = inner.conn.clone();
+            let ids: Vec<u64> = conn.smembers(&holder_key).await.map_err(store)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let (granted, expires): (Option<u64>, Option<i64>) = redis::cmd("HMGET")
+                    .arg(inner.lease_key(id))
+                    .arg("g")
+                    .arg("e")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(store)?;
+                match (granted, expires) {
+                    (Some(granted), Some(expires)) => out.push((id, granted, expires)),
+                    // Expired and forgotten: nothing left to end.
+                    _ => {
+                        let _: () = conn.srem(&holder_key, id).await.map_err(store)?;
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
-
     use super::*;
     use crate::period::Period;
     use crate::testing::Redis;
@@ -367,7 +485,7 @@ mod tests {
 
     async fn book(redis: &Redis) -> RedisBook {
         let book = RedisBook::connect(&redis.url, "portico:").unwrap();
-        book.open().await.unwrap();
+        book.check().await.unwrap();
         book
     }
 
@@ -494,9 +612,40 @@ mod tests {
         let book = book(&redis).await;
         let first = book.grant(&request("pop-a", 1), now()).await.unwrap();
         assert!(first.id < FIRST_ID_BELOW + ID_JUMP.end);
-        book.open().await.unwrap();
-        let second = book.grant(&request("pop-a", 1), now()).await.unwrap();
+        // Another origin's first grant moves them on.
+        let other = RedisBook::connect(&redis.url, "portico:").unwrap();
+        let second = other.grant(&request("pop-a", 1), now()).await.unwrap();
         assert!(second.id > first.id + ID_JUMP.start, "{first:?} {second:?}");
+        // Then they count up, from whichever origin.
+        let third = book.grant(&request("pop-a", 1), now()).await.unwrap();
+        assert_eq!(third.id, second.id + 1);
+    }
+
+    #[tokio::test]
+    async fn a_store_restored_from_an_older_copy_numbers_no_lease_twice() {
+        let mut redis = Redis::start();
+        let book = book(&redis).await;
+        let first = book.grant(&request("pop-a", 10), now()).await.unwrap();
+        // Redis goes back to a copy from before that grant.
+        let rolled_back = (first.id - 5).to_string();
+        let () = redis.command(&["SET", "portico:next_lease", &rolled_back]);
+        let second = book.grant(&request("pop-a", 10), now()).await.unwrap();
+        assert!(second.id > first.id, "{first:?} {second:?}");
+        // Or to nothing at all, restarted: the ids still move on from the
+        // highest this origin has seen, by a jump.
+        redis.restart_empty();
+        let third = loop {
+            match book.grant(&request("pop-a", 10), now()).await {
+                Ok(lease) => break lease,
+                Err(QuotaError::Store(_)) => tokio::time::sleep(BACK_OFF).await,
+                Err(err) => panic!("{err}"),
+            }
+        };
+        assert!(third.id > second.id + ID_JUMP.start, "{second:?} {third:?}");
+        assert!(matches!(
+            book.release(second.id, 10, "pop-a").await,
+            Err(QuotaError::UnknownLease(_))
+        ));
     }
 
     #[tokio::test]
@@ -508,6 +657,13 @@ mod tests {
         let err = book.grant(&request("pop-a", 1), now()).await.unwrap_err();
         assert!(matches!(err, QuotaError::Store(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(30));
+        // What follows at once fails at once, without asking again: a node
+        // handing back many leases waits for one time-out, not one each.
+        let err = book.release(1, 1, "pop-a").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "quota store: redis: unreachable a moment ago; trying again shortly"
+        );
         assert!(matches!(
             RedisBook::connect("http://example.test", "portico:"),
             Err(QuotaError::Store(_))

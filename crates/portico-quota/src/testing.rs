@@ -7,19 +7,41 @@ use std::time::Duration;
 pub struct Redis {
     child: std::process::Child,
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
     pub fn start() -> Self {
         let dir = tempfile::TempDir::new().unwrap();
-        let socket = dir.path().join("redis.sock");
+        let child = Self::spawn(dir.path());
+        let url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
+        Self { child, url, dir }
+    }
+
+    /// Stops the server and starts another, empty, on the same socket.
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.path().join("redis.sock"));
+        self.child = Self::spawn(self.dir.path());
+    }
+
+    /// Runs one command on a connection of its own.
+    pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let (name, rest) = args.split_first().unwrap();
+        redis::cmd(name).arg(rest).query(&mut conn).unwrap()
+    }
+
+    fn spawn(dir: &std::path::Path) -> std::process::Child {
+        let socket = dir.join("redis.sock");
         let child = std::process::Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--appendonly", "no"])
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (the Debian package redis-server; .ci/run installs it)");
@@ -31,11 +53,7 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self {
-            child,
-            url: format!("redis+unix://{}", socket.display()),
-            _dir: dir,
-        }
+        child
     }
 }
 

@@ -265,20 +265,15 @@ impl Quotas {
     }
 
     /// An origin's wallets over the book its region's origins share in
-    /// Redis. As [`Quotas::open`], leases `holder` left open in a previous
-    /// run are closed with nothing returned. A store that cannot be reached
-    /// now is logged, not fatal: grants fail until it is back (wallets spend
-    /// what they hold, then the plans' `fail_closed` / `fail_open` apply),
-    /// and the leases left open stay counted.
+    /// Redis. A store that cannot be reached now is logged, not fatal:
+    /// grants fail until it is back (wallets spend what they hold, then the
+    /// plans' `fail_closed` / `fail_open` apply). Leases a previous run of
+    /// this node left open stay counted, as [`Quotas::open`]'s closing leaves
+    /// them, and Redis forgets them with their expiry: they are not closed
+    /// here, where another live process with this node id (an overlapping
+    /// restart) could hold them and still return them.
     pub async fn shared(book: RedisBook, holder: &str) -> Self {
-        let opened = async {
-            book.open().await?;
-            for (id, _, _) in book.leases_of(holder).await? {
-                book.release(id, 0, holder).await?;
-            }
-            Ok::<_, QuotaError>(())
-        };
-        if let Err(err) = opened.await {
+        if let Err(err) = book.check().await {
             tracing::error!(%err, store = ?book, "the shared quota book could not be opened; quotas are unavailable until it can be reached");
         }
         Self::over(
@@ -382,9 +377,11 @@ impl Quotas {
                 (Spend::Accepted | Spend::Exhausted, None) => return outcome(spend, spec),
                 (Spend::Empty, Some(want)) => {
                     // Awaited, but run apart: a request dropped meanwhile
-                    // does not drop a lease the source already granted.
-                    let filled = self.spawn_refill(&slot, spec, want).await;
-                    if !filled.unwrap_or(false) {
+                    // does not drop a lease the source already granted; and
+                    // a source slower than the wait leaves it.
+                    let refill = self.spawn_refill(&slot, spec, want);
+                    let filled = tokio::time::timeout_at(deadline, refill).await;
+                    if !matches!(filled, Ok(Ok(true))) {
                         // The source is unreachable: do not wait for it again.
                         return QuotaOutcome::Unavailable;
                     }
