@@ -123,42 +123,6 @@ pub(crate) fn compile_node(
 /// The key prefix of a shared quota book when none is given.
 pub const DEFAULT_QUOTA_PREFIX: &str = "portico:";
 
-/// Whether `url` names a Redis the way the node's Redis client reads it:
-/// `redis://[user[:password]@]host[:port][/db]` (an IPv6 host in brackets)
-/// or `redis+unix://` / `unix://` and an absolute path.
-fn is_redis_url(url: &str) -> bool {
-    if let Some(path) = ["redis+unix://", "unix://"]
-        .iter()
-        .find_map(|scheme| url.strip_prefix(scheme))
-    {
-        return path.starts_with('/') && path.len() > 1;
-    }
-    let Some(rest) = url.strip_prefix("redis://") else {
-        return false;
-    };
-    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match host_port.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((ip, tail)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
-                ("v6", tail.strip_prefix(':'))
-            }
-            _ => return false,
-        },
-        None => match host_port.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        },
-    };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
-    let db_ok = db.is_empty() || db.parse::<u32>().is_ok();
-    host_ok && port_ok && db_ok && !url.contains(char::is_whitespace)
-}
-
 /// `[quotas]`: `store = "local"` (the default) or a Redis URL; an origin's.
 fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Option<QuotaStore> {
     let Some(f) = f else {
@@ -193,8 +157,16 @@ fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Op
                 diag.expect(s.span(), message, hint);
                 return None;
             }
-            if !is_redis_url(url) {
-                let message = format!("invalid quota store `{url}`");
+            let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme));
+            let read = match scheme_ok {
+                true => portico_quota::shared::check_url(url),
+                false => Err("not a Redis URL".to_owned()),
+            };
+            if let Err(why) = read {
+                let shown = portico_quota::shared::redacted(url);
+                let message = format!("invalid quota store `{shown}`: {why}");
                 diag.expect(s.span(), message, expected);
                 return None;
             }
@@ -862,29 +834,40 @@ mod tests {
         );
         assert_eq!(
             errors(&node("store = \"memcached://a:1\"\n")),
-            ["5:9: invalid quota store `memcached://a:1`"]
+            ["5:9: invalid quota store `memcached://a:1`: not a Redis URL"]
         );
-        for bad in [
-            "redis://",
-            "redis://h:port",
-            "redis://h:0",
-            "redis://h:6379/x",
-            "redis://[::1",
-            "redis+unix://run/r.sock",
-            "unix://x",
-            "redis://a b",
+        for (bad, why) in [
+            ("redis://", "Missing hostname"),
+            ("redis://h:port", "Redis URL did not parse"),
+            ("redis://h:+6379", "Redis URL did not parse"),
+            ("redis://h:6379/x", "Invalid database number"),
+            ("redis://[::1", "Redis URL did not parse"),
+            ("redis://[::1]junk", "Redis URL did not parse"),
+            (
+                "redis://0.0.0.0",
+                "Cannot connect to a wildcard address (0.0.0.0 or ::)",
+            ),
+            ("redis+unix://run/r.sock", "Missing path"),
+            ("unix://x", "Missing path"),
+            ("redis://a b", "Redis URL did not parse"),
         ] {
             assert_eq!(
                 errors(&node(&format!("store = \"{bad}\"\n"))),
-                [format!("5:9: invalid quota store `{bad}`")]
+                [format!("5:9: invalid quota store `{bad}`: {why}")]
             );
         }
+        // The password stays out of the message.
+        assert_eq!(
+            errors(&node("store = \"redis://u:secret@h:port\"\n")),
+            ["5:9: invalid quota store `redis://…@h:port`: Redis URL did not parse"]
+        );
         for good in [
             "redis://h",
             "redis://u:p@h.example:6379/3",
             "redis://:p@10.0.0.5",
             "redis://[::1]:6379",
             "unix:///run/r.sock",
+            "redis://h/0?protocol=resp3",
         ] {
             assert!(
                 matches!(

@@ -61,36 +61,44 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the kernel may hold unacknowledged data before it drops the
 /// connection (a Redis host gone without a reset), and its keepalive probes.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
-/// After an operation failed, the next ones fail at once for this long: a
-/// node handing back many leases at shutdown waits for one time-out, not one
-/// per lease.
+/// After the store could not be reached, operations fail at once for this
+/// long (and returns wait in the queue): a node handing back many leases at
+/// shutdown waits for one time-out, not one per lease.
 const BACK_OFF: Duration = Duration::from_secs(1);
+/// Returns that could not be sent wait here, at most this many, and go out
+/// again every [`BACK_OFF`] while the node runs.
+const MAX_QUEUED_RETURNS: usize = 100_000;
 
 /// Grants up to ARGV[1] requests of a limit of ARGV[2] from the count in
 /// KEYS[1] (expiring at ARGV[3]), as lease `ARGV[4]..id` (granted, holder
 /// ARGV[5], expiry ARGV[6]; kept until ARGV[7]), listed in holder set ARGV[8]
 /// (kept as long as its newest lease); ids stop at ARGV[9] and start above
 /// ARGV[10] (the highest this origin has seen). When the server's run id is
-/// not ARGV[11] (the one this origin last saw: it restarted, perhaps from an
-/// older copy, or another took over), the ids start at ARGV[12] if there are
-/// none, and then (above that highest) move on by ARGV[13].
-/// Returns {id, granted, used after, run id}; id 0 when nothing was granted.
+/// not the one the ids were last moved for (KEYS[3]: a first grant, a
+/// restart, perhaps from an older copy, a replica promoted), the ids start
+/// at ARGV[11] if there are none and then move on by ARGV[12], once per
+/// server.
+/// Returns {id, granted, used after}; id 0 when nothing was granted.
 const GRANT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local granted = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - used)
 if granted <= 0 then
-  return {0, 0, used, ARGV[11]}
+  return {0, 0, used}
 end
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''
-local moved = run ~= ARGV[11]
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if not run then
+  return redis.error_reply('INFO server names no run_id')
+end
+local moved = redis.call('GET', KEYS[3]) ~= run
 if moved then
-  redis.call('SET', KEYS[2], ARGV[12], 'NX')
+  redis.call('SET', KEYS[2], ARGV[11], 'NX')
 end
 if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[10]) then
   redis.call('SET', KEYS[2], ARGV[10])
 end
 if moved then
-  redis.call('INCRBY', KEYS[2], ARGV[13])
+  redis.call('INCRBY', KEYS[2], ARGV[12])
+  redis.call('SET', KEYS[3], run)
 end
 local id = redis.call('INCR', KEYS[2])
 if id > tonumber(ARGV[9]) then
@@ -104,7 +112,7 @@ redis.call('HSET', lease, 'u', KEYS[1], 'g', string.format('%d', granted), 'h', 
 redis.call('PEXPIREAT', lease, ARGV[7])
 redis.call('SADD', ARGV[8], id)
 redis.call('PEXPIREAT', ARGV[8], ARGV[7])
-return {tonumber(id), granted, used + granted, run}
+return {tonumber(id), granted, used + granted}
 ";
 
 /// Ends lease KEYS[1] (id ARGV[3]) of holder ARGV[1], giving back ARGV[2]
@@ -146,9 +154,8 @@ struct Inner {
     /// again on the runtime of the call that found it lost, and a runtime
     /// that ends (a link's worker at shutdown) would take it along.
     runtime: tokio::runtime::Handle,
-    /// The run id of the Redis server this origin last granted on: ids move
-    /// on whenever it changes (see [`GRANT`]).
-    run_id: Mutex<String>,
+    /// Returns to send again (see [`MAX_QUEUED_RETURNS`]).
+    returns: Mutex<Vec<Return>>,
     /// Operations fail at once until then (see [`BACK_OFF`]).
     down_until: Mutex<Option<Instant>>,
     /// The highest lease id this origin has granted or moved the ids to.
@@ -163,19 +170,64 @@ impl std::fmt::Debug for RedisBook {
     }
 }
 
+/// Why an operation had no answer from the store.
+enum Failure {
+    /// No connection, a connection lost, or no answer in time.
+    Unreachable(String),
+    /// Redis answered with an error (a script's, say).
+    Refused(String),
+}
+
+impl From<Failure> for QuotaError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Unreachable(why) | Failure::Refused(why) => {
+                QuotaError::Store(format!("redis: {why}"))
+            }
+        }
+    }
+}
+
+/// A return waiting to be sent again.
+struct Return {
+    id: u64,
+    unused: u64,
+    holder: String,
+}
+
 fn store(err: redis::RedisError) -> QuotaError {
     QuotaError::Store(format!("redis: {err}"))
 }
 
-/// `url` with its password, if any, left out (for messages and logs).
+/// `url` with its user, password and query (which may carry a password)
+/// left out, for messages and logs.
 pub fn redacted(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://…@{host}"),
-            None => url.to_owned(),
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, _)) => (rest, "?…"),
+        None => (rest, ""),
+    };
+    let rest = match rest.split_once('/') {
+        Some((authority, path)) => match authority.rsplit_once('@') {
+            Some((_, host)) => format!("…@{host}/{path}"),
+            None => format!("{authority}/{path}"),
         },
-        None => url.to_owned(),
-    }
+        None => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("…@{host}"),
+            None => rest.to_owned(),
+        },
+    };
+    format!("{scheme}://{rest}{query}")
+}
+
+/// Whether the node's Redis client reads `url` (parsing only, nothing is
+/// dialed); why not otherwise.
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.into_connection_info().map(|_| ()).map_err(|e| {
+        let text = e.to_string();
+        let kind = format!(" - {:?}", e.kind());
+        text.strip_suffix(&kind).unwrap_or(&text).to_owned()
+    })
 }
 
 impl Inner {
@@ -204,8 +256,12 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn run_id(&self) -> std::sync::MutexGuard<'_, String> {
-        self.run_id.lock().unwrap_or_else(PoisonError::into_inner)
+    fn returns(&self) -> std::sync::MutexGuard<'_, Vec<Return>> {
+        self.returns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_down(&self) -> bool {
+        self.down().is_some_and(|until| Instant::now() < until)
     }
 }
 
@@ -241,43 +297,55 @@ impl RedisBook {
             let _entered = runtime.enter();
             ConnectionManager::new_lazy_with_config(client, config).map_err(store)?
         };
-        Ok(Self(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             conn,
             prefix: prefix.to_owned(),
             grant: Script::new(GRANT),
             release: Script::new(RELEASE),
             runtime,
-            run_id: Mutex::new(String::new()),
+            returns: Mutex::new(Vec::new()),
             down_until: Mutex::new(None),
             seen: AtomicU64::new(0),
-        })))
+        });
+        inner.runtime.spawn(Self::resend(Arc::downgrade(&inner)));
+        Ok(Self(inner))
     }
 
-    /// Runs `op` on the book's runtime within [`OP_TIMEOUT`]; a store error
-    /// makes the next operations fail at once for [`BACK_OFF`].
-    async fn run<T, Fut>(&self, op: impl FnOnce(Arc<Inner>) -> Fut) -> Result<T, QuotaError>
+    /// Runs `op` on the book's runtime within [`OP_TIMEOUT`]. When the
+    /// store cannot be reached (no connection, a connection lost, no answer
+    /// in time), the next operations fail at once for [`BACK_OFF`].
+    async fn run<T, Fut>(&self, op: impl FnOnce(Arc<Inner>) -> Fut) -> Result<T, Failure>
     where
         T: Send + 'static,
-        Fut: Future<Output = Result<T, QuotaError>> + Send + 'static,
+        Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
         let inner = &self.0;
-        if inner.down().is_some_and(|until| Instant::now() < until) {
-            return Err(QuotaError::Store(
-                "redis: unreachable a moment ago; trying again shortly".into(),
+        if inner.is_down() {
+            return Err(Failure::Unreachable(
+                "unreachable a moment ago; trying again shortly".into(),
             ));
         }
         let task = inner
             .runtime
             .spawn(tokio::time::timeout(OP_TIMEOUT, op(Arc::clone(inner))));
         let out = match task.await {
-            Ok(Ok(out)) => out,
-            Ok(Err(_)) => Err(QuotaError::Store(format!(
-                "redis: no answer within {} s",
+            Ok(Ok(Ok(out))) => Ok(out),
+            Ok(Ok(Err(err)))
+                if err.is_io_error()
+                    || err.is_timeout()
+                    || err.is_connection_dropped()
+                    || err.is_connection_refusal() =>
+            {
+                Err(Failure::Unreachable(err.to_string()))
+            }
+            Ok(Ok(Err(err))) => Err(Failure::Refused(err.to_string())),
+            Ok(Err(_)) => Err(Failure::Unreachable(format!(
+                "no answer within {} s",
                 OP_TIMEOUT.as_secs()
             ))),
-            Err(err) => Err(QuotaError::Store(format!("redis task: {err}"))),
+            Err(err) => Err(Failure::Refused(format!("task: {err}"))),
         };
-        if let Err(QuotaError::Store(_)) = &out {
+        if let Err(Failure::Unreachable(_)) = &out {
             *inner.down() = Some(Instant::now() + BACK_OFF);
         }
         out
@@ -289,9 +357,9 @@ impl RedisBook {
             redis::cmd("PING")
                 .query_async::<()>(&mut inner.conn.clone())
                 .await
-                .map_err(store)
         })
         .await
+        .map_err(QuotaError::from)
     }
 
     /// Grants up to `req.want` requests, counted as used before returning.
@@ -306,17 +374,17 @@ impl RedisBook {
         );
         let (holder, holder_key) = (req.holder.to_owned(), self.0.holder_key(req.holder));
         let floor = self.0.seen.load(Ordering::Relaxed);
-        let run_id = self.0.run_id().clone();
         let (first, jump) = (
             rand::random_range(1..FIRST_ID_BELOW),
             rand::random_range(ID_JUMP),
         );
-        let (id, granted, used, run): (u64, u64, u64, String) = self
+        let (id, granted, used): (u64, u64, u64) = self
             .run(move |inner| async move {
                 inner
                     .grant
                     .key(usage_key)
                     .key(inner.key(format_args!("next_lease")))
+                    .key(inner.key(format_args!("next_lease_run")))
                     .arg(want)
                     .arg(limit)
                     .arg(start.saturating_add(RETAIN_MS))
@@ -327,16 +395,13 @@ impl RedisBook {
                     .arg(holder_key)
                     .arg(MAX_COUNT)
                     .arg(floor)
-                    .arg(run_id)
                     .arg(first)
                     .arg(jump)
                     .invoke_async(&mut inner.conn.clone())
                     .await
-                    .map_err(store)
             })
             .await?;
         self.0.seen.fetch_max(id, Ordering::Relaxed);
-        *self.0.run_id() = run;
         Ok(Lease {
             id: if granted == 0 { EMPTY_LEASE } else { id },
             granted,
@@ -348,7 +413,8 @@ impl RedisBook {
 
     /// Ends a lease, giving back `unused` requests if its period is still
     /// counted; refused (changing nothing) for an unknown lease, another
-    /// holder's, or more than it granted.
+    /// holder's, or more than it granted. A return the store cannot take now
+    /// is kept and sent again (see [`MAX_QUEUED_RETURNS`]); the error says so.
     pub async fn release(
         &self,
         lease_id: u64,
@@ -364,8 +430,68 @@ impl RedisBook {
         if lease_id > MAX_COUNT {
             return Err(QuotaError::UnknownLease(lease_id));
         }
-        let (lease_key, holder_key) = (self.0.lease_key(lease_id), self.0.holder_key(holder));
-        let owner = holder.to_owned();
+        let ret = Return {
+            id: lease_id,
+            unused,
+            holder: holder.to_owned(),
+        };
+        if self.0.is_down() {
+            return Err(self.keep(ret, "unreachable a moment ago"));
+        }
+        match self.send(&ret).await {
+            Err(Failure::Unreachable(why)) => Err(self.keep(ret, &why)),
+            done => done.map_err(QuotaError::from)?,
+        }
+    }
+
+    /// Queues `ret` to be sent again; the error to report meanwhile.
+    fn keep(&self, ret: Return, why: &str) -> QuotaError {
+        let mut queued = self.0.returns();
+        if queued.len() >= MAX_QUEUED_RETURNS {
+            return QuotaError::Store(format!(
+                "redis: {why}; the return is dropped ({MAX_QUEUED_RETURNS} wait already)"
+            ));
+        }
+        queued.push(ret);
+        QuotaError::Store(format!("redis: {why}; the return is kept and sent again"))
+    }
+
+    /// Sends the returns waiting, every [`BACK_OFF`] while the book lives.
+    async fn resend(book: std::sync::Weak<Inner>) {
+        loop {
+            tokio::time::sleep(BACK_OFF).await;
+            let Some(inner) = book.upgrade() else { return };
+            let book = RedisBook(inner);
+            if book.0.is_down() {
+                continue;
+            }
+            let waiting = std::mem::take(&mut *book.0.returns());
+            let mut rest = waiting.into_iter();
+            for ret in rest.by_ref() {
+                match book.send(&ret).await {
+                    Err(Failure::Unreachable(_)) => {
+                        book.0.returns().push(ret);
+                        break;
+                    }
+                    Ok(Ok(_)) => {}
+                    // Refused now (it was sent before its answer was lost,
+                    // say): nothing more to do with it.
+                    Ok(Err(err)) => {
+                        tracing::debug!(%err, lease = ret.id, "a quota return sent again was refused")
+                    }
+                    Err(Failure::Refused(err)) => {
+                        tracing::warn!(%err, lease = ret.id, "a quota return sent again failed")
+                    }
+                }
+            }
+            book.0.returns().extend(rest);
+        }
+    }
+
+    /// Runs [`RELEASE`] for `ret`: the store's answer, or why there was none.
+    async fn send(&self, ret: &Return) -> Result<Result<u64, QuotaError>, Failure> {
+        let (lease_key, holder_key) = (self.0.lease_key(ret.id), self.0.holder_key(&ret.holder));
+        let (owner, id, unused) = (ret.holder.clone(), ret.id, ret.unused);
         let answer: Vec<redis::Value> = self
             .run(move |inner| async move {
                 inner
@@ -373,33 +499,32 @@ impl RedisBook {
                     .key(lease_key)
                     .arg(owner)
                     .arg(unused.min(MAX_COUNT + 1))
-                    .arg(lease_id)
+                    .arg(id)
                     .arg(holder_key)
                     .invoke_async(&mut inner.conn.clone())
                     .await
-                    .map_err(store)
             })
             .await?;
         let int = |i: usize| match answer.get(i) {
             Some(redis::Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
             _ => 0,
         };
-        match answer.first() {
+        Ok(match answer.first() {
             Some(redis::Value::Int(0)) => Ok(int(1)),
-            Some(redis::Value::Int(-1)) => Err(QuotaError::UnknownLease(lease_id)),
+            Some(redis::Value::Int(-1)) => Err(QuotaError::UnknownLease(id)),
             Some(redis::Value::Int(-2)) => Err(QuotaError::NotHolder {
-                lease: lease_id,
-                holder: holder.to_owned(),
+                lease: id,
+                holder: ret.holder.clone(),
             }),
             Some(redis::Value::Int(-3)) => Err(QuotaError::ReturnTooLarge {
-                lease: lease_id,
+                lease: id,
                 unused,
                 granted: int(1),
             }),
             other => Err(QuotaError::Store(format!(
                 "redis: unexpected answer to a return: {other:?}"
             ))),
-        }
+        })
     }
 
     /// The key's usage in the period containing `now_ms`.
@@ -413,7 +538,7 @@ impl RedisBook {
         let (start, end) = bounds(spec.period, spec.offset, now_ms);
         let key = self.0.usage_key(plan, key_id, start);
         let used: Option<u64> = self
-            .run(move |inner| async move { inner.conn.clone().get(key).await.map_err(store) })
+            .run(move |inner| async move { inner.conn.clone().get(key).await })
             .await?;
         let used = used.unwrap_or(0);
         Ok(Usage {
@@ -429,7 +554,7 @@ impl RedisBook {
         let holder_key = self.0.holder_key(holder);
         self.run(move |inner| async move {
             let mut conn = inner.conn.clone();
-            let ids: Vec<u64> = conn.smembers(&holder_key).await.map_err(store)?;
+            let ids: Vec<u64> = conn.smembers(&holder_key).await?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
                 let (granted, expires): (Option<u64>, Option<i64>) = redis::cmd("HMGET")
@@ -437,19 +562,19 @@ impl RedisBook {
                     .arg("g")
                     .arg("e")
                     .query_async(&mut conn)
-                    .await
-                    .map_err(store)?;
+                    .await?;
                 match (granted, expires) {
                     (Some(granted), Some(expires)) => out.push((id, granted, expires)),
                     // Expired and forgotten: nothing left to end.
                     _ => {
-                        let _: () = conn.srem(&holder_key, id).await.map_err(store)?;
+                        let _: () = conn.srem(&holder_key, id).await?;
                     }
                 }
             }
             Ok(out)
         })
         .await
+        .map_err(QuotaError::from)
     }
 }
 
@@ -607,18 +732,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_opening_moves_the_lease_ids_on() {
+    async fn the_ids_move_on_once_for_each_redis_server() {
         let redis = Redis::start();
         let book = book(&redis).await;
         let first = book.grant(&request("pop-a", 1), now()).await.unwrap();
         assert!(first.id < FIRST_ID_BELOW + ID_JUMP.end);
-        // Another origin's first grant moves them on.
+        // Another origin on the same server counts on.
         let other = RedisBook::connect(&redis.url, "portico:").unwrap();
         let second = other.grant(&request("pop-a", 1), now()).await.unwrap();
-        assert!(second.id > first.id + ID_JUMP.start, "{first:?} {second:?}");
-        // Then they count up, from whichever origin.
+        assert_eq!(second.id, first.id + 1);
+        // A server the ids were not moved for (as after a failover): once.
+        let () = redis.command(&["SET", "portico:next_lease_run", "another-server"]);
         let third = book.grant(&request("pop-a", 1), now()).await.unwrap();
-        assert_eq!(third.id, second.id + 1);
+        assert!(third.id > second.id + ID_JUMP.start, "{second:?} {third:?}");
+        let fourth = other.grant(&request("pop-a", 1), now()).await.unwrap();
+        assert_eq!(fourth.id, third.id + 1);
     }
 
     #[tokio::test]
@@ -649,6 +777,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_return_the_store_could_not_take_goes_again_once_it_answers() {
+        let redis = Redis::start();
+        let book = book(&redis).await;
+        let lease = book.grant(&request("pop-a", 100), now()).await.unwrap();
+        // The Redis host stops answering (no reset: the calls time out).
+        redis.pause();
+        let err = book.release(lease.id, 60, "pop-a").await.unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("the return is kept and sent again"),
+            "{err}"
+        );
+        redis.resume();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match book.usage("basic", "k1", SPEC, now()).await {
+                Ok(u) if u.used == 40 => break,
+                other => assert!(Instant::now() < deadline, "not returned: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Sent once: the lease is gone, and nothing more comes back.
+        tokio::time::sleep(BACK_OFF * 2).await;
+        assert!(matches!(
+            book.release(lease.id, 60, "pop-a").await,
+            Err(QuotaError::UnknownLease(_))
+        ));
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
+            40
+        );
+    }
+
+    #[tokio::test]
     async fn an_unreachable_store_is_an_error_not_a_wait() {
         let dir = tempfile::TempDir::new().unwrap();
         let url = format!("redis+unix://{}", dir.path().join("none.sock").display());
@@ -659,10 +821,15 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(30));
         // What follows at once fails at once, without asking again: a node
         // handing back many leases waits for one time-out, not one each.
-        let err = book.release(1, 1, "pop-a").await.unwrap_err();
+        let err = book.usage("basic", "k1", SPEC, now()).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             "quota store: redis: unreachable a moment ago; trying again shortly"
+        );
+        let err = book.release(1, 1, "pop-a").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "quota store: redis: unreachable a moment ago; the return is kept and sent again"
         );
         assert!(matches!(
             RedisBook::connect("http://example.test", "portico:"),
@@ -676,6 +843,11 @@ mod tests {
             redacted("redis://user:secret@10.0.0.5:6379/0"),
             "redis://…@10.0.0.5:6379/0"
         );
+        assert_eq!(
+            redacted("redis+unix:///run/r.sock?db=2&pass=secret"),
+            "redis+unix:///run/r.sock?…"
+        );
+        assert_eq!(redacted("redis://u:p@h"), "redis://…@h");
         assert_eq!(
             redacted("redis+unix:///run/r.sock"),
             "redis+unix:///run/r.sock"

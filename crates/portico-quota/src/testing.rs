@@ -26,6 +26,24 @@ impl Redis {
         self.child = Self::spawn(self.dir.path());
     }
 
+    /// Stops the server answering (SIGSTOP), as a host gone without a reset.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server answer again.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = std::process::Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {which}");
+    }
+
     /// Runs one command on a connection of its own.
     pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let client = redis::Client::open(self.url.as_str()).unwrap();
