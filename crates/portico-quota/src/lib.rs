@@ -108,6 +108,15 @@ impl Book {
         }
     }
 
+    /// Returns the store could not take yet, waiting to be sent again (a
+    /// local book has none).
+    pub fn returns_waiting(&self) -> usize {
+        match self {
+            Book::Local(_) => 0,
+            Book::Shared(book) => book.returns_waiting(),
+        }
+    }
+
     /// The key's usage in the period containing `now_ms`.
     pub async fn usage(
         &self,

@@ -444,6 +444,11 @@ impl RedisBook {
         }
     }
 
+    /// Returns waiting to be sent again (the store could not take them).
+    pub fn returns_waiting(&self) -> usize {
+        self.0.returns().len()
+    }
+
     /// Queues `ret` to be sent again; the error to report meanwhile.
     fn keep(&self, ret: Return, why: &str) -> QuotaError {
         let mut queued = self.0.returns();
@@ -789,6 +794,7 @@ mod tests {
                 .ends_with("the return is kept and sent again"),
             "{err}"
         );
+        assert_eq!(book.returns_waiting(), 1);
         redis.resume();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -799,6 +805,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Sent once: the lease is gone, and nothing more comes back.
+        assert_eq!(book.returns_waiting(), 0);
         tokio::time::sleep(BACK_OFF * 2).await;
         assert!(matches!(
             book.release(lease.id, 60, "pop-a").await,

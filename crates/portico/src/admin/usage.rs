@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /usage?plan=NAME` | every key of the plan: `{"plan", "limit", "period", "period_start", "period_end", "keys": [{"key", "used", "remaining"}]}` |
 //! | `GET /usage?plan=NAME&key=ID` | the same with that key only |
-//! | `GET /limits/stats` | `{"degraded_allowed": N, "connections_refused": M}`: requests a `fail_open` plan let through while its quota could not be checked; connections the public listeners refused because their client address held `[limits] max_connections_per_client` |
+//! | `GET /limits/stats` | `{"degraded_allowed": N, "connections_refused": M, "quota_returns_waiting": R}`: requests a `fail_open` plan let through while its quota could not be checked; connections the public listeners refused because their client address held `[limits] max_connections_per_client`; lease returns a shared quota book's Redis could not take yet (sent again every second) |
 //!
 //! `used` counts what was spent plus what PoPs hold in leases (the book's
 //! view: never more than the quota). Times are RFC 3339, UTC. A missing
@@ -132,6 +132,10 @@ pub(super) fn stats<U: Upstream>(admin: &Admin<U>, req: &Request<Incoming>) -> R
         &json!({
             "degraded_allowed": limits.degraded_allowed(),
             "connections_refused": limits.connections_refused(),
+            "quota_returns_waiting": limits
+                .quota()
+                .and_then(|q| q.book())
+                .map_or(0, portico_quota::Book::returns_waiting),
         }),
     )
 }
