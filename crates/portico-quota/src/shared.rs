@@ -12,7 +12,6 @@
 //!   no two (plan, key) pairs share a name);
 //! * `lease:<id>`: a hash of the lease (`u` its usage key, `g` granted, `h`
 //!   holder, `e` expiry), kept [`RETAIN_MS`] past its expiry for a late return;
-//! * `holder:<node id>`: the ids of the leases a holder has open;
 //! * `next_lease`: the last lease id granted.
 //!
 //! Lease ids count up from a random point and move on by a random jump
@@ -71,13 +70,12 @@ const MAX_QUEUED_RETURNS: usize = 100_000;
 
 /// Grants up to ARGV[1] requests of a limit of ARGV[2] from the count in
 /// KEYS[1] (expiring at ARGV[3]), as lease `ARGV[4]..id` (granted, holder
-/// ARGV[5], expiry ARGV[6]; kept until ARGV[7]), listed in holder set ARGV[8]
-/// (kept as long as its newest lease); ids stop at ARGV[9] and start above
-/// ARGV[10] (the highest this origin has seen). When the server's run id is
-/// not the one the ids were last moved for (KEYS[3]: a first grant, a
-/// restart, perhaps from an older copy, a replica promoted), the ids start
-/// at ARGV[11] if there are none and then move on by ARGV[12], once per
-/// server.
+/// ARGV[5], expiry ARGV[6]; kept until ARGV[7]); ids stop at ARGV[8] and
+/// start above ARGV[9] (the highest this origin has seen). When the server's
+/// run id is not the one the ids were last moved for (KEYS[3]: a first
+/// grant, a restart, perhaps from an older copy, a replica promoted), the
+/// ids start at ARGV[10] if there are none and then move on by ARGV[11],
+/// once per server.
 /// Returns {id, granted, used after}; id 0 when nothing was granted.
 const GRANT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -91,17 +89,17 @@ if not run then
 end
 local moved = redis.call('GET', KEYS[3]) ~= run
 if moved then
-  redis.call('SET', KEYS[2], ARGV[11], 'NX')
+  redis.call('SET', KEYS[2], ARGV[10], 'NX')
 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[10]) then
-  redis.call('SET', KEYS[2], ARGV[10])
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[9]) then
+  redis.call('SET', KEYS[2], ARGV[9])
 end
 if moved then
-  redis.call('INCRBY', KEYS[2], ARGV[12])
+  redis.call('INCRBY', KEYS[2], ARGV[11])
   redis.call('SET', KEYS[3], run)
 end
 local id = redis.call('INCR', KEYS[2])
-if id > tonumber(ARGV[9]) then
+if id > tonumber(ARGV[8]) then
   return redis.error_reply('lease ids are used up')
 end
 id = string.format('%d', id)
@@ -110,13 +108,11 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 local lease = ARGV[4] .. id
 redis.call('HSET', lease, 'u', KEYS[1], 'g', string.format('%d', granted), 'h', ARGV[5], 'e', ARGV[6])
 redis.call('PEXPIREAT', lease, ARGV[7])
-redis.call('SADD', ARGV[8], id)
-redis.call('PEXPIREAT', ARGV[8], ARGV[7])
 return {tonumber(id), granted, used + granted}
 ";
 
-/// Ends lease KEYS[1] (id ARGV[3]) of holder ARGV[1], giving back ARGV[2]
-/// unused requests to its count if that still exists; holder set ARGV[4].
+/// Ends lease KEYS[1] of holder ARGV[1], giving back ARGV[2] unused
+/// requests to its count if that still exists.
 /// Returns {0, returned}, or {-1} unknown, {-2, holder} not the holder,
 /// {-3, granted} more returned than granted.
 const RELEASE: &str = r"
@@ -132,7 +128,6 @@ if unused > tonumber(l[2]) then
   return {-3, tonumber(l[2])}
 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', ARGV[4], ARGV[3])
 if unused > 0 and redis.call('EXISTS', l[1]) == 1 then
   local used = tonumber(redis.call('GET', l[1]))
   redis.call('DECRBY', l[1], string.format('%d', math.min(unused, used)))
@@ -145,7 +140,10 @@ return {0, unused}
 pub struct RedisBook(Arc<Inner>);
 
 struct Inner {
-    conn: ConnectionManager,
+    /// The connection, made again after a failover left it on a replica.
+    conn: Mutex<ConnectionManager>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     prefix: String,
     grant: Script,
     release: Script,
@@ -186,6 +184,23 @@ impl From<Failure> for QuotaError {
             }
         }
     }
+}
+
+/// Whether `err` says the store cannot take commands now (rather than that
+/// it refused this one): no connection, a lost one, no answer in time, or a
+/// server that is loading its data, failing over, read-only, busy with a
+/// script or out of memory.
+fn unreachable(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || matches!(
+            err.code(),
+            Some(
+                "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "BUSY" | "OOM"
+            )
+        )
 }
 
 /// A return waiting to be sent again.
@@ -246,8 +261,22 @@ impl Inner {
         self.key(format_args!("lease:{id}"))
     }
 
-    fn holder_key(&self, holder: &str) -> String {
-        self.key(format_args!("holder:{holder}"))
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A new connection in place of one to a server that no longer takes
+    /// writes (`READONLY`: a failover behind one address left it on a
+    /// replica; the manager only reconnects connections that drop).
+    fn reconnect(&self) {
+        let _entered = self.runtime.enter();
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(conn) => *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = conn,
+            Err(err) => tracing::warn!(%err, "redis: could not make a new connection"),
+        }
     }
 
     fn down(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -295,10 +324,13 @@ impl RedisBook {
             .set_number_of_retries(0);
         let conn = {
             let _entered = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, config).map_err(store)?
+            ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                .map_err(store)?
         };
         let inner = Arc::new(Inner {
-            conn,
+            conn: Mutex::new(conn),
+            client,
+            config,
             prefix: prefix.to_owned(),
             grant: Script::new(GRANT),
             release: Script::new(RELEASE),
@@ -330,12 +362,10 @@ impl RedisBook {
             .spawn(tokio::time::timeout(OP_TIMEOUT, op(Arc::clone(inner))));
         let out = match task.await {
             Ok(Ok(Ok(out))) => Ok(out),
-            Ok(Ok(Err(err)))
-                if err.is_io_error()
-                    || err.is_timeout()
-                    || err.is_connection_dropped()
-                    || err.is_connection_refusal() =>
-            {
+            Ok(Ok(Err(err))) if unreachable(&err) => {
+                if err.code() == Some("READONLY") {
+                    inner.reconnect();
+                }
                 Err(Failure::Unreachable(err.to_string()))
             }
             Ok(Ok(Err(err))) => Err(Failure::Refused(err.to_string())),
@@ -355,7 +385,7 @@ impl RedisBook {
     pub async fn check(&self) -> Result<(), QuotaError> {
         self.run(|inner| async move {
             redis::cmd("PING")
-                .query_async::<()>(&mut inner.conn.clone())
+                .query_async::<()>(&mut inner.conn())
                 .await
         })
         .await
@@ -372,7 +402,7 @@ impl RedisBook {
             req.want.min(MAX_COUNT),
             self.0.usage_key(req.plan, req.key_id, start),
         );
-        let (holder, holder_key) = (req.holder.to_owned(), self.0.holder_key(req.holder));
+        let holder = req.holder.to_owned();
         let floor = self.0.seen.load(Ordering::Relaxed);
         let (first, jump) = (
             rand::random_range(1..FIRST_ID_BELOW),
@@ -392,12 +422,11 @@ impl RedisBook {
                     .arg(holder)
                     .arg(expires_ms)
                     .arg(keep_until)
-                    .arg(holder_key)
                     .arg(MAX_COUNT)
                     .arg(floor)
                     .arg(first)
                     .arg(jump)
-                    .invoke_async(&mut inner.conn.clone())
+                    .invoke_async(&mut inner.conn())
                     .await
             })
             .await?;
@@ -466,36 +495,49 @@ impl RedisBook {
         loop {
             tokio::time::sleep(BACK_OFF).await;
             let Some(inner) = book.upgrade() else { return };
-            let book = RedisBook(inner);
-            if book.0.is_down() {
-                continue;
-            }
-            let waiting = std::mem::take(&mut *book.0.returns());
-            let mut rest = waiting.into_iter();
-            for ret in rest.by_ref() {
-                match book.send(&ret).await {
-                    Err(Failure::Unreachable(_)) => {
-                        book.0.returns().push(ret);
-                        break;
-                    }
-                    Ok(Ok(_)) => {}
-                    // Refused now (it was sent before its answer was lost,
-                    // say): nothing more to do with it.
-                    Ok(Err(err)) => {
-                        tracing::debug!(%err, lease = ret.id, "a quota return sent again was refused")
-                    }
-                    Err(Failure::Refused(err)) => {
-                        tracing::warn!(%err, lease = ret.id, "a quota return sent again failed")
-                    }
+            RedisBook(inner).send_waiting().await;
+        }
+    }
+
+    /// Sends the returns waiting, one at a time, until none is left or the
+    /// store cannot take them; true when none is left.
+    async fn send_waiting(&self) -> bool {
+        while !self.0.is_down() {
+            let Some(ret) = self.0.returns().pop() else {
+                return true;
+            };
+            match self.send(&ret).await {
+                Err(Failure::Unreachable(_)) => {
+                    self.0.returns().push(ret);
+                    return false;
+                }
+                Ok(Ok(_)) => {}
+                // Refused now (its first sending reached the store, and
+                // only the answer was lost): nothing more to do with it.
+                Ok(Err(err)) => {
+                    tracing::debug!(%err, lease = ret.id, "a quota return sent again was refused")
+                }
+                Err(Failure::Refused(err)) => {
+                    tracing::warn!(%err, lease = ret.id, "a quota return sent again failed")
                 }
             }
-            book.0.returns().extend(rest);
         }
+        false
+    }
+
+    /// Sends the returns waiting for at most `within` (a node about to
+    /// exit); how many are still unsent.
+    pub async fn flush(&self, within: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.send_waiting().await && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(BACK_OFF / 4).await;
+        }
+        self.returns_waiting()
     }
 
     /// Runs [`RELEASE`] for `ret`: the store's answer, or why there was none.
     async fn send(&self, ret: &Return) -> Result<Result<u64, QuotaError>, Failure> {
-        let (lease_key, holder_key) = (self.0.lease_key(ret.id), self.0.holder_key(&ret.holder));
+        let lease_key = self.0.lease_key(ret.id);
         let (owner, id, unused) = (ret.holder.clone(), ret.id, ret.unused);
         let answer: Vec<redis::Value> = self
             .run(move |inner| async move {
@@ -504,9 +546,7 @@ impl RedisBook {
                     .key(lease_key)
                     .arg(owner)
                     .arg(unused.min(MAX_COUNT + 1))
-                    .arg(id)
-                    .arg(holder_key)
-                    .invoke_async(&mut inner.conn.clone())
+                    .invoke_async(&mut inner.conn())
                     .await
             })
             .await?;
@@ -543,7 +583,7 @@ impl RedisBook {
         let (start, end) = bounds(spec.period, spec.offset, now_ms);
         let key = self.0.usage_key(plan, key_id, start);
         let used: Option<u64> = self
-            .run(move |inner| async move { inner.conn.clone().get(key).await })
+            .run(move |inner| async move { inner.conn().get(key).await })
             .await?;
         let used = used.unwrap_or(0);
         Ok(Usage {
@@ -552,34 +592,6 @@ impl RedisBook {
             period_start_ms: start,
             period_end_ms: end,
         })
-    }
-
-    /// Leases a holder still has open: (id, granted, expiry).
-    pub async fn leases_of(&self, holder: &str) -> Result<Vec<(u64, u64, i64)>, QuotaError> {
-        let holder_key = self.0.holder_key(holder);
-        self.run(move |inner| async move {
-            let mut conn = inner.conn.clone();
-            let ids: Vec<u64> = conn.smembers(&holder_key).await?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let (granted, expires): (Option<u64>, Option<i64>) = redis::cmd("HMGET")
-                    .arg(inner.lease_key(id))
-                    .arg("g")
-                    .arg("e")
-                    .query_async(&mut conn)
-                    .await?;
-                match (granted, expires) {
-                    (Some(granted), Some(expires)) => out.push((id, granted, expires)),
-                    // Expired and forgotten: nothing left to end.
-                    _ => {
-                        let _: () = conn.srem(&holder_key, id).await?;
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
-        .map_err(QuotaError::from)
     }
 }
 
@@ -676,10 +688,10 @@ mod tests {
         let (a, b) = (book(&redis).await, book(&redis).await);
         let lease = a.grant(&request("pop-a", 600), now()).await.unwrap();
         assert_eq!((lease.granted, lease.exhausted), (600, false));
-        assert_eq!(
-            b.leases_of("pop-a").await.unwrap(),
-            [(lease.id, 600, lease.expires_ms)]
-        );
+        let granted = |id: u64| -> Option<String> {
+            redis.command(&["HGET", &format!("portico:lease:{id}"), "g"])
+        };
+        assert_eq!(granted(lease.id).as_deref(), Some("600"));
         // Refused, and nothing changes.
         assert!(matches!(
             b.release(lease.id, 10, "pop-b").await,
@@ -705,7 +717,7 @@ mod tests {
         // Its holder returns it through the other origin.
         assert_eq!(b.release(lease.id, 250, "pop-a").await.unwrap(), 250);
         assert_eq!(a.usage("basic", "k1", SPEC, now()).await.unwrap().used, 350);
-        assert!(a.leases_of("pop-a").await.unwrap().is_empty());
+        assert_eq!(granted(lease.id), None);
         // Once only.
         assert!(matches!(
             a.release(lease.id, 250, "pop-a").await,
@@ -767,12 +779,13 @@ mod tests {
         // Or to nothing at all, restarted: the ids still move on from the
         // highest this origin has seen, by a jump.
         redis.restart_empty();
+        let deadline = Instant::now() + Duration::from_secs(30);
         let third = loop {
             match book.grant(&request("pop-a", 10), now()).await {
                 Ok(lease) => break lease,
-                Err(QuotaError::Store(_)) => tokio::time::sleep(BACK_OFF).await,
-                Err(err) => panic!("{err}"),
+                Err(err) => assert!(Instant::now() < deadline, "{err}"),
             }
+            tokio::time::sleep(BACK_OFF).await;
         };
         assert!(third.id > second.id + ID_JUMP.start, "{second:?} {third:?}");
         assert!(matches!(
@@ -814,6 +827,66 @@ mod tests {
         assert_eq!(
             book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
             40
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_only_server_is_waited_out_and_its_returns_kept() {
+        let redis = Redis::start();
+        let book = book(&redis).await;
+        let lease = book.grant(&request("pop-a", 100), now()).await.unwrap();
+        // A failover left this address on a replica (its master is nowhere).
+        let () = redis.command(&["REPLICAOF", "127.0.0.1", "9"]);
+        let err = book.release(lease.id, 60, "pop-a").await.unwrap_err();
+        assert!(err.to_string().contains("ReadOnly"), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("the return is kept and sent again"),
+            "{err}"
+        );
+        assert_eq!(book.returns_waiting(), 1);
+        let err = book.grant(&request("pop-a", 1), now()).await.unwrap_err();
+        assert!(
+            err.to_string().contains("unreachable a moment ago"),
+            "{err}"
+        );
+        // Promoted again: the return goes out, and grants go on.
+        let () = redis.command(&["REPLICAOF", "NO", "ONE"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while book.returns_waiting() > 0 {
+            assert!(Instant::now() < deadline, "the return never went out");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
+            40
+        );
+        assert_eq!(
+            book.grant(&request("pop-a", 1), now())
+                .await
+                .unwrap()
+                .granted,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closing_node_sends_what_waits_or_says_what_it_could_not() {
+        let redis = Redis::start();
+        let book = book(&redis).await;
+        let a = book.grant(&request("pop-a", 100), now()).await.unwrap();
+        let b = book.grant(&request("pop-a", 100), now()).await.unwrap();
+        redis.pause();
+        assert!(book.release(a.id, 100, "pop-a").await.is_err());
+        assert!(book.release(b.id, 100, "pop-a").await.is_err());
+        // Still unreachable when the node closes: both are reported unsent.
+        assert_eq!(book.flush(Duration::from_secs(1)).await, 2);
+        // Reachable again while it closes: both go out.
+        redis.resume();
+        assert_eq!(book.flush(Duration::from_secs(30)).await, 0);
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
+            0
         );
     }
 

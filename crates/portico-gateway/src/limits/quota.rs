@@ -80,6 +80,9 @@ const MIN_LEASE: u64 = 16;
 pub const LEASE_TTL_MS: i64 = 60_000;
 /// A request waits this long at most for a lease.
 const WAIT: Duration = Duration::from_secs(2);
+/// How long a closing node keeps sending the returns a shared book's Redis
+/// could not take yet.
+const FLUSH_AT_CLOSE: Duration = Duration::from_secs(10);
 
 struct Slot {
     api: Arc<str>,
@@ -488,6 +491,17 @@ impl Quotas {
     pub async fn close(&self) {
         *self.closed.write().await = true;
         self.give_back_where(|_, _| true).await;
+        // A shared book's returns its Redis could not take yet wait in a
+        // queue that ends with this process.
+        if let Some(Book::Shared(book)) = &self.book {
+            let left = book.flush(FLUSH_AT_CLOSE).await;
+            if left > 0 {
+                tracing::error!(
+                    left,
+                    "quota returns the shared book's Redis did not take before exit; their requests stay counted"
+                );
+            }
+        }
     }
 
     /// Surrenders the leases of the slots `pick` chooses (by API and state)
