@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use portico_config::Definitions;
+use portico_config::{Api, Definitions};
 
 use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, find_cause};
 use crate::cache::{PurgeScope, ResponseCache};
@@ -204,6 +204,7 @@ impl<U: Upstream> Gateway<U> {
         };
         // 2. Run the phases; any error goes to the one error sink.
         let result = self.process(req, conn, entry, &mut record).await;
+        let refused = result.is_err();
         let mut resp = result.unwrap_or_else(|err| {
             record.error = err.kind.as_str();
             if let (ErrorSource::Client, Some(cause)) = (err.source_of, &err.cause) {
@@ -214,11 +215,27 @@ impl<U: Upstream> Gateway<U> {
         });
         // 3. Shape the response and attach the access log to its body.
         self.shape_response(&mut resp, &record.request_id);
-        if let Some(origin) = &cors_origin
-            && let Some((api, _, _)) = &record.target
-            && let Some(cors) = &api.cors
-        {
-            crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
+        if let Some(origin) = &cors_origin {
+            match &record.target {
+                Some((api, _, _)) => {
+                    if let Some(cors) = &api.cors {
+                        crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
+                    }
+                }
+                // Refused before a route matched (no such route or method, a
+                // client over its tokens): the API its host and path name
+                // still decides what a browser may read, so that a page sees
+                // the 404 or 429 rather than an opaque CORS failure. Looked
+                // up on this path only.
+                None if refused => {
+                    if let Some(api) = self.api_named(entry, conn, &record)
+                        && let Some(cors) = &api.cors
+                    {
+                        crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
+                    }
+                }
+                None => {}
+            }
         }
         if record.method == http::Method::HEAD {
             resp = without_body(resp);
@@ -413,6 +430,26 @@ impl<U: Upstream> Gateway<U> {
         strip_hop_by_hop(headers);
         headers.insert(&REQUEST_ID, request_id.value().clone());
         headers.append(header::VIA, self.via.clone());
+    }
+}
+
+impl<U: Upstream> Gateway<U> {
+    /// The API a public request's host and path name, whether or not one of
+    /// its routes matched.
+    fn api_named(
+        &self,
+        entry: Entry<'_>,
+        conn: &ConnInfo,
+        record: &AccessRecord,
+    ) -> Option<Arc<Api>> {
+        let Entry::Public(modes) = entry else {
+            return None;
+        };
+        let table = self.table.load();
+        let default_api = conn.default_api.as_deref();
+        let path = record.uri.path();
+        let (api, _, _) = table.locate(&record.host, path, default_api, modes).ok()?;
+        Some(api)
     }
 }
 

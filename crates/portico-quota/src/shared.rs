@@ -30,7 +30,7 @@
 //! runs.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -154,6 +154,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Returns to send again (see [`MAX_QUEUED_RETURNS`]).
     returns: Mutex<Vec<Return>>,
+    /// Of those, how many are being sent now (out of the queue).
+    sending: AtomicUsize,
     /// Operations fail at once until then (see [`BACK_OFF`]).
     down_until: Mutex<Option<Instant>>,
     /// The highest lease id this origin has granted or moved the ids to.
@@ -336,6 +338,7 @@ impl RedisBook {
             release: Script::new(RELEASE),
             runtime,
             returns: Mutex::new(Vec::new()),
+            sending: AtomicUsize::new(0),
             down_until: Mutex::new(None),
             seen: AtomicU64::new(0),
         });
@@ -475,7 +478,7 @@ impl RedisBook {
 
     /// Returns waiting to be sent again (the store could not take them).
     pub fn returns_waiting(&self) -> usize {
-        self.0.returns().len()
+        self.0.returns().len() + self.0.sending.load(Ordering::Relaxed)
     }
 
     /// Queues `ret` to be sent again; the error to report meanwhile.
@@ -506,11 +509,16 @@ impl RedisBook {
             let Some(ret) = self.0.returns().pop() else {
                 return true;
             };
-            match self.send(&ret).await {
-                Err(Failure::Unreachable(_)) => {
-                    self.0.returns().push(ret);
-                    return false;
-                }
+            self.0.sending.fetch_add(1, Ordering::Relaxed);
+            let sent = self.send(&ret).await;
+            if let Err(Failure::Unreachable(_)) = sent {
+                self.0.returns().push(ret);
+                self.0.sending.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            self.0.sending.fetch_sub(1, Ordering::Relaxed);
+            match sent {
+                Err(Failure::Unreachable(_)) => {}
                 Ok(Ok(_)) => {}
                 // Refused now (its first sending reached the store, and
                 // only the answer was lost): nothing more to do with it.
@@ -529,10 +537,14 @@ impl RedisBook {
     /// exit); how many are still unsent.
     pub async fn flush(&self, within: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + within;
-        while !self.send_waiting().await && tokio::time::Instant::now() < deadline {
+        loop {
+            // Done when none waits here and none is out with the resender.
+            let emptied = self.send_waiting().await;
+            if emptied && self.returns_waiting() == 0 || tokio::time::Instant::now() >= deadline {
+                return self.returns_waiting();
+            }
             tokio::time::sleep(BACK_OFF / 4).await;
         }
-        self.returns_waiting()
     }
 
     /// Runs [`RELEASE`] for `ret`: the store's answer, or why there was none.
@@ -818,7 +830,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // Sent once: the lease is gone, and nothing more comes back.
-        assert_eq!(book.returns_waiting(), 0);
+        while book.returns_waiting() > 0 {
+            assert!(Instant::now() < deadline, "still waiting");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         tokio::time::sleep(BACK_OFF * 2).await;
         assert!(matches!(
             book.release(lease.id, 60, "pop-a").await,

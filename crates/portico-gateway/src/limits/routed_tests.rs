@@ -227,3 +227,77 @@ name = "prod"
     let resp = g.handle(preflight("/x"), &client_conn(), routed).await;
     assert_eq!(resp.status(), 200, "the upstream's answer");
 }
+
+/// A request refused before a route matched (no such route, no such
+/// method, a client over its tokens) still carries the CORS headers of the
+/// API its host and path name, so that a page can read the refusal; an API
+/// without CORS gets none.
+#[tokio::test]
+async fn refusals_before_a_route_carry_the_apis_cors_headers() {
+    let text = r#"
+[[apis]]
+name = "a"
+endpoint = "edge"
+[apis.cors]
+allow_origins = ["https://app.test"]
+[[apis.routes]]
+method = "GET"
+path = "/x"
+integration = { type = "mock" }
+[[apis.stages]]
+name = "prod"
+
+[[apis]]
+name = "b"
+endpoint = "edge"
+[[apis.routes]]
+method = "GET"
+path = "/x"
+integration = { type = "mock" }
+[[apis.stages]]
+name = "prod"
+"#;
+    let defs = Arc::new(Definitions::from_toml_str(text, "test").unwrap());
+    let config = NodeThrottleConfig {
+        enabled: true,
+        node: RateLimit {
+            rate: 1000.0,
+            burst: 1000,
+        },
+        per_client_ip: Some(RateLimit {
+            rate: 0.001,
+            burst: 3,
+        }),
+    };
+    let g = ok_gateway(Arc::clone(&defs), Limits::new(&config, &defs, None));
+    let conn = client_conn();
+    let send = |host: &str, method: &str, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("origin", "https://app.test")
+            .body(full(""))
+            .unwrap();
+        g.handle(req, &conn, Entry::Public(ServedModes::EDGE))
+    };
+    let allowed = |resp: &Response<Body>| {
+        resp.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let resp = send("a.execute-api.local", "GET", "/prod/nope").await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(allowed(&resp).as_deref(), Some("https://app.test"));
+    assert_eq!(resp.headers()["vary"], "Origin");
+    let resp = send("a.execute-api.local", "DELETE", "/prod/x").await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(allowed(&resp).as_deref(), Some("https://app.test"));
+    let resp = send("b.execute-api.local", "GET", "/prod/nope").await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(allowed(&resp), None, "an API without CORS");
+    // The client's tokens are spent: its 429 is readable too.
+    let resp = send("a.execute-api.local", "GET", "/prod/nope").await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(allowed(&resp).as_deref(), Some("https://app.test"));
+}
