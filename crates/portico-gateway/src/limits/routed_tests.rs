@@ -192,19 +192,7 @@ integration = { type = "mock" }
 [[apis.stages]]
 name = "prod"
 "#;
-    let defs = Arc::new(Definitions::from_toml_str(text, "test").unwrap());
-    let config = NodeThrottleConfig {
-        enabled: true,
-        node: RateLimit {
-            rate: 1000.0,
-            burst: 1000,
-        },
-        per_client_ip: Some(RateLimit {
-            rate: 0.001,
-            burst: 2,
-        }),
-    };
-    let g = ok_gateway(Arc::clone(&defs), Limits::new(&config, &defs, None));
+    let g = gateway_of(text, 2);
     let preflight = |path: &str| {
         Request::options(path)
             .header("host", "a.example")
@@ -257,19 +245,7 @@ integration = { type = "mock" }
 [[apis.stages]]
 name = "prod"
 "#;
-    let defs = Arc::new(Definitions::from_toml_str(text, "test").unwrap());
-    let config = NodeThrottleConfig {
-        enabled: true,
-        node: RateLimit {
-            rate: 1000.0,
-            burst: 1000,
-        },
-        per_client_ip: Some(RateLimit {
-            rate: 0.001,
-            burst: 3,
-        }),
-    };
-    let g = ok_gateway(Arc::clone(&defs), Limits::new(&config, &defs, None));
+    let g = gateway_of(text, 3);
     let conn = client_conn();
     let send = |host: &str, method: &str, path: &str| {
         let req = Request::builder()
@@ -300,4 +276,19 @@ name = "prod"
     let resp = send("a.execute-api.local", "GET", "/prod/nope").await;
     assert_eq!(resp.status(), 429);
     assert_eq!(allowed(&resp).as_deref(), Some("https://app.test"));
+}
+
+/// A gateway over the definitions in `text` whose clients each have `burst`
+/// requests and no refill.
+fn gateway_of(text: &str, burst: u32) -> Gateway<Ok200> {
+    let defs = Arc::new(Definitions::from_toml_str(text, "test").unwrap());
+    let config = NodeThrottleConfig {
+        enabled: true,
+        node: RateLimit {
+            rate: 1000.0,
+            burst: 1000,
+        },
+        per_client_ip: Some(RateLimit { rate: 0.001, burst }),
+    };
+    ok_gateway(Arc::clone(&defs), Limits::new(&config, &defs, None))
 }
