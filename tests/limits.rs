@@ -1253,17 +1253,25 @@ async fn origin_replicas_sharing_a_redis_book_never_exceed_a_quota_together() {
     );
 }
 
-/// A region of two origins on one Redis book, a PoP linked to both: a key
-/// of a plan over the region's edge API (entered at the PoP, its leases from
-/// either origin) and its regional API (entered at each origin) spends one
-/// quota, where a book per origin would give each origin a quota of its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pop_and_two_origins_on_one_redis_book_spend_one_quota() {
-    let redis = portico_quota::testing::Redis::start();
-    let dir = TempDir::new().unwrap();
-    make_certs(dir.path(), "origin-a,origin-b,pop-a");
-    let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
-    let routes = r#"
+/// A region of two origins on one Redis book (each with an admin API), a
+/// PoP linked to both, serving; the plan `both` (a quota of `quota` a day)
+/// covers the region's edge API and its regional one.
+struct RedisRegion {
+    cert: TestCert,
+    a: Proc,
+    b: Proc,
+    pop: Proc,
+    _redis: portico_quota::testing::Redis,
+    _dir: TempDir,
+}
+
+impl RedisRegion {
+    async fn start(quota: u64) -> Self {
+        let redis = portico_quota::testing::Redis::start();
+        let dir = TempDir::new().unwrap();
+        make_certs(dir.path(), "origin-a,origin-b,pop-a");
+        let cert = test_cert(dir.path(), "public", &["localhost", "127.0.0.1"]);
+        let routes = r#"
 [[apis.routes]]
 method = "GET"
 path = "/keyed/{proxy+}"
@@ -1279,36 +1287,69 @@ path = "/ready"
 type = "mock"
 body = "ok"
 "#;
-    let quota = 60;
-    let plan = format!("quota = {{ limit = {quota}, period = \"DAY\" }}");
-    let store = format!("\n[quotas]\nstore = \"{}\"\n", redis.url);
-    let a_text = edge_and_inside_config(dir.path(), routes, &plan) + &store;
-    let b_text = a_text
-        .replace("origin-a", "origin-b")
-        .replace("state_dir = \"state\"", "state_dir = \"state-b\"");
-    let (a, _) = node(dir.path(), "origin", "origin-a", &a_text);
-    let (b, _) = node(dir.path(), "origin", "origin-b", &b_text);
-    let pop_text = pop_config(dir.path(), "pop-a", a.addrs("backbone")[0], "edge")
-        + &format!(
-            "\n[[origins]]\nregion = \"local\"\naddress = \"{}\"\nserver_name = \"origin-b\"\n",
-            b.addrs("backbone")[0]
+        let plan = format!("quota = {{ limit = {quota}, period = \"DAY\" }}");
+        let extra = format!(
+            "\n[quotas]\nstore = \"{}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n",
+            redis.url
         );
-    let (pop, _) = node(dir.path(), "pop", "pop-a", &pop_text);
-    let port = |p: &Proc| p.addrs("https")[0].port();
-    let client = https_client(&cert.der, false);
-    let ready = format!("https://localhost:{}/prod/ready", port(&pop));
-    eventually(60, || async {
-        (get(&client, &ready).await.status == 200).then_some(())
-    })
-    .await;
-    let keyed = |p: &Proc| format!("https://localhost:{}/prod/keyed/x", port(p));
-    let entries = [keyed(&pop), keyed(&pop), keyed(&a), keyed(&b)];
+        let a_text = edge_and_inside_config(dir.path(), routes, &plan) + &extra;
+        let b_text = a_text
+            .replace("origin-a", "origin-b")
+            .replace("state_dir = \"state\"", "state_dir = \"state-b\"");
+        let (a, _) = node(dir.path(), "origin", "origin-a", &a_text);
+        let (b, _) = node(dir.path(), "origin", "origin-b", &b_text);
+        let pop_text = pop_config(dir.path(), "pop-a", a.addrs("backbone")[0], "edge")
+            + &format!(
+                "\n[[origins]]\nregion = \"local\"\naddress = \"{}\"\nserver_name = \"origin-b\"\n",
+                b.addrs("backbone")[0]
+            );
+        let (pop, _) = node(dir.path(), "pop", "pop-a", &pop_text);
+        let region = Self {
+            cert,
+            a,
+            b,
+            pop,
+            _redis: redis,
+            _dir: dir,
+        };
+        let client = https_client(&region.cert.der, false);
+        let ready = format!("https://localhost:{}/prod/ready", region.port(&region.pop));
+        eventually(60, || async {
+            (get(&client, &ready).await.status == 200).then_some(())
+        })
+        .await;
+        region
+    }
+
+    fn port(&self, node: &Proc) -> u16 {
+        node.addrs("https")[0].port()
+    }
+
+    fn keyed(&self, node: &Proc) -> String {
+        format!("https://localhost:{}/prod/keyed/x", self.port(node))
+    }
+}
+
+/// A region of two origins on one Redis book, a PoP linked to both: a key
+/// of a plan over the region's edge API (entered at the PoP, its leases from
+/// either origin) and its regional API (entered at each origin) spends one
+/// quota, where a book per origin would give each origin a quota of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pop_and_two_origins_on_one_redis_book_spend_one_quota() {
+    let quota = 60;
+    let r = RedisRegion::start(quota).await;
+    let entries = [
+        r.keyed(&r.pop),
+        r.keyed(&r.pop),
+        r.keyed(&r.a),
+        r.keyed(&r.b),
+    ];
     let accepted = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = entries
         .iter()
         .map(|url| {
-            let client = https_client(&cert.der, false);
+            let client = https_client(&r.cert.der, false);
             let counts = (Arc::clone(&accepted), Arc::clone(&stop));
             tokio::spawn(hammer(client, url.clone(), counts.0, counts.1))
         })
@@ -1323,5 +1364,32 @@ body = "ok"
     );
     // Every entry was hammered until it had nothing left to spend.
     assert!(accepted >= quota * 3 / 4, "{accepted} accepted of {quota}");
-    drop((pop, a, b, redis, dir));
+}
+
+/// A PoP whose lease came from an origin that has since gone away gives
+/// its unspent part back through the other origin of the region, which
+/// shares the book: nothing stays stranded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_from_a_replica_that_left_goes_back_through_the_other() {
+    let mut r = RedisRegion::start(1_000).await;
+    let client = https_client(&r.cert.der, false);
+    let url = r.keyed(&r.pop);
+    for _ in 0..3 {
+        assert_eq!(with_key(&client, &url, KEY_A.as_bytes()).await.status, 200);
+    }
+    // The PoP leased from origin-a (the region's lowest node id); it leaves.
+    let (_, held) = admin_usage(&r.b, "?plan=both").await;
+    let held = held["keys"][0]["used"].as_u64().unwrap();
+    assert!(
+        held > 3,
+        "the PoP holds a lease beyond what it spent: {held}"
+    );
+    r.a.signal("TERM");
+    assert!(r.a.child.wait().unwrap().success());
+    // The PoP stops: what it did not spend goes back, through origin-b.
+    r.pop.signal("TERM");
+    assert!(r.pop.child.wait().unwrap().success());
+    let (status, usage) = admin_usage(&r.b, "?plan=both").await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["keys"][0]["used"], 3, "{usage}");
 }

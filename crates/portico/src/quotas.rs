@@ -212,8 +212,9 @@ type Pending = HashMap<(String, String), (ControlLink, oneshot::Sender<QuotaLeas
 
 /// A lease this PoP holds, under the id its wallet knows it by.
 struct Granted {
-    /// The origin (node id) whose book granted it.
+    /// The origin (node id) whose book granted it, and its region.
     origin: String,
+    region: String,
     /// Its id in that origin's book (each book draws where its ids start,
     /// and jumps on at every opening: see `QuotaBook::open`).
     origin_id: u64,
@@ -265,7 +266,7 @@ impl PopLeases {
 
     /// Remembers a lease from `link` and names it for the wallet. Entries a
     /// wallet never gave back (it was dropped) go once long expired.
-    fn remember(&self, origin: &str, origin_id: u64, expires_ms: i64) -> u64 {
+    fn remember(&self, link: &ControlLink, origin_id: u64, expires_ms: i64) -> u64 {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -281,7 +282,8 @@ impl PopLeases {
         held.by_id.insert(
             id,
             Granted {
-                origin: origin.to_owned(),
+                origin: link.peer_id().to_owned(),
+                region: link.region().to_owned(),
                 origin_id,
                 expires_ms,
             },
@@ -387,7 +389,7 @@ impl LeaseSource for PopLeases {
                     let ahead = self.origin_clock(link.peer_id(), asked_at, answered_at, &lease);
                     let expires_ms = local_expiry(asked_at, &lease, ahead);
                     Ok(Lease {
-                        id: self.remember(link.peer_id(), lease.lease_id, expires_ms),
+                        id: self.remember(&link, lease.lease_id, expires_ms),
                         granted: within_ask(lease.granted, ask.want),
                         expires_ms,
                         period_end_ms: signed_ms(lease.period_end_unix_ms).saturating_sub(ahead),
@@ -402,15 +404,26 @@ impl LeaseSource for PopLeases {
 
     fn give_back(&self, api: Arc<str>, lease_id: u64, unused: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            // To the book that granted it: another origin's book would refuse
-            // it, or credit it to a lease of its own with the same id.
+            // To the origin that granted it; while its link is down, to
+            // another origin of its region: replicas that share their book
+            // (`[quotas] store`) take it there, and an origin with a book of
+            // its own finds no such lease and refuses it (each book draws
+            // where its ids start: see `QuotaBook::open`), changing nothing.
             let granted = lock(&self.granted).by_id.remove(&lease_id);
             let to = granted.and_then(|g| {
-                let link = self
+                let open: Vec<ControlLink> = self
                     .links
                     .open()
                     .into_iter()
-                    .find(|l| l.is_open() && l.peer_id() == g.origin)?;
+                    .filter(|l| l.is_open())
+                    .collect();
+                let granter = open.iter().find(|l| l.peer_id() == g.origin);
+                let sibling = || {
+                    open.iter()
+                        .filter(|l| l.region() == g.region)
+                        .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
+                };
+                let link = granter.or_else(sibling)?.clone();
                 Some((link, g.origin_id))
             });
             let Some((link, lease_id)) = to else {
@@ -692,6 +705,32 @@ plans = ["p"]
             a_out.try_recv().is_err(),
             "origin-a got another book's lease"
         );
+    }
+
+    /// While the granting origin's link is down, a lease goes back through
+    /// another origin of its region (replicas sharing their book take it
+    /// there; one with a book of its own refuses it), never to another
+    /// region's.
+    #[tokio::test]
+    async fn a_lease_whose_origin_is_down_goes_back_through_its_region() {
+        let leases = PopLeases::new();
+        let (b, mut b_out) = ControlLink::new("origin-b", "eu", Capabilities(0));
+        leases.link_up(&b);
+        let held = granted(&leases, &b, &mut b_out, lease(5, u64::MAX)).await;
+        let (elsewhere, mut elsewhere_out) = ControlLink::new("origin-x", "us", Capabilities(0));
+        leases.link_up(&elsewhere);
+        let (c, mut c_out) = ControlLink::new("origin-c", "eu", Capabilities(0));
+        leases.link_up(&c);
+        // origin-b's link goes down.
+        drop(b_out);
+        leases.link_down(&b);
+        leases.give_back("edge".into(), held.id, 4).await;
+        let back = tokio::time::timeout(Duration::from_secs(10), c_out.recv()).await;
+        let Ok(Some(Frame::QuotaReturn(r))) = back else {
+            panic!("no return through origin-c: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (5, 4));
+        assert!(elsewhere_out.try_recv().is_err(), "another region got it");
     }
 
     /// A lease from an origin that was not asked (a late answer to an ask
