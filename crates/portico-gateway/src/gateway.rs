@@ -447,8 +447,9 @@ impl<U: Upstream> Gateway<U> {
         };
         let table = self.table.load();
         let default_api = conn.default_api.as_deref();
-        let path = record.uri.path();
-        let (api, _, _) = table.locate(&record.host, path, default_api, modes).ok()?;
+        // As routing sees it (`/pub/../int/x` is API `int`'s).
+        let path = without_dot_segments(record.uri.path()).ok()?;
+        let (api, _, _) = table.locate(&record.host, &path, default_api, modes).ok()?;
         Some(api)
     }
 }

@@ -42,8 +42,10 @@ use crate::QuotaError;
 use crate::book::{EMPTY_LEASE, Lease, LeaseRequest, RETAIN_MS, Usage};
 use crate::period::{QuotaSpec, bounds};
 
-/// Where a new store's lease ids start, drawn below this.
-const FIRST_ID_BELOW: u64 = 1 << 40;
+/// Where a new store's lease ids start, drawn below this (as widely as
+/// [`MAX_COUNT`] allows: a lease of another book is then unlikely to name
+/// one of this one's).
+const FIRST_ID_BELOW: u64 = 1 << 46;
 /// How far each opening moves the ids on, drawn from this range.
 const ID_JUMP: std::ops::Range<u64> = 1 << 24..1 << 25;
 /// The largest id or count the scripts handle exactly: Lua keeps numbers as
@@ -478,7 +480,8 @@ impl RedisBook {
 
     /// Returns waiting to be sent again (the store could not take them).
     pub fn returns_waiting(&self) -> usize {
-        self.0.returns().len() + self.0.sending.load(Ordering::Relaxed)
+        let queued = self.0.returns();
+        queued.len() + self.0.sending.load(Ordering::Relaxed)
     }
 
     /// Queues `ret` to be sent again; the error to report meanwhile.
@@ -498,21 +501,31 @@ impl RedisBook {
         loop {
             tokio::time::sleep(BACK_OFF).await;
             let Some(inner) = book.upgrade() else { return };
-            RedisBook(inner).send_waiting().await;
+            RedisBook(inner).send_waiting(None).await;
         }
     }
 
     /// Sends the returns waiting, one at a time, until none is left or the
     /// store cannot take them; true when none is left.
-    async fn send_waiting(&self) -> bool {
-        while !self.0.is_down() {
-            let Some(ret) = self.0.returns().pop() else {
+    async fn send_waiting(&self, deadline: Option<tokio::time::Instant>) -> bool {
+        while !self.0.is_down() && deadline.is_none_or(|d| tokio::time::Instant::now() < d) {
+            // Taken and counted as out under one lock: a flush never sees
+            // a return in neither place.
+            let ret = {
+                let mut queued = self.0.returns();
+                let ret = queued.pop();
+                if ret.is_some() {
+                    self.0.sending.fetch_add(1, Ordering::Relaxed);
+                }
+                ret
+            };
+            let Some(ret) = ret else {
                 return true;
             };
-            self.0.sending.fetch_add(1, Ordering::Relaxed);
             let sent = self.send(&ret).await;
             if let Err(Failure::Unreachable(_)) = sent {
-                self.0.returns().push(ret);
+                let mut queued = self.0.returns();
+                queued.push(ret);
                 self.0.sending.fetch_sub(1, Ordering::Relaxed);
                 return false;
             }
@@ -539,7 +552,7 @@ impl RedisBook {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             // Done when none waits here and none is out with the resender.
-            let emptied = self.send_waiting().await;
+            let emptied = self.send_waiting(Some(deadline)).await;
             if emptied && self.returns_waiting() == 0 || tokio::time::Instant::now() >= deadline {
                 return self.returns_waiting();
             }
