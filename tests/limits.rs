@@ -787,27 +787,7 @@ body = "ok"
         (with_key(&client, &urls[0], KEY_A.as_bytes()).await.status == 200).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(secs);
-    let entries: Vec<(String, usize)> = urls.iter().map(|u| (u.clone(), 3)).collect();
-    let (split, _) = load_until(&cert, &entries, Some(KEY_A), deadline).await;
-    let window = started.elapsed().as_secs_f64();
-    let accepted = split.iter().sum::<u64>() as f64;
-    let expected = rate * window + burst;
-    eprintln!(
-        "key rate {rate}/s, edge and regional: {accepted} accepted in {window:.2} s \
-         (PoP, origin: {split:?}); limit {expected:.0}; a rate at each would allow {:.0}",
-        2.0 * expected
-    );
-    assert!(
-        accepted <= expected * 1.25,
-        "{accepted} accepted > {expected} + 25 % (PoP, origin: {split:?})"
-    );
-    assert!(
-        split.iter().all(|&n| n as f64 >= expected * 0.1),
-        "each entry gets a part: {split:?}"
-    );
+    key_rate_holds_across(&cert, &urls, (rate, burst, secs), "edge and regional").await;
     drop((pop, origin, dir));
 }
 
@@ -1180,6 +1160,29 @@ plans = ["basic"]
     )
 }
 
+/// Origins `origin-a` and `origin-b`, each from `config(id)` in a directory
+/// of its own, and the URL of `/prod/keyed/x` at each.
+fn two_replicas(config: impl Fn(&str) -> String) -> (Vec<(TempDir, Proc)>, Vec<String>) {
+    let replicas: Vec<(TempDir, Proc)> = ["origin-a", "origin-b"]
+        .iter()
+        .map(|id| {
+            let home = TempDir::new().unwrap();
+            let proc = origin(home.path(), &config(id));
+            (home, proc)
+        })
+        .collect();
+    let urls = replicas
+        .iter()
+        .map(|(_, p)| {
+            format!(
+                "https://localhost:{}/prod/keyed/x",
+                p.addrs("https")[0].port()
+            )
+        })
+        .collect();
+    (replicas, urls)
+}
+
 /// Two origins of one region behind a load balancer, as a region scales
 /// out: with the quota book in one Redis, a key's quota holds across both,
 /// where each origin's own book would let it spend the quota at each.
@@ -1189,23 +1192,7 @@ async fn origin_replicas_sharing_a_redis_book_never_exceed_a_quota_together() {
     let dir = TempDir::new().unwrap();
     let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
     let quota = 40;
-    let replicas: Vec<(TempDir, Proc)> = ["origin-a", "origin-b"]
-        .iter()
-        .map(|id| {
-            let home = TempDir::new().unwrap();
-            let proc = origin(home.path(), &replica_config(&cert, id, &redis.url, quota));
-            (home, proc)
-        })
-        .collect();
-    let urls: Vec<String> = replicas
-        .iter()
-        .map(|(_, p)| {
-            format!(
-                "https://localhost:{}/prod/keyed/x",
-                p.addrs("https")[0].port()
-            )
-        })
-        .collect();
+    let (replicas, urls) = two_replicas(|id| replica_config(&cert, id, &redis.url, quota));
     // Each replica hammered by two clients until it answers Limit Exceeded.
     let accepted = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicU64::new(0));
@@ -1404,4 +1391,67 @@ async fn a_lease_from_a_replica_that_left_goes_back_through_the_other() {
     })
     .await;
     assert_eq!(usage["keys"][0]["used"], 3, "{usage}");
+}
+
+/// Two origins of one region behind a load balancer, on one Redis: a key
+/// of a plan with a rate keeps to that rate across both (each publishes its
+/// demand there and takes its share of the rate), where each would
+/// otherwise allow the whole rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_replicas_on_one_redis_split_a_keys_rate() {
+    let (rate, burst, secs) = (20.0, 10.0, 5.0);
+    let redis = portico_quota::testing::Redis::start();
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
+    let (_replicas, urls) = two_replicas(|id| {
+        replica_config(&cert, id, &redis.url, 1_000_000).replace(
+            "name = \"basic\"\n",
+            &format!("name = \"basic\"\nthrottle = {{ rate = {rate}, burst = {burst} }}\n"),
+        )
+    });
+    let client = https_client(&cert.der, false);
+    for url in &urls {
+        assert_eq!(with_key(&client, url, KEY_A.as_bytes()).await.status, 200);
+    }
+    key_rate_holds_across(
+        &cert,
+        &urls,
+        (rate, burst, secs),
+        "two origins on one Redis",
+    )
+    .await;
+}
+
+/// After the first shares (1.5 s), three clients at each of `urls` send
+/// GETs with key A for `secs`: together they get at most the key's `rate`
+/// (and `burst`) plus a quarter, where a rate at each would allow twice
+/// that, and each URL gets a part of it.
+async fn key_rate_holds_across(
+    cert: &TestCert,
+    urls: &[String],
+    limit: (f64, f64, f64),
+    what: &str,
+) {
+    let (rate, burst, secs) = limit;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let entries: Vec<(String, usize)> = urls.iter().map(|u| (u.clone(), 3)).collect();
+    let (split, _) = load_until(cert, &entries, Some(KEY_A), deadline).await;
+    let window = started.elapsed().as_secs_f64();
+    let accepted = split.iter().sum::<u64>() as f64;
+    let expected = rate * window + burst;
+    eprintln!(
+        "key rate {rate}/s, {what}: {accepted} accepted in {window:.2} s ({split:?}); \
+         limit {expected:.0}; a rate at each would allow {:.0}",
+        2.0 * expected
+    );
+    assert!(
+        accepted <= expected * 1.25,
+        "{accepted} accepted > {expected} + 25 % ({split:?})"
+    );
+    assert!(
+        split.iter().all(|&n| n as f64 >= expected * 0.1),
+        "each entry gets a part: {split:?}"
+    );
 }

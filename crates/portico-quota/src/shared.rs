@@ -137,6 +137,37 @@ end
 return {0, unused}
 ";
 
+/// Publishes origin ARGV[1]'s demand (ARGV[5..]: scope, requests a second,
+/// ...) in hash KEYS[2] for ARGV[2] ms, lists the origin in set KEYS[1], and
+/// answers the demand every other listed origin published (the hashes
+/// `ARGV[4]..id` still alive): {id, {scope, rate, ...}, ...}. ARGV[3] is
+/// unused.
+const EXCHANGE: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], 86400000)
+redis.call('DEL', KEYS[2])
+for i = 5, #ARGV, 400 do
+  redis.call('HSET', KEYS[2], unpack(ARGV, i, math.min(i + 399, #ARGV)))
+end
+if #ARGV >= 5 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if id ~= ARGV[1] then
+    local h = redis.call('HGETALL', ARGV[4] .. id)
+    if #h > 0 then
+      table.insert(out, id)
+      table.insert(out, h)
+    end
+  end
+end
+return out
+";
+
+/// Demand by origin id, then by scope (requests a second).
+pub type PeerDemand = Vec<(String, Vec<(String, f64)>)>;
+
 /// The book of a region's origins, in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct RedisBook(Arc<Inner>);
@@ -205,6 +236,32 @@ fn unreachable(err: &redis::RedisError) -> bool {
                 "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN" | "BUSY" | "OOM"
             )
         )
+}
+
+/// [`EXCHANGE`]'s answer; what is not text or a number is left out.
+fn peer_demand(answer: &[redis::Value]) -> PeerDemand {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    answer
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let id = text(&pair[0])?;
+            let redis::Value::Array(fields) = &pair[1] else {
+                return None;
+            };
+            let rates = fields
+                .chunks_exact(2)
+                .filter_map(|f| {
+                    let rate: f64 = text(&f[1])?.parse().ok()?;
+                    (rate.is_finite() && rate >= 0.0).then_some((text(&f[0])?, rate))
+                })
+                .collect();
+            Some((id, rates))
+        })
+        .collect()
 }
 
 /// A return waiting to be sent again.
@@ -384,6 +441,43 @@ impl RedisBook {
             *inner.down() = Some(Instant::now() + BACK_OFF);
         }
         out
+    }
+
+    /// Publishes `origin`'s own demand for shared rates (scope, requests a
+    /// second), kept for `ttl`, and reads what the region's other origins
+    /// published: they split those rates with it (see `portico::rates`).
+    pub async fn exchange_demand(
+        &self,
+        origin: &str,
+        mine: &[(String, f64)],
+        ttl: Duration,
+    ) -> Result<PeerDemand, QuotaError> {
+        let (set, own) = (
+            self.0.key(format_args!("origins")),
+            self.0.key(format_args!("demand:{origin}")),
+        );
+        let prefix = self.0.key(format_args!("demand:"));
+        let mut args: Vec<String> = Vec::with_capacity(4 + 2 * mine.len());
+        args.push(origin.to_owned());
+        args.push(ttl.as_millis().to_string());
+        args.push(String::new());
+        args.push(prefix);
+        for (scope, rate) in mine {
+            args.push(scope.clone());
+            args.push(format!("{rate:.3}"));
+        }
+        let answer: Vec<redis::Value> = self
+            .run(move |inner| async move {
+                let script = Script::new(EXCHANGE);
+                let mut call = script.key(set);
+                call.key(own);
+                for a in &args {
+                    call.arg(a);
+                }
+                call.invoke_async(&mut inner.conn()).await
+            })
+            .await?;
+        Ok(peer_demand(&answer))
     }
 
     /// Whether the store answers (to find a misconfigured one at start).
@@ -943,6 +1037,41 @@ mod tests {
             RedisBook::connect("http://example.test", "portico:"),
             Err(QuotaError::Store(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn origins_see_each_others_demand_while_it_is_fresh() {
+        let redis = Redis::start();
+        let (a, b) = (book(&redis).await, book(&redis).await);
+        let ttl = Duration::from_millis(300);
+        let mine = |rate: f64| vec![("key:p/k".to_owned(), rate)];
+        assert!(
+            a.exchange_demand("origin-a", &mine(5.0), ttl)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let seen = b
+            .exchange_demand("origin-b", &mine(3.0), ttl)
+            .await
+            .unwrap();
+        assert_eq!(seen, [("origin-a".to_owned(), mine(5.0))]);
+        let seen = a.exchange_demand("origin-a", &[], ttl).await.unwrap();
+        assert_eq!(seen, [("origin-b".to_owned(), mine(3.0))]);
+        // origin-a published nothing this time, and origin-b's expires.
+        tokio::time::sleep(ttl * 2).await;
+        assert!(
+            b.exchange_demand("origin-b", &[], ttl)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            a.exchange_demand("origin-a", &[], ttl)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub async fn run(
     let resolver = Resolver::new(&settings::dns(&config))?;
     let client = BackendClient::new(&settings::client(&config), resolver)?;
     let quota = crate::limits::open_quota(&config).await?;
+    // A book the region's origins share is also where they split key rates.
+    let shared = match quota.book() {
+        Some(portico_quota::Book::Shared(store)) => Some(store.clone()),
+        _ => None,
+    };
     let gateway = Gateway::new(
         settings::gateway(&config),
         Arc::clone(&config.definitions),
@@ -30,10 +35,12 @@ pub async fn run(
     )
     .with_limits({
         let limits = crate::limits::limits(&config, Arc::clone(&quota));
-        // With PoPs, a plan's key rate is shared with them (`rates`).
-        match config.backbone {
-            Some(_) => limits.with_shared_rates(),
-            None => limits,
+        // With PoPs, a plan's key rate is shared with them (`rates`); with
+        // the region's other origins, with them.
+        match (&config.backbone, &shared) {
+            (_, Some(_)) => limits.with_origin_peers(),
+            (Some(_), None) => limits.with_shared_rates(),
+            (None, None) => limits,
         }
     });
     let gateway = Arc::new(settings::with_cache(gateway, &config));
@@ -74,17 +81,30 @@ pub async fn run(
         certificates,
     };
     tasks.spawn(reload.on_sighup(hup, stop_rx.clone()));
+    // Stage, route and key rates of edge APIs are shared among the PoPs, key
+    // rates of plans with regional APIs with this origin too, and with the
+    // region's other origins when they share a store.
+    let rates = match &shared {
+        Some(store) => {
+            let own = Arc::clone(gateway.limits());
+            crate::rates::OriginRates::with_peers(
+                defs_rx.clone(),
+                own,
+                store.clone(),
+                &config.node.id,
+            )
+        }
+        None => crate::rates::OriginRates::new(defs_rx.clone(), Some(Arc::clone(gateway.limits()))),
+    };
+    if backbone.is_some() || shared.is_some() {
+        tasks.spawn(Arc::clone(&rates).run(stop_rx.clone()));
+    }
     if let Some(server) = backbone {
         // Purges made on the admin API reach every connected PoP.
         let to_pops = Arc::new(crate::purges::OriginPurges::default());
         tasks.spawn(Arc::clone(&to_pops).forward(purges.subscribe(), stop_rx.clone()));
         // PoPs lease quotas from this origin's book.
         let leases = crate::quotas::OriginLeases::new(Arc::clone(&quota), defs_rx.clone());
-        // Stage, route and key rates of edge APIs are shared among the PoPs,
-        // key rates of plans with regional APIs with this origin too.
-        let own = Some(Arc::clone(gateway.limits()));
-        let rates = crate::rates::OriginRates::new(defs_rx.clone(), own);
-        tasks.spawn(Arc::clone(&rates).run(stop_rx.clone()));
         let server = server.with_control(crate::control::Dispatch::new(vec![
             crate::control::Route {
                 kinds: crate::purges::KINDS,

@@ -21,6 +21,7 @@ use portico_config::{Definitions, EndpointMode, RateLimit, parse_family};
 use portico_gateway::limits::Limits;
 use portico_gateway::throttle::RateSpec;
 use portico_proto::{Frame, FrameKind, RateShare, UsageEntry, UsageReport, limits};
+use portico_quota::RedisBook;
 use tokio::sync::watch;
 
 /// Control frames of shared rates.
@@ -125,7 +126,22 @@ pub struct OriginRates {
     definitions: watch::Receiver<Arc<Definitions>>,
     /// This origin's limits, when it takes part (see [`OriginRates::new`]).
     own: Option<Arc<Limits>>,
+    /// The region's other origins, when they share a store with this one
+    /// (see [`OriginRates::with_peers`]).
+    peers: Option<Peers>,
 }
+
+/// What the region's other origins take of the rates this one takes part
+/// in, read from the store they share.
+struct Peers {
+    store: RedisBook,
+    node_id: String,
+    /// Their demand, and when it was read.
+    demand: Mutex<(DemandByScope, Option<Instant>)>,
+}
+
+/// Requests a second by scope, one per other origin.
+type DemandByScope = HashMap<String, Vec<f64>>;
 
 /// Plans that cover an API of endpoint mode `mode`. A regional API's
 /// requests enter at the origin, whose buckets then spend the plan's key
@@ -229,17 +245,101 @@ impl OriginRates {
     /// the PoPs' reports and enforces its share, so the key's buckets at the
     /// PoPs and here sum to the plan's rate. A region of several replica
     /// origins has each take a share of its own: their requests stay within
-    /// the rate plus one share per replica beyond the first.
+    /// the rate plus one share per replica beyond the first, unless they
+    /// share a store ([`OriginRates::with_peers`]).
     pub fn new(
         definitions: watch::Receiver<Arc<Definitions>>,
         own: Option<Arc<Limits>>,
+    ) -> Arc<Self> {
+        Self::build(definitions, own, None)
+    }
+
+    /// [`OriginRates::new`] for an origin whose region's origins share a
+    /// store (`[quotas] store`): each publishes there its own demand for the
+    /// key rates it takes part in, and splits each rate among the PoPs,
+    /// itself and the others by that demand. Every origin computing the same
+    /// split, theirs and this one's shares sum to the rate: a region of
+    /// replicas keeps a key to its plan's rate, not to the rate plus a share
+    /// per replica.
+    pub fn with_peers(
+        definitions: watch::Receiver<Arc<Definitions>>,
+        own: Arc<Limits>,
+        store: RedisBook,
+        node_id: &str,
+    ) -> Arc<Self> {
+        let peers = Peers {
+            store,
+            node_id: node_id.to_owned(),
+            demand: Mutex::new((HashMap::new(), None)),
+        };
+        Self::build(definitions, Some(own), Some(peers))
+    }
+
+    fn build(
+        definitions: watch::Receiver<Arc<Definitions>>,
+        own: Option<Arc<Limits>>,
+        peers: Option<Peers>,
     ) -> Arc<Self> {
         Arc::new(Self {
             links: crate::control::Links::default(),
             scopes: Mutex::new(HashMap::new()),
             definitions,
             own,
+            peers,
         })
+    }
+
+    /// The other origins' demand for `scope`, while it is fresh.
+    fn peer_demand(&self, scope: &str, now: Instant) -> Vec<f64> {
+        let Some(peers) = &self.peers else {
+            return Vec::new();
+        };
+        let demand = lock(&peers.demand);
+        match demand.1 {
+            Some(at) if now.duration_since(at) < FORGET => {
+                demand.0.get(scope).cloned().unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Publishes this origin's own demand and reads the others', every
+    /// [`INTERVAL`] until `stop`.
+    async fn exchange(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(peers) = &self.peers else { return };
+        let mut tick = tokio::time::interval(INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = Instant::now();
+            let mine: Vec<(String, f64)> = lock(&self.scopes)
+                .iter()
+                .filter_map(|(scope, s)| {
+                    let (rate, at) = s.own?;
+                    (now.duration_since(at) < FORGET).then(|| (scope.clone(), rate))
+                })
+                .collect();
+            match peers
+                .store
+                .exchange_demand(&peers.node_id, &mine, FORGET)
+                .await
+            {
+                Ok(theirs) => {
+                    let mut by_scope = DemandByScope::new();
+                    for (_, rates) in theirs {
+                        for (scope, rate) in rates {
+                            by_scope.entry(scope).or_default().push(rate);
+                        }
+                    }
+                    *lock(&peers.demand) = (by_scope, Some(Instant::now()));
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "shared rates: the other origins' demand not read")
+                }
+            }
+        }
     }
 
     /// Takes this origin's own demand since the last call, for the keys of
@@ -357,13 +457,15 @@ impl OriginRates {
             };
             let own = self.own.as_ref().filter(|_| here);
             let pops = if at_pops { &links[..] } else { &[][..] };
-            // The PoPs' demand, then this origin's when it takes part.
+            // The PoPs' demand, then this origin's when it takes part, then
+            // the region's other origins' (their shares are theirs to take).
             let mut demand: Vec<f64> = pops
                 .iter()
                 .map(|l| s.demand.get(l.peer_id()).map_or(0.0, |(r, _)| *r))
                 .collect();
             if own.is_some() {
                 demand.push(s.own.map_or(0.0, |(r, _)| r));
+                demand.extend(self.peer_demand(scope, now));
             }
             if demand.is_empty() {
                 continue;
@@ -371,11 +473,11 @@ impl OriginRates {
             let sum: f64 = demand.iter().sum();
             let floor = FLOOR * sum.max(1.0) / demand.len() as f64;
             let weights: Vec<f64> = demand.iter().map(|d| d + floor).collect();
-            let mut shares = split(s.total, &weights);
+            let shares = split(s.total, &weights);
             if let Some(limits) = own
-                && let Some(mine) = shares.pop()
+                && let Some(mine) = shares.get(pops.len())
             {
-                limits.apply_share(scope, mine);
+                limits.apply_share(scope, *mine);
             }
             for (link, share) in pops.iter().zip(shares) {
                 let last = s.sent.get(link.peer_id());
@@ -402,8 +504,12 @@ impl OriginRates {
         }
     }
 
-    /// Rebalances every [`INTERVAL`] until `stop`.
+    /// Rebalances every [`INTERVAL`] until `stop` (and trades demand with
+    /// the region's other origins, when they share a store).
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        if self.peers.is_some() {
+            tokio::spawn(Arc::clone(&self).exchange(stop.clone()));
+        }
         let mut tick = tokio::time::interval(INTERVAL);
         loop {
             tokio::select! {

@@ -73,6 +73,10 @@ pub struct Limits {
     connections_refused: AtomicU64,
     /// A PoP's: key rates as per-key buckets sized to this PoP's share.
     keys: Option<KeyShares>,
+    /// Every plan's key rate is shared, also a plan of regional APIs only:
+    /// the region's other origins take part in it (see
+    /// [`Limits::with_origin_peers`]).
+    all_keys_shared: bool,
 }
 
 /// What an admitted request carries to its response.
@@ -104,6 +108,7 @@ impl Limits {
             degraded: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             keys: None,
+            all_keys_shared: false,
         }
     }
 
@@ -131,6 +136,7 @@ impl Limits {
             degraded: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             keys: None,
+            all_keys_shared: false,
         }
     }
 
@@ -138,6 +144,15 @@ impl Limits {
     /// assigns this node ([`Limits::apply_share`]); a PoP's setting.
     pub fn with_shared_rates(mut self) -> Self {
         self.keys = Some(KeyShares::default());
+        self
+    }
+
+    /// [`Limits::with_shared_rates`] for an origin whose region's other
+    /// origins share its store: a plan's key rate is split with them too,
+    /// also for a plan of regional APIs only.
+    pub fn with_origin_peers(mut self) -> Self {
+        self.keys = Some(KeyShares::default());
+        self.all_keys_shared = true;
         self
     }
 
@@ -390,7 +405,7 @@ impl Limits {
         // A plan without a throttle has no key bucket: nothing to look up.
         let Some(rate) = plan.throttle else { return };
         verdict.then_check(|| match &self.keys {
-            Some(keys) if set.shares_keys(&plan.name) => {
+            Some(keys) if self.all_keys_shared || set.shares_keys(&plan.name) => {
                 Some(keys.bucket("key", &plan.name, &key.id, spec(rate))?.check())
             }
             _ => Some(set.plan(&plan.name)?.check(&key.hash)),
