@@ -140,8 +140,9 @@ return {0, unused}
 /// Publishes origin ARGV[1]'s demand (ARGV[5..]: scope, requests a second,
 /// ...) in hash KEYS[2] for ARGV[2] ms, lists the origin in set KEYS[1], and
 /// answers the demand every other listed origin published (the hashes
-/// `ARGV[4]..id` still alive): {id, {scope, rate, ...}, ...}. ARGV[3] is
-/// unused.
+/// `ARGV[4]..id` still alive; an origin without one leaves the set, and a
+/// live one enters it again at its next call): {id, {scope, rate, ...},
+/// ...}. ARGV[3] is unused.
 const EXCHANGE: &str = r"
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 86400000)
@@ -159,6 +160,8 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     if #h > 0 then
       table.insert(out, id)
       table.insert(out, h)
+    else
+      redis.call('SREM', KEYS[1], id)
     end
   end
 end
@@ -413,8 +416,23 @@ impl RedisBook {
         T: Send + 'static,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
+        self.run_as(op, true).await
+    }
+
+    /// [`RedisBook::run`]; with `book` false (the rates' demand exchange),
+    /// the outcome neither follows nor sets the book's back-off: a slow
+    /// exchange does not hold up grants and returns.
+    async fn run_as<T, Fut>(
+        &self,
+        op: impl FnOnce(Arc<Inner>) -> Fut,
+        book: bool,
+    ) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
         let inner = &self.0;
-        if inner.is_down() {
+        if book && inner.is_down() {
             return Err(Failure::Unreachable(
                 "unreachable a moment ago; trying again shortly".into(),
             ));
@@ -437,7 +455,7 @@ impl RedisBook {
             ))),
             Err(err) => Err(Failure::Refused(format!("task: {err}"))),
         };
-        if let Err(Failure::Unreachable(_)) = &out {
+        if let (true, Err(Failure::Unreachable(_))) = (book, &out) {
             *inner.down() = Some(Instant::now() + BACK_OFF);
         }
         out
@@ -466,17 +484,16 @@ impl RedisBook {
             args.push(scope.clone());
             args.push(format!("{rate:.3}"));
         }
-        let answer: Vec<redis::Value> = self
-            .run(move |inner| async move {
-                let script = Script::new(EXCHANGE);
-                let mut call = script.key(set);
-                call.key(own);
-                for a in &args {
-                    call.arg(a);
-                }
-                call.invoke_async(&mut inner.conn()).await
-            })
-            .await?;
+        let exchange = move |inner: Arc<Inner>| async move {
+            let script = Script::new(EXCHANGE);
+            let mut call = script.key(set);
+            call.key(own);
+            for a in &args {
+                call.arg(a);
+            }
+            call.invoke_async(&mut inner.conn()).await
+        };
+        let answer: Vec<redis::Value> = self.run_as(exchange, false).await?;
         Ok(peer_demand(&answer))
     }
 

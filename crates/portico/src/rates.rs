@@ -38,6 +38,11 @@ const FORGET: Duration = Duration::from_secs(2);
 /// it would never change enough to be sent again.
 const RESEND: Duration = Duration::from_secs(5);
 
+/// The most key rates an origin publishes its demand for in one exchange
+/// with the region's other origins (the busiest; the others' shares then
+/// leave it out, as if it had none there).
+const MAX_PUBLISHED: usize = 10_000;
+
 /// Part of an equal split every connected PoP keeps whatever its demand.
 const FLOOR: f64 = 0.1;
 
@@ -140,8 +145,8 @@ struct Peers {
     demand: Mutex<(DemandByScope, Option<Instant>)>,
 }
 
-/// Requests a second by scope, one per other origin.
-type DemandByScope = HashMap<String, Vec<f64>>;
+/// Requests a second by scope, with the other origin's id.
+type DemandByScope = HashMap<String, Vec<(String, f64)>>;
 
 /// Plans that cover an API of endpoint mode `mode`. A regional API's
 /// requests enter at the origin, whose buckets then spend the plan's key
@@ -289,8 +294,9 @@ impl OriginRates {
         })
     }
 
-    /// The other origins' demand for `scope`, while it is fresh.
-    fn peer_demand(&self, scope: &str, now: Instant) -> Vec<f64> {
+    /// The other origins' demand for `scope` (by origin id), while it is
+    /// fresh.
+    fn peer_demand(&self, scope: &str, now: Instant) -> Vec<(String, f64)> {
         let Some(peers) = &self.peers else {
             return Vec::new();
         };
@@ -308,19 +314,26 @@ impl OriginRates {
     async fn exchange(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let Some(peers) = &self.peers else { return };
         let mut tick = tokio::time::interval(INTERVAL);
+        let mut failing = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             let now = Instant::now();
-            let mine: Vec<(String, f64)> = lock(&self.scopes)
+            let mut mine: Vec<(String, f64)> = lock(&self.scopes)
                 .iter()
                 .filter_map(|(scope, s)| {
                     let (rate, at) = s.own?;
                     (now.duration_since(at) < FORGET).then(|| (scope.clone(), rate))
                 })
                 .collect();
+            // The busiest keys only, past a bound: each exchange is one
+            // script that Redis runs alone.
+            if mine.len() > MAX_PUBLISHED {
+                mine.sort_by(|a, b| b.1.total_cmp(&a.1));
+                mine.truncate(MAX_PUBLISHED);
+            }
             match peers
                 .store
                 .exchange_demand(&peers.node_id, &mine, FORGET)
@@ -328,16 +341,26 @@ impl OriginRates {
             {
                 Ok(theirs) => {
                     let mut by_scope = DemandByScope::new();
-                    for (_, rates) in theirs {
+                    for (origin, rates) in theirs {
                         for (scope, rate) in rates {
-                            by_scope.entry(scope).or_default().push(rate);
+                            by_scope
+                                .entry(scope)
+                                .or_default()
+                                .push((origin.clone(), rate));
                         }
                     }
                     *lock(&peers.demand) = (by_scope, Some(Instant::now()));
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("shared rates: the other origins' demand is read again");
+                    }
                 }
-                Err(err) => {
-                    tracing::debug!(%err, "shared rates: the other origins' demand not read")
+                // Once per outage: after FORGET each origin takes the whole
+                // rate again, as if alone.
+                Err(err) if !failing => {
+                    failing = true;
+                    tracing::warn!(%err, "shared rates: the other origins' demand cannot be read; each origin enforces its plans' whole key rates until it can");
                 }
+                Err(_) => {}
             }
         }
     }
@@ -463,9 +486,16 @@ impl OriginRates {
                 .iter()
                 .map(|l| s.demand.get(l.peer_id()).map_or(0.0, |(r, _)| *r))
                 .collect();
+            // Origins in the order of their ids, the same at each of them:
+            // every origin then splits alike (a remainder goes to the same one).
+            let mut own_at = pops.len();
             if own.is_some() {
-                demand.push(s.own.map_or(0.0, |(r, _)| r));
-                demand.extend(self.peer_demand(scope, now));
+                let mut origins = self.peer_demand(scope, now);
+                let me = self.peers.as_ref().map_or("", |p| p.node_id.as_str());
+                origins.push((me.to_owned(), s.own.map_or(0.0, |(r, _)| r)));
+                origins.sort_by(|a, b| a.0.cmp(&b.0));
+                own_at += origins.iter().position(|(id, _)| id == me).unwrap_or(0);
+                demand.extend(origins.into_iter().map(|(_, rate)| rate));
             }
             if demand.is_empty() {
                 continue;
@@ -475,7 +505,7 @@ impl OriginRates {
             let weights: Vec<f64> = demand.iter().map(|d| d + floor).collect();
             let shares = split(s.total, &weights);
             if let Some(limits) = own
-                && let Some(mine) = shares.get(pops.len())
+                && let Some(mine) = shares.get(own_at)
             {
                 limits.apply_share(scope, *mine);
             }
