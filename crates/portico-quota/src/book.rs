@@ -320,19 +320,21 @@ impl QuotaBook {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::period::Period;
     use crate::wallet::{Spend, Wallet};
 
-    const SPEC: QuotaSpec = QuotaSpec {
+    /// 1 000 a day (the books' tests share it).
+    pub(crate) const SPEC: QuotaSpec = QuotaSpec {
         limit: 1_000,
         period: Period::Day,
         offset: 0,
     };
     const NOW: i64 = 1_795_000_000_000;
 
-    fn request<'a>(holder: &'a str, want: u64) -> LeaseRequest<'a> {
+    /// `want` of key `k1` of plan `basic` for `holder`.
+    pub(crate) fn request<'a>(holder: &'a str, want: u64) -> LeaseRequest<'a> {
         LeaseRequest {
             plan: "basic",
             key_id: "k1",

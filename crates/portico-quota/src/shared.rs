@@ -183,6 +183,7 @@ struct Inner {
     prefix: String,
     grant: Script,
     release: Script,
+    exchange: Script,
     /// Where every operation runs (the runtime that made the book, the
     /// node's main one): the connection manager starts a lost connection
     /// again on the runtime of the call that found it lost, and a runtime
@@ -398,6 +399,7 @@ impl RedisBook {
             prefix: prefix.to_owned(),
             grant: Script::new(GRANT),
             release: Script::new(RELEASE),
+            exchange: Script::new(EXCHANGE),
             runtime,
             returns: Mutex::new(Vec::new()),
             sending: AtomicUsize::new(0),
@@ -485,8 +487,7 @@ impl RedisBook {
             args.push(format!("{rate:.3}"));
         }
         let exchange = move |inner: Arc<Inner>| async move {
-            let script = Script::new(EXCHANGE);
-            let mut call = script.key(set);
+            let mut call = inner.exchange.key(set);
             call.key(own);
             for a in &args {
                 call.arg(a);
@@ -734,31 +735,14 @@ impl RedisBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::period::Period;
+    use crate::book::tests::{SPEC, request};
     use crate::testing::Redis;
-
-    const SPEC: QuotaSpec = QuotaSpec {
-        limit: 1_000,
-        period: Period::Day,
-        offset: 0,
-    };
 
     fn now() -> i64 {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap();
         i64::try_from(since.as_millis()).unwrap()
-    }
-
-    fn request<'a>(holder: &'a str, want: u64) -> LeaseRequest<'a> {
-        LeaseRequest {
-            plan: "basic",
-            key_id: "k1",
-            spec: SPEC,
-            want,
-            holder,
-            ttl_ms: 60_000,
-        }
     }
 
     async fn book(redis: &Redis) -> RedisBook {
