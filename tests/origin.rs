@@ -1305,6 +1305,40 @@ async fn access_log_has_one_json_line_per_request() {
     assert!(line["total_ms"].as_f64().unwrap() >= line["integration_ms"].as_f64().unwrap());
 }
 
+/// A CORS preflight the gateway answers itself is logged with the API and
+/// stage it was answered for, and no route (none was run).
+#[tokio::test]
+async fn a_preflight_is_logged_with_its_api_and_stage() {
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let (_backend, backend_addr) = backend();
+    let text = config(&cert, backend_addr, "").replacen(
+        "endpoint = \"regional\"\n",
+        "endpoint = \"regional\"\n[apis.cors]\nallow_origins = [\"https://app.test\"]\nallow_methods = [\"PUT\"]\n",
+        1,
+    );
+    let (origin, log) = origin_logging(dir.path(), &text);
+    let url = format!(
+        "https://localhost:{}/prod/items/7",
+        origin.addrs("https")[0].port()
+    );
+    let req = Request::options(url)
+        .header("x-request-id", "log-preflight-1")
+        .header("origin", "https://app.test")
+        .header("access-control-request-method", "PUT")
+        .body(full(""))
+        .unwrap();
+    let reply = send(&https_client(&cert.der, false), req).await;
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    assert_eq!(reply.headers["access-control-allow-methods"], "PUT");
+    let line = access_line(&log, "log-preflight-1").await;
+    assert_eq!(line["api"], "echo");
+    assert_eq!(line["stage"], "prod");
+    assert_eq!(line["route"], "");
+    assert_eq!(line["status"], 204);
+    assert_eq!(line["method"], "OPTIONS");
+}
+
 #[tokio::test]
 async fn http2_and_https_backends() {
     let dir = TempDir::new().unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use portico_config::{Api, Definitions};
+use portico_config::{Api, Definitions, Stage};
 
 use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, find_cause};
 use crate::cache::{PurgeScope, ResponseCache};
@@ -217,7 +217,9 @@ impl<U: Upstream> Gateway<U> {
         self.shape_response(&mut resp, &record.request_id);
         if let Some(origin) = &cors_origin {
             match &record.target {
-                Some((api, _, _)) => {
+                // A preflight's own answer carries its allowances already.
+                Some((_, _, None)) => {}
+                Some((api, _, Some(_))) => {
                     if let Some(cors) = &api.cors {
                         crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
                     }
@@ -277,10 +279,13 @@ impl<U: Upstream> Gateway<U> {
         let table = self.table.load();
         if let Entry::Public(modes) = entry
             && crate::cors::is_preflight(&record.method, req.headers())
-            && let Some(resp) = preflight(&table, modes, &req, &record.host, path, conn)
+            && let Some((resp, api, stage)) =
+                preflight(&table, modes, &req, &record.host, path, conn)
         {
             // Not free: it costs the client's and the node's tokens.
             self.limits.charge_plain(conn.client_addr.ip())?;
+            // Logged with its API and stage; no route answered it.
+            record.target = Some((api, stage, None));
             return Ok(resp);
         }
         let resolved = match entry {
@@ -324,7 +329,7 @@ impl<U: Upstream> Gateway<U> {
         record.target = Some((
             Arc::clone(&ctx.api),
             Arc::clone(&ctx.stage),
-            ctx.route_index,
+            Some(ctx.route_index),
         ));
         let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
         // API keys, throttles, quotas: before the cache, so that a refused request
@@ -466,11 +471,11 @@ fn preflight(
     host: &str,
     path: &str,
     conn: &ConnInfo,
-) -> Option<Response<Body>> {
+) -> Option<(Response<Body>, Arc<Api>, Arc<Stage>)> {
     let default_api = conn.default_api.as_deref();
-    let (api, _, _) = table.locate(host, path, default_api, modes).ok()?;
-    let cors = api.cors.as_ref()?;
-    Some(crate::cors::preflight(cors, req.headers()))
+    let (api, stage, _) = table.locate(host, path, default_api, modes).ok()?;
+    let resp = crate::cors::preflight(api.cors.as_ref()?, req.headers());
+    Some((resp, api, stage))
 }
 
 /// A response to HEAD: its head only, with the length its body would have

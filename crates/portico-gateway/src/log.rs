@@ -29,8 +29,9 @@ pub struct AccessRecord {
     pub method: http::Method,
     pub uri: http::Uri,
     pub host: String,
-    /// API, stage and route index, once routed.
-    pub target: Option<(Arc<Api>, Arc<Stage>, usize)>,
+    /// API, stage and route index, once routed; a CORS preflight the
+    /// gateway answered itself has its API and stage but no route.
+    pub target: Option<(Arc<Api>, Arc<Stage>, Option<usize>)>,
     pub status: u16,
     pub error: &'static str,
     /// Why a client's request was refused (`unknown API key`, ...): the
@@ -48,10 +49,8 @@ impl AccessRecord {
     fn names(&self) -> (&str, &str, &str) {
         match &self.target {
             Some((api, stage, route)) => {
-                let key = stage
-                    .deployment
-                    .routes
-                    .get(*route)
+                let key = route
+                    .and_then(|i| stage.deployment.routes.get(i))
                     .map_or("", |r| r.key.as_str());
                 (api.name.as_str(), stage.name.as_str(), key)
             }
