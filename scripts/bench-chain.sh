@@ -31,6 +31,16 @@
 # ratios are printed for each placement and for Portico confined against
 # nginx free.
 #
+# Both chains once more in a third placement, services: every server (the
+# PoP or front nginx, the origin or back nginx, a backend of their own) and
+# wrk each started in a session of its own (`setsid`), as a systemd service
+# or a daemon (nginx's default `daemon on` calls setsid) runs. Linux then
+# shares the CPUs fairly between those sessions (autogroups; systemd's
+# per-service cgroups do the same) rather than between their threads, so a
+# server's share no longer grows with the number of threads or processes it
+# runs, and a hop that needs less CPU per request is not starved by one
+# that has more threads. Every process is otherwise free.
+#
 # Then Portico once more with its region scaled to two origin gateways
 # (`portico-replicas`: one PoP with a link to each of two origins of its
 # region, which sends each request to the one with fewer in flight; every
@@ -68,7 +78,9 @@ CERTS="$WORK/certs"
 BACKEND=$(free_port); start_backend "$BACKEND"
 read -r CPU_A CPU_B < <(two_cpus) || true
 
-declare -A URL
+# URL: each target's base URL; SESSION_OF: `setsid` for the targets started
+# in sessions of their own (wrk_run and the lone runs start wrk alike).
+declare -A URL SESSION_OF
 # origin_file NAME ID CPUS: an origin's file, $WORK/NAME.toml, with node id
 # and certificate ID (CPUS: a `cpus = [..]` line or nothing).
 origin_file() {
@@ -171,6 +183,18 @@ if [ -n "${CPU_B:-}" ]; then
   start_portico_chain portico-cpus "$CPU_A" "$CPU_B"
   start_nginx nginx-cpus "$CPU_A" "$CPU_B"
 fi
+# The services placement: every server and wrk in a session of its own,
+# against a backend started the same way.
+if command -v setsid >/dev/null; then
+  TARGETS+=(portico-svc nginx-svc)
+  SVC_BACKEND=$(free_port)
+  SESSION=setsid start_backend "$SVC_BACKEND"
+  SESSION=setsid BACKEND=$SVC_BACKEND start_portico_chain portico-svc
+  SESSION=setsid BACKEND=$SVC_BACKEND start_nginx nginx-svc
+  SESSION_OF[portico-svc]=setsid; SESSION_OF[nginx-svc]=setsid
+else
+  echo "services placement left out: no setsid here" >&2
+fi
 # The region scaled to two origin gateways (replicas), every process free:
 # as many back-tier processes as the back nginx has workers.
 TARGETS+=(portico-replicas)
@@ -202,7 +226,7 @@ declare -A RPS P99
 for size in "${SIZES[@]}"; do
   for round in $(seq "$ROUNDS"); do
     for target in $(in_order "$round" "${TARGETS[@]}"); do
-      read -r rps p99 < <(wrk_run "${URL[$target]}/bytes/$size" "$CONNS" "$SECS")
+      read -r rps p99 < <(SESSION="${SESSION_OF[$target]:-}" wrk_run "${URL[$target]}/bytes/$size" "$CONNS" "$SECS")
       RPS[$target.$size]+="$rps "; P99[$target.$size]+="$p99 "
       echo "round $round size $size $target: $rps req/s, p99 $p99 ms" >&2
     done
@@ -215,7 +239,8 @@ declare -A P50_1 P99_1
 for round in $(seq "$ROUNDS"); do
   for target in $(in_order "$round" "${TARGETS[@]}"); do
     [ "$target" = backend ] && continue
-    out=$(wrk -t1 -c1 -d"${SECS}"s --latency "${URL[$target]}/bytes/1024" 2>&1)
+    session="${SESSION_OF[$target]:-}"
+    out=$(${session:+$session -w} wrk -t1 -c1 -d"${SECS}"s --latency "${URL[$target]}/bytes/1024" 2>&1)
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     P50_1[$target]+="$p50 "; P99_1[$target]+="$p99 "
@@ -240,6 +265,7 @@ compare() {
 echo
 echo "# bench-chain: wrk -t2 -c$CONNS -d${SECS}s over TLS, two proxies deep, $ROUNDS interleaved rounds, medians"
 echo "# *-cpus: the PoP (front nginx) on CPU ${CPU_A:-}, the origin (back nginx) on CPU ${CPU_B:-}"
+echo "# *-svc: every server and wrk in a session of its own (setsid), free"
 echo "# portico-replicas: one PoP, two origins of its region (replicas), free"
 echo "# portico-rt: the origin's link threads at real-time priority (chrt -f 1), free"
 echo "# $(machine)"
@@ -253,6 +279,9 @@ for size in "${SIZES[@]}"; do
   if [ -n "${CPU_B:-}" ]; then
     compare "$size" portico-cpus nginx-cpus
     compare "$size" portico-cpus nginx
+  fi
+  if [ -n "${RPS[portico-svc.$size]:-}" ]; then
+    compare "$size" portico-svc nginx-svc
   fi
   compare "$size" portico-replicas nginx
   if [ -n "${RPS[portico-rt.$size]:-}" ]; then

@@ -72,11 +72,18 @@ two_cpus() {
   python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(*c[:2]) if len(c) > 1 else None'
 }
 
+# SESSION: empty, or `setsid`, which the servers and wrk are started under
+# (start_node, start_backend, start_nginx_chain, wrk_run) when each is to run
+# in a session of its own, as a service under systemd or a daemon does: the
+# kernel's autogroups (or systemd's per-service cgroups) then share the CPUs
+# between processes rather than between threads.
+SESSION=""
+
 # start_node KIND NAME: `portico KIND --config $WORK/NAME.toml` with the
 # access log off (warn level: the peers measured log nothing either); waits
 # for `ready` on its stdout.
 start_node() {
-  RUST_LOG=warn "$PORTICO" "$1" --config "$WORK/$2.toml" >"$WORK/$2.out" 2>"$WORK/$2.log" &
+  RUST_LOG=warn $SESSION "$PORTICO" "$1" --config "$WORK/$2.toml" >"$WORK/$2.out" 2>"$WORK/$2.log" &
   PIDS+=($!)
   for _ in $(seq 200); do
     grep -q '^ready' "$WORK/$2.out" 2>/dev/null && return 0
@@ -120,7 +127,7 @@ wait_ok() {
 
 # start_backend PORT: the demo backend (release build).
 start_backend() {
-  "$PORTICO" backend --listen "127.0.0.1:$1" >/dev/null 2>"$WORK/backend.log" &
+  $SESSION "$PORTICO" backend --listen "127.0.0.1:$1" >/dev/null 2>"$WORK/backend.log" &
   PIDS+=($!)
   wait_port "$1"
 }
@@ -128,7 +135,7 @@ start_backend() {
 # wrk_run URL CONNS SECONDS: prints "RPS P99_MS".
 wrk_run() {
   local out
-  out=$(wrk -t2 -c"$2" -d"$3"s --latency "$1" 2>&1)
+  out=$(${SESSION:+$SESSION -w} wrk -t2 -c"$2" -d"$3"s --latency "$1" 2>&1)
   # A run that measured error answers measures the wrong thing: stop.
   if grep -q "Non-2xx or 3xx responses" <<<"$out"; then
     echo "wrk saw non-2xx answers from $1:" >&2
@@ -261,7 +268,7 @@ http {
 }
 NGINX
   for side in back front; do
-    nginx -p "$d/$side" -c "$d/$side/nginx.conf" -g 'daemon off;' 2>>"$d/$side/error.log" &
+    $SESSION nginx -p "$d/$side" -c "$d/$side/nginx.conf" -g 'daemon off;' 2>>"$d/$side/error.log" &
     PIDS+=($!)
   done
 }
