@@ -787,7 +787,7 @@ body = "ok"
         (with_key(&client, &urls[0], KEY_A.as_bytes()).await.status == 200).then_some(())
     })
     .await;
-    key_rate_holds_across(&cert, &urls, (rate, burst, secs), "edge and regional").await;
+    rate_holds_across(&cert, &urls, (rate, burst, secs), "edge and regional").await;
     drop((pop, origin, dir));
 }
 
@@ -1413,7 +1413,7 @@ async fn origin_replicas_on_one_redis_split_a_keys_rate() {
     for url in &urls {
         assert_eq!(with_key(&client, url, KEY_A.as_bytes()).await.status, 200);
     }
-    key_rate_holds_across(
+    rate_holds_across(
         &cert,
         &urls,
         (rate, burst, secs),
@@ -1422,16 +1422,45 @@ async fn origin_replicas_on_one_redis_split_a_keys_rate() {
     .await;
 }
 
+/// Two origins of one region on one Redis, as above: a regional API's stage
+/// throttle, and the per-key throttle a plan sets in that stage, hold across
+/// both, where each origin would otherwise allow the whole rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_replicas_on_one_redis_split_a_stages_rates() {
+    let (rate, burst, secs) = (20.0, 10.0, 5.0);
+    let stage = format!("name = \"prod\"\nthrottle = {{ rate = {rate}, burst = {burst} }}\n");
+    let in_stage = format!(
+        "api_stages = [{{ api = \"api\", stage = \"prod\", throttle = {{ rate = {rate}, burst = {burst} }} }}]"
+    );
+    // (what, the text of `replica_config` replaced, by what)
+    let cases = [
+        ("the stage's throttle", "name = \"prod\"\n", stage),
+        (
+            "the plan's throttle for a key in the stage",
+            "api_stages = [{ api = \"api\", stage = \"prod\" }]",
+            in_stage,
+        ),
+    ];
+    for (what, from, to) in cases {
+        let redis = portico_quota::testing::Redis::start();
+        let dir = TempDir::new().unwrap();
+        let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
+        let (_replicas, urls) = two_replicas(|id| {
+            replica_config(&cert, id, &redis.url, 1_000_000).replacen(from, &to, 1)
+        });
+        let client = https_client(&cert.der, false);
+        for url in &urls {
+            assert_eq!(with_key(&client, url, KEY_A.as_bytes()).await.status, 200);
+        }
+        rate_holds_across(&cert, &urls, (rate, burst, secs), what).await;
+    }
+}
+
 /// After the first shares (1.5 s), three clients at each of `urls` send
-/// GETs with key A for `secs`: together they get at most the key's `rate`
-/// (and `burst`) plus a quarter, where a rate at each would allow twice
-/// that, and each URL gets a part of it.
-async fn key_rate_holds_across(
-    cert: &TestCert,
-    urls: &[String],
-    limit: (f64, f64, f64),
-    what: &str,
-) {
+/// GETs with key A for `secs`: together they get at most the `rate` (and
+/// `burst`) that limits them plus a quarter, where a rate at each would
+/// allow twice that, and each URL gets a part of it.
+async fn rate_holds_across(cert: &TestCert, urls: &[String], limit: (f64, f64, f64), what: &str) {
     let (rate, burst, secs) = limit;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let started = Instant::now();
@@ -1442,7 +1471,7 @@ async fn key_rate_holds_across(
     let accepted = split.iter().sum::<u64>() as f64;
     let expected = rate * window + burst;
     eprintln!(
-        "key rate {rate}/s, {what}: {accepted} accepted in {window:.2} s ({split:?}); \
+        "rate {rate}/s, {what}: {accepted} accepted in {window:.2} s ({split:?}); \
          limit {expected:.0}; a rate at each would allow {:.0}",
         2.0 * expected
     );

@@ -181,18 +181,18 @@ fn plan_of(scope: &str) -> Option<(&str, Option<&str>)> {
     Some((plan, within.map(|(api, _, _)| api)))
 }
 
-/// The shared rates of `defs`' edge APIs, and each plan's key rate.
-fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
-    let spec = |r: RateLimit| RateSpec {
+fn spec(r: RateLimit) -> RateSpec {
+    RateSpec {
         rate: r.rate,
         burst: r.burst,
-    };
+    }
+}
+
+/// The stage and route throttles of `defs`' APIs of endpoint mode `mode`,
+/// by scope (`stage:API/STAGE`, `route:API/STAGE/ROUTE KEY`).
+fn stage_and_route_rates(defs: &Definitions, mode: EndpointMode) -> HashMap<String, RateSpec> {
     let mut out = HashMap::new();
-    for api in defs
-        .apis
-        .iter()
-        .filter(|a| a.endpoint == EndpointMode::Edge)
-    {
+    for api in defs.apis.iter().filter(|a| a.endpoint == mode) {
         for stage in &api.stages {
             let scope = format!("{}/{}", api.name, stage.name);
             if let Some(r) = stage.throttle {
@@ -205,6 +205,12 @@ fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
             }
         }
     }
+    out
+}
+
+/// The shared rates of `defs`' edge APIs, and each plan's key rate.
+fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
+    let mut out = stage_and_route_rates(defs, EndpointMode::Edge);
     for plan in &defs.usage_plans {
         if let Some(r) = plan.throttle {
             out.insert(format!("plan:{}", plan.name), spec(r));
@@ -219,12 +225,15 @@ fn shared_rates(defs: &Definitions) -> HashMap<String, RateSpec> {
 }
 
 /// Whether `scope` names a key's rate of `defs` (`key:FAMILY/KEY`: the
-/// plan's own, or one it sets for a stage or route).
-fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
+/// plan's own, or one it sets for a stage or route). A stage's or route's
+/// of a regional API only when `regional` (the region's origins share it
+/// among themselves; PoPs never see that API's requests).
+fn key_rate(defs: &Definitions, scope: &str, regional: bool) -> Result<RateSpec, String> {
     let rest = scope.strip_prefix("key:").ok_or("not a key scope")?;
     let (family, key) = rest.rsplit_once('/').ok_or("malformed key scope")?;
     let (plan, within) = parse_family(family).ok_or("malformed key scope")?;
     if let Some((api, _, _)) = within
+        && !regional
         && !defs.is_edge(api)
     {
         return Err(format!(
@@ -235,10 +244,7 @@ fn key_rate(defs: &Definitions, scope: &str) -> Result<RateSpec, String> {
     let r = plan
         .family_throttle(within)
         .ok_or_else(|| format!("plan `{}` has no throttle for `{family}`", plan.name))?;
-    Ok(RateSpec {
-        rate: r.rate,
-        burst: r.burst,
-    })
+    Ok(spec(r))
 }
 
 impl OriginRates {
@@ -292,6 +298,17 @@ impl OriginRates {
             own,
             peers,
         })
+    }
+
+    /// The rates that only the region's origins spend, split among them
+    /// when they share a store: the stage and route throttles of regional
+    /// APIs, whose requests enter at origins and never at PoPs. Without
+    /// peers, none: this origin's buckets hold those rates whole.
+    fn origins_only(&self, defs: &Definitions) -> HashMap<String, RateSpec> {
+        match (&self.peers, &self.own) {
+            (Some(_), Some(_)) => stage_and_route_rates(defs, EndpointMode::Regional),
+            _ => HashMap::new(),
+        }
     }
 
     /// The other origins' demand for `scope` (by origin id), while it is
@@ -366,29 +383,42 @@ impl OriginRates {
     }
 
     /// Takes this origin's own demand since the last call, for the keys of
-    /// `plans` (the other rates its buckets count are not shared).
-    fn own_demand(&self, defs: &Definitions, plans: &HashSet<&str>, now: Instant) {
+    /// `plans` and the rates of `alone` (the other rates its buckets count
+    /// are not shared).
+    fn own_demand(
+        &self,
+        defs: &Definitions,
+        plans: &HashSet<&str>,
+        alone: &HashMap<String, RateSpec>,
+        now: Instant,
+    ) {
         if let Some(own) = &self.own {
-            self.record_own(defs, plans, now, |f| own.take_demand(f));
+            self.record_own(defs, plans, alone, now, |f| own.take_demand(f));
         }
     }
 
     /// Records the demand `take` yields (scope, requests) as this origin's,
-    /// for the keys of `plans`, each at its plan's rate in `defs`.
+    /// for the keys of `plans`, each at its plan's rate in `defs`, and for
+    /// the rates of `alone` (what [`origins_only`] gives).
     fn record_own(
         &self,
         defs: &Definitions,
         plans: &HashSet<&str>,
+        alone: &HashMap<String, RateSpec>,
         now: Instant,
         take: impl FnOnce(&mut dyn FnMut(&str, u64)),
     ) {
         let mut scopes = lock(&self.scopes);
         take(&mut |scope, used| {
-            if !plan_of(scope).is_some_and(|(p, _)| plans.contains(p)) {
-                return;
-            }
-            let Ok(total) = key_rate(defs, scope) else {
-                return;
+            let total = match alone.get(scope) {
+                Some(total) => *total,
+                None if plan_of(scope).is_some_and(|(p, _)| plans.contains(p)) => {
+                    match key_rate(defs, scope, self.peers.is_some()) {
+                        Ok(total) => total,
+                        Err(_) => return,
+                    }
+                }
+                None => return,
             };
             let s = scopes
                 .entry(scope.to_owned())
@@ -411,7 +441,7 @@ impl OriginRates {
         for UsageEntry { scope, used } in &report.entries {
             let total = match known.get(scope) {
                 Some(total) => Ok(*total),
-                None if scope.starts_with("key:") => key_rate(&defs, scope),
+                None if scope.starts_with("key:") => key_rate(&defs, scope, false),
                 None => Err("unknown shared rate".to_owned()),
             };
             let total = match total {
@@ -444,14 +474,15 @@ impl OriginRates {
             None => HashSet::new(),
         };
         let edge = plans_with(&defs, EndpointMode::Edge);
-        self.own_demand(&defs, &regional, now);
+        let alone = self.origins_only(&defs);
+        self.own_demand(&defs, &regional, &alone, now);
         let links = self.links.open();
-        if links.is_empty() && regional.is_empty() {
+        if links.is_empty() && regional.is_empty() && alone.is_empty() {
             return;
         }
         let mut scopes = lock(&self.scopes);
         // Rates of the definitions without demand still get an equal split.
-        for (scope, total) in &defined {
+        for (scope, total) in defined.iter().chain(&alone) {
             scopes
                 .entry(scope.clone())
                 .or_insert_with(|| Scope::new(*total));
@@ -460,7 +491,7 @@ impl OriginRates {
             s.demand
                 .retain(|_, (_, at)| now.duration_since(*at) < FORGET);
             s.own = s.own.filter(|(_, at)| now.duration_since(*at) < FORGET);
-            match defined.get(scope) {
+            match defined.get(scope).or_else(|| alone.get(scope)) {
                 Some(total) => {
                     s.total = *total;
                     true
@@ -472,9 +503,13 @@ impl OriginRates {
         for (scope, s) in scopes.iter_mut() {
             // A plan's key rates are the PoPs' when it covers an edge API,
             // and this origin's too when it covers a regional one; a rate it
-            // sets in one API stage is shared only for an edge API's, and
-            // only by the PoPs.
+            // sets in one API stage is the PoPs' for an edge API's, and the
+            // region's origins' for a regional API's when they share a
+            // store, as are that API's stage and route rates.
+            let peers = self.peers.is_some();
             let (at_pops, here) = match plan_of(scope) {
+                _ if alone.contains_key(scope) => (false, true),
+                Some((_, Some(api))) if peers && !defs.is_edge(api) => (false, true),
                 None | Some((_, Some(_))) => (true, false),
                 Some((plan, None)) => (edge.contains(plan), regional.contains(plan)),
             };
@@ -1050,7 +1085,9 @@ plans = ["gold"]
         let rates = OriginRates::new(rx, Some(own));
         let record = |defs: &Definitions| {
             let plans = plans_with(defs, EndpointMode::Regional);
-            rates.record_own(defs, &plans, Instant::now(), |f| f("key:solo/k", 10));
+            rates.record_own(defs, &plans, &HashMap::new(), Instant::now(), |f| {
+                f("key:solo/k", 10)
+            });
         };
         let total = || lock(&rates.scopes).get("key:solo/k").map(|s| s.total.rate);
         record(&mixed_defs());

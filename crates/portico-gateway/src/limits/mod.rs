@@ -148,8 +148,9 @@ impl Limits {
     }
 
     /// [`Limits::with_shared_rates`] for an origin whose region's other
-    /// origins share its store: a plan's key rate is split with them too,
-    /// also for a plan of regional APIs only.
+    /// origins share its store: a plan's key rates are split with them too,
+    /// also those of regional APIs (the plan's own, and those it sets for a
+    /// stage or route), as are regional APIs' stage and route rates.
     pub fn with_origin_peers(mut self) -> Self {
         self.keys = Some(KeyShares::default());
         self.all_keys_shared = true;
@@ -377,7 +378,8 @@ impl Limits {
     /// `narrower` holds: the plan's in the request's stage), then the plan's
     /// own. Shared per key where rates are shared and the rate spans PoPs
     /// (the plan covers an edge API; a stage's or route's is of an edge
-    /// API), keyed otherwise.
+    /// API) or the region's origins (every rate of an origin with peers),
+    /// keyed otherwise.
     fn check_key(
         &self,
         set: &LimiterSet,
@@ -394,7 +396,7 @@ impl Limits {
             ];
             for f in families.into_iter().flatten() {
                 verdict.then_check(|| match &self.keys {
-                    Some(keys) if f.shared => {
+                    Some(keys) if f.shared || self.all_keys_shared => {
                         let bucket = keys.bucket(f.name, &f.family, &key.id, f.keyed.spec());
                         Some(bucket?.check())
                     }
