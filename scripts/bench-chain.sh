@@ -21,7 +21,8 @@
 # sets (`worker_processes auto` each); Portico runs two processes with their
 # default runtimes.
 #
-# Each chain runs twice, in two placements (with two CPUs or more):
+# Each chain runs in two placements (with two CPUs or more), and in a
+# third, svc, below:
 #   * free: every process where the scheduler puts it;
 #   * cpus: each hop on a CPU of its own, as two hosts would be — the PoP
 #     on the first CPU and the origin on the second (`[node] cpus`), the
