@@ -189,7 +189,7 @@ fi
 if command -v setsid >/dev/null; then
   TARGETS+=(portico-svc nginx-svc)
   SVC_BACKEND=$(free_port)
-  SESSION=setsid start_backend "$SVC_BACKEND"
+  SESSION=setsid start_backend "$SVC_BACKEND" backend-svc
   SESSION=setsid BACKEND=$SVC_BACKEND start_portico_chain portico-svc
   SESSION=setsid BACKEND=$SVC_BACKEND start_nginx nginx-svc
   SESSION_OF[portico-svc]=setsid; SESSION_OF[nginx-svc]=setsid

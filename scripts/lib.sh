@@ -125,9 +125,10 @@ wait_ok() {
   return 1
 }
 
-# start_backend PORT: the demo backend (release build).
+# start_backend PORT [NAME]: the demo backend (release build), its log in
+# $WORK/NAME.log (default backend.log).
 start_backend() {
-  $SESSION "$PORTICO" backend --listen "127.0.0.1:$1" >/dev/null 2>"$WORK/backend.log" &
+  $SESSION "$PORTICO" backend --listen "127.0.0.1:$1" >/dev/null 2>"$WORK/${2:-backend}.log" &
   PIDS+=($!)
   wait_port "$1"
 }

@@ -1423,22 +1423,37 @@ async fn origin_replicas_on_one_redis_split_a_keys_rate() {
 }
 
 /// Two origins of one region on one Redis, as above: a regional API's stage
-/// throttle, and the per-key throttle a plan sets in that stage, hold across
-/// both, where each origin would otherwise allow the whole rate.
+/// and route throttles, and the per-key throttles a plan sets in that stage
+/// and on that route, hold across both, where each origin would otherwise
+/// allow the whole rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_replicas_on_one_redis_split_a_stages_rates() {
     let (rate, burst, secs) = (20.0, 10.0, 5.0);
-    let stage = format!("name = \"prod\"\nthrottle = {{ rate = {rate}, burst = {burst} }}\n");
-    let in_stage = format!(
-        "api_stages = [{{ api = \"api\", stage = \"prod\", throttle = {{ rate = {rate}, burst = {burst} }} }}]"
-    );
+    let throttle = format!("throttle = {{ rate = {rate}, burst = {burst} }}");
+    let stage_plan = "api_stages = [{ api = \"api\", stage = \"prod\" }]";
     // (what, the text of `replica_config` replaced, by what)
     let cases = [
-        ("the stage's throttle", "name = \"prod\"\n", stage),
+        (
+            "the stage's throttle",
+            "name = \"prod\"\n",
+            format!("name = \"prod\"\n{throttle}\n"),
+        ),
+        (
+            "the route's throttle",
+            "api_key_required = true\n",
+            format!("api_key_required = true\n{throttle}\n"),
+        ),
         (
             "the plan's throttle for a key in the stage",
-            "api_stages = [{ api = \"api\", stage = \"prod\" }]",
-            in_stage,
+            stage_plan,
+            format!("api_stages = [{{ api = \"api\", stage = \"prod\", {throttle} }}]"),
+        ),
+        (
+            "the plan's throttle for a key on the route",
+            stage_plan,
+            format!(
+                "api_stages = [{{ api = \"api\", stage = \"prod\", route_throttles = [{{ route = \"GET /keyed/{{proxy+}}\", {throttle} }}] }}]"
+            ),
         ),
     ];
     for (what, from, to) in cases {

@@ -218,8 +218,8 @@ impl<U: Upstream> Gateway<U> {
         if let Some(origin) = &cors_origin {
             match &record.target {
                 // A preflight's own answer carries its allowances already.
-                Some((_, _, None)) => {}
-                Some((api, _, Some(_))) => {
+                Some((_, _, None)) if !refused => {}
+                Some((api, _, _)) => {
                     if let Some(cors) = &api.cors {
                         crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
                     }
@@ -282,10 +282,11 @@ impl<U: Upstream> Gateway<U> {
             && let Some((resp, api, stage)) =
                 preflight(&table, modes, &req, &record.host, path, conn)
         {
+            // Logged with its API and stage, answered or refused; no route
+            // answered it.
+            record.target = Some((api, stage, None));
             // Not free: it costs the client's and the node's tokens.
             self.limits.charge_plain(conn.client_addr.ip())?;
-            // Logged with its API and stage; no route answered it.
-            record.target = Some((api, stage, None));
             return Ok(resp);
         }
         let resolved = match entry {

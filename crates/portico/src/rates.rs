@@ -40,7 +40,8 @@ const RESEND: Duration = Duration::from_secs(5);
 
 /// The most key rates an origin publishes its demand for in one exchange
 /// with the region's other origins (the busiest; the others' shares then
-/// leave it out, as if it had none there).
+/// leave it out, as if it had none there), beside every stage and route
+/// rate it takes part in.
 const MAX_PUBLISHED: usize = 10_000;
 
 /// Part of an equal split every connected PoP keeps whatever its demand.
@@ -345,11 +346,15 @@ impl OriginRates {
                     (now.duration_since(at) < FORGET).then(|| (scope.clone(), rate))
                 })
                 .collect();
-            // The busiest keys only, past a bound: each exchange is one
+            // Every stage and route rate (as many as the definitions have),
+            // and the busiest keys only, past a bound: each exchange is one
             // script that Redis runs alone.
-            if mine.len() > MAX_PUBLISHED {
-                mine.sort_by(|a, b| b.1.total_cmp(&a.1));
-                mine.truncate(MAX_PUBLISHED);
+            let is_key = |scope: &str| scope.starts_with("key:");
+            let keys = mine.iter().filter(|(scope, _)| is_key(scope)).count();
+            if keys > MAX_PUBLISHED {
+                // Keys last, busiest first.
+                mine.sort_by(|a, b| (is_key(&a.0).cmp(&is_key(&b.0))).then(b.1.total_cmp(&a.1)));
+                mine.truncate(mine.len() - keys + MAX_PUBLISHED);
             }
             match peers
                 .store

@@ -276,6 +276,18 @@ name = "prod"
     let resp = send("a.execute-api.local", "GET", "/prod/nope").await;
     assert_eq!(resp.status(), 429);
     assert_eq!(allowed(&resp).as_deref(), Some("https://app.test"));
+    // And so is a preflight's.
+    let preflight = Request::options("/prod/x")
+        .header("host", "a.execute-api.local")
+        .header("origin", "https://app.test")
+        .header("access-control-request-method", "GET")
+        .body(full(""))
+        .unwrap();
+    let resp = g
+        .handle(preflight, &conn, Entry::Public(ServedModes::EDGE))
+        .await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(allowed(&resp).as_deref(), Some("https://app.test"));
 }
 
 /// A gateway over the definitions in `text` whose clients each have `burst`
