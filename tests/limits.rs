@@ -1163,23 +1163,10 @@ plans = ["basic"]
 /// Origins `origin-a` and `origin-b`, each from `config(id)` in a directory
 /// of its own, and the URL of `/prod/keyed/x` at each.
 fn two_replicas(config: impl Fn(&str) -> String) -> (Vec<(TempDir, Proc)>, Vec<String>) {
-    let replicas: Vec<(TempDir, Proc)> = ["origin-a", "origin-b"]
-        .iter()
-        .map(|id| {
-            let home = TempDir::new().unwrap();
-            let proc = origin(home.path(), &config(id));
-            (home, proc)
-        })
-        .collect();
-    let urls = replicas
-        .iter()
-        .map(|(_, p)| {
-            format!(
-                "https://localhost:{}/prod/keyed/x",
-                p.addrs("https")[0].port()
-            )
-        })
-        .collect();
+    let (mut replicas, mut urls) = one_replica(&config("origin-a"));
+    let (b, b_urls) = one_replica(&config("origin-b"));
+    replicas.extend(b);
+    urls.extend(b_urls);
     (replicas, urls)
 }
 
@@ -1243,6 +1230,75 @@ async fn origin_replicas_sharing_a_redis_book_never_exceed_a_quota_together() {
             serde_json::json!({"message": "quota book unavailable"})
         )
     );
+}
+
+/// A quota book in a Redis reached over TLS (`rediss://`), as managed
+/// Redis services require: with the CA that signed the server's certificate
+/// and a client certificate the server asks for, the quota holds and
+/// `/usage` reads the book; an origin that presents no certificate is
+/// refused by the server, and its plan fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_book_in_a_redis_over_tls() {
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "redis,origin-a");
+    let certs = dir.path().join("certs");
+    let redis = portico_quota::testing::Redis::start_tls(portico_quota::testing::TlsFiles {
+        cert: &certs.join("redis.pem"),
+        key: &certs.join("redis.key"),
+        ca: &certs.join("ca.pem"),
+        auth_clients: true,
+    });
+    let cert = test_cert(dir.path(), "server", &["localhost", "127.0.0.1"]);
+    let tls = format!(
+        "ca = \"{ca}\"\ncert = \"{pem}\"\nkey = \"{key}\"\n",
+        ca = certs.join("ca.pem").display(),
+        pem = certs.join("origin-a.pem").display(),
+        key = certs.join("origin-a.key").display(),
+    );
+    let config = replica_config(&cert, "origin-a", &redis.url, 3);
+    let (trusted, urls) =
+        one_replica(&config.replacen("[[listeners]]", &format!("{tls}\n[[listeners]]"), 1));
+    let c = https_client(&cert.der, false);
+    for _ in 0..3 {
+        assert_eq!(with_key(&c, &urls[0], KEY_A.as_bytes()).await.status, 200);
+    }
+    assert_error(
+        &with_key(&c, &urls[0], KEY_A.as_bytes()).await,
+        429,
+        "Limit Exceeded",
+    );
+    let (status, usage) = admin_usage(&trusted[0].1, "?plan=basic").await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["keys"][0]["used"], 3, "{usage}");
+    // Without a client certificate the server ends the handshake.
+    let no_cert = format!("ca = \"{}\"\n", certs.join("ca.pem").display());
+    let (refused, urls) =
+        one_replica(&config.replacen("[[listeners]]", &format!("{no_cert}\n[[listeners]]"), 1));
+    assert_error(
+        &with_key(&c, &urls[0], KEY_B.as_bytes()).await,
+        503,
+        "Service Unavailable",
+    );
+    let (status, usage) = admin_usage(&refused[0].1, "?plan=basic").await;
+    assert_eq!(
+        (status, usage),
+        (
+            503,
+            serde_json::json!({"message": "quota book unavailable"})
+        )
+    );
+}
+
+/// One origin from `config`, in a directory of its own, and the URL of
+/// `/prod/keyed/x` at it.
+fn one_replica(config: &str) -> (Vec<(TempDir, Proc)>, Vec<String>) {
+    let home = TempDir::new().unwrap();
+    let proc = origin(home.path(), config);
+    let url = format!(
+        "https://localhost:{}/prod/keyed/x",
+        proc.addrs("https")[0].port()
+    );
+    (vec![(home, proc)], vec![url])
 }
 
 /// A region of two origins on one Redis book (each with an admin API), a

@@ -112,6 +112,9 @@ pub(crate) struct DnsFile {
 pub(crate) struct QuotasFile {
     pub store: Option<S<String>>,
     pub key_prefix: Option<S<String>>,
+    pub ca: Option<S<String>>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

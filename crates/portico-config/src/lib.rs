@@ -62,7 +62,7 @@ pub use quic::{Congestion, QuicConfig};
 pub use route::MAX_ROUTE_PATH;
 pub use settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
-    NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink, QuotaStore,
+    NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink, QuotaStore, RedisTls,
 };
 pub use template::{TemplatePart, UriTemplate};
 pub use topology::{Topology, TopologySummary, is_topology, load_topology_file, parse_topology};

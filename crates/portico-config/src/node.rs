@@ -89,7 +89,7 @@ pub(crate) fn compile_node(
     }
     let origins = compile_origins(&raw.origins, diag);
     let cache = compile_node_cache(&raw.cache, diag);
-    let quotas = compile_quotas(raw.quotas.as_ref(), role, diag);
+    let quotas = compile_quotas(raw.quotas.as_ref(), role, paths, diag);
     check_role(&raw, role, diag);
     prepare_definitions(&mut raw, paths, diag);
     let defaults = DefinitionDefaults {
@@ -123,8 +123,14 @@ pub(crate) fn compile_node(
 /// The key prefix of a shared quota book when none is given.
 pub const DEFAULT_QUOTA_PREFIX: &str = "portico:";
 
-/// `[quotas]`: `store = "local"` (the default) or a Redis URL; an origin's.
-fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Option<QuotaStore> {
+/// `[quotas]`: `store = "local"` (the default) or a Redis URL, and for a
+/// `rediss://` one its TLS files; an origin's.
+fn compile_quotas(
+    f: Option<&QuotasFile>,
+    role: Role,
+    paths: &Paths<'_>,
+    diag: &mut Diag<'_>,
+) -> Option<QuotaStore> {
     let Some(f) = f else {
         return Some(QuotaStore::Local);
     };
@@ -150,14 +156,14 @@ fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Op
         Some(s) if s.get_ref() == "local" => None,
         Some(s) => {
             let url = s.get_ref();
-            let expected = "\"local\", \"redis://HOST:PORT/DB\" or \"redis+unix:///PATH\"";
-            if url.starts_with("rediss://") {
-                let message = "TLS to Redis (`rediss://`) is not supported";
-                let hint = format!("{expected}, over a private network or a local TLS tunnel");
-                diag.expect(s.span(), message, hint);
+            let expected = "\"local\", \"redis://HOST:PORT/DB\", \"rediss://HOST:PORT/DB\" or \"redis+unix:///PATH\"";
+            // The client reads `#insecure` as "check no certificate".
+            if url.contains('#') {
+                let message = "a quota store URL takes no fragment (`#insecure` would accept any server's certificate)";
+                diag.expect(s.span(), message, expected);
                 return None;
             }
-            let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+            let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
                 .iter()
                 .any(|scheme| url.starts_with(scheme));
             let read = match scheme_ok {
@@ -173,8 +179,40 @@ fn compile_quotas(f: Option<&QuotasFile>, role: Role, diag: &mut Diag<'_>) -> Op
             Some(url.clone())
         }
     };
+    // TLS files: only for a `rediss://` store; a certificate with its key.
+    let tls_url = store.as_deref().is_some_and(|u| u.starts_with("rediss://"));
+    for given in [&f.ca, &f.cert, &f.key].into_iter().flatten() {
+        if !tls_url {
+            let message = "ca, cert and key are for a `rediss://` store";
+            diag.expect(given.span(), message, "store = \"rediss://HOST:PORT/DB\"");
+            return None;
+        }
+    }
+    let client = match (&f.cert, &f.key) {
+        (Some(cert), Some(key)) => Some(crate::CertPaths {
+            cert: paths.file(cert, diag),
+            key: paths.file(key, diag),
+        }),
+        (None, None) => None,
+        (Some(c), None) => {
+            diag.expect(c.span(), "`cert` given without `key`", "both or neither");
+            return None;
+        }
+        (None, Some(k)) => {
+            diag.expect(k.span(), "`key` given without `cert`", "both or neither");
+            return None;
+        }
+    };
+    let tls = crate::RedisTls {
+        ca: f.ca.as_ref().map(|p| paths.file(p, diag)),
+        client,
+    };
     let store = match (store, &f.key_prefix) {
-        (Some(url), _) => QuotaStore::Redis { url, key_prefix },
+        (Some(url), _) => QuotaStore::Redis {
+            url,
+            key_prefix,
+            tls,
+        },
         (None, None) => QuotaStore::Local,
         (None, Some(p)) => {
             let message = "key_prefix is for a Redis store";
@@ -822,14 +860,16 @@ mod tests {
             store("store = \"redis://:pw@10.0.0.5:6379/2\"\n"),
             crate::QuotaStore::Redis {
                 url: "redis://:pw@10.0.0.5:6379/2".into(),
-                key_prefix: "portico:".into()
+                key_prefix: "portico:".into(),
+                tls: crate::RedisTls::default(),
             }
         );
         assert_eq!(
             store("store = \"redis+unix:///run/redis.sock\"\nkey_prefix = \"eu:\"\n"),
             crate::QuotaStore::Redis {
                 url: "redis+unix:///run/redis.sock".into(),
-                key_prefix: "eu:".into()
+                key_prefix: "eu:".into(),
+                tls: crate::RedisTls::default(),
             }
         );
         assert_eq!(
@@ -868,6 +908,7 @@ mod tests {
             "redis://[::1]:6379",
             "unix:///run/r.sock",
             "redis://h/0?protocol=resp3",
+            "rediss://u:p@cache.example:6380/1",
         ] {
             assert!(
                 matches!(
@@ -882,8 +923,40 @@ mod tests {
             ["5:14: key_prefix is for a Redis store"]
         );
         assert_eq!(
-            errors(&node("store = \"rediss://a:6380\"\n")),
-            ["5:9: TLS to Redis (`rediss://`) is not supported"]
+            errors(&node("store = \"rediss://a:6380/#insecure\"\n")),
+            [
+                "5:9: a quota store URL takes no fragment (`#insecure` would accept any server's certificate)"
+            ]
+        );
+        assert_eq!(
+            errors(&node("store = \"redis://a\"\nca = \"ca.pem\"\n")),
+            ["6:6: ca, cert and key are for a `rediss://` store"]
+        );
+        assert_eq!(
+            errors(&node("store = \"rediss://a\"\ncert = \"c.pem\"\n")),
+            ["6:8: `cert` given without `key`"]
+        );
+        let missing = errors(&node("store = \"rediss://a\"\nca = \"nope.pem\"\n"));
+        assert!(
+            missing.len() == 1 && missing[0].starts_with("6:6: file `nope.pem` not found"),
+            "{missing:?}"
+        );
+        // TLS with the CA and a client certificate, relative to the file.
+        let tls = "store = \"rediss://cache.example:6380\"\nca = \"ca.pem\"\ncert = \"node.pem\"\nkey = \"node.key\"\n";
+        let dir = crate::testdata::fixture_dir();
+        assert_eq!(
+            store(tls),
+            crate::QuotaStore::Redis {
+                url: "rediss://cache.example:6380".into(),
+                key_prefix: "portico:".into(),
+                tls: crate::RedisTls {
+                    ca: Some(dir.join("ca.pem")),
+                    client: Some(crate::CertPaths {
+                        cert: dir.join("node.pem"),
+                        key: dir.join("node.key"),
+                    }),
+                },
+            }
         );
         assert_eq!(
             errors(&node("store = \"redis://a\"\nkey_prefix = \"a b\"\n")),

@@ -36,8 +36,23 @@ pub enum QuotaStore {
     /// Its own file, `<state_dir>/quota.redb`.
     #[default]
     Local,
-    /// A Redis every origin of the region shares, keys under `key_prefix`.
-    Redis { url: String, key_prefix: String },
+    /// A Redis every origin of the region shares, keys under `key_prefix`;
+    /// `tls` for a `rediss://` URL.
+    Redis {
+        url: String,
+        key_prefix: String,
+        tls: RedisTls,
+    },
+}
+
+/// TLS to a `rediss://` quota store (`[quotas] ca`, `cert`, `key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// The anchors the server's certificate must chain to (PEM); the
+    /// system's when `None`.
+    pub ca: Option<std::path::PathBuf>,
+    /// This origin's certificate and key, for a server that asks for one.
+    pub client: Option<crate::CertPaths>,
 }
 
 /// The node's own throttles: all requests together, and per client IP.

@@ -21,7 +21,7 @@ pub mod wallet;
 
 pub use book::{EMPTY_LEASE, Lease, LeaseRequest, Pruned, QuotaBook, RETAIN_MS, Usage};
 pub use period::{Period, QuotaSpec, bounds};
-pub use shared::RedisBook;
+pub use shared::{RedisBook, StoreTls};
 pub use wallet::{Spend, Wallet};
 
 /// Errors of the quota book. Bad input from a peer is refused and changes nothing.

@@ -359,14 +359,41 @@ impl Inner {
     }
 }
 
+/// TLS to a `rediss://` store, in PEM: the anchors its certificate must
+/// chain to (the system's when `None`), and this node's certificate chain
+/// and key for a server that asks clients for one.
+#[derive(Clone, Default)]
+pub struct StoreTls {
+    pub ca: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for StoreTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("StoreTls")
+            .field("ca", &self.ca.is_some())
+            .field("client", &self.client.is_some())
+            .finish()
+    }
+}
+
 impl RedisBook {
-    /// A book at `url` (`redis://[user:password@]host:port/db` or
+    /// A book at `url` (`redis://[user:password@]host:port/db`,
+    /// `rediss://…` for TLS with the system's trust anchors, or
     /// `redis+unix:///path/to/socket`) under `prefix`. Connects lazily, and
     /// again after every loss: a Redis that is down makes operations fail
     /// within [`OP_TIMEOUT`] (the wallets spend what they hold), never the
     /// node's start. Must be called on the tokio runtime the book's
     /// operations are to run on.
     pub fn connect(url: &str, prefix: &str) -> Result<Self, QuotaError> {
+        Self::connect_tls(url, prefix, &StoreTls::default())
+    }
+
+    /// [`RedisBook::connect`] to a `rediss://` URL with `tls`'s anchors and
+    /// client certificate (both optional). Bad PEM is an error here, before
+    /// anything is dialed.
+    pub fn connect_tls(url: &str, prefix: &str, tls: &StoreTls) -> Result<Self, QuotaError> {
         let bad_url =
             |e: redis::RedisError| QuotaError::Store(format!("redis url `{}`: {e}", redacted(url)));
         let runtime = tokio::runtime::Handle::try_current()
@@ -382,7 +409,23 @@ impl RedisBook {
             .into_connection_info()
             .map_err(bad_url)?
             .set_tcp_settings(tcp);
-        let client = redis::Client::open(info).map_err(bad_url)?;
+        let client = match tls {
+            StoreTls {
+                ca: None,
+                client: None,
+            } => redis::Client::open(info).map_err(bad_url)?,
+            StoreTls { ca, client } => {
+                let certificates = redis::TlsCertificates {
+                    client_tls: client.clone().map(|(cert, key)| redis::ClientTlsConfig {
+                        client_cert: cert,
+                        client_key: key,
+                    }),
+                    root_cert: ca.clone(),
+                };
+                redis::Client::build_with_tls(info, certificates)
+                    .map_err(|e| QuotaError::Store(format!("redis TLS: {e}")))?
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))

@@ -3,11 +3,22 @@
 use std::time::Duration;
 
 /// A `redis-server` of the test's own, on a Unix socket in a temporary
-/// directory, stopped when dropped.
+/// directory (or, [`Redis::start_tls`], TLS on a loopback port), stopped
+/// when dropped.
 pub struct Redis {
     child: std::process::Child,
     pub url: String,
     dir: tempfile::TempDir,
+}
+
+/// The PEM files of a TLS server ([`Redis::start_tls`]).
+pub struct TlsFiles<'a> {
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+    /// What clients' certificates must chain to.
+    pub ca: &'a std::path::Path,
+    /// Whether a client must present a certificate.
+    pub auth_clients: bool,
 }
 
 impl Redis {
@@ -16,6 +27,64 @@ impl Redis {
         let child = Self::spawn(dir.path());
         let url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
         Self { child, url, dir }
+    }
+
+    /// A server that speaks TLS only, on a port of 127.0.0.1 (`url` is
+    /// `rediss://127.0.0.1:PORT`). The port is one the kernel just gave out
+    /// and took back: if another process takes it first, the server exits
+    /// and another port is tried. (Not for [`Redis::restart_empty`] or
+    /// [`Redis::command`], which speak to the Unix socket.)
+    pub fn start_tls(files: TlsFiles<'_>) -> Self {
+        let dir = tempfile::TempDir::new().unwrap();
+        for _ in 0..10 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let mut child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    "0",
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(files.cert)
+                .arg("--tls-key-file")
+                .arg(files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(files.ca)
+                .args([
+                    "--tls-auth-clients",
+                    if files.auth_clients { "yes" } else { "no" },
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (the Debian package redis-server; .ci/run installs it)");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let url = format!("rediss://127.0.0.1:{port}");
+                    return Self { child, url, dir };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // the port was taken: try another
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server did not start with TLS on any of 10 ports");
     }
 
     /// Stops the server and starts another, empty, on the same socket.

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use portico_config::{NodeConfig, QuotaStore};
+use portico_config::{NodeConfig, QuotaStore, RedisTls};
 use portico_gateway::limits::{Limits, Quotas, RETAIN_INTERVAL};
-use portico_quota::RedisBook;
+use portico_quota::{RedisBook, StoreTls};
 use tokio::sync::watch;
 
 use crate::AppError;
@@ -16,8 +16,13 @@ use crate::AppError;
 /// directory), or the region's shared store (reached lazily: a Redis that is
 /// down is logged and retried, not fatal).
 pub async fn open_quota(config: &NodeConfig) -> Result<Arc<Quotas>, AppError> {
-    if let QuotaStore::Redis { url, key_prefix } = &config.quotas {
-        let book = RedisBook::connect(url, key_prefix)
+    if let QuotaStore::Redis {
+        url,
+        key_prefix,
+        tls,
+    } = &config.quotas
+    {
+        let book = RedisBook::connect_tls(url, key_prefix, &store_tls(tls)?)
             .map_err(|e| std::io::Error::other(format!("[quotas] store: {e}")))?;
         tracing::info!(store = %portico_quota::shared::redacted(url), key_prefix, "quota book shared in redis");
         return Ok(Arc::new(Quotas::shared(book, &config.node.id).await));
@@ -30,6 +35,22 @@ pub async fn open_quota(config: &NodeConfig) -> Result<Arc<Quotas>, AppError> {
     let quota = Quotas::open(&path, &config.node.id)
         .map_err(|e| std::io::Error::other(format!("quota book {}: {e}", path.display())))?;
     Ok(Arc::new(quota))
+}
+
+/// The PEM files of `[quotas] ca`, `cert` and `key`, read.
+fn store_tls(tls: &RedisTls) -> Result<StoreTls, std::io::Error> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("[quotas] {}: {e}", path.display())))
+    };
+    let client = match &tls.client {
+        Some(c) => Some((read(&c.cert)?, read(&c.key)?)),
+        None => None,
+    };
+    Ok(StoreTls {
+        ca: tls.ca.as_deref().map(read).transpose()?,
+        client,
+    })
 }
 
 /// The node's limits; `quota` holds its usage-plan wallets (an origin's over
