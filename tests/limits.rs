@@ -1270,6 +1270,19 @@ async fn a_quota_book_in_a_redis_over_tls() {
     let (status, usage) = admin_usage(&trusted[0].1, "?plan=basic").await;
     assert_eq!(status, 200, "{usage}");
     assert_eq!(usage["keys"][0]["used"], 3, "{usage}");
+    // A server whose certificate does not chain to `ca` is not trusted.
+    let other = TempDir::new().unwrap();
+    make_certs(other.path(), "origin-a");
+    let wrong_ca = format!("ca = \"{}\"\n", other.path().join("certs/ca.pem").display());
+    let (untrusting, urls) =
+        one_replica(&config.replacen("[[listeners]]", &format!("{wrong_ca}\n[[listeners]]"), 1));
+    assert_error(
+        &with_key(&c, &urls[0], KEY_B.as_bytes()).await,
+        503,
+        "Service Unavailable",
+    );
+    let (status, _) = admin_usage(&untrusting[0].1, "?plan=basic").await;
+    assert_eq!(status, 503);
     // Without a client certificate the server ends the handshake.
     let no_cert = format!("ca = \"{}\"\n", certs.join("ca.pem").display());
     let (refused, urls) =
@@ -1287,6 +1300,57 @@ async fn a_quota_book_in_a_redis_over_tls() {
             serde_json::json!({"message": "quota book unavailable"})
         )
     );
+}
+
+/// A `[quotas]` TLS file the origin cannot use stops it at start, naming
+/// the file and why, where the Redis client would find it only at each
+/// connection and report a store that can never be reached.
+#[test]
+fn a_quota_store_tls_file_it_cannot_use_stops_the_origin() {
+    let dir = TempDir::new().unwrap();
+    make_certs(dir.path(), "redis,origin-a");
+    let certs = dir.path().join("certs");
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let base = replica_config(&cert, "origin-a", "rediss://127.0.0.1:1", 3);
+    let file = |name: &str| certs.join(name).display().to_string();
+    for (tls, why) in [
+        // A key where the CA should be: no certificate in it.
+        (
+            format!("ca = \"{}\"\n", file("redis.key")),
+            format!("[quotas] {}: no PEM certificate", file("redis.key")),
+        ),
+        // A certificate with another node's key.
+        (
+            format!(
+                "cert = \"{}\"\nkey = \"{}\"\n",
+                file("origin-a.pem"),
+                file("redis.key")
+            ),
+            format!("[quotas] {}: ", file("redis.key")),
+        ),
+    ] {
+        let path = dir.path().join("origin.toml");
+        let text = base.replacen("[[listeners]]", &format!("{tls}\n[[listeners]]"), 1);
+        std::fs::write(&path, text).unwrap();
+        let mut child = std::process::Command::new(portico_bin())
+            .args(["origin", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // An origin that starts anyway is stopped, and the test fails.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("portico: {why}")), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+    }
 }
 
 /// One origin from `config`, in a directory of its own, and the URL of

@@ -9,6 +9,8 @@ pub struct Redis {
     child: std::process::Child,
     pub url: String,
     dir: tempfile::TempDir,
+    /// Started by [`Redis::start_tls`].
+    tls: bool,
 }
 
 /// The PEM files of a TLS server ([`Redis::start_tls`]).
@@ -26,22 +28,29 @@ impl Redis {
         let dir = tempfile::TempDir::new().unwrap();
         let child = Self::spawn(dir.path());
         let url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
-        Self { child, url, dir }
+        Self {
+            child,
+            url,
+            dir,
+            tls: false,
+        }
     }
 
     /// A server that speaks TLS only, on a port of 127.0.0.1 (`url` is
-    /// `rediss://127.0.0.1:PORT`). The port is one the kernel just gave out
-    /// and took back: if another process takes it first, the server exits
-    /// and another port is tried. (Not for [`Redis::restart_empty`] or
-    /// [`Redis::command`], which speak to the Unix socket.)
+    /// `rediss://127.0.0.1:PORT`), ready once its log says so. The port is
+    /// one the kernel just gave out and took back: if another process takes
+    /// it first, the server exits saying so, and another port is tried.
+    /// (Not for [`Redis::restart_empty`] or [`Redis::command`], which speak
+    /// to a Unix socket.)
     pub fn start_tls(files: TlsFiles<'_>) -> Self {
-        let dir = tempfile::TempDir::new().unwrap();
         for _ in 0..10 {
+            let dir = tempfile::TempDir::new().unwrap();
+            let log = dir.path().join("redis.log");
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .unwrap()
                 .port();
-            let mut child = std::process::Command::new("redis-server")
+            let child = std::process::Command::new("redis-server")
                 .args([
                     "--port",
                     "0",
@@ -65,21 +74,34 @@ impl Redis {
                 ])
                 .arg("--dir")
                 .arg(dir.path())
+                .arg("--logfile")
+                .arg(&log)
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .expect("redis-server (the Debian package redis-server; .ci/run installs it)");
+            // Dropped (killed) on every way out but success.
+            let mut server = Self {
+                child,
+                url: format!("rediss://127.0.0.1:{port}"),
+                dir,
+                tls: true,
+            };
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             loop {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    let url = format!("rediss://127.0.0.1:{port}");
-                    return Self { child, url, dir };
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                if said.contains("Ready to accept connections") {
+                    return server;
                 }
-                if child.try_wait().ok().flatten().is_some() {
+                if server.child.try_wait().ok().flatten().is_some() {
+                    assert!(
+                        said.contains("Address already in use"),
+                        "redis-server did not start: {said}"
+                    );
                     break; // the port was taken: try another
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "redis-server did not start"
+                    "redis-server did not start: {said}"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -89,6 +111,7 @@ impl Redis {
 
     /// Stops the server and starts another, empty, on the same socket.
     pub fn restart_empty(&mut self) {
+        assert!(!self.tls, "restart_empty is for a server on a Unix socket");
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.dir.path().join("redis.sock"));
@@ -115,6 +138,7 @@ impl Redis {
 
     /// Runs one command on a connection of its own.
     pub fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        assert!(!self.tls, "command is for a server on a Unix socket");
         let client = redis::Client::open(self.url.as_str()).unwrap();
         let mut conn = client.get_connection().unwrap();
         let (name, rest) = args.split_first().unwrap();

@@ -37,20 +37,63 @@ pub async fn open_quota(config: &NodeConfig) -> Result<Arc<Quotas>, AppError> {
     Ok(Arc::new(quota))
 }
 
-/// The PEM files of `[quotas] ca`, `cert` and `key`, read.
+/// The PEM files of `[quotas] ca`, `cert` and `key`, read and checked
+/// here, at start: the Redis client would only find a file without a
+/// certificate, or a key that does not load, at each connection, as a store
+/// that cannot be reached.
 fn store_tls(tls: &RedisTls) -> Result<StoreTls, std::io::Error> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &std::path::Path, why: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("[quotas] {}: {why}", path.display()),
+        )
+    };
     let read = |path: &std::path::Path| {
         std::fs::read(path)
             .map_err(|e| std::io::Error::new(e.kind(), format!("[quotas] {}: {e}", path.display())))
     };
-    let client = match &tls.client {
-        Some(c) => Some((read(&c.cert)?, read(&c.key)?)),
+    let certs = |path: &std::path::Path, pem: &[u8]| {
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(path, e.to_string()))?;
+        match certs.is_empty() {
+            true => Err(bad(path, "no PEM certificate".into())),
+            false => Ok(certs),
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = match &tls.ca {
+        Some(path) => {
+            let pem = read(path)?;
+            for cert in certs(path, &pem)? {
+                roots.add(cert).map_err(|e| bad(path, e.to_string()))?;
+            }
+            Some(pem)
+        }
         None => None,
     };
-    Ok(StoreTls {
-        ca: tls.ca.as_deref().map(read).transpose()?,
-        client,
-    })
+    let client = match &tls.client {
+        Some(c) => {
+            let (cert_pem, key_pem) = (read(&c.cert)?, read(&c.key)?);
+            let chain = certs(&c.cert, &cert_pem)?;
+            let key =
+                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(&c.key, e.to_string()))?;
+            // What the client does at each connection, once now.
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .and_then(|b| {
+                    b.with_root_certificates(roots)
+                        .with_client_auth_cert(chain, key)
+                })
+                .map_err(|e| bad(&c.key, e.to_string()))?;
+            Some((cert_pem, key_pem))
+        }
+        None => None,
+    };
+    Ok(StoreTls { ca, client })
 }
 
 /// The node's limits; `quota` holds its usage-plan wallets (an origin's over
