@@ -12,7 +12,13 @@
 //!   no two (plan, key) pairs share a name);
 //! * `lease:<id>`: a hash of the lease (`u` its usage key, `g` granted, `h`
 //!   holder, `e` expiry), kept [`RETAIN_MS`] past its expiry for a late return;
-//! * `next_lease`: the last lease id granted.
+//! * `next_lease`: the last lease id granted;
+//! * `grant:<token>`: a grant's lease id, or `x` once cancelled, kept
+//!   [`TOKEN_TTL`]: a grant whose answer never came is cancelled by its
+//!   token (its lease ends and gives back all it granted, or, not run yet,
+//!   it grants nothing when it runs), so that a grant Redis ran after its
+//!   caller gave up (a slow server, a lost answer) does not leave its
+//!   requests counted as used by no one.
 //!
 //! Lease ids count up from a random point and move on by a random jump
 //! whenever an origin finds the server's run id changed (its first grant,
@@ -77,12 +83,14 @@ const MAX_QUEUED_RETURNS: usize = 100_000;
 /// run id is not the one the ids were last moved for (KEYS[3]: a first
 /// grant, a restart, perhaps from an older copy, a replica promoted), the
 /// ids start at ARGV[10] if there are none and then move on by ARGV[11],
-/// once per server.
+/// once per server. KEYS[4] is the grant's token: a grant its caller gave
+/// up on is cancelled there ([`CANCEL`]), before it runs or after; the
+/// lease's id is kept there for ARGV[12] ms.
 /// Returns {id, granted, used after}; id 0 when nothing was granted.
 const GRANT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local granted = math.min(tonumber(ARGV[1]), tonumber(ARGV[2]) - used)
-if granted <= 0 then
+if granted <= 0 or redis.call('EXISTS', KEYS[4]) == 1 then
   return {0, 0, used}
 end
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
@@ -110,8 +118,40 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[3])
 local lease = ARGV[4] .. id
 redis.call('HSET', lease, 'u', KEYS[1], 'g', string.format('%d', granted), 'h', ARGV[5], 'e', ARGV[6])
 redis.call('PEXPIREAT', lease, ARGV[7])
+redis.call('SET', KEYS[4], id, 'PX', ARGV[12])
 return {tonumber(id), granted, used + granted}
 ";
+
+/// Cancels the grant of token KEYS[1] for holder ARGV[2], whose caller had
+/// no answer: if it ran, its lease (`ARGV[1]..id`) ends and gives back all
+/// it granted, which no one received; if it has not run yet, the token is
+/// marked so that it grants nothing when it does (for ARGV[3] ms).
+/// Returns {id, returned}; {0, 0} when nothing was granted.
+const CANCEL: &str = r"
+local id = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], 'x', 'PX', ARGV[3])
+if not id or id == 'x' then
+  return {0, 0}
+end
+local lease = ARGV[1] .. id
+local l = redis.call('HMGET', lease, 'u', 'g', 'h')
+if not l[1] or l[3] ~= ARGV[2] then
+  return {0, 0}
+end
+redis.call('DEL', lease)
+local granted = tonumber(l[2])
+if granted > 0 and redis.call('EXISTS', l[1]) == 1 then
+  local used = tonumber(redis.call('GET', l[1]))
+  redis.call('DECRBY', l[1], string.format('%d', math.min(granted, used)))
+end
+return {tonumber(id), granted}
+";
+
+/// How long a grant's token is kept (see [`GRANT`], [`CANCEL`]): longer than
+/// a cancel waits to be sent while the store answers, and than a command
+/// can wait in a connection (the kernel drops one that holds unacknowledged
+/// data for [`TCP_USER_TIMEOUT`]).
+const TOKEN_TTL: Duration = Duration::from_secs(600);
 
 /// Ends lease KEYS[1] of holder ARGV[1], giving back ARGV[2] unused
 /// requests to its count if that still exists.
@@ -183,6 +223,7 @@ struct Inner {
     prefix: String,
     grant: Script,
     release: Script,
+    cancel: Script,
     exchange: Script,
     /// Where every operation runs (the runtime that made the book, the
     /// node's main one): the connection manager starts a lost connection
@@ -268,11 +309,18 @@ fn peer_demand(answer: &[redis::Value]) -> PeerDemand {
         .collect()
 }
 
-/// A return waiting to be sent again.
-struct Return {
-    id: u64,
-    unused: u64,
-    holder: String,
+/// What waits to be sent again: a lease's return, or the cancel of a grant
+/// whose caller had no answer.
+enum Return {
+    Lease {
+        id: u64,
+        unused: u64,
+        holder: String,
+    },
+    Cancel {
+        token: u64,
+        holder: String,
+    },
 }
 
 fn store(err: redis::RedisError) -> QuotaError {
@@ -324,6 +372,10 @@ impl Inner {
 
     fn lease_key(&self, id: u64) -> String {
         self.key(format_args!("lease:{id}"))
+    }
+
+    fn token_key(&self, token: u64) -> String {
+        self.key(format_args!("grant:{token:016x}"))
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -442,6 +494,7 @@ impl RedisBook {
             prefix: prefix.to_owned(),
             grant: Script::new(GRANT),
             release: Script::new(RELEASE),
+            cancel: Script::new(CANCEL),
             exchange: Script::new(EXCHANGE),
             runtime,
             returns: Mutex::new(Vec::new()),
@@ -554,6 +607,17 @@ impl RedisBook {
 
     /// Grants up to `req.want` requests, counted as used before returning.
     pub async fn grant(&self, req: &LeaseRequest<'_>, now_ms: i64) -> Result<Lease, QuotaError> {
+        // Names this grant, so that it can be cancelled if no answer comes.
+        self.grant_as(req, now_ms, rand::random()).await
+    }
+
+    /// [`RedisBook::grant`] under `token`.
+    async fn grant_as(
+        &self,
+        req: &LeaseRequest<'_>,
+        now_ms: i64,
+        token: u64,
+    ) -> Result<Lease, QuotaError> {
         let (start, end) = bounds(req.spec.period, req.spec.offset, now_ms);
         let expires_ms = (now_ms + req.ttl_ms.max(1)).min(end);
         let keep_until = expires_ms.saturating_add(RETAIN_MS);
@@ -568,13 +632,21 @@ impl RedisBook {
             rand::random_range(1..FIRST_ID_BELOW),
             rand::random_range(ID_JUMP),
         );
-        let (id, granted, used): (u64, u64, u64) = self
+        if self.0.is_down() {
+            return Err(Failure::Unreachable(
+                "unreachable a moment ago; trying again shortly".into(),
+            )
+            .into());
+        }
+        let holder_again = holder.clone();
+        let granting = self
             .run(move |inner| async move {
                 inner
                     .grant
                     .key(usage_key)
                     .key(inner.key(format_args!("next_lease")))
                     .key(inner.key(format_args!("next_lease_run")))
+                    .key(inner.token_key(token))
                     .arg(want)
                     .arg(limit)
                     .arg(start.saturating_add(RETAIN_MS))
@@ -586,10 +658,25 @@ impl RedisBook {
                     .arg(floor)
                     .arg(first)
                     .arg(jump)
+                    .arg(TOKEN_TTL.as_millis() as u64)
                     .invoke_async(&mut inner.conn())
                     .await
             })
-            .await?;
+            .await;
+        let (id, granted, used): (u64, u64, u64) = match granting {
+            Ok(answer) => answer,
+            // Sent, perhaps run, but not answered: whatever it granted, no
+            // one holds. Cancelled as soon as the store answers again.
+            Err(Failure::Unreachable(why)) => {
+                let cancel = Return::Cancel {
+                    token,
+                    holder: holder_again,
+                };
+                let _ = self.keep(cancel, &why);
+                return Err(Failure::Unreachable(why).into());
+            }
+            Err(refused) => return Err(refused.into()),
+        };
         self.0.seen.fetch_max(id, Ordering::Relaxed);
         Ok(Lease {
             id: if granted == 0 { EMPTY_LEASE } else { id },
@@ -619,7 +706,7 @@ impl RedisBook {
         if lease_id > MAX_COUNT {
             return Err(QuotaError::UnknownLease(lease_id));
         }
-        let ret = Return {
+        let ret = Return::Lease {
             id: lease_id,
             unused,
             holder: holder.to_owned(),
@@ -691,10 +778,10 @@ impl RedisBook {
                 // Refused now (its first sending reached the store, and
                 // only the answer was lost): nothing more to do with it.
                 Ok(Err(err)) => {
-                    tracing::debug!(%err, lease = ret.id, "a quota return sent again was refused")
+                    tracing::debug!(%err, "a quota return sent again was refused")
                 }
                 Err(Failure::Refused(err)) => {
-                    tracing::warn!(%err, lease = ret.id, "a quota return sent again failed")
+                    tracing::warn!(%err, "a quota return sent again failed")
                 }
             }
         }
@@ -715,10 +802,15 @@ impl RedisBook {
         }
     }
 
-    /// Runs [`RELEASE`] for `ret`: the store's answer, or why there was none.
+    /// Runs [`RELEASE`] or [`CANCEL`] for `ret`: the store's answer (what
+    /// went back), or why there was none.
     async fn send(&self, ret: &Return) -> Result<Result<u64, QuotaError>, Failure> {
-        let lease_key = self.0.lease_key(ret.id);
-        let (owner, id, unused) = (ret.holder.clone(), ret.id, ret.unused);
+        let (id, unused, holder) = match ret {
+            Return::Lease { id, unused, holder } => (*id, *unused, holder),
+            Return::Cancel { token, holder } => return self.cancel(*token, holder).await,
+        };
+        let lease_key = self.0.lease_key(id);
+        let owner = holder.clone();
         let answer: Vec<redis::Value> = self
             .run(move |inner| async move {
                 inner
@@ -739,7 +831,7 @@ impl RedisBook {
             Some(redis::Value::Int(-1)) => Err(QuotaError::UnknownLease(id)),
             Some(redis::Value::Int(-2)) => Err(QuotaError::NotHolder {
                 lease: id,
-                holder: ret.holder.clone(),
+                holder: holder.clone(),
             }),
             Some(redis::Value::Int(-3)) => Err(QuotaError::ReturnTooLarge {
                 lease: id,
@@ -750,6 +842,32 @@ impl RedisBook {
                 "redis: unexpected answer to a return: {other:?}"
             ))),
         })
+    }
+
+    /// Runs [`CANCEL`] for the grant of `token`: what went back.
+    async fn cancel(&self, token: u64, holder: &str) -> Result<Result<u64, QuotaError>, Failure> {
+        let token_key = self.0.token_key(token);
+        let holder = holder.to_owned();
+        let (id, returned): (u64, u64) = self
+            .run(move |inner| async move {
+                inner
+                    .cancel
+                    .key(token_key)
+                    .arg(inner.key(format_args!("lease:")))
+                    .arg(holder)
+                    .arg(TOKEN_TTL.as_millis() as u64)
+                    .invoke_async(&mut inner.conn())
+                    .await
+            })
+            .await?;
+        if id != 0 {
+            tracing::info!(
+                lease = id,
+                returned,
+                "a grant that had no answer is cancelled"
+            );
+        }
+        Ok(Ok(returned))
     }
 
     /// The key's usage in the period containing `now_ms`.
@@ -994,6 +1112,90 @@ mod tests {
             book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
             40
         );
+    }
+
+    /// A grant whose answer does not come in time (the server stopped, then
+    /// ran it once it went on) is cancelled: the requests it counted go
+    /// back, where no one could ever spend them otherwise.
+    #[tokio::test]
+    async fn a_grant_that_had_no_answer_is_cancelled_once_the_store_answers() {
+        let redis = Redis::start();
+        let book = book(&redis).await;
+        // A first grant loads the script: the late one then runs as sent.
+        let first = book.grant(&request("pop-a", 100), now()).await.unwrap();
+        redis.pause();
+        assert!(book.grant(&request("pop-a", 100), now()).await.is_err());
+        assert_eq!(book.returns_waiting(), 1, "its cancel waits");
+        redis.resume();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while book.returns_waiting() > 0 {
+            assert!(Instant::now() < deadline, "the cancel was never sent");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // It ran once the server went on, and went back: only the first
+        // lease counts (read once the book's back-off is over).
+        loop {
+            match book.usage("basic", "k1", SPEC, now()).await {
+                Ok(u) if u.used == 100 => break,
+                other => assert!(Instant::now() < deadline, "not returned: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let leases: Vec<String> = redis.command(&["KEYS", "portico:lease:*"]);
+        assert_eq!(leases, [format!("portico:lease:{}", first.id)]);
+        let tokens: Vec<String> = redis.command(&["KEYS", "portico:grant:*"]);
+        let marks: Vec<String> = tokens.iter().map(|t| redis.command(&["GET", t])).collect();
+        assert!(
+            marks.len() == 2 && marks.contains(&"x".to_owned()),
+            "{marks:?}"
+        );
+        // And the book grants as before.
+        let lease = book.grant(&request("pop-a", 100), now()).await.unwrap();
+        assert_eq!(lease.granted, 100);
+    }
+
+    /// A cancel that arrives before its grant runs leaves the grant with
+    /// nothing to give; one for a grant that ran gives all of it back.
+    #[tokio::test]
+    async fn a_cancel_comes_before_or_after_its_grant() {
+        let redis = Redis::start();
+        let book = book(&redis).await;
+        assert!(matches!(book.cancel(7, "pop-a").await, Ok(Ok(0))));
+        let lease = book
+            .grant_as(&request("pop-a", 100), now(), 7)
+            .await
+            .unwrap();
+        assert_eq!((lease.id, lease.granted), (EMPTY_LEASE, 0));
+        let lease = book
+            .grant_as(&request("pop-a", 100), now(), 8)
+            .await
+            .unwrap();
+        assert_eq!(lease.granted, 100);
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
+            100
+        );
+        // Another holder's cancel of it changes nothing.
+        assert!(matches!(book.cancel(8, "pop-b").await, Ok(Ok(0))));
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
+            100
+        );
+        let lease = book
+            .grant_as(&request("pop-a", 100), now(), 9)
+            .await
+            .unwrap();
+        assert!(matches!(book.cancel(9, "pop-a").await, Ok(Ok(100))));
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
+            100
+        );
+        assert!(matches!(
+            book.release(lease.id, 0, "pop-a").await,
+            Err(QuotaError::UnknownLease(_))
+        ));
+        // Cancelled twice: the second finds nothing more.
+        assert!(matches!(book.cancel(9, "pop-a").await, Ok(Ok(0))));
     }
 
     #[tokio::test]
