@@ -14,7 +14,7 @@
 //!   holder, `e` expiry), kept [`RETAIN_MS`] past its expiry for a late return;
 //! * `next_lease`: the last lease id granted;
 //! * `grant:<token>`: a grant's lease id, or `x` once cancelled, kept
-//!   [`TOKEN_TTL`]: a grant whose answer never came is cancelled by its
+//!   [`TOKEN_TTL`] (a day): a grant whose answer never came is cancelled by its
 //!   token (its lease ends and gives back all it granted, or, not run yet,
 //!   it grants nothing when it runs), so that a grant Redis ran after its
 //!   caller gave up (a slow server, a lost answer) does not leave its
@@ -125,33 +125,42 @@ return {tonumber(id), granted, used + granted}
 /// Cancels the grant of token KEYS[1] for holder ARGV[2], whose caller had
 /// no answer: if it ran, its lease (`ARGV[1]..id`) ends and gives back all
 /// it granted, which no one received; if it has not run yet, the token is
-/// marked so that it grants nothing when it does (for ARGV[3] ms).
+/// marked so that it grants nothing when it does (for ARGV[3] ms). The lease
+/// goes back before the mark is written (a server out of memory refuses the
+/// mark, not the return), and another holder's cancel changes nothing.
 /// Returns {id, returned}; {0, 0} when nothing was granted.
 const CANCEL: &str = r"
 local id = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], 'x', 'PX', ARGV[3])
-if not id or id == 'x' then
+if id == 'x' then
+  return {0, 0}
+end
+if not id then
+  redis.call('SET', KEYS[1], 'x', 'PX', ARGV[3])
   return {0, 0}
 end
 local lease = ARGV[1] .. id
 local l = redis.call('HMGET', lease, 'u', 'g', 'h')
-if not l[1] or l[3] ~= ARGV[2] then
+if l[1] and l[3] ~= ARGV[2] then
   return {0, 0}
 end
-redis.call('DEL', lease)
-local granted = tonumber(l[2])
-if granted > 0 and redis.call('EXISTS', l[1]) == 1 then
-  local used = tonumber(redis.call('GET', l[1]))
-  redis.call('DECRBY', l[1], string.format('%d', math.min(granted, used)))
+local granted = 0
+if l[1] then
+  redis.call('DEL', lease)
+  granted = tonumber(l[2])
+  if granted > 0 and redis.call('EXISTS', l[1]) == 1 then
+    local used = tonumber(redis.call('GET', l[1]))
+    redis.call('DECRBY', l[1], string.format('%d', math.min(granted, used)))
+  end
 end
+redis.call('SET', KEYS[1], 'x', 'PX', ARGV[3])
 return {tonumber(id), granted}
 ";
 
-/// How long a grant's token is kept (see [`GRANT`], [`CANCEL`]): longer than
-/// a cancel waits to be sent while the store answers, and than a command
-/// can wait in a connection (the kernel drops one that holds unacknowledged
-/// data for [`TCP_USER_TIMEOUT`]).
-const TOKEN_TTL: Duration = Duration::from_secs(600);
+/// How long a grant's token is kept (see [`GRANT`], [`CANCEL`]): a cancel
+/// waits in the node's queue while the store cannot be reached, and must
+/// still find its grant's lease when it can; a day of tokens is a small
+/// part of the leases the store keeps (each [`RETAIN_MS`] past its expiry).
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Ends lease KEYS[1] of holder ARGV[1], giving back ARGV[2] unused
 /// requests to its count if that still exists.
@@ -250,16 +259,25 @@ impl std::fmt::Debug for RedisBook {
 
 /// Why an operation had no answer from the store.
 enum Failure {
-    /// No connection, a connection lost, or no answer in time.
+    /// A connection lost, or no answer in time: the command may have run.
     Unreachable(String),
+    /// Not sent: the book's back-off, or a connection refused.
+    NotSent(String),
     /// Redis answered with an error (a script's, say).
     Refused(String),
+}
+
+impl Failure {
+    /// Whether the store could not take the command (sent or not).
+    fn unreachable(&self) -> bool {
+        matches!(self, Failure::Unreachable(_) | Failure::NotSent(_))
+    }
 }
 
 impl From<Failure> for QuotaError {
     fn from(failure: Failure) -> Self {
         match failure {
-            Failure::Unreachable(why) | Failure::Refused(why) => {
+            Failure::Unreachable(why) | Failure::NotSent(why) | Failure::Refused(why) => {
                 QuotaError::Store(format!("redis: {why}"))
             }
         }
@@ -531,7 +549,7 @@ impl RedisBook {
     {
         let inner = &self.0;
         if book && inner.is_down() {
-            return Err(Failure::Unreachable(
+            return Err(Failure::NotSent(
                 "unreachable a moment ago; trying again shortly".into(),
             ));
         }
@@ -540,6 +558,9 @@ impl RedisBook {
             .spawn(tokio::time::timeout(OP_TIMEOUT, op(Arc::clone(inner))));
         let out = match task.await {
             Ok(Ok(Ok(out))) => Ok(out),
+            Ok(Ok(Err(err))) if err.is_connection_refusal() => {
+                Err(Failure::NotSent(err.to_string()))
+            }
             Ok(Ok(Err(err))) if unreachable(&err) => {
                 if err.code() == Some("READONLY") {
                     inner.reconnect();
@@ -553,7 +574,9 @@ impl RedisBook {
             ))),
             Err(err) => Err(Failure::Refused(format!("task: {err}"))),
         };
-        if let (true, Err(Failure::Unreachable(_))) = (book, &out) {
+        if let (true, Err(failure)) = (book, &out)
+            && failure.unreachable()
+        {
             *inner.down() = Some(Instant::now() + BACK_OFF);
         }
         out
@@ -632,12 +655,6 @@ impl RedisBook {
             rand::random_range(1..FIRST_ID_BELOW),
             rand::random_range(ID_JUMP),
         );
-        if self.0.is_down() {
-            return Err(Failure::Unreachable(
-                "unreachable a moment ago; trying again shortly".into(),
-            )
-            .into());
-        }
         let holder_again = holder.clone();
         let granting = self
             .run(move |inner| async move {
@@ -672,7 +689,10 @@ impl RedisBook {
                     token,
                     holder: holder_again,
                 };
-                let _ = self.keep(cancel, &why);
+                let kept = self.keep(cancel, &why);
+                if self.returns_waiting() >= MAX_QUEUED_RETURNS {
+                    tracing::warn!(%kept, "the cancel of a grant that had no answer is dropped: its lease stays counted");
+                }
                 return Err(Failure::Unreachable(why).into());
             }
             Err(refused) => return Err(refused.into()),
@@ -715,7 +735,7 @@ impl RedisBook {
             return Err(self.keep(ret, "unreachable a moment ago"));
         }
         match self.send(&ret).await {
-            Err(Failure::Unreachable(why)) => Err(self.keep(ret, &why)),
+            Err(Failure::Unreachable(why) | Failure::NotSent(why)) => Err(self.keep(ret, &why)),
             done => done.map_err(QuotaError::from)?,
         }
     }
@@ -765,7 +785,7 @@ impl RedisBook {
                 return true;
             };
             let sent = self.send(&ret).await;
-            if let Err(Failure::Unreachable(_)) = sent {
+            if sent.as_ref().is_err_and(Failure::unreachable) {
                 let mut queued = self.0.returns();
                 queued.push(ret);
                 self.0.sending.fetch_sub(1, Ordering::Relaxed);
@@ -773,7 +793,7 @@ impl RedisBook {
             }
             self.0.sending.fetch_sub(1, Ordering::Relaxed);
             match sent {
-                Err(Failure::Unreachable(_)) => {}
+                Err(Failure::Unreachable(_) | Failure::NotSent(_)) => {}
                 Ok(Ok(_)) => {}
                 // Refused now (its first sending reached the store, and
                 // only the answer was lost): nothing more to do with it.
@@ -1267,6 +1287,7 @@ mod tests {
         let err = book.grant(&request("pop-a", 1), now()).await.unwrap_err();
         assert!(matches!(err, QuotaError::Store(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(30));
+        assert_eq!(book.returns_waiting(), 0, "a grant never sent has no cancel");
         // What follows at once fails at once, without asking again: a node
         // handing back many leases waits for one time-out, not one each.
         let err = book.usage("basic", "k1", SPEC, now()).await.unwrap_err();

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /usage?plan=NAME` | every key of the plan: `{"plan", "limit", "period", "period_start", "period_end", "keys": [{"key", "used", "remaining"}]}` |
 //! | `GET /usage?plan=NAME&key=ID` | the same with that key only |
-//! | `GET /limits/stats` | `{"degraded_allowed": N, "connections_refused": M, "quota_returns_waiting": R}`: requests a `fail_open` plan let through while its quota could not be checked; connections the public listeners refused because their client address held `[limits] max_connections_per_client`; lease returns a shared quota book's Redis could not take yet (sent again every second) |
+//! | `GET /limits/stats` | `{"degraded_allowed": N, "connections_refused": M, "quota_returns_waiting": R}`: requests a `fail_open` plan let through while its quota could not be checked; connections the public listeners refused because their client address held `[limits] max_connections_per_client`; lease returns, and cancels of grants that had no answer, a shared quota book's Redis could not take yet (sent again every second) |
 //!
 //! `used` counts what was spent plus what PoPs hold in leases (the book's
 //! view: never more than the quota). Times are RFC 3339, UTC. A missing
