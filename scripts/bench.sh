@@ -63,7 +63,7 @@ bench_chain() {
   local out="$WORK/bench-chain.out"
   "$ROOT/scripts/bench-chain.sh" "$SECS" "$ROUNDS" | tee "$out"
   # Its table: "BODY TARGET RPS P99" lines.
-  awk '$1 ~ /^[0-9]+$/ && NF == 4 && $2 ~ /^(backend|portico|nginx|portico-cpus|nginx-cpus|portico-replicas)$/ {
+  awk '$1 ~ /^[0-9]+$/ && NF == 4 && $2 ~ /^(backend|portico|nginx|portico-cpus|nginx-cpus|portico-svc|nginx-svc|portico-replicas)$/ {
          printf "chain\t%s B tls c64\t%s\t%s\t%s\n", $1, $2, $3, $4 }' "$out" >>"$RESULTS"
 }
 
