@@ -1287,7 +1287,11 @@ mod tests {
         let err = book.grant(&request("pop-a", 1), now()).await.unwrap_err();
         assert!(matches!(err, QuotaError::Store(_)), "{err}");
         assert!(started.elapsed() < Duration::from_secs(30));
-        assert_eq!(book.returns_waiting(), 0, "a grant never sent has no cancel");
+        assert_eq!(
+            book.returns_waiting(),
+            0,
+            "a grant never sent has no cancel"
+        );
         // What follows at once fails at once, without asking again: a node
         // handing back many leases waits for one time-out, not one each.
         let err = book.usage("basic", "k1", SPEC, now()).await.unwrap_err();
