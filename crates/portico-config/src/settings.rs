@@ -49,7 +49,7 @@ pub enum QuotaStore {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedisTls {
     /// The anchors the server's certificate must chain to (PEM); the
-    /// system's when `None`.
+    /// webpki roots built in when `None`.
     pub ca: Option<std::path::PathBuf>,
     /// This origin's certificate and key, for a server that asks for one.
     pub client: Option<crate::CertPaths>,

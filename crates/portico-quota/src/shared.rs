@@ -247,6 +247,8 @@ struct Inner {
     down_until: Mutex<Option<Instant>>,
     /// The highest lease id this origin has granted or moved the ids to.
     seen: AtomicU64,
+    /// Requests given back by cancels of grants that had run.
+    cancelled: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBook {
@@ -430,7 +432,7 @@ impl Inner {
 }
 
 /// TLS to a `rediss://` store, in PEM: the anchors its certificate must
-/// chain to (the system's when `None`), and this node's certificate chain
+/// chain to (the webpki roots built in when `None`), and this node's certificate chain
 /// and key for a server that asks clients for one.
 #[derive(Clone, Default)]
 pub struct StoreTls {
@@ -450,7 +452,7 @@ impl std::fmt::Debug for StoreTls {
 
 impl RedisBook {
     /// A book at `url` (`redis://[user:password@]host:port/db`,
-    /// `rediss://…` for TLS with the system's trust anchors, or
+    /// `rediss://…` for TLS with the webpki roots built in, or
     /// `redis+unix:///path/to/socket`) under `prefix`. Connects lazily, and
     /// again after every loss: a Redis that is down makes operations fail
     /// within [`OP_TIMEOUT`] (the wallets spend what they hold), never the
@@ -519,6 +521,7 @@ impl RedisBook {
             sending: AtomicUsize::new(0),
             down_until: Mutex::new(None),
             seen: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
         });
         inner.runtime.spawn(Self::resend(Arc::downgrade(&inner)));
         Ok(Self(inner))
@@ -689,8 +692,9 @@ impl RedisBook {
                     token,
                     holder: holder_again,
                 };
+                let full = self.0.returns().len() >= MAX_QUEUED_RETURNS;
                 let kept = self.keep(cancel, &why);
-                if self.returns_waiting() >= MAX_QUEUED_RETURNS {
+                if full {
                     tracing::warn!(%kept, "the cancel of a grant that had no answer is dropped: its lease stays counted");
                 }
                 return Err(Failure::Unreachable(why).into());
@@ -881,6 +885,7 @@ impl RedisBook {
             })
             .await?;
         if id != 0 {
+            self.0.cancelled.fetch_add(returned, Ordering::Relaxed);
             tracing::info!(
                 lease = id,
                 returned,
@@ -888,6 +893,11 @@ impl RedisBook {
             );
         }
         Ok(Ok(returned))
+    }
+
+    /// Requests given back so far by cancels of grants that had run.
+    pub fn cancelled(&self) -> u64 {
+        self.0.cancelled.load(Ordering::Relaxed)
     }
 
     /// The key's usage in the period containing `now_ms`.
@@ -1152,8 +1162,10 @@ mod tests {
             assert!(Instant::now() < deadline, "the cancel was never sent");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // It ran once the server went on, and went back: only the first
-        // lease counts (read once the book's back-off is over).
+        // It ran once the server went on (its cancel found its lease), and
+        // went back: only the first lease counts (read once the book's
+        // back-off is over).
+        assert_eq!(book.cancelled(), 100, "the cancel found the grant run");
         loop {
             match book.usage("basic", "k1", SPEC, now()).await {
                 Ok(u) if u.used == 100 => break,
