@@ -223,7 +223,8 @@ impl<H: Handler> H3Server<H> {
     /// goes on to its handshake, and its place under its client's cap.
     /// Refused (QUIC's CONNECTION_REFUSED; the client may try again, or over
     /// TCP): at `max_connections`, or when its client address already holds
-    /// `max_connections_per_client`. Asked to prove its address first (a
+    /// `max_connections_per_client` (once that address is proven: the
+    /// handler counts those refusals, which forged Initials must not raise). Asked to prove its address first (a
     /// QUIC Retry: one more round trip): past half of either, so that
     /// handshakes from spoofed addresses, never finished, cannot hold the
     /// rest of the node's slots, or of a client's, until they time out.
@@ -240,6 +241,15 @@ impl<H: Handler> H3Server<H> {
             return None;
         }
         let Ok(client) = clients.admit(incoming.remote_address().ip()) else {
+            // A UDP source address may be forged: one that has not proved
+            // itself is asked to (a Retry), so that only a client that can
+            // receive at that address is refused and counted.
+            if !incoming.remote_address_validated() && incoming.may_retry() {
+                if let Err(err) = incoming.retry() {
+                    err.into_incoming().refuse();
+                }
+                return None;
+            }
             self.handler.connection_refused();
             incoming.refuse();
             return None;

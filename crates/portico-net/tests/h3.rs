@@ -534,6 +534,52 @@ async fn a_client_past_its_connection_cap_is_refused_until_one_closes() {
     assert_eq!(next.get(&server.url("/echo")).await.status, 200);
 }
 
+/// An Initial from an address already at its cap that has not proved it
+/// can receive there (a forged source, or one that never answers) is asked
+/// to prove it (a Retry) and neither refused nor counted: otherwise anyone
+/// could inflate the refusals a node reports, in a client's name.
+#[tokio::test]
+async fn an_unproven_address_past_its_cap_gets_a_retry_and_is_not_counted() {
+    let limits = HttpLimits {
+        max_connections_per_client: 2,
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let client = server.client();
+    let _first = client.connect(server.addr).await;
+    let _second = client.connect(server.addr).await;
+    // A client Initial, caught on a socket of ours, then sent to the server
+    // from that socket (127.0.0.1 too, so past the cap) by a sender that
+    // follows nothing.
+    let tap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let catcher = server.client();
+    let _connecting = catcher
+        .endpoint
+        .connect(tap.local_addr().unwrap(), "localhost")
+        .unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = tokio::time::timeout(Duration::from_secs(10), tap.recv(&mut buf))
+        .await
+        .expect("the client's Initial")
+        .unwrap();
+    let initial = buf[..n].to_vec();
+    assert_eq!(initial[0] & 0xb0, 0x80, "a long-header Initial");
+    for _ in 0..3 {
+        tap.send_to(&initial, server.addr).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), tap.recv(&mut buf))
+            .await
+            .expect("the server's answer")
+            .unwrap();
+        // Long header, packet type 3 (Retry; RFC 9000 §17.2.5).
+        assert_eq!(buf[0] & 0x80, 0x80, "{:x?}", &buf[..n.min(8)]);
+        assert_eq!((buf[0] >> 4) & 0x3, 3, "a Retry, not a refusal");
+    }
+    assert_eq!(server.handler.refused.load(Ordering::SeqCst), 0);
+    // A real client, which follows the Retry, is refused and counted.
+    assert_refused(&client, server.addr).await;
+    assert_eq!(server.handler.refused.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_header_section_over_the_limit_gets_431() {
     let limits = HttpLimits {
