@@ -216,27 +216,24 @@ impl<U: Upstream> Gateway<U> {
         // 3. Shape the response and attach the access log to its body.
         self.shape_response(&mut resp, &record.request_id);
         if let Some(origin) = &cors_origin {
-            match &record.target {
+            let named;
+            let api = match &record.target {
                 // A preflight's own answer carries its allowances already.
-                Some((_, _, None)) if !refused => {}
-                Some((api, _, _)) => {
-                    if let Some(cors) = &api.cors {
-                        crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
-                    }
-                }
+                Some((_, _, None)) if !refused => None,
+                Some((api, _, _)) => Some(&**api),
                 // Refused before a route matched (no such route or method, a
                 // client over its tokens): the API its host and path name
                 // still decides what a browser may read, so that a page sees
                 // the 404 or 429 rather than an opaque CORS failure. Looked
                 // up on this path only.
                 None if refused => {
-                    if let Some(api) = self.api_named(entry, conn, &record)
-                        && let Some(cors) = &api.cors
-                    {
-                        crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
-                    }
+                    named = self.api_named(entry, conn, &record);
+                    named.as_deref()
                 }
-                None => {}
+                None => None,
+            };
+            if let Some(cors) = api.and_then(|a| a.cors.as_ref()) {
+                crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
             }
         }
         if record.method == http::Method::HEAD {

@@ -75,6 +75,18 @@ pub struct Usage {
     pub period_end_ms: i64,
 }
 
+impl Usage {
+    /// `used` of a quota of `limit` in the period `(start, end)`.
+    pub(crate) fn counted(used: u64, limit: u64, (start, end): (i64, i64)) -> Usage {
+        Usage {
+            used,
+            remaining: limit.saturating_sub(used),
+            period_start_ms: start,
+            period_end_ms: end,
+        }
+    }
+}
+
 /// The quota book of one origin.
 pub struct QuotaBook {
     db: Database,
@@ -265,12 +277,7 @@ impl QuotaBook {
             .get(usage_key(plan, key_id, start).as_str())
             .map_err(QuotaError::store)?
             .map_or(0, |v| v.value());
-        Ok(Usage {
-            used,
-            remaining: spec.limit.saturating_sub(used),
-            period_start_ms: start,
-            period_end_ms: end,
-        })
+        Ok(Usage::counted(used, spec.limit, (start, end)))
     }
 
     /// Forgets what no request can touch any more: the counts of periods

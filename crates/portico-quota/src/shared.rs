@@ -658,7 +658,6 @@ impl RedisBook {
             rand::random_range(1..FIRST_ID_BELOW),
             rand::random_range(ID_JUMP),
         );
-        let holder_again = holder.clone();
         let granting = self
             .run(move |inner| async move {
                 inner
@@ -690,7 +689,7 @@ impl RedisBook {
             Err(Failure::Unreachable(why)) => {
                 let cancel = Return::Cancel {
                     token,
-                    holder: holder_again,
+                    holder: req.holder.to_owned(),
                 };
                 let full = self.0.returns().len() >= MAX_QUEUED_RETURNS;
                 let kept = self.keep(cancel, &why);
@@ -913,13 +912,7 @@ impl RedisBook {
         let used: Option<u64> = self
             .run(move |inner| async move { inner.conn().get(key).await })
             .await?;
-        let used = used.unwrap_or(0);
-        Ok(Usage {
-            used,
-            remaining: spec.limit.saturating_sub(used),
-            period_start_ms: start,
-            period_end_ms: end,
-        })
+        Ok(Usage::counted(used.unwrap_or(0), spec.limit, (start, end)))
     }
 }
 
