@@ -31,7 +31,7 @@ use portico_backbone::{
 };
 use portico_config::{DefinitionDefaults, Definitions};
 use portico_gateway::{Body, ConnInfo};
-use portico_proto::RequestHead;
+use portico_proto::{RequestHead, Role};
 use tokio::runtime::Runtime;
 
 /// The allocator the `portico` binary ships with, for both peers: the
@@ -62,8 +62,8 @@ fn runtime() -> Runtime {
 /// An origin backbone server and a PoP linked to it; returns the PoP side.
 async fn backbone() -> (BackboneUpstream, Backbone) {
     let ca = Ca::generate().unwrap();
-    let material = |node: &str| {
-        let cert = ca.issue(node).unwrap();
+    let material = |node: &str, role| {
+        let cert = ca.issue(node, Some(role)).unwrap();
         TlsMaterial::from_pem(&ca.cert_pem(), &cert.cert_pem, &cert.key_pem).unwrap()
     };
     let identity = |id: &str| Identity {
@@ -73,7 +73,7 @@ async fn backbone() -> (BackboneUpstream, Backbone) {
     let settings = LinkSettings::default();
     let server = BackboneServer::bind(
         "127.0.0.1:0".parse().unwrap(),
-        &material("origin-b"),
+        &material("origin-b", Role::Origin),
         identity("origin-b"),
         settings.clone(),
     )
@@ -94,7 +94,7 @@ async fn backbone() -> (BackboneUpstream, Backbone) {
     let pop = Backbone::start(
         identity("pop-b"),
         vec![origin],
-        &material("pop-b"),
+        &material("pop-b", Role::Pop),
         settings,
         DefinitionDefaults::default(),
     )

@@ -74,7 +74,7 @@ ensure_pkg curl curl
 build_release
 
 CERTS="$WORK/certs"
-"$PORTICO" certs --out "$CERTS" --nodes origin-a,origin-b,pop-a,edge >/dev/null
+"$PORTICO" certs --out "$CERTS" --origins origin-a,origin-b --pops pop-a --names edge >/dev/null
 
 BACKEND=$(free_port); start_backend "$BACKEND"
 read -r CPU_A CPU_B < <(two_cpus) || true

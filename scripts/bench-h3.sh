@@ -159,7 +159,7 @@ ensure_oha
 [ -n "${PORTICO_BIN:-}" ] || build_release
 cd "$WORK"   # node state (e.g. the quota store) goes to the scratch directory
 ensure_pkg curl curl
-"$PORTICO" certs --out "$WORK/certs" --nodes origin-a,pop-a >/dev/null
+"$PORTICO" certs --out "$WORK/certs" --origins origin-a --pops pop-a >/dev/null
 BACKEND=$(free_port)
 start_backend "$BACKEND"
 PORT=$(free_port)

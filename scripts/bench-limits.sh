@@ -19,7 +19,7 @@ CONNS=64
 ensure_pkg wrk wrk
 build_release
 
-"$PORTICO" certs --out "$WORK/certs" --nodes origin-bench,pop-on,pop-off >/dev/null
+"$PORTICO" certs --out "$WORK/certs" --origins origin-bench --pops pop-on,pop-off >/dev/null
 BACKBONE=$(free_port)
 ON=$(free_port)
 OFF=$(free_port)

@@ -185,7 +185,7 @@ for p in "${PATHS[@]}"; do
   # The peers: their own certificates from the same kind of private CA,
   # one demo backend for both.
   CERTS="$WORK/$SITE-certs"
-  "$PORTICO" certs --out "$CERTS" --nodes "$POP,$ORIGIN" >/dev/null
+  "$PORTICO" certs --out "$CERTS" --pops "$POP" --origins "$ORIGIN" >/dev/null
   BACKEND=$(free_port); start_backend "$BACKEND"
   start_peer nginx false "nginx -p $WORK/$SITE-nginx/"
   start_peer caddy true "caddy run --config $WORK/$SITE-caddy/"

@@ -743,8 +743,10 @@ fn make_certs(dir: &Path) {
             "certs",
             "--out",
             out.to_str().unwrap(),
-            "--nodes",
-            "origin-c,pop-a,pop-b",
+            "--origins",
+            "origin-c",
+            "--pops",
+            "pop-a,pop-b",
         ])
         .stdout(std::process::Stdio::null())
         .status()

@@ -322,3 +322,49 @@ fn a_node_given_a_cpu_it_may_not_use_exits_1_before_starting() {
     );
     assert!(out.stdout.is_empty(), "nothing started");
 }
+
+/// A node whose backbone certificate was issued for the other role (or
+/// for none) stops at start and says which to issue, rather than starting
+/// and having every link refused by its peers.
+#[test]
+fn a_node_with_a_backbone_certificate_of_another_role_exits_1() {
+    let dir = tempfile::TempDir::new().unwrap();
+    common::make_certs(dir.path(), "origin-a,pop-a");
+    common::test_cert(dir.path(), "public", &["localhost"]);
+    let certs = dir.path().join("certs");
+    let origin_with = |cert: &str| {
+        let backbone = format!(
+            "[backbone]\nlisten = \"127.0.0.1:0\"\nca = \"{ca}\"\ncert = \"{c}.pem\"\nkey = \"{c}.key\"\n",
+            ca = certs.join("ca.pem").display(),
+            c = certs.join(cert).display(),
+        );
+        MOCK_ORIGIN.replace("cpus = CPUS\n", "") + &backbone
+    };
+    let not_an_origin = "portico: backbone TLS configuration: this node's certificate is not an \
+                         origin's: it does not name `origin.role.portico.invalid` (issue one with \
+                         `portico certs --origins NODE`)";
+    for cert in ["pop-a", "x"] {
+        let (out, _) = origin_refusing(&dir, &origin_with(cert));
+        assert_eq!(out.status.code(), Some(1), "{cert}");
+        // The error is a line of its own (log lines may follow it).
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.lines().any(|l| l == not_an_origin), "{stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+    }
+    // A PoP run with the origin's certificate.
+    let path = dir.path().join("pop.toml");
+    let addr = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(&path, common::pop_config(dir.path(), "origin-a", addr, "a")).unwrap();
+    let out = Command::new(portico_bin())
+        .args(["pop", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let not_a_pop = "portico: backbone TLS configuration: this node's certificate is not a PoP's: \
+                     it does not name `pop.role.portico.invalid` (issue one with `portico certs \
+                     --pops NODE`)";
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().any(|l| l == not_a_pop), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
+}

@@ -478,8 +478,10 @@ impl PopFixture {
                 "certs",
                 "--out",
                 certs.to_str().unwrap(),
-                "--nodes",
-                "origin-a,pop-a",
+                "--origins",
+                "origin-a",
+                "--pops",
+                "pop-a",
             ])
             .stdout(std::process::Stdio::null())
             .status()

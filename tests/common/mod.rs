@@ -382,11 +382,21 @@ server_name = "origin-a"
     )
 }
 
-/// Runs `portico certs` for `nodes` (comma-separated) into `dir/certs`.
+/// Runs `portico certs` for `nodes` (comma-separated) into `dir/certs`:
+/// `origin-…` ids as origins, `pop-…` as PoPs, others with no backbone role.
 pub fn make_certs(dir: &Path, nodes: &str) {
     let out = dir.join("certs");
+    let mut args = vec!["certs", "--out", out.to_str().unwrap()];
+    for node in nodes.split(',') {
+        let flag = match node {
+            n if n.starts_with("origin-") => "--origins",
+            n if n.starts_with("pop-") => "--pops",
+            _ => "--names",
+        };
+        args.extend([flag, node]);
+    }
     let status = Command::new(portico_bin())
-        .args(["certs", "--out", out.to_str().unwrap(), "--nodes", nodes])
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .status()
         .expect("run portico certs");
@@ -394,7 +404,7 @@ pub fn make_certs(dir: &Path, nodes: &str) {
     // A second run adds a node under the same CA.
     let ca = std::fs::read(out.join("ca.pem")).unwrap();
     let again = Command::new(portico_bin())
-        .args(["certs", "--out", out.to_str().unwrap(), "--nodes", "x"])
+        .args(["certs", "--out", out.to_str().unwrap(), "--names", "x"])
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap();

@@ -1,18 +1,23 @@
 //! A private CA for the backbone and the node certificates it signs.
 //!
-//! Every node (PoP or origin) gets one certificate usable both as a TLS
-//! server and as a TLS client (extended key usages `serverAuth` and
-//! `clientAuth`), because both ends authenticate each other. Its subject
-//! alternative names are the node id (which the PoP verifies as the origin's
-//! `server_name` and the origin checks against the PoP's `Hello`),
-//! `localhost` and `127.0.0.1` for local topologies.
+//! Every node gets one certificate usable both as a TLS server and as a TLS
+//! client (extended key usages `serverAuth` and `clientAuth`): a PoP's
+//! serves its public listeners in a local topology and dials origins, an
+//! origin's serves both. Its subject alternative names are the node id
+//! (which the PoP verifies as the origin's `server_name` and the origin
+//! checks against the PoP's `Hello`), `localhost` and `127.0.0.1` for local
+//! topologies, and the node's backbone role ([`role_name`]), which the other
+//! end requires: an origin's certificate cannot dial an origin as a PoP, nor
+//! a PoP's answer a PoP as an origin. A certificate issued without a role
+//! serves public listeners only.
 
+use portico_proto::Role;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use time::{Duration, OffsetDateTime};
 
 use crate::BackboneError;
@@ -25,6 +30,27 @@ pub const CA_NAME: &str = "Portico backbone CA";
 pub const NODE_VALIDITY: Duration = Duration::days(2 * 365);
 /// How long the CA is valid.
 pub const CA_VALIDITY: Duration = Duration::days(10 * 365);
+
+/// The subject alternative name saying a certificate's node has `role` on
+/// the backbone: a DNS name in the reserved `.invalid` top-level domain
+/// (RFC 6761 §6.4), which no public CA issues for and no host answers to,
+/// so that rustls-webpki checks it as it checks the node id.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Pop => "pop.role.portico.invalid",
+        Role::Origin => "origin.role.portico.invalid",
+    }
+}
+
+/// Whether the end-entity certificate `leaf` names `role` (its chain is
+/// the TLS handshake's to check).
+pub fn has_role(leaf: &CertificateDer<'_>, role: Role) -> bool {
+    let Ok(name) = ServerName::try_from(role_name(role)) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+}
 
 /// Whether `leaf` chains to `ca` for both of a node's uses, now.
 fn verify(ca: &CertificateDer<'_>, leaf: &CertificateDer<'_>) -> Result<(), webpki::Error> {
@@ -116,7 +142,7 @@ impl Ca {
         };
         // It issues with this module's CA name: a CA made elsewhere (another
         // name, or no CA at all) would sign certificates that chain to nothing.
-        let probe = ca.issue("probe")?;
+        let probe = ca.issue("probe", None)?;
         verify(&ca.cert_der, &probe.cert_der).map_err(|e| {
             BackboneError::Pki(format!(
                 "not a CA made by `portico certs` (its certificates would not verify: {e})"
@@ -158,13 +184,15 @@ impl Ca {
     }
 
     /// Signs a certificate for `node_id` (a DNS label such as `pop-fra`),
-    /// valid for the node id, `localhost` and `127.0.0.1`.
-    pub fn issue(&self, node_id: &str) -> Result<NodeCert, BackboneError> {
-        let names = vec![
+    /// valid for the node id, `localhost` and `127.0.0.1`, and naming the
+    /// node's backbone `role` if it has one.
+    pub fn issue(&self, node_id: &str, role: Option<Role>) -> Result<NodeCert, BackboneError> {
+        let mut names = vec![
             node_id.to_owned(),
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
         ];
+        names.extend(role.map(|r| role_name(r).to_owned()));
         let mut params = CertificateParams::new(names).map_err(pki_err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node_id);
@@ -202,7 +230,11 @@ mod tests {
         let ca = Ca::generate().unwrap();
         let again = Ca::load(&ca.cert_pem(), &ca.key_pem()).unwrap();
         assert_eq!(again.cert_der(), ca.cert_der());
-        chains_to(&ca, &again.issue("pop-new").unwrap(), "pop-new");
+        chains_to(
+            &ca,
+            &again.issue("pop-new", Some(Role::Pop)).unwrap(),
+            "pop-new",
+        );
         let other = Ca::generate().unwrap();
         let err = Ca::load(&ca.cert_pem(), &other.key_pem()).err().unwrap();
         assert!(err.to_string().contains("does not belong"), "{err}");
@@ -225,7 +257,7 @@ mod tests {
             .unwrap();
         assert!(err.to_string().contains("not a CA made by"), "{err}");
         let ca = Ca::generate().unwrap();
-        let node = ca.issue("ca-like").unwrap();
+        let node = ca.issue("ca-like", None).unwrap();
         let err = Ca::load(&node.cert_pem, &node.key_pem).err().unwrap();
         assert!(err.to_string().contains("not a CA made by"), "{err}");
     }
@@ -234,7 +266,7 @@ mod tests {
     #[test]
     fn node_certificates_expire() {
         let ca = Ca::generate().unwrap();
-        let node = ca.issue("pop-fra").unwrap();
+        let node = ca.issue("pop-fra", Some(Role::Pop)).unwrap();
         let anchor = webpki::anchor_from_trusted_cert(&ca.cert_der).unwrap();
         let ee = webpki::EndEntityCert::try_from(&node.cert_der).unwrap();
         let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
@@ -261,11 +293,29 @@ mod tests {
     #[test]
     fn issued_certificates_chain_to_the_ca_and_name_the_node() {
         let ca = Ca::generate().unwrap();
-        let node = ca.issue("pop-fra").unwrap();
+        let node = ca.issue("pop-fra", Some(Role::Pop)).unwrap();
         chains_to(&ca, &node, "pop-fra");
         let other = rustls_pki_types::ServerName::try_from("pop-ams").unwrap();
         let ee = webpki::EndEntityCert::try_from(&node.cert_der).unwrap();
         assert!(ee.verify_is_valid_for_subject_name(&other).is_err());
+    }
+
+    /// A certificate names one backbone role, or none.
+    #[test]
+    fn a_certificate_names_its_role_and_no_other() {
+        let ca = Ca::generate().unwrap();
+        let pop = ca.issue("pop-fra", Some(Role::Pop)).unwrap();
+        let origin = ca.issue("origin-iad", Some(Role::Origin)).unwrap();
+        let public = ca.issue("edge", None).unwrap();
+        assert!(has_role(&pop.cert_der, Role::Pop));
+        assert!(!has_role(&pop.cert_der, Role::Origin));
+        assert!(has_role(&origin.cert_der, Role::Origin));
+        assert!(!has_role(&origin.cert_der, Role::Pop));
+        for role in [Role::Pop, Role::Origin] {
+            assert!(!has_role(&public.cert_der, role));
+            assert!(!has_role(&ca.cert_der(), role));
+            assert!(!has_role(&CertificateDer::from(vec![0x30, 0x03]), role));
+        }
     }
 
     fn chains_to(ca: &Ca, node: &NodeCert, id: &str) {

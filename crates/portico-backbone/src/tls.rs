@@ -14,8 +14,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::BackboneError;
+use portico_proto::Role;
+
 use crate::settings::LinkSettings;
+use crate::{BackboneError, pki};
 
 /// ALPN of backbone links; its version tracks the framing version.
 pub const ALPN: &[u8] = b"portico-bb/1";
@@ -105,9 +107,28 @@ impl TlsMaterial {
         Ok(Arc::new(roots))
     }
 
+    /// This node's certificate must name `role` ([`pki::role_name`]): a
+    /// node would otherwise start and have every link refused by its peers.
+    fn require_role(&self, role: Role) -> Result<(), BackboneError> {
+        match self.chain.first() {
+            Some(leaf) if pki::has_role(leaf, role) => Ok(()),
+            _ => Err(BackboneError::Tls(format!(
+                "this node's certificate is not {}'s: it does not name `{}` \
+                 (issue one with `portico certs --{}s NODE`)",
+                match role {
+                    Role::Pop => "a PoP",
+                    Role::Origin => "an origin",
+                },
+                pki::role_name(role),
+                role.as_str()
+            ))),
+        }
+    }
+
     /// The origin's QUIC server config: a client certificate from the CA is
     /// required, so a PoP without one fails the handshake.
     pub fn server_config(&self, link: &LinkSettings) -> Result<quinn::ServerConfig, BackboneError> {
+        self.require_role(Role::Origin)?;
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
             .build()
             .map_err(tls_err)?;
@@ -137,6 +158,7 @@ impl TlsMaterial {
     /// The PoP's QUIC client config: presents the node certificate and
     /// trusts only the CA, so an origin the PoP cannot verify is refused.
     pub fn client_config(&self, link: &LinkSettings) -> Result<quinn::ClientConfig, BackboneError> {
+        self.require_role(Role::Pop)?;
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
@@ -161,11 +183,15 @@ fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// Whether the peer's (already CA-verified) leaf certificate names `node_id`.
+/// Whether the peer's (already CA-verified) leaf certificate names `node_id`
+/// and the backbone `role` it plays on this link.
 ///
 /// Binds the node id a PoP claims in `Hello` to its certificate, so one PoP
-/// cannot speak (report usage, take quota leases) in another's name.
-pub(crate) fn peer_names(conn: &quinn::Connection, node_id: &str) -> bool {
+/// cannot speak (report usage, take quota leases) in another's name, and
+/// each end's role to the CA's word, so an origin's certificate cannot
+/// speak as a PoP nor a PoP's as an origin (push definitions, answer a
+/// region's requests).
+pub(crate) fn peer_is(conn: &quinn::Connection, node_id: &str, role: Role) -> bool {
     // Not `localhost` or `127.0.0.1`, which every node certificate names.
     if !portico_config::is_node_id(node_id) {
         return false;
@@ -179,10 +205,11 @@ pub(crate) fn peer_names(conn: &quinn::Connection, node_id: &str) -> bool {
     let Ok(name) = ServerName::try_from(node_id) else {
         return false;
     };
-    chain
-        .first()
-        .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
-        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+    chain.first().is_some_and(|der| {
+        pki::has_role(der, role)
+            && webpki::EndEntityCert::try_from(der)
+                .is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+    })
 }
 
 /// The ALPN a connection negotiated.
@@ -201,12 +228,38 @@ mod tests {
     #[test]
     fn material_builds_both_configs() {
         let ca = Ca::generate().unwrap();
-        let node = ca.issue("origin-a").unwrap();
+        let node = ca.issue("origin-a", Some(Role::Origin)).unwrap();
         let m = TlsMaterial::from_pem(&ca.cert_pem(), &node.cert_pem, &node.key_pem).unwrap();
         let link = LinkSettings::default();
         m.server_config(&link).unwrap();
-        m.client_config(&link).unwrap();
         assert!(TlsMaterial::from_pem("nope", &node.cert_pem, &node.key_pem).is_err());
+        let pop = ca.issue("pop-a", Some(Role::Pop)).unwrap();
+        let p = TlsMaterial::from_pem(&ca.cert_pem(), &pop.cert_pem, &pop.key_pem).unwrap();
+        p.client_config(&link).unwrap();
+    }
+
+    /// A node whose certificate is not of its role stops at start, saying
+    /// how to get one, instead of having every link refused.
+    #[test]
+    fn a_node_needs_a_certificate_of_its_role() {
+        let ca = Ca::generate().unwrap();
+        let link = LinkSettings::default();
+        let material = |role| {
+            let node = ca.issue("node-a", role).unwrap();
+            TlsMaterial::from_pem(&ca.cert_pem(), &node.cert_pem, &node.key_pem).unwrap()
+        };
+        let as_pop = "backbone TLS configuration: this node's certificate is not a PoP's: it does not name \
+                      `pop.role.portico.invalid` (issue one with `portico certs --pops NODE`)";
+        let as_origin = "backbone TLS configuration: this node's certificate is not an origin's: it does not name \
+                         `origin.role.portico.invalid` (issue one with `portico certs --origins NODE`)";
+        for role in [None, Some(Role::Origin)] {
+            let err = material(role).client_config(&link).err().unwrap();
+            assert_eq!(err.to_string(), as_pop);
+        }
+        for role in [None, Some(Role::Pop)] {
+            let err = material(role).server_config(&link).err().unwrap();
+            assert_eq!(err.to_string(), as_origin);
+        }
     }
 
     #[test]

@@ -39,7 +39,9 @@ async fn rogue_pop_with_a_self_made_certificate_is_refused() {
     // A rogue CA that also signs "pop-a", and trusts the real CA so that it
     // can verify the origin: only the origin's check can refuse it.
     let rogue = Ca::generate().unwrap();
-    let cert = rogue.issue("pop-a").unwrap();
+    let cert = rogue
+        .issue("pop-a", Some(portico_proto::Role::Pop))
+        .unwrap();
     let ca_pems = format!("{}{}", pki.ca.cert_pem(), rogue.cert_pem());
     let tls =
         portico_backbone::TlsMaterial::from_pem(&ca_pems, &cert.cert_pem, &cert.key_pem).unwrap();
@@ -100,12 +102,12 @@ async fn an_origin_that_claims_another_name_or_region_is_refused() {
         (
             "origin-b",
             REGION,
-            "certificate does not name node `origin-b`",
+            "certificate does not name node `origin-b` as an origin",
         ),
         (
             "localhost",
             REGION,
-            "certificate does not name node `localhost`",
+            "certificate does not name node `localhost` as an origin",
         ),
         (
             "origin-a",

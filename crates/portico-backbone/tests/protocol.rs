@@ -21,10 +21,14 @@ fn control_codec() -> Codec {
 }
 
 fn hello(versions: VersionRange) -> BytesMut {
+    hello_from("pop-a", versions)
+}
+
+fn hello_from(node_id: &str, versions: VersionRange) -> BytesMut {
     let mut buf = BytesMut::new();
     encode_preface(StreamKind::Control, &mut buf);
     let frame = Frame::Hello(Hello {
-        node_id: "pop-a".into(),
+        node_id: node_id.into(),
         role: Role::Pop,
         region: String::new(),
         versions,
@@ -296,33 +300,82 @@ async fn a_truncated_request_body_resets_the_response() {
     origin.stop().await;
 }
 
-#[tokio::test]
-async fn no_common_version_closes_the_link_with_a_clear_code() {
-    let pki = Pki::new();
-    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+/// Dials `origin` with `config`, sends `hello` on the control stream and
+/// returns how the origin closed the link.
+async fn closed_after(
+    config: quinn::ClientConfig,
+    origin: std::net::SocketAddr,
+    hello: BytesMut,
+) -> quinn::ApplicationClose {
     let endpoint = quinn::Endpoint::client(localhost0()).unwrap();
-    let config = pki.material("pop-a").client_config(&settings()).unwrap();
     let conn = endpoint
-        .connect_with(config, origin.addr, "origin-a")
+        .connect_with(config, origin, "origin-a")
         .unwrap()
         .await
         .unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello(VersionRange { min: 7, max: 9 }))
-        .await
-        .unwrap();
+    send.write_all(&hello).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
         .await
         .unwrap();
     match err {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code, portico_backbone::close::NO_COMMON_VERSION);
-            let reason = String::from_utf8_lossy(&close.reason).into_owned();
-            assert!(reason.contains("no common protocol version"), "{reason}");
-        }
+        quinn::ConnectionError::ApplicationClosed(close) => close,
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn no_common_version_closes_the_link_with_a_clear_code() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    let config = pki.material("pop-a").client_config(&settings()).unwrap();
+    let close = closed_after(config, origin.addr, hello(VersionRange { min: 7, max: 9 })).await;
+    assert_eq!(close.error_code, portico_backbone::close::NO_COMMON_VERSION);
+    let reason = String::from_utf8_lossy(&close.reason).into_owned();
+    assert!(reason.contains("no common protocol version"), "{reason}");
     origin.stop().await;
+}
+
+/// A link whose certificate is not a PoP's is closed by the origin with
+/// the identity code, even when the certificate names the node its `Hello`
+/// claims: an origin's, or one for a public listener only.
+#[tokio::test]
+async fn an_origin_refuses_a_certificate_that_is_not_a_pops() {
+    let pki = Pki::new();
+    let origin = Origin::start(&pki.material("origin-a"), localhost0(), definitions(""));
+    for (node, role) in [("origin-b", Some(Role::Origin)), ("pop-c", None)] {
+        let config = unchecked::client(&pki.material_as(node, role));
+        let close =
+            closed_after(config, origin.addr, hello_from(node, VersionRange::CURRENT)).await;
+        assert_eq!(close.error_code, portico_backbone::close::IDENTITY);
+        assert_eq!(
+            String::from_utf8_lossy(&close.reason),
+            format!("handshake: certificate does not name node `{node}` as a PoP")
+        );
+    }
+    origin.stop().await;
+}
+
+/// A PoP refuses an origin whose certificate is not an origin's, though it
+/// names the origin the PoP dialed: a PoP's, or one with no role.
+#[tokio::test]
+async fn a_pop_refuses_an_origin_whose_certificate_is_not_an_origins() {
+    let pki = Pki::new();
+    for role in [Some(Role::Pop), None] {
+        let server = unchecked::server(&pki.material_as("origin-a", role));
+        let addr = raw_origin_with(server, |_, _| {}).await;
+        let pop = Pop::start(&pki.material("pop-a"), vec![origin_spec(addr)]);
+        let reason = down_reason(&pop).await;
+        assert_eq!(
+            reason, "handshake: certificate does not name node `origin-a` as an origin",
+            "{role:?}"
+        );
+        assert!(
+            pop.gateway.definitions().apis.is_empty(),
+            "nothing taken from it"
+        );
+        pop.backbone.shutdown().await;
+    }
 }
 
 /// A hand-written origin: handshake, one snapshot, then a response that
@@ -333,7 +386,13 @@ async fn raw_origin_serving<F>(tls: TlsMaterial, serve: F) -> std::net::SocketAd
 where
     F: Fn(quinn::SendStream, RecvStream) + Send + 'static,
 {
-    let server = tls.server_config(&settings()).unwrap();
+    raw_origin_with(tls.server_config(&settings()).unwrap(), serve).await
+}
+
+async fn raw_origin_with<F>(server: quinn::ServerConfig, serve: F) -> std::net::SocketAddr
+where
+    F: Fn(quinn::SendStream, RecvStream) + Send + 'static,
+{
     let endpoint = quinn::Endpoint::server(server, localhost0()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(async move {

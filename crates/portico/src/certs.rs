@@ -1,5 +1,7 @@
-//! `portico certs --out DIR --nodes a,b,...`: a private CA for the backbone
-//! and one certificate per node, for local topologies.
+//! `portico certs --out DIR --origins a,... --pops b,... [--names c,...]`: a
+//! private CA for the backbone and one certificate per node naming its
+//! backbone role (`--names`: none, for public listeners only), for local
+//! topologies.
 //!
 //! Writes `ca.pem`, `ca.key` and `NODE.pem`/`NODE.key` for every node; keys
 //! are readable by the owner only. When `DIR` already holds a CA, the nodes
@@ -13,14 +15,33 @@ use std::path::Path;
 
 use portico_backbone::pki::Ca;
 use portico_config::{NODE_ID, is_node_id};
+use portico_proto::Role;
 
 use crate::AppError;
 
-pub fn run(out: &Path, nodes: &[String], force: bool) -> Result<(), AppError> {
-    if let Some(bad) = nodes.iter().find(|n| !is_node_id(n)) {
+/// The command line's lists as one, each id with its role.
+pub fn roles(
+    origins: Vec<String>,
+    pops: Vec<String>,
+    names: Vec<String>,
+) -> Vec<(String, Option<Role>)> {
+    let with = |ids: Vec<String>, role| ids.into_iter().map(move |id| (id, role));
+    with(origins, Some(Role::Origin))
+        .chain(with(pops, Some(Role::Pop)))
+        .chain(with(names, None))
+        .collect()
+}
+
+pub fn run(out: &Path, nodes: &[(String, Option<Role>)], force: bool) -> Result<(), AppError> {
+    if let Some((bad, _)) = nodes.iter().find(|(n, _)| !is_node_id(n)) {
         return Err(AppError::Certs(format!(
             "invalid node id `{bad}`: expected {NODE_ID}"
         )));
+    }
+    // One file per id: a second role would overwrite the first.
+    let mut seen = std::collections::HashSet::new();
+    if let Some((twice, _)) = nodes.iter().find(|(n, _)| !seen.insert(n.as_str())) {
+        return Err(AppError::Certs(format!("`{twice}` is named twice")));
     }
     std::fs::create_dir_all(out)?;
     let (ca_pem, ca_key) = (out.join("ca.pem"), out.join("ca.key"));
@@ -45,8 +66,8 @@ pub fn run(out: &Path, nodes: &[String], force: bool) -> Result<(), AppError> {
         println!("wrote {}", ca_pem.display());
         ca
     };
-    for node in nodes {
-        let cert = ca.issue(node)?;
+    for (node, role) in nodes {
+        let cert = ca.issue(node, *role)?;
         let pem = out.join(format!("{node}.pem"));
         write(&out.join(format!("{node}.key")), &cert.key_pem, 0o600)?;
         write(&pem, &cert.cert_pem, 0o644)?;
@@ -84,10 +105,44 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<(), AppError> {
 mod tests {
     use super::*;
 
+    fn pops(ids: &[&str]) -> Vec<(String, Option<Role>)> {
+        roles(
+            vec![],
+            ids.iter().map(|&id| id.to_owned()).collect(),
+            vec![],
+        )
+    }
+
+    /// Each certificate names the role it was issued for, and an id is
+    /// issued one role only.
+    #[test]
+    fn each_certificate_names_its_role() {
+        use portico_backbone::pki::has_role;
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = roles(
+            vec!["origin-iad".into()],
+            vec!["pop-fra".into()],
+            vec!["edge".into()],
+        );
+        run(dir.path(), &nodes, false).unwrap();
+        let leaf = |id: &str| {
+            let pem = std::fs::read(dir.path().join(format!("{id}.pem"))).unwrap();
+            rustls_pki_types::pem::PemObject::from_pem_slice(&pem).unwrap()
+        };
+        let has = |id: &str, role| has_role(&leaf(id), role);
+        assert!(has("origin-iad", Role::Origin) && !has("origin-iad", Role::Pop));
+        assert!(has("pop-fra", Role::Pop) && !has("pop-fra", Role::Origin));
+        assert!(!has("edge", Role::Pop) && !has("edge", Role::Origin));
+        let twice = roles(vec!["node-a".into()], vec!["node-a".into()], vec![]);
+        let err = run(dir.path(), &twice, false).unwrap_err();
+        assert_eq!(err.to_string(), "`node-a` is named twice");
+        assert!(!dir.path().join("node-a.pem").exists());
+    }
+
     #[test]
     fn writes_a_ca_and_node_certificates_and_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = vec!["origin-iad".to_owned(), "pop-fra".to_owned()];
+        let nodes = roles(vec!["origin-iad".into()], vec!["pop-fra".into()], vec![]);
         run(dir.path(), &nodes, false).unwrap();
         for f in [
             "ca.pem",
@@ -106,19 +161,19 @@ mod tests {
         );
         let before = std::fs::read(dir.path().join("ca.pem")).unwrap();
         // Another run adds nodes under the same CA.
-        run(dir.path(), &["pop-new".to_owned()], false).unwrap();
+        run(dir.path(), &pops(&["pop-new"]), false).unwrap();
         assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
         assert!(dir.path().join("pop-new.pem").is_file());
         // A CA key that is not the certificate's is refused, and nothing is written.
         let other = tempfile::tempdir().unwrap();
         run(other.path(), &[], false).unwrap();
         std::fs::copy(other.path().join("ca.key"), dir.path().join("ca.key")).unwrap();
-        let err = run(dir.path(), &["pop-x".to_owned()], false).unwrap_err();
+        let err = run(dir.path(), &pops(&["pop-x"]), false).unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
         assert!(!dir.path().join("pop-x.pem").exists());
         run(dir.path(), &nodes, true).unwrap();
         assert_ne!(std::fs::read(dir.path().join("ca.pem")).unwrap(), before);
-        let err = run(dir.path(), &["Bad_Name".to_owned()], true).unwrap_err();
+        let err = run(dir.path(), &pops(&["Bad_Name"]), true).unwrap_err();
         assert!(err.to_string().contains("invalid node id"), "{err}");
     }
 
@@ -130,7 +185,7 @@ mod tests {
     #[test]
     fn a_node_may_not_be_called_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let err = run(dir.path(), &["ca".to_owned()], false).unwrap_err();
+        let err = run(dir.path(), &pops(&["ca"]), false).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid node id `ca`: expected [a-z0-9][a-z0-9-]{0,62}, not `ca` or `localhost`"
@@ -144,19 +199,19 @@ mod tests {
     #[test]
     fn files_are_replaced_whole_with_their_mode() {
         let dir = tempfile::tempdir().unwrap();
-        run(dir.path(), &["pop-a".to_owned()], false).unwrap();
+        run(dir.path(), &pops(&["pop-a"]), false).unwrap();
         let key = dir.path().join("ca.key");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
         let node_key = dir.path().join("pop-a.key");
         std::fs::set_permissions(&node_key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let before = std::fs::read(&key).unwrap();
-        run(dir.path(), &["pop-a".to_owned()], true).unwrap();
+        run(dir.path(), &pops(&["pop-a"]), true).unwrap();
         assert_ne!(std::fs::read(&key).unwrap(), before);
         assert_eq!(mode_of(&key), 0o600);
         assert_eq!(mode_of(&node_key), 0o600);
         assert_eq!(mode_of(&dir.path().join("ca.pem")), 0o644);
         // The new CA loads (its key and certificate belong together).
-        run(dir.path(), &["pop-b".to_owned()], false).unwrap();
+        run(dir.path(), &pops(&["pop-b"]), false).unwrap();
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -82,14 +82,21 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Create a private backbone CA and a certificate for each node.
+    /// Create a private backbone CA and a certificate for each node; each
+    /// certificate names its node's backbone role, which the other end checks.
     Certs {
         /// Directory for ca.pem, ca.key and NODE.pem/NODE.key.
         #[arg(long)]
         out: PathBuf,
-        /// Node ids, comma separated (e.g. origin-iad,pop-fra).
-        #[arg(long, value_delimiter = ',', required = true)]
-        nodes: Vec<String>,
+        /// Origin ids, comma separated (e.g. origin-iad).
+        #[arg(long, value_delimiter = ',', required_unless_present_any = ["pops", "names"])]
+        origins: Vec<String>,
+        /// PoP ids, comma separated (e.g. pop-fra,pop-lhr).
+        #[arg(long, value_delimiter = ',')]
+        pops: Vec<String>,
+        /// Certificates with no backbone role, for public listeners only.
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
         /// Replace an existing CA in DIR (all its node certificates stop working).
         #[arg(long)]
         force: bool,

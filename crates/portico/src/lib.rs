@@ -158,7 +158,14 @@ async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
             "a node's file is read before its runtime starts".into(),
         )),
         Command::Check { file } => Ok(check::run(&file)),
-        Command::Certs { out, nodes, force } => {
+        Command::Certs {
+            out,
+            origins,
+            pops,
+            names,
+            force,
+        } => {
+            let nodes = certs::roles(origins, pops, names);
             certs::run(&out, &nodes, force).map(|()| ExitCode::SUCCESS)
         }
         Command::Up {

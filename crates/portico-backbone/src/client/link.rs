@@ -114,8 +114,11 @@ async fn dial(
     // The origin is who its certificate says, of the region this PoP homes
     // there: an origin's word alone would let it stand in for another
     // (taking its region's quota leases, replacing its link).
-    if !tls::peer_names(&conn, &ack.node_id) {
-        let reason = format!("certificate does not name node `{}`", ack.node_id);
+    if !tls::peer_is(&conn, &ack.node_id, Role::Origin) {
+        let reason = format!(
+            "certificate does not name node `{}` as an origin",
+            ack.node_id
+        );
         conn.close(close::IDENTITY, reason.as_bytes());
         return Err(BackboneError::Handshake(reason));
     }

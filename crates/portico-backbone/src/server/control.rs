@@ -147,8 +147,11 @@ fn check_hello(conn: &Connection, hello: &Hello) -> Result<u16, HandshakeError> 
     }
     let version = negotiate(VersionRange::CURRENT, hello.versions)
         .map_err(|e| (close::NO_COMMON_VERSION, e.into()))?;
-    if !tls::peer_names(conn, &hello.node_id) {
-        let reason = format!("certificate does not name node `{}`", hello.node_id);
+    if !tls::peer_is(conn, &hello.node_id, Role::Pop) {
+        let reason = format!(
+            "certificate does not name node `{}` as a PoP",
+            hello.node_id
+        );
         return Err((close::IDENTITY, BackboneError::Handshake(reason)));
     }
     Ok(version)

@@ -403,7 +403,9 @@ mod tests {
     #[test]
     fn the_link_socket_gets_big_buffers() {
         let ca = Ca::generate().unwrap();
-        let cert = ca.issue("origin-a").unwrap();
+        let cert = ca
+            .issue("origin-a", Some(portico_proto::Role::Origin))
+            .unwrap();
         let tls = TlsMaterial::from_pem(&ca.cert_pem(), &cert.cert_pem, &cert.key_pem).unwrap();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let before = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();

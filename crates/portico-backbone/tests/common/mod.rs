@@ -20,6 +20,7 @@ use portico_config::{DefinitionDefaults, Definitions};
 use portico_gateway::{
     Body, BoxError, ConnInfo, Entry, Gateway, GatewaySettings, Protocol, ServedModes, TlsInfo,
 };
+use portico_proto::Role;
 use tokio::sync::{Notify, oneshot, watch};
 
 pub const REGION: &str = "test-1";
@@ -72,9 +73,70 @@ impl Pki {
         }
     }
 
+    /// `node`'s material, with the backbone role its id begins with
+    /// (`pop-…`, `origin-…`; none otherwise).
     pub fn material(&self, node: &str) -> TlsMaterial {
-        let cert = self.ca.issue(node).unwrap();
+        let role = if node.starts_with("pop-") {
+            Some(Role::Pop)
+        } else if node.starts_with("origin-") {
+            Some(Role::Origin)
+        } else {
+            None
+        };
+        self.material_as(node, role)
+    }
+
+    pub fn material_as(&self, node: &str, role: Option<Role>) -> TlsMaterial {
+        let cert = self.ca.issue(node, role).unwrap();
         TlsMaterial::from_pem(&self.ca.cert_pem(), &cert.cert_pem, &cert.key_pem).unwrap()
+    }
+}
+
+/// QUIC configs built by hand from `tls`, without the check that a node's
+/// own certificate names its role: what a node that skipped it would
+/// present, so that only its peer's check can refuse it.
+pub mod unchecked {
+    use std::sync::Arc;
+
+    use portico_backbone::{ALPN, TlsMaterial};
+    use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn roots(tls: &TlsMaterial) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in &tls.ca {
+            roots.add(cert.clone()).unwrap();
+        }
+        Arc::new(roots)
+    }
+
+    pub fn client(tls: &TlsMaterial) -> quinn::ClientConfig {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots(tls))
+            .with_client_auth_cert(tls.chain.clone(), tls.key.clone_key())
+            .unwrap();
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(config).unwrap()))
+    }
+
+    pub fn server(tls: &TlsMaterial) -> quinn::ServerConfig {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots(tls), provider())
+                .build()
+                .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(tls.chain.clone(), tls.key.clone_key())
+            .unwrap();
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(config).unwrap()))
     }
 }
 

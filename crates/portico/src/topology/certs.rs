@@ -1,6 +1,7 @@
 //! Certificates of a running topology, made by `portico certs` (the same binary,
 //! as a child process): one private CA, and one certificate per node (PoP or
-//! origin) valid for its node id, `localhost` and `127.0.0.1`. A node uses it on
+//! origin) valid for its node id, `localhost` and `127.0.0.1`, naming its
+//! backbone role. A node uses it on
 //! its public listeners (clients trust the CA) and on the backbone (mutual TLS:
 //! both ends trust the same CA).
 //!
@@ -34,16 +35,18 @@ impl Certs {
     }
 }
 
-/// Runs `portico certs --out DIR --nodes ...` and checks that every file it
-/// promises exists.
-pub async fn generate(dir: &Path, nodes: &[String]) -> Result<Certs, UpError> {
+/// Runs `portico certs --out DIR --origins ... --pops ...` and checks that
+/// every file it promises exists.
+pub async fn generate(dir: &Path, origins: &[String], pops: &[String]) -> Result<Certs, UpError> {
     let exe = std::env::current_exe().map_err(|e| UpError::Certs(e.to_string()))?;
-    let out = tokio::process::Command::new(exe)
-        .arg("certs")
-        .arg("--out")
-        .arg(dir)
-        .arg("--nodes")
-        .arg(nodes.join(","))
+    let mut command = tokio::process::Command::new(exe);
+    command.arg("certs").arg("--out").arg(dir);
+    for (flag, ids) in [("--origins", origins), ("--pops", pops)] {
+        if !ids.is_empty() {
+            command.arg(flag).arg(ids.join(","));
+        }
+    }
+    let out = command
         .kill_on_drop(true)
         .output()
         .await
@@ -58,7 +61,7 @@ pub async fn generate(dir: &Path, nodes: &[String]) -> Result<Certs, UpError> {
     }
     let ca = dir.join("ca.pem");
     let mut files = BTreeMap::new();
-    for node in nodes {
+    for node in origins.iter().chain(pops) {
         let paths = NodeCerts {
             cert: dir.join(format!("{node}.pem")),
             key: dir.join(format!("{node}.key")),

@@ -281,7 +281,7 @@ mod tests {
     /// with 200: it reports the request stream's frames, then how the
     /// connection ended.
     async fn server(ca: &Ca, seen: mpsc::Sender<Seen>) -> SocketAddr {
-        let node = ca.issue("pop-test").expect("certificate");
+        let node = ca.issue("pop-test", None).expect("certificate");
         let cert = CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).expect("cert PEM");
         let key = PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).expect("key PEM");
         let provider = Arc::new(rustls::crypto::ring::default_provider());

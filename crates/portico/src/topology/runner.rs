@@ -182,9 +182,9 @@ impl Started {
     ) -> Result<Manifest, UpError> {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(file_error("creating", &logs))?;
-        let mut ids: Vec<String> = t.regions.iter().map(|r| r.origin.clone()).collect();
-        ids.extend(t.pops.iter().map(|p| p.id.clone()));
-        let certs = certs::generate(&dir.join("certs"), &ids).await?;
+        let origins: Vec<String> = t.regions.iter().map(|r| r.origin.clone()).collect();
+        let pops: Vec<String> = t.pops.iter().map(|p| p.id.clone()).collect();
+        let certs = certs::generate(&dir.join("certs"), &origins, &pops).await?;
         let mut addrs = Addrs {
             demo_key: t
                 .apis
