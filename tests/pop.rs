@@ -582,6 +582,70 @@ async fn origin_killed_mid_traffic_503_then_served_again_without_restarting_the_
     }
 }
 
+/// An origin told to stop (SIGTERM) says GoAway and lets the requests in
+/// flight on its links finish before it closes them.
+#[tokio::test]
+async fn an_origin_stopping_finishes_the_requests_in_flight_through_a_pop() {
+    // A backend that holds every request until the origin has been told
+    // to stop, so that they are in flight at the origin when it is.
+    let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let held_addr = held.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel::<()>(8);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let release_all = Arc::clone(&release);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = held.accept().await {
+            let (arrived, release) = (arrived_tx.clone(), Arc::clone(&release_all));
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let released = release.notified();
+                let _ = arrived.send(()).await;
+                released.await;
+                let reply =
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld";
+                let _ = conn.write_all(reply).await;
+            });
+        }
+    });
+    let extra = format!(
+        "[[apis.routes]]\nmethod = \"GET\"\npath = \"/held\"\n\
+         integration = {{ type = \"http_proxy\", uri = \"http://{held_addr}/held\" }}\n"
+    );
+    let f = Fixture::start_with(&extra);
+    f.wait_served(&f.pop).await;
+    let client = f.client(true);
+    let url = f.pop_url("/prod/held");
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { try_get(&client, &url).await })
+        })
+        .collect();
+    for _ in 0..4 {
+        tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+            .await
+            .expect("every request reached the backend");
+    }
+    f.origin.signal("TERM");
+    // The origin's stop has begun (it says GoAway at once); then the
+    // backend answers.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.notify_waiters();
+    for request in in_flight {
+        let reply = request.await.unwrap().expect("an answer");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.text(), "held");
+    }
+}
+
 #[tokio::test]
 async fn a_configuration_change_reaches_two_pops() {
     let f = Fixture::start();

@@ -266,7 +266,8 @@ impl FrameWriter {
     }
 
     /// Completes when the peer sends `STOP_SENDING` (it no longer wants the
-    /// response) or the connection is lost. `'static`, so it can be raced
+    /// response), when it has acknowledged the whole of a finished half, or
+    /// when the connection is lost. `'static`, so it can be raced
     /// against work that borrows the writer.
     pub(crate) fn stopped(&self) -> impl Future<Output = ()> + Send + Sync + 'static + use<> {
         let stopped = self.send.stopped();

@@ -274,6 +274,7 @@ impl ConfigSync {
             tracing::warn!(%reason, "definitions of the live replicas do not merge; serving the last good ones");
         } else {
             remember_merged(&mut entries);
+            self.retry_held(&mut entries);
         }
     }
 
@@ -476,7 +477,37 @@ impl ConfigSync {
             return Err(config_err(origin_id, reason));
         }
         remember_merged(&mut entries);
+        // This change may have taken away what another origin's held
+        // definitions clashed with.
+        self.retry_held(&mut entries);
         Ok(Applied::Installed(running))
+    }
+
+    /// Merges each origin's held definitions again (in link order), now
+    /// that what they clashed with may be gone; those that still do not
+    /// merge stay held, with the reason as it is now.
+    fn retry_held(&self, entries: &mut [Entry]) {
+        for index in 0..entries.len() {
+            let Some(reason) = entries[index].unmerged.take() else {
+                continue;
+            };
+            match self.publish(entries) {
+                Ok(()) => {
+                    tracing::info!(
+                        origin = entries[index].status.origin_id,
+                        "held definitions merge now; serving them"
+                    );
+                    remember_merged(entries);
+                }
+                // Nothing was published: the last good slot stays served.
+                Err(now) => {
+                    if now != reason {
+                        tracing::debug!(reason = now, "held definitions still do not merge");
+                    }
+                    entries[index].unmerged = Some(now);
+                }
+            }
+        }
     }
 
     fn count(
@@ -757,6 +788,49 @@ mod tests {
         assert_eq!(names(), ["x", "y", "z"]);
         assert!(sync.status()[1].held.is_some(), "r2's is still held");
         assert_eq!(sync.status()[0].held, None);
+    }
+
+    /// An API moved from one region to another, the new home's definitions
+    /// arriving first: held while both define it (a snapshot sent again
+    /// meanwhile, as after a reconnect, changes nothing), served as soon as
+    /// the old home's no longer do, also while the new home's link is down.
+    #[test]
+    fn held_definitions_are_served_once_what_they_clashed_with_is_gone() {
+        let names = |sync: &ConfigSync| {
+            let mut n: Vec<String> = sync
+                .current()
+                .definitions
+                .apis
+                .iter()
+                .map(|a| a.name.clone())
+                .collect();
+            n.sort();
+            n
+        };
+        let with_x = || snapshot(&format!("{}{}", api("y", None), api("x", None)));
+        for down in [false, true] {
+            let sync = ConfigSync::new(2, DefinitionDefaults::default());
+            let r1 = |text: &str| sync.apply(0, "r1", "o1", snapshot(text));
+            assert!(installed(r1(&api("x", None))));
+            assert!(installed(sync.apply(
+                1,
+                "r2",
+                "o2",
+                snapshot(&api("y", None))
+            )));
+            // r2 takes `x` before r1 lets it go: held.
+            assert!(sync.apply(1, "r2", "o2", with_x()).is_err());
+            assert!(!installed(sync.apply(1, "r2", "o2", with_x())));
+            assert!(sync.status()[1].held.is_some());
+            assert_eq!(names(&sync), ["x", "y"]);
+            if down {
+                sync.link_down(1);
+            }
+            assert!(installed(r1(&api("w", None))));
+            assert_eq!(names(&sync), ["w", "x", "y"], "down: {down}");
+            assert_eq!(sync.status()[1].held, None);
+            assert_eq!(sync.current().homes["x"], "r2");
+        }
     }
 
     /// Two APIs from origin 0, then the delta that changes `b`'s body to `body`.

@@ -164,6 +164,10 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
     let mut defs = shared.definitions.clone();
     let mut stop = shared.stop.clone();
     let mut progress = tokio::time::Instant::now();
+    // The definitions' sender may end before the backbone's stop is seen
+    // (a node's reload task ends on the same signal): no more changes, and
+    // the link goes on until the stop says GoAway.
+    let mut defs_open = true;
     loop {
         // Every turn: after a change, after the PoP asked for a snapshot,
         // and after some of what is buffered went out. Only while the send
@@ -180,7 +184,7 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
         let pending = c.writer.pending();
         let stall = control::stall_deadline(pending, &mut progress);
         tokio::select! {
-            changed = defs.changed() => if changed.is_err() { return },
+            changed = defs.changed(), if defs_open => defs_open = changed.is_ok(),
             () = crate::settings::stopped(&mut stop) => return say_goaway(&mut c.writer).await,
             sent = c.writer.send_some(), if pending > 0 => {
                 if let Err(err) = sent {

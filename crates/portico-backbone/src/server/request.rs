@@ -59,13 +59,16 @@ pub(super) async fn accept_streams<H: RequestHandler>(
         tracing::warn!("requests still in flight after the drain timeout; resetting them");
         streams.abort_all();
         while streams.join_next().await.is_some() {}
-        // Let the RESET_STREAMs leave before the link closes: quinn 0.11
-        // holds CONNECTION_CLOSE back while stream data is pending and the
-        // congestion window is full (quinn-rs/quinn#2785), and the PoP
-        // would then only learn of the close from its idle timeout.
-        let rtt = conn.rtt().saturating_mul(3);
-        tokio::time::sleep(rtt.clamp(Duration::from_millis(20), Duration::from_millis(500))).await;
     }
+    // Before the link closes, a few round trips for what is still on its
+    // way: the RESET_STREAMs of a drain that timed out (quinn 0.11 holds
+    // CONNECTION_CLOSE back while stream data is pending and the congestion
+    // window is full, quinn-rs/quinn#2785, and the PoP would then only
+    // learn of the close from its idle timeout), and the tails of responses
+    // finished just before the stop (those finished during the drain waited
+    // for their acknowledgement already).
+    let rtt = conn.rtt().saturating_mul(3);
+    tokio::time::sleep(rtt.clamp(Duration::from_millis(20), Duration::from_millis(500))).await;
 }
 
 /// Refuses new streams until those in flight finish (`true`) or `timeout`
@@ -145,7 +148,16 @@ async fn serve_stream<H: RequestHandler>(
         result = work => Some(result),
     };
     let request_id = request_id.as_ref().and_then(|v| v.to_str().ok());
+    // Answered while the origin drains: the link closes once every stream
+    // task is done, and a close discards what quinn has not yet delivered,
+    // so this task lasts until the PoP has acknowledged the whole response
+    // (the drain's own deadline bounds it).
+    let delivered =
+        (matches!(outcome, Some(Ok(()))) && *shared.stop.borrow()).then(|| writer.stopped());
     finish(writer, outcome, request_id.unwrap_or("")).await;
+    if let Some(delivered) = delivered {
+        delivered.await;
+    }
 }
 
 /// The request half after its head: bodies follow.
