@@ -613,6 +613,15 @@ mod tests {
         }
     }
 
+    /// The names of the APIs served, sorted.
+    fn served_names(sync: &ConfigSync) -> Vec<String> {
+        let mut names: Vec<String> = (sync.current().definitions.apis.iter())
+            .map(|a| a.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     fn installed(result: Result<Applied, BackboneError>) -> bool {
         match result.unwrap_or_else(|e| panic!("{e}")) {
             Applied::Installed(_) => true,
@@ -747,17 +756,7 @@ mod tests {
     #[test]
     fn a_region_whose_definitions_collide_holds_up_no_other() {
         let sync = ConfigSync::new(2, DefinitionDefaults::default());
-        let names = || {
-            let mut n: Vec<String> = sync
-                .current()
-                .definitions
-                .apis
-                .iter()
-                .map(|a| a.name.clone())
-                .collect();
-            n.sort();
-            n
-        };
+        let names = || served_names(&sync);
         assert!(installed(sync.apply(
             0,
             "r1",
@@ -796,17 +795,6 @@ mod tests {
     /// the old home's no longer do, also while the new home's link is down.
     #[test]
     fn held_definitions_are_served_once_what_they_clashed_with_is_gone() {
-        let names = |sync: &ConfigSync| {
-            let mut n: Vec<String> = sync
-                .current()
-                .definitions
-                .apis
-                .iter()
-                .map(|a| a.name.clone())
-                .collect();
-            n.sort();
-            n
-        };
         let with_x = || snapshot(&format!("{}{}", api("y", None), api("x", None)));
         for down in [false, true] {
             let sync = ConfigSync::new(2, DefinitionDefaults::default());
@@ -822,12 +810,12 @@ mod tests {
             assert!(sync.apply(1, "r2", "o2", with_x()).is_err());
             assert!(!installed(sync.apply(1, "r2", "o2", with_x())));
             assert!(sync.status()[1].held.is_some());
-            assert_eq!(names(&sync), ["x", "y"]);
+            assert_eq!(served_names(&sync), ["x", "y"]);
             if down {
                 sync.link_down(1);
             }
             assert!(installed(r1(&api("w", None))));
-            assert_eq!(names(&sync), ["w", "x", "y"], "down: {down}");
+            assert_eq!(served_names(&sync), ["w", "x", "y"], "down: {down}");
             assert_eq!(sync.status()[1].held, None);
             assert_eq!(sync.current().homes["x"], "r2");
         }
