@@ -368,3 +368,33 @@ fn a_node_with_a_backbone_certificate_of_another_role_exits_1() {
     assert!(stderr.lines().any(|l| l == not_a_pop), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"));
 }
+
+/// A SIGTERM that arrives while a node starts (here as soon as its first
+/// listener is bound, before it says `ready`) stops it cleanly once it has
+/// started, exit status 0, instead of killing it mid-start.
+#[test]
+fn a_sigterm_while_a_node_starts_stops_it_cleanly() {
+    use std::io::BufRead;
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("origin.toml");
+    std::fs::write(&path, MOCK_ORIGIN.replace("cpus = CPUS\n", "")).unwrap();
+    let mut child = Command::new(portico_bin())
+        .args(["origin", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("listening "), "{first}");
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}, then printed {rest:?}");
+    assert!(rest.iter().any(|l| l == "ready"), "{rest:?}");
+}

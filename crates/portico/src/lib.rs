@@ -138,7 +138,8 @@ async fn run(prepared: Prepared) -> Result<ExitCode, AppError> {
     let command = match prepared {
         Prepared::Origin { config, path } => {
             // Before anything slow (the quota book, certificates, binds): a
-            // SIGHUP that comes while the node starts must not end it.
+            // SIGHUP that comes while the node starts must not end it, and
+            // a SIGTERM stops it cleanly once it has started.
             let hup = signals::hangup();
             return origin::run(config, path, hup, signals::shutdown())
                 .await

@@ -20,14 +20,20 @@ pub fn hangup() -> Option<Signal> {
     }
 }
 
-/// Completes on the first SIGINT or SIGTERM (or stdin EOF, see [`STOP_ON_STDIN_EOF`]).
-pub async fn shutdown() {
+/// Completes on the first SIGINT or SIGTERM (or stdin EOF, see
+/// [`STOP_ON_STDIN_EOF`]), caught from the call on, not from the first
+/// poll: a node awaits it once ready, and one sent while it starts (by a
+/// supervisor that gave up waiting, or right after `ready`) stops it
+/// cleanly then instead of killing it.
+pub fn shutdown() -> impl Future<Output = ()> + Send + 'static {
     let mut stops = Stops::new();
-    tokio::select! {
-        () = stops.next() => {}
-        () = stdin_closed() => {}
+    async move {
+        tokio::select! {
+            () = stops.next() => {}
+            () = stdin_closed() => {}
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM as they come, caught from creation on: each
