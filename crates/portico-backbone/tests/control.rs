@@ -121,6 +121,53 @@ async fn linked() -> Linked {
     }
 }
 
+/// An origin that says `GoAway` reads no more of its control stream: the
+/// PoP's subsystems hear the link is down then, while requests still
+/// finish on it, and no longer queue frames for it.
+#[tokio::test]
+async fn a_draining_origins_link_is_down_for_control_at_once() {
+    let pki = Pki::new();
+    let (at_origin, mut origin_events) = Recorder::new(true, 0b11);
+    let drain = portico_backbone::LinkSettings {
+        drain_timeout: Duration::from_secs(30),
+        ..settings()
+    };
+    let origin = Origin::start_control_with(&pki.material("origin-a"), at_origin.clone(), drain);
+    let (at_pop, mut pop_events) = Recorder::new(false, 0b110);
+    let pop = Pop::start_control(
+        &pki.material("pop-a"),
+        vec![origin_spec(origin.addr)],
+        at_pop.clone(),
+    );
+    assert_eq!(next(&mut origin_events).await, "up pop-a caps 3");
+    assert_eq!(next(&mut pop_events).await, "up origin-a caps 3");
+    pop.wait_for_api("echo").await;
+    let link = at_pop.link();
+    let pop = Arc::new(pop);
+    let in_flight = {
+        let pop = Arc::clone(&pop);
+        tokio::spawn(async move { pop.get("/prod/hang").await })
+    };
+    let seen = Arc::clone(&origin.seen);
+    eventually(20, "the request reached the origin", || async {
+        seen.started.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    let stopping = tokio::spawn(origin.stop());
+    assert_eq!(next(&mut pop_events).await, "down origin-a");
+    assert!(!link.is_open());
+    assert!(
+        link.try_send(Frame::QuotaReturn(QuotaReturn {
+            lease_id: 1,
+            unused: 1
+        }))
+        .is_err()
+    );
+    assert!(!in_flight.is_finished(), "the request is still in flight");
+    in_flight.abort();
+    stopping.abort();
+}
+
 /// What a PoP queued on its control stream just before it shuts down (the
 /// quota leases it hands back, for one) reaches the origin before the link
 /// closes.

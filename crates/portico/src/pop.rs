@@ -60,6 +60,9 @@ pub async fn run(
         modes: ServedModes::EDGE,
     });
     let (servers, certificates) = listeners::bind(&config, &handler).await?;
+    // Every bind before any task starts: one that fails stops the node
+    // before it has served anything.
+    let admin_listener = crate::admin::bind(&config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     rates.attach(
@@ -92,7 +95,7 @@ pub async fn run(
     // counts requests a `fail_open` plan allowed while its origin was
     // unreachable, and connections refused for their client's cap) and what it runs of each origin's definitions
     // (`/config`); purges made here clear this PoP's cache only.
-    if let (Some(listener), Some(a)) = (crate::admin::bind(&config).await?, &config.admin) {
+    if let (Some(listener), Some(a)) = (admin_listener, &config.admin) {
         let (local_purges, _) = tokio::sync::broadcast::channel(16);
         let (_, token) = watch::channel(a.token.as_bytes().into());
         let admin = crate::admin::Admin::new(Arc::clone(&gateway), token, local_purges)

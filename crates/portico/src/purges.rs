@@ -466,8 +466,17 @@ impl PopPurges {
                 (held + bytes <= QUEUE_BYTES).then_some(held + bytes)
             })
             .is_ok();
-        if reserved && self.queue.try_send((link.clone(), id, scope)).is_ok() {
-            return;
+        if reserved {
+            match self.queue.try_send((link.clone(), id, scope)) {
+                Ok(()) => return,
+                // The applying task ended: the PoP is stopping, and its
+                // cache ends with it.
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.queued.fetch_sub(bytes, Ordering::Relaxed);
+                    return tracing::debug!(origin = %link.peer_id(), "purge after the stop; the cache ends with the PoP");
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {}
+            }
         }
         // The flag first, then the wake-up: the applying task, woken, must
         // find it set (a permit is kept if it is busy).
@@ -603,6 +612,25 @@ mod tests {
         purges.on_frame(&link, purge(1025));
         assert!(queue.dropped_some());
         assert!(!queue.dropped_some(), "once");
+    }
+
+    /// A purge that comes after the applying task ended (the PoP stops) is
+    /// dropped quietly: nothing is held for it, and no emptying is asked.
+    #[test]
+    fn a_purge_after_the_stop_is_dropped() {
+        let (purges, queue) = PopPurges::new();
+        let (link, _out) = ControlLink::new("origin-a", "r", portico_proto::Capabilities(0));
+        let overflowed = Arc::clone(&queue.overflowed);
+        drop(queue);
+        purges.on_frame(
+            &link,
+            Frame::Purge(Purge {
+                purge_id: 1,
+                scope: to_wire(&PurgeScope::All),
+            }),
+        );
+        assert_eq!(purges.queued.load(Ordering::Relaxed), 0);
+        assert!(!overflowed.load(Ordering::Relaxed));
     }
 
     /// The queue holds at most [`QUEUE_BYTES`] of purges, however few: a

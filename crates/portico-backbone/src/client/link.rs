@@ -295,7 +295,7 @@ fn on_frame(
     let link = &inner.links[index];
     let Some(frame) = frame? else {
         // The origin finished its control stream (after GoAway): no new requests.
-        link.set_state(LinkState::Draining);
+        draining(inner, index, c);
         return Ok(false);
     };
     c.checker.on_frame(frame.kind())?;
@@ -310,11 +310,25 @@ fn on_frame(
         Frame::Ping(p) => c.pongs.on_ping(&mut c.writer, p.nonce),
         Frame::GoAway(g) => {
             tracing::info!(origin = %c.ack.node_id, reason = %g.reason, "origin going away");
-            link.set_state(LinkState::Draining);
+            draining(inner, index, c);
         }
         other => inner.control.on_frame(&c.link, other),
     }
     Ok(true)
+}
+
+/// The origin drains the link: requests in flight finish on it, new ones
+/// go elsewhere, and so does the control traffic: an origin that said
+/// `GoAway` reads no more of its control stream, so the subsystems learn
+/// the link is down now (a lease asked of it would wait out its timeout,
+/// one given back to it would be lost) rather than when it closes.
+fn draining(inner: &Inner, index: usize, c: &mut Control) {
+    if matches!(*inner.links[index].state.borrow(), LinkState::Draining) {
+        return;
+    }
+    inner.links[index].set_state(LinkState::Draining);
+    c.outbox.close();
+    inner.control.link_down(&c.link);
 }
 
 /// Applies a delta; one that cannot be applied asks the origin for a

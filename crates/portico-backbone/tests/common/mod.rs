@@ -334,11 +334,20 @@ impl Origin {
 
     /// An origin whose control frames go to `control`.
     pub fn start_control(tls: &TlsMaterial, control: Arc<dyn ControlHandler>) -> Origin {
+        Self::start_control_with(tls, control, settings())
+    }
+
+    /// [`Origin::start_control`] with its own link settings.
+    pub fn start_control_with(
+        tls: &TlsMaterial,
+        control: Arc<dyn ControlHandler>,
+        link: LinkSettings,
+    ) -> Origin {
         Self::start_full(
             tls,
             localhost0(),
             definitions(""),
-            settings(),
+            link,
             Some(control),
             Self::identity(),
         )
