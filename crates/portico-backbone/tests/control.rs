@@ -100,9 +100,14 @@ struct Linked {
 /// Both see the link come up, with the intersection of the capabilities
 /// (plus configuration deltas, bit 0, which both backbones offer).
 async fn linked() -> Linked {
+    linked_with(settings()).await
+}
+
+/// [`linked`], the origin with its own link settings.
+async fn linked_with(link: portico_backbone::LinkSettings) -> Linked {
     let pki = Pki::new();
     let (at_origin, mut origin_events) = Recorder::new(true, 0b11);
-    let origin = Origin::start_control(&pki.material("origin-a"), at_origin.clone());
+    let origin = Origin::start_control_with(&pki.material("origin-a"), at_origin.clone(), link);
     let (at_pop, mut pop_events) = Recorder::new(false, 0b110);
     let pop = Pop::start_control(
         &pki.material("pop-a"),
@@ -126,21 +131,17 @@ async fn linked() -> Linked {
 /// finish on it, and no longer queue frames for it.
 #[tokio::test]
 async fn a_draining_origins_link_is_down_for_control_at_once() {
-    let pki = Pki::new();
-    let (at_origin, mut origin_events) = Recorder::new(true, 0b11);
     let drain = portico_backbone::LinkSettings {
         drain_timeout: Duration::from_secs(30),
         ..settings()
     };
-    let origin = Origin::start_control_with(&pki.material("origin-a"), at_origin.clone(), drain);
-    let (at_pop, mut pop_events) = Recorder::new(false, 0b110);
-    let pop = Pop::start_control(
-        &pki.material("pop-a"),
-        vec![origin_spec(origin.addr)],
-        at_pop.clone(),
-    );
-    assert_eq!(next(&mut origin_events).await, "up pop-a caps 3");
-    assert_eq!(next(&mut pop_events).await, "up origin-a caps 3");
+    let Linked {
+        origin,
+        at_pop,
+        mut pop_events,
+        pop,
+        ..
+    } = linked_with(drain).await;
     pop.wait_for_api("echo").await;
     let link = at_pop.link();
     let pop = Arc::new(pop);
