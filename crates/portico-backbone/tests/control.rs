@@ -169,6 +169,38 @@ async fn a_draining_origins_link_is_down_for_control_at_once() {
     stopping.abort();
 }
 
+/// What an origin queued for a PoP just before it stops (purges, lease
+/// answers) reaches the PoP before its `GoAway`.
+#[tokio::test]
+async fn frames_an_origin_queued_at_its_stop_reach_the_pop() {
+    let Linked {
+        at_origin,
+        origin,
+        mut pop_events,
+        pop,
+        ..
+    } = linked().await;
+    let link = at_origin.link();
+    for purge_id in 0..100 {
+        let purge = Frame::Purge(Purge {
+            purge_id,
+            scope: PurgeScope::All,
+        });
+        link.try_send(purge).unwrap();
+    }
+    origin.stop().await;
+    let mut purged = 0;
+    loop {
+        match next(&mut pop_events).await.as_str() {
+            "purge from origin-a" => purged += 1,
+            "down origin-a" => break,
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(purged, 100);
+    drop(pop);
+}
+
 /// What a PoP queued on its control stream just before it shuts down (the
 /// quota leases it hands back, for one) reaches the origin before the link
 /// closes.

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use portico_config::{Definitions, NodeConfig, Role};
 use portico_gateway::{Gateway, ServedModes};
@@ -99,12 +100,14 @@ pub async fn run(
     if backbone.is_some() || shared.is_some() {
         tasks.spawn(Arc::clone(&rates).run(stop_rx.clone()));
     }
+    let mut leases = None;
     if let Some(server) = backbone {
         // Purges made on the admin API reach every connected PoP.
         let to_pops = Arc::new(crate::purges::OriginPurges::default());
         tasks.spawn(Arc::clone(&to_pops).forward(purges.subscribe(), stop_rx.clone()));
         // PoPs lease quotas from this origin's book.
-        let leases = crate::quotas::OriginLeases::new(Arc::clone(&quota), defs_rx.clone());
+        let to_book = crate::quotas::OriginLeases::new(Arc::clone(&quota), defs_rx.clone());
+        leases = Some(Arc::clone(&to_book));
         let server = server.with_control(crate::control::Dispatch::new(vec![
             crate::control::Route {
                 kinds: crate::purges::KINDS,
@@ -112,7 +115,7 @@ pub async fn run(
             },
             crate::control::Route {
                 kinds: crate::quotas::KINDS,
-                handler: leases,
+                handler: to_book,
             },
             crate::control::Route {
                 kinds: crate::rates::KINDS,
@@ -142,7 +145,11 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
-    // What this origin holds of its own quota leases goes back to the book.
+    // The links are closed: what PoPs sent of their leases before is
+    // answered, then what this origin holds of its own goes back.
+    if let Some(leases) = leases {
+        leases.close(Duration::from_secs(5)).await;
+    }
     quota.close().await;
     Ok(())
 }

@@ -70,8 +70,10 @@ pub fn plan_and_key<'a>(
 /// next one (as after a reconnect) must have its return in the book first,
 /// or the ask may find the quota spent. A task per frame gave no such order.
 pub struct OriginLeases {
-    granter: Arc<Granter>,
-    queue: OnceLock<mpsc::Sender<(ControlLink, QuotaFrame)>>,
+    /// The queue of the task that answers quota frames in order; `None`
+    /// once closed.
+    queue: Mutex<Option<mpsc::Sender<(ControlLink, QuotaFrame)>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The control frames [`OriginLeases`] answers.
@@ -90,34 +92,42 @@ struct Granter {
 }
 
 impl OriginLeases {
+    /// Starts the task that answers quota frames, on the node's runtime
+    /// (not a link's, which ends with its links at the stop, before what
+    /// it queued was answered): call within it.
     pub fn new(quotas: Arc<Quotas>, definitions: watch::Receiver<Arc<Definitions>>) -> Arc<Self> {
+        let granter = Granter {
+            quotas,
+            definitions,
+        };
+        let (tx, mut rx) = mpsc::channel::<(ControlLink, QuotaFrame)>(QUEUE);
+        let task = tokio::spawn(async move {
+            while let Some((link, frame)) = rx.recv().await {
+                match frame {
+                    QuotaFrame::Ask(req) => granter.answer(&link, req).await,
+                    QuotaFrame::Return(r) => {
+                        granter.release(&link, r.lease_id, r.unused).await;
+                    }
+                }
+            }
+        });
         Arc::new(Self {
-            granter: Arc::new(Granter {
-                quotas,
-                definitions,
-            }),
-            queue: OnceLock::new(),
+            queue: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
         })
     }
 
-    /// The queue of the task that answers quota frames in order (started
-    /// with the first frame, on the runtime of the control streams).
-    fn queue(&self) -> &mpsc::Sender<(ControlLink, QuotaFrame)> {
-        self.queue.get_or_init(|| {
-            let (tx, mut rx) = mpsc::channel::<(ControlLink, QuotaFrame)>(QUEUE);
-            let granter = Arc::clone(&self.granter);
-            tokio::spawn(async move {
-                while let Some((link, frame)) = rx.recv().await {
-                    match frame {
-                        QuotaFrame::Ask(req) => granter.answer(&link, req).await,
-                        QuotaFrame::Return(r) => {
-                            granter.release(&link, r.lease_id, r.unused).await;
-                        }
-                    }
-                }
-            });
-            tx
-        })
+    /// At the stop, once no link delivers frames any more: answers what is
+    /// queued (returns go into the book; a lease for a link that closed goes
+    /// straight back) within `within`, and takes no more.
+    pub async fn close(&self, within: Duration) {
+        drop(lock(&self.queue).take());
+        let Some(task) = lock(&self.task).take() else {
+            return;
+        };
+        if tokio::time::timeout(within, task).await.is_err() {
+            tracing::error!("quota frames from PoPs not answered before exit");
+        }
     }
 }
 
@@ -200,7 +210,11 @@ impl ControlHandler for OriginLeases {
             Frame::QuotaReturn(r) => QuotaFrame::Return(r),
             other => return tracing::debug!(frame = %other.kind(), "control frame ignored"),
         };
-        if self.queue().try_send((link.clone(), frame)).is_err() {
+        let queue = lock(&self.queue);
+        let Some(queue) = queue.as_ref() else {
+            return tracing::warn!(pop = %link.peer_id(), "quota frame after the stop: dropped");
+        };
+        if queue.try_send((link.clone(), frame)).is_err() {
             tracing::warn!(pop = %link.peer_id(), "quota frame dropped: the book is behind");
         }
     }
@@ -531,11 +545,58 @@ plans = ["p"]
 
     /// An origin's leases of [`DEFINITIONS`], its book in `dir`.
     fn origin_leases(dir: &std::path::Path) -> Arc<OriginLeases> {
+        origin_leases_and_book(dir).0
+    }
+
+    /// [`origin_leases`], and the book they grant from; a quota of 10 a day.
+    fn origin_leases_and_book(
+        dir: &std::path::Path,
+    ) -> (
+        Arc<OriginLeases>,
+        portico_quota::Book,
+        portico_quota::QuotaSpec,
+    ) {
         let quotas = Arc::new(Quotas::open(&dir.join("q.redb"), "origin").unwrap());
+        let book = quotas.book().unwrap().clone();
         let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
         let defs = Definitions::from_toml_str(&text, "origin").unwrap();
         let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
-        OriginLeases::new(quotas, defs_rx)
+        let spec = portico_quota::QuotaSpec {
+            limit: 10,
+            period: portico_quota::Period::Day,
+            offset: 0,
+        };
+        (OriginLeases::new(quotas, defs_rx), book, spec)
+    }
+
+    /// At the stop, what PoPs sent before their links closed is answered
+    /// before the node goes on to close its book: a return queued then is
+    /// in the book, and a frame after the close is dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn returns_queued_at_the_stop_reach_the_book() {
+        let dir = tempfile::tempdir().unwrap();
+        let (leases, book, spec) = origin_leases_and_book(dir.path());
+        let (link, _outbox) = ControlLink::new("pop-a", "", Capabilities(0));
+        let mut returns = Vec::new();
+        for _ in 0..5 {
+            let held = BookSource::grant_to(&book, "pop-a", "p", "k", spec, 2).await;
+            returns.push(held.unwrap().id);
+        }
+        for lease_id in returns {
+            let back = QuotaReturn {
+                lease_id,
+                unused: 2,
+            };
+            leases.on_frame(&link, Frame::QuotaReturn(back));
+        }
+        leases.close(Duration::from_secs(10)).await;
+        let again = BookSource::grant_to(&book, "pop-b", "p", "k", spec, 10).await;
+        assert_eq!(again.unwrap().granted, 10, "every return reached the book");
+        let late = QuotaReturn {
+            lease_id: 1,
+            unused: 1,
+        };
+        leases.on_frame(&link, Frame::QuotaReturn(late));
     }
 
     /// A PoP that stopped reading its control stream (its outbox full) holds
@@ -836,18 +897,7 @@ plans = ["p"]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_return_and_the_next_ask_are_answered_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let quotas = Arc::new(Quotas::open(&dir.path().join("q.redb"), "origin").unwrap());
-        let book = quotas.book().unwrap().clone();
-        let text = DEFINITIONS.replace("HASH", &stored_form("a-key-of-twenty-chars"));
-        let defs = Definitions::from_toml_str(&text, "origin").unwrap();
-        let (_defs_tx, defs_rx) = watch::channel(Arc::new(defs));
-        let leases = OriginLeases::new(quotas, defs_rx);
-        // pop-a holds the whole quota.
-        let spec = portico_quota::QuotaSpec {
-            limit: 10,
-            period: portico_quota::Period::Day,
-            offset: 0,
-        };
+        let (leases, book, spec) = origin_leases_and_book(dir.path());
         let held = BookSource::grant_to(&book, "pop-a", "p", "k", spec, 10).await;
         let mut lease_id = held.unwrap().id;
         let (link, mut outbox) = ControlLink::new("pop-a", "", Capabilities(0));

@@ -185,7 +185,7 @@ async fn control_loop<H>(mut c: Control, shared: Arc<Shared<H>>, conn: Connectio
         let stall = control::stall_deadline(pending, &mut progress);
         tokio::select! {
             changed = defs.changed(), if defs_open => defs_open = changed.is_ok(),
-            () = crate::settings::stopped(&mut stop) => return say_goaway(&mut c.writer).await,
+            () = crate::settings::stopped(&mut stop) => return say_goaway(&mut c).await,
             sent = c.writer.send_some(), if pending > 0 => {
                 if let Err(err) = sent {
                     return tracing::debug!(%err, "control stream closed");
@@ -235,15 +235,26 @@ fn on_frame(
     Ok(true)
 }
 
-/// A frame a control subsystem queued; one that cannot be encoded (too
-/// large) is logged and dropped, the link goes on.
-async fn say_goaway(w: &mut FrameWriter) {
+/// Sends what the subsystems queued, then `GoAway`, and finishes the
+/// control stream.
+async fn say_goaway(c: &mut Control) {
+    // What subsystems queued before the stop goes first (purges, lease
+    // answers); the PoP takes the link as down for them from `GoAway` on,
+    // and what they queue later fails at once.
+    c.outbox.close();
+    while let Ok(frame) = c.outbox.try_recv() {
+        c.writer.push_queued(&frame);
+    }
+    let w = &mut c.writer;
     let frame = Frame::GoAway(GoAway {
         reason: "origin shutting down".into(),
         last_stream_hint: 0,
     });
     if w.push(&frame).is_ok() && w.finish().await.is_ok() {
-        return;
+        // The link closes once this task ends, and a close discards what
+        // quinn has not delivered: wait until the PoP has acknowledged all
+        // of it (the link's own grace bounds the wait).
+        return w.stopped().await;
     }
     w.abort(ResetCode::Cancelled);
 }
