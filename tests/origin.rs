@@ -874,6 +874,25 @@ async fn malformed_requests_are_400() {
         assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
         assert!(reply.ends_with("{\"message\":\"Bad Request\"}"), "{reply}");
     }
+    // A Host that is no host: what HTTP/1.1's parser lets through (spaces,
+    // user info, a comma list) would reach the access log and the backend.
+    for host in [
+        "a b",
+        "echo.test client=10.0.0.1",
+        "user@localhost",
+        "a.test,b.test",
+    ] {
+        let request = format!("GET /prod/a HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let reply = raw_exchange(&f, request.as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{host}: {reply}"
+        );
+        assert!(
+            reply.ends_with("{\"message\":\"Bad Request\"}"),
+            "{host}: {reply}"
+        );
+    }
     // Nor after negotiating `h2` in the handshake: the request is HTTP/1.1.
     let request = b"GET /prod/a HTTP/1.1\r\nConnection: close\r\n\r\n";
     let reply = raw_exchange_alpn(&f, &[b"h2"], request).await;

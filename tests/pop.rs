@@ -219,6 +219,11 @@ async fn client_pop_origin_backend_over_http1_and_http2() {
         assert_eq!(json["path"], "/items/7");
         assert_eq!(json["query"], "x=1");
         assert_eq!(json["body_length"], 100_000);
+        // What the client addressed, port included, over either version
+        // (HTTP/2 names it in :authority, which the PoP passes on whole).
+        let port = f.pop.addrs("https")[0].port().to_string();
+        assert_eq!(json["headers"]["x-forwarded-host"], "localhost", "{h2}");
+        assert_eq!(json["headers"]["x-forwarded-port"], port.as_str(), "{h2}");
         let via = vias(&reply);
         assert!(
             via.contains("origin-a") && via.ends_with("1.1 pop-a"),

@@ -66,9 +66,17 @@ pub(crate) fn encode_request_head(
     pop_id: &str,
     dst: &mut BytesMut,
 ) -> Result<(), ProtoError> {
-    // HTTP/2 clients name the host in :authority, which the inner URI lost.
+    // HTTP/2 and HTTP/3 clients name the host in :authority, which the
+    // inner URI lost: its host and port, or the backend would be told of
+    // the scheme's default port (`X-Forwarded-Port`).
     let host = (!parts.headers.contains_key(http::header::HOST))
-        .then(|| HeaderValue::from_str(&ctx.host).ok())
+        .then(|| match ctx.port {
+            Some(port) => {
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{}:{port}", ctx.host)))
+                    .ok()
+            }
+            None => HeaderValue::from_str(&ctx.host).ok(),
+        })
         .flatten();
     let host = host
         .as_ref()

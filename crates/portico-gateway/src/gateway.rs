@@ -702,21 +702,67 @@ fn check_host_fields<B>(req: &Request<B>, conn: &ConnInfo) -> Result<(), Gateway
 
 /// The host the client addressed: HTTP/2's `:authority` or HTTP/1.1's `Host`.
 /// Both present and different is malformed (RFC 9113 §8.3.1).
+/// It must be a host as [`is_host`] reads one: HTTP/1.1's parser takes any
+/// visible text and spaces in `Host`, which would go on into the access log
+/// and to the backend (`X-Forwarded-Host`).
 fn host_of<B>(req: &Request<B>) -> Result<&str, GatewayError> {
     let authority = req.uri().authority().map(|a| a.as_str());
     let host = req.headers().get(header::HOST).map(|h| h.to_str());
-    match (authority, host) {
-        (_, Some(Err(_))) => Err(bad_host()),
-        (Some(a), Some(Ok(h))) if !a.eq_ignore_ascii_case(h) => Err(bad_host()),
-        (Some(a), _) => Ok(a),
-        (None, Some(Ok(h))) => Ok(h),
-        (None, None) => Ok(""),
+    let named = match (authority, host) {
+        (_, Some(Err(_))) => return Err(bad_host()),
+        (Some(a), Some(Ok(h))) if !a.eq_ignore_ascii_case(h) => return Err(bad_host()),
+        (Some(a), _) => a,
+        (None, Some(Ok(h))) => h,
+        (None, None) => "",
+    };
+    match is_host(named.as_bytes()) {
+        true => Ok(named),
+        false => Err(bad_host()),
     }
+}
+
+/// Whether `h` is empty or a host a client may address, with an optional
+/// port: a name of letters, digits, `-`, `.`, `_` and `~`, or an IP address
+/// in brackets (hex digits, `:` and `.`), then `:` and up to five digits.
+/// Narrower than RFC 3986's reg-name, which also takes `%`, `!`, `,`, `;`…
+/// and no DNS name has; no user info (`user@host`).
+fn is_host(h: &[u8]) -> bool {
+    let (name, port) = match h.first() {
+        Some(b'[') => {
+            let Some(end) = h.iter().position(|&c| c == b']') else {
+                return false;
+            };
+            let inside = &h[1..end];
+            let literal = !inside.is_empty()
+                && (inside.iter()).all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.'));
+            if !literal {
+                return false;
+            }
+            (None, &h[end + 1..])
+        }
+        _ => {
+            let end = h.iter().position(|&c| c == b':').unwrap_or(h.len());
+            (Some(&h[..end]), &h[end..])
+        }
+    };
+    let name_ok = name.is_none_or(|n| {
+        (!n.is_empty() || h.is_empty())
+            && n.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
+    });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => {
+            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+        }
+        Some(_) => false,
+    };
+    name_ok && port_ok
 }
 
 fn bad_host() -> GatewayError {
     GatewayError::client(ErrorKind::BadRequest)
-        .with_cause("Host and :authority disagree or Host is not text")
+        .with_cause("Host and :authority disagree, or Host is not a host")
 }
 
 fn log_error(record: &AccessRecord, err: &GatewayError) {
@@ -729,6 +775,47 @@ fn log_error(record: &AccessRecord, err: &GatewayError) {
         }
         ErrorSource::Internal => {
             tracing::error!(request_id = %record.request_id, error = %err, "internal error")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_host;
+
+    #[test]
+    fn a_host_is_a_name_or_a_bracketed_address_with_an_optional_port() {
+        for good in [
+            "",
+            "localhost",
+            "api.example.com",
+            "api.example.com:9443",
+            "a-b_c~d.test",
+            "127.0.0.1:8443",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::1]",
+        ] {
+            assert!(is_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a b",
+            "pets.execute-api.x client=10.0.0.1:1",
+            "a\tb",
+            "user@host",
+            "a,b",
+            "a:b",
+            "a:",
+            ":80",
+            "a:123456",
+            "[zz::1]",
+            "[]",
+            "[::1",
+            "[::1]x",
+            "a/b",
+            "é.test",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad}");
         }
     }
 }

@@ -81,7 +81,10 @@ pub fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
 /// Forwarding headers a client may send but only a proxy may set: removed
 /// from every request, the ones Portico knows set anew. A backend (or a
 /// framework's proxy support) that trusts its proxy reads them as facts.
-const CLIENT_FORWARDING: [HeaderName; 7] = [
+/// Besides the `X-Forwarded-*` family, the client-address headers of other
+/// proxies and CDNs, which libraries read before `X-Forwarded-For` (npm's
+/// `request-ip` takes `X-Client-IP` first), and Envoy's client certificate.
+const CLIENT_FORWARDING: [HeaderName; 13] = [
     X_FORWARDED_HOST,
     X_FORWARDED_PORT,
     HeaderName::from_static("x-forwarded-prefix"),
@@ -89,6 +92,12 @@ const CLIENT_FORWARDING: [HeaderName; 7] = [
     HeaderName::from_static("x-forwarded-scheme"),
     HeaderName::from_static("x-forwarded-ssl"),
     X_REAL_IP,
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-forwarded-client-cert"),
 ];
 
 // Names as constants: a `&str` name is parsed and validated at every call.
@@ -375,6 +384,12 @@ mod tests {
             ("x-forwarded-scheme", "http"),
             ("x-forwarded-prefix", "/evil"),
             ("x-real-ip", "203.0.113.9"),
+            ("x-client-ip", "203.0.113.9"),
+            ("true-client-ip", "203.0.113.9"),
+            ("cf-connecting-ip", "203.0.113.9"),
+            ("fastly-client-ip", "203.0.113.9"),
+            ("x-cluster-client-ip", "203.0.113.9"),
+            ("x-forwarded-client-cert", "Hash=0;Subject=\"CN=admin\""),
         ] {
             h.append(name, HeaderValue::from_static(value));
         }
@@ -394,8 +409,18 @@ mod tests {
         assert_eq!(h["x-forwarded-port"], "8443");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-real-ip"], "192.0.2.1");
-        assert!(!h.contains_key("x-forwarded-scheme"));
-        assert!(!h.contains_key("x-forwarded-prefix"));
+        for gone in [
+            "x-forwarded-scheme",
+            "x-forwarded-prefix",
+            "x-client-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "fastly-client-ip",
+            "x-cluster-client-ip",
+            "x-forwarded-client-cert",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]
