@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use portico_config::topology::LinkParams;
-use portico_netsim::{Link, TcpRelay, Timing, UdpRelay, duration_from_millis};
+use portico_netsim::{Link, NetsimError, TcpRelay, Timing, UdpRelay, duration_from_millis};
 
 use crate::AppError;
 use crate::topology::relays;
@@ -60,18 +60,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
     let link = args.link()?;
-    let tcp = TcpRelay::bind(listen, to, link.clone())
-        .await?
-        .with_timing(Timing::Precise);
+    let (tcp, udp) = bind(listen, to, udp, &link).await?;
+    let tcp = tcp.with_timing(Timing::Precise);
     let local = tcp.local_addr();
     println!("listening tcp {local}");
-    let udp = if udp {
-        // The same port as TCP, as an HTTP/3 entry of a topology.
-        let udp = UdpRelay::bind(local, to, link).await?;
-        println!("listening udp {}", udp.local_addr());
-        Some(udp.with_timing(Timing::Precise).spawn())
-    } else {
-        None
+    let udp = match udp {
+        Some(udp) => {
+            println!("listening udp {}", udp.local_addr());
+            Some(udp.with_timing(Timing::Precise).spawn())
+        }
+        None => None,
     };
     let tcp = tcp.spawn();
     println!("ready");
@@ -84,9 +82,75 @@ pub async fn run(
     Ok(())
 }
 
+/// How often a relay on port 0 draws again when the port TCP got is taken
+/// for UDP (as a topology's entries and listeners do).
+const TWIN_ATTEMPTS: usize = 16;
+
+/// The TCP relay on `listen`, and with `udp` a UDP relay on the same port,
+/// as an HTTP/3 entry of a topology. With port 0 the kernel picks TCP's
+/// port, which a UDP socket may hold already: then both are bound again.
+async fn bind(
+    listen: SocketAddr,
+    to: SocketAddr,
+    udp: bool,
+    link: &Link,
+) -> Result<(TcpRelay, Option<UdpRelay>), AppError> {
+    let retry = listen.port() == 0;
+    bind_from(std::iter::repeat(listen), retry, to, udp, link).await
+}
+
+/// [`bind`], TCP on each address `listens` offers in turn.
+async fn bind_from(
+    listens: impl Iterator<Item = SocketAddr>,
+    retry: bool,
+    to: SocketAddr,
+    udp: bool,
+    link: &Link,
+) -> Result<(TcpRelay, Option<UdpRelay>), AppError> {
+    let mut attempt = 0;
+    for listen in listens {
+        attempt += 1;
+        let tcp = TcpRelay::bind(listen, to, link.clone()).await?;
+        if !udp {
+            return Ok((tcp, None));
+        }
+        match UdpRelay::bind(tcp.local_addr(), to, link.clone()).await {
+            Ok(udp) => return Ok((tcp, Some(udp))),
+            Err(NetsimError::Bind { source, .. })
+                if retry
+                    && attempt < TWIN_ATTEMPTS
+                    && source.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(AppError::Usage("no address to listen on".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A UDP socket holding the port TCP got: with port 0 both are bound
+    /// again elsewhere, on one port; a port given by hand is an error.
+    #[tokio::test]
+    async fn a_relays_udp_twin_draws_again_when_its_port_is_taken() {
+        let holder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = holder.local_addr().unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let link = args(0.0, 0.0, 0.0, None).link().unwrap();
+        let offers = std::iter::once(taken).chain(std::iter::repeat(any));
+        let (tcp, udp) = bind_from(offers, true, to, true, &link).await.unwrap();
+        let udp = udp.unwrap();
+        assert_ne!(tcp.local_addr().port(), taken.port());
+        assert_eq!(tcp.local_addr().port(), udp.local_addr().port());
+        let offers = std::iter::once(taken).chain(std::iter::repeat(any));
+        let err = bind_from(offers, false, to, true, &link)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(&taken.to_string()), "{err}");
+    }
 
     fn args(delay_ms: f64, jitter_ms: f64, loss: f64, bandwidth_mbps: Option<f64>) -> LinkArgs {
         LinkArgs {

@@ -547,6 +547,12 @@ impl Fill {
         self.set_end(End::Complete);
     }
 
+    /// Readers see the body fail after what they read: it was whole by its
+    /// stream and not by its length.
+    pub(crate) fn cut_short(&self) {
+        self.set_end(End::Failed);
+    }
+
     fn fail(&self) -> FillResult {
         self.set_end(End::Failed);
         FillResult::Failed

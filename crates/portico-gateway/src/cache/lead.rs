@@ -492,6 +492,15 @@ impl FillTask {
         let reserved = &mut self.reserved;
         let result = run_fill(&fill, body, || reserved.release()).await;
         if let FillResult::Complete(body) = result {
+            // An upstream stream that ended cleanly but short of (or past)
+            // its Content-Length: its readers must not see a clean end.
+            let len: usize = body.iter().map(bytes::Bytes::len).sum();
+            if declared_length(&self.ex.headers).is_some_and(|n| n != len) {
+                tracing::debug!(
+                    "response body shorter or longer than its Content-Length; not stored"
+                );
+                return fill.cut_short();
+            }
             self.store(body).await;
             fill.close();
         } else {
@@ -514,11 +523,6 @@ impl FillTask {
             ..
         } = self;
         let stamp = ex.stamp;
-        let len: usize = body.iter().map(bytes::Bytes::len).sum();
-        if declared_length(&ex.headers).is_some_and(|n| n != len) {
-            tracing::debug!("response body shorter or longer than its Content-Length; not stored");
-            return;
-        }
         let primary_text = text.without_variant();
         let stored = match Stored::new(text, path, ex, body, &settings) {
             Ok(s) => Arc::new(s),

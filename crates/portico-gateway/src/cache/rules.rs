@@ -316,12 +316,16 @@ pub fn check_storable(
     Ok(())
 }
 
+/// `Vary: *`, or a member that is no header name: a response varying on
+/// what no request can be matched by is not stored (dropping the member
+/// would serve it to requests it does not fit).
 fn vary_star(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::VARY)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|n| n.trim_ascii() == b"*")
+        .map(<[u8]>::trim_ascii)
+        .any(|n| n == b"*" || !n.is_empty() && http::HeaderName::from_bytes(n).is_err())
 }
 
 /// Header names in `Vary`, lower case, sorted and unique.
@@ -702,6 +706,12 @@ mod tests {
             storable(200, &[("vary", "accept, *")], false),
             Err(NotStorable::VaryStar)
         );
+        // A member that is no header name cannot be matched either.
+        assert_eq!(
+            storable(200, &[("vary", "accept, x(y)")], false),
+            Err(NotStorable::VaryStar)
+        );
+        assert!(storable(200, &[("vary", "accept, ")], false).is_ok());
         assert_eq!(
             storable(200, &[("set-cookie", "a=b")], false),
             Err(NotStorable::SetCookie)

@@ -426,6 +426,31 @@ async fn a_broken_body_leaves_no_entry() {
     );
 }
 
+/// A body that ends short of its Content-Length (an upstream whose stream
+/// ended cleanly but early) ends in an error for its reader, not in a
+/// clean end of a short body, and is not stored.
+#[tokio::test]
+async fn a_body_short_of_its_length_ends_in_an_error() {
+    let g = gateway(Duration::ZERO, |_, _| Script {
+        headers: vec![
+            ("cache-control", "max-age=60".into()),
+            ("content-length", "10".into()),
+        ],
+        chunks: vec!["part"],
+        ..ok("", "")
+    });
+    for _ in 0..2 {
+        let r = send(&g, "GET", "/prod/short", &[]).await;
+        assert!(r.body.is_err(), "{}", r.cache_status());
+        assert!(
+            r.cache_status().contains("fwd=miss"),
+            "{}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(calls(&g), 2);
+}
+
 /// A response fresh for 1 s with ETag "v1"; a 304 fresh for 60 s to a
 /// request that names it.
 fn revalidated(req: &Request<Body>) -> Script {

@@ -91,12 +91,24 @@ impl Drop for Node {
 /// Starts a node and waits for its ready line. Unexpected exits after that are
 /// sent to `exits`.
 pub async fn start(spec: Spec<'_>, exits: mpsc::Sender<Exit>) -> Result<Node, UpError> {
+    let exe = std::env::current_exe().map_err(|source| UpError::Spawn {
+        node: spec.node.clone(),
+        source,
+    })?;
+    start_program(&exe, spec, exits).await
+}
+
+/// [`start`] with `exe` for the program.
+async fn start_program(
+    exe: &Path,
+    spec: Spec<'_>,
+    exits: mpsc::Sender<Exit>,
+) -> Result<Node, UpError> {
     let log = std::fs::File::create(&spec.log).map_err(super::file_error("creating", &spec.log))?;
     let spawn_err = |source| UpError::Spawn {
         node: spec.node.clone(),
         source,
     };
-    let exe = std::env::current_exe().map_err(spawn_err)?;
     let mut child = Command::new(exe)
         .args(&spec.args)
         .env(STOP_ON_STDIN_EOF, "1")
@@ -118,10 +130,16 @@ pub async fn start(spec: Spec<'_>, exits: mpsc::Sender<Exit>) -> Result<Node, Up
     let printed = match read {
         Ok(Some(printed)) => printed,
         Ok(None) => {
-            let status = child
-                .wait()
-                .await
-                .map_or_else(|e| e.to_string(), |s| s.to_string());
+            // Its stdout ended (or was no text) before `ready`: it is
+            // exiting, or alive and of no use; a second at most to find
+            // out which, then it is killed.
+            let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+                Ok(waited) => waited.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    "running, its stdout ended or not text; killed".into()
+                }
+            };
             let log = log_tail(&spec.log);
             return Err(UpError::NotReady {
                 node: spec.node,
@@ -225,4 +243,31 @@ pub fn log_tail(path: &Path) -> String {
     }
     let tail = lines[lines.len().saturating_sub(LINES)..].join("\n  ");
     format!("; last lines of {}:\n  {tail}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that closes its stdout before `ready` and stays up is
+    /// reported and killed at once, not waited for.
+    #[tokio::test]
+    async fn a_child_that_closes_its_stdout_and_lives_on_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = Spec {
+            node: "mute".into(),
+            args: vec!["-c".into(), "exec >&-; sleep 60".into()],
+            ready: "ready",
+            log: dir.path().join("mute.log"),
+        };
+        let (exits, _) = mpsc::channel(1);
+        let started = std::time::Instant::now();
+        let result = start_program(Path::new("/bin/sh"), spec, exits).await;
+        let Err(UpError::NotReady { node, status, .. }) = result else {
+            panic!("not refused as not ready");
+        };
+        assert_eq!(node, "mute");
+        assert_eq!(status, "running, its stdout ended or not text; killed");
+        assert!(started.elapsed() < READY_TIMEOUT, "{:?}", started.elapsed());
+    }
 }
