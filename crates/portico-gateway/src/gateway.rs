@@ -262,13 +262,21 @@ impl<U: Upstream> Gateway<U> {
         entry: Entry<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Body>, GatewayError> {
-        check_header_size(&req, self.settings.max_header_bytes)?;
-        check_host_fields(&req, conn)?;
-        record.host = host_of(&req)?.to_owned();
-        check_path(record.uri.path())?;
+        // A request refused for what it is, before the throttles, still
+        // costs its client's and the node's tokens (none for one a PoP
+        // forwards: it paid there), so that probing ends in 429.
+        let routed = matches!(entry, Entry::Routed { .. });
+        let refused = |err: GatewayError| {
+            self.limits
+                .charge_refused(conn.client_addr.ip(), routed, err)
+        };
+        check_header_size(&req, self.settings.max_header_bytes).map_err(refused)?;
+        check_host_fields(&req, conn).map_err(refused)?;
+        record.host = host_of(&req).map_err(refused)?.to_owned();
+        check_path(record.uri.path()).map_err(refused)?;
         // Routing, path parameters and the backend see the path without dot
         // segments, so `/public/../admin` cannot leave a route's prefix.
-        let path = without_dot_segments(record.uri.path())?;
+        let path = without_dot_segments(record.uri.path()).map_err(refused)?;
         let path = &*path;
         // Route with the snapshot current now; the request keeps its
         // definitions to the end. The table itself is only looked at (no
@@ -301,14 +309,11 @@ impl<U: Upstream> Gateway<U> {
                 api, stage, modes, ..
             } => table.resolve_in(api, stage, record.method.as_str(), path, modes),
         };
-        let (routed, claimed) = match entry {
-            Entry::Routed { principal, .. } => (true, principal),
-            Entry::Public(_) => (false, None),
+        let claimed = match entry {
+            Entry::Routed { principal, .. } => principal,
+            Entry::Public(_) => None,
         };
-        let resolved = resolved.map_err(|refusal| {
-            self.limits
-                .charge_refused(conn.client_addr.ip(), routed, refusal)
-        })?;
+        let resolved = resolved.map_err(refused)?;
         let mut ctx = RequestCtx {
             request_id: record.request_id.clone(),
             started: record.started.unwrap_or_else(Instant::now),
@@ -329,7 +334,9 @@ impl<U: Upstream> Gateway<U> {
             Arc::clone(&ctx.stage),
             Some(ctx.route_index),
         ));
-        let req = self.prepare_request(req, &resolved.inner_path, &ctx)?;
+        let req = self
+            .prepare_request(req, &resolved.inner_path, &ctx)
+            .map_err(refused)?;
         // API keys, throttles, quotas: before the cache, so that a refused request
         // never gets a cached answer.
         let mut own = None;

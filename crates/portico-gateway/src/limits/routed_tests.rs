@@ -172,6 +172,22 @@ async fn requests_refused_before_the_throttles_still_cost_the_client_tokens() {
     assert_eq!(public(&g, "/x", Some("not-a-key-0123456789")).await.0, 403);
     assert_eq!(public(&g, "/x", None).await.0, 403);
     assert_eq!(public(&g, "/x", Some(KEY)).await, too_many);
+    // Malformed requests, refused before routing: each 400 too.
+    let g = gateway_with(Some(per_ip));
+    let malformed = || async {
+        let req = Request::get("/prod/x").header("host", "a b");
+        let resp = g
+            .handle(
+                req.body(full("")).unwrap(),
+                &client_conn(),
+                Entry::Public(ServedModes::EDGE),
+            )
+            .await;
+        resp.status().as_u16()
+    };
+    assert_eq!(malformed().await, 400);
+    assert_eq!(malformed().await, 400);
+    assert_eq!(malformed().await, 429);
 }
 
 /// A CORS preflight the gateway answers itself still costs the client's
