@@ -383,10 +383,20 @@ async fn serve<H: Handler>(
 ) {
     let mut requests = JoinSet::new();
     let mut draining = false;
+    // A connection with no request for a while is closed, as TCP's are:
+    // QUIC's idle timeout never ends one whose client keeps pinging, nor
+    // one whose handshake never completes (its 0-RTT half is served).
+    // Checked every `idle`: closed at the second check in a row that
+    // finds no request in flight and none accepted since the first.
+    let idle = ctx.head_timeout;
+    let check = tokio::time::sleep(idle);
+    tokio::pin!(check);
+    let mut quiet = false;
     loop {
         tokio::select! {
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    quiet = false;
                     // Finished requests are reaped here, not joined as they
                     // finish: that would wake this task once per request.
                     while requests.try_join_next().is_some() {}
@@ -412,6 +422,17 @@ async fn serve<H: Handler>(
                 if requests.is_empty() {
                     break;
                 }
+            }
+            () = &mut check, if !draining => {
+                while requests.try_join_next().is_some() {}
+                if quiet && requests.is_empty() {
+                    tracing::debug!("idle HTTP/3 connection closed");
+                    admission.close();
+                    let _ = h3.shutdown(0).await;
+                    break;
+                }
+                quiet = requests.is_empty();
+                check.as_mut().reset(tokio::time::Instant::now() + idle);
             }
             () = wait_drain(&mut drain), if !draining => {
                 draining = true;

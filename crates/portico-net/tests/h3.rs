@@ -417,6 +417,39 @@ async fn a_request_stream_that_never_finishes_its_head_is_rejected() {
     assert_eq!(conn.get(&server.url("/echo")).await.status, 200);
 }
 
+/// A connection on which no request comes is closed (H3_NO_ERROR) after
+/// about twice the header read timeout, as a TCP one is: QUIC's own idle
+/// timeout would never end it, as its client keeps pinging.
+#[tokio::test]
+async fn a_connection_without_requests_is_closed_though_its_client_pings() {
+    let limits = HttpLimits {
+        header_read_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
+    let server = start(QuicSettings::default(), limits);
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(h3_client::tls_config(
+        std::slice::from_ref(&server.cert),
+    ))
+    .unwrap();
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(50)));
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(config, server.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("closed by the server");
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+        panic!("{closed:?}")
+    };
+    assert_eq!(close.error_code, quinn::VarInt::from_u32(0x100));
+}
+
 /// Four handshakes that never finish (through a relay that passes the
 /// client's packets to the server and drops the server's, as with a
 /// spoofed address), then a real client from the same address: it must
