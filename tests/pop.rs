@@ -640,9 +640,13 @@ async fn an_origin_stopping_finishes_the_requests_in_flight_through_a_pop() {
             .expect("every request reached the backend");
     }
     f.origin.signal("TERM");
-    // The origin's stop has begun (it says GoAway at once); then the
-    // backend answers.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The PoP heard the origin's GoAway: the requests are in flight on a
+    // draining link. Then the backend answers.
+    eventually(30, || async {
+        let log = std::fs::read_to_string(&f.pop_log).unwrap_or_default();
+        log.contains("origin going away").then_some(())
+    })
+    .await;
     release.notify_waiters();
     for request in in_flight {
         let reply = request.await.unwrap().expect("an answer");

@@ -760,7 +760,9 @@ fn is_host(h: &[u8]) -> bool {
     let port_ok = match port.split_first() {
         None => true,
         Some((b':', digits)) => {
-            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+            (1..=5).contains(&digits.len())
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u16>().is_ok())
         }
         Some(_) => false,
     };
@@ -815,6 +817,7 @@ mod tests {
             "a:",
             ":80",
             "a:123456",
+            "a:99999",
             "[zz::1]",
             "[]",
             "[::1",

@@ -66,6 +66,10 @@ pub struct H3Server<H> {
     pub handler: Arc<H>,
     /// HTTP/3 grease ([`crate::QuicSettings::grease`]).
     pub grease: bool,
+    /// The endpoint's QUIC idle timeout ([`crate::QuicSettings::idle_timeout`]):
+    /// a connection without requests is closed after it, or after
+    /// `header_read_timeout` if that is longer, twice.
+    pub idle_timeout: Duration,
 }
 
 /// An HTTP/3 listener whose socket is bound but not yet served.
@@ -147,8 +151,10 @@ impl<H: Handler> H3Listener<H> {
 
     fn start(self) -> Result<H3Server<H>, crate::NetError> {
         let grease = self.socket.grease();
+        let idle_timeout = self.socket.idle_timeout();
         Ok(H3Server {
             grease,
+            idle_timeout,
             endpoint: self.socket.start()?,
             default_api: self.default_api,
             limits: self.limits,
@@ -164,6 +170,8 @@ struct ConnCtx<H> {
     handshake: Handshake,
     /// How long a request stream may take to deliver its head.
     head_timeout: Duration,
+    /// How often an idle connection is checked (see [`serve`]).
+    idle_timeout: Duration,
     /// How long a response may wait with the client taking none of it.
     send_timeout: Duration,
     /// The flows of the connection's request streams.
@@ -346,6 +354,7 @@ impl<H: Handler> H3Server<H> {
             info: Arc::new(info),
             handshake,
             head_timeout: self.limits.header_read_timeout,
+            idle_timeout: self.idle_timeout.max(self.limits.header_read_timeout),
             send_timeout: self.limits.send_timeout,
             flows: Arc::default(),
         };
@@ -386,9 +395,10 @@ async fn serve<H: Handler>(
     // A connection with no request for a while is closed, as TCP's are:
     // QUIC's idle timeout never ends one whose client keeps pinging, nor
     // one whose handshake never completes (its 0-RTT half is served).
-    // Checked every `idle`: closed at the second check in a row that
-    // finds no request in flight and none accepted since the first.
-    let idle = ctx.head_timeout;
+    // Checked every `idle` (the QUIC idle timeout, or the header read
+    // timeout if longer): closed at the second check in a row that finds
+    // no request in flight and none accepted since the first.
+    let idle = ctx.idle_timeout;
     let check = tokio::time::sleep(idle);
     tokio::pin!(check);
     let mut quiet = false;

@@ -153,6 +153,7 @@ pub struct QuicSocket {
     socket: std::net::UdpSocket,
     config: quinn::ServerConfig,
     grease: bool,
+    idle_timeout: Duration,
 }
 
 impl QuicSocket {
@@ -174,6 +175,7 @@ impl QuicSocket {
             socket,
             config,
             grease: settings.grease,
+            idle_timeout: settings.idle_timeout,
         })
     }
 
@@ -184,6 +186,11 @@ impl QuicSocket {
     /// Whether HTTP/3 on this socket sends grease ([`QuicSettings::grease`]).
     pub fn grease(&self) -> bool {
         self.grease
+    }
+
+    /// Its QUIC idle timeout ([`QuicSettings::idle_timeout`]).
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// Starts the endpoint on the current tokio runtime.

@@ -181,6 +181,7 @@ fn start(settings: QuicSettings, limits: HttpLimits) -> TestServer {
         limits,
         handler: Arc::clone(&handler),
         grease: settings.grease,
+        idle_timeout: settings.idle_timeout,
     };
     let (stop, stopped) = oneshot::channel();
     let done = tokio::spawn(server.run(async move {
@@ -418,15 +419,19 @@ async fn a_request_stream_that_never_finishes_its_head_is_rejected() {
 }
 
 /// A connection on which no request comes is closed (H3_NO_ERROR) after
-/// about twice the header read timeout, as a TCP one is: QUIC's own idle
-/// timeout would never end it, as its client keeps pinging.
+/// about twice its idle timeout, as a TCP one is: QUIC's own idle timeout
+/// would never end it, as its client keeps pinging.
 #[tokio::test]
 async fn a_connection_without_requests_is_closed_though_its_client_pings() {
     let limits = HttpLimits {
         header_read_timeout: Duration::from_millis(300),
         ..HttpLimits::default()
     };
-    let server = start(QuicSettings::default(), limits);
+    let settings = QuicSettings {
+        idle_timeout: Duration::from_millis(300),
+        ..QuicSettings::default()
+    };
+    let server = start(settings, limits);
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(h3_client::tls_config(
         std::slice::from_ref(&server.cert),
     ))

@@ -122,11 +122,14 @@ impl OriginLeases {
     /// straight back) within `within`, and takes no more.
     pub async fn close(&self, within: Duration) {
         drop(lock(&self.queue).take());
-        let Some(task) = lock(&self.task).take() else {
+        let Some(mut task) = lock(&self.task).take() else {
             return;
         };
-        if tokio::time::timeout(within, task).await.is_err() {
+        if tokio::time::timeout(within, &mut task).await.is_err() {
             tracing::error!("quota frames from PoPs not answered before exit");
+            // Ended before the book closes, not left running beside it.
+            task.abort();
+            let _ = task.await;
         }
     }
 }

@@ -162,6 +162,9 @@ pub(crate) struct Shared<H> {
     pub(crate) deltas: config::DeltaCache,
     /// Request tasks running on every link (the drivers coalesce while several are).
     pub(crate) in_flight: InFlight,
+    /// Set once a link has seen `stop`: read by every request as it ends,
+    /// without the watch's lock.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
 }
 
 impl BackboneServer {
@@ -304,6 +307,7 @@ impl BackboneServer {
             control: self.control,
             deltas: config::DeltaCache::default(),
             in_flight,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let links = TaskTracker::new();
         let mut turn = runtimes.iter().cycle();

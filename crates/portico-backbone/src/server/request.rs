@@ -37,7 +37,10 @@ pub(super) async fn accept_streams<H: RequestHandler>(
     let peer = conn.remote_address();
     loop {
         let accepted = tokio::select! {
-            () = crate::settings::stopped(&mut stop) => break,
+            () = crate::settings::stopped(&mut stop) => {
+                shared.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
             accepted = conn.accept_bi() => accepted,
         };
         let Ok((send, recv)) = accepted else { return };
@@ -56,7 +59,9 @@ pub(super) async fn accept_streams<H: RequestHandler>(
         )));
     }
     if !drain(conn, &mut streams, shared.settings.drain_timeout).await {
-        tracing::warn!("requests still in flight after the drain timeout; resetting them");
+        tracing::warn!(
+            "requests still in flight (or their responses not yet acknowledged) after the drain timeout; resetting them"
+        );
         streams.abort_all();
         while streams.join_next().await.is_some() {}
     }
@@ -152,8 +157,8 @@ async fn serve_stream<H: RequestHandler>(
     // task is done, and a close discards what quinn has not yet delivered,
     // so this task lasts until the PoP has acknowledged the whole response
     // (the drain's own deadline bounds it).
-    let delivered =
-        (matches!(outcome, Some(Ok(()))) && *shared.stop.borrow()).then(|| writer.stopped());
+    let stopping = shared.stopping.load(std::sync::atomic::Ordering::Relaxed);
+    let delivered = (matches!(outcome, Some(Ok(()))) && stopping).then(|| writer.stopped());
     finish(writer, outcome, request_id.unwrap_or("")).await;
     if let Some(delivered) = delivered {
         delivered.await;
