@@ -30,6 +30,9 @@ const DATA: u64 = 0x00;
 const GOAWAY: u64 = 0x07;
 /// The control stream type (RFC 9114 §6.2.1).
 const CONTROL_STREAM: u64 = 0x00;
+/// The QPACK encoder and decoder stream types (RFC 9204 §4.2).
+const QPACK_ENCODER_STREAM: u64 = 0x02;
+const QPACK_DECODER_STREAM: u64 = 0x03;
 
 /// What a stream's frames carrying no body may declare: frames other than
 /// DATA, and empty DATA frames.
@@ -148,9 +151,11 @@ enum State {
         left: u64,
         data: bool,
     },
-    /// Not frames: a QPACK encoder or decoder stream, or a stream type h3
-    /// reads no further (push, reserved).
+    /// Not frames: a stream type h3 reads no further (push, reserved).
     Opaque,
+    /// A QPACK encoder or decoder stream, which h3 keeps and never reads
+    /// (its bytes pass as they are; see [`FrameWatch::is_qpack`]).
+    Qpack,
     Refused(Violation),
 }
 
@@ -210,6 +215,12 @@ impl FrameWatch {
         }
     }
 
+    /// Whether the stream is a QPACK encoder or decoder stream (known once
+    /// its type has passed).
+    pub(crate) fn is_qpack(&self) -> bool {
+        matches!(self.state, State::Qpack)
+    }
+
     /// Why the stream was refused, once it was: nothing more of it may pass.
     pub(crate) fn refused(&self) -> Option<Violation> {
         match self.state {
@@ -267,7 +278,7 @@ impl FrameWatch {
         let mut at = 0;
         while let Some(&byte) = bytes.get(at) {
             match &mut self.state {
-                State::Opaque => {
+                State::Opaque | State::Qpack => {
                     part(Part::Verbatim(at..bytes.len()));
                     return Ok(());
                 }
@@ -290,10 +301,10 @@ impl FrameWatch {
                 State::StreamType(ty) => {
                     part(Part::Verbatim(at..at + 1));
                     if let Some(ty) = ty.push(byte) {
-                        self.state = if ty == CONTROL_STREAM {
-                            State::FrameType(VarInt::default())
-                        } else {
-                            State::Opaque
+                        self.state = match ty {
+                            CONTROL_STREAM => State::FrameType(VarInt::default()),
+                            QPACK_ENCODER_STREAM | QPACK_DECODER_STREAM => State::Qpack,
+                            _ => State::Opaque,
                         };
                     }
                 }

@@ -188,7 +188,8 @@ impl<B: Buf> quic::Connection<B> for Connection {
     ) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
         let inner = ready!(quic::Connection::<B>::poll_accept_recv(&mut self.inner, cx))?;
         Poll::Ready(Ok(RecvStream {
-            inner,
+            id: quic::RecvStream::recv_id(&inner),
+            inner: Some(inner),
             watch: FrameWatch::unidirectional(self.caps.control),
             critical: Some(self.quic.clone()),
         }))
@@ -657,7 +658,9 @@ impl Drop for RequestReader {
 
 /// A client's unidirectional stream.
 pub(crate) struct RecvStream {
-    inner: h3_quinn::RecvStream,
+    id: StreamId,
+    /// `None` once a QPACK stream was handed to [`drain_qpack`].
+    inner: Option<h3_quinn::RecvStream>,
     watch: FrameWatch,
     /// The connection, for a stream that cannot be refused alone (the
     /// control stream: the only unidirectional stream read as frames).
@@ -671,13 +674,24 @@ impl quic::RecvStream for RecvStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
-        let violation = match ready!(watched(&mut self.inner, &mut self.watch, cx)) {
-            Ok(data) => return Poll::Ready(Ok(data)),
+        // A QPACK stream h3 will not read again: it is read by its drain.
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Pending;
+        };
+        let violation = match ready!(watched(inner, &mut self.watch, cx)) {
+            Ok(data) => {
+                if self.watch.is_qpack()
+                    && let (Some(stream), Some(quic)) = (self.inner.take(), &self.critical)
+                {
+                    tokio::spawn(drain_qpack(stream, quic.clone()));
+                }
+                return Poll::Ready(Ok(data));
+            }
             Err(Refusal::Read(err)) => return Poll::Ready(Err(err)),
             Err(Refusal::Caps(violation)) => violation,
         };
         let Some(quic) = &self.critical else {
-            return Poll::Ready(Err(refuse_request(&mut self.inner, violation)));
+            return Poll::Ready(Err(refuse_request(inner, violation)));
         };
         let err = NetError::from(violation);
         let reason = b"control stream frame over the limit";
@@ -690,11 +704,45 @@ impl quic::RecvStream for RecvStream {
     }
 
     fn stop_sending(&mut self, error_code: u64) {
-        self.inner.stop_sending(error_code);
+        if let Some(inner) = self.inner.as_mut() {
+            inner.stop_sending(error_code);
+        }
     }
 
     fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
+        self.id
+    }
+}
+
+/// What a client's QPACK encoder or decoder stream may carry: the dynamic
+/// table is off (capacity 0), so an encoder has nothing to insert and a
+/// decoder nothing to acknowledge; a few instructions at most.
+const QPACK_STREAM_CAP: usize = 4096;
+
+/// Reads a client's QPACK stream after its type, which h3 keeps and never
+/// reads: unread, up to a stream window of it would stay buffered for the
+/// connection's life. Past [`QPACK_STREAM_CAP`] the connection is closed
+/// (`H3_EXCESSIVE_LOAD`), and so it is when the client closes the stream
+/// (`H3_CLOSED_CRITICAL_STREAM`, RFC 9204 §4.2).
+async fn drain_qpack(mut stream: h3_quinn::RecvStream, conn: quinn::Connection) {
+    let mut seen = 0usize;
+    loop {
+        let read = std::future::poll_fn(|cx| quic::RecvStream::poll_data(&mut stream, cx)).await;
+        match read {
+            Ok(Some(bytes)) => {
+                seen = seen.saturating_add(bytes.len());
+                if seen > QPACK_STREAM_CAP {
+                    let reason = b"a QPACK stream past what a table of capacity 0 needs";
+                    return conn.close(varint(Code::H3_EXCESSIVE_LOAD.value()), reason);
+                }
+            }
+            Ok(None) => {
+                let reason = b"a QPACK stream closed";
+                return conn.close(varint(Code::H3_CLOSED_CRITICAL_STREAM.value()), reason);
+            }
+            // The connection or the stream ended: nothing left to hold.
+            Err(_) => return,
+        }
     }
 }
 

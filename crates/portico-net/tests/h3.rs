@@ -681,6 +681,36 @@ fn stopped_for_load(err: &Option<quinn::WriteError>) -> bool {
 /// A reserved frame on the control stream declaring 2^40 bytes, then bytes
 /// for ever: h3 alone would buffer all of them (and QUIC grant credit for
 /// more as it read). The connection is closed at the frame's header.
+/// A client's QPACK encoder or decoder stream, which h3 never reads, is
+/// read here: more than a table of capacity 0 needs closes the connection
+/// (H3_EXCESSIVE_LOAD), and so does closing the stream
+/// (H3_CLOSED_CRITICAL_STREAM), instead of a stream window of it held
+/// for the connection's life.
+#[tokio::test]
+async fn a_qpack_stream_is_read_and_held_to_what_it_needs() {
+    let server = start_default();
+    let client = server.client();
+    for (ty, flood_it, code) in [(0x02u8, true, 0x107u32), (0x03, false, 0x104)] {
+        let quic = server.raw(&client).await;
+        let mut stream = quic.open_uni().await.unwrap();
+        stream.write_all(&[ty]).await.unwrap();
+        if flood_it {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(20), flood(&mut stream, &[0; 16 * 1024]))
+                    .await;
+        } else {
+            stream.finish().unwrap();
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(20), quic.closed())
+            .await
+            .expect("the server closed the connection");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == code.into()),
+            "{closed:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_control_frame_declaring_too_much_closes_the_connection() {
     let server = start_default();
