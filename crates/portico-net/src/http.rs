@@ -158,6 +158,9 @@ impl<H: Handler> TcpServer<H> {
         let graceful = GracefulShutdown::new();
         let acceptor = self.tls.clone().map(TlsAcceptor::from);
         let shared = Arc::new(self);
+        // Held here, so that those left after the drain are ended with this
+        // function (on a shared runtime they would outlive the listener).
+        let mut conns = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -180,6 +183,7 @@ impl<H: Handler> TcpServer<H> {
                 },
             };
             let _ = stream.set_nodelay(true);
+            while conns.try_join_next().is_some() {}
             if shared.proxy.is_some() {
                 // The client's cap is taken once its header names it.
                 let conn = shared.clone().proxied(
@@ -189,7 +193,7 @@ impl<H: Handler> TcpServer<H> {
                     acceptor.clone(),
                     graceful.watcher(),
                 );
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     conn.await;
                     drop(permit);
                 });
@@ -207,7 +211,7 @@ impl<H: Handler> TcpServer<H> {
                 graceful.watcher(),
                 shared.limits.handshake_timeout,
             );
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 conn.await;
                 drop((permit, client));
             });
@@ -218,7 +222,9 @@ impl<H: Handler> TcpServer<H> {
             .is_err()
         {
             tracing::warn!("connections still open after the drain timeout; closing them");
+            conns.abort_all();
         }
+        while conns.join_next().await.is_some() {}
     }
 
     /// Serves on `workers` dedicated threads, each running its own

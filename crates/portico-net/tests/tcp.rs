@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -35,10 +35,16 @@ const IDLE: Duration = Duration::from_millis(300);
 #[derive(Default)]
 struct Streams {
     refused: AtomicUsize,
+    /// Requests to `/hang` (which are never answered).
+    hung: AtomicUsize,
 }
 
 impl Handler for Streams {
     async fn call(&self, req: Request<Body>, conn: Arc<ConnInfo>) -> Response<Body> {
+        if req.uri().path() == "/hang" {
+            self.hung.fetch_add(1, Ordering::SeqCst);
+            return std::future::pending().await;
+        }
         if req.uri().path() == "/addresses" {
             let text = format!("{} {}", conn.client_addr, conn.local_addr);
             return Response::new(portico_gateway::body::full(text));
@@ -262,6 +268,29 @@ async fn an_idle_http2_connection_is_closed() {
     let got = exchange(&server, b"h2", preface).await;
     // The server's SETTINGS frame came first: HTTP/2 was served, then closed.
     assert_eq!(got.get(3), Some(&4), "{got:?}");
+}
+
+/// A connection still busy when the drain timeout passes is closed then,
+/// also on the caller's runtime (which goes on after the listener).
+#[tokio::test]
+async fn a_connection_left_after_the_drain_timeout_is_closed() {
+    let server = start_limits(HttpLimits {
+        drain_timeout: Duration::from_millis(200),
+        ..HttpLimits::default()
+    })
+    .await;
+    let mut tls = connect(&server, b"http/1.1").await;
+    tls.write_all(b"GET /hang HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.handler.hung.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(server._stop);
+    let closed = tokio::time::timeout(Duration::from_secs(20), read_until_closed(&mut tls)).await;
+    assert!(closed.is_ok(), "the connection outlived the drain");
 }
 
 #[tokio::test]
