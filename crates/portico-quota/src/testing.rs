@@ -156,8 +156,10 @@ impl Redis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (the Debian package redis-server; .ci/run installs it)");
+        // Ready once it accepts: the socket's file appears when it is bound,
+        // a moment before the server listens (a connection then is refused).
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server did not start"
