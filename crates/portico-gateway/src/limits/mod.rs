@@ -337,7 +337,7 @@ impl Limits {
     ) -> Result<Admitted, GatewayError> {
         let set = self.set.load();
         let limiters = set.stage(&ctx.api.name, &ctx.stage.name);
-        let route = limiters.and_then(|s| s.route(ctx.route_index));
+        let route = limiters.and_then(|s| s.route(ctx.route_index, &ctx.route().key));
         let stage = limiters.and_then(|s| s.stage.as_ref());
         // Most plans set no stage or route throttle: an empty map, no hash.
         let narrower = plan.and_then(|(_, p)| limiters?.plan(&p.name));

@@ -23,8 +23,8 @@ pub(crate) struct LimiterSet {
 #[derive(Debug, Default)]
 pub(crate) struct StageLimiters {
     pub stage: Option<Arc<SharedThrottle>>,
-    /// By route index of the stage's deployment.
-    routes: Vec<Option<Arc<SharedThrottle>>>,
+    /// By route index of the stage's deployment, with the route's key.
+    routes: Vec<Option<(String, Arc<SharedThrottle>)>>,
     /// By route key, to carry buckets over a reload and to apply shares.
     by_key: HashMap<String, Arc<SharedThrottle>>,
     /// By plan name: the per-key throttles a plan sets in this stage.
@@ -32,8 +32,13 @@ pub(crate) struct StageLimiters {
 }
 
 impl StageLimiters {
-    pub fn route(&self, index: usize) -> Option<&Arc<SharedThrottle>> {
-        self.routes.get(index)?.as_ref()
+    /// The throttle of the route at `index` whose key is `key`. A request
+    /// routed on the definitions before a reload carries its route's index
+    /// in those; the index may name another route here, whose bucket it
+    /// must not spend.
+    pub fn route(&self, index: usize, key: &str) -> Option<&Arc<SharedThrottle>> {
+        let (route, throttle) = self.routes.get(index)?.as_ref()?;
+        (route == key).then_some(throttle)
     }
 
     pub fn route_by_key(&self, key: &str) -> Option<&Arc<SharedThrottle>> {
@@ -137,7 +142,7 @@ impl LimiterSet {
                     if let Some(t) = &t {
                         s.by_key.insert(route.key.clone(), Arc::clone(t));
                     }
-                    s.routes.push(t);
+                    s.routes.push(t.map(|t| (route.key.clone(), t)));
                 }
                 stages.insert(stage.name.clone(), s);
             }
@@ -268,7 +273,8 @@ mod tests {
         let first = LimiterSet::build(&defs(5), None);
         let same = LimiterSet::build(&defs(5), Some(&first));
         let changed = LimiterSet::build(&defs(6), Some(&same));
-        let route = |s: &LimiterSet| Arc::clone(s.stage("a", "prod").unwrap().route(0).unwrap());
+        let route =
+            |s: &LimiterSet| Arc::clone(s.stage("a", "prod").unwrap().route(0, "GET /m").unwrap());
         let stage =
             |s: &LimiterSet| Arc::clone(s.stage("a", "prod").unwrap().stage.as_ref().unwrap());
         assert!(Arc::ptr_eq(&route(&first), &route(&same)));
@@ -277,6 +283,10 @@ mod tests {
         // The carried-over bucket keeps its state: burst 1 already spent.
         assert!(!route(&first).check().is_refused());
         assert!(route(&same).check().is_refused());
+        // An index that names another route (a request routed before a
+        // reload that moved routes) finds none.
+        let stage = first.stage("a", "prod").unwrap();
+        assert!(stage.route(0, "GET /other").is_none());
     }
 
     /// Definitions of API `a` (`endpoint`) with routes `GET /m` and `GET
