@@ -174,6 +174,15 @@ impl Outbox {
         self.rx.close();
         self.room.close();
     }
+
+    /// Closes the outbox and queues what it held on `writer`: a link
+    /// leaving sends what the subsystems queued before it did.
+    pub(crate) fn close_into(&mut self, writer: &mut FrameWriter) {
+        self.close();
+        while let Ok(frame) = self.try_recv() {
+            writer.push_queued(&frame);
+        }
+    }
 }
 
 impl Drop for Outbox {

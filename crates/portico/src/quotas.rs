@@ -70,11 +70,15 @@ pub fn plan_and_key<'a>(
 /// next one (as after a reconnect) must have its return in the book first,
 /// or the ask may find the quota spent. A task per frame gave no such order.
 pub struct OriginLeases {
-    /// The queue of the task that answers quota frames in order; `None`
-    /// once closed.
-    queue: Mutex<Option<mpsc::Sender<(ControlLink, QuotaFrame)>>>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The queue of the task that answers quota frames in order, and the
+    /// task; `None` once closed.
+    answering: Mutex<Option<Answering>>,
 }
+
+type Answering = (
+    mpsc::Sender<(ControlLink, QuotaFrame)>,
+    tokio::task::JoinHandle<()>,
+);
 
 /// The control frames [`OriginLeases`] answers.
 enum QuotaFrame {
@@ -112,8 +116,7 @@ impl OriginLeases {
             }
         });
         Arc::new(Self {
-            queue: Mutex::new(Some(tx)),
-            task: Mutex::new(Some(task)),
+            answering: Mutex::new(Some((tx, task))),
         })
     }
 
@@ -121,10 +124,11 @@ impl OriginLeases {
     /// queued (returns go into the book; a lease for a link that closed goes
     /// straight back) within `within`, and takes no more.
     pub async fn close(&self, within: Duration) {
-        drop(lock(&self.queue).take());
-        let Some(mut task) = lock(&self.task).take() else {
+        let Some((queue, mut task)) = lock(&self.answering).take() else {
             return;
         };
+        // Its queue gone, the task ends once it has answered the rest.
+        drop(queue);
         if tokio::time::timeout(within, &mut task).await.is_err() {
             tracing::error!("quota frames from PoPs not answered before exit");
             // Ended before the book closes, not left running beside it.
@@ -213,8 +217,8 @@ impl ControlHandler for OriginLeases {
             Frame::QuotaReturn(r) => QuotaFrame::Return(r),
             other => return tracing::debug!(frame = %other.kind(), "control frame ignored"),
         };
-        let queue = lock(&self.queue);
-        let Some(queue) = queue.as_ref() else {
+        let answering = lock(&self.answering);
+        let Some((queue, _)) = answering.as_ref() else {
             return tracing::warn!(pop = %link.peer_id(), "quota frame after the stop: dropped");
         };
         if queue.try_send((link.clone(), frame)).is_err() {

@@ -379,10 +379,7 @@ async fn goodbye(conn: &Connection, c: &mut Control) -> String {
     // What subsystems queued before the stop goes too (quota leases handed
     // back at shutdown, above all: lost, their requests stay counted as
     // used until the period ends).
-    c.outbox.close();
-    while let Ok(frame) = c.outbox.try_recv() {
-        c.writer.push_queued(&frame);
-    }
+    c.outbox.close_into(&mut c.writer);
     let frame = Frame::GoAway(GoAway {
         reason: "pop shutting down".into(),
         last_stream_hint: 0,

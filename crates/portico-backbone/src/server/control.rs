@@ -241,10 +241,7 @@ async fn say_goaway(c: &mut Control) {
     // What subsystems queued before the stop goes first (purges, lease
     // answers); the PoP takes the link as down for them from `GoAway` on,
     // and what they queue later fails at once.
-    c.outbox.close();
-    while let Ok(frame) = c.outbox.try_recv() {
-        c.writer.push_queued(&frame);
-    }
+    c.outbox.close_into(&mut c.writer);
     let w = &mut c.writer;
     let frame = Frame::GoAway(GoAway {
         reason: "origin shutting down".into(),

@@ -138,8 +138,13 @@ async fn a_key_the_pop_did_not_check_is_throttled_here() {
 /// A request from a client, `x-api-key` set to `key` when given: its
 /// status and body.
 async fn public(g: &Gateway<Ok200>, path: &str, key: Option<&str>) -> (u16, String) {
+    public_to(g, "a.example", path, key).await
+}
+
+/// [`public`] with `host` for its `Host`.
+async fn public_to(g: &Gateway<Ok200>, host: &str, path: &str, key: Option<&str>) -> (u16, String) {
     use http_body_util::BodyExt;
-    let mut req = Request::get(format!("/prod{path}")).header("host", "a.example");
+    let mut req = Request::get(format!("/prod{path}")).header("host", host);
     if let Some(key) = key {
         req = req.header("x-api-key", key);
     }
@@ -174,20 +179,10 @@ async fn requests_refused_before_the_throttles_still_cost_the_client_tokens() {
     assert_eq!(public(&g, "/x", Some(KEY)).await, too_many);
     // Malformed requests, refused before routing: each 400 too.
     let g = gateway_with(Some(per_ip));
-    let malformed = || async {
-        let req = Request::get("/prod/x").header("host", "a b");
-        let resp = g
-            .handle(
-                req.body(full("")).unwrap(),
-                &client_conn(),
-                Entry::Public(ServedModes::EDGE),
-            )
-            .await;
-        resp.status().as_u16()
-    };
-    assert_eq!(malformed().await, 400);
-    assert_eq!(malformed().await, 400);
-    assert_eq!(malformed().await, 429);
+    let bad_request = (400, r#"{"message":"Bad Request"}"#.to_owned());
+    assert_eq!(public_to(&g, "a b", "/x", None).await, bad_request);
+    assert_eq!(public_to(&g, "a b", "/x", None).await, bad_request);
+    assert_eq!(public_to(&g, "a b", "/x", None).await, too_many);
 }
 
 /// A CORS preflight the gateway answers itself still costs the client's
