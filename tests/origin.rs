@@ -600,11 +600,12 @@ async fn a_backends_misframed_answers_are_not_relayed_as_framed() {
 
 #[tokio::test]
 async fn refused_and_reset_backends_are_502() {
-    // A port with nothing listening: connection refused.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port with nothing listening: connection refused. The socket holds
+    // the port, bound but not listening, so no other test's backend can
+    // take it (one did once, and answered 200).
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = held.local_addr().unwrap();
     // A backend that accepts and slams the connection shut.
     let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let reset_addr = resetter.local_addr().unwrap();
