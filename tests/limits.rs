@@ -89,6 +89,21 @@ path = "/open"
 type = "mock"
 body = "ok"
 
+[[apis.routes]]
+method = "GET"
+path = "/open/{{proxy+}}"
+[apis.routes.integration]
+type = "mock"
+body = "open"
+
+[[apis.routes]]
+method = "GET"
+path = "/open/secret"
+api_key_required = true
+[apis.routes.integration]
+type = "mock"
+body = "secret"
+
 [[apis.stages]]
 name = "prod"
 
@@ -296,6 +311,24 @@ async fn forbidden_keys_get_403() {
         with_key(&c, &dev, KEY_ELSEWHERE.as_bytes()).await.status,
         200
     );
+    // Another spelling of a keyed route's path is that route, not the open
+    // greedy one beside it: backends read `%73ecret` and `//secret` as
+    // `secret`.
+    for path in [
+        "/prod/open/secret",
+        "/prod/open/%73ecret",
+        "/prod/open/%73%65cret",
+        "/prod/open//secret",
+        "/prod//open/secret",
+        "/prod/open/./secret",
+        "/prod/open/x/../secret",
+    ] {
+        assert_error(&get(&c, &f.url(path)).await, 403, "Forbidden");
+    }
+    // (The key's plan allows a burst of 3: one more request.)
+    let keyed = with_key(&c, &f.url("/prod/open//%73ecret"), KEY_A.as_bytes()).await;
+    assert_eq!((keyed.status, keyed.text()), (200, "secret".into()));
+    assert_eq!(get(&c, &f.url("/prod/open/%73ecret2")).await.text(), "open");
 }
 
 #[tokio::test]

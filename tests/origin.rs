@@ -916,7 +916,7 @@ fn echoed(reply: &str) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn dot_segments_are_resolved_and_never_climb_out_of_the_root() {
+async fn paths_are_normalized_and_never_climb_out_of_the_root() {
     let f = start("");
     let raw =
         |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
@@ -928,6 +928,10 @@ async fn dot_segments_are_resolved_and_never_climb_out_of_the_root() {
         ("/prod/a/b/%2e%2E", "/a/"),
         ("/prod/.well-known/x", "/.well-known/x"),
         ("/prod/a/.../b", "/a/.../b"),
+        // One form for one path: slashes merged, unreserved characters
+        // decoded, the other escapes in upper case.
+        ("/prod//a///b", "/a/b"),
+        ("/prod/%61%2fb%7E", "/a%2Fb~"),
     ] {
         let reply = raw_exchange(&f, raw(sent).as_bytes()).await;
         assert_eq!(echoed(&reply)["path"], seen, "{sent}");

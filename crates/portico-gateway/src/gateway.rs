@@ -274,9 +274,10 @@ impl<U: Upstream> Gateway<U> {
         check_host_fields(&req, conn).map_err(refused)?;
         record.host = host_of(&req).map_err(refused)?.to_owned();
         check_path(record.uri.path()).map_err(refused)?;
-        // Routing, path parameters and the backend see the path without dot
-        // segments, so `/public/../admin` cannot leave a route's prefix.
-        let path = without_dot_segments(record.uri.path()).map_err(refused)?;
+        // Routing, path parameters and the backend see the path in one
+        // form, so `/public/../admin`, `//admin` or `/%61dmin` cannot reach
+        // another route than `/admin` does.
+        let path = normal_path(record.uri.path()).map_err(refused)?;
         let path = &*path;
         // Route with the snapshot current now; the request keeps its
         // definitions to the end. The table itself is only looked at (no
@@ -458,7 +459,7 @@ impl<U: Upstream> Gateway<U> {
         let table = self.table.load();
         let default_api = conn.default_api.as_deref();
         // As routing sees it (`/pub/../int/x` is API `int`'s).
-        let path = without_dot_segments(record.uri.path()).ok()?;
+        let path = normal_path(record.uri.path()).ok()?;
         let (api, _, _) = table.locate(&record.host, &path, default_api, modes).ok()?;
         Some(api)
     }
@@ -609,10 +610,10 @@ fn check_header_size<B>(req: &Request<B>, limit: usize) -> Result<(), GatewayErr
 }
 
 /// `path` as requests are routed and keyed by: absolute, escapes well
-/// formed, dot segments resolved.
+/// formed, in its normal form ([`normal_path`]).
 pub(crate) fn routed_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
     check_path(path)?;
-    without_dot_segments(path)
+    normal_path(path)
 }
 
 /// A path must be absolute and its percent-escapes well formed.
@@ -634,30 +635,48 @@ fn check_path(path: &str) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// `path` with its `.` and `..` segments resolved (RFC 3986 §5.2.4), also
-/// when percent-encoded (`%2e`), as nginx does before it matches locations;
-/// a `..` above the root is refused (400), as nginx refuses it. Borrowed when
-/// there is none, which is nearly always.
-fn without_dot_segments(path: &str) -> Result<Cow<'_, str>, GatewayError> {
-    // `Some(1)` for `.`, `Some(2)` for `..`, `None` for any other segment.
-    let dot = |seg: &str| dots(seg).filter(|n| matches!(n, 1 | 2));
-    let segments = path.split('/').skip(1);
-    if !segments.clone().any(|seg| dot(seg).is_some()) {
+/// `path` in the one form routing, path parameters, cache keys and the
+/// backend see, so that spellings of one path cannot reach different routes
+/// (a route's key requirement, throttles and cache settings belong to the
+/// route): percent-encoded unreserved characters decoded (`%61dmin` is
+/// `admin`, RFC 3986 §6.2.2.2) and the other escapes' hex digits in upper
+/// case (§6.2.2.1); runs of `/` merged into one, as nginx's `merge_slashes`
+/// does; `.` and `..` segments resolved (§5.2.4), also when encoded
+/// (`%2e`), as nginx does before it matches locations; a `..` above the
+/// root is refused (400), as nginx refuses it. Borrowed when the path is in
+/// that form already, which is nearly always.
+fn normal_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    let bytes = path.as_bytes();
+    let recoded = bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'%'
+            && bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().any(u8::is_ascii_lowercase) || unreserved(h).is_some())
+    });
+    let merged = path.contains("//");
+    let dotted = path.split('/').skip(1).any(|seg| matches!(dots(seg), Some(1 | 2)));
+    if !recoded && !merged && !dotted {
         return Ok(Cow::Borrowed(path));
     }
+    let decoded = if recoded {
+        Cow::Owned(recode(path))
+    } else {
+        Cow::Borrowed(path)
+    };
     let mut kept: Vec<&str> = Vec::new();
     let mut trailing = false;
-    for seg in segments {
+    for seg in decoded.split('/').skip(1) {
         trailing = true;
-        match dot(seg) {
-            Some(1) => {}
-            Some(_) => {
+        match dots(seg) {
+            // An empty segment (`//`, or the last one of `/a/`) and `.`.
+            Some(0 | 1) => {}
+            Some(2) => {
                 if kept.pop().is_none() {
                     return Err(GatewayError::client(ErrorKind::BadRequest)
                         .with_cause(format!("path {path:?} climbs above the root")));
                 }
             }
-            None => {
+            _ => {
                 trailing = false;
                 kept.push(seg);
             }
@@ -672,6 +691,34 @@ fn without_dot_segments(path: &str) -> Result<Cow<'_, str>, GatewayError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// The unreserved character (RFC 3986 §2.3) two hex digits encode, if any.
+fn unreserved(hex: &[u8]) -> Option<char> {
+    let text = std::str::from_utf8(hex).ok()?;
+    let c = char::from(u8::from_str_radix(text, 16).ok()?);
+    (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
+}
+
+/// `path` (its escapes well formed) with encoded unreserved characters
+/// decoded and every other escape's hex digits in upper case.
+fn recode(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let hex = rest.get(at + 1..at + 3).unwrap_or_default();
+        match unreserved(hex.as_bytes()) {
+            Some(c) => out.push(c),
+            None => {
+                out.push('%');
+                out.push_str(&hex.to_ascii_uppercase());
+            }
+        }
+        rest = rest.get(at + 3..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
 }
 
 /// How many dots `seg` spells (`.`, `%2e`, `%2E` each count one), if it
@@ -790,7 +837,34 @@ fn log_error(record: &AccessRecord, err: &GatewayError) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_host;
+    use std::borrow::Cow;
+
+    use super::{is_host, routed_path};
+
+    #[test]
+    fn a_path_has_one_normal_form() {
+        for (sent, normal) in [
+            ("/prod/%61dmin", "/prod/admin"),
+            ("/prod/%41%7e%2D%5f%2e%30", "/prod/A~-_.0"),
+            ("/prod//admin", "/prod/admin"),
+            ("//prod///a//", "/prod/a/"),
+            ("/prod/a%2fb%3f", "/prod/a%2Fb%3F"),
+            ("/prod/%c3%a9", "/prod/%C3%A9"),
+            ("/prod/a/%2e%2E/b", "/prod/b"),
+            ("/prod/%2E/b/.", "/prod/b/"),
+            ("/", "/"),
+            ("//", "/"),
+        ] {
+            assert_eq!(routed_path(sent).ok().as_deref(), Some(normal), "{sent}");
+        }
+        // Already normal: the path itself, not a copy.
+        for sent in ["/prod/admin", "/prod/a/", "/prod/a%2Fb", "/prod/.well-known/x", "/"] {
+            assert!(matches!(routed_path(sent), Ok(Cow::Borrowed(_))), "{sent}");
+        }
+        for bad in ["/%61%2e/..//..", "/prod/%zz", "/prod/%4", "prod/a"] {
+            assert!(routed_path(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_host_is_a_name_or_a_bracketed_address_with_an_optional_port() {
