@@ -654,7 +654,17 @@ fn normal_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
                 .is_some_and(|h| h.iter().any(u8::is_ascii_lowercase) || unreserved(h).is_some())
     });
     let merged = path.contains("//");
-    let dotted = path.split('/').skip(1).any(|seg| matches!(dots(seg), Some(1 | 2)));
+    let dotted = path
+        .split('/')
+        .skip(1)
+        .any(|seg| matches!(dots(seg), Some(1 | 2)));
+    if hides_dot_segment(path) {
+        return Err(
+            GatewayError::client(ErrorKind::BadRequest).with_cause(format!(
+                "path {path:?} has a dot segment behind an escaped slash"
+            )),
+        );
+    }
     if !recoded && !merged && !dotted {
         return Ok(Cow::Borrowed(path));
     }
@@ -691,6 +701,28 @@ fn normal_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// Whether a segment of `path`, split at its escaped slashes (`%2F`, and
+/// `%5C`, a slash to some servers), holds a `.` or `..` piece: a backend
+/// that decodes before it resolves (nginx does) reads `/public/..%2Fadmin`
+/// as `/admin`, which routing here would take for a path under `/public`.
+/// Refused rather than resolved: no client has a reason to send one.
+fn hides_dot_segment(path: &str) -> bool {
+    const SLASHES: [&str; 4] = ["%2F", "%2f", "%5C", "%5c"];
+    path.contains('%')
+        && path.split('/').any(|seg| {
+            if !SLASHES.iter().any(|slash| seg.contains(slash)) {
+                return false;
+            }
+            let mut pieces = seg.to_owned();
+            for slash in SLASHES {
+                pieces = pieces.replace(slash, "/");
+            }
+            pieces
+                .split('/')
+                .any(|piece| matches!(dots(piece), Some(1 | 2)))
+        })
 }
 
 /// The unreserved character (RFC 3986 §2.3) two hex digits encode, if any.
@@ -858,10 +890,27 @@ mod tests {
             assert_eq!(routed_path(sent).ok().as_deref(), Some(normal), "{sent}");
         }
         // Already normal: the path itself, not a copy.
-        for sent in ["/prod/admin", "/prod/a/", "/prod/a%2Fb", "/prod/.well-known/x", "/"] {
+        for sent in [
+            "/prod/admin",
+            "/prod/a/",
+            "/prod/a%2Fb",
+            "/prod/a%2F...%2Fb",
+            "/prod/.well-known/x",
+            "/",
+        ] {
             assert!(matches!(routed_path(sent), Ok(Cow::Borrowed(_))), "{sent}");
         }
-        for bad in ["/%61%2e/..//..", "/prod/%zz", "/prod/%4", "prod/a"] {
+        for bad in [
+            "/%61%2e/..//..",
+            "/prod/%zz",
+            "/prod/%4",
+            "prod/a",
+            "/prod/public/..%2Fadmin",
+            "/prod/public/%2e%2e%2fadmin",
+            "/prod/public/..%5cadmin",
+            "/prod/public/x%2F.",
+            "/prod/public/%2F..%2F",
+        ] {
             assert!(routed_path(bad).is_err(), "{bad}");
         }
     }
