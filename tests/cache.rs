@@ -862,7 +862,10 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
     assert_eq!(r.text(), "/fresh/t #1");
     assert_eq!(backend.count("/fresh/t"), 1);
 
-    // A purge at the origin reaches both PoPs within a second.
+    // A purge at the origin reaches both PoPs (the test prints how soon:
+    // tens of milliseconds as a rule). Asserted within 15 s, a bound a
+    // loaded machine cannot miss and that still tells the purge from the
+    // entries' expiry (60 s).
     let admin = format!("http://{}/cache/purge/url", origin.addrs("admin")[0]);
     let auth = format!("Bearer {TOKEN}");
     let body = r#"{"api":"c","stage":"prod","path":"/fresh/t"}"#;
@@ -876,13 +879,12 @@ async fn a_pop_miss_is_looked_up_in_the_origin_cache_and_purges_reach_the_pops()
                 break;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(1),
-                "purge not applied at a PoP within 1 s"
+                started.elapsed() < Duration::from_secs(15),
+                "purge not applied at a PoP within 15 s"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
     eprintln!("purge applied at the origin and both PoPs within {elapsed:?}");
 }

@@ -383,15 +383,17 @@ async fn connection_specific_fields_are_400_over_h3() {
     );
 }
 
-/// 0-RTT through an origin: the server→client path is delayed 300 ms, so
-/// requests sent in 0-RTT arrive long before the handshake can complete.
+/// 0-RTT through an origin: the server→client path is delayed 2 s, so
+/// requests sent in 0-RTT arrive long before the handshake can complete
+/// (with 300 ms, an origin process not scheduled for that long on a loaded
+/// machine read them after it, as ordinary requests).
 #[tokio::test]
 async fn early_data_serves_safe_methods_and_425s_the_rest() {
     let f = OriginFixture::start();
     let client = f.client();
     let link = Link {
         up: LinkSpec::default(),
-        down: LinkSpec::with_delay(Duration::from_millis(300)),
+        down: LinkSpec::with_delay(Duration::from_secs(2)),
     };
     let relay = UdpRelay::bind("127.0.0.1:0".parse().unwrap(), f.h3_addr(), link)
         .await

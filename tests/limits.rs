@@ -198,11 +198,22 @@ impl Fixture {
     }
 }
 
+/// A GET with `key`. Sent again (twice at most) when answered 503: a key's
+/// request waits for a quota lease 2 s at most, and a loaded machine may
+/// take longer to write one to the book; these tests are about the answers
+/// that come after it.
 async fn with_key(client: &HttpsClient, url: &str, key: &[u8]) -> Reply {
-    let mut req = Request::get(url).body(full(Bytes::new())).unwrap();
-    req.headers_mut()
-        .insert("x-api-key", HeaderValue::from_bytes(key).unwrap());
-    send(client, req).await
+    let mut tries = 0;
+    loop {
+        let mut req = Request::get(url).body(full(Bytes::new())).unwrap();
+        req.headers_mut()
+            .insert("x-api-key", HeaderValue::from_bytes(key).unwrap());
+        let reply = send(client, req).await;
+        tries += 1;
+        if reply.status != 503 || tries == 3 {
+            return reply;
+        }
+    }
 }
 
 #[tokio::test]
@@ -214,22 +225,33 @@ async fn throttled_route_headers_and_429() {
     assert!(!open.headers.contains_key("ratelimit-policy"));
     let mut statuses = Vec::new();
     let mut refused = None;
-    for _ in 0..8 {
-        let r = get(&c, &f.url("/prod/limited/x")).await;
-        // The route's bucket first; the node's only when the route's allowed.
-        let policy = match r.status {
-            200 => "\"route\";q=5;w=1, \"node\";q=5000;w=1",
-            _ => "\"route\";q=5;w=1",
-        };
-        assert_eq!(r.headers["ratelimit-policy"], policy);
-        statuses.push(r.status);
-        if r.status == 429 {
-            refused.get_or_insert(r);
+    // Eight at once, again until one is refused: the route refills a token
+    // every 200 ms, which requests one after another on a loaded machine
+    // could each take.
+    let url = f.url("/prod/limited/x");
+    let started = Instant::now();
+    for _ in 0..10 {
+        let replies = futures_util::future::join_all((0..8).map(|_| get(&c, &url))).await;
+        for r in replies {
+            // The route's bucket first; the node's only when the route's allowed.
+            let policy = match r.status {
+                200 => "\"route\";q=5;w=1, \"node\";q=5000;w=1",
+                _ => "\"route\";q=5;w=1",
+            };
+            assert_eq!(r.headers["ratelimit-policy"], policy);
+            statuses.push(r.status);
+            if r.status == 429 {
+                refused.get_or_insert(r);
+            }
+        }
+        if refused.is_some() {
+            break;
         }
     }
-    // Burst 5, then at most one more token in the time 8 requests take.
+    // The burst of 5, then no more than the tokens refilled meanwhile.
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
     let ok = statuses.iter().filter(|s| **s == 200).count();
-    assert!((5..=6).contains(&ok), "{statuses:?}");
+    assert!((5..=5 + refilled).contains(&ok), "{statuses:?}");
     let r = refused.expect("a refusal");
     assert_error(&r, 429, "Too Many Requests");
     assert_eq!(r.headers["x-amzn-errortype"], "TooManyRequestsException");
@@ -243,11 +265,19 @@ async fn steady_rate_within_ten_percent() {
     let (rate, burst, secs) = (40.0, 10.0, 4.0);
     let accepted = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
+    // Each client's connection is made before the clock starts: the
+    // handshakes' time would be lost to the rate.
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let c = f.client();
+        assert_eq!(get(&c, &f.url("/prod/open")).await.status, 200);
+        clients.push(c);
+    }
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
-    for _ in 0..6 {
-        let (c, url) = (f.client(), f.url("/prod/rate/x"));
+    for c in clients {
+        let url = f.url("/prod/rate/x");
         let (accepted, sent) = (Arc::clone(&accepted), Arc::clone(&sent));
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
@@ -264,16 +294,20 @@ async fn steady_rate_within_ten_percent() {
     for t in tasks {
         t.await.unwrap();
     }
+    // At most what the bucket held and refilled until the last answer; at
+    // least what it held and refilled until the deadline, by which every
+    // client was still sending.
     let window = started.elapsed().as_secs_f64();
     let accepted = accepted.load(Ordering::Relaxed) as f64;
     let sent = sent.load(Ordering::Relaxed) as f64;
     let expected = rate * window + burst;
+    let least = rate * secs + burst;
     eprintln!("rate: {accepted} accepted of {sent} sent in {window:.2} s; expected {expected:.0}");
     assert!(accepted <= expected * 1.1, "{accepted} > {expected} + 10%");
     // A loaded machine may not offer enough requests to reach the rate; only
     // check the lower bound when the route was actually saturated.
     if sent > expected * 1.5 {
-        assert!(accepted >= expected * 0.9, "{accepted} < {expected} - 10%");
+        assert!(accepted >= least * 0.9, "{accepted} < {least} - 10%");
     }
 }
 

@@ -70,7 +70,7 @@ uri = "http://${{stageVariables.backend}}/{{proxy}}"
 [[apis.routes]]
 method = "GET"
 path = "/slow/{{ms}}"
-timeout_ms = 300
+timeout_ms = 1000
 [apis.routes.integration]
 type = "http_proxy"
 uri = "http://${{stageVariables.backend}}/delay/{{ms}}"
@@ -458,7 +458,7 @@ async fn a_backend_that_stalls_mid_body_is_cut_off_after_the_read_timeout() {
 [[apis.routes]]
 method = "GET"
 path = "/stall/{{proxy+}}"
-timeout_ms = 300
+timeout_ms = 5000
 integration = {{ type = "http_proxy", uri = "http://127.0.0.1:{port}/{{proxy}}" }}
 "#
     ));
@@ -498,7 +498,7 @@ async fn the_route_timeout_runs_from_the_end_of_a_slow_upload() {
 [[apis.routes]]
 method = "POST"
 path = "/upload/{{proxy+}}"
-timeout_ms = 300
+timeout_ms = 1000
 integration = {{ type = "http_proxy", uri = "http://${{stageVariables.backend}}/{{proxy}}" }}
 
 [[apis.routes]]
@@ -512,9 +512,9 @@ integration = {{ type = "http_proxy", uri = "http://127.0.0.1:{deaf_port}/" }}
         let req = Request::post(f.url("/prod/upload/x")).body(body).unwrap();
         async move { send(&client, req).await }
     };
-    // Four chunks 400 ms apart: 1.2 s and more of upload, four times the
-    // route's 300 ms, each gap well inside the upload timeout.
-    let gap = Duration::from_millis(400);
+    // Four chunks, each after 600 ms: 2.4 s of upload, past the route's
+    // 1 s, each gap well inside the upload timeout.
+    let gap = Duration::from_millis(600);
     let (a, b) = tokio::join!(
         upload(f.h1(), trickled(4, gap, false)),
         upload(f.h2(), trickled(4, gap, false)),

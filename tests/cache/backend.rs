@@ -66,7 +66,9 @@ impl Backend {
             .unwrap_or_default()
     }
 
-    /// Closes the listener and every connection.
+    /// Closes the listener and every connection. The port stays taken, by a
+    /// socket bound and not listening, so connections to it are refused
+    /// until the test ends rather than reach another test's listener.
     pub fn stop(&self) {
         let _ = self.stop.send(true);
     }
@@ -75,7 +77,8 @@ impl Backend {
 async fn accept(listener: TcpListener, seen: Arc<Mutex<Seen>>, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            // (The borrow `wait_for` returns is not kept past the branch.)
+            () = async { drop(stop.wait_for(|s| *s).await) } => break,
             accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
         };
         let seen = Arc::clone(&seen);
@@ -210,4 +213,17 @@ fn etag(req: &Request<Incoming>, label: &str) -> Response<Body> {
     r.headers_mut()
         .insert(header::ETAG, HeaderValue::from_static(tag));
     r
+}
+
+/// Closes `listener` and holds its port with a socket that does not listen
+/// (`SO_REUSEADDR` for the closed connections' `TIME_WAIT`), until the
+/// test's runtime ends.
+async fn hold_port(listener: TcpListener) {
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.set_reuseaddr(true).unwrap();
+    // Taken in the moment between (rare): nothing left to hold.
+    let _ = held.bind(addr);
+    std::future::pending::<()>().await;
 }

@@ -1319,7 +1319,9 @@ mod tests {
     async fn origins_see_each_others_demand_while_it_is_fresh() {
         let redis = Redis::start();
         let (a, b) = (book(&redis).await, book(&redis).await);
-        let ttl = Duration::from_millis(300);
+        // Long enough that a loaded machine reads each entry before it
+        // expires.
+        let ttl = Duration::from_secs(2);
         let mine = |rate: f64| vec![("key:p/k".to_owned(), rate)];
         assert!(
             a.exchange_demand("origin-a", &mine(5.0), ttl)
