@@ -370,6 +370,64 @@ name = "prod"
     assert_eq!(echo["headers"]["x-static"], "fixed");
     assert_eq!(echo["headers"]["x-from"], "c1");
     assert!(echo["headers"].get("x-unmapped").is_none());
+    // A value that is not UTF-8 (a Latin-1 form field) reaches the backend
+    // as sent, not as U+FFFD.
+    let req = Request::get(f.url("/prod/pets/a?search=caf%E9"))
+        .header("host", "mapped.test")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(&f.h1(), req).await.json()["query"], "q=caf%E9");
+}
+
+/// What a mapping sets wins over what the client sent with the body, and a
+/// HEAD to the backend answers a client's GET with no body and no length.
+#[tokio::test]
+async fn http_integration_mappings_win_and_a_head_backend_answers_without_a_length() {
+    // The first route goes on the default API's list (HTTP/2 requests
+    // name no other host here).
+    let extra = r#"
+[[apis.routes]]
+method = "GET"
+path = "/head"
+[apis.routes.integration]
+type = "http"
+method = "HEAD"
+uri = "http://BACKEND/bytes/10"
+
+[[apis]]
+name = "typed"
+endpoint = "regional"
+hosts = ["typed.test"]
+[[apis.routes]]
+method = "POST"
+path = "/typed"
+[apis.routes.integration]
+type = "http"
+uri = "http://BACKEND/echo"
+request_parameters = { "integration.request.header.content-type" = "'application/json'" }
+[[apis.stages]]
+name = "prod"
+"#;
+    let f = start(extra);
+    let req = Request::post(f.url("/prod/typed"))
+        .header("host", "typed.test")
+        .header("content-type", "text/plain")
+        .body(full("{}"))
+        .unwrap();
+    let reply = send(&f.h1(), req).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["headers"]["content-type"], "application/json");
+    for client in [f.h1(), f.h2()] {
+        let reply = get(&client, &f.url("/prod/head")).await;
+        assert_eq!(reply.status, 200, "{:?}", reply.version);
+        assert!(reply.body.is_empty(), "{:?}", reply.version);
+        assert_ne!(
+            reply.headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"10"[..]),
+            "{:?}",
+            reply.version
+        );
+    }
 }
 
 #[tokio::test]
@@ -404,8 +462,10 @@ name = "prod"
     let reply = send(&client, get("a b/c-d.e_f~")).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["path"], "/store/a/b.txt%FF/a%20b%2Fc-d.e_f~");
-    // Never a segment that moves the path.
-    common::assert_error(&send(&client, get("..")).await, 400, "Bad Request");
+    // Never a segment that moves the path, nor an empty one (`/store/a//`).
+    for seg in ["..", ""] {
+        common::assert_error(&send(&client, get(seg)).await, 400, "Bad Request");
+    }
     // UTF-8 text is a value too, encoded.
     let utf8 = Request::get(&url)
         .header("host", "files.test")
@@ -417,6 +477,14 @@ name = "prod"
         .unwrap();
     let reply = send(&client, utf8).await;
     assert_eq!(reply.json()["path"], "/store/a/b.txt%FF/Zo%C3%AB");
+    // And bytes that are not UTF-8 (obs-text) go on as they are, encoded.
+    let latin1 = Request::get(&url)
+        .header("host", "files.test")
+        .header("x-seg", http::HeaderValue::from_bytes(b"caf\xe9").unwrap())
+        .body(full(""))
+        .unwrap();
+    let reply = send(&client, latin1).await;
+    assert_eq!(reply.json()["path"], "/store/a/b.txt%FF/caf%E9");
     // Without the value, the backend would get another path: 400.
     let without = Request::get(&url)
         .header("host", "files.test")

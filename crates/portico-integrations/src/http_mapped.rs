@@ -5,7 +5,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Version};
-use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, percent_encode};
 use portico_config::{ContextVariable, HttpIntegration, ParamSource, ParamTarget, ResponseSource};
 use portico_gateway::headers::{EARLY_DATA, set_forwarded};
 use portico_gateway::{Body, ErrorKind, GatewayError, RequestCtx, body};
@@ -32,12 +32,18 @@ pub(crate) async fn forward(
     // body of unknown length (chunked, or HTTP/2 or /3 without a length)
     // mapped to a GET would otherwise go as none.
     let body = crate::framed(&mut backend, body).await?;
+    // A HEAD to the backend answers a client's GET with no body: the length
+    // it names is the body the client does not get.
+    let bodiless = backend.method == Method::HEAD && parts.method != Method::HEAD;
     let backend_req = Request::from_parts(backend, body);
     let resp = client.send(backend_req).await.map_err(backend_failed)?;
     let (resp_parts, resp_body) = resp.into_parts();
     let mut out = Response::new(body::boxed(resp_body));
     *out.status_mut() = resp_parts.status;
     *out.headers_mut() = map_response_headers(&mapping.response_parameters, &resp_parts.headers);
+    if bodiless {
+        out.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     Ok(out)
 }
 
@@ -99,12 +105,16 @@ fn build_request(
         &ctx.host,
         ctx.addressed_port(),
     );
+    // The body's own headers go with it, unless a mapping set one (only
+    // `Content-Type` can be a target): the mapping wins.
     for name in [
         header::CONTENT_TYPE,
         header::CONTENT_LENGTH,
         header::TRANSFER_ENCODING,
     ] {
-        if let (true, Some(v)) = (mapping.pass_request_body, parts.headers.get(&name)) {
+        if let (true, Some(v)) = (mapping.pass_request_body, parts.headers.get(&name))
+            && !headers.contains_key(&name)
+        {
             headers.insert(name, v.clone());
         }
     }
@@ -142,64 +152,68 @@ const SEGMENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// `value` (a header, query or static value) as one path segment: encoded,
-/// and never `.` or `..`, which would move the backend path.
-fn path_segment(value: &str) -> Result<String, GatewayError> {
-    if value == "." || value == ".." {
-        return Err(GatewayError::client(ErrorKind::BadRequest)
-            .with_cause(format!("{value:?} as a path segment")));
+/// and never empty, `.` or `..`, which would move the backend path
+/// (`/users//profile` is another resource, or `/users/profile` to a server
+/// that merges slashes).
+fn path_segment(value: &[u8]) -> Result<String, GatewayError> {
+    if matches!(value, b"" | b"." | b"..") {
+        return Err(
+            GatewayError::client(ErrorKind::BadRequest).with_cause(format!(
+                "{:?} as a path segment",
+                String::from_utf8_lossy(value)
+            )),
+        );
     }
-    Ok(utf8_percent_encode(value, SEGMENT).to_string())
+    Ok(percent_encode(value, SEGMENT).to_string())
 }
 
-/// The value of a mapping source; `None` when the client did not send it.
-fn lookup(ctx: &RequestCtx, parts: &http::request::Parts, src: &ParamSource) -> Option<String> {
+/// The value of a mapping source, as bytes (a value need not be UTF-8: a
+/// Latin-1 form field `caf%E9` reaches the backend as sent); `None` when
+/// the client did not send it.
+fn lookup(ctx: &RequestCtx, parts: &http::request::Parts, src: &ParamSource) -> Option<Vec<u8>> {
     match src {
         ParamSource::Path(name) => ctx
             .path_param(name)
-            .map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned()),
+            .map(|v| percent_decode_str(v).collect()),
         ParamSource::Query(name) => query_param(parts.uri.query().unwrap_or(""), name),
-        // UTF-8 text, not only visible ASCII (`x-id: Zoë`).
         ParamSource::Header(name) => parts
             .headers
             .get(name.as_str())
-            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-            .map(str::to_owned),
-        ParamSource::Static(value) => Some(value.clone()),
-        ParamSource::StageVariable(name) => ctx.stage.variables.get(name).cloned(),
+            .map(|v| v.as_bytes().to_vec()),
+        ParamSource::Static(value) => Some(value.as_bytes().to_vec()),
+        ParamSource::StageVariable(name) => {
+            ctx.stage.variables.get(name).map(|v| v.as_bytes().to_vec())
+        }
         ParamSource::Context(ContextVariable::ApiKeyId) => ctx
             .principal
             .as_ref()
             .and_then(|p| p.api_key_id())
-            .map(str::to_owned),
+            .map(|id| id.as_bytes().to_vec()),
     }
 }
 
 /// The first value of `name` in a query string, percent-decoded.
-fn query_param(query: &str, name: &str) -> Option<String> {
+fn query_param(query: &str, name: &str) -> Option<Vec<u8>> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let key = percent_decode_str(k).decode_utf8_lossy();
-        (key == name).then(|| {
-            percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        (key == name).then(|| percent_decode_str(&v.replace('+', " ")).collect())
     })
 }
 
-fn append_query(query: &mut String, name: &str, value: &str) {
+fn append_query(query: &mut String, name: &str, value: &[u8]) {
     if !query.is_empty() {
         query.push('&');
     }
-    query.extend(utf8_percent_encode(name, NON_ALPHANUMERIC).map(str::to_owned));
+    query.extend(percent_encode(name.as_bytes(), NON_ALPHANUMERIC));
     query.push('=');
-    query.extend(utf8_percent_encode(value, NON_ALPHANUMERIC).map(str::to_owned));
+    query.extend(percent_encode(value, NON_ALPHANUMERIC));
 }
 
-fn insert_header(headers: &mut HeaderMap, name: &str, value: &str) -> Result<(), GatewayError> {
+fn insert_header(headers: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), GatewayError> {
     let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| misconfigured(e.to_string()))?;
     // A client value that is not a legal header value is dropped, not fatal.
-    if let Ok(v) = HeaderValue::from_str(value) {
+    if let Ok(v) = HeaderValue::from_bytes(value) {
         headers.insert(name, v);
     }
     Ok(())
