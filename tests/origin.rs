@@ -666,6 +666,62 @@ async fn a_backends_misframed_answers_are_not_relayed_as_framed() {
     );
 }
 
+/// A length listed twice goes on as one, and a 204 or 304 goes on without
+/// content whatever came with it: relayed as they were, HTTP/2 clients
+/// refuse them (a DATA frame after a 204, `content-length: 5, 5`).
+#[tokio::test]
+async fn answers_go_on_framed_as_their_status_and_length_say() {
+    let twice = scripted_backend(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello").await;
+    // On the default API's list (HTTP/2 requests name no other host here).
+    let extra = format!(
+        r#"
+[[apis.routes]]
+method = "GET"
+path = "/twice"
+integration = {{ type = "http_proxy", uri = "http://{twice}/" }}
+
+[[apis.routes]]
+method = "GET"
+path = "/none"
+integration = {{ type = "mock", status = 204, body = "x" }}
+
+[[apis.routes]]
+method = "GET"
+path = "/same"
+integration = {{ type = "mock", status = 304, body = "x" }}
+"#
+    );
+    let f = start(&extra);
+    for client in [f.h1(), f.h2()] {
+        let reply = get(&client, &f.url("/prod/twice")).await;
+        assert_eq!((reply.status, reply.text()), (200, "hello".into()));
+        assert_eq!(reply.headers["content-length"], "5", "{:?}", reply.version);
+        let reply = get(&client, &f.url("/prod/none")).await;
+        assert_eq!(reply.status, 204, "{:?}", reply.version);
+        assert!(reply.body.is_empty(), "{:?}", reply.version);
+        assert!(
+            !reply.headers.contains_key("content-length"),
+            "{:?}",
+            reply.headers
+        );
+        let reply = get(&client, &f.url("/prod/same")).await;
+        assert_eq!(reply.status, 304, "{:?}", reply.version);
+        assert!(reply.body.is_empty(), "{:?}", reply.version);
+    }
+    // An expectation is answered by the hop, not sent on.
+    let req = Request::post(f.url("/prod/echo"))
+        .header("expect", "100-continue")
+        .body(full("x"))
+        .unwrap();
+    let reply = send(&f.h1(), req).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.json()["headers"].get("expect").is_none(),
+        "{}",
+        reply.text()
+    );
+}
+
 #[tokio::test]
 async fn refused_and_reset_backends_are_502() {
     // A port with nothing listening: connection refused. The socket holds

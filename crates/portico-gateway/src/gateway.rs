@@ -238,6 +238,11 @@ impl<U: Upstream> Gateway<U> {
         }
         if record.method == http::Method::HEAD {
             resp = without_body(resp);
+        } else if matches!(
+            resp.status(),
+            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+        ) {
+            resp = bodiless_status(resp);
         }
         record.status = resp.status().as_u16();
         // With the access log off, no layer to count bytes for it.
@@ -401,6 +406,9 @@ impl<U: Upstream> Gateway<U> {
                 .map_err(|e| GatewayError::client(ErrorKind::BadRequest).with_cause(e))?;
         }
         strip_request_hop_by_hop(&mut parts.headers);
+        // An expectation is the hop's (RFC 9110 §10.1.1): the client's
+        // `100-continue` was answered here, as nginx answers it.
+        parts.headers.remove(header::EXPECT);
         // A list of equal lengths (`3, 3`) goes on as the one it means.
         if let Some(len) = declared {
             let lengths = parts.headers.get_all(header::CONTENT_LENGTH);
@@ -439,6 +447,7 @@ impl<U: Upstream> Gateway<U> {
     fn shape_response(&self, resp: &mut Response<Body>, request_id: &RequestId) {
         let headers = resp.headers_mut();
         strip_hop_by_hop(headers);
+        one_length(headers);
         headers.insert(&REQUEST_ID, request_id.value().clone());
         headers.append(header::VIA, self.via.clone());
     }
@@ -482,6 +491,35 @@ fn preflight(
     let (api, stage, _) = table.locate(host, path, default_api, modes).ok()?;
     let resp = crate::cors::preflight(api.cors.as_ref()?, req.headers());
     Some((resp, api, stage))
+}
+
+/// A list of equal lengths (`5, 5`, which hyper's client accepts) as the
+/// one it means (RFC 9110 §8.6): relayed as sent, a strict client refuses it.
+fn one_length(headers: &mut http::HeaderMap) {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let listed = match (lengths.next(), lengths.next()) {
+        (Some(_), Some(_)) => true,
+        (Some(one), None) => one.as_bytes().contains(&b','),
+        _ => false,
+    };
+    if listed && let Ok(Some(len)) = crate::headers::content_length(headers) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+}
+
+/// A 204 or 304 carries no content (RFC 9110 §15.3.5, §15.4.5), whatever
+/// a backend or a mock sent with it: HTTP/1.1 drops such a body itself,
+/// HTTP/2 and HTTP/3 would send it. A 204 has no length either; a 304's is
+/// the one a 200 would have, and stays.
+fn bodiless_status(resp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::NO_CONTENT {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    if http_body::Body::is_end_stream(&body) {
+        return Response::from_parts(parts, body);
+    }
+    Response::from_parts(parts, crate::body::empty())
 }
 
 /// A response to HEAD: its head only, with the length its body would have
