@@ -648,14 +648,23 @@ async fn a_backends_misframed_answers_are_not_relayed_as_framed() {
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
     )
     .await;
+    // A coding under the chunked one: the client would get gzip's bytes as
+    // the content, no coding named.
+    let coded = scripted_backend(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
     let extra = proxy_api("switching", "GET", "/", &format!("http://{switching}/"))
-        + &proxy_api("both", "GET", "/", &format!("http://{both}/"));
+        + &proxy_api("both", "GET", "/", &format!("http://{both}/"))
+        + &proxy_api("coded", "GET", "/", &format!("http://{coded}/"));
     let f = start(&extra);
     // HTTP/1.1: an HTTP/2 client's `host` would disagree with its
     // `:authority` (what is checked happens after either).
     let client = f.h1();
-    let req = get_with(&f, "/prod/", "host", "switching.test");
-    assert_error(&send(&client, req).await, 502, "Bad Gateway");
+    for host in ["switching.test", "coded.test"] {
+        let req = get_with(&f, "/prod/", "host", host);
+        assert_error(&send(&client, req).await, 502, "Bad Gateway");
+    }
     let req = get_with(&f, "/prod/", "host", "both.test");
     let reply = send(&client, req).await;
     assert_eq!(reply.status, 200);
@@ -1017,6 +1026,19 @@ async fn malformed_requests_are_400() {
             reply.ends_with("{\"message\":\"Bad Request\"}"),
             "{host}: {reply}"
         );
+    }
+    // A transfer coding other than `chunked` alone (the backend would get
+    // the still-gzipped bytes), and a chunked body that is no chunked body
+    // (the client's fault, where it was a 502 and a backend failure).
+    for request in [
+        &b"POST /prod/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        b"POST /prod/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /prod/echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let reply = raw_exchange(&f, request).await;
+        let sent = String::from_utf8_lossy(request);
+        assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{sent}: {reply}");
+        assert!(reply.ends_with("{\"message\":\"Bad Request\"}"), "{sent}: {reply}");
     }
     // Nor after negotiating `h2` in the handshake: the request is HTTP/1.1.
     let request = b"GET /prod/a HTTP/1.1\r\nConnection: close\r\n\r\n";

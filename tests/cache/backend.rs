@@ -96,6 +96,7 @@ async fn accept(listener: TcpListener, seen: Arc<Mutex<Seen>>, mut stop: watch::
             }
         });
     }
+    hold_port(listener).await;
 }
 
 fn record(req: &Request<Incoming>, seen: &Mutex<Seen>) -> usize {

@@ -75,6 +75,15 @@ impl<B> Limited<B> {
     }
 }
 
+/// The error a [`Limited`] body yields when the body it reads fails: a
+/// malformed chunked encoding, a client that reset its stream. The client's
+/// doing, not the backend's: the pipeline finds it in an upstream error's
+/// source chain and answers 400 (nginx: "client sent invalid chunked
+/// body"), where it answered 502 and logged a backend failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body failed: {0}")]
+pub struct RequestBodyFailed(#[source] pub BoxError);
+
 /// The error a [`Limited`] body yields when it does not carry the length it
 /// declared (RFC 9114 §4.1.2, RFC 9112 §6.3: a malformed request). The
 /// pipeline finds it in an upstream error's source chain and answers 400.
@@ -106,7 +115,7 @@ where
                     _ => None,
                 });
             }
-            other => return Poll::Ready(other),
+            Some(Err(err)) => return Poll::Ready(Some(Err(Box::new(RequestBodyFailed(err))))),
         };
         if let Some(data) = frame.data_ref() {
             let len = data.len() as u64;

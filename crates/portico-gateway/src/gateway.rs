@@ -13,7 +13,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use portico_config::{Api, Definitions, Stage};
 
-use crate::body::{Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, find_cause};
+use crate::body::{
+    Body, BodyLengthMismatch, BodyTooLarge, IdleTimeout, Limited, RequestBodyFailed, find_cause,
+};
 use crate::cache::{PurgeScope, ResponseCache};
 use crate::context::{ConnInfo, Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
@@ -277,6 +279,7 @@ impl<U: Upstream> Gateway<U> {
         };
         check_header_size(&req, self.settings.max_header_bytes).map_err(refused)?;
         check_host_fields(&req, conn).map_err(refused)?;
+        check_transfer_coding(&req).map_err(refused)?;
         record.host = host_of(&req).map_err(refused)?.to_owned();
         check_path(record.uri.path()).map_err(refused)?;
         // Routing, path parameters and the backend see the path in one
@@ -613,19 +616,20 @@ pub(crate) struct Waits {
 }
 
 /// An upstream failure caused by our own request-body limit is the client's
-/// 413; by a body that did not carry its declared length, the client's 400.
+/// 413; by a body that did not carry its declared length, or that failed
+/// as the client sent it, the client's 400.
 fn reclassify(err: GatewayError) -> GatewayError {
     let too_large = err
         .cause
         .as_deref()
         .is_some_and(|c| find_cause::<BodyTooLarge>(c).is_some());
-    let mismatched = err
-        .cause
-        .as_deref()
-        .is_some_and(|c| find_cause::<BodyLengthMismatch>(c).is_some());
+    let malformed = err.cause.as_deref().is_some_and(|c| {
+        find_cause::<BodyLengthMismatch>(c).is_some()
+            || find_cause::<RequestBodyFailed>(c).is_some()
+    });
     if too_large {
         GatewayError::client(ErrorKind::PayloadTooLarge).with_cause(err)
-    } else if mismatched {
+    } else if malformed {
         GatewayError::client(ErrorKind::BadRequest).with_cause(err)
     } else {
         err
@@ -805,6 +809,18 @@ fn dots(seg: &str) -> Option<usize> {
         n += 1;
     }
     Some(n)
+}
+
+/// A request's transfer coding, if it names one, is `chunked` alone
+/// ([`crate::headers::other_transfer_coding`]); otherwise 400 (RFC 9112
+/// suggests 501, nginx's answer; one status for every malformed request
+/// keeps the error set API Gateway's).
+fn check_transfer_coding<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    match crate::headers::other_transfer_coding(req.headers()) {
+        None => Ok(()),
+        Some(coding) => Err(GatewayError::client(ErrorKind::BadRequest)
+            .with_cause(format!("transfer coding {coding:?} is not chunked alone"))),
+    }
 }
 
 /// One `Host` at most, and an HTTP/1.1 request must name its host (RFC 9112

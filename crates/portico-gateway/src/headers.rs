@@ -56,6 +56,19 @@ fn has_hop_by_hop(headers: &HeaderMap) -> bool {
         .any(|name| HOP_BY_HOP.contains(name) || *name == PROXY_CONNECTION)
 }
 
+/// The transfer coding a message names, if it is not `chunked` alone, the
+/// one coding every HTTP/1.1 recipient knows (RFC 9112 §6.1). hyper decodes
+/// the chunked layer of `gzip, chunked` (and reads `gzip` alone to the
+/// connection's end), and the header is hop-by-hop: relayed, the next hop
+/// would get the still-coded bytes as the content.
+pub fn other_transfer_coding(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (codings.next(), codings.next()) {
+        (Some(one), None) if one.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => None,
+        (first, _) => first,
+    }
+}
+
 /// [`strip_hop_by_hop`] for a request, keeping `TE: trailers` when the
 /// client sent it: a gRPC server refuses a request without it, and every
 /// hop may send it (RFC 9113 §8.2.2).

@@ -37,6 +37,7 @@ pub(crate) async fn forward(
     let bodiless = backend.method == Method::HEAD && parts.method != Method::HEAD;
     let backend_req = Request::from_parts(backend, body);
     let resp = client.send(backend_req).await.map_err(backend_failed)?;
+    crate::check_transfer_coding(&resp)?;
     let (resp_parts, resp_body) = resp.into_parts();
     let mut out = Response::new(body::boxed(resp_body));
     *out.status_mut() = resp_parts.status;
@@ -298,17 +299,21 @@ mod tests {
     fn query_params_are_decoded() {
         assert_eq!(
             query_param("a=1&search=hello%20world", "search").as_deref(),
-            Some("hello world")
+            Some(&b"hello world"[..])
         );
-        assert_eq!(query_param("a=1&b=x+y", "b").as_deref(), Some("x y"));
+        assert_eq!(query_param("a=1&b=x+y", "b").as_deref(), Some(&b"x y"[..]));
+        assert_eq!(
+            query_param("q=caf%E9", "q").as_deref(),
+            Some(&b"caf\xe9"[..])
+        );
         assert_eq!(query_param("a=1", "b"), None);
     }
 
     #[test]
     fn query_values_are_encoded() {
         let mut q = String::new();
-        append_query(&mut q, "q", "a b&c");
-        append_query(&mut q, "n", "1");
+        append_query(&mut q, "q", b"a b&c");
+        append_query(&mut q, "n", b"1");
         assert_eq!(q, "q=a%20b%26c&n=1");
     }
 }

@@ -79,5 +79,6 @@ pub(crate) async fn forward(
         .send(Request::from_parts(parts, body))
         .await
         .map_err(backend_failed)?;
+    crate::check_transfer_coding(&resp)?;
     Ok(resp.map(body::boxed))
 }

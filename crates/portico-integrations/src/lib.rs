@@ -147,6 +147,18 @@ async fn framed(parts: &mut http::request::Parts, body: Body) -> Result<Body, Ga
     Ok(http_body_util::StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed_unsync())
 }
 
+/// A backend's answer whose transfer coding is not `chunked` alone
+/// ([`portico_gateway::headers::other_transfer_coding`]) is refused (502),
+/// as nginx refuses it ("upstream sent unknown Transfer-Encoding").
+fn check_transfer_coding<B>(resp: &http::Response<B>) -> Result<(), GatewayError> {
+    match portico_gateway::headers::other_transfer_coding(resp.headers()) {
+        None => Ok(()),
+        Some(coding) => Err(backend_failed(format!(
+            "the backend's transfer coding {coding:?} is not chunked alone"
+        ))),
+    }
+}
+
 /// The backend failed: refused, reset, TLS, DNS, or a broken response.
 fn backend_failed(err: impl Into<portico_gateway::BoxError>) -> GatewayError {
     GatewayError::new(ErrorKind::BadGateway, ErrorSource::Integration).with_cause(err)
