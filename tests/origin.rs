@@ -1482,6 +1482,53 @@ async fn access_log_has_one_json_line_per_request() {
     assert!(line["total_ms"].as_f64().unwrap() >= line["integration_ms"].as_f64().unwrap());
 }
 
+/// A request whose client leaves before the answer (an HTTP/2 stream
+/// reset) still has its line: status 499, as nginx logs it. It spent the
+/// client's tokens and a backend's time.
+#[tokio::test]
+async fn a_request_its_client_cancels_is_logged_499() {
+    // A backend that says when the request reached it, and never answers.
+    let held = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let held_addr = held.local_addr().unwrap();
+    let (reached_tx, reached) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut sock, _) = held.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = sock.read(&mut buf).await;
+        let _ = reached_tx.send(());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let dir = TempDir::new().unwrap();
+    let cert = test_cert(dir.path(), "server", &["localhost"]);
+    let (_backend, backend_addr) = backend();
+    let extra = format!(
+        "[[apis.routes]]\nmethod = \"GET\"\npath = \"/held\"\n\
+         integration = {{ type = \"http_proxy\", uri = \"http://{held_addr}/\" }}\n"
+    );
+    let (origin, log) = origin_logging(dir.path(), &config(&cert, backend_addr, &extra));
+    let url = format!(
+        "https://localhost:{}/prod/held",
+        origin.addrs("https")[0].port()
+    );
+    let client = https_client(&cert.der, true);
+    let req = Request::get(url)
+        .header("x-request-id", "cancelled-1")
+        .body(full(""))
+        .unwrap();
+    let call = tokio::spawn(async move { client.request(req).await });
+    tokio::time::timeout(Duration::from_secs(30), reached)
+        .await
+        .expect("the request reaches the backend")
+        .unwrap();
+    // Dropping the response future resets the stream.
+    call.abort();
+    let line = access_line(&log, "cancelled-1").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["outcome"], "aborted", "{line}");
+    assert_eq!(line["error"], "client_closed_request", "{line}");
+    assert_eq!(line["route"], "GET /held", "{line}");
+}
+
 /// A CORS preflight the gateway answers itself is logged with the API and
 /// stage it was answered for, and no route (none was run).
 #[tokio::test]

@@ -21,7 +21,7 @@ use crate::context::{ConnInfo, Principal, RequestCtx};
 use crate::error::{ErrorKind, ErrorSource, GatewayError};
 use crate::headers::{REQUEST_ID, RequestId, strip_hop_by_hop, strip_request_hop_by_hop};
 use crate::limits::Limits;
-use crate::log::{AccessRecord, Logged};
+use crate::log::{AccessRecord, Logged, Unanswered};
 use crate::router::{RoutingTable, ServedModes};
 use crate::upload::{Late, Upload, Uploading};
 use crate::upstream::Upstream;
@@ -196,8 +196,9 @@ impl<U: Upstream> Gateway<U> {
         conn: &Arc<ConnInfo>,
         entry: Entry<'_>,
     ) -> Response<Body> {
-        // 1. Identify the request and start its access record.
-        let mut record = self.record(&req, conn);
+        // 1. Identify the request and start its access record (written
+        // with 499 if the client leaves before the answer).
+        let mut unanswered = Unanswered::new(self.record(&req, conn));
         // For CORS, the `Origin` of a request the client sent this node;
         // `None` for one a PoP forwarded (the PoP decorates its answer).
         let cors_origin = match entry {
@@ -205,7 +206,8 @@ impl<U: Upstream> Gateway<U> {
             Entry::Routed { .. } => None,
         };
         // 2. Run the phases; any error goes to the one error sink.
-        let result = self.process(req, conn, entry, &mut record).await;
+        let result = self.process(req, conn, entry, unanswered.record()).await;
+        let mut record = unanswered.answered();
         let refused = result.is_err();
         let mut resp = result.unwrap_or_else(|err| {
             record.error = err.kind.as_str();

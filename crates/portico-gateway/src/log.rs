@@ -100,6 +100,46 @@ impl AccessRecord {
     }
 }
 
+/// The record of a request not answered yet. Dropped so, the client left
+/// before its response head (an HTTP/2 or HTTP/3 stream reset, a closed
+/// connection: the server drops the pipeline's future), and the line is
+/// still written, with nginx's 499 ("client closed request"): every
+/// request has its line, those that spent tokens, quota and a backend's
+/// time included.
+pub(crate) struct Unanswered {
+    record: AccessRecord,
+    answered: bool,
+}
+
+impl Unanswered {
+    pub(crate) fn new(record: AccessRecord) -> Self {
+        Self {
+            record,
+            answered: false,
+        }
+    }
+
+    pub(crate) fn record(&mut self) -> &mut AccessRecord {
+        &mut self.record
+    }
+
+    /// The record, for the response that answers it.
+    pub(crate) fn answered(mut self) -> AccessRecord {
+        self.answered = true;
+        std::mem::take(&mut self.record)
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.record.status = 499;
+            self.record.error = "client_closed_request";
+            self.record.emit(0, "aborted");
+        }
+    }
+}
+
 /// A response body that counts bytes and writes the access log line when done.
 ///
 /// The line is written when the body ends, fails, or is dropped unfinished (the
