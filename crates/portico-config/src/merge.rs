@@ -5,8 +5,8 @@
 //! both define is reported as the duplicate it is, with one exception: an
 //! API key. A customer's key is one credential wherever it is used (an AWS
 //! API key is account-wide), so every region that admits it lists it, each
-//! with its own usage plans; the same key (same id, hash and state) is
-//! merged into one entry holding every region's plans.
+//! with its own usage plans; the entries of one key id are merged into one
+//! holding the plans of every region that lists it enabled ([`combine`]).
 
 use toml::{Table, Value};
 
@@ -16,6 +16,8 @@ use toml::{Table, Value};
 pub(crate) fn merge_sources(sources: &[&str]) -> String {
     let concatenated = || sources.join("\n");
     let mut merged = Table::new();
+    // Key ids the regions give different hashes.
+    let mut disputed = Vec::new();
     for source in sources {
         let Ok(table) = source.parse::<Table>() else {
             return concatenated();
@@ -26,7 +28,7 @@ pub(crate) fn merge_sources(sources: &[&str]) -> String {
                     merged.insert(name, value);
                 }
                 (Some(Value::Array(have)), Value::Array(more)) if name == "api_keys" => {
-                    merge_keys(have, more);
+                    merge_keys(have, more, &mut disputed);
                 }
                 (Some(Value::Array(have)), Value::Array(more)) => have.extend(more),
                 // A setting outside the lists twice: left for the compiler to
@@ -38,38 +40,76 @@ pub(crate) fn merge_sources(sources: &[&str]) -> String {
     toml::to_string(&merged).unwrap_or_else(|_| concatenated())
 }
 
-/// Adds `more` keys to `have`, a key already there taking the new one's plans.
-fn merge_keys(have: &mut Vec<Value>, more: Vec<Value>) {
+/// Adds `more` keys (one region's) to `have`: a key id already there is
+/// one key, whose entry [`combine`] settles. `disputed` holds the ids the
+/// regions give different hashes, disabled whatever comes after.
+fn merge_keys(have: &mut Vec<Value>, more: Vec<Value>, disputed: &mut Vec<Value>) {
     for key in more {
-        match have.iter_mut().find(|h| same_key(h, &key)) {
-            Some(Value::Table(known)) => {
-                let plans = key.get("plans").and_then(Value::as_array);
-                let into = known
-                    .entry("plans")
-                    .or_insert_with(|| Value::Array(Vec::new()));
-                if let (Some(plans), Value::Array(into)) = (plans, into) {
-                    for plan in plans {
-                        if !into.contains(plan) {
-                            into.push(plan.clone());
-                        }
-                    }
-                }
+        let Some(id) = key.get("id").filter(|_| key.is_table()).cloned() else {
+            have.push(key);
+            continue;
+        };
+        let Some(known) = have
+            .iter_mut()
+            .find(|h| h.is_table() && h.get("id") == Some(&id))
+        else {
+            have.push(key);
+            continue;
+        };
+        if known.get("hash") != key.get("hash") {
+            disputed.push(id.clone());
+        }
+        if disputed.contains(&id) {
+            if let Value::Table(known) = known {
+                known.insert("enabled".into(), Value::Boolean(false));
             }
-            _ => have.push(key),
+        } else {
+            combine(known, &key);
         }
     }
 }
 
-/// One key listed twice: the same id, hash and state.
-fn same_key(a: &Value, b: &Value) -> bool {
-    let field = |v: &Value, name: &str| v.get(name).cloned();
-    let enabled = |v: &Value| v.get("enabled").and_then(Value::as_bool).unwrap_or(true);
-    a.is_table()
-        && b.is_table()
-        && field(a, "id").is_some()
-        && field(a, "id") == field(b, "id")
-        && field(a, "hash") == field(b, "hash")
-        && enabled(a) == enabled(b)
+/// One key listed by two regions with one hash, as one entry. Each
+/// region's entry speaks for its own plans: the key is enabled with the
+/// plans of the regions that list it enabled, so a region that disables
+/// (revokes) it revokes it for its own APIs at once, while the other
+/// regions' stay served (the merge failed before, and the PoP kept serving
+/// the revoking region's previous definitions, the key enabled). Two
+/// secrets under one id (a hash rotated in one region first) are a key the
+/// regions disagree on ([`merge_keys`]): disabled for every region until
+/// they agree, failing closed, since the old secret must not outlive its
+/// rotation anywhere.
+fn combine(known: &mut Value, key: &Value) {
+    let enabled = |v: Option<&Value>| v.and_then(Value::as_bool).unwrap_or(true);
+    let Value::Table(known) = known else { return };
+    match (enabled(known.get("enabled")), enabled(key.get("enabled"))) {
+        // A disabled listing adds nothing to an enabled key.
+        (true, false) => {}
+        // The first enabled listing: its plans alone, the disabled ones'
+        // dropped.
+        (false, true) => {
+            known.insert("enabled".into(), Value::Boolean(true));
+            known.insert(
+                "plans".into(),
+                key.get("plans")
+                    .cloned()
+                    .unwrap_or(Value::Array(Vec::new())),
+            );
+        }
+        (true, true) | (false, false) => {
+            let plans = key.get("plans").and_then(Value::as_array);
+            let into = known
+                .entry("plans")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let (Some(plans), Value::Array(into)) = (plans, into) {
+                for plan in plans {
+                    if !into.contains(plan) {
+                        into.push(plan.clone());
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -123,13 +163,37 @@ plans = ["{api}-plan"]
     }
 
     #[test]
-    fn a_key_id_two_regions_give_different_hashes_or_states_is_refused() {
-        let (a, b) = (region("a", "acme", HASH_A), region("b", "acme", HASH_B));
-        let err = compile(&[&a, &b]).unwrap_err();
-        assert!(err.contains("duplicate API key id `acme`"), "{err}");
+    fn a_key_one_region_disables_stays_enabled_for_the_others_only() {
+        let a = region("a", "acme", HASH_A);
         let off = region("b", "acme", HASH_A).replace("plans =", "enabled = false\nplans =");
-        let err = compile(&[&a, &off]).unwrap_err();
-        assert!(err.contains("duplicate API key id `acme`"), "{err}");
+        // Either order: the disabling region's plans are dropped.
+        for sources in [[a.as_str(), &off], [&off, &a]] {
+            let defs = compile(&sources).unwrap();
+            let keys: Vec<_> = defs
+                .api_keys
+                .iter()
+                .map(|k| (k.id.as_str(), k.enabled, k.plans.clone()))
+                .collect();
+            assert_eq!(keys, [("acme", true, vec!["a-plan".to_owned()])]);
+        }
+        // Disabled wherever it is listed: disabled.
+        let off_a = region("a", "acme", HASH_A).replace("plans =", "enabled = false\nplans =");
+        let defs = compile(&[&off_a, &off]).unwrap();
+        assert!(!defs.api_keys[0].enabled);
+    }
+
+    #[test]
+    fn a_key_id_two_regions_give_different_hashes_is_disabled_until_they_agree() {
+        let (a, b) = (region("a", "acme", HASH_A), region("b", "acme", HASH_B));
+        for sources in [[a.as_str(), &b], [&b, &a]] {
+            let defs = compile(&sources).unwrap();
+            assert_eq!(defs.api_keys.len(), 1);
+            assert!(!defs.api_keys[0].enabled, "neither secret is trusted");
+        }
+        // A third region agreeing with the first does not settle it.
+        let c = region("c", "acme", HASH_A);
+        let defs = compile(&[&a, &b, &c]).unwrap();
+        assert!(!defs.api_keys[0].enabled, "still disputed");
         // One hash under two ids is still one secret given twice.
         let other = region("b", "other", HASH_A);
         let err = compile(&[&a, &other]).unwrap_err();
