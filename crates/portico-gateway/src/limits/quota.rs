@@ -349,7 +349,7 @@ impl Quotas {
             let notified = slot.refilled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (spend, refill) = {
+            let (spend, refill, period_end_ms) = {
                 let mut st = lock(&slot.state);
                 let now = now_ms();
                 if now >= st.period_end_ms {
@@ -368,16 +368,18 @@ impl Quotas {
                     st.wallet.begin_refill();
                     size(&st.wallet, spec)
                 });
-                (spend, refill)
+                (spend, refill, st.period_end_ms)
             };
             match (spend, refill) {
                 // The next lease is fetched in the background (for an
                 // exhausted key: others may have returned some).
                 (Spend::Accepted | Spend::Exhausted, Some(want)) => {
                     drop(self.spawn_refill(&slot, spec, want));
-                    return outcome(spend, spec);
+                    return outcome(spend, spec, period_end_ms);
                 }
-                (Spend::Accepted | Spend::Exhausted, None) => return outcome(spend, spec),
+                (Spend::Accepted | Spend::Exhausted, None) => {
+                    return outcome(spend, spec, period_end_ms);
+                }
                 (Spend::Empty, Some(want)) => {
                     // Awaited, but run apart: a request dropped meanwhile
                     // does not drop a lease the source already granted; and
@@ -595,17 +597,25 @@ impl Drop for Returning {
     }
 }
 
-/// What an accepted or exhausted spend answers.
-fn outcome(spend: Spend, spec: QuotaSpec) -> QuotaOutcome {
+/// What an accepted or exhausted spend answers; `period_end_ms` is when the
+/// wallet's period ends on this clock (`i64::MAX`: no lease said yet).
+fn outcome(spend: Spend, spec: QuotaSpec, period_end_ms: i64) -> QuotaOutcome {
     match spend {
         Spend::Accepted => QuotaOutcome::Accepted,
-        _ => exhausted(spec),
+        _ => exhausted(spec, period_end_ms),
     }
 }
 
-fn exhausted(spec: QuotaSpec) -> QuotaOutcome {
+/// An exhausted quota renews when the book's period ends, as its last lease
+/// said (translated to this clock): this node's own calendar is off by the
+/// clocks' skew, and a client told to come back after it would either wait
+/// longer than it must or be refused again at once.
+fn exhausted(spec: QuotaSpec, period_end_ms: i64) -> QuotaOutcome {
     let now = now_ms();
-    let (_, end) = bounds(spec.period, spec.offset, now);
+    let end = match period_end_ms {
+        i64::MAX => bounds(spec.period, spec.offset, now).1,
+        end => end,
+    };
     let ms = u64::try_from(end.saturating_sub(now)).unwrap_or(0);
     QuotaOutcome::Exhausted {
         retry_after: Duration::from_millis(ms),
@@ -828,6 +838,39 @@ mod tests {
         }
         let grants = source.grants.load(std::sync::atomic::Ordering::SeqCst);
         assert!(grants <= 2, "{grants} leases for 5 requests");
+    }
+
+    /// A book whose key is spent, and whose period ends in half a second
+    /// (on this clock, as the PoP translates it).
+    struct SpentUntil(i64);
+
+    impl LeaseSource for SpentUntil {
+        fn grant(&self, _: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            let end = self.0;
+            Box::pin(async move {
+                Ok(Lease {
+                    id: portico_quota::EMPTY_LEASE,
+                    granted: 0,
+                    expires_ms: end,
+                    period_end_ms: end,
+                    exhausted: true,
+                })
+            })
+        }
+        fn give_back(&self, _: Arc<str>, _: u64, _: u64) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    /// A spent key's clients are told to come back when the book's period
+    /// ends, not when this node's calendar says (a day away here).
+    #[tokio::test]
+    async fn an_exhausted_quota_renews_when_the_books_period_ends() {
+        let q = Arc::new(Quotas::remote(Arc::new(SpentUntil(now_ms() + 500))));
+        let QuotaOutcome::Exhausted { retry_after } = q.spend("a", "p", "k", SPEC).await else {
+            panic!("the quota is spent");
+        };
+        assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
     }
 
     /// A source whose returns never arrive.
