@@ -19,7 +19,7 @@ use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
 use portico_config::{ApiKey, Definitions, UsagePlan};
 use portico_gateway::limits::{BookSource, BoxFuture, LEASE_TTL_MS, LeaseAsk, LeaseSource, Quotas};
 use portico_proto::{Frame, FrameKind, QuotaLease, QuotaLeaseRequest, QuotaReturn};
-use portico_quota::Lease;
+use portico_quota::{EMPTY_LEASE, Lease};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Control frames of quota leases.
@@ -409,9 +409,18 @@ impl LeaseSource for PopLeases {
                     let answered_at = portico_gateway::limits::now_ms();
                     let ahead = self.origin_clock(link.peer_id(), asked_at, answered_at, &lease);
                     let expires_ms = local_expiry(asked_at, &lease, ahead);
+                    // An empty answer (the key is spent) names no lease in
+                    // the book: nothing to remember, nothing to hand back.
+                    let (id, granted) = match lease.lease_id {
+                        EMPTY_LEASE => (EMPTY_LEASE, 0),
+                        id => (
+                            self.remember(&link, id, expires_ms),
+                            within_ask(lease.granted, ask.want),
+                        ),
+                    };
                     Ok(Lease {
-                        id: self.remember(&link, lease.lease_id, expires_ms),
-                        granted: within_ask(lease.granted, ask.want),
+                        id,
+                        granted,
                         expires_ms,
                         period_end_ms: signed_ms(lease.period_end_unix_ms).saturating_sub(ahead),
                         exhausted: lease.exhausted,
@@ -425,6 +434,12 @@ impl LeaseSource for PopLeases {
 
     fn give_back(&self, api: Arc<str>, lease_id: u64, unused: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // An empty lease was never the book's: a return of it would only
+            // load the origin's one answering queue, once a second for every
+            // spent key of every PoP.
+            if lease_id == EMPTY_LEASE {
+                return;
+            }
             // To the origin that granted it; while its link is down, to
             // another origin of its region: replicas that share their book
             // (`[quotas] store`) take it there, and an origin with a book of
@@ -751,6 +766,28 @@ plans = ["p"]
             period_end_unix_ms: u64::MAX,
             exhausted: false,
         }
+    }
+
+    /// A spent key's empty answers, installed one after the other (each
+    /// refill hands the previous lease back), send no returns: they name
+    /// nothing in the book.
+    #[tokio::test]
+    async fn empty_leases_are_not_handed_back() {
+        let leases = PopLeases::new();
+        let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&link);
+        let empty = || QuotaLease {
+            granted: 0,
+            exhausted: true,
+            ..lease(EMPTY_LEASE, u64::MAX)
+        };
+        let first = granted(&leases, &link, &mut outbox, empty()).await;
+        let second = granted(&leases, &link, &mut outbox, empty()).await;
+        assert_eq!((first.granted, second.granted), (0, 0));
+        leases.give_back("edge".into(), first.id, 0).await;
+        leases.give_back("edge".into(), second.id, 0).await;
+        let sent = outbox.try_recv();
+        assert!(sent.is_err(), "{sent:?}");
     }
 
     /// A lease goes back to the origin whose book granted it, even once
