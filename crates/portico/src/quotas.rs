@@ -385,7 +385,7 @@ impl LeaseSource for PopLeases {
                 .link_for(&ask.api)
                 .ok_or_else(|| format!("no backbone link to the home of API {}", ask.api))?;
             let id = (ask.plan.to_string(), ask.key_id.to_string());
-            let (tx, rx) = oneshot::channel();
+            let (tx, mut rx) = oneshot::channel();
             let asked_at = portico_gateway::limits::now_ms();
             lock(&self.pending).insert(id.clone(), (link.clone(), tx));
             let frame = Frame::QuotaLeaseRequest(QuotaLeaseRequest {
@@ -399,13 +399,24 @@ impl LeaseSource for PopLeases {
                 lock(&self.pending).remove(&id);
                 return Err(format!("lease request not sent: {err}"));
             }
-            let answer = tokio::time::timeout(ASK_TIMEOUT, rx).await;
+            let answer = match tokio::time::timeout(ASK_TIMEOUT, &mut rx).await {
+                Ok(answer) => answer.map_err(|_| "lease request dropped"),
+                // The answer may have been sent after the receiver was last
+                // polled: closed, the receiver keeps what came before (taken
+                // here) and refuses what comes after (the sender hands that
+                // back as late), so no lease the book counted is held by no
+                // one, as it was when the receiver went with the time-out.
+                Err(_) => {
+                    rx.close();
+                    rx.try_recv().map_err(|_| "no lease within 2 s")
+                }
+            };
             lock(&self.pending).remove(&id);
             match answer {
-                Ok(Ok(lease)) if lease.lease_id == 0 => {
+                Ok(lease) if lease.lease_id == 0 => {
                     Err("the origin refused the lease (see its log)".to_owned())
                 }
-                Ok(Ok(lease)) => {
+                Ok(lease) => {
                     let answered_at = portico_gateway::limits::now_ms();
                     let ahead = self.origin_clock(link.peer_id(), asked_at, answered_at, &lease);
                     let expires_ms = local_expiry(asked_at, &lease, ahead);
@@ -426,8 +437,7 @@ impl LeaseSource for PopLeases {
                         exhausted: lease.exhausted,
                     })
                 }
-                Ok(Err(_)) => Err("lease request dropped".to_owned()),
-                Err(_) => Err("no lease within 2 s".to_owned()),
+                Err(why) => Err(why.to_owned()),
             }
         })
     }
@@ -525,8 +535,9 @@ impl ControlHandler for PopLeases {
             Some(tx) => tx.send(lease).err(),
             None => Some(lease),
         };
-        // Nobody waits any more (timed out): hand the whole lease back.
-        if let Some(lease) = late.filter(|l| l.lease_id != 0) {
+        // Nobody waits any more (timed out): hand the whole lease back (a
+        // refusal or an empty answer has nothing to hand back).
+        if let Some(lease) = late.filter(|l| l.lease_id != 0 && l.lease_id != EMPTY_LEASE) {
             let frame = Frame::QuotaReturn(QuotaReturn {
                 lease_id: lease.lease_id,
                 unused: lease.granted,
@@ -885,6 +896,32 @@ plans = ["p"]
             .unwrap();
         // Not "no lease within 2 s": it did not wait out its time.
         assert_eq!(failed.unwrap_err(), "lease request dropped");
+    }
+
+    /// An ask that timed out fails, and its answer, arriving after, goes
+    /// back whole to the origin that granted it: nobody holds it.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_after_its_ask_timed_out_goes_back_whole() {
+        let leases = PopLeases::new();
+        let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&link);
+        let asking = {
+            let leases = Arc::clone(&leases);
+            tokio::spawn(async move { leases.grant(ask()).await })
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+        assert!(
+            matches!(sent, Ok(Some(Frame::QuotaLeaseRequest(_)))),
+            "{sent:?}"
+        );
+        let failed = asking.await.unwrap();
+        assert_eq!(failed.unwrap_err(), "no lease within 2 s");
+        leases.on_frame(&link, Frame::QuotaLease(lease(5, u64::MAX)));
+        let back = outbox.try_recv();
+        let Ok(Frame::QuotaReturn(r)) = back else {
+            panic!("the late lease did not go back: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (5, 10));
     }
 
     /// A PoP whose clock runs ahead of its origin's still spends its leases:
