@@ -312,14 +312,20 @@ impl PopLeases {
         id
     }
 
-    /// The link that leases for `api`: the lowest node id of its home region.
-    fn link_for(&self, api: &str) -> Option<ControlLink> {
-        let region = self.home(api);
+    /// The link that leases for `api`: the lowest node id of its home
+    /// region. An API without a known home (removed since, or not synced
+    /// yet) has none: any region's origin would lease from a book that is
+    /// not the API's, or refuse it.
+    fn link_for(&self, api: &str) -> Result<ControlLink, String> {
+        let region = self
+            .home(api)
+            .ok_or_else(|| format!("API {api} has no known home region"))?;
         self.links
             .open()
             .into_iter()
-            .filter(|l| l.is_open() && region.as_deref().is_none_or(|r| l.region() == r))
+            .filter(|l| l.is_open() && l.region() == region)
             .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
+            .ok_or_else(|| format!("no backbone link to the home of API {api} ({region})"))
     }
 }
 
@@ -381,9 +387,7 @@ fn within_ask(granted: u64, want: u64) -> u64 {
 impl LeaseSource for PopLeases {
     fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
         Box::pin(async move {
-            let link = self
-                .link_for(&ask.api)
-                .ok_or_else(|| format!("no backbone link to the home of API {}", ask.api))?;
+            let link = self.link_for(&ask.api)?;
             let id = (ask.plan.to_string(), ask.key_id.to_string());
             let (tx, mut rx) = oneshot::channel();
             let asked_at = portico_gateway::limits::now_ms();
@@ -722,7 +726,7 @@ plans = ["p"]
     /// grant of `u64::MAX` (a peer gone wrong) leaves the wallet holding 10.
     #[tokio::test]
     async fn a_pop_spends_no_more_of_a_lease_than_it_asked_for() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let huge = QuotaLease {
@@ -731,6 +735,37 @@ plans = ["p"]
         };
         let held = granted(&leases, &link, &mut outbox, huge).await;
         assert_eq!(held.granted, 10);
+    }
+
+    /// A PoP's leases, API `edge` homed in `region`.
+    fn homed(region: &str) -> Arc<PopLeases> {
+        let leases = PopLeases::new();
+        let homes = HashMap::from([("edge".to_owned(), region.to_owned())]);
+        let config = SyncedConfig::new(Arc::new(Definitions::empty()), homes);
+        let (_config_tx, config_rx) = watch::channel(Arc::new(config));
+        assert!(leases.homes.set(config_rx).is_ok());
+        leases
+    }
+
+    /// Leases go to the origins of an API's home region only; an API
+    /// without a known home (removed, say) has no origin to ask.
+    #[tokio::test]
+    async fn an_api_without_a_known_home_has_no_origin_to_ask() {
+        let leases = homed("eu");
+        let (eu, _eu_out) = ControlLink::new("origin-eu", "eu", Capabilities(0));
+        let (us, _us_out) = ControlLink::new("origin-a-us", "us", Capabilities(0));
+        leases.link_up(&eu);
+        leases.link_up(&us);
+        assert_eq!(leases.link_for("edge").unwrap().peer_id(), "origin-eu");
+        let err = leases.link_for("gone").unwrap_err();
+        assert_eq!(err, "API gone has no known home region");
+        let asked = leases
+            .grant(LeaseAsk {
+                api: "gone".into(),
+                ..ask()
+            })
+            .await;
+        assert_eq!(asked.unwrap_err(), err);
     }
 
     fn ask() -> LeaseAsk {
@@ -784,7 +819,7 @@ plans = ["p"]
     /// nothing in the book.
     #[tokio::test]
     async fn empty_leases_are_not_handed_back() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let empty = || QuotaLease {
@@ -805,7 +840,7 @@ plans = ["p"]
     /// another origin of the region (a lower node id) leases for the API.
     #[tokio::test]
     async fn a_lease_goes_back_to_the_book_that_granted_it() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
         leases.link_up(&b);
         let held = granted(&leases, &b, &mut b_out, lease(5, u64::MAX)).await;
@@ -829,7 +864,7 @@ plans = ["p"]
     /// region's.
     #[tokio::test]
     async fn a_lease_whose_origin_is_down_goes_back_through_its_region() {
-        let leases = PopLeases::new();
+        let leases = homed("eu");
         let (b, mut b_out) = ControlLink::new("origin-b", "eu", Capabilities(0));
         leases.link_up(&b);
         let held = granted(&leases, &b, &mut b_out, lease(5, u64::MAX)).await;
@@ -854,7 +889,7 @@ plans = ["p"]
     /// its own origin's; an ask whose link drops fails at once.
     #[tokio::test]
     async fn only_the_asked_origins_lease_answers_an_ask() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
         leases.link_up(&b);
         let asking = {
@@ -902,7 +937,7 @@ plans = ["p"]
     /// back whole to the origin that granted it: nobody holds it.
     #[tokio::test(start_paused = true)]
     async fn a_lease_after_its_ask_timed_out_goes_back_whole() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let asking = {
@@ -928,7 +963,7 @@ plans = ["p"]
     /// their lifetime counts from the ask, on the PoP's own clock.
     #[tokio::test]
     async fn a_lease_lives_its_time_whatever_the_origins_clock_says() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let before = portico_gateway::limits::now_ms();
@@ -949,7 +984,7 @@ plans = ["p"]
     /// period's last minutes on arrival.
     #[tokio::test]
     async fn a_period_ends_when_the_origins_clock_says_on_this_ones() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let now = portico_gateway::limits::now_ms();
