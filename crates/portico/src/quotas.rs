@@ -11,7 +11,7 @@
 //! A region with several origins: a PoP leases from the one with the lowest
 //! node id among those it is connected to (each origin keeps its own book).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -268,6 +268,8 @@ pub struct PopLeases {
     /// behind), as its last uncut lease showed: its period ends are on its
     /// clock.
     clocks: Mutex<HashMap<String, i64>>,
+    /// Returns waiting for their origin's next link, oldest first.
+    unreturned: Mutex<VecDeque<Unreturned>>,
 }
 
 impl PopLeases {
@@ -454,46 +456,125 @@ impl LeaseSource for PopLeases {
             if lease_id == EMPTY_LEASE {
                 return;
             }
+            let Some(g) = lock(&self.granted).by_id.remove(&lease_id) else {
+                return tracing::debug!(%api, lease = lease_id, "no such quota lease to return");
+            };
+            let back = Unreturned {
+                origin: g.origin,
+                lease_id: g.origin_id,
+                unused,
+            };
             // To the origin that granted it; while its link is down, to
             // another origin of its region: replicas that share their book
             // (`[quotas] store`) take it there, and an origin with a book of
             // its own finds no such lease and refuses it (each book draws
             // where its ids start: see `QuotaBook::open`), changing nothing.
-            let granted = lock(&self.granted).by_id.remove(&lease_id);
-            let to = granted.and_then(|g| {
-                let open: Vec<ControlLink> = self
-                    .links
-                    .open()
-                    .into_iter()
-                    .filter(|l| l.is_open())
-                    .collect();
-                let granter = open.iter().find(|l| l.peer_id() == g.origin);
-                let sibling = || {
-                    open.iter()
-                        .filter(|l| l.region() == g.region)
-                        .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
-                };
-                let link = granter.or_else(sibling)?.clone();
-                Some((link, g.origin_id))
-            });
-            let Some((link, lease_id)) = to else {
-                // Counted as used in the book: stranded, never overshot.
-                tracing::warn!(%api, lease = lease_id, unused, "no link to return a quota lease");
-                return;
+            // With neither, it waits for the granting origin's next link.
+            let open: Vec<ControlLink> = self
+                .links
+                .open()
+                .into_iter()
+                .filter(|l| l.is_open())
+                .collect();
+            let granter = open.iter().find(|l| l.peer_id() == back.origin);
+            let sibling = || {
+                open.iter()
+                    .filter(|l| l.region() == g.region)
+                    .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
             };
-            let frame = Frame::QuotaReturn(QuotaReturn { lease_id, unused });
-            // Not waiting on a full outbox: the sweep and the refill that
-            // return leases run on paths requests wait on. Unreturned, the
-            // lease stays counted as used in the book: stranded, never overshot.
-            if let Err(err) = link.try_send(frame) {
-                tracing::warn!(lease = lease_id, unused, %err, "quota lease not returned");
+            match granter.or_else(sibling) {
+                Some(link) => {
+                    let to_granter = link.peer_id() == back.origin;
+                    if self.send_return(link, back) && to_granter {
+                        // The link takes frames again: what waited for it goes.
+                        self.send_kept(link);
+                    }
+                }
+                None => self.keep(back, "no link to its origin"),
             }
         })
     }
 }
 
+/// Returns that found no way to their origin (no link, or a link too busy
+/// to take them), kept at most this many: each waits for its origin's next
+/// link, instead of leaving its requests counted as used for good.
+const MAX_UNRETURNED: usize = 4096;
+
+/// A return waiting for its origin.
+struct Unreturned {
+    /// The node id of the origin whose book granted the lease.
+    origin: String,
+    /// The lease's id in that book.
+    lease_id: u64,
+    unused: u64,
+}
+
+impl PopLeases {
+    /// Sends `back` on `link` without waiting (the sweep and the refill that
+    /// return leases run on paths requests wait on); kept for its origin's
+    /// next link if the link cannot take it now. Whether it was sent.
+    fn send_return(&self, link: &ControlLink, back: Unreturned) -> bool {
+        let frame = Frame::QuotaReturn(QuotaReturn {
+            lease_id: back.lease_id,
+            unused: back.unused,
+        });
+        match link.try_send(frame) {
+            Ok(()) => true,
+            Err(err) => {
+                self.keep(back, &err.to_string());
+                false
+            }
+        }
+    }
+
+    /// Keeps `back` until its origin's next link (see [`MAX_UNRETURNED`]).
+    /// A return of nothing is not kept: it only ends a lease the book keeps
+    /// no longer than its expiry and a while (it lowers no count).
+    fn keep(&self, back: Unreturned, why: &str) {
+        let (lease, unused) = (back.lease_id, back.unused);
+        if unused == 0 {
+            return tracing::debug!(lease, why, "empty quota return dropped");
+        }
+        tracing::warn!(lease, unused, origin = %back.origin, why, "quota return kept for the origin's next link");
+        let mut kept = lock(&self.unreturned);
+        if kept.len() >= MAX_UNRETURNED
+            && let Some(dropped) = kept.pop_front()
+        {
+            // Counted as used in the book: stranded, never overshot.
+            tracing::warn!(
+                lease = dropped.lease_id,
+                unused = dropped.unused,
+                "quota return dropped: {MAX_UNRETURNED} wait already"
+            );
+        }
+        kept.push_back(back);
+    }
+
+    /// Sends the returns kept for `link`'s origin on it; those it cannot
+    /// take now stay.
+    fn send_kept(&self, link: &ControlLink) {
+        let waiting: VecDeque<Unreturned> = {
+            let mut kept = lock(&self.unreturned);
+            if kept.is_empty() {
+                return;
+            }
+            let (mine, others): (VecDeque<_>, _) =
+                kept.drain(..).partition(|b| b.origin == link.peer_id());
+            *kept = others;
+            mine
+        };
+        for back in waiting {
+            self.send_return(link, back);
+        }
+    }
+}
+
 impl ControlHandler for PopLeases {
     fn link_up(&self, link: &ControlLink) {
+        // Returns that waited for this origin go first: before any ask on
+        // the new link, which could otherwise find their requests counted.
+        self.send_kept(link);
         self.links.up(link);
         // Reconcile: what this PoP held from that region goes back now (the
         // origin may have restarted; it keeps the leases in its book).
@@ -542,13 +623,12 @@ impl ControlHandler for PopLeases {
         // Nobody waits any more (timed out): hand the whole lease back (a
         // refusal or an empty answer has nothing to hand back).
         if let Some(lease) = late.filter(|l| l.lease_id != 0 && l.lease_id != EMPTY_LEASE) {
-            let frame = Frame::QuotaReturn(QuotaReturn {
+            let back = Unreturned {
+                origin: link.peer_id().to_owned(),
                 lease_id: lease.lease_id,
                 unused: lease.granted,
-            });
-            if let Err(err) = link.try_send(frame) {
-                tracing::warn!(lease = lease.lease_id, %err, "late quota lease not returned");
-            }
+            };
+            self.send_return(link, back);
         }
     }
 }
@@ -882,6 +962,42 @@ plans = ["p"]
         };
         assert_eq!((r.lease_id, r.unused), (5, 4));
         assert!(elsewhere_out.try_recv().is_err(), "another region got it");
+    }
+
+    /// A return made while its origin cannot be reached waits for that
+    /// origin's next link (the same node id), and goes on it first.
+    #[tokio::test]
+    async fn a_return_waits_for_its_origins_next_link() {
+        let leases = homed("");
+        let (old, mut old_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&old);
+        let held = granted(&leases, &old, &mut old_out, lease(5, u64::MAX)).await;
+        drop(old_out);
+        leases.link_down(&old);
+        leases.give_back("edge".into(), held.id, 10).await;
+        let (new, mut new_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&new);
+        let back = new_out.try_recv();
+        let Ok(Frame::QuotaReturn(r)) = back else {
+            panic!("no return on the new link: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (5, 10));
+        // So does one its link is too busy to take.
+        let held = granted(&leases, &new, &mut new_out, lease(6, u64::MAX)).await;
+        let ping = || Frame::Ping(portico_proto::Ping { nonce: 0 });
+        while new.try_send(ping()).is_ok() {}
+        leases.give_back("edge".into(), held.id, 3).await;
+        let (again, mut again_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&again);
+        let back = again_out.try_recv();
+        let Ok(Frame::QuotaReturn(r)) = back else {
+            panic!("no return on the next link: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (6, 3));
+        // Each is sent once.
+        let (last, mut last_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&last);
+        assert!(last_out.try_recv().is_err());
     }
 
     /// A lease from an origin that was not asked (a late answer to an ask
