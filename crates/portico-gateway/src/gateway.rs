@@ -654,7 +654,10 @@ fn normal_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
                 .is_some_and(|h| h.iter().any(u8::is_ascii_lowercase) || unreserved(h).is_some())
     });
     let merged = path.contains("//");
-    let dotted = path.split('/').skip(1).any(|seg| matches!(dots(seg), Some(1 | 2)));
+    let dotted = path
+        .split('/')
+        .skip(1)
+        .any(|seg| matches!(dots(seg), Some(1 | 2)));
     if !recoded && !merged && !dotted {
         return Ok(Cow::Borrowed(path));
     }
@@ -858,7 +861,13 @@ mod tests {
             assert_eq!(routed_path(sent).ok().as_deref(), Some(normal), "{sent}");
         }
         // Already normal: the path itself, not a copy.
-        for sent in ["/prod/admin", "/prod/a/", "/prod/a%2Fb", "/prod/.well-known/x", "/"] {
+        for sent in [
+            "/prod/admin",
+            "/prod/a/",
+            "/prod/a%2Fb",
+            "/prod/.well-known/x",
+            "/",
+        ] {
             assert!(matches!(routed_path(sent), Ok(Cow::Borrowed(_))), "{sent}");
         }
         for bad in ["/%61%2e/..//..", "/prod/%zz", "/prod/%4", "prod/a"] {
