@@ -181,6 +181,15 @@ impl QuotaBook {
                 .get("next_lease")
                 .map_err(QuotaError::store)?
                 .map_or(1, |v| v.value());
+            // EMPTY_LEASE names an empty answer and 0 a refusal on the wire:
+            // neither is granted, and the ids end below EMPTY_LEASE (the
+            // write is dropped). Reached only from a next id this code did
+            // not count to (a corrupt or foreign file: opening moves ids on
+            // by at most 2^33 from below 2^62), as the Redis book refuses
+            // past its own bound.
+            if id == 0 || id == EMPTY_LEASE {
+                return Err(QuotaError::Store("lease ids are used up".into()));
+            }
             meta.insert("next_lease", id + 1)
                 .map_err(QuotaError::store)?;
             let expires_ms = (now_ms + req.ttl_ms.max(1)).min(end);
@@ -389,6 +398,32 @@ pub(crate) mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let book = QuotaBook::open(&dir.path().join("quota.redb")).unwrap();
         (dir, book)
+    }
+
+    /// A next id at the end of the range (a corrupt or foreign file) grants
+    /// its last id and then refuses: never EMPTY_LEASE, never 0, no wrap.
+    #[test]
+    fn lease_ids_end_below_the_empty_lease() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("quota.redb");
+        drop(QuotaBook::open(&path).unwrap());
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert("next_lease", u64::MAX - 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let book = QuotaBook::open(&path).unwrap();
+        let last = book.grant(&request("pop-a", 10), NOW).unwrap();
+        assert_eq!((last.id, last.granted), (EMPTY_LEASE - 1, 10));
+        let err = book.grant(&request("pop-a", 10), NOW).unwrap_err();
+        assert_eq!(err.to_string(), "quota store: lease ids are used up");
+        // Refused whole: nothing more is counted.
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 10);
+        assert!(book.grant(&request("pop-a", 10), NOW).is_err());
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //!   token (its lease ends and gives back all it granted, or, not run yet,
 //!   it grants nothing when it runs), so that a grant Redis ran after its
 //!   caller gave up (a slow server, a lost answer) does not leave its
-//!   requests counted as used by no one.
+//!   requests counted as used by no one. A grant that was answered needs no
+//!   cancel: its token is deleted as soon as the answer comes (best effort),
+//!   so the tokens kept are those of unanswered grants, not one per grant.
 //!
 //! Lease ids count up from a random point and move on by a random jump
 //! whenever an origin finds the server's run id changed (its first grant,
@@ -85,7 +87,8 @@ const MAX_QUEUED_RETURNS: usize = 100_000;
 /// ids start at ARGV[10] if there are none and then move on by ARGV[11],
 /// once per server. KEYS[4] is the grant's token: a grant its caller gave
 /// up on is cancelled there ([`CANCEL`]), before it runs or after; the
-/// lease's id is kept there for ARGV[12] ms.
+/// lease's id is kept there for ARGV[12] ms, or until the caller, answered,
+/// deletes it.
 /// Returns {id, granted, used after}; id 0 when nothing was granted.
 const GRANT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -158,8 +161,10 @@ return {tonumber(id), granted}
 
 /// How long a grant's token is kept (see [`GRANT`], [`CANCEL`]): a cancel
 /// waits in the node's queue while the store cannot be reached, and must
-/// still find its grant's lease when it can; a day of tokens is a small
-/// part of the leases the store keeps (each [`RETAIN_MS`] past its expiry).
+/// still find its grant's lease when it can. Only unanswered grants and
+/// cancels keep theirs that long: an answered grant's token is deleted at
+/// once ([`RedisBook::forget_token`]), else a day of tokens would grow with
+/// the grant rate, one key per lease ever granted.
 const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Ends lease KEYS[1] of holder ARGV[1], giving back ARGV[2] unused
@@ -634,10 +639,18 @@ impl RedisBook {
     /// Grants up to `req.want` requests, counted as used before returning.
     pub async fn grant(&self, req: &LeaseRequest<'_>, now_ms: i64) -> Result<Lease, QuotaError> {
         // Names this grant, so that it can be cancelled if no answer comes.
-        self.grant_as(req, now_ms, rand::random()).await
+        let token = rand::random();
+        let lease = self.grant_as(req, now_ms, token).await?;
+        // Answered: no cancel will look for the token. (One that granted
+        // nothing wrote none.)
+        if lease.granted > 0 {
+            self.forget_token(token);
+        }
+        Ok(lease)
     }
 
-    /// [`RedisBook::grant`] under `token`.
+    /// [`RedisBook::grant`] under `token`, which is kept in the store as
+    /// though no answer had come.
     async fn grant_as(
         &self,
         req: &LeaseRequest<'_>,
@@ -708,6 +721,23 @@ impl RedisBook {
             period_end_ms: end,
             exhausted: used >= limit,
         })
+    }
+
+    /// Deletes the token of a grant that was answered, which no cancel will
+    /// ever look for, without waiting for it (the grant's answer does not
+    /// wait on a second round trip) and without touching the book's
+    /// back-off: if it fails, the token expires after [`TOKEN_TTL`] as an
+    /// unanswered grant's does.
+    fn forget_token(&self, token: u64) {
+        let key = self.0.token_key(token);
+        let mut conn = self.0.conn();
+        self.0.runtime.spawn(async move {
+            let deleted: Result<Result<(), _>, _> =
+                tokio::time::timeout(OP_TIMEOUT, conn.del(key)).await;
+            if let Ok(Err(err)) = deleted {
+                tracing::debug!(%err, "redis: an answered grant's token was not deleted");
+            }
+        });
     }
 
     /// Ends a lease, giving back `unused` requests if its period is still
@@ -1168,15 +1198,47 @@ mod tests {
         }
         let leases: Vec<String> = redis.command(&["KEYS", "portico:lease:*"]);
         assert_eq!(leases, [format!("portico:lease:{}", first.id)]);
-        let tokens: Vec<String> = redis.command(&["KEYS", "portico:grant:*"]);
-        let marks: Vec<String> = tokens.iter().map(|t| redis.command(&["GET", t])).collect();
-        assert!(
-            marks.len() == 2 && marks.contains(&"x".to_owned()),
-            "{marks:?}"
-        );
+        // The cancelled grant's token stays marked; the answered one's went.
+        let marks = tokens_left(&redis, 1).await;
+        assert_eq!(marks, ["x"]);
         // And the book grants as before.
         let lease = book.grant(&request("pop-a", 100), now()).await.unwrap();
         assert_eq!(lease.granted, 100);
+    }
+
+    /// The values of the grant tokens in the store once there are at most
+    /// `want` (an answered grant's goes a moment after its answer); all
+    /// there are if that never happens.
+    async fn tokens_left(redis: &Redis, want: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tokens: Vec<String> = redis.command(&["KEYS", "portico:grant:*"]);
+            if tokens.len() <= want || Instant::now() >= deadline {
+                return tokens.iter().map(|t| redis.command(&["GET", t])).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A token is kept for a cancel, which only a grant without an answer
+    /// has: answered grants leave none behind, however many there are, and
+    /// a cancel's mark stays.
+    #[tokio::test]
+    async fn answered_grants_keep_no_token() {
+        let redis = Redis::start();
+        let book = book(&redis).await;
+        for _ in 0..20 {
+            let lease = book.grant(&request("pop-a", 10), now()).await.unwrap();
+            assert_eq!(book.release(lease.id, 4, "pop-a").await.unwrap(), 4);
+        }
+        let held = book.grant(&request("pop-a", 10), now()).await.unwrap();
+        assert_eq!(held.granted, 10);
+        assert!(matches!(book.cancel(7, "pop-a").await, Ok(Ok(0))));
+        assert_eq!(tokens_left(&redis, 1).await, ["x"]);
+        assert_eq!(
+            book.usage("basic", "k1", SPEC, now()).await.unwrap().used,
+            20 * 6 + 10
+        );
     }
 
     /// A cancel that arrives before its grant runs leaves the grant with

@@ -11,7 +11,7 @@
 //! A region with several origins: a PoP leases from the one with the lowest
 //! node id among those it is connected to (each origin keeps its own book).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use portico_backbone::{ControlHandler, ControlLink, SyncedConfig};
 use portico_config::{ApiKey, Definitions, UsagePlan};
 use portico_gateway::limits::{BookSource, BoxFuture, LEASE_TTL_MS, LeaseAsk, LeaseSource, Quotas};
 use portico_proto::{Frame, FrameKind, QuotaLease, QuotaLeaseRequest, QuotaReturn};
-use portico_quota::Lease;
+use portico_quota::{EMPTY_LEASE, Lease};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Control frames of quota leases.
@@ -268,6 +268,8 @@ pub struct PopLeases {
     /// behind), as its last uncut lease showed: its period ends are on its
     /// clock.
     clocks: Mutex<HashMap<String, i64>>,
+    /// Returns waiting for their origin's next link, oldest first.
+    unreturned: Mutex<VecDeque<Unreturned>>,
 }
 
 impl PopLeases {
@@ -312,14 +314,20 @@ impl PopLeases {
         id
     }
 
-    /// The link that leases for `api`: the lowest node id of its home region.
-    fn link_for(&self, api: &str) -> Option<ControlLink> {
-        let region = self.home(api);
+    /// The link that leases for `api`: the lowest node id of its home
+    /// region. An API without a known home (removed since, or not synced
+    /// yet) has none: any region's origin would lease from a book that is
+    /// not the API's, or refuse it.
+    fn link_for(&self, api: &str) -> Result<ControlLink, String> {
+        let region = self
+            .home(api)
+            .ok_or_else(|| format!("API {api} has no known home region"))?;
         self.links
             .open()
             .into_iter()
-            .filter(|l| l.is_open() && region.as_deref().is_none_or(|r| l.region() == r))
+            .filter(|l| l.is_open() && l.region() == region)
             .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
+            .ok_or_else(|| format!("no backbone link to the home of API {api} ({region})"))
     }
 }
 
@@ -381,11 +389,9 @@ fn within_ask(granted: u64, want: u64) -> u64 {
 impl LeaseSource for PopLeases {
     fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
         Box::pin(async move {
-            let link = self
-                .link_for(&ask.api)
-                .ok_or_else(|| format!("no backbone link to the home of API {}", ask.api))?;
+            let link = self.link_for(&ask.api)?;
             let id = (ask.plan.to_string(), ask.key_id.to_string());
-            let (tx, rx) = oneshot::channel();
+            let (tx, mut rx) = oneshot::channel();
             let asked_at = portico_gateway::limits::now_ms();
             lock(&self.pending).insert(id.clone(), (link.clone(), tx));
             let frame = Frame::QuotaLeaseRequest(QuotaLeaseRequest {
@@ -399,72 +405,176 @@ impl LeaseSource for PopLeases {
                 lock(&self.pending).remove(&id);
                 return Err(format!("lease request not sent: {err}"));
             }
-            let answer = tokio::time::timeout(ASK_TIMEOUT, rx).await;
+            let answer = match tokio::time::timeout(ASK_TIMEOUT, &mut rx).await {
+                Ok(answer) => answer.map_err(|_| "lease request dropped"),
+                // The answer may have been sent after the receiver was last
+                // polled: closed, the receiver keeps what came before (taken
+                // here) and refuses what comes after (the sender hands that
+                // back as late), so no lease the book counted is held by no
+                // one, as it was when the receiver went with the time-out.
+                Err(_) => {
+                    rx.close();
+                    rx.try_recv().map_err(|_| "no lease within 2 s")
+                }
+            };
             lock(&self.pending).remove(&id);
             match answer {
-                Ok(Ok(lease)) if lease.lease_id == 0 => {
+                Ok(lease) if lease.lease_id == 0 => {
                     Err("the origin refused the lease (see its log)".to_owned())
                 }
-                Ok(Ok(lease)) => {
+                Ok(lease) => {
                     let answered_at = portico_gateway::limits::now_ms();
                     let ahead = self.origin_clock(link.peer_id(), asked_at, answered_at, &lease);
                     let expires_ms = local_expiry(asked_at, &lease, ahead);
+                    // An empty answer (the key is spent) names no lease in
+                    // the book: nothing to remember, nothing to hand back.
+                    let (id, granted) = match lease.lease_id {
+                        EMPTY_LEASE => (EMPTY_LEASE, 0),
+                        id => (
+                            self.remember(&link, id, expires_ms),
+                            within_ask(lease.granted, ask.want),
+                        ),
+                    };
                     Ok(Lease {
-                        id: self.remember(&link, lease.lease_id, expires_ms),
-                        granted: within_ask(lease.granted, ask.want),
+                        id,
+                        granted,
                         expires_ms,
                         period_end_ms: signed_ms(lease.period_end_unix_ms).saturating_sub(ahead),
                         exhausted: lease.exhausted,
                     })
                 }
-                Ok(Err(_)) => Err("lease request dropped".to_owned()),
-                Err(_) => Err("no lease within 2 s".to_owned()),
+                Err(why) => Err(why.to_owned()),
             }
         })
     }
 
     fn give_back(&self, api: Arc<str>, lease_id: u64, unused: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // An empty lease was never the book's: a return of it would only
+            // load the origin's one answering queue, once a second for every
+            // spent key of every PoP.
+            if lease_id == EMPTY_LEASE {
+                return;
+            }
+            let Some(g) = lock(&self.granted).by_id.remove(&lease_id) else {
+                return tracing::debug!(%api, lease = lease_id, "no such quota lease to return");
+            };
+            let back = Unreturned {
+                origin: g.origin,
+                lease_id: g.origin_id,
+                unused,
+            };
             // To the origin that granted it; while its link is down, to
             // another origin of its region: replicas that share their book
             // (`[quotas] store`) take it there, and an origin with a book of
             // its own finds no such lease and refuses it (each book draws
             // where its ids start: see `QuotaBook::open`), changing nothing.
-            let granted = lock(&self.granted).by_id.remove(&lease_id);
-            let to = granted.and_then(|g| {
-                let open: Vec<ControlLink> = self
-                    .links
-                    .open()
-                    .into_iter()
-                    .filter(|l| l.is_open())
-                    .collect();
-                let granter = open.iter().find(|l| l.peer_id() == g.origin);
-                let sibling = || {
-                    open.iter()
-                        .filter(|l| l.region() == g.region)
-                        .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
-                };
-                let link = granter.or_else(sibling)?.clone();
-                Some((link, g.origin_id))
-            });
-            let Some((link, lease_id)) = to else {
-                // Counted as used in the book: stranded, never overshot.
-                tracing::warn!(%api, lease = lease_id, unused, "no link to return a quota lease");
-                return;
+            // With neither, it waits for the granting origin's next link.
+            let open: Vec<ControlLink> = self
+                .links
+                .open()
+                .into_iter()
+                .filter(|l| l.is_open())
+                .collect();
+            let granter = open.iter().find(|l| l.peer_id() == back.origin);
+            let sibling = || {
+                open.iter()
+                    .filter(|l| l.region() == g.region)
+                    .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
             };
-            let frame = Frame::QuotaReturn(QuotaReturn { lease_id, unused });
-            // Not waiting on a full outbox: the sweep and the refill that
-            // return leases run on paths requests wait on. Unreturned, the
-            // lease stays counted as used in the book: stranded, never overshot.
-            if let Err(err) = link.try_send(frame) {
-                tracing::warn!(lease = lease_id, unused, %err, "quota lease not returned");
+            match granter.or_else(sibling) {
+                Some(link) => {
+                    let to_granter = link.peer_id() == back.origin;
+                    if self.send_return(link, back) && to_granter {
+                        // The link takes frames again: what waited for it goes.
+                        self.send_kept(link);
+                    }
+                }
+                None => self.keep(back, "no link to its origin"),
             }
         })
     }
 }
 
+/// Returns that found no way to their origin (no link, or a link too busy
+/// to take them), kept at most this many: each waits for its origin's next
+/// link, instead of leaving its requests counted as used for good.
+const MAX_UNRETURNED: usize = 4096;
+
+/// A return waiting for its origin.
+struct Unreturned {
+    /// The node id of the origin whose book granted the lease.
+    origin: String,
+    /// The lease's id in that book.
+    lease_id: u64,
+    unused: u64,
+}
+
+impl PopLeases {
+    /// Sends `back` on `link` without waiting (the sweep and the refill that
+    /// return leases run on paths requests wait on); kept for its origin's
+    /// next link if the link cannot take it now. Whether it was sent.
+    fn send_return(&self, link: &ControlLink, back: Unreturned) -> bool {
+        let frame = Frame::QuotaReturn(QuotaReturn {
+            lease_id: back.lease_id,
+            unused: back.unused,
+        });
+        match link.try_send(frame) {
+            Ok(()) => true,
+            Err(err) => {
+                self.keep(back, &err.to_string());
+                false
+            }
+        }
+    }
+
+    /// Keeps `back` until its origin's next link (see [`MAX_UNRETURNED`]).
+    /// A return of nothing is not kept: it only ends a lease the book keeps
+    /// no longer than its expiry and a while (it lowers no count).
+    fn keep(&self, back: Unreturned, why: &str) {
+        let (lease, unused) = (back.lease_id, back.unused);
+        if unused == 0 {
+            return tracing::debug!(lease, why, "empty quota return dropped");
+        }
+        tracing::warn!(lease, unused, origin = %back.origin, why, "quota return kept for the origin's next link");
+        let mut kept = lock(&self.unreturned);
+        if kept.len() >= MAX_UNRETURNED
+            && let Some(dropped) = kept.pop_front()
+        {
+            // Counted as used in the book: stranded, never overshot.
+            tracing::warn!(
+                lease = dropped.lease_id,
+                unused = dropped.unused,
+                "quota return dropped: {MAX_UNRETURNED} wait already"
+            );
+        }
+        kept.push_back(back);
+    }
+
+    /// Sends the returns kept for `link`'s origin on it; those it cannot
+    /// take now stay.
+    fn send_kept(&self, link: &ControlLink) {
+        let waiting: VecDeque<Unreturned> = {
+            let mut kept = lock(&self.unreturned);
+            if kept.is_empty() {
+                return;
+            }
+            let (mine, others): (VecDeque<_>, _) =
+                kept.drain(..).partition(|b| b.origin == link.peer_id());
+            *kept = others;
+            mine
+        };
+        for back in waiting {
+            self.send_return(link, back);
+        }
+    }
+}
+
 impl ControlHandler for PopLeases {
     fn link_up(&self, link: &ControlLink) {
+        // Returns that waited for this origin go first: before any ask on
+        // the new link, which could otherwise find their requests counted.
+        self.send_kept(link);
         self.links.up(link);
         // Reconcile: what this PoP held from that region goes back now (the
         // origin may have restarted; it keeps the leases in its book).
@@ -510,15 +620,15 @@ impl ControlHandler for PopLeases {
             Some(tx) => tx.send(lease).err(),
             None => Some(lease),
         };
-        // Nobody waits any more (timed out): hand the whole lease back.
-        if let Some(lease) = late.filter(|l| l.lease_id != 0) {
-            let frame = Frame::QuotaReturn(QuotaReturn {
+        // Nobody waits any more (timed out): hand the whole lease back (a
+        // refusal or an empty answer has nothing to hand back).
+        if let Some(lease) = late.filter(|l| l.lease_id != 0 && l.lease_id != EMPTY_LEASE) {
+            let back = Unreturned {
+                origin: link.peer_id().to_owned(),
                 lease_id: lease.lease_id,
                 unused: lease.granted,
-            });
-            if let Err(err) = link.try_send(frame) {
-                tracing::warn!(lease = lease.lease_id, %err, "late quota lease not returned");
-            }
+            };
+            self.send_return(link, back);
         }
     }
 }
@@ -696,7 +806,7 @@ plans = ["p"]
     /// grant of `u64::MAX` (a peer gone wrong) leaves the wallet holding 10.
     #[tokio::test]
     async fn a_pop_spends_no_more_of_a_lease_than_it_asked_for() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let huge = QuotaLease {
@@ -705,6 +815,37 @@ plans = ["p"]
         };
         let held = granted(&leases, &link, &mut outbox, huge).await;
         assert_eq!(held.granted, 10);
+    }
+
+    /// A PoP's leases, API `edge` homed in `region`.
+    fn homed(region: &str) -> Arc<PopLeases> {
+        let leases = PopLeases::new();
+        let homes = HashMap::from([("edge".to_owned(), region.to_owned())]);
+        let config = SyncedConfig::new(Arc::new(Definitions::empty()), homes);
+        let (_config_tx, config_rx) = watch::channel(Arc::new(config));
+        assert!(leases.homes.set(config_rx).is_ok());
+        leases
+    }
+
+    /// Leases go to the origins of an API's home region only; an API
+    /// without a known home (removed, say) has no origin to ask.
+    #[tokio::test]
+    async fn an_api_without_a_known_home_has_no_origin_to_ask() {
+        let leases = homed("eu");
+        let (eu, _eu_out) = ControlLink::new("origin-eu", "eu", Capabilities(0));
+        let (us, _us_out) = ControlLink::new("origin-a-us", "us", Capabilities(0));
+        leases.link_up(&eu);
+        leases.link_up(&us);
+        assert_eq!(leases.link_for("edge").unwrap().peer_id(), "origin-eu");
+        let err = leases.link_for("gone").unwrap_err();
+        assert_eq!(err, "API gone has no known home region");
+        let asked = leases
+            .grant(LeaseAsk {
+                api: "gone".into(),
+                ..ask()
+            })
+            .await;
+        assert_eq!(asked.unwrap_err(), err);
     }
 
     fn ask() -> LeaseAsk {
@@ -753,11 +894,33 @@ plans = ["p"]
         }
     }
 
+    /// A spent key's empty answers, installed one after the other (each
+    /// refill hands the previous lease back), send no returns: they name
+    /// nothing in the book.
+    #[tokio::test]
+    async fn empty_leases_are_not_handed_back() {
+        let leases = homed("");
+        let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&link);
+        let empty = || QuotaLease {
+            granted: 0,
+            exhausted: true,
+            ..lease(EMPTY_LEASE, u64::MAX)
+        };
+        let first = granted(&leases, &link, &mut outbox, empty()).await;
+        let second = granted(&leases, &link, &mut outbox, empty()).await;
+        assert_eq!((first.granted, second.granted), (0, 0));
+        leases.give_back("edge".into(), first.id, 0).await;
+        leases.give_back("edge".into(), second.id, 0).await;
+        let sent = outbox.try_recv();
+        assert!(sent.is_err(), "{sent:?}");
+    }
+
     /// A lease goes back to the origin whose book granted it, even once
     /// another origin of the region (a lower node id) leases for the API.
     #[tokio::test]
     async fn a_lease_goes_back_to_the_book_that_granted_it() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
         leases.link_up(&b);
         let held = granted(&leases, &b, &mut b_out, lease(5, u64::MAX)).await;
@@ -781,7 +944,7 @@ plans = ["p"]
     /// region's.
     #[tokio::test]
     async fn a_lease_whose_origin_is_down_goes_back_through_its_region() {
-        let leases = PopLeases::new();
+        let leases = homed("eu");
         let (b, mut b_out) = ControlLink::new("origin-b", "eu", Capabilities(0));
         leases.link_up(&b);
         let held = granted(&leases, &b, &mut b_out, lease(5, u64::MAX)).await;
@@ -801,12 +964,48 @@ plans = ["p"]
         assert!(elsewhere_out.try_recv().is_err(), "another region got it");
     }
 
+    /// A return made while its origin cannot be reached waits for that
+    /// origin's next link (the same node id), and goes on it first.
+    #[tokio::test]
+    async fn a_return_waits_for_its_origins_next_link() {
+        let leases = homed("");
+        let (old, mut old_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&old);
+        let held = granted(&leases, &old, &mut old_out, lease(5, u64::MAX)).await;
+        drop(old_out);
+        leases.link_down(&old);
+        leases.give_back("edge".into(), held.id, 10).await;
+        let (new, mut new_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&new);
+        let back = new_out.try_recv();
+        let Ok(Frame::QuotaReturn(r)) = back else {
+            panic!("no return on the new link: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (5, 10));
+        // So does one its link is too busy to take.
+        let held = granted(&leases, &new, &mut new_out, lease(6, u64::MAX)).await;
+        let ping = || Frame::Ping(portico_proto::Ping { nonce: 0 });
+        while new.try_send(ping()).is_ok() {}
+        leases.give_back("edge".into(), held.id, 3).await;
+        let (again, mut again_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&again);
+        let back = again_out.try_recv();
+        let Ok(Frame::QuotaReturn(r)) = back else {
+            panic!("no return on the next link: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (6, 3));
+        // Each is sent once.
+        let (last, mut last_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&last);
+        assert!(last_out.try_recv().is_err());
+    }
+
     /// A lease from an origin that was not asked (a late answer to an ask
     /// that timed out there) goes back whole to it, and the ask waits for
     /// its own origin's; an ask whose link drops fails at once.
     #[tokio::test]
     async fn only_the_asked_origins_lease_answers_an_ask() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
         leases.link_up(&b);
         let asking = {
@@ -850,11 +1049,37 @@ plans = ["p"]
         assert_eq!(failed.unwrap_err(), "lease request dropped");
     }
 
+    /// An ask that timed out fails, and its answer, arriving after, goes
+    /// back whole to the origin that granted it: nobody holds it.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_after_its_ask_timed_out_goes_back_whole() {
+        let leases = homed("");
+        let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&link);
+        let asking = {
+            let leases = Arc::clone(&leases);
+            tokio::spawn(async move { leases.grant(ask()).await })
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+        assert!(
+            matches!(sent, Ok(Some(Frame::QuotaLeaseRequest(_)))),
+            "{sent:?}"
+        );
+        let failed = asking.await.unwrap();
+        assert_eq!(failed.unwrap_err(), "no lease within 2 s");
+        leases.on_frame(&link, Frame::QuotaLease(lease(5, u64::MAX)));
+        let back = outbox.try_recv();
+        let Ok(Frame::QuotaReturn(r)) = back else {
+            panic!("the late lease did not go back: {back:?}");
+        };
+        assert_eq!((r.lease_id, r.unused), (5, 10));
+    }
+
     /// A PoP whose clock runs ahead of its origin's still spends its leases:
     /// their lifetime counts from the ask, on the PoP's own clock.
     #[tokio::test]
     async fn a_lease_lives_its_time_whatever_the_origins_clock_says() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let before = portico_gateway::limits::now_ms();
@@ -875,7 +1100,7 @@ plans = ["p"]
     /// period's last minutes on arrival.
     #[tokio::test]
     async fn a_period_ends_when_the_origins_clock_says_on_this_ones() {
-        let leases = PopLeases::new();
+        let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
         let now = portico_gateway::limits::now_ms();

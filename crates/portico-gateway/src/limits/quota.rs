@@ -84,8 +84,9 @@ const WAIT: Duration = Duration::from_secs(2);
 /// could not take yet.
 const FLUSH_AT_CLOSE: Duration = Duration::from_secs(10);
 
+/// The wallet of one (plan, key), whatever API its requests are for: a
+/// plan covers several.
 struct Slot {
-    api: Arc<str>,
     plan: Arc<str>,
     key_id: Arc<str>,
     state: Mutex<SlotState>,
@@ -95,6 +96,12 @@ struct Slot {
 struct SlotState {
     wallet: Wallet,
     period_end_ms: i64,
+    /// The API whose ask brought the lease in hand: its home's book granted
+    /// it, so the lease goes back there and is surrendered with that home.
+    /// Each ask goes out for the API of the request that made it, not for
+    /// the first API the key was seen with (which may since have been
+    /// removed, or moved to another home).
+    held_for: Arc<str>,
 }
 
 /// The origin's quota book as a lease source.
@@ -319,12 +326,12 @@ impl Quotas {
             return Arc::clone(s);
         }
         let slot = Arc::new(Slot {
-            api: Arc::from(api),
             plan: Arc::from(plan),
             key_id: Arc::from(key_id),
             state: Mutex::new(SlotState {
                 wallet: Wallet::new(now_ms()),
                 period_end_ms: i64::MAX,
+                held_for: Arc::from(api),
             }),
             refilled: Notify::new(),
         });
@@ -349,7 +356,7 @@ impl Quotas {
             let notified = slot.refilled.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (spend, refill) = {
+            let (spend, refill, period_end_ms) = {
                 let mut st = lock(&slot.state);
                 let now = now_ms();
                 if now >= st.period_end_ms {
@@ -368,21 +375,23 @@ impl Quotas {
                     st.wallet.begin_refill();
                     size(&st.wallet, spec)
                 });
-                (spend, refill)
+                (spend, refill, st.period_end_ms)
             };
             match (spend, refill) {
                 // The next lease is fetched in the background (for an
                 // exhausted key: others may have returned some).
                 (Spend::Accepted | Spend::Exhausted, Some(want)) => {
-                    drop(self.spawn_refill(&slot, spec, want));
-                    return outcome(spend, spec);
+                    drop(self.spawn_refill(&slot, api, spec, want));
+                    return outcome(spend, spec, period_end_ms);
                 }
-                (Spend::Accepted | Spend::Exhausted, None) => return outcome(spend, spec),
+                (Spend::Accepted | Spend::Exhausted, None) => {
+                    return outcome(spend, spec, period_end_ms);
+                }
                 (Spend::Empty, Some(want)) => {
                     // Awaited, but run apart: a request dropped meanwhile
                     // does not drop a lease the source already granted; and
                     // a source slower than the wait leaves it.
-                    let refill = self.spawn_refill(&slot, spec, want);
+                    let refill = self.spawn_refill(&slot, api, spec, want);
                     let filled = tokio::time::timeout_at(deadline, refill).await;
                     if !matches!(filled, Ok(Ok(true))) {
                         // The source is unreachable: do not wait for it again.
@@ -401,26 +410,29 @@ impl Quotas {
         }
     }
 
-    /// [`Quotas::refill`] as a task of this node's main runtime (see
-    /// `runtime`), so it completes whatever happens to the caller.
+    /// [`Quotas::refill`] for a request to `api`, as a task of this node's
+    /// main runtime (see `runtime`), so it completes whatever happens to the
+    /// caller.
     fn spawn_refill(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
+        api: &str,
         spec: QuotaSpec,
         want: u64,
     ) -> tokio::task::JoinHandle<bool> {
         let this = Arc::clone(self);
         let slot = Arc::clone(slot);
-        let refill = async move { this.refill(&slot, spec, want).await };
+        let api = Arc::from(api);
+        let refill = async move { this.refill(&slot, api, spec, want).await };
         match &self.runtime {
             Some(runtime) => runtime.spawn(refill),
             None => tokio::spawn(refill),
         }
     }
 
-    /// Asks the source for a lease and installs it; the old lease's unspent
-    /// part goes back. False when no lease came.
-    async fn refill(&self, slot: &Slot, spec: QuotaSpec, want: u64) -> bool {
+    /// Asks the source for a lease for `api` (from its home) and installs
+    /// it; the old lease's unspent part goes back. False when no lease came.
+    async fn refill(&self, slot: &Slot, api: Arc<str>, spec: QuotaSpec, want: u64) -> bool {
         let closed = self.closed.read().await;
         if *closed {
             lock(&slot.state).wallet.refill_failed();
@@ -428,7 +440,7 @@ impl Quotas {
             return false;
         }
         let ask = LeaseAsk {
-            api: Arc::clone(&slot.api),
+            api: Arc::clone(&api),
             plan: Arc::clone(&slot.plan),
             key_id: Arc::clone(&slot.key_id),
             spec,
@@ -444,7 +456,7 @@ impl Quotas {
                 Ok(lease) if lease.granted == 0 && st.wallet.holds_unspent(now) => {
                     st.wallet.keep_after_empty_grant(now);
                     st.period_end_ms = period_end_after(lease.period_end_ms, now);
-                    (Some((lease.id, 0)), true)
+                    (Some((api, lease.id, 0)), true)
                 }
                 Ok(lease) => {
                     let old = st.wallet.surrender();
@@ -452,7 +464,8 @@ impl Quotas {
                     st.wallet
                         .install_at(id, granted, expires, lease.exhausted, now);
                     st.period_end_ms = period_end_after(lease.period_end_ms, now);
-                    (old, true)
+                    let old_api = std::mem::replace(&mut st.held_for, api);
+                    (old.map(|(id, unused)| (old_api, id, unused)), true)
                 }
                 Err(err) => {
                     tracing::warn!(%err, plan = %slot.plan, key = %slot.key_id, "no quota lease");
@@ -462,10 +475,8 @@ impl Quotas {
             }
         };
         slot.refilled.notify_waiters();
-        if let Some((id, unused)) = old {
-            self.source
-                .give_back(Arc::clone(&slot.api), id, unused)
-                .await;
+        if let Some((api, id, unused)) = old {
+            self.source.give_back(api, id, unused).await;
         }
         ok
     }
@@ -518,17 +529,16 @@ impl Quotas {
                 .flat_map(HashMap::values)
                 .filter_map(|s| {
                     let mut st = lock(&s.state);
-                    let held = pick(&s.api, &st).then(|| st.wallet.surrender_returning());
+                    let held = pick(&st.held_for, &st).then(|| st.wallet.surrender_returning());
+                    let api = Arc::clone(&st.held_for);
                     held.flatten()
-                        .map(|(id, unused)| (Arc::clone(s), id, unused))
+                        .map(|(id, unused)| (Arc::clone(s), api, id, unused))
                 })
                 .collect()
         };
         let mut pending = Returning(held);
-        while let Some((slot, id, unused)) = pending.0.last() {
-            self.source
-                .give_back(Arc::clone(&slot.api), *id, *unused)
-                .await;
+        while let Some((_, api, id, unused)) = pending.0.last() {
+            self.source.give_back(Arc::clone(api), *id, *unused).await;
             if let Some((slot, ..)) = pending.0.pop() {
                 unmark(&slot);
             }
@@ -587,7 +597,7 @@ fn unmark(slot: &Slot) {
 /// Surrendered leases not yet handed back. Dropped with some left (the
 /// returning task was cancelled), it unmarks their slots, so a return that
 /// never completes does not stop those keys' refills for good.
-struct Returning(Vec<(Arc<Slot>, u64, u64)>);
+struct Returning(Vec<(Arc<Slot>, Arc<str>, u64, u64)>);
 
 impl Drop for Returning {
     fn drop(&mut self) {
@@ -595,17 +605,25 @@ impl Drop for Returning {
     }
 }
 
-/// What an accepted or exhausted spend answers.
-fn outcome(spend: Spend, spec: QuotaSpec) -> QuotaOutcome {
+/// What an accepted or exhausted spend answers; `period_end_ms` is when the
+/// wallet's period ends on this clock (`i64::MAX`: no lease said yet).
+fn outcome(spend: Spend, spec: QuotaSpec, period_end_ms: i64) -> QuotaOutcome {
     match spend {
         Spend::Accepted => QuotaOutcome::Accepted,
-        _ => exhausted(spec),
+        _ => exhausted(spec, period_end_ms),
     }
 }
 
-fn exhausted(spec: QuotaSpec) -> QuotaOutcome {
+/// An exhausted quota renews when the book's period ends, as its last lease
+/// said (translated to this clock): this node's own calendar is off by the
+/// clocks' skew, and a client told to come back after it would either wait
+/// longer than it must or be refused again at once.
+fn exhausted(spec: QuotaSpec, period_end_ms: i64) -> QuotaOutcome {
     let now = now_ms();
-    let (_, end) = bounds(spec.period, spec.offset, now);
+    let end = match period_end_ms {
+        i64::MAX => bounds(spec.period, spec.offset, now).1,
+        end => end,
+    };
     let ms = u64::try_from(end.saturating_sub(now)).unwrap_or(0);
     QuotaOutcome::Exhausted {
         retry_after: Duration::from_millis(ms),
@@ -828,6 +846,86 @@ mod tests {
         }
         let grants = source.grants.load(std::sync::atomic::Ordering::SeqCst);
         assert!(grants <= 2, "{grants} leases for 5 requests");
+    }
+
+    /// The book, recording the API of each ask and each return.
+    struct Recorded {
+        book: BookSource,
+        asks: std::sync::Mutex<Vec<String>>,
+        returns: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl LeaseSource for Recorded {
+        fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            lock(&self.asks).push(ask.api.to_string());
+            self.book.grant(ask)
+        }
+        fn give_back(&self, api: Arc<str>, id: u64, unused: u64) -> BoxFuture<'_, ()> {
+            lock(&self.returns).push(api.to_string());
+            self.book.give_back(api, id, unused)
+        }
+    }
+
+    /// A key's wallet serves every API of its plan, and asks for the API of
+    /// the request that needs the lease: the first API it was seen with may
+    /// since have been removed, or moved to another home. A lease goes back
+    /// for the API it was asked for.
+    #[tokio::test]
+    async fn each_ask_goes_out_for_the_api_of_its_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let source = Arc::new(Recorded {
+            book: BookSource::new(origin.book().unwrap().clone(), "pop-a"),
+            asks: std::sync::Mutex::new(Vec::new()),
+            returns: std::sync::Mutex::new(Vec::new()),
+        });
+        let q = Arc::new(Quotas::remote(Arc::clone(&source) as Arc<dyn LeaseSource>));
+        assert_eq!(q.spend("a", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        // Requests to "b" spend the lease in hand (3), then ask for the next.
+        for _ in 0..40 {
+            if lock(&source.asks).len() >= 2 && !lock(&source.returns).is_empty() {
+                break;
+            }
+            assert_eq!(q.spend("b", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*lock(&source.asks), ["a", "b"]);
+        assert_eq!(*lock(&source.returns), ["a"], "a's lease went back for a");
+        q.surrender_home(|api| api == "b").await;
+        assert_eq!(*lock(&source.returns), ["a", "b"]);
+    }
+
+    /// A book whose key is spent, and whose period ends in half a second
+    /// (on this clock, as the PoP translates it).
+    struct SpentUntil(i64);
+
+    impl LeaseSource for SpentUntil {
+        fn grant(&self, _: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
+            let end = self.0;
+            Box::pin(async move {
+                Ok(Lease {
+                    id: portico_quota::EMPTY_LEASE,
+                    granted: 0,
+                    expires_ms: end,
+                    period_end_ms: end,
+                    exhausted: true,
+                })
+            })
+        }
+        fn give_back(&self, _: Arc<str>, _: u64, _: u64) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    /// A spent key's clients are told to come back when the book's period
+    /// ends, not when this node's calendar says (a day away here).
+    #[tokio::test]
+    async fn an_exhausted_quota_renews_when_the_books_period_ends() {
+        let q = Arc::new(Quotas::remote(Arc::new(SpentUntil(now_ms() + 500))));
+        let QuotaOutcome::Exhausted { retry_after } = q.spend("a", "p", "k", SPEC).await else {
+            panic!("the quota is spent");
+        };
+        assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
     }
 
     /// A source whose returns never arrive.
