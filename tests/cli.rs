@@ -128,6 +128,26 @@ fn keys_create_refuses_a_bad_id() {
     }
 }
 
+#[test]
+fn keys_create_refuses_a_plan_name_the_configuration_would() {
+    for (plan, shown) in [("gold plan", "\"gold plan\""), ("a\u{1}", "\"a\\u{1}\"")] {
+        let out = Command::new(portico_bin())
+            .args([
+                "keys", "create", "--id", "k1", "--plan", "basic", "--plan", plan,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{plan:?}");
+        assert!(out.stdout.is_empty(), "no entry, no key: {plan:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            format!(
+                "portico: usage plan {shown}: a plan name is 1 to 128 letters, digits, `_` and `-`"
+            )
+        );
+    }
+}
+
 /// `portico keys hash` with `key` on its standard input.
 fn keys_hash(key: &str) -> std::process::Output {
     use std::io::Write;

@@ -244,6 +244,38 @@ async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
     );
 }
 
+/// The manifest (it holds the run's demo API key) and the admin token are
+/// their owner's alone, also where a reused run directory held a token
+/// readable by others.
+#[test]
+fn up_writes_its_secrets_for_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("up.json");
+    let run = dir.path().join("run");
+    let token = run.join("admin").join("origin-local.token");
+    std::fs::create_dir_all(token.parent().unwrap()).unwrap();
+    std::fs::write(&token, "old").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let topology = topology_dir().join("local.toml");
+    let args = [
+        "up",
+        topology.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--run-dir",
+        run.to_str().unwrap(),
+    ];
+    let mut up = Proc::start(&args, "ready:");
+    wait_for_file(&json, 5);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&json), 0o600, "the manifest");
+    assert_eq!(mode(&token), 0o600, "the admin token");
+    assert_ne!(std::fs::read_to_string(&token).unwrap(), "old");
+    up.signal("TERM");
+    assert_eq!(wait_exit(&mut up, 30), Some(0));
+}
+
 /// Regional only: no PoP, two processes.
 const REGIONAL: &str = r#"
 [[regions]]

@@ -60,7 +60,7 @@ fn status(code: u64) -> Response<Body> {
         .ok()
         .and_then(|c| StatusCode::from_u16(c).ok())
     {
-        Some(status) if status.as_u16() >= 200 => {
+        Some(status) if (200..=599).contains(&status.as_u16()) => {
             let body = serde_json::json!({ "status": status.as_u16() }).to_string();
             full(status, "application/json", body)
         }
@@ -215,12 +215,14 @@ mod tests {
     #[tokio::test]
     async fn status_answers_the_code() {
         assert_eq!(get("/status/503").await.status(), 503);
-        let bad = get("/status/42").await;
-        assert_eq!(bad.status(), 400);
-        assert_eq!(
-            body_of(bad).await,
-            r#"{"message":"status must be 200..=599"}"#
-        );
+        for code in ["42", "700"] {
+            let bad = get(&format!("/status/{code}")).await;
+            assert_eq!(bad.status(), 400);
+            assert_eq!(
+                body_of(bad).await,
+                r#"{"message":"status must be 200..=599"}"#
+            );
+        }
     }
 
     #[tokio::test]

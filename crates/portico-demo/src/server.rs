@@ -62,8 +62,13 @@ async fn serve_with(
             () = &mut shutdown => return Ok(()),
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
-                // Per-connection accept errors (e.g. EMFILE, aborted handshakes) must not stop the server.
-                Err(err) => { tracing::warn!(%err, "demo backend accept failed"); continue; }
+                // Per-connection accept errors (e.g. EMFILE, aborted
+                // handshakes) must not stop the server, nor spin it.
+                Err(err) => {
+                    tracing::warn!(%err, "demo backend accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
         };
         let _ = stream.set_nodelay(true);

@@ -504,7 +504,11 @@ impl<H: Handler> TcpServer<H> {
             // watcher (`Activity::watch`) already closes a connection whose
             // head does not come, at one timer per connection.
             .header_read_timeout(None)
-            .max_buf_size(self.limits.max_header_bytes.max(8192));
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            // hyper's default is 100 fields, which refused a request of
+            // 101 small ones with its bare 431 over HTTP/1.1 alone; one
+            // more than the gateway's own limit lets the gateway answer.
+            .max_headers(portico_gateway::headers::MAX_FIELDS + 1);
         builder
             .http2()
             .timer(TokioTimer::new())

@@ -25,6 +25,15 @@ fn create(id: &str, plans: &[String]) -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    // Printed as TOML strings the origin then loads: a name it would refuse
+    // (or that Rust's `{:?}` escapes otherwise than TOML) is refused here.
+    if let Some(bad) = plans.iter().find(|p| !portico_config::is_key_id(p)) {
+        eprintln!(
+            "portico: usage plan {bad:?}: a plan name is 1 to {} letters, digits, `_` and `-`",
+            portico_config::MAX_NAME
+        );
+        return ExitCode::from(1);
+    }
     let key = keys::generate();
     let plans = plans
         .iter()

@@ -285,15 +285,19 @@ async fn serve_connections<F, Fut>(
                 Err(_) => break,
             },
         };
-        let stream = tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(%err, "admin accept failed");
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // EMFILE and friends: back off briefly instead of spinning,
+                // as the public listeners do.
+                tracing::warn!(%err, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let handle = handle.clone();
         // Connections finish on their own; the process exits soon after `stop`.

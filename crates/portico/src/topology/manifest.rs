@@ -92,7 +92,10 @@ impl Manifest {
             |n| n.to_string_lossy().into_owned(),
         );
         let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, json).map_err(file_error("writing", &tmp))?;
+        // Readable by its owner alone: it holds the run's demo API key.
+        private_file(&tmp)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, &json))
+            .map_err(file_error("writing", &tmp))?;
         std::fs::rename(&tmp, path).map_err(file_error("renaming to", path))
     }
 
@@ -202,4 +205,18 @@ mod tests {
                 .contains("here  echo-edge  edge      pop-local  https://127.0.0.1:4431/prod")
         );
     }
+}
+
+/// `path` created or truncated, mode 0600 whether or not it existed (a
+/// mode given at open applies only to a file it creates).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }

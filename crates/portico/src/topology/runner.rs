@@ -513,7 +513,6 @@ async fn serves(client: &Client, e: &EntryInfo) -> Result<(), UpError> {
 /// Writes a fresh random admin token for `node` (owner-readable only).
 fn admin_token(dir: &Path, node: &str) -> Result<PathBuf, UpError> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let mut bytes = [0u8; 24];
     rustls::crypto::ring::default_provider()
         .secure_random
@@ -522,13 +521,8 @@ fn admin_token(dir: &Path, node: &str) -> Result<PathBuf, UpError> {
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
     let path = dir.join(format!("{node}.token"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(file_error("creating", &path))?;
+    // Its owner's alone, also when a reused run directory held it already.
+    let mut file = super::manifest::private_file(&path).map_err(file_error("creating", &path))?;
     file.write_all(token.as_bytes())
         .map_err(file_error("writing", &path))?;
     Ok(path)
