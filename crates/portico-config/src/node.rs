@@ -14,7 +14,7 @@ use crate::file::{
     NodeFile, NodeThrottleFile, OriginFile, QuotasFile, S, ThrottleFile,
 };
 use crate::load::RawNode;
-use crate::method::Role;
+use crate::method::{EndpointMode, Role};
 use crate::model::CertPaths;
 use crate::plans::{check_refill, compile_throttle};
 use crate::route::check_timeout;
@@ -791,20 +791,30 @@ fn prepare_definitions(raw: &mut RawNode, paths: &Paths<'_>, diag: &mut Diag<'_>
     }
 }
 
+/// An origin's listeners serve its regional APIs only (edge APIs are entered at
+/// PoPs): a default naming an edge API would answer every request 404.
 fn check_default_apis(raw: &RawNode, diag: &mut Diag<'_>) {
-    let names: Vec<&str> = raw
-        .defs
-        .apis
-        .iter()
-        .map(|a| a.name.get_ref().as_str())
-        .collect();
+    let apis = &raw.defs.apis;
     for l in &raw.listeners {
         let Some(name) = &l.default_api else { continue };
         let name_str = name.get_ref().as_str();
-        if !names.contains(&name_str) && !diag.is_broken(&format!("api:{name_str}")) {
-            let known: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-            let message = format!("default_api names unknown API `{name_str}`");
-            diag.expect(name.span(), message, format!("one of {}", known.join(", ")));
+        match apis.iter().find(|a| a.name.get_ref() == name_str) {
+            Some(api) if *api.endpoint.get_ref() == EndpointMode::Edge => {
+                let message = format!(
+                    "default_api names edge API `{name_str}`, which an origin's listeners do not serve"
+                );
+                diag.expect(name.span(), message, "a regional API");
+            }
+            Some(_) => {}
+            None if diag.is_broken(&format!("api:{name_str}")) => {}
+            None => {
+                let known: Vec<String> = apis
+                    .iter()
+                    .map(|a| format!("`{}`", a.name.get_ref()))
+                    .collect();
+                let message = format!("default_api names unknown API `{name_str}`");
+                diag.expect(name.span(), message, format!("one of {}", known.join(", ")));
+            }
         }
     }
 }
@@ -1022,6 +1032,22 @@ mod tests {
             e[4],
             "11:11: duplicate listener address 127.0.0.1:1 (first at line 5)"
         );
+    }
+
+    /// An origin's listeners serve regional APIs only: every request falling
+    /// to an edge default would be answered 404.
+    #[test]
+    fn an_origin_listener_default_is_a_regional_api() {
+        let listener =
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\ntls = false\ndefault_api = \"a\"\n";
+        let text = format!("{}{listener}", api(&mock_route("GET", "/m")));
+        assert_eq!(
+            parse(&text).unwrap_err().to_string(),
+            "t.toml:15:15: default_api names edge API `a`, which an origin's listeners do not serve \
+             (expected a regional API)"
+        );
+        let regional = text.replace("endpoint = \"edge\"", "endpoint = \"regional\"");
+        assert!(parse(&regional).is_ok());
     }
 
     #[test]
