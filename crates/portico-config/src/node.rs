@@ -1256,6 +1256,12 @@ mod tests {
         ))
         .unwrap();
         assert!(running.restart_only_changes(&timeout).is_empty());
+        // The quota book is opened at start.
+        let redis = parse(&format!(
+            "{NODE}[limits]\nmax_connections = 100\n[quotas]\nstore = \"redis://127.0.0.1:6379/0\"\n"
+        ))
+        .unwrap();
+        assert_eq!(running.restart_only_changes(&redis), ["[quotas]"]);
     }
 
     #[test]
