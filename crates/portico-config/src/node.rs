@@ -587,9 +587,19 @@ fn compile_backend_client(
         }
         None => d.pool_max_lifetime,
     };
+    // The client refuses to start with no root to verify https backends by.
+    let off = f.use_webpki_roots.as_ref().filter(|u| !*u.get_ref());
+    if let Some(off) = off.filter(|_| f.ca_file.is_none()) {
+        let message = "use_webpki_roots = false leaves no CA to verify https backends against";
+        diag.expect(off.span(), message, "a ca_file, or use_webpki_roots = true");
+        ok = false;
+    }
     let config = BackendClientConfig {
         ca_file: f.ca_file.as_ref().map(|p| paths.file(p, diag)),
-        use_webpki_roots: f.use_webpki_roots.unwrap_or(d.use_webpki_roots),
+        use_webpki_roots: f
+            .use_webpki_roots
+            .as_ref()
+            .map_or(d.use_webpki_roots, |u| *u.get_ref()),
         pool_idle_timeout,
         pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(d.pool_max_idle_per_host),
         connect_timeout,
@@ -1099,6 +1109,22 @@ mod tests {
                 "6:31: http2_keep_alive_timeout_ms 0 is out of range",
             ]
         );
+    }
+
+    /// The backend client would not start with no root to verify by.
+    #[test]
+    fn webpki_roots_off_needs_a_ca_file() {
+        let client = |rest: &str| format!("{NODE}[backend_client]\n{rest}");
+        assert_eq!(
+            parse(&client("use_webpki_roots = false\n"))
+                .unwrap_err()
+                .to_string(),
+            "t.toml:5:20: use_webpki_roots = false leaves no CA to verify https backends against \
+             (expected a ca_file, or use_webpki_roots = true)"
+        );
+        let c = parse(&client("use_webpki_roots = false\nca_file = \"ca.pem\"\n")).unwrap();
+        assert!(!c.backend_client.use_webpki_roots);
+        assert!(c.backend_client.ca_file.is_some());
     }
 
     #[test]
