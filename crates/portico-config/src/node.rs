@@ -55,10 +55,13 @@ impl Paths<'_> {
 }
 
 /// Compiles a node file; `None` when anything failed (all reported to `diag`).
+/// `home`: the region of APIs that name none, when not the file's `[node]
+/// region` (a reload's: the running node's).
 pub(crate) fn compile_node(
     mut raw: RawNode,
     paths: &Paths<'_>,
     role: Option<Role>,
+    home: Option<&str>,
     diag: &mut Diag<'_>,
 ) -> Option<NodeConfig> {
     let role = role.unwrap_or(if raw.has_origins {
@@ -91,7 +94,7 @@ pub(crate) fn compile_node(
     let cache = compile_node_cache(&raw.cache, diag);
     let quotas = compile_quotas(raw.quotas.as_ref(), role, paths, diag);
     check_role(&raw, role, diag);
-    prepare_definitions(&mut raw, paths, diag);
+    prepare_definitions(&mut raw, paths, home, diag);
     let defaults = DefinitionDefaults {
         timeout: limits
             .as_ref()
@@ -784,9 +787,18 @@ fn check_role(raw: &RawNode, role: Role, diag: &mut Diag<'_>) {
 }
 
 /// Makes origin-dependent values explicit before the definitions are serialized for
-/// PoPs: each API's home region and resolved certificate paths.
-fn prepare_definitions(raw: &mut RawNode, paths: &Paths<'_>, diag: &mut Diag<'_>) {
-    let region = raw.node.as_ref().and_then(|n| n.region.clone());
+/// PoPs: each API's home region (`home`, else the file's `[node] region`) and
+/// resolved certificate paths.
+fn prepare_definitions(
+    raw: &mut RawNode,
+    paths: &Paths<'_>,
+    home: Option<&str>,
+    diag: &mut Diag<'_>,
+) {
+    let mut region = raw.node.as_ref().and_then(|n| n.region.clone());
+    if let (Some(region), Some(home)) = (&mut region, home) {
+        *region.get_mut() = home.to_owned();
+    }
     for api in &mut raw.defs.apis {
         if api.region.is_none() {
             api.region = region.clone();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_config::{Definitions, EndpointMode, NodeConfig, Role};
+use portico_config::{Definitions, EndpointMode, NodeConfig};
 use portico_gateway::{Gateway, ServedModes};
 use portico_integrations::{BackendClient, Integrations, Resolver};
 use tokio::signal::unix::Signal;
@@ -159,8 +159,9 @@ pub async fn run(
 /// custom domains (read again: renewed files take effect), and its admin
 /// token. A bad file, a certificate that does not load, or definitions
 /// without a running listener's `default_api` are logged and the old
-/// configuration keeps serving. The node's other settings (listeners,
-/// backbone, limits, throttle, cache...) take effect at its next start.
+/// configuration keeps serving. The node's other settings (`[node]`,
+/// listeners, backbone, limits, throttle, cache...) take effect at its next
+/// start; APIs that name no region stay homed in the running node's.
 struct Reload {
     /// The configuration the node started with: what a reload cannot change.
     running: NodeConfig,
@@ -202,7 +203,9 @@ impl Reload {
 
     /// Reads the file and applies it whole, or nothing and why.
     fn apply(&self) -> Result<portico_backbone::Running, Vec<String>> {
-        let config = portico_config::load_node_file_as(&self.path, Some(Role::Origin))
+        // Compiled in the running node's region: `[node]` (id and region,
+        // the node's backbone identity) takes effect at the next start.
+        let config = portico_config::reload_node_file(&self.path, &self.running)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let missing = unserved_defaults(&self.running, &config.definitions);
         if !missing.is_empty() {
@@ -210,7 +213,7 @@ impl Reload {
         }
         let certificates = self
             .certificates
-            .reload(&config.definitions, &config.node.id)
+            .reload(&config.definitions, &self.running.node.id)
             .map_err(|err| vec![format!("certificates: {err}")])?;
         let running = portico_backbone::Running::of(&config.definitions);
         self.gateway.swap(Arc::clone(&config.definitions));
