@@ -542,7 +542,8 @@ fn origin_with_backbone(certs: &Path, cert: &TestCert, backend: SocketAddr) -> S
     format!(
         "[node]\nid = \"origin-a\"\nregion = \"local\"\n{}\n[backbone]\nlisten = \"127.0.0.1:0\"\n\
          ca = \"{c}/ca.pem\"\ncert = \"{c}/origin-a.pem\"\nkey = \"{c}/origin-a.key\"\n{}",
-        listener(cert),
+        // An origin's listeners serve regional APIs: no default for an edge one.
+        listener(cert).replace("default_api = \"echo\"\n", ""),
         api("edge", backend)
     )
 }

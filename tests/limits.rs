@@ -478,7 +478,6 @@ fn edge_origin_config(dir: &std::path::Path, backbone_port: u16, quota: u64) -> 
         r#"{head}
 [[listeners]]
 address = "127.0.0.1:0"
-default_api = "edge"
 certificates = [{{ cert = "{public}.pem", key = "{public}.key" }}]
 
 [admin]

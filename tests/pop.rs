@@ -704,6 +704,37 @@ async fn a_configuration_change_reaches_two_pops() {
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
 
+/// A reload that changes the origin's `[node] region` takes effect at its
+/// next start, as the rest of `[node]` does: the backbone keeps the region
+/// the origin started in, so the reloaded APIs stay homed there and the PoP
+/// serves them (homed in the new region, every edge request got 503: the
+/// PoP had no link to it).
+#[tokio::test]
+async fn a_reload_that_changes_the_origins_region_keeps_its_edge_apis_served() {
+    let f = Fixture::start();
+    f.wait_served(&f.pop).await;
+    let route = "[[apis.routes]]\nmethod = \"GET\"\npath = \"/version\"\nintegration = { type = \"mock\", status = 200, body = \"v2\" }\n";
+    let text = origin_config(f.dir.path(), f.backend, f.backbone.port(), route).replacen(
+        "region = \"local\"",
+        "region = \"elsewhere\"",
+        1,
+    );
+    std::fs::write(f.dir.path().join("origin.toml"), text).unwrap();
+    f.origin.signal("HUP");
+    logged(&f.origin_log, "take effect at the next start").await;
+    let client = f.client(false);
+    let url = f.pop_url("/prod/version");
+    eventually(20, || async {
+        let reply = try_get(&client, &url).await.ok()?;
+        (reply.text() == "v2").then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        let reply = try_get(&client, &f.pop_url("/prod/ready")).await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+}
+
 /// `GET /config` on a node's admin listener: status 200 and its JSON.
 async fn config_of(client: &HttpsClient, node: &Proc) -> serde_json::Value {
     let url = format!("http://{}/config", node.addrs("admin")[0]);

@@ -281,7 +281,15 @@ fn names(
         } else {
             n.clone()
         };
-        if !valid(n) {
+        if let Some(decoded) = (what == "query parameter")
+            .then(|| decoded_query_key(n))
+            .flatten()
+        {
+            let message =
+                format!("invalid cache key {what} `{n}`: write the name decoded (`{decoded}`)");
+            diag.at(name.span(), message);
+            ok = false;
+        } else if !valid(n) {
             diag.expect(
                 name.span(),
                 format!("invalid cache key {what} `{n}`"),
@@ -302,15 +310,43 @@ fn valid_hint(what: &str) -> &'static str {
     if what == "header" {
         "a header name (letters, digits and !#$%&'*+-.^_`|~)"
     } else {
-        "a non-empty name without `&`, `=`, `#`, spaces or control characters"
+        "a non-empty name, decoded, without `&`, `=`, `#`, `%`, `+` or control characters"
     }
 }
 
+/// A query parameter name as the backend reads it, decoded. Not `%` or `+`:
+/// the gateway decodes a request's spelling of a name and compares it with the
+/// configured one, so an encoded name would never match and its parameter would
+/// reach the backend unkeyed.
 fn is_query_key(name: &str) -> bool {
     !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'&' | b'=' | b'#'))
+        && !name.contains(|c: char| c.is_control() || matches!(c, '&' | '=' | '#' | '%' | '+'))
+}
+
+/// `name` decoded as the gateway decodes a request's parameter names (`+` is a
+/// space, `%XX` a byte), when it was written encoded and its decoded form is a
+/// name the key can hold.
+fn decoded_query_key(name: &str) -> Option<String> {
+    if !name.contains(['%', '+']) {
+        return None;
+    }
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        match (b, hex(bytes.get(i)), hex(bytes.get(i + 1))) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 2;
+            }
+            (b'+', _, _) => out.push(b' '),
+            (b, _, _) => out.push(b),
+        }
+    }
+    let decoded = String::from_utf8_lossy(&out).into_owned();
+    (decoded != name && is_query_key(&decoded)).then_some(decoded)
 }
 
 /// Storable statuses: final, not partial content, not 304 (a 304 refreshes an entry).
@@ -496,6 +532,35 @@ mod tests {
                 "18:20: max_object_bytes 0 is out of range",
                 "19:26: stale_if_error_seconds 90000 is out of range",
             ]
+        );
+    }
+
+    /// The gateway decodes a request's parameter names, never the configured
+    /// ones: `q%5B%5D` would never match `?q[]=evil`, which the backend reads,
+    /// and the parameter would not be keyed.
+    #[test]
+    fn encoded_query_names_are_refused() {
+        let text = api(&format!(
+            "{ROUTE}[apis.routes.cache]\nkey_query = [\"q%5B%5D\", \"my+q\", \"a%zz\", \"b%26\"]\n"
+        ));
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            e.lines().collect::<Vec<_>>(),
+            [
+                "t.toml:13:14: invalid cache key query parameter `q%5B%5D`: write the name decoded (`q[]`)",
+                "t.toml:13:25: invalid cache key query parameter `my+q`: write the name decoded (`my q`)",
+                "t.toml:13:33: invalid cache key query parameter `a%zz` (expected a non-empty name, \
+                 decoded, without `&`, `=`, `#`, `%`, `+` or control characters)",
+                "t.toml:13:41: invalid cache key query parameter `b%26` (expected a non-empty name, \
+                 decoded, without `&`, `=`, `#`, `%`, `+` or control characters)",
+            ]
+        );
+        let text = api(&format!(
+            "{ROUTE}[apis.routes.cache]\nkey_query = [\"q[]\", \"my q\", \"caf\u{e9}\"]\n[[apis.stages]]\nname = \"prod\"\n"
+        ));
+        assert_eq!(
+            settings(&text, "prod", 0).unwrap().key_query,
+            ["caf\u{e9}", "my q", "q[]"]
         );
     }
 

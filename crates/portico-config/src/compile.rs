@@ -243,6 +243,10 @@ fn compile_mappings(
             if !is_base_path(base_path) {
                 let message = format!("invalid base path `{base_path}`");
                 diag.expect(b.span(), message, "\"\" or one path segment without `/`");
+            } else if base_path == "." || base_path == ".." {
+                let message = format!("invalid base path `{base_path}`");
+                let why = "a segment other than `.` and `..`: requests are routed with dot segments resolved";
+                diag.expect(b.span(), message, why);
             } else {
                 unique(&mut seen, b, "base path", diag);
             }
@@ -493,6 +497,42 @@ mod tests {
         );
     }
 
+    /// Requests are routed in their normal form: a literal that is not in
+    /// it would never match.
+    #[test]
+    fn literals_no_normal_path_holds_are_refused() {
+        let routes = [
+            mock_route("GET", "/a/../b"),
+            mock_route("GET", "/a/."),
+            mock_route("GET", "/%61dmin"),
+            mock_route("GET", "/a/%2e%2e"),
+            mock_route("GET", "/a/b%2fc"),
+            mock_route("GET", "/a/b%zz"),
+            mock_route("GET", "/a/b%2"),
+            mock_route("GET", "/a%2F%C3%A9/.well-known/a..b"),
+        ];
+        let e = parse(&api(&routes.concat())).unwrap_err().to_string();
+        assert_eq!(
+            e.lines().collect::<Vec<_>>(),
+            [
+                "t.toml:9:12: path segment `..` can never match (expected no `.` or `..` segment: \
+                 requests are routed with dot segments resolved)",
+                "t.toml:14:12: path segment `.` can never match (expected no `.` or `..` segment: \
+                 requests are routed with dot segments resolved)",
+                "t.toml:19:10: path segment `%61dmin` can never match (expected `a` for `%61`: \
+                 requests are routed with escaped unreserved characters decoded)",
+                "t.toml:24:12: path segment `%2e%2e` can never match (expected `.` for `%2e`: \
+                 requests are routed with escaped unreserved characters decoded)",
+                "t.toml:29:13: path segment `b%2fc` can never match (expected `%2F` for `%2f`: \
+                 requests are routed with escapes in upper case)",
+                "t.toml:34:13: path segment `b%zz` can never match (expected `%` and two hex \
+                 digits: requests with other escapes are refused)",
+                "t.toml:39:13: path segment `b%2` can never match (expected `%` and two hex \
+                 digits: requests with other escapes are refused)",
+            ]
+        );
+    }
+
     #[test]
     fn unknown_method_and_timeout_range() {
         let text = api(
@@ -538,6 +578,7 @@ mod tests {
              [[domains.mappings]]\nbase_path = \"v1\"\napi = \"a\"\nstage = \"prod\"\n\
              [[domains.mappings]]\nbase_path = \"v1\"\napi = \"a\"\nstage = \"prod\"\n\
              [[domains.mappings]]\nbase_path = \"a/b\"\napi = \"a\"\nstage = \"prod\"\n\
+             [[domains.mappings]]\nbase_path = \"..\"\napi = \"a\"\nstage = \"prod\"\n\
              [[domains]]\nname = \"H.example.com\"\n[[domains]]\nname = \"d.example.com\"\n",
         );
         assert_eq!(
@@ -548,8 +589,9 @@ mod tests {
                 "17:9: API `a` has no stage `dev`",
                 "23:13: duplicate base path `v1` (first at line 19)",
                 "27:13: invalid base path `a/b`",
-                "31:8: domain `h.example.com` is also a host of API `a`",
-                "33:8: duplicate domain `d.example.com` (first at line 11)",
+                "31:13: invalid base path `..`",
+                "35:8: domain `h.example.com` is also a host of API `a`",
+                "37:8: duplicate domain `d.example.com` (first at line 11)",
             ]
         );
     }

@@ -85,7 +85,7 @@ pub(crate) struct LimitsFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct BackendClientFile {
     pub ca_file: Option<S<String>>,
-    pub use_webpki_roots: Option<bool>,
+    pub use_webpki_roots: Option<S<bool>>,
     pub pool_idle_timeout_ms: Option<S<u64>>,
     pub pool_max_idle_per_host: Option<usize>,
     pub connect_timeout_ms: Option<S<u64>>,

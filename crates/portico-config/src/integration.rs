@@ -309,6 +309,7 @@ fn response_parameters(
     const TARGET: &str = "method.response.header.NAME";
     const SOURCE: &str = "integration.response.header.NAME or 'static value'";
     let mut out = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
     let mut ok = true;
     for (key, value) in map {
         let name = key
@@ -345,8 +346,17 @@ fn response_parameters(
                 SOURCE,
             );
         }
+        let twice = name.as_ref().is_some_and(|n| seen.contains(n));
+        if twice {
+            let message = format!(
+                "`{}` is mapped twice (header names ignore case)",
+                key.get_ref()
+            );
+            diag.at(key.span(), message);
+        }
+        seen.extend(name.clone());
         match (name, source) {
-            (Some(n), Some(s)) => out.push((n, s)),
+            (Some(n), Some(s)) if !twice => out.push((n, s)),
             _ => ok = false,
         }
     }
@@ -444,7 +454,9 @@ mod tests {
              \"integration.request.header.a\" = \"stageVariables.v\"\n\
              [apis.routes.integration.response_parameters]\n\
              \"method.response.x\" = \"integration.response.header.a\"\n\
-             \"method.response.header.b\" = \"integration.request.header.a\"\n",
+             \"method.response.header.b\" = \"integration.request.header.a\"\n\
+             \"method.response.header.X-A\" = \"'1'\"\n\
+             \"method.response.header.x-a\" = \"'2'\"\n",
         );
         assert_eq!(
             errors(&text),
@@ -457,6 +469,7 @@ mod tests {
                 "19:1: `integration.request.header.a` is mapped twice (header names ignore case)",
                 "21:1: invalid mapping target `method.response.x`",
                 "22:30: invalid mapping expression `integration.request.header.a`",
+                "24:1: `method.response.header.x-a` is mapped twice (header names ignore case)",
             ]
         );
     }

@@ -102,10 +102,47 @@ pub fn parse_node_as(
     base_dir: &Path,
     role: Option<Role>,
 ) -> Result<NodeConfig, ConfigErrors> {
+    compile_node_text(text, origin_name, base_dir, role, None)
+}
+
+/// Reads a running node's file again, for a reload: checked against the
+/// running node's role, and its APIs that name no region homed in the running
+/// node's region, not in the file's `[node] region`. A node's region is bound
+/// at start (its backbone identity, which PoPs find an API's origins by), so
+/// a changed `[node]` takes effect at the next start, like the node's other
+/// sections ([`NodeConfig::restart_only_changes`] names it): definitions
+/// homed in a region the running node does not answer for would leave every
+/// edge API without an origin.
+pub fn reload_node_file(path: &Path, running: &NodeConfig) -> Result<NodeConfig, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::whole_file(&name, format!("cannot read the file: {e}")))?;
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+    reparse_node(&text, &name, base_dir, running)
+}
+
+/// [`reload_node_file`] on a text.
+pub fn reparse_node(
+    text: &str,
+    origin_name: &str,
+    base_dir: &Path,
+    running: &NodeConfig,
+) -> Result<NodeConfig, ConfigErrors> {
+    let home = running.node.region.as_deref();
+    compile_node_text(text, origin_name, base_dir, Some(running.role()), home)
+}
+
+fn compile_node_text(
+    text: &str,
+    origin_name: &str,
+    base_dir: &Path,
+    role: Option<Role>,
+    home: Option<&str>,
+) -> Result<NodeConfig, ConfigErrors> {
     let mut diag = Diag::new(origin_name, text);
     let paths = node::Paths { base_dir };
     let config = load::read_node(text, &mut diag)
-        .and_then(|raw| node::compile_node(raw, &paths, role, &mut diag));
+        .and_then(|raw| node::compile_node(raw, &paths, role, home, &mut diag));
     diag.finish()?;
     config.ok_or_else(|| internal(origin_name))
 }
@@ -227,6 +264,31 @@ mod tests {
 
     fn full() -> NodeConfig {
         parse(FULL).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The running node's region is its backbone identity until it restarts:
+    /// a reload that changes `[node] region` homes no API in the new one
+    /// (PoPs would look for links to it and answer 503), and says that
+    /// `[node]` takes effect at the next start.
+    #[test]
+    fn a_reload_homes_apis_in_the_running_region() {
+        let text = api("[[apis]]\nname = \"b\"\nendpoint = \"edge\"\nregion = \"far\"\n");
+        let running = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let moved = text.replace("region = \"r\"", "region = \"r2\"");
+        let next = reparse_node(&moved, "t.toml", &fixture_dir(), &running)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let region = |name| next.definitions.api(name).unwrap().region.clone();
+        assert_eq!(region("a").as_deref(), Some("r"));
+        assert_eq!(region("b").as_deref(), Some("far"));
+        assert!(next.definitions.source.contains("region = \"r\""));
+        assert_eq!(next.node.region.as_deref(), Some("r2"));
+        assert_eq!(running.restart_only_changes(&next), ["[node]"]);
+        // At its next start the node is in the new region.
+        let started = parse(&moved).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            started.definitions.api("a").unwrap().region.as_deref(),
+            Some("r2")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::file::{
     NodeFile, NodeThrottleFile, OriginFile, QuotasFile, S, ThrottleFile,
 };
 use crate::load::RawNode;
-use crate::method::Role;
+use crate::method::{EndpointMode, Role};
 use crate::model::CertPaths;
 use crate::plans::{check_refill, compile_throttle};
 use crate::route::check_timeout;
@@ -55,10 +55,13 @@ impl Paths<'_> {
 }
 
 /// Compiles a node file; `None` when anything failed (all reported to `diag`).
+/// `home`: the region of APIs that name none, when not the file's `[node]
+/// region` (a reload's: the running node's).
 pub(crate) fn compile_node(
     mut raw: RawNode,
     paths: &Paths<'_>,
     role: Option<Role>,
+    home: Option<&str>,
     diag: &mut Diag<'_>,
 ) -> Option<NodeConfig> {
     let role = role.unwrap_or(if raw.has_origins {
@@ -91,7 +94,7 @@ pub(crate) fn compile_node(
     let cache = compile_node_cache(&raw.cache, diag);
     let quotas = compile_quotas(raw.quotas.as_ref(), role, paths, diag);
     check_role(&raw, role, diag);
-    prepare_definitions(&mut raw, paths, diag);
+    prepare_definitions(&mut raw, paths, home, diag);
     let defaults = DefinitionDefaults {
         timeout: limits
             .as_ref()
@@ -587,9 +590,19 @@ fn compile_backend_client(
         }
         None => d.pool_max_lifetime,
     };
+    // The client refuses to start with no root to verify https backends by.
+    let off = f.use_webpki_roots.as_ref().filter(|u| !*u.get_ref());
+    if let Some(off) = off.filter(|_| f.ca_file.is_none()) {
+        let message = "use_webpki_roots = false leaves no CA to verify https backends against";
+        diag.expect(off.span(), message, "a ca_file, or use_webpki_roots = true");
+        ok = false;
+    }
     let config = BackendClientConfig {
         ca_file: f.ca_file.as_ref().map(|p| paths.file(p, diag)),
-        use_webpki_roots: f.use_webpki_roots.unwrap_or(d.use_webpki_roots),
+        use_webpki_roots: f
+            .use_webpki_roots
+            .as_ref()
+            .map_or(d.use_webpki_roots, |u| *u.get_ref()),
         pool_idle_timeout,
         pool_max_idle_per_host: f.pool_max_idle_per_host.unwrap_or(d.pool_max_idle_per_host),
         connect_timeout,
@@ -774,9 +787,18 @@ fn check_role(raw: &RawNode, role: Role, diag: &mut Diag<'_>) {
 }
 
 /// Makes origin-dependent values explicit before the definitions are serialized for
-/// PoPs: each API's home region and resolved certificate paths.
-fn prepare_definitions(raw: &mut RawNode, paths: &Paths<'_>, diag: &mut Diag<'_>) {
-    let region = raw.node.as_ref().and_then(|n| n.region.clone());
+/// PoPs: each API's home region (`home`, else the file's `[node] region`) and
+/// resolved certificate paths.
+fn prepare_definitions(
+    raw: &mut RawNode,
+    paths: &Paths<'_>,
+    home: Option<&str>,
+    diag: &mut Diag<'_>,
+) {
+    let mut region = raw.node.as_ref().and_then(|n| n.region.clone());
+    if let (Some(region), Some(home)) = (&mut region, home) {
+        *region.get_mut() = home.to_owned();
+    }
     for api in &mut raw.defs.apis {
         if api.region.is_none() {
             api.region = region.clone();
@@ -791,20 +813,30 @@ fn prepare_definitions(raw: &mut RawNode, paths: &Paths<'_>, diag: &mut Diag<'_>
     }
 }
 
+/// An origin's listeners serve its regional APIs only (edge APIs are entered at
+/// PoPs): a default naming an edge API would answer every request 404.
 fn check_default_apis(raw: &RawNode, diag: &mut Diag<'_>) {
-    let names: Vec<&str> = raw
-        .defs
-        .apis
-        .iter()
-        .map(|a| a.name.get_ref().as_str())
-        .collect();
+    let apis = &raw.defs.apis;
     for l in &raw.listeners {
         let Some(name) = &l.default_api else { continue };
         let name_str = name.get_ref().as_str();
-        if !names.contains(&name_str) && !diag.is_broken(&format!("api:{name_str}")) {
-            let known: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-            let message = format!("default_api names unknown API `{name_str}`");
-            diag.expect(name.span(), message, format!("one of {}", known.join(", ")));
+        match apis.iter().find(|a| a.name.get_ref() == name_str) {
+            Some(api) if *api.endpoint.get_ref() == EndpointMode::Edge => {
+                let message = format!(
+                    "default_api names edge API `{name_str}`, which an origin's listeners do not serve"
+                );
+                diag.expect(name.span(), message, "a regional API");
+            }
+            Some(_) => {}
+            None if diag.is_broken(&format!("api:{name_str}")) => {}
+            None => {
+                let known: Vec<String> = apis
+                    .iter()
+                    .map(|a| format!("`{}`", a.name.get_ref()))
+                    .collect();
+                let message = format!("default_api names unknown API `{name_str}`");
+                diag.expect(name.span(), message, format!("one of {}", known.join(", ")));
+            }
         }
     }
 }
@@ -1024,6 +1056,22 @@ mod tests {
         );
     }
 
+    /// An origin's listeners serve regional APIs only: every request falling
+    /// to an edge default would be answered 404.
+    #[test]
+    fn an_origin_listener_default_is_a_regional_api() {
+        let listener =
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\ntls = false\ndefault_api = \"a\"\n";
+        let text = format!("{}{listener}", api(&mock_route("GET", "/m")));
+        assert_eq!(
+            parse(&text).unwrap_err().to_string(),
+            "t.toml:15:15: default_api names edge API `a`, which an origin's listeners do not serve \
+             (expected a regional API)"
+        );
+        let regional = text.replace("endpoint = \"edge\"", "endpoint = \"regional\"");
+        assert!(parse(&regional).is_ok());
+    }
+
     #[test]
     fn admin_token_rules() {
         let admin = |rest: &str| format!("{NODE}[admin]\naddress = \"127.0.0.1:9\"\n{rest}");
@@ -1073,6 +1121,22 @@ mod tests {
                 "6:31: http2_keep_alive_timeout_ms 0 is out of range",
             ]
         );
+    }
+
+    /// The backend client would not start with no root to verify by.
+    #[test]
+    fn webpki_roots_off_needs_a_ca_file() {
+        let client = |rest: &str| format!("{NODE}[backend_client]\n{rest}");
+        assert_eq!(
+            parse(&client("use_webpki_roots = false\n"))
+                .unwrap_err()
+                .to_string(),
+            "t.toml:5:20: use_webpki_roots = false leaves no CA to verify https backends against \
+             (expected a ca_file, or use_webpki_roots = true)"
+        );
+        let c = parse(&client("use_webpki_roots = false\nca_file = \"ca.pem\"\n")).unwrap();
+        assert!(!c.backend_client.use_webpki_roots);
+        assert!(c.backend_client.ca_file.is_some());
     }
 
     #[test]
@@ -1230,6 +1294,12 @@ mod tests {
         ))
         .unwrap();
         assert!(running.restart_only_changes(&timeout).is_empty());
+        // The quota book is opened at start.
+        let redis = parse(&format!(
+            "{NODE}[limits]\nmax_connections = 100\n[quotas]\nstore = \"redis://127.0.0.1:6379/0\"\n"
+        ))
+        .unwrap();
+        assert_eq!(running.restart_only_changes(&redis), ["[quotas]"]);
     }
 
     #[test]

@@ -143,7 +143,47 @@ fn parse_segment(raw: &str, last: bool) -> Result<Segment, Problem> {
                 .expecting("a literal segment or a whole-segment {param}"),
         );
     }
+    if let Some(p) = unmatchable(raw) {
+        return Err(p);
+    }
     Ok(Segment::Literal(raw.to_owned()))
+}
+
+/// Why literal segment `raw` can never match, if it cannot: requests are
+/// routed in their normal form (dot segments resolved, escaped unreserved
+/// characters decoded, other escapes in upper case; malformed ones refused).
+fn unmatchable(raw: &str) -> Option<Problem> {
+    let never = || format!("path segment `{raw}` can never match");
+    if raw == "." || raw == ".." {
+        let why = "no `.` or `..` segment: requests are routed with dot segments resolved";
+        return Some(Problem::new(0, never()).expecting(why));
+    }
+    for (at, _) in raw.match_indices('%') {
+        let hex = raw
+            .get(at + 1..at + 3)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let why = match hex {
+            None => "`%` and two hex digits: requests with other escapes are refused".to_owned(),
+            Some(h) => match escaped_unreserved(h) {
+                Some(c) => format!(
+                    "`{c}` for `%{h}`: requests are routed with escaped unreserved characters decoded"
+                ),
+                None if h.bytes().any(|b| b.is_ascii_lowercase()) => format!(
+                    "`%{}` for `%{h}`: requests are routed with escapes in upper case",
+                    h.to_ascii_uppercase()
+                ),
+                None => continue,
+            },
+        };
+        return Some(Problem::new(at, never()).expecting(why));
+    }
+    None
+}
+
+/// The unreserved character (RFC 3986 §2.3) two hex digits encode, if any.
+fn escaped_unreserved(hex: &str) -> Option<char> {
+    let c = char::from(u8::from_str_radix(hex, 16).ok()?);
+    (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
 }
 
 /// RFC 3986 `pchar`: unreserved, sub-delims, `:`, `@` and `%` (for pct-encoded).

@@ -107,6 +107,7 @@ impl NodeConfig {
             ("[[origins]]", self.origins == next.origins),
             ("[cache]", self.cache == next.cache),
             ("[throttle]", self.throttle == next.throttle),
+            ("[quotas]", self.quotas == next.quotas),
         ]
         .into_iter()
         .filter_map(|(name, same)| (!same).then_some(name))

@@ -61,12 +61,19 @@ fn variables(map: &SpannedMap, diag: &mut Diag<'_>) -> Option<BTreeMap<String, S
             diag.expect(name.span(), message, "letters, digits and `_`");
             ok = false;
         }
-        if !is_stage_variable_value(value.get_ref()) {
+        if value.get_ref().contains('#') {
+            let message = format!(
+                "`#` cannot appear in stage variable value `{}`: a backend is sent no fragment",
+                value.get_ref()
+            );
+            diag.at(value.span(), message);
+            ok = false;
+        } else if !is_stage_variable_value(value.get_ref()) {
             let message = format!("invalid stage variable value `{}`", value.get_ref());
             diag.expect(
                 value.span(),
                 message,
-                "one or more of letters, digits and -._~:/?#&=,",
+                "one or more of letters, digits and -._~:/?&=,",
             );
             ok = false;
         }
@@ -253,6 +260,21 @@ mod tests {
                 "16:9: override names unknown route `GET /nope`",
                 "19:14: timeout_ms 10 is out of range",
                 "21:9: duplicate override for `*` (first at line 18)",
+            ]
+        );
+    }
+
+    /// The http crate drops a URI's fragment: `?tag=${stageVariables.tag}`
+    /// with `c#` would send `?tag=c`.
+    #[test]
+    fn a_fragment_in_a_variable_value_is_refused() {
+        let text = api(&format!(
+            "{ROUTE}[[apis.stages]]\nname = \"prod\"\nvariables = {{ host = \"h:1/search?tag=c#x\" }}\n"
+        ));
+        assert_eq!(
+            errors(&text),
+            [
+                "14:22: `#` cannot appear in stage variable value `h:1/search?tag=c#x`: a backend is sent no fragment"
             ]
         );
     }

@@ -288,12 +288,13 @@ pub(crate) fn is_stage_variable_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// AWS's rule for stage variable values.
+/// AWS's rule for stage variable values, less `#`: a value is rendered into a
+/// backend URI, and the URI would end at it (a backend is sent no fragment).
 pub(crate) fn is_stage_variable_value(value: &str) -> bool {
     !value.is_empty()
         && value
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#&=,".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?&=,".contains(&b))
 }
 
 /// Path parameter names: letters, digits, `_`, `-`, `.`.
@@ -442,7 +443,8 @@ mod tests {
     fn stage_variable_rules() {
         assert!(is_stage_variable_name("backend_1"));
         assert!(!is_stage_variable_name("back-end"));
-        assert!(is_stage_variable_value("127.0.0.1:9000/a?b=c&d=e,f#g~h"));
+        assert!(is_stage_variable_value("127.0.0.1:9000/a?b=c&d=e,f~h"));
+        assert!(!is_stage_variable_value("c#"));
         assert!(!is_stage_variable_value("has space"));
         assert!(!is_stage_variable_value(""));
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_config::{Definitions, NodeConfig, Role};
+use portico_config::{Definitions, EndpointMode, NodeConfig};
 use portico_gateway::{Gateway, ServedModes};
 use portico_integrations::{BackendClient, Integrations, Resolver};
 use tokio::signal::unix::Signal;
@@ -159,8 +159,9 @@ pub async fn run(
 /// custom domains (read again: renewed files take effect), and its admin
 /// token. A bad file, a certificate that does not load, or definitions
 /// without a running listener's `default_api` are logged and the old
-/// configuration keeps serving. The node's other settings (listeners,
-/// backbone, limits, throttle, cache...) take effect at its next start.
+/// configuration keeps serving. The node's other settings (`[node]`,
+/// listeners, backbone, limits, throttle, cache...) take effect at its next
+/// start; APIs that name no region stay homed in the running node's.
 struct Reload {
     /// The configuration the node started with: what a reload cannot change.
     running: NodeConfig,
@@ -202,25 +203,17 @@ impl Reload {
 
     /// Reads the file and applies it whole, or nothing and why.
     fn apply(&self) -> Result<portico_backbone::Running, Vec<String>> {
-        let config = portico_config::load_node_file_as(&self.path, Some(Role::Origin))
+        // Compiled in the running node's region: `[node]` (id and region,
+        // the node's backbone identity) takes effect at the next start.
+        let config = portico_config::reload_node_file(&self.path, &self.running)
             .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        // The running listeners keep their `default_api` until a restart.
-        let missing: Vec<String> = self
-            .running
-            .listeners
-            .iter()
-            .filter_map(|l| l.default_api.as_ref())
-            .filter(|name| config.definitions.api(name).is_none())
-            .map(|name| {
-                format!("a running listener's default_api `{name}` is no longer defined (change listeners with a restart)")
-            })
-            .collect();
+        let missing = unserved_defaults(&self.running, &config.definitions);
         if !missing.is_empty() {
             return Err(missing);
         }
         let certificates = self
             .certificates
-            .reload(&config.definitions, &config.node.id)
+            .reload(&config.definitions, &self.running.node.id)
             .map_err(|err| vec![format!("certificates: {err}")])?;
         let running = portico_backbone::Running::of(&config.definitions);
         self.gateway.swap(Arc::clone(&config.definitions));
@@ -246,5 +239,68 @@ impl Reload {
             );
         }
         Ok(running)
+    }
+}
+
+/// Why the running listeners' `default_api`s (kept until a restart) could
+/// not be served from `definitions`: an API no longer defined, or one that
+/// became an edge API (an origin's listeners serve regional APIs only).
+fn unserved_defaults(running: &NodeConfig, definitions: &Definitions) -> Vec<String> {
+    let defaults = running
+        .listeners
+        .iter()
+        .filter_map(|l| l.default_api.as_ref());
+    defaults
+        .filter_map(|name| match definitions.api(name) {
+            None => Some(format!(
+                "a running listener's default_api `{name}` is no longer defined (change listeners with a restart)"
+            )),
+            Some(api) if api.endpoint == EndpointMode::Edge => Some(format!(
+                "a running listener's default_api `{name}` is now an edge API, which an origin's listeners do not serve (change listeners with a restart)"
+            )),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::unserved_defaults;
+
+    /// An origin with API `a` of `endpoint` and a listener with `default`.
+    fn config(endpoint: &str, default: &str) -> portico_config::NodeConfig {
+        let text = format!(
+            "[node]\nid = \"o\"\nregion = \"r\"\n\
+             [[listeners]]\naddress = \"127.0.0.1:0\"\ntls = false\n{default}\
+             [[apis]]\nname = \"a\"\nendpoint = \"{endpoint}\"\n"
+        );
+        portico_config::parse_node(&text, "t.toml", Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A reloaded file whose listeners no longer name the running default
+    /// (listeners change at the next start) may not leave it unserved.
+    #[test]
+    fn a_reload_keeps_the_running_default_api_served() {
+        let running = config("regional", "default_api = \"a\"\n");
+        assert!(unserved_defaults(&running, &running.definitions).is_empty());
+        let edge = config("edge", "");
+        assert_eq!(
+            unserved_defaults(&running, &edge.definitions),
+            [
+                "a running listener's default_api `a` is now an edge API, which an origin's \
+                 listeners do not serve (change listeners with a restart)"
+            ]
+        );
+        let none = portico_config::Definitions::empty();
+        assert_eq!(
+            unserved_defaults(&running, &none),
+            [
+                "a running listener's default_api `a` is no longer defined (change listeners \
+                 with a restart)"
+            ]
+        );
     }
 }

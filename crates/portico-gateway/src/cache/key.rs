@@ -477,6 +477,28 @@ mod tests {
         );
     }
 
+    /// The configuration holds names decoded (it refuses `%` and `+`): a
+    /// name with brackets matches however the request spells it.
+    #[test]
+    fn a_decoded_name_with_brackets_matches_every_spelling() {
+        let s = settings(&["q[]"], &[]);
+        let h = HeaderMap::new();
+        let input = KeyInput {
+            api: "a",
+            stage: "s",
+            path: "/",
+            query: Some("q[]=1&q%5B%5D=2&q%5b%5d=3&q=4"),
+            headers: &h,
+            settings: &s,
+            principal: None,
+            addressed: AT,
+        };
+        assert_eq!(
+            text(&input),
+            "a|s|G|/|q[]=1&q%5B%5D=2&q%5b%5d=3||@https://api.example:443"
+        );
+    }
+
     #[test]
     fn hashes_agree_with_text_and_variants_differ() {
         let s = settings(&[], &[]);
