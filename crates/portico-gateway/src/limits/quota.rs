@@ -83,6 +83,13 @@ const WAIT: Duration = Duration::from_secs(2);
 /// How long a closing node keeps sending the returns a shared book's Redis
 /// could not take yet.
 const FLUSH_AT_CLOSE: Duration = Duration::from_secs(10);
+/// A key's wallet no request has spent from for this long, holding no
+/// lease and awaiting none, is forgotten by the sweep (a key deleted, or
+/// one used once, kept its wallet for the life of the process). Five
+/// lease lives: a key that sends a request every minute or two keeps its
+/// wallet and its demand estimate; a forgotten one only asks the book
+/// before its next request, as a new key does.
+const IDLE_SLOT_MS: i64 = 5 * LEASE_TTL_MS;
 
 /// The wallet of one (plan, key), whatever API its requests are for: a
 /// plan covers several.
@@ -102,6 +109,8 @@ struct SlotState {
     /// the first API the key was seen with (which may since have been
     /// removed, or moved to another home).
     held_for: Arc<str>,
+    /// When a request last spent (or was refused) here: see [`IDLE_SLOT_MS`].
+    used_ms: i64,
 }
 
 /// The origin's quota book as a lease source.
@@ -332,6 +341,7 @@ impl Quotas {
                 wallet: Wallet::new(now_ms()),
                 period_end_ms: i64::MAX,
                 held_for: Arc::from(api),
+                used_ms: now_ms(),
             }),
             refilled: Notify::new(),
         });
@@ -359,6 +369,7 @@ impl Quotas {
             let (spend, refill, period_end_ms) = {
                 let mut st = lock(&slot.state);
                 let now = now_ms();
+                st.used_ms = now;
                 if now >= st.period_end_ms {
                     // A new period: the old wallet's lease belongs to the old
                     // one. A refill on its way still lands in the new wallet
@@ -483,11 +494,38 @@ impl Quotas {
 
     /// Hands back the leases that are spent or expired, and those of a
     /// period that ended (the node calls this every second), so the book
-    /// hears of them before their holders next ask.
+    /// hears of them before their holders next ask; then forgets idle
+    /// wallets ([`IDLE_SLOT_MS`]).
     pub async fn sweep(&self) {
-        let now = now_ms();
+        self.sweep_at(now_ms()).await;
+    }
+
+    /// [`Quotas::sweep`] at `now` (ms, this node's clock).
+    async fn sweep_at(&self, now: i64) {
         self.give_back_where(|_, st| st.wallet.is_spent_or_expired(now) || now >= st.period_end_ms)
             .await;
+        self.forget_idle(now);
+    }
+
+    /// Drops the slots no request has used for [`IDLE_SLOT_MS`] whose
+    /// wallets are at rest ([`Wallet::is_at_rest`]) and that nothing else
+    /// holds. Whatever spends, waits, refills or returns for a slot holds
+    /// its `Arc`, and a new holder can only take one from the map: checked
+    /// under the map's lock, a count of one means none holds it or can
+    /// until the slot is gone, and a request that comes later makes a new
+    /// one. A slot is never dropped under a request that still uses it.
+    fn forget_idle(&self, now: i64) {
+        let forgettable = |slot: &Arc<Slot>| {
+            Arc::strong_count(slot) == 1 && {
+                let st = lock(&slot.state);
+                st.wallet.is_at_rest() && now.saturating_sub(st.used_ms) >= IDLE_SLOT_MS
+            }
+        };
+        let mut slots = lock(&self.slots);
+        slots.retain(|_, keys| {
+            keys.retain(|_, slot| !forgettable(slot));
+            !keys.is_empty()
+        });
     }
 
     /// Surrenders every lease of `home` (a reconnected origin's APIs): the
@@ -926,6 +964,50 @@ mod tests {
             panic!("the quota is spent");
         };
         assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+    }
+
+    /// How many wallets `q` keeps.
+    fn slots(q: &Quotas) -> usize {
+        lock(&q.slots).values().map(HashMap::len).sum()
+    }
+
+    /// A key no request spends on any more (deleted, or used once) leaves
+    /// no wallet behind once its lease went back and it was idle a while;
+    /// one a request still holds stays, and a forgotten key spends again.
+    #[tokio::test]
+    async fn idle_wallets_are_forgotten_and_those_in_use_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let book = origin.book().unwrap().clone();
+        let source = BookSource::new(book.clone(), "pop");
+        let pop = Arc::new(Quotas::remote(Arc::new(source)));
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+        for key in &keys {
+            assert_eq!(pop.spend("a", "p", key, SPEC).await, QuotaOutcome::Accepted);
+        }
+        assert_eq!(slots(&pop), 50);
+        // Leases held and just used: all stay.
+        pop.sweep().await;
+        assert_eq!(slots(&pop), 50);
+        // A request still holds one (as one waiting for its refill does).
+        let in_use = pop.slot("a", "p", "k0");
+        let later = now_ms() + IDLE_SLOT_MS + LEASE_TTL_MS;
+        pop.sweep_at(later).await;
+        assert_eq!(slots(&pop), 1);
+        for key in &keys {
+            let used = book.usage("p", key, SPEC, now_ms()).await.unwrap().used;
+            assert_eq!(used, 1, "{key}'s lease went back before its wallet went");
+        }
+        drop(in_use);
+        pop.sweep_at(later).await;
+        assert_eq!(slots(&pop), 0);
+        assert!(lock(&pop.slots).is_empty(), "the plan's map went too");
+        // A forgotten key spends as a new one does.
+        assert_eq!(
+            pop.spend("a", "p", "k1", SPEC).await,
+            QuotaOutcome::Accepted
+        );
+        assert_eq!(book.usage("p", "k1", SPEC, now_ms()).await.unwrap().used, 4);
     }
 
     /// A source whose returns never arrive.
