@@ -40,6 +40,11 @@ pub struct LeaseAsk {
     pub key_id: Arc<str>,
     pub spec: QuotaSpec,
     pub want: u64,
+    /// The wallet holds no lease: what it held (if anything) went back
+    /// before this ask, surrendered or expired, rather than after it, as a
+    /// refill returns the lease it replaces. A source with several ways to
+    /// one book sends such an ask the way that return went, behind it.
+    pub after_return: bool,
 }
 
 /// Where leases come from.
@@ -456,6 +461,7 @@ impl Quotas {
             key_id: Arc::clone(&slot.key_id),
             spec,
             want,
+            after_return: lock(&slot.state).wallet.in_hand().is_none(),
         };
         let granted = self.source.grant(ask).await;
         let (old, ok) = {
@@ -886,16 +892,19 @@ mod tests {
         assert!(grants <= 2, "{grants} leases for 5 requests");
     }
 
-    /// The book, recording the API of each ask and each return.
+    /// The book, recording the API of each ask and each return, and
+    /// whether each ask came after its key's return.
     struct Recorded {
         book: BookSource,
         asks: std::sync::Mutex<Vec<String>>,
+        after_return: std::sync::Mutex<Vec<bool>>,
         returns: std::sync::Mutex<Vec<String>>,
     }
 
     impl LeaseSource for Recorded {
         fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
             lock(&self.asks).push(ask.api.to_string());
+            lock(&self.after_return).push(ask.after_return);
             self.book.grant(ask)
         }
         fn give_back(&self, api: Arc<str>, id: u64, unused: u64) -> BoxFuture<'_, ()> {
@@ -915,6 +924,7 @@ mod tests {
         let source = Arc::new(Recorded {
             book: BookSource::new(origin.book().unwrap().clone(), "pop-a"),
             asks: std::sync::Mutex::new(Vec::new()),
+            after_return: std::sync::Mutex::new(Vec::new()),
             returns: std::sync::Mutex::new(Vec::new()),
         });
         let q = Arc::new(Quotas::remote(Arc::clone(&source) as Arc<dyn LeaseSource>));
@@ -931,6 +941,10 @@ mod tests {
         assert_eq!(*lock(&source.returns), ["a"], "a's lease went back for a");
         q.surrender_home(|api| api == "b").await;
         assert_eq!(*lock(&source.returns), ["a", "b"]);
+        // The first ask held nothing, the refill held a lease (returned
+        // after it), and the ask after the surrender holds nothing again.
+        assert_eq!(q.spend("b", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        assert_eq!(*lock(&source.after_return), [true, false, true]);
     }
 
     /// A book whose key is spent, and whose period ends in half a second
