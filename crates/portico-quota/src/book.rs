@@ -40,6 +40,11 @@ const ID_JUMP: std::ops::Range<u64> = 1 << 32..1 << 33;
 /// a clock corrected backwards across a boundary.
 pub const RETAIN_MS: i64 = 64 * 86_400_000;
 
+/// How far past the start of the newest period it counts for the book
+/// believes a clock when it prunes (see [`QuotaBook::prune`]): a day, as
+/// the book prunes daily.
+const PRUNE_AHEAD_MS: i64 = 86_400_000;
+
 /// What a holder asks for.
 #[derive(Debug, Clone)]
 pub struct LeaseRequest<'a> {
@@ -293,7 +298,19 @@ impl QuotaBook {
     /// that began more than [`RETAIN_MS`] before `now_ms`, and leases that
     /// expired that long ago (a PoP that vanished never returns its own).
     /// Without it the book grows by a row per key and period for ever.
+    ///
+    /// `now_ms` counts only up to a day past the newest period the book
+    /// holds a count for ([`PRUNE_AHEAD_MS`]): a clock far ahead (one not
+    /// yet set at boot, when the book prunes at open) would otherwise
+    /// delete the current periods' counts, and once it is set right every
+    /// key had its whole quota again. The book cannot tell such a clock from
+    /// one that is right after a long stop: then the old counts stay until
+    /// the first prune after grants at the new time.
     pub fn prune(&self, now_ms: i64) -> Result<Pruned, QuotaError> {
+        let now_ms = match self.newest_period()? {
+            Some(newest) => now_ms.min(newest.saturating_add(PRUNE_AHEAD_MS)),
+            None => now_ms,
+        };
         let horizon = now_ms.saturating_sub(RETAIN_MS);
         let txn = self.db.begin_write().map_err(QuotaError::store)?;
         let mut pruned = Pruned::default();
@@ -317,6 +334,18 @@ impl QuotaBook {
         }
         txn.commit().map_err(QuotaError::store)?;
         Ok(pruned)
+    }
+
+    /// The start of the newest period the book counts for.
+    fn newest_period(&self) -> Result<Option<i64>, QuotaError> {
+        let txn = self.db.begin_read().map_err(QuotaError::store)?;
+        let table = txn.open_table(USAGE).map_err(QuotaError::store)?;
+        let mut newest = None;
+        for row in table.iter().map_err(QuotaError::store)? {
+            let (key, _) = row.map_err(QuotaError::store)?;
+            newest = newest.max(period_start(key.value()));
+        }
+        Ok(newest)
     }
 
     /// Leases a holder still has open (to reconcile after a reconnect).
@@ -544,6 +573,37 @@ pub(crate) mod tests {
         assert_eq!(book.release(yesterday.id, 50, "pop-a").unwrap(), 50);
         assert_eq!(book.leases_of("pop-a").unwrap().len(), 1);
         assert_eq!(book.prune(later).unwrap(), Pruned::default());
+    }
+
+    /// A clock 70 days ahead when the book prunes (at open, before the
+    /// clock is set right) deletes no count or lease of the periods the
+    /// book last granted from; grants at the new time, if it was right,
+    /// let the next prune go on.
+    #[test]
+    fn a_clock_far_ahead_prunes_nothing_current() {
+        let (_dir, book) = book();
+        let lease = book.grant(&request("pop-a", 300), NOW).unwrap();
+        let ahead = NOW + 70 * 86_400_000;
+        assert_eq!(book.prune(ahead).unwrap(), Pruned::default());
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 300);
+        assert_eq!(
+            book.grant(&request("pop-b", 1_000), NOW).unwrap().granted,
+            700
+        );
+        assert_eq!(book.release(lease.id, 100, "pop-a").unwrap(), 100);
+        // The clock was right (a long stop): the book grants at its time,
+        // and the next prune forgets the old period.
+        book.grant(&request("pop-a", 10), ahead).unwrap();
+        let pruned = book.prune(ahead).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                usage: 1,
+                leases: 1
+            }
+        );
+        assert_eq!(book.usage("basic", "k1", SPEC, NOW).unwrap().used, 0);
+        assert_eq!(book.usage("basic", "k1", SPEC, ahead).unwrap().used, 10);
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //!   no two (plan, key) pairs share a name);
 //! * `lease:<id>`: a hash of the lease (`u` its usage key, `g` granted, `h`
 //!   holder, `e` expiry), kept [`RETAIN_MS`] past its expiry for a late return;
+//!
+//! (both expiries set as spans from the grant, on the server's clock: an
+//! origin's clock that is off does not delete them early; see [`kept_for`]);
 //! * `next_lease`: the last lease id granted;
 //! * `grant:<token>`: a grant's lease id, or `x` once cancelled, kept
 //!   [`TOKEN_TTL`] (a day): a grant whose answer never came is cancelled by its
@@ -79,16 +82,21 @@ const BACK_OFF: Duration = Duration::from_secs(1);
 const MAX_QUEUED_RETURNS: usize = 100_000;
 
 /// Grants up to ARGV[1] requests of a limit of ARGV[2] from the count in
-/// KEYS[1] (expiring at ARGV[3]), as lease `ARGV[4]..id` (granted, holder
-/// ARGV[5], expiry ARGV[6]; kept until ARGV[7]); ids stop at ARGV[8] and
-/// start above ARGV[9] (the highest this origin has seen). When the server's
-/// run id is not the one the ids were last moved for (KEYS[3]: a first
-/// grant, a restart, perhaps from an older copy, a replica promoted), the
-/// ids start at ARGV[10] if there are none and then move on by ARGV[11],
-/// once per server. KEYS[4] is the grant's token: a grant its caller gave
-/// up on is cancelled there ([`CANCEL`]), before it runs or after; the
-/// lease's id is kept there for ARGV[12] ms, or until the caller, answered,
-/// deletes it.
+/// KEYS[1] (kept ARGV[3] ms from now), as lease `ARGV[4]..id` (granted,
+/// holder ARGV[5], expiry ARGV[6]; kept ARGV[7] ms from now); ids stop at
+/// ARGV[8] and start above ARGV[9] (the highest this origin has seen). When
+/// the server's run id is not the one the ids were last moved for (KEYS[3]:
+/// a first grant, a restart, perhaps from an older copy, a replica
+/// promoted), the ids start at ARGV[10] if there are none and then move on
+/// by ARGV[11], once per server. KEYS[4] is the grant's token: a grant its
+/// caller gave up on is cancelled there ([`CANCEL`]), before it runs or
+/// after; the lease's id is kept there for ARGV[12] ms, or until the
+/// caller, answered, deletes it.
+///
+/// Both expiries are relative ([`kept_for`]): an absolute time from the
+/// origin's clock, on a server whose clock is ahead by more than a month,
+/// lies in the past, and Redis would delete the count as it is written (the
+/// next grant reads 0 used: the whole quota again, at every grant).
 /// Returns {id, granted, used after}; id 0 when nothing was granted.
 const GRANT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -117,10 +125,10 @@ if id > tonumber(ARGV[8]) then
 end
 id = string.format('%d', id)
 redis.call('INCRBY', KEYS[1], string.format('%d', granted))
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local lease = ARGV[4] .. id
 redis.call('HSET', lease, 'u', KEYS[1], 'g', string.format('%d', granted), 'h', ARGV[5], 'e', ARGV[6])
-redis.call('PEXPIREAT', lease, ARGV[7])
+redis.call('PEXPIRE', lease, ARGV[7])
 redis.call('SET', KEYS[4], id, 'PX', ARGV[12])
 return {tonumber(id), granted, used + granted}
 ";
@@ -221,6 +229,22 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 ";
+
+/// How long, from `now_ms`, a grant keeps the count of the period that
+/// began at `period_start_ms` and a lease that expires at `expires_ms`:
+/// until [`RETAIN_MS`] after the one began and the other expired, as the
+/// local book prunes them, but measured as a span on the origin's clock
+/// (the time into the period, the lease's life) and set in Redis relative
+/// to its own (`PEXPIRE`). Only the clocks' rates need agree, not their
+/// readings: the count lives more than a month past the grant whatever the
+/// skew, at least 1 ms.
+fn kept_for(period_start_ms: i64, expires_ms: i64, now_ms: i64) -> (i64, i64) {
+    let count = period_start_ms
+        .saturating_add(RETAIN_MS)
+        .saturating_sub(now_ms);
+    let lease = expires_ms.saturating_sub(now_ms).saturating_add(RETAIN_MS);
+    (count.max(1), lease.max(1))
+}
 
 /// Demand by origin id, then by scope (requests a second).
 pub type PeerDemand = Vec<(String, Vec<(String, f64)>)>;
@@ -659,7 +683,7 @@ impl RedisBook {
     ) -> Result<Lease, QuotaError> {
         let (start, end) = bounds(req.spec.period, req.spec.offset, now_ms);
         let expires_ms = (now_ms + req.ttl_ms.max(1)).min(end);
-        let keep_until = expires_ms.saturating_add(RETAIN_MS);
+        let (count_kept, lease_kept) = kept_for(start, expires_ms, now_ms);
         let limit = req.spec.limit.min(MAX_COUNT);
         let (want, usage_key) = (
             req.want.min(MAX_COUNT),
@@ -681,11 +705,11 @@ impl RedisBook {
                     .key(inner.token_key(token))
                     .arg(want)
                     .arg(limit)
-                    .arg(start.saturating_add(RETAIN_MS))
+                    .arg(count_kept)
                     .arg(inner.key(format_args!("lease:")))
                     .arg(holder)
                     .arg(expires_ms)
-                    .arg(keep_until)
+                    .arg(lease_kept)
                     .arg(MAX_COUNT)
                     .arg(floor)
                     .arg(first)
@@ -1014,6 +1038,31 @@ mod tests {
             total += n.unwrap();
         }
         total
+    }
+
+    /// An origin whose clock is 70 days behind the server's: the count its
+    /// grant writes must outlive the grant (an absolute expiry from its clock
+    /// lay in the past, Redis deleted the count at once, and every grant
+    /// found the whole quota again).
+    #[tokio::test]
+    async fn an_origin_clock_far_behind_the_servers_keeps_its_counts() {
+        let redis = Redis::start();
+        let book = book(&redis).await;
+        let behind = now() - 70 * 86_400_000;
+        let first = book.grant(&request("pop-a", 600), behind).await.unwrap();
+        assert_eq!(first.granted, 600);
+        let second = book.grant(&request("pop-b", 600), behind).await.unwrap();
+        assert_eq!((second.granted, second.exhausted), (400, true));
+        let usage = book.usage("basic", "k1", SPEC, behind).await.unwrap();
+        assert_eq!(usage.used, 1_000);
+        // The lease is kept too, for its return.
+        assert_eq!(book.release(first.id, 100, "pop-a").await.unwrap(), 100);
+        let usage = book.usage("basic", "k1", SPEC, behind).await.unwrap();
+        assert_eq!(usage.used, 900);
+        let (start, _) = bounds(SPEC.period, SPEC.offset, behind);
+        let count = format!("portico:usage:5:basick1:{start}");
+        let ttl: i64 = redis.command(&["PTTL", &count]);
+        assert!(ttl > (RETAIN_MS - 86_400_000) / 2, "{ttl}");
     }
 
     #[tokio::test]

@@ -191,6 +191,14 @@ impl Wallet {
         self.returning = false;
     }
 
+    /// Whether the wallet holds no lease and waits for none: no refill is
+    /// asked for and no surrendered lease is on its way back. Such a wallet
+    /// can be dropped and made again without a request lost or counted
+    /// twice (only its demand estimate starts over).
+    pub fn is_at_rest(&self) -> bool {
+        self.lease_id.is_none() && !self.requested && !self.returning
+    }
+
     /// Whether the lease in hand can no longer be spent (none, or expired).
     pub fn is_spent_or_expired(&self, now_ms: i64) -> bool {
         self.lease_id.is_none() || now_ms >= self.expires_ms
@@ -275,6 +283,20 @@ mod tests {
         assert!(!w.wants_refill(3));
         w.returned();
         assert!(w.wants_refill(3));
+    }
+
+    #[test]
+    fn a_wallet_is_at_rest_once_it_holds_and_awaits_nothing() {
+        let mut w = Wallet::new(0);
+        assert!(w.is_at_rest());
+        w.begin_refill();
+        assert!(!w.is_at_rest(), "a refill is asked for");
+        w.install(3, 10, 1_000, false);
+        assert!(!w.is_at_rest(), "a lease is held");
+        w.surrender_returning();
+        assert!(!w.is_at_rest(), "its return is on its way");
+        w.returned();
+        assert!(w.is_at_rest());
     }
 
     #[test]

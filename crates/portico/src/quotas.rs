@@ -9,7 +9,9 @@
 //! after a reconnect (the PoP surrenders what it held from that origin).
 //!
 //! A region with several origins: a PoP leases from the one with the lowest
-//! node id among those it is connected to (each origin keeps its own book).
+//! node id among those it is connected to (each origin keeps its own book),
+//! except that a key's ask right after its lease went back follows that
+//! return to its origin ([`PopLeases::link_to_ask`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -231,8 +233,13 @@ impl ControlHandler for OriginLeases {
 /// only that link's answer is its answer.
 type Pending = HashMap<(String, String), (ControlLink, oneshot::Sender<QuotaLease>)>;
 
+/// A (plan, key id) pair, as the wallets name them.
+type Key = (Arc<str>, Arc<str>);
+
 /// A lease this PoP holds, under the id its wallet knows it by.
 struct Granted {
+    /// The (plan, key) it was granted for.
+    key: Key,
     /// The origin (node id) whose book granted it, and its region.
     origin: String,
     region: String,
@@ -270,7 +277,23 @@ pub struct PopLeases {
     clocks: Mutex<HashMap<String, i64>>,
     /// Returns waiting for their origin's next link, oldest first.
     unreturned: Mutex<VecDeque<Unreturned>>,
+    /// Where each key's last return went (see [`PopLeases::link_to_ask`]).
+    followed: Mutex<Followed>,
 }
+
+/// The origin each key's last return went to, and when (this PoP's
+/// clock), pruned as [`Held`] is.
+#[derive(Default)]
+struct Followed {
+    by_key: HashMap<Key, (String, i64)>,
+    pruned_at: usize,
+}
+
+/// How long after a key's return its next ask may follow it (see
+/// [`PopLeases::link_to_ask`]): well past the time a return waits in an
+/// origin's queue while asks there are still answered (2 s). A later ask
+/// goes to the lowest node id as any does.
+const FOLLOW_MS: i64 = 10_000;
 
 impl PopLeases {
     pub fn new() -> Arc<Self> {
@@ -289,7 +312,7 @@ impl PopLeases {
 
     /// Remembers a lease from `link` and names it for the wallet. Entries a
     /// wallet never gave back (it was dropped) go once long expired.
-    fn remember(&self, link: &ControlLink, origin_id: u64, expires_ms: i64) -> u64 {
+    fn remember(&self, link: &ControlLink, key: Key, origin_id: u64, expires_ms: i64) -> u64 {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -305,6 +328,7 @@ impl PopLeases {
         held.by_id.insert(
             id,
             Granted {
+                key,
                 origin: link.peer_id().to_owned(),
                 region: link.region().to_owned(),
                 origin_id,
@@ -328,6 +352,49 @@ impl PopLeases {
             .filter(|l| l.is_open() && l.region() == region)
             .min_by(|a, b| a.peer_id().cmp(b.peer_id()))
             .ok_or_else(|| format!("no backbone link to the home of API {api} ({region})"))
+    }
+
+    /// The link `ask` goes out on: [`PopLeases::link_for`] its API, except
+    /// that an ask after its key's lease went back ([`LeaseAsk::after_return`])
+    /// goes where that return went, if within [`FOLLOW_MS`] and the link is
+    /// still open and of the API's home region. Replicas sharing a book
+    /// answer each link in order, but not one link's frames against
+    /// another's: after a reconnect the PoP returns a lease to the replica
+    /// that granted it, and an ask to the lowest node id could run in the
+    /// book first and find the quota spent (429 for a second while it was
+    /// not). With books of their own, the ask leases once more from the
+    /// book the key's last lease came from; the next refill, which holds a
+    /// lease, asks the lowest node id again (asks that followed every
+    /// return would swap between two origins for good).
+    fn link_to_ask(&self, ask: &LeaseAsk) -> Result<ControlLink, String> {
+        let key = (Arc::clone(&ask.plan), Arc::clone(&ask.key_id));
+        let now = portico_gateway::limits::now_ms();
+        let followed = lock(&self.followed).by_key.remove(&key);
+        let followed = followed.filter(|(_, at)| ask.after_return && now - at < FOLLOW_MS);
+        if let Some((origin, _)) = followed {
+            let region = self.home(&ask.api);
+            let link = self.links.open().into_iter().find(|l| {
+                l.is_open() && l.peer_id() == origin && Some(l.region()) == region.as_deref()
+            });
+            if let Some(link) = link {
+                return Ok(link);
+            }
+        }
+        self.link_for(&ask.api)
+    }
+
+    /// Notes that `key`'s return went out on `link` (see
+    /// [`PopLeases::link_to_ask`]).
+    fn follow(&self, key: Key, link: &ControlLink) {
+        let now = portico_gateway::limits::now_ms();
+        let mut followed = lock(&self.followed);
+        if followed.by_key.len() >= 2 * followed.pruned_at.max(64) {
+            followed.by_key.retain(|_, (_, at)| now - *at < FOLLOW_MS);
+            followed.pruned_at = followed.by_key.len();
+        }
+        followed
+            .by_key
+            .insert(key, (link.peer_id().to_owned(), now));
     }
 }
 
@@ -389,7 +456,7 @@ fn within_ask(granted: u64, want: u64) -> u64 {
 impl LeaseSource for PopLeases {
     fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
         Box::pin(async move {
-            let link = self.link_for(&ask.api)?;
+            let link = self.link_to_ask(&ask)?;
             let id = (ask.plan.to_string(), ask.key_id.to_string());
             let (tx, mut rx) = oneshot::channel();
             let asked_at = portico_gateway::limits::now_ms();
@@ -431,7 +498,12 @@ impl LeaseSource for PopLeases {
                     let (id, granted) = match lease.lease_id {
                         EMPTY_LEASE => (EMPTY_LEASE, 0),
                         id => (
-                            self.remember(&link, id, expires_ms),
+                            self.remember(
+                                &link,
+                                (ask.plan.clone(), ask.key_id.clone()),
+                                id,
+                                expires_ms,
+                            ),
                             within_ask(lease.granted, ask.want),
                         ),
                     };
@@ -485,9 +557,12 @@ impl LeaseSource for PopLeases {
             match granter.or_else(sibling) {
                 Some(link) => {
                     let to_granter = link.peer_id() == back.origin;
-                    if self.send_return(link, back) && to_granter {
-                        // The link takes frames again: what waited for it goes.
-                        self.send_kept(link);
+                    if self.send_return(link, back) {
+                        self.follow(g.key, link);
+                        if to_granter {
+                            // The link takes frames again: what waited for it goes.
+                            self.send_kept(link);
+                        }
                     }
                 }
                 None => self.keep(back, "no link to its origin"),
@@ -850,6 +925,7 @@ plans = ["p"]
 
     fn ask() -> LeaseAsk {
         LeaseAsk {
+            after_return: false,
             api: "edge".into(),
             plan: "p".into(),
             key_id: "k".into(),
@@ -936,6 +1012,47 @@ plans = ["p"]
             a_out.try_recv().is_err(),
             "origin-a got another book's lease"
         );
+    }
+
+    /// After a reconnect, a lease of a replica goes back to it, and the
+    /// key's next ask follows it there, behind the return: asked first,
+    /// the lowest node id could find the returned requests still counted
+    /// in the book they share. The refill after that, which returns the
+    /// lease it replaces after its grant, asks the lowest node id again.
+    #[tokio::test]
+    async fn an_ask_after_a_return_follows_it_to_its_origin() {
+        let leases = homed("");
+        let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
+        leases.link_up(&b);
+        let held = granted(&leases, &b, &mut b_out, lease(5, u64::MAX)).await;
+        let (a, mut a_out) = ControlLink::new("origin-a", "", Capabilities(0));
+        leases.link_up(&a);
+        leases.give_back("edge".into(), held.id, 4).await;
+        let after = || LeaseAsk {
+            after_return: true,
+            ..ask()
+        };
+        let asking = {
+            let leases = Arc::clone(&leases);
+            tokio::spawn(async move { leases.grant(after()).await })
+        };
+        let back = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
+        assert!(matches!(back, Ok(Some(Frame::QuotaReturn(_)))), "{back:?}");
+        let sent = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
+        let Ok(Some(Frame::QuotaLeaseRequest(_))) = sent else {
+            panic!("the ask did not follow the return to origin-b: {sent:?}");
+        };
+        assert!(a_out.try_recv().is_err(), "origin-a was asked");
+        leases.on_frame(&b, Frame::QuotaLease(lease(6, u64::MAX)));
+        let held = asking.await.unwrap().unwrap();
+        // A refill holding that lease asks origin-a, then returns it to b;
+        // the refill after asks origin-a again.
+        let refill = granted(&leases, &a, &mut a_out, lease(7, u64::MAX)).await;
+        leases.give_back("edge".into(), held.id, 1).await;
+        assert!(matches!(b_out.try_recv(), Ok(Frame::QuotaReturn(_))));
+        let next = granted(&leases, &a, &mut a_out, lease(8, u64::MAX)).await;
+        assert_ne!(refill.id, next.id);
+        assert!(b_out.try_recv().is_err(), "origin-b was asked");
     }
 
     /// While the granting origin's link is down, a lease goes back through

@@ -40,6 +40,11 @@ pub struct LeaseAsk {
     pub key_id: Arc<str>,
     pub spec: QuotaSpec,
     pub want: u64,
+    /// The wallet holds no lease: what it held (if anything) went back
+    /// before this ask, surrendered or expired, rather than after it, as a
+    /// refill returns the lease it replaces. A source with several ways to
+    /// one book sends such an ask the way that return went, behind it.
+    pub after_return: bool,
 }
 
 /// Where leases come from.
@@ -83,6 +88,13 @@ const WAIT: Duration = Duration::from_secs(2);
 /// How long a closing node keeps sending the returns a shared book's Redis
 /// could not take yet.
 const FLUSH_AT_CLOSE: Duration = Duration::from_secs(10);
+/// A key's wallet no request has spent from for this long, holding no
+/// lease and awaiting none, is forgotten by the sweep (a key deleted, or
+/// one used once, kept its wallet for the life of the process). Five
+/// lease lives: a key that sends a request every minute or two keeps its
+/// wallet and its demand estimate; a forgotten one only asks the book
+/// before its next request, as a new key does.
+const IDLE_SLOT_MS: i64 = 5 * LEASE_TTL_MS;
 
 /// The wallet of one (plan, key), whatever API its requests are for: a
 /// plan covers several.
@@ -102,6 +114,8 @@ struct SlotState {
     /// the first API the key was seen with (which may since have been
     /// removed, or moved to another home).
     held_for: Arc<str>,
+    /// When a request last spent (or was refused) here: see [`IDLE_SLOT_MS`].
+    used_ms: i64,
 }
 
 /// The origin's quota book as a lease source.
@@ -332,6 +346,7 @@ impl Quotas {
                 wallet: Wallet::new(now_ms()),
                 period_end_ms: i64::MAX,
                 held_for: Arc::from(api),
+                used_ms: now_ms(),
             }),
             refilled: Notify::new(),
         });
@@ -359,6 +374,7 @@ impl Quotas {
             let (spend, refill, period_end_ms) = {
                 let mut st = lock(&slot.state);
                 let now = now_ms();
+                st.used_ms = now;
                 if now >= st.period_end_ms {
                     // A new period: the old wallet's lease belongs to the old
                     // one. A refill on its way still lands in the new wallet
@@ -445,6 +461,7 @@ impl Quotas {
             key_id: Arc::clone(&slot.key_id),
             spec,
             want,
+            after_return: lock(&slot.state).wallet.in_hand().is_none(),
         };
         let granted = self.source.grant(ask).await;
         let (old, ok) = {
@@ -483,11 +500,38 @@ impl Quotas {
 
     /// Hands back the leases that are spent or expired, and those of a
     /// period that ended (the node calls this every second), so the book
-    /// hears of them before their holders next ask.
+    /// hears of them before their holders next ask; then forgets idle
+    /// wallets ([`IDLE_SLOT_MS`]).
     pub async fn sweep(&self) {
-        let now = now_ms();
+        self.sweep_at(now_ms()).await;
+    }
+
+    /// [`Quotas::sweep`] at `now` (ms, this node's clock).
+    async fn sweep_at(&self, now: i64) {
         self.give_back_where(|_, st| st.wallet.is_spent_or_expired(now) || now >= st.period_end_ms)
             .await;
+        self.forget_idle(now);
+    }
+
+    /// Drops the slots no request has used for [`IDLE_SLOT_MS`] whose
+    /// wallets are at rest ([`Wallet::is_at_rest`]) and that nothing else
+    /// holds. Whatever spends, waits, refills or returns for a slot holds
+    /// its `Arc`, and a new holder can only take one from the map: checked
+    /// under the map's lock, a count of one means none holds it or can
+    /// until the slot is gone, and a request that comes later makes a new
+    /// one. A slot is never dropped under a request that still uses it.
+    fn forget_idle(&self, now: i64) {
+        let forgettable = |slot: &Arc<Slot>| {
+            Arc::strong_count(slot) == 1 && {
+                let st = lock(&slot.state);
+                st.wallet.is_at_rest() && now.saturating_sub(st.used_ms) >= IDLE_SLOT_MS
+            }
+        };
+        let mut slots = lock(&self.slots);
+        slots.retain(|_, keys| {
+            keys.retain(|_, slot| !forgettable(slot));
+            !keys.is_empty()
+        });
     }
 
     /// Surrenders every lease of `home` (a reconnected origin's APIs): the
@@ -848,16 +892,19 @@ mod tests {
         assert!(grants <= 2, "{grants} leases for 5 requests");
     }
 
-    /// The book, recording the API of each ask and each return.
+    /// The book, recording the API of each ask and each return, and
+    /// whether each ask came after its key's return.
     struct Recorded {
         book: BookSource,
         asks: std::sync::Mutex<Vec<String>>,
+        after_return: std::sync::Mutex<Vec<bool>>,
         returns: std::sync::Mutex<Vec<String>>,
     }
 
     impl LeaseSource for Recorded {
         fn grant(&self, ask: LeaseAsk) -> BoxFuture<'_, Result<Lease, String>> {
             lock(&self.asks).push(ask.api.to_string());
+            lock(&self.after_return).push(ask.after_return);
             self.book.grant(ask)
         }
         fn give_back(&self, api: Arc<str>, id: u64, unused: u64) -> BoxFuture<'_, ()> {
@@ -877,6 +924,7 @@ mod tests {
         let source = Arc::new(Recorded {
             book: BookSource::new(origin.book().unwrap().clone(), "pop-a"),
             asks: std::sync::Mutex::new(Vec::new()),
+            after_return: std::sync::Mutex::new(Vec::new()),
             returns: std::sync::Mutex::new(Vec::new()),
         });
         let q = Arc::new(Quotas::remote(Arc::clone(&source) as Arc<dyn LeaseSource>));
@@ -893,6 +941,10 @@ mod tests {
         assert_eq!(*lock(&source.returns), ["a"], "a's lease went back for a");
         q.surrender_home(|api| api == "b").await;
         assert_eq!(*lock(&source.returns), ["a", "b"]);
+        // The first ask held nothing, the refill held a lease (returned
+        // after it), and the ask after the surrender holds nothing again.
+        assert_eq!(q.spend("b", "p", "k", SPEC).await, QuotaOutcome::Accepted);
+        assert_eq!(*lock(&source.after_return), [true, false, true]);
     }
 
     /// A book whose key is spent, and whose period ends in half a second
@@ -926,6 +978,50 @@ mod tests {
             panic!("the quota is spent");
         };
         assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+    }
+
+    /// How many wallets `q` keeps.
+    fn slots(q: &Quotas) -> usize {
+        lock(&q.slots).values().map(HashMap::len).sum()
+    }
+
+    /// A key no request spends on any more (deleted, or used once) leaves
+    /// no wallet behind once its lease went back and it was idle a while;
+    /// one a request still holds stays, and a forgotten key spends again.
+    #[tokio::test]
+    async fn idle_wallets_are_forgotten_and_those_in_use_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let origin = Quotas::open(&dir.path().join("q.redb"), "origin").unwrap();
+        let book = origin.book().unwrap().clone();
+        let source = BookSource::new(book.clone(), "pop");
+        let pop = Arc::new(Quotas::remote(Arc::new(source)));
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+        for key in &keys {
+            assert_eq!(pop.spend("a", "p", key, SPEC).await, QuotaOutcome::Accepted);
+        }
+        assert_eq!(slots(&pop), 50);
+        // Leases held and just used: all stay.
+        pop.sweep().await;
+        assert_eq!(slots(&pop), 50);
+        // A request still holds one (as one waiting for its refill does).
+        let in_use = pop.slot("a", "p", "k0");
+        let later = now_ms() + IDLE_SLOT_MS + LEASE_TTL_MS;
+        pop.sweep_at(later).await;
+        assert_eq!(slots(&pop), 1);
+        for key in &keys {
+            let used = book.usage("p", key, SPEC, now_ms()).await.unwrap().used;
+            assert_eq!(used, 1, "{key}'s lease went back before its wallet went");
+        }
+        drop(in_use);
+        pop.sweep_at(later).await;
+        assert_eq!(slots(&pop), 0);
+        assert!(lock(&pop.slots).is_empty(), "the plan's map went too");
+        // A forgotten key spends as a new one does.
+        assert_eq!(
+            pop.spend("a", "p", "k1", SPEC).await,
+            QuotaOutcome::Accepted
+        );
+        assert_eq!(book.usage("p", "k1", SPEC, now_ms()).await.unwrap().used, 4);
     }
 
     /// A source whose returns never arrive.
