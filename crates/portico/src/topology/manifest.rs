@@ -152,6 +152,20 @@ impl Manifest {
     }
 }
 
+/// `path` created or truncated, mode 0600 whether or not it existed (a
+/// mode given at open applies only to a file it creates).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,18 +219,4 @@ mod tests {
                 .contains("here  echo-edge  edge      pop-local  https://127.0.0.1:4431/prod")
         );
     }
-}
-
-/// `path` created or truncated, mode 0600 whether or not it existed (a
-/// mode given at open applies only to a file it creates).
-pub(crate) fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(file)
 }
