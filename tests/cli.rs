@@ -276,6 +276,35 @@ const MOCK_ORIGIN: &str = "[node]\nid = \"o\"\nregion = \"r\"\ncpus = CPUS\n\
     [[apis]]\nname = \"a\"\nendpoint = \"regional\"\n[[apis.routes]]\npath = \"/x\"\n\
     integration = { type = \"mock\", status = 200 }\n[[apis.stages]]\nname = \"prod\"\n";
 
+/// A node that fails after it logged (here its admin address is taken once
+/// its listener is up) says why last, after every line it logged before.
+#[test]
+fn a_nodes_fatal_error_is_its_last_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("origin.toml");
+    let text = MOCK_ORIGIN.replace("cpus = CPUS\n", "")
+        + &format!("[admin]\naddress = \"{addr}\"\ntoken = \"t0ken-t0ken-t0ken\"\n");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(portico_bin())
+        .args(["origin", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(
+        last.starts_with(&format!("portico: binding {addr}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listening"),
+        "lines logged before: {stderr}"
+    );
+}
+
 #[test]
 fn a_node_confined_to_one_cpu_runs_every_thread_there_with_one_worker() {
     let cpu = *own_cpus().last().unwrap();

@@ -77,7 +77,7 @@ pub fn main() -> ExitCode {
     };
     // Declared before the runtime, so dropped after it: lines logged while
     // its tasks wind down are written too.
-    let _logs = logging::init(cli.log_format);
+    let logs = logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,7 +85,12 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => return fail(&AppError::Runtime(err)),
     };
-    match runtime.block_on(run(prepared)) {
+    let outcome = runtime.block_on(run(prepared));
+    // The runtime winds down and the queued lines are written before the
+    // error that stops the process: it is the last line a supervisor reads.
+    drop(runtime);
+    drop(logs);
+    match outcome {
         Ok(code) => code,
         Err(err) => fail(&err),
     }
