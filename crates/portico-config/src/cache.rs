@@ -74,7 +74,8 @@ pub struct CacheSettings {
     pub mode: CacheMode,
     /// `ttl` mode: the lifetime of every entry. `http` mode: unused.
     pub ttl: Duration,
-    /// Query parameters that are part of the cache key, sorted and unique.
+    /// Query parameters that are part of the cache key, sorted and unique;
+    /// [`EVERY_PARAMETER`] alone: the whole query as sent.
     pub key_query: Vec<String>,
     /// Request headers that are part of the cache key, lower case, sorted and unique.
     pub key_headers: Vec<String>,
@@ -276,6 +277,17 @@ fn names(
     }
     for name in list {
         let n = name.get_ref();
+        if what == "query parameter" && n == EVERY_PARAMETER {
+            if list.len() > 1 {
+                let message = format!(
+                    "`{EVERY_PARAMETER}` (every query parameter) stands alone in key_query"
+                );
+                diag.at(name.span(), message);
+                ok = false;
+            }
+            out.push(n.clone());
+            continue;
+        }
         let norm = if what == "header" {
             n.to_ascii_lowercase()
         } else {
@@ -305,6 +317,12 @@ fn names(
     out.sort();
     ok.then_some(out)
 }
+
+/// `key_query = ["*"]`: every query parameter is part of the key, the
+/// query as the client sent it (as nginx's default key, `$request_uri`,
+/// and Varnish's hash of the URL hold it), for a backend that answers by
+/// parameters the configuration does not list.
+pub const EVERY_PARAMETER: &str = "*";
 
 fn valid_hint(what: &str) -> &'static str {
     if what == "header" {
@@ -561,6 +579,22 @@ mod tests {
         assert_eq!(
             settings(&text, "prod", 0).unwrap().key_query,
             ["caf\u{e9}", "my q", "q[]"]
+        );
+    }
+
+    #[test]
+    fn every_query_parameter_is_one_star_alone() {
+        let text = api(&format!(
+            "{ROUTE}[apis.routes.cache]\nkey_query = [\"*\"]\n[[apis.stages]]\nname = \"prod\"\n"
+        ));
+        assert_eq!(settings(&text, "prod", 0).unwrap().key_query, ["*"]);
+        let text = api(&format!(
+            "{ROUTE}[apis.routes.cache]\nkey_query = [\"q\", \"*\"]\n"
+        ));
+        let e = parse(&text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml:13:19: `*` (every query parameter) stands alone in key_query"
         );
     }
 

@@ -42,7 +42,7 @@ pub mod topology;
 use std::fmt;
 use std::path::Path;
 
-pub use cache::{CacheMode, CacheSettings, ClientInvalidation, NodeCacheConfig};
+pub use cache::{CacheMode, CacheSettings, ClientInvalidation, EVERY_PARAMETER, NodeCacheConfig};
 pub use compile::{DefinitionDefaults, MAX_NAME, NODE_ID, is_node_id};
 pub use cors::{Cors, CorsList, MAX_CORS_AGE};
 pub use delta::{ApiChange, NoDelta};

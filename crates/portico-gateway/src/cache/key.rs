@@ -129,8 +129,15 @@ impl Addressed<'_> {
     }
 }
 
-/// The chosen query parameters in canonical form (see the module docs).
+/// The chosen query parameters in canonical form (see the module docs); with
+/// [`portico_config::EVERY_PARAMETER`], the whole query as sent.
 pub(crate) fn write_query(query: Option<&str>, chosen: &[String], sink: &mut impl KeySink) {
+    if let [every] = chosen
+        && every == portico_config::EVERY_PARAMETER
+    {
+        sink.put(query.unwrap_or("").as_bytes());
+        return;
+    }
     let mut first = true;
     for name in chosen {
         for pair in query.unwrap_or("").split('&') {
@@ -431,6 +438,33 @@ mod tests {
             ..input
         };
         assert!(!k.matches(|c| prefix.write(c)));
+    }
+
+    #[test]
+    fn every_parameter_keys_the_query_as_sent() {
+        let s = settings(&["*"], &[]);
+        let h = HeaderMap::new();
+        let input = KeyInput {
+            api: "echo",
+            stage: "prod",
+            path: "/search",
+            query: Some("q=a&page=2"),
+            headers: &h,
+            settings: &s,
+            principal: None,
+            addressed: AT,
+        };
+        let k = KeyText::build(|t| input.write(t));
+        assert_eq!(k.query(), b"q=a&page=2");
+        for (query, same) in [
+            (Some("q=a&page=2"), true),
+            (Some("q=b&page=2"), false),
+            (Some("q=a&page=2&x=1"), false),
+            (None, false),
+        ] {
+            let other = KeyInput { query, ..input };
+            assert_eq!(k.matches(|c| other.write(c)), same, "{query:?}");
+        }
     }
 
     #[test]
