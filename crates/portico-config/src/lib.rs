@@ -59,7 +59,7 @@ pub use plans::{
 };
 pub use portico_quota::{Period as QuotaPeriod, QuotaSpec};
 pub use quic::{Congestion, QuicConfig};
-pub use route::MAX_ROUTE_PATH;
+pub use route::{MAX_ROUTE_PATH, escaped_unreserved};
 pub use settings::{
     AdminConfig, BackboneConfig, BackendClientConfig, DnsConfig, Limits, ListenerConfig,
     NodeConfig, NodeSettings, NodeThrottleConfig, OriginLink, QuotaStore, RedisTls,

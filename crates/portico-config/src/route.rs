@@ -180,8 +180,10 @@ fn unmatchable(raw: &str) -> Option<Problem> {
     None
 }
 
-/// The unreserved character (RFC 3986 §2.3) two hex digits encode, if any.
-fn escaped_unreserved(hex: &str) -> Option<char> {
+/// The unreserved character (RFC 3986 §2.3) two hex digits encode, if any:
+/// the gateway decodes these before routing, so a route literal holding one
+/// escaped could never match. One rule for both.
+pub fn escaped_unreserved(hex: &str) -> Option<char> {
     let c = char::from(u8::from_str_radix(hex, 16).ok()?);
     (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
 }

@@ -414,17 +414,7 @@ impl<U: Upstream> Gateway<U> {
         // An expectation is the hop's (RFC 9110 §10.1.1): the client's
         // `100-continue` was answered here, as nginx answers it.
         parts.headers.remove(header::EXPECT);
-        // A list of equal lengths (`3, 3`) goes on as the one it means.
-        if let Some(len) = declared {
-            let lengths = parts.headers.get_all(header::CONTENT_LENGTH);
-            if lengths.iter().nth(1).is_some()
-                || lengths.iter().any(|v| v.as_bytes().contains(&b','))
-            {
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            }
-        }
+        one_length(&mut parts.headers);
         parts
             .headers
             .insert(&REQUEST_ID, ctx.request_id.value().clone());
@@ -473,7 +463,7 @@ impl<U: Upstream> Gateway<U> {
         let table = self.table.load();
         let default_api = conn.default_api.as_deref();
         // As routing sees it (`/pub/../int/x` is API `int`'s).
-        let path = normal_path(record.uri.path()).ok()?;
+        let path = routed_path(record.uri.path()).ok()?;
         let (api, _, _) = table.locate(&record.host, &path, default_api, modes).ok()?;
         Some(api)
     }
@@ -498,8 +488,9 @@ fn preflight(
     Some((resp, api, stage))
 }
 
-/// A list of equal lengths (`5, 5`, which hyper's client accepts) as the
-/// one it means (RFC 9110 §8.6): relayed as sent, a strict client refuses it.
+/// A list of equal lengths (`5, 5`, which hyper accepts) as the one it
+/// means (RFC 9110 §8.6), in requests and responses alike: relayed as sent,
+/// a strict peer refuses it.
 fn one_length(headers: &mut http::HeaderMap) {
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let listed = match (lengths.next(), lengths.next()) {
@@ -747,33 +738,34 @@ fn normal_path(path: &str) -> Result<Cow<'_, str>, GatewayError> {
     Ok(Cow::Owned(out))
 }
 
-/// Whether a segment of `path`, split at its escaped slashes (`%2F`, and
-/// `%5C`, a slash to some servers), holds a `.` or `..` piece: a backend
-/// that decodes before it resolves (nginx does) reads `/public/..%2Fadmin`
-/// as `/admin`, which routing here would take for a path under `/public`.
-/// Refused rather than resolved: no client has a reason to send one.
+/// Whether a segment of `path` hides a `.` or `..` that a backend would
+/// resolve and routing here does not: behind an escaped slash (`%2F`, and
+/// `%5C` or a raw `\`, a slash to some servers: a backend that decodes
+/// before it resolves, nginx among them, reads `/public/..%2Fadmin` as
+/// `/admin`), or before a `;` (Tomcat and Spring drop a segment's
+/// `;parameters` first: `/public/..;/admin` is their `/admin`). Refused
+/// rather than resolved: no client has a reason to send one.
 fn hides_dot_segment(path: &str) -> bool {
-    const SLASHES: [&str; 4] = ["%2F", "%2f", "%5C", "%5c"];
-    path.contains('%')
+    const SLASHES: [&str; 5] = ["%2F", "%2f", "%5C", "%5c", "\\"];
+    path.contains(['%', ';', '\\'])
         && path.split('/').any(|seg| {
-            if !SLASHES.iter().any(|slash| seg.contains(slash)) {
+            if !seg.contains(';') && !SLASHES.iter().any(|slash| seg.contains(slash)) {
                 return false;
             }
             let mut pieces = seg.to_owned();
             for slash in SLASHES {
                 pieces = pieces.replace(slash, "/");
             }
-            pieces
-                .split('/')
-                .any(|piece| matches!(dots(piece), Some(1 | 2)))
+            pieces.split('/').any(|piece| {
+                let bare = piece.split(';').next().unwrap_or(piece);
+                matches!(dots(bare), Some(1 | 2))
+            })
         })
 }
 
 /// The unreserved character (RFC 3986 §2.3) two hex digits encode, if any.
 fn unreserved(hex: &[u8]) -> Option<char> {
-    let text = std::str::from_utf8(hex).ok()?;
-    let c = char::from(u8::from_str_radix(text, 16).ok()?);
-    (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')).then_some(c)
+    portico_config::escaped_unreserved(std::str::from_utf8(hex).ok()?)
 }
 
 /// `path` (its escapes well formed) with encoded unreserved characters
@@ -951,6 +943,7 @@ mod tests {
             "/prod/a/",
             "/prod/a%2Fb",
             "/prod/a%2F...%2Fb",
+            "/prod/a;b/c;d=..",
             "/prod/.well-known/x",
             "/",
         ] {
@@ -966,6 +959,9 @@ mod tests {
             "/prod/public/..%5cadmin",
             "/prod/public/x%2F.",
             "/prod/public/%2F..%2F",
+            "/prod/public/..;/admin",
+            "/prod/public/.;x/admin",
+            "/prod/public/x\\..\\admin",
         ] {
             assert!(routed_path(bad).is_err(), "{bad}");
         }

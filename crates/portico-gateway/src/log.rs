@@ -132,11 +132,18 @@ impl Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if !self.answered {
+        if self.answered {
+            return;
+        }
+        // Unwound by a panic in the pipeline, not left by its client.
+        if std::thread::panicking() {
+            self.record.status = 500;
+            self.record.error = "internal";
+        } else {
             self.record.status = 499;
             self.record.error = "client_closed_request";
-            self.record.emit(0, "aborted");
         }
+        self.record.emit(0, "aborted");
     }
 }
 

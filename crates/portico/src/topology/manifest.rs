@@ -87,16 +87,8 @@ impl Manifest {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let name = path.file_name().map_or_else(
-            || "portico-up.json".to_owned(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
         // Readable by its owner alone: it holds the run's demo API key.
-        private_file(&tmp)
-            .and_then(|mut file| std::io::Write::write_all(&mut file, &json))
-            .map_err(file_error("writing", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(file_error("renaming to", path))
+        write_private(path, &json).map_err(file_error("writing", path))
     }
 
     pub fn read(path: &Path) -> Result<Manifest, UpError> {
@@ -152,18 +144,26 @@ impl Manifest {
     }
 }
 
-/// `path` created or truncated, mode 0600 whether or not it existed (a
-/// mode given at open applies only to a file it creates).
-pub(crate) fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let file = std::fs::OpenOptions::new()
+/// Writes `bytes` to `path` atomically, readable by its owner alone: into a
+/// new file of mode 0600 beside it, renamed over `path`. Never into the old
+/// file, which may be readable by others, and which anyone who opened it
+/// before would read the new contents through.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".to_owned(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    // Left by a run of this pid that died midway: not ours to reuse.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(file)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

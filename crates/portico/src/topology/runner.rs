@@ -512,7 +512,6 @@ async fn serves(client: &Client, e: &EntryInfo) -> Result<(), UpError> {
 
 /// Writes a fresh random admin token for `node` (owner-readable only).
 fn admin_token(dir: &Path, node: &str) -> Result<PathBuf, UpError> {
-    use std::io::Write as _;
     let mut bytes = [0u8; 24];
     rustls::crypto::ring::default_provider()
         .secure_random
@@ -522,8 +521,7 @@ fn admin_token(dir: &Path, node: &str) -> Result<PathBuf, UpError> {
     std::fs::create_dir_all(dir).map_err(file_error("creating", dir))?;
     let path = dir.join(format!("{node}.token"));
     // Its owner's alone, also when a reused run directory held it already.
-    let mut file = super::manifest::private_file(&path).map_err(file_error("creating", &path))?;
-    file.write_all(token.as_bytes())
+    super::manifest::write_private(&path, token.as_bytes())
         .map_err(file_error("writing", &path))?;
     Ok(path)
 }
