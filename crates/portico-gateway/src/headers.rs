@@ -231,7 +231,8 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// Most header fields a request may carry (431 beyond), applied to every
-/// listener alike: under the backbone's limit per header list
+/// listener alike (HTTP/1.1's parser stops at 100 before it: see
+/// `portico-net`'s `http.rs`): under the backbone's limit per header list
 /// (`portico_proto::MAX_HEADER_FIELDS`, 1 024), leaving room for the fields
 /// a PoP adds before it forwards (request id, `Via`, forwarding headers).
 pub const MAX_FIELDS: usize = 1000;
