@@ -119,14 +119,7 @@ async fn up_local_serves_through_its_pop_and_origin_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("up.json");
     let topology = topology_dir().join("local.toml");
-    let args = [
-        "up",
-        topology.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    let mut up = Proc::start(&args, "ready:");
-    wait_for_file(&json, 5);
+    let mut up = start_up(&topology, &json, &[], None);
     let m = manifest(&json);
     assert_eq!(m["entries"].as_array().unwrap().len(), 2, "{m}");
     let client = https_client(&ca_der(&m), false);
@@ -258,22 +251,29 @@ fn up_writes_its_secrets_for_its_owner_alone() {
     std::fs::write(&token, "old").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let topology = topology_dir().join("local.toml");
-    let args = [
-        "up",
-        topology.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-        "--run-dir",
-        run.to_str().unwrap(),
-    ];
-    let mut up = Proc::start(&args, "ready:");
-    wait_for_file(&json, 5);
+    let more = ["--run-dir", run.to_str().unwrap()];
+    let mut up = start_up(&topology, &json, &more, None);
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&json), 0o600, "the manifest");
     assert_eq!(mode(&token), 0o600, "the admin token");
     assert_ne!(std::fs::read_to_string(&token).unwrap(), "old");
     up.signal("TERM");
     assert_eq!(wait_exit(&mut up, 30), Some(0));
+}
+
+/// `portico up TOPOLOGY --json JSON MORE...`, its log in `log` if given,
+/// once it is ready and its manifest written.
+fn start_up(topology: &Path, json: &Path, more: &[&str], log: Option<&Path>) -> Proc {
+    let mut args = vec![
+        "up",
+        topology.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    let up = Proc::start_logging(&args, "ready:", log);
+    wait_for_file(json, 5);
+    up
 }
 
 /// Regional only: no PoP, two processes.
@@ -297,14 +297,7 @@ fn up_regional(dir: &Path, log: Option<&Path>) -> (Proc, serde_json::Value, Vec<
     let topology = dir.join("regional.toml");
     std::fs::write(&topology, REGIONAL).unwrap();
     let json = dir.join("up.json");
-    let args = [
-        "up",
-        topology.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ];
-    let up = Proc::start_logging(&args, "ready:", log);
-    wait_for_file(&json, 5);
+    let up = start_up(&topology, &json, &[], log);
     let m = manifest(&json);
     let started = pids(&m);
     assert_eq!(started.len(), 2);

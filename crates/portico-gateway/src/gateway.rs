@@ -240,13 +240,13 @@ impl<U: Upstream> Gateway<U> {
                 crate::cors::decorate(cors, origin.as_ref(), resp.headers_mut());
             }
         }
-        if record.method == http::Method::HEAD {
+        if record.method == http::Method::HEAD
+            || matches!(
+                resp.status(),
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+            )
+        {
             resp = without_body(resp);
-        } else if matches!(
-            resp.status(),
-            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-        ) {
-            resp = bodiless_status(resp);
         }
         record.status = resp.status().as_u16();
         // With the access log off, no layer to count bytes for it.
@@ -283,11 +283,10 @@ impl<U: Upstream> Gateway<U> {
         check_host_fields(&req, conn).map_err(refused)?;
         check_transfer_coding(&req).map_err(refused)?;
         record.host = host_of(&req).map_err(refused)?.to_owned();
-        check_path(record.uri.path()).map_err(refused)?;
         // Routing, path parameters and the backend see the path in one
         // form, so `/public/../admin`, `//admin` or `/%61dmin` cannot reach
         // another route than `/admin` does.
-        let path = normal_path(record.uri.path()).map_err(refused)?;
+        let path = routed_path(record.uri.path()).map_err(refused)?;
         let path = &*path;
         // Route with the snapshot current now; the request keeps its
         // definitions to the end. The table itself is only looked at (no
@@ -503,34 +502,24 @@ fn one_length(headers: &mut http::HeaderMap) {
     }
 }
 
-/// A 204 or 304 carries no content (RFC 9110 §15.3.5, §15.4.5), whatever
-/// a backend or a mock sent with it: HTTP/1.1 drops such a body itself,
-/// HTTP/2 and HTTP/3 would send it. A 204 has no length either; a 304's is
-/// the one a 200 would have, and stays.
-fn bodiless_status(resp: Response<Body>) -> Response<Body> {
+/// A response that carries no content: one to HEAD (its head only, with the
+/// length its body would have had, RFC 9110 §9.3.2), a 204 or a 304
+/// (§15.3.5, §15.4.5), whatever a backend or a mock sent with it. HTTP/1.1
+/// drops such a body itself; HTTP/2 and HTTP/3 would send it, and a strict
+/// client resets the stream. A 204 has no length; a 304's is the one a 200
+/// would have, and stays.
+fn without_body(resp: Response<Body>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
+    let no_content = matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    );
     if parts.status == StatusCode::NO_CONTENT {
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    if http_body::Body::is_end_stream(&body) {
-        return Response::from_parts(parts, body);
-    }
-    Response::from_parts(parts, crate::body::empty())
-}
-
-/// A response to HEAD: its head only, with the length its body would have
-/// had (RFC 9110 §9.3.2). HTTP/1.1 drops such a body itself; HTTP/2 and
-/// HTTP/3 would send it, and a strict client resets the stream.
-fn without_body(resp: Response<Body>) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
     // Only a body of our own (an error, a mock) says what GET would carry: a
-    // backend's answer to HEAD is already bodiless and keeps its own fields,
-    // and 204 and 304 carry no length at all.
-    let ours = !http_body::Body::is_end_stream(&body)
-        && !matches!(
-            parts.status,
-            StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-        );
+    // backend's answer to HEAD is already bodiless and keeps its own fields.
+    let ours = !http_body::Body::is_end_stream(&body) && !no_content;
     if ours
         && !parts.headers.contains_key(header::CONTENT_LENGTH)
         && let Some(n) = http_body::Body::size_hint(&body).exact()

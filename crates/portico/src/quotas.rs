@@ -963,10 +963,7 @@ plans = ["p"]
         outbox: &mut portico_backbone::Outbox,
         lease: QuotaLease,
     ) -> Lease {
-        let asking = {
-            let leases = Arc::clone(leases);
-            tokio::spawn(async move { leases.grant(ask()).await })
-        };
+        let asking = spawn_ask(leases);
         let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
         let Ok(Some(Frame::QuotaLeaseRequest(req))) = sent else {
             panic!("no lease request: {sent:?}");
@@ -974,6 +971,31 @@ plans = ["p"]
         assert_eq!(req.want, 10);
         leases.on_frame(link, Frame::QuotaLease(lease));
         asking.await.unwrap().unwrap()
+    }
+
+    /// `leases` asking for [`ask`], in a task of its own.
+    fn spawn_ask(leases: &Arc<PopLeases>) -> tokio::task::JoinHandle<Result<Lease, String>> {
+        let leases = Arc::clone(leases);
+        tokio::spawn(async move { leases.grant(ask()).await })
+    }
+
+    /// The lease id and unused count of the return `outbox` carries next
+    /// (within 10 s).
+    async fn next_return(outbox: &mut portico_backbone::Outbox) -> (u64, u64) {
+        let back = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
+        let Ok(Some(Frame::QuotaReturn(r))) = back else {
+            panic!("no quota return: {back:?}");
+        };
+        (r.lease_id, r.unused)
+    }
+
+    /// The same of the return `outbox` holds now.
+    fn queued_return(outbox: &mut portico_backbone::Outbox) -> (u64, u64) {
+        let back = outbox.try_recv();
+        let Ok(Frame::QuotaReturn(r)) = back else {
+            panic!("no quota return queued: {back:?}");
+        };
+        (r.lease_id, r.unused)
     }
 
     fn lease(lease_id: u64, expires_unix_ms: u64) -> QuotaLease {
@@ -1021,11 +1043,7 @@ plans = ["p"]
         let (a, mut a_out) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&a);
         leases.give_back("edge".into(), held.id, 4).await;
-        let back = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
-        let Ok(Some(Frame::QuotaReturn(r))) = back else {
-            panic!("no return to origin-b: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (5, 4));
+        assert_eq!(next_return(&mut b_out).await, (5, 4));
         assert!(
             a_out.try_recv().is_err(),
             "origin-a got another book's lease"
@@ -1091,11 +1109,7 @@ plans = ["p"]
         drop(b_out);
         leases.link_down(&b);
         leases.give_back("edge".into(), held.id, 4).await;
-        let back = tokio::time::timeout(Duration::from_secs(10), c_out.recv()).await;
-        let Ok(Some(Frame::QuotaReturn(r))) = back else {
-            panic!("no return through origin-c: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (5, 4));
+        assert_eq!(next_return(&mut c_out).await, (5, 4));
         assert!(elsewhere_out.try_recv().is_err(), "another region got it");
     }
 
@@ -1112,11 +1126,7 @@ plans = ["p"]
         leases.give_back("edge".into(), held.id, 10).await;
         let (new, mut new_out) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&new);
-        let back = new_out.try_recv();
-        let Ok(Frame::QuotaReturn(r)) = back else {
-            panic!("no return on the new link: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (5, 10));
+        assert_eq!(queued_return(&mut new_out), (5, 10));
         // So does one its link is too busy to take.
         let held = granted(&leases, &new, &mut new_out, lease(6, u64::MAX)).await;
         let ping = || Frame::Ping(portico_proto::Ping { nonce: 0 });
@@ -1124,11 +1134,7 @@ plans = ["p"]
         leases.give_back("edge".into(), held.id, 3).await;
         let (again, mut again_out) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&again);
-        let back = again_out.try_recv();
-        let Ok(Frame::QuotaReturn(r)) = back else {
-            panic!("no return on the next link: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (6, 3));
+        assert_eq!(queued_return(&mut again_out), (6, 3));
         // Each is sent once.
         let (last, mut last_out) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&last);
@@ -1141,11 +1147,7 @@ plans = ["p"]
         leases.give_back("edge".into(), held.id, 2).await;
         let (sibling, mut sibling_out) = ControlLink::new("origin-b", "", Capabilities(0));
         leases.link_up(&sibling);
-        let back = sibling_out.try_recv();
-        let Ok(Frame::QuotaReturn(r)) = back else {
-            panic!("no return on the sibling's link: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (7, 2));
+        assert_eq!(queued_return(&mut sibling_out), (7, 2));
     }
 
     /// A lease from an origin that was not asked (a late answer to an ask
@@ -1156,10 +1158,7 @@ plans = ["p"]
         let leases = homed("");
         let (b, mut b_out) = ControlLink::new("origin-b", "", Capabilities(0));
         leases.link_up(&b);
-        let asking = {
-            let leases = Arc::clone(&leases);
-            tokio::spawn(async move { leases.grant(ask()).await })
-        };
+        let asking = spawn_ask(&leases);
         let sent = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
         assert!(
             matches!(sent, Ok(Some(Frame::QuotaLeaseRequest(_)))),
@@ -1168,24 +1167,13 @@ plans = ["p"]
         let (a, mut a_out) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&a);
         leases.on_frame(&a, Frame::QuotaLease(lease(5, u64::MAX)));
-        let back = tokio::time::timeout(Duration::from_secs(10), a_out.recv()).await;
-        let Ok(Some(Frame::QuotaReturn(r))) = back else {
-            panic!("no return to origin-a: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (5, 10));
+        assert_eq!(next_return(&mut a_out).await, (5, 10));
         leases.on_frame(&b, Frame::QuotaLease(lease(9, u64::MAX)));
         let held = asking.await.unwrap().unwrap();
         leases.give_back("edge".into(), held.id, 4).await;
-        let back = tokio::time::timeout(Duration::from_secs(10), b_out.recv()).await;
-        let Ok(Some(Frame::QuotaReturn(r))) = back else {
-            panic!("no return to origin-b: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (9, 4));
+        assert_eq!(next_return(&mut b_out).await, (9, 4));
         // An ask whose link goes down fails at once.
-        let asking = {
-            let leases = Arc::clone(&leases);
-            tokio::spawn(async move { leases.grant(ask()).await })
-        };
+        let asking = spawn_ask(&leases);
         let _ = tokio::time::timeout(Duration::from_secs(10), a_out.recv()).await;
         leases.link_down(&a);
         leases.link_down(&b);
@@ -1207,10 +1195,7 @@ plans = ["p"]
         let leases = homed("");
         let (link, mut outbox) = ControlLink::new("origin-a", "", Capabilities(0));
         leases.link_up(&link);
-        let asking = {
-            let leases = Arc::clone(&leases);
-            tokio::spawn(async move { leases.grant(ask()).await })
-        };
+        let asking = spawn_ask(&leases);
         let sent = tokio::time::timeout(Duration::from_secs(10), outbox.recv()).await;
         assert!(
             matches!(sent, Ok(Some(Frame::QuotaLeaseRequest(_)))),
@@ -1219,11 +1204,7 @@ plans = ["p"]
         let failed = asking.await.unwrap();
         assert_eq!(failed.unwrap_err(), "no lease within 2 s");
         leases.on_frame(&link, Frame::QuotaLease(lease(5, u64::MAX)));
-        let back = outbox.try_recv();
-        let Ok(Frame::QuotaReturn(r)) = back else {
-            panic!("the late lease did not go back: {back:?}");
-        };
-        assert_eq!((r.lease_id, r.unused), (5, 10));
+        assert_eq!(queued_return(&mut outbox), (5, 10));
     }
 
     /// A PoP whose clock runs ahead of its origin's still spends its leases:

@@ -333,20 +333,33 @@ mod tests {
         port: 443,
     };
 
+    /// A request of API `a`, stage `s`, at [`AT`], with no caller.
+    fn input<'a>(
+        settings: &'a CacheSettings,
+        headers: &'a HeaderMap,
+        path: &'a str,
+        query: Option<&'a str>,
+    ) -> KeyInput<'a> {
+        KeyInput {
+            api: "a",
+            stage: "s",
+            path,
+            query,
+            headers,
+            settings,
+            principal: None,
+            addressed: AT,
+        }
+    }
+
     #[test]
     fn a_request_that_addressed_the_api_otherwise_has_another_key() {
         let s = settings(&[], &[]);
         let h = HeaderMap::new();
         let key = |addressed| {
             let input = KeyInput {
-                api: "a",
-                stage: "s",
-                path: "/page",
-                query: None,
-                headers: &h,
-                settings: &s,
-                principal: None,
                 addressed,
+                ..input(&s, &h, "/page", None)
             };
             text(&input)
         };
@@ -444,16 +457,7 @@ mod tests {
     fn every_parameter_keys_the_query_as_sent() {
         let s = settings(&["*"], &[]);
         let h = HeaderMap::new();
-        let input = KeyInput {
-            api: "echo",
-            stage: "prod",
-            path: "/search",
-            query: Some("q=a&page=2"),
-            headers: &h,
-            settings: &s,
-            principal: None,
-            addressed: AT,
-        };
+        let input = input(&s, &h, "/search", Some("q=a&page=2"));
         let k = KeyText::build(|t| input.write(t));
         assert_eq!(k.query(), b"q=a&page=2");
         for (query, same) in [
@@ -471,19 +475,7 @@ mod tests {
     fn a_chosen_parameter_spelled_otherwise_is_keyed_as_sent() {
         let s = settings(&["q"], &[]);
         let h = HeaderMap::new();
-        let key = |query| {
-            let input = KeyInput {
-                api: "a",
-                stage: "s",
-                path: "/search",
-                query: Some(query),
-                headers: &h,
-                settings: &s,
-                principal: None,
-                addressed: AT,
-            };
-            text(&input)
-        };
+        let key = |query| text(&input(&s, &h, "/search", Some(query)));
         // The backend reads each of these as a `q`: so does the key.
         assert_eq!(
             key("%71=evil&q=shoes"),
@@ -495,18 +487,8 @@ mod tests {
         );
         assert_ne!(key("%71=evil&q=shoes"), key("q=shoes"));
         let spaced = settings(&["my q"], &[]);
-        let input = KeyInput {
-            api: "a",
-            stage: "s",
-            path: "/",
-            query: Some("my+q=1&my%20q=2&myq=3"),
-            headers: &h,
-            settings: &spaced,
-            principal: None,
-            addressed: AT,
-        };
         assert_eq!(
-            text(&input),
+            text(&input(&spaced, &h, "/", Some("my+q=1&my%20q=2&myq=3"))),
             "a|s|G|/|my+q=1&my%20q=2||@https://api.example:443"
         );
     }
@@ -517,18 +499,8 @@ mod tests {
     fn a_decoded_name_with_brackets_matches_every_spelling() {
         let s = settings(&["q[]"], &[]);
         let h = HeaderMap::new();
-        let input = KeyInput {
-            api: "a",
-            stage: "s",
-            path: "/",
-            query: Some("q[]=1&q%5B%5D=2&q%5b%5d=3&q=4"),
-            headers: &h,
-            settings: &s,
-            principal: None,
-            addressed: AT,
-        };
         assert_eq!(
-            text(&input),
+            text(&input(&s, &h, "/", Some("q[]=1&q%5B%5D=2&q%5b%5d=3&q=4"))),
             "a|s|G|/|q[]=1&q%5B%5D=2&q%5b%5d=3||@https://api.example:443"
         );
     }
@@ -538,16 +510,7 @@ mod tests {
         let s = settings(&[], &[]);
         let mut h = HeaderMap::new();
         h.insert("accept", HeaderValue::from_static("text/html"));
-        let input = KeyInput {
-            api: "a",
-            stage: "s",
-            path: "/",
-            query: None,
-            headers: &h,
-            settings: &s,
-            principal: None,
-            addressed: AT,
-        };
+        let input = input(&s, &h, "/", None);
         let state = RandomState::new();
         let primary = hash_of(&state, |k| input.write(k));
         assert_eq!(primary, hash_of(&state, |k| input.write(k)));
